@@ -1,0 +1,208 @@
+"""ResNet-32 speed and memory: one SGD training step and one eval forward, rcenp against PyTorch.
+
+Each framework runs in its own subprocess so peak memory (ru_maxrss) is its own. Prints one JSON
+object; ``--json PATH`` also writes it. PyTorch is optional: without it only rcenp is timed.
+
+    python bench/bench_engine.py                      # CPU, batch 128, 3x32x32
+    RCENP_DEVICE=cuda python bench/bench_engine.py    # GPU (CuPy; PyTorch on CUDA when present)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+SCRIPT = os.path.abspath(__file__)
+ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timeit(fn, sync, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2], times[0]
+
+
+def run_rcenp(args):
+    sys.path.insert(0, ROOT)
+    import numpy as np
+
+    import rcenp
+    from rcenp.backend import default_device, get_array_module, to_device
+    from rcenp.models import resnet
+    from rcenp.objectives import Classifier
+    from rcenp.optim import SGD
+
+    device = default_device()
+    model = Classifier(resnet(args.depth, args.channels), "ce").to(device)
+    rng = np.random.default_rng(0)
+    x = to_device(rng.standard_normal((args.batch, args.channels, args.size, args.size)).astype(np.float32), device)
+    y = to_device(rng.integers(0, 10, args.batch), device)
+    opt = SGD(model.parameters(), lr=0.01)
+    xp = get_array_module(x)
+    sync = (lambda: xp.cuda.Stream.null.synchronize()) if device == "cuda" else (lambda: None)
+    base = _rss_mb()
+
+    def train_step():
+        model.train()
+        opt.zero_grad()
+        model.loss(x, y).backward()
+        opt.step()
+
+    def forward():
+        model.eval()
+        with rcenp.no_grad():
+            model(x)
+
+    train = _timeit(train_step, sync, args.repeats, 2)
+    fwd = _timeit(forward, sync, args.repeats, 2)
+    return {"framework": "rcenp", "device": device, "train_step_s": train[0], "train_step_best_s": train[1],
+            "forward_s": fwd[0], "forward_best_s": fwd[1], "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": base,
+            "numpy": np.__version__}
+
+
+def run_torch(args):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    device = "cuda" if os.environ.get("RCENP_DEVICE") == "cuda" and torch.cuda.is_available() else "cpu"
+
+    class Unit(nn.Module):
+        def __init__(self, cin, cout, stride, first):
+            super().__init__()
+            self.cin, self.cout, self.stride, self.first = cin, cout, stride, first
+            self.bn1, self.bn2 = nn.BatchNorm2d(cin, eps=1e-3, momentum=0.1), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1)
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+
+        def forward(self, x):
+            a = F.leaky_relu(self.bn1(x), 0.1)
+            shortcut = a if self.first else x
+            h = self.conv2(F.leaky_relu(self.bn2(self.conv1(a)), 0.1))
+            if self.cin != self.cout:
+                pad = (self.cout - self.cin) // 2
+                shortcut = F.pad(F.avg_pool2d(shortcut, self.stride), (0, 0, 0, 0, pad, pad))
+            return h + shortcut
+
+    class Net(nn.Module):
+        def __init__(self, n, channels):
+            super().__init__()
+            self.stem = nn.Conv2d(channels, 16, 3, 1, 1, bias=False)
+            units, cin = [], 16
+            for s, (w, stride) in enumerate([(16, 1), (32, 2), (64, 2)]):
+                for u in range(n):
+                    units.append(Unit(cin, w, stride if u == 0 else 1, s == 0 and u == 0))
+                    cin = w
+            self.units = nn.Sequential(*units)
+            self.bn = nn.BatchNorm2d(64, eps=1e-3)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            h = F.leaky_relu(self.bn(self.units(self.stem(x))), 0.1)
+            return self.fc(h.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net((args.depth - 2) // 6, args.channels).to(device)
+    x = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    base = _rss_mb()
+
+    def train_step():
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    train = _timeit(train_step, sync, args.repeats, 2)
+    fwd = _timeit(forward, sync, args.repeats, 2)
+    return {"framework": "torch", "version": torch.__version__, "device": device, "threads": torch.get_num_threads(),
+            "train_step_s": train[0], "train_step_best_s": train[1], "forward_s": fwd[0], "forward_best_s": fwd[1],
+            "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": base}
+
+
+def _child(framework, args):
+    cmd = [sys.executable, SCRIPT, "--child", framework, "--batch", str(args.batch), "--depth", str(args.depth),
+           "--repeats", str(args.repeats), "--size", str(args.size), "--channels", str(args.channels)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"framework": framework, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(proc.stdout)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--child", choices=["rcenp", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        result = run_rcenp(args) if args.child == "rcenp" else run_torch(args)
+        print(json.dumps(result))
+        return 0
+    report = {"benchmark": f"ResNet-{args.depth} batch {args.batch} {args.channels}x{args.size}x{args.size}",
+              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "rcenp": _child("rcenp", args)}
+    try:
+        import importlib.util
+        has_torch = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        has_torch = False
+    if has_torch and not args.no_torch:
+        report["torch"] = _child("torch", args)
+        r, t = report["rcenp"], report["torch"]
+        if "error" not in r and "error" not in t:
+            report["ratio_rcenp_over_torch"] = {
+                "train_step": r["train_step_s"] / t["train_step_s"],
+                "forward": r["forward_s"] / t["forward_s"],
+                "peak_rss": r["peak_rss_mb"] / t["peak_rss_mb"],
+                "peak_rss_above_baseline": (r["peak_rss_mb"] - r["rss_before_steps_mb"]) /
+                                           max(t["peak_rss_mb"] - t["rss_before_steps_mb"], 1e-9),
+            }
+    else:
+        report["torch"] = "not installed: comparison skipped"
+    for fw in ("rcenp", "torch"):
+        r = report.get(fw)
+        if isinstance(r, dict) and "train_step_s" in r:
+            r["train_images_per_s"] = args.batch / r["train_step_s"]
+            r["forward_images_per_s"] = args.batch / r["forward_s"]
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Reverse-mode automatic differentiation: ``Tensor``, ``Function``, ``backward`` and ``grad``.
+
+A ``Function`` works on raw arrays (NumPy or CuPy): ``forward(*arrays) -> array`` and
+``backward(grad_output) -> one gradient (or None) per input``. Its ``needs_input_grad`` tuple tells
+backward which input gradients are wanted, so a convolution inside an attack never computes the
+weight gradient. Calling a Function records it as the creator of its output only when gradients are
+enabled and some input requires one.
+
+Backward runs in decreasing ``rank`` order from a heap (rank = 1 + the largest rank among the
+inputs), never by recursion, so ResNet-56-deep graphs are fine. Each node's output gradient is
+dropped as soon as it has been consumed, and each Function lets go of its inputs and saved arrays
+once its backward has run.
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+
+import numpy as np
+
+from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
+
+_ARRAY_TYPES = (np.ndarray, cupy_ndarray)
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Within this block no graph is recorded (inference, attack bookkeeping, metric evaluation)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Re-enable graph recording inside a ``no_grad`` block."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, True
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+def as_array(value, like=None):
+    """An array for ``value``: arrays pass through; Python scalars take ``like``'s dtype/module."""
+    if isinstance(value, _ARRAY_TYPES):
+        return value
+    if isinstance(value, Tensor):
+        return value.data
+    if like is not None:
+        xp = get_array_module(like)
+        return xp.asarray(value, dtype=like.dtype)
+    array = np.asarray(value)
+    if array.dtype.kind == "f" and array.dtype != DEFAULT_DTYPE and not isinstance(value, np.generic):
+        array = array.astype(DEFAULT_DTYPE)  # Python floats and lists become float32
+    return array
+
+
+class Tensor:
+    """An array with an optional gradient and the Function that created it.
+
+    ``data`` is a NumPy or CuPy array; ``grad`` is ``None`` or an array of the same shape, filled by
+    ``backward()``. Python floats become float32; arrays keep their dtype (float64 gradient checks).
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "creator", "name", "__weakref__")
+    __array_priority__ = 200  # ndarray (op) Tensor dispatches to Tensor's reflected operator
+
+    def __init__(self, data, requires_grad: bool = False, name: str | None = None):
+        self.data = as_array(data)
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self.creator: Function | None = None
+        self.name = name
+
+    # ---- array-like facts -------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+    T = property(lambda self: _ops.transpose(self))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.data!r}{extra})"
+
+    def numpy(self) -> np.ndarray:
+        from rcenp.backend import as_numpy
+
+        return as_numpy(self.data)
+
+    def item(self) -> float:
+        return self.data.item()
+
+    def detach(self) -> "Tensor":
+        """The same array, cut from the graph."""
+        return Tensor(self.data)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ---- differentiation --------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires a gradient.
+
+        ``grad`` defaults to ones (so a scalar loss needs none). The graph is released afterwards
+        unless ``retain_graph``.
+        """
+        if grad is None:
+            grad = get_array_module(self.data).ones_like(self.data)
+        grad = as_array(grad, like=self.data)
+        if self.creator is None:
+            if self.requires_grad:
+                self.grad = grad if self.grad is None else self.grad + grad
+            return
+        _backprop(self, grad, targets=None, retain_graph=retain_graph)
+
+    # ---- operators (the Functions of rcenp.functional) ----------------------------------
+    def __add__(self, other): return _ops.add(self, other)
+    def __radd__(self, other): return _ops.add(other, self)
+    def __sub__(self, other): return _ops.sub(self, other)
+    def __rsub__(self, other): return _ops.sub(other, self)
+    def __mul__(self, other): return _ops.mul(self, other)
+    def __rmul__(self, other): return _ops.mul(other, self)
+    def __truediv__(self, other): return _ops.div(self, other)
+    def __rtruediv__(self, other): return _ops.div(other, self)
+    def __neg__(self): return _ops.neg(self)
+    def __pow__(self, exponent): return _ops.power(self, exponent)
+    def __matmul__(self, other): return _ops.matmul(self, other)
+    def __rmatmul__(self, other): return _ops.matmul(other, self)
+    def __getitem__(self, index): return _ops.getitem(self, index)
+
+    def reshape(self, *shape): return _ops.reshape(self, shape[0] if len(shape) == 1 else shape)
+    def transpose(self, *axes): return _ops.transpose(self, axes or None)
+    def sum(self, axis=None, keepdims=False): return _ops.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return _ops.mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return _ops.max(self, axis, keepdims)
+    def exp(self): return _ops.exp(self)
+    def log(self): return _ops.log(self)
+
+
+class Function:
+    """One differentiable operation with a single output.
+
+    Subclasses implement ``forward(*arrays)`` and ``backward(grad_output)``; parameters that are
+    not differentiable go to ``__init__``. In forward, keep what backward needs as attributes (or
+    through ``save_for_backward``); ``needs_input_grad[i]`` says whether input i wants a gradient.
+    """
+
+    rank = 0
+    inputs: tuple = ()
+    needs_input_grad: tuple = ()
+
+    def __call__(self, *inputs) -> Tensor:
+        tensors = tuple(x if isinstance(x, Tensor) else Tensor(as_array(x, _first_array(inputs)))
+                        for x in inputs)
+        needs = tuple(t.requires_grad for t in tensors)
+        self.needs_input_grad = needs
+        output = Tensor(self.forward(*(t.data for t in tensors)))
+        if _grad_enabled and any(needs):
+            output.requires_grad = True
+            output.creator = self
+            self.inputs = tensors
+            self.rank = 1 + max((t.creator.rank if t.creator else 0) for t in tensors)
+        else:
+            self.release()
+        return output
+
+    def forward(self, *xs):
+        raise NotImplementedError
+
+    def backward(self, gy):
+        raise NotImplementedError
+
+    def save_for_backward(self, *arrays) -> None:
+        self.saved = arrays
+
+    def release(self) -> None:
+        """Drop references to inputs and saved arrays (after backward, or when nothing is recorded)."""
+        self.inputs = ()
+        self.__dict__.pop("saved", None)
+        for key in [k for k, v in self.__dict__.items() if isinstance(v, _ARRAY_TYPES)]:
+            del self.__dict__[key]
+
+
+def _first_array(inputs):
+    for x in inputs:
+        if isinstance(x, Tensor):
+            return x.data
+        if isinstance(x, _ARRAY_TYPES):
+            return x
+    return None
+
+
+def _needed_functions(root: Tensor, targets: dict) -> set:
+    """Functions lying on a path from some target to ``root`` (the only ones grad() must run)."""
+    order, stack, seen = [], [root.creator], {id(root.creator)}
+    while stack:
+        fn = stack.pop()
+        order.append(fn)
+        for t in fn.inputs:
+            if t.creator is not None and id(t.creator) not in seen:
+                seen.add(id(t.creator))
+                stack.append(t.creator)
+    needed = set()
+    for fn in sorted(order, key=lambda f: f.rank):  # inputs before consumers
+        if any(id(t) in targets or (t.creator is not None and id(t.creator) in needed)
+               for t in fn.inputs):
+            needed.add(id(fn))
+    return needed
+
+
+def _backprop(root: Tensor, root_grad, targets: dict | None, retain_graph: bool):
+    """Push ``root_grad`` through the graph. With ``targets`` (id -> Tensor), return their grads
+    (dict id -> array) and touch no ``.grad``; otherwise accumulate into leaf ``.grad``."""
+    results = {}
+    needed = _needed_functions(root, targets) if targets is not None else None
+    counter = itertools.count()
+    pending = {id(root.creator): root_grad}
+    heap = [(-root.creator.rank, next(counter), root.creator)]
+    while heap:
+        _, _, fn = heapq.heappop(heap)
+        gy = pending.pop(id(fn))
+        inputs = fn.inputs
+        if needed is None:
+            wants = tuple(t.requires_grad for t in inputs)
+        else:
+            wants = tuple(id(t) in targets or (t.creator is not None and id(t.creator) in needed)
+                          for t in inputs)
+        fn.needs_input_grad = wants
+        gxs = fn.backward(gy)
+        if not isinstance(gxs, tuple):
+            gxs = (gxs,)
+        del gy
+        for t, want, gx in zip(inputs, wants, gxs):
+            if not want or gx is None:
+                continue
+            if targets is not None and id(t) in targets:
+                results[id(t)] = gx if id(t) not in results else results[id(t)] + gx
+                if t.creator is None or id(t.creator) not in needed:
+                    continue
+            if t.creator is None:
+                if targets is None:
+                    t.grad = gx if t.grad is None else t.grad + gx
+                continue
+            key = id(t.creator)
+            if key in pending:
+                pending[key] = pending[key] + gx
+            else:
+                pending[key] = gx
+                heapq.heappush(heap, (-t.creator.rank, next(counter), t.creator))
+        if not retain_graph:
+            fn.release()
+    return results
+
+
+def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False):
+    """d(output)/d(inputs) as a list of arrays, leaving every ``.grad`` untouched.
+
+    Only the part of the graph that connects ``inputs`` to ``output`` is differentiated (frozen
+    weights cost nothing). An input that ``output`` does not depend on gets a zero array.
+    """
+    single = isinstance(inputs, Tensor)
+    inputs = [inputs] if single else list(inputs)
+    xp = get_array_module(output.data)
+    if grad_output is None:
+        grad_output = xp.ones_like(output.data)
+    grad_output = as_array(grad_output, like=output.data)
+    targets = {id(t): t for t in inputs}
+    results = {}
+    if output.creator is not None:
+        results = _backprop(output, grad_output, targets, retain_graph)
+    elif id(output) in targets:
+        results = {id(output): grad_output}
+    grads = [results.get(id(t), xp.zeros_like(t.data)) for t in inputs]
+    return grads[0] if single else grads
+
+
+from rcenp import functional as _ops  # noqa: E402 - the operator Functions need Tensor defined first

@@ -1,0 +1,104 @@
+"""The authors' pre-activation ResNet (protocol §1.1; He et al. 2016, "identity mappings").
+
+Depth 6n+2: a 3x3 stem conv (16 filters, no BN after it), three stages of n units with widths
+16/32/64 and strides 1/2/2, then BN → activation → global average pool, which gives the 64-d
+feature Z (the K-density feature), and a linear layer to the logits.
+
+A unit is BN → act → conv3x3(stride) → BN → act → conv3x3, added to the shortcut. The first
+unit of the network activates before the split, so its shortcut takes the activated input; every
+other shortcut takes the raw input. Where the width changes, the shortcut is 2x2 average pooling
+followed by zero channel padding (option A, no projection).
+
+Differences from the TensorFlow original, by design: 3x3 convs pad 1 on every side (TF's 'SAME'
+pads asymmetrically at stride 2), and BN's running averages skip TF's zero-debias correction.
+
+``state_dict()`` keys, in forward order:
+    stem.weight                                   (16, C_in, 3, 3)
+    stage{s}.unit{u}.bn1.{weight,bias,running_mean,running_var}
+    stage{s}.unit{u}.conv1.weight                 (CO, C, 3, 3)
+    stage{s}.unit{u}.bn2.{weight,bias,running_mean,running_var}
+    stage{s}.unit{u}.conv2.weight
+    bn.{weight,bias,running_mean,running_var}     (64,)
+    fc.weight (L, 64), fc.bias (L,)
+with s in 1..3 and u in 0..n-1.
+"""
+from __future__ import annotations
+
+from rcenp import functional as F
+from rcenp.backend import make_rng
+from rcenp.nn import BatchNorm2d, Conv2d, Linear, Module
+
+WIDTHS = (16, 32, 64)
+STRIDES = (1, 2, 2)
+ACTIVATIONS = ("leaky_relu", "relu")
+
+
+def _activate(x, activation, slope):
+    return F.leaky_relu(x, slope) if activation == "leaky_relu" else F.relu(x)
+
+
+class PreActUnit(Module):
+    def __init__(self, in_channels, out_channels, stride, activate_before_residual, activation, slope, rng):
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.activate_before_residual = activate_before_residual
+        self.activation, self.slope = activation, slope
+        self.bn1 = BatchNorm2d(in_channels)
+        self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, rng=rng)
+        self.bn2 = BatchNorm2d(out_channels)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, rng=rng)
+
+    def forward(self, x):
+        act = lambda t: _activate(t, self.activation, self.slope)  # noqa: E731
+        if self.activate_before_residual:
+            x = act(self.bn1(x))
+            shortcut, h = x, x
+        else:
+            shortcut, h = x, act(self.bn1(x))
+        h = self.conv2(act(self.bn2(self.conv1(h))))
+        if self.in_channels != self.out_channels:
+            shortcut = F.avg_pool2d(shortcut, self.stride, self.stride)
+            extra = (self.out_channels - self.in_channels) // 2
+            shortcut = F.pad(shortcut, ((0, 0), (extra, extra), (0, 0), (0, 0)))
+        return h + shortcut
+
+
+class ResNet(Module):
+    def __init__(self, depth=32, in_channels=3, num_classes=10, activation="leaky_relu", slope=0.1, seed=0):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, ...), got {depth}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        n = (depth - 2) // 6
+        rng = make_rng(seed)
+        self.depth, self.num_classes, self.activation, self.slope = depth, num_classes, activation, slope
+        self.stem = Conv2d(in_channels, WIDTHS[0], 3, 1, 1, rng=rng)
+        in_ch = WIDTHS[0]
+        self.units = []
+        for s, (width, stride) in enumerate(zip(WIDTHS, STRIDES), start=1):
+            stage = Module()
+            for u in range(n):
+                unit = PreActUnit(in_ch, width, stride if u == 0 else 1, s == 1 and u == 0, activation, slope, rng)
+                setattr(stage, f"unit{u}", unit)
+                self.units.append(unit)
+                in_ch = width
+            setattr(self, f"stage{s}", stage)
+        self.bn = BatchNorm2d(WIDTHS[-1])
+        self.fc = Linear(WIDTHS[-1], num_classes, rng=rng)
+
+    def features(self, x):
+        """Z (N, 64): final BN → activation → global average pool (the K-density feature)."""
+        h = self.stem(x)
+        for unit in self.units:
+            h = unit(h)
+        return F.global_avg_pool2d(_activate(self.bn(h), self.activation, self.slope))
+
+    def forward(self, x):
+        """Logits s (N, L) = fc(Z)."""
+        return self.fc(self.features(x))
+
+
+def resnet(depth=32, in_channels=3, num_classes=10, activation="leaky_relu", seed=0) -> ResNet:
+    """The authors' pre-activation ResNet-``depth`` (32 → n=5, 56 → n=9), seeded initialisation."""
+    return ResNet(depth, in_channels, num_classes, activation, seed=seed)

@@ -1,0 +1,120 @@
+"""``Module``: an ordered container of parameters, buffers and sub-modules.
+
+Entries are kept in the order they are assigned, which every layer here makes the forward order,
+so ``parameters()``, ``state_dict()`` and optimiser state are deterministic.
+"""
+from __future__ import annotations
+
+import collections
+
+from rcenp.autograd import Tensor
+from rcenp.backend import as_numpy, device_of, get_array_module, to_device
+
+
+class Parameter(Tensor):
+    """A trainable Tensor. ``decay`` marks weights that take weight decay (conv and linear kernels)."""
+
+    __slots__ = ("decay",)
+
+    def __init__(self, data, decay: bool = False, name: str | None = None):
+        super().__init__(data, requires_grad=True, name=name)
+        self.decay = decay
+
+
+class Module:
+    def __init__(self):
+        object.__setattr__(self, "_entries", collections.OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, (Parameter, Module)):
+            self._entries[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, array) -> None:
+        """A state array that is saved and moved with the module but not trained (running stats)."""
+        self._entries[name] = _Buffer()
+        object.__setattr__(self, name, array)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError
+
+    # ---- traversal ---------------------------------------------------------------------------
+    def named_entries(self, prefix=""):
+        """(dotted name, Parameter | array) in forward order, buffers included."""
+        for name, entry in self._entries.items():
+            if isinstance(entry, Module):
+                yield from entry.named_entries(prefix + name + ".")
+            else:
+                yield prefix + name, getattr(self, name)
+
+    def named_parameters(self):
+        return [(n, v) for n, v in self.named_entries() if isinstance(v, Parameter)]
+
+    def parameters(self):
+        return [v for _, v in self.named_parameters()]
+
+    def modules(self):
+        yield self
+        for entry in self._entries.values():
+            if isinstance(entry, Module):
+                yield from entry.modules()
+
+    # ---- modes and devices -------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, device: str):
+        """Move every parameter and buffer to ``device`` ('cpu' or 'cuda') in place."""
+        for m in self.modules():
+            for name, entry in m._entries.items():
+                if isinstance(entry, Parameter):
+                    entry.data = to_device(entry.data, device)
+                    entry.grad = None
+                elif isinstance(entry, _Buffer):
+                    object.__setattr__(m, name, to_device(getattr(m, name), device))
+        return self
+
+    @property
+    def device(self) -> str:
+        first = next(iter(self.named_entries()), None)
+        return device_of(first[1]) if first else "cpu"
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self):
+        """Ordered {dotted name: host NumPy array} (a copy), parameters and buffers in forward order."""
+        return collections.OrderedDict(
+            (n, as_numpy(v.data if isinstance(v, Tensor) else v).copy()) for n, v in self.named_entries())
+
+    def load_state_dict(self, state, strict: bool = True) -> None:
+        """Copy arrays from ``state`` into this module (on its device), checking names and shapes."""
+        own = dict(self.named_entries())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state dict mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for name, current in own.items():
+            if name not in state:
+                continue
+            array = current.data if isinstance(current, Tensor) else current
+            value = state[name]
+            if tuple(value.shape) != tuple(array.shape):
+                raise ValueError(f"{name}: shape {tuple(value.shape)} does not match {tuple(array.shape)}")
+            xp = get_array_module(array)
+            array[...] = xp.asarray(value, dtype=array.dtype)
+
+
+class _Buffer:
+    """Marker for a buffer entry (the array itself lives in the module's attribute)."""

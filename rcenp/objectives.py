@@ -1,0 +1,57 @@
+"""A network together with its training objective, and the logits every later step uses.
+
+For a CE network the prediction logits are s; for an RCE network they are -s, the "reverse
+logits" of §3.2 (F_R(x) = softmax(-s)). Confidence, non-ME, predictions and every attack loss use
+these prediction logits; the training loss uses s itself (paper eq. 4 acts on softmax(s)).
+"""
+from __future__ import annotations
+
+from rcenp import functional as F
+from rcenp.autograd import Tensor, no_grad
+from rcenp.backend import get_array_module, to_device
+from rcenp.nn import Module
+
+OBJECTIVES = ("ce", "rce")
+
+
+class Classifier(Module):
+    def __init__(self, network: Module, objective: str):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.network = network
+        self.objective = objective
+
+    def raw_logits(self, x) -> Tensor:
+        """s = the network's own logits (N, L)."""
+        return self.network(x)
+
+    def forward(self, x) -> Tensor:
+        """Prediction logits (N, L): s for CE, -s for RCE."""
+        s = self.network(x)
+        return -s if self.objective == "rce" else s
+
+    def features(self, x) -> Tensor:
+        """Z (N, D), the penultimate feature (unaffected by the reversal)."""
+        return self.network.features(x)
+
+    def loss(self, x, labels) -> Tensor:
+        """The training objective on raw logits: CE or RCE (eq. 4), batch mean."""
+        s = self.network(x)
+        if self.objective == "rce":
+            return F.reverse_cross_entropy(s, labels)
+        return F.cross_entropy(s, labels)
+
+    def predict_logits(self, images, batch_size=500):
+        """Prediction logits of a host or device image array, in eval-mode batches, without a graph."""
+        xp = get_array_module(self.network.parameters()[0].data)
+        outputs = []
+        with no_grad():
+            for start in range(0, len(images), batch_size):
+                batch = to_device(images[start:start + batch_size], self.device)
+                outputs.append(self(batch).data)
+        return xp.concatenate(outputs) if outputs else xp.zeros((0, self.network.num_classes))
+
+    def predict(self, images, batch_size=500):
+        """Predicted labels (N,) by argmax of the prediction logits (argmin of s for RCE)."""
+        return self.predict_logits(images, batch_size).argmax(axis=1)

@@ -1,0 +1,1 @@
+"""Differentiable operations, one family per module; ``rcenp.functional`` re-exports them."""

@@ -1,0 +1,104 @@
+"""Activations and the softmax family (all along one axis, stable by max-shifting)."""
+from __future__ import annotations
+
+from rcenp.autograd import Function, Tensor
+from rcenp.backend import get_array_module
+
+
+class LeakyReLU(Function):
+    """max(x, slope*x) for 0 <= slope < 1; the derivative at 0 is ``slope`` (0 for ReLU)."""
+
+    def __init__(self, slope):
+        if not 0.0 <= slope < 1.0:
+            raise ValueError(f"leaky_relu slope must be in [0, 1), got {slope}")
+        self.slope = slope
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.x = x
+        if self.slope == 0.0:
+            return xp.maximum(x, 0)
+        return xp.maximum(x, x * x.dtype.type(self.slope))
+
+    def backward(self, gy):
+        positive = self.x > 0
+        if self.slope == 0.0:
+            return gy * positive
+        # multiplier = slope where x <= 0, 1 where x > 0, built as (1 - m)*slope + m from the 0/1
+        # mask m: exact in floating point, and ~6x faster than where() with array arguments.
+        m = positive.astype(gy.dtype)
+        multiplier = 1 - m
+        multiplier *= gy.dtype.type(self.slope)
+        multiplier += m
+        multiplier *= gy
+        return multiplier
+
+
+def _log_softmax(xp, x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    def __init__(self, axis=-1):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.y = _log_softmax(xp, x, self.axis)
+        return self.y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        return gy - xp.exp(self.y) * gy.sum(axis=self.axis, keepdims=True)
+
+
+class Softmax(Function):
+    def __init__(self, axis=-1):
+        self.axis = axis
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.y = xp.exp(_log_softmax(xp, x, self.axis))
+        return self.y
+
+    def backward(self, gy):
+        y = self.y
+        return y * (gy - (gy * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSumExp(Function):
+    def __init__(self, axis=-1, keepdims=False):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        m = x.max(axis=self.axis, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)  # all -inf stays -inf, no NaN
+        y = xp.log(xp.exp(x - m).sum(axis=self.axis, keepdims=True)) + m
+        self.x, self.y = x, y
+        return y if self.keepdims else y.squeeze(axis=self.axis)
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        if not self.keepdims:
+            gy = xp.expand_dims(gy, self.axis)
+        return gy * xp.exp(self.x - self.y)
+
+
+def log_softmax_array(x, axis=-1):
+    """Stable log-softmax of a raw array (no graph)."""
+    return _log_softmax(get_array_module(x), x, axis)
+
+
+def relu(x) -> Tensor: return LeakyReLU(0.0)(x)
+
+
+def leaky_relu(x, slope=0.1) -> Tensor:
+    """max(x, slope*x); the authors' networks use slope 0.1 (protocol §1.1)."""
+    return LeakyReLU(slope)(x)
+
+
+def log_softmax(x, axis=-1) -> Tensor: return LogSoftmax(axis)(x)
+def softmax(x, axis=-1) -> Tensor: return Softmax(axis)(x)
+def logsumexp(x, axis=-1, keepdims=False) -> Tensor: return LogSumExp(axis, keepdims)(x)

@@ -1,0 +1,68 @@
+"""Average pooling: windowed (VALID, no padding) and global."""
+from __future__ import annotations
+
+from rcenp.autograd import Function, Tensor
+from rcenp.backend import get_array_module
+from rcenp.ops.layout import alloc_like
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+class AvgPool2d(Function):
+    """Mean over KH x KW windows of x (N, C, H, W) at stride (SH, SW), VALID → (N, C, OH, OW)."""
+
+    def __init__(self, kernel_size, stride=None):
+        self.kernel = _pair(kernel_size)
+        self.stride = _pair(stride) if stride is not None else self.kernel
+
+    def _windows(self, h, w):
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise ValueError(f"avg_pool2d: window {kh}x{kw} larger than input {h}x{w}")
+        for i in range(kh):
+            for j in range(kw):
+                yield (slice(i, i + (oh - 1) * sh + 1, sh), slice(j, j + (ow - 1) * sw + 1, sw))
+
+    def forward(self, x):
+        self.shape = x.shape
+        y = None
+        for rows, cols in self._windows(x.shape[2], x.shape[3]):
+            part = x[:, :, rows, cols]
+            y = part.copy(order="K") if y is None else y.__iadd__(part)
+        y *= 1.0 / (self.kernel[0] * self.kernel[1])
+        return y
+
+    def backward(self, gy):
+        gx = alloc_like(gy, self.shape, zero=True)
+        share = gy * (1.0 / (self.kernel[0] * self.kernel[1]))
+        for rows, cols in self._windows(self.shape[2], self.shape[3]):
+            gx[:, :, rows, cols] += share
+        return gx
+
+
+class GlobalAvgPool2d(Function):
+    """x (N, C, H, W) → mean over H, W → (N, C)."""
+
+    def forward(self, x):
+        self.x_like = x[:1, :1, :1, :1]  # remembers x's memory layout for the gradient
+        self.shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, gy):
+        n, c, h, w = self.shape
+        gx = alloc_like(self.x_like, self.shape, zero=False)
+        gx[...] = (gy * (1.0 / (h * w)))[:, :, None, None]
+        return gx
+
+
+def avg_pool2d(x, kernel_size, stride=None) -> Tensor:
+    """Average pooling of x (N, C, H, W); stride defaults to the kernel size."""
+    return AvgPool2d(kernel_size, stride)(x)
+
+
+def global_avg_pool2d(x) -> Tensor:
+    """Mean over the spatial axes: (N, C, H, W) → (N, C)."""
+    return GlobalAvgPool2d()(x)

@@ -1,0 +1,88 @@
+"""Reductions: sum, mean and max over axes."""
+from __future__ import annotations
+
+import math
+
+from rcenp.autograd import Function, Tensor
+from rcenp.backend import get_array_module
+
+
+def _normalise_axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(sorted(a % ndim for a in axes))
+
+
+def _expand(g, axes, keepdims):
+    """Give a reduced gradient back its reduced axes (as length-1) so it broadcasts over the input."""
+    if keepdims:
+        return g
+    xp = get_array_module(g)
+    return xp.expand_dims(g, axes) if axes else g
+
+
+class Sum(Function):
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x):
+        self.shape = x.shape
+        self.axes = _normalise_axes(self.axis, x.ndim)
+        return x.sum(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        return xp.broadcast_to(_expand(gy, self.axes, self.keepdims), self.shape)
+
+
+class Mean(Sum):
+    def forward(self, x):
+        y = super().forward(x)
+        self.count = x.size // y.size if y.size else 0
+        return x.mean(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        return super().backward(gy / self.count)
+
+
+class Max(Function):
+    """Maximum over axes; the gradient goes to the first maximal element (NumPy's argmax order)."""
+
+    def __init__(self, axis=None, keepdims=False):
+        self.axis, self.keepdims = axis, keepdims
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.shape = x.shape
+        self.axes = _normalise_axes(self.axis, x.ndim)
+        keep = [a for a in range(x.ndim) if a not in self.axes]
+        moved = xp.transpose(x, keep + list(self.axes)).reshape(
+            tuple(x.shape[a] for a in keep) + (-1,))
+        self.first = xp.argmax(moved, axis=-1)
+        self.keep = keep
+        return x.max(axis=self.axes, keepdims=self.keepdims)
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        keep_shape = tuple(self.shape[a] for a in self.keep)
+        reduced_shape = tuple(self.shape[a] for a in self.axes)
+        positions = xp.arange(math.prod(reduced_shape))
+        one_hot = positions == self.first[..., None]
+        g = (one_hot * gy.reshape(keep_shape)[..., None]).astype(gy.dtype, copy=False)
+        g = g.reshape(keep_shape + reduced_shape)
+        order = self.keep + list(self.axes)
+        inverse = [order.index(a) for a in range(len(self.shape))]
+        return xp.transpose(g, inverse)
+
+
+def sum(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001 - mirrors numpy.sum
+    return Sum(axis, keepdims)(x)
+
+
+def mean(x, axis=None, keepdims=False) -> Tensor:
+    return Mean(axis, keepdims)(x)
+
+
+def max(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001 - mirrors numpy.max
+    return Max(axis, keepdims)(x)

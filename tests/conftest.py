@@ -1,0 +1,29 @@
+"""Shared fixtures: every array test runs once per available backend (NumPy, and CuPy on a GPU)."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from rcenp.backend import cuda_available, xp_for
+
+settings.register_profile("default", max_examples=25, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+BACKENDS = [pytest.param("cpu", id="numpy"),
+            pytest.param("cuda", id="cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(
+                not cuda_available(), reason="CuPy or a CUDA device is not available")])]
+
+
+@pytest.fixture(params=BACKENDS, scope="session")
+def xp(request):
+    """The array module under test (numpy, or cupy when a GPU is present)."""
+    return xp_for(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,125 @@
+"""Convolution and batch normalisation: forward against naive float64 loops, finite-difference
+gradients on hypothesis-drawn shapes, strides and paddings, and the layout/mode conventions."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rcenp import functional as F
+from rcenp.autograd import Tensor, grad
+from rcenp.backend import as_numpy
+from rcenp.testing import check_gradients
+
+
+def naive_conv(x, w, b, stride, padding):
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xp_ = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    y = np.zeros((n, co, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp_[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            y[:, :, i, j] = np.einsum("nckl,ockl->no", patch, w)
+    return y if b is None else y + b[None, :, None, None]
+
+
+@st.composite
+def conv_cases(draw):
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    h = draw(st.integers(max(1, kh - 2 * ph), 7))
+    w = draw(st.integers(max(1, kw - 2 * pw), 7))
+    return dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)), co=draw(st.integers(1, 3)), h=h, w=w,
+                k=(kh, kw), stride=(sh, sw), padding=(ph, pw), bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
+
+
+@given(case=conv_cases())
+def test_conv2d_forward_and_gradients(xp, case):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((case["n"], case["c"], case["h"], case["w"]))
+    w = rng.standard_normal((case["co"], case["c"]) + case["k"])
+    b = rng.standard_normal(case["co"]) if case["bias"] else None
+    stride, padding = case["stride"], case["padding"]
+    args = [xp.asarray(a) for a in (x, w) + ((b,) if b is not None else ())]
+    y = F.conv2d(*args[:2], args[2] if b is not None else None, stride=stride, padding=padding)
+    np.testing.assert_allclose(as_numpy(y.data), naive_conv(x, w, b, stride, padding), rtol=1e-10, atol=1e-12)
+    op = (lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding)) if b is not None else \
+        (lambda x, w: F.conv2d(x, w, stride=stride, padding=padding))
+    check_gradients(op, args)
+
+
+def test_conv2d_output_is_channels_last_and_float32(xp):
+    x = xp.asarray(np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    w = xp.asarray(np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32))
+    y = F.conv2d(x, w, padding=1).data
+    assert y.dtype == np.float32 and y.shape == (2, 4, 8, 8)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+    ref = naive_conv(as_numpy(x).astype(np.float64), as_numpy(w).astype(np.float64), None, (1, 1), (1, 1))
+    np.testing.assert_allclose(as_numpy(y), ref, rtol=2e-5, atol=2e-5)
+
+
+def test_conv2d_rejects_bad_shapes(xp):
+    with pytest.raises(ValueError, match="channels"):
+        F.conv2d(xp.zeros((1, 2, 5, 5)), xp.zeros((3, 4, 3, 3)))
+    with pytest.raises(ValueError, match="does not fit"):
+        F.conv2d(xp.zeros((1, 2, 2, 2)), xp.zeros((3, 2, 3, 3)))
+
+
+def test_frozen_weight_skips_weight_gradient(xp):
+    """rcenp.grad with respect to the input only: the conv must not compute dW."""
+    x = Tensor(xp.asarray(np.ones((1, 1, 4, 4))), requires_grad=True)
+    w = Tensor(xp.asarray(np.ones((1, 1, 3, 3))), requires_grad=True)
+    y = F.conv2d(x, w, padding=1)
+    fn = y.creator
+    seen = []
+    original = type(fn).backward
+    type(fn).backward = lambda self, gy: (seen.append(self.needs_input_grad), original(self, gy))[1]
+    try:
+        grad(F.sum(y), x)
+    finally:
+        type(fn).backward = original
+    assert seen == [(True, False)]
+
+
+@st.composite
+def bn_cases(draw):
+    four_d = draw(st.booleans())
+    n = draw(st.integers(2, 4))
+    c = draw(st.integers(1, 4))
+    shape = (n, c, draw(st.integers(1, 3)), draw(st.integers(1, 3))) if four_d else (n, c)
+    return shape, draw(st.integers(0, 2**31)), draw(st.booleans())
+
+
+@given(case=bn_cases())
+def test_batch_norm_both_modes(xp, case):
+    shape, seed, channels_last = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * 2 + 0.5
+    if channels_last and len(shape) == 4:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    gamma, beta = rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
+    axes = (0,) if len(shape) == 2 else (0, 2, 3)
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    mean, var = x.mean(axis=axes), x.var(axis=axes)
+    expected = (x - mean.reshape(bshape)) / np.sqrt(var.reshape(bshape) + 1e-3) * gamma.reshape(bshape) + beta.reshape(bshape)
+    rm, rv = xp.asarray(np.zeros(shape[1])), xp.asarray(np.ones(shape[1]))
+    y = F.batch_norm(xp.asarray(x), xp.asarray(gamma), xp.asarray(beta), rm, rv, training=True)
+    np.testing.assert_allclose(as_numpy(y.data), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(rm), 0.1 * mean, rtol=1e-12)          # decay 0.9 from 0
+    np.testing.assert_allclose(as_numpy(rv), 0.9 + 0.1 * var, rtol=1e-12)     # biased variance
+    check_gradients(lambda x, g, b: F.batch_norm(x, g, b, training=True), [xp.asarray(x), xp.asarray(gamma), xp.asarray(beta)])
+    # eval mode: running statistics are constants
+    rm_e, rv_e = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    y = F.batch_norm(xp.asarray(x), xp.asarray(gamma), xp.asarray(beta), xp.asarray(rm_e), xp.asarray(rv_e), training=False)
+    expected = (x - rm_e.reshape(bshape)) / np.sqrt(rv_e.reshape(bshape) + 1e-3) * gamma.reshape(bshape) + beta.reshape(bshape)
+    np.testing.assert_allclose(as_numpy(y.data), expected, rtol=1e-10, atol=1e-12)
+    check_gradients(lambda x, g, b: F.batch_norm(x, g, b, xp.asarray(rm_e), xp.asarray(rv_e), training=False),
+                    [xp.asarray(x), xp.asarray(gamma), xp.asarray(beta)])
+
+
+def test_batch_norm_eval_needs_running_stats(xp):
+    with pytest.raises(ValueError, match="running_mean"):
+        F.batch_norm(xp.zeros((2, 3)), xp.ones(3), xp.zeros(3), training=False)
