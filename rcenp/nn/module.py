@@ -87,6 +87,17 @@ class Module:
                     object.__setattr__(m, name, to_device(getattr(m, name), device))
         return self
 
+    def astype(self, dtype):
+        """Cast every parameter and buffer to ``dtype`` in place (float64 for gradient checks)."""
+        for m in self.modules():
+            for name, entry in m._entries.items():
+                if isinstance(entry, Parameter):
+                    entry.data = entry.data.astype(dtype)
+                    entry.grad = None
+                elif isinstance(entry, _Buffer):
+                    object.__setattr__(m, name, getattr(m, name).astype(dtype))
+        return self
+
     @property
     def device(self) -> str:
         first = next(iter(self.named_entries()), None)

@@ -1,0 +1,120 @@
+"""The autograd engine itself: accumulation, rcenp.grad, no_grad, graph release, deep graphs."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import rcenp
+from rcenp import functional as F
+from rcenp.autograd import Function, Tensor, grad
+from rcenp.backend import as_numpy
+
+
+def test_backward_accumulates_into_leaves(xp):
+    a = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    b = Tensor(xp.asarray([3.0, 4.0]), requires_grad=True)
+    (a * b + a).sum().backward()
+    np.testing.assert_array_equal(as_numpy(a.grad), [4.0, 5.0])
+    np.testing.assert_array_equal(as_numpy(b.grad), [1.0, 2.0])
+    (a * 2.0).sum().backward()  # a second backward accumulates
+    np.testing.assert_array_equal(as_numpy(a.grad), [6.0, 7.0])
+
+
+def test_shared_subexpression_gets_all_contributions(xp):
+    x = Tensor(xp.asarray(3.0), requires_grad=True)
+    y = x * x
+    z = y * y + y  # x^4 + x^2
+    z.backward()
+    assert as_numpy(x.grad) == pytest.approx(4 * 27 + 6)
+
+
+def test_grad_leaves_dot_grad_untouched(xp):
+    w = Tensor(xp.asarray(np.ones((3, 2))), requires_grad=True)
+    x = Tensor(xp.asarray(np.arange(6.0).reshape(2, 3)), requires_grad=True)
+    loss = F.sum(F.matmul(x, w) ** 2)
+    gx = grad(loss, x)
+    assert w.grad is None and x.grad is None
+    expected = 2 * (as_numpy(x.data) @ np.ones((3, 2))) @ np.ones((3, 2)).T
+    np.testing.assert_allclose(as_numpy(gx), expected)
+
+
+def test_grad_of_several_inputs_and_unused_input(xp):
+    a = Tensor(xp.asarray(2.0), requires_grad=True)
+    b = Tensor(xp.asarray(5.0), requires_grad=True)
+    unused = Tensor(xp.asarray([1.0, 1.0]), requires_grad=True)
+    ga, gb, gu = grad(a * b * a, [a, b, unused])
+    assert float(ga) == 20.0 and float(gb) == 4.0
+    np.testing.assert_array_equal(as_numpy(gu), [0.0, 0.0])
+
+
+def test_grad_with_respect_to_an_intermediate(xp):
+    x = Tensor(xp.asarray(3.0), requires_grad=True)
+    h = x * 2.0
+    y = h * h + x
+    gh, gx = grad(y, [h, x])
+    assert float(gh) == 12.0 and float(gx) == 25.0  # dy/dx = 2h*2 + 1
+
+
+def test_no_grad_records_nothing(xp):
+    x = Tensor(xp.asarray([1.0]), requires_grad=True)
+    with rcenp.no_grad():
+        y = x * 2.0
+        with rcenp.enable_grad():
+            z = x * 3.0
+    assert y.creator is None and not y.requires_grad
+    assert z.creator is not None
+    assert rcenp.is_grad_enabled()
+
+
+def test_graph_is_released_after_backward(xp):
+    x = Tensor(xp.asarray(np.ones((4, 4))), requires_grad=True)
+    h = F.exp(x * 2.0)
+    ref = weakref.ref(h)
+    loss = F.sum(F.tanh(h))
+    del h
+    gc.collect()
+    assert ref() is not None  # held by the graph until backward
+    loss.backward()
+    gc.collect()
+    assert ref() is None
+    assert loss.creator.inputs == ()
+
+
+def test_retain_graph_allows_a_second_backward(xp):
+    x = Tensor(xp.asarray(2.0), requires_grad=True)
+    y = x * x
+    y.backward(retain_graph=True)
+    y.backward()
+    assert float(x.grad) == 8.0
+
+
+def test_deep_graph_needs_no_recursion(xp):
+    x = Tensor(xp.asarray(1.0), requires_grad=True)
+    y = x
+    for _ in range(20_000):  # far deeper than Python's recursion limit
+        y = y * 1.0
+    y.backward()
+    assert float(x.grad) == 1.0
+
+
+def test_scalars_take_the_tensor_dtype(xp):
+    x = Tensor(xp.asarray(np.ones(3, np.float32)))
+    assert (x * 0.1).dtype == np.float32 and (2 - x).dtype == np.float32
+    assert Tensor([1.0, 2.0]).dtype == np.float32  # Python floats default to float32
+
+
+def test_function_sees_needs_input_grad(xp):
+    class Probe(Function):
+        def forward(self, a, b):
+            return a + b
+
+        def backward(self, gy):
+            self.seen = self.needs_input_grad
+            return gy, gy
+
+    probe = Probe()
+    a = Tensor(xp.asarray(1.0), requires_grad=True)
+    out = probe(a, xp.asarray(2.0))
+    out.backward()
+    assert probe.seen == (True, False)

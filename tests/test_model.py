@@ -1,0 +1,181 @@
+"""The authors' ResNet: structure against an independent float64 reference, state-dict layout,
+initialisation, train/eval BN, gradients of the whole network, and the objective wrapper."""
+import math
+
+import numpy as np
+import pytest
+
+from rcenp import functional as F
+from rcenp.autograd import Tensor
+from rcenp.backend import as_numpy, to_device
+from rcenp.models import resnet
+from rcenp.objectives import Classifier
+from rcenp.testing import check_directional
+from tests.test_conv_bn import naive_conv
+
+
+def reference_forward(state, x, n, slope=0.1):
+    """Plain NumPy float64 pre-activation ResNet in eval mode, written from protocol §1.1."""
+    act = lambda t: np.where(t > 0, t, slope * t)  # noqa: E731
+
+    def bn(t, key):
+        shape = (1, -1, 1, 1)
+        return ((t - state[key + ".running_mean"].reshape(shape)) / np.sqrt(state[key + ".running_var"].reshape(shape) + 1e-3)
+                * state[key + ".weight"].reshape(shape) + state[key + ".bias"].reshape(shape))
+
+    h = naive_conv(x, state["stem.weight"], None, (1, 1), (1, 1))
+    in_ch = 16
+    for s, (width, stride) in enumerate(zip((16, 32, 64), (1, 2, 2)), start=1):
+        for u in range(n):
+            key = f"stage{s}.unit{u}"
+            st = stride if u == 0 else 1
+            if s == 1 and u == 0:
+                h = act(bn(h, key + ".bn1"))
+                shortcut, branch = h, h
+            else:
+                shortcut, branch = h, act(bn(h, key + ".bn1"))
+            branch = naive_conv(branch, state[key + ".conv1.weight"], None, (st, st), (1, 1))
+            branch = naive_conv(act(bn(branch, key + ".bn2")), state[key + ".conv2.weight"], None, (1, 1), (1, 1))
+            if in_ch != width:
+                nb, c, hh, ww = shortcut.shape
+                shortcut = shortcut[:, :, :hh // 2 * 2, :ww // 2 * 2].reshape(nb, c, hh // 2, 2, ww // 2, 2).mean(axis=(3, 5))
+                pad = (width - in_ch) // 2
+                shortcut = np.pad(shortcut, ((0, 0), (pad, pad), (0, 0), (0, 0)))
+            h = branch + shortcut
+            in_ch = width
+    z = act(bn(h, "bn")).mean(axis=(2, 3))
+    return z @ state["fc.weight"].T + state["fc.bias"], z
+
+
+def randomised(model, seed):
+    """Give BN non-trivial running statistics and affine parameters, so the test sees them."""
+    rng = np.random.default_rng(seed)
+    state = model.state_dict()
+    for k, v in state.items():
+        if k.endswith("running_mean") or k.endswith(".bias"):
+            state[k] = rng.normal(0, 0.2, v.shape).astype(v.dtype)
+        elif k.endswith("running_var"):
+            state[k] = rng.uniform(0.5, 2, v.shape).astype(v.dtype)
+        elif "bn" in k and k.endswith("weight"):
+            state[k] = rng.uniform(0.5, 1.5, v.shape).astype(v.dtype)
+    model.load_state_dict(state)
+    return model
+
+
+def test_state_dict_keys_in_forward_order():
+    model = resnet(32, 3)
+    keys = list(model.state_dict())
+    bn = ["weight", "bias", "running_mean", "running_var"]
+    expected = ["stem.weight"]
+    for s in (1, 2, 3):
+        for u in range(5):
+            p = f"stage{s}.unit{u}."
+            expected += [p + "bn1." + b for b in bn] + [p + "conv1.weight"] + [p + "bn2." + b for b in bn] + [p + "conv2.weight"]
+    expected += ["bn." + b for b in bn] + ["fc.weight", "fc.bias"]
+    assert keys == expected
+    assert sum(p.size for p in model.parameters()) == 464_154
+    assert [n for n, _ in model.named_parameters()] == [k for k in keys if "running" not in k]
+    assert len(resnet(56, 1).units) == 27  # n = 9 units per stage
+
+
+def test_initialisation_matches_the_protocol():
+    model = resnet(32, 3, seed=3)
+    state = model.state_dict()
+    for k, v in state.items():
+        if k.endswith("conv1.weight") or k.endswith("conv2.weight") or k == "stem.weight":
+            expected = math.sqrt(2.0 / (9 * v.shape[0]))
+            assert abs(v.std() - expected) < 0.15 * expected, k
+    bound = math.sqrt(3 / 64)
+    assert np.abs(state["fc.weight"]).max() <= bound and np.abs(state["fc.weight"]).max() > 0.9 * bound
+    assert (state["fc.bias"] == 0).all() and (state["bn.weight"] == 1).all() and (state["bn.running_var"] == 1).all()
+    assert all(p.decay == (p.ndim > 1) for p in model.parameters())  # decay on kernels only
+
+
+@pytest.mark.parametrize("activation", ["leaky_relu", "relu"])
+def test_forward_matches_independent_reference(xp, activation):
+    model = randomised(resnet(8, 1, activation=activation, seed=1), seed=2).astype(np.float64).eval()
+    model.to("cuda" if xp.__name__ == "cupy" else "cpu")
+    x = np.random.default_rng(4).normal(size=(2, 1, 6, 6))
+    logits = as_numpy(model(xp.asarray(x)).data)
+    z = as_numpy(model.features(xp.asarray(x)).data)
+    ref_logits, ref_z = reference_forward(model.state_dict(), x, 1, slope=0.1 if activation == "leaky_relu" else 0.0)
+    np.testing.assert_allclose(z, ref_z, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-10, atol=1e-12)
+
+
+def test_rejects_bad_depth_and_activation():
+    with pytest.raises(ValueError, match="6n\\+2"):
+        resnet(30)
+    with pytest.raises(ValueError, match="activation"):
+        resnet(8, activation="gelu")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_whole_network_gradient_float64(xp, training):
+    """Directional finite differences through a ResNet-8 with the RCE loss, in both BN modes."""
+    model = randomised(resnet(8, 1, seed=5), seed=6).astype(np.float64).train(training)
+    model.to("cuda" if xp.__name__ == "cupy" else "cpu")
+    clf = Classifier(model, "rce")
+    x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 6, 6))), requires_grad=True)
+    labels = xp.asarray(np.array([1, 4, 9]))
+    if training:  # keep the running statistics fixed across the finite-difference evaluations
+        running = {k: v for k, v in model.state_dict().items() if "running" in k}
+
+        def loss():
+            model.load_state_dict(running, strict=False)
+            return clf.loss(x, labels)
+    else:
+        def loss():
+            return clf.loss(x, labels)
+    check_directional(loss, [x] + model.parameters(), eps=1e-6, rtol=1e-6)
+
+
+def test_train_mode_updates_running_stats_and_eval_uses_them():
+    model = resnet(8, 1, seed=0)
+    x = np.random.default_rng(0).normal(1.0, 2.0, (4, 1, 8, 8)).astype(np.float32)
+    before = model.state_dict()
+    model.train()(x)
+    after = model.state_dict()
+    assert not np.allclose(before["stage1.unit0.bn1.running_mean"], after["stage1.unit0.bn1.running_mean"])
+    model.eval()
+    a, b = model(x[:2]).data, model(x[:2]).data
+    np.testing.assert_array_equal(a, b)
+    assert model.state_dict()["stage1.unit0.bn1.running_mean"].tolist() == after["stage1.unit0.bn1.running_mean"].tolist()
+    np.testing.assert_allclose(model(x[:1]).data, model(x[:2]).data[:1], rtol=1e-5, atol=1e-6)  # eval: per-example
+
+
+def test_state_dict_round_trip_and_shape_errors():
+    a, b = resnet(8, 1, seed=0), resnet(8, 1, seed=1)
+    b.load_state_dict(a.state_dict())
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(a.eval()(x).data, b.eval()(x).data)
+    bad = a.state_dict()
+    bad["fc.weight"] = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError, match="fc.weight"):
+        b.load_state_dict(bad)
+    del bad["fc.weight"]
+    with pytest.raises(KeyError, match="missing"):
+        b.load_state_dict(bad)
+
+
+def test_classifier_reverses_logits_for_rce():
+    net = resnet(8, 1, seed=0).eval()
+    x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    s = net(x).data
+    ce, rce = Classifier(net, "ce"), Classifier(net, "rce")
+    np.testing.assert_array_equal(ce(x).data, s)
+    np.testing.assert_array_equal(rce(x).data, -s)
+    np.testing.assert_array_equal(rce.predict(x), s.argmin(axis=1))
+    np.testing.assert_array_equal(ce.predict(x, batch_size=2), s.argmax(axis=1))
+    assert float(rce.loss(x, np.zeros(5, np.int64)).data) == pytest.approx(float(F.reverse_cross_entropy(s, np.zeros(5, np.int64)).data), rel=1e-6)
+    with pytest.raises(ValueError, match="objective"):
+        Classifier(net, "mse")
+
+
+def test_device_moves_round_trip(xp):
+    model = resnet(8, 1, seed=0)
+    device = "cuda" if xp.__name__ == "cupy" else "cpu"
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    expected = model.eval()(x).data
+    model.to(device)
+    np.testing.assert_allclose(as_numpy(model(to_device(x, device)).data), expected, rtol=1e-5, atol=1e-6)
