@@ -1,0 +1,233 @@
+"""Loading MNIST, Fashion-MNIST and CIFAR-10 from their canonical files, with integrity checks.
+
+Layout under the data root (see :func:`data_root`)::
+
+    mnist/                {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
+    fashion-mnist/        the same four names (else /usr/share/datasets/fashion-mnist/, Debian)
+    cifar-10-batches-py/  data_batch_1 ... data_batch_5, test_batch, batches.meta
+
+Images come back as float32 (N, C, H, W) scaled ``x/255 - 0.5`` into [-0.5, 0.5] (float32
+arithmetic); labels as int64 (N,) in 0..9.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import cifar, idx
+from .checksums import CIFAR_META_SHA256, CIFAR_SUBSET_ROWS, CIFAR_SUBSET_SHA256, IDX_SHA256, SAMPLE_SHA256
+from .errors import DataError
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10")
+SPLITS = ("train", "test")
+NUM_CLASSES = 10
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FULL_SIZE = {
+    "mnist": {"train": 60_000, "test": 10_000},
+    "fashion-mnist": {"train": 60_000, "test": 10_000},
+    "cifar10": {"train": 50_000, "test": 10_000},
+}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+SAMPLE_DIR = Path(__file__).resolve().with_name("sample")
+SAMPLE_NOTE = "embedded sample: first 1,000 MNIST test images"
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """One split of one data set.
+
+    ``images``: float32 (N, C, H, W) in [-0.5, 0.5]; ``labels``: int64 (N,) in 0..9;
+    ``identity``: a JSON-serialisable record of what was loaded: ``name``, ``split``, ``n``,
+    ``full`` (the complete published split), ``subset`` (fewer images than that), ``note``,
+    ``sha256`` ({file name: digest verified against a known value, or None where none is known})
+    and ``source`` (the folder read).
+    """
+
+    images: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    identity: dict
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self) -> str:
+        """One line for logs, e.g. ``cifar10/train: 5,085 images, SUBSET (CIFAR-10 subset: ...)``."""
+        ident = self.identity
+        kind = "full" if ident["full"] else "SUBSET" if ident["subset"] else "partial"
+        return f"{ident['name']}/{ident['split']}: {ident['n']:,} images, {kind} ({ident['note']})"
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``explicit`` (a ``--data-dir`` value), else ``$RCENP_DATA``, else a per-user
+    cache, ``$XDG_CACHE_HOME/rcenp`` (when set to an absolute path) or ``~/.cache/rcenp``."""
+    if explicit is not None and os.fspath(explicit) != "":
+        return Path(explicit).expanduser()
+    env = os.environ.get("RCENP_DATA", "")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
+    return base / "rcenp"
+
+
+def scale(raw: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 ``x/255 - 0.5`` (computed in float32), same shape."""
+    out = raw.astype(np.float32)
+    out /= np.float32(255)
+    out -= np.float32(0.5)
+    return out
+
+
+def check_labels(labels: np.ndarray, path: Path) -> None:
+    """Raise DataError naming ``path`` unless every label is in 0..9."""
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{path}: label {int(labels[i])} at index {i:,} is outside 0..{NUM_CLASSES - 1}")
+
+
+def load(name: str, split: str, root: str | os.PathLike | None = None) -> Dataset:
+    """Load split ``split`` ("train" or "test") of data set ``name`` (one of :data:`DATASETS`)
+    from ``data_root(root)``; Fashion-MNIST falls back to Debian's folder when not under the root.
+
+    Files expected in full (a full-size IDX header, ``batches.meta``) must match their published
+    SHA-256, else DataError. Smaller files load as a subset (``identity["subset"]`` True).
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} of {name}: expected 'train' or 'test'")
+    root = data_root(root)
+    if name == "cifar10":
+        return _load_cifar(root / cifar.DIRNAME, split)
+    return _load_idx(name, split, _idx_folder(name, split, root))
+
+
+def load_sample() -> Dataset:
+    """The embedded sample: the first 1,000 MNIST test images (N = 1000, C = 1, H = W = 28)."""
+    images, labels, paths, digests = _read_idx_pair(SAMPLE_DIR, "test")
+    for path, digest in zip(paths, digests, strict=True):
+        if digest != SAMPLE_SHA256[_base(path)]:
+            raise DataError(f"{path}: SHA-256 {digest} is not the embedded sample's; the installation is damaged")
+    identity = _identity("mnist", "test", len(labels), full=False, note=SAMPLE_NOTE,
+                         sha256=dict(zip((p.name for p in paths), digests, strict=True)), source=SAMPLE_DIR)
+    return Dataset(scale(images).reshape(-1, 1, 28, 28), labels, identity)
+
+
+def _base(path: Path) -> str:
+    return path.name.removesuffix(".gz")
+
+
+def _identity(name: str, split: str, n: int, *, full: bool, note: str, sha256: dict, source: Path) -> dict:
+    return {
+        "name": name,
+        "split": split,
+        "n": int(n),
+        "full": full,
+        "subset": n < FULL_SIZE[name][split],
+        "note": note,
+        "sha256": sha256,
+        "source": str(source),
+    }
+
+
+def _missing(path: Path, hint: str) -> DataError:
+    return DataError(f"{path}: missing ({hint})")
+
+
+def _idx_folder(name: str, split: str, root: Path) -> Path:
+    """The first folder that holds the split's image file: the root's, then (Fashion) Debian's."""
+    folders = [root / name] + ([DEBIAN_FASHION_MNIST] if name == "fashion-mnist" else [])
+    image_name = IDX_FILES[split][0]
+    for folder in folders:
+        if idx.find(folder, image_name) is not None:
+            return folder
+    tried = " or ".join(f"{f / image_name}[.gz]" for f in folders)
+    raise DataError(f"{tried}: missing (fetch it with rcenp.data.fetch.fetch({name!r}) or set RCENP_DATA)")
+
+
+def _read_idx_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[Path], list[str]]:
+    """uint8 images (N, 28, 28), int64 labels (N,), the two paths and their SHA-256 digests."""
+    paths = []
+    for file_name in IDX_FILES[split]:
+        path = idx.find(folder, file_name)
+        if path is None:
+            raise _missing(folder / f"{file_name}[.gz]", "the image and label files must sit in one folder")
+        paths.append(path)
+    image_path, label_path = paths
+    images, image_digest = idx.read(image_path, 3)
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"{image_path}: images of {images.shape[1]}x{images.shape[2]} pixels, expected 28x28")
+    labels, label_digest = idx.read(label_path, 1)
+    if len(labels) != len(images):
+        raise DataError(f"{label_path}: {len(labels):,} labels but {image_path.name} holds {len(images):,} images")
+    check_labels(labels, label_path)
+    return images, labels.astype(np.int64), paths, [image_digest, label_digest]
+
+
+def _load_idx(name: str, split: str, folder: Path) -> Dataset:
+    images, labels, paths, digests = _read_idx_pair(folder, split)
+    n = len(labels)
+    full_n = FULL_SIZE[name][split]
+    full = n == full_n
+    sha256 = {}
+    for path, digest in zip(paths, digests, strict=True):
+        known = IDX_SHA256[name][_base(path)]
+        if full and digest != known:
+            raise DataError(
+                f"{path}: header says the full {name} {split} set but the SHA-256 of its uncompressed "
+                f"content is {digest}, not the published {known}"
+            )
+        sha256[path.name] = digest if digest == known else None
+    if full:
+        note = f"complete {name} {split} set, published SHA-256 verified"
+    else:
+        note = f"{name} subset: {n:,} of {full_n:,} {split} images, not verifiable against published checksums"
+    identity = _identity(name, split, n, full=full, note=note, sha256=sha256, source=folder)
+    return Dataset(scale(images).reshape(n, 1, 28, 28), labels, identity)
+
+
+def _load_cifar(folder: Path, split: str) -> Dataset:
+    hint = "fetch it with rcenp.data.fetch.fetch('cifar10') or set RCENP_DATA"
+    if not folder.is_dir():
+        raise _missing(folder, hint)
+    sha256: dict[str, str | None] = {}
+    meta = folder / cifar.META
+    if meta.is_file():
+        digest = cifar.read_meta(meta)
+        if digest != CIFAR_META_SHA256:
+            raise DataError(f"{meta}: SHA-256 {digest} is not that of the published batches.meta")
+        sha256[meta.name] = digest
+    names = cifar.TRAIN_BATCHES if split == "train" else (cifar.TEST_BATCH,)
+    rows, labels = [], []
+    for batch_name in names:
+        path = folder / batch_name
+        if not path.is_file():
+            raise _missing(path, hint)
+        data, batch_labels, digest = cifar.read_batch(path)
+        check_labels(batch_labels, path)
+        rows.append(data)
+        labels.append(batch_labels)
+        sha256[batch_name] = digest if digest == CIFAR_SUBSET_SHA256[batch_name] else None
+    counts = [len(r) for r in rows]
+    n = sum(counts)
+    full_n = FULL_SIZE["cifar10"][split]
+    full = all(c == cifar.ROWS_PER_BATCH for c in counts)
+    if full:
+        note = f"complete CIFAR-10 {split} set ({len(names)} batch(es) of {cifar.ROWS_PER_BATCH:,})"
+    elif all(sha256[b] is not None for b in names):
+        note = (f"CIFAR-10 subset: {n:,} of {full_n:,} {split} images, the first "
+                f"{CIFAR_SUBSET_ROWS:,} of each published batch, SHA-256 verified")
+    else:
+        per_batch = ", ".join(f"{c:,}" for c in counts)
+        note = f"CIFAR-10 subset: {n:,} of {full_n:,} {split} images (rows per batch: {per_batch}), not verified"
+    identity = _identity("cifar10", split, n, full=full, note=note, sha256=sha256, source=folder)
+    images = scale(np.concatenate(rows)).reshape(n, 3, 32, 32)
+    return Dataset(images, np.concatenate(labels), identity)

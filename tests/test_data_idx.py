@@ -1,0 +1,240 @@
+"""IDX loading (MNIST, Fashion-MNIST) on small files written here, and its failure modes."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rcenp.data import DATASETS, DataError, Dataset, checksums, data_root, datasets, idx, load
+
+TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write(path: Path, content: bytes, gz: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        content = gzip.compress(content, mtime=0)
+    path.write_bytes(content)
+    return path
+
+
+def write_pair(folder: Path, images: np.ndarray, labels: np.ndarray, names=TEST, gz=True) -> tuple[Path, Path]:
+    return (write(folder / names[0], idx.encode(images), gz), write(folder / names[1], idx.encode(labels), gz))
+
+
+def tiny(n=7, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+
+
+def error_of(call, path: Path) -> str:
+    """Run ``call``; it must raise DataError with one line naming ``path``."""
+    with pytest.raises(DataError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    assert path.name in message, message
+    return message
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("split,names", [("train", TRAIN), ("test", TEST)])
+def test_load_small_mnist(tmp_path, gz, split, names):
+    raw, raw_labels = tiny(7)
+    write_pair(tmp_path / "mnist", raw, raw_labels, names, gz)
+    data = load("mnist", split, tmp_path)
+    assert isinstance(data, Dataset) and len(data) == 7
+    assert data.images.shape == (7, 1, 28, 28) and data.images.dtype == np.float32
+    assert data.labels.dtype == np.int64
+    np.testing.assert_array_equal(data.labels, raw_labels)
+    expected = raw.astype(np.float32)[:, None] / np.float32(255) - np.float32(0.5)
+    np.testing.assert_array_equal(data.images, expected)
+    ident = data.identity
+    assert ident["name"] == "mnist" and ident["split"] == split and ident["n"] == 7
+    assert ident["subset"] is True and ident["full"] is False
+    assert set(ident["sha256"].values()) == {None}
+    assert ident["source"] == str(tmp_path / "mnist")
+    json.dumps(ident)
+    assert "SUBSET" in data.describe()
+
+
+def test_gz_preferred_over_plain(tmp_path):
+    raw, labels = tiny(3)
+    write_pair(tmp_path / "mnist", raw, labels, gz=True)
+    write_pair(tmp_path / "mnist", raw[:2], labels[:2], gz=False)
+    assert len(load("mnist", "test", tmp_path)) == 3
+
+
+def test_scale_exact_endpoints():
+    raw = np.arange(256, dtype=np.uint8)
+    out = datasets.scale(raw)
+    assert out.dtype == np.float32
+    assert out[0] == -0.5 and out[255] == 0.5 and out[51] == np.float32(51) / np.float32(255) - np.float32(0.5)
+    assert np.all(np.diff(out) > 0)
+
+
+def test_fashion_mnist_falls_back_to_debian_folder(tmp_path, monkeypatch):
+    debian = tmp_path / "debian"
+    raw, labels = tiny(4)
+    write_pair(debian, raw, labels)
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", debian)
+    data = load("fashion-mnist", "test", tmp_path / "root")
+    assert data.identity["source"] == str(debian) and data.identity["name"] == "fashion-mnist"
+    own = tmp_path / "root" / "fashion-mnist"
+    write_pair(own, raw[:2], labels[:2])
+    assert load("fashion-mnist", "test", tmp_path / "root").identity["source"] == str(own)
+
+
+def test_full_size_header_with_wrong_hash_is_refused(tmp_path):
+    images = np.zeros((10_000, 28, 28), np.uint8)
+    labels = np.zeros(10_000, np.uint8)
+    image_path, _ = write_pair(tmp_path / "mnist", images, labels)
+    message = error_of(lambda: load("mnist", "test", tmp_path), image_path)
+    assert "SHA-256" in message and checksums.IDX_SHA256["mnist"]["t10k-images-idx3-ubyte"] in message
+
+
+def test_missing_files(tmp_path):
+    error_of(lambda: load("mnist", "train", tmp_path), tmp_path / "mnist" / TRAIN[0])
+    raw, labels = tiny(3)
+    write(tmp_path / "mnist" / TEST[0], idx.encode(raw), gz=True)
+    error_of(lambda: load("mnist", "test", tmp_path), tmp_path / "mnist" / TEST[1])
+
+
+def test_missing_fashion_names_both_places(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    message = error_of(lambda: load("fashion-mnist", "test", tmp_path), tmp_path / "nowhere")
+    assert str(tmp_path / "fashion-mnist") in message
+
+
+def test_truncated_gzip(tmp_path):
+    raw, labels = tiny(5)
+    image_path, _ = write_pair(tmp_path / "mnist", raw, labels)
+    image_path.write_bytes(image_path.read_bytes()[:-100])
+    assert "gzip" in error_of(lambda: load("mnist", "test", tmp_path), image_path)
+
+
+def test_not_gzip_at_all(tmp_path):
+    raw, labels = tiny(5)
+    _, label_path = write_pair(tmp_path / "mnist", raw, labels)
+    label_path.write_bytes(b"this is not gzip")
+    error_of(lambda: load("mnist", "test", tmp_path), label_path)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_wrong_magic(tmp_path, which):
+    raw, labels = tiny(5)
+    contents = [bytearray(idx.encode(raw)), bytearray(idx.encode(labels))]
+    contents[which][3] ^= 0x02  # 0x803 <-> 0x801
+    paths = [write(tmp_path / "mnist" / name, bytes(c), gz=False) for name, c in zip(TEST, contents, strict=True)]
+    assert "magic" in error_of(lambda: load("mnist", "test", tmp_path), paths[which])
+
+
+@pytest.mark.parametrize("cut", [1, 500])
+def test_header_disagrees_with_size(tmp_path, cut):
+    raw, labels = tiny(5)
+    content = idx.encode(raw)
+    image_path = write(tmp_path / "mnist" / TEST[0], content[:-cut], gz=True)
+    write(tmp_path / "mnist" / TEST[1], idx.encode(labels), gz=True)
+    assert "header says 5x28x28" in error_of(lambda: load("mnist", "test", tmp_path), image_path)
+
+
+def test_extra_bytes_after_data(tmp_path):
+    raw, labels = tiny(5)
+    _, label_path = write_pair(tmp_path / "mnist", raw, labels)
+    label_path.write_bytes(gzip.compress(idx.encode(labels) + b"\0"))
+    error_of(lambda: load("mnist", "test", tmp_path), label_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\0\0\x08", b"\0\0\x08\x03\0\0"])
+def test_too_short_for_header(tmp_path, content):
+    raw, labels = tiny(2)
+    _, label_path = write_pair(tmp_path / "mnist", raw, labels)
+    image_path = write(tmp_path / "mnist" / TEST[0], content, gz=True)
+    error_of(lambda: load("mnist", "test", tmp_path), image_path)
+
+
+def test_wrong_image_size(tmp_path):
+    image_path, _ = write_pair(tmp_path / "mnist", np.zeros((3, 32, 32), np.uint8), np.zeros(3, np.uint8))
+    assert "28x28" in error_of(lambda: load("mnist", "test", tmp_path), image_path)
+
+
+def test_label_out_of_range(tmp_path):
+    raw, labels = tiny(6)
+    labels[4] = 10
+    _, label_path = write_pair(tmp_path / "mnist", raw, labels)
+    assert "label 10 at index 4" in error_of(lambda: load("mnist", "test", tmp_path), label_path)
+
+
+def test_count_mismatch(tmp_path):
+    raw, labels = tiny(6)
+    _, label_path = write_pair(tmp_path / "mnist", raw, labels[:5])
+    assert "5 labels" in error_of(lambda: load("mnist", "test", tmp_path), label_path)
+
+
+def test_unknown_name_or_split(tmp_path):
+    with pytest.raises(DataError, match="svhn"):
+        load("svhn", "train", tmp_path)
+    with pytest.raises(DataError, match="valid"):
+        load("mnist", "valid", tmp_path)
+    assert DATASETS == ("mnist", "fashion-mnist", "cifar10")
+
+
+def test_data_root_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCENP_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data_root(tmp_path / "cli") == tmp_path / "cli"
+    assert data_root(str(tmp_path / "cli")) == tmp_path / "cli"
+    assert data_root() == tmp_path / "env"
+    monkeypatch.delenv("RCENP_DATA")
+    assert data_root() == tmp_path / "xdg" / "rcenp"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_root() == tmp_path / "home" / ".cache" / "rcenp"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data_root() == tmp_path / "home" / ".cache" / "rcenp"
+
+
+def test_hash_computed_once_per_file_version(tmp_path, monkeypatch):
+    calls = []
+    real = checksums.hashlib.sha256
+    monkeypatch.setattr(checksums.hashlib, "sha256", lambda data: calls.append(1) or real(data))
+    raw, labels = tiny(4)
+    image_path, _ = write_pair(tmp_path / "mnist", raw, labels)
+    load("mnist", "test", tmp_path)
+    load("mnist", "test", tmp_path)
+    assert len(calls) == 2  # images and labels, once each
+    write(tmp_path / "mnist" / TEST[0], idx.encode(raw[:3]), gz=True)
+    os.utime(image_path, ns=(1, 1))  # a different mtime whatever the clock resolution
+    with pytest.raises(DataError):  # 3 images, 4 labels: the new file was read and hashed
+        load("mnist", "test", tmp_path)
+    assert len(calls) == 3
+
+
+def test_encode_parse_round_trip():
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    content = idx.encode(array)
+    assert content[:4] == b"\x00\x00\x08\x03" and content[4:16] == b"\0\0\0\x02\0\0\0\x03\0\0\0\x04"
+    np.testing.assert_array_equal(idx.parse(content, 3, Path("x")), array)
+    with pytest.raises(ValueError):
+        idx.encode(array.astype(np.int16))
+
+
+def test_public_api_and_frozen_dataset():
+    import dataclasses
+
+    import rcenp.data
+
+    assert set(rcenp.data.__all__) == {
+        "DATASETS", "BatchStream", "DataError", "Dataset", "augment_cifar", "data_root", "load", "load_sample",
+    }
+    assert issubclass(DataError, Exception)
+    data = Dataset(np.zeros((1, 1, 28, 28), np.float32), np.zeros(1, np.int64), {"n": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.labels = np.ones(1, np.int64)
+    assert "array" not in repr(data)
