@@ -123,3 +123,33 @@ def test_batch_norm_both_modes(xp, case):
 def test_batch_norm_eval_needs_running_stats(xp):
     with pytest.raises(ValueError, match="running_mean"):
         F.batch_norm(xp.zeros((2, 3)), xp.ones(3), xp.zeros(3), training=False)
+
+
+def test_host_chunked_paths_match_single_pass(monkeypatch):
+    """Large inputs take the chunked multi-threaded host path; it must agree with one pass."""
+    import rcenp.ops.conv as conv
+    import rcenp.ops.layout as layout
+
+    rng = np.random.default_rng(0)
+    x = np.ascontiguousarray(rng.standard_normal((64, 16, 16, 16))).transpose(0, 3, 1, 2)  # channels-last, 2.1 MB
+    w = rng.standard_normal((16, 16, 3, 3))
+    gamma, beta = rng.uniform(0.5, 2, 16), rng.standard_normal(16)
+    seed_grad = rng.standard_normal((64, 16, 8, 8))
+
+    def run():
+        xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+        g, b = Tensor(gamma, requires_grad=True), Tensor(beta, requires_grad=True)
+        h = F.leaky_relu(F.batch_norm(xt, g, b, training=True), 0.1)
+        out = F.conv2d(h, wt, stride=2, padding=1)
+        grads = grad(out, [xt, wt, g, b], grad_output=seed_grad)
+        return [out.data] + grads
+
+    monkeypatch.setattr(conv, "_COL_CHUNK_BYTES", 1 << 16)  # many conv chunks
+    chunked = run()
+    assert layout.host_parallel(x) == layout.parallel_available()
+    monkeypatch.setattr(conv, "_COL_CHUNK_BYTES", 1 << 40)
+    monkeypatch.setattr("rcenp.ops.norm.host_parallel", lambda *a: False)
+    monkeypatch.setattr("rcenp.ops.activation.host_parallel", lambda *a: False)
+    single = run()
+    for a, b in zip(chunked, single):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

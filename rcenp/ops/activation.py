@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
+from rcenp.ops.layout import alloc_like, for_each_chunk, host_parallel
 
 
 class LeakyReLU(Function):
@@ -14,24 +15,41 @@ class LeakyReLU(Function):
         self.slope = slope
 
     def forward(self, x):
-        xp = get_array_module(x)
         self.x = x
-        if self.slope == 0.0:
-            return xp.maximum(x, 0)
-        return xp.maximum(x, x * x.dtype.type(self.slope))
+        y = alloc_like(x, x.shape, zero=False)
+        slope = x.dtype.type(self.slope)
+
+        def job(lo, hi):
+            xp = get_array_module(x)
+            part = xp.multiply(x[lo:hi], slope, out=y[lo:hi])
+            xp.maximum(part, x[lo:hi], out=part)
+
+        _run(x, job)
+        return y
 
     def backward(self, gy):
-        positive = self.x > 0
-        if self.slope == 0.0:
-            return gy * positive
-        # multiplier = slope where x <= 0, 1 where x > 0, built as (1 - m)*slope + m from the 0/1
-        # mask m: exact in floating point, and ~6x faster than where() with array arguments.
-        m = positive.astype(gy.dtype)
-        multiplier = 1 - m
-        multiplier *= gy.dtype.type(self.slope)
-        multiplier += m
-        multiplier *= gy
-        return multiplier
+        x, slope = self.x, gy.dtype.type(self.slope)
+        gx = alloc_like(gy, gy.shape, zero=False)
+
+        def job(lo, hi):
+            # multiplier = slope where x <= 0, 1 where x > 0, built as (1 - m)*slope + m from the
+            # 0/1 mask m: exact in floating point, and ~6x faster than where() with array args.
+            m = (x[lo:hi] > 0).astype(gy.dtype)
+            multiplier = 1 - m
+            multiplier *= slope
+            multiplier += m
+            get_array_module(gy).multiply(multiplier, gy[lo:hi], out=gx[lo:hi])
+
+        _run(gy, job)
+        return gx
+
+
+def _run(x, job):
+    """job(lo, hi) over cache-sized chunks of axis 0 on the host pool, or once over everything."""
+    if host_parallel(x):
+        for_each_chunk(job, x)
+    else:
+        job(0, x.shape[0])
 
 
 def _log_softmax(xp, x, axis):

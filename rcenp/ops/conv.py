@@ -14,19 +14,27 @@ Backward:
   activation memory).
 - dx is itself a convolution (no col2im scatter). dy is dilated by S, padded, and correlated with
   the kernel flipped in KH and KW and transposed in (CO, C).
+
+On the host, every pass (forward, dw, dx) is split into chunks of images whose im2col block is
+about 2.5 MB. Each worker thread pads, gathers and multiplies its own chunk with single-threaded
+BLAS (``rcenp.ops.layout.map_chunks``), so the block never leaves the core's cache. The dw
+partial sums are added in chunk order, so results do not depend on thread timing.
 """
 from __future__ import annotations
 
 import collections
+import threading
 
 import numpy as np
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import copy_into
+from rcenp.ops.layout import map_chunks
 
-_WORKSPACE_SLOTS = 12
+_WORKSPACE_SLOTS = 64
+_COL_CHUNK_BYTES = 5 << 19  # about 2.5 MB of im2col per worker chunk
 _workspace: collections.OrderedDict = collections.OrderedDict()
+_workspace_lock = threading.Lock()
 
 
 def _buffer(xp, key, shape, dtype, zero: bool):
@@ -37,13 +45,14 @@ def _buffer(xp, key, shape, dtype, zero: bool):
     """
     if xp is not np:
         return xp.zeros(shape, dtype) if zero else xp.empty(shape, dtype)
-    key = (key, shape, np.dtype(dtype).str)
-    buf = _workspace.pop(key, None)
-    if buf is None:
-        buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-        while len(_workspace) >= _WORKSPACE_SLOTS:
-            _workspace.popitem(last=False)
-    _workspace[key] = buf
+    key = (key, threading.get_ident(), shape, np.dtype(dtype).str)  # one set of buffers per thread
+    with _workspace_lock:
+        buf = _workspace.pop(key, None)
+        if buf is None:
+            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            while len(_workspace) >= _WORKSPACE_SLOTS:
+                _workspace.popitem(last=False)
+        _workspace[key] = buf
     return buf
 
 
@@ -87,7 +96,7 @@ def _place(xp, nhwc, top, left, bottom, right, stride, key):
     src_r, dst_r = _span(top, h, sh, hp)
     src_c, dst_c = _span(left, w, sw, wp)
     if src_r is not None and src_c is not None:
-        copy_into(buf[:, dst_r, dst_c], nhwc[:, src_r, src_c])
+        buf[:, dst_r, dst_c] = nhwc[:, src_r, src_c]
     return buf
 
 
@@ -101,16 +110,54 @@ def _im2col(xp, padded, kh, kw, stride, out_hw, key):
     view = _as_strided(xp, padded, (n, oh, ow, kh, kw, c),
                        (sn, sh_ * stride[0], sw_ * stride[1], sh_, sw_, sc))
     col = _buffer(xp, key, (n, oh, ow, kh, kw, c), padded.dtype, zero=False)
-    copy_into(col, view)
+    col[...] = view
     return col.reshape(n * oh * ow, kh * kw * c)
 
 
-def _correlate(xp, nhwc_padded, w_mat, kh, kw, stride, out_hw, key):
-    """Valid cross-correlation of a padded (N, HP, WP, C) input → (N, OH, OW, CO), channels-last."""
-    n = nhwc_padded.shape[0]
-    col = _im2col(xp, nhwc_padded, kh, kw, stride, out_hw, key)
-    out = col @ w_mat
-    return out.reshape(n, out_hw[0], out_hw[1], w_mat.shape[1])
+def _chunk_size(n, out_hw, k_dim, itemsize):
+    per_image = out_hw[0] * out_hw[1] * k_dim * itemsize
+    return max(1, min(n, _COL_CHUNK_BYTES // max(per_image, 1)))
+
+
+def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw):
+    """Valid cross-correlation of x (N, H, W, C), dilated by ``dilation`` and padded by ``pads``
+    (top, left, bottom, right), with w_mat (KH*KW*C, CO) → (N, OH, OW, CO) channels-last."""
+    n, co = x_nhwc.shape[0], w_mat.shape[1]
+    kh, kw = kernel
+    if xp is not np:
+        padded = _place(xp, x_nhwc, *pads, dilation, ("pad",))
+        col = _im2col(xp, padded, kh, kw, stride, out_hw, ("col",))
+        return (col @ w_mat).reshape(n, out_hw[0], out_hw[1], co)
+    out = np.empty((n, out_hw[0], out_hw[1], co), dtype=np.result_type(x_nhwc, w_mat))
+
+    def job(lo, hi):
+        padded = _place(xp, x_nhwc[lo:hi], *pads, dilation, ("pad",))
+        col = _im2col(xp, padded, kh, kw, stride, out_hw, ("col",))
+        np.matmul(col, w_mat, out=out[lo:hi].reshape(-1, co))
+
+    map_chunks(job, n, _chunk_size(n, out_hw, w_mat.shape[0], out.itemsize))
+    return out
+
+
+def _weight_gradient(xp, x_nhwc, gy_nhwc, kernel, stride, pads):
+    """dW as a (KH*KW*C, CO) matrix: Σ over images of colᵀ @ dy, summed in chunk order."""
+    n, oh, ow, co = gy_nhwc.shape
+    kh, kw = kernel
+    if xp is not np:
+        padded = _place(xp, x_nhwc, *pads, (1, 1), ("pad",))
+        col = _im2col(xp, padded, kh, kw, stride, (oh, ow), ("col",))
+        return col.T @ xp.ascontiguousarray(gy_nhwc).reshape(-1, co)
+
+    def job(lo, hi):
+        padded = _place(xp, x_nhwc[lo:hi], *pads, (1, 1), ("pad",))
+        col = _im2col(xp, padded, kh, kw, stride, (oh, ow), ("col",))
+        return col.T @ np.ascontiguousarray(gy_nhwc[lo:hi]).reshape(-1, co)
+
+    parts = map_chunks(job, n, _chunk_size(n, (oh, ow), kh * kw * x_nhwc.shape[3], gy_nhwc.itemsize))
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 def _weight_matrix(w):
@@ -136,8 +183,8 @@ class Conv2d(Function):
             raise ValueError(f"conv2d: kernel {kh}x{kw} does not fit input {h}x{wd} with padding {ph},{pw}")
         self.x, self.w, self.has_bias = x, w, b is not None
         self.out_hw = (oh, ow)
-        padded = _place(xp, x.transpose(0, 2, 3, 1), ph, pw, ph, pw, (1, 1), ("x",))
-        y = _correlate(xp, padded, _weight_matrix(w), kh, kw, self.stride, (oh, ow), ("col",))
+        y = _correlate(xp, x.transpose(0, 2, 3, 1), _weight_matrix(w), (kh, kw), self.stride,
+                       (ph, pw, ph, pw), (1, 1), (oh, ow))
         if b is not None:
             y += b
         return y.transpose(0, 3, 1, 2)
@@ -150,29 +197,21 @@ class Conv2d(Function):
         (sh, sw), (ph, pw) = self.stride, self.padding
         oh, ow = self.out_hw
         gy_nhwc = gy.transpose(0, 2, 3, 1)
-        if gy_nhwc.flags.c_contiguous:
-            gy_mat = gy_nhwc.reshape(-1, co)
-        else:
-            gy_mat = _buffer(xp, ("gy_mat",), gy_nhwc.shape, gy.dtype, zero=False)
-            copy_into(gy_mat, gy_nhwc)
-            gy_mat = gy_mat.reshape(-1, co)
         gx = gw = gb = None
         if self.needs_input_grad[1]:
-            padded = _place(xp, x.transpose(0, 2, 3, 1), ph, pw, ph, pw, (1, 1), ("x",))
-            col = _im2col(xp, padded, kh, kw, self.stride, (oh, ow), ("col",))
-            gw = (col.T @ gy_mat).reshape(kh, kw, c, co).transpose(3, 2, 0, 1)
+            gw_mat = _weight_gradient(xp, x.transpose(0, 2, 3, 1), gy_nhwc, (kh, kw), self.stride, (ph, pw, ph, pw))
+            gw = gw_mat.reshape(kh, kw, c, co).transpose(3, 2, 0, 1)
         if self.has_bias and self.needs_input_grad[2]:
-            gb = gy_mat.sum(axis=0)
+            gb = gy_nhwc.sum(axis=(0, 1, 2))
         if self.needs_input_grad[0]:
             # dx[i] = sum over taps of dy at the output positions that read input row i. Rows of
             # the padded input past the last window ((OH-1)*S + KH) get no gradient.
             top, left = kh - 1 - ph, kw - 1 - pw
             bottom = h + kh - 1 - top - ((oh - 1) * sh + 1)
             right = wd + kw - 1 - left - ((ow - 1) * sw + 1)
-            placed = _place(xp, gy_nhwc, top, left, bottom, right, (sh, sw), ("gy",))
             w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (KH*KW*CO, C)
-            gx = _correlate(xp, placed, xp.ascontiguousarray(w_flip), kh, kw, (1, 1), (h, wd),
-                            ("col",)).transpose(0, 3, 1, 2)
+            gx = _correlate(xp, gy_nhwc, xp.ascontiguousarray(w_flip), (kh, kw), (1, 1),
+                            (top, left, bottom, right), (sh, sw), (h, wd)).transpose(0, 3, 1, 2)
         if self.has_bias:
             return gx, gw, gb
         return gx, gw

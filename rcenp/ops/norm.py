@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
+from rcenp.ops.layout import alloc_like, for_each_chunk, host_parallel
 
 
 def _axes(x):
@@ -54,9 +55,14 @@ class BatchNorm(Function):
         nd = x.ndim
         if self.training:
             m = x.size // x.shape[1]
-            mean = _channel_sum(x) / m
-            centred = x - _per_channel(mean, nd)
-            var = _channel_dot(centred, centred) / m  # two-pass: no E[x²] - E[x]² cancellation
+            mean = _summed(x, lambda c: _channel_sum(c)) / m
+            y = alloc_like(x, x.shape, zero=False)
+
+            def centre(lo, hi):  # y = x - mean, and this chunk's Σ (x - mean)²
+                c = xp.subtract(x[lo:hi], _per_channel(mean.astype(x.dtype, copy=False), nd), out=y[lo:hi])
+                return _channel_dot(c, c)
+
+            var = _chunked(x, centre, lambda: centre(0, x.shape[0])) / m  # two-pass: no cancellation
             if self.running_mean is not None:
                 d = self.decay
                 self.running_mean *= d
@@ -65,34 +71,77 @@ class BatchNorm(Function):
                 self.running_var += (1 - d) * var
         else:
             mean, var = self.running_mean, self.running_var
-            centred = x - _per_channel(mean, nd)
+            y = None
         inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
         scale = (gamma * inv_std).astype(x.dtype, copy=False)
         self.x, self.mean, self.inv_std, self.scale = x, mean, inv_std, scale
-        centred *= _per_channel(scale, nd)
-        centred += _per_channel(beta.astype(x.dtype, copy=False), nd)
-        return centred
+        scale_c = _per_channel(scale, nd)
+        if y is None:  # eval: y = x * scale + (beta - mean * scale)
+            shift_c = _per_channel((beta - mean * scale).astype(x.dtype, copy=False), nd)
+            y = alloc_like(x, x.shape, zero=False)
+
+            def affine(lo, hi):
+                xp.multiply(x[lo:hi], scale_c, out=y[lo:hi])
+                y[lo:hi] += shift_c
+        else:  # train: y holds x - mean
+            shift_c = _per_channel(beta.astype(x.dtype, copy=False), nd)
+
+            def affine(lo, hi):
+                y[lo:hi] *= scale_c
+                y[lo:hi] += shift_c
+        _chunked(x, affine, lambda: affine(0, x.shape[0]))
+        return y
 
     def backward(self, gy):
+        xp = get_array_module(gy)
         x, mean, inv_std, scale = self.x, self.mean, self.inv_std, self.scale
         nd = x.ndim
-        g_beta = _channel_sum(gy)
+        sums = _summed(x, lambda lo, hi: xp.stack([_channel_sum(gy[lo:hi]), _channel_dot(gy[lo:hi], x[lo:hi])]),
+                       chunked=True)
+        g_beta, gy_x = sums[0], sums[1]
         # Σ gy * x_hat with x_hat = (x - mean) * inv_std, without materialising x_hat
-        g_gamma = (_channel_dot(gy, x) - mean * g_beta) * inv_std
+        g_gamma = (gy_x - mean * g_beta) * inv_std
         gx = None
         if self.needs_input_grad[0]:
-            gx = gy * _per_channel(scale, nd)
+            gx = alloc_like(gy, gy.shape, zero=False)
+            scale_c = _per_channel(scale, nd)
             if self.training:
                 m = x.size // x.shape[1]
                 # gx = scale * (gy - g_beta/m - x_hat * g_gamma/m), written as gy*scale + x*b + c
-                b = (-scale * g_gamma * inv_std / m).astype(x.dtype, copy=False)
-                c = (-scale * g_beta / m - b * mean).astype(x.dtype, copy=False)
-                x_b = x * _per_channel(b, nd)
-                x_b += _per_channel(c, nd)
-                gx += x_b
+                b = _per_channel((-scale * g_gamma * inv_std / m).astype(x.dtype, copy=False), nd)
+                c = _per_channel((-scale * g_beta / m - b.reshape(-1) * mean).astype(x.dtype, copy=False), nd)
+
+                def combine(lo, hi):
+                    out = xp.multiply(x[lo:hi], b, out=gx[lo:hi])
+                    out += c
+                    out += gy[lo:hi] * scale_c
+            else:
+                def combine(lo, hi):
+                    xp.multiply(gy[lo:hi], scale_c, out=gx[lo:hi])
+            _chunked(gy, combine, lambda: combine(0, gy.shape[0]))
         return (gx,
                 g_gamma if self.needs_input_grad[1] else None,
                 g_beta if self.needs_input_grad[2] else None)
+
+
+def _chunked(x, job, whole):
+    """Run ``job(lo, hi)`` over cache-sized chunks on the host pool and add the results in chunk
+    order; on the GPU or for small inputs, ``whole()`` once."""
+    if not host_parallel(x):
+        return whole()
+    parts = for_each_chunk(job, x)
+    if parts[0] is None:
+        return None
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def _summed(x, fn, chunked=False):
+    """Σ of a per-chunk reduction ``fn`` (called as fn(lo, hi) when ``chunked``, else fn(chunk))."""
+    job = fn if chunked else (lambda lo, hi: fn(x[lo:hi]))
+    return _chunked(x, job, lambda: job(0, x.shape[0]))
 
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True,
