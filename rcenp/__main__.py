@@ -1,0 +1,5 @@
+import sys
+
+from rcenp.cli import main
+
+sys.exit(main())

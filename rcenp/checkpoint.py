@@ -1,0 +1,116 @@
+"""Checkpoints: arrays in an ``.npz``, everything else in a JSON manifest; no pickle anywhere.
+
+``<stem>.npz`` holds ``model/<state key>`` and ``optimizer/<state key>`` arrays. ``<stem>.json``
+holds the configuration, the step, the data set's identity, versions and the SHA-256 of the npz.
+Both are written to a temporary file in the same directory, flushed, fsync'ed and renamed, npz
+first. A crash leaves the previous pair intact, and a manifest never points at an npz it does
+not match.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, unreadable or inconsistent."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write text to ``path`` through a temporary file and a rename."""
+    _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def environment() -> dict:
+    """Versions and the code's commit, recorded with every checkpoint and result."""
+    info = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
+    try:
+        from rcenp import __version__
+
+        info["rcenp"] = __version__
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            info["commit"] = out.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            info["dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def save(stem, model_state: dict, optimizer_state: dict | None, manifest: dict) -> Path:
+    """Write ``<stem>.npz`` and ``<stem>.json`` atomically; returns the manifest path."""
+    stem = Path(stem)
+    arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
+    for k, v in (optimizer_state or {}).items():
+        arrays[f"optimizer/{k}"] = np.asarray(v)
+    npz = stem.with_suffix(".npz")
+    _atomic_write(npz, lambda fh: np.savez(fh, **arrays))
+    manifest = dict(manifest, arrays_file=npz.name, arrays_sha256=_sha256(npz), environment=environment())
+    manifest_path = stem.with_suffix(".json")
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest_path
+
+
+def load(stem, verify: bool = True):
+    """Read a checkpoint → (manifest dict, model state dict, optimizer state dict)."""
+    stem = Path(stem)
+    manifest_path = stem.with_suffix(".json")
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{manifest_path}: no checkpoint manifest here")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    npz = manifest_path.parent / manifest.get("arrays_file", stem.with_suffix(".npz").name)
+    if not npz.is_file():
+        raise CheckpointError(f"{npz}: arrays file named by {manifest_path.name} is missing")
+    if verify and manifest.get("arrays_sha256") and _sha256(npz) != manifest["arrays_sha256"]:
+        raise CheckpointError(f"{npz}: contents do not match the SHA-256 recorded in {manifest_path.name}")
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            model = {k[len("model/"):]: data[k] for k in data.files if k.startswith("model/")}
+            optimizer = {k[len("optimizer/"):]: data[k] for k in data.files if k.startswith("optimizer/")}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{npz}: unreadable arrays file ({exc})") from None
+    return manifest, model, optimizer

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job of the README: set up .venv, then run `rcenp demo` on the embedded defaults.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=setup-venv.sh
+source "$root/scripts/setup-venv.sh"
+set -euo pipefail
+rcenp demo "$@"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command of the README and of CI: set up .venv, then run the whole suite.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=setup-venv.sh
+source "$root/scripts/setup-venv.sh"
+set -euo pipefail
+cd "$root"
+echo "RCENP_DATA=${RCENP_DATA:-<unset: real-data tests skip>}"
+python -m pytest -p no:cacheprovider "$@"
