@@ -1,0 +1,27 @@
+"""Detection: the K-density score (paper §3.3), ROC/AUC under the authors' protocol, thresholds.
+
+Conventions (protocol §4): higher score = more normal for every metric; normal examples are the
+positive class of the ROC; the detector accepts an input when its score > T.
+"""
+from rcenp.detect.calibrate import calibrate_threshold, rejection_rate
+from rcenp.detect.kde import (
+    DEFAULT_SIGMA2,
+    LogKernelDensity,
+    log_kernel_density,
+    log_kernel_density_reference,
+    select_kernel_points,
+)
+from rcenp.detect.roc import (
+    bootstrap_auc_ci,
+    paper_pairs,
+    paper_sample_rule,
+    roc_auc,
+    roc_curve,
+    tpr_at_fpr,
+)
+
+__all__ = [
+    "DEFAULT_SIGMA2", "LogKernelDensity", "log_kernel_density", "log_kernel_density_reference",
+    "select_kernel_points", "roc_auc", "roc_curve", "tpr_at_fpr", "bootstrap_auc_ci",
+    "paper_sample_rule", "paper_pairs", "calibrate_threshold", "rejection_rate",
+]

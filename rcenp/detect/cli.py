@@ -1,0 +1,112 @@
+"""``rcenp detect``: fit a model's detector, or score image files with it (label or NOT SURE)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rcenp.checkpoint import CheckpointError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser("detect", help="score images with a model's detector (label or NOT SURE), or fit it",
+                       description="Score images (an .npz batch under key 'images', or PNG/JPEG files) with the "
+                       "model's thresholding detector, or fit and calibrate that detector with --fit.")
+    d.add_argument("model", help="run directory or shipped model name")
+    d.add_argument("--images", nargs="+", metavar="FILE", help=".npz batches or PNG/JPEG images")
+    d.add_argument("--fit", action="store_true", help="fit the kernel points and calibrate T (needs the data)")
+    d.add_argument("--metric", choices=["kd", "confidence", "non_me"], default="kd")
+    d.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean data (--fit)")
+    d.add_argument("--per-class", type=int, default=1000, help="kernel points per class (--fit; 0 = all)")
+    d.add_argument("--kernel-from", type=int, default=50_000,
+                   help="kernel points come from the first N training images, T is calibrated on the rest")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--data-dir")
+    d.add_argument("--device", choices=["cpu", "cuda"])
+
+
+def detector_stem(model_stem: Path) -> Path:
+    """Where a model's detector lives: RUN_DIR/detector, or <name>-detector beside a shipped model."""
+    if model_stem.name == "checkpoint":
+        return model_stem.parent / "detector"
+    return model_stem.parent / (model_stem.name + "-detector")
+
+
+def read_images(path: Path, shape) -> np.ndarray:
+    """Images (N, C, H, W) float32 in [-0.5, 0.5] from an .npz batch or one PNG/JPEG file."""
+    c, h, w = shape
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                key = "images" if "images" in data.files else (data.files[0] if len(data.files) == 1 else None)
+                if key is None:
+                    raise ValueError(f"{path}: expected an array named 'images' (found {', '.join(data.files)})")
+                array = data[key]
+        except (OSError, ValueError) as exc:
+            raise ValueError(str(exc) if str(path) in str(exc) else f"{path}: not a readable .npz ({exc})") from None
+        if array.ndim == 3 and c == 1:
+            array = array[:, None]
+        if array.ndim != 4 or tuple(array.shape[1:]) != (c, h, w):
+            raise ValueError(f"{path}: images of shape {tuple(array.shape)}; this model takes (N, {c}, {h}, {w})")
+        if array.dtype == np.uint8:
+            return array.astype(np.float32) / np.float32(255) - np.float32(0.5)
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all() or array.min() < -0.5 or array.max() > 0.5:
+            raise ValueError(f"{path}: float images must lie in [-0.5, 0.5] (or pass uint8 pixels)")
+        return array
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if c == 1 else "RGB")
+                pixels = np.asarray(img, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+        if pixels.shape[:2] != (h, w):
+            raise ValueError(f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]}; this model takes {w}x{h}")
+        pixels = pixels[None, None] if c == 1 else pixels.transpose(2, 0, 1)[None]
+        return pixels.astype(np.float32) / np.float32(255) - np.float32(0.5)
+    raise ValueError(f"{path}: unsupported file type (use .npz, .png or .jpg)")
+
+
+def cmd_detect(args) -> int:
+    from rcenp.detect.detector import NOT_SURE, Detector
+    from rcenp.models.registry import load, resolve
+
+    model, manifest = load(args.model, args.device)
+    stem = detector_stem(resolve(args.model))
+    if args.fit:
+        from rcenp.data import load as load_data
+
+        train = load_data(manifest["config"]["dataset"], "train", args.data_dir)
+        split = min(args.kernel_from, len(train.labels) - 1)
+        det = Detector(model, args.metric).fit(train.images[:split], train.labels[:split],
+                                               per_class=args.per_class or None, seed=args.seed)
+        det.calibrate(train.images[split:], args.fpr)
+        det.info.update(kernel_from=f"first {split} training images", calibration="the remaining training images")
+        det.save(stem)
+        print(det.describe())
+        if not args.images:
+            return 0
+    if not args.images:
+        raise ValueError("nothing to do: pass --images FILE... (or --fit)")
+    if not stem.with_suffix(".json").is_file():
+        raise CheckpointError(f"{args.model}: no fitted detector ({stem.with_suffix('.json')}); run with --fit first")
+    det = Detector.load(stem, model)
+    channels = 1 if manifest["config"]["dataset"] != "cifar10" else 3
+    size = 32 if channels == 3 else 28
+    for name in args.images:
+        images = read_images(Path(name), (channels, size, size))
+        labels, scores = det.predict(images)
+        for i, label in enumerate(labels):
+            where = name if len(labels) == 1 else f"{name}[{i}]"
+            answer = "NOT SURE" if label == NOT_SURE else f"label {int(label)}"
+            print(json.dumps({"image": where, "answer": answer, "predicted": int(scores["prediction"][i]),
+                              "confidence": float(scores["confidence"][i]), "non_me": float(scores["non_me"][i]),
+                              "log_kd": float(scores["kd"][i]) if "kd" in scores else None,
+                              "metric": det.metric, "threshold": det.threshold}))
+    return 0

@@ -1,0 +1,110 @@
+"""The thresholding test strategy (paper §3.3): return the label when score > T, else NOT SURE.
+
+``Detector(model, metric="kd")`` is fitted on training data, which gives the kernel points: a
+seeded random ``per_class`` training features per class, grouped by TRUE label and computed in
+eval mode (protocol §3.1). T is calibrated on held-out clean data to a target false-positive
+rate, where a false positive is a clean input rejected as NOT SURE. Scores are oriented so that
+higher means more normal: confidence, non-ME and log KD.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from rcenp import checkpoint
+from rcenp.autograd import no_grad
+from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.detect.calibrate import calibrate_threshold, rejection_rate
+from rcenp.detect.kde import DEFAULT_SIGMA2, log_kernel_density, select_kernel_points
+from rcenp.metrics import confidence, non_me
+
+NOT_SURE = -1
+METRICS = ("kd", "confidence", "non_me")
+
+
+class Detector:
+    def __init__(self, model, metric: str = "kd", threshold: float | None = None, sigma2: float | None = None):
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.model, self.metric, self.threshold = model, metric, threshold
+        self.sigma2 = DEFAULT_SIGMA2[model.objective] if sigma2 is None else float(sigma2)
+        self.kernel_points = None  # (L, M, D) on the model's device
+        self.info: dict = {}
+
+    # ---- fitting ------------------------------------------------------------------------------
+    def features_and_logits(self, images, batch_size=500):
+        """Z (N, D) and prediction logits (N, L) in eval mode, as arrays on the model's device."""
+        self.model.eval()
+        feats, logits = [], []
+        with no_grad():
+            for start in range(0, len(images), batch_size):
+                x = to_device(images[start:start + batch_size], self.model.device)
+                z = self.model.features(x)
+                s = self.model.network.fc(z)
+                feats.append(z.data)
+                logits.append((-s if self.model.objective == "rce" else s).data)
+        xp = get_array_module(feats[0]) if feats else np
+        return xp.concatenate(feats), xp.concatenate(logits)
+
+    def fit(self, train_images, train_labels, per_class: int | None = 1000, seed: int = 0):
+        """Choose the kernel points from training features (by true label)."""
+        z, _ = self.features_and_logits(train_images)
+        points = select_kernel_points(as_numpy(z), np.asarray(train_labels), per_class=per_class, seed=seed,
+                                      num_classes=self.model.network.num_classes)
+        self.kernel_points = to_device(points, self.model.device)
+        self.info.update(kernel_per_class=int(points.shape[1]), kernel_seed=seed, fitted_on=int(len(train_labels)))
+        return self
+
+    def calibrate(self, clean_images, target_fpr: float = 0.05):
+        """Set T so that at most ``target_fpr`` of these clean images are rejected."""
+        scores = self.scores(clean_images)[self.metric]
+        self.threshold = float(calibrate_threshold(scores, target_fpr))
+        self.info.update(target_fpr=target_fpr, calibration_n=int(len(scores)),
+                         calibration_rejection_rate=float(rejection_rate(scores, self.threshold)))
+        return self
+
+    # ---- scoring ------------------------------------------------------------------------------
+    def scores(self, images) -> dict:
+        """Per image: prediction, confidence, non-ME and log KD (host arrays)."""
+        z, logits = self.features_and_logits(images)
+        predicted = logits.argmax(axis=1)
+        out = {"prediction": as_numpy(predicted).astype(np.int64),
+               "confidence": as_numpy(confidence(logits)), "non_me": as_numpy(non_me(logits))}
+        if self.kernel_points is not None:
+            out["kd"] = as_numpy(log_kernel_density(z, self.kernel_points, predicted, self.sigma2))
+        elif self.metric == "kd":
+            raise ValueError("the K-density detector has no kernel points: fit it on training data first")
+        return out
+
+    def predict(self, images):
+        """(labels with NOT_SURE (-1) where score <= T, the scores dict)."""
+        if self.threshold is None:
+            raise ValueError("the detector has no threshold: calibrate it (or pass threshold=)")
+        scores = self.scores(images)
+        labels = np.where(scores[self.metric] > self.threshold, scores["prediction"], NOT_SURE)
+        return labels, scores
+
+    # ---- persistence (npz + JSON, no pickle) -------------------------------------------------
+    def save(self, stem) -> Path:
+        arrays = {} if self.kernel_points is None else {"kernel_points": as_numpy(self.kernel_points)}
+        manifest = {"kind": "rcenp-detector", "metric": self.metric, "threshold": self.threshold,
+                    "sigma2": self.sigma2, "objective": self.model.objective, "info": self.info}
+        return checkpoint.save(stem, arrays, None, manifest)
+
+    @classmethod
+    def load(cls, stem, model) -> "Detector":
+        manifest, arrays, _ = checkpoint.load(stem)
+        if manifest.get("kind") != "rcenp-detector":
+            raise checkpoint.CheckpointError(f"{stem}: not an rcenp detector")
+        if manifest["objective"] != model.objective:
+            raise checkpoint.CheckpointError(f"{stem}: detector fitted for a {manifest['objective'].upper()} model")
+        det = cls(model, manifest["metric"], manifest["threshold"], manifest["sigma2"])
+        if "kernel_points" in arrays:
+            det.kernel_points = to_device(arrays["kernel_points"], model.device)
+        det.info = manifest.get("info", {})
+        return det
+
+    def describe(self) -> str:
+        return json.dumps({"metric": self.metric, "threshold": self.threshold, "sigma2": self.sigma2, **self.info})
