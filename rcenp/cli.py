@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--checkpoint-every", type=_positive(int))
+    t.add_argument("--stop-at", type=_positive(int), metavar="STEP",
+                   help="checkpoint after STEP and stop (continue later with --resume)")
     t.add_argument("--train-subset", type=_positive(int), help="use only the first N training images")
     t.add_argument("--activation", choices=["leaky_relu", "relu"])
     t.add_argument("--data-dir", help="data root (default: $RCENP_DATA, else the per-user cache)")
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("name", choices=DATASETS)
     f.add_argument("--data-dir")
 
+    from rcenp.detect.cli import add_parser as add_detect_parser
+
+    add_detect_parser(sub)
+
     m = sub.add_parser("demo", help="the main job: evaluate the shipped models (or a short engine demo)")
     m.add_argument("--data-dir", help="with a data root, use the full MNIST test set instead of the sample")
     m.add_argument("--device", choices=["cpu", "cuda"])
@@ -81,7 +87,9 @@ def cmd_train(args) -> int:
                      activation=args.activation)
     config = preset_config(args.preset, args.dataset, **overrides)
     metrics = train(config, args.out, data_root=args.data_dir, resume=args.resume, device=args.device,
-                    command=" ".join(["rcenp"] + sys.argv[1:]))
+                    command=" ".join(["rcenp"] + sys.argv[1:]), stop_at=args.stop_at)
+    if metrics is None:
+        return 0
     print(json.dumps({k: metrics[k] for k in ("test_error", "n_test", "errors", "dataset", "objective", "depth")}))
     return 0
 

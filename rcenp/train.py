@@ -136,8 +136,12 @@ def config_from_manifest(manifest) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=None, command=None, progress_stream=sys.stderr):
-    """Train (or resume) into ``out_dir``; returns the final metrics dict (also in metrics.json)."""
+def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=None, command=None, stop_at=None):
+    """Train (or resume) into ``out_dir``; returns the final metrics dict (also in metrics.json).
+
+    ``stop_at``: checkpoint after that step and return None without evaluating (a planned
+    interruption; ``resume=True`` continues the same run).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or default_device()
@@ -174,8 +178,9 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     stream = BatchStream(len(labels), config.batch_size, config.seed)
     is_cifar = config.dataset == "cifar10"
     t0, images_done = time.monotonic(), 0
+    end = config.steps if stop_at is None else max(start, min(stop_at, config.steps))
     try:
-        for step in range(start, config.steps):
+        for step in range(start, end):
             index = stream.indices(step)
             batch = images[index]
             if is_cifar:
@@ -190,14 +195,17 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
             optimizer.step()
             images_done += len(index)
             done = step + 1
-            if done % config.checkpoint_every == 0 and done < config.steps:
+            if (done % config.checkpoint_every == 0 or done == end) and done < config.steps:
                 save_checkpoint(out_dir, model, optimizer, config, done, data_identity)
             elapsed = time.monotonic() - t0
             rate = images_done / elapsed if elapsed > 0 else float("nan")
             predicted = (-s.data if config.objective == "rce" else s.data).argmax(axis=1)
             acc = float(as_numpy((predicted == y).mean()))
             eta = (config.steps - done) * config.batch_size / rate if rate > 0 else float("inf")
-            progress.update(done, float(loss.data), acc, optimizer.lr, rate, eta, force=done == config.steps)
+            progress.update(done, float(loss.data), acc, optimizer.lr, rate, eta, force=done == end)
+        if end < config.steps:
+            progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
+            return None
         save_checkpoint(out_dir, model, optimizer, config, config.steps, data_identity)
         with no_grad():
             metrics = evaluate(model, test_set.images, test_set.labels)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import alloc_like, for_each_chunk, host_parallel
+from rcenp.ops.layout import alloc_like, for_each_chunk, host_chunked
 
 
 class LeakyReLU(Function):
@@ -46,7 +46,7 @@ class LeakyReLU(Function):
 
 def _run(x, job):
     """job(lo, hi) over cache-sized chunks of axis 0 on the host pool, or once over everything."""
-    if host_parallel(x):
+    if host_chunked(x):
         for_each_chunk(job, x)
     else:
         job(0, x.shape[0])

@@ -12,8 +12,10 @@ im2col + one GEMM with no transposes: each row of ``col`` is one output pixel's 
 Backward:
 - dw = colᵀ @ dy, with ``col`` rebuilt from x rather than stored (storing it costs about 9x the
   activation memory).
-- dx is itself a convolution (no col2im scatter). dy is dilated by S, padded, and correlated with
-  the kernel flipped in KH and KW and transposed in (CO, C).
+- dx at stride 1 is itself a convolution. dy is padded and correlated with the kernel flipped in KH
+  and KW and transposed in (CO, C), with no col2im scatter. At stride S > 1 that convolution would
+  multiply mostly zeros (dy dilated by S), so dx is col2im of dy @ w_matᵀ. Its KH*KW strided adds
+  run per chunk, in cache.
 
 On the host, every pass (forward, dw, dx) is split into chunks of images whose im2col block is
 about 2.5 MB. Each worker thread pads, gathers and multiplies its own chunk with single-threaded
@@ -160,6 +162,30 @@ def _weight_gradient(xp, x_nhwc, gy_nhwc, kernel, stride, pads):
     return total
 
 
+def _col2im_gradient(xp, gy_nhwc, w_mat, kernel, stride, padding, in_hw):
+    """dx (N, H, W, C) for a strided conv: col2im of dcol = dy @ w_matᵀ, chunk by chunk."""
+    n, oh, ow, co = gy_nhwc.shape
+    (kh, kw), (sh, sw), (ph, pw), (h, wd) = kernel, stride, padding, in_hw
+    c = w_mat.shape[0] // (kh * kw)
+    gx = xp.empty((n, h, wd, c), dtype=gy_nhwc.dtype)
+
+    def job(lo, hi):
+        b = hi - lo
+        dcol = (xp.ascontiguousarray(gy_nhwc[lo:hi]).reshape(-1, co) @ w_mat.T).reshape(b, oh, ow, kh, kw, c)
+        buf = _buffer(xp, ("col2im",), (b, h + 2 * ph, wd + 2 * pw, c), gy_nhwc.dtype, zero=False)
+        buf[...] = 0
+        for i in range(kh):
+            for j in range(kw):
+                buf[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw] += dcol[:, :, :, i, j]
+        gx[lo:hi] = buf[:, ph:ph + h, pw:pw + wd]
+
+    if xp is not np:
+        job(0, n)
+    else:
+        map_chunks(job, n, _chunk_size(n, (oh, ow), kh * kw * c, gy_nhwc.itemsize))
+    return gx
+
+
 def _weight_matrix(w):
     """w (CO, C, KH, KW) → (KH*KW*C, CO), matching the col row order (KH, KW, C)."""
     co = w.shape[0]
@@ -203,7 +229,10 @@ class Conv2d(Function):
             gw = gw_mat.reshape(kh, kw, c, co).transpose(3, 2, 0, 1)
         if self.has_bias and self.needs_input_grad[2]:
             gb = gy_nhwc.sum(axis=(0, 1, 2))
-        if self.needs_input_grad[0]:
+        if self.needs_input_grad[0] and (sh, sw) != (1, 1):
+            gx = _col2im_gradient(xp, gy_nhwc, _weight_matrix(w), (kh, kw), (sh, sw), (ph, pw),
+                                  (h, wd)).transpose(0, 3, 1, 2)
+        elif self.needs_input_grad[0]:
             # dx[i] = sum over taps of dy at the output positions that read input row i. Rows of
             # the padded input past the last window ((OH-1)*S + KH) get no gradient.
             top, left = kh - 1 - ph, kw - 1 - pw

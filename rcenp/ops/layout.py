@@ -4,13 +4,17 @@ Conv outputs are (N, C, H, W) views of channels-last buffers (see ``rcenp.ops.co
 elementwise operations keep that layout, but fresh allocations (``zeros``, ``pad``, ``copy``)
 would silently switch to C order and cost a transposing copy at the next convolution.
 
-``map_chunks`` runs a function over slices of the batch on a pool with one worker per core.
-NumPy releases the GIL in copies and BLAS calls, so the workers run in parallel. Each worker
-limits OpenBLAS to one thread for itself (``openblas_set_num_threads_local``). A worker's im2col
-chunk then stays in its core's cache between the gather and the GEMM, which is 2-3x faster here
-than one whole-batch gather followed by a multi-threaded GEMM on skinny matrices. Where that
-control is unavailable (another BLAS, an older OpenBLAS), ``parallel_available()`` is False and
-callers keep one whole-batch call.
+``map_chunks`` runs a function over slices of the batch on a pool with one worker per core
+(``RCENP_HOST_THREADS`` to change). NumPy releases the GIL in copies and BLAS calls, so the
+workers run in parallel. Each worker limits OpenBLAS to one thread for itself
+(``openblas_set_num_threads_local``). A worker's im2col chunk then stays in its core's cache
+between the gather and the GEMM, which is 2-3x faster here than one whole-batch gather followed
+by a multi-threaded GEMM on skinny matrices. Where that control is unavailable (another BLAS, an
+older OpenBLAS), the chunks run one after another in the calling thread.
+
+The chunks depend only on array sizes, never on the number of workers, and partial results are
+combined in chunk order. Results are therefore bit-identical for any ``RCENP_HOST_THREADS``, which
+a resumed training run relies on.
 """
 from __future__ import annotations
 
@@ -64,17 +68,22 @@ def workers() -> int:
     return max(1, int(value)) if value else (os.cpu_count() or 1)
 
 
-def parallel_available() -> bool:
-    """True when batches can be split over workers that each run single-threaded BLAS."""
+def _pool_with_blas_control():
+    """The worker pool, or None where BLAS threads cannot be limited per worker."""
     global _blas_local, _pool
     if _pool is None:
         with _pool_lock:
             if _pool is None:
                 _blas_local = _find_blas_thread_control()
-                count = workers() if _blas_local is not None else 1
-                _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="rcenp-host",
+                _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="rcenp-host",
                                            initializer=_single_threaded_blas)
-    return _blas_local is not None and _pool._max_workers > 1
+    return _pool if _blas_local is not None else None
+
+
+def parallel_available() -> bool:
+    """True when chunks run on more than one worker, each with single-threaded BLAS."""
+    pool = _pool_with_blas_control()
+    return pool is not None and pool._max_workers > 1
 
 
 def _single_threaded_blas():
@@ -84,9 +93,10 @@ def _single_threaded_blas():
 
 def map_chunks(fn, n: int, chunk: int):
     """[fn(lo, hi) for each slice of range(n) of length ``chunk``], in order, run on the pool."""
-    if not parallel_available() or n <= chunk:
+    pool = _pool_with_blas_control()
+    if pool is None or n <= chunk:
         return [fn(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
-    futures = [_pool.submit(fn, lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    futures = [pool.submit(fn, lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
     return [f.result() for f in futures]
 
 
@@ -101,7 +111,6 @@ def for_each_chunk(fn, array, chunk_bytes: int = 1 << 20):
     return map_chunks(fn, n, max(1, min(n, chunk_bytes // per_item)))
 
 
-def host_parallel(*arrays) -> bool:
-    """True when ``arrays`` are NumPy arrays large enough (and the host able) to split over workers."""
-    return (all(isinstance(a, np.ndarray) for a in arrays) and arrays[0].ndim >= 2
-            and arrays[0].nbytes >= (2 << 20) and parallel_available())
+def host_chunked(*arrays) -> bool:
+    """True for NumPy arrays large enough to process in chunks (whatever the number of workers)."""
+    return all(isinstance(a, np.ndarray) for a in arrays) and arrays[0].ndim >= 2 and arrays[0].nbytes >= (2 << 20)

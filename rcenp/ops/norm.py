@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import alloc_like, for_each_chunk, host_parallel
+from rcenp.ops.layout import alloc_like, for_each_chunk, host_chunked
 
 
 def _axes(x):
@@ -127,7 +127,7 @@ class BatchNorm(Function):
 def _chunked(x, job, whole):
     """Run ``job(lo, hi)`` over cache-sized chunks on the host pool and add the results in chunk
     order; on the GPU or for small inputs, ``whole()`` once."""
-    if not host_parallel(x):
+    if not host_chunked(x):
         return whole()
     parts = for_each_chunk(job, x)
     if parts[0] is None:

@@ -1,0 +1,94 @@
+"""The thresholding detector and ``rcenp detect``: fit, calibrate, predict, persist, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from rcenp.cli import main
+from rcenp.detect.cli import read_images
+from rcenp.detect.detector import NOT_SURE, Detector
+from rcenp.models import resnet
+from rcenp.objectives import Classifier
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Classifier(resnet(8, 1, seed=0), "rce").eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.uniform(-0.5, 0.5, (300, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 300)
+
+
+def test_fit_calibrate_predict_and_round_trip(model, data, tmp_path):
+    images, labels = data
+    det = Detector(model, "kd").fit(images[:200], labels[:200], per_class=5, seed=1)
+    assert det.kernel_points.shape == (10, 5, 64)
+    det.calibrate(images[200:], target_fpr=0.1)
+    assert det.info["calibration_rejection_rate"] <= 0.1
+    predicted, scores = det.predict(images[200:])
+    rejected = scores["kd"] <= det.threshold
+    assert (predicted[rejected] == NOT_SURE).all()
+    assert (predicted[~rejected] == scores["prediction"][~rejected]).all()
+    assert np.isfinite(scores["kd"]).all() and np.isfinite(scores["non_me"]).all()
+    det.save(tmp_path / "det")
+    again = Detector.load(tmp_path / "det", model)
+    assert again.threshold == det.threshold and again.metric == "kd"
+    np.testing.assert_array_equal(again.predict(images[200:])[0], predicted)
+    with pytest.raises(Exception, match="RCE"):
+        Detector.load(tmp_path / "det", Classifier(model.network, "ce"))
+
+
+def test_every_metric_and_errors(model, data):
+    images, labels = data
+    for metric in ("confidence", "non_me"):
+        det = Detector(model, metric).calibrate(images[:100], 0.2)
+        assert det.predict(images[:10])[0].shape == (10,)
+    with pytest.raises(ValueError, match="kernel points"):
+        Detector(model, "kd").scores(images[:2])
+    with pytest.raises(ValueError, match="threshold"):
+        Detector(model, "confidence").predict(images[:2])
+    with pytest.raises(ValueError, match="metric"):
+        Detector(model, "lid")
+
+
+def test_read_images_formats_and_bad_input(tmp_path):
+    from PIL import Image
+
+    pixels = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)
+    Image.fromarray(pixels).save(tmp_path / "digit.png")
+    x = read_images(tmp_path / "digit.png", (1, 28, 28))
+    assert x.shape == (1, 1, 28, 28) and x.min() == -0.5 and x.dtype == np.float32
+    np.savez(tmp_path / "batch.npz", images=np.stack([pixels, pixels]))
+    assert read_images(tmp_path / "batch.npz", (1, 28, 28)).shape == (2, 1, 28, 28)
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="12x10"):
+        read_images(tmp_path / "small.png", (1, 28, 28))
+    (tmp_path / "fake.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        read_images(tmp_path / "fake.png", (1, 28, 28))
+    np.savez(tmp_path / "wide.npz", images=np.zeros((2, 1, 28, 28), np.float32) + 3)
+    with pytest.raises(ValueError, match=r"\[-0.5, 0.5\]"):
+        read_images(tmp_path / "wide.npz", (1, 28, 28))
+    with pytest.raises(ValueError, match="unsupported"):
+        read_images(tmp_path / "x.txt", (1, 28, 28))
+
+
+def test_detect_command(model, data, tmp_path, capsys):
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    images, labels = data
+    run = tmp_path / "run"
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="rce"), 1, {"note": "test"})
+    Detector(model, "confidence").calibrate(images[:100], 0.05).save(run / "detector")
+    np.savez(tmp_path / "batch.npz", images=images[:3])
+    assert main(["detect", str(run), "--images", str(tmp_path / "batch.npz")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3 and all(line["answer"] == "NOT SURE" or line["answer"].startswith("label") for line in lines)
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    assert main(["detect", str(run), "--images", str(tmp_path / "bad.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rcenp: error:") and "bad.png" in err[0]
+    assert main(["detect", str(tmp_path / "nothing"), "--images", str(tmp_path / "batch.npz")]) == 2
