@@ -1,0 +1,54 @@
+"""The backend: importable without CuPy, device selection, host/device moves, seeded generators."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rcenp import backend
+from rcenp.autograd import Tensor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_without_cupy():
+    code = ("import sys; sys.modules['cupy'] = None; sys.modules['cupyx'] = None\n"
+            "import rcenp, rcenp.functional, rcenp.models, rcenp.detect, rcenp.train, rcenp.cli\n"
+            "from rcenp import backend\n"
+            "assert not backend.HAS_CUPY and not backend.cuda_available()\n"
+            "assert backend.get_array_module(rcenp.Tensor([1.0])).__name__ == 'numpy'\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_device_from_environment(monkeypatch):
+    monkeypatch.setenv("RCENP_DEVICE", "cpu")
+    assert backend.default_device() == "cpu"
+    monkeypatch.delenv("RCENP_DEVICE")
+    assert backend.default_device() == "cpu"
+    monkeypatch.setenv("RCENP_DEVICE", "tpu")
+    with pytest.raises(backend.DeviceError, match="tpu"):
+        backend.default_device()
+    if not backend.cuda_available():
+        monkeypatch.setenv("RCENP_DEVICE", "cuda")
+        with pytest.raises(backend.DeviceError, match="not available"):
+            backend.default_device()
+
+
+def test_moves_and_array_module(xp):
+    device = "cuda" if xp.__name__ == "cupy" else "cpu"
+    a = backend.to_device(np.arange(3, dtype=np.float32), device)
+    assert backend.get_array_module(a) is xp and backend.get_array_module(Tensor(a)) is xp
+    assert backend.device_of(a) == device
+    back = backend.as_numpy(Tensor(a))
+    assert isinstance(back, np.ndarray) and back.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_seeded_generators_and_default_dtype():
+    assert backend.make_rng(5).normal(size=3).tolist() == backend.make_rng(5).normal(size=3).tolist()
+    assert backend.DEFAULT_DTYPE == np.float32
+    assert Tensor(0.5).dtype == np.float32
