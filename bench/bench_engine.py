@@ -39,6 +39,14 @@ def _timeit(fn, sync, repeats, warmup):
     return times[len(times) // 2], times[0]
 
 
+def _measure(train_step, forward, sync, repeats, rss_before):
+    """Median and best seconds of a training step and an eval forward, and the peak RSS."""
+    train = _timeit(train_step, sync, repeats, 2)
+    fwd = _timeit(forward, sync, repeats, 2)
+    return {"train_step_s": train[0], "train_step_best_s": train[1], "forward_s": fwd[0], "forward_best_s": fwd[1],
+            "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": rss_before}
+
+
 def run_rcenp(args):
     sys.path.insert(0, ROOT)
     import numpy as np
@@ -70,11 +78,8 @@ def run_rcenp(args):
         with rcenp.no_grad():
             model(x)
 
-    train = _timeit(train_step, sync, args.repeats, 2)
-    fwd = _timeit(forward, sync, args.repeats, 2)
-    return {"framework": "rcenp", "device": device, "train_step_s": train[0], "train_step_best_s": train[1],
-            "forward_s": fwd[0], "forward_best_s": fwd[1], "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": base,
-            "numpy": np.__version__}
+    return {"framework": "rcenp", "device": device, "numpy": np.__version__,
+            **_measure(train_step, forward, sync, args.repeats, base)}
 
 
 def run_torch(args):
@@ -137,11 +142,8 @@ def run_torch(args):
         with torch.no_grad():
             model(x)
 
-    train = _timeit(train_step, sync, args.repeats, 2)
-    fwd = _timeit(forward, sync, args.repeats, 2)
     return {"framework": "torch", "version": torch.__version__, "device": device, "threads": torch.get_num_threads(),
-            "train_step_s": train[0], "train_step_best_s": train[1], "forward_s": fwd[0], "forward_best_s": fwd[1],
-            "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": base}
+            **_measure(train_step, forward, sync, args.repeats, base)}
 
 
 def _child(framework, args):
