@@ -4,6 +4,10 @@ As the authors' TensorFlow code (protocol §1.1): batch statistics with the bias
 training; running averages r <- decay*r + (1 - decay)*batch_stat with decay 0.9 (TF's zero-debias
 correction of the first steps is not reproduced); eps = 1e-3 inside the square root. Eval mode
 uses the running statistics, which are then constants: its backward is a per-channel scale.
+
+Per-channel sums are GEMV/GEMM calls on the (M, C) view of a channels-last array. On the host,
+large inputs go through cache-sized chunks on the worker pool (``rcenp.ops.layout``), each chunk
+making all its elementwise passes while in cache, with partial sums added in chunk order.
 """
 from __future__ import annotations
 
@@ -55,14 +59,14 @@ class BatchNorm(Function):
         nd = x.ndim
         if self.training:
             m = x.size // x.shape[1]
-            mean = _summed(x, lambda c: _channel_sum(c)) / m
+            mean = _over_chunks(x, lambda lo, hi: _channel_sum(x[lo:hi])) / m
             y = alloc_like(x, x.shape, zero=False)
 
             def centre(lo, hi):  # y = x - mean, and this chunk's Σ (x - mean)²
                 c = xp.subtract(x[lo:hi], _per_channel(mean.astype(x.dtype, copy=False), nd), out=y[lo:hi])
                 return _channel_dot(c, c)
 
-            var = _chunked(x, centre, lambda: centre(0, x.shape[0])) / m  # two-pass: no cancellation
+            var = _over_chunks(x, centre) / m  # two-pass: no E[x²] - E[x]² cancellation
             if self.running_mean is not None:
                 d = self.decay
                 self.running_mean *= d
@@ -89,15 +93,14 @@ class BatchNorm(Function):
             def affine(lo, hi):
                 y[lo:hi] *= scale_c
                 y[lo:hi] += shift_c
-        _chunked(x, affine, lambda: affine(0, x.shape[0]))
+        _over_chunks(x, affine)
         return y
 
     def backward(self, gy):
         xp = get_array_module(gy)
         x, mean, inv_std, scale = self.x, self.mean, self.inv_std, self.scale
         nd = x.ndim
-        sums = _summed(x, lambda lo, hi: xp.stack([_channel_sum(gy[lo:hi]), _channel_dot(gy[lo:hi], x[lo:hi])]),
-                       chunked=True)
+        sums = _over_chunks(x, lambda lo, hi: xp.stack([_channel_sum(gy[lo:hi]), _channel_dot(gy[lo:hi], x[lo:hi])]))
         g_beta, gy_x = sums[0], sums[1]
         # Σ gy * x_hat with x_hat = (x - mean) * inv_std, without materialising x_hat
         g_gamma = (gy_x - mean * g_beta) * inv_std
@@ -118,30 +121,22 @@ class BatchNorm(Function):
             else:
                 def combine(lo, hi):
                     xp.multiply(gy[lo:hi], scale_c, out=gx[lo:hi])
-            _chunked(gy, combine, lambda: combine(0, gy.shape[0]))
+            _over_chunks(gy, combine)
         return (gx,
                 g_gamma if self.needs_input_grad[1] else None,
                 g_beta if self.needs_input_grad[2] else None)
 
 
-def _chunked(x, job, whole):
-    """Run ``job(lo, hi)`` over cache-sized chunks on the host pool and add the results in chunk
-    order; on the GPU or for small inputs, ``whole()`` once."""
-    if not host_chunked(x):
-        return whole()
-    parts = for_each_chunk(job, x)
+def _over_chunks(x, job):
+    """job(lo, hi) over cache-sized chunks of axis 0 on the host pool, or once over everything (small
+    inputs, GPU); the partial results added in chunk order (None when job returns None)."""
+    parts = for_each_chunk(job, x) if host_chunked(x) else [job(0, x.shape[0])]
     if parts[0] is None:
         return None
     total = parts[0]
-    for p in parts[1:]:
-        total = total + p
+    for part in parts[1:]:
+        total = total + part
     return total
-
-
-def _summed(x, fn, chunked=False):
-    """Σ of a per-chunk reduction ``fn`` (called as fn(lo, hi) when ``chunked``, else fn(chunk))."""
-    job = fn if chunked else (lambda lo, hi: fn(x[lo:hi]))
-    return _chunked(x, job, lambda: job(0, x.shape[0]))
 
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True,
