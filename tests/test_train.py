@@ -156,3 +156,43 @@ def test_short_real_mnist_run_beats_chance(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["n_test"] == 10_000 and metrics["data"]["train_used"] == 512
     assert result["test_error"] == metrics["test_error"] < 0.5  # chance is 0.9
+
+
+def test_ship_and_load_by_name(tiny_root, tmp_path, monkeypatch):
+    import importlib.util
+
+    import rcenp.models.registry as registry
+    from rcenp.models import load
+
+    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
+    ship_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_model)
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr(ship_model, "PRETRAINED_DIR", tmp_path / "pretrained")
+    config = tiny_config(steps=2)
+    train(config, tmp_path / "run", data_root=tiny_root)
+    ship_model.ship(tmp_path / "run", "tiny-rce")
+    model, manifest = load("tiny-rce")
+    assert manifest["name"] == "tiny-rce" and manifest["step"] == 2 and "test_error" in manifest
+    assert model.objective == "rce" and not model.training
+    _, run_state, _ = checkpoint.load(tmp_path / "run" / "checkpoint")
+    for key, value in model.network.state_dict().items():
+        assert np.array_equal(value, run_state[key])
+    with pytest.raises(SystemExit, match="not finished"):
+        ship_model.ship(tmp_path / "nowhere", "x")
+
+
+@pytest.mark.parametrize("name", ["mnist-resnet32-ce", "mnist-resnet32-rce"])
+def test_shipped_models_err_at_most_one_percent_on_the_sample(name):
+    from rcenp.data import load_sample
+    from rcenp.models import load
+    from rcenp.models.registry import shipped_models
+    from rcenp.train import evaluate
+
+    if name not in shipped_models():
+        pytest.skip(f"{name} is not shipped yet (the paper-preset run has not finished)")
+    model, manifest = load(name, "cpu")
+    sample = load_sample()
+    result = evaluate(model, sample.images, sample.labels)
+    assert result["n_test"] == 1000 and result["test_error"] <= 0.01
+    assert manifest["config"]["steps"] == 20_000 and manifest["config"]["preset"] == "paper"

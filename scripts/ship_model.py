@@ -1,0 +1,38 @@
+"""Copy a finished training run into the package's shipped models.
+
+    python scripts/ship_model.py RUN_DIR NAME     # e.g. runs/paper-mnist-rce mnist-resnet32-rce
+
+Writes rcenp/models/pretrained/NAME.{npz,json}: the weights and BN statistics only (no
+optimiser state), with a manifest recording the exact command, commit, seed, data identity,
+step and the run's test error from metrics.json. The run must have finished (metrics.json).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rcenp import checkpoint
+from rcenp.models.registry import PRETRAINED_DIR
+
+
+def ship(run_dir: Path, name: str) -> Path:
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise SystemExit(f"{run_dir}: no metrics.json, so the run has not finished")
+    manifest, model_state, _ = checkpoint.load(run_dir / "checkpoint")
+    metrics = json.loads(metrics_path.read_text())
+    config_file = json.loads((run_dir / "config.json").read_text())
+    if manifest["step"] != manifest["config"]["steps"]:
+        raise SystemExit(f"{run_dir}: checkpoint at step {manifest['step']} of {manifest['config']['steps']}")
+    shipped = {key: manifest[key] for key in ("config", "step", "data", "objective", "kind")}
+    shipped.update(command=config_file.get("command"), trained_with=manifest.get("environment"),
+                   test_error=metrics["test_error"], n_test=metrics["n_test"], test_set=metrics.get("test_set"),
+                   name=name)
+    return checkpoint.save(PRETRAINED_DIR / name, model_state, None, shipped)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    print(ship(Path(sys.argv[1]), sys.argv[2]))
