@@ -16,9 +16,8 @@ from rcenp.backend import DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
 
-QUICK_HELP = ("quick = ResNet-20, 1,500 steps of batch 128 with lr 0.1/0.01/0.001 switching at 50%%/75%% "
-              "of the run; on MNIST it reaches about 0.6-0.9%% test error in about 12 minutes on 2 CPU cores "
-              "(see README for the measured figures)")
+QUICK_HELP = ("quick = ResNet-14, 2,400 steps of batch 128 with lr 0.1/0.01/0.001 switching at 50%%/75%% "
+              "of the run; measured on 2 CPU cores: RCE on MNIST reached 1.11%% test error in 13 minutes")
 
 
 def _positive(kind):
@@ -41,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "momentum 0.9, weight decay 2e-4 on kernels); " + QUICK_HELP + "."))
     t.add_argument("--dataset", choices=DATASETS, required=True)
     t.add_argument("--objective", choices=["ce", "rce"], required=True)
-    t.add_argument("--depth", type=int, help="6n+2: 32 (default for paper), 56, 20 (quick), ...")
+    t.add_argument("--depth", type=int, help="6n+2: 32 (default for paper), 56, 14 (quick), ...")
     t.add_argument("--steps", type=_positive(int), help="override the preset's number of steps")
     t.add_argument("--batch-size", type=_positive(int), default=128)
     t.add_argument("--out", required=True, help="run directory (checkpoints, train.log, metrics.json)")

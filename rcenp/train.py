@@ -8,8 +8,10 @@ Presets:
 - ``paper``: the authors' schedule. Batch 128, momentum 0.9, weight decay 2e-4 on kernels.
   MNIST and Fashion-MNIST run 20,000 steps (lr 0.1/0.01/0.001/0.0001 at 10k/15k/20k); CIFAR-10
   runs 90,000 steps (at 40k/60k/80k). Depth 32 unless given.
-- ``quick``: a CPU-sized run of the same family. ResNet-20, 1,500 steps of batch 128, with the
-  MNIST schedule's boundaries scaled to the run length (lr 0.1, 0.01 from 50%, 0.001 from 75%).
+- ``quick``: a CPU-sized run of the same family. ResNet-14, 2,400 steps of batch 128 (about 5 MNIST
+  epochs), with the MNIST schedule's boundaries scaled to the run length (lr 0.1, then 0.01 from
+  50%, then 0.001 from 75%). Measured on 2 CPU cores: RCE on MNIST reached 1.11% test error in
+  12 min 48 s. ResNet-20 at 1,500 steps, in 12 min 24 s, reached 1.32%.
 """
 from __future__ import annotations
 
@@ -64,8 +66,8 @@ def preset_config(preset: str, dataset: str, **overrides) -> TrainConfig:
         base = TrainConfig(dataset=dataset, steps=90_000 if key == "cifar10" else 20_000,
                            lr_boundaries=tuple(schedule.boundaries), lr_values=tuple(schedule.values), preset=preset)
     elif preset == "quick":
-        base = TrainConfig(dataset=dataset, depth=20, steps=1500, lr_boundaries=(750, 1125), lr_values=(0.1, 0.01, 0.001),
-                           checkpoint_every=250, preset=preset)
+        base = TrainConfig(dataset=dataset, depth=14, steps=2400, lr_boundaries=(1200, 1800), lr_values=(0.1, 0.01, 0.001),
+                           checkpoint_every=400, preset=preset)
     else:
         raise ValueError(f"unknown preset {preset!r}: expected 'paper' or 'quick'")
     steps = overrides.get("steps")
@@ -93,7 +95,7 @@ class Progress:
         if not force and now - self.last < (0.5 if self.live else self.interval):
             return
         self.last = now
-        eta = time.strftime("%H:%M:%S", time.gmtime(eta_s)) if math.isfinite(eta_s) else "?"
+        eta = _duration(eta_s)
         line = (f"step {step}/{self.total}  loss {loss:.4f}  train acc {acc:.3f}  lr {lr:g}  "
                 f"{images_per_s:.0f} img/s  ETA {eta}")
         self.stream.write(("\r" + line + " " * 4) if self.live else line + "\n")
@@ -113,6 +115,15 @@ class Progress:
             self.stream.write("\n")
         if self.log:
             self.log.close()
+
+
+def _duration(seconds: float) -> str:
+    """H:MM:SS with unbounded hours ('?' when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def evaluate(model: Classifier, images, labels, batch_size=500) -> dict:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The paper-preset MNIST ResNet-32 runs (CE and RCE, 20,000 steps each) behind the shipped models.
+# They take hours on a CPU, so they are resumable across sessions:
+#
+#   bash scripts/paper_runs.sh start    # restore saved progress (if any) into runs/, train both in the background
+#   bash scripts/paper_runs.sh save     # copy the latest checkpoints to rcenp/models/pretrained/in-progress/
+#   bash scripts/paper_runs.sh status   # last progress line of each run
+#
+# The two runs share the machine with one host worker and one BLAS thread each; results do not
+# depend on the worker count. Each continues bit for bit from its last checkpoint (every 250 steps).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+saved="rcenp/models/pretrained/in-progress"
+export RCENP_DATA="${RCENP_DATA:-$(cd "$root/.." && pwd)/shared/data}"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+case "${1:-}" in
+  start)
+    for objective in ce rce; do
+      run="runs/paper-mnist-$objective"
+      if [ ! -f "$run/checkpoint.json" ] && [ -f "$saved/paper-mnist-$objective/checkpoint.json" ]; then
+        mkdir -p "$run" && cp "$saved/paper-mnist-$objective/"* "$run/"
+      fi
+      mkdir -p "$run"
+      RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1 nohup python3 -m rcenp train --dataset mnist --objective "$objective" --preset paper \
+        --depth 32 --seed 0 --checkpoint-every 250 --resume --out "$run" >> "$run/stdout.log" 2>&1 &
+      echo "started $run (pid $!)"
+    done ;;
+  save)
+    for objective in ce rce; do
+      run="runs/paper-mnist-$objective"
+      [ -f "$run/checkpoint.json" ] || continue
+      mkdir -p "$saved/paper-mnist-$objective"
+      cp "$run/checkpoint.npz" "$run/checkpoint.json" "$run/config.json" "$run/train.log" "$saved/paper-mnist-$objective/"
+      python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[1], 'step', m['step'])" "$run/checkpoint.json"
+    done ;;
+  status)
+    for objective in ce rce; do tail -n 1 "runs/paper-mnist-$objective/train.log" 2>/dev/null || true; done ;;
+  *) sed -n '2,10p' "$0"; exit 2 ;;
+esac
