@@ -28,7 +28,10 @@ class Classifier(Module):
 
     def forward(self, x) -> Tensor:
         """Prediction logits (N, L): s for CE, -s for RCE."""
-        s = self.network(x)
+        return self.prediction_logits(self.network(x))
+
+    def prediction_logits(self, s):
+        """Raw logits s (Tensor or array) → prediction logits: s for CE, -s for RCE (§3.2)."""
         return -s if self.objective == "rce" else s
 
     def features(self, x) -> Tensor:
@@ -37,7 +40,10 @@ class Classifier(Module):
 
     def loss(self, x, labels) -> Tensor:
         """The training objective on raw logits: CE or RCE (eq. 4), batch mean."""
-        s = self.network(x)
+        return self.loss_from_logits(self.network(x), labels)
+
+    def loss_from_logits(self, s, labels) -> Tensor:
+        """CE or RCE (eq. 4) of raw logits s (N, L), batch mean."""
         if self.objective == "rce":
             return F.reverse_cross_entropy(s, labels)
         return F.cross_entropy(s, labels)

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp import functional as F
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, default_device, to_device
 from rcenp.data import BatchStream, augment_cifar, load
@@ -182,7 +181,8 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     elif not resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         raise ValueError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or choose another --out")
 
-    (out_dir / "config.json").write_text(json.dumps({"config": dataclasses.asdict(config), "command": command}, indent=2) + "\n")
+    checkpoint.atomic_write_text(out_dir / "config.json",
+                                 json.dumps({"config": dataclasses.asdict(config), "command": command}, indent=2) + "\n")
     progress = Progress(out_dir / "train.log", config.steps)
     progress.message(f"training {config.dataset} ResNet-{config.depth} ({config.objective.upper()}), "
                      f"{config.steps} steps from step {start}, on {device}; data: {train_set.describe()}")
@@ -200,7 +200,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
             optimizer.lr = schedule(step)
             model.train()
             s = model.raw_logits(x)
-            loss = F.reverse_cross_entropy(s, y) if config.objective == "rce" else F.cross_entropy(s, y)
+            loss = model.loss_from_logits(s, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -210,7 +210,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
                 save_checkpoint(out_dir, model, optimizer, config, done, data_identity)
             elapsed = time.monotonic() - t0
             rate = images_done / elapsed if elapsed > 0 else float("nan")
-            predicted = (-s.data if config.objective == "rce" else s.data).argmax(axis=1)
+            predicted = model.prediction_logits(s.data).argmax(axis=1)
             acc = float(as_numpy((predicted == y).mean()))
             eta = (config.steps - done) * config.batch_size / rate if rate > 0 else float("inf")
             progress.update(done, float(loss.data), acc, optimizer.lr, rate, eta, force=done == end)

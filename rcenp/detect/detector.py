@@ -42,9 +42,8 @@ class Detector:
             for start in range(0, len(images), batch_size):
                 x = to_device(images[start:start + batch_size], self.model.device)
                 z = self.model.features(x)
-                s = self.model.network.fc(z)
                 feats.append(z.data)
-                logits.append((-s if self.model.objective == "rce" else s).data)
+                logits.append(self.model.prediction_logits(self.model.network.fc(z)).data)
         xp = get_array_module(feats[0]) if feats else np
         return xp.concatenate(feats), xp.concatenate(logits)
 
