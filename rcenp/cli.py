@@ -93,15 +93,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _test_set(dataset, data_dir, sample):
-    from rcenp.data import load, load_sample
-
-    if sample:
-        return load_sample()
-    return load(dataset, "test", data_dir)
-
-
 def cmd_eval(args) -> int:
+    from rcenp.data import load, load_sample
     from rcenp.models import load as load_model
     from rcenp.train import evaluate
 
@@ -109,7 +102,7 @@ def cmd_eval(args) -> int:
     dataset = manifest["config"]["dataset"]
     if args.sample and dataset != "mnist":
         raise ValueError("--sample is the MNIST test sample; this model was trained on " + dataset)
-    test = _test_set(dataset, args.data_dir, args.sample)
+    test = load_sample() if args.sample else load(dataset, "test", args.data_dir)
     result = evaluate(model, test.images, test.labels)
     result.update(model=str(args.model), test_set=test.describe())
     print(json.dumps(result))
@@ -167,17 +160,19 @@ def engine_demo(steps, device) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo}
+def cmd_detect(args) -> int:
+    from rcenp.detect.cli import cmd_detect as run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "detect": cmd_detect}
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if getattr(args, "command", None) == "detect":
-            from rcenp.detect.cli import cmd_detect
-
-            return cmd_detect(args)
         return COMMANDS[args.command](args)
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:
         message = str(exc) or exc.__class__.__name__
