@@ -55,8 +55,10 @@ def run_rcenp(args):
     from rcenp.backend import default_device, get_array_module, to_device
     from rcenp.models import resnet
     from rcenp.objectives import Classifier
+    from rcenp.ops.layout import tune_host_allocator
     from rcenp.optim import SGD
 
+    tuned = tune_host_allocator()
     device = default_device()
     model = Classifier(resnet(args.depth, args.channels), "ce").to(device)
     rng = np.random.default_rng(0)
@@ -78,7 +80,7 @@ def run_rcenp(args):
         with rcenp.no_grad():
             model(x)
 
-    return {"framework": "rcenp", "device": device, "numpy": np.__version__,
+    return {"framework": "rcenp", "device": device, "numpy": np.__version__, "allocator_tuned": tuned,
             **_measure(train_step, forward, sync, args.repeats, base)}
 
 

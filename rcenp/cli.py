@@ -15,6 +15,7 @@ import numpy as np
 from rcenp.backend import DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
+from rcenp.ops.layout import tune_host_allocator
 
 QUICK_HELP = ("quick = ResNet-14, 2,400 steps of batch 128 with lr 0.1/0.01/0.001 switching at 50%%/75%% "
               "of the run; measured on 2 CPU cores: RCE on MNIST reached 1.11%% test error in 13 minutes")
@@ -172,6 +173,7 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_host_allocator()
     try:
         return COMMANDS[args.command](args)
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:

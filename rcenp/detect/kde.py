@@ -19,8 +19,10 @@ queries are grouped by class, and for each block of B same-class queries
 with z̃ = z − μ_c, z̃_k = z_k − μ_c centred on the class mean μ_c (distances are translation
 invariant; centring shrinks the norms that cancel below). Then log KD = max h − ‖z̃‖²/σ² +
 log Σ_k exp(h_k − max h) − log M: the ‖z̃‖² term is constant along a row, so it drops out of the
-log-sum-exp. A computed a_k > 0 (i.e. d² < 0, pure rounding) is clamped to 0. Peak extra memory is
-B·M + M·D + O(B·D) elements, whatever Q is; the default B is ``BLOCK_ELEMENTS // M``.
+log-sum-exp. A computed a_k > 0 (i.e. d² < 0, pure rounding) is clamped to 0. On the host the
+blocks run on the worker pool of ``rcenp.ops.layout`` (one block per worker, single-threaded BLAS
+each); peak extra memory is W·B·M + L·M·D + O(Q·D) elements for W workers, whatever Q·M is; the
+default B is ``BLOCK_ELEMENTS // M``.
 
 Error bound (unit roundoff u = 2⁻²⁴ in float32, 2⁻⁵³ in float64; first order in u). With
 r = ‖z̃‖ + max_k ‖z̃_k‖, every exponent obeys |Δa_k| ≤ 2(D + 4)·u·r²/σ² (dot products of length
@@ -39,6 +41,7 @@ d² from explicit differences and meets the tighter |Δa_k| ≤ (D + 2)·u·|a_k
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 from scipy.special import logsumexp
@@ -46,6 +49,7 @@ from scipy.special import logsumexp
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import as_numpy, get_array_module, make_rng
 from rcenp.detect import kde_cuda
+from rcenp.ops.layout import map_chunks
 
 DEFAULT_SIGMA2 = {"ce": 1 / 0.26, "rce": 0.1 / 0.26}
 BLOCK_ELEMENTS = 1 << 20  # default block: B = max(1, BLOCK_ELEMENTS // M) queries (4 MiB float32)
@@ -182,8 +186,12 @@ def _blocked_forward(z, kernel_points, classes, sigma2, block):
     xp = get_array_module(z)
     out = xp.empty(len(z), dtype=z.dtype)
     log_m = math.log(kernel_points.shape[1])
-    for rows, _, _, e, a_max in _blocks(z, kernel_points, classes, sigma2, block):
+
+    def run(task, buffer):
+        rows, _, e, a_max = _exp_block(z, task, sigma2, buffer)
         out[rows] = a_max + xp.log(e.sum(axis=1)) - log_m
+
+    _run_blocks(run, _block_tasks(z, kernel_points, classes, sigma2, block), z, kernel_points)
     return out
 
 
@@ -192,19 +200,29 @@ def _backward(z, kernel_points, classes, sigma2, gy, block):
         return kde_cuda.log_kd_backward(z, kernel_points, classes, sigma2, gy)
     xp = get_array_module(z)
     gz = xp.empty_like(z)
-    for rows, zc, points, e, _ in _blocks(z, kernel_points, classes, sigma2, block):
+
+    def run(task, buffer):
+        rows, zc, e, _ = _exp_block(z, task, sigma2, buffer)
         e /= e.sum(axis=1, keepdims=True)                      # softmax weights w_k
         scale = gy[rows] * (-2.0 / sigma2)
-        gz[rows] = scale[:, None] * (zc - e @ points)          # Σ_k w_k (z̃ − z̃_k)
+        gz[rows] = scale[:, None] * (zc - e @ task.points)     # Σ_k w_k (z̃ − z̃_k)
+
+    _run_blocks(run, _block_tasks(z, kernel_points, classes, sigma2, block), z, kernel_points)
     return gz
 
 
-def _blocks(z, kernel_points, classes, sigma2, block):
-    """Yield per block of same-class queries: (rows, z̃, z̃_k, e, a_max).
+class _Block:
+    """One block of same-class queries: rows (B,) into z, the class mean μ_c, z̃_k (M, D) and
+    ‖z̃_k‖²/σ² (M,). Blocks of one class share the last three."""
 
-    rows: indices into z; z̃ (B, D) and z̃_k (M, D) centred on the class mean; e (B, M) =
-    exp(a_k − a_max) in (0, 1]; a_max (B,) = max_k a_k. ``e`` is scratch the caller may overwrite.
-    """
+    __slots__ = ("rows", "centre", "points", "kk")
+
+    def __init__(self, rows, centre, points, kk):
+        self.rows, self.centre, self.points, self.kk = rows, centre, points, kk
+
+
+def _block_tasks(z, kernel_points, classes, sigma2, block):
+    """The blocks of at most ``block`` same-class queries, class by class."""
     xp = get_array_module(z)
     num_classes, m, _ = kernel_points.shape
     size = int(block) if block is not None else max(1, BLOCK_ELEMENTS // m)
@@ -213,21 +231,54 @@ def _blocks(z, kernel_points, classes, sigma2, block):
     order = kde_cuda.stable_argsort(xp, classes)
     counts = as_numpy(xp.bincount(classes, minlength=num_classes))
     ends = np.cumsum(counts)
-    buffer = xp.empty((min(size, int(counts.max(initial=0))), m), dtype=z.dtype)  # reused
+    tasks = []
     for c in np.flatnonzero(counts):
         centre = kernel_points[c].mean(axis=0)
         points = kernel_points[c] - centre                     # z̃_k, (M, D)
         kk = xp.einsum("md,md->m", points, points) / sigma2    # ‖z̃_k‖²/σ², once per class
         for start in range(ends[c] - counts[c], ends[c], size):
-            rows = order[start:min(start + size, ends[c])]
-            zc = z[rows] - centre                              # z̃, (B, D)
-            zz = xp.einsum("bd,bd->b", zc, zc) / sigma2        # ‖z̃‖²/σ²
-            h = xp.matmul(zc * (2.0 / sigma2), points.T, out=buffer[:len(rows)])  # the GEMM
-            h -= kk                                            # h_k = a_k + ‖z̃‖²/σ²
-            h_max = h.max(axis=1)
-            if (h_max > zz).any():                             # a rounded d² < 0: clamp d² ≥ 0
-                xp.minimum(h, zz[:, None], out=h)
-                h_max = xp.minimum(h_max, zz)
-            h -= h_max[:, None]
-            xp.exp(h, out=h)
-            yield rows, zc, points, h, h_max - zz
+            tasks.append(_Block(order[start:min(start + size, ends[c])], centre, points, kk))
+    return tasks
+
+
+def _run_blocks(run, tasks, z, kernel_points):
+    """run(task, buffer) for every block; NumPy blocks go to the host worker pool.
+
+    Each worker reuses one (B, M) scratch buffer, so peak extra memory is (workers · B · M)
+    elements, whatever Q is. Blocks write disjoint rows, so results do not depend on the order.
+    """
+    xp = get_array_module(z)
+    longest = max((len(t.rows) for t in tasks), default=0)
+    shape = (longest, kernel_points.shape[1])
+    if xp is not np or not tasks:
+        buffer = xp.empty(shape, dtype=z.dtype)
+        for task in tasks:
+            run(task, buffer)
+        return
+    scratch = threading.local()
+
+    def run_on_worker(index, _):
+        if getattr(scratch, "buffer", None) is None:
+            scratch.buffer = np.empty(shape, dtype=z.dtype)
+        run(tasks[index], scratch.buffer)
+
+    map_chunks(run_on_worker, len(tasks), 1)
+
+
+def _exp_block(z, task, sigma2, buffer):
+    """(rows, z̃, e, a_max) of one block: z̃ (B, D) centred queries; e (B, M) = exp(a_k − a_max)
+    in (0, 1], written into ``buffer`` (scratch the caller may overwrite); a_max (B,) = max_k a_k.
+    """
+    xp = get_array_module(z)
+    rows = task.rows
+    zc = z[rows] - task.centre                                 # z̃, (B, D)
+    zz = xp.einsum("bd,bd->b", zc, zc) / sigma2                # ‖z̃‖²/σ²
+    h = xp.matmul(zc * (2.0 / sigma2), task.points.T, out=buffer[:len(rows)])  # the GEMM
+    h -= task.kk                                               # h_k = a_k + ‖z̃‖²/σ²
+    h_max = h.max(axis=1)
+    if (h_max > zz).any():                                     # a rounded d² < 0: clamp d² ≥ 0
+        xp.minimum(h, zz[:, None], out=h)
+        h_max = xp.minimum(h_max, zz)
+    h -= h_max[:, None]
+    xp.exp(h, out=h)
+    return rows, zc, h, h_max - zz

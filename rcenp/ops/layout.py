@@ -62,6 +62,35 @@ def _find_blas_thread_control():
     return None
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20   # glibc's ceiling for this parameter on 64-bit
+_TRIM_THRESHOLD = 1 << 30
+
+
+def tune_host_allocator() -> bool:
+    """Keep freed host memory for reuse instead of returning it to the OS (glibc only).
+
+    A training step allocates and frees a few hundred arrays of 0.1-10 MB. With glibc's defaults
+    many of them are fresh ``mmap`` regions or trimmed heap tops, so every step page-faults its
+    working set in again: here about 54,000 minor faults and 0.3 s of system time per ResNet-32
+    step. Serving blocks below 32 MiB from the heap and trimming only above 1 GiB leaves peak
+    memory unchanged and makes the step about 15% faster (``bench/bench_engine.py``).
+
+    This changes process-wide allocator settings, so the ``rcenp`` command and the benchmarks
+    call it and the library never does on import. A no-op returning False where ``mallopt`` is
+    missing (not glibc) or the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``.
+    """
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.restype, mallopt.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
 def workers() -> int:
     """Host worker threads: ``RCENP_HOST_THREADS`` or the number of cores."""
     value = os.environ.get("RCENP_HOST_THREADS")
