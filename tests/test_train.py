@@ -55,6 +55,19 @@ def final_weights(run_dir):
     return model, optimizer
 
 
+def test_presets_follow_the_protocol_and_scale_the_quick_schedule():
+    paper = preset_config("paper", "mnist")
+    assert (paper.depth, paper.steps, paper.batch_size) == (32, 20_000, 128)
+    assert paper.lr_boundaries == (10_000, 15_000, 20_000) and paper.lr_values == (0.1, 0.01, 0.001, 0.0001)
+    cifar = preset_config("paper", "cifar10")
+    assert (cifar.steps, cifar.lr_boundaries) == (90_000, (40_000, 60_000, 80_000))
+    quick = preset_config("quick", "mnist")
+    assert (quick.depth, quick.steps, quick.batch_size, quick.lr_boundaries) == (14, 5600, 64, (2800, 4200))
+    longer = preset_config("quick", "cifar10", depth=32, steps=2400, batch_size=None)
+    assert (longer.depth, longer.batch_size, longer.lr_boundaries) == (32, 64, (1200, 1800))
+    assert preset_config("paper", "mnist", batch_size=32, weight_decay=None).batch_size == 32
+
+
 def test_resume_is_bit_identical(tiny_root, tmp_path):
     config = tiny_config()
     train(config, tmp_path / "straight", data_root=tiny_root)
