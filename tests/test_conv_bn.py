@@ -120,6 +120,39 @@ def test_batch_norm_both_modes(xp, case):
                     [xp.asarray(x), xp.asarray(gamma), xp.asarray(beta)])
 
 
+@given(case=bn_cases(), slope=st.sampled_from([0.0, 0.1, 0.5]))
+def test_batch_norm_with_fused_activation_gradients(xp, case, slope):
+    shape, seed, _ = case
+    rng = np.random.default_rng(seed)
+    x, gamma, beta = rng.standard_normal(shape) * 2 + 0.5, rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    args = [xp.asarray(x), xp.asarray(gamma), xp.asarray(beta)]
+    check_gradients(lambda x, g, b: F.batch_norm(x, g, b, training=True, slope=slope), args)
+    check_gradients(lambda x, g, b: F.batch_norm(x, g, b, xp.asarray(rm), xp.asarray(rv), training=False, slope=slope), args)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (64, 16, 24, 24)])   # small; host-chunked (2.4 MB)
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_activation_is_bit_identical_to_leaky_after_batch_norm(xp, shape, training):
+    rng = np.random.default_rng(1)
+    x = np.ascontiguousarray(rng.standard_normal(shape).transpose(0, 2, 3, 1), np.float32).transpose(0, 3, 1, 2)
+    gamma, beta = rng.uniform(0.5, 2, shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+    seed_grad = xp.asarray(rng.standard_normal(shape).astype(np.float32))
+    beta[0], x[0, 0, 0, 0] = 0.0, 0.0  # in eval mode (zero running mean) an output exactly at the kink
+
+    def run(fused):
+        stats = [xp.zeros(shape[1], np.float32), xp.ones(shape[1], np.float32)]  # running mean, var
+        xt, g, b = (Tensor(xp.asarray(a), requires_grad=True) for a in (x, gamma, beta))
+        if fused:
+            y = F.batch_norm(xt, g, b, *stats, training=training, slope=0.1)
+        else:
+            y = F.leaky_relu(F.batch_norm(xt, g, b, *stats, training=training), 0.1)
+        return [y.data, *stats] + grad(y, [xt, g, b], grad_output=seed_grad)
+
+    for a, b in zip(run(True), run(False)):
+        assert np.array_equal(as_numpy(a), as_numpy(b))
+
+
 def test_batch_norm_eval_needs_running_stats(xp):
     with pytest.raises(ValueError, match="running_mean"):
         F.batch_norm(xp.zeros((2, 3)), xp.ones(3), xp.zeros(3), training=False)

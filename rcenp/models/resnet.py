@@ -33,8 +33,9 @@ STRIDES = (1, 2, 2)
 ACTIVATIONS = ("leaky_relu", "relu")
 
 
-def _activate(x, activation, slope):
-    return F.leaky_relu(x, slope) if activation == "leaky_relu" else F.relu(x)
+def _activation_slope(activation, slope):
+    """The slope of the activation after every BN, which BN applies fused (0 for ReLU)."""
+    return slope if activation == "leaky_relu" else 0.0
 
 
 class PreActUnit(Module):
@@ -49,13 +50,13 @@ class PreActUnit(Module):
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, rng=rng)
 
     def forward(self, x):
-        act = lambda t: _activate(t, self.activation, self.slope)  # noqa: E731
+        slope = _activation_slope(self.activation, self.slope)
         if self.activate_before_residual:
-            x = act(self.bn1(x))
+            x = self.bn1(x, slope)
             shortcut, h = x, x
         else:
-            shortcut, h = x, act(self.bn1(x))
-        h = self.conv2(act(self.bn2(self.conv1(h))))
+            shortcut, h = x, self.bn1(x, slope)
+        h = self.conv2(self.bn2(self.conv1(h), slope))
         if self.in_channels != self.out_channels:
             shortcut = F.avg_pool2d(shortcut, self.stride, self.stride)
             extra = (self.out_channels - self.in_channels) // 2
@@ -92,7 +93,7 @@ class ResNet(Module):
         h = self.stem(x)
         for unit in self.units:
             h = unit(h)
-        return F.global_avg_pool2d(_activate(self.bn(h), self.activation, self.slope))
+        return F.global_avg_pool2d(self.bn(h, _activation_slope(self.activation, self.slope)))
 
     def forward(self, x):
         """Logits s (N, L) = fc(Z)."""

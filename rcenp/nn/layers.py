@@ -35,9 +35,10 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(channels, DEFAULT_DTYPE))
         self.register_buffer("running_var", np.ones(channels, DEFAULT_DTYPE))
 
-    def forward(self, x):
+    def forward(self, x, slope=None):
+        """BN(x); with ``slope``, leaky_relu(BN(x), slope) fused into the same passes (0: ReLU)."""
         return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
-                            training=self.training, decay=self.decay, eps=self.eps)
+                            training=self.training, decay=self.decay, eps=self.eps, slope=slope)
 
 
 class Linear(Module):

@@ -8,11 +8,17 @@ uses the running statistics, which are then constants: its backward is a per-cha
 Per-channel sums are GEMV/GEMM calls on the (M, C) view of a channels-last array. On the host,
 large inputs go through cache-sized chunks on the worker pool (``rcenp.ops.layout``), each chunk
 making all its elementwise passes while in cache, with partial sums added in chunk order.
+
+With ``slope`` the leaky ReLU max(y, slope·y) that follows every BN in the pre-activation ResNet is
+applied in the same chunk pass, and its gradient mask in the first backward pass: the results are
+bit for bit those of ``leaky_relu(batch_norm(...))``, with one pass and one activation-sized array
+fewer each way.
 """
 from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
+from rcenp.ops.activation import check_slope, leaky_grad_into, leaky_into
 from rcenp.ops.layout import alloc_like, for_each_chunk, host_chunked
 
 
@@ -50,9 +56,11 @@ def _channel_dot(a, b):
 
 
 class BatchNorm(Function):
-    def __init__(self, running_mean, running_var, training, decay=0.9, eps=1e-3):
+    def __init__(self, running_mean, running_var, training, decay=0.9, eps=1e-3, slope=None):
+        if slope is not None:
+            check_slope(slope)
         self.running_mean, self.running_var = running_mean, running_var
-        self.training, self.decay, self.eps = training, decay, eps
+        self.training, self.decay, self.eps, self.slope = training, decay, eps, slope
 
     def forward(self, x, gamma, beta):
         xp = get_array_module(x)
@@ -80,6 +88,8 @@ class BatchNorm(Function):
         scale = (gamma * inv_std).astype(x.dtype, copy=False)
         self.x, self.mean, self.inv_std, self.scale = x, mean, inv_std, scale
         scale_c = _per_channel(scale, nd)
+        slope = None if self.slope is None else x.dtype.type(self.slope)
+        activate = (lambda part: None) if slope is None else (lambda part: leaky_into(part, slope, part))
         if y is None:  # eval: y = x * scale + (beta - mean * scale)
             shift_c = _per_channel((beta - mean * scale).astype(x.dtype, copy=False), nd)
             y = alloc_like(x, x.shape, zero=False)
@@ -87,40 +97,54 @@ class BatchNorm(Function):
             def affine(lo, hi):
                 xp.multiply(x[lo:hi], scale_c, out=y[lo:hi])
                 y[lo:hi] += shift_c
+                activate(y[lo:hi])
         else:  # train: y holds x - mean
             shift_c = _per_channel(beta.astype(x.dtype, copy=False), nd)
 
             def affine(lo, hi):
                 y[lo:hi] *= scale_c
                 y[lo:hi] += shift_c
+                activate(y[lo:hi])
         _over_chunks(x, affine)
+        self.y = y if slope is not None else None  # its sign is the activation's mask
         return y
 
     def backward(self, gy):
         xp = get_array_module(gy)
         x, mean, inv_std, scale = self.x, self.mean, self.inv_std, self.scale
         nd = x.ndim
-        sums = _over_chunks(x, lambda lo, hi: xp.stack([_channel_sum(gy[lo:hi]), _channel_dot(gy[lo:hi], x[lo:hi])]))
+        if self.slope is not None:  # g = gy through the activation, in the buffer that becomes gx
+            slope, g = gy.dtype.type(self.slope), alloc_like(gy, gy.shape, zero=False)
+        else:
+            g = gy
+
+        def sums_job(lo, hi):
+            if g is not gy:
+                leaky_grad_into(self.y[lo:hi], gy[lo:hi], slope, g[lo:hi])
+            return xp.stack([_channel_sum(g[lo:hi]), _channel_dot(g[lo:hi], x[lo:hi])])
+
+        sums = _over_chunks(x, sums_job)
         g_beta, gy_x = sums[0], sums[1]
-        # Σ gy * x_hat with x_hat = (x - mean) * inv_std, without materialising x_hat
+        # Σ g * x_hat with x_hat = (x - mean) * inv_std, without materialising x_hat
         g_gamma = (gy_x - mean * g_beta) * inv_std
         gx = None
         if self.needs_input_grad[0]:
-            gx = alloc_like(gy, gy.shape, zero=False)
+            gx = g if g is not gy else alloc_like(gy, gy.shape, zero=False)
             scale_c = _per_channel(scale, nd)
             if self.training:
                 m = x.size // x.shape[1]
-                # gx = scale * (gy - g_beta/m - x_hat * g_gamma/m), written as gy*scale + x*b + c
+                # gx = scale * (g - g_beta/m - x_hat * g_gamma/m), written as g*scale + (x*b + c)
                 b = _per_channel((-scale * g_gamma * inv_std / m).astype(x.dtype, copy=False), nd)
                 c = _per_channel((-scale * g_beta / m - b.reshape(-1) * mean).astype(x.dtype, copy=False), nd)
 
                 def combine(lo, hi):
-                    out = xp.multiply(x[lo:hi], b, out=gx[lo:hi])
-                    out += c
-                    out += gy[lo:hi] * scale_c
+                    affine = xp.multiply(x[lo:hi], b)
+                    affine += c
+                    xp.multiply(g[lo:hi], scale_c, out=gx[lo:hi])
+                    gx[lo:hi] += affine
             else:
                 def combine(lo, hi):
-                    xp.multiply(gy[lo:hi], scale_c, out=gx[lo:hi])
+                    xp.multiply(g[lo:hi], scale_c, out=gx[lo:hi])
             _over_chunks(gy, combine)
         return (gx,
                 g_gamma if self.needs_input_grad[1] else None,
@@ -140,12 +164,13 @@ def _over_chunks(x, job):
 
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True,
-               decay=0.9, eps=1e-3) -> Tensor:
+               decay=0.9, eps=1e-3, slope=None) -> Tensor:
     """Normalise x (N, C, H, W) or (N, C) per channel, then scale by gamma and shift by beta (C,).
 
     Training mode uses batch statistics and updates ``running_mean``/``running_var`` in place
-    (when given); eval mode (``training=False``) uses them and needs both.
+    (when given); eval mode (``training=False``) uses them and needs both. ``slope`` (0 <= slope
+    < 1) fuses ``leaky_relu(·, slope)`` onto the output (0 gives ReLU).
     """
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm in eval mode needs running_mean and running_var")
-    return BatchNorm(running_mean, running_var, training, decay, eps)(x, gamma, beta)
+    return BatchNorm(running_mean, running_var, training, decay, eps, slope)(x, gamma, beta)
