@@ -5,6 +5,8 @@
 #   bash scripts/paper_runs.sh start    # restore saved progress (if any) into runs/, train both in the background
 #   bash scripts/paper_runs.sh save     # copy the latest checkpoints to rcenp/models/pretrained/in-progress/
 #   bash scripts/paper_runs.sh status   # last progress line of each run
+#   bash scripts/paper_runs.sh finish   # both done: ship them as mnist-resnet32-{ce,rce}, fit and
+#                                       # calibrate their detectors, write runs/detection-*.json
 #
 # The two runs share the machine with one host worker and one BLAS thread each; results do not
 # depend on the worker count. Each continues bit for bit from its last checkpoint (every 250 steps).
@@ -36,5 +38,13 @@ case "${1:-}" in
     done ;;
   status)
     for objective in ce rce; do tail -n 1 "runs/paper-mnist-$objective/train.log" 2>/dev/null || true; done ;;
-  *) sed -n '2,10p' "$0"; exit 2 ;;
+  finish)
+    for objective in ce rce; do
+      run="runs/paper-mnist-$objective" name="mnist-resnet32-$objective"
+      [ -f "$run/metrics.json" ] || { echo "$run has not finished (no metrics.json)" >&2; exit 1; }
+      python3 scripts/ship_model.py "$run" "$name"
+      python3 -m rcenp detect "$name" --fit
+      python3 scripts/detection_report.py "$name" --json "runs/detection-$name.json"
+    done ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
 esac
