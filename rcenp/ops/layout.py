@@ -73,9 +73,10 @@ def tune_host_allocator() -> bool:
 
     A training step allocates and frees a few hundred arrays of 0.1-10 MB. With glibc's defaults
     many of them are fresh ``mmap`` regions or trimmed heap tops, so every step page-faults its
-    working set in again: here about 54,000 minor faults and 0.3 s of system time per ResNet-32
-    step. Serving blocks below 32 MiB from the heap and trimming only above 1 GiB leaves peak
-    memory unchanged and makes the step about 15% faster (``bench/bench_engine.py``).
+    working set in again: here 50,000-54,000 minor faults and 0.24-0.37 s of system time per
+    ResNet-32 step (batch 128, 2 cores). Serving blocks below 32 MiB from the heap and trimming
+    only above 1 GiB cuts that to about 400 faults and 0.1 s, leaves peak memory unchanged and
+    makes the step 5-15% faster (``bench/bench_engine.py``).
 
     This changes process-wide allocator settings, so the ``rcenp`` command and the benchmarks
     call it and the library never does on import. A no-op returning False where ``mallopt`` is
