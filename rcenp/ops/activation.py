@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import alloc_like, for_each_chunk, host_chunked
+from rcenp.ops.layout import alloc_like, over_chunks
 
 
 def leaky_into(x, slope, out):
@@ -36,27 +36,27 @@ class LeakyReLU(Function):
         self.x = x
         y = alloc_like(x, x.shape, zero=False)
         slope = x.dtype.type(self.slope)
-        _run(x, lambda lo, hi: leaky_into(x[lo:hi], slope, y[lo:hi]))
+
+        def job(lo, hi):
+            leaky_into(x[lo:hi], slope, y[lo:hi])
+
+        over_chunks(x, job)
         return y
 
     def backward(self, gy):
         x, slope = self.x, gy.dtype.type(self.slope)
         gx = alloc_like(gy, gy.shape, zero=False)
-        _run(gy, lambda lo, hi: leaky_grad_into(x[lo:hi], gy[lo:hi], slope, gx[lo:hi]))
+
+        def job(lo, hi):
+            leaky_grad_into(x[lo:hi], gy[lo:hi], slope, gx[lo:hi])
+
+        over_chunks(gy, job)
         return gx
 
 
 def check_slope(slope):
     if not 0.0 <= slope < 1.0:
         raise ValueError(f"leaky_relu slope must be in [0, 1), got {slope}")
-
-
-def _run(x, job):
-    """job(lo, hi) over cache-sized chunks of axis 0 on the host pool, or once over everything."""
-    if host_chunked(x):
-        for_each_chunk(job, x)
-    else:
-        job(0, x.shape[0])
 
 
 def _log_softmax(xp, x, axis):

@@ -141,6 +141,18 @@ def for_each_chunk(fn, array, chunk_bytes: int = 1 << 20):
     return map_chunks(fn, n, max(1, min(n, chunk_bytes // per_item)))
 
 
+def over_chunks(x, job):
+    """job(lo, hi) over cache-sized chunks of axis 0 on the host pool, or once over everything
+    (small inputs, GPU); the partial results added in chunk order (None when job returns None)."""
+    parts = for_each_chunk(job, x) if host_chunked(x) else [job(0, x.shape[0])]
+    if parts[0] is None:
+        return None
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 def host_chunked(*arrays) -> bool:
     """True for NumPy arrays large enough to process in chunks (whatever the number of workers)."""
     return all(isinstance(a, np.ndarray) for a in arrays) and arrays[0].ndim >= 2 and arrays[0].nbytes >= (2 << 20)

@@ -21,7 +21,7 @@ import numpy as np
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 from rcenp.ops.activation import check_slope, leaky_grad_into, leaky_into
-from rcenp.ops.layout import alloc_like, for_each_chunk, host_chunked
+from rcenp.ops.layout import alloc_like, over_chunks
 
 
 def _axes(x):
@@ -98,14 +98,14 @@ class BatchNorm(Function):
         lanes = _Lanes(x, y)
         if self.training:
             m = x.size // x.shape[1]
-            mean = _over_chunks(x, lambda lo, hi: _channel_sum(x[lo:hi])) / m
+            mean = over_chunks(x, lambda lo, hi: _channel_sum(x[lo:hi])) / m
             mean_v = lanes.vector(mean.astype(x.dtype, copy=False))
 
             def centre(lo, hi):  # y = x - mean, and this chunk's Σ (x - mean)²
                 xp.subtract(lanes(x[lo:hi]), mean_v, out=lanes(y[lo:hi]))
                 return _channel_dot(y[lo:hi], y[lo:hi])
 
-            var = _over_chunks(x, centre) / m  # two-pass: no E[x²] - E[x]² cancellation
+            var = over_chunks(x, centre) / m  # two-pass: no E[x²] - E[x]² cancellation
             if self.running_mean is not None:
                 d = self.decay
                 self.running_mean *= d
@@ -136,7 +136,7 @@ class BatchNorm(Function):
                 out += shift_v
                 if slope is not None:
                     leaky_into(out, slope, out)
-        _over_chunks(x, affine)
+        over_chunks(x, affine)
         self.y = y if slope is not None else None  # its sign is the activation's mask
         return y
 
@@ -153,7 +153,7 @@ class BatchNorm(Function):
                 leaky_grad_into(self.y[lo:hi], gy[lo:hi], slope, g[lo:hi])
             return xp.stack([_channel_sum(g[lo:hi]), _channel_dot(g[lo:hi], x[lo:hi])])
 
-        sums = _over_chunks(x, sums_job)
+        sums = over_chunks(x, sums_job)
         g_beta, gy_x = sums[0], sums[1]
         # Σ g * x_hat with x_hat = (x - mean) * inv_std, without materialising x_hat
         g_gamma = (gy_x - mean * g_beta) * inv_std
@@ -177,22 +177,10 @@ class BatchNorm(Function):
             else:
                 def combine(lo, hi):
                     xp.multiply(lanes(g[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
-            _over_chunks(gy, combine)
+            over_chunks(gy, combine)
         return (gx,
                 g_gamma if self.needs_input_grad[1] else None,
                 g_beta if self.needs_input_grad[2] else None)
-
-
-def _over_chunks(x, job):
-    """job(lo, hi) over cache-sized chunks of axis 0 on the host pool, or once over everything (small
-    inputs, GPU); the partial results added in chunk order (None when job returns None)."""
-    parts = for_each_chunk(job, x) if host_chunked(x) else [job(0, x.shape[0])]
-    if parts[0] is None:
-        return None
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
 
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True,
