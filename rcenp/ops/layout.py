@@ -6,11 +6,17 @@ would silently switch to C order and cost a transposing copy at the next convolu
 
 ``map_chunks`` runs a function over slices of the batch on a pool with one worker per core
 (``RCENP_HOST_THREADS`` to change). NumPy releases the GIL in copies and BLAS calls, so the
-workers run in parallel. Each worker limits OpenBLAS to one thread for itself
-(``openblas_set_num_threads_local``). A worker's im2col chunk then stays in its core's cache
-between the gather and the GEMM, which is 2-3x faster here than one whole-batch gather followed
-by a multi-threaded GEMM on skinny matrices. Where that control is unavailable (another BLAS, an
-older OpenBLAS), the chunks run one after another in the calling thread.
+workers run in parallel, each with single-threaded OpenBLAS. A worker's im2col chunk then stays
+in its core's cache between the gather and the GEMM, which is 2-3x faster here than one
+whole-batch gather followed by a multi-threaded GEMM on skinny matrices. Where that control is
+unavailable (another BLAS, an older OpenBLAS), the chunks run one after another in the calling
+thread.
+
+``openblas_set_num_threads_local`` is thread-local only in OpenMP builds of OpenBLAS; in the
+pthreads builds NumPy's wheels ship it sets the process-wide count. So ``map_chunks`` sets one
+thread for the duration of a dispatch and restores the caller's count when every chunk has
+finished: BLAS calls outside rcenp's chunks keep all their threads (a per-worker setting made
+once would leave every later GEMM of the process single-threaded, 2x slower here).
 
 The chunks depend only on array sizes, never on the number of workers, and partial results are
 combined in chunk order. Results are therefore bit-identical for any ``RCENP_HOST_THREADS``, which
@@ -22,7 +28,7 @@ import ctypes
 import glob
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -31,6 +37,8 @@ from rcenp.backend import get_array_module
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _blas_local = None  # ctypes function: int openblas_set_num_threads_local(int)
+_BLAS_COUNT_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
+                       "scipy_openblas_get_num_threads64_")
 
 
 def alloc_like(x, shape, zero=True):
@@ -44,21 +52,37 @@ def alloc_like(x, shape, zero=True):
     return buf.transpose(inverse)
 
 
+def _numpy_openblas():
+    """The ctypes handles of the OpenBLAS libraries bundled with NumPy's wheel."""
+    folder = os.path.dirname(np.__file__)
+    for path in glob.glob(os.path.join(folder + ".libs", "*openblas*.so*")) + \
+            glob.glob(os.path.join(folder, ".dylibs", "*openblas*.dylib")):
+        try:
+            yield ctypes.CDLL(path)
+        except OSError:
+            continue
+
+
 def _find_blas_thread_control():
     """``openblas_set_num_threads_local`` from the OpenBLAS NumPy loaded, or None."""
     if os.environ.get("RCENP_HOST_THREADS") == "1":
         return None
-    folder = os.path.dirname(np.__file__)
-    candidates = glob.glob(os.path.join(folder + ".libs", "*openblas*.so*")) + \
-        glob.glob(os.path.join(folder, ".dylibs", "*openblas*.dylib"))
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(path)
-            fn = lib.openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
-        return fn
+    for lib in _numpy_openblas():
+        fn = getattr(lib, "openblas_set_num_threads_local", None)
+        if fn is not None:
+            fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+            return fn
+    return None
+
+
+def blas_thread_count():
+    """OpenBLAS's current thread count as seen by the calling thread, or None if unknown."""
+    for lib in _numpy_openblas():
+        for name in _BLAS_COUNT_GETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_int
+                return int(fn())
     return None
 
 
@@ -105,8 +129,7 @@ def _pool_with_blas_control():
         with _pool_lock:
             if _pool is None:
                 _blas_local = _find_blas_thread_control()
-                _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="rcenp-host",
-                                           initializer=_single_threaded_blas)
+                _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="rcenp-host")
     return _pool if _blas_local is not None else None
 
 
@@ -116,9 +139,9 @@ def parallel_available() -> bool:
     return pool is not None and pool._max_workers > 1
 
 
-def _single_threaded_blas():
-    if _blas_local is not None:
-        _blas_local(1)
+def _with_single_threaded_blas(fn, lo, hi):
+    _blas_local(1)  # per thread in OpenMP builds; pthreads builds already have 1 (map_chunks)
+    return fn(lo, hi)
 
 
 def map_chunks(fn, n: int, chunk: int):
@@ -126,7 +149,13 @@ def map_chunks(fn, n: int, chunk: int):
     pool = _pool_with_blas_control()
     if pool is None or n <= chunk:
         return [fn(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
-    futures = [pool.submit(fn, lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    previous = _blas_local(1)
+    try:
+        futures = [pool.submit(_with_single_threaded_blas, fn, lo, min(lo + chunk, n))
+                   for lo in range(0, n, chunk)]
+        wait(futures)  # every chunk has finished before the caller's BLAS threads come back
+    finally:
+        _blas_local(previous)
     return [f.result() for f in futures]
 
 
