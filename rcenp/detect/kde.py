@@ -205,20 +205,39 @@ def _backward(z, kernel_points, classes, sigma2, gy, block):
         rows, zc, e, _ = _exp_block(z, task, sigma2, buffer)
         e /= e.sum(axis=1, keepdims=True)                      # softmax weights w_k
         scale = gy[rows] * (-2.0 / sigma2)
-        gz[rows] = scale[:, None] * (zc - e @ task.points)     # Σ_k w_k (z̃ − z̃_k)
+        gz[rows] = scale[:, None] * (zc - e @ task.class_points.get()[1])  # Σ_k w_k (z̃ − z̃_k)
 
     _run_blocks(run, _block_tasks(z, kernel_points, classes, sigma2, block), z, kernel_points)
     return gz
 
 
+class _ClassPoints:
+    """One class's kernel points prepared for the blocks that use them: the class mean μ_c,
+    z̃_k = z_k − μ_c (M, D) and ‖z̃_k‖²/σ² (M,). Computed on first use by whichever worker needs
+    them first (on the host the classes are thus prepared in parallel), then shared."""
+
+    __slots__ = ("_source", "_sigma2", "_lock", "_value")
+
+    def __init__(self, source, sigma2):
+        self._source, self._sigma2, self._lock, self._value = source, sigma2, threading.Lock(), None
+
+    def get(self):
+        with self._lock:
+            if self._value is None:
+                xp = get_array_module(self._source)
+                centre = self._source.mean(axis=0)
+                points = self._source - centre
+                self._value = (centre, points, xp.einsum("md,md->m", points, points) / self._sigma2)
+        return self._value
+
+
 class _Block:
-    """One block of same-class queries: rows (B,) into z, the class mean μ_c, z̃_k (M, D) and
-    ‖z̃_k‖²/σ² (M,). Blocks of one class share the last three."""
+    """One block of same-class queries: rows (B,) into z and their class's ``_ClassPoints``."""
 
-    __slots__ = ("rows", "centre", "points", "kk")
+    __slots__ = ("rows", "class_points")
 
-    def __init__(self, rows, centre, points, kk):
-        self.rows, self.centre, self.points, self.kk = rows, centre, points, kk
+    def __init__(self, rows, class_points):
+        self.rows, self.class_points = rows, class_points
 
 
 def _block_tasks(z, kernel_points, classes, sigma2, block):
@@ -233,11 +252,9 @@ def _block_tasks(z, kernel_points, classes, sigma2, block):
     ends = np.cumsum(counts)
     tasks = []
     for c in np.flatnonzero(counts):
-        centre = kernel_points[c].mean(axis=0)
-        points = kernel_points[c] - centre                     # z̃_k, (M, D)
-        kk = xp.einsum("md,md->m", points, points) / sigma2    # ‖z̃_k‖²/σ², once per class
+        class_points = _ClassPoints(kernel_points[c], sigma2)
         for start in range(ends[c] - counts[c], ends[c], size):
-            tasks.append(_Block(order[start:min(start + size, ends[c])], centre, points, kk))
+            tasks.append(_Block(order[start:min(start + size, ends[c])], class_points))
     return tasks
 
 
@@ -271,10 +288,11 @@ def _exp_block(z, task, sigma2, buffer):
     """
     xp = get_array_module(z)
     rows = task.rows
-    zc = z[rows] - task.centre                                 # z̃, (B, D)
+    centre, points, kk = task.class_points.get()
+    zc = z[rows] - centre                                      # z̃, (B, D)
     zz = xp.einsum("bd,bd->b", zc, zc) / sigma2                # ‖z̃‖²/σ²
-    h = xp.matmul(zc * (2.0 / sigma2), task.points.T, out=buffer[:len(rows)])  # the GEMM
-    h -= task.kk                                               # h_k = a_k + ‖z̃‖²/σ²
+    h = xp.matmul(zc * (2.0 / sigma2), points.T, out=buffer[:len(rows)])  # the GEMM
+    h -= kk                                                    # h_k = a_k + ‖z̃‖²/σ²
     h_max = h.max(axis=1)
     if (h_max > zz).any():                                     # a rounded d² < 0: clamp d² ≥ 0
         xp.minimum(h, zz[:, None], out=h)
