@@ -8,6 +8,7 @@ not match.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,20 +63,28 @@ def _sha256(path: Path) -> str:
 def environment() -> dict:
     """Versions and the code's commit, recorded with every checkpoint and result."""
     info = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
-    try:
-        from rcenp import __version__
+    from rcenp import __version__
 
-        info["rcenp"] = __version__
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            info["commit"] = out.stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5)
-            info["dirty"] = bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
+    info["rcenp"] = __version__
+    info.update(code_identity())
     return info
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> dict:
+    """{"commit", "dirty"} of the git checkout this process's rcenp came from, read on the first
+    call (``rcenp train`` makes it at start-up), so that a checkout changing under a long run
+    does not relabel that run's later checkpoints. Empty outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 def save(stem, model_state: dict, optimizer_state: dict | None, manifest: dict) -> Path:

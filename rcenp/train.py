@@ -153,6 +153,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     ``stop_at``: checkpoint after that step and return None without evaluating (a planned
     interruption; ``resume=True`` continues the same run).
     """
+    checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or default_device()

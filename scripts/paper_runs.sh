@@ -10,25 +10,47 @@
 #
 # The two runs share the machine with one host worker and one BLAS thread each; results do not
 # depend on the worker count. Each continues bit for bit from its last checkpoint (every 250 steps).
+# They train with the code of one pinned commit ($saved/CODE_COMMIT, checked out as a git worktree
+# in runs/paper-code), so later changes to the engine's arithmetic cannot make a resumed run a mix
+# of two versions; the checkpoints and shipped manifests record that commit.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 saved="rcenp/models/pretrained/in-progress"
 export RCENP_DATA="${RCENP_DATA:-$(cd "$root/.." && pwd)/shared/data}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+code="$root/runs/paper-code"
+
+checkout_pinned_code() {
+  local commit
+  commit="$(cat "$saved/CODE_COMMIT" 2>/dev/null || git rev-parse HEAD)"
+  git worktree prune
+  if [ ! -d "$code" ]; then
+    git worktree add --detach "$code" "$commit" >/dev/null
+  fi
+  if [ "$(git -C "$code" rev-parse HEAD)" != "$commit" ] || [ -n "$(git -C "$code" status --porcelain)" ]; then
+    echo "$code is not a clean checkout of the pinned commit $commit; remove it (git worktree remove --force $code) and start again" >&2
+    exit 1
+  fi
+  echo "training code: commit $commit in $code"
+}
+
 case "${1:-}" in
   start)
+    checkout_pinned_code
     for objective in ce rce; do
       run="runs/paper-mnist-$objective"
       if [ ! -f "$run/checkpoint.json" ] && [ -f "$saved/paper-mnist-$objective/checkpoint.json" ]; then
         mkdir -p "$run" && cp "$saved/paper-mnist-$objective/"* "$run/"
       fi
       mkdir -p "$run"
-      RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1 nohup python3 -m rcenp train --dataset mnist --objective "$objective" --preset paper \
-        --depth 32 --seed 0 --checkpoint-every 250 --resume --out "$run" >> "$run/stdout.log" 2>&1 &
-      echo "started $run (pid $!)"
+      (cd "$code" && RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONPATH="$code" nohup python3 -m rcenp train \
+        --dataset mnist --objective "$objective" --preset paper --depth 32 --seed 0 --checkpoint-every 250 \
+        --resume --out "$root/$run" >> "$root/$run/stdout.log" 2>&1 &)
+      echo "started $run"
     done ;;
   save)
+    [ -d "$code" ] && git -C "$code" rev-parse HEAD > "$saved/CODE_COMMIT"
     for objective in ce rce; do
       run="runs/paper-mnist-$objective"
       [ -f "$run/checkpoint.json" ] || continue

@@ -209,3 +209,15 @@ def test_shipped_models_err_at_most_one_percent_on_the_sample(name):
     result = evaluate(model, sample.images, sample.labels)
     assert result["n_test"] == 1000 and result["test_error"] <= 0.01
     assert manifest["config"]["steps"] == 20_000 and manifest["config"]["preset"] == "paper"
+
+
+def test_checkpoints_keep_the_commit_read_at_start(monkeypatch):
+    # a long run's later checkpoints must not pick up commits made to the checkout meanwhile
+    first = checkpoint.environment()
+
+    def no_git(*args, **kwargs):
+        raise AssertionError("git was asked again")
+
+    monkeypatch.setattr(checkpoint.subprocess, "run", no_git)
+    again = checkpoint.environment()
+    assert {k: again.get(k) for k in ("commit", "dirty")} == {k: first.get(k) for k in ("commit", "dirty")}
