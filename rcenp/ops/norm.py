@@ -5,7 +5,8 @@ training; running averages r <- decay*r + (1 - decay)*batch_stat with decay 0.9 
 correction of the first steps is not reproduced); eps = 1e-3 inside the square root. Eval mode
 uses the running statistics, which are then constants: its backward is a per-channel scale.
 
-Per-channel sums are GEMV/GEMM calls on the (M, C) view of a channels-last array. On the host,
+Per-channel sums are GEMV calls on the (M, C) view of a channels-last array (of a product for
+Σ a·b, formed in a per-thread scratch chunk). On the host,
 large inputs go through cache-sized chunks on the worker pool (``rcenp.ops.layout``), each chunk
 making all its elementwise passes while in cache, with partial sums added in chunk order.
 
@@ -15,6 +16,8 @@ bit for bit those of ``leaky_relu(batch_norm(...))``, with one pass and one acti
 fewer each way.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -77,12 +80,29 @@ def _channel_sum(x):
     return xp.ones(rows.shape[0], x.dtype) @ rows
 
 
+_scratch = threading.local()
+
+
+def _product_scratch(shape, dtype):
+    """This thread's reusable host buffer for a chunk's elementwise product."""
+    size = int(np.prod(shape))
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = _scratch.buf = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
 def _channel_dot(a, b):
-    """Σ over (N, H, W) of a*b per channel: the diagonal of a (C, C) GEMM, no (M, C) temporary."""
+    """Σ over (N, H, W) of a*b per channel: the product, then one GEMV on its (M, C) view."""
     ra, rb = _rows(a), _rows(b)
     if ra is None or rb is None:
         return (a * b).sum(axis=_axes(a))
-    return (ra.T @ rb).diagonal().copy()
+    xp = get_array_module(a)
+    if xp is np:
+        product = np.multiply(ra, rb, out=_product_scratch(ra.shape, np.result_type(ra, rb)))
+    else:
+        product = ra * rb
+    return xp.ones(product.shape[0], product.dtype) @ product
 
 
 class BatchNorm(Function):
