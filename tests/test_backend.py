@@ -92,23 +92,3 @@ def test_tuned_allocator_reuses_freed_memory():
     assert faults < 2_000, faults
     assert _probe("tune", MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"   # the user's setting wins
 
-
-BLAS_THREADS_PROBE = """
-from rcenp.ops import layout
-before = layout.blas_thread_count()
-inside = layout.map_chunks(lambda lo, hi: layout.blas_thread_count(), 4, 1)
-print(layout.parallel_available(), before, layout.blas_thread_count(), *inside)
-"""
-
-
-def test_chunk_workers_leave_the_callers_blas_threads_alone():
-    # NumPy's OpenBLAS (pthreads build) makes openblas_set_num_threads_local process-wide
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="2", RCENP_HOST_THREADS="2")
-    out = subprocess.run([sys.executable, "-c", BLAS_THREADS_PROBE], capture_output=True,
-                         text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    parallel, before, after, *inside = out.stdout.split()
-    if parallel != "True" or before in ("None", "1"):
-        pytest.skip("no per-worker OpenBLAS thread control or only one BLAS thread here")
-    assert inside == ["1"] * 4          # each chunk runs single-threaded BLAS
-    assert after == before              # and the caller gets its threads back

@@ -4,9 +4,9 @@ Conv outputs are (N, C, H, W) views of channels-last buffers (see ``rcenp.ops.co
 elementwise operations keep that layout, but fresh allocations (``zeros``, ``pad``, ``copy``)
 would silently switch to C order and cost a transposing copy at the next convolution.
 
-``map_chunks`` runs a function over slices of the batch on a pool with one worker per core
-(``RCENP_HOST_THREADS`` to change). NumPy releases the GIL in copies and BLAS calls, so the
-workers run in parallel, each with single-threaded OpenBLAS. A worker's im2col chunk then stays
+``map_chunks`` runs a function over slices of the batch on one worker per core: the calling
+thread and a pool of helpers (``RCENP_HOST_THREADS`` to change the count). NumPy releases the
+GIL in copies and BLAS calls, so the workers run in parallel, each with single-threaded OpenBLAS. A worker's im2col chunk then stays
 in its core's cache between the gather and the GEMM, which is 2-3x faster here than one
 whole-batch gather followed by a multi-threaded GEMM on skinny matrices. Where that control is
 unavailable (another BLAS, an older OpenBLAS), the chunks run one after another in the calling
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -35,6 +36,8 @@ import numpy as np
 from rcenp.backend import get_array_module
 
 _pool: ThreadPoolExecutor | None = None
+_pool_ready = False
+_helpers = 0  # the pool's thread count
 _pool_lock = threading.Lock()
 _blas_local = None  # ctypes function: int openblas_set_num_threads_local(int)
 _BLAS_COUNT_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
@@ -123,40 +126,54 @@ def workers() -> int:
 
 
 def _pool_with_blas_control():
-    """The worker pool, or None where BLAS threads cannot be limited per worker."""
-    global _blas_local, _pool
-    if _pool is None:
+    """The pool of helper threads (``workers() - 1``: the calling thread is the other worker),
+    or None where there is one worker or BLAS threads cannot be limited per worker."""
+    global _blas_local, _helpers, _pool, _pool_ready
+    if not _pool_ready:
         with _pool_lock:
-            if _pool is None:
+            if not _pool_ready:
                 _blas_local = _find_blas_thread_control()
-                _pool = ThreadPoolExecutor(max_workers=workers(), thread_name_prefix="rcenp-host")
-    return _pool if _blas_local is not None else None
+                if _blas_local is not None and workers() > 1:
+                    _helpers = workers() - 1
+                    _pool = ThreadPoolExecutor(max_workers=_helpers, thread_name_prefix="rcenp-host")
+                _pool_ready = True
+    return _pool
 
 
 def parallel_available() -> bool:
     """True when chunks run on more than one worker, each with single-threaded BLAS."""
-    pool = _pool_with_blas_control()
-    return pool is not None and pool._max_workers > 1
-
-
-def _with_single_threaded_blas(fn, lo, hi):
-    _blas_local(1)  # per thread in OpenMP builds; pthreads builds already have 1 (map_chunks)
-    return fn(lo, hi)
+    return _pool_with_blas_control() is not None
 
 
 def map_chunks(fn, n: int, chunk: int):
-    """[fn(lo, hi) for each slice of range(n) of length ``chunk``], in order, run on the pool."""
+    """[fn(lo, hi) for each slice of range(n) of length ``chunk``], in order.
+
+    The calling thread and the pool's helpers each claim the next unprocessed chunk until none
+    is left: one pool task per helper and call rather than one per chunk.
+    """
     pool = _pool_with_blas_control()
-    if pool is None or n <= chunk:
-        return [fn(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    starts = range(0, n, chunk)
+    if pool is None or len(starts) <= 1:
+        return [fn(lo, min(lo + chunk, n)) for lo in starts]
+    results = [None] * len(starts)
+    claim = itertools.count().__next__  # atomic under the GIL
+
+    def drain():
+        _blas_local(1)  # per thread in OpenMP builds; pthreads builds already have 1 (below)
+        while (i := claim()) < len(starts):
+            results[i] = fn(starts[i], min(starts[i] + chunk, n))
+
     previous = _blas_local(1)
+    helpers = []
     try:
-        futures = [pool.submit(_with_single_threaded_blas, fn, lo, min(lo + chunk, n))
-                   for lo in range(0, n, chunk)]
-        wait(futures)  # every chunk has finished before the caller's BLAS threads come back
+        helpers = [pool.submit(drain) for _ in range(min(_helpers, len(starts) - 1))]
+        drain()
     finally:
+        wait(helpers)  # every chunk has finished before the caller's BLAS threads come back
         _blas_local(previous)
-    return [f.result() for f in futures]
+    for helper in helpers:
+        helper.result()  # a helper's exception
+    return results
 
 
 def for_each_chunk(fn, array, chunk_bytes: int = 1 << 20):

@@ -1,0 +1,77 @@
+"""The host chunk dispatcher (rcenp.ops.layout.map_chunks) and the chunked elementwise ops."""
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from rcenp.autograd import Tensor
+from rcenp.ops import layout
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 200), chunk=st.integers(1, 50))
+def test_map_chunks_calls_every_chunk_once_and_keeps_their_order(n, chunk):
+    calls, lock = [], threading.Lock()
+
+    def fn(lo, hi):
+        with lock:
+            calls.append((lo, hi))
+        return lo, hi
+
+    expected = [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)]
+    assert layout.map_chunks(fn, n, chunk) == expected
+    assert sorted(calls) == expected
+
+
+def test_map_chunks_finishes_every_chunk_before_raising_a_chunks_error():
+    done, lock = [], threading.Lock()
+    before = layout.blas_thread_count()
+
+    def fn(lo, hi):
+        if lo == 3:
+            raise RuntimeError("chunk 3 failed")
+        with lock:
+            done.append(lo)
+
+    with pytest.raises(RuntimeError, match="chunk 3 failed"):
+        layout.map_chunks(fn, 40, 1)
+    assert sorted(done) == [lo for lo in range(40) if lo != 3]  # nothing left running behind
+    assert layout.blas_thread_count() == before
+
+
+def test_residual_add_runs_in_chunks_with_numpys_bits_and_the_first_operands_layout():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((32, 32, 32, 16)).astype(np.float32).transpose(0, 3, 1, 2)  # 2 MiB
+    b = np.ascontiguousarray(rng.standard_normal(a.shape).astype(np.float32))         # C order
+    assert layout.host_chunked(a, b)
+    y = (Tensor(a) + Tensor(b)).data
+    np.testing.assert_array_equal(y, a + b)
+    assert y.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+BLAS_THREADS_PROBE = """
+from rcenp.ops import layout
+before = layout.blas_thread_count()
+inside = layout.map_chunks(lambda lo, hi: layout.blas_thread_count(), 4, 1)
+print(layout.parallel_available(), before, layout.blas_thread_count(), *inside)
+"""
+
+
+def test_chunk_workers_leave_the_callers_blas_threads_alone():
+    # NumPy's OpenBLAS (pthreads build) makes openblas_set_num_threads_local process-wide
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="2", RCENP_HOST_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", BLAS_THREADS_PROBE], capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    parallel, before, after, *inside = out.stdout.split()
+    if parallel != "True" or before in ("None", "1"):
+        pytest.skip("no per-worker OpenBLAS thread control or only one BLAS thread here")
+    assert inside == ["1"] * 4          # each chunk runs single-threaded BLAS
+    assert after == before              # and the caller gets its threads back
