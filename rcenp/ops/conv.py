@@ -117,8 +117,11 @@ def _im2col(xp, padded, kh, kw, stride, out_hw, key):
 
 
 def _chunk_size(n, out_hw, k_dim, itemsize):
+    """Images per chunk: at most _COL_CHUNK_BYTES of im2col, chunks as equal as possible (a short
+    last chunk would leave a worker idle: 128 images as 8 x 16, not 7 x 17 + 9)."""
     per_image = out_hw[0] * out_hw[1] * k_dim * itemsize
-    return max(1, min(n, _COL_CHUNK_BYTES // max(per_image, 1)))
+    largest = max(1, min(n, _COL_CHUNK_BYTES // max(per_image, 1)))
+    return -(-n // -(-n // largest))
 
 
 def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw):
