@@ -1,4 +1,6 @@
-"""ResNet-32 speed and memory: one SGD training step and one eval forward, rcenp against PyTorch.
+"""ResNet-32 speed and memory: one SGD training step, one eval forward, and one eval-mode input
+gradient (forward + backward of the CE loss to the images: one iteration of a gradient attack
+such as BIM or C&W), rcenp against PyTorch.
 
 Each framework runs in its own subprocess so peak memory (ru_maxrss) is its own. Prints one JSON
 object; ``--json PATH`` also writes it. PyTorch is optional: without it only rcenp is timed.
@@ -39,11 +41,14 @@ def _timeit(fn, sync, repeats, warmup):
     return times[len(times) // 2], times[0]
 
 
-def _measure(train_step, forward, sync, repeats, rss_before):
-    """Median and best seconds of a training step and an eval forward, and the peak RSS."""
+def _measure(train_step, forward, input_grad, sync, repeats, rss_before):
+    """Median and best seconds of a training step, an eval forward and an eval input gradient,
+    and the peak RSS."""
     train = _timeit(train_step, sync, repeats, 2)
     fwd = _timeit(forward, sync, repeats, 2)
+    attack = _timeit(input_grad, sync, repeats, 2)
     return {"train_step_s": train[0], "train_step_best_s": train[1], "forward_s": fwd[0], "forward_best_s": fwd[1],
+            "input_grad_s": attack[0], "input_grad_best_s": attack[1],
             "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": rss_before}
 
 
@@ -80,8 +85,13 @@ def run_rcenp(args):
         with rcenp.no_grad():
             model(x)
 
+    def input_grad():
+        model.eval()
+        images = rcenp.Tensor(x, requires_grad=True)
+        rcenp.grad(model.loss(images, y), images)
+
     return {"framework": "rcenp", "device": device, "numpy": np.__version__, "allocator_tuned": tuned,
-            **_measure(train_step, forward, sync, args.repeats, base)}
+            **_measure(train_step, forward, input_grad, sync, args.repeats, base)}
 
 
 def run_torch(args):
@@ -144,8 +154,13 @@ def run_torch(args):
         with torch.no_grad():
             model(x)
 
+    def input_grad():
+        model.eval()
+        images = x.detach().requires_grad_(True)
+        torch.autograd.grad(F.cross_entropy(model(images), y), images)
+
     return {"framework": "torch", "version": torch.__version__, "device": device, "threads": torch.get_num_threads(),
-            **_measure(train_step, forward, sync, args.repeats, base)}
+            **_measure(train_step, forward, input_grad, sync, args.repeats, base)}
 
 
 def _child(framework, args):
@@ -187,6 +202,7 @@ def main(argv=None):
             report["ratio_rcenp_over_torch"] = {
                 "train_step": r["train_step_s"] / t["train_step_s"],
                 "forward": r["forward_s"] / t["forward_s"],
+                "input_grad": r["input_grad_s"] / t["input_grad_s"],
                 "peak_rss": r["peak_rss_mb"] / t["peak_rss_mb"],
                 "peak_rss_above_baseline": (r["peak_rss_mb"] - r["rss_before_steps_mb"]) /
                                            max(t["peak_rss_mb"] - t["rss_before_steps_mb"], 1e-9),
@@ -198,6 +214,7 @@ def main(argv=None):
         if isinstance(r, dict) and "train_step_s" in r:
             r["train_images_per_s"] = args.batch / r["train_step_s"]
             r["forward_images_per_s"] = args.batch / r["forward_s"]
+            r["input_grad_images_per_s"] = args.batch / r["input_grad_s"]
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
