@@ -215,3 +215,22 @@ def test_host_chunked_paths_match_single_pass(monkeypatch):
     single = run()
     for a, b in zip(chunked, single):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (64, 16, 24, 24)])   # small; host-chunked (2.4 MB)
+@pytest.mark.parametrize("slope", [None, 0.1])
+def test_eval_input_gradient_alone_equals_the_full_backward(xp, shape, slope):
+    """An attack asks for dx only; eval BN then skips the per-channel sums and must give the same dx."""
+    rng = np.random.default_rng(5)
+    x = np.ascontiguousarray(rng.standard_normal(shape).transpose(0, 2, 3, 1), np.float32).transpose(0, 3, 1, 2)
+    gamma, beta = rng.uniform(0.5, 2, shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
+    stats = [xp.asarray(rng.standard_normal(shape[1]).astype(np.float32)),
+             xp.asarray(rng.uniform(0.5, 2, shape[1]).astype(np.float32))]
+    seed_grad = xp.asarray(rng.standard_normal(shape).astype(np.float32))
+    xt, g, b = (Tensor(xp.asarray(a), requires_grad=True) for a in (x, gamma, beta))
+
+    def backward(wrt):
+        y = F.batch_norm(xt, g, b, *stats, training=False, slope=slope)
+        return grad(y, wrt, grad_output=seed_grad)[0]
+
+    assert np.array_equal(as_numpy(backward([xt])), as_numpy(backward([xt, g, b])))

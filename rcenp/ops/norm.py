@@ -167,6 +167,10 @@ class BatchNorm(Function):
             slope, g = gy.dtype.type(self.slope), alloc_like(gy, gy.shape, zero=False)
         else:
             g = gy
+        # the per-channel sums feed dgamma and dbeta, and dx in training mode only (in eval mode,
+        # e.g. an attack's input gradient, dx = g·scale needs none of them)
+        if not (self.training or self.needs_input_grad[1] or self.needs_input_grad[2]):
+            return self._eval_input_gradient(xp, gy, g), None, None
 
         def sums_job(lo, hi):
             if g is not gy:
@@ -201,6 +205,25 @@ class BatchNorm(Function):
         return (gx,
                 g_gamma if self.needs_input_grad[1] else None,
                 g_beta if self.needs_input_grad[2] else None)
+
+    def _eval_input_gradient(self, xp, gy, g):
+        """Eval mode, dx only: dx = leaky'(y)·gy·scale, one pass per chunk (g: the dx buffer)."""
+        if not self.needs_input_grad[0]:
+            return None
+        gx = g if g is not gy else alloc_like(gy, gy.shape, zero=False)
+        lanes = _Lanes(self.x, gy, gx)
+        scale_v = lanes.vector(self.scale)
+        slope = None if self.slope is None else gy.dtype.type(self.slope)
+
+        def job(lo, hi):
+            if slope is not None:
+                leaky_grad_into(self.y[lo:hi], gy[lo:hi], slope, gx[lo:hi])
+                xp.multiply(lanes(gx[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
+            else:
+                xp.multiply(lanes(gy[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
+
+        over_chunks(gy, job)
+        return gx
 
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True,
