@@ -56,6 +56,29 @@ def test_residual_add_runs_in_chunks_with_numpys_bits_and_the_first_operands_lay
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
+def test_avg_pool_runs_in_chunks_with_the_single_pass_bits():
+    from rcenp import functional as F
+    from rcenp.autograd import grad
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 32, 32, 16)).astype(np.float32).transpose(0, 3, 1, 2)  # 2 MiB
+    gy = rng.standard_normal((32, 16, 16, 16)).astype(np.float32)
+    assert layout.host_chunked(x)
+    xt = Tensor(x, requires_grad=True)
+    y = F.avg_pool2d(xt, 2)
+    windows = [(i, j) for i in range(2) for j in range(2)]
+    expected = x[:, :, 0::2, 0::2].copy()
+    for i, j in windows[1:]:
+        expected += x[:, :, i::2, j::2]
+    expected *= 0.25
+    np.testing.assert_array_equal(y.data, expected)
+    assert y.data.transpose(0, 2, 3, 1).flags.c_contiguous
+    expected_gx = np.zeros_like(x)
+    for i, j in windows:
+        expected_gx[:, :, i::2, j::2] += gy * 0.25
+    np.testing.assert_array_equal(grad(y, xt, grad_output=gy), expected_gx)
+
+
 BLAS_THREADS_PROBE = """
 from rcenp.ops import layout
 before = layout.blas_thread_count()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import alloc_like
+from rcenp.ops.layout import alloc_like, over_chunks
 
 
 def _pair(v):
@@ -28,18 +28,34 @@ class AvgPool2d(Function):
 
     def forward(self, x):
         self.shape = x.shape
-        y = None
-        for rows, cols in self._windows(x.shape[2], x.shape[3]):
-            part = x[:, :, rows, cols]
-            y = part.copy(order="K") if y is None else y.__iadd__(part)
-        y *= 1.0 / (self.kernel[0] * self.kernel[1])
+        windows = list(self._windows(x.shape[2], x.shape[3]))
+        rows, cols = windows[0]
+        y = alloc_like(x, x[:, :, rows, cols].shape, zero=False)
+        inv_area = 1.0 / (self.kernel[0] * self.kernel[1])
+
+        def job(lo, hi):  # strided window sums, image chunk by image chunk on the host pool
+            out = y[lo:hi]
+            out[...] = x[lo:hi, :, rows, cols]
+            for r, c in windows[1:]:
+                out += x[lo:hi, :, r, c]
+            out *= inv_area
+
+        over_chunks(x, job)
         return y
 
     def backward(self, gy):
-        gx = alloc_like(gy, self.shape, zero=True)
-        share = gy * (1.0 / (self.kernel[0] * self.kernel[1]))
-        for rows, cols in self._windows(self.shape[2], self.shape[3]):
-            gx[:, :, rows, cols] += share
+        gx = alloc_like(gy, self.shape, zero=False)
+        inv_area = 1.0 / (self.kernel[0] * self.kernel[1])
+        windows = list(self._windows(self.shape[2], self.shape[3]))
+
+        def job(lo, hi):
+            out = gx[lo:hi]
+            out[...] = 0
+            share = gy[lo:hi] * inv_area
+            for rows, cols in windows:
+                out[:, :, rows, cols] += share
+
+        over_chunks(gx, job)
         return gx
 
 
