@@ -11,15 +11,16 @@
 # The two runs share the machine with one host worker and one BLAS thread each; results do not
 # depend on the worker count. Each continues bit for bit from its last checkpoint (every 250 steps).
 # They train with the code of one pinned commit ($saved/CODE_COMMIT, checked out as a git worktree
-# in runs/paper-code), so later changes to the engine's arithmetic cannot make a resumed run a mix
-# of two versions; the checkpoints and shipped manifests record that commit.
+# in .paper-code, whose runs/ links to this checkout's), so later changes to the engine's arithmetic
+# cannot make a resumed run a mix of two versions; the checkpoints and shipped manifests record
+# that commit and the plain command (--out runs/paper-mnist-*).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 saved="rcenp/models/pretrained/in-progress"
 export RCENP_DATA="${RCENP_DATA:-$(cd "$root/.." && pwd)/shared/data}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-code="$root/runs/paper-code"
+code="$root/.paper-code"
 
 checkout_pinned_code() {
   local commit
@@ -28,7 +29,8 @@ checkout_pinned_code() {
   if [ ! -d "$code" ]; then
     git worktree add --detach "$code" "$commit" >/dev/null
   fi
-  if [ "$(git -C "$code" rev-parse HEAD)" != "$commit" ] || [ -n "$(git -C "$code" status --porcelain)" ]; then
+  ln -sfn ../runs "$code/runs"
+  if [ "$(git -C "$code" rev-parse HEAD)" != "$commit" ] || [ -n "$(git -C "$code" status --porcelain --untracked-files=no)" ]; then
     echo "$code is not a clean checkout of the pinned commit $commit; remove it (git worktree remove --force $code) and start again" >&2
     exit 1
   fi
@@ -46,7 +48,7 @@ case "${1:-}" in
       mkdir -p "$run"
       (cd "$code" && RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONPATH="$code" nohup python3 -m rcenp train \
         --dataset mnist --objective "$objective" --preset paper --depth 32 --seed 0 --checkpoint-every 250 \
-        --resume --out "$root/$run" >> "$root/$run/stdout.log" 2>&1 &)
+        --resume --out "$run" >> "$root/$run/stdout.log" 2>&1 &)
       echo "started $run"
     done ;;
   save)
