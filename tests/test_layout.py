@@ -80,10 +80,20 @@ def test_avg_pool_runs_in_chunks_with_the_single_pass_bits():
 
 
 BLAS_THREADS_PROBE = """
+import threading, time
 from rcenp.ops import layout
 before = layout.blas_thread_count()
 inside = layout.map_chunks(lambda lo, hi: layout.blas_thread_count(), 4, 1)
-print(layout.parallel_available(), before, layout.blas_thread_count(), *inside)
+after = layout.blas_thread_count()
+
+def overlapping_dispatches():   # two callers whose dispatches start and end interleaved
+    for _ in range(20):
+        layout.map_chunks(lambda lo, hi: time.sleep(0.001 * (lo % 3)), 6, 1)
+
+callers = [threading.Thread(target=overlapping_dispatches) for _ in range(2)]
+for t in callers: t.start()
+for t in callers: t.join()
+print(layout.parallel_available(), before, after, layout.blas_thread_count(), *inside)
 """
 
 
@@ -93,8 +103,9 @@ def test_chunk_workers_leave_the_callers_blas_threads_alone():
     out = subprocess.run([sys.executable, "-c", BLAS_THREADS_PROBE], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0, out.stderr
-    parallel, before, after, *inside = out.stdout.split()
+    parallel, before, after, after_concurrent, *inside = out.stdout.split()
     if parallel != "True" or before in ("None", "1"):
         pytest.skip("no per-worker OpenBLAS thread control or only one BLAS thread here")
     assert inside == ["1"] * 4          # each chunk runs single-threaded BLAS
     assert after == before              # and the caller gets its threads back
+    assert after_concurrent == before   # also after dispatches from two threads overlapped

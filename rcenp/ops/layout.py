@@ -145,6 +145,29 @@ def parallel_available() -> bool:
     return _pool_with_blas_control() is not None
 
 
+_dispatch_lock = threading.Lock()
+_dispatches = 0            # map_chunks calls in flight, from any thread
+_blas_outside = None       # the BLAS thread count to restore when the last one ends
+
+
+def _enter_dispatch():
+    """Single-threaded BLAS while any dispatch runs (process-wide in pthreads OpenBLAS builds)."""
+    global _dispatches, _blas_outside
+    with _dispatch_lock:
+        previous = _blas_local(1)
+        if _dispatches == 0:
+            _blas_outside = previous
+        _dispatches += 1
+
+
+def _leave_dispatch():
+    global _dispatches
+    with _dispatch_lock:
+        _dispatches -= 1
+        if _dispatches == 0:
+            _blas_local(_blas_outside)
+
+
 def map_chunks(fn, n: int, chunk: int):
     """[fn(lo, hi) for each slice of range(n) of length ``chunk``], in order.
 
@@ -163,14 +186,14 @@ def map_chunks(fn, n: int, chunk: int):
         while (i := claim()) < len(starts):
             results[i] = fn(starts[i], min(starts[i] + chunk, n))
 
-    previous = _blas_local(1)
+    _enter_dispatch()
     helpers = []
     try:
         helpers = [pool.submit(drain) for _ in range(min(_helpers, len(starts) - 1))]
         drain()
     finally:
         wait(helpers)  # every chunk has finished before the caller's BLAS threads come back
-        _blas_local(previous)
+        _leave_dispatch()
     for helper in helpers:
         helper.result()  # a helper's exception
     return results
