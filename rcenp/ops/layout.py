@@ -6,17 +6,17 @@ would silently switch to C order and cost a transposing copy at the next convolu
 
 ``map_chunks`` runs a function over slices of the batch on one worker per core: the calling
 thread and a pool of helpers (``RCENP_HOST_THREADS`` to change the count). NumPy releases the
-GIL in copies and BLAS calls, so the workers run in parallel, each with single-threaded OpenBLAS. A worker's im2col chunk then stays
-in its core's cache between the gather and the GEMM, which is 2-3x faster here than one
-whole-batch gather followed by a multi-threaded GEMM on skinny matrices. Where that control is
-unavailable (another BLAS, an older OpenBLAS), the chunks run one after another in the calling
-thread.
+GIL in copies and BLAS calls, so the workers run in parallel, each with single-threaded
+OpenBLAS. A worker's im2col chunk then stays in its core's cache between the gather and the
+GEMM, which is 2-3x faster here than one whole-batch gather followed by a multi-threaded GEMM on
+skinny matrices. Where that control is unavailable (another BLAS, an older OpenBLAS), the chunks
+run one after another in the calling thread.
 
 ``openblas_set_num_threads_local`` is thread-local only in OpenMP builds of OpenBLAS; in the
-pthreads builds NumPy's wheels ship it sets the process-wide count. So ``map_chunks`` sets one
-thread for the duration of a dispatch and restores the caller's count when every chunk has
-finished: BLAS calls outside rcenp's chunks keep all their threads (a per-worker setting made
-once would leave every later GEMM of the process single-threaded, 2x slower here).
+pthreads builds NumPy's wheels ship it sets the process-wide count. So OpenBLAS has one thread
+while any dispatch runs, and the count from before comes back when the last one has finished:
+BLAS calls outside rcenp's chunks keep all their threads (a per-worker setting made once would
+leave every later GEMM of the process single-threaded, 2x slower here).
 
 The chunks depend only on array sizes, never on the number of workers, and partial results are
 combined in chunk order. Results are therefore bit-identical for any ``RCENP_HOST_THREADS``, which

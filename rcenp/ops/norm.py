@@ -5,10 +5,11 @@ training; running averages r <- decay*r + (1 - decay)*batch_stat with decay 0.9 
 correction of the first steps is not reproduced); eps = 1e-3 inside the square root. Eval mode
 uses the running statistics, which are then constants: its backward is a per-channel scale.
 
-Per-channel sums are GEMV calls on the (M, C) view of a channels-last array (of a product for
-Σ a·b, formed in a per-thread scratch chunk). On the host,
-large inputs go through cache-sized chunks on the worker pool (``rcenp.ops.layout``), each chunk
-making all its elementwise passes while in cache, with partial sums added in chunk order.
+Per-channel sums are GEMV calls on the (M, C) view of a channels-last array (Σ a·b: of the
+product, formed in a per-thread scratch chunk). On the host, large inputs go through cache-sized
+chunks on the worker pool (``rcenp.ops.layout``), each chunk making all its elementwise passes
+while in cache, with partial sums added in chunk order. An eval-mode backward asked for dx alone
+(an attack's input gradient) skips the sums: dx is the activation mask times gy times the scale.
 
 With ``slope`` the leaky ReLU max(y, slope·y) that follows every BN in the pre-activation ResNet is
 applied in the same chunk pass, and its gradient mask in the first backward pass: the results are
