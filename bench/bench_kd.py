@@ -11,8 +11,9 @@ CPU (``--queries``, default 1,000):
 - the bare GEMMs alone, the FLOP floor of any GEMM formulation (2·Q·M·D FLOPs);
 - ``torch.cdist`` + ``logsumexp`` per class when PyTorch is importable.
 Times are the best of ``--repeats`` calls after a warm-up call (sklearn's: of 2); the VM this
-was written on varies up to 2x between runs. Every score is checked against the float64 brute force (sklearn's log density is shifted by
-(D/2)·log(pi·sigma^2) to the unnormalised kernel first).
+was written on varies up to 2x between runs. Every score is checked against the float64 brute
+force (sklearn's log density is shifted by (D/2)·log(pi·sigma^2) to the unnormalised kernel
+first).
 
 GPU (when ``rcenp.backend.cuda_available()``; ``--gpu-queries``, default 100,000): the fused CUDA
 kernel (forward and gradient) and the blocked cuBLAS path, timed with CUDA events; queries/s and

@@ -91,4 +91,3 @@ def test_tuned_allocator_reuses_freed_memory():
     assert untuned_faults > 20_000, untuned_faults   # the probe does exercise the problem
     assert faults < 2_000, faults
     assert _probe("tune", MALLOC_TRIM_THRESHOLD_="131072")[0] == "False"   # the user's setting wins
-
