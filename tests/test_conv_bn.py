@@ -131,6 +131,32 @@ def test_batch_norm_with_fused_activation_gradients(xp, case, slope):
     check_gradients(lambda x, g, b: F.batch_norm(x, g, b, xp.asarray(rm), xp.asarray(rv), training=False, slope=slope), args)
 
 
+@pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((2, 3), (0, 2)), ((5, 1), 2)])
+def test_kernel_row_gemms_agree_with_im2col_in_float32(monkeypatch, kernel, padding):
+    """Host stride-1 convs sum over kernel rows (a split of the im2col GEMM's K): forward, dx and
+    dW agree with the single im2col GEMM to float32 rounding, chunked as in training."""
+    import rcenp.ops.conv as conv
+
+    rng = np.random.default_rng(3)
+    x = np.ascontiguousarray(rng.standard_normal((48, 12, 12, 16), dtype=np.float32)).transpose(0, 3, 1, 2)
+    w = (rng.standard_normal((24, 16) + kernel) / np.sqrt(16 * kernel[0] * kernel[1])).astype(np.float32)
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 1 << 19)  # several images per chunk, 48 in all
+
+    def run():
+        xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+        y = F.conv2d(xt, wt, padding=padding)
+        seed = np.cos(np.arange(y.data.size, dtype=np.float32)).reshape(y.shape)
+        return [y.data] + grad(y, [xt, wt], grad_output=seed)
+
+    by_rows = run()
+    monkeypatch.setattr(conv, "_by_rows", lambda kernel, stride: False)
+    im2col = run()
+    for a, b in zip(by_rows, im2col):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+    assert not np.array_equal(by_rows[0], im2col[0])  # two summation orders: both paths really ran
+
+
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (64, 16, 24, 24)])   # small; host-chunked (2.4 MB)
 @pytest.mark.parametrize("training", [True, False])
 def test_fused_activation_is_bit_identical_to_leaky_after_batch_norm(xp, shape, training):
@@ -188,7 +214,8 @@ def test_batch_norm_eval_needs_running_stats(xp):
         F.batch_norm(xp.zeros((2, 3)), xp.ones(3), xp.zeros(3), training=False)
 
 
-def test_host_chunked_paths_match_single_pass(monkeypatch):
+@pytest.mark.parametrize("stride", [1, 2])  # kernel-row GEMMs; im2col and col2im
+def test_host_chunked_paths_match_single_pass(monkeypatch, stride):
     """Large inputs take the chunked multi-threaded host path; it must agree with one pass."""
     import rcenp.ops.conv as conv
     import rcenp.ops.layout as layout
@@ -197,20 +224,20 @@ def test_host_chunked_paths_match_single_pass(monkeypatch):
     x = np.ascontiguousarray(rng.standard_normal((64, 16, 16, 16))).transpose(0, 3, 1, 2)  # channels-last, 2.1 MB
     w = rng.standard_normal((16, 16, 3, 3))
     gamma, beta = rng.uniform(0.5, 2, 16), rng.standard_normal(16)
-    seed_grad = rng.standard_normal((64, 16, 8, 8))
+    seed_grad = rng.standard_normal((64, 16, 16 // stride, 16 // stride))
 
     def run():
         xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
         g, b = Tensor(gamma, requires_grad=True), Tensor(beta, requires_grad=True)
         h = F.leaky_relu(F.batch_norm(xt, g, b, training=True), 0.1)
-        out = F.conv2d(h, wt, stride=2, padding=1)
+        out = F.conv2d(h, wt, stride=stride, padding=1)
         grads = grad(out, [xt, wt, g, b], grad_output=seed_grad)
         return [out.data] + grads
 
-    monkeypatch.setattr(conv, "_COL_CHUNK_BYTES", 1 << 16)  # many conv chunks
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 1 << 16)  # many conv chunks
     chunked = run()
     assert layout.host_chunked(x)
-    monkeypatch.setattr(conv, "_COL_CHUNK_BYTES", 1 << 40)
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 1 << 40)
     monkeypatch.setattr("rcenp.ops.layout.host_chunked", lambda *a: False)  # BN and activations: one pass
     single = run()
     for a, b in zip(chunked, single):
