@@ -32,7 +32,7 @@ def conv_cases(draw):
     ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
     h = draw(st.integers(max(1, kh - 2 * ph), 7))
     w = draw(st.integers(max(1, kw - 2 * pw), 7))
-    return dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)), co=draw(st.integers(1, 3)), h=h, w=w,
+    return dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 4)), co=draw(st.integers(1, 4)), h=h, w=w,
                 k=(kh, kw), stride=(sh, sw), padding=(ph, pw), bias=draw(st.booleans()), seed=draw(st.integers(0, 2**31)))
 
 
@@ -131,6 +131,22 @@ def test_batch_norm_with_fused_activation_gradients(xp, case, slope):
     check_gradients(lambda x, g, b: F.batch_norm(x, g, b, xp.asarray(rm), xp.asarray(rv), training=False, slope=slope), args)
 
 
+@pytest.mark.parametrize("kernel,padding", [((3, 2), (1, 0)), ((2, 3), (0, 2))])
+def test_kernel_row_path_in_float64_against_naive_loops(monkeypatch, kernel, padding):
+    """Forward, dx and dW by kernel rows (KW*C >= 8 for x and dy), exact to float64 rounding."""
+    import rcenp.ops.conv as conv
+
+    taken = []
+    by_rows = conv._by_rows
+    monkeypatch.setattr(conv, "_by_rows", lambda *a: taken.append(by_rows(*a)) or taken[-1])
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((4, 4) + kernel)
+    y = F.conv2d(x, w, padding=padding)
+    np.testing.assert_allclose(y.data, naive_conv(x, w, None, (1, 1), padding), rtol=1e-10, atol=1e-12)
+    check_gradients(lambda x, w: F.conv2d(x, w, padding=padding), [x, w])
+    assert taken and all(taken)
+
+
 @pytest.mark.parametrize("kernel,padding", [((3, 3), 1), ((2, 3), (0, 2)), ((5, 1), 2)])
 def test_kernel_row_gemms_agree_with_im2col_in_float32(monkeypatch, kernel, padding):
     """Host stride-1 convs sum over kernel rows (a split of the im2col GEMM's K): forward, dx and
@@ -149,7 +165,7 @@ def test_kernel_row_gemms_agree_with_im2col_in_float32(monkeypatch, kernel, padd
         return [y.data] + grad(y, [xt, wt], grad_output=seed)
 
     by_rows = run()
-    monkeypatch.setattr(conv, "_by_rows", lambda kernel, stride: False)
+    monkeypatch.setattr(conv, "_by_rows", lambda kernel, stride, c: False)
     im2col = run()
     for a, b in zip(by_rows, im2col):
         assert a.dtype == np.float32
