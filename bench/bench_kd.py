@@ -206,7 +206,7 @@ def gpu_section(args, sigma2):
     cupy = xp_for("cuda")
     z, kernel_points, classes = make_data(args.seed + 1, args.classes, args.per_class, args.dim,
                                           args.gpu_queries)
-    q, (num_classes, m, dim) = len(z), kernel_points.shape
+    q, (_, m, dim) = len(z), kernel_points.shape
     zg, kg, cg = cupy.asarray(z), cupy.asarray(kernel_points), cupy.asarray(classes)
     gy = cupy.ones(q, dtype=cupy.float32)
 

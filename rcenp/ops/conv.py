@@ -34,43 +34,13 @@ do not depend on thread timing or count.
 """
 from __future__ import annotations
 
-import collections
-import threading
-
 import numpy as np
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import map_chunks
+from rcenp.ops.layout import map_chunks, scratch
 
-_WORKSPACE_SLOTS = 128  # per-thread, per-shape buffers of a ResNet step: about 60 here
 _CHUNK_BYTES = 5 << 19  # about 2.5 MB of gathered input (kernel rows or im2col) per worker chunk
-_workspace: collections.OrderedDict = collections.OrderedDict()
-_workspace_lock = threading.Lock()
-
-
-def _buffer(xp, key, shape, dtype, zero: bool):
-    """A reusable host buffer (large NumPy allocations cost page faults on every call).
-
-    A zeroed buffer is only ever written in the same region for the same key, so its zero
-    border survives reuse. On the GPU CuPy's memory pool already recycles, so we allocate.
-    """
-    if xp is not np:
-        return xp.zeros(shape, dtype) if zero else xp.empty(shape, dtype)
-    key = (key, threading.get_ident(), shape, np.dtype(dtype).str)  # one set of buffers per thread
-    with _workspace_lock:
-        buf = _workspace.pop(key, None)
-        if buf is None:
-            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            while len(_workspace) >= _WORKSPACE_SLOTS:
-                _workspace.popitem(last=False)
-        _workspace[key] = buf
-    return buf
-
-
-def clear_workspace() -> None:
-    """Free the cached im2col and padding buffers."""
-    _workspace.clear()
 
 
 def _pair(v):
@@ -104,7 +74,7 @@ def _place(xp, nhwc, top, left, bottom, right, stride, key):
         return xp.ascontiguousarray(nhwc)
     hp = top + (h - 1) * sh + 1 + bottom
     wp = left + (w - 1) * sw + 1 + right
-    buf = _buffer(xp, key + (top, left, bottom, right, sh, sw), (n, hp, wp, c), nhwc.dtype, zero=True)
+    buf = scratch(xp, key + (top, left, bottom, right, sh, sw), (n, hp, wp, c), nhwc.dtype, zero=True)
     src_r, dst_r = _span(top, h, sh, hp)
     src_c, dst_c = _span(left, w, sw, wp)
     if src_r is not None and src_c is not None:
@@ -121,7 +91,7 @@ def _im2col(xp, padded, kh, kw, stride, out_hw, key):
         return padded.reshape(n * oh * ow, c)
     view = _as_strided(xp, padded, (n, oh, ow, kh, kw, c),
                        (sn, sh_ * stride[0], sw_ * stride[1], sh_, sw_, sc))
-    col = _buffer(xp, key, (n, oh, ow, kh, kw, c), padded.dtype, zero=False)
+    col = scratch(xp, key, (n, oh, ow, kh, kw, c), padded.dtype, zero=False)
     col[...] = view
     return col.reshape(n * oh * ow, kh * kw * c)
 
@@ -140,7 +110,7 @@ def _kernel_rows(padded, kh, kw, out_hw):
     b, hp, _, c = padded.shape
     sn, sh_, sw_, sc = padded.strides
     view = _as_strided(np, padded, (b, hp, out_hw[1], kw, c), (sn, sh_, sw_, sw_, sc))
-    rows = _buffer(np, ("rows",), (b, hp, out_hw[1], kw, c), padded.dtype, zero=False)
+    rows = scratch(np, ("rows",), (b, hp, out_hw[1], kw, c), padded.dtype, zero=False)
     rows[...] = view
     return rows.reshape(b, hp, out_hw[1], kw * c)
 
@@ -157,7 +127,7 @@ def _correlate_rows(padded, w_mat, kernel, out):
     k = rows.shape[3]
     y = out.reshape(b, oh * ow, co)
     np.matmul(rows[:, 0:oh].reshape(b, oh * ow, k), w_mat[0:k], out=y)
-    part = _buffer(np, ("row-part",), y.shape, y.dtype, zero=False)
+    part = scratch(np, ("row-part",), y.shape, y.dtype, zero=False)
     for r in range(1, kh):
         np.matmul(rows[:, r:r + oh].reshape(b, oh * ow, k), w_mat[r * k:(r + 1) * k], out=part)
         y += part
@@ -222,7 +192,7 @@ def _weight_gradient(xp, x_nhwc, gy_nhwc, kernel, stride, pads):
             rows = _kernel_rows(padded, kh, kw, (oh, ow))
             k = rows.shape[3]
             gw = np.empty((kh * k, co), gy.dtype)
-            per_image = _buffer(np, ("row-part",), (b, k, co), gy.dtype, zero=False)
+            per_image = scratch(np, ("row-part",), (b, k, co), gy.dtype, zero=False)
             for r in range(kh):
                 np.matmul(rows[:, r:r + oh].reshape(b, oh * ow, k).transpose(0, 2, 1),
                           gy.reshape(b, oh * ow, co), out=per_image)
@@ -248,7 +218,7 @@ def _col2im_gradient(xp, gy_nhwc, w_mat, kernel, stride, padding, in_hw):
     def job(lo, hi):
         b = hi - lo
         dcol = (xp.ascontiguousarray(gy_nhwc[lo:hi]).reshape(-1, co) @ w_mat.T).reshape(b, oh, ow, kh, kw, c)
-        buf = _buffer(xp, ("col2im",), (b, h + 2 * ph, wd + 2 * pw, c), gy_nhwc.dtype, zero=False)
+        buf = scratch(xp, ("col2im",), (b, h + 2 * ph, wd + 2 * pw, c), gy_nhwc.dtype, zero=False)
         buf[...] = 0
         for i in range(kh):
             for j in range(kw):

@@ -24,6 +24,7 @@ a resumed training run relies on.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import glob
 import itertools
@@ -53,6 +54,37 @@ def alloc_like(x, shape, zero=True):
     for position, axis in enumerate(order):
         inverse[axis] = position
     return buf.transpose(inverse)
+
+
+_SCRATCH_SLOTS = 128  # a ResNet step uses about 60 (per thread, key and shape)
+_scratch: collections.OrderedDict = collections.OrderedDict()
+_scratch_lock = threading.Lock()
+
+
+def scratch(xp, key, shape, dtype, zero: bool):
+    """A reusable host buffer of the calling thread (large NumPy allocations cost page faults on
+    every call); the least recently used are dropped beyond _SCRATCH_SLOTS.
+
+    A zeroed buffer is only ever written in the same region for the same key, so its zero
+    border survives reuse. On the GPU CuPy's memory pool already recycles, so we allocate.
+    """
+    if xp is not np:
+        return xp.zeros(shape, dtype) if zero else xp.empty(shape, dtype)
+    key = (key, threading.get_ident(), tuple(shape), np.dtype(dtype).str)
+    with _scratch_lock:
+        buf = _scratch.pop(key, None)
+        if buf is None:
+            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            while len(_scratch) >= _SCRATCH_SLOTS:
+                _scratch.popitem(last=False)
+        _scratch[key] = buf
+    return buf
+
+
+def clear_scratch() -> None:
+    """Free the cached scratch buffers (im2col, kernel rows, padding, products)."""
+    with _scratch_lock:
+        _scratch.clear()
 
 
 def _numpy_openblas():

@@ -18,14 +18,12 @@ fewer each way.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 from rcenp.ops.activation import check_slope, leaky_grad_into, leaky_into
-from rcenp.ops.layout import alloc_like, over_chunks
+from rcenp.ops.layout import alloc_like, over_chunks, scratch
 
 
 def _axes(x):
@@ -81,18 +79,6 @@ def _channel_sum(x):
     return xp.ones(rows.shape[0], x.dtype) @ rows
 
 
-_scratch = threading.local()
-
-
-def _product_scratch(shape, dtype):
-    """This thread's reusable host buffer for a chunk's elementwise product."""
-    size = int(np.prod(shape))
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.dtype != dtype or buf.size < size:
-        buf = _scratch.buf = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
-
-
 def _channel_dot(a, b):
     """Σ over (N, H, W) of a*b per channel: the product, then one GEMV on its (M, C) view."""
     ra, rb = _rows(a), _rows(b)
@@ -100,7 +86,7 @@ def _channel_dot(a, b):
         return (a * b).sum(axis=_axes(a))
     xp = get_array_module(a)
     if xp is np:
-        product = np.multiply(ra, rb, out=_product_scratch(ra.shape, np.result_type(ra, rb)))
+        product = np.multiply(ra, rb, out=scratch(np, ("bn-product",), ra.shape, np.result_type(ra, rb), zero=False))
     else:
         product = ra * rb
     return xp.ones(product.shape[0], product.dtype) @ product

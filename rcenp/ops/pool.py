@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
-from rcenp.backend import get_array_module
 from rcenp.ops.layout import alloc_like, over_chunks
 
 
