@@ -12,8 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from rcenp import checkpoint
-from rcenp.models.registry import PRETRAINED_DIR
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's rcenp
+
+from rcenp import checkpoint  # noqa: E402
+from rcenp.models.registry import PRETRAINED_DIR  # noqa: E402
 
 
 def ship(run_dir: Path, name: str) -> Path:

@@ -92,3 +92,55 @@ def test_detect_command(model, data, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rcenp: error:") and "bad.png" in err[0]
     assert main(["detect", str(tmp_path / "nothing"), "--images", str(tmp_path / "batch.npz")]) == 2
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    """An MNIST-format data root with 200 training and 40 test images of all 10 classes."""
+    from tests.test_train import write_idx
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "mnist").mkdir()
+    rng = np.random.default_rng(4)
+    for split, n in (("train", 200), ("t10k", 40)):
+        write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+def test_fit_detector_calibrates_on_the_held_out_images_it_names(model, mnist_root):
+    from rcenp.data import load
+    from rcenp.detect.calibrate import calibrate_threshold
+    from rcenp.detect.cli import fit_detector, held_out_split
+
+    test = load("mnist", "test", mnist_root)
+    det, held_out = fit_detector(model, "mnist", mnist_root, "kd", 0.1, per_class=5, seed=2)
+    again, calibration = held_out_split(40, seed=2)
+    np.testing.assert_array_equal(held_out, again)
+    assert len(held_out) == len(calibration) == 20 and not set(held_out) & set(calibration)
+    assert held_out.max() > 20 and calibration.min() < 20  # random halves, not the first and the second
+    assert det.info["fitted_on"] == 200 and "held_out_split(40, seed=2)" in det.info["calibration"]
+    assert det.threshold == calibrate_threshold(det.scores(test.images[calibration])["kd"], 0.1)
+
+    det, held_out = fit_detector(model, "mnist", mnist_root, "kd", 0.1, per_class=5, calibrate_on="train",
+                                 kernel_from=150, seed=2)
+    train = load("mnist", "train", mnist_root)
+    assert det.info["fitted_on"] == 150 and list(held_out) == list(range(40))
+    assert det.threshold == calibrate_threshold(det.scores(train.images[150:])["kd"], 0.1)
+    with pytest.raises(ValueError, match="calibration needs some of them"):
+        fit_detector(model, "mnist", mnist_root, calibrate_on="train", kernel_from=200)
+    with pytest.raises(ValueError, match="calibrate_on"):
+        fit_detector(model, "mnist", mnist_root, calibrate_on="validation")
+
+
+def test_detect_fit_command_saves_the_calibration_it_used(model, mnist_root, tmp_path, capsys):
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    run = tmp_path / "run"
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="rce"), 1, {"note": "test"})
+    assert main(["detect", str(run), "--fit", "--per-class", "5", "--data-dir", str(mnist_root)]) == 0
+    saved = json.loads((run / "detector.json").read_text())
+    assert "random half of the test split" in saved["info"]["calibration"] and saved["threshold"] is not None
+    assert main(["detect", str(run), "--fit", "--calibrate-on", "train", "--kernel-from", "500",
+                 "--data-dir", str(mnist_root)]) == 2
+    assert "--kernel-from 500" in capsys.readouterr().err

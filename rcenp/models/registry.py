@@ -1,6 +1,7 @@
 """Load a trained classifier by shipped name (``mnist-resnet32-rce``) or from a run directory."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rcenp import checkpoint
@@ -10,8 +11,16 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 
 def shipped_models() -> list[str]:
-    """Names of the trained models that ship with the package."""
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.json"))
+    """Names of the trained models that ship with the package (not their detectors)."""
+    names = []
+    for path in sorted(PRETRAINED_DIR.glob("*.json")):
+        try:
+            kind = json.loads(path.read_text()).get("kind")
+        except (OSError, ValueError):
+            continue
+        if kind == "rcenp-classifier":
+            names.append(path.stem)
+    return names
 
 
 def resolve(name_or_path) -> Path:
