@@ -18,13 +18,14 @@ Backward:
   multiply mostly zeros (dy dilated by S), so dx is col2im of dy @ w_matᵀ. Its KH*KW strided adds
   run per chunk, in cache.
 
-Kernel rows (host, stride 1, KH > 1). Instead of im2col, each padded input row is gathered once
-as ``rows`` (HP, OW, KW*C): its KW*C inputs under every horizontal kernel position. Output row i
-reads kernel row r's inputs from rows[i + r], so y = Σ_r rows[r:r+OH] @ W_r with W_r the
-(KW*C, CO) block of w_mat for kernel row r, and dW_r = Σ rows[r:r+OH]ᵀ @ dy: KH batched GEMMs on
-a gather KH times smaller than im2col. Here that makes the ResNet-32 forward 17% and the input
-gradient 21% faster (``bench/bench_engine.py``). The same sums over K are split at kernel-row
-boundaries, so float32 results differ from im2col's in the last bits (tested against each other).
+Kernel rows (host, stride 1, KH > 1, KW*C >= 8). Instead of im2col, each padded input row is
+gathered once as ``rows`` (HP, OW, KW*C): its KW*C inputs under every horizontal kernel position.
+Output row i reads kernel row r's inputs from rows[i + r], so y = Σ_r rows[r:r+OH] @ W_r with W_r
+the (KW*C, CO) block of w_mat for kernel row r, and dW_r = Σ rows[r:r+OH]ᵀ @ dy: KH batched GEMMs
+on a gather KH times smaller than im2col. Here that makes the ResNet-32 forward 14-17% and the
+input gradient 17-21% faster (``bench/bench_engine.py``). The same sums over K are split at
+kernel-row boundaries, so float32 results differ from im2col's in the last bits (tested against
+each other).
 
 On the host, every pass (forward, dw, dx) is split into chunks of images whose gathered block
 (kernel rows or im2col) is about 2.5 MB. Each worker thread pads, gathers and multiplies its own
