@@ -11,8 +11,9 @@ Presets:
 - ``quick``: a CPU-sized run of the same family. ResNet-14, 5,600 steps of batch 64 (about 6 MNIST
   epochs), with the MNIST schedule's boundaries scaled to the run length (lr 0.1, then 0.01 from
   50%, then 0.001 from 75%). Measured on 2 CPU cores: RCE on MNIST reached 0.53% test error in
-  12 min 31 s (0.57% in 13 min 26 s before the kernel-row convs). Batch 64 matters: at batch 128 the same time buys half the updates, and RCE
-  reached only 1.07% (ResNet-14, 3,000 steps), 1.54% (ResNet-8, 4,400) or 1.32% (ResNet-20, 1,500).
+  12 min 31 s (0.57% in 13 min 26 s before the kernel-row convs). Batch 64 matters: at batch 128
+  the same time buys half the updates, and RCE reached only 1.07% (ResNet-14, 3,000 steps), 1.54%
+  (ResNet-8, 4,400) or 1.32% (ResNet-20, 1,500).
 """
 from __future__ import annotations
 

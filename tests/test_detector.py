@@ -97,15 +97,11 @@ def test_detect_command(model, data, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def mnist_root(tmp_path_factory):
     """An MNIST-format data root with 200 training and 40 test images of all 10 classes."""
-    from tests.test_train import write_idx
+    from tests.test_train import write_mnist_root
 
-    root = tmp_path_factory.mktemp("data")
-    (root / "mnist").mkdir()
     rng = np.random.default_rng(4)
-    for split, n in (("train", 200), ("t10k", 40)):
-        write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    return root
+    return write_mnist_root(tmp_path_factory.mktemp("data"),
+                            lambda split, n: (rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10), (200, 40))
 
 
 def test_fit_detector_calibrates_on_the_held_out_images_it_names(model, mnist_root):

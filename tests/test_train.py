@@ -27,21 +27,31 @@ def write_idx(path: Path, array: np.ndarray):
         fh.write(header + array.astype(np.uint8).tobytes())
 
 
+def write_mnist_root(root: Path, make_split, sizes=(192, 64)) -> Path:
+    """An MNIST-format data root in ``root``: make_split(split, n) gives (images, labels) for the
+    training and the test split, of ``sizes`` images."""
+    (root / "mnist").mkdir()
+    for split, n in zip(("train", "t10k"), sizes):
+        images, labels = make_split(split, n)
+        write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
     """An MNIST-format data root: 192 training and 64 test images, class = brightest quadrant."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "mnist").mkdir()
     rng = np.random.default_rng(0)
-    for split, n in (("train", 192), ("t10k", 64)):
+
+    def quadrants(split, n):
         labels = rng.integers(0, 4, n)
         images = rng.integers(0, 60, (n, 28, 28))
         for i, y in enumerate(labels):
             r, c = divmod(int(y), 2)
             images[i, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 150
-        write_idx(root / "mnist" / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / "mnist" / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
+        return images, labels
+
+    return write_mnist_root(tmp_path_factory.mktemp("data"), quadrants)
 
 
 def tiny_config(**kw):
