@@ -52,6 +52,11 @@ def atomic_write_text(path, text: str) -> None:
     _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
+def atomic_write_npz(path, **arrays) -> None:
+    """Write arrays to an uncompressed ``.npz`` at ``path`` through a temporary file and a rename."""
+    _atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -68,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("name", choices=DATASETS)
     f.add_argument("--data-dir")
 
+    from rcenp.attacks.cli import add_parser as add_attack_parser
     from rcenp.detect.cli import add_parser as add_detect_parser
 
     add_detect_parser(sub)
+    add_attack_parser(sub)
 
     m = sub.add_parser("demo", help="the main job: evaluate the shipped models (or a short engine demo)")
     m.add_argument("--data-dir", help="with a data root, use the full MNIST test set instead of the sample")
@@ -167,7 +169,14 @@ def cmd_detect(args) -> int:
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "detect": cmd_detect}
+def cmd_attack(args) -> int:
+    from rcenp.attacks.cli import cmd_attack as run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "detect": cmd_detect,
+            "attack": cmd_attack}
 
 
 def main(argv=None) -> int:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import sys
 import time
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from rcenp.data import BatchStream, augment_cifar, load
 from rcenp.models import resnet
 from rcenp.objectives import Classifier
 from rcenp.optim import SCHEDULES, SGD, PiecewiseConstant
+from rcenp.progress import Progress
 
 CHECKPOINT_STEM = "checkpoint"
 CHANNELS = {"mnist": 1, "fashion-mnist": 1, "cifar10": 3}
@@ -80,51 +79,6 @@ def preset_config(preset: str, dataset: str, **overrides) -> TrainConfig:
 def build_classifier(config: TrainConfig) -> Classifier:
     network = resnet(config.depth, CHANNELS[config.dataset], 10, config.activation, seed=config.seed)
     return Classifier(network, config.objective)
-
-
-class Progress:
-    """A live status line on a terminal (a plain line per interval otherwise), mirrored to a log."""
-
-    def __init__(self, log_path: Path | None, total: int, interval: float = 10.0, stream=sys.stderr):
-        self.total, self.interval, self.stream = total, interval, stream
-        self.live = hasattr(stream, "isatty") and stream.isatty()
-        self.log = open(log_path, "a") if log_path else None
-        self.last = 0.0
-
-    def update(self, step, loss, acc, lr, images_per_s, eta_s, force=False):
-        now = time.monotonic()
-        if not force and now - self.last < (0.5 if self.live else self.interval):
-            return
-        self.last = now
-        eta = _duration(eta_s)
-        line = (f"step {step}/{self.total}  loss {loss:.4f}  train acc {acc:.3f}  lr {lr:g}  "
-                f"{images_per_s:.0f} img/s  ETA {eta}")
-        self.stream.write(("\r" + line + " " * 4) if self.live else line + "\n")
-        self.stream.flush()
-        self.message(line, echo=False)
-
-    def message(self, text, echo=True):
-        if echo:
-            self.stream.write(("\n" if self.live else "") + text + "\n")
-            self.stream.flush()
-        if self.log:
-            self.log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
-            self.log.flush()
-
-    def close(self):
-        if self.live:
-            self.stream.write("\n")
-        if self.log:
-            self.log.close()
-
-
-def _duration(seconds: float) -> str:
-    """H:MM:SS with unbounded hours ('?' when unknown)."""
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def evaluate(model: Classifier, images, labels, batch_size=500) -> dict:
@@ -216,7 +170,8 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
             predicted = model.prediction_logits(s.data).argmax(axis=1)
             acc = float(as_numpy((predicted == y).mean()))
             eta = (config.steps - done) * config.batch_size / rate if rate > 0 else float("inf")
-            progress.update(done, float(loss.data), acc, optimizer.lr, rate, eta, force=done == end)
+            progress.update(done, f"loss {float(loss.data):.4f}  train acc {acc:.3f}  lr {optimizer.lr:g}  {rate:.0f} img/s",
+                            eta, force=done == end)
         if end < config.steps:
             progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
             return None

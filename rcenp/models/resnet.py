@@ -74,6 +74,7 @@ class ResNet(Module):
         n = (depth - 2) // 6
         rng = make_rng(seed)
         self.depth, self.num_classes, self.activation, self.slope = depth, num_classes, activation, slope
+        self.in_channels = in_channels
         self.stem = Conv2d(in_channels, WIDTHS[0], 3, 1, 1, rng=rng)
         in_ch = WIDTHS[0]
         self.units = []

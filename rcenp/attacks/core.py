@@ -1,0 +1,212 @@
+"""What every attack shares: argument checks, the input gradient, batching and ``AttackResult``.
+
+Conventions (protocol §5, landscape §2.0):
+- An attack sees a ``Classifier`` only through its *prediction logits* (s for CE, -s for RCE;
+  ``Classifier.forward``), in eval mode (inference BN), so an RCE network is never attacked on its
+  raw logits, which would invert every objective.
+- Images are (N, C, H, W) float arrays in the [-0.5, 0.5] box. Work runs on the model's device;
+  results come back as host NumPy arrays.
+- Gradients are taken with ``rcenp.grad`` (no parameter ``.grad`` is touched) of a loss *summed*
+  over the batch, so a sample's gradient does not depend on the batch size.
+- Distortion is reported in two units: ‖δ‖₂ on the [-0.5, 0.5] box, and the paper's
+  ‖δ‖₂/√d on the 0-255 scale (= 255·RMS(δ), protocol §5), plus ‖δ‖∞ and ‖δ‖₀.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from rcenp.autograd import Tensor, grad, no_grad
+from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.ops.activation import log_softmax_array
+
+BOX = (-0.5, 0.5)
+UNTARGETED = -1
+
+
+@dataclasses.dataclass
+class AttackResult:
+    """The outcome of one attack on N images (all host NumPy arrays).
+
+    adversarial (N, C, H, W) float32 in the box; success (N,) bool (targeted attacks: classified as
+    the target; untargeted: not classified as the attacked label); prediction (N,) int64 on the
+    adversarial input; clean_prediction (N,) int64; label (N,) the class attacked away from
+    (untargeted) or the clean prediction (targeted); target (N,) int64, -1 when untargeted;
+    iterations (N,) int64 gradient steps used; stop_reason (N,) str; zero_grad_fraction (N,) the
+    fraction of exactly-zero entries of the input gradient at the clean image (a gradient-masking
+    signal, landscape §2.10); distortions l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf, l0.
+    ``attack`` and ``params`` name the attack and its settings.
+    """
+
+    adversarial: np.ndarray
+    success: np.ndarray
+    prediction: np.ndarray
+    clean_prediction: np.ndarray
+    label: np.ndarray
+    target: np.ndarray
+    iterations: np.ndarray
+    stop_reason: np.ndarray
+    zero_grad_fraction: np.ndarray
+    l2: np.ndarray
+    l2_paper: np.ndarray
+    linf: np.ndarray
+    l0: np.ndarray
+    attack: str = ""
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.success)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.mean()) if len(self) else float("nan")
+
+    def accuracy(self, true_labels) -> float:
+        """Fraction of adversarial inputs still classified as ``true_labels`` (accuracy under attack)."""
+        return float((self.prediction == np.asarray(true_labels)).mean()) if len(self) else float("nan")
+
+    def records(self) -> list[dict]:
+        """One JSON-ready dict per sample (the per-sample audit)."""
+        keys = ("success", "prediction", "clean_prediction", "label", "target", "iterations", "stop_reason",
+                "zero_grad_fraction", "l2", "l2_paper", "linf", "l0")
+        columns = {k: getattr(self, k).tolist() for k in keys}
+        return [{k: columns[k][i] for k in keys} for i in range(len(self))]
+
+    @classmethod
+    def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                  for f in dataclasses.fields(cls) if f.name not in ("attack", "params")}
+        return cls(**arrays, attack=parts[0].attack, params=parts[0].params)
+
+
+def distortions(clean, adversarial) -> dict:
+    """Per-sample l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf and l0 (N,) float64/int64 (host)."""
+    delta = (np.asarray(adversarial, np.float64) - np.asarray(clean, np.float64)).reshape(len(clean), -1)
+    l2 = np.sqrt((delta ** 2).sum(axis=1))
+    d = max(delta.shape[1], 1)
+    return {"l2": l2, "l2_paper": 255.0 * l2 / np.sqrt(d), "linf": np.abs(delta).max(axis=1, initial=0.0),
+            "l0": (delta != 0).sum(axis=1).astype(np.int64)}
+
+
+# ---- argument checks -------------------------------------------------------------------------
+def check_images(model, x) -> np.ndarray:
+    """``x`` as a float32 (N, C, H, W) array after checking shape, finiteness and the box.
+
+    Raises ValueError naming what is wrong (a float64 array is accepted only for a float64 model).
+    """
+    xp = get_array_module(x)
+    x = xp.asarray(x.data if isinstance(x, Tensor) else x)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
+    channels = getattr(model.network, "in_channels", None)
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"images must be floats in [-0.5, 0.5], got dtype {x.dtype} (scale uint8 as x/255 - 0.5)")
+    dtype = model.network.parameters()[0].data.dtype
+    x = x.astype(dtype, copy=False)
+    if x.size and not bool(xp.isfinite(x).all()):
+        raise ValueError("images contain NaN or infinity")
+    if x.size and (float(x.min()) < BOX[0] or float(x.max()) > BOX[1]):
+        raise ValueError(f"images must lie in the box [{BOX[0]}, {BOX[1]}], got range "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    return x
+
+
+def check_positive(name: str, value, upper: float | None = None) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value <= 0 or (upper is not None and value > upper):
+        bound = f" and at most {upper}" if upper is not None else ""
+        raise ValueError(f"{name} must be positive{bound}, got {value}")
+    return value
+
+
+def check_steps(name: str, value) -> int:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+def check_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
+    """An (n,) int64 host array of classes in [0, num_classes); ValueError otherwise."""
+    labels = as_numpy(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
+
+
+# ---- the model as an attack sees it --------------------------------------------------------------
+def prediction_logits(model, x):
+    """Prediction logits (N, L) of a device array, eval mode, no graph."""
+    model.eval()
+    with no_grad():
+        return model(x).data
+
+
+def soft_target_gradient(model, x, targets):
+    """(∇ₓ Σ_n -T_nᵀ log softmax(z_n), z) for the prediction logits z = model(x) (N, L).
+
+    ``targets`` is the constant target matrix T (N, L) (one-hot for CE on a label), or a function
+    of the logits array returning it, so a target chosen from this very forward pass (the clean
+    prediction, the least-likely class) costs no extra forward. The loss is summed over the batch,
+    so each sample's gradient is its own. Returns device arrays: the input gradient (N, C, H, W)
+    and the logits (N, L) of ``x``.
+    """
+    from rcenp.ops.loss import SoftTargetCrossEntropy
+
+    model.eval()
+    images = Tensor(x, requires_grad=True)
+    logits = model(images)
+    matrix = targets(logits.data) if callable(targets) else targets
+    loss = SoftTargetCrossEntropy(matrix)(logits)
+    gx = grad(loss, images, grad_output=get_array_module(x).asarray(x.shape[0], dtype=logits.dtype))
+    return gx, logits.data
+
+
+def one_hot(xp, labels, num_classes: int, dtype):
+    return (xp.arange(num_classes)[None, :] == labels[:, None]).astype(dtype)
+
+
+def log_probabilities(logits):
+    return log_softmax_array(logits, axis=1)
+
+
+def to_model_device(model, array):
+    return to_device(array, model.device)
+
+
+def finish(model, clean, adversarial, label, target, iterations, stop_reason, zero_grad_fraction, clean_prediction,
+           attack: str, params: dict, targeted: bool) -> AttackResult:
+    """Assemble an ``AttackResult`` from device arrays (predicts the adversarial input once)."""
+    prediction = as_numpy(prediction_logits(model, adversarial).argmax(axis=1)).astype(np.int64)
+    label, target = as_numpy(label).astype(np.int64), as_numpy(target).astype(np.int64)
+    success = prediction == target if targeted else prediction != label
+    adv_host = as_numpy(adversarial).astype(np.float32)
+    return AttackResult(adversarial=adv_host, success=success, prediction=prediction,
+                        clean_prediction=as_numpy(clean_prediction).astype(np.int64), label=label, target=target,
+                        iterations=as_numpy(iterations).astype(np.int64), stop_reason=np.asarray(stop_reason, dtype=str),
+                        zero_grad_fraction=as_numpy(zero_grad_fraction).astype(np.float64),
+                        **distortions(as_numpy(clean), adv_host), attack=attack, params=params)
+
+
+def in_batches(attack_batch, model, x, batch_size: int, *per_sample) -> AttackResult:
+    """Run ``attack_batch(x_b, *per_sample_b) -> AttackResult`` over batches of ``batch_size``.
+
+    ``per_sample`` arrays (or None) are sliced alongside ``x``; the results are concatenated.
+    """
+    batch_size = check_steps("batch_size", batch_size)
+    if len(x) == 0:
+        raise ValueError("no images to attack (N = 0)")
+    parts = []
+    for start in range(0, len(x), batch_size):
+        stop = start + batch_size
+        extra = [None if a is None else a[start:stop] for a in per_sample]
+        parts.append(attack_batch(to_model_device(model, x[start:stop]), *extra))
+    return AttackResult.concatenate(parts)

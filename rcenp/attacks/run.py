@@ -1,0 +1,239 @@
+"""``rcenp attack`` as a library call: one attack over a data set's test images, in checkpointed
+batches, with per-sample audit files.
+
+    summary = run_attack("mnist-resnet32-rce", "bim", "runs/bim", {"eps": 0.1}, n=1000)
+
+Files in ``out_dir`` (each written through a temporary file and a rename):
+- ``adversarial.npz``: ``clean`` and ``adversarial`` images (N, C, H, W) float32, ``labels``
+  (true), ``indices`` (positions in the test split);
+- ``samples.jsonl``: one line per image (``sample_record``);
+- ``summary.json``: settings, counts, rates, distortions, detection figures when the model has a
+  fitted detector, throughput, software versions and the data's identity;
+- ``run.json`` (what was asked, checked on ``resume``), ``attack.log`` (progress), and while the
+  run is under way ``partial/batch-NNNNN.{npz,jsonl}``, one pair per finished batch.
+
+A batch's result depends only on its images, so a run killed and resumed, or split into
+``shard=(k, K)`` runs over contiguous batch-aligned slices, gives the same samples as one
+uninterrupted run (``summary.json``'s ``timing`` differs, nothing else).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rcenp import checkpoint
+from rcenp.attacks.core import AttackResult
+from rcenp.backend import as_numpy
+from rcenp.progress import Progress
+
+EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
+
+
+def attack_function(name: str):
+    """The public attack function called ``name`` (``rcenp.attacks.<name>``)."""
+    import rcenp.attacks as attacks
+
+    fn = getattr(attacks, name.replace("-", "_"), None) if name in EPS_ATTACKS else None
+    if fn is None:
+        raise ValueError(f"unknown attack {name!r}: expected one of {', '.join(EPS_ATTACKS)}")
+    return fn
+
+
+def test_images(dataset: str, data_dir=None):
+    """The test split of ``dataset``: from ``data_dir`` or ``$RCENP_DATA`` when given, else from the
+    per-user data folder, else (MNIST only) the embedded 1,000-image sample. Raises DataError."""
+    from rcenp.data import DataError, load, load_sample
+
+    if data_dir or os.environ.get("RCENP_DATA"):
+        return load(dataset, "test", data_dir)
+    try:
+        return load(dataset, "test")
+    except DataError:
+        if dataset == "mnist":
+            return load_sample()
+        raise
+
+
+def shard_indices(n: int, batch_size: int, shard=(1, 1)) -> np.ndarray:
+    """The image indices of shard k of K: a contiguous run of whole batches (1-based k)."""
+    k, count = shard
+    if not 1 <= k <= count:
+        raise ValueError(f"shard must be k/K with 1 <= k <= K, got {k}/{count}")
+    batches = math.ceil(n / batch_size)
+    first, last = (k - 1) * batches // count, k * batches // count
+    return np.arange(first * batch_size, min(last * batch_size, n))
+
+
+def quantize(images, levels: int) -> np.ndarray:
+    """Images rounded to ``levels`` grey levels per channel (256: 8-bit, 65,536: 16-bit), in the box."""
+    scale = np.float64(levels - 1)
+    return (np.rint((np.asarray(images, np.float64) + 0.5) * scale) / scale - 0.5).astype(np.float32)
+
+
+def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, seed: int = 0,
+               batch_size: int = 100, resume: bool = False, shard=(1, 1), data_dir=None, device=None,
+               png_dir=None, stream=sys.stderr) -> dict:
+    """Attack the first ``n`` test images of ``model_ref``'s data set (see the module docstring).
+
+    ``options`` are the attack's keyword arguments (``eps``, ``steps``, ...). Raises ValueError for
+    bad settings, a run directory holding a different run, or ``n`` beyond the test split.
+    """
+    from rcenp.models.registry import load as load_model
+
+    fn = attack_function(attack)
+    model, manifest = load_model(model_ref, device)
+    dataset = manifest["config"]["dataset"]
+    test = test_images(dataset, data_dir)
+    if not 1 <= n <= len(test.labels):
+        raise ValueError(f"--n {n}: the test images here ({test.describe()}) number {len(test.labels)}")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    indices = shard_indices(n, batch_size, shard)
+    out_dir = Path(out_dir)
+    asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
+             "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
+             "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
+    _claim(out_dir, asked, resume)
+    detector = _detector(model, model_ref)
+    partial = out_dir / "partial"
+    partial.mkdir(exist_ok=True)
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
+    progress.message(f"{attack} {options} on {model_ref} ({model.objective.upper()}), images "
+                     f"{indices[0]}-{indices[-1]} of {test.describe()}, {len(batches)} batches of {batch_size}")
+    t0, timed, done_images = time.monotonic(), 0, 0
+    try:
+        for b, index in enumerate(batches):
+            stem = partial / f"batch-{index[0] // batch_size:05d}"
+            if not stem.with_suffix(".jsonl").is_file():
+                start = time.monotonic()
+                result = fn(model, test.images[index], batch_size=batch_size, **options)
+                records = [sample_record(i, int(test.labels[i]), r) for i, r in zip(index, result.records())]
+                _extras(model, detector, test.images[index], result, records, png_dir, index)
+                checkpoint.atomic_write_npz(stem.with_suffix(".npz"), adversarial=result.adversarial)
+                checkpoint.atomic_write_text(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
+                timed += time.monotonic() - start
+                done_images += len(index)
+            rate = done_images / timed if timed else float("nan")
+            left = sum(len(i) for i in batches[b + 1:])
+            progress.update(b + 1, f"{int(sum(len(i) for i in batches[:b + 1]))} images  {rate:.2f} img/s",
+                            left / rate if rate > 0 else float("inf"), force=b + 1 == len(batches))
+        summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked)
+        summary["timing"] = {"seconds_this_run": time.monotonic() - t0, "attack_seconds_this_run": timed,
+                             "images_this_run": done_images,
+                             "images_per_s": done_images / timed if timed else None}
+        checkpoint.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(partial)
+        progress.message(f"done: success {summary['success_rate']:.1%}, accuracy under attack "
+                         f"{summary['accuracy_under_attack']:.1%} on {summary['counts']['n']} images; {out_dir}")
+        return summary
+    finally:
+        progress.close()
+
+
+def sample_record(index: int, true_label: int, record: dict) -> dict:
+    """One ``samples.jsonl`` line: the attack's per-sample audit plus the test index and true label."""
+    out = {"index": int(index), "true_label": true_label}
+    out.update(record)
+    out["adversarial_prediction"] = out.pop("prediction")
+    out["misclassified"] = out["adversarial_prediction"] != true_label
+    return out
+
+
+def _claim(out_dir: Path, asked: dict, resume: bool) -> None:
+    """Create ``out_dir``'s run.json, or check that a resumed run asks for the same thing."""
+    run_file = out_dir / "run.json"
+    if run_file.is_file():
+        if not resume:
+            raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it, or choose another --out")
+        previous = json.loads(run_file.read_text())
+        changed = [k for k in asked if previous.get(k) != json.loads(json.dumps(asked[k]))]
+        if changed:
+            raise ValueError(f"{out_dir}: --resume with other settings than the run there ({', '.join(changed)})")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
+
+
+def _detector(model, model_ref):
+    from rcenp.detect.cli import detector_stem
+    from rcenp.detect.detector import Detector
+    from rcenp.models.registry import resolve
+
+    stem = detector_stem(resolve(model_ref))
+    return Detector.load(stem, model) if stem.with_suffix(".json").is_file() else None
+
+
+def _success(result: AttackResult, prediction) -> np.ndarray:
+    targeted = result.target >= 0
+    return np.where(targeted, prediction == result.target, prediction != result.label)
+
+
+def _extras(model, detector, clean, result: AttackResult, records, png_dir, index) -> None:
+    """Add to each record: success after 8-bit (and 16-bit PNG) rounding and the detector's scores."""
+    rounded = quantize(result.adversarial, 256)
+    success_8bit = _success(result, as_numpy(model.predict(rounded)))
+    if png_dir is not None:
+        from rcenp.data.images import write_png16
+
+        Path(png_dir).mkdir(parents=True, exist_ok=True)
+        for i, image in zip(index, result.adversarial):
+            write_png16(Path(png_dir) / f"{int(i):05d}.png", image)
+        success_16bit = _success(result, as_numpy(model.predict(quantize(result.adversarial, 65536))))
+    for j, record in enumerate(records):
+        record["success_8bit"] = bool(success_8bit[j])
+        if png_dir is not None:
+            record["success_16bit"] = bool(success_16bit[j])
+    if detector is None:
+        return
+    for which, images in (("clean", clean), ("adversarial", result.adversarial)):
+        scores = detector.scores(images)
+        for j, record in enumerate(records):
+            for metric in ("confidence", "non_me", "kd"):
+                if metric in scores:
+                    name = "log_kd" if metric == "kd" else metric
+                    record[f"{which}_{name}"] = float(scores[metric][j])
+    for record in records:
+        score = record["adversarial_" + ("log_kd" if detector.metric == "kd" else detector.metric)]
+        record["detected"] = bool(score <= detector.threshold) if detector.threshold is not None else None
+
+
+def _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked) -> dict:
+    """Write adversarial.npz and samples.jsonl from the partial batches; return the summary."""
+    index = np.concatenate(batches)
+    adversarial = np.concatenate([np.load(partial / f"batch-{b[0] // batch_size:05d}.npz")["adversarial"]
+                                  for b in batches])
+    lines = [(partial / f"batch-{b[0] // batch_size:05d}.jsonl").read_text() for b in batches]
+    records = [json.loads(line) for text in lines for line in text.splitlines()]
+    checkpoint.atomic_write_npz(out_dir / "adversarial.npz", clean=test.images[index], adversarial=adversarial,
+                                labels=test.labels[index], indices=index)
+    checkpoint.atomic_write_text(out_dir / "samples.jsonl", "".join(lines))
+    from rcenp.attacks.summary import summarize
+
+    summary = summarize(records, detector)
+    summary.update(settings=asked, test_set=test.describe(), software=_software(model),
+                   code=checkpoint.code_identity())
+    return summary
+
+
+def _software(model) -> dict:
+    import scipy
+
+    from rcenp import __version__
+
+    info = {"rcenp": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "python": platform.python_version(), "device": model.device}
+    if model.device == "cuda":
+        from rcenp.backend import xp_for
+
+        info["cupy"] = xp_for("cuda").__version__
+    return info

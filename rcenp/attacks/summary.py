@@ -1,0 +1,79 @@
+"""Aggregate figures of an attack run from its per-sample records (the lines of ``samples.jsonl``),
+so that shards concatenated, or old runs, can be summarised again without re-attacking."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+DISTORTIONS = ("l2_paper", "l2", "linf", "l0")
+METRICS = ("confidence", "non_me", "log_kd")
+
+
+def summarize(records: list[dict], detector=None) -> dict:
+    """Counts, rates, distortions and (when the records carry detector scores) detection figures.
+
+    Distortions are summarised over the paper's "efficient" samples (clean image correctly
+    classified and attack successful, protocol §5) and over all samples. Detection AUCs follow
+    protocol §4: normal is the positive class, pairs kept by the paper's rule (clean correct,
+    adversarial misclassified), ties counted half and, as the authors' MATLAB does, strictly.
+    """
+    if not records:
+        raise ValueError("no samples to summarise")
+    column = {k: np.array([r.get(k) for r in records]) for k in records[0]}
+    true, clean, adv = column["true_label"], column["clean_prediction"], column["adversarial_prediction"]
+    success = column["success"].astype(bool)
+    correct = clean == true
+    efficient = correct & success
+    n = len(records)
+    summary = {
+        "counts": {"n": n, "clean_correct": int(correct.sum()), "success": int(success.sum()),
+                   "misclassified": int((adv != true).sum()), "efficient": int(efficient.sum()),
+                   "success_8bit": int(column["success_8bit"].sum())},
+        "success_rate": float(success.mean()),
+        "success_rate_8bit": float(column["success_8bit"].mean()),
+        "accuracy_clean": float(correct.mean()),
+        "accuracy_under_attack": float((adv == true).mean()),
+        "distortion": {k: {"efficient": _stats(column[k][efficient]), "all": _stats(column[k])} for k in DISTORTIONS},
+        "zero_grad_fraction_mean": float(column["zero_grad_fraction"].mean()),
+        "iterations_mean": float(column["iterations"].mean()),
+        "stop_reasons": dict(collections.Counter(column["stop_reason"].tolist())),
+    }
+    if "success_16bit" in column:
+        summary["success_rate_16bit"] = float(column["success_16bit"].mean())
+    if "clean_confidence" in column:
+        summary["detection"] = _detection(column, true, clean, adv, detector)
+    return summary
+
+
+def _stats(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    if not len(values):
+        return {"n": 0, "mean": None, "median": None}
+    return {"n": int(len(values)), "mean": float(values.mean()), "median": float(np.median(values))}
+
+
+def _detection(column, true, clean, adv, detector) -> dict:
+    from rcenp.detect.roc import bootstrap_auc_ci, paper_pairs, roc_auc
+
+    out = {}
+    for metric in METRICS:
+        if f"clean_{metric}" not in column:
+            continue
+        normal, adversarial, n = paper_pairs(column[f"clean_{metric}"].astype(float),
+                                             column[f"adversarial_{metric}"].astype(float), true, clean, adv)
+        entry = {"n_pairs": n}
+        if n:
+            entry.update(auc=roc_auc(normal, adversarial), auc_strict_ties=roc_auc(normal, adversarial, "strict"),
+                         auc_ci95=list(bootstrap_auc_ci(normal, adversarial, paired=True)))
+        out[metric] = entry
+    if "detected" in column and column["detected"][0] is not None:
+        detected = column["detected"].astype(bool)
+        out["threshold"] = {
+            "metric": detector.metric if detector is not None else None,
+            "T": detector.threshold if detector is not None else None,
+            "detected_rate": float(detected.mean()),
+            "detection_aware_accuracy": float(((adv == true) & ~detected | detected).mean()),
+            "undetected_misclassified_rate": float(((adv != true) & ~detected).mean()),
+        }
+    return out

@@ -1,0 +1,52 @@
+"""One progress line for long work (training steps, attack batches): live on a terminal, a plain
+line per interval otherwise, mirrored with timestamps to a log file."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+
+class Progress:
+    """``update(done, detail, eta_s)`` prints ``"{unit} {done}/{total}  {detail}  ETA h:mm:ss"``."""
+
+    def __init__(self, log_path: Path | None, total: int, interval: float = 10.0, stream=sys.stderr,
+                 unit: str = "step"):
+        self.total, self.interval, self.stream, self.unit = total, interval, stream, unit
+        self.live = hasattr(stream, "isatty") and stream.isatty()
+        self.log = open(log_path, "a") if log_path else None
+        self.last = 0.0
+
+    def update(self, done, detail: str, eta_s: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < (0.5 if self.live else self.interval):
+            return
+        self.last = now
+        line = f"{self.unit} {done}/{self.total}  {detail}  ETA {duration(eta_s)}"
+        self.stream.write(("\r" + line + " " * 4) if self.live else line + "\n")
+        self.stream.flush()
+        self.message(line, echo=False)
+
+    def message(self, text: str, echo: bool = True) -> None:
+        if echo:
+            self.stream.write(("\n" if self.live else "") + text + "\n")
+            self.stream.flush()
+        if self.log:
+            self.log.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text + "\n")
+            self.log.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+        if self.log:
+            self.log.close()
+
+
+def duration(seconds: float) -> str:
+    """H:MM:SS with unbounded hours ('?' when unknown)."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
