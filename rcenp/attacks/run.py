@@ -103,6 +103,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
              "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
     _claim(out_dir, asked, resume)
+    if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
+        return json.loads((out_dir / "summary.json").read_text())
     detector = _detector(model, model_ref)
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)

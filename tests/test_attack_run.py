@@ -1,0 +1,156 @@
+"""``rcenp attack`` / ``run_attack``: files, resume after an interruption, shards, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from rcenp.attacks import run as attack_run
+from rcenp.attacks.run import quantize, run_attack, shard_indices
+from rcenp.cli import main
+from rcenp.detect.detector import Detector
+from rcenp.models import resnet
+from rcenp.objectives import Classifier
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A ResNet-8 run directory with a fitted detector, and an MNIST-format root of 40 test images."""
+    from rcenp.train import TrainConfig, save_checkpoint
+    from tests.test_train import write_mnist_root
+
+    rng = np.random.default_rng(4)
+    root = write_mnist_root(tmp_path_factory.mktemp("data"),
+                            lambda split, n: (rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10), (200, 40))
+    run = tmp_path_factory.mktemp("run")
+    model = Classifier(resnet(8, 1, seed=1), "ce").eval()
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="ce"), 1, {"note": "test"})
+    from rcenp.data import load
+
+    train, test = load("mnist", "train", root), load("mnist", "test", root)
+    Detector(model).fit(train.images, train.labels, per_class=20).calibrate(test.images).save(run / "detector")
+    return run, root
+
+
+def read_samples(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_files_records_and_summary(setup, tmp_path):
+    run, root = setup
+    summary = run_attack(run, "bim", tmp_path / "out", {"eps": 0.1, "steps": 2}, n=12, batch_size=5, data_dir=root)
+    samples = read_samples(tmp_path / "out" / "samples.jsonl")
+    assert [s["index"] for s in samples] == list(range(12))
+    with np.load(tmp_path / "out" / "adversarial.npz") as data:
+        assert data["adversarial"].shape == data["clean"].shape == (12, 1, 28, 28)
+        assert data["adversarial"].dtype == np.float32
+        np.testing.assert_array_equal(data["indices"], np.arange(12))
+        assert np.abs(data["adversarial"] - data["clean"]).max() <= 0.1 + 2 ** -25
+    for s in samples:
+        assert s["misclassified"] == (s["adversarial_prediction"] != s["true_label"])
+        assert {"clean_log_kd", "adversarial_log_kd", "clean_non_me", "detected", "success_8bit"} <= set(s)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["counts"]["n"] == 12 and written == json.loads(json.dumps(summary))
+    assert summary["success_rate"] == np.mean([s["success"] for s in samples])
+    assert "auc" in summary["detection"]["log_kd"] or summary["detection"]["log_kd"]["n_pairs"] == 0
+    assert not (tmp_path / "out" / "partial").exists()
+
+
+def test_resume_after_an_interruption_gives_the_same_files(setup, tmp_path, monkeypatch):
+    run, root = setup
+    args = dict(n=14, batch_size=4, data_dir=root)
+    run_attack(run, "fgsm", tmp_path / "whole", {"eps": 0.05}, **args)
+    real = attack_run.attack_function
+    calls = []
+
+    def flaky(name):
+        fn = real(name)
+
+        def wrapped(*a, **k):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt  # killed during the third batch
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(attack_run, "attack_function", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(run, "fgsm", tmp_path / "resumed", {"eps": 0.05}, **args)
+    assert len(list((tmp_path / "resumed" / "partial").glob("*.jsonl"))) == 2
+    monkeypatch.setattr(attack_run, "attack_function", real)
+    with pytest.raises(ValueError, match="--resume"):
+        run_attack(run, "fgsm", tmp_path / "resumed", {"eps": 0.05}, **args)
+    with pytest.raises(ValueError, match="other settings"):
+        run_attack(run, "fgsm", tmp_path / "resumed", {"eps": 0.06}, resume=True, **args)
+    run_attack(run, "fgsm", tmp_path / "resumed", {"eps": 0.05}, resume=True, **args)
+    for name in ("samples.jsonl", "adversarial.npz"):
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+    whole, resumed = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("whole", "resumed"))
+    whole.pop("timing"), resumed.pop("timing")
+    assert whole == resumed
+
+
+def test_shards_concatenate_to_the_single_run(setup, tmp_path):
+    run, root = setup
+    args = dict(n=15, batch_size=4, data_dir=root)
+    run_attack(run, "ilcm", tmp_path / "single", {"eps": 0.1, "steps": 2}, **args)
+    parts = []
+    for k in (1, 2, 3):
+        run_attack(run, "ilcm", tmp_path / f"shard{k}", {"eps": 0.1, "steps": 2}, shard=(k, 3), **args)
+        parts.append((tmp_path / f"shard{k}" / "samples.jsonl").read_text())
+    assert "".join(parts) == (tmp_path / "single" / "samples.jsonl").read_text()
+
+
+def test_shard_indices_are_contiguous_batch_aligned_and_cover_everything():
+    for n, batch, count in [(15, 4, 3), (1000, 100, 7), (5, 10, 2), (9, 2, 9)]:
+        pieces = [shard_indices(n, batch, (k, count)) for k in range(1, count + 1)]
+        np.testing.assert_array_equal(np.concatenate(pieces), np.arange(n))
+        assert all(p[0] % batch == 0 for p in pieces if len(p))
+    with pytest.raises(ValueError):
+        shard_indices(10, 2, (4, 3))
+
+
+def test_quantize_rounds_to_the_grid_inside_the_box():
+    x = np.array([-0.5, 0.5, 0.0, 0.1234567], np.float32)
+    q8 = quantize(x, 256)
+    np.testing.assert_allclose((q8 + 0.5) * 255, np.round((x.astype(np.float64) + 0.5) * 255), atol=1e-4)
+    assert q8.min() >= -0.5 and q8.max() <= 0.5
+    assert np.abs(quantize(x, 65536) - x).max() <= 0.5 / 65535 + 1e-7
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["attack", "no-such-model", "--attack", "fgsm", "--eps", "0.1"], "neither a run directory"),
+    (["attack", "RUN", "--attack", "fgsm", "--eps", "0.1", "--n", "41", "--data-dir", "ROOT"], "--n 41"),
+    (["attack", "RUN", "--attack", "bim", "--eps", "0.1", "--n", "4", "--data-dir", "ROOT", "--out", "SAME"], "already"),
+])
+def test_command_errors_are_one_line(setup, tmp_path, capsys, argv, message):
+    run, root = setup
+    argv = [str(run) if a == "RUN" else str(root) if a == "ROOT" else str(tmp_path / "same") if a == "SAME" else a
+            for a in argv]
+    if "SAME" in " ".join(argv) or str(tmp_path / "same") in argv:
+        assert main(argv) == 0
+        capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rcenp: error:") and message in err[0]
+
+
+@pytest.mark.parametrize("eps", ["0", "-0.1", "1.5", "x"])
+def test_eps_out_of_range_is_refused_by_the_parser(setup, capsys, eps):
+    run, _ = setup
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attack", str(run), "--attack", "fgsm", "--eps", eps])
+    assert exit_info.value.code == 2
+    assert "--eps" in capsys.readouterr().err
+
+
+def test_command_prints_a_table_or_json(setup, tmp_path, capsys):
+    run, root = setup
+    assert main(["attack", str(run), "--attack", "fgsm", "--eps", "0.1", "--n", "6", "--data-dir", str(root),
+                 "--out", str(tmp_path / "a")]) == 0
+    table = capsys.readouterr().out
+    assert "accuracy under attack" in table
+    assert main(["attack", str(run), "--attack", "fgsm", "--eps", "0.1", "--n", "6", "--data-dir", str(root),
+                 "--out", str(tmp_path / "a"), "--resume", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert f"{summary['accuracy_under_attack']:.1%}" in table
+    assert summary == json.loads((tmp_path / "a" / "summary.json").read_text())  # finished: not recomputed
