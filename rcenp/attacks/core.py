@@ -36,7 +36,8 @@ class AttackResult:
     iterations (N,) int64 gradient steps used; stop_reason (N,) str; zero_grad_fraction (N,) the
     fraction of exactly-zero entries of the input gradient at the clean image (a gradient-masking
     signal, landscape §2.10); distortions l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf, l0.
-    ``attack`` and ``params`` name the attack and its settings.
+    ``attack`` and ``params`` name the attack and its settings; ``details``, when given, holds one
+    JSON-ready dict per sample with attack-specific audit entries (C&W's c trajectory, ...).
     """
 
     adversarial: np.ndarray
@@ -54,6 +55,7 @@ class AttackResult:
     l0: np.ndarray
     attack: str = ""
     params: dict = dataclasses.field(default_factory=dict)
+    details: list | None = None
 
     def __len__(self) -> int:
         return len(self.success)
@@ -71,15 +73,19 @@ class AttackResult:
         keys = ("success", "prediction", "clean_prediction", "label", "target", "iterations", "stop_reason",
                 "zero_grad_fraction", "l2", "l2_paper", "linf", "l0")
         columns = {k: getattr(self, k).tolist() for k in keys}
-        return [{k: columns[k][i] for k in keys} for i in range(len(self))]
+        records = [{k: columns[k][i] for k in keys} for i in range(len(self))]
+        for record, extra in zip(records, self.details or ()):
+            record.update(extra)
+        return records
 
     @classmethod
     def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
         if not parts:
             raise ValueError("nothing to concatenate")
         arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                  for f in dataclasses.fields(cls) if f.name not in ("attack", "params")}
-        return cls(**arrays, attack=parts[0].attack, params=parts[0].params)
+                  for f in dataclasses.fields(cls) if f.name not in ("attack", "params", "details")}
+        details = None if parts[0].details is None else [d for p in parts for d in p.details]
+        return cls(**arrays, attack=parts[0].attack, params=parts[0].params, details=details)
 
 
 def distortions(clean, adversarial) -> dict:
@@ -183,7 +189,7 @@ def to_model_device(model, array):
 
 
 def finish(model, clean, adversarial, label, target, iterations, stop_reason, zero_grad_fraction, clean_prediction,
-           attack: str, params: dict, targeted: bool) -> AttackResult:
+           attack: str, params: dict, targeted: bool, details: list | None = None) -> AttackResult:
     """Assemble an ``AttackResult`` from device arrays (predicts the adversarial input once)."""
     prediction = as_numpy(prediction_logits(model, adversarial).argmax(axis=1)).astype(np.int64)
     label, target = as_numpy(label).astype(np.int64), as_numpy(target).astype(np.int64)
@@ -193,7 +199,7 @@ def finish(model, clean, adversarial, label, target, iterations, stop_reason, ze
                         clean_prediction=as_numpy(clean_prediction).astype(np.int64), label=label, target=target,
                         iterations=as_numpy(iterations).astype(np.int64), stop_reason=np.asarray(stop_reason, dtype=str),
                         zero_grad_fraction=as_numpy(zero_grad_fraction).astype(np.float64),
-                        **distortions(as_numpy(clean), adv_host), attack=attack, params=params)
+                        **distortions(as_numpy(clean), adv_host), attack=attack, params=params, details=details)
 
 
 def in_batches(attack_batch, model, x, batch_size: int, *per_sample) -> AttackResult:
