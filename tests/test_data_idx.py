@@ -233,6 +233,7 @@ def test_public_api_and_frozen_dataset():
 
     assert set(rcenp.data.__all__) == {
         "DATASETS", "BatchStream", "DataError", "Dataset", "augment_cifar", "data_root", "load", "load_sample",
+        "read_image", "write_png16",
     }
     assert issubclass(DataError, Exception)
     data = Dataset(np.zeros((1, 1, 28, 28), np.float32), np.zeros(1, np.int64), {"n": 1})
