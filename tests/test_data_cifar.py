@@ -239,3 +239,28 @@ def test_unpickler_admits_only_the_array_globals():
         "numpy._core.numeric._frombuffer",
         "_codecs.encode",
     }
+
+
+def test_variant_batch_names_load(tmp_path):
+    """Batches renamed with .pkl / .pickle or in upper case load as the canonical ones would."""
+    images, labels = write_split(tmp_path)
+    test_images, _ = write_batch(tmp_path / DIR, "test_batch", 6, seed=99)
+    folder = tmp_path / DIR
+    for i, suffix in enumerate([".pkl", ".pickle", "", ".PKL", ""]):
+        name = f"data_batch_{i + 1}"
+        (folder / name).rename(folder / ((name.upper() if i == 2 else name) + suffix))
+    (folder / "test_batch").rename(folder / "Test_Batch.pkl")
+    train = load("cifar10", "train", tmp_path)
+    np.testing.assert_array_equal(train.images, scaled(images))
+    np.testing.assert_array_equal(train.labels, labels)
+    assert sorted(train.identity["sha256"]) == [f"data_batch_{i}" for i in range(1, 6)]
+    np.testing.assert_array_equal(load("cifar10", "test", tmp_path).images, scaled(test_images))
+
+
+def test_missing_batch_message_lists_names_and_fetch_command(tmp_path):
+    write_split(tmp_path)
+    (tmp_path / DIR / "data_batch_4").rename(tmp_path / DIR / "data_batch_4.npy")
+    message = error_of(lambda: load("cifar10", "train", tmp_path), tmp_path / DIR / "data_batch_4")
+    assert "data_batch_4.pkl or data_batch_4.pickle" in message and "rcenp data fetch cifar10" in message
+    message = error_of(lambda: load("cifar10", "test", tmp_path / "elsewhere"), tmp_path / "elsewhere" / DIR)
+    assert f"rcenp data fetch cifar10 --data-dir {tmp_path / 'elsewhere'}" in message

@@ -105,6 +105,21 @@ def test_fetch_idx_and_skip_when_present(server, tmp_path):
     assert len(server.log) == 4  # nothing downloaded again
 
 
+def test_present_variant_names_are_kept(server, tmp_path):
+    """Valid files under variant names (dotted, plain) count as present; an invalid one does not."""
+    digests = fake_mnist(server.dir)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name in NAMES[:3]:
+        dotted = name.replace("-idx", ".idx")
+        (folder / dotted).write_bytes(gzip.decompress((server.dir / f"{name}.gz").read_bytes()))
+    (folder / "t10k-labels.idx1-ubyte").write_bytes(b"stale")
+    paths = fetch("mnist", tmp_path, [server.url], checksums=digests)
+    assert [p.name for p in paths] == [n.replace("-idx", ".idx") for n in NAMES[:3]] + [f"{NAMES[3]}.gz"]
+    assert server.log == [f"/{NAMES[3]}.gz"]
+    assert len(load("mnist", "test", tmp_path)) == 5
+
+
 def test_mirrors_tried_in_order(server, tmp_path):
     digests = fake_mnist(server.dir / "good")
     paths = fetch("fashion-mnist", tmp_path, [server.url + "missing", server.url + "good/"], checksums=digests)
@@ -214,6 +229,18 @@ def test_fetch_cifar_skips_a_complete_set(server, tmp_path, monkeypatch):
     monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 3)
     fetch("cifar10", tmp_path, [server.url], checksums=sums)
     assert len(server.log) == 2
+
+
+def test_fetch_cifar_keeps_a_complete_set_under_variant_names(server, tmp_path, monkeypatch):
+    sums = fake_cifar(server.dir)
+    folder = tmp_path / "cifar-10-batches-py"
+    fetch("cifar10", tmp_path, [server.url], checksums=sums)
+    for member in CIFAR_MEMBERS[:-1]:
+        (folder / member).rename(folder / f"{member}.pkl")
+    monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 3)
+    paths = fetch("cifar10", tmp_path, [server.url], checksums=sums)
+    assert len(server.log) == 1
+    assert paths == [folder / f"{m}.pkl" for m in CIFAR_MEMBERS[:-1]] + [folder / cifar.META]
 
 
 def test_fetch_cifar_bad_md5_leaves_nothing(server, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcenp.data import DATASETS, DataError, Dataset, checksums, data_root, datasets, idx, load
+from rcenp.data import DATASETS, DataError, Dataset, checksums, data_root, datasets, idx, load, names
 
 TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -232,9 +233,109 @@ def test_public_api_and_frozen_dataset():
 
     assert set(rcenp.data.__all__) == {
         "DATASETS", "BatchStream", "DataError", "Dataset", "augment_cifar", "data_root", "load", "load_sample",
+        "read_image", "write_png16",
     }
     assert issubclass(DataError, Exception)
     data = Dataset(np.zeros((1, 1, 28, 28), np.float32), np.zeros(1, np.int64), {"n": 1})
     with pytest.raises(dataclasses.FrozenInstanceError):
         data.labels = np.ones(1, np.int64)
     assert "array" not in repr(data)
+
+
+# ---- the names a file goes by (rcenp.data.names) and the messages for a missing set ----
+
+DOTTED = ("t10k-images.idx3-ubyte", "t10k-labels.idx1-ubyte")
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("file_names", [DOTTED, tuple(n.upper() for n in DOTTED), tuple(n.upper() for n in TEST)],
+                         ids=["dotted", "DOTTED", "UPPER"])
+def test_variant_names_load(tmp_path, gz, file_names):
+    raw, raw_labels = tiny(6)
+    image_path, label_path = write_pair(tmp_path / "mnist", raw, raw_labels, file_names, gz)
+    data = load("mnist", "test", tmp_path)
+    np.testing.assert_array_equal(data.images, datasets.scale(raw)[:, None])
+    np.testing.assert_array_equal(data.labels, raw_labels)
+    assert set(data.identity["sha256"]) == {image_path.name, label_path.name}
+
+
+@pytest.mark.parametrize("gz_content", [True, False])
+def test_compression_read_from_the_content_not_the_name(tmp_path, gz_content):
+    """A .gz name over plain bytes (a browser undid the compression) and gzip bytes without .gz."""
+    raw, raw_labels = tiny(4)
+    folder = tmp_path / "mnist"
+    for name, array in zip(DOTTED, (raw, raw_labels), strict=True):
+        path = write(folder / name, idx.encode(array), gz=gz_content)
+        path.rename(folder / (name if gz_content else name + ".gz"))
+    data = load("mnist", "test", tmp_path)
+    np.testing.assert_array_equal(data.labels, raw_labels)
+    np.testing.assert_array_equal(data.images, datasets.scale(raw)[:, None])
+
+
+def test_canonical_name_preferred_over_variants(tmp_path):
+    folder = tmp_path / "mnist"
+    raw, labels = tiny(5)
+    write_pair(folder, raw[:1], labels[:1], DOTTED, gz=True)
+    write_pair(folder, raw[:2], labels[:2], tuple(n.upper() for n in TEST), gz=False)
+    write_pair(folder, raw[:3], labels[:3], DOTTED, gz=False)
+    assert [p.name for p in names.candidates(folder, TEST[0])] == [
+        "t10k-images.idx3-ubyte.gz", "T10K-IMAGES-IDX3-UBYTE", "t10k-images.idx3-ubyte"]
+    assert len(load("mnist", "test", tmp_path)) == 1
+    write_pair(folder, raw[:4], labels[:4], TEST, gz=False)
+    assert len(load("mnist", "test", tmp_path)) == 4
+    write_pair(folder, raw, labels, TEST, gz=True)
+    assert len(load("mnist", "test", tmp_path)) == 5
+
+
+@pytest.mark.parametrize("name", ["t10k-images-idx3-ubyte.gz.part", "xt10k-images-idx3-ubyte", "t10k-images_idx3-ubyte",
+                                  "t10k-images-idx3-ubyte.zip", "t10k-labels-idx1-ubyte", "t10k-images-idx1-ubyte"])
+def test_other_names_are_not_taken(tmp_path, name):
+    write(tmp_path / name, idx.encode(tiny(1)[0]), gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").mkdir()  # a folder with the right name is no file
+    assert names.find(tmp_path, TEST[0]) is None
+
+
+def test_wrong_content_under_a_right_name_is_refused(tmp_path):
+    raw, labels = tiny(3)
+    image_path, _ = write_pair(tmp_path / "mnist", labels, labels, DOTTED, gz=False)  # labels as images
+    assert "wrong magic number 0x00000801" in error_of(lambda: load("mnist", "test", tmp_path), image_path)
+    image_path.write_bytes(b"<!DOCTYPE html><html><body>Not Found</body></html>")
+    assert "web page" in error_of(lambda: load("mnist", "test", tmp_path), image_path)
+
+
+def test_full_size_file_of_another_data_set_is_named(tmp_path, monkeypatch):
+    """Fashion-MNIST's test images under MNIST's dotted name: refused, and said what they are."""
+    raw, labels = tiny(4)
+    image_path, label_path = write_pair(tmp_path / "mnist", raw, labels, DOTTED, gz=False)
+    monkeypatch.setitem(datasets.FULL_SIZE["mnist"], "test", 4)  # make 4 images "the full set"
+    fashion = checksums.IDX_SHA256["fashion-mnist"]
+    monkeypatch.setitem(fashion, TEST[0], hashlib.sha256(idx.encode(raw)).hexdigest())
+    message = error_of(lambda: load("mnist", "test", tmp_path), image_path)
+    assert "not the published" in message and "its content is the published fashion-mnist t10k-images-idx3-ubyte" in message
+
+
+def test_missing_set_says_what_was_looked_for_where_and_how_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCENP_DATA", str(tmp_path))
+    with pytest.raises(DataError) as info:
+        load("mnist", "test")
+    message = str(info.value)
+    assert message == (
+        f"mnist test images: no t10k-images-idx3-ubyte in {tmp_path / 'mnist'} (no such folder) (looked for "
+        "t10k-images-idx3-ubyte or t10k-images.idx3-ubyte, with or without .gz, in any letter case); download "
+        "it with `rcenp data fetch mnist` (rcenp.data.fetch.fetch('mnist') in Python), or point --data-dir or "
+        "$RCENP_DATA at a data root that holds mnist/")
+    elsewhere = tmp_path / "my data"
+    write(elsewhere / "mnist" / DOTTED[0], idx.encode(tiny(2)[0]), gz=True)
+    message = error_of(lambda: load("mnist", "test", elsewhere), elsewhere / "mnist" / TEST[1])
+    assert f"test labels: no t10k-labels-idx1-ubyte in {elsewhere / 'mnist'} (looked for" in message
+    assert "t10k-labels.idx1-ubyte" in message
+    assert f"`rcenp data fetch mnist --data-dir '{elsewhere}'`" in message
+
+
+def test_cli_missing_data_is_one_error_line(tmp_path, capsys):
+    from rcenp.cli import main
+
+    assert main(["eval", "mnist-resnet32-ce", "--data-dir", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rcenp: error: mnist test images: no t10k-images-idx3-ubyte")
+    assert f"rcenp data fetch mnist --data-dir {tmp_path}" in err

@@ -76,3 +76,16 @@ def test_fashion_mnist_verified():
     data = load("fashion-mnist", "test", ROOT)
     check_arrays(data, 10_000, (1, 28, 28))
     assert data.identity["full"] is True
+
+
+def test_full_mnist_under_dotted_uncompressed_names(tmp_path):
+    """The published test files gunzipped under 7-Zip's dotted names: verified as the full set."""
+    import gzip
+
+    (tmp_path / "mnist").mkdir()
+    for name in datasets.IDX_FILES["test"]:
+        plain = gzip.decompress((ROOT / "mnist" / f"{name}.gz").read_bytes())
+        (tmp_path / "mnist" / name.replace("-idx", ".idx")).write_bytes(plain)
+    data = load("mnist", "test", tmp_path)
+    assert data.identity["full"] is True and "SHA-256 verified" in data.identity["note"]
+    np.testing.assert_array_equal(data.images, load("mnist", "test", ROOT).images)

@@ -6,13 +6,15 @@
 
 Images are scaled ``x/255 - 0.5`` into [-0.5, 0.5]. ``rcenp.data.fetch.fetch`` downloads the
 published files (imported on its own, so that loading never imports urllib);
-:func:`load_sample` reads the embedded 1,000-image MNIST sample.
+:func:`load_sample` reads the embedded 1,000-image MNIST sample. :func:`read_image` reads one image
+file (any Pillow mode, 16-bit in full) and :func:`write_png16` writes one as a 16-bit PNG.
 """
 from __future__ import annotations
 
 from .augment import BatchStream, augment_cifar
 from .datasets import DATASETS, Dataset, data_root, load, load_sample
 from .errors import DataError
+from .images import read_image, write_png16
 
 __all__ = [
     "DATASETS",
@@ -23,4 +25,6 @@ __all__ = [
     "data_root",
     "load",
     "load_sample",
+    "read_image",
+    "write_png16",
 ]

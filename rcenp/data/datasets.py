@@ -6,18 +6,21 @@ Layout under the data root (see :func:`data_root`)::
     fashion-mnist/        the same four names (else /usr/share/datasets/fashion-mnist/, Debian)
     cifar-10-batches-py/  data_batch_1 ... data_batch_5, test_batch, batches.meta
 
+and the common variants of those names (``t10k-images.idx3-ubyte``, ...; see :mod:`.names`).
+
 Images come back as float32 (N, C, H, W) scaled ``x/255 - 0.5`` into [-0.5, 0.5] (float32
 arithmetic); labels as int64 (N,) in 0..9.
 """
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import cifar, idx
+from . import cifar, idx, names
 from .checksums import CIFAR_META_SHA256, CIFAR_SUBSET_ROWS, CIFAR_SUBSET_SHA256, IDX_SHA256, SAMPLE_SHA256
 from .errors import DataError
 
@@ -106,23 +109,20 @@ def load(name: str, split: str, root: str | os.PathLike | None = None) -> Datase
         raise DataError(f"unknown split {split!r} of {name}: expected 'train' or 'test'")
     root = data_root(root)
     if name == "cifar10":
-        return _load_cifar(root / cifar.DIRNAME, split)
-    return _load_idx(name, split, _idx_folder(name, split, root))
+        return _load_cifar(root / cifar.DIRNAME, split, root)
+    return _load_idx(name, split, _idx_folder(name, split, root), root)
 
 
 def load_sample() -> Dataset:
     """The embedded sample: the first 1,000 MNIST test images (N = 1000, C = 1, H = W = 28)."""
-    images, labels, paths, digests = _read_idx_pair(SAMPLE_DIR, "test")
-    for path, digest in zip(paths, digests, strict=True):
-        if digest != SAMPLE_SHA256[_base(path)]:
-            raise DataError(f"{path}: SHA-256 {digest} is not the embedded sample's; the installation is damaged")
+    damaged = "the installation is damaged; reinstall rcenp"
+    images, labels, paths, digests = _read_idx_pair(SAMPLE_DIR, "test", "mnist sample", damaged)
+    for path, canonical, digest in zip(paths, IDX_FILES["test"], digests, strict=True):
+        if digest != SAMPLE_SHA256[canonical]:
+            raise DataError(f"{path}: SHA-256 {digest} is not the embedded sample's; {damaged}")
     identity = _identity("mnist", "test", len(labels), full=False, note=SAMPLE_NOTE,
                          sha256=dict(zip((p.name for p in paths), digests, strict=True)), source=SAMPLE_DIR)
     return Dataset(scale(images).reshape(-1, 1, 28, 28), labels, identity)
-
-
-def _base(path: Path) -> str:
-    return path.name.removesuffix(".gz")
 
 
 def _identity(name: str, split: str, n: int, *, full: bool, note: str, sha256: dict, source: Path) -> dict:
@@ -138,8 +138,20 @@ def _identity(name: str, split: str, n: int, *, full: bool, note: str, sha256: d
     }
 
 
-def _missing(path: Path, hint: str) -> DataError:
-    return DataError(f"{path}: missing ({hint})")
+def fetch_hint(name: str, root: Path) -> str:
+    """How to get data set ``name`` into data root ``root``: the command line, and from Python."""
+    command = f"rcenp data fetch {name}"
+    if root != data_root():
+        command += f" --data-dir {shlex.quote(str(root))}"
+    subfolder = cifar.DIRNAME if name == "cifar10" else name
+    return (f"download it with `{command}` (rcenp.data.fetch.fetch({name!r}) in Python), "
+            f"or point --data-dir or $RCENP_DATA at a data root that holds {subfolder}/")
+
+
+def _not_found(what: str, canonical: str, folders: list[Path], hint: str) -> DataError:
+    """'<what>: no <file> in <folder>[ or <folder>] (looked for <names>); <hint>'."""
+    where = " or ".join(str(f) if f.is_dir() else f"{f} (no such folder)" for f in folders)
+    return DataError(f"{what}: no {canonical} in {where} (looked for {names.variants(canonical)}); {hint}")
 
 
 def _idx_folder(name: str, split: str, root: Path) -> Path:
@@ -147,19 +159,22 @@ def _idx_folder(name: str, split: str, root: Path) -> Path:
     folders = [root / name] + ([DEBIAN_FASHION_MNIST] if name == "fashion-mnist" else [])
     image_name = IDX_FILES[split][0]
     for folder in folders:
-        if idx.find(folder, image_name) is not None:
+        if names.find(folder, image_name) is not None:
             return folder
-    tried = " or ".join(f"{f / image_name}[.gz]" for f in folders)
-    raise DataError(f"{tried}: missing (fetch it with rcenp.data.fetch.fetch({name!r}) or set RCENP_DATA)")
+    raise _not_found(f"{name} {split} images", image_name, folders, fetch_hint(name, root))
 
 
-def _read_idx_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[Path], list[str]]:
-    """uint8 images (N, 28, 28), int64 labels (N,), the two paths and their SHA-256 digests."""
+def _read_idx_pair(folder: Path, split: str, what: str, hint: str):
+    """uint8 images (N, 28, 28), int64 labels (N,), the two paths and their SHA-256 digests.
+
+    The paths are those found for ``IDX_FILES[split]``, in that order; ``what`` and ``hint`` word
+    the error for a missing file.
+    """
     paths = []
-    for file_name in IDX_FILES[split]:
-        path = idx.find(folder, file_name)
+    for canonical, kind in zip(IDX_FILES[split], ("images", "labels"), strict=True):
+        path = names.find(folder, canonical)
         if path is None:
-            raise _missing(folder / f"{file_name}[.gz]", "the image and label files must sit in one folder")
+            raise _not_found(f"{what} {split} {kind}", canonical, [folder], hint)
         paths.append(path)
     image_path, label_path = paths
     images, image_digest = idx.read(image_path, 3)
@@ -172,18 +187,27 @@ def _read_idx_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, li
     return images, labels.astype(np.int64), paths, [image_digest, label_digest]
 
 
-def _load_idx(name: str, split: str, folder: Path) -> Dataset:
-    images, labels, paths, digests = _read_idx_pair(folder, split)
+def _published_as(digest: str) -> str:
+    """' (its content is the published <data set> <file>)' when ``digest`` is a known one, else ''."""
+    for dataset, files in IDX_SHA256.items():
+        for file_name, known in files.items():
+            if known == digest:
+                return f" (its content is the published {dataset} {file_name})"
+    return ""
+
+
+def _load_idx(name: str, split: str, folder: Path, root: Path) -> Dataset:
+    images, labels, paths, digests = _read_idx_pair(folder, split, name, fetch_hint(name, root))
     n = len(labels)
     full_n = FULL_SIZE[name][split]
     full = n == full_n
     sha256 = {}
-    for path, digest in zip(paths, digests, strict=True):
-        known = IDX_SHA256[name][_base(path)]
+    for path, canonical, digest in zip(paths, IDX_FILES[split], digests, strict=True):
+        known = IDX_SHA256[name][canonical]
         if full and digest != known:
             raise DataError(
                 f"{path}: header says the full {name} {split} set but the SHA-256 of its uncompressed "
-                f"content is {digest}, not the published {known}"
+                f"content is {digest}, not the published {known}{_published_as(digest)}"
             )
         sha256[path.name] = digest if digest == known else None
     if full:
@@ -194,23 +218,23 @@ def _load_idx(name: str, split: str, folder: Path) -> Dataset:
     return Dataset(scale(images).reshape(n, 1, 28, 28), labels, identity)
 
 
-def _load_cifar(folder: Path, split: str) -> Dataset:
-    hint = "fetch it with rcenp.data.fetch.fetch('cifar10') or set RCENP_DATA"
+def _load_cifar(folder: Path, split: str, root: Path) -> Dataset:
+    hint = fetch_hint("cifar10", root)
     if not folder.is_dir():
-        raise _missing(folder, hint)
+        raise DataError(f"cifar10 {split}: no folder {folder}; {hint}")
     sha256: dict[str, str | None] = {}
-    meta = folder / cifar.META
-    if meta.is_file():
+    meta = names.find(folder, cifar.META)
+    if meta is not None:
         digest = cifar.read_meta(meta)
         if digest != CIFAR_META_SHA256:
             raise DataError(f"{meta}: SHA-256 {digest} is not that of the published batches.meta")
-        sha256[meta.name] = digest
-    names = cifar.TRAIN_BATCHES if split == "train" else (cifar.TEST_BATCH,)
+        sha256[cifar.META] = digest
+    batches = cifar.TRAIN_BATCHES if split == "train" else (cifar.TEST_BATCH,)
     rows, labels = [], []
-    for batch_name in names:
-        path = folder / batch_name
-        if not path.is_file():
-            raise _missing(path, hint)
+    for batch_name in batches:
+        path = names.find(folder, batch_name)
+        if path is None:
+            raise _not_found(f"cifar10 {split}", batch_name, [folder], hint)
         data, batch_labels, digest = cifar.read_batch(path)
         check_labels(batch_labels, path)
         rows.append(data)
@@ -221,8 +245,8 @@ def _load_cifar(folder: Path, split: str) -> Dataset:
     full_n = FULL_SIZE["cifar10"][split]
     full = all(c == cifar.ROWS_PER_BATCH for c in counts)
     if full:
-        note = f"complete CIFAR-10 {split} set ({len(names)} batch(es) of {cifar.ROWS_PER_BATCH:,})"
-    elif all(sha256[b] is not None for b in names):
+        note = f"complete CIFAR-10 {split} set ({len(batches)} batch(es) of {cifar.ROWS_PER_BATCH:,})"
+    elif all(sha256[b] is not None for b in batches):
         note = (f"CIFAR-10 subset: {n:,} of {full_n:,} {split} images, the first "
                 f"{CIFAR_SUBSET_ROWS:,} of each published batch, SHA-256 verified")
     else:

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from . import cifar, idx
+from . import cifar, idx, names
 from .checksums import CIFAR_META_SHA256, CIFAR_TARBALL_MD5, IDX_SHA256, file_key, sha256_of
 from .datasets import DATASETS, IDX_FILES, data_root
 from .errors import DataError
@@ -55,7 +55,8 @@ def fetch(
     ``progress(file_name, bytes_done, bytes_total_or_None)`` is called as data arrives.
     ``checksums`` overrides known digests by key: an IDX file name without ``.gz`` (SHA-256 of the
     uncompressed bytes), ``"cifar-10-python.tar.gz"`` (MD5 of the archive) or ``"batches.meta"``.
-    Files already present and valid are kept and not downloaded again.
+    Files already present and valid, under their canonical names or a variant
+    (:mod:`rcenp.data.names`), are kept and not downloaded again.
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}")
@@ -111,7 +112,7 @@ def _idx_sha256(path: Path, gzipped: bool | None = None) -> str | None:
 
 
 def _fetch_idx(folder: Path, base_name: str, expected: str, bases: list[str], progress: Progress | None) -> Path:
-    present = idx.find(folder, base_name)
+    present = names.find(folder, base_name)
     if present is not None and _idx_sha256(present) == expected:
         return present
     _make_dir(folder)
@@ -168,25 +169,28 @@ def _download(url: str, folder: Path, file_name: str, progress: Progress | None,
     return tmp
 
 
-def _cifar_complete(folder: Path, meta_sha256: str) -> bool:
-    """True when ``folder`` holds all seven files, batches.meta verified, every batch full-size."""
-    if not all((folder / m).is_file() for m in CIFAR_MEMBERS):
-        return False
+def _cifar_complete(folder: Path, meta_sha256: str) -> list[Path] | None:
+    """The paths of the seven files when ``folder`` holds them all (under their names or variants),
+    batches.meta verified and every batch full-size; else None."""
+    found = [names.find(folder, m) for m in CIFAR_MEMBERS]
+    if None in found:
+        return None
+    *batches, meta = found
     try:
-        if cifar.read_meta(folder / cifar.META) != meta_sha256:
-            return False
-        return all(len(cifar.read_batch(folder / b)[0]) == cifar.ROWS_PER_BATCH
-                   for b in (*cifar.TRAIN_BATCHES, cifar.TEST_BATCH))
+        if cifar.read_meta(meta) != meta_sha256:
+            return None
+        return found if all(len(cifar.read_batch(b)[0]) == cifar.ROWS_PER_BATCH for b in batches) else None
     except DataError:
-        return False
+        return None
 
 
 def _fetch_cifar(root: Path, bases: list[str], progress: Progress | None, known: dict[str, str]) -> list[Path]:
     folder = root / cifar.DIRNAME
     targets = [folder / m for m in CIFAR_MEMBERS]
     meta_sha256 = known.get(cifar.META, CIFAR_META_SHA256)
-    if _cifar_complete(folder, meta_sha256):
-        return targets
+    present = _cifar_complete(folder, meta_sha256)
+    if present is not None:
+        return present
     expected_md5 = known.get(CIFAR_TARBALL, CIFAR_TARBALL_MD5)
     _make_dir(root)
     errors = []

@@ -3,7 +3,7 @@
 An IDX file is a big-endian header followed by raw values: two zero bytes, a type code
 (``0x08`` = unsigned byte), the number of dimensions d, then d uint32 sizes, then the values in
 row-major order. Image files are ``0x00000803`` with dims (N, H, W); label files are ``0x00000801``
-with dims (N,).
+with dims (N,). The names the files go by are in :mod:`rcenp.data.names`.
 """
 from __future__ import annotations
 
@@ -26,21 +26,21 @@ def magic_number(ndim: int) -> int:
     return (UBYTE << 8) | ndim
 
 
-def find(directory: Path, name: str) -> Path | None:
-    """``directory/name.gz`` if it is a file, else ``directory/name`` if it is one, else None."""
-    for candidate in (directory / f"{name}.gz", directory / name):
-        if candidate.is_file():
-            return candidate
-    return None
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def read_content(path: Path, gzipped: bool | None = None) -> bytes:
-    """The uncompressed bytes of ``path``, gunzipped if ``gzipped`` (default: if named ``*.gz``)."""
+    """The uncompressed bytes of ``path``, gunzipped if ``gzipped``.
+
+    By default (None) the content decides, whatever the name: gzip data starts with the bytes
+    1f 8b, an IDX file with two zero bytes. So a plain file named ``*.gz`` (a browser that undid
+    the server's compression) and a compressed one without the suffix both read correctly.
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if not (path.suffix == ".gz" if gzipped is None else gzipped):
+    if not (raw[:2] == GZIP_MAGIC if gzipped is None else gzipped):
         return raw
     try:
         return gzip.decompress(raw)
@@ -60,9 +60,10 @@ def parse(content: bytes, ndim: int, path: Path) -> np.ndarray:
     magic = int.from_bytes(content[:4], "big")
     expected = magic_number(ndim)
     if magic != expected:
+        page = " (it looks like a web page: a failed download?)" if content.lstrip()[:1] == b"<" else ""
         raise DataError(
             f"{path}: wrong magic number 0x{magic:08x} "
-            f"(expected 0x{expected:08x}, unsigned bytes in {ndim} dimension(s))"
+            f"(expected 0x{expected:08x}, unsigned bytes in {ndim} dimension(s)){page}"
         )
     if len(content) < header:
         raise DataError(f"{path}: {len(content)} bytes, too short for its {header}-byte IDX header")

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import idx
+from . import idx, names
 from .checksums import IDX_SHA256
 from .datasets import IDX_FILES, SAMPLE_DIR, data_root
 from .errors import DataError
@@ -28,9 +28,10 @@ def build(mnist_folder: Path, out_folder: Path) -> dict[str, str]:
     out_folder.mkdir(parents=True, exist_ok=True)
     digests = {}
     for name, ndim in zip(IDX_FILES["test"], (3, 1), strict=True):
-        path = idx.find(mnist_folder, name)
+        path = names.find(mnist_folder, name)
         if path is None:
-            raise DataError(f"{mnist_folder / name}[.gz]: missing (the sample is cut from the full MNIST test set)")
+            raise DataError(f"{mnist_folder}: {name} missing (looked for {names.variants(name)}; "
+                            "the sample is cut from the full MNIST test set)")
         array, digest = idx.read(path, ndim)
         if digest != IDX_SHA256["mnist"][name]:
             raise DataError(f"{path}: not the published MNIST file (SHA-256 {digest})")

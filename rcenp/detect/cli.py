@@ -7,17 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from rcenp.checkpoint import CheckpointError
+from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
+from rcenp.data.images import read_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CALIBRATION_SETS = ("test", "train")
 
 
 def add_parser(sub) -> None:
     d = sub.add_parser("detect", help="score images with a model's detector (label or NOT SURE), or fit it",
-                       description="Score images (an .npz batch under key 'images', or PNG/JPEG files) with the "
+                       description="Score images (an .npz batch under key 'images', or image files) with the "
                        "model's thresholding detector, or fit and calibrate that detector with --fit.")
     d.add_argument("model", help="run directory or shipped model name")
-    d.add_argument("--images", nargs="+", metavar="FILE", help=".npz batches or PNG/JPEG images")
+    d.add_argument("--images", nargs="+", metavar="FILE", help=".npz batches or image files (PNG, JPEG, ...)")
     d.add_argument("--fit", action="store_true", help="fit the kernel points and calibrate T (needs the data)")
     d.add_argument("--metric", choices=["kd", "confidence", "non_me"], default="kd")
     d.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean data (--fit)")
@@ -43,7 +44,8 @@ def detector_stem(model_stem: Path) -> Path:
 
 
 def read_images(path: Path, shape) -> np.ndarray:
-    """Images (N, C, H, W) float32 in [-0.5, 0.5] from an .npz batch or one PNG/JPEG file."""
+    """Images (N, C, H, W) float32 in [-0.5, 0.5] from an .npz batch or one image file
+    (:func:`rcenp.data.images.read_image`: 16-bit files in full, alpha dropped, colour to luma)."""
     c, h, w = shape
     if path.suffix.lower() == ".npz":
         try:
@@ -65,19 +67,8 @@ def read_images(path: Path, shape) -> np.ndarray:
             raise ValueError(f"{path}: float images must lie in [-0.5, 0.5] (or pass uint8 pixels)")
         return array
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if c == 1 else "RGB")
-                pixels = np.asarray(img, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-        if pixels.shape[:2] != (h, w):
-            raise ValueError(f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]}; this model takes {w}x{h}")
-        pixels = pixels[None, None] if c == 1 else pixels.transpose(2, 0, 1)[None]
-        return pixels.astype(np.float32) / np.float32(255) - np.float32(0.5)
-    raise ValueError(f"{path}: unsupported file type (use .npz, .png or .jpg)")
+        return read_image(path, c, (h, w))[None]
+    raise ValueError(f"{path}: unsupported file type (use .npz or an image: {', '.join(IMAGE_SUFFIXES)})")
 
 
 def held_out_split(n_test: int, seed: int = 0):
