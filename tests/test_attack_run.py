@@ -110,11 +110,14 @@ def test_shard_indices_are_contiguous_batch_aligned_and_cover_everything():
 
 
 def test_quantize_rounds_to_the_grid_inside_the_box():
+    from rcenp.data.images import quantize16
+
     x = np.array([-0.5, 0.5, 0.0, 0.1234567], np.float32)
     q8 = quantize(x, 256)
     np.testing.assert_allclose((q8 + 0.5) * 255, np.round((x.astype(np.float64) + 0.5) * 255), atol=1e-4)
     assert q8.min() >= -0.5 and q8.max() <= 0.5
     assert np.abs(quantize(x, 65536) - x).max() <= 0.5 / 65535 + 1e-7
+    np.testing.assert_array_equal(quantize(x, 65536), quantize16(x))   # what a 16-bit PNG holds
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -154,3 +157,19 @@ def test_command_prints_a_table_or_json(setup, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert f"{summary['accuracy_under_attack']:.1%}" in table
     assert summary == json.loads((tmp_path / "a" / "summary.json").read_text())  # finished: not recomputed
+
+
+def test_png_option_writes_16_bit_images_that_read_back_on_the_grid(setup, tmp_path):
+    from rcenp.data.images import quantize16, read_image
+
+    run, root = setup
+    summary = run_attack(run, "fgsm", tmp_path / "out", {"eps": 0.1}, n=5, batch_size=5, data_dir=root,
+                         png_dir=tmp_path / "png")
+    with np.load(tmp_path / "out" / "adversarial.npz") as data:
+        adversarial = data["adversarial"]
+    for i in range(5):
+        image = read_image(tmp_path / "png" / f"{i:05d}.png", 1, (28, 28))
+        np.testing.assert_array_equal(image, quantize16(adversarial[i]))
+        assert np.abs(image - adversarial[i]).max() <= 0.5 / 65535 + 2 ** -25
+    assert "success_rate_16bit" in summary
+    assert all("success_16bit" in s for s in read_samples(tmp_path / "out" / "samples.jsonl"))

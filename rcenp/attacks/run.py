@@ -73,9 +73,14 @@ def shard_indices(n: int, batch_size: int, shard=(1, 1)) -> np.ndarray:
 
 
 def quantize(images, levels: int) -> np.ndarray:
-    """Images rounded to ``levels`` grey levels per channel (256: 8-bit, 65,536: 16-bit), in the box."""
-    scale = np.float64(levels - 1)
-    return (np.rint((np.asarray(images, np.float64) + 0.5) * scale) / scale - 0.5).astype(np.float32)
+    """Images as an image file of ``levels`` grey levels per channel holds them (256: 8-bit,
+    65,536: 16-bit): the nearest level k, read back as k/(levels-1) - 0.5 in float32, exactly the
+    arithmetic of ``rcenp.data.datasets.scale`` and ``rcenp.data.images.quantize16``."""
+    top = levels - 1
+    steps = np.rint((np.asarray(images, np.float64) + 0.5) * top).astype(np.float32)
+    steps /= np.float32(top)
+    steps -= np.float32(0.5)
+    return steps
 
 
 def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, seed: int = 0,
