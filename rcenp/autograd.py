@@ -205,13 +205,19 @@ def _first_array(inputs):
     return None
 
 
-def _needed_functions(root: Tensor, targets: dict) -> set:
-    """Functions lying on a path from some target to ``root`` (the only ones grad() must run)."""
+def _needed_functions(root: Tensor, targets: dict):
+    """(ids of the Functions lying on a path from some target to ``root``, the only ones grad()
+    must run; ids of the targets ``root`` was computed from, ``root`` itself included)."""
+    reached = {id(root)} & targets.keys()
+    if root.creator is None:
+        return set(), reached
     order, stack, seen = [], [root.creator], {id(root.creator)}
     while stack:
         fn = stack.pop()
         order.append(fn)
         for t in fn.inputs:
+            if id(t) in targets:
+                reached.add(id(t))
             if t.creator is not None and id(t.creator) not in seen:
                 seen.add(id(t.creator))
                 stack.append(t.creator)
@@ -220,14 +226,14 @@ def _needed_functions(root: Tensor, targets: dict) -> set:
         if any(id(t) in targets or (t.creator is not None and id(t.creator) in needed)
                for t in fn.inputs):
             needed.add(id(fn))
-    return needed
+    return needed, reached
 
 
-def _backprop(root: Tensor, root_grad, targets: dict | None, retain_graph: bool):
-    """Push ``root_grad`` through the graph. With ``targets`` (id -> Tensor), return their grads
-    (dict id -> array) and touch no ``.grad``; otherwise accumulate into leaf ``.grad``."""
+def _backprop(root: Tensor, root_grad, targets: dict | None, retain_graph: bool, needed: set | None = None):
+    """Push ``root_grad`` through the graph. With ``targets`` (id -> Tensor) and ``needed`` (from
+    ``_needed_functions``), return their grads (dict id -> array) and touch no ``.grad``;
+    otherwise accumulate into leaf ``.grad``."""
     results = {}
-    needed = _needed_functions(root, targets) if targets is not None else None
     counter = itertools.count()
     pending = {id(root.creator): root_grad}
     heap = [(-root.creator.rank, next(counter), root.creator)]
@@ -267,25 +273,38 @@ def _backprop(root: Tensor, root_grad, targets: dict | None, retain_graph: bool)
     return results
 
 
-def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False):
-    """d(output)/d(inputs) as a list of arrays, leaving every ``.grad`` untouched.
+def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False, allow_unused: bool = False):
+    """d(output)/d(inputs): one array per input (a single array for a single Tensor), leaving every
+    ``.grad`` untouched.
 
     Only the part of the graph that connects ``inputs`` to ``output`` is differentiated (frozen
-    weights cost nothing). An input that ``output`` does not depend on gets a zero array.
+    weights cost nothing). ``grad_output`` (shape of ``output``) defaults to ones.
+
+    Raises ValueError for an input that does not require a gradient, and for one that ``output``
+    was not computed from: an attack whose gradient is silently zero never moves. With
+    ``allow_unused=True`` an unused input gets a zero array of its shape instead (zeros rather
+    than ``None``, so that arithmetic on the result needs no special case; its derivative is 0).
     """
-    single = isinstance(inputs, Tensor)
+    single = isinstance(inputs, (Tensor, *_ARRAY_TYPES))
     inputs = [inputs] if single else list(inputs)
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor) or not t.requires_grad:
+            raise ValueError(f"rcenp.grad: input {i} does not require a gradient "
+                             "(make it with Tensor(x, requires_grad=True))")
     xp = get_array_module(output.data)
     if grad_output is None:
         grad_output = xp.ones_like(output.data)
     grad_output = as_array(grad_output, like=output.data)
     targets = {id(t): t for t in inputs}
-    results = {}
-    if output.creator is not None:
-        results = _backprop(output, grad_output, targets, retain_graph)
-    elif id(output) in targets:
-        results = {id(output): grad_output}
-    grads = [results.get(id(t), xp.zeros_like(t.data)) for t in inputs]
+    needed, reached = _needed_functions(output, targets)
+    unused = [i for i, t in enumerate(inputs) if id(t) not in reached]
+    if unused and not allow_unused:
+        raise ValueError(f"rcenp.grad: input(s) {unused} not used in the graph of the output (computed "
+                         "under no_grad(), or from a detached copy?); allow_unused=True gives zeros for them")
+    results = _backprop(output, grad_output, targets, retain_graph, needed) if needed else {}
+    if id(output) in targets:
+        results[id(output)] = grad_output
+    grads = [results[id(t)] if id(t) in results else xp.zeros_like(t.data) for t in inputs]
     return grads[0] if single else grads
 
 

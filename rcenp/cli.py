@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--sample", action="store_true", help="use the embedded 1,000-image MNIST sample")
     e.add_argument("--device", choices=["cpu", "cuda"])
+    e.add_argument("--json", action="store_true", help="print the result as one JSON line instead of a table")
 
     d = sub.add_parser("data", help="data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -75,9 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_attack_parser(sub)
 
     m = sub.add_parser("demo", help="the main job: evaluate the shipped models (or a short engine demo)")
-    m.add_argument("--data-dir", help="with a data root, use the full MNIST test set instead of the sample")
+    m.add_argument("--data-dir", help="data root (default: $RCENP_DATA, else the per-user cache); without "
+                   "MNIST there, the embedded 1,000-image sample; models whose data is missing are skipped")
     m.add_argument("--device", choices=["cpu", "cuda"])
     m.add_argument("--steps", type=_positive(int), default=5, help="engine demo: training steps on random data")
+    m.add_argument("--json", action="store_true", help="one JSON line per model instead of tables")
     return parser
 
 
@@ -108,7 +111,12 @@ def cmd_eval(args) -> int:
     test = load_sample() if args.sample else load(dataset, "test", args.data_dir)
     result = evaluate(model, test.images, test.labels)
     result.update(model=str(args.model), test_set=test.describe())
-    print(json.dumps(result))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from rcenp.demo import eval_table
+
+        print(eval_table(result))
     return 0
 
 
@@ -130,11 +138,11 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     from rcenp.models.registry import shipped_models
 
-    shipped = [name for name in shipped_models() if name.startswith("mnist-")]
+    shipped = shipped_models()
     if shipped:
-        from rcenp.demo import evaluate_shipped
+        from rcenp.demo import run_demo
 
-        return evaluate_shipped(shipped, args.data_dir, args.device)
+        return run_demo(shipped, args.data_dir, args.device, as_json=args.json)
     return engine_demo(args.steps, args.device)
 
 

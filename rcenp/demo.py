@@ -1,41 +1,139 @@
-"""The main job: evaluate the shipped MNIST models (Table 1's quantity) and their detectors.
+"""The main job: evaluate every shipped model (Table 1's quantity) and its detector; the reports
+of ``rcenp demo`` and ``rcenp eval``.
 
-Without a data root, it uses the embedded 1,000-image MNIST test sample and says so; with one
-(``RCENP_DATA`` or ``--data-dir``), the full test set.
+Each model is tested on its own data set's test split (the manifest's ``config.dataset``), read
+from the data root (``--data-dir``, else ``$RCENP_DATA``, else the per-user cache that
+``rcenp data fetch`` fills). MNIST falls back to the embedded 1,000-image sample, so a fresh
+machine evaluates the MNIST models; a model whose data is nowhere is skipped, with the reason.
+People get tables; ``--json`` gives one JSON line per evaluated model (keys: ``RECORD_KEYS``).
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 
+from rcenp.tables import format_table
 
-def evaluate_shipped(names, data_dir=None, device=None) -> int:
-    from rcenp.data import load, load_sample
+RECORD_KEYS = ("model", "objective", "test_error_percent", "errors", "n", "trained_steps",
+               "detector", "clean_score_quartiles")  # the last two only for a model with a detector
+SCORES = (("confidence", "confidence", 4), ("non_me", "non-ME", 3), ("kd", "log KD", 3))  # key, label, decimals
+
+
+def model_dataset(name) -> str | None:
+    """The data set a shipped model (or run directory) was trained on, from its manifest only."""
+    from rcenp.models.registry import resolve
+
+    manifest = json.loads(resolve(name).with_suffix(".json").read_text())
+    return manifest.get("config", {}).get("dataset")
+
+
+def find_test_set(dataset, data_dir=None):
+    """(test ``Dataset``, None) from the data root, or (None, why not).
+
+    For MNIST without one, the embedded sample; it says why when a root was named explicitly.
+    """
+    from rcenp.data import DataError, load, load_sample
+
+    try:
+        return load(dataset, "test", data_dir), None
+    except DataError as exc:
+        if dataset == "mnist":
+            named = data_dir or os.environ.get("RCENP_DATA")
+            return load_sample(), (f"no MNIST test set under the data root ({exc}); using the sample" if named else None)
+        return None, (f"no {dataset} test data (set RCENP_DATA or --data-dir, or run `rcenp data fetch {dataset}`): "
+                      f"{exc}")
+
+
+def evaluate_model(name, test, device=None) -> dict:
+    """Test error of a shipped model on ``test``, and its detector on the clean images if it has one:
+    the ``RECORD_KEYS`` record (percentages in %, quartiles of each clean score)."""
     from rcenp.detect.cli import detector_stem
     from rcenp.detect.detector import Detector
     from rcenp.models.registry import load as load_model
     from rcenp.models.registry import resolve
     from rcenp.train import evaluate
 
-    if data_dir or os.environ.get("RCENP_DATA"):
-        test = load("mnist", "test", data_dir)
-    else:
-        test = load_sample()
-    print(f"test images: {test.describe()}")
+    model, manifest = load_model(name, device)
+    result = evaluate(model, test.images, test.labels)
+    record = {"model": name, "objective": model.objective, "test_error_percent": round(100 * result["test_error"], 3),
+              "errors": result["errors"], "n": result["n_test"], "trained_steps": manifest["step"]}
+    stem = detector_stem(resolve(name))
+    if stem.with_suffix(".json").is_file():
+        det = Detector.load(stem, model)
+        labels, scores = det.predict(test.images)
+        record["detector"] = {"metric": det.metric, "threshold": det.threshold,
+                              "clean_rejected_percent": round(100 * float(np.mean(labels == -1)), 2)}
+        record["clean_score_quartiles"] = {k: [round(float(q), 4) for q in np.percentile(scores[k], [25, 50, 75])]
+                                           for k, _, _ in SCORES if k in scores}
+    return record
+
+
+def run_demo(names, data_dir=None, device=None, as_json=False, out=None, err=None) -> int:
+    """Evaluate ``names`` (shipped models), printing tables to ``out``, or with ``as_json`` one JSON
+    line per model as it finishes (test-set lines and skips then go to ``err``). Returns 0."""
+    out, err = out or sys.stdout, err or sys.stderr
+    notes = err if as_json else out
+    test_sets, records, skipped = {}, [], []
     for name in names:
-        model, manifest = load_model(name, device)
-        result = evaluate(model, test.images, test.labels)
-        line = {"model": name, "objective": model.objective, "test_error_percent": round(100 * result["test_error"], 3),
-                "errors": result["errors"], "n": result["n_test"], "trained_steps": manifest["step"]}
-        stem = detector_stem(resolve(name))
-        if stem.with_suffix(".json").is_file():
-            det = Detector.load(stem, model)
-            labels, scores = det.predict(test.images)
-            line["detector"] = {"metric": det.metric, "threshold": det.threshold,
-                                "clean_rejected_percent": round(100 * float(np.mean(labels == -1)), 2)}
-            line["clean_score_quartiles"] = {k: [round(float(q), 4) for q in np.percentile(scores[k], [25, 50, 75])]
-                                             for k in ("confidence", "non_me", "kd") if k in scores}
-        print(json.dumps(line))
+        dataset = model_dataset(name)
+        if dataset not in test_sets:
+            test, why = find_test_set(dataset, data_dir) if dataset else (None, "its manifest names no data set")
+            if test is not None:
+                print(f"test images: {test.describe()}" + (f" ({why})" if why else ""), file=notes, flush=True)
+            test_sets[dataset] = test, why
+        test, why = test_sets[dataset]
+        if test is None:
+            skipped.append(f"{name}: skipped, {why}")
+            if as_json:
+                print(skipped[-1], file=err, flush=True)
+        elif as_json:
+            records.append(evaluate_model(name, test, device))
+            print(json.dumps(records[-1]), file=out, flush=True)
+        else:
+            print(f"evaluating {name} on {len(test):,} images ...", file=err, flush=True)
+            records.append(evaluate_model(name, test, device))
+    if not as_json:
+        print("\n" + demo_table(records), file=out)
+        if any("clean_score_quartiles" in r for r in records):
+            print("\nclean test images, median (q1 to q3) of each score (higher = more normal):\n"
+                  + scores_table(records), file=out)
+        if skipped:
+            print("\n" + "\n".join(skipped), file=out)
     return 0
+
+
+def demo_table(records) -> str:
+    """Models × (objective, test error, errors, steps, detector threshold, clean NOT SURE)."""
+    rows = []
+    for r in records:
+        det = r.get("detector")
+        rows.append([r["model"], r["objective"], f"{r['test_error_percent']:.2f}%", f"{r['errors']:,} / {r['n']:,}",
+                     f"{r['trained_steps']:,}", f"{det['metric']} > {det['threshold']:.3f}" if det else "none",
+                     f"{det['clean_rejected_percent']:.1f}%" if det else ""])
+    return format_table(["model", "objective", "test error", "errors", "trained steps", "detector accepts",
+                         "clean NOT SURE"], rows, align="llrrrlr")
+
+
+def scores_table(records) -> str:
+    """Models × clean-score quartiles, ``median (q1 to q3)``, for the models with a detector."""
+    rows = []
+    for r in records:
+        quartiles = r.get("clean_score_quartiles")
+        if quartiles:
+            rows.append([r["model"]] + [_quartiles(quartiles.get(k), d) for k, _, d in SCORES])
+    return format_table(["model"] + [label for _, label, _ in SCORES], rows, align="lrrr")
+
+
+def _quartiles(q, decimals) -> str:
+    return "" if q is None else f"{q[1]:.{decimals}f} ({q[0]:.{decimals}f} to {q[2]:.{decimals}f})"
+
+
+def eval_table(result) -> str:
+    """The ``rcenp eval`` result (``train.evaluate`` plus ``model`` and ``test_set``) for a person."""
+    table = format_table(["model", "test error", "errors"],
+                         [[result["model"], f"{100 * result['test_error']:.2f}%",
+                           f"{result['errors']:,} / {result['n_test']:,}"]], align="lrr")
+    return f"test images: {result['test_set']}\n\n{table}"

@@ -29,13 +29,16 @@ def check_gradients(op, arrays, wrt=None, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0
     """Compare ``rcenp.grad`` of a random projection of ``op(*tensors)`` with finite differences.
 
     ``op`` maps Tensors to a Tensor; ``arrays`` are float64 arrays (copied); ``wrt`` lists the
-    indices to differentiate (default: all). Raises AssertionError with the worst element.
+    indices to differentiate (default: all). Raises AssertionError with the worst element, or
+    when ``op``'s output is not float64 (then the check would not be a float64 one).
     """
     arrays = [a.astype(np.float64, copy=True) if a.dtype.kind == "f" else a for a in arrays]
     wrt = list(range(len(arrays))) if wrt is None else list(wrt)
     xp = get_array_module(*arrays)
     tensors = [Tensor(a, requires_grad=(i in wrt)) for i, a in enumerate(arrays)]
     out = op(*tensors)
+    if out.dtype != np.float64:
+        raise AssertionError(f"op returned {out.dtype} from float64 inputs; a float64 check needs float64 throughout")
     rng = np.random.default_rng(seed)
     seed_grad = xp.asarray(rng.standard_normal(out.shape))
     analytic = grad(out, [tensors[i] for i in wrt], grad_output=seed_grad)
@@ -61,13 +64,21 @@ def check_directional(loss_fn, tensors, eps=1e-6, rtol=1e-6, atol=1e-9, seed=0):
 
     Compares <∇loss, v> from ``rcenp.grad`` with (loss(θ+εv) - loss(θ-εv)) / 2ε, for models far
     too large for an element-wise check. ``loss_fn()`` reads the tensors' current ``.data``.
+    Raises AssertionError when a tensor or the loss is not float64 (cast a model with
+    ``model.astype(np.float64)``; its forward then refuses any other input dtype).
     """
+    dtypes = {str(t.dtype) for t in tensors}
+    if dtypes != {"float64"}:
+        raise AssertionError(f"tensors of dtype {sorted(dtypes)}; a float64 check needs float64 tensors")
     rng = np.random.default_rng(seed)
     xp = get_array_module(tensors[0].data)
     directions = [xp.asarray(rng.standard_normal(t.shape)) for t in tensors]
     norm = np.sqrt(sum(float((d * d).sum()) for d in directions))
     directions = [d / norm for d in directions]
-    grads = grad(loss_fn(), tensors)
+    loss = loss_fn()
+    if loss.dtype != np.float64:
+        raise AssertionError(f"loss of dtype {loss.dtype}; a float64 check needs float64 throughout")
+    grads = grad(loss, tensors)
     analytic = sum(float((g * d).sum()) for g, d in zip(grads, directions))
     originals = [t.data.copy() for t in tensors]
 

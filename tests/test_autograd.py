@@ -43,9 +43,47 @@ def test_grad_of_several_inputs_and_unused_input(xp):
     a = Tensor(xp.asarray(2.0), requires_grad=True)
     b = Tensor(xp.asarray(5.0), requires_grad=True)
     unused = Tensor(xp.asarray([1.0, 1.0]), requires_grad=True)
-    ga, gb, gu = grad(a * b * a, [a, b, unused])
+    ga, gb, gu = grad(a * b * a, [a, b, unused], allow_unused=True)
     assert float(ga) == 20.0 and float(gb) == 4.0
     np.testing.assert_array_equal(as_numpy(gu), [0.0, 0.0])
+
+
+def test_grad_refuses_an_unused_input_and_keeps_the_graph(xp):
+    """An attack differentiating with respect to a tensor the loss was not computed from would
+    silently get zeros and never move; rcenp.grad says so, before releasing anything."""
+    a = Tensor(xp.asarray(2.0), requires_grad=True)
+    unused = Tensor(xp.asarray([1.0, 1.0]), requires_grad=True)
+    y = a * a
+    with pytest.raises(ValueError, match=r"input\(s\) \[1\] not used in the graph.*allow_unused=True"):
+        grad(y, [a, unused])
+    assert float(grad(y, a)) == 4.0  # the graph survived the refusal
+    copy = Tensor(xp.asarray(2.0), requires_grad=True)
+    with pytest.raises(ValueError, match="not used in the graph"):
+        grad(copy.detach() * copy.detach(), copy)
+    with rcenp.no_grad():
+        z = a * a
+    with pytest.raises(ValueError, match="not used in the graph"):
+        grad(z, a)
+    np.testing.assert_array_equal(as_numpy(grad(z, a, allow_unused=True)), 0.0)
+
+
+def test_grad_refuses_an_input_that_does_not_require_a_gradient(xp):
+    a = Tensor(xp.asarray(2.0), requires_grad=True)
+    frozen = Tensor(xp.asarray(3.0))
+    y = a * frozen
+    for inputs in (frozen, [a, frozen], frozen.data):
+        with pytest.raises(ValueError, match="does not require a gradient"):
+            grad(y, inputs, allow_unused=True)  # no opt-in for this one: it is always a mistake
+    assert float(grad(y, a)) == 3.0
+
+
+def test_grad_of_the_output_itself(xp):
+    x = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    y = x * 3.0
+    gy, gx = grad(y, [y, x], grad_output=xp.asarray([1.0, 10.0]))
+    np.testing.assert_array_equal(as_numpy(gy), [1.0, 10.0])
+    np.testing.assert_array_equal(as_numpy(gx), [3.0, 30.0])
+    np.testing.assert_array_equal(as_numpy(grad(x, x)), [1.0, 1.0])
 
 
 def test_grad_with_respect_to_an_intermediate(xp):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from rcenp import functional as F
-from rcenp.autograd import Tensor
+from rcenp.autograd import Function, Tensor
 from rcenp.backend import as_numpy, to_device
 from rcenp.models import resnet
 from rcenp.objectives import Classifier
-from rcenp.testing import check_directional
+from rcenp.testing import check_directional, check_gradients
 from tests.test_conv_bn import naive_conv
 
 
@@ -142,6 +142,102 @@ def test_train_mode_updates_running_stats_and_eval_uses_them():
     np.testing.assert_array_equal(a, b)
     assert model.state_dict()["stage1.unit0.bn1.running_mean"].tolist() == after["stage1.unit0.bn1.running_mean"].tolist()
     np.testing.assert_allclose(model(x[:1]).data, model(x[:2]).data[:1], rtol=1e-5, atol=1e-6)  # eval: per-example
+
+
+def graph_functions(root):
+    """Every Function of ``root``'s graph."""
+    found, stack, seen = [], [root.creator], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        found.append(fn)
+        stack.extend(t.creator for t in fn.inputs)
+    return found
+
+
+def float_dtypes(fn):
+    """dtypes of the float arrays a Function holds: its inputs and what it kept for backward."""
+    arrays = [t.data for t in fn.inputs] + list(getattr(fn, "saved", ()))
+    arrays += [v for v in vars(fn).values() if hasattr(v, "dtype") and hasattr(v, "shape")]
+    return {str(a.dtype) for a in arrays if a.dtype.kind == "f"}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_float64_model_is_float64_end_to_end(xp, training):
+    """A float64 gradient check must be one: every forward value, every array kept for backward,
+    every gradient and the BN statistics stay float64 (nothing computes in float32)."""
+    device = "cuda" if xp.__name__ == "cupy" else "cpu"
+    model = randomised(resnet(8, 1, seed=5), seed=6).astype(np.float64).train(training).to(device)
+    clf = Classifier(model, "rce")
+    x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 6, 6))), requires_grad=True)
+    loss = clf.loss(x, xp.asarray(np.array([1, 4, 9])))
+    functions = graph_functions(loss)
+    assert len(functions) > 20
+    for fn in functions:
+        assert float_dtypes(fn) == {"float64"}, type(fn).__name__
+    grads = []
+    for fn in functions:
+        def checked(gy, fn=fn, backward=fn.backward):
+            gxs = backward(gy)
+            gxs = gxs if isinstance(gxs, tuple) else (gxs,)
+            grads.append((type(fn).__name__, {str(g.dtype) for g in (gy, *gxs) if g is not None}))
+            return gxs
+        fn.backward = checked
+    loss.backward()
+    assert loss.dtype == np.float64 and len(grads) == len(functions)
+    assert [g for g in grads if g[1] != {"float64"}] == []
+    assert {str(t.grad.dtype) for t in [x] + model.parameters()} == {"float64"}
+    assert {str(v.dtype) for v in model.state_dict().values()} == {"float64"}
+
+
+def test_gradient_checks_refuse_to_run_below_float64():
+    class ToFloat32(Function):
+        def forward(self, x):
+            return x.astype(np.float32)
+
+        def backward(self, gy):
+            return gy.astype(np.float64)
+
+    with pytest.raises(AssertionError, match="float32 from float64 inputs"):
+        check_gradients(lambda t: ToFloat32()(t), [np.ones(3)])
+    w = Tensor(np.ones(3, np.float32), requires_grad=True)
+    with pytest.raises(AssertionError, match="float64 tensors"):
+        check_directional(lambda: F.sum(w * w), [w])
+    v = Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(AssertionError, match="loss of dtype float32"):
+        check_directional(lambda: F.sum(ToFloat32()(v)), [v])
+
+
+def test_input_dtype_must_match_the_parameters():
+    model = resnet(8, 1, seed=0).eval()
+    x = np.zeros((2, 1, 8, 8))
+    for call in (model, model.features, Classifier(model, "ce"), Classifier(model, "rce").predict):
+        with pytest.raises(ValueError, match=r"input dtype float64 .* model.astype\(np.float64\)"):
+            call(x)
+    with pytest.raises(ValueError, match=r"uint8 .* floats in \[-0.5, 0.5\]"):
+        model(x.astype(np.uint8))
+    model.astype(np.float64)
+    assert model(Tensor(x)).dtype == np.float64
+    with pytest.raises(ValueError, match=r"input dtype float32 .* x.astype\(np.float64\)"):
+        model(x.astype(np.float32))
+
+
+def test_load_state_dict_refuses_another_dtype():
+    a = resnet(8, 1, seed=0)
+    b = resnet(8, 1, seed=1)
+    before = b.state_dict()
+    wide = {k: v.astype(np.float64) for k, v in a.state_dict().items()}
+    with pytest.raises(ValueError, match=r"stem.weight: dtype float64 does not match the module's float32.*"
+                                         r"module.astype\(np.float64\)"):
+        b.load_state_dict(wide)
+    assert all(np.array_equal(v, before[k]) for k, v in b.state_dict().items())  # nothing half-loaded
+    b.astype(np.float64).load_state_dict(wide)
+    assert all(np.array_equal(v, wide[k]) and v.dtype == np.float64 for k, v in b.state_dict().items())
+    ints = dict(a.state_dict(), **{"fc.bias": np.zeros(10, np.int64)})
+    with pytest.raises(ValueError, match="fc.bias: dtype int64"):
+        resnet(8, 1).load_state_dict(ints)
 
 
 def test_state_dict_round_trip_and_shape_errors():

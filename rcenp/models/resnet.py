@@ -27,6 +27,7 @@ from __future__ import annotations
 from rcenp import functional as F
 from rcenp.backend import make_rng
 from rcenp.nn import BatchNorm2d, Conv2d, Linear, Module
+from rcenp.nn.module import check_input_dtype
 
 WIDTHS = (16, 32, 64)
 STRIDES = (1, 2, 2)
@@ -90,7 +91,11 @@ class ResNet(Module):
         self.fc = Linear(WIDTHS[-1], num_classes, rng=rng)
 
     def features(self, x):
-        """Z (N, 64): final BN → activation → global average pool (the K-density feature)."""
+        """Z (N, 64): final BN → activation → global average pool (the K-density feature).
+
+        Raises ValueError when ``x``'s dtype is not the parameters' (float32 unless cast).
+        """
+        check_input_dtype(x, self.stem.weight)
         h = self.stem(x)
         for unit in self.units:
             h = unit(h)

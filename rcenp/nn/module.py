@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 
-from rcenp.autograd import Tensor
+from rcenp.autograd import Tensor, as_array
 from rcenp.backend import as_numpy, device_of, get_array_module, to_device
 
 
@@ -110,7 +110,13 @@ class Module:
             (n, as_numpy(v.data if isinstance(v, Tensor) else v).copy()) for n, v in self.named_entries())
 
     def load_state_dict(self, state, strict: bool = True) -> None:
-        """Copy arrays from ``state`` into this module (on its device), checking names and shapes."""
+        """Copy arrays from ``state`` into this module (on its device), checking names, shapes and
+        dtypes.
+
+        Raises KeyError for missing or unexpected names (``strict``), ValueError for a shape or a
+        dtype that differs from the module's: a float64 state is never silently rounded into a
+        float32 module (cast one of them first, e.g. ``module.astype(np.float64)``).
+        """
         own = dict(self.named_entries())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
@@ -123,8 +129,32 @@ class Module:
             value = state[name]
             if tuple(value.shape) != tuple(array.shape):
                 raise ValueError(f"{name}: shape {tuple(value.shape)} does not match {tuple(array.shape)}")
-            xp = get_array_module(array)
-            array[...] = xp.asarray(value, dtype=array.dtype)
+            if value.dtype != array.dtype:
+                hint = f" (or the module: module.astype(np.{value.dtype}))" if value.dtype.kind == "f" else ""
+                raise ValueError(f"{name}: dtype {value.dtype} does not match the module's {array.dtype}; "
+                                 f"cast the state first{hint}")
+        for name, current in own.items():
+            if name in state:
+                array = current.data if isinstance(current, Tensor) else current
+                array[...] = get_array_module(array).asarray(state[name])
+
+
+def check_input_dtype(x, parameter) -> None:
+    """Raise ValueError unless input ``x`` (array or Tensor) has ``parameter``'s dtype.
+
+    A float64 input to a float32 network would compute with float32 weights and statistics while
+    returning float64, so a "float64" gradient check would silently be a float32 one; integer
+    pixels are unscaled.
+    A model's first layer calls this once per forward (no per-op cost).
+    """
+    dtype, expected = as_array(x).dtype, parameter.dtype
+    if dtype == expected:
+        return
+    if dtype.kind == "f":
+        raise ValueError(f"input dtype {dtype} does not match the model's {expected} parameters: cast the model "
+                         f"with model.astype(np.{dtype}) or the input with x.astype(np.{expected})")
+    raise ValueError(f"input dtype {dtype} is not the model's {expected}: images are floats in [-0.5, 0.5] "
+                     "(x / 255 - 0.5, as rcenp.data scales them)")
 
 
 class _Buffer:

@@ -1,0 +1,120 @@
+"""What `rcenp demo` and `rcenp eval` print: tables for people, today's JSON lines with --json."""
+import json
+
+import numpy as np
+import pytest
+
+from rcenp import demo
+from rcenp.cli import main
+from rcenp.models import registry
+from rcenp.tables import format_table
+from tests.test_train import write_mnist_root
+
+TODAYS_KEYS = ["model", "objective", "test_error_percent", "errors", "n", "trained_steps", "detector",
+               "clean_score_quartiles"]
+FAKE_CIFAR = "cifar10subset-resnet32-ce"
+RECORDS = [  # what evaluate_model returns, for the tests that need no real evaluation
+    {"model": "mnist-resnet32-ce", "objective": "ce", "test_error_percent": 0.41, "errors": 41, "n": 10000,
+     "trained_steps": 20000, "detector": {"metric": "kd", "threshold": -3.4267702, "clean_rejected_percent": 5.14},
+     "clean_score_quartiles": {"confidence": [1.0, 1.0, 1.0], "non_me": [0.844, 1.2501, 1.527],
+                               "kd": [-1.868, -1.428, -1.147]}},
+    {"model": "mnist-resnet32-rce", "objective": "rce", "test_error_percent": 0.33, "errors": 33, "n": 10000,
+     "trained_steps": 20000, "detector": {"metric": "kd", "threshold": -2.867641, "clean_rejected_percent": 5.68},
+     "clean_score_quartiles": {"confidence": [0.9879, 0.992, 0.9946], "non_me": [2.1972, 2.1972, 2.1972],
+                               "kd": [-1.261, -0.906, -0.736]}},
+]
+
+
+@pytest.fixture
+def no_data_root(monkeypatch, tmp_path):
+    """A fresh machine: no RCENP_DATA and an empty per-user cache."""
+    monkeypatch.delenv("RCENP_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def with_cifar_model(monkeypatch):
+    """The shipped models plus a CIFAR-10 one (its manifest's data set: cifar10)."""
+    shipped, dataset_of = registry.shipped_models(), demo.model_dataset
+    monkeypatch.setattr(registry, "shipped_models", lambda: shipped + [FAKE_CIFAR])
+    monkeypatch.setattr(demo, "model_dataset", lambda name: "cifar10" if name == FAKE_CIFAR else dataset_of(name))
+
+
+def test_format_table_pads_and_aligns():
+    text = format_table(["model", "error", "n"], [["a", "0.33%", 10], ["long-name", "12.50%", None]], align="lrr")
+    assert text.splitlines() == ["model       error   n",
+                                 "---------  ------  --",
+                                 "a           0.33%  10",
+                                 "long-name  12.50%"]
+    with pytest.raises(ValueError, match="2 cells under 3 headers"):
+        format_table(["a", "b", "c"], [[1, 2]])
+    with pytest.raises(ValueError, match="align"):
+        format_table(["a"], [], align="c")
+
+
+def test_demo_on_the_sample_prints_todays_json_and_skips_what_has_no_data(no_data_root, with_cifar_model, capsys):
+    """The real thing, once: every shipped model runs on the embedded sample; the CIFAR-10 one is
+    skipped with its reason; the table built from the JSON records shows the same numbers."""
+    assert main(["demo", "--json"]) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["model"] for r in records] == registry.shipped_models()[:len(records)]
+    assert len(records) == len(registry.shipped_models()) - 1  # all but the fake CIFAR-10 model
+    for r in records:
+        assert list(r) == TODAYS_KEYS and r["n"] == 1000
+        assert r["test_error_percent"] == pytest.approx(100 * r["errors"] / 1000)
+        assert set(r["clean_score_quartiles"]) == {"confidence", "non_me", "kd"}
+    assert "test images: mnist/test: 1,000 images" in captured.err
+    assert f"{FAKE_CIFAR}: skipped, no cifar10 test data" in captured.err and "--data-dir" in captured.err
+    table = demo.demo_table(records)
+    for r, row in zip(records, table.splitlines()[2:]):
+        assert row.startswith(r["model"]) and f"{r['errors']} / 1,000" in row
+        assert f"{r['test_error_percent']:.2f}%" in row and f"{r['detector']['threshold']:.3f}" in row
+
+
+def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, capsys):
+    """Both modes print the same evaluation records (here canned, so the test is quick)."""
+    canned = {r["model"]: r for r in RECORDS}
+    monkeypatch.setattr(registry, "shipped_models", lambda: list(canned) + [FAKE_CIFAR])
+    monkeypatch.setattr(demo, "evaluate_model", lambda name, test, device=None: canned[name])
+    assert main(["demo", "--json"]) == 0
+    as_json = capsys.readouterr()
+    assert [json.loads(line) for line in as_json.out.splitlines()] == RECORDS
+    assert main(["demo"]) == 0
+    human = capsys.readouterr()
+    assert demo.demo_table(RECORDS) in human.out and demo.scores_table(RECORDS) in human.out
+    lines = human.out.splitlines()
+    assert lines[0] == "test images: mnist/test: 1,000 images, SUBSET (embedded sample: first 1,000 MNIST test images)"
+    rce = next(line for line in lines if line.startswith("mnist-resnet32-rce "))
+    assert rce.split() == ["mnist-resnet32-rce", "rce", "0.33%", "33", "/", "10,000", "20,000", "kd", ">", "-2.868",
+                           "5.7%"]
+    scores = [line for line in lines if line.startswith("mnist-resnet32-rce ")][1]
+    assert "0.9920 (0.9879 to 0.9946)" in scores and "-0.906 (-1.261 to -0.736)" in scores
+    skip = f"{FAKE_CIFAR}: skipped, no cifar10 test data"
+    assert lines[-1].startswith(skip) and as_json.err.splitlines()[-1] == lines[-1]
+    assert "{" not in human.out
+
+
+def test_test_sets_come_from_the_data_root_with_the_mnist_sample_as_fallback(tmp_path, monkeypatch):
+    monkeypatch.delenv("RCENP_DATA", raising=False)
+    test, why = demo.find_test_set("mnist", tmp_path)
+    assert len(test) == 1000 and "using the sample" in why and str(tmp_path / "mnist") in why
+    test, why = demo.find_test_set("cifar10", tmp_path)
+    assert test is None and str(tmp_path / "cifar-10-batches-py") in why and "--data-dir" in why
+
+
+def test_eval_prints_a_table_or_todays_json(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    tiny_root = write_mnist_root(tmp_path, lambda split, n: (rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)))
+    run = str(tmp_path / "run")
+    assert main(["train", "--dataset", "mnist", "--objective", "ce", "--preset", "quick", "--depth", "8", "--steps",
+                 "2", "--batch-size", "16", "--data-dir", str(tiny_root), "--out", run]) == 0
+    capsys.readouterr()
+    assert main(["eval", run, "--data-dir", str(tiny_root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result) == ["test_error", "n_test", "errors", "model", "test_set"]
+    assert main(["eval", run, "--data-dir", str(tiny_root)]) == 0
+    text = capsys.readouterr().out
+    assert text == demo.eval_table(result) + "\n"
+    assert f"{100 * result['test_error']:.2f}%" in text and f"{result['errors']} / 64" in text
+    assert text.startswith(f"test images: {result['test_set']}\n")
