@@ -159,6 +159,7 @@ def test_zero_gradient_fraction_reports_a_saturated_loss():
     (dict(x=np.full((2, 1, 4, 4), np.nan)), "NaN"),
     (dict(x=np.zeros((2, 3, 4, 4))), "channels"),
     (dict(x=np.zeros((2, 1, 4, 4), np.uint8)), "floats"),
+    (dict(x=np.zeros((2, 1, 4, 4), np.float32)), "astype"),
     (dict(eps=0.0), "eps"),
     (dict(eps=1.5), "eps"),
     (dict(labels=np.array([0, 9])), "labels"),

@@ -19,6 +19,7 @@ import numpy as np
 
 from rcenp.autograd import Tensor, grad, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.nn.module import check_input_dtype
 from rcenp.ops.activation import log_softmax_array
 
 BOX = (-0.5, 0.5)
@@ -99,10 +100,8 @@ def distortions(clean, adversarial) -> dict:
 
 # ---- argument checks -------------------------------------------------------------------------
 def check_images(model, x) -> np.ndarray:
-    """``x`` as a float32 (N, C, H, W) array after checking shape, finiteness and the box.
-
-    Raises ValueError naming what is wrong (a float64 array is accepted only for a float64 model).
-    """
+    """``x`` as an (N, C, H, W) array after checking shape, dtype (the model's: no silent casts),
+    finiteness and the box. Raises ValueError naming what is wrong."""
     xp = get_array_module(x)
     x = xp.asarray(x.data if isinstance(x, Tensor) else x)
     if x.ndim != 4:
@@ -110,10 +109,7 @@ def check_images(model, x) -> np.ndarray:
     channels = getattr(model.network, "in_channels", None)
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}")
-    if x.dtype.kind != "f":
-        raise ValueError(f"images must be floats in [-0.5, 0.5], got dtype {x.dtype} (scale uint8 as x/255 - 0.5)")
-    dtype = model.network.parameters()[0].data.dtype
-    x = x.astype(dtype, copy=False)
+    check_input_dtype(x, model.network.parameters()[0].data)
     if x.size and not bool(xp.isfinite(x).all()):
         raise ValueError("images contain NaN or infinity")
     if x.size and (float(x.min()) < BOX[0] or float(x.max()) > BOX[1]):
