@@ -8,7 +8,8 @@ never touches a parameter's ``.grad``. ``rcenp.attacks.run`` drives an attack ov
 with checkpoints, shards and the files of ``rcenp attack``.
 """
 from rcenp.attacks.core import AttackResult, distortions
+from rcenp.attacks.cw import cw_l2
 from rcenp.attacks.jsma import jsma
 from rcenp.attacks.sign import bim, fgsm, ilcm
 
-__all__ = ["AttackResult", "distortions", "fgsm", "bim", "ilcm"]
+__all__ = ["AttackResult", "distortions", "fgsm", "bim", "ilcm", "cw_l2"]

@@ -1,0 +1,316 @@
+"""C&W-L2 (rcenp.attacks.cw): the reference algorithm on a linear model, the binary-search rule,
+κ-aware success, masked max for negative logits, per-sample abort and streaming, targets, errors."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rcenp import attacks
+from rcenp.attacks.cw import SENTINEL, binary_search_update
+from rcenp.models import resnet
+from rcenp.nn import Module
+from rcenp.nn.layers import Linear
+from rcenp.objectives import Classifier
+
+
+class LinearNet(Module):
+    """Logits s = W·vec(x) + b on (N, 1, 4, 4) images."""
+
+    def __init__(self, seed=0, num_classes=5, scale=1.0, shift=0.0):
+        super().__init__()
+        self.num_classes, self.in_channels = num_classes, 1
+        self.fc = Linear(16, num_classes, rng=np.random.default_rng(seed))
+        self.fc.weight.data[...] *= scale
+        self.fc.bias.data[...] = np.random.default_rng(seed + 1).normal(0, 0.3, num_classes) + shift
+
+    def forward(self, x):
+        return self.fc(x.reshape(x.shape[0], 16))
+
+
+def linear_model(objective="ce", seed=0, dtype=np.float64, **kwargs):
+    return Classifier(LinearNet(seed, **kwargs), objective).astype(dtype).eval()
+
+
+def box_images(seed, n, shape=(1, 4, 4), dtype=np.float64):
+    x = np.random.default_rng(seed).uniform(-0.5, 0.5, (n,) + shape)
+    x[:, :, 0, 0] = 0.5        # pixels on the box's faces
+    x[:, :, 0, 1] = -0.5
+    return x.astype(dtype)
+
+
+def reference_cw(model, x, cls, targeted, kappa, c0, steps, iterations, lr, abort_early=True):
+    """Carlini's l2_attack.py for ONE image of a linear model, written out loop by loop (float64,
+    closed-form gradient), with this project's documented choices: distance to the true x, per-sample
+    abort that still records the checked iterate, κ-aware success with ties failing."""
+    w, b = model.network.fc.weight.data, model.network.fc.bias.data
+    sign = -1.0 if model.objective == "rce" else 1.0
+    x = x.reshape(-1)
+    w0 = np.arctanh(2 * x * 0.999999)
+    c, lower, upper = c0, 0.0, 1e10
+    best_d2, best, cs, wins, counts = np.inf, None, [], [], []
+    for step in range(steps):
+        if steps >= 10 and step == steps - 1:
+            c = upper
+        delta, m, v, prev, won = np.zeros(16), np.zeros(16), np.zeros(16), np.inf, False
+        for it in range(iterations):
+            th = np.tanh(w0 + delta)
+            adv = th / 2
+            z = sign * (w @ adv + b)
+            others = np.where(np.arange(len(z)) == cls, -np.inf, z)
+            j = int(np.argmax(others))
+            gap = (z[j] - z[cls] if targeted else z[cls] - z[j]) + kappa
+            d2 = float(((adv - x) ** 2).sum())
+            loss = d2 + c * max(gap, 0.0)
+            if gap < 0:
+                won = True
+                if d2 < best_d2:
+                    best_d2, best = d2, adv.copy()
+            if abort_early and it % max(1, iterations // 10) == 0:
+                if loss > 0.9999 * prev:
+                    break
+                prev = loss
+            gz = np.zeros(len(z))
+            if gap > 0:
+                gz[j], gz[cls] = (c, -c) if targeted else (-c, c)
+            g = (sign * (w.T @ gz) + 2 * (adv - x)) * 0.5 * (1 - th * th)
+            m = 0.9 * m + 0.1 * g
+            v = 0.999 * v + 0.001 * g * g
+            delta = delta - lr * np.sqrt(1 - 0.999 ** (it + 1)) / (1 - 0.9 ** (it + 1)) * m / (np.sqrt(v) + 1e-8)
+        counts.append(it + 1)
+        cs.append(c)
+        wins.append(won)
+        c, lower, upper = (float(a[0]) for a in binary_search_update([c], [lower], [upper], [won]))
+    return best, cs, wins, counts
+
+
+# ---- the binary search -------------------------------------------------------------------------
+def test_binary_search_worked_example():
+    c, lo, up = np.array([1.0]), np.array([0.0]), np.array([SENTINEL])
+    trajectory = []
+    for won in (False, True, True, False, True):
+        c, lo, up = binary_search_update(c, lo, up, [won])
+        trajectory.append((c[0], lo[0], up[0]))
+    assert trajectory == [(10.0, 1.0, SENTINEL), (5.5, 1.0, 10.0), (3.25, 1.0, 5.5), (4.375, 3.25, 5.5),
+                          (3.8125, 3.25, 4.375)]
+
+
+@given(outcomes=st.lists(st.booleans(), min_size=1, max_size=30), c0=st.floats(1e-3, 1e3))
+def test_binary_search_invariants(outcomes, c0):
+    """lower ≤ c ≤ upper (once an upper bound is known), upper never grows, lower never shrinks, and
+    c moves strictly: down after a success, up after a failure. ART's aliasing bug, which freezes c
+    after the first success, breaks the strict moves."""
+    c, lo, up = np.array([c0]), np.array([0.0]), np.array([SENTINEL])
+    for won in outcomes:
+        c1, lo1, up1 = binary_search_update(c, lo, up, [won])
+        assert up1[0] <= up[0] and lo1[0] >= lo[0]
+        assert lo1[0] <= c1[0] and (c1[0] <= up1[0] or up1[0] == SENTINEL)
+        if won:
+            assert c1[0] < c[0] and up1[0] == c[0] and lo1[0] == lo[0]
+        else:
+            assert c1[0] > c[0] and lo1[0] == c[0] and up1[0] == up[0]
+        c, lo, up = c1, lo1, up1
+
+
+def test_binary_search_is_elementwise():
+    rng = np.random.default_rng(0)
+    c, lo, up = rng.uniform(1, 5, 6), rng.uniform(0, 1, 6), np.array([SENTINEL, 8, 9, SENTINEL, 7, 6.0])
+    won = np.array([True, False, True, False, True, False])
+    together = binary_search_update(c, lo, up, won)
+    for i in range(6):
+        alone = binary_search_update(c[i:i + 1], lo[i:i + 1], up[i:i + 1], won[i:i + 1])
+        for a, b in zip(together, alone):
+            assert a[i] == b[0]
+
+
+# ---- the algorithm -----------------------------------------------------------------------------
+@pytest.mark.parametrize("objective, targets, kappa, steps", [
+    ("ce", None, 0.0, 4), ("rce", None, 1.0, 4), ("ce", "untargeted", 0.5, 3), ("rce", None, 0.0, 10)])
+def test_matches_the_reference_algorithm_on_a_linear_model(objective, targets, kappa, steps):
+    model = linear_model(objective, seed=1)
+    x = box_images(1, 4)
+    result = attacks.cw_l2(model, x, targets=targets, kappa=kappa, binary_steps=steps, max_iterations=60,
+                           learning_rate=0.05, batch_size=3)
+    targeted = targets is None
+    for i in range(4):
+        cls = result.target[i] if targeted else result.label[i]
+        best, cs, wins, counts = reference_cw(model, x[i], cls, targeted, kappa, 1.0, steps, 60, 0.05)
+        d = result.details[i]
+        assert d["c"] == cs and d["step_success"] == wins and d["iterations"] == counts
+        assert result.iterations[i] == sum(counts)
+        assert result.success[i] == (best is not None)
+        expected = x[i] if best is None else best.reshape(x[i].shape)
+        np.testing.assert_allclose(result.adversarial[i], expected, rtol=0, atol=2.0 ** -25)
+    assert result.success.any()
+
+
+@pytest.mark.parametrize("objective, kappa", [("ce", 0.0), ("rce", 1.0), ("ce", 1.0)])
+def test_targeted_reaches_every_target_with_margin_kappa(objective, kappa):
+    model = linear_model(objective, seed=2, scale=4.0)
+    x = box_images(2, 12)
+    result = attacks.cw_l2(model, x, kappa=kappa, binary_steps=5, max_iterations=100, learning_rate=0.05,
+                           batch_size=5)
+    assert result.success.all()
+    assert (result.target != result.label).all()
+    z = result.adversarial.reshape(12, 16).astype(np.float64) @ model.network.fc.weight.data.T
+    z = (-1 if objective == "rce" else 1) * (z + model.network.fc.bias.data)
+    idx = np.arange(12)
+    others = z.copy()
+    others[idx, result.target] = -np.inf
+    margin = z[idx, result.target] - others.max(axis=1)
+    assert (margin > kappa).all()
+    np.testing.assert_allclose([d["final_margin"] for d in result.details], margin, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(result.prediction, result.target)
+    assert result.adversarial.min() >= -0.5 and result.adversarial.max() <= 0.5
+    best = np.array([d["best_l2"] for d in result.details])
+    np.testing.assert_allclose(result.l2, best, rtol=0, atol=4 * 2.0 ** -25)   # float32 rounding of the best
+    assert list(result.stop_reason) == ["success"] * 12
+
+
+def test_negative_logits_use_a_masked_max():
+    """Shifting every logit by -100 changes no decision: (1 - onehot)·z would make 'other' 0, above
+    every logit, and no target could ever be reached."""
+    x = box_images(3, 5)
+    plain = attacks.cw_l2(linear_model("ce", 3), x, binary_steps=3, max_iterations=40, learning_rate=0.05)
+    shifted = attacks.cw_l2(linear_model("ce", 3, shift=-100.0), x, binary_steps=3, max_iterations=40,
+                            learning_rate=0.05)
+    assert plain.success.all() and shifted.success.all()
+    np.testing.assert_array_equal(shifted.target, plain.target)
+    np.testing.assert_allclose(shifted.adversarial, plain.adversarial, atol=1e-6)
+    assert [d["c"] for d in shifted.details] == [d["c"] for d in plain.details]
+
+
+def test_a_tie_is_a_failure_and_a_failure_returns_the_clean_image():
+    model = linear_model("ce", 4, num_classes=2)
+    model.network.fc.weight.data[1] = model.network.fc.weight.data[0]
+    model.network.fc.bias.data[:] = 0.25               # z_0 == z_1 for every input: never past the margin
+    x = box_images(4, 3)
+    result = attacks.cw_l2(model, x, targets=np.ones(3, np.int64), labels=np.zeros(3, np.int64),
+                           binary_steps=3, max_iterations=10)
+    assert not result.success.any()
+    np.testing.assert_array_equal(result.adversarial, x.astype(np.float32))
+    assert [d["best_l2"] for d in result.details] == [None] * 3
+    assert [d["final_margin"] for d in result.details] == [0.0] * 3
+    assert [d["c"] for d in result.details] == [[1.0, 10.0, 100.0]] * 3
+    assert list(result.stop_reason) == ["no success"] * 3
+
+
+def test_abort_early_is_per_sample_and_can_be_switched_off():
+    model = linear_model("ce", 5, scale=4.0)
+    x = box_images(5, 6)
+    on = attacks.cw_l2(model, x, binary_steps=3, max_iterations=200, learning_rate=0.05)
+    off = attacks.cw_l2(model, x, binary_steps=3, max_iterations=200, learning_rate=0.05, abort_early=False)
+    assert all(d["iterations"] == [200] * 3 and d["step_stop"] == ["max iterations"] * 3 for d in off.details)
+    assert any("abort early" in d["step_stop"] for d in on.details)
+    for d in on.details:
+        for n, stop in zip(d["iterations"], d["step_stop"]):
+            assert stop == "max iterations" and n == 200 or stop == "abort early" and (n - 1) % 20 == 0
+    assert len({tuple(d["iterations"]) for d in on.details}) > 1      # samples stop on their own
+
+
+def assert_same_runs(a, b, rows=None):
+    """Same decisions and c trajectories, bit for bit; the same float32 images; float64 figures equal
+    up to the batch-size-dependent rounding of BLAS (e.g. a 1-row product takes another kernel)."""
+    rows = range(len(a)) if rows is None else rows
+    np.testing.assert_array_equal(a.adversarial, b.adversarial[rows])
+    for da, i in zip(a.details, rows):
+        db = b.details[i]
+        for key in ("c", "step_success", "iterations", "step_stop", "target"):
+            assert da[key] == db[key], (i, key)
+        for key in ("best_l2", "final_margin"):
+            assert (da[key] is None) == (db[key] is None)
+            if da[key] is not None:
+                np.testing.assert_allclose(da[key], db[key], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_streaming_does_not_change_any_sample_linear(batch_size):
+    model = linear_model("rce", 6, scale=3.0)
+    x = box_images(6, 8)
+    reference = attacks.cw_l2(model, x, binary_steps=4, max_iterations=50, learning_rate=0.05, batch_size=8)
+    result = attacks.cw_l2(model, x, binary_steps=4, max_iterations=50, learning_rate=0.05, batch_size=batch_size)
+    assert_same_runs(result, reference)
+    alone = attacks.cw_l2(model, x[5:6], targets=reference.target[5:6], binary_steps=4, max_iterations=50,
+                          learning_rate=0.05)
+    assert_same_runs(alone, reference, [5])
+    assert len({tuple(d["iterations"]) for d in reference.details}) > 1   # the slots really are refilled
+
+
+def test_streaming_does_not_change_any_sample_resnet():
+    """float64 ResNet: alone == batched == streamed through 2 slots."""
+    model = Classifier(resnet(8, 1, seed=3), "rce").astype(np.float64).eval()
+    x = box_images(7, 4, (1, 8, 8))
+    kwargs = dict(binary_steps=2, max_iterations=10, learning_rate=0.05)
+    together = attacks.cw_l2(model, x, batch_size=4, **kwargs)
+    streamed = attacks.cw_l2(model, x, batch_size=2, **kwargs)
+    assert_same_runs(streamed, together)
+    for i in (0, 3):
+        alone = attacks.cw_l2(model, x[i:i + 1], targets=together.target[i:i + 1], batch_size=1, **kwargs)
+        assert_same_runs(alone, together, [i])
+
+
+def test_float32_model_runs_in_float32():
+    model = linear_model("ce", 8, np.float32, scale=4.0)
+    x = box_images(8, 5, dtype=np.float32)
+    result = attacks.cw_l2(model, x, kappa=0.5, binary_steps=3, max_iterations=60, learning_rate=0.05)
+    assert result.adversarial.dtype == np.float32 and result.success.all()
+    assert all(d["final_margin"] > 0.5 - 1e-5 for d in result.details)
+
+
+# ---- targets, seeds, errors ----------------------------------------------------------------------
+def test_random_targets_differ_from_labels_and_follow_the_seed():
+    model = linear_model("ce", 9)
+    x = box_images(9, 40)
+    kwargs = dict(binary_steps=1, max_iterations=1)
+    first = attacks.cw_l2(model, x, seed=11, **kwargs)
+    again = attacks.cw_l2(model, x, seed=11, batch_size=7, **kwargs)
+    other = attacks.cw_l2(model, x, seed=12, **kwargs)
+    labels = np.arange(40) % 5
+    given = attacks.cw_l2(model, x, labels=labels, seed=11, **kwargs)
+    np.testing.assert_array_equal(first.target, again.target)
+    np.testing.assert_array_equal(first.adversarial, again.adversarial)
+    assert (first.target != first.clean_prediction).all() and (first.label == first.clean_prediction).all()
+    assert (given.target != labels).all() and (given.label == labels).all()
+    assert (first.target != other.target).any()
+    assert set(first.target) == set(range(5))
+    assert first.params["targets"] == "random (seed 11)" and first.params["labels"] == "clean prediction"
+
+
+def test_given_targets_and_untargeted():
+    model = linear_model("ce", 10, scale=4.0)
+    x = box_images(10, 4)
+    clean = model.predict(x)
+    targets = (clean + 2) % 5
+    result = attacks.cw_l2(model, x, targets=targets, binary_steps=3, max_iterations=60, learning_rate=0.05)
+    np.testing.assert_array_equal(result.target, targets)
+    np.testing.assert_array_equal(result.prediction[result.success], targets[result.success])
+    untargeted = attacks.cw_l2(model, x, targets="untargeted", binary_steps=3, max_iterations=60,
+                               learning_rate=0.05)
+    assert (untargeted.target == -1).all() and untargeted.success.all()
+    assert (untargeted.prediction != clean).all()
+    assert all(d["target"] is None and d["final_margin"] > 0 for d in untargeted.details)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(targets="nope"), "targets must be"),
+    (dict(targets=np.zeros(3, np.int64), labels=np.zeros(3, np.int64)), "targets equal the label"),
+    (dict(targets=np.full(3, 7)), "targets must lie in"),
+    (dict(labels=np.zeros(2, np.int64)), "labels must have shape"),
+    (dict(kappa=-1.0), "kappa"),
+    (dict(kappa=float("nan")), "kappa"),
+    (dict(initial_const=0.0), "initial_const"),
+    (dict(binary_steps=0), "binary_steps"),
+    (dict(max_iterations=2.5), "max_iterations"),
+    (dict(learning_rate=-0.1), "learning_rate"),
+    (dict(batch_size=0), "batch_size"),
+])
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        attacks.cw_l2(linear_model("ce", 0), box_images(0, 3), **kwargs)
+
+
+def test_bad_images_raise():
+    model = linear_model("ce", 0)
+    with pytest.raises(ValueError, match="box"):
+        attacks.cw_l2(model, box_images(0, 2) + 0.1)
+    with pytest.raises(ValueError, match="N = 0"):
+        attacks.cw_l2(model, np.zeros((0, 1, 4, 4)))
