@@ -5,12 +5,15 @@ Each model is tested on its own data set's test split (the manifest's ``config.d
 from the data root (``--data-dir``, else ``$RCENP_DATA``, else the per-user cache that
 ``rcenp data fetch`` fills). MNIST falls back to the embedded 1,000-image sample, so a fresh
 machine evaluates the MNIST models; a model whose data is nowhere is skipped, with the reason.
-People get tables; ``--json`` gives one JSON line per evaluated model (keys: ``RECORD_KEYS``).
+Then the paper's point in one attack (``attack_showcase``): BIM at eps = 0.1 on the first 200
+correctly classified test images of each MNIST model that has a detector: accuracy under attack
+without the detector, the share answered correctly or NOT SURE with it, and the K-density AUC.
+People get tables; ``--json`` gives one JSON line per evaluated model (keys: ``RECORD_KEYS``),
+then one per attacked model (``"kind": "attack"``, keys: ``ATTACK_KEYS``).
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import numpy as np
@@ -19,6 +22,9 @@ from rcenp.tables import format_table
 
 RECORD_KEYS = ("model", "objective", "test_error_percent", "errors", "n", "trained_steps",
                "detector", "clean_score_quartiles")  # the last two only for a model with a detector
+ATTACK_KEYS = ("kind", "model", "attack", "eps", "steps", "n", "accuracy_under_attack", "correct_or_not_sure",
+               "auc_log_kd", "n_pairs")
+SHOWCASE = {"attack": "bim", "eps": 0.1, "steps": 10, "n": 200}
 SCORES = (("confidence", "confidence", 4), ("non_me", "non-ME", 3), ("kd", "log KD", 3))  # key, label, decimals
 
 
@@ -28,23 +34,6 @@ def model_dataset(name) -> str | None:
 
     manifest = json.loads(resolve(name).with_suffix(".json").read_text())
     return manifest.get("config", {}).get("dataset")
-
-
-def find_test_set(dataset, data_dir=None):
-    """(test ``Dataset``, None) from the data root, or (None, why not).
-
-    For MNIST without one, the embedded sample; it says why when a root was named explicitly.
-    """
-    from rcenp.data import DataError, load, load_sample
-
-    try:
-        return load(dataset, "test", data_dir), None
-    except DataError as exc:
-        if dataset == "mnist":
-            named = data_dir or os.environ.get("RCENP_DATA")
-            return load_sample(), (f"no MNIST test set under the data root ({exc}); using the sample" if named else None)
-        return None, (f"no {dataset} test data (set RCENP_DATA or --data-dir, or run `rcenp data fetch {dataset}`): "
-                      f"{exc}")
 
 
 def evaluate_model(name, test, device=None) -> dict:
@@ -74,13 +63,15 @@ def evaluate_model(name, test, device=None) -> dict:
 def run_demo(names, data_dir=None, device=None, as_json=False, out=None, err=None) -> int:
     """Evaluate ``names`` (shipped models), printing tables to ``out``, or with ``as_json`` one JSON
     line per model as it finishes (test-set lines and skips then go to ``err``). Returns 0."""
+    from rcenp.data import find_test_split
+
     out, err = out or sys.stdout, err or sys.stderr
     notes = err if as_json else out
     test_sets, records, skipped = {}, [], []
     for name in names:
         dataset = model_dataset(name)
         if dataset not in test_sets:
-            test, why = find_test_set(dataset, data_dir) if dataset else (None, "its manifest names no data set")
+            test, why = find_test_split(dataset, data_dir) if dataset else (None, "its manifest names no data set")
             if test is not None:
                 print(f"test images: {test.describe()}" + (f" ({why})" if why else ""), file=notes, flush=True)
             test_sets[dataset] = test, why
@@ -95,14 +86,63 @@ def run_demo(names, data_dir=None, device=None, as_json=False, out=None, err=Non
         else:
             print(f"evaluating {name} on {len(test):,} images ...", file=err, flush=True)
             records.append(evaluate_model(name, test, device))
+    showcase = []
+    for record in records:
+        if "detector" in record and test_sets.get("mnist", (None,))[0] is not None and \
+                model_dataset(record["model"]) == "mnist":
+            if not as_json:
+                print(f"attacking {record['model']}: BIM, eps {SHOWCASE['eps']}, {SHOWCASE['n']} images ...",
+                      file=err, flush=True)
+            showcase.append(attack_showcase(record["model"], test_sets["mnist"][0], device))
+            if as_json:
+                print(json.dumps(showcase[-1]), file=out, flush=True)
     if not as_json:
         print("\n" + demo_table(records), file=out)
+        if showcase:
+            print(f"\nBIM (eps {SHOWCASE['eps']} = {255 * SHOWCASE['eps']:.1f}/255, {SHOWCASE['steps']} steps) on the "
+                  f"first {SHOWCASE['n']} correctly classified test images:\n" + attack_table(showcase), file=out)
         if any("clean_score_quartiles" in r for r in records):
             print("\nclean test images, median (q1 to q3) of each score (higher = more normal):\n"
                   + scores_table(records), file=out)
         if skipped:
             print("\n" + "\n".join(skipped), file=out)
     return 0
+
+
+def attack_showcase(name, test, device=None) -> dict:
+    """BIM (``SHOWCASE``) on the first n test images that ``name`` classifies correctly, scored by its
+    detector → an ``ATTACK_KEYS`` record (rates as fractions; AUC under the paper's pair rule)."""
+    from rcenp.attacks.run import attack_and_audit, attack_function, fitted_detector
+    from rcenp.attacks.summary import summarize
+    from rcenp.backend import as_numpy
+    from rcenp.models.registry import load as load_model
+
+    model, _ = load_model(name, device)
+    detector = fitted_detector(model, name)
+    n = SHOWCASE["n"]
+    head = min(len(test), 2 * n)
+    correct = np.flatnonzero(as_numpy(model.predict(test.images[:head])) == test.labels[:head])
+    while len(correct) < n and head < len(test):   # a weak model: look further
+        head = min(len(test), 2 * head)
+        correct = np.flatnonzero(as_numpy(model.predict(test.images[:head])) == test.labels[:head])
+    index = correct[:n]
+    _, records = attack_and_audit(attack_function(SHOWCASE["attack"]), model, detector, test.images[index],
+                                  test.labels[index], index, {"eps": SHOWCASE["eps"], "steps": SHOWCASE["steps"]},
+                                  batch_size=100)
+    summary = summarize(records, detector)
+    kd = summary["detection"]["log_kd"]
+    return {"kind": "attack", "model": name, "attack": SHOWCASE["attack"], "eps": SHOWCASE["eps"],
+            "steps": SHOWCASE["steps"], "n": len(index), "accuracy_under_attack": summary["accuracy_under_attack"],
+            "correct_or_not_sure": summary["detection"]["threshold"]["detection_aware_accuracy"],
+            "auc_log_kd": kd.get("auc"), "n_pairs": kd["n_pairs"]}
+
+
+def attack_table(records) -> str:
+    """Attacked models × (accuracy without the detector, correct or NOT SURE with it, KD AUC)."""
+    rows = [[r["model"], f"{100 * r['accuracy_under_attack']:.1f}%", f"{100 * r['correct_or_not_sure']:.1f}%",
+             "" if r["auc_log_kd"] is None else f"{r['auc_log_kd']:.3f} (n = {r['n_pairs']})"] for r in records]
+    return format_table(["model", "accuracy, no detector", "correct or NOT SURE", "K-density AUC"], rows,
+                        align="lrrr")
 
 
 def demo_table(records) -> str:

@@ -6,6 +6,7 @@ import pytest
 
 from rcenp import demo
 from rcenp.cli import main
+from rcenp.data import DataError, find_test_split
 from rcenp.models import registry
 from rcenp.tables import format_table
 from tests.test_train import write_mnist_root
@@ -57,8 +58,18 @@ def test_demo_on_the_sample_prints_todays_json_and_skips_what_has_no_data(no_dat
     skipped with its reason; the table built from the JSON records shows the same numbers."""
     assert main(["demo", "--json"]) == 0
     captured = capsys.readouterr()
-    records = [json.loads(line) for line in captured.out.splitlines()]
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    records = [r for r in lines if "kind" not in r]
+    attacked = [r for r in lines if r.get("kind") == "attack"]
     assert [r["model"] for r in records] == registry.shipped_models()[:len(records)]
+    assert [r["model"] for r in attacked] == [r["model"] for r in records if r["model"].startswith("mnist-")]
+    for r in attacked:    # BIM on 200 correctly classified images: the paper's point, with numbers
+        assert list(r) == list(demo.ATTACK_KEYS) and r["n"] == 200 and r["eps"] == 0.1
+        assert 0 <= r["accuracy_under_attack"] <= r["correct_or_not_sure"] <= 1
+        assert r["n_pairs"] == round(200 * (1 - r["accuracy_under_attack"])) and 0.5 < r["auc_log_kd"] <= 1
+    table = demo.attack_table(attacked)
+    for r, row in zip(attacked, table.splitlines()[2:]):
+        assert row.startswith(r["model"]) and f"{100 * r['correct_or_not_sure']:.1f}%" in row
     assert len(records) == len(registry.shipped_models()) - 1  # all but the fake CIFAR-10 model
     for r in records:
         assert list(r) == TODAYS_KEYS and r["n"] == 1000
@@ -77,18 +88,24 @@ def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, 
     canned = {r["model"]: r for r in RECORDS}
     monkeypatch.setattr(registry, "shipped_models", lambda: list(canned) + [FAKE_CIFAR])
     monkeypatch.setattr(demo, "evaluate_model", lambda name, test, device=None: canned[name])
+    attacked = {r["model"]: {"kind": "attack", "model": r["model"], "attack": "bim", "eps": 0.1, "steps": 10, "n": 200,
+                             "accuracy_under_attack": 0.12, "correct_or_not_sure": 0.79, "auc_log_kd": 0.949,
+                             "n_pairs": 176} for r in RECORDS}
+    monkeypatch.setattr(demo, "attack_showcase", lambda name, test, device=None: attacked[name])
     assert main(["demo", "--json"]) == 0
     as_json = capsys.readouterr()
-    assert [json.loads(line) for line in as_json.out.splitlines()] == RECORDS
+    assert [json.loads(line) for line in as_json.out.splitlines()] == RECORDS + list(attacked.values())
     assert main(["demo"]) == 0
     human = capsys.readouterr()
     assert demo.demo_table(RECORDS) in human.out and demo.scores_table(RECORDS) in human.out
+    assert demo.attack_table(list(attacked.values())) in human.out
+    assert "mnist-resnet32-ce                   12.0%                79.0%  0.949 (n = 176)" in human.out
     lines = human.out.splitlines()
     assert lines[0] == "test images: mnist/test: 1,000 images, SUBSET (embedded sample: first 1,000 MNIST test images)"
     rce = next(line for line in lines if line.startswith("mnist-resnet32-rce "))
     assert rce.split() == ["mnist-resnet32-rce", "rce", "0.33%", "33", "/", "10,000", "20,000", "kd", ">", "-2.868",
                            "5.7%"]
-    scores = [line for line in lines if line.startswith("mnist-resnet32-rce ")][1]
+    scores = [line for line in lines if line.startswith("mnist-resnet32-rce ")][-1]   # results, attack, scores
     assert "0.9920 (0.9879 to 0.9946)" in scores and "-0.906 (-1.261 to -0.736)" in scores
     skip = f"{FAKE_CIFAR}: skipped, no cifar10 test data"
     assert lines[-1].startswith(skip) and as_json.err.splitlines()[-1] == lines[-1]
@@ -97,10 +114,12 @@ def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, 
 
 def test_test_sets_come_from_the_data_root_with_the_mnist_sample_as_fallback(tmp_path, monkeypatch):
     monkeypatch.delenv("RCENP_DATA", raising=False)
-    test, why = demo.find_test_set("mnist", tmp_path)
+    test, why = find_test_split("mnist", tmp_path)
     assert len(test) == 1000 and "using the sample" in why and str(tmp_path / "mnist") in why
-    test, why = demo.find_test_set("cifar10", tmp_path)
+    test, why = find_test_split("cifar10", tmp_path)
     assert test is None and str(tmp_path / "cifar-10-batches-py") in why and "--data-dir" in why
+    with pytest.raises(DataError):    # a command pointed at a folder does not quietly use the sample
+        find_test_split("mnist", tmp_path, strict=True)
 
 
 def test_eval_prints_a_table_or_todays_json(tmp_path, capsys):

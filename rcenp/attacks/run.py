@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import sys
@@ -45,21 +44,6 @@ def attack_function(name: str):
     if fn is None:
         raise ValueError(f"unknown attack {name!r}: expected one of {', '.join(EPS_ATTACKS)}")
     return fn
-
-
-def test_images(dataset: str, data_dir=None):
-    """The test split of ``dataset``: from ``data_dir`` or ``$RCENP_DATA`` when given, else from the
-    per-user data folder, else (MNIST only) the embedded 1,000-image sample. Raises DataError."""
-    from rcenp.data import DataError, load, load_sample
-
-    if data_dir or os.environ.get("RCENP_DATA"):
-        return load(dataset, "test", data_dir)
-    try:
-        return load(dataset, "test")
-    except DataError:
-        if dataset == "mnist":
-            return load_sample()
-        raise
 
 
 def shard_indices(n: int, batch_size: int, shard=(1, 1)) -> np.ndarray:
@@ -91,12 +75,15 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     ``options`` are the attack's keyword arguments (``eps``, ``steps``, ...). Raises ValueError for
     bad settings, a run directory holding a different run, or ``n`` beyond the test split.
     """
+    from rcenp.data import DataError, find_test_split
     from rcenp.models.registry import load as load_model
 
     fn = attack_function(attack)
     model, manifest = load_model(model_ref, device)
     dataset = manifest["config"]["dataset"]
-    test = test_images(dataset, data_dir)
+    test, why = find_test_split(dataset, data_dir, strict=True)
+    if test is None:
+        raise DataError(why)
     if not 1 <= n <= len(test.labels):
         raise ValueError(f"--n {n}: the test images here ({test.describe()}) number {len(test.labels)}")
     batch_size = int(batch_size)
@@ -110,7 +97,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     _claim(out_dir, asked, resume)
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
         return json.loads((out_dir / "summary.json").read_text())
-    detector = _detector(model, model_ref)
+    detector = fitted_detector(model, model_ref)
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
@@ -123,9 +110,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             stem = partial / f"batch-{index[0] // batch_size:05d}"
             if not stem.with_suffix(".jsonl").is_file():
                 start = time.monotonic()
-                result = fn(model, test.images[index], batch_size=batch_size, **options)
-                records = [sample_record(i, int(test.labels[i]), r) for i, r in zip(index, result.records())]
-                _extras(model, detector, test.images[index], result, records, png_dir, index)
+                result, records = attack_and_audit(fn, model, detector, test.images[index], test.labels[index], index,
+                                                   options, batch_size, png_dir)
                 checkpoint.atomic_write_npz(stem.with_suffix(".npz"), adversarial=result.adversarial)
                 checkpoint.atomic_write_text(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
                 timed += time.monotonic() - start
@@ -145,6 +131,17 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         return summary
     finally:
         progress.close()
+
+
+def attack_and_audit(fn, model, detector, images, labels, index, options: dict, batch_size: int, png_dir=None):
+    """Attack ``images`` (N, C, H, W) with ``fn(model, images, batch_size=..., **options)`` and
+    audit each sample → (AttackResult, ``samples.jsonl`` records): the attack's per-sample entries,
+    the test ``index`` and true label, success after 8-bit (and 16-bit PNG) rounding, and with a
+    ``detector`` the clean and adversarial confidence, non-ME and log KD and whether it rejects."""
+    result = fn(model, images, batch_size=batch_size, **options)
+    records = [sample_record(i, int(y), r) for i, y, r in zip(index, labels, result.records())]
+    _extras(model, detector, images, result, records, png_dir, index)
+    return result, records
 
 
 def sample_record(index: int, true_label: int, record: dict) -> dict:
@@ -171,7 +168,8 @@ def _claim(out_dir: Path, asked: dict, resume: bool) -> None:
     checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
 
 
-def _detector(model, model_ref):
+def fitted_detector(model, model_ref):
+    """The model's saved detector (``rcenp detect --fit``), or None."""
     from rcenp.detect.cli import detector_stem
     from rcenp.detect.detector import Detector
     from rcenp.models.registry import resolve

@@ -12,7 +12,7 @@ file (any Pillow mode, 16-bit in full) and :func:`write_png16` writes one as a 1
 from __future__ import annotations
 
 from .augment import BatchStream, augment_cifar
-from .datasets import DATASETS, Dataset, data_root, load, load_sample
+from .datasets import DATASETS, Dataset, data_root, find_test_split, load, load_sample
 from .errors import DataError
 from .images import read_image, write_png16
 
@@ -23,6 +23,7 @@ __all__ = [
     "Dataset",
     "augment_cifar",
     "data_root",
+    "find_test_split",
     "load",
     "load_sample",
     "read_image",

@@ -125,6 +125,25 @@ def load_sample() -> Dataset:
     return Dataset(scale(images).reshape(-1, 1, 28, 28), labels, identity)
 
 
+def find_test_split(name: str, root: str | os.PathLike | None = None, strict: bool = False):
+    """(test ``Dataset``, note) for data set ``name``: from ``data_root(root)`` when it holds the
+    data; else, for MNIST, the embedded sample (the note says why when a root was named); else
+    (None, why not, with the ``rcenp data fetch`` hint).
+
+    ``strict``: a root named by ``root`` or ``$RCENP_DATA`` must hold the data (DataError
+    otherwise): a command asked for that folder must not quietly use the sample instead.
+    """
+    named = (root is not None and os.fspath(root) != "") or bool(os.environ.get("RCENP_DATA"))
+    try:
+        return load(name, "test", root), None
+    except DataError as exc:
+        if strict and named:
+            raise
+        if name == "mnist":
+            return load_sample(), (f"no MNIST test set under the data root ({exc}); using the sample" if named else None)
+        return None, (f"no {name} test data (set RCENP_DATA or --data-dir, or run `rcenp data fetch {name}`): {exc}")
+
+
 def _identity(name: str, split: str, n: int, *, full: bool, note: str, sha256: dict, source: Path) -> dict:
     return {
         "name": name,
