@@ -78,6 +78,18 @@ def test_presets_follow_the_protocol_and_scale_the_quick_schedule():
     assert preset_config("paper", "mnist", batch_size=32, weight_decay=None).batch_size == 32
 
 
+def test_subset_preset_is_the_paper_schedule_in_epochs():
+    subset = preset_config("subset", "cifar10", 5085, depth=32)
+    assert (subset.steps, subset.lr_boundaries, subset.batch_size) == (9153, (4068, 6102, 8136), 128)
+    assert subset.lr_values == (0.1, 0.01, 0.001, 0.0001) and subset.weight_decay == 2e-4
+    assert abs(subset.steps * subset.batch_size / 5085 - 90_000 * 128 / 50_000) < 0.1  # 230.4 epochs either way
+    full = preset_config("subset", "cifar10", 50_000)
+    assert (full.steps, full.lr_boundaries) == (90_000, (40_000, 60_000, 80_000))
+    assert preset_config("subset", "fashion-mnist", 60_000).steps == 20_000
+    with pytest.raises(ValueError, match="number of training images"):
+        preset_config("subset", "cifar10")
+
+
 def test_resume_is_bit_identical(tiny_root, tmp_path):
     config = tiny_config()
     train(config, tmp_path / "straight", data_root=tiny_root)
