@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sample", action="store_true", help="use the embedded 1,000-image MNIST sample")
     e.add_argument("--device", choices=["cpu", "cuda"])
 
+    ls = sub.add_parser("models", help="list the shipped models: data set, depth, objective, test error, detector")
+    ls.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
+
     d = sub.add_parser("data", help="data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     f = dsub.add_parser("fetch", help="download a data set from its public mirrors, with checksums")
@@ -114,6 +117,14 @@ def cmd_eval(args) -> int:
     result = evaluate(model, test.images, test.labels)
     result.update(model=str(args.model), test_set=test.describe())
     print(json.dumps(result))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from rcenp.models.registry import model_info, models_table, shipped_models
+
+    infos = [model_info(name) for name in shipped_models()]
+    print("\n".join(json.dumps(i) for i in infos) if args.json else models_table(infos) if infos else "no shipped models")
     return 0
 
 
@@ -174,7 +185,8 @@ def cmd_detect(args) -> int:
     return run(args)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "detect": cmd_detect}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "detect": cmd_detect,
+            "models": cmd_models}
 
 
 def main(argv=None) -> int:

@@ -217,38 +217,6 @@ def test_ship_and_load_by_name(tiny_root, tmp_path, monkeypatch):
         ship_model.ship(tmp_path / "nowhere", "x")
 
 
-@pytest.mark.parametrize("name", ["mnist-resnet32-ce", "mnist-resnet32-rce"])
-def test_shipped_models_err_at_most_one_percent_on_the_sample(name):
-    from rcenp.data import load_sample
-    from rcenp.models import load
-    from rcenp.models.registry import shipped_models
-    from rcenp.train import evaluate
-
-    assert name in shipped_models() and not any(n.endswith("-detector") for n in shipped_models())
-    model, manifest = load(name, "cpu")
-    sample = load_sample()
-    result = evaluate(model, sample.images, sample.labels)
-    assert result["n_test"] == 1000 and result["test_error"] <= 0.01
-    assert manifest["config"]["steps"] == 20_000 and manifest["config"]["preset"] == "paper"
-    assert manifest["command"].startswith("rcenp train --dataset mnist") and manifest["trained_with"]["commit"]
-
-
-@pytest.mark.parametrize("name", ["mnist-resnet32-ce", "mnist-resnet32-rce"])
-def test_shipped_detectors_load_and_keep_most_clean_sample_images(name):
-    from rcenp.data import load_sample
-    from rcenp.detect.cli import detector_stem
-    from rcenp.detect.detector import NOT_SURE, Detector
-    from rcenp.models import load
-    from rcenp.models.registry import resolve
-
-    model, _ = load(name, "cpu")
-    det = Detector.load(detector_stem(resolve(name)), model)
-    assert det.metric == "kd" and det.kernel_points.shape == (10, 1000, 64)
-    labels, _ = det.predict(load_sample().images)
-    # T rejects 5% of held-out clean test images; on 1,000 of them that is 50 +- 7 (binomial sd)
-    assert 0.02 <= np.mean(labels == NOT_SURE) <= 0.09
-
-
 def test_checkpoints_keep_the_commit_read_at_start(monkeypatch):
     # a long run's later checkpoints must not pick up commits made to the checkout meanwhile
     first = checkpoint.environment()
