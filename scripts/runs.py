@@ -6,6 +6,7 @@
     python3 scripts/runs.py save [RUN...]       # progress into rcenp/models/pretrained/in-progress/RUN/
     python3 scripts/runs.py status [RUN...]     # step, running or not, last progress line
     python3 scripts/runs.py finish RUN...       # ship, fit the detector, write runs/detection-NAME.json
+    python3 scripts/runs.py report RUN...       # command, wall time, final loss, test error, detector figures (JSON)
 
 A run takes hours on a CPU and a session lasts three, so each one checkpoints every 250 steps
 into runs/RUN/ and continues bit for bit from there (``rcenp train --resume``). ``save`` copies the
@@ -32,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,6 +217,48 @@ def finish(run: Run) -> None:
         print(f"{run.name}: shipped; removed its saved progress ({(SAVED / run.name).relative_to(ROOT)})")
 
 
+def log_summary(log: Path, steps: int) -> dict:
+    """Wall time and final training loss/accuracy from a train.log spanning several sessions.
+
+    Wall time adds up each session's span, from its "training ... from step S" line to its last
+    line. Loss and accuracy are per-batch figures on the progress lines, averaged over the last 5%
+    of the run's steps (a single batch's figure is noisy).
+    """
+    spans, start, last, tail = [], None, None, []
+    for line in log.read_text().splitlines():
+        stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+        words = line[20:].split()
+        if words[:1] == ["training"]:
+            if start is not None:
+                spans.append(last - start)
+            start = stamp
+        elif words[:1] == ["step"] and int(words[1].split("/")[0]) > steps * 0.95:
+            tail.append((float(words[3]), float(words[6])))
+        last = stamp
+    if start is not None:
+        spans.append(last - start)
+    return {"wall_hours": round(sum(spans) / 3600, 2), "sessions": len(spans), "progress_lines_averaged": len(tail),
+            "final_train_loss": sum(t[0] for t in tail) / len(tail) if tail else None,
+            "final_train_acc": sum(t[1] for t in tail) / len(tail) if tail else None}
+
+
+def report(run: Run) -> None:
+    out = ROOT / "runs" / run.name
+    config = json.loads((out / "config.json").read_text())
+    entry = {"run": run.name, "shipped_as": run.ship_as, "command": config["command"], "code": run.commit,
+             **log_summary(out / "train.log", config["config"]["steps"])}
+    if (out / "metrics.json").is_file():
+        metrics = json.loads((out / "metrics.json").read_text())
+        entry.update(test_error=metrics["test_error"], n_test=metrics["n_test"])
+    detection = ROOT / "runs" / f"detection-{run.ship_as}.json"
+    if detection.is_file():
+        d = json.loads(detection.read_text())
+        entry.update(detector_threshold=d["detector"]["threshold"],
+                     held_out_false_positive_rate=d["detector"]["held_out_false_positive_rate"],
+                     clean_quartiles=d["clean_quartiles"])
+    print(json.dumps(entry))
+
+
 def table() -> None:
     print(f"{'run':20} {'data set':14} {'depth':>5} {'objective':9} {'preset':7} {'code':8} shipped as")
     for run in RUNS:
@@ -223,7 +267,7 @@ def table() -> None:
 
 
 def main(argv: list[str]) -> int:
-    verbs = {"start": start, "save": save, "status": status, "finish": finish}
+    verbs = {"start": start, "save": save, "status": status, "finish": finish, "report": report}
     if not argv or argv[0] not in (*verbs, "list"):
         print(__doc__.split("\n\n")[1])
         return 2
@@ -234,8 +278,8 @@ def main(argv: list[str]) -> int:
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         sys.exit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
-    if not names and verb == "finish":
-        sys.exit("finish needs the run names")
+    if not names and verb in ("finish", "report"):
+        sys.exit(f"{verb} needs the run names")
     runs = [BY_NAME[n] for n in names] if names else [r for r in RUNS if verb == "status" or in_progress(r)]
     for run in runs:
         verbs[verb](run)
