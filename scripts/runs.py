@@ -180,6 +180,7 @@ def start(run: Run) -> None:
 def save(run: Run) -> None:
     out = ROOT / "runs" / run.name
     if step_of(out) is None:
+        print(f"{run.name}: no checkpoint in runs/{run.name} yet, nothing saved")
         return
     step = copy_checkpoint(out, SAVED / run.name)
     (SAVED / run.name / "CODE_COMMIT").write_text(run.commit + "\n")
