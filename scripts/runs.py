@@ -246,7 +246,9 @@ def log_summary(log: Path, steps: int) -> dict:
 def report(run: Run) -> None:
     out = ROOT / "runs" / run.name
     config = json.loads((out / "config.json").read_text())
-    entry = {"run": run.name, "shipped_as": run.ship_as, "command": config["command"], "code": run.commit,
+    trained_with = json.loads((out / "checkpoint.json").read_text()).get("environment", {})
+    entry = {"run": run.name, "shipped_as": run.ship_as, "command": config["command"],
+             "code": trained_with.get("commit"), "code_dirty": trained_with.get("dirty"),
              **log_summary(out / "train.log", config["config"]["steps"])}
     if (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
