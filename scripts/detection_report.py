@@ -1,10 +1,11 @@
 """Detection figures for a trained model: metric distributions, noise AUCs, calibrated detector.
 
-    python scripts/detection_report.py MODEL [--data-dir DIR] [--json OUT]
+    python scripts/detection_report.py MODEL [--per-class N] [--data-dir DIR] [--json OUT]
 
 MODEL is a run directory or a shipped model name. The script fits the K-density detector as
-``rcenp detect MODEL --fit`` does: kernel points 1,000 per class by true label (seeded) from all
-training images, T calibrated to 5% FPR on a seeded random half of the test split. Then it reports:
+``rcenp detect MODEL --fit --per-class N`` does: kernel points N per class (default 1,000) by true
+label (seeded) from all training images, T calibrated to 5% FPR on a seeded random half of the
+test split. Then it reports:
 - median and quartiles of confidence, non-ME and log KD on the clean test images;
 - AUCs of clean test images against the protocol's 'random' perturbation, x + U(-ε, ε) clipped to
   [-0.5, 0.5], at ε = 0.1 and 0.2. Normal is the positive class and ties count half. Each AUC is
@@ -12,9 +13,10 @@ training images, T calibrated to 5% FPR on a seeded random half of the test spli
   with n and a 95% paired bootstrap interval;
 - the calibrated T and the false-positive rate it gives on the other half of the test split
   (clean images used neither for training nor for T);
-- for comparison, the same with T calibrated on training images 50,000-59,999 (kernel points from
-  the first 50,000): the model fits images it trained on better than unseen ones, so that T
-  rejects more than 5% of clean test images.
+- for comparison, the same with T calibrated on the last sixth of the training images (MNIST:
+  50,000-59,999; kernel points from the rest, at most as many per class as the smallest class
+  there has): the model fits images it trained on better than unseen ones, so that T rejects
+  more than 5% of clean test images.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def auc_entry(normal, perturbed, mask):
     return entry
 
 
-def report(model_name, data_dir=None, seed=0):
+def report(model_name, data_dir=None, seed=0, per_class=1000):
     from rcenp.data import load
     from rcenp.detect import paper_sample_rule, rejection_rate
     from rcenp.detect.cli import fit_detector
@@ -56,8 +58,9 @@ def report(model_name, data_dir=None, seed=0):
     model, manifest = load_model(model_name)
     dataset = manifest["config"]["dataset"]
     test = load(dataset, "test", data_dir)
+    train_labels = load(dataset, "train", data_dir).labels
     start = time.perf_counter()
-    det, held_out = fit_detector(model, dataset, data_dir, "kd", 0.05, 1000, "test", seed=seed)
+    det, held_out = fit_detector(model, dataset, data_dir, "kd", 0.05, per_class, "test", seed=seed)
     clean = det.scores(test.images)
     out = {"model": model_name, "objective": model.objective, "trained_steps": manifest["step"],
            "test_set": test.describe(), "sigma2": det.sigma2, "kernel_points_per_class": int(det.kernel_points.shape[1]),
@@ -70,10 +73,13 @@ def report(model_name, data_dir=None, seed=0):
                         "held_out_false_positive_rate": float(rejection_rate(clean["kd"][held_out], det.threshold))},
            "noise": {}}
     # the alternative: T from training images (which the model fits better than unseen ones)
-    biased, _ = fit_detector(model, dataset, data_dir, "kd", 0.05, 1000, "train", seed=seed)
+    kernel_from = len(train_labels) * 5 // 6
+    biased_per_class = min(per_class, int(np.bincount(train_labels[:kernel_from], minlength=10).min()))
+    biased, _ = fit_detector(model, dataset, data_dir, "kd", 0.05, biased_per_class, "train", kernel_from, seed=seed)
     biased_kd = biased.scores(test.images)["kd"]
     out["detector_calibrated_on_training_images"] = {
         "threshold": biased.threshold, "kernel_points_from": biased.info["kernel_from"],
+        "kernel_points_per_class": int(biased.kernel_points.shape[1]),
         "calibrated_on": biased.info["calibration"],
         "calibration_rejection_rate": biased.info["calibration_rejection_rate"],
         "test_false_positive_rate": float(rejection_rate(biased_kd, biased.threshold)),
@@ -95,9 +101,10 @@ def main(argv=None):
     parser.add_argument("model")
     parser.add_argument("--data-dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-class", type=int, default=1000, help="kernel points per class (as rcenp detect)")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
-    result = report(args.model, args.data_dir, args.seed)
+    result = report(args.model, args.data_dir, args.seed, args.per_class)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -23,6 +23,61 @@ def shipped_models() -> list[str]:
     return names
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def model_info(name: str) -> dict:
+    """What a shipped model's manifest says, without loading its weights.
+
+    Keys: ``name``, ``dataset``, ``train_images`` and ``test_images`` (the sizes of the splits it
+    was trained and tested on; fewer than the published ones for a subset), ``subset`` (bool),
+    ``depth``, ``objective``, ``preset``, ``steps``, ``test_error`` (a fraction, on
+    ``test_images``), ``detector`` (a fitted detector beside it), ``detector_metric`` and
+    ``detector_threshold`` (None without one), ``bytes`` (weights, manifest and detector files).
+    Raises CheckpointError if ``name`` is not a shipped classifier.
+    """
+    stem = PRETRAINED_DIR / name
+    manifest = _read_json(stem.with_suffix(".json"))
+    if not manifest or manifest.get("kind") != "rcenp-classifier":
+        raise CheckpointError(f"{name}: not a shipped model (shipped: {', '.join(shipped_models()) or 'none yet'})")
+    config, data = manifest["config"], manifest.get("data", {})
+    detector_stem = PRETRAINED_DIR / f"{name}-detector"
+    detector = _read_json(detector_stem.with_suffix(".json"))
+    files = [stem.with_suffix(".json"), stem.with_suffix(".npz"),
+             detector_stem.with_suffix(".json"), detector_stem.with_suffix(".npz")]
+    train, test = data.get("train", {}), data.get("test", {})
+    return {
+        "name": name, "dataset": config["dataset"],
+        "train_images": data.get("train_used", train.get("n")), "test_images": manifest.get("n_test", test.get("n")),
+        "subset": bool(train.get("subset") or test.get("subset")),
+        "depth": config["depth"], "objective": config["objective"], "preset": config.get("preset"),
+        "steps": manifest.get("step"), "test_error": manifest.get("test_error"),
+        "detector": detector is not None,
+        "detector_metric": detector.get("metric") if detector else None,
+        "detector_threshold": detector.get("threshold") if detector else None,
+        "bytes": sum(f.stat().st_size for f in files if f.is_file()),
+    }
+
+
+def models_table(infos: list[dict]) -> str:
+    """A plain aligned text table of :func:`model_info` records, one line per model."""
+    headers = ("name", "data set", "train/test images", "depth", "objective", "test error", "detector", "size")
+    rows = [(i["name"], i["dataset"] + (" (subset)" if i["subset"] else ""),
+             f"{i['train_images']:,}/{i['test_images']:,}", str(i["depth"]), i["objective"].upper(),
+             "-" if i["test_error"] is None else f"{i['test_error'] * 100:.2f}%",
+             f"{i['detector_metric']}, T = {i['detector_threshold']:.3f}" if i["detector"] else "not fitted",
+             f"{i['bytes'] / 1e6:.1f} MB") for i in infos]
+    widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers))]
+    right = {2, 3, 5, 7}  # numeric columns
+    return "\n".join("  ".join(cell.rjust(w) if c in right else cell.ljust(w)
+                               for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
+                     for row in [headers, *rows])
+
+
 def resolve(name_or_path) -> Path:
     """The checkpoint stem for a shipped name, a run directory, or a checkpoint path."""
     candidate = Path(name_or_path)
