@@ -56,7 +56,8 @@ from rcenp.attacks.core import (
     distortions,
 )
 from rcenp.autograd import Tensor, grad
-from rcenp.backend import as_numpy, make_rng, to_device
+from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
+from rcenp.detect.kde import log_kernel_density
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 SENTINEL, FOUND = 1e10, 1e9          # c's initial upper bound; an upper bound below FOUND is real
@@ -91,7 +92,8 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
     logits; the defaults are the paper's (c₀ = 1.0 as in the authors' ``test_adv.py``, 9 binary
     steps, 10,000 iterations, Adam lr 0.01). ``batch_size`` is the number of streaming slots.
 
-    Returns an ``AttackResult``: success is κ-aware (the recorded decision); distortions are to x.
+    Returns an ``AttackResult``: success is κ-aware (the recorded decision); distortions are to x;
+    label holds the labels used (given, else the clean prediction).
     ``details`` per sample: "c" (c of each binary step), "step_success", "iterations" and
     "step_stop" ("abort early" / "max iterations") per step, "best_l2" (box units, None without a
     success), "final_margin" (z_t − max_{i≠t} z_i of the returned image; untargeted
@@ -111,6 +113,7 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
 
 # ---- arguments ------------------------------------------------------------------------------------
 def check_settings(kappa, initial_const, binary_steps, max_iterations, learning_rate, batch_size) -> dict:
+    """The checked optimiser settings as a dict (ValueError naming the first bad one)."""
     kappa = float(kappa)
     if not np.isfinite(kappa) or kappa < 0:
         raise ValueError(f"kappa must be finite and >= 0, got {kappa}")
@@ -156,6 +159,58 @@ class Density:
         self.kernel_points, self.sigma2, self.eta = kernel_points, float(sigma2), eta
 
 
+class Evaluation:
+    """The C&W loss of S iterates x* (S, C, H, W) in ONE forward pass; the gradient on demand.
+
+    loss = d2 + c·hinge (+ c·max(f2_raw, 0)), with d2 = ‖x* − anchor‖², hinge = max(gap, 0),
+    gap = max_{i≠t} z_i − z_t + κ (targeted; untargeted z_y − max_{i≠y} z_i + κ), f2_raw =
+    −log KD(Z(x*); class t) − η_t. ``cls``, ``c``, ``eta`` are (S,) device arrays.
+    """
+
+    def __init__(self, model, adv, anchor, cls, c, kappa, targeted, density=None, eta=None):
+        xp = get_array_module(adv)
+        self.targeted, self.c = targeted, c
+        self.images = Tensor(adv, requires_grad=True)
+        if density is None:
+            self.logits, self.log_kd = model(self.images), None
+        else:
+            features = model.features(self.images)
+            self.logits = model.prediction_logits(model.network.fc(features))
+            self.log_kd = log_kernel_density(features, density.kernel_points, cls, density.sigma2)
+        z = self.logits.data
+        self.is_cls = xp.arange(z.shape[1])[None, :] == cls[:, None]
+        masked = xp.where(self.is_cls, -xp.inf, z)      # the max over i ≠ t, right for negative logits
+        self.best_other = masked.argmax(axis=1)
+        other = xp.take_along_axis(masked, self.best_other[:, None], axis=1)[:, 0]
+        z_cls = xp.take_along_axis(z, cls[:, None], axis=1)[:, 0]
+        self.gap = (other - z_cls if targeted else z_cls - other) + kappa
+        self.diff = adv - anchor
+        self.d2 = (self.diff * self.diff).reshape(len(adv), -1).sum(axis=1)
+        self.loss = self.d2 + c * xp.maximum(self.gap, 0)
+        self.f2_raw = None
+        if density is not None:
+            self.f2_raw = -self.log_kd.data - eta
+            self.loss += c * xp.maximum(self.f2_raw, 0)
+
+    def network_gradient(self, rows=None):
+        """∂(c·hinge + c·f₂)/∂x* (S, C, H, W) for the rows where ``rows`` (device bool, default all)
+        is True, zero elsewhere; None when that is zero everywhere. The hinges' gradient is 0 at
+        their kink (TensorFlow's ``maximum(0, ·)``). One backward pass."""
+        xp = get_array_module(self.gap)
+        weight = self.c * (self.gap > 0)
+        weight_kd = None if self.f2_raw is None else -self.c * (self.f2_raw > 0)
+        if rows is not None:
+            weight = xp.where(rows, weight, 0)
+            weight_kd = None if weight_kd is None else xp.where(rows, weight_kd, 0)
+        if not bool((weight != 0).any() or (weight_kd is not None and (weight_kd != 0).any())):
+            return None
+        pick = (xp.arange(self.is_cls.shape[1])[None, :] == self.best_other[:, None]).astype(weight.dtype)
+        g_logits = (weight if self.targeted else -weight)[:, None] * (pick - self.is_cls)
+        if weight_kd is None:
+            return grad(self.logits, self.images, grad_output=g_logits)
+        return grad((self.logits * g_logits).sum() + (self.log_kd * weight_kd).sum(), self.images)
+
+
 class _Slots:
     """The state of the S images being attacked, one row each (host: sample, step, it)."""
 
@@ -180,20 +235,20 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
     image of the distance term; classes (N,): targets (targeted) or labels. With ``density`` a
     success must also have f₂ ≤ 0, and the smallest-f₂ iterate past the κ margin is kept as a
     fallback. Returns host arrays: adversarial (the best success, else the fallback, else start),
-    success, fallback (bool), best_l2 (NaN without success), zero_grad_fraction, and per-sample
-    lists c, step_success, iterations, step_stop.
+    success, fallback (bool), best_l2 (NaN without success), zero_grad_fraction (of the network
+    gradient at each sample's first iterate), and per-sample lists c, step_success, iterations,
+    step_stop.
     """
     model.eval()
     device = model.device
-    xp = _array_module(model)
+    xp = get_array_module(model.network.parameters()[0].data)
     n = len(start)
     dtype = model.network.parameters()[0].data.dtype
     start_host, anchor_host = as_numpy(start).astype(dtype), as_numpy(anchor).astype(dtype)
     classes = np.asarray(classes, dtype=np.int64)
-    lr_table = learning_rate * np.sqrt(1 - BETA2 ** np.arange(1, max_iterations + 1)) / (
-        1 - BETA1 ** np.arange(1, max_iterations + 1))
+    t = np.arange(1, max_iterations + 1)
+    lr_table = learning_rate * np.sqrt(1 - BETA2 ** t) / (1 - BETA1 ** t)
     interval = max(1, max_iterations // 10)
-    repeat = binary_steps >= 10
 
     const, lower, upper = np.full(n, initial_const), np.zeros(n), np.full(n, SENTINEL)
     out = {"adversarial": start_host.copy(), "success": np.zeros(n, bool), "fallback": np.zeros(n, bool),
@@ -224,17 +279,17 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
             s.best_f2[rows_d] = np.inf
         begin_step(s, rows)
 
-    # allocate the slots and fill them with the first images of the queue
+    # the slots, filled with the first images of the queue
     size = min(batch_size, n)
     shape = (size,) + start_host.shape[1:]
+    expand = (slice(None),) + (None,) * (len(shape) - 1)
     s = _Slots()
     s.sample, s.step, s.it = (np.zeros(size, np.int64) for _ in range(3))
-    s.cls = xp.zeros(size, np.int64)
+    s.cls, s.step_success = xp.zeros(size, np.int64), xp.zeros(size, bool)
     for name in ("anchor", "w0", "delta", "m", "v", "best_adv"):
         setattr(s, name, xp.zeros(shape, dtype))
     for name in ("c", "prev", "best_d2"):
         setattr(s, name, xp.zeros(size, dtype))
-    s.step_success = xp.zeros(size, bool)
     s.eta = s.best_f2 = s.fallback_adv = None
     if density is not None:
         s.eta, s.best_f2, s.fallback_adv = xp.zeros(size, dtype), xp.zeros(size, dtype), xp.zeros(shape, dtype)
@@ -243,32 +298,17 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
 
     while len(s.sample):
         rows = len(s.sample)
-        expand = (slice(None),) + (None,) * (len(shape) - 1)
         th = xp.tanh(s.w0 + s.delta)
         adv = th * 0.5
-        images = Tensor(adv, requires_grad=True)
-        logits, log_kd = _forward(model, images, s.cls, density)
-        z = logits.data
-        is_cls = xp.arange(z.shape[1])[None, :] == s.cls[:, None]
-        masked = xp.where(is_cls, -xp.inf, z)
-        best_other = masked.argmax(axis=1)
-        other = xp.take_along_axis(masked, best_other[:, None], axis=1)[:, 0]
-        z_cls = xp.take_along_axis(z, s.cls[:, None], axis=1)[:, 0]
-        gap = (other - z_cls if targeted else z_cls - other) + kappa      # success ⇔ gap < 0
-        hinge = xp.maximum(gap, 0)
-        diff = adv - s.anchor
-        d2 = (diff * diff).reshape(rows, -1).sum(axis=1)
-        loss = d2 + s.c * hinge
-        success = gap < 0
-        if density is not None:
-            f2_raw = -log_kd.data - s.eta
-            loss += s.c * xp.maximum(f2_raw, 0)
-            kept = success & (f2_raw < s.best_f2)
-            s.best_f2 = xp.where(kept, f2_raw, s.best_f2)
+        ev = Evaluation(model, adv, s.anchor, s.cls, s.c, kappa, targeted, density, s.eta)
+        success = ev.gap < 0                                # a tie is a failure
+        if density is not None:                             # the fallback: past the margin, smallest f₂
+            kept = success & (ev.f2_raw < s.best_f2)
+            s.best_f2 = xp.where(kept, ev.f2_raw, s.best_f2)
             xp.copyto(s.fallback_adv, adv, where=kept[expand])
-            success &= f2_raw <= 0
-        better = success & (d2 < s.best_d2)
-        s.best_d2 = xp.where(better, d2, s.best_d2)
+            success &= ev.f2_raw <= 0
+        better = success & (ev.d2 < s.best_d2)
+        s.best_d2 = xp.where(better, ev.d2, s.best_d2)
         xp.copyto(s.best_adv, adv, where=better[expand])
         s.step_success |= success
 
@@ -277,34 +317,20 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         check = (s.it % interval == 0) if abort_early else np.zeros(rows, bool)
         if check.any():
             check_d = dev(check)
-            aborted = as_numpy(check_d & (loss > 0.9999 * s.prev))
-            s.prev = xp.where(check_d, loss, s.prev)
+            aborted = as_numpy(check_d & (ev.loss > 0.9999 * s.prev))
+            s.prev = xp.where(check_d, ev.loss, s.prev)
         ended = aborted | (s.it + 1 >= max_iterations)
         fresh = (s.step == 0) & (s.it == 0)
 
-        # gradient of the loss in w, then Adam (rows that end their step are reset below)
-        weight = s.c * (gap > 0)
+        # the gradient in w, then Adam (rows that end their step are reset below, so they skip the
+        # backward unless it is their first iterate, whose gradient gives zero_grad_fraction)
         idle = ended & ~fresh
-        if idle.any():
-            weight = xp.where(dev(idle), 0, weight)
-        g_model = None
-        if density is None:
-            if bool((weight != 0).any()):
-                pick = (xp.arange(z.shape[1])[None, :] == best_other[:, None]).astype(dtype) - is_cls
-                g_model = grad(logits, images, grad_output=(weight if targeted else -weight)[:, None] * pick)
-        else:
-            weight_kd = -s.c * (f2_raw > 0)
-            if idle.any():
-                weight_kd = xp.where(dev(idle), 0, weight_kd)
-            if bool((weight != 0).any() or (weight_kd != 0).any()):
-                pick = (xp.arange(z.shape[1])[None, :] == best_other[:, None]).astype(dtype) - is_cls
-                g_z = (weight if targeted else -weight)[:, None] * pick
-                g_model = grad((logits * g_z).sum() + (log_kd * weight_kd).sum(), images)
+        g_net = ev.network_gradient(dev(~idle) if idle.any() else None)
         if fresh.any():
-            zeros = 1.0 if g_model is None else as_numpy(
-                (g_model[dev(fresh)] == 0).reshape(int(fresh.sum()), -1).mean(axis=1))
+            zeros = 1.0 if g_net is None else as_numpy(
+                (g_net[dev(fresh)] == 0).reshape(int(fresh.sum()), -1).mean(axis=1))
             out["zero_grad_fraction"][s.sample[fresh]] = zeros
-        g = 2 * diff if g_model is None else g_model + 2 * diff
+        g = 2 * ev.diff if g_net is None else g_net + 2 * ev.diff
         g *= 0.5 * (1 - th * th)                                    # d x*/d w
         s.m *= BETA1
         s.m += (1 - BETA1) * g
@@ -330,15 +356,15 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         s.step[done_rows] += 1
         going_on = done_rows[s.step[done_rows] < binary_steps]
         if len(going_on):
-            if repeat:
-                last = going_on[s.step[going_on] == binary_steps - 1]
-                const[s.sample[last]] = upper[s.sample[last]]
+            if binary_steps >= 10:                          # the reference's `repeat`
+                last = s.sample[going_on[s.step[going_on] == binary_steps - 1]]
+                const[last] = upper[last]
             begin_step(s, going_on)
         finished = done_rows[s.step[done_rows] >= binary_steps]
         if not len(finished):
             continue
         _store(out, s, finished, density, dev)
-        refill = finished[:max(0, min(len(finished), n - queued))]
+        refill = finished[:min(len(finished), n - queued)]
         if len(refill):
             load(s, refill, np.arange(queued, queued + len(refill)))
             queued += len(refill)
@@ -348,17 +374,6 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
             keep[dropped] = False
             s.keep(keep, dev(keep))
     return out
-
-
-def _forward(model, images, cls, density):
-    """(prediction logits Tensor (S, L), log KD Tensor (S,) or None) in one forward pass."""
-    if density is None:
-        return model(images), None
-    from rcenp.detect.kde import log_kernel_density
-
-    features = model.features(images)
-    logits = model.prediction_logits(model.network.fc(features))
-    return logits, log_kernel_density(features, density.kernel_points, cls, density.sigma2)
 
 
 def _store(out, s: _Slots, rows, density, dev):
@@ -375,12 +390,6 @@ def _store(out, s: _Slots, rows, density, dev):
         has_fallback = ~success & np.isfinite(as_numpy(s.best_f2[rows_d]))
         out["fallback"][samples] = has_fallback
         out["adversarial"][samples[has_fallback]] = as_numpy(s.fallback_adv[rows_d])[has_fallback]
-
-
-def _array_module(model):
-    from rcenp.backend import get_array_module
-
-    return get_array_module(model.network.parameters()[0].data)
 
 
 # ---- the result ---------------------------------------------------------------------------------------
