@@ -1,16 +1,22 @@
-"""C&W-L2 (rcenp.attacks.cw): the reference algorithm on a linear model, the binary-search rule,
-κ-aware success, masked max for negative logits, per-sample abort and streaming, targets, errors."""
+"""C&W-L2 and C&W-wb (rcenp.attacks.cw, cw_wb): the reference algorithm on a linear model, the
+binary-search rule, κ-aware success, masked max for negative logits, per-sample abort and streaming,
+targets, errors; f₂ and its gradient (underflow regime included), η, the fallback, end to end."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rcenp import attacks
-from rcenp.attacks.cw import SENTINEL, binary_search_update
+from rcenp import functional as F
+from rcenp.attacks.cw import SENTINEL, Density, Evaluation, binary_search_update, optimise
+from rcenp.attacks.cw_wb import attack_kernel, neg_log_kd_reference
+from rcenp.detect.detector import Detector
+from rcenp.detect.kde import log_kernel_density_reference
 from rcenp.models import resnet
 from rcenp.nn import Module
 from rcenp.nn.layers import Linear
 from rcenp.objectives import Classifier
+from rcenp.testing import numerical_grads
 
 
 class LinearNet(Module):
@@ -317,14 +323,6 @@ def test_bad_images_raise():
 
 
 # ---- C&W-wb ------------------------------------------------------------------------------------
-from rcenp import functional as F                                      # noqa: E402
-from rcenp.attacks.cw import Density, Evaluation, optimise            # noqa: E402
-from rcenp.attacks.cw_wb import attack_kernel, neg_log_kd_reference   # noqa: E402
-from rcenp.detect.detector import Detector                            # noqa: E402
-from rcenp.detect.kde import log_kernel_density_reference            # noqa: E402
-from rcenp.testing import numerical_grads                            # noqa: E402
-
-
 class FeatureNet(Module):
     """Z = tanh(V·vec(x)) (6 features), logits s = W·Z + b, on (N, 1, 4, 4) images."""
 
@@ -419,7 +417,6 @@ def test_unreachable_density_keeps_the_smallest_f2_iterate_past_the_margin():
                   learning_rate=0.05, abort_early=True, batch_size=2)
     points = np.random.default_rng(3).normal(0, 0.3, (4, 3, 6))
     density = Density(points, 1.0, np.full(4, -1e6))                  # f₂ > 0 everywhere
-    plain = optimise(model, x, x, targets, **kwargs)
     dense = optimise(model, x, x, targets, density=density, **kwargs)
     assert not dense["success"].any() and np.isnan(dense["best_l2"]).all()
     assert all(c == [1.0, 10.0, 100.0] for c in dense["c"])            # every step fails
@@ -457,7 +454,8 @@ def test_eta_is_the_class_median_of_neg_log_kd(kernel, given):
         members = [any((p == q).all() for q in full[c]) for p in points[c]]
         assert all(members)                                            # the attacker's points are the detector's
         if given:
-            scores = -log_kernel_density_reference(train[train_labels == c], points[c][None], np.zeros(10, int), 1 / 0.26)
+            scores = -log_kernel_density_reference(train[train_labels == c], points[c][None], np.zeros(10, int),
+                                                   1 / 0.26)
         elif kernel == "attacker":
             rest = np.array([q for q in full[c] if not any((q == p).all() for p in points[c])])
             assert len(rest) == 7
