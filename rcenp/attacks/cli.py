@@ -5,7 +5,7 @@ import argparse
 import json
 import re
 
-from rcenp.attacks.run import EPS_ATTACKS, run_attack
+from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 
 
 def _eps(text):
@@ -30,20 +30,38 @@ def _shard(text):
 
 
 def add_parser(sub) -> None:
-    a = sub.add_parser("attack", help="attack a model's test images (FGSM, BIM, ILCM, JSMA)", description=(
+    a = sub.add_parser("attack", help="attack a model's test images (FGSM, BIM, ILCM, JSMA, C&W, C&W-hc, C&W-wb)",
+                       description=(
         "Attack the first --n test images of a run directory's or shipped model's data set (the embedded "
         "1,000-image MNIST sample when there is no data root), in checkpointed batches. Writes "
         "adversarial.npz, samples.jsonl (one line per image) and summary.json into --out."))
     a.add_argument("model", help="run directory or shipped model name")
-    a.add_argument("--attack", choices=EPS_ATTACKS, required=True)
-    a.add_argument("--eps", type=_eps, required=True,
-                   help="epsilon in box units for FGSM/BIM/ILCM (the L-inf radius), theta (the step added "
-                   "per feature) for JSMA")
+    a.add_argument("--attack", choices=ATTACKS, required=True)
+    a.add_argument("--eps", type=_eps,
+                   help="FGSM/BIM/ILCM/JSMA (required): epsilon in box units (the L-inf radius), for JSMA theta "
+                   "(the step added per feature)")
     a.add_argument("--steps", type=_count, default=10, help="BIM/ILCM: steps of eps/steps (default 10)")
     a.add_argument("--target-vector", choices=["paper", "pang2018-code"], default="paper",
                    help="ILCM: one-hot least-likely target (paper), or the authors' released +-0.5 vector")
     a.add_argument("--variant", choices=["pang2018", "papernot"], default="pang2018", help="JSMA variant")
-    a.add_argument("--max-iterations", type=_count, help="JSMA: iteration cap (pang2018 default 100)")
+    a.add_argument("--max-iterations", type=_count,
+                   help="JSMA: iteration cap (pang2018 default 100); C&W: iterations per binary step (default "
+                   "10,000; cw-wb: of stage 2)")
+    c = a.add_argument_group("C&W (cw = C&W-L2, cw-hc = kappa 10, cw-wb = also against the K-density detector)")
+    c.add_argument("--kappa", type=float, help="margin in logits (cw 0, cw-hc 10, cw-wb 5)")
+    c.add_argument("--initial-const", type=float, help="first c (cw, cw-hc: 1.0; cw-wb stage 2: 100)")
+    c.add_argument("--binary-steps", type=_count, help="binary-search steps on c (default 9; cw-wb: of stage 2)")
+    c.add_argument("--learning-rate", type=float, default=0.01, help="Adam step size (default 0.01)")
+    c.add_argument("--targets", choices=["random", "untargeted"], default="random",
+                   help="random: a seeded class other than the true label per image (the paper); untargeted")
+    c.add_argument("--kernel", choices=["attacker", "detector"], default="attacker",
+                   help="cw-wb: the attacker's KD uses 100 of the detector's points per class (the paper) or "
+                   "the detector's exact kernel (a stronger adaptive attack)")
+    c.add_argument("--anchor", choices=["clean", "stage1"], default="clean",
+                   help="cw-wb: stage 2's distance term measured to the clean image (Carlini) or to the stage-1 "
+                   "image (the authors' code); reported distortion is always to the clean image")
+    c.add_argument("--stage1-iterations", type=_count, help="cw-wb: stage-1 iterations per binary step (5,000)")
+    c.add_argument("--stage1-binary-steps", type=_count, help="cw-wb: stage-1 binary steps (3)")
     a.add_argument("--n", type=_count, default=1000, help="attack the first N test images (default 1000)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--batch-size", type=_count, default=100)
@@ -65,17 +83,32 @@ def options_of(args) -> dict:
         return {"eps": args.eps, "steps": args.steps}
     if args.attack == "ilcm":
         return {"eps": args.eps, "steps": args.steps, "target_vector": args.target_vector}
-    options = {"theta": args.eps, "variant": args.variant}
-    if args.max_iterations:
-        options["max_iterations"] = args.max_iterations
-    return options
+    if args.attack == "jsma":
+        options = {"theta": args.eps, "variant": args.variant}
+        if args.max_iterations:
+            options["max_iterations"] = args.max_iterations
+        return options
+    optimiser = {"kappa": args.kappa, "initial_const": args.initial_const, "binary_steps": args.binary_steps,
+                 "max_iterations": args.max_iterations}
+    optimiser = {k: v for k, v in optimiser.items() if v is not None}
+    if args.attack == "cw-wb":
+        if args.targets == "untargeted":
+            raise ValueError("cw-wb is a targeted attack (--targets random)")
+        stage1 = {"max_iterations": args.stage1_iterations, "binary_steps": args.stage1_binary_steps}
+        return {"targets": "random", "kernel": args.kernel, "anchor": args.anchor, "learning_rate": args.learning_rate,
+                "stage1": {k: v for k, v in stage1.items() if v is not None}, "stage2": optimiser, "seed": args.seed}
+    if args.attack == "cw-hc":
+        optimiser.setdefault("kappa", 10.0)
+    return {"targets": args.targets, "learning_rate": args.learning_rate, "seed": args.seed, **optimiser}
 
 
 def cmd_attack(args) -> int:
     from pathlib import Path
 
+    if args.attack in EPS_ATTACKS and args.eps is None:
+        raise ValueError(f"--attack {args.attack} needs --eps")
     name = Path(str(args.model)).name
-    out = args.out or f"runs/attack-{name}-{args.attack}-{args.eps:g}"
+    out = args.out or f"runs/attack-{name}-{args.attack}" + (f"-{args.eps:g}" if args.attack in EPS_ATTACKS else "")
     summary = run_attack(args.model, args.attack, out, options_of(args), n=args.n, seed=args.seed,
                          batch_size=args.batch_size, resume=args.resume, shard=args.shard, data_dir=args.data_dir,
                          device=args.device, png_dir=args.png)

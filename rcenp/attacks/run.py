@@ -34,16 +34,36 @@ from rcenp.backend import as_numpy
 from rcenp.progress import Progress
 
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
+CW_ATTACKS = ("cw", "cw-hc", "cw-wb")
+ATTACKS = EPS_ATTACKS + CW_ATTACKS
 
 
-def attack_function(name: str):
-    """The public attack function called ``name`` (``rcenp.attacks.<name>``)."""
+def attack_function(name: str, detector=None):
+    """``fn(model, images, batch_size=..., **options) -> AttackResult`` for attack ``name``:
+    ``rcenp.attacks.<name>``; cw and cw-hc are ``cw_l2`` (the caller's options carry κ); cw-wb is
+    ``cw_wb`` against ``detector``. Raises ValueError for an unknown name or cw-wb without a detector."""
+    import functools
+
     import rcenp.attacks as attacks
 
-    fn = getattr(attacks, name.replace("-", "_"), None) if name in EPS_ATTACKS else None
-    if fn is None:
-        raise ValueError(f"unknown attack {name!r}: expected one of {', '.join(EPS_ATTACKS)}")
-    return fn
+    if name in EPS_ATTACKS:
+        return getattr(attacks, name)
+    if name in ("cw", "cw-hc"):
+        return attacks.cw_l2
+    if name == "cw-wb":
+        if detector is None:
+            raise ValueError("cw-wb attacks the K-density detector: this model has none fitted "
+                             "(run `rcenp detect MODEL --fit` first)")
+        return functools.partial(attacks.cw_wb, detector=detector)
+    raise ValueError(f"unknown attack {name!r}: expected one of {', '.join(ATTACKS)}")
+
+
+def random_targets(true_labels, seed: int, num_classes: int = 10) -> np.ndarray:
+    """The paper's C&W targets (protocol §5.3): for image i of the run, a class drawn uniformly
+    among those ≠ its true label, from one ``default_rng(seed)`` stream over the run's n images,
+    so a sample's target depends on its index, never on batching, sharding or resuming."""
+    offsets = np.random.default_rng(int(seed)).integers(1, num_classes, size=len(true_labels))
+    return (np.asarray(true_labels) + offsets) % num_classes
 
 
 def shard_indices(n: int, batch_size: int, shard=(1, 1)) -> np.ndarray:
@@ -78,7 +98,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     from rcenp.data import DataError, find_test_split
     from rcenp.models.registry import load as load_model
 
-    fn = attack_function(attack)
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}: expected one of {', '.join(ATTACKS)}")
     model, manifest = load_model(model_ref, device)
     dataset = manifest["config"]["dataset"]
     test, why = find_test_split(dataset, data_dir, strict=True)
@@ -91,13 +112,20 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         raise ValueError(f"batch size must be positive, got {batch_size}")
     indices = shard_indices(n, batch_size, shard)
     out_dir = Path(out_dir)
+    detector = fitted_detector(model, model_ref)
+    fn = attack_function(attack, detector)
     asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
              "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
     _claim(out_dir, asked, resume)
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
         return json.loads((out_dir / "summary.json").read_text())
-    detector = fitted_detector(model, model_ref)
+    per_sample = {}
+    if attack in CW_ATTACKS and options.get("targets", "random") == "random":
+        # the paper's random target != the TRUE label, drawn once over the run's n images
+        options = {k: v for k, v in options.items() if k != "targets"}
+        per_sample = {"targets": random_targets(test.labels[:n], seed, model.network.num_classes),
+                      "labels": test.labels[:n]}
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
@@ -110,8 +138,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             stem = partial / f"batch-{index[0] // batch_size:05d}"
             if not stem.with_suffix(".jsonl").is_file():
                 start = time.monotonic()
+                batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
                 result, records = attack_and_audit(fn, model, detector, test.images[index], test.labels[index], index,
-                                                   options, batch_size, png_dir)
+                                                   batch_options, batch_size, png_dir)
                 checkpoint.atomic_write_npz(stem.with_suffix(".npz"), adversarial=result.adversarial)
                 checkpoint.atomic_write_text(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
                 timed += time.monotonic() - start
