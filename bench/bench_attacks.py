@@ -67,12 +67,12 @@ def _host(result):
 
 
 def _timed(fn, repeats):
-    """(the last run's result, the seconds of every run)."""
+    """(the last run's result, [(wall seconds, this process's CPU seconds) of every run])."""
     seconds, result = [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = fn()
-        seconds.append(time.perf_counter() - start)
+        seconds.append((time.perf_counter() - start, time.process_time() - cpu))
     return result, seconds
 
 
@@ -82,10 +82,17 @@ def _l2_255(x_adv, x):
     return 255.0 * np.sqrt((d * d).mean(1))
 
 
+def _timing(x, seconds):
+    """Median wall seconds, images/s and CPU seconds (all threads; on a shared machine, wall time
+    counts waits for the cores and CPU time counts spinning threads)."""
+    wall = float(np.median([w for w, _ in seconds]))
+    return {"seconds": wall, "images_per_s": len(x) / wall, "cpu_seconds": float(np.median([c for _, c in seconds])),
+            "seconds_all": [w for w, _ in seconds]}
+
+
 def _summary(x_adv, x, success, seconds):
-    seconds_median = float(np.median(seconds))
     l2 = _l2_255(x_adv, x)
-    return {"seconds": seconds_median, "seconds_all": seconds, "images_per_s": len(x) / seconds_median,
+    return {**_timing(x, seconds),
             "success_rate": float(success.mean()),
             "median_l2_255_successful": float(np.median(l2[success])) if success.any() else None,
             "median_features_changed": float(np.median((x_adv != x).reshape(len(x), -1).sum(1)))}
@@ -108,8 +115,7 @@ def _outcome(x_adv, x, adv_pred, targets, correct, seconds):
     success = adv_pred == targets
     kept = success & correct  # the authors' efficient_index: clean-correct and successful
     l2 = _l2_255(x_adv, x)
-    seconds_median = float(np.median(seconds))
-    return {"seconds": seconds_median, "seconds_all": seconds, "images_per_s": len(x) / seconds_median,
+    return {**_timing(x, seconds),
             "success_rate": float(success.mean()),
             "median_l2_255_correct_and_successful": float(np.median(l2[kept])) if kept.any() else None,
             "mean_l2_255_correct_and_successful": float(l2[kept].mean()) if kept.any() else None}
@@ -302,7 +308,9 @@ def main(argv=None):
                           "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
               "threads": _threads(torch),
               "rcenp_attacks": "available" if attacks_module is not None else UNAVAILABLE,
+              "load_average_1_5_15_min_at_start": list(os.getloadavg()),
               "models": {name: bench_model(name, args, attacks_module) for name in args.models}}
+    report["load_average_1_5_15_min_at_end"] = list(os.getloadavg())
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
