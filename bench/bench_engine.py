@@ -97,46 +97,14 @@ def run_rcenp(args):
 def run_torch(args):
     import torch
     import torch.nn.functional as F
-    from torch import nn
+
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    from torch_twin import ResNet  # the same network as rcenp's, in torch.nn
 
     device = "cuda" if os.environ.get("RCENP_DEVICE") == "cuda" and torch.cuda.is_available() else "cpu"
 
-    class Unit(nn.Module):
-        def __init__(self, cin, cout, stride, first):
-            super().__init__()
-            self.cin, self.cout, self.stride, self.first = cin, cout, stride, first
-            self.bn1, self.bn2 = nn.BatchNorm2d(cin, eps=1e-3, momentum=0.1), nn.BatchNorm2d(cout, eps=1e-3, momentum=0.1)
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-
-        def forward(self, x):
-            a = F.leaky_relu(self.bn1(x), 0.1)
-            shortcut = a if self.first else x
-            h = self.conv2(F.leaky_relu(self.bn2(self.conv1(a)), 0.1))
-            if self.cin != self.cout:
-                pad = (self.cout - self.cin) // 2
-                shortcut = F.pad(F.avg_pool2d(shortcut, self.stride), (0, 0, 0, 0, pad, pad))
-            return h + shortcut
-
-    class Net(nn.Module):
-        def __init__(self, n, channels):
-            super().__init__()
-            self.stem = nn.Conv2d(channels, 16, 3, 1, 1, bias=False)
-            units, cin = [], 16
-            for s, (w, stride) in enumerate([(16, 1), (32, 2), (64, 2)]):
-                for u in range(n):
-                    units.append(Unit(cin, w, stride if u == 0 else 1, s == 0 and u == 0))
-                    cin = w
-            self.units = nn.Sequential(*units)
-            self.bn = nn.BatchNorm2d(64, eps=1e-3)
-            self.fc = nn.Linear(64, 10)
-
-        def forward(self, x):
-            h = F.leaky_relu(self.bn(self.units(self.stem(x))), 0.1)
-            return self.fc(h.mean((2, 3)))
-
     torch.manual_seed(0)
-    model = Net((args.depth - 2) // 6, args.channels).to(device)
+    model = ResNet(args.depth, args.channels).to(device)
     x = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)

@@ -1,0 +1,47 @@
+"""bench/bench_attacks.py end to end on two images: its JSON, and BIM on both sides agreeing.
+Skips without torch (a bench-only dependency)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_attacks  # noqa: E402
+
+
+@pytest.mark.filterwarnings("ignore:Please import `gaussian_filter`:DeprecationWarning")  # foolbox 3.3.4 on SciPy
+def test_bim_and_cw_report(tmp_path, capsys):
+    out = tmp_path / "attacks.json"
+    assert bench_attacks.main(["--models", "mnist-resnet32-rce", "--n", "2", "--attacks", "bim", "--threads", "1",
+                               "--cw", "--cw-n", "2", "--cw-steps", "2", "--cw-binary-steps", "1",
+                               "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["threads"]["torch_intra_op"] == 1
+    entry = report["models"]["mnist-resnet32-rce"]
+    assert entry["n"] == 2 and entry["twin"]["prediction_agreement"] == 1.0
+    assert entry["twin"]["max_logit_difference_relative"] < 1e-4
+    bim = entry["bim"]
+    assert bim["torch"]["images_per_s"] > 0 and 0 <= bim["torch"]["success_rate"] <= 1
+    assert bim["settings"] == {"eps": 0.1, "steps": 10, "success": "adversarial prediction != clean prediction"}
+    if isinstance(bim["rcenp"], str):
+        assert bim["rcenp"].endswith("not available")
+    else:  # the same spec on the same weights: the same images up to float32 rounding
+        assert bim["agreement_rcenp_torch"]["adv_prediction_agreement"] == 1.0
+        assert bim["agreement_rcenp_torch"]["max_abs_x_adv_difference"] <= 0.02 + 1e-6  # at most one step
+    cw = entry["cw_l2"]
+    assert cw["settings"]["n"] == 2 and cw["settings"]["max_iterations"] == 2
+    assert isinstance(cw["foolbox"], str) or 0 <= cw["foolbox"]["success_rate"] <= 1
+    assert not out.with_name("attacks.json.tmp").exists()
+
+
+def test_bad_arguments_exit_with_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench_attacks.main(["--n", "0"])
+    assert info.value.code == 2
+    assert "must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="the sample set has 1000 images"):
+        bench_attacks.main(["--models", "mnist-resnet32-ce", "--n", "1001", "--attacks", "bim"])
