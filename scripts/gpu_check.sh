@@ -23,7 +23,18 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   for f in "$out"/*.json; do echo "== $f"; python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])))[:1500])" "$f"; done
 fi
 if [ "$what" = attacks ] || [ "$what" = all ]; then
-  [ -f bench/bench_attacks.py ] && RCENP_DEVICE=cuda timeout 150 python3 bench/bench_attacks.py --json "$out/attacks_cuda.json" > /dev/null
-  [ -f "$out/attacks_cuda.json" ] && cat "$out/attacks_cuda.json"
+  RCENP_DEVICE=cuda timeout "${ATTACK_TESTS_LIMIT:-150}" python3 -m pytest -q -p no:cacheprovider -rfE --timeout=120 \
+    tests/test_attacks_sign.py tests/test_attack_run.py tests/test_attacks_jsma.py tests/test_attacks_cw.py \
+    2>&1 | tee "$out/pytest_attacks_cuda.log" | tail -n 30
+  # Fig. 2a's cells on the GPU, JSMA first; whatever finishes inside SWEEP_LIMIT comes back
+  sweep=/tmp/fig2a-cuda; mkdir -p "$sweep"; deadline=$((SECONDS + ${SWEEP_LIMIT:-300}))
+  for attack in ${SWEEP_ATTACKS:-jsma bim ilcm fgsm}; do
+    [ $((deadline - SECONDS)) -gt 5 ] || break
+    timeout $((deadline - SECONDS)) python3 scripts/attack_sweep.py --attacks "$attack" --device cuda --batch-size 1000 \
+      --out "$sweep" > "$sweep/$attack.log" 2>&1; tail -n 2 "$sweep/$attack.log"
+  done
+  (cd "$sweep" && find . -name summary.json -o -name samples.jsonl -o -name run.json -o -name '*.md' -o -name '*.log' \
+     -o -name sweep.json | tar -cJf "$out/fig2a_cuda.tar.xz" -T -)
+  ls -la "$out"
 fi
 exit 0

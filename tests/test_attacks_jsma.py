@@ -121,8 +121,8 @@ def papernot_reference(model, x, target, theta, limit):
 
 
 def images(rng, n, shape):
-    """Images in the box with some features already at either bound, exact in float32 (results
-    are float32, so an unchanged float64 feature must not count towards l0 by rounding)."""
+    """Images in the box with some features already at either bound (values exact in float32, so
+    the same images serve the float32 tests)."""
     x = rng.uniform(-0.5, 0.5, (n,) + shape).astype(np.float32).astype(np.float64)
     x[rng.random(x.shape) < 0.2] = 0.5
     x[rng.random(x.shape) < 0.2] = -0.5
@@ -143,7 +143,7 @@ def test_pang2018_matches_the_authors_loop(xp, seed, shape, n, objective, theta,
     result = jsma(model, xp.asarray(x), theta, targets=targets if given_targets else None, max_iterations=limit)
     for i in range(n):
         ref_x, ref_picks, ref_reason = pang2018_reference(model, x[i].ravel(), targets[i], theta, limit)
-        np.testing.assert_array_equal(result.adversarial[i].ravel(), ref_x.astype(np.float32))  # results are float32
+        np.testing.assert_array_equal(result.adversarial[i].ravel(), ref_x)  # a float64 model's results are float64
         assert (result.iterations[i], result.stop_reason[i], result.target[i]) == (ref_picks, ref_reason, targets[i])
     check_invariants(result, x, limit, features_per_pick=1)
 
@@ -166,7 +166,7 @@ def test_papernot_matches_the_pair_loop(xp, seed, shape, n, objective, theta, ga
         jsma_module.PAIR_BLOCK = original
     for i in range(n):
         ref_x, ref_picks, ref_reason = papernot_reference(model, x[i].ravel(), targets[i], theta, limit)
-        np.testing.assert_array_equal(result.adversarial[i].ravel(), ref_x.astype(np.float32))  # results are float32
+        np.testing.assert_array_equal(result.adversarial[i].ravel(), ref_x)  # a float64 model's results are float64
         assert (result.iterations[i], result.stop_reason[i]) == (ref_picks, ref_reason)
     check_invariants(result, x, limit, features_per_pick=2)
     moved = result.adversarial.reshape(n, -1) - x.reshape(n, -1)

@@ -13,4 +13,4 @@ from rcenp.attacks.cw_wb import cw_wb
 from rcenp.attacks.jsma import jsma
 from rcenp.attacks.sign import bim, fgsm, ilcm
 
-__all__ = ["AttackResult", "distortions", "fgsm", "bim", "ilcm", "cw_l2", "cw_wb"]
+__all__ = ["AttackResult", "distortions", "fgsm", "bim", "ilcm", "jsma", "cw_l2", "cw_wb"]

@@ -30,7 +30,7 @@ UNTARGETED = -1
 class AttackResult:
     """The outcome of one attack on N images (all host NumPy arrays).
 
-    adversarial (N, C, H, W) float32 in the box; success (N,) bool (targeted attacks: classified as
+    adversarial (N, C, H, W) in the box, in the model's dtype (float32 unless cast); success (N,) bool (targeted attacks: classified as
     the target; untargeted: not classified as the attacked label); prediction (N,) int64 on the
     adversarial input; clean_prediction (N,) int64; label (N,) the class attacked away from
     (untargeted) or the clean prediction (targeted); target (N,) int64, -1 when untargeted;
@@ -190,7 +190,7 @@ def finish(model, clean, adversarial, label, target, iterations, stop_reason, ze
     prediction = as_numpy(prediction_logits(model, adversarial).argmax(axis=1)).astype(np.int64)
     label, target = as_numpy(label).astype(np.int64), as_numpy(target).astype(np.int64)
     success = prediction == target if targeted else prediction != label
-    adv_host = as_numpy(adversarial).astype(np.float32)
+    adv_host = as_numpy(adversarial)  # the model's dtype: float32, or float64 for a float64 model
     return AttackResult(adversarial=adv_host, success=success, prediction=prediction,
                         clean_prediction=as_numpy(clean_prediction).astype(np.int64), label=label, target=target,
                         iterations=as_numpy(iterations).astype(np.int64), stop_reason=np.asarray(stop_reason, dtype=str),
