@@ -62,8 +62,8 @@ def test_resume_after_an_interruption_gives_the_same_files(setup, tmp_path, monk
     real = attack_run.attack_function
     calls = []
 
-    def flaky(name):
-        fn = real(name)
+    def flaky(name, detector=None):
+        fn = real(name, detector)
 
         def wrapped(*a, **k):
             calls.append(1)
