@@ -1,8 +1,9 @@
 """The data of the paper's Fig. 2a: accuracy under FGSM, BIM, ILCM and JSMA (pang2018) against
 epsilon (0.02, 0.04, ..., 0.20; JSMA's theta), for shipped models, on the first N test images.
 
-Each cell is one resumable ``rcenp attack`` run in OUT/<model>/<attack>-<eps>/; a finished cell is
-never recomputed, so the sweep continues where a killed one stopped. Prints one JSON object (also
+Each cell is one resumable ``rcenp attack`` run in OUT/<model>/<attack>-<eps>/; a finished cell
+(its summary.json, possibly copied from a run on another machine) is never recomputed, so the
+sweep continues where a killed one stopped. Prints one JSON object (also
 written to OUT/sweep.json) with accuracy under attack, success rate and success after 8-bit
 rounding per cell, and a Markdown table to OUT/sweep.md.
 
@@ -42,8 +43,12 @@ def main(argv=None) -> int:
         for eps in args.eps:
             for model in args.models:
                 cell = out / model / f"{attack}-{eps:g}"
-                summary = run_attack(model, attack, cell, OPTIONS[attack](eps), n=args.n, batch_size=args.batch_size,
-                                     resume=True, data_dir=args.data_dir, device=args.device)
+                if (cell / "summary.json").is_file():  # finished, here or copied from another machine
+                    summary = json.loads((cell / "summary.json").read_text())
+                else:
+                    summary = run_attack(model, attack, cell, OPTIONS[attack](eps), n=args.n,
+                                         batch_size=args.batch_size, resume=True, data_dir=args.data_dir,
+                                         device=args.device)
                 cells.append({"model": model, "attack": attack, "eps": eps, "n": summary["counts"]["n"],
                               "accuracy_under_attack": summary["accuracy_under_attack"],
                               "accuracy_clean": summary["accuracy_clean"], "success_rate": summary["success_rate"],
@@ -51,7 +56,8 @@ def main(argv=None) -> int:
                               "mean_l2_paper_efficient": summary["distortion"]["l2_paper"]["efficient"]["mean"],
                               "auc_log_kd": summary.get("detection", {}).get("log_kd", {}).get("auc"),
                               "n_pairs": summary.get("detection", {}).get("log_kd", {}).get("n_pairs"),
-                              "test_set": summary["test_set"], "images_per_s": summary["timing"]["images_per_s"]})
+                              "test_set": summary["test_set"], "device": summary["software"]["device"],
+                              "images_per_s": summary["timing"]["images_per_s"]})
     report = {"cells": cells, "code": checkpoint.code_identity()}
     checkpoint.atomic_write_text(out / "sweep.json", json.dumps(report, indent=2) + "\n")
     checkpoint.atomic_write_text(out / "sweep.md", markdown(cells, args.models, args.attacks, args.eps))
