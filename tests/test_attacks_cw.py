@@ -145,7 +145,7 @@ def test_matches_the_reference_algorithm_on_a_linear_model(objective, targets, k
         assert result.iterations[i] == sum(counts)
         assert result.success[i] == (best is not None)
         expected = x[i] if best is None else best.reshape(x[i].shape)
-        np.testing.assert_allclose(result.adversarial[i], expected, rtol=0, atol=2.0 ** -25)
+        np.testing.assert_allclose(result.adversarial[i], expected, rtol=0, atol=1e-12)
     assert result.success.any()
 
 
@@ -157,7 +157,7 @@ def test_targeted_reaches_every_target_with_margin_kappa(objective, kappa):
                            batch_size=5)
     assert result.success.all()
     assert (result.target != result.label).all()
-    z = result.adversarial.reshape(12, 16).astype(np.float64) @ model.network.fc.weight.data.T
+    z = result.adversarial.reshape(12, 16) @ model.network.fc.weight.data.T
     z = (-1 if objective == "rce" else 1) * (z + model.network.fc.bias.data)
     idx = np.arange(12)
     others = z.copy()
@@ -168,7 +168,7 @@ def test_targeted_reaches_every_target_with_margin_kappa(objective, kappa):
     np.testing.assert_array_equal(result.prediction, result.target)
     assert result.adversarial.min() >= -0.5 and result.adversarial.max() <= 0.5
     best = np.array([d["best_l2"] for d in result.details])
-    np.testing.assert_allclose(result.l2, best, rtol=0, atol=4 * 2.0 ** -25)   # float32 rounding of the best
+    np.testing.assert_allclose(result.l2, best, rtol=1e-12)                  # the returned image is the best
     assert list(result.stop_reason) == ["success"] * 12
 
 
@@ -193,7 +193,7 @@ def test_a_tie_is_a_failure_and_a_failure_returns_the_clean_image():
     result = attacks.cw_l2(model, x, targets=np.ones(3, np.int64), labels=np.zeros(3, np.int64),
                            binary_steps=3, max_iterations=10)
     assert not result.success.any()
-    np.testing.assert_array_equal(result.adversarial, x.astype(np.float32))
+    np.testing.assert_array_equal(result.adversarial, x)
     assert [d["best_l2"] for d in result.details] == [None] * 3
     assert [d["final_margin"] for d in result.details] == [0.0] * 3
     assert [d["c"] for d in result.details] == [[1.0, 10.0, 100.0]] * 3
@@ -214,8 +214,9 @@ def test_abort_early_is_per_sample_and_can_be_switched_off():
 
 
 def assert_same_runs(a, b, rows=None):
-    """Same decisions and c trajectories, bit for bit; the same float32 images; float64 figures equal
-    up to the batch-size-dependent rounding of BLAS (e.g. a 1-row product takes another kernel)."""
+    """Same decisions and c trajectories, bit for bit; the same images (these cases happen to be bit for
+    bit too); float64 figures equal up to the batch-size-dependent rounding of BLAS (e.g. a 1-row
+    product takes another kernel)."""
     rows = range(len(a)) if rows is None else rows
     np.testing.assert_array_equal(a.adversarial, b.adversarial[rows])
     for da, i in zip(a.details, rows):
@@ -474,9 +475,11 @@ def test_cw_wb_end_to_end():
                   stage2=dict(kappa=0.5, initial_const=1.0, binary_steps=3, max_iterations=30))
     result = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=3, **stages)
     again = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=2, **stages)
-    np.testing.assert_array_equal(again.adversarial, result.adversarial)
+    # the same decisions; the images to rounding (the KD's per-class blocks, hence its GEMMs, follow the batch)
+    assert [d["c"] for d in again.details] == [d["c"] for d in result.details]
+    np.testing.assert_allclose(again.adversarial, result.adversarial, rtol=0, atol=1e-12)
     points, eta = attack_kernel(detector, model, "attacker", 5, 3)
-    z = model.features(result.adversarial.astype(np.float64)).data
+    z = model.features(result.adversarial).data
     neg = -log_kernel_density_reference(z, points, result.target, detector.sigma2)
     for i, d in enumerate(result.details):
         assert d["eta_t"] == eta[result.target[i]]

@@ -410,10 +410,8 @@ def assemble(model, clean, run, labels, targets, clean_prediction, attack, param
     clean = as_numpy(clean)
     targeted = targets is not None
     n = len(clean)
-    adversarial = run["adversarial"].astype(np.float32)
-    dtype = model.network.parameters()[0].data.dtype
-    prediction, margin = margins(model, adversarial.astype(dtype), targets if targeted else labels, targeted,
-                                 batch_size)
+    adversarial = run["adversarial"]               # the model's dtype, like every AttackResult
+    prediction, margin = margins(model, adversarial, targets if targeted else labels, targeted, batch_size)
     details = []
     for i in range(n):
         record = {key: run[key][i] for key in ("c", "step_success", "iterations", "step_stop")}

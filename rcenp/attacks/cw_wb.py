@@ -96,7 +96,7 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
                       **second_settings)
     found = second["success"] | second["fallback"]
     adversarial = np.where(found[:, None, None, None], second["adversarial"], as_numpy(x))
-    neg_log_kd = -density_of(model, adversarial.astype(np.float32).astype(dtype), density, targets, batch_size)
+    neg_log_kd = -density_of(model, adversarial, density, targets, batch_size)
 
     extra = []
     for i in range(len(x)):
