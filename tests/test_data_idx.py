@@ -232,7 +232,7 @@ def test_public_api_and_frozen_dataset():
     import rcenp.data
 
     assert set(rcenp.data.__all__) == {
-        "DATASETS", "BatchStream", "DataError", "Dataset", "augment_cifar", "data_root", "load", "load_sample",
+        "DATASETS", "BatchStream", "DataError", "Dataset", "augment_cifar", "data_root", "find_test_split", "load", "load_sample",
         "read_image", "write_png16",
     }
     assert issubclass(DataError, Exception)
