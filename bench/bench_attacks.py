@@ -223,6 +223,9 @@ def bench_model(name, args, attacks_module):
     twin.requires_grad_(False)  # attacks differentiate with respect to the images only
     x, labels, identity = _load_images(args, manifest["config"]["dataset"])
     xt = torch.from_numpy(x)
+    if args.channels_last:  # oneDNN's preferred layout on CPU; x* keeps it through the attacks
+        twin.to(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last)
 
     def predict_torch(images):
         with torch.no_grad():
@@ -285,6 +288,8 @@ def main(argv=None):
                              "argmax d log F_t/dx as rcenp computes it (entry 'torch_log_target'), or both")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each attack (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the twin's convolutions channels-last (torch.channels_last), as rcenp stores activations")
     parser.add_argument("--cw", action="store_true", help="also C&W-L2: foolbox 3.3.4 against rcenp.attacks.cw_l2")
     parser.add_argument("--cw-n", type=int, default=20, help="images for C&W (the first of the N)")
     parser.add_argument("--cw-steps", type=int, default=100, help="C&W iterations per binary-search step")
@@ -308,7 +313,7 @@ def main(argv=None):
     report = {"benchmark": f"attacks on the first {args.n} {args.source} images, eps {args.eps}",
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
-              "threads": _threads(torch),
+              "threads": _threads(torch), "torch_memory_format": "channels_last" if args.channels_last else "contiguous",
               "rcenp_attacks": "available" if attacks_module is not None else UNAVAILABLE,
               "load_average_1_5_15_min_at_start": list(os.getloadavg()),
               "models": {name: bench_model(name, args, attacks_module) for name in args.models}}
