@@ -66,13 +66,15 @@ def _host(result):
     return np.asarray(as_numpy(result), dtype=np.float32)
 
 
-def _timed(fn, repeats):
-    """(the last run's result, [(wall seconds, this process's CPU seconds) of every run])."""
+def _timed(fn, repeats, what=""):
+    """(the last run's result, [(wall seconds, this process's CPU seconds) of every run]); each run
+    is logged to stderr."""
     seconds, result = [], None
     for _ in range(repeats):
         start, cpu = time.perf_counter(), time.process_time()
         result = fn()
         seconds.append((time.perf_counter() - start, time.process_time() - cpu))
+        print(f"bench_attacks: {what}: {seconds[-1][0]:.2f} s", file=sys.stderr, flush=True)
     return result, seconds
 
 
@@ -155,7 +157,7 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
             _, clipped, success = attack(fmodel, xt, criterion, epsilons=None)
             return torch.where(success.view(-1, 1, 1, 1), clipped, xt).detach().numpy()
 
-        x_fb, seconds = _timed(run_foolbox, args.repeats)
+        x_fb, seconds = _timed(run_foolbox, args.repeats, "cw_l2 foolbox")
         with torch.no_grad():
             pred_fb = twin(torch.from_numpy(x_fb)).argmax(1).numpy()
         entry["foolbox"] = {"version": fb.__version__, **_outcome(x_fb, x, pred_fb, targets, correct, seconds)}
@@ -165,7 +167,7 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
         return entry
     x_r, seconds = _timed(lambda: _host(ours(
         model, x, targets=targets, labels=labels, binary_steps=args.cw_binary_steps, max_iterations=args.cw_steps,
-        initial_const=args.cw_c0, learning_rate=args.cw_lr, kappa=args.cw_kappa)), args.repeats)
+        initial_const=args.cw_c0, learning_rate=args.cw_lr, kappa=args.cw_kappa)), args.repeats, "cw_l2 rcenp")
     pred_r = predict_rcenp(x_r)
     entry["rcenp"] = _outcome(x_r, x, pred_r, targets, correct, seconds)
     if isinstance(entry["foolbox"], dict):
@@ -189,20 +191,20 @@ def _load_images(args, dataset):
     return data.images[:args.n], data.labels[:args.n], data.identity
 
 
-def _compare(x, args, torch_runs, run_rcenp, success_fn, predict_torch, predict_rcenp):
+def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, predict_rcenp):
     """Time and compare one attack. ``torch_runs``: {entry name: function returning x*};
     ``run_rcenp``: a function returning x*, or the string saying why there is none;
     ``success_fn(adv_pred)``: success per image."""
     entry, outputs = {}, {}
     for key, run in torch_runs.items():
-        x_t, seconds = _timed(run, args.repeats)
+        x_t, seconds = _timed(run, args.repeats, f"{name} {key}")
         x_t = x_t.detach().numpy()
         pred = predict_torch(x_t)
         entry[key], outputs[key] = _summary(x_t, x, success_fn(pred), seconds), (x_t, pred)
     if isinstance(run_rcenp, str):
         entry["rcenp"] = run_rcenp
         return entry
-    x_r, seconds = _timed(lambda: _host(run_rcenp()), args.repeats)
+    x_r, seconds = _timed(lambda: _host(run_rcenp()), args.repeats, f"{name} rcenp")
     pred_r = predict_rcenp(x_r)
     entry["rcenp"] = _summary(x_r, x, success_fn(pred_r), seconds)
     for key, (x_t, pred) in outputs.items():
@@ -221,6 +223,9 @@ def bench_model(name, args, attacks_module):
     twin.requires_grad_(False)  # attacks differentiate with respect to the images only
     x, labels, identity = _load_images(args, manifest["config"]["dataset"])
     xt = torch.from_numpy(x)
+    if args.channels_last:  # oneDNN's preferred layout on CPU; x* keeps it through the attacks
+        twin.to(memory_format=torch.channels_last)
+        xt = xt.contiguous(memory_format=torch.channels_last)
 
     def predict_torch(images):
         with torch.no_grad():
@@ -240,7 +245,7 @@ def bench_model(name, args, attacks_module):
     if "bim" in args.attacks:
         ours = rcenp_attack(attacks_module, "bim")
         report["bim"] = _compare(
-            x, args, {"torch": lambda: bim(twin, xt, args.eps, steps=10)},
+            f"{name} bim", x, args, {"torch": lambda: bim(twin, xt, args.eps, steps=10)},
             ours if isinstance(ours, str) else lambda: ours(model, x, args.eps, steps=10),
             lambda pred: pred != clean, predict_torch, predict_rcenp)
         report["bim"]["settings"] = {"eps": args.eps, "steps": 10, "success": "adversarial prediction != clean prediction"}
@@ -250,7 +255,7 @@ def bench_model(name, args, attacks_module):
         runs = {("torch" if s == "pang2018" else f"torch_{s}"): (lambda s=s: jsma(twin, xt, args.eps, 100, saliency=s))
                 for s in saliencies}
         report["jsma"] = _compare(
-            x, args, runs,
+            f"{name} jsma", x, args, runs,
             ours if isinstance(ours, str) else
             lambda: ours(model, x, args.eps, max_iterations=100, variant="pang2018"),
             lambda pred: pred == least_likely, predict_torch, predict_rcenp)
@@ -283,6 +288,8 @@ def main(argv=None):
                              "argmax d log F_t/dx as rcenp computes it (entry 'torch_log_target'), or both")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each attack (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="run the twin's convolutions channels-last (torch.channels_last), as rcenp stores activations")
     parser.add_argument("--cw", action="store_true", help="also C&W-L2: foolbox 3.3.4 against rcenp.attacks.cw_l2")
     parser.add_argument("--cw-n", type=int, default=20, help="images for C&W (the first of the N)")
     parser.add_argument("--cw-steps", type=int, default=100, help="C&W iterations per binary-search step")
@@ -306,7 +313,7 @@ def main(argv=None):
     report = {"benchmark": f"attacks on the first {args.n} {args.source} images, eps {args.eps}",
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
-              "threads": _threads(torch),
+              "threads": _threads(torch), "torch_memory_format": "channels_last" if args.channels_last else "contiguous",
               "rcenp_attacks": "available" if attacks_module is not None else UNAVAILABLE,
               "load_average_1_5_15_min_at_start": list(os.getloadavg()),
               "models": {name: bench_model(name, args, attacks_module) for name in args.models}}
