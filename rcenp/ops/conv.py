@@ -39,7 +39,8 @@ import numpy as np
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import map_chunks, scratch
+from rcenp.ops.layout import map_chunks
+from rcenp.ops.memory import empty, scratch
 
 _CHUNK_BYTES = 5 << 19  # about 2.5 MB of gathered input (kernel rows or im2col) per worker chunk
 
@@ -63,7 +64,7 @@ def _span(offset, count, step, size):
     return slice(lo, hi + 1), slice(offset + lo * step, offset + hi * step + 1, step)
 
 
-def _place(xp, nhwc, top, left, bottom, right, stride, key):
+def _place(xp, nhwc, top, left, bottom, right, stride):
     """Write ``nhwc`` (N, H, W, C), dilated by ``stride``, into a zero (N, HP, WP, C) buffer.
 
     Pixel (i, j) lands at (top + i*SH, left + j*SW); HP = top + (H-1)*SH + 1 + bottom. Negative
@@ -75,15 +76,22 @@ def _place(xp, nhwc, top, left, bottom, right, stride, key):
         return xp.ascontiguousarray(nhwc)
     hp = top + (h - 1) * sh + 1 + bottom
     wp = left + (w - 1) * sw + 1 + right
-    buf = scratch(xp, key + (top, left, bottom, right, sh, sw), (n, hp, wp, c), nhwc.dtype, zero=True)
+    buf = scratch(xp, "pad", (n, hp, wp, c), nhwc.dtype)
     src_r, dst_r = _span(top, h, sh, hp)
     src_c, dst_c = _span(left, w, sw, wp)
+    if src_r is None or src_c is None or (sh, sw) != (1, 1):
+        buf[...] = 0
+    else:  # zero the frame around the block written below
+        buf[:, :dst_r.start] = 0
+        buf[:, dst_r.stop:] = 0
+        buf[:, dst_r, :dst_c.start] = 0
+        buf[:, dst_r, dst_c.stop:] = 0
     if src_r is not None and src_c is not None:
         buf[:, dst_r, dst_c] = nhwc[:, src_r, src_c]
     return buf
 
 
-def _im2col(xp, padded, kh, kw, stride, out_hw, key):
+def _im2col(xp, padded, kh, kw, stride, out_hw):
     """(N, HP, WP, C) padded input → col (N*OH*OW, KH*KW*C), one strided copy."""
     n, _, _, c = padded.shape
     oh, ow = out_hw
@@ -92,7 +100,7 @@ def _im2col(xp, padded, kh, kw, stride, out_hw, key):
         return padded.reshape(n * oh * ow, c)
     view = _as_strided(xp, padded, (n, oh, ow, kh, kw, c),
                        (sn, sh_ * stride[0], sw_ * stride[1], sh_, sw_, sc))
-    col = scratch(xp, key, (n, oh, ow, kh, kw, c), padded.dtype, zero=False)
+    col = scratch(xp, "col", (n, oh, ow, kh, kw, c), padded.dtype)
     col[...] = view
     return col.reshape(n * oh * ow, kh * kw * c)
 
@@ -111,7 +119,7 @@ def _kernel_rows(padded, kh, kw, out_hw):
     b, hp, _, c = padded.shape
     sn, sh_, sw_, sc = padded.strides
     view = _as_strided(np, padded, (b, hp, out_hw[1], kw, c), (sn, sh_, sw_, sw_, sc))
-    rows = scratch(np, ("rows",), (b, hp, out_hw[1], kw, c), padded.dtype, zero=False)
+    rows = scratch(np, "rows", (b, hp, out_hw[1], kw, c), padded.dtype)
     rows[...] = view
     return rows.reshape(b, hp, out_hw[1], kw * c)
 
@@ -128,7 +136,7 @@ def _correlate_rows(padded, w_mat, kernel, out):
     k = rows.shape[3]
     y = out.reshape(b, oh * ow, co)
     np.matmul(rows[:, 0:oh].reshape(b, oh * ow, k), w_mat[0:k], out=y)
-    part = scratch(np, ("row-part",), y.shape, y.dtype, zero=False)
+    part = scratch(np, "row-part", y.shape, y.dtype)
     for r in range(1, kh):
         np.matmul(rows[:, r:r + oh].reshape(b, oh * ow, k), w_mat[r * k:(r + 1) * k], out=part)
         y += part
@@ -157,18 +165,18 @@ def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw):
     n, co = x_nhwc.shape[0], w_mat.shape[1]
     kh, kw = kernel
     if xp is not np:
-        padded = _place(xp, x_nhwc, *pads, dilation, ("pad",))
-        col = _im2col(xp, padded, kh, kw, stride, out_hw, ("col",))
+        padded = _place(xp, x_nhwc, *pads, dilation)
+        col = _im2col(xp, padded, kh, kw, stride, out_hw)
         return (col @ w_mat).reshape(n, out_hw[0], out_hw[1], co)
-    out = np.empty((n, out_hw[0], out_hw[1], co), dtype=np.result_type(x_nhwc, w_mat))
+    out = empty((n, out_hw[0], out_hw[1], co), np.result_type(x_nhwc, w_mat))
     by_rows = _by_rows(kernel, stride, x_nhwc.shape[3])
 
     def job(lo, hi):
-        padded = _place(xp, x_nhwc[lo:hi], *pads, dilation, ("pad",))
+        padded = _place(xp, x_nhwc[lo:hi], *pads, dilation)
         if by_rows:
             _correlate_rows(padded, w_mat, kernel, out[lo:hi])
             return
-        col = _im2col(xp, padded, kh, kw, stride, out_hw, ("col",))
+        col = _im2col(xp, padded, kh, kw, stride, out_hw)
         np.matmul(col, w_mat, out=out[lo:hi].reshape(-1, co))
 
     map_chunks(job, n, _chunk_images(n, out_hw, kernel, stride, x_nhwc.shape[3], out.itemsize))
@@ -180,26 +188,26 @@ def _weight_gradient(xp, x_nhwc, gy_nhwc, kernel, stride, pads):
     n, oh, ow, co = gy_nhwc.shape
     kh, kw = kernel
     if xp is not np:
-        padded = _place(xp, x_nhwc, *pads, (1, 1), ("pad",))
-        col = _im2col(xp, padded, kh, kw, stride, (oh, ow), ("col",))
+        padded = _place(xp, x_nhwc, *pads, (1, 1))
+        col = _im2col(xp, padded, kh, kw, stride, (oh, ow))
         return col.T @ xp.ascontiguousarray(gy_nhwc).reshape(-1, co)
     by_rows = _by_rows(kernel, stride, x_nhwc.shape[3])
 
     def job(lo, hi):
-        padded = _place(xp, x_nhwc[lo:hi], *pads, (1, 1), ("pad",))
+        padded = _place(xp, x_nhwc[lo:hi], *pads, (1, 1))
         gy = np.ascontiguousarray(gy_nhwc[lo:hi]).reshape(-1, co)
         if by_rows:  # dW_r = Σ over the chunk's images of rows[:, r:r+OH]ᵀ @ dy, image by image
             b = hi - lo
             rows = _kernel_rows(padded, kh, kw, (oh, ow))
             k = rows.shape[3]
             gw = np.empty((kh * k, co), gy.dtype)
-            per_image = scratch(np, ("row-part",), (b, k, co), gy.dtype, zero=False)
+            per_image = scratch(np, "row-part", (b, k, co), gy.dtype)
             for r in range(kh):
                 np.matmul(rows[:, r:r + oh].reshape(b, oh * ow, k).transpose(0, 2, 1),
                           gy.reshape(b, oh * ow, co), out=per_image)
                 per_image.sum(axis=0, out=gw[r * k:(r + 1) * k])
             return gw
-        col = _im2col(xp, padded, kh, kw, stride, (oh, ow), ("col",))
+        col = _im2col(xp, padded, kh, kw, stride, (oh, ow))
         return col.T @ gy
 
     parts = map_chunks(job, n, _chunk_images(n, (oh, ow), kernel, stride, x_nhwc.shape[3], gy_nhwc.itemsize))
@@ -214,12 +222,13 @@ def _col2im_gradient(xp, gy_nhwc, w_mat, kernel, stride, padding, in_hw):
     n, oh, ow, co = gy_nhwc.shape
     (kh, kw), (sh, sw), (ph, pw), (h, wd) = kernel, stride, padding, in_hw
     c = w_mat.shape[0] // (kh * kw)
-    gx = xp.empty((n, h, wd, c), dtype=gy_nhwc.dtype)
+    gx = (empty if xp is np else xp.empty)((n, h, wd, c), gy_nhwc.dtype)
 
     def job(lo, hi):
         b = hi - lo
-        dcol = (xp.ascontiguousarray(gy_nhwc[lo:hi]).reshape(-1, co) @ w_mat.T).reshape(b, oh, ow, kh, kw, c)
-        buf = scratch(xp, ("col2im",), (b, h + 2 * ph, wd + 2 * pw, c), gy_nhwc.dtype, zero=False)
+        dcol = scratch(xp, "col", (b, oh, ow, kh, kw, c), xp.result_type(gy_nhwc, w_mat))
+        xp.matmul(xp.ascontiguousarray(gy_nhwc[lo:hi]).reshape(-1, co), w_mat.T, out=dcol.reshape(-1, kh * kw * c))
+        buf = scratch(xp, "col2im", (b, h + 2 * ph, wd + 2 * pw, c), gy_nhwc.dtype)
         buf[...] = 0
         for i in range(kh):
             for j in range(kw):
