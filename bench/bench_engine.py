@@ -52,14 +52,16 @@ def _faults() -> int:
 def _measure(train_step, forward, input_grad, sync, repeats, rss_before):
     """Median and best seconds of a training step, an eval forward and an eval input gradient,
     minor page faults per training step (after warm-up), and the peak RSS."""
+    for _ in range(2):
+        train_step()
     faults = _faults()
-    train = _timeit(train_step, sync, repeats, 2)
+    train = _timeit(train_step, sync, repeats, 0)
     faults = _faults() - faults
     fwd = _timeit(forward, sync, repeats, 2)
     attack = _timeit(input_grad, sync, repeats, 2)
     return {"train_step_s": train[0], "train_step_best_s": train[1], "forward_s": fwd[0], "forward_best_s": fwd[1],
             "input_grad_s": attack[0], "input_grad_best_s": attack[1],
-            "train_step_minor_faults": faults // (repeats + 2),
+            "train_step_minor_faults": faults // repeats,
             "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": rss_before}
 
 
@@ -257,8 +259,10 @@ def main(argv=None):
         has_torch = importlib.util.find_spec("torch") is not None
     except (ImportError, ValueError):
         has_torch = False
+    load_before = os.getloadavg()
     runs = [_compare(args, batch, shape, has_torch) for shape in args.shape for batch in args.batch]
-    report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                          "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]]},
               "allocator_tuned": args.tune_allocator, "runs": runs}
     text = json.dumps(report, indent=2)
     print(text)
