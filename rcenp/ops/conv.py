@@ -39,6 +39,7 @@ import numpy as np
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
+from rcenp.ops.elementwise import unbroadcast
 from rcenp.ops.layout import map_chunks
 from rcenp.ops.memory import empty, scratch
 
@@ -159,15 +160,25 @@ def _chunk_images(n, out_hw, kernel, stride, c, itemsize):
     return _chunk_size(n, oh * ow * kh * kw * c * itemsize)
 
 
-def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw):
+def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw, bias=None, residual=None):
     """Valid cross-correlation of x (N, H, W, C), dilated by ``dilation`` and padded by ``pads``
-    (top, left, bottom, right), with w_mat (KH*KW*C, CO) → (N, OH, OW, CO) channels-last."""
+    (top, left, bottom, right), with w_mat (KH*KW*C, CO) → (N, OH, OW, CO) channels-last; then
+    + bias (CO,), then + residual (N, OH, OW, CO), each chunk while it is in cache."""
     n, co = x_nhwc.shape[0], w_mat.shape[1]
     kh, kw = kernel
+
+    def finish(y, lo, hi):
+        if bias is not None:
+            y += bias
+        if residual is not None:
+            y += residual if residual.shape[0] == 1 else residual[lo:hi]
+
     if xp is not np:
         padded = _place(xp, x_nhwc, *pads, dilation)
         col = _im2col(xp, padded, kh, kw, stride, out_hw)
-        return (col @ w_mat).reshape(n, out_hw[0], out_hw[1], co)
+        y = (col @ w_mat).reshape(n, out_hw[0], out_hw[1], co)
+        finish(y, 0, n)
+        return y
     out = empty((n, out_hw[0], out_hw[1], co), np.result_type(x_nhwc, w_mat))
     by_rows = _by_rows(kernel, stride, x_nhwc.shape[3])
 
@@ -175,9 +186,10 @@ def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw):
         padded = _place(xp, x_nhwc[lo:hi], *pads, dilation)
         if by_rows:
             _correlate_rows(padded, w_mat, kernel, out[lo:hi])
-            return
-        col = _im2col(xp, padded, kh, kw, stride, out_hw)
-        np.matmul(col, w_mat, out=out[lo:hi].reshape(-1, co))
+        else:
+            col = _im2col(xp, padded, kh, kw, stride, out_hw)
+            np.matmul(col, w_mat, out=out[lo:hi].reshape(-1, co))
+        finish(out[lo:hi], lo, hi)
 
     map_chunks(job, n, _chunk_images(n, out_hw, kernel, stride, x_nhwc.shape[3], out.itemsize))
     return out
@@ -249,11 +261,14 @@ def _weight_matrix(w):
 
 
 class Conv2d(Function):
-    def __init__(self, stride=1, padding=0):
+    """Inputs x, w, then b when ``has_bias``, then the residual when ``has_residual``."""
+
+    def __init__(self, stride=1, padding=0, has_bias=False, has_residual=False):
         self.stride = _pair(stride)
         self.padding = _pair(padding)
+        self.has_bias, self.has_residual = has_bias, has_residual
 
-    def forward(self, x, w, b=None):
+    def forward(self, x, w, *rest):
         xp = get_array_module(x, w)
         n, c, h, wd = x.shape
         co, c_w, kh, kw = w.shape
@@ -263,12 +278,19 @@ class Conv2d(Function):
         oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
         if oh <= 0 or ow <= 0:
             raise ValueError(f"conv2d: kernel {kh}x{kw} does not fit input {h}x{wd} with padding {ph},{pw}")
-        self.x, self.w, self.has_bias = x, w, b is not None
+        b = rest[0] if self.has_bias else None
+        residual = rest[-1] if self.has_residual else None
+        dtype = np.result_type(x.dtype, w.dtype)
+        if residual is not None and (residual.ndim != 4 or residual.dtype != dtype or
+                                     any(r not in (1, o) for r, o in zip(residual.shape, (n, co, oh, ow)))):
+            raise ValueError(f"conv2d: residual must broadcast to {(n, co, oh, ow)} with dtype {dtype}, "
+                             f"got {residual.shape} {residual.dtype}")
+        self.residual_shape = None if residual is None else residual.shape
+        self.x, self.w = x, w
         self.out_hw = (oh, ow)
         y = _correlate(xp, x.transpose(0, 2, 3, 1), _weight_matrix(w), (kh, kw), self.stride,
-                       (ph, pw, ph, pw), (1, 1), (oh, ow))
-        if b is not None:
-            y += b
+                       (ph, pw, ph, pw), (1, 1), (oh, ow), bias=b,
+                       residual=None if residual is None else residual.transpose(0, 2, 3, 1))
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, gy):
@@ -297,15 +319,20 @@ class Conv2d(Function):
             w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (KH*KW*CO, C)
             gx = _correlate(xp, gy_nhwc, xp.ascontiguousarray(w_flip), (kh, kw), (1, 1),
                             (top, left, bottom, right), (sh, sw), (h, wd)).transpose(0, 3, 1, 2)
-        if self.has_bias:
-            return gx, gw, gb
-        return gx, gw
+        grads = (gx, gw) + ((gb,) if self.has_bias else ())
+        if not self.has_residual:
+            return grads
+        return grads + (unbroadcast(gy, self.residual_shape) if self.needs_input_grad[-1] else None,)
 
 
-def conv2d(x, w, b=None, stride=1, padding=0) -> Tensor:
+def conv2d(x, w, b=None, stride=1, padding=0, residual=None) -> Tensor:
     """Cross-correlate x (N, C, H, W) with w (CO, C, KH, KW) (+ b (CO,)) → (N, CO, OH, OW).
 
     ``stride`` and ``padding`` are ints or (H, W) pairs; zero padding on every side.
+    ``residual``, of the output's dtype and broadcasting to (N, CO, OH, OW), is added to the output
+    (after the bias) chunk by chunk while it is in cache: ``conv2d(x, w, residual=r)`` has the
+    bits of ``conv2d(x, w) + r`` without a separate output array (a ResNet unit's sum). Raises
+    ValueError on mismatched channels, shapes or dtypes.
     """
-    inputs = (x, w) if b is None else (x, w, b)
-    return Conv2d(stride, padding)(*inputs)
+    inputs = (x, w) + ((b,) if b is not None else ()) + ((residual,) if residual is not None else ())
+    return Conv2d(stride, padding, b is not None, residual is not None)(*inputs)
