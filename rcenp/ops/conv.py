@@ -31,7 +31,8 @@ On the host, every pass (forward, dw, dx) is split into chunks of images whose g
 (kernel rows or im2col) is about 2.5 MB. Each worker thread pads, gathers and multiplies its own
 chunk with single-threaded BLAS (``rcenp.ops.layout.map_chunks``), so the block never leaves the
 core's cache. Partial sums are added in a fixed order (dw: per image, then per chunk), so results
-do not depend on thread timing or count.
+do not depend on thread timing or count. Kernel-row passes (forward and dx at stride 1) multiply
+image by image, so their chunks are also balanced over the workers (10 images: 2 x 5).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ import numpy as np
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 from rcenp.ops.elementwise import unbroadcast
-from rcenp.ops.layout import map_chunks
+from rcenp.ops.layout import map_chunks, workers
 from rcenp.ops.memory import empty, scratch
 
 _CHUNK_BYTES = 5 << 19  # about 2.5 MB of gathered input (kernel rows or im2col) per worker chunk
@@ -151,6 +152,15 @@ def _chunk_size(n, per_image):
     return -(-n // -(-n // largest))
 
 
+def _balanced(n, largest):
+    """Images per chunk, at most ``largest``, in a multiple of ``workers()`` chunks where there
+    are enough images, so that no worker idles at the end (10 images: 2 x 5, not 1 x 10). Only
+    for passes whose results do not depend on the chunks: kernel-row GEMMs run image by image."""
+    count = -(-n // largest)
+    count = min(n, -(-count // workers()) * workers())
+    return -(-n // count)
+
+
 def _chunk_images(n, out_hw, kernel, stride, c, itemsize):
     """Images per chunk for a pass that gathers kernel rows (stride 1: OH + KH - 1 padded rows
     of OW x KW*C) or im2col (OH*OW x KH*KW*C)."""
@@ -191,7 +201,8 @@ def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw, bias=N
             np.matmul(col, w_mat, out=out[lo:hi].reshape(-1, co))
         finish(out[lo:hi], lo, hi)
 
-    map_chunks(job, n, _chunk_images(n, out_hw, kernel, stride, x_nhwc.shape[3], out.itemsize))
+    chunk = _chunk_images(n, out_hw, kernel, stride, x_nhwc.shape[3], out.itemsize)
+    map_chunks(job, n, _balanced(n, chunk) if by_rows else chunk)
     return out
 
 

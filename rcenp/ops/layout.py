@@ -16,11 +16,15 @@ run one after another in the calling thread.
 pthreads builds NumPy's wheels ship it sets the process-wide count. So OpenBLAS has one thread
 while any dispatch runs, and the count from before comes back when the last one has finished:
 BLAS calls outside rcenp's chunks keep all their threads (a per-worker setting made once would
-leave every later GEMM of the process single-threaded, 2x slower here).
+leave every later GEMM of the process single-threaded, 2x slower here). A pass too small to
+split (one chunk, a small batch) also runs with one BLAS thread (``serial``).
 
-The chunks depend only on array sizes, never on the number of workers, and partial results are
-combined in chunk order. Results are therefore bit-identical for any ``RCENP_HOST_THREADS``, which
-a resumed training run relies on.
+Wherever the chunking can change a result (partial sums, an im2col GEMM whose row count is the
+chunk's), chunks depend only on array sizes, never on the number of workers, and partial results
+are combined in chunk order; passes computed image by image are split evenly over the workers.
+Results are therefore bit-identical for any ``RCENP_HOST_THREADS``, which a resumed training run
+relies on (with ``RCENP_HOST_THREADS=1`` rcenp leaves BLAS's thread count alone, and threaded
+OpenBLAS GEMMs round differently: set ``OPENBLAS_NUM_THREADS=1`` too).
 """
 from __future__ import annotations
 
