@@ -41,7 +41,7 @@ import numpy as np
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 from rcenp.ops.elementwise import unbroadcast
-from rcenp.ops.layout import map_chunks, workers
+from rcenp.ops.layout import chunk_workers, map_chunks
 from rcenp.ops.memory import empty, scratch
 
 _CHUNK_BYTES = 5 << 19  # about 2.5 MB of gathered input (kernel rows or im2col) per worker chunk
@@ -153,11 +153,12 @@ def _chunk_size(n, per_image):
 
 
 def _balanced(n, largest):
-    """Images per chunk, at most ``largest``, in a multiple of ``workers()`` chunks where there
-    are enough images, so that no worker idles at the end (10 images: 2 x 5, not 1 x 10). Only
-    for passes whose results do not depend on the chunks: kernel-row GEMMs run image by image."""
-    count = -(-n // largest)
-    count = min(n, -(-count // workers()) * workers())
+    """Images per chunk, at most ``largest``, in a multiple of the worker count of chunks where
+    there are enough images, so that no worker idles at the end (10 images: 2 x 5, not 1 x 10).
+    Only for passes whose results do not depend on the chunks: kernel-row GEMMs run image by
+    image."""
+    count, w = -(-n // largest), chunk_workers()
+    count = min(n, -(-count // w) * w)
     return -(-n // count)
 
 

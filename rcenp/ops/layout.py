@@ -131,6 +131,11 @@ def _pool_with_blas_control():
     return _pool
 
 
+def chunk_workers() -> int:
+    """How many workers ``map_chunks`` runs on: the caller and the pool's helpers (1 without)."""
+    return 1 if _pool_with_blas_control() is None else _helpers + 1
+
+
 def parallel_available() -> bool:
     """True when chunks run on more than one worker, each with single-threaded BLAS."""
     return _pool_with_blas_control() is not None

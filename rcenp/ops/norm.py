@@ -60,7 +60,7 @@ class _Lanes:
 
     def vector(self, v):
         """A per-channel vector (C,), shaped to broadcast against the views."""
-        return get_array_module(v).tile(v, self.width) if self.on else _per_channel(v, self.nd)
+        return v[None].repeat(self.width, 0).ravel() if self.on else _per_channel(v, self.nd)  # = tile(v, W)
 
 
 def _rows(x):
