@@ -2,7 +2,7 @@
 gradients on hypothesis-drawn shapes, strides and paddings, and the layout/mode conventions."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from rcenp import functional as F
@@ -86,6 +86,22 @@ def test_conv2d_rejects_a_residual_of_another_shape_or_dtype(xp):
         F.conv2d(x, w, padding=1, residual=xp.zeros((3, 5, 5), np.float32))
     with pytest.raises(ValueError, match="residual"):
         F.conv2d(x, w, padding=1, residual=xp.zeros((1, 3, 5, 5), np.float64))
+
+
+@given(h=st.integers(1, 6), w=st.integers(1, 6), kw=st.integers(1, 4), c=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 3)] * 4))
+def test_kernel_rows_gathered_from_the_input_equal_those_of_the_padded_input(h, w, kw, c, pads):
+    from rcenp.ops.conv import _kernel_rows
+
+    top, left, bottom, right = pads
+    ow = left + w + right - kw + 1
+    assume(ow >= 1)
+    x = np.random.default_rng(h * w).standard_normal((2, h, w, c)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    expected = np.stack([padded[:, :, j:j + kw].reshape(2, -1, kw * c) for j in range(ow)], axis=2)
+    np.testing.assert_array_equal(_kernel_rows(x, pads, kw, ow), expected)
+    np.testing.assert_array_equal(_kernel_rows(x.transpose(0, 2, 1, 3).copy().transpose(0, 2, 1, 3),
+                                               pads, kw, ow), expected)   # not channels-last: padded first
 
 
 def test_conv2d_output_is_channels_last_and_float32(xp):
