@@ -23,13 +23,13 @@ the GPU CuPy's own memory pool does all this, so these helpers allocate.
 """
 from __future__ import annotations
 
-import collections
 import ctypes
 import itertools
 import math
 import os
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -96,29 +96,43 @@ def pool_stats() -> dict:
                 "in_use_bytes": busy, "high_water_bytes": _high_water}
 
 
-_SCRATCH_SLOTS = 64   # (name, thread) pairs; rcenp uses 6 names
-_scratch: collections.OrderedDict = collections.OrderedDict()
+class _Scratch:
+    """One thread's scratch blocks, by name."""
+
+    __slots__ = ("blocks", "__weakref__")
+
+    def __init__(self):
+        self.blocks = {}
+
+
+_thread_scratch = threading.local()
+_all_scratch: weakref.WeakSet = weakref.WeakSet()  # every live thread's, for release_host_memory
 _scratch_lock = threading.Lock()
+
+
+def _own_scratch() -> dict:
+    own = getattr(_thread_scratch, "own", None)
+    if own is None:
+        own = _thread_scratch.own = _Scratch()
+        with _scratch_lock:
+            _all_scratch.add(own)
+    return own.blocks
 
 
 def scratch(xp, name: str, shape, dtype):
     """An uninitialised working buffer of the calling thread, valid until that thread next asks
-    for ``name``: one block per (name, thread) grows to the largest request and is viewed at
-    each request's shape. The least recently used blocks are dropped beyond _SCRATCH_SLOTS. On
-    the GPU a fresh array (CuPy's memory pool recycles)."""
+    for ``name``: one block per name and thread grows to the largest request and is viewed at
+    each request's shape; a thread's blocks go with the thread. No lock is taken. On the GPU a
+    fresh array (CuPy's memory pool recycles)."""
     if xp is not np:
         return xp.empty(shape, dtype)
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    key = (name, threading.get_ident())
-    with _scratch_lock:
-        block = _scratch.pop(key, None)
-        if block is None or block.nbytes < nbytes:
-            block = None  # the smaller block is freed before the larger one is allocated
-            while len(_scratch) >= _SCRATCH_SLOTS:
-                _scratch.popitem(last=False)
-            block = np.empty(nbytes, np.uint8)
-        _scratch[key] = block
+    blocks = _own_scratch()
+    block = blocks.get(name)
+    if block is None or block.nbytes < nbytes:
+        blocks[name] = None  # the smaller block is freed before the larger one is allocated
+        block = blocks[name] = np.empty(nbytes, np.uint8)
     return block[:nbytes].view(dtype).reshape(shape)
 
 
@@ -130,7 +144,8 @@ def release_host_memory() -> None:
         _blocks.clear()
         _held = _high_water = 0
     with _scratch_lock:
-        _scratch.clear()
+        for own in list(_all_scratch):
+            own.blocks.clear()
 
 
 # glibc mallopt parameters (malloc.h)
