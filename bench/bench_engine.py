@@ -2,11 +2,15 @@
 gradient (forward + backward of the CE loss to the images: one iteration of a gradient attack
 such as BIM or C&W), rcenp against PyTorch.
 
-Each framework runs in its own subprocess so peak memory (ru_maxrss) is its own. Prints one JSON
-object; ``--json PATH`` also writes it. PyTorch is optional: without it only rcenp is timed.
+Each framework runs in its own subprocess per (batch, shape), so peak memory (ru_maxrss) is its
+own. rcenp runs as a library user's script does (``import rcenp``, no allocator tuning) unless
+``--tune-allocator``. Minor page faults per training step are reported too (the cost of memory
+returned to the OS and faulted back in). Prints one JSON object; ``--json PATH`` also writes it.
+PyTorch is optional: without it only rcenp is timed.
 
-    python bench/bench_engine.py                      # CPU, batch 128, 3x32x32
-    RCENP_DEVICE=cuda python bench/bench_engine.py    # GPU (CuPy; PyTorch on CUDA when present)
+    python bench/bench_engine.py                                  # CPU, batch 128, 3x32x32
+    python bench/bench_engine.py --batch 1,10,100,128 --shape 3x32x32,1x28x28
+    RCENP_DEVICE=cuda python bench/bench_engine.py                # GPU (CuPy; PyTorch on CUDA when present)
 """
 from __future__ import annotations
 
@@ -41,14 +45,23 @@ def _timeit(fn, sync, repeats, warmup):
     return times[len(times) // 2], times[0]
 
 
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _measure(train_step, forward, input_grad, sync, repeats, rss_before):
     """Median and best seconds of a training step, an eval forward and an eval input gradient,
-    and the peak RSS."""
-    train = _timeit(train_step, sync, repeats, 2)
+    minor page faults per training step (after warm-up), and the peak RSS."""
+    for _ in range(2):
+        train_step()
+    faults = _faults()
+    train = _timeit(train_step, sync, repeats, 0)
+    faults = _faults() - faults
     fwd = _timeit(forward, sync, repeats, 2)
     attack = _timeit(input_grad, sync, repeats, 2)
     return {"train_step_s": train[0], "train_step_best_s": train[1], "forward_s": fwd[0], "forward_best_s": fwd[1],
             "input_grad_s": attack[0], "input_grad_best_s": attack[1],
+            "train_step_minor_faults": faults // repeats,
             "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": rss_before}
 
 
@@ -60,14 +73,14 @@ def run_rcenp(args):
     from rcenp.backend import default_device, get_array_module, to_device
     from rcenp.models import resnet
     from rcenp.objectives import Classifier
-    from rcenp.ops.layout import tune_host_allocator
+    from rcenp.ops.memory import tune_host_allocator
     from rcenp.optim import SGD
 
-    tuned = tune_host_allocator()
+    tuned = tune_host_allocator() if args.tune_allocator else False
     device = default_device()
     model = Classifier(resnet(args.depth, args.channels), "ce").to(device)
     rng = np.random.default_rng(0)
-    x = to_device(rng.standard_normal((args.batch, args.channels, args.size, args.size)).astype(np.float32), device)
+    x = to_device(rng.standard_normal((args.batch, args.channels, *args.hw)).astype(np.float32), device)
     y = to_device(rng.integers(0, 10, args.batch), device)
     opt = SGD(model.parameters(), lr=0.01)
     xp = get_array_module(x)
@@ -105,7 +118,7 @@ def run_torch(args):
 
     torch.manual_seed(0)
     model = ResNet(args.depth, args.channels).to(device)
-    x = torch.randn(args.batch, args.channels, args.size, args.size, device=device)
+    x = torch.randn(args.batch, args.channels, *args.hw, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -131,40 +144,45 @@ def run_torch(args):
             **_measure(train_step, forward, input_grad, sync, args.repeats, base)}
 
 
-def _child(framework, args):
-    cmd = [sys.executable, SCRIPT, "--child", framework, "--batch", str(args.batch), "--depth", str(args.depth),
-           "--repeats", str(args.repeats), "--size", str(args.size), "--channels", str(args.channels)]
+def _child(framework, args, batch, shape):
+    cmd = [sys.executable, SCRIPT, "--child", framework, "--batch", str(batch), "--depth", str(args.depth),
+           "--repeats", str(args.repeats), "--shape", "x".join(map(str, shape))]
+    if args.tune_allocator:
+        cmd.append("--tune-allocator")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"framework": framework, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     return json.loads(proc.stdout)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--depth", type=int, default=32)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--channels", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--json", help="also write the result here")
-    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--child", choices=["rcenp", "torch"], help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        result = run_rcenp(args) if args.child == "rcenp" else run_torch(args)
-        print(json.dumps(result))
-        return 0
-    report = {"benchmark": f"ResNet-{args.depth} batch {args.batch} {args.channels}x{args.size}x{args.size}",
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-              "rcenp": _child("rcenp", args)}
+def _shape(text):
     try:
-        import importlib.util
-        has_torch = importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):
-        has_torch = False
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be CxHxW (e.g. 3x32x32), got {text!r}")
+    return shape
+
+
+def _listed(convert):
+    return lambda text: [convert(v) for v in text.split(",")]
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {value}")
+    return value
+
+
+def _compare(args, batch, shape, has_torch):
+    """One (batch, shape): rcenp and PyTorch each in a subprocess, and their ratios."""
+    c, h, w = shape
+    report = {"benchmark": f"ResNet-{args.depth} batch {batch} {c}x{h}x{w}", "batch": batch,
+              "shape": list(shape), "rcenp": _child("rcenp", args, batch, shape)}
     if has_torch and not args.no_torch:
-        report["torch"] = _child("torch", args)
+        report["torch"] = _child("torch", args, batch, shape)
         r, t = report["rcenp"], report["torch"]
         if "error" not in r and "error" not in t:
             report["ratio_rcenp_over_torch"] = {
@@ -180,9 +198,40 @@ def main(argv=None):
     for fw in ("rcenp", "torch"):
         r = report.get(fw)
         if isinstance(r, dict) and "train_step_s" in r:
-            r["train_images_per_s"] = args.batch / r["train_step_s"]
-            r["forward_images_per_s"] = args.batch / r["forward_s"]
-            r["input_grad_images_per_s"] = args.batch / r["input_grad_s"]
+            r["train_images_per_s"] = batch / r["train_step_s"]
+            r["forward_images_per_s"] = batch / r["forward_s"]
+            r["input_grad_images_per_s"] = batch / r["input_grad_s"]
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=_listed(_positive), default=[128], help="batch sizes, e.g. 1,10,100,128")
+    parser.add_argument("--shape", type=_listed(_shape), default=[(3, 32, 32)],
+                        help="image shapes CxHxW, e.g. 3x32x32,1x28x28 (CIFAR-10, MNIST)")
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tune-allocator", action="store_true",
+                        help="call rcenp.tune_host_allocator() first (as the rcenp command once did)")
+    parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--child", choices=["rcenp", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        args.batch, (args.channels, *args.hw) = args.batch[0], args.shape[0]
+        result = run_rcenp(args) if args.child == "rcenp" else run_torch(args)
+        print(json.dumps(result))
+        return 0
+    try:
+        import importlib.util
+        has_torch = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        has_torch = False
+    load_before = os.getloadavg()
+    runs = [_compare(args, batch, shape, has_torch) for shape in args.shape for batch in args.batch]
+    report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                          "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]]},
+              "allocator_tuned": args.tune_allocator, "runs": runs}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -8,11 +8,12 @@ import importlib.util
 
 from rcenp.autograd import Function, Tensor, enable_grad, grad, is_grad_enabled, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
-from rcenp.ops.layout import tune_host_allocator
+from rcenp.ops.memory import release_host_memory, tune_host_allocator
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "grad", "no_grad", "enable_grad", "is_grad_enabled",
-           "get_array_module", "as_numpy", "to_device", "tune_host_allocator", "__version__"]
+           "get_array_module", "as_numpy", "to_device", "release_host_memory", "tune_host_allocator",
+           "__version__"]
 
 SUBMODULES = ("attacks", "checkpoint", "data", "detect", "functional", "metrics", "models", "nn",
               "objectives", "optim", "testing", "train")

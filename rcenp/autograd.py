@@ -20,6 +20,7 @@ import itertools
 import numpy as np
 
 from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
+from rcenp.ops.layout import add_arrays
 
 _ARRAY_TYPES = (np.ndarray, cupy_ndarray)
 _grad_enabled = True
@@ -264,7 +265,7 @@ def _backprop(root: Tensor, root_grad, targets: dict | None, retain_graph: bool,
                 continue
             key = id(t.creator)
             if key in pending:
-                pending[key] = pending[key] + gx
+                pending[key] = add_arrays(pending[key], gx)  # pooled on the host
             else:
                 pending[key] = gx
                 heapq.heappush(heap, (-t.creator.rank, next(counter), t.creator))

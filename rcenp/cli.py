@@ -15,7 +15,6 @@ import numpy as np
 from rcenp.backend import DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
-from rcenp.ops.layout import tune_host_allocator
 
 QUICK_HELP = ("quick = ResNet-14, 5,600 steps of batch 64 with lr 0.1/0.01/0.001 switching at 50%/75% "
               "of the run; measured on 2 CPU cores: RCE on MNIST reached 0.53% test error in 12.5 minutes")
@@ -208,7 +207,6 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    tune_host_allocator()
     try:
         return COMMANDS[args.command](args)
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:

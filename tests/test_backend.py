@@ -57,7 +57,7 @@ def test_seeded_generators_and_default_dtype():
 ALLOCATOR_PROBE = """
 import resource, sys
 import numpy as np
-from rcenp.ops.layout import tune_host_allocator
+from rcenp.ops.memory import tune_host_allocator
 print(sys.argv[1] == "tune" and tune_host_allocator())
 
 def live_set():   # like a training step: ten 3 MB arrays alive at once, then all freed

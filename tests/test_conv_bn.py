@@ -2,7 +2,7 @@
 gradients on hypothesis-drawn shapes, strides and paddings, and the layout/mode conventions."""
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from rcenp import functional as F
@@ -49,6 +49,59 @@ def test_conv2d_forward_and_gradients(xp, case):
     op = (lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=padding)) if b is not None else \
         (lambda x, w: F.conv2d(x, w, stride=stride, padding=padding))
     check_gradients(op, args)
+
+
+@pytest.mark.parametrize("shape,stride,bias", [((2, 3, 6, 6), 1, True), ((2, 3, 7, 5), 2, False),
+                                               ((64, 16, 12, 12), 1, False)])   # the last one host-chunked
+def test_conv2d_residual_has_the_bits_of_a_separate_sum_and_passes_gy_to_the_residual(xp, shape, stride, bias):
+    rng = np.random.default_rng(3)
+    x = xp.asarray(rng.standard_normal(shape).astype(np.float32))
+    w = xp.asarray(rng.standard_normal((4, shape[1], 3, 3)).astype(np.float32))
+    b = xp.asarray(rng.standard_normal(4).astype(np.float32)) if bias else None
+    plain = F.conv2d(x, w, b, stride=stride, padding=1).data
+    r = Tensor(xp.asarray(rng.standard_normal(plain.shape).astype(np.float32)), requires_grad=True)
+    xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    fused = F.conv2d(xt, wt, b, stride=stride, padding=1, residual=r)
+    separate = F.conv2d(xt, wt, b, stride=stride, padding=1) + r
+    np.testing.assert_array_equal(as_numpy(fused.data), as_numpy(plain + r.data))
+    gy = xp.asarray(rng.standard_normal(plain.shape).astype(np.float32))
+    for got, want in zip(grad(fused, [xt, wt, r], grad_output=gy), grad(separate, [xt, wt, r], grad_output=gy)):
+        np.testing.assert_array_equal(as_numpy(got), as_numpy(want))
+
+
+@pytest.mark.parametrize("residual_shape", [(2, 3, 3, 3), (2, 3, 1, 1), (1, 3, 3, 1)])  # broadcasts as + does
+def test_conv2d_residual_gradients_in_float64(xp, residual_shape):
+    rng = np.random.default_rng(4)
+    x, w, r = (xp.asarray(rng.standard_normal(s)) for s in ((2, 2, 5, 5), (3, 2, 3, 3), residual_shape))
+    y = F.conv2d(x, w, stride=2, padding=1, residual=r)
+    np.testing.assert_array_equal(as_numpy(y.data), as_numpy((F.conv2d(x, w, stride=2, padding=1) + r).data))
+    check_gradients(lambda x, w, r: F.conv2d(x, w, stride=2, padding=1, residual=r), [x, w, r])
+
+
+def test_conv2d_rejects_a_residual_of_another_shape_or_dtype(xp):
+    x, w = xp.zeros((1, 2, 5, 5), np.float32), xp.zeros((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="residual"):
+        F.conv2d(x, w, padding=1, residual=xp.zeros((1, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="residual"):
+        F.conv2d(x, w, padding=1, residual=xp.zeros((3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="residual"):
+        F.conv2d(x, w, padding=1, residual=xp.zeros((1, 3, 5, 5), np.float64))
+
+
+@given(h=st.integers(1, 6), w=st.integers(1, 6), kw=st.integers(1, 4), c=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 3)] * 4))
+def test_kernel_rows_gathered_from_the_input_equal_those_of_the_padded_input(h, w, kw, c, pads):
+    from rcenp.ops.conv import _kernel_rows
+
+    top, left, bottom, right = pads
+    ow = left + w + right - kw + 1
+    assume(ow >= 1)
+    x = np.random.default_rng(h * w).standard_normal((2, h, w, c)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    expected = np.stack([padded[:, :, j:j + kw].reshape(2, -1, kw * c) for j in range(ow)], axis=2)
+    np.testing.assert_array_equal(_kernel_rows(x, pads, kw, ow), expected)
+    np.testing.assert_array_equal(_kernel_rows(x.transpose(0, 2, 1, 3).copy().transpose(0, 2, 1, 3),
+                                               pads, kw, ow), expected)   # not channels-last: padded first
 
 
 def test_conv2d_output_is_channels_last_and_float32(xp):

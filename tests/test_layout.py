@@ -109,3 +109,44 @@ def test_chunk_workers_leave_the_callers_blas_threads_alone():
     assert inside == ["1"] * 4          # each chunk runs single-threaded BLAS
     assert after == before              # and the caller gets its threads back
     assert after_concurrent == before   # also after dispatches from two threads overlapped
+
+
+WORKERS_PROBE = """
+import hashlib, sys
+import numpy as np
+import rcenp
+from rcenp.models import resnet
+from rcenp.objectives import Classifier
+from rcenp.optim import SGD
+
+digest = hashlib.sha256()
+for shape, batch in (((3, 32, 32), 10), ((1, 28, 28), 33)):
+    model = Classifier(resnet(8, shape[0]), "rce")
+    opt = SGD(model.parameters(), lr=0.1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch,) + shape).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    opt.zero_grad()
+    model.loss(x, y).backward()
+    opt.step()
+    model.eval()
+    images = rcenp.Tensor(x, requires_grad=True)
+    for array in [rcenp.grad(model.loss(images, y), images)] + [p.data for p in model.parameters()]:
+        digest.update(np.ascontiguousarray(array).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_results_are_bit_identical_for_any_number_of_host_workers():
+    # chunking for the workers (balanced kernel-row passes) must never change a bit. One worker
+    # leaves BLAS's threads alone, and OpenBLAS's threaded GEMMs round differently: one thread.
+    digests = set()
+    for workers in ("1", "2", "3"):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), RCENP_HOST_THREADS=workers)
+        env.pop("OPENBLAS_NUM_THREADS", None)
+        if workers == "1":
+            env["OPENBLAS_NUM_THREADS"] = "1"
+        out = subprocess.run([sys.executable, "-c", WORKERS_PROBE], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1

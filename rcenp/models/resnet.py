@@ -57,12 +57,12 @@ class PreActUnit(Module):
             shortcut, h = x, x
         else:
             shortcut, h = x, self.bn1(x, slope)
-        h = self.conv2(self.bn2(self.conv1(h), slope))
+        h = self.bn2(self.conv1(h), slope)
         if self.in_channels != self.out_channels:
             shortcut = F.avg_pool2d(shortcut, self.stride, self.stride)
             extra = (self.out_channels - self.in_channels) // 2
             shortcut = F.pad(shortcut, ((0, 0), (extra, extra), (0, 0), (0, 0)))
-        return h + shortcut
+        return self.conv2(h, residual=shortcut)  # conv2(h) + shortcut, summed as conv2 writes
 
 
 class ResNet(Module):

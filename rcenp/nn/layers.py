@@ -20,8 +20,9 @@ class Conv2d(Module):
         self.weight = Parameter(rng.normal(0.0, std, (out_channels, in_channels, k, k)).astype(DEFAULT_DTYPE), decay=True)
         self.bias = Parameter(np.zeros(out_channels, DEFAULT_DTYPE)) if bias else None
 
-    def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+    def forward(self, x, residual=None):
+        """conv(x) (+ bias); with ``residual``, conv(x) + residual in one pass (a ResNet unit's sum)."""
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, residual=residual)
 
 
 class BatchNorm2d(Module):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
-from rcenp.ops.layout import alloc_like, over_chunks
+from rcenp.ops.layout import alloc_like, over_chunks, scratch_like
 
 
 def leaky_into(x, slope, out):
@@ -15,14 +15,16 @@ def leaky_into(x, slope, out):
 
 def leaky_grad_into(sign, gy, slope, out):
     """out = gy where sign > 0, slope*gy elsewhere; ``sign`` is the activation's input or output
-    (same sign for 0 <= slope < 1, and both 0 at the kink, where the derivative is ``slope``)."""
-    # multiplier (1 - m)*slope + m from the 0/1 mask m: exact in floating point, and ~6x faster
+    (same sign for 0 <= slope < 1, and both 0 at the kink, where the derivative is ``slope``).
+    ``out`` must not overlap ``sign`` or ``gy``."""
+    # multiplier m + (1 - m)*slope from the 0/1 mask m: exact in floating point, and ~6x faster
     # than where() with array arguments.
-    m = (sign > 0).astype(gy.dtype)
-    multiplier = 1 - m
-    multiplier *= slope
-    multiplier += m
-    return get_array_module(gy).multiply(multiplier, gy, out=out)
+    xp = get_array_module(gy)
+    m = xp.greater(sign, 0, out=out)
+    rest = xp.subtract(1, m, out=scratch_like(out, "leaky-mask"))
+    rest *= slope
+    m += rest
+    return xp.multiply(m, gy, out=out)
 
 
 class LeakyReLU(Function):

@@ -16,15 +16,18 @@ run one after another in the calling thread.
 pthreads builds NumPy's wheels ship it sets the process-wide count. So OpenBLAS has one thread
 while any dispatch runs, and the count from before comes back when the last one has finished:
 BLAS calls outside rcenp's chunks keep all their threads (a per-worker setting made once would
-leave every later GEMM of the process single-threaded, 2x slower here).
+leave every later GEMM of the process single-threaded, 2x slower here). A pass too small to
+split (one chunk, a small batch) also runs with one BLAS thread (``serial``).
 
-The chunks depend only on array sizes, never on the number of workers, and partial results are
-combined in chunk order. Results are therefore bit-identical for any ``RCENP_HOST_THREADS``, which
-a resumed training run relies on.
+Wherever the chunking can change a result (partial sums, an im2col GEMM whose row count is the
+chunk's), chunks depend only on array sizes, never on the number of workers, and partial results
+are combined in chunk order; passes computed image by image are split evenly over the workers.
+Results are therefore bit-identical for any ``RCENP_HOST_THREADS``, which a resumed training run
+relies on (with ``RCENP_HOST_THREADS=1`` rcenp leaves BLAS's thread count alone, and threaded
+OpenBLAS GEMMs round differently: set ``OPENBLAS_NUM_THREADS=1`` too).
 """
 from __future__ import annotations
 
-import collections
 import ctypes
 import glob
 import itertools
@@ -35,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 
 from rcenp.backend import get_array_module
+from rcenp.ops import memory
 
 _pool: ThreadPoolExecutor | None = None
 _pool_ready = False
@@ -45,46 +49,31 @@ _BLAS_COUNT_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_"
                        "scipy_openblas_get_num_threads64_")
 
 
-def alloc_like(x, shape, zero=True):
-    """A new array of ``shape`` and x's dtype whose memory order follows x's strides."""
-    xp = get_array_module(x)
+def _like(x, shape, allocate):
+    """allocate(shape in x's memory order, dtype), transposed back to ``shape``."""
     order = sorted(range(x.ndim), key=lambda a: -abs(x.strides[a]))  # outermost axis first
-    buf = (xp.zeros if zero else xp.empty)(tuple(shape[a] for a in order), x.dtype)
+    buf = allocate(tuple(shape[a] for a in order), x.dtype)
     inverse = [0] * x.ndim
     for position, axis in enumerate(order):
         inverse[axis] = position
     return buf.transpose(inverse)
 
 
-_SCRATCH_SLOTS = 128  # a ResNet step uses about 60 (per thread, key and shape)
-_scratch: collections.OrderedDict = collections.OrderedDict()
-_scratch_lock = threading.Lock()
-
-
-def scratch(xp, key, shape, dtype, zero: bool):
-    """A reusable host buffer of the calling thread (large NumPy allocations cost page faults on
-    every call); the least recently used are dropped beyond _SCRATCH_SLOTS.
-
-    A zeroed buffer is only ever written in the same region for the same key, so its zero
-    border survives reuse. On the GPU CuPy's memory pool already recycles, so we allocate.
-    """
-    if xp is not np:
-        return xp.zeros(shape, dtype) if zero else xp.empty(shape, dtype)
-    key = (key, threading.get_ident(), tuple(shape), np.dtype(dtype).str)
-    with _scratch_lock:
-        buf = _scratch.pop(key, None)
-        if buf is None:
-            buf = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            while len(_scratch) >= _SCRATCH_SLOTS:
-                _scratch.popitem(last=False)
-        _scratch[key] = buf
+def alloc_like(x, shape, zero=True):
+    """A new array of ``shape`` and x's dtype whose memory order follows x's strides (on the
+    host, from the buffer pool of ``rcenp.ops.memory``)."""
+    xp = get_array_module(x)
+    buf = _like(x, shape, xp.empty if xp is not np else memory.empty)
+    if zero:
+        buf.fill(0)
     return buf
 
 
-def clear_scratch() -> None:
-    """Free the cached scratch buffers (im2col, kernel rows, padding, products)."""
-    with _scratch_lock:
-        _scratch.clear()
+def scratch_like(x, name: str):
+    """An uninitialised working array shaped and laid out like x: the calling thread's scratch
+    buffer ``name`` (``rcenp.ops.memory.scratch``), valid until the thread next asks for it."""
+    xp = get_array_module(x)
+    return _like(x, x.shape, lambda shape, dtype: memory.scratch(xp, name, shape, dtype))
 
 
 def _numpy_openblas():
@@ -121,36 +110,6 @@ def blas_thread_count():
     return None
 
 
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD = 32 << 20   # glibc's ceiling for this parameter on 64-bit
-_TRIM_THRESHOLD = 1 << 30
-
-
-def tune_host_allocator() -> bool:
-    """Keep freed host memory for reuse instead of returning it to the OS (glibc only).
-
-    A training step allocates and frees a few hundred arrays of 0.1-10 MB. With glibc's defaults
-    many of them are fresh ``mmap`` regions or trimmed heap tops, so every step page-faults its
-    working set in again: here 50,000-54,000 minor faults and 0.24-0.37 s of system time per
-    ResNet-32 step (batch 128, 2 cores). Serving blocks below 32 MiB from the heap and trimming
-    only above 1 GiB cuts that to about 400 faults and 0.1 s, leaves peak memory unchanged and
-    makes the step 5-15% faster (``bench/bench_engine.py``).
-
-    This changes process-wide allocator settings, so the ``rcenp`` command and the benchmarks
-    call it and the library never does on import. A no-op returning False where ``mallopt`` is
-    missing (not glibc) or the user set ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``.
-    """
-    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.restype, mallopt.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-
-
 def workers() -> int:
     """Host worker threads: ``RCENP_HOST_THREADS`` or the number of cores."""
     value = os.environ.get("RCENP_HOST_THREADS")
@@ -170,6 +129,11 @@ def _pool_with_blas_control():
                     _pool = ThreadPoolExecutor(max_workers=_helpers, thread_name_prefix="rcenp-host")
                 _pool_ready = True
     return _pool
+
+
+def chunk_workers() -> int:
+    """How many workers ``map_chunks`` runs on: the caller and the pool's helpers (1 without)."""
+    return 1 if _pool_with_blas_control() is None else _helpers + 1
 
 
 def parallel_available() -> bool:
@@ -272,6 +236,22 @@ def over_chunks(x, job):
     for part in parts[1:]:
         total = total + part
     return total
+
+
+def add_arrays(a, b):
+    """a + b. Two host arrays of one shape and dtype are added into a pooled array in a's memory
+    order (chunk by chunk on the pool when large): NumPy's bits, without a fresh allocation.
+    Residual sums and gradients reaching a tensor from two consumers both come here."""
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.shape != b.shape \
+            or a.dtype != b.dtype or a.ndim == 0:
+        return a + b
+    y = alloc_like(a, a.shape, zero=False)
+
+    def job(lo, hi):
+        np.add(a[lo:hi], b[lo:hi], out=y[lo:hi])
+
+    over_chunks(y, job)
+    return y
 
 
 def host_chunked(*arrays) -> bool:

@@ -23,7 +23,8 @@ import numpy as np
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 from rcenp.ops.activation import check_slope, leaky_grad_into, leaky_into
-from rcenp.ops.layout import alloc_like, over_chunks, scratch
+from rcenp.ops.layout import alloc_like, over_chunks, scratch_like
+from rcenp.ops.memory import scratch
 
 
 def _axes(x):
@@ -59,7 +60,7 @@ class _Lanes:
 
     def vector(self, v):
         """A per-channel vector (C,), shaped to broadcast against the views."""
-        return get_array_module(v).tile(v, self.width) if self.on else _per_channel(v, self.nd)
+        return v[None].repeat(self.width, 0).ravel() if self.on else _per_channel(v, self.nd)  # = tile(v, W)
 
 
 def _rows(x):
@@ -86,7 +87,7 @@ def _channel_dot(a, b):
         return (a * b).sum(axis=_axes(a))
     xp = get_array_module(a)
     if xp is np:
-        product = np.multiply(ra, rb, out=scratch(np, ("bn-product",), ra.shape, np.result_type(ra, rb), zero=False))
+        product = np.multiply(ra, rb, out=scratch(np, "bn-product", ra.shape, np.result_type(ra, rb)))
     else:
         product = ra * rb
     return xp.ones(product.shape[0], product.dtype) @ product
@@ -181,7 +182,8 @@ class BatchNorm(Function):
                 b_v, c_v = lanes.vector(b), lanes.vector(c)
 
                 def combine(lo, hi):
-                    affine = xp.multiply(lanes(x[lo:hi]), b_v)
+                    xl = lanes(x[lo:hi])
+                    affine = xp.multiply(xl, b_v, out=scratch_like(xl, "bn-affine"))
                     affine += c_v
                     out = xp.multiply(lanes(g[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
                     out += affine

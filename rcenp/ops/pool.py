@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
-from rcenp.ops.layout import alloc_like, over_chunks
+from rcenp.backend import get_array_module
+from rcenp.ops.layout import alloc_like, over_chunks, scratch_like
 
 
 def _pair(v):
@@ -50,7 +51,8 @@ class AvgPool2d(Function):
         def job(lo, hi):
             out = gx[lo:hi]
             out[...] = 0
-            share = gy[lo:hi] * inv_area
+            share = gy[lo:hi]
+            share = get_array_module(share).multiply(share, inv_area, out=scratch_like(share, "pool-share"))
             for rows, cols in windows:
                 out[:, :, rows, cols] += share
 
