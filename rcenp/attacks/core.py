@@ -20,7 +20,6 @@ import numpy as np
 from rcenp.autograd import Tensor, grad, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.nn.module import check_input_dtype
-from rcenp.ops.activation import log_softmax_array
 
 BOX = (-0.5, 0.5)
 UNTARGETED = -1
@@ -174,10 +173,6 @@ def soft_target_gradient(model, x, targets):
 
 def one_hot(xp, labels, num_classes: int, dtype):
     return (xp.arange(num_classes)[None, :] == labels[:, None]).astype(dtype)
-
-
-def log_probabilities(logits):
-    return log_softmax_array(logits, axis=1)
 
 
 def to_model_device(model, array):
