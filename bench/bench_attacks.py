@@ -321,10 +321,9 @@ def main(argv=None):
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, args.json)
+        from rcenp.checkpoint import atomic_write_text  # this checkout's rcenp (sys.path above)
+
+        atomic_write_text(args.json, text + "\n")
     return 0
 
 

@@ -235,10 +235,11 @@ def main(argv=None):
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, args.json)
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        from rcenp.checkpoint import atomic_write_text
+
+        atomic_write_text(args.json, text + "\n")
     return 0
 
 
