@@ -22,6 +22,13 @@ Background training competes for the cores, so pause it while timing, and always
     python bench/bench_attacks.py --n 100 --eps 0.1                 # both shipped models, BIM and JSMA
     python bench/bench_attacks.py --models mnist-resnet32-rce --cw --cw-n 20 --cw-steps 100
     RCENP_DATA=/work/shared/data python bench/bench_attacks.py --source test --n 1000
+
+On a shared machine, threads that wait for each other at every operation lose most of their time
+to whatever else runs (PyTorch at 2 threads here: 2.7 s for an input gradient that takes 0.9 s at
+1 thread, while one other process ran). One core each side, all three variables needed (with
+RCENP_HOST_THREADS=1 alone, OpenBLAS keeps its own 2 threads):
+
+    RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python bench/bench_attacks.py --threads 1
 """
 from __future__ import annotations
 
@@ -271,7 +278,8 @@ def _threads(torch):
 
     return {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
             "rcenp_host_workers": workers(), "rcenp_blas_threads": blas_thread_count(),
-            "RCENP_HOST_THREADS": os.environ.get("RCENP_HOST_THREADS"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+            "RCENP_HOST_THREADS": os.environ.get("RCENP_HOST_THREADS"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
 
 
 def main(argv=None):
