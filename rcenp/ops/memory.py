@@ -17,9 +17,10 @@ _MIN_BYTES are pooled (glibc serves smaller ones from its heap cheaply).
 
 The pool holds at most 1.5 times the most pooled bytes that were in use at once (different sizes
 peak at different moments of a step: a ResNet step holds 1.1-1.4 times its peak), so a request
-that does not fit drops idle blocks, least recently handed out first. ``release_host_memory()`` empties the pool and the
-scratch buffers, and ``RCENP_HOST_POOL=0`` turns the pool off (NumPy allocates every array). On
-the GPU CuPy's own memory pool does all this, so these helpers allocate.
+that does not fit drops idle blocks, least recently handed out first. ``release_host_memory()``
+empties the pool and the scratch buffers, and ``RCENP_HOST_POOL=0`` turns the pool off (NumPy
+allocates every array). On the GPU CuPy's own memory pool does all this, so these helpers
+allocate.
 """
 from __future__ import annotations
 
