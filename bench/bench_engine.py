@@ -8,8 +8,8 @@ own. rcenp runs as a library user's script does (``import rcenp``, no allocator 
 returned to the OS and faulted back in), and the median process CPU seconds beside the wall
 times: on a machine shared with other jobs, PyTorch's spinning OpenMP threads lose far more wall
 time than rcenp's workers, and ``--threads 1`` with the CPU times compares the work itself.
-Prints one JSON object; ``--json PATH`` also writes it. PyTorch is optional: without it only
-rcenp is timed.
+``--rounds K`` alternates the two K times and keeps each one's least median. Prints one JSON
+object; ``--json PATH`` also writes it. PyTorch is optional: without it only rcenp is timed.
 
     python bench/bench_engine.py                                  # CPU, batch 128, 3x32x32
     python bench/bench_engine.py --batch 1,10,100,128 --shape 3x32x32,1x28x28
@@ -225,13 +225,36 @@ def _positive(text):
     return value
 
 
+_TIMED = ("train_step_s", "train_step_best_s", "forward_s", "forward_best_s", "input_grad_s", "input_grad_best_s",
+          "train_step_cpu_s", "forward_cpu_s", "input_grad_cpu_s")
+
+
+def _best_of(rounds):
+    """One framework's rounds merged: each time the least over the rounds, the rest of the
+    first round (an error if any round failed)."""
+    for r in rounds:
+        if "error" in r:
+            return r
+    best = dict(rounds[0], rounds=len(rounds))
+    for key in _TIMED:
+        best[key] = min(r[key] for r in rounds)
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    return best
+
+
 def _compare(args, batch, shape, has_torch):
-    """One (batch, shape): rcenp and PyTorch each in a subprocess, and their ratios."""
+    """One (batch, shape): rcenp and PyTorch in alternating subprocesses (``--rounds`` pairs),
+    the least of each time over the rounds, and their ratios."""
     c, h, w = shape
+    torch_too = has_torch and not args.no_torch
+    runs = {"rcenp": [], "torch": []}
+    for _ in range(args.rounds):
+        for fw in ("rcenp", "torch") if torch_too else ("rcenp",):
+            runs[fw].append(_child(fw, args, batch, shape))
     report = {"benchmark": f"ResNet-{args.depth} batch {batch} {c}x{h}x{w}", "batch": batch,
-              "shape": list(shape), "rcenp": _child("rcenp", args, batch, shape)}
-    if has_torch and not args.no_torch:
-        report["torch"] = _child("torch", args, batch, shape)
+              "shape": list(shape), "rcenp": _best_of(runs["rcenp"])}
+    if torch_too:
+        report["torch"] = _best_of(runs["torch"])
         r, t = report["rcenp"], report["torch"]
         if "error" not in r and "error" not in t:
             report["ratio_rcenp_over_torch"] = {
@@ -263,6 +286,9 @@ def main(argv=None):
                         help="image shapes CxHxW, e.g. 3x32x32,1x28x28 (CIFAR-10, MNIST)")
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=_positive, default=1,
+                        help="alternate rcenp and PyTorch this many times and keep each one's least times "
+                             "(on a shared machine)")
     parser.add_argument("--tune-allocator", action="store_true",
                         help="call rcenp.tune_host_allocator() first (as the rcenp command once did)")
     parser.add_argument("--threads", type=_positive,
