@@ -5,11 +5,15 @@ such as BIM or C&W), rcenp against PyTorch.
 Each framework runs in its own subprocess per (batch, shape), so peak memory (ru_maxrss) is its
 own. rcenp runs as a library user's script does (``import rcenp``, no allocator tuning) unless
 ``--tune-allocator``. Minor page faults per training step are reported too (the cost of memory
-returned to the OS and faulted back in). Prints one JSON object; ``--json PATH`` also writes it.
-PyTorch is optional: without it only rcenp is timed.
+returned to the OS and faulted back in), and the median process CPU seconds beside the wall
+times: on a machine shared with other jobs, PyTorch's spinning OpenMP threads lose far more wall
+time than rcenp's workers, and ``--threads 1`` with the CPU times compares the work itself.
+``--rounds K`` alternates the two K times and keeps each one's least median. Prints one JSON
+object; ``--json PATH`` also writes it. PyTorch is optional: without it only rcenp is timed.
 
     python bench/bench_engine.py                                  # CPU, batch 128, 3x32x32
     python bench/bench_engine.py --batch 1,10,100,128 --shape 3x32x32,1x28x28
+    python bench/bench_engine.py --threads 1                      # one thread each
     RCENP_DEVICE=cuda python bench/bench_engine.py                # GPU (CuPy; PyTorch on CUDA when present)
 """
 from __future__ import annotations
@@ -32,17 +36,20 @@ def _rss_mb() -> float:
 
 
 def _timeit(fn, sync, repeats, warmup):
+    """Median and best wall seconds, and the median process CPU seconds (all threads)."""
     for _ in range(warmup):
         fn()
     sync()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         sync()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     times.sort()
-    return times[len(times) // 2], times[0]
+    cpu.sort()
+    return times[len(times) // 2], times[0], cpu[len(cpu) // 2]
 
 
 def _faults() -> int:
@@ -51,7 +58,8 @@ def _faults() -> int:
 
 def _measure(train_step, forward, input_grad, sync, repeats, rss_before):
     """Median and best seconds of a training step, an eval forward and an eval input gradient,
-    minor page faults per training step (after warm-up), and the peak RSS."""
+    their median CPU seconds, minor page faults per training step (after warm-up), and the
+    peak RSS."""
     for _ in range(2):
         train_step()
     faults = _faults()
@@ -61,6 +69,7 @@ def _measure(train_step, forward, input_grad, sync, repeats, rss_before):
     attack = _timeit(input_grad, sync, repeats, 2)
     return {"train_step_s": train[0], "train_step_best_s": train[1], "forward_s": fwd[0], "forward_best_s": fwd[1],
             "input_grad_s": attack[0], "input_grad_best_s": attack[1],
+            "train_step_cpu_s": train[2], "forward_cpu_s": fwd[2], "input_grad_cpu_s": attack[2],
             "train_step_minor_faults": faults // repeats,
             "peak_rss_mb": _rss_mb(), "rss_before_steps_mb": rss_before}
 
@@ -115,6 +124,8 @@ def run_torch(args):
     from torch_twin import ResNet  # the same network as rcenp's, in torch.nn
 
     device = "cuda" if os.environ.get("RCENP_DEVICE") == "cuda" and torch.cuda.is_available() else "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     model = ResNet(args.depth, args.channels).to(device)
@@ -147,9 +158,15 @@ def run_torch(args):
 def _child(framework, args, batch, shape):
     cmd = [sys.executable, SCRIPT, "--child", framework, "--batch", str(batch), "--depth", str(args.depth),
            "--repeats", str(args.repeats), "--shape", "x".join(map(str, shape))]
+    env = dict(os.environ)
     if args.tune_allocator:
         cmd.append("--tune-allocator")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if args.threads:  # rcenp's workers, PyTorch's intra-op threads; BLAS single-threaded at 1
+        cmd += ["--threads", str(args.threads)]
+        env["RCENP_HOST_THREADS"] = str(args.threads)
+        if args.threads == 1:
+            env["OPENBLAS_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"framework": framework, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
     return json.loads(proc.stdout)
@@ -176,19 +193,45 @@ def _positive(text):
     return value
 
 
+_TIMED = ("train_step_s", "train_step_best_s", "forward_s", "forward_best_s", "input_grad_s", "input_grad_best_s",
+          "train_step_cpu_s", "forward_cpu_s", "input_grad_cpu_s")
+
+
+def _best_of(rounds):
+    """One framework's rounds merged: each time the least over the rounds, the rest of the
+    first round (an error if any round failed)."""
+    for r in rounds:
+        if "error" in r:
+            return r
+    best = dict(rounds[0], rounds=len(rounds))
+    for key in _TIMED:
+        best[key] = min(r[key] for r in rounds)
+    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    return best
+
+
 def _compare(args, batch, shape, has_torch):
-    """One (batch, shape): rcenp and PyTorch each in a subprocess, and their ratios."""
+    """One (batch, shape): rcenp and PyTorch in alternating subprocesses (``--rounds`` pairs),
+    the least of each time over the rounds, and their ratios."""
     c, h, w = shape
+    torch_too = has_torch and not args.no_torch
+    runs = {"rcenp": [], "torch": []}
+    for _ in range(args.rounds):
+        for fw in ("rcenp", "torch") if torch_too else ("rcenp",):
+            runs[fw].append(_child(fw, args, batch, shape))
     report = {"benchmark": f"ResNet-{args.depth} batch {batch} {c}x{h}x{w}", "batch": batch,
-              "shape": list(shape), "rcenp": _child("rcenp", args, batch, shape)}
-    if has_torch and not args.no_torch:
-        report["torch"] = _child("torch", args, batch, shape)
+              "shape": list(shape), "rcenp": _best_of(runs["rcenp"])}
+    if torch_too:
+        report["torch"] = _best_of(runs["torch"])
         r, t = report["rcenp"], report["torch"]
         if "error" not in r and "error" not in t:
             report["ratio_rcenp_over_torch"] = {
                 "train_step": r["train_step_s"] / t["train_step_s"],
                 "forward": r["forward_s"] / t["forward_s"],
                 "input_grad": r["input_grad_s"] / t["input_grad_s"],
+                "cpu_train_step": r["train_step_cpu_s"] / t["train_step_cpu_s"],
+                "cpu_forward": r["forward_cpu_s"] / t["forward_cpu_s"],
+                "cpu_input_grad": r["input_grad_cpu_s"] / t["input_grad_cpu_s"],
                 "peak_rss": r["peak_rss_mb"] / t["peak_rss_mb"],
                 "peak_rss_above_baseline": (r["peak_rss_mb"] - r["rss_before_steps_mb"]) /
                                            max(t["peak_rss_mb"] - t["rss_before_steps_mb"], 1e-9),
@@ -211,8 +254,13 @@ def main(argv=None):
                         help="image shapes CxHxW, e.g. 3x32x32,1x28x28 (CIFAR-10, MNIST)")
     parser.add_argument("--depth", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=_positive, default=1,
+                        help="alternate rcenp and PyTorch this many times and keep each one's least times "
+                             "(on a shared machine)")
     parser.add_argument("--tune-allocator", action="store_true",
                         help="call rcenp.tune_host_allocator() first (as the rcenp command once did)")
+    parser.add_argument("--threads", type=_positive,
+                        help="threads for both (RCENP_HOST_THREADS, torch.set_num_threads); default: theirs")
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--child", choices=["rcenp", "torch"], help=argparse.SUPPRESS)
@@ -231,7 +279,7 @@ def main(argv=None):
     runs = [_compare(args, batch, shape, has_torch) for shape in args.shape for batch in args.batch]
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]]},
-              "allocator_tuned": args.tune_allocator, "runs": runs}
+              "allocator_tuned": args.tune_allocator, "threads": args.threads, "runs": runs}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -120,7 +120,7 @@ from rcenp.objectives import Classifier
 from rcenp.optim import SGD
 
 digest = hashlib.sha256()
-for shape, batch in (((3, 32, 32), 10), ((1, 28, 28), 33)):
+for shape, batch in (((3, 32, 32), 40), ((1, 28, 28), 33)):
     model = Classifier(resnet(8, shape[0]), "rce")
     opt = SGD(model.parameters(), lr=0.1)
     rng = np.random.default_rng(0)

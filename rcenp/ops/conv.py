@@ -34,7 +34,7 @@ On the host, every pass (forward, dw, dx) is split into chunks of images whose g
 chunk with single-threaded BLAS (``rcenp.ops.layout.map_chunks``), so the block never leaves the
 core's cache. Partial sums are added in a fixed order (dw: per image, then per chunk), so results
 do not depend on thread timing or count. Kernel-row passes (forward and dx at stride 1) multiply
-image by image, so their chunks are also balanced over the workers (10 images: 2 x 5).
+image by image, so their chunks are also balanced over the workers (100 images: 4 x 25).
 """
 from __future__ import annotations
 
@@ -175,11 +175,14 @@ def _chunk_size(n, per_image):
 
 
 def _balanced(n, largest):
-    """Images per chunk, at most ``largest``, in a multiple of the worker count of chunks where
-    there are enough images, so that no worker idles at the end (10 images: 2 x 5, not 1 x 10).
-    Only for passes whose results do not depend on the chunks: kernel-row GEMMs run image by
-    image."""
+    """Images per chunk, at most ``largest``: a pass of several chunks gets a multiple of the
+    worker count of them, so that no worker idles at the end (100 images at 34 per chunk: 4 x 25,
+    not 3 x 34). A pass of one chunk stays whole: waking a helper costs more than it saves there
+    (a batch-10 forward took 35% longer split in two). Only for passes whose results do not depend
+    on the chunks: kernel-row GEMMs run image by image."""
     count, w = -(-n // largest), chunk_workers()
+    if count == 1:
+        return n
     count = min(n, -(-count // w) * w)
     return -(-n // count)
 

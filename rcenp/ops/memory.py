@@ -15,11 +15,12 @@ points into a block. No finalizers are needed, a block still viewed anywhere is 
 again, and blocks come back as soon as the graph holding them is freed. Only blocks of at least
 _MIN_BYTES are pooled (glibc serves smaller ones from its heap cheaply).
 
-The pool holds at most the largest number of pooled bytes that were in use at once, plus a
-quarter (different sizes peak at different moments of a step): a request that does not fit drops
-idle blocks, least recently handed out first. ``release_host_memory()`` empties the pool and the
-scratch buffers, and ``RCENP_HOST_POOL=0`` turns the pool off (NumPy allocates every array). On
-the GPU CuPy's own memory pool does all this, so these helpers allocate.
+The pool holds at most 1.5 times the most pooled bytes that were in use at once (different sizes
+peak at different moments of a step: a ResNet step holds 1.1-1.4 times its peak), so a request
+that does not fit drops idle blocks, least recently handed out first. ``release_host_memory()``
+empties the pool and the scratch buffers, and ``RCENP_HOST_POOL=0`` turns the pool off (NumPy
+allocates every array). On the GPU CuPy's own memory pool does all this, so these helpers
+allocate.
 """
 from __future__ import annotations
 
@@ -35,19 +36,28 @@ import numpy as np
 
 _MIN_BYTES = 128 << 10       # glibc's default mmap threshold
 _SLACK = 1.5                 # pool bytes allowed per byte of the in-use high-water mark
-_blocks: dict[int, list] = {}    # nbytes -> [[last hand-out tick, uint8 block], ...]
-_held = 0                    # bytes in all blocks
-_high_water = 0              # the most pooled bytes in use at once (at a miss)
-_tick = itertools.count()
-_lock = threading.Lock()
 _enabled = os.environ.get("RCENP_HOST_POOL", "1") != "0"
 
 
-def _refs(entries, i):
-    return sys.getrefcount(entries[i][1])
+class _Block:
+    """A pooled uint8 array and when it was last handed out."""
+
+    __slots__ = ("array", "tick")
+
+    def __init__(self, nbytes):
+        self.array, self.tick = np.empty(nbytes, np.uint8), 0
 
 
-_IDLE_REFS = _refs([[0, np.empty(1, np.uint8)]], 0)  # an entry's block referenced by nothing else
+def _refs(block):
+    return sys.getrefcount(block.array)
+
+
+_IDLE_REFS = _refs(_Block(1))  # a block's array referenced by nothing but the block
+_blocks: dict[int, list] = {}  # nbytes -> [_Block, ...]
+_held = 0                      # bytes in all blocks
+_high_water = 0                # the most pooled bytes in use at once (at a miss)
+_tick = itertools.count()
+_lock = threading.Lock()
 
 
 def empty(shape, dtype) -> np.ndarray:
@@ -57,43 +67,39 @@ def empty(shape, dtype) -> np.ndarray:
     if nbytes < _MIN_BYTES or not _enabled:
         return np.empty(shape, dtype)
     with _lock:
-        entries = _blocks.setdefault(nbytes, [])
-        for i in range(len(entries)):
-            if _refs(entries, i) == _IDLE_REFS:
-                entry = entries[i]
+        blocks = _blocks.setdefault(nbytes, [])
+        for block in blocks:
+            if _refs(block) == _IDLE_REFS:
                 break
         else:
-            entry = _new_block(nbytes)
-            entries.append(entry)
-        entry[0] = next(_tick)
-        return entry[1].view(dtype).reshape(shape)
+            block = _new_block(nbytes)
+            blocks.append(block)
+        block.tick = next(_tick)
+        return block.array.view(dtype).reshape(shape)
 
 
 def _new_block(nbytes):
-    """A fresh [tick, block], after dropping idle blocks (oldest first) that would take the pool
-    past _SLACK times the in-use high-water mark."""
+    """A fresh block, after dropping idle blocks (least recently handed out first) that would
+    take the pool past _SLACK times the in-use high-water mark."""
     global _held, _high_water
-    idle = [(entries[i][0], size, entries[i]) for size, entries in _blocks.items()
-            for i in range(len(entries)) if _refs(entries, i) == _IDLE_REFS]
-    in_use = _held - sum(size for _, size, _ in idle) + nbytes
-    _high_water = max(_high_water, in_use)
-    idle.sort(key=lambda item: item[0])
-    for _, size, entry in idle:
+    idle = sorted((block for blocks in _blocks.values() for block in blocks if _refs(block) == _IDLE_REFS),
+                  key=lambda block: block.tick)
+    _high_water = max(_high_water, _held - sum(block.array.nbytes for block in idle) + nbytes)
+    for block in idle:
         if _held + nbytes <= _SLACK * _high_water:
             break
-        _blocks[size].remove(entry)
-        _held -= size
+        _blocks[block.array.nbytes].remove(block)
+        _held -= block.array.nbytes
     _held += nbytes
-    return [0, np.empty(nbytes, np.uint8)]
+    return _Block(nbytes)
 
 
 def pool_stats() -> dict:
     """Pooled blocks, bytes held, bytes in use now, and the in-use high-water mark."""
     with _lock:
-        busy = sum(size for size, entries in _blocks.items()
-                   for i in range(len(entries)) if _refs(entries, i) != _IDLE_REFS)
-        return {"blocks": sum(len(e) for e in _blocks.values()), "held_bytes": _held,
-                "in_use_bytes": busy, "high_water_bytes": _high_water}
+        blocks = [block for same_size in _blocks.values() for block in same_size]
+        busy = sum(block.array.nbytes for block in blocks if _refs(block) != _IDLE_REFS)
+        return {"blocks": len(blocks), "held_bytes": _held, "in_use_bytes": busy, "high_water_bytes": _high_water}
 
 
 class _Scratch:
