@@ -1,4 +1,4 @@
-"""The ``rcenp`` command: train, eval, data fetch, demo (and detect, from ``rcenp.detect``).
+"""The ``rcenp`` command: train, eval, data fetch, demo (and detect, attack and reproduce, from their packages).
 
 Every anticipated failure (bad data, a bad checkpoint, a bad argument) ends with one
 ``rcenp: error: ...`` line and exit status 2, never a traceback.
@@ -76,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     from rcenp.attacks.cli import add_parser as add_attack_parser
     from rcenp.detect.cli import add_parser as add_detect_parser
 
+    from rcenp.reproduce.cli import add_parser as add_reproduce_parser
+
     add_detect_parser(sub)
     add_attack_parser(sub)
+    add_reproduce_parser(sub)
 
     m = sub.add_parser("demo", help="the main job: evaluate the shipped models (or a short engine demo)")
     m.add_argument("--data-dir", help="data root (default: $RCENP_DATA, else the per-user cache); without "
@@ -200,8 +203,14 @@ def cmd_attack(args) -> int:
     return run(args)
 
 
+def cmd_reproduce(args) -> int:
+    from rcenp.reproduce.cli import cmd_reproduce as run
+
+    return run(args)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_demo, "detect": cmd_detect,
-            "models": cmd_models, "attack": cmd_attack}
+            "models": cmd_models, "attack": cmd_attack, "reproduce": cmd_reproduce}
 
 
 def main(argv=None) -> int:

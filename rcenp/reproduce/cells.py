@@ -1,0 +1,298 @@
+"""The plan of ``rcenp reproduce``: a list of cells, each a saved unit of work, and their runner.
+
+A cell is one directory ``OUT/cells/<model>/<name>/``:
+- an attack cell is one ``run_attack`` run (``summary.json``, ``samples.jsonl``,
+  ``adversarial.npz``), named as ``scripts/attack_sweep.py`` names them (``bim-0.16``,
+  ``jsma-0.1``) or ``cw``, ``cw-hc``, ``cw-wb``, ``cw-wb-detector``, ``bim-1`` (unbounded),
+  ``cw-wb-from-<substitute>`` (Table 4's transfer);
+- ``test-error/result.json``: Table 1's test error on the first ``n_test`` test images;
+- ``features-<k>pc/features.npz``: Fig. 1's 64-d Z of the first k test images of each class.
+
+A cell is finished when its summary.json / result file exists; a finished cell is never
+recomputed, and an attack cell cut short resumes from its last finished batch. A finished attack
+cell with the same model, attack, options, n and seed in a ``cells_from`` folder of the same
+layout (``results/fig2a``) is used in place, never copied or recomputed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rcenp import checkpoint
+from rcenp.reproduce import budgets, lineup
+from rcenp.reproduce.budgets import Budget
+
+PARTS = ("table1", "table2", "table3", "table4", "fig1", "fig2", "fig3", "sanity")
+EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
+SUBSTITUTE_MISSING = "not available: --substitute not implemented"
+
+
+@dataclasses.dataclass
+class Cell:
+    """One unit of work. key: ``<model>/<name>`` (the folder under OUT/cells); kind: "attack",
+    "test-error" or "features"; model: the shipped model (None when not shipped: ``missing`` says
+    why); dataset/depth/objective: its place in the tables; attack/options/n: run_attack's
+    arguments, batch_size its checkpointed batch; eps: the ε-attack's ε (None otherwise); parts: the report parts that use it;
+    cost: a relative cost (image-iterations) for the ETA."""
+
+    key: str
+    kind: str
+    model: str | None
+    dataset: str
+    depth: int
+    objective: str
+    n: int | None
+    attack: str | None = None
+    options: dict | None = None
+    eps: float | None = None
+    substitute: str | None = None
+    batch_size: int = 100
+    missing: str | None = None
+    parts: set = dataclasses.field(default_factory=set)
+    cost: float = 1.0
+
+
+def plan(budget: Budget, parts) -> list[Cell]:
+    """The cells that ``parts`` (a subset of ``PARTS``) need under ``budget``, in run order
+    (cheap and widely used first), without duplicates."""
+    cells: dict[str, Cell] = {}
+
+    def add(part, dataset, depth, objective, name, kind, **fields):
+        model = lineup.find_model(dataset, depth, objective)
+        key = f"{model or lineup.expected_name(dataset, depth, objective)}/{name}"
+        if key not in cells:
+            missing = None if model else lineup.missing_reason(dataset, depth, objective)
+            cells[key] = Cell(key, kind, model, dataset, depth, objective, missing=missing, **fields)
+            cells[key].cost = _cost(cells[key])
+        cells[key].parts.add(part)
+        return cells[key]
+
+    def attack(part, dataset, objective, attack_name, name, options, n, depth=32, eps=None, substitute=None):
+        return add(part, dataset, depth, objective, name, "attack", attack=attack_name, options=options, n=n,
+                   eps=eps, substitute=substitute, batch_size=min(budget.batch_size, n))
+
+    def eps_cell(part, dataset, objective, attack_name, eps):
+        attack(part, dataset, objective, attack_name, f"{attack_name}-{eps:g}",
+               budgets.eps_options(attack_name, eps, budget), budget.n_eps, eps=eps)
+
+    def cw_cells(part, dataset, objective):
+        for name in ("cw", "cw-hc"):
+            attack(part, dataset, objective, name, name, budgets.cw_options(name, budget), budget.n_cw)
+
+    def wb_cells(part, dataset, objective, depth=32, kernels=("attacker", "detector")):
+        for kernel in kernels:
+            name = "cw-wb" if kernel == "attacker" else f"cw-wb-{kernel}"
+            attack(part, dataset, objective, "cw-wb", name, budgets.cw_wb_options(budget, kernel), budget.n_wb,
+                   depth=depth)
+
+    selected = [p for p in PARTS if p in set(parts)]
+    for part in selected:
+        for dataset in lineup.DATASETS:
+            for objective in lineup.OBJECTIVES:
+                if part == "table1":
+                    for depth in lineup.DEPTHS:
+                        add(part, dataset, depth, objective, "test-error", "test-error", n=budget.n_test)
+                elif part == "fig1":
+                    add(part, dataset, 32, objective, f"features-{budget.tsne_per_class}pc", "features",
+                        n=budget.tsne_per_class)
+                elif part == "table2":
+                    for name in EPS_ATTACKS:
+                        eps_cell(part, dataset, objective, name, budget.table_eps)
+                    cw_cells(part, dataset, objective)
+                elif part == "fig2":
+                    for name in EPS_ATTACKS:
+                        for eps in budget.eps_sweep:
+                            eps_cell(part, dataset, objective, name, eps)
+                    cw_cells(part, dataset, objective)
+                elif part == "sanity":
+                    for name in ("fgsm", "bim"):
+                        for eps in budget.eps_sweep:
+                            eps_cell(part, dataset, objective, name, eps)
+                    attack(part, dataset, objective, "bim", f"bim-{budgets.UNBOUNDED_EPS:g}",
+                           {"eps": budgets.UNBOUNDED_EPS, "steps": 10}, budget.n_eps, eps=budgets.UNBOUNDED_EPS)
+                    cw_cells(part, dataset, objective)
+                elif part == "table3":
+                    wb_cells(part, dataset, objective)
+                elif part == "fig3" and dataset != "fashion-mnist":
+                    wb_cells(part, dataset, objective, kernels=("attacker",))
+                elif part == "table4" and dataset != "fashion-mnist":
+                    wb_cells(part, dataset, objective, depth=56, kernels=("attacker",))  # white-box on the target
+                    for substitute_objective in lineup.OBJECTIVES:
+                        substitute = lineup.find_model(dataset, 32, substitute_objective)
+                        sub_name = substitute or lineup.expected_name(dataset, 32, substitute_objective)
+                        cell = attack(part, dataset, objective, "cw-wb", f"cw-wb-from-{sub_name}",
+                                      budgets.cw_wb_options(budget, "attacker", sub_name), budget.n_wb, depth=56,
+                                      substitute=sub_name)
+                        if substitute is None and cell.missing is None:
+                            cell.missing = lineup.missing_reason(dataset, 32, substitute_objective)
+    order = {"test-error": 0, "features": 1, "attack": 2}
+    return sorted(cells.values(), key=lambda c: (order[c.kind], c.cost))
+
+
+def _cost(cell: Cell) -> float:
+    """Image-iterations, roughly: what the ETA divides by the measured rate."""
+    n = cell.n or 10000
+    if cell.kind != "attack":
+        return 0.3 * n
+    o = cell.options
+    if cell.attack == "fgsm":
+        return n
+    if cell.attack in ("bim", "ilcm"):
+        return n * o["steps"]
+    if cell.attack == "jsma":
+        return n * 0.6 * o.get("max_iterations", 100)
+    if cell.attack in ("cw", "cw-hc"):
+        return n * 0.5 * o["binary_steps"] * o["max_iterations"]
+    stages = (o["stage1"], o["stage2"])
+    return n * 0.6 * sum(s["binary_steps"] * s["max_iterations"] for s in stages)
+
+
+def result_file(cell_dir: Path, kind: str) -> Path:
+    """The file whose presence marks a cell finished."""
+    return cell_dir / {"attack": "summary.json", "test-error": "result.json", "features": "features.npz"}[kind]
+
+
+def reusable(cell: Cell, cells_from) -> Path | None:
+    """A finished copy of attack ``cell`` in one of the ``cells_from`` folders (same layout), run
+    with the same model, attack, options, n and seed; None when there is none."""
+    if cell.kind != "attack" or cell.model is None:
+        return None
+    for root in cells_from or ():
+        path = Path(root) / cell.key
+        if not (path / "summary.json").is_file():
+            continue
+        run_file = path / "run.json"
+        try:
+            asked = json.loads(run_file.read_text()) if run_file.is_file() else \
+                json.loads((path / "summary.json").read_text())["settings"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if (asked.get("model"), asked.get("attack"), asked.get("n"), asked.get("seed")) == \
+                (cell.model, cell.attack, cell.n, 0) and asked.get("options") == json.loads(json.dumps(cell.options)):
+            return path
+    return None
+
+
+def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr) -> dict:
+    """Run every unfinished, available cell; → {key: outcome} where an outcome is
+    {"status": "done" | "not available", "path", "reason", "source": "computed" | "resumed" |
+    "reused", "seconds"}. Progress and an ETA across cells go to ``stream`` and OUT/reproduce.log;
+    the outcomes to OUT/cells.json after every cell."""
+    from rcenp.progress import Progress
+
+    out_dir = Path(out_dir)
+    outcomes: dict[str, dict] = {}
+    todo = []
+    for cell in cells:
+        cell_dir = out_dir / "cells" / cell.key
+        if cell.missing:
+            outcomes[cell.key] = {"status": "not available", "reason": cell.missing, "path": None}
+        elif result_file(cell_dir, cell.kind).is_file():
+            outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed", "seconds": 0.0}
+        elif (found := reusable(cell, cells_from)) is not None:
+            outcomes[cell.key] = {"status": "done", "path": str(found), "source": "reused", "seconds": 0.0}
+        else:
+            todo.append(cell)
+    total_cost = sum(c.cost for c in todo)
+    progress = Progress(out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream, unit="cell")
+    progress.message(f"{len(cells)} cells: {len(todo)} to compute, "
+                     f"{sum(o['status'] == 'done' for o in outcomes.values())} finished, "
+                     f"{sum(o['status'] != 'done' for o in outcomes.values())} not available")
+    done_cost, spent = 0.0, 0.0
+    try:
+        for i, cell in enumerate(todo):
+            rate = spent / done_cost if done_cost else float("nan")
+            eta = (total_cost - done_cost) * rate if done_cost else float("inf")
+            progress.update(i, f"next {cell.key}", eta, force=True)
+            start = time.monotonic()
+            outcomes[cell.key] = run_cell(cell, out_dir / "cells" / cell.key, data_dir, device, stream)
+            outcomes[cell.key]["seconds"] = time.monotonic() - start
+            spent += outcomes[cell.key]["seconds"]
+            done_cost += cell.cost
+            checkpoint.atomic_write_text(out_dir / "cells.json", json.dumps(outcomes, indent=1) + "\n")
+        if todo:
+            progress.update(len(todo), f"all {len(todo)} cells computed in {spent:.0f} s", 0.0, force=True)
+    finally:
+        progress.close()
+    checkpoint.atomic_write_text(out_dir / "cells.json", json.dumps(outcomes, indent=1) + "\n")
+    return outcomes
+
+
+def run_cell(cell: Cell, cell_dir: Path, data_dir=None, device=None, stream=sys.stderr) -> dict:
+    """Compute one cell into ``cell_dir`` → its outcome (see ``run_cells``). Missing test data and
+    a Table 4 transfer that ``run_attack`` does not support yet become "not available"."""
+    from rcenp.data import DataError
+
+    try:
+        if cell.kind == "attack":
+            return _attack_cell(cell, cell_dir, data_dir, device, stream)
+        if cell.kind == "test-error":
+            _test_error_cell(cell, cell_dir, data_dir, device)
+        else:
+            _features_cell(cell, cell_dir, data_dir, device)
+    except DataError as exc:
+        return {"status": "not available", "reason": f"not available: {exc}", "path": None}
+    return {"status": "done", "path": str(cell_dir), "source": "computed"}
+
+
+def _attack_cell(cell, cell_dir, data_dir, device, stream) -> dict:
+    from rcenp.attacks import run as attack_run
+
+    if cell.attack == "cw-wb" and not lineup.has_detector(cell.model):
+        return {"status": "not available", "path": None,
+                "reason": f"not available: {cell.model} has no fitted K-density detector (rcenp detect --fit)"}
+    resumed = (cell_dir / "partial").is_dir()
+    try:
+        attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
+                              batch_size=cell.batch_size, resume=True, data_dir=data_dir, device=device,
+                              stream=stream)
+    except (ValueError, TypeError) as exc:
+        if cell.substitute is None or "substitute" not in str(exc):
+            raise
+        finished = (cell_dir / "partial").is_dir() and any((cell_dir / "partial").glob("*.jsonl"))
+        if not finished and not (cell_dir / "summary.json").exists():
+            shutil.rmtree(cell_dir, ignore_errors=True)  # leave nothing that a later run_attack would refuse
+        return {"status": "not available", "path": None, "reason": SUBSTITUTE_MISSING, "error": str(exc)}
+    return {"status": "done", "path": str(cell_dir), "source": "resumed" if resumed else "computed"}
+
+
+def _test_split(cell, data_dir):
+    from rcenp.data import DataError, find_test_split
+
+    test, why = find_test_split(cell.dataset, data_dir, strict=True)
+    if test is None:
+        raise DataError(why)
+    return test
+
+
+def _test_error_cell(cell, cell_dir, data_dir, device) -> None:
+    from rcenp.models.registry import load
+    from rcenp.train import evaluate
+
+    test = _test_split(cell, data_dir)
+    n = len(test.labels) if cell.n is None else min(cell.n, len(test.labels))
+    model, _ = load(cell.model, device)
+    result = evaluate(model, test.images[:n], test.labels[:n])
+    result.update(model=cell.model, test_set=test.describe(), first_n=n)
+    checkpoint.atomic_write_text(result_file(cell_dir, "test-error"), json.dumps(result, indent=1) + "\n")
+
+
+def _features_cell(cell, cell_dir, data_dir, device) -> None:
+    import numpy as np
+
+    from rcenp.backend import as_numpy
+    from rcenp.detect.detector import Detector
+    from rcenp.models.registry import load
+
+    test = _test_split(cell, data_dir)
+    labels = np.asarray(test.labels)
+    index = np.sort(np.concatenate([np.flatnonzero(labels == k)[:cell.n] for k in range(10)]))
+    model, _ = load(cell.model, device)
+    z, logits = Detector(model).features_and_logits(test.images[index])
+    checkpoint.atomic_write_npz(result_file(cell_dir, "features"), z=as_numpy(z).astype(np.float32),
+                                labels=labels[index], indices=index,
+                                predictions=as_numpy(logits).argmax(axis=1))

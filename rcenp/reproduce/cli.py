@@ -1,0 +1,33 @@
+"""``rcenp reproduce``: argument parsing only; the work is ``rcenp.reproduce.run.reproduce``."""
+from __future__ import annotations
+
+import sys
+
+from rcenp.reproduce.budgets import BUDGETS
+from rcenp.reproduce.cells import PARTS
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("reproduce", help="the paper's Tables 1-4 and Figures 1-3 beside the paper's numbers",
+                       description=(
+        "Re-run the paper's evaluation on the shipped models and write OUT/REPORT.md, one CSV and one JSON per "
+        "table, and PNG figures (with the optional report extra: pip install rcenp[report]). Every cell is a "
+        "saved unit of work: a killed run continues with --resume and never recomputes a finished cell. "
+        "Budgets: " + "; ".join(b.description for b in BUDGETS.values()) + "."))
+    r.add_argument("--budget", default="smoke", help=f"one of {', '.join(BUDGETS)} (default smoke)")
+    r.add_argument("--out", help="output folder (default runs/reproduce-BUDGET)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out")
+    r.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)} (default all)")
+    r.add_argument("--data-dir", help="data root (default $RCENP_DATA; MNIST falls back to the embedded sample)")
+    r.add_argument("--cells-from", action="append", default=[], metavar="DIR",
+                   help="use finished attack cells from DIR/<model>/<attack>-<eps>/ (e.g. results/fig2a) instead "
+                   "of computing them; repeatable")
+    r.add_argument("--device", choices=["cpu", "cuda"])
+
+
+def cmd_reproduce(args) -> int:
+    from rcenp.reproduce.run import reproduce
+
+    reproduce(args.budget, args.out, resume=args.resume, only=args.only, data_dir=args.data_dir,
+              cells_from=args.cells_from, device=args.device, command=" ".join(["rcenp"] + sys.argv[1:]))
+    return 0

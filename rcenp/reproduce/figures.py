@@ -1,0 +1,195 @@
+"""Figures 1-3 as PNG files, with matplotlib and scikit-learn (the optional ``report`` extra).
+
+Nothing here is imported by the core package; ``draw`` imports matplotlib (Agg) and sklearn only
+when called and, without them, returns the reason and the install hint instead of files.
+- Fig. 1: t-SNE of Z (64-d) of ``tsne_per_class`` test images per class, CE beside RCE, coloured
+  by class: PCA to 60 dimensions, then ``sklearn.manifold.TSNE`` with perplexity 30 (protocol
+  §7.14), random_state 0. The embedding is cached beside the features (``tsne.npz``).
+- Fig. 2: (a) accuracy under FGSM/BIM/ILCM/JSMA against ε, CE and RCE per attack; (b) C&W and
+  C&W-hc mean minimal distortion, CE against RCE.
+- Fig. 3: clean images and their C&W-wb adversarial examples on CE and RCE (first 8 images
+  classified correctly by both models whose attack returned an image classified as the target).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rcenp import checkpoint
+from rcenp.reproduce import lineup
+from rcenp.reproduce.budgets import Budget
+from rcenp.reproduce.results import Results
+
+INSTALL_HINT = "pip install rcenp[report]"
+FIGURES = ("fig1", "fig2", "fig3")
+
+
+def missing_libraries(names=("matplotlib", "sklearn")) -> list[str]:
+    """The report extra's libraries that cannot be imported here."""
+    import importlib.util
+
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def draw(res: Results, budget: Budget, out_dir: Path, which) -> dict:
+    """Draw the figures in ``which`` into ``out_dir`` → {figure: {"files": [...], "notes": [...]}}
+    or {figure: {"skipped": reason}}."""
+    out = {}
+    for name in which:
+        needs = ("matplotlib", "sklearn") if name == "fig1" else ("matplotlib",)
+        missing = missing_libraries(needs)
+        if missing:
+            out[name] = {"skipped": f"{', '.join(missing)} not installed ({INSTALL_HINT})"}
+            continue
+        import matplotlib
+
+        matplotlib.use("Agg")
+        out[name] = {"fig1": fig1, "fig2": fig2, "fig3": fig3}[name](res, budget, Path(out_dir))
+    return out
+
+
+def _tsne(cell_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    cache = cell_dir / "tsne.npz"
+    with np.load(cell_dir / "features.npz") as data:
+        z, labels = data["z"].astype(np.float64), data["labels"]
+    if cache.is_file():
+        with np.load(cache) as data:
+            return data["embedding"], labels
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
+
+    # one OpenMP/BLAS thread: on a busy 2-core machine, spinning OpenMP workers made a 1 s fit take 45 s
+    with threadpool_limits(limits=1):
+        reduced = PCA(n_components=min(60, z.shape[1], len(z)), random_state=0).fit_transform(z)
+        embedding = TSNE(n_components=2, perplexity=min(30.0, (len(z) - 1) / 3.0), init="pca",
+                         random_state=0).fit_transform(reduced)
+    checkpoint.atomic_write_npz(cache, embedding=embedding)
+    return embedding, labels
+
+
+def fig1(res: Results, budget: Budget, out_dir: Path) -> dict:
+    import matplotlib.pyplot as plt
+
+    files, notes = [], []
+    for dataset in lineup.DATASETS:
+        cells = [res.get(dataset, 32, obj, f"features-{budget.tsne_per_class}pc") for obj in lineup.OBJECTIVES]
+        reasons = [res.status(c) for c in cells]
+        if any(reasons):
+            notes.append(f"{lineup.DATASET_TITLES[dataset]}: {next(r for r in reasons if r)}")
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+        for ax, cell, obj in zip(axes, cells, lineup.OBJECTIVES):
+            embedding, labels = _tsne(res.path(cell))
+            scatter = ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
+            ax.set_title(f"{obj.upper()}: {cell.model}, {len(labels)} test images", fontsize=9)
+            ax.set_xticks([]), ax.set_yticks([])
+        fig.colorbar(scatter, ax=axes, ticks=range(10), label="class")
+        fig.suptitle(f"Fig. 1: t-SNE of Z, {lineup.DATASET_TITLES[dataset]}" + _smoke(budget))
+        path = out_dir / f"fig1_tsne_{dataset}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path.name)
+    return {"files": files, "notes": notes}
+
+
+def _smoke(budget: Budget) -> str:
+    return " [SMOKE]" if budget.name == "smoke" else ""
+
+
+def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
+    import matplotlib.pyplot as plt
+
+    files, notes = [], []
+    attacks = ("fgsm", "bim", "ilcm", "jsma")
+    for dataset in lineup.DATASETS:
+        curves = {}
+        for obj in lineup.OBJECTIVES:
+            for attack in attacks:
+                pts = [(eps, res.summary(res.get(dataset, 32, obj, f"{attack}-{eps:g}"))) for eps in budget.eps_sweep]
+                pts = [(e, s["accuracy_under_attack"]) for e, s in pts if s is not None]
+                if pts:
+                    curves[(obj, attack)] = pts
+        bars = {}
+        for obj in lineup.OBJECTIVES:
+            for attack in ("cw", "cw-hc"):
+                s = res.summary(res.get(dataset, 32, obj, attack))
+                if s is not None and s["distortion"]["l2_paper"]["efficient"]["n"]:
+                    bars[(obj, attack)] = s["distortion"]["l2_paper"]["efficient"]["mean"]
+        if not curves and not bars:
+            notes.append(f"{lineup.DATASET_TITLES[dataset]}: no finished cells")
+            continue
+        fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
+        for ax, attack in zip(axes, attacks):
+            for obj, style in zip(lineup.OBJECTIVES, ("o--", "s-")):
+                if (obj, attack) in curves:
+                    e, a = zip(*curves[(obj, attack)])
+                    ax.plot(e, [100 * v for v in a], style, label=obj.upper())
+            ax.set_title(attack.upper())
+            ax.set_xlabel("ε (box units)")
+            ax.set_ylabel("accuracy under attack (%)")
+            ax.set_ylim(0, 100)
+            ax.legend()
+        ax = axes[4]
+        width = 0.35
+        for k, obj in enumerate(lineup.OBJECTIVES):
+            heights = [bars.get((obj, a), 0.0) for a in ("cw", "cw-hc")]
+            ax.bar(np.arange(2) + (k - 0.5) * width, heights, width, label=obj.upper())
+        ax.set_xticks(range(2), ["C&W", "C&W-hc"])
+        ax.set_ylabel("mean minimal ‖δ‖₂/√d (0-255)")
+        ax.set_title("(b) C&W distortion")
+        ax.legend(loc="lower right")
+        fig.suptitle(f"Fig. 2: (a) accuracy against ε, (b) C&W distortion, {lineup.DATASET_TITLES[dataset]}"
+                     + _smoke(budget))
+        fig.tight_layout()
+        path = out_dir / f"fig2_{dataset}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        files.append(path.name)
+    return {"files": files, "notes": notes}
+
+
+def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
+    import matplotlib.pyplot as plt
+
+    files, notes = [], []
+    for dataset in ("mnist", "cifar10"):
+        cells = [res.get(dataset, 32, obj, "cw-wb") for obj in lineup.OBJECTIVES]
+        reasons = [res.status(c) for c in cells]
+        if any(reasons):
+            notes.append(f"{lineup.DATASET_TITLES[dataset]}: {next(r for r in reasons if r)}")
+            continue
+        arrays = [res.path(c) / "adversarial.npz" for c in cells]
+        if not all(p.is_file() for p in arrays):
+            notes.append(f"{lineup.DATASET_TITLES[dataset]}: adversarial images not kept in a reused cell")
+            continue
+        loaded = [dict(np.load(p)) for p in arrays]
+        records = [res.samples(c) for c in cells]
+        good = [i for i in range(len(records[0]))
+                if all(r[i]["clean_prediction"] == r[i]["true_label"] and r[i]["stop_reason"] in ("success", "f2 > 0")
+                       for r in records)][:count]
+        if not good:
+            notes.append(f"{lineup.DATASET_TITLES[dataset]}: no image attacked on both models")
+            continue
+        rows = [("Normal", loaded[0]["clean"])] + [(o.upper(), d["adversarial"]) for o, d in zip(lineup.OBJECTIVES, loaded)]
+        fig, axes = plt.subplots(len(rows), len(good), figsize=(max(4.5, 1.3 * len(good)), 1.5 * len(rows) + 0.4),
+                                 squeeze=False)
+        for r, (label, images) in enumerate(rows):
+            for c, i in enumerate(good):
+                image = images[i] + 0.5
+                image = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+                axes[r][c].imshow(np.clip(image, 0, 1), cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+                axes[r][c].set_xticks([]), axes[r][c].set_yticks([])
+                if c == 0:
+                    axes[r][c].set_ylabel(label)
+                if r > 0:
+                    axes[r][c].set_title(f"{records[r - 1][i]['l2_paper']:.1f}", fontsize=7)
+        fig.suptitle(f"Fig. 3: C&W-wb, {lineup.DATASET_TITLES[dataset]}" + _smoke(budget) + "\n(titles: ‖δ‖₂/√d, 0-255)",
+                     fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"fig3_cwwb_{dataset}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(path.name)
+    return {"files": files, "notes": notes}

@@ -1,0 +1,105 @@
+"""``rcenp reproduce`` as a library call: plan the cells, run the unfinished ones, write the report.
+
+    reproduce("smoke", "runs/reproduce-smoke")           # minutes on 2 CPU cores
+    reproduce("cpu", "results/reproduce-cpu", resume=True, cells_from=["results/fig2a"])
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rcenp import checkpoint
+from rcenp.reproduce import lineup
+from rcenp.reproduce.budgets import get_budget
+from rcenp.reproduce.cells import PARTS, plan, run_cells
+from rcenp.reproduce.report import write_report
+from rcenp.reproduce.results import Results
+
+
+def parse_only(only) -> list[str]:
+    """``"table1,fig2"`` (or a list) → the parts in report order; None → every part. ValueError
+    names an unknown part and the choices."""
+    if only is None or only == "":
+        return list(PARTS)
+    names = [p.strip() for p in (only.split(",") if isinstance(only, str) else only) if p.strip()]
+    unknown = [p for p in names if p not in PARTS]
+    if unknown or not names:
+        raise ValueError(f"--only: unknown part {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"expected a comma-separated subset of {','.join(PARTS)}")
+    return [p for p in PARTS if p in names]
+
+
+def claim(out_dir: Path, budget_name: str, resume: bool) -> None:
+    """Create ``out_dir`` and its run.json, or check a resumed run there is of the same budget.
+    ValueError (one line) for an unwritable folder or a run that --resume must continue."""
+    run_file = out_dir / "reproduce.json"
+    if run_file.is_file():
+        try:
+            previous = json.loads(run_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{run_file}: unreadable ({exc})") from None
+        if not resume:
+            raise ValueError(f"{out_dir} already holds a reproduce run (budget {previous.get('budget')}): "
+                             f"pass --resume to continue it, or choose another --out")
+        if previous.get("budget") != budget_name:
+            raise ValueError(f"{out_dir} holds a {previous.get('budget')} run; --resume with --budget "
+                             f"{previous.get('budget')}, or choose another --out")
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(run_file, json.dumps({"budget": budget_name, "started": time.time(),
+                                                           "code": checkpoint.code_identity()}) + "\n")
+    except OSError as exc:
+        raise ValueError(f"cannot write to --out {out_dir}: {exc.strerror or exc}") from None
+
+
+def _part_seconds(out_dir: Path, cells, outcomes) -> dict:
+    """Accumulate each computed cell's seconds into OUT/timings.json; → seconds per part."""
+    path = out_dir / "timings.json"
+    seconds = json.loads(path.read_text()) if path.is_file() else {}
+    for key, outcome in outcomes.items():
+        if outcome.get("source") in ("computed", "resumed") and outcome.get("seconds"):
+            seconds[key] = seconds.get(key, 0.0) + outcome["seconds"]
+    checkpoint.atomic_write_text(path, json.dumps(seconds, indent=1) + "\n")
+    per_part: dict[str, float] = {}
+    for cell in cells:
+        for part in cell.parts:
+            per_part[part] = per_part.get(part, 0.0) + seconds.get(cell.key, 0.0)
+    return per_part
+
+
+def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, data_dir=None, cells_from=(),
+              device=None, stream=sys.stderr, command: str | None = None) -> dict:
+    """Run the paper's evaluation under ``budget`` into ``out`` (default ``runs/reproduce-<budget>``)
+    and write REPORT.md, per-table CSV/JSON and PNG figures there. Returns {"out", "files",
+    "outcomes", "sanity", "figures", "wall_s"}. Raises ValueError for a bad budget, an unknown part,
+    an unwritable ``out`` or a run there that needs ``resume``."""
+    start = time.monotonic()
+    spec = get_budget(budget)
+    parts = parse_only(only)
+    out_dir = Path(out or f"runs/reproduce-{spec.name}")
+    for folder in cells_from or ():
+        if not Path(folder).is_dir():
+            raise ValueError(f"--cells-from {folder}: no such folder")
+    claim(out_dir, spec.name, resume)
+    lineup.refresh()
+    cells = plan(spec, parts)
+    outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream)
+    results = Results(cells, outcomes)
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        label = outcome["status"] if outcome["status"] != "done" else f"done ({outcome.get('source')})"
+        counts[label] = counts.get(label, 0) + 1
+    code = checkpoint.code_identity()
+    meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
+            "code": f"commit {code.get('commit')}" + (" (uncommitted changes)" if code.get("dirty") else ""),
+            "wall_s": time.monotonic() - start, "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+            "part_seconds": _part_seconds(out_dir, cells, outcomes)}
+    written = write_report(results, spec, parts, out_dir, meta)
+    wall = time.monotonic() - start
+    stream.write(f"reproduce ({spec.name}): {out_dir / 'REPORT.md'} and {len(written['files']) - 1} more files "
+                 f"in {wall:.0f} s\n")
+    return {"out": str(out_dir), "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"],
+            "figures": written["figures"], "wall_s": wall}

@@ -1,0 +1,164 @@
+"""Sanity checks a careful evaluator adds (Carlini et al. 2019's checklist, AutoAttack's flags),
+each PASS or FLAG (or n/a with the reason), from the finished cells.
+
+Each check is a plain function of summaries or (ε, accuracy) series, so it can be tested on
+numbers built to fail it; ``run_checks`` applies them to a run.
+"""
+from __future__ import annotations
+
+from rcenp.reproduce import lineup
+from rcenp.reproduce.budgets import UNBOUNDED_EPS, Budget
+from rcenp.reproduce.results import Results
+
+ZERO_GRAD_LIMIT = 0.05  # mean share of exactly-zero input-gradient entries above which masking is suspected
+UNBOUNDED_SUCCESS = 0.99  # BIM over the whole box should fool (almost) every correctly classified image
+CW_SUCCESS = 0.99
+
+
+def check(name, subject, ok, value, detail) -> dict:
+    """One result row: status PASS when ``ok``, FLAG when not, n/a when ``ok`` is None."""
+    return {"check": name, "subject": subject, "status": "n/a" if ok is None else "PASS" if ok else "FLAG",
+            "value": value, "detail": detail}
+
+
+def _tolerance(n) -> float:
+    """One image, or half a percentage point, whichever is larger (same images at every ε)."""
+    return max(1.0 / n, 0.005) if n else 0.005
+
+
+def monotone_in_eps(subject: str, points) -> dict:
+    """Accuracy under attack must not rise with ε. points: [(ε, accuracy in [0, 1], n)]; FLAG when
+    a larger ε leaves accuracy higher than a smaller one by more than one image (or 0.5 pp)."""
+    points = sorted(p for p in points if p[1] is not None)
+    if len(points) < 2:
+        return check("accuracy non-increasing in ε", subject, None, None, "fewer than two ε computed")
+    worst, where = 0.0, None
+    for i, (eps_a, acc_a, n) in enumerate(points):
+        for eps_b, acc_b, _ in points[i + 1:]:
+            if acc_b - acc_a > worst:
+                worst, where = acc_b - acc_a, (eps_a, eps_b, n)
+    ok = where is None or worst <= _tolerance(where[2])
+    detail = "accuracy falls or stays as ε grows" if where is None else (
+        f"accuracy {100 * worst:.1f} pp higher at ε = {where[1]:g} than at ε = {where[0]:g}")
+    return check("accuracy non-increasing in ε", subject, ok, worst, detail)
+
+
+def iterative_vs_single(subject: str, single, iterative) -> dict:
+    """BIM (iterative) must leave no higher accuracy than FGSM (single step) at any ε both ran.
+    single, iterative: [(ε, accuracy, n)]."""
+    one = {e: (a, n) for e, a, n in single if a is not None}
+    many = {e: (a, n) for e, a, n in iterative if a is not None}
+    common = sorted(set(one) & set(many))
+    if not common:
+        return check("iterative ≥ single-step", subject, None, None, "no ε with both FGSM and BIM")
+    gaps = {e: many[e][0] - one[e][0] for e in common}
+    eps = max(gaps, key=gaps.get)
+    ok = gaps[eps] <= _tolerance(many[eps][1])
+    detail = (f"BIM accuracy ≤ FGSM accuracy at all {len(common)} ε" if ok else
+              f"BIM leaves {100 * gaps[eps]:.1f} pp more accuracy than FGSM at ε = {eps:g}")
+    return check("iterative ≥ single-step", subject, ok, gaps[eps], detail)
+
+
+def unbounded_bim(subject: str, summary: dict | None) -> dict:
+    """BIM with ε = 1 (the whole box) must fool ≥ 99% of the correctly classified images."""
+    if summary is None:
+        return check("unbounded BIM (ε = 1) ~100% success", subject, None, None, "cell not available")
+    counts = summary["counts"]
+    rate = counts["efficient"] / counts["clean_correct"] if counts["clean_correct"] else None
+    ok = None if rate is None else rate >= UNBOUNDED_SUCCESS
+    return check("unbounded BIM (ε = 1) ~100% success", subject, ok, rate,
+                 f"success on {counts['efficient']} of {counts['clean_correct']} correctly classified images "
+                 f"(PASS at ≥ {100 * UNBOUNDED_SUCCESS:.0f}%)")
+
+
+def _evasion(summary: dict) -> float | None:
+    threshold = (summary.get("detection") or {}).get("threshold") or {}
+    return threshold.get("undetected_misclassified_rate")
+
+
+def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | None) -> dict:
+    """C&W-wb run white-box on the target must evade its detector at least as often as examples
+    transferred from a substitute: undetected-and-misclassified rate, white-box ≥ transfer."""
+    if whitebox is None or transfer is None:
+        return check("white-box C&W-wb ≥ transfer", subject, None, None,
+                     "white-box or transfer cell not available")
+    wb, tr = _evasion(whitebox), _evasion(transfer)
+    if wb is None or tr is None:
+        return check("white-box C&W-wb ≥ transfer", subject, None, None, "no detector decisions in the cells")
+    ok = wb + _tolerance(whitebox["counts"]["n"]) >= tr
+    return check("white-box C&W-wb ≥ transfer", subject, ok, wb - tr,
+                 f"undetected and misclassified: white-box {100 * wb:.1f}%, transfer {100 * tr:.1f}%")
+
+
+def zero_gradient(subject: str, summary: dict | None) -> dict:
+    """The mean share of exactly-zero input-gradient entries (at the clean image) must stay ≤ 5%:
+    more suggests gradient masking (saturated softmax, dead units) that starves gradient attacks."""
+    if summary is None:
+        return check("zero input-gradient fraction", subject, None, None, "cell not available")
+    value = summary["zero_grad_fraction_mean"]
+    return check("zero input-gradient fraction", subject, value <= ZERO_GRAD_LIMIT, value,
+                 f"{100 * value:.2f}% of input-gradient entries exactly zero (FLAG above {100 * ZERO_GRAD_LIMIT:.0f}%)")
+
+
+def cw_success(subject: str, summary: dict | None, full_budget: bool) -> dict:
+    """C&W (κ = 0) at the paper's budget must reach its target on ≥ 99% of correctly classified
+    images; at a smaller budget the same test is applied and the detail says the budget is reduced."""
+    if summary is None:
+        return check("C&W success at full budget", subject, None, None, "cell not available")
+    counts = summary["counts"]
+    rate = counts["efficient"] / counts["clean_correct"] if counts["clean_correct"] else None
+    ok = None if rate is None else rate >= CW_SUCCESS
+    budget = "paper budget" if full_budget else "REDUCED budget: a FLAG here may be the budget, not the attack"
+    return check("C&W success at full budget", subject, ok, rate,
+                 f"{counts['efficient']} of {counts['clean_correct']} correctly classified images reach the target "
+                 f"({budget})")
+
+
+def _series(res: Results, dataset, objective, attack, budget: Budget):
+    out = []
+    for eps in budget.eps_sweep:
+        s = res.summary(res.get(dataset, 32, objective, f"{attack}-{eps:g}"))
+        if s is not None:
+            out.append((eps, s["accuracy_under_attack"], s["counts"]["n"]))
+    return out
+
+
+def run_checks(res: Results, budget: Budget) -> list[dict]:
+    """Every check on every model of the run with at least one finished cell for it."""
+    rows = []
+    for dataset in lineup.DATASETS:
+        for objective in lineup.OBJECTIVES:
+            model = lineup.find_model(dataset, 32, objective)
+            if model is None:
+                continue
+            series = {a: _series(res, dataset, objective, a, budget) for a in ("fgsm", "bim", "ilcm", "jsma")}
+            for attack, points in series.items():
+                if points:
+                    rows.append(monotone_in_eps(f"{model} {attack}", points))
+            if series["fgsm"] or series["bim"]:
+                rows.append(iterative_vs_single(model, series["fgsm"], series["bim"]))
+            unbounded = res.get(dataset, 32, objective, f"bim-{UNBOUNDED_EPS:g}")
+            if unbounded is not None:
+                rows.append(unbounded_bim(model, res.summary(unbounded)))
+            for name in [f"{a}-{budget.table_eps:g}" for a in ("fgsm", "bim", "ilcm", "jsma")] + \
+                    ["cw", "cw-hc", "cw-wb"]:
+                cell = res.get(dataset, 32, objective, name)
+                if res.summary(cell) is not None:
+                    rows.append(zero_gradient(f"{model} {name}", res.summary(cell)))
+            cw = res.get(dataset, 32, objective, "cw")
+            if cw is not None:
+                rows.append(cw_success(model, res.summary(cw), budget.full_cw_budget))
+        for target_obj in lineup.OBJECTIVES:
+            target = lineup.find_model(dataset, 56, target_obj)
+            wb = res.get(dataset, 56, target_obj, "cw-wb")
+            if wb is None or dataset == "fashion-mnist":
+                continue
+            if target is None:
+                rows.append(check("white-box C&W-wb ≥ transfer", lineup.expected_name(dataset, 56, target_obj), None,
+                                  None, lineup.missing_reason(dataset, 56, target_obj)))
+                continue
+            for sub_obj in lineup.OBJECTIVES:
+                sub = lineup.find_model(dataset, 32, sub_obj)
+                transfer = res.get(dataset, 56, target_obj, f"cw-wb-from-{sub}") if sub else None
+                rows.append(whitebox_vs_transfer(f"{sub} → {target}", res.summary(wb), res.summary(transfer)))
+    return rows
