@@ -185,6 +185,7 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
     from rcenp.progress import Progress
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, dict] = {}
     todo = []
     for cell in cells:

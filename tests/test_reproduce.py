@@ -1,0 +1,198 @@
+"""``rcenp reproduce``: the smoke budget end to end, killed and resumed, and bad input.
+
+The smoke run (about 2 minutes on 2 cores) is killed after its fifth attack cell, resumed, and
+resumed once more; the tests then read the files it wrote.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import rcenp
+from rcenp.attacks import run as attack_run
+from rcenp.cli import main
+from rcenp.reproduce import cells as cells_module
+from rcenp.reproduce import reproduce
+from rcenp.reproduce.figures import missing_libraries
+
+ROOT = Path(rcenp.__file__).resolve().parent.parent
+KILL_AT = 6  # the sixth run_attack call is "killed" before it starts: five attack cells are finished
+
+
+class Killed(KeyboardInterrupt):
+    pass
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """A smoke run into OUT, killed after five attack cells, then resumed twice; → (OUT, record)."""
+    out = tmp_path_factory.mktemp("reproduce") / "smoke"
+    real = attack_run.run_attack
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RCENP_DATA", "")  # the embedded MNIST sample, as the smoke budget promises
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+        def killed_later(model, attack, out_dir, *args, **kwargs):
+            calls.append(Path(out_dir))
+            if len(calls) == KILL_AT:
+                raise Killed
+            return real(model, attack, out_dir, *args, **kwargs)
+
+        mp.setattr(attack_run, "run_attack", killed_later)
+        with pytest.raises(Killed):
+            reproduce("smoke", out, stream=open(os.devnull, "w"))
+        finished = sorted(p.parent for p in (out / "cells").glob("*/*/summary.json"))
+        mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/*/*.json")}
+
+        resumed = []
+
+        def counting(model, attack, out_dir, *args, **kwargs):
+            resumed.append(Path(out_dir))
+            return real(model, attack, out_dir, *args, **kwargs)
+
+        mp.setattr(attack_run, "run_attack", counting)
+        first = reproduce("smoke", out, resume=True, stream=open(os.devnull, "w"))
+        after_first = list(resumed)
+        mtimes_after = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/*/*.json")}
+        again = reproduce("smoke", out, resume=True, stream=open(os.devnull, "w"))
+    return out, {"calls": calls, "finished": finished, "mtimes": mtimes, "resumed": after_first,
+                 "again_calls": resumed[len(after_first):], "first": first, "again": again,
+                 "mtimes_after": mtimes_after}
+
+
+def test_kill_then_resume_recomputes_nothing_finished(smoke):
+    out, r = smoke
+    assert len(r["finished"]) == KILL_AT - 1
+    assert not set(r["finished"]) & set(r["resumed"])          # finished cells were not run again
+    assert r["calls"][KILL_AT - 1] in r["resumed"]             # the cut cell was
+    for path, mtime in r["mtimes"].items():                   # and nothing finished was rewritten
+        assert path.stat().st_mtime_ns == mtime, path
+    assert r["again_calls"] == []                              # a finished run computes nothing at all
+    for path, mtime in r["mtimes_after"].items():
+        assert path.stat().st_mtime_ns == mtime, path
+    sources = {o.get("source") for o in r["again"]["outcomes"].values() if o["status"] == "done"}
+    assert sources == {"resumed"}
+
+
+def test_resume_refuses_a_different_budget_and_a_run_without_resume(smoke, capsys):
+    out, _ = smoke
+    assert main(["reproduce", "--budget", "smoke", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["reproduce", "--budget", "cpu", "--out", str(out), "--resume"]) == 2
+    assert "smoke run" in capsys.readouterr().err
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_file_is_written_and_marked_smoke(smoke):
+    out, r = smoke
+    for name in ("table1", "table2", "beyond", "table3", "table4", "fig2", "sanity"):
+        assert (out / f"{name}.csv").is_file() and (out / f"{name}.json").is_file(), name
+        payload = json.loads((out / f"{name}.json").read_text())
+        assert payload["smoke"] is True and payload["rows"]
+        assert {row["budget"] for row in read_csv(out / f"{name}.csv")} == {"smoke"}
+    report = (out / "REPORT.md").read_text()
+    assert report.startswith("# rcenp reproduce") and "[SMOKE]" in report
+    for heading in ("Table 1", "Table 2", "Beyond the paper", "Table 3", "Table 4", "Figures", "Sanity checks",
+                    "Protocol differences", "Wall time per part"):
+        assert f"## {heading}" in report, heading
+    if missing_libraries():
+        assert report.count("pip install rcenp[report]") == 3
+    else:
+        for figure in ("fig1_tsne_mnist.png", "fig2_mnist.png", "fig3_cwwb_mnist.png"):
+            assert (out / figure).stat().st_size > 10_000, figure
+            assert f"]({figure})" in report
+
+
+def test_every_cell_is_filled_or_says_why(smoke):
+    out, _ = smoke
+    from rcenp.models.registry import shipped_models
+
+    shipped = set(shipped_models())
+    for name in ("table1", "table2", "table3", "table4"):
+        for row in read_csv(out / f"{name}.csv"):
+            model = row.get("model") or row.get("target")
+            if row["status"] == "ok":
+                assert model in shipped
+                value = {"table1": "ours_pct", "table2": "log_kd_auc", "table3": "ratio_f2_positive",
+                         "table4": "auc"}[name]
+                # filled, or an AUC over no pairs (the tiny smoke attack fooled no image): n says so
+                assert row[value] != "" or row.get("n_pairs") == "0", (name, row)
+            else:
+                assert row["status"].startswith("not available: ") or row["status"].startswith("not run"), row
+                if model not in shipped and "not shipped" in row["status"]:
+                    assert row["status"].endswith("not shipped (issue 11)")
+    rows = read_csv(out / "table2.csv")
+    mnist = [r for r in rows if r["dataset"] == "mnist" and r["in_table"] == "True"]
+    assert len(mnist) == 12 and all(r["status"] == "ok" for r in mnist)  # 6 attacks x CE/RCE, all run
+    assert {r["eps"] for r in rows if r["dataset"] == "mnist" and r["attack"] == "bim"} == {"0.08", "0.16"}
+    assert all(r["log_kd_paper"] for r in mnist)  # every in-table MNIST cell has the paper's value beside it
+    t1 = {(r["depth"], r["objective"], r["dataset"]): r for r in read_csv(out / "table1.csv")}
+    assert t1[("32", "rce", "mnist")]["paper_pct"] == "0.29" and t1[("32", "rce", "mnist")]["n_test"] == "200"
+
+
+def test_sanity_checks_ran_on_the_shipped_models(smoke):
+    out, _ = smoke
+    rows = read_csv(out / "sanity.csv")
+    checks = {r["check"] for r in rows}
+    assert {"accuracy non-increasing in ε", "iterative ≥ single-step", "unbounded BIM (ε = 1) ~100% success",
+            "zero input-gradient fraction", "C&W success at full budget", "white-box C&W-wb ≥ transfer"} <= checks
+    assert all(r["status"] in ("PASS", "FLAG", "n/a") for r in rows)
+    unbounded = [r for r in rows if r["check"].startswith("unbounded")]
+    assert len(unbounded) == 2 and all(r["status"] == "PASS" for r in unbounded)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--budget", "huge"], "unknown budget 'huge'"),
+    (["--only", "table2,table9"], "unknown part 'table9'"),
+    (["--cells-from", "/nonexistent/cells"], "no such folder"),
+])
+def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
+    assert main(["reproduce", "--out", str(tmp_path / "out")] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rcenp: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_unwritable_out_is_one_error_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["reproduce", "--out", str(blocker / "out"), "--only", "table1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write to --out" in err and "Traceback" not in err
+
+
+def test_the_command_line_runs_outside_python(tmp_path):
+    """The installed entry point, in a fresh interpreter: bad input exits 2 with one line."""
+    done = subprocess.run([sys.executable, "-m", "rcenp", "reproduce", "--budget", "nope", "--out",
+                           str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "unknown budget" in done.stderr
+
+
+def test_core_imports_no_plotting_library():
+    code = ("import sys, rcenp.cli, rcenp.reproduce, rcenp.reproduce.report\n"
+            "print(sorted(m for m in ('matplotlib', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_parts_plan_only_their_cells():
+    from rcenp.reproduce.budgets import get_budget
+
+    budget = get_budget("smoke")
+    names = {c.key.split("/", 1)[1] for c in cells_module.plan(budget, ["table1"])}
+    assert names == {"test-error"}
+    table2 = cells_module.plan(budget, ["table2"])
+    assert {c.key.split("/", 1)[1] for c in table2 if c.dataset == "mnist"} == \
+        {"fgsm-0.16", "bim-0.16", "ilcm-0.16", "jsma-0.16", "cw", "cw-hc"}
+    table4 = cells_module.plan(budget, ["table4"])
+    assert all(c.depth == 56 for c in table4)

@@ -1,0 +1,225 @@
+"""``rcenp.reproduce`` parts on their own: the paper's values against the paper's text, each sanity
+check on numbers built to fail it, reuse of published cells, the Table 4 transfer path."""
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rcenp
+from rcenp.reproduce import budgets, cells, lineup, paper, sanity
+from rcenp.reproduce.results import detection_rate_at_fpr, wb_figures
+
+ROOT = Path(rcenp.__file__).resolve().parent.parent
+PAPER_CANDIDATES = [ROOT.parent / "shared" / "paper", Path(os.environ.get("RCENP_DATA") or "/nonexistent").parent / "paper",
+                    Path("/work/shared/paper")]
+
+
+def paper_text() -> str:
+    for folder in PAPER_CANDIDATES:
+        path = folder / "pang2018-towards-robust-detection.txt"
+        if path.is_file():
+            return path.read_text()
+    pytest.skip("the paper's text (shared/paper/) is not beside this checkout")
+
+
+def numbers(line):
+    return [float(x) for x in re.findall(r"(?<![\w.-])\d+\.\d+", line)]
+
+
+def test_table1_matches_the_paper_text():
+    text = paper_text()
+    for (depth, objective), values in paper.TABLE1.items():
+        line = next(l for l in text.splitlines() if l.startswith(f"Resnet-{depth} ({objective.upper()})"))
+        assert numbers(line) == [values["mnist"], values["cifar10"]], line
+
+
+def test_table2_matches_the_paper_text():
+    text = paper_text()
+    block = text[text.index("Attack\tObj.\tMNIST"):text.index("Figure 2:")]
+    attack = None
+    names = {"FGSM": "fgsm", "BIM": "bim", "ILCM": "ilcm", "JSMA": "jsma", "C&W": "cw", "C&W-hc": "cw-hc"}
+    seen = 0
+    for line in block.splitlines():
+        fields = line.split("\t")
+        if len(fields) < 3 or fields[1] not in ("CE", "RCE"):
+            continue
+        attack = names[fields[0]] if fields[0] else attack
+        values = numbers("\t".join(fields[2:]))
+        objective = fields[1].lower()
+        expected = [paper.TABLE2[(attack, objective, d)][m] for d in ("mnist", "cifar10") for m in paper.METRICS]
+        assert values == expected, line
+        seen += 1
+    assert seen == 12
+
+
+def test_tables_3_and_4_match_the_paper_text():
+    text = paper_text()
+    lines = text.splitlines()
+    for objective in ("ce", "rce"):
+        line = next(l for l in lines if l.startswith(objective.upper() + "\t"))
+        t3 = paper.TABLE3
+        assert numbers(line) == [t3[(objective, "mnist")]["ratio"], t3[(objective, "mnist")]["distortion"],
+                                 t3[(objective, "cifar10")]["ratio"], t3[(objective, "cifar10")]["distortion"]]
+        line = next(l for l in lines if l.startswith(f"Res.-56 ({objective.upper()})"))
+        assert numbers(line) == [paper.TABLE4[(objective, "ce")], paper.TABLE4[(objective, "rce")]]
+    assert "all higher than 95%" in text and "less than 50%" in text and "less than 15% on CIFAR-10" in text
+    assert paper.TABLE4_MNIST_LOWER_BOUND == 95.0 and paper.TRANSFER_RATE_UPPER_BOUND == {"mnist": 0.5, "cifar10": 0.15}
+
+
+# ---- sanity checks: each FLAGs on a case built to fail it, and PASSes on a good one ---------------
+def test_monotone_in_eps():
+    good = sanity.monotone_in_eps("m", [(0.1, 0.50, 1000), (0.2, 0.30, 1000), (0.3, 0.30, 1000)])
+    bad = sanity.monotone_in_eps("m", [(0.1, 0.50, 1000), (0.2, 0.30, 1000), (0.3, 0.40, 1000)])
+    assert good["status"] == "PASS" and bad["status"] == "FLAG"
+    assert "ε = 0.3" in bad["detail"] and bad["value"] == pytest.approx(0.10)
+    noise = sanity.monotone_in_eps("m", [(0.1, 0.50, 1000), (0.2, 0.501, 1000)])  # one image: tolerated
+    assert noise["status"] == "PASS"
+    assert sanity.monotone_in_eps("m", [(0.1, 0.5, 10)])["status"] == "n/a"
+
+
+def test_iterative_vs_single():
+    fgsm = [(0.1, 0.40, 500), (0.2, 0.20, 500)]
+    assert sanity.iterative_vs_single("m", fgsm, [(0.1, 0.10, 500), (0.2, 0.00, 500)])["status"] == "PASS"
+    bad = sanity.iterative_vs_single("m", fgsm, [(0.1, 0.10, 500), (0.2, 0.35, 500)])
+    assert bad["status"] == "FLAG" and "ε = 0.2" in bad["detail"]
+    assert sanity.iterative_vs_single("m", fgsm, [(0.3, 0.1, 500)])["status"] == "n/a"
+
+
+def summary(n=100, clean_correct=100, efficient=100, zero=0.0, evasion=None):
+    s = {"counts": {"n": n, "clean_correct": clean_correct, "efficient": efficient}, "zero_grad_fraction_mean": zero}
+    if evasion is not None:
+        s["detection"] = {"threshold": {"undetected_misclassified_rate": evasion}}
+    return s
+
+
+def test_unbounded_bim():
+    assert sanity.unbounded_bim("m", summary(efficient=100))["status"] == "PASS"
+    assert sanity.unbounded_bim("m", summary(efficient=90))["status"] == "FLAG"
+    assert sanity.unbounded_bim("m", None)["status"] == "n/a"
+
+
+def test_whitebox_vs_transfer():
+    assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.6), summary(evasion=0.2))["status"] == "PASS"
+    bad = sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), summary(evasion=0.3))
+    assert bad["status"] == "FLAG" and "white-box 10.0%" in bad["detail"]
+    assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), None)["status"] == "n/a"
+
+
+def test_zero_gradient():
+    assert sanity.zero_gradient("m fgsm", summary(zero=0.0))["status"] == "PASS"
+    assert sanity.zero_gradient("m fgsm", summary(zero=0.4))["status"] == "FLAG"
+
+
+def test_cw_success():
+    assert sanity.cw_success("m", summary(efficient=100), True)["status"] == "PASS"
+    bad = sanity.cw_success("m", summary(efficient=60), True)
+    assert bad["status"] == "FLAG" and "paper budget" in bad["detail"]
+    assert "REDUCED" in sanity.cw_success("m", summary(efficient=60), False)["detail"]
+
+
+# ---- results helpers -----------------------------------------------------------------------------
+def test_detection_rate_at_fpr():
+    normal = np.arange(100, 200, dtype=float)       # clean scores 100..199
+    adversarial = np.arange(0, 100, dtype=float)    # all below every clean score
+    assert detection_rate_at_fpr(normal, adversarial) == 1.0
+    adversarial = np.concatenate([np.arange(50), np.arange(100, 150)]).astype(float)  # half overlaps the clean range
+    # rejecting at most 5 clean images ("normal iff score >= 105") rejects the 50 low ones and 100..104
+    assert detection_rate_at_fpr(normal, adversarial) == pytest.approx(0.55)
+
+
+def test_wb_figures():
+    rows = [{"clean_prediction": 1, "true_label": 1, "f2": 0.0, "stop_reason": "success", "l2_paper": 10.0},
+            {"clean_prediction": 2, "true_label": 2, "f2": 1.5, "stop_reason": "f2 > 0", "l2_paper": 30.0},
+            {"clean_prediction": 3, "true_label": 3, "f2": 2.0, "stop_reason": "no success", "l2_paper": 0.0},
+            {"clean_prediction": 4, "true_label": 5, "f2": 9.0, "stop_reason": "f2 > 0", "l2_paper": 99.0}]
+    figures = wb_figures(rows)
+    assert figures["n"] == 3 and figures["ratio_f2_positive"] == pytest.approx(2 / 3)
+    assert figures["distortion"] == pytest.approx(20.0) and figures["n_distortion"] == 2
+
+
+# ---- the plan: budgets, missing models, reuse, transfer -------------------------------------------
+def test_budgets_and_eps_options_match_the_sweep_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("attack_sweep", ROOT / "scripts" / "attack_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    cpu = budgets.get_budget("cpu")
+    assert cpu.eps_sweep == sweep.EPSILONS
+    for attack in ("fgsm", "bim", "ilcm", "jsma"):
+        for eps in sweep.EPSILONS:
+            assert budgets.eps_options(attack, eps, cpu) == sweep.OPTIONS[attack](eps)
+    paper_budget = budgets.get_budget("paper")
+    assert paper_budget.n_cw == paper_budget.n_wb == 1000 and paper_budget.cw["max_iterations"] == 10000
+    assert paper_budget.cw["binary_steps"] == 9 and paper_budget.full_cw_budget
+    with pytest.raises(ValueError, match="unknown budget"):
+        budgets.get_budget("fast")
+
+
+def test_missing_models_are_named_and_planned_as_not_available():
+    planned = cells.plan(budgets.get_budget("smoke"), ["table1"])
+    by_key = {c.key: c for c in planned}
+    assert len(planned) == 12
+    missing = by_key["mnist-resnet56-rce/test-error"]
+    assert missing.model is None and missing.missing == "not available: model mnist-resnet56-rce not shipped (issue 11)"
+    assert by_key["cifar10subset-resnet32-ce/test-error"].missing.endswith("not shipped (issue 11)")
+    assert by_key["mnist-resnet32-ce/test-error"].model == "mnist-resnet32-ce"
+
+
+def test_a_newly_shipped_model_is_picked_up(monkeypatch):
+    infos = lineup._shipped() + ({"name": "mnist-r56-later", "dataset": "mnist", "depth": 56, "objective": "rce",
+                                  "detector": True},)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    assert lineup.find_model("mnist", 56, "rce") == "mnist-r56-later"
+    planned = {c.key: c for c in cells.plan(budgets.get_budget("smoke"), ["table4"])}
+    assert planned["mnist-r56-later/cw-wb-from-mnist-resnet32-ce"].missing is None
+    assert planned["mnist-r56-later/cw-wb-from-mnist-resnet32-ce"].options["substitute"] == "mnist-resnet32-ce"
+
+
+def fake_published(root: Path, cell, options=None):
+    folder = root / cell.key
+    folder.mkdir(parents=True)
+    asked = {"model": cell.model, "attack": cell.attack, "options": options or cell.options, "n": cell.n, "seed": 0}
+    (folder / "run.json").write_text(json.dumps(asked))
+    (folder / "summary.json").write_text(json.dumps({"settings": asked}))
+    return folder
+
+
+def test_published_cells_are_reused_in_place(tmp_path, monkeypatch):
+    cpu = budgets.get_budget("cpu")
+    planned = [c for c in cells.plan(cpu, ["fig2"]) if c.model == "mnist-resnet32-ce" and c.attack == "bim"]
+    same = fake_published(tmp_path / "published", planned[0])
+    fake_published(tmp_path / "published", planned[1], options={"eps": planned[1].eps, "steps": 5})  # other settings
+    assert cells.reusable(planned[0], [tmp_path / "published"]) == same
+    assert cells.reusable(planned[1], [tmp_path / "published"]) is None
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a reusable cell was recomputed")
+
+    from rcenp.attacks import run as attack_run
+
+    monkeypatch.setattr(attack_run, "run_attack", must_not_run)
+    outcomes = cells.run_cells(planned[:1], tmp_path / "out", cells_from=[tmp_path / "published"],
+                               stream=open(os.devnull, "w"))
+    assert outcomes[planned[0].key] == {"status": "done", "path": str(same), "source": "reused", "seconds": 0.0}
+
+
+def test_transfer_cell_is_not_available_until_run_attack_takes_a_substitute(tmp_path):
+    """A real run_attack call with the substitute option: today's run_attack refuses it (the cell
+    says so and leaves no directory behind); once the option lands, the cell finishes with a
+    transfer block."""
+    smoke = budgets.get_budget("smoke")
+    options = budgets.cw_wb_options(smoke, "attacker", "mnist-resnet32-rce")
+    options["stage1"] = {"binary_steps": 1, "max_iterations": 2}
+    options["stage2"] = {"binary_steps": 1, "max_iterations": 2}
+    cell = cells.Cell("mnist-resnet32-ce/cw-wb-from-mnist-resnet32-rce", "attack", "mnist-resnet32-ce", "mnist", 32,
+                      "ce", 2, attack="cw-wb", options=options, substitute="mnist-resnet32-rce", batch_size=2)
+    outcome = cells.run_cell(cell, tmp_path / cell.key, stream=open(os.devnull, "w"))
+    if outcome["status"] == "not available":
+        assert outcome["reason"] == cells.SUBSTITUTE_MISSING and "substitute" in outcome["error"]
+        assert not (tmp_path / cell.key).exists()
+    else:
+        assert "transfer" in json.loads((tmp_path / cell.key / "summary.json").read_text())
