@@ -3,7 +3,7 @@
 | budget | images per ε-attack cell | ε sweep | C&W, C&W-hc | C&W-wb (stage 1; stage 2) | images per C&W cell |
 |---|---|---|---|---|---|
 | smoke | 20 (JSMA ≤ 20 picks) | 0.08, 0.16 | 2 × 20 iterations, Adam lr 0.1 | 1 × 20; 2 × 20, lr 0.1 | 20 |
-| cpu | 1,000 | 0.02 ... 0.20 | 5 × 1,000, lr 0.01 | 3 × 500; 5 × 1,000, lr 0.01 | 100 |
+| cpu | 1,000 | 0.02 ... 0.20 | 5 × 1,000, lr 0.01 | 3 × 300; 5 × 500, lr 0.01 | 100 |
 | paper | 1,000 | 0.02 ... 0.20 | 9 × 10,000, lr 0.01 | 3 × 5,000; 9 × 10,000, lr 0.01 | 1,000 |
 
 (binary-search steps × iterations per step; abort-early on throughout.) Table 2's ε-attacks are
@@ -68,11 +68,11 @@ BUDGETS = {
     "cpu": Budget(
         name="cpu", n_eps=1000, n_cw=100, n_wb=100, eps_sweep=EPS_SWEEP, n_test=None, tsne_per_class=100,
         cw={"binary_steps": 5, "max_iterations": 1000, "learning_rate": 0.01},
-        cw_wb_stage1={"binary_steps": 3, "max_iterations": 500},
-        cw_wb_stage2={"binary_steps": 5, "max_iterations": 1000},
+        cw_wb_stage1={"binary_steps": 3, "max_iterations": 300},
+        cw_wb_stage2={"binary_steps": 5, "max_iterations": 500},
         jsma_max_iterations=None, batch_size=100, full_cw_budget=False,
         description="cpu: 1,000 images per eps-attack cell (eps 0.02-0.20), 100 per C&W cell with 5 x 1,000 "
-                    "iterations (C&W-wb: 3 x 500 then 5 x 1,000), whole test split for Table 1"),
+                    "iterations (C&W-wb: 3 x 300 then 5 x 500), whole test split for Table 1"),
     "paper": Budget(
         name="paper", n_eps=1000, n_cw=1000, n_wb=1000, eps_sweep=EPS_SWEEP, n_test=None, tsne_per_class=100,
         cw={"binary_steps": 9, "max_iterations": 10000, "learning_rate": 0.01},

@@ -36,7 +36,8 @@ class Cell:
     """One unit of work. key: ``<model>/<name>`` (the folder under OUT/cells); kind: "attack",
     "test-error" or "features"; model: the shipped model (None when not shipped: ``missing`` says
     why); dataset/depth/objective: its place in the tables; attack/options/n: run_attack's
-    arguments, batch_size its checkpointed batch; eps: the ε-attack's ε (None otherwise); parts: the report parts that use it;
+    arguments, batch_size its checkpointed batch; eps: the ε-attack's ε (None otherwise);
+    parts: the report parts that use it;
     cost: a relative cost (image-iterations) for the ETA."""
 
     key: str

@@ -185,7 +185,8 @@ def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
                     axes[r][c].set_ylabel(label)
                 if r > 0:
                     axes[r][c].set_title(f"{records[r - 1][i]['l2_paper']:.1f}", fontsize=7)
-        fig.suptitle(f"Fig. 3: C&W-wb, {lineup.DATASET_TITLES[dataset]}" + _smoke(budget) + "\n(titles: ‖δ‖₂/√d, 0-255)",
+        title = f"Fig. 3: C&W-wb, {lineup.DATASET_TITLES[dataset]}" + _smoke(budget)
+        fig.suptitle(title + "\n(titles: ‖δ‖₂/√d, 0-255)",
                      fontsize=8)
         fig.tight_layout()
         path = out_dir / f"fig3_cwwb_{dataset}.png"

@@ -139,7 +139,8 @@ def _auc_text(row, metric):
     if abs(row[f"{metric}_auc_strict"] - ours) >= 0.05:
         text += f" strict {row[f'{metric}_auc_strict']:.1f}"
     if theirs is not None:
-        text += f"; paper {theirs:.1f}, Δ {row[f'{metric}_diff']:+.1f}" + (" **†**" if row[f"{metric}_outside_ci"] else "")
+        text += f"; paper {theirs:.1f}, Δ {row[f'{metric}_diff']:+.1f}"
+        text += " **†**" if row[f"{metric}_outside_ci"] else ""
     return text
 
 
