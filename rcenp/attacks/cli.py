@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
                    "image (the authors' code); reported distortion is always to the clean image")
     c.add_argument("--stage1-iterations", type=_count, help="cw-wb: stage-1 iterations per binary step (5,000)")
     c.add_argument("--stage1-binary-steps", type=_count, help="cw-wb: stage-1 binary steps (3)")
+    a.add_argument("--substitute", metavar="MODEL",
+                   help="black-box transfer (paper 4.5): craft on this model (with its own detector for cw-wb) "
+                   "and report on MODEL with MODEL's detector")
     a.add_argument("--n", type=_count, default=1000, help="attack the first N test images (default 1000)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--batch-size", type=_count, default=100)
@@ -109,7 +112,10 @@ def cmd_attack(args) -> int:
         raise ValueError(f"--attack {args.attack} needs --eps")
     name = Path(str(args.model)).name
     out = args.out or f"runs/attack-{name}-{args.attack}" + (f"-{args.eps:g}" if args.attack in EPS_ATTACKS else "")
-    summary = run_attack(args.model, args.attack, out, options_of(args), n=args.n, seed=args.seed,
+    options = options_of(args)
+    if args.substitute:
+        options["substitute"] = args.substitute
+    summary = run_attack(args.model, args.attack, out, options, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, resume=args.resume, shard=args.shard, data_dir=args.data_dir,
                          device=args.device, png_dir=args.png)
     if args.json:
@@ -141,5 +147,11 @@ def format_summary(summary: dict, out) -> str:
             t = detection["threshold"]
             lines.append(f"  with the detector (T = {t['T']:.3f}): correct or NOT SURE "
                          f"{t['detection_aware_accuracy']:.1%}, fooled {t['undetected_misclassified_rate']:.1%}")
+    transfer = summary.get("transfer")
+    if transfer:
+        rate = "n/a" if transfer["transfer_rate"] is None else f"{transfer['transfer_rate']:.1%}"
+        lines.append(f"  transfer from {summary['settings']['options']['substitute']}: crafted "
+                     f"{transfer['substitute_success_rate']:.1%} on the substitute; the target misclassifies "
+                     f"{rate} of the {transfer['n_eligible']} it classified correctly")
     lines.append(f"  files in {out}")
     return "\n".join(lines)

@@ -15,6 +15,14 @@ Files in ``out_dir`` (each written through a temporary file and a rename):
 A batch's result depends only on its images, so a run killed and resumed, or split into
 ``shard=(k, K)`` runs over contiguous batch-aligned slices, gives the same samples as one
 uninterrupted run (``summary.json``'s ``timing`` differs, nothing else).
+
+Black-box transfer (paper §4.5, protocol §6): ``options["substitute"]`` names a second model of the
+same data set. The attack is crafted on the substitute (cw-wb against the substitute's own
+detector), and every audited figure is the target's (``model_ref``): its predictions, its
+detector's scores and AUCs. A sample "succeeds" when the target misclassifies it (the paper's
+transfer criterion); the substitute's own outcome is kept per sample (``substitute_success``,
+``substitute_prediction``, ``substitute_clean_prediction``), and ``target_hit`` says whether the
+target predicts the attack's target class. ``summary.json`` gains a ``transfer`` block.
 """
 from __future__ import annotations
 
@@ -113,13 +121,17 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     indices = shard_indices(n, batch_size, shard)
     out_dir = Path(out_dir)
     detector = fitted_detector(model, model_ref)
-    fn = attack_function(attack, detector)
+    crafter, crafter_detector = model, detector
+    if options.get("substitute") is not None:
+        crafter, crafter_detector = load_substitute(options["substitute"], manifest, device)
+    fn = attack_function(attack, crafter_detector)
     asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
              "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
     _claim(out_dir, asked, resume)
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
         return json.loads((out_dir / "summary.json").read_text())
+    options = {k: v for k, v in options.items() if k != "substitute"}
     per_sample = {}
     if attack in CW_ATTACKS and options.get("targets", "random") == "random":
         # the paper's random target != the TRUE label, drawn once over the run's n images
@@ -140,7 +152,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
                 result, records = attack_and_audit(fn, model, detector, test.images[index], test.labels[index], index,
-                                                   batch_options, batch_size, png_dir)
+                                                   batch_options, batch_size, png_dir,
+                                                   substitute=None if crafter is model else crafter)
                 checkpoint.atomic_write_npz(stem.with_suffix(".npz"), adversarial=result.adversarial)
                 checkpoint.atomic_write_text(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
                 timed += time.monotonic() - start
@@ -162,15 +175,48 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         progress.close()
 
 
-def attack_and_audit(fn, model, detector, images, labels, index, options: dict, batch_size: int, png_dir=None):
+def attack_and_audit(fn, model, detector, images, labels, index, options: dict, batch_size: int, png_dir=None,
+                     substitute=None):
     """Attack ``images`` (N, C, H, W) with ``fn(model, images, batch_size=..., **options)`` and
     audit each sample → (AttackResult, ``samples.jsonl`` records): the attack's per-sample entries,
     the test ``index`` and true label, success after 8-bit (and 16-bit PNG) rounding, and with a
-    ``detector`` the clean and adversarial confidence, non-ME and log KD and whether it rejects."""
-    result = fn(model, images, batch_size=batch_size, **options)
+    ``detector`` the clean and adversarial confidence, non-ME and log KD and whether it rejects.
+
+    With a ``substitute`` model the attack is crafted on it and audited on ``model`` (the target;
+    module docstring): the returned result is the substitute's, the records are the target's."""
+    result = fn(model if substitute is None else substitute, images, batch_size=batch_size, **options)
     records = [sample_record(i, int(y), r) for i, y, r in zip(index, labels, result.records())]
-    _extras(model, detector, images, result, records, png_dir, index)
+    if substitute is not None:
+        _audit_on_target(model, images, labels, result, records)
+    _extras(model, detector, images, result, records, png_dir, index, transfer=substitute is not None)
     return result, records
+
+
+def load_substitute(substitute_ref, target_manifest: dict, device=None):
+    """The substitute model of a transfer run and its fitted detector. Raises ValueError when it is
+    trained on another data set than the target, or (cw-wb's need) has no detector."""
+    from rcenp.models.registry import load as load_model
+
+    substitute, manifest = load_model(substitute_ref, device)
+    if manifest["config"]["dataset"] != target_manifest["config"]["dataset"]:
+        raise ValueError(f"substitute {substitute_ref} is trained on {manifest['config']['dataset']}, "
+                         f"the target on {target_manifest['config']['dataset']}: transfer needs one data set")
+    return substitute, fitted_detector(substitute, substitute_ref)
+
+
+def _audit_on_target(target, images, labels, result: AttackResult, records) -> None:
+    """Rewrite the substitute's records as the target sees them (transfer; module docstring)."""
+    clean = as_numpy(target.predict(images))
+    adversarial = as_numpy(target.predict(result.adversarial))
+    for j, record in enumerate(records):
+        record["substitute_success"] = record["success"]
+        record["substitute_prediction"] = record.pop("adversarial_prediction")
+        record["substitute_clean_prediction"] = record["clean_prediction"]
+        record["clean_prediction"] = int(clean[j])
+        record["adversarial_prediction"] = int(adversarial[j])
+        record["misclassified"] = bool(adversarial[j] != labels[j])
+        record["success"] = record["misclassified"]
+        record["target_hit"] = bool(record["target"] >= 0 and adversarial[j] == record["target"])
 
 
 def sample_record(index: int, true_label: int, record: dict) -> dict:
@@ -207,22 +253,27 @@ def fitted_detector(model, model_ref):
     return Detector.load(stem, model) if stem.with_suffix(".json").is_file() else None
 
 
-def _success(result: AttackResult, prediction) -> np.ndarray:
+def _success(result: AttackResult, prediction, records=None) -> np.ndarray:
+    """The attack's success criterion on ``prediction``; with transfer ``records``, the target's:
+    misclassified (the true label is in the records)."""
+    if records is not None:
+        return prediction != np.array([r["true_label"] for r in records])
     targeted = result.target >= 0
     return np.where(targeted, prediction == result.target, prediction != result.label)
 
 
-def _extras(model, detector, clean, result: AttackResult, records, png_dir, index) -> None:
+def _extras(model, detector, clean, result: AttackResult, records, png_dir, index, transfer: bool = False) -> None:
     """Add to each record: success after 8-bit (and 16-bit PNG) rounding and the detector's scores."""
     rounded = quantize(result.adversarial, 256)
-    success_8bit = _success(result, as_numpy(model.predict(rounded)))
+    criterion = records if transfer else None
+    success_8bit = _success(result, as_numpy(model.predict(rounded)), criterion)
     if png_dir is not None:
         from rcenp.data.images import write_png16
 
         Path(png_dir).mkdir(parents=True, exist_ok=True)
         for i, image in zip(index, result.adversarial):
             write_png16(Path(png_dir) / f"{int(i):05d}.png", image)
-        success_16bit = _success(result, as_numpy(model.predict(quantize(result.adversarial, 65536))))
+        success_16bit = _success(result, as_numpy(model.predict(quantize(result.adversarial, 65536))), criterion)
     for j, record in enumerate(records):
         record["success_8bit"] = bool(success_8bit[j])
         if png_dir is not None:

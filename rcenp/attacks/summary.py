@@ -43,7 +43,22 @@ def summarize(records: list[dict], detector=None) -> dict:
         summary["success_rate_16bit"] = float(column["success_16bit"].mean())
     if "clean_confidence" in column:
         summary["detection"] = _detection(column, true, clean, adv, detector)
+    if "substitute_success" in column:
+        summary["transfer"] = _transfer(column, correct, adv != true)
     return summary
+
+
+def _transfer(column, correct, misclassified) -> dict:
+    """Black-box transfer (paper §4.5): of the examples crafted successfully on the substitute
+    whose clean image the target classifies correctly, the fraction the target misclassifies
+    (``transfer_rate``) and the fraction it assigns to the attack's target class."""
+    crafted = column["substitute_success"].astype(bool)
+    eligible = crafted & correct
+    hit = column["target_hit"].astype(bool)
+    count = int(eligible.sum())
+    return {"substitute_success_rate": float(crafted.mean()), "n_eligible": count,
+            "transfer_rate": float(misclassified[eligible].mean()) if count else None,
+            "target_hit_rate": float(hit[eligible].mean()) if count else None}
 
 
 def _stats(values) -> dict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ from rcenp.reproduce.budgets import Budget
 
 PARTS = ("table1", "table2", "table3", "table4", "fig1", "fig2", "fig3", "sanity")
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
-SUBSTITUTE_MISSING = "not available: --substitute not implemented"
 
 
 @dataclasses.dataclass
@@ -248,17 +246,8 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream) -> dict:
         return {"status": "not available", "path": None,
                 "reason": f"not available: {cell.model} has no fitted K-density detector (rcenp detect --fit)"}
     resumed = (cell_dir / "partial").is_dir()
-    try:
-        attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
-                              batch_size=cell.batch_size, resume=True, data_dir=data_dir, device=device,
-                              stream=stream)
-    except (ValueError, TypeError) as exc:
-        if cell.substitute is None or "substitute" not in str(exc):
-            raise
-        finished = (cell_dir / "partial").is_dir() and any((cell_dir / "partial").glob("*.jsonl"))
-        if not finished and not (cell_dir / "summary.json").exists():
-            shutil.rmtree(cell_dir, ignore_errors=True)  # leave nothing that a later run_attack would refuse
-        return {"status": "not available", "path": None, "reason": SUBSTITUTE_MISSING, "error": str(exc)}
+    attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
+                          batch_size=cell.batch_size, resume=True, data_dir=data_dir, device=device, stream=stream)
     return {"status": "done", "path": str(cell_dir), "source": "resumed" if resumed else "computed"}
 
 

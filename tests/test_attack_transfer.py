@@ -1,0 +1,110 @@
+"""Black-box transfer (paper §4.5): ``run_attack(target, ..., {"substitute": SUB})`` crafts on the
+substitute and audits every figure on the target."""
+import json
+
+import numpy as np
+import pytest
+
+from rcenp.attacks.run import run_attack
+from rcenp.cli import main
+from rcenp.detect.detector import Detector
+from rcenp.models import resnet
+from rcenp.models.registry import load
+from rcenp.objectives import Classifier
+
+TINY_WB = {"targets": "random", "learning_rate": 0.05, "seed": 0, "attacker_points": 5,
+           "stage1": {"binary_steps": 1, "max_iterations": 4}, "stage2": {"binary_steps": 1, "max_iterations": 4}}
+
+
+def _run_dir(base, objective, seed, train, test):
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    model = Classifier(resnet(8, 1, seed=seed), objective).eval()
+    save_checkpoint(base, model, None, TrainConfig(depth=8, objective=objective), 1, {"note": "test"})
+    Detector(model).fit(train.images, train.labels, per_class=20).calibrate(test.images).save(base / "detector")
+    return base
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A target (ResNet-8 CE) and a substitute (ResNet-8 RCE, other weights), each with a detector,
+    and an MNIST-format root of 40 test images."""
+    from rcenp.data import load as load_split
+    from tests.test_train import write_mnist_root
+
+    rng = np.random.default_rng(5)
+    root = write_mnist_root(tmp_path_factory.mktemp("data"),
+                            lambda split, n: (rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10), (200, 40))
+    train, test = load_split("mnist", "train", root), load_split("mnist", "test", root)
+    target = _run_dir(tmp_path_factory.mktemp("target"), "ce", 1, train, test)
+    substitute = _run_dir(tmp_path_factory.mktemp("substitute"), "rce", 2, train, test)
+    return target, substitute, root
+
+
+def read_samples(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_crafted_on_the_substitute_audited_on_the_target(runs, tmp_path):
+    target, substitute, root = runs
+    summary = run_attack(target, "cw-wb", tmp_path / "bb", dict(TINY_WB, substitute=str(substitute)),
+                         n=8, batch_size=4, data_dir=root)
+    samples = read_samples(tmp_path / "bb" / "samples.jsonl")
+    with np.load(tmp_path / "bb" / "adversarial.npz") as data:
+        clean, adversarial, labels = data["clean"], data["adversarial"], data["labels"]
+    target_model, sub_model = load(target)[0], load(substitute)[0]
+    np.testing.assert_array_equal([s["adversarial_prediction"] for s in samples], target_model.predict(adversarial))
+    np.testing.assert_array_equal([s["clean_prediction"] for s in samples], target_model.predict(clean))
+    np.testing.assert_array_equal([s["substitute_prediction"] for s in samples], sub_model.predict(adversarial))
+    np.testing.assert_array_equal([s["substitute_clean_prediction"] for s in samples], sub_model.predict(clean))
+    detector = Detector.load(target / "detector", target_model)
+    np.testing.assert_allclose([s["adversarial_log_kd"] for s in samples], detector.scores(adversarial)["kd"],
+                               rtol=1e-6)
+    for s, y in zip(samples, labels):
+        assert s["success"] == s["misclassified"] == (s["adversarial_prediction"] != y)
+        assert s["target_hit"] == (s["adversarial_prediction"] == s["target"])
+        assert s["target"] != y and "f2" in s        # the substitute's cw-wb audit is kept
+    transfer = summary["transfer"]
+    crafted = np.array([s["substitute_success"] for s in samples])
+    eligible = crafted & np.array([s["clean_prediction"] == s["true_label"] for s in samples])
+    assert transfer["substitute_success_rate"] == crafted.mean()
+    assert transfer["n_eligible"] == eligible.sum()
+    if eligible.any():
+        misclassified = np.array([s["misclassified"] for s in samples])
+        assert transfer["transfer_rate"] == misclassified[eligible].mean()
+    assert summary["settings"]["options"]["substitute"] == str(substitute)
+
+
+def test_the_target_as_its_own_substitute_crafts_the_white_box_images(runs, tmp_path):
+    target, _, root = runs
+    args = dict(n=6, batch_size=3, data_dir=root)
+    run_attack(target, "fgsm", tmp_path / "wb", {"eps": 0.1}, **args)
+    run_attack(target, "fgsm", tmp_path / "self", {"eps": 0.1, "substitute": str(target)}, **args)
+    with np.load(tmp_path / "wb" / "adversarial.npz") as a, np.load(tmp_path / "self" / "adversarial.npz") as b:
+        np.testing.assert_array_equal(a["adversarial"], b["adversarial"])
+    wb, own = read_samples(tmp_path / "wb" / "samples.jsonl"), read_samples(tmp_path / "self" / "samples.jsonl")
+    for w, s in zip(wb, own):
+        assert w["adversarial_prediction"] == s["adversarial_prediction"] == s["substitute_prediction"]
+        assert w["adversarial_log_kd"] == s["adversarial_log_kd"]
+
+
+@pytest.mark.parametrize("substitute, message", [("CIFAR", "one data set"), ("no-such-model", "neither a run directory")])
+def test_a_bad_substitute_is_one_error_line(runs, tmp_path, capsys, substitute, message):
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    target, _, root = runs
+    if substitute == "CIFAR":
+        substitute = tmp_path / "cifar"
+        save_checkpoint(substitute, Classifier(resnet(8, 3, seed=1), "ce").eval(), None,
+                        TrainConfig(dataset="cifar10", depth=8, objective="ce"), 1, {"note": "test"})
+    assert main(["attack", str(target), "--attack", "fgsm", "--eps", "0.1", "--n", "2", "--data-dir", str(root),
+                 "--substitute", str(substitute), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_command_line_reports_the_transfer_rate(runs, tmp_path, capsys):
+    target, substitute, root = runs
+    assert main(["attack", str(target), "--attack", "fgsm", "--eps", "0.2", "--n", "4", "--data-dir", str(root),
+                 "--substitute", str(substitute), "--out", str(tmp_path / "cli")]) == 0
+    assert f"transfer from {substitute}" in capsys.readouterr().out
