@@ -286,7 +286,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mnist-resnet32-ce", "mnist-resnet32-rce"],
                         help="shipped model names or run directories")
-    parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
+    parser.add_argument("--attacks", nargs="*", choices=ATTACKS, default=list(ATTACKS),
+                        help="BIM and/or JSMA; none (a bare --attacks) with --cw times C&W only")
     parser.add_argument("--n", type=int, default=100, help="the first N test images")
     parser.add_argument("--source", choices=("sample", "test"), default="sample",
                         help="the embedded 1,000-image MNIST sample, or the test split under RCENP_DATA")
