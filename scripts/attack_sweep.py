@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--device", choices=["cpu", "cuda"])
     parser.add_argument("--out", default="runs/fig2a")
+    parser.add_argument("--collect", action="store_true",
+                        help="attack nothing: write sweep.json and sweep.md from the cells already finished")
     args = parser.parse_args(argv)
     out = Path(args.out)
     cells = []
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
                 cell = out / model / f"{attack}-{eps:g}"
                 if (cell / "summary.json").is_file():  # finished, here or copied from another machine
                     summary = json.loads((cell / "summary.json").read_text())
+                elif args.collect:
+                    continue
                 else:
                     summary = run_attack(model, attack, cell, OPTIONS[attack](eps), n=args.n,
                                          batch_size=args.batch_size, resume=True, data_dir=args.data_dir,
