@@ -129,6 +129,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
              "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
     _claim(out_dir, asked, resume)
+    code = checkpoint.code_identity()  # the code this process loaded, not what the tree holds when it ends
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
         return json.loads((out_dir / "summary.json").read_text())
     options = {k: v for k, v in options.items() if k != "substitute"}
@@ -162,7 +163,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             left = sum(len(i) for i in batches[b + 1:])
             progress.update(b + 1, f"{int(sum(len(i) for i in batches[:b + 1]))} images  {rate:.2f} img/s",
                             left / rate if rate > 0 else float("inf"), force=b + 1 == len(batches))
-        summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked)
+        summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code)
         summary["timing"] = {"seconds_this_run": time.monotonic() - t0, "attack_seconds_this_run": timed,
                              "images_this_run": done_images,
                              "images_per_s": done_images / timed if timed else None}
@@ -292,7 +293,7 @@ def _extras(model, detector, clean, result: AttackResult, records, png_dir, inde
         record["detected"] = bool(score <= detector.threshold) if detector.threshold is not None else None
 
 
-def _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked) -> dict:
+def _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code) -> dict:
     """Write adversarial.npz and samples.jsonl from the partial batches; return the summary."""
     index = np.concatenate(batches)
     adversarial = np.concatenate([np.load(partial / f"batch-{b[0] // batch_size:05d}.npz")["adversarial"]
@@ -306,7 +307,7 @@ def _assemble(out_dir, partial, batches, batch_size, test, model, detector, aske
 
     summary = summarize(records, detector)
     summary.update(settings=asked, test_set=test.describe(), software=_software(model),
-                   code=checkpoint.code_identity())
+                   code=code)
     return summary
 
 
