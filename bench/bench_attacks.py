@@ -145,6 +145,7 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
     correct = clean == labels
     settings = {"n": n, "binary_steps": args.cw_binary_steps, "max_iterations": args.cw_steps,
                 "initial_const": args.cw_c0, "learning_rate": args.cw_lr, "kappa": args.cw_kappa,
+                "abort_early": args.cw_abort_early == "on",
                 "targets": f"uniform over the 9 classes != true label, seed {args.seed}"}
     entry = {"settings": settings}
     try:
@@ -155,7 +156,8 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
         fmodel = fb.PyTorchModel(twin, bounds=(-0.5, 0.5), device="cpu")
         attack = fb.attacks.L2CarliniWagnerAttack(
             binary_search_steps=args.cw_binary_steps, steps=args.cw_steps, stepsize=args.cw_lr,
-            confidence=args.cw_kappa, initial_const=args.cw_c0, abort_early=True)
+            confidence=args.cw_kappa, initial_const=args.cw_c0,
+            abort_early=args.cw_abort_early == "on")
         criterion = fb.criteria.TargetedMisclassification(torch.from_numpy(targets))
         xt = torch.from_numpy(x)
 
@@ -174,7 +176,8 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
         return entry
     x_r, seconds = _timed(lambda: _host(ours(
         model, x, targets=targets, labels=labels, binary_steps=args.cw_binary_steps, max_iterations=args.cw_steps,
-        initial_const=args.cw_c0, learning_rate=args.cw_lr, kappa=args.cw_kappa)), args.repeats, "cw_l2 rcenp")
+        initial_const=args.cw_c0, learning_rate=args.cw_lr, kappa=args.cw_kappa,
+        abort_early=args.cw_abort_early == "on")), args.repeats, "cw_l2 rcenp")
     pred_r = predict_rcenp(x_r)
     entry["rcenp"] = _outcome(x_r, x, pred_r, targets, correct, seconds)
     if isinstance(entry["foolbox"], dict):
@@ -306,6 +309,9 @@ def main(argv=None):
     parser.add_argument("--cw-c0", type=float, default=1.0, help="initial constant c")
     parser.add_argument("--cw-lr", type=float, default=0.01, help="Adam learning rate")
     parser.add_argument("--cw-kappa", type=float, default=0.0, help="confidence margin")
+    parser.add_argument("--cw-abort-early", choices=["on", "off"], default="on",
+                        help="abort-early on both sides (foolbox checks the batch's summed loss, rcenp each "
+                             "sample's own) or off on both, so both run every iteration")
     parser.add_argument("--seed", type=int, default=0, help="C&W target draw")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)

@@ -219,3 +219,19 @@ def test_transfer_cell_runs_on_the_target_with_the_substitute(tmp_path):
     assert outcome["status"] == "done"
     summary = json.loads((tmp_path / cell.key / "summary.json").read_text())
     assert summary["transfer"]["n_eligible"] <= 2 and summary["settings"]["options"]["substitute"] == "mnist-resnet32-rce"
+
+
+def test_figures_without_the_report_extra(monkeypatch, tmp_path):
+    """Without matplotlib or scikit-learn every figure is skipped with the install hint and no file
+    is written (CI installs the report extra, so this path is checked here)."""
+    from rcenp.reproduce import figures
+
+    assert figures.missing_libraries(("numpy", "rcenp_no_such_module")) == ["rcenp_no_such_module"]
+    monkeypatch.setattr(figures, "missing_libraries", lambda needs: [n for n in needs if n == "sklearn"])
+    assert figures.draw(None, None, tmp_path, ["fig1"]) == {
+        "fig1": {"skipped": "sklearn not installed (pip install rcenp[report])"}}
+    monkeypatch.setattr(figures, "missing_libraries", lambda needs: list(needs))
+    drawn = figures.draw(None, None, tmp_path, figures.FIGURES)
+    assert drawn["fig1"] == {"skipped": "matplotlib, sklearn not installed (pip install rcenp[report])"}
+    assert drawn["fig2"] == drawn["fig3"] == {"skipped": "matplotlib not installed (pip install rcenp[report])"}
+    assert not any(tmp_path.iterdir())
