@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from rcenp import attacks
 from rcenp import functional as F
-from rcenp.attacks.cw import SENTINEL, Density, Evaluation, binary_search_update, optimise
+from rcenp.attacks.cw import SENTINEL, binary_search_update, optimise
+from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_wb import attack_kernel, neg_log_kd_reference
 from rcenp.detect.detector import Detector
 from rcenp.detect.kde import log_kernel_density_reference

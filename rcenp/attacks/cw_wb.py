@@ -42,7 +42,8 @@ import math
 import numpy as np
 from scipy.special import logsumexp
 
-from rcenp.attacks.cw import Density, assemble, check_settings, choose_targets, optimise
+from rcenp.attacks.cw import assemble, check_settings, choose_targets, optimise
+from rcenp.attacks.cw_loss import Density
 from rcenp.attacks.core import check_images, check_steps
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
