@@ -39,8 +39,7 @@ def model_dataset(name) -> str | None:
 def evaluate_model(name, test, device=None) -> dict:
     """Test error of a shipped model on ``test``, and its detector on the clean images if it has one:
     the ``RECORD_KEYS`` record (percentages in %, quartiles of each clean score)."""
-    from rcenp.detect.cli import detector_stem
-    from rcenp.detect.detector import Detector
+    from rcenp.detect.detector import Detector, detector_stem
     from rcenp.models.registry import load as load_model
     from rcenp.models.registry import resolve
     from rcenp.train import evaluate

@@ -208,7 +208,7 @@ def finish(run: Run) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), RCENP_DATA=os.environ.get("RCENP_DATA") or str(ROOT.parent / "shared" / "data"))
     python = os.environ.get("PYTHON", "python3")
     for command in ([python, "scripts/ship_model.py", f"runs/{run.name}", run.ship_as],
-                    [python, "-m", "rcenp", "detect", run.ship_as, "--fit", "--per-class", str(run.per_class)],
+                    [python, "-m", "rcenp", "detect", run.ship_as, "--fit", "--overwrite", "--per-class", str(run.per_class)],
                     [python, "scripts/detection_report.py", run.ship_as, "--per-class", str(run.per_class),
                      "--json", f"runs/detection-{run.ship_as}.json"]):
         print("+", " ".join(command), flush=True)

@@ -63,6 +63,12 @@ def test_read_images_formats_and_bad_input(tmp_path):
     assert x.shape == (1, 1, 28, 28) and x.min() == -0.5 and x.dtype == np.float32
     np.savez(tmp_path / "batch.npz", images=np.stack([pixels, pixels]))
     assert read_images(tmp_path / "batch.npz", (1, 28, 28)).shape == (2, 1, 28, 28)
+    clean, adversarial = np.zeros((3, 1, 28, 28), np.float32), np.full((3, 1, 28, 28), 0.25, np.float32)
+    np.savez(tmp_path / "adversarial.npz", clean=clean, adversarial=adversarial, labels=np.arange(3))  # rcenp attack's
+    np.testing.assert_array_equal(read_images(tmp_path / "adversarial.npz", (1, 28, 28)), adversarial)
+    np.savez(tmp_path / "two.npz", clean=clean, other=adversarial)
+    with pytest.raises(ValueError, match="'images' or 'adversarial' \\(found clean, other\\)"):
+        read_images(tmp_path / "two.npz", (1, 28, 28))
     Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match="12x10"):
         read_images(tmp_path / "small.png", (1, 28, 28))
@@ -137,6 +143,11 @@ def test_detect_fit_command_saves_the_calibration_it_used(model, mnist_root, tmp
     assert main(["detect", str(run), "--fit", "--per-class", "5", "--data-dir", str(mnist_root)]) == 0
     saved = json.loads((run / "detector.json").read_text())
     assert "random half of the test split" in saved["info"]["calibration"] and saved["threshold"] is not None
-    assert main(["detect", str(run), "--fit", "--calibrate-on", "train", "--kernel-from", "500",
+    before = (run / "detector.json").read_bytes(), (run / "detector.npz").read_bytes()
+    capsys.readouterr()
+    assert main(["detect", str(run), "--fit", "--metric", "confidence", "--data-dir", str(mnist_root)]) == 2
+    assert "already has a fitted detector" in capsys.readouterr().err  # nothing replaced without --overwrite
+    assert ((run / "detector.json").read_bytes(), (run / "detector.npz").read_bytes()) == before
+    assert main(["detect", str(run), "--fit", "--overwrite", "--calibrate-on", "train", "--kernel-from", "500",
                  "--data-dir", str(mnist_root)]) == 2
     assert "--kernel-from 500" in capsys.readouterr().err

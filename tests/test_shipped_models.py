@@ -45,13 +45,11 @@ def test_shipped_model_loads_by_name_and_errs_as_its_manifest_says(name):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_detector_keeps_most_clean_test_images(name):
-    from rcenp.detect.cli import detector_stem
-    from rcenp.detect.detector import NOT_SURE, Detector
+    from rcenp.detect.detector import NOT_SURE, load_detector
     from rcenp.models import load as load_model
-    from rcenp.models.registry import resolve
 
     model, manifest = load_model(name, "cpu")
-    det = Detector.load(detector_stem(resolve(name)), model)
+    det = load_detector(name, model)
     per_class = det.kernel_points.shape[1]
     assert det.metric == "kd" and det.kernel_points.shape == (10, per_class, 64) and per_class >= 100
     test = data_for(manifest)

@@ -4,7 +4,7 @@ Conventions (protocol §4): higher score = more normal for every metric; normal 
 positive class of the ROC; the detector accepts an input when its score > T.
 """
 from rcenp.detect.calibrate import calibrate_threshold, rejection_rate
-from rcenp.detect.detector import METRICS, NOT_SURE, Detector
+from rcenp.detect.detector import METRICS, NOT_SURE, Detector, detector_stem, load_detector
 from rcenp.detect.kde import (
     DEFAULT_SIGMA2,
     LogKernelDensity,
@@ -25,5 +25,5 @@ __all__ = [
     "DEFAULT_SIGMA2", "LogKernelDensity", "log_kernel_density", "log_kernel_density_reference",
     "select_kernel_points", "roc_auc", "roc_curve", "tpr_at_fpr", "bootstrap_auc_ci",
     "paper_sample_rule", "paper_pairs", "calibrate_threshold", "rejection_rate",
-    "Detector", "NOT_SURE", "METRICS",
+    "Detector", "NOT_SURE", "METRICS", "detector_stem", "load_detector",
 ]

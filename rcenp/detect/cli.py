@@ -15,11 +15,14 @@ CALIBRATION_SETS = ("test", "train")
 
 def add_parser(sub) -> None:
     d = sub.add_parser("detect", help="score images with a model's detector (label or NOT SURE), or fit it",
-                       description="Score images (an .npz batch under key 'images', or image files) with the "
-                       "model's thresholding detector, or fit and calibrate that detector with --fit.")
+                       description="Score images (an .npz batch under key 'images', the 'adversarial' images of "
+                       "an `rcenp attack` run's adversarial.npz, or image files) with the model's thresholding "
+                       "detector, or fit and calibrate that detector with --fit.")
     d.add_argument("model", help="run directory or shipped model name")
     d.add_argument("--images", nargs="+", metavar="FILE", help=".npz batches or image files (PNG, JPEG, ...)")
     d.add_argument("--fit", action="store_true", help="fit the kernel points and calibrate T (needs the data)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="let --fit replace the model's fitted detector (a shipped model's too)")
     d.add_argument("--metric", choices=["kd", "confidence", "non_me"], default="kd")
     d.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean data (--fit)")
     d.add_argument("--per-class", type=int, default=1000, help="kernel points per class (--fit; 0 = all)")
@@ -36,23 +39,19 @@ def add_parser(sub) -> None:
     d.add_argument("--device", choices=["cpu", "cuda"])
 
 
-def detector_stem(model_stem: Path) -> Path:
-    """Where a model's detector lives: RUN_DIR/detector, or <name>-detector beside a shipped model."""
-    if model_stem.name == "checkpoint":
-        return model_stem.parent / "detector"
-    return model_stem.parent / (model_stem.name + "-detector")
-
-
 def read_images(path: Path, shape) -> np.ndarray:
-    """Images (N, C, H, W) float32 in [-0.5, 0.5] from an .npz batch or one image file
+    """Images (N, C, H, W) float32 in [-0.5, 0.5] from an .npz batch (its array 'images', else
+    'adversarial' as ``rcenp attack`` writes, else its only array) or one image file
     (:func:`rcenp.data.images.read_image`: 16-bit files in full, alpha dropped, colour to luma)."""
     c, h, w = shape
     if path.suffix.lower() == ".npz":
         try:
             with np.load(path, allow_pickle=False) as data:
-                key = "images" if "images" in data.files else (data.files[0] if len(data.files) == 1 else None)
+                named = [k for k in ("images", "adversarial") if k in data.files]
+                key = named[0] if named else (data.files[0] if len(data.files) == 1 else None)
                 if key is None:
-                    raise ValueError(f"{path}: expected an array named 'images' (found {', '.join(data.files)})")
+                    raise ValueError(f"{path}: expected an array named 'images' or 'adversarial' "
+                                     f"(found {', '.join(data.files)})")
                 array = data[key]
         except (OSError, ValueError) as exc:
             raise ValueError(str(exc) if str(path) in str(exc) else f"{path}: not a readable .npz ({exc})") from None
@@ -120,12 +119,15 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
 
 
 def cmd_detect(args) -> int:
-    from rcenp.detect.detector import NOT_SURE, Detector
+    from rcenp.detect.detector import NOT_SURE, Detector, detector_stem
     from rcenp.models.registry import load, resolve
 
     model, manifest = load(args.model, args.device)
     stem = detector_stem(resolve(args.model))
     if args.fit:
+        if stem.with_suffix(".json").is_file() and not args.overwrite:
+            raise CheckpointError(f"{args.model} already has a fitted detector ({stem.with_suffix('.json')}); "
+                                  "pass --overwrite to replace it")
         det, _ = fit_detector(model, manifest["config"]["dataset"], args.data_dir, args.metric, args.fpr,
                               args.per_class or None, args.calibrate_on, args.kernel_from, args.seed)
         det.save(stem)

@@ -107,3 +107,26 @@ class Detector:
 
     def describe(self) -> str:
         return json.dumps({"metric": self.metric, "threshold": self.threshold, "sigma2": self.sigma2, **self.info})
+
+
+def detector_stem(model_stem: Path) -> Path:
+    """Where a model's detector lives: RUN_DIR/detector, or <name>-detector beside a shipped model."""
+    model_stem = Path(model_stem)
+    if model_stem.name == "checkpoint":
+        return model_stem.parent / "detector"
+    return model_stem.parent / (model_stem.name + "-detector")
+
+
+def load_detector(name_or_path, model) -> Detector:
+    """The detector fitted for a shipped model name or run directory (``rcenp detect --fit``),
+    scoring with ``model`` (that model, e.g. from ``rcenp.models.load(name_or_path)``).
+
+    Raises CheckpointError when none is fitted or it was fitted for the other objective."""
+    from rcenp.models.registry import resolve
+
+    stem = detector_stem(resolve(name_or_path))
+    if not stem.with_suffix(".json").is_file():
+        raise checkpoint.CheckpointError(f"{name_or_path}: no fitted detector ({stem.with_suffix('.json')}); "
+                                         f"run `rcenp detect {name_or_path} --fit`")
+    return Detector.load(stem, model)
+
