@@ -37,10 +37,13 @@ class Progress:
             self.log.flush()
 
     def close(self) -> None:
+        """End the live line and close the log; a second call does nothing."""
         if self.live:
             self.stream.write("\n")
+            self.live = False
         if self.log:
             self.log.close()
+            self.log = None
 
 
 def duration(seconds: float) -> str:

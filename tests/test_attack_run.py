@@ -101,12 +101,16 @@ def test_shards_concatenate_to_the_single_run(setup, tmp_path):
 
 
 def test_shard_indices_are_contiguous_batch_aligned_and_cover_everything():
-    for n, batch, count in [(15, 4, 3), (1000, 100, 7), (5, 10, 2), (9, 2, 9)]:
+    for n, batch, count in [(15, 4, 3), (1000, 100, 7), (5, 10, 1), (9, 2, 5), (10, 1, 10)]:
         pieces = [shard_indices(n, batch, (k, count)) for k in range(1, count + 1)]
         np.testing.assert_array_equal(np.concatenate(pieces), np.arange(n))
-        assert all(p[0] % batch == 0 for p in pieces if len(p))
-    with pytest.raises(ValueError):
+        assert all(len(p) and p[0] % batch == 0 for p in pieces)
+    with pytest.raises(ValueError, match="got 4/3"):
         shard_indices(10, 2, (4, 3))
+    for n, batch, count in [(5, 10, 2), (9, 2, 9), (300, 100, 5)]:  # fewer batches than shards: no empty shard
+        for k in range(1, count + 1):
+            with pytest.raises(ValueError, match=f"{count} shards need at least {count} batches"):
+                shard_indices(n, batch, (k, count))
 
 
 def test_quantize_rounds_to_the_grid_inside_the_box():
@@ -124,6 +128,13 @@ def test_quantize_rounds_to_the_grid_inside_the_box():
     (["attack", "no-such-model", "--attack", "fgsm", "--eps", "0.1"], "neither a run directory"),
     (["attack", "RUN", "--attack", "fgsm", "--eps", "0.1", "--n", "41", "--data-dir", "ROOT"], "--n 41"),
     (["attack", "RUN", "--attack", "bim", "--eps", "0.1", "--n", "4", "--data-dir", "ROOT", "--out", "SAME"], "already"),
+    (["attack", "RUN", "--attack", "fgsm", "--eps", "0.1", "--n", "10", "--shard", "1/2", "--data-dir", "ROOT"],
+     "2 shards need at least 2 batches"),
+    (["attack", "RUN", "--attack", "cw", "--eps", "0.1", "--n", "2", "--data-dir", "ROOT"],
+     "--eps does not apply to --attack cw"),
+    (["attack", "RUN", "--attack", "bim", "--eps", "0.1", "--kappa", "3", "--data-dir", "ROOT"],
+     "--kappa does not apply to --attack bim"),
+    (["attack", "RUN", "--attack", "cw", "--anchor", "stage1", "--data-dir", "ROOT"], "--anchor does not apply"),
 ])
 def test_command_errors_are_one_line(setup, tmp_path, capsys, argv, message):
     run, root = setup
@@ -135,6 +146,22 @@ def test_command_errors_are_one_line(setup, tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rcenp: error:") and message in err[0]
+
+
+def test_a_setting_the_attack_refuses_leaves_no_run_behind(setup, tmp_path, capsys):
+    """kappa < 0 is refused by the attack at its first batch: the --out folder is left as it was, so the
+    corrected command runs there without --resume; a folder the user made beforehand stays."""
+    run, root = setup
+    base = ["attack", str(run), "--attack", "cw", "--n", "2", "--binary-steps", "1", "--max-iterations", "2",
+            "--data-dir", str(root)]
+    for out in (tmp_path / "new" / "cw", tmp_path / "mine"):
+        (tmp_path / "mine").mkdir(exist_ok=True)
+        assert main(base + ["--kappa", "-1", "--out", str(out)]) == 2
+        assert "kappa" in capsys.readouterr().err
+        assert not out.exists() if out.name == "cw" else not any(out.iterdir())
+        assert main(base + ["--out", str(out)]) == 0
+        assert (out / "summary.json").is_file()
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("eps", ["0", "-0.1", "1.5", "x"])

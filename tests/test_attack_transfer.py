@@ -107,4 +107,10 @@ def test_command_line_reports_the_transfer_rate(runs, tmp_path, capsys):
     target, substitute, root = runs
     assert main(["attack", str(target), "--attack", "fgsm", "--eps", "0.2", "--n", "4", "--data-dir", str(root),
                  "--substitute", str(substitute), "--out", str(tmp_path / "cli")]) == 0
-    assert f"transfer from {substitute}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    transfer = summary["transfer"]
+    assert f"on {target} (crafted on {substitute}): 4 images" in out
+    rate = "n/a" if transfer["transfer_rate"] is None else f"{transfer['transfer_rate']:.1%}"
+    assert (f"transfer from {substitute}: crafted successfully there for {transfer['substitute_success_rate']:.1%} "
+            f"of the images; {target} misclassifies {rate} of the {transfer['n_eligible']} among them") in out

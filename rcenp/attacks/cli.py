@@ -76,6 +76,22 @@ def add_parser(sub) -> None:
     a.add_argument("--data-dir")
     a.add_argument("--device", choices=["cpu", "cuda"])
     a.add_argument("--json", action="store_true", help="print summary.json instead of a short table")
+    a.set_defaults(attack_defaults={dest: a.get_default(dest) for dest in APPLIES})
+
+
+CW = ("cw", "cw-hc", "cw-wb")
+APPLIES = {"eps": EPS_ATTACKS, "steps": ("bim", "ilcm"), "target_vector": ("ilcm",), "variant": ("jsma",),
+           "max_iterations": ("jsma", *CW), "kappa": CW, "initial_const": CW, "binary_steps": CW,
+           "learning_rate": CW, "targets": CW, "kernel": ("cw-wb",), "anchor": ("cw-wb",),
+           "stage1_iterations": ("cw-wb",), "stage1_binary_steps": ("cw-wb",)}  # option -> the attacks it is for
+
+
+def check_options(args) -> None:
+    """ValueError naming the first option given (not at its default) that ``args.attack`` does not use."""
+    for dest, attacks in APPLIES.items():
+        if args.attack not in attacks and getattr(args, dest) != args.attack_defaults[dest]:
+            raise ValueError(f"--{dest.replace('_', '-')} does not apply to --attack {args.attack} "
+                             f"(it is for {', '.join(attacks)})")
 
 
 def options_of(args) -> dict:
@@ -110,6 +126,7 @@ def cmd_attack(args) -> int:
 
     if args.attack in EPS_ATTACKS and args.eps is None:
         raise ValueError(f"--attack {args.attack} needs --eps")
+    check_options(args)
     name = Path(str(args.model)).name
     out = args.out or f"runs/attack-{name}-{args.attack}" + (f"-{args.eps:g}" if args.attack in EPS_ATTACKS else "")
     options = options_of(args)
@@ -128,7 +145,9 @@ def cmd_attack(args) -> int:
 def format_summary(summary: dict, out) -> str:
     """A few lines for a person: rates, distortion, detection."""
     counts, distortion = summary["counts"], summary["distortion"]["l2_paper"]["efficient"]
-    lines = [f"{summary['settings']['attack']} on {summary['settings']['model']}: {counts['n']} images "
+    substitute = summary["settings"]["options"].get("substitute")
+    crafted = f" (crafted on {substitute})" if substitute else ""
+    lines = [f"{summary['settings']['attack']} on {summary['settings']['model']}{crafted}: {counts['n']} images "
              f"({summary['test_set']})",
              f"  clean accuracy          {summary['accuracy_clean']:.1%}",
              f"  accuracy under attack   {summary['accuracy_under_attack']:.1%}",
@@ -150,8 +169,9 @@ def format_summary(summary: dict, out) -> str:
     transfer = summary.get("transfer")
     if transfer:
         rate = "n/a" if transfer["transfer_rate"] is None else f"{transfer['transfer_rate']:.1%}"
-        lines.append(f"  transfer from {summary['settings']['options']['substitute']}: crafted "
-                     f"{transfer['substitute_success_rate']:.1%} on the substitute; the target misclassifies "
-                     f"{rate} of the {transfer['n_eligible']} it classified correctly")
+        model = summary["settings"]["model"]
+        lines.append(f"  transfer from {substitute}: crafted successfully there for "
+                     f"{transfer['substitute_success_rate']:.1%} of the images; {model} misclassifies {rate} of "
+                     f"the {transfer['n_eligible']} among them that it classifies correctly when clean")
     lines.append(f"  files in {out}")
     return "\n".join(lines)

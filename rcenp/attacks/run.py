@@ -75,11 +75,16 @@ def random_targets(true_labels, seed: int, num_classes: int = 10) -> np.ndarray:
 
 
 def shard_indices(n: int, batch_size: int, shard=(1, 1)) -> np.ndarray:
-    """The image indices of shard k of K: a contiguous run of whole batches (1-based k)."""
+    """The image indices of shard k of K: a contiguous run of whole batches (1-based k).
+
+    Raises ValueError unless 1 <= k <= K and there are at least K batches (every shard gets one)."""
     k, count = shard
     if not 1 <= k <= count:
         raise ValueError(f"shard must be k/K with 1 <= k <= K, got {k}/{count}")
     batches = math.ceil(n / batch_size)
+    if batches < count:
+        raise ValueError(f"{count} shards need at least {count} batches; {n} images in batches of {batch_size} "
+                         f"make {batches}: use fewer shards or a smaller batch size")
     first, last = (k - 1) * batches // count, k * batches // count
     return np.arange(first * batch_size, min(last * batch_size, n))
 
@@ -128,7 +133,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
              "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
-    _claim(out_dir, asked, resume)
+    made_dir = not out_dir.exists()
+    claimed = _claim(out_dir, asked, resume)
     code = checkpoint.code_identity()  # the code this process loaded, not what the tree holds when it ends
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
         return json.loads((out_dir / "summary.json").read_text())
@@ -172,6 +178,11 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         progress.message(f"done: success {summary['success_rate']:.1%}, accuracy under attack "
                          f"{summary['accuracy_under_attack']:.1%} on {summary['counts']['n']} images; {out_dir}")
         return summary
+    except BaseException:
+        if claimed and not any(partial.glob("*.jsonl")):  # nothing done: leave no run behind to block --out
+            progress.close()
+            _unclaim(out_dir, partial, made_dir)
+        raise
     finally:
         progress.close()
 
@@ -229,8 +240,9 @@ def sample_record(index: int, true_label: int, record: dict) -> dict:
     return out
 
 
-def _claim(out_dir: Path, asked: dict, resume: bool) -> None:
-    """Create ``out_dir``'s run.json, or check that a resumed run asks for the same thing."""
+def _claim(out_dir: Path, asked: dict, resume: bool) -> bool:
+    """Create ``out_dir``'s run.json (→ True), or check that a resumed run asks for the same thing
+    (→ False)."""
     run_file = out_dir / "run.json"
     if run_file.is_file():
         if not resume:
@@ -239,19 +251,29 @@ def _claim(out_dir: Path, asked: dict, resume: bool) -> None:
         changed = [k for k in asked if previous.get(k) != json.loads(json.dumps(asked[k]))]
         if changed:
             raise ValueError(f"{out_dir}: --resume with other settings than the run there ({', '.join(changed)})")
-        return
+        return False
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
+    return True
+
+
+def _unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
+    """Undo ``_claim`` for a run that failed before its first batch (a bad setting the attack
+    itself rejects): its run.json, log and empty partial/ go, and ``out_dir`` if this run made it."""
+    shutil.rmtree(partial, ignore_errors=True)
+    for name in ("run.json", "attack.log"):
+        (out_dir / name).unlink(missing_ok=True)
+    if made_dir and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def fitted_detector(model, model_ref):
     """The model's saved detector (``rcenp detect --fit``), or None."""
-    from rcenp.detect.cli import detector_stem
-    from rcenp.detect.detector import Detector
+    from rcenp.detect.detector import detector_stem, load_detector
     from rcenp.models.registry import resolve
 
-    stem = detector_stem(resolve(model_ref))
-    return Detector.load(stem, model) if stem.with_suffix(".json").is_file() else None
+    fitted = detector_stem(resolve(model_ref)).with_suffix(".json").is_file()
+    return load_detector(model_ref, model) if fitted else None
 
 
 def _success(result: AttackResult, prediction, records=None) -> np.ndarray:
