@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -120,7 +121,12 @@ def cmd_eval(args) -> int:
     dataset = manifest["config"]["dataset"]
     if args.sample and dataset != "mnist":
         raise ValueError("--sample is the MNIST test sample; this model was trained on " + dataset)
-    test = load_sample() if args.sample else load(dataset, "test", args.data_dir)
+    try:
+        test = load_sample() if args.sample else load(dataset, "test", args.data_dir)
+    except DataError as exc:
+        if dataset != "mnist":
+            raise
+        raise DataError(f"{exc}; or pass --sample to use the embedded 1,000-image MNIST sample") from None
     result = evaluate(model, test.images, test.labels)
     result.update(model=str(args.model), test_set=test.describe())
     if args.json:
@@ -158,6 +164,8 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     from rcenp.models.registry import shipped_models
 
+    if args.data_dir and not os.path.isdir(args.data_dir):  # else every model would fall back or be skipped
+        raise DataError(f"--data-dir {args.data_dir}: no such folder")
     shipped = shipped_models()
     if shipped:
         from rcenp.demo import run_demo

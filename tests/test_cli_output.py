@@ -137,3 +137,10 @@ def test_eval_prints_a_table_or_todays_json(tmp_path, capsys):
     assert text == demo.eval_table(result) + "\n"
     assert f"{100 * result['test_error']:.2f}%" in text and f"{result['errors']} / 64" in text
     assert text.startswith(f"test images: {result['test_set']}\n")
+
+
+def test_demo_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):
+    """A mistyped --data-dir is an error, not a silent fallback to the embedded sample."""
+    assert main(["demo", "--data-dir", str(tmp_path / "no-such-folder")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rcenp: error: --data-dir {tmp_path / 'no-such-folder'}: no such folder"]
