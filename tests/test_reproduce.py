@@ -148,6 +148,10 @@ def test_sanity_checks_ran_on_the_shipped_models(smoke):
     assert all(r["status"] in ("PASS", "FLAG", "n/a") for r in rows)
     unbounded = [r for r in rows if r["check"].startswith("unbounded")]
     assert len(unbounded) == 2 and all(r["status"] == "PASS" for r in unbounded)
+    # the smoke budget is not the paper's C&W budget: the check does not apply (neither PASS nor FLAG)
+    cw = [r for r in rows if r["check"] == "C&W success at full budget"]
+    assert len(cw) == 2 and all(r["status"] == "n/a" and "REDUCED budget" in r["detail"] for r in cw)
+    assert {r["check"] for r in rows if r["subject"].endswith(" jsma")} == {"accuracy non-increasing in θ"}
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -71,6 +71,9 @@ def test_tables_3_and_4_match_the_paper_text():
 
 # ---- sanity checks: each FLAGs on a case built to fail it, and PASSes on a good one ---------------
 def test_monotone_in_eps():
+    theta = sanity.monotone_in_eps("m jsma", [(0.1, 0.50, 1000), (0.2, 0.60, 1000)], "θ")
+    assert theta["status"] == "FLAG" and theta["check"] == "accuracy non-increasing in θ"
+    assert "θ = 0.2" in theta["detail"] and "ε" not in theta["detail"]
     good = sanity.monotone_in_eps("m", [(0.1, 0.50, 1000), (0.2, 0.30, 1000), (0.3, 0.30, 1000)])
     bad = sanity.monotone_in_eps("m", [(0.1, 0.50, 1000), (0.2, 0.30, 1000), (0.3, 0.40, 1000)])
     assert good["status"] == "PASS" and bad["status"] == "FLAG"
@@ -118,6 +121,13 @@ def test_cw_success():
     bad = sanity.cw_success("m", summary(efficient=60), True)
     assert bad["status"] == "FLAG" and "paper budget" in bad["detail"]
     assert "REDUCED" in sanity.cw_success("m", summary(efficient=60), False)["detail"]
+    # at a reduced budget the check's premise does not hold: n/a (neither PASS nor FLAG), rate kept as its value
+    smoke = budgets.get_budget("smoke")
+    for efficient in (60, 100):
+        reduced = sanity.cw_success("m", summary(efficient=efficient), smoke.full_cw_budget, smoke.cw)
+        assert reduced["status"] == "n/a" and reduced["value"] == pytest.approx(efficient / 100)
+        assert "REDUCED budget: 2 × 20 iterations" in reduced["detail"] and "9 × 10,000" in reduced["detail"]
+        assert f"{efficient} of 100" in reduced["detail"]
 
 
 # ---- results helpers -----------------------------------------------------------------------------

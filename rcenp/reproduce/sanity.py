@@ -1,5 +1,6 @@
 """Sanity checks a careful evaluator adds (Carlini et al. 2019's checklist, AutoAttack's flags),
-each PASS or FLAG (or n/a with the reason), from the finished cells.
+each PASS or FLAG, or n/a with the reason when a cell is missing or the check's premise does not
+hold (C&W success needs the paper's C&W budget), from the finished cells.
 
 Each check is a plain function of summaries or (ε, accuracy) series, so it can be tested on
 numbers built to fail it; ``run_checks`` applies them to a run.
@@ -26,21 +27,23 @@ def _tolerance(n) -> float:
     return max(1.0 / n, 0.005) if n else 0.005
 
 
-def monotone_in_eps(subject: str, points) -> dict:
+def monotone_in_eps(subject: str, points, symbol: str = "ε") -> dict:
     """Accuracy under attack must not rise with ε. points: [(ε, accuracy in [0, 1], n)]; FLAG when
-    a larger ε leaves accuracy higher than a smaller one by more than one image (or 0.5 pp)."""
+    a larger ε leaves accuracy higher than a smaller one by more than one image (or 0.5 pp).
+    ``symbol`` names the strength in the check and its detail: "θ" for JSMA's per-feature step."""
+    name = f"accuracy non-increasing in {symbol}"
     points = sorted(p for p in points if p[1] is not None)
     if len(points) < 2:
-        return check("accuracy non-increasing in ε", subject, None, None, "fewer than two ε computed")
+        return check(name, subject, None, None, f"fewer than two {symbol} computed")
     worst, where = 0.0, None
     for i, (eps_a, acc_a, n) in enumerate(points):
         for eps_b, acc_b, _ in points[i + 1:]:
             if acc_b - acc_a > worst:
                 worst, where = acc_b - acc_a, (eps_a, eps_b, n)
     ok = where is None or worst <= _tolerance(where[2])
-    detail = "accuracy falls or stays as ε grows" if where is None else (
-        f"accuracy {100 * worst:.1f} pp higher at ε = {where[1]:g} than at ε = {where[0]:g}")
-    return check("accuracy non-increasing in ε", subject, ok, worst, detail)
+    detail = f"accuracy falls or stays as {symbol} grows" if where is None else (
+        f"accuracy {100 * worst:.1f} pp higher at {symbol} = {where[1]:g} than at {symbol} = {where[0]:g}")
+    return check(name, subject, ok, worst, detail)
 
 
 def iterative_vs_single(subject: str, single, iterative) -> dict:
@@ -100,18 +103,22 @@ def zero_gradient(subject: str, summary: dict | None) -> dict:
                  f"{100 * value:.2f}% of input-gradient entries exactly zero (FLAG above {100 * ZERO_GRAD_LIMIT:.0f}%)")
 
 
-def cw_success(subject: str, summary: dict | None, full_budget: bool) -> dict:
+def cw_success(subject: str, summary: dict | None, full_budget: bool, cw: dict | None = None) -> dict:
     """C&W (κ = 0) at the paper's budget must reach its target on ≥ 99% of correctly classified
-    images; at a smaller budget the same test is applied and the detail says the budget is reduced."""
+    images. At a smaller budget the premise does not hold: n/a, with the rate as its value and the
+    detail saying the budget is reduced (``cw``: the budget's binary_steps and max_iterations)."""
     if summary is None:
         return check("C&W success at full budget", subject, None, None, "cell not available")
     counts = summary["counts"]
     rate = counts["efficient"] / counts["clean_correct"] if counts["clean_correct"] else None
+    reached = f"{counts['efficient']} of {counts['clean_correct']} correctly classified images reach the target"
+    if not full_budget:
+        run = f"{cw['binary_steps']} × {cw['max_iterations']:,} iterations" if cw else "fewer iterations"
+        return check("C&W success at full budget", subject, None, rate,
+                     f"not applied, REDUCED budget: {run}, the check needs the paper's 9 × 10,000; {reached}")
     ok = None if rate is None else rate >= CW_SUCCESS
-    budget = "paper budget" if full_budget else "REDUCED budget: a FLAG here may be the budget, not the attack"
     return check("C&W success at full budget", subject, ok, rate,
-                 f"{counts['efficient']} of {counts['clean_correct']} correctly classified images reach the target "
-                 f"({budget})")
+                 f"{reached} (paper budget; PASS at ≥ {100 * CW_SUCCESS:.0f}%)")
 
 
 def _series(res: Results, dataset, objective, attack, budget: Budget):
@@ -134,7 +141,7 @@ def run_checks(res: Results, budget: Budget) -> list[dict]:
             series = {a: _series(res, dataset, objective, a, budget) for a in ("fgsm", "bim", "ilcm", "jsma")}
             for attack, points in series.items():
                 if points:
-                    rows.append(monotone_in_eps(f"{model} {attack}", points))
+                    rows.append(monotone_in_eps(f"{model} {attack}", points, "θ" if attack == "jsma" else "ε"))
             if series["fgsm"] or series["bim"]:
                 rows.append(iterative_vs_single(model, series["fgsm"], series["bim"]))
             unbounded = res.get(dataset, 32, objective, f"bim-{UNBOUNDED_EPS:g}")
@@ -147,7 +154,7 @@ def run_checks(res: Results, budget: Budget) -> list[dict]:
                     rows.append(zero_gradient(f"{model} {name}", res.summary(cell)))
             cw = res.get(dataset, 32, objective, "cw")
             if cw is not None:
-                rows.append(cw_success(model, res.summary(cw), budget.full_cw_budget))
+                rows.append(cw_success(model, res.summary(cw), budget.full_cw_budget, budget.cw))
         for target_obj in lineup.OBJECTIVES:
             target = lineup.find_model(dataset, 56, target_obj)
             wb = res.get(dataset, 56, target_obj, "cw-wb")
