@@ -17,7 +17,7 @@ from rcenp.attacks import run as attack_run
 from rcenp.cli import main
 from rcenp.reproduce import cells as cells_module
 from rcenp.reproduce import reproduce
-from rcenp.reproduce.figures import missing_libraries
+from rcenp.reproduce.figures import INSTALL_HINT, missing_libraries
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
 KILL_AT = 6  # the sixth run_attack call is "killed" before it starts: five attack cells are finished
@@ -105,7 +105,7 @@ def test_every_file_is_written_and_marked_smoke(smoke):
                     "Protocol differences", "Wall time per part"):
         assert f"## {heading}" in report, heading
     if missing_libraries():
-        assert report.count("pip install rcenp[report]") == 3
+        assert report.count(f"not installed ({INSTALL_HINT})") == 3
     else:
         for figure in ("fig1_tsne_mnist.png", "fig2_mnist.png", "fig3_cwwb_mnist.png"):
             assert (out / figure).stat().st_size > 10_000, figure
@@ -152,6 +152,16 @@ def test_sanity_checks_ran_on_the_shipped_models(smoke):
     cw = [r for r in rows if r["check"] == "C&W success at full budget"]
     assert len(cw) == 2 and all(r["status"] == "n/a" and "REDUCED budget" in r["detail"] for r in cw)
     assert {r["check"] for r in rows if r["subject"].endswith(" jsma")} == {"accuracy non-increasing in θ"}
+
+
+def test_the_result_line_goes_to_stdout_and_progress_to_stderr(smoke, capsys):
+    """As for rcenp attack: stdout holds the result (where REPORT.md is), stderr the progress."""
+    out, _ = smoke
+    assert main(["reproduce", "--budget", "smoke", "--out", str(out), "--resume"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"reproduce (smoke): {out / 'REPORT.md'} and ")
+    assert "0 to compute" in captured.err and "REPORT.md" not in captured.err
 
 
 @pytest.mark.parametrize("argv, message", [

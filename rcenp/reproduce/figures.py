@@ -21,7 +21,7 @@ from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.results import Results
 
-INSTALL_HINT = "pip install rcenp[report]"
+INSTALL_HINT = "pip install -e '.[report]' in the rcenp checkout"  # rcenp is installed from a clone, not PyPI
 FIGURES = ("fig1", "fig2", "fig3")
 
 

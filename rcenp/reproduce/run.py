@@ -73,9 +73,10 @@ def _part_seconds(out_dir: Path, cells, outcomes) -> dict:
 def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, data_dir=None, cells_from=(),
               device=None, stream=sys.stderr, command: str | None = None) -> dict:
     """Run the paper's evaluation under ``budget`` into ``out`` (default ``runs/reproduce-<budget>``)
-    and write REPORT.md, per-table CSV/JSON and PNG figures there. Returns {"out", "files",
-    "outcomes", "sanity", "figures", "wall_s"}. Raises ValueError for a bad budget, an unknown part,
-    an unwritable ``out`` or a run there that needs ``resume``."""
+    and write REPORT.md, per-table CSV/JSON and PNG figures there. Progress and the ETA go to
+    ``stream``; the result is returned, not printed: {"budget", "out", "report" (REPORT.md's path),
+    "files" (REPORT.md first), "outcomes", "sanity", "figures", "wall_s"}. Raises ValueError for a
+    bad budget, an unknown part, an unwritable ``out`` or a run there that needs ``resume``."""
     start = time.monotonic()
     spec = get_budget(budget)
     parts = parse_only(only)
@@ -98,8 +99,6 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
             "wall_s": time.monotonic() - start, "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
             "part_seconds": _part_seconds(out_dir, cells, outcomes)}
     written = write_report(results, spec, parts, out_dir, meta)
-    wall = time.monotonic() - start
-    stream.write(f"reproduce ({spec.name}): {out_dir / 'REPORT.md'} and {len(written['files']) - 1} more files "
-                 f"in {wall:.0f} s\n")
-    return {"out": str(out_dir), "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"],
-            "figures": written["figures"], "wall_s": wall}
+    return {"budget": spec.name, "out": str(out_dir), "report": str(out_dir / "REPORT.md"), "files": written["files"],
+            "outcomes": outcomes, "sanity": written["sanity"], "figures": written["figures"],
+            "wall_s": time.monotonic() - start}
