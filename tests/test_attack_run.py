@@ -200,3 +200,13 @@ def test_png_option_writes_16_bit_images_that_read_back_on_the_grid(setup, tmp_p
         assert np.abs(image - adversarial[i]).max() <= 0.5 / 65535 + 2 ** -25
     assert "success_rate_16bit" in summary
     assert all("success_16bit" in s for s in read_samples(tmp_path / "out" / "samples.jsonl"))
+
+
+def test_cw_reports_progress_within_a_batch(setup, tmp_path, monkeypatch):
+    from rcenp.attacks import cw
+
+    run, root = setup
+    monkeypatch.setattr(cw, "PROGRESS_SECONDS", 0.0)
+    run_attack(run, "cw", tmp_path / "cw", {"binary_steps": 1, "max_iterations": 3}, n=4, batch_size=4, data_dir=root)
+    log = (tmp_path / "cw" / "attack.log").read_text()
+    assert "batch 1/1: C&W: 0/4 images finished; 4 in work, binary step 1-1 of 1, iteration up to 0 of 3" in log

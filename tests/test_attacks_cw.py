@@ -214,6 +214,24 @@ def test_abort_early_is_per_sample_and_can_be_switched_off():
     assert len({tuple(d["iterations"]) for d in on.details}) > 1      # samples stop on their own
 
 
+def test_progress_reports_and_changes_nothing(monkeypatch):
+    """With progress, every iteration's status reaches the callable (PROGRESS_SECONDS = 0 here) and
+    the result is the run without it, bit for bit."""
+    from rcenp.attacks import cw
+
+    model = linear_model("rce", 6, scale=3.0)
+    x = box_images(6, 8)
+    quiet = attacks.cw_l2(model, x, binary_steps=2, max_iterations=20, learning_rate=0.05, batch_size=3)
+    monkeypatch.setattr(cw, "PROGRESS_SECONDS", 0.0)
+    heard = []
+    loud = attacks.cw_l2(model, x, binary_steps=2, max_iterations=20, learning_rate=0.05, batch_size=3,
+                         progress=heard.append)
+    assert_same_runs(loud, quiet)
+    assert len(heard) >= max(sum(d["iterations"]) for d in quiet.details)  # one report per pass
+    assert heard[0] == "C&W: 0/8 images finished; 3 in work, binary step 1-1 of 2, iteration up to 0 of 20"
+    assert heard[-1].startswith("C&W: 7/8 images finished; 1 in work, binary step 2-2 of 2")
+
+
 def assert_same_runs(a, b, rows=None):
     """Same decisions and c trajectories, bit for bit; the same images (these cases happen to be bit for
     bit too); float64 figures equal up to the batch-size-dependent rounding of BLAS (e.g. a 1-row

@@ -16,7 +16,7 @@ import rcenp
 from rcenp.attacks import run as attack_run
 from rcenp.cli import main
 from rcenp.reproduce import cells as cells_module
-from rcenp.reproduce import reproduce
+from rcenp.reproduce import paper, reproduce
 from rcenp.reproduce.figures import INSTALL_HINT, missing_libraries
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
@@ -98,12 +98,14 @@ def test_every_file_is_written_and_marked_smoke(smoke):
         assert (out / f"{name}.csv").is_file() and (out / f"{name}.json").is_file(), name
         payload = json.loads((out / f"{name}.json").read_text())
         assert payload["smoke"] is True and payload["rows"]
+        assert payload["paper_source"] == paper.source(name)
         assert {row["budget"] for row in read_csv(out / f"{name}.csv")} == {"smoke"}
     report = (out / "REPORT.md").read_text()
     assert report.startswith("# rcenp reproduce") and "[SMOKE]" in report
     for heading in ("Table 1", "Table 2", "Beyond the paper", "Table 3", "Table 4", "Figures", "Sanity checks",
                     "Protocol differences", "Wall time per part"):
         assert f"## {heading}" in report, heading
+    assert f"- paper values: {paper.SOURCE};" in report and "Pang, Du, Dong, Zhu" in paper.SOURCE
     if missing_libraries():
         assert report.count(f"not installed ({INSTALL_HINT})") == 3
     else:

@@ -69,6 +69,16 @@ def test_tables_3_and_4_match_the_paper_text():
     assert paper.TABLE4_MNIST_LOWER_BOUND == 95.0 and paper.TRANSFER_RATE_UPPER_BOUND == {"mnist": 0.5, "cifar10": 0.15}
 
 
+def test_the_paper_is_cited_not_a_file_outside_a_clone():
+    """The reports cite the paper and its table; no path a user's clone lacks."""
+    assert "shared/" not in paper.SOURCE and ".txt" not in paper.SOURCE
+    assert "Pang, Du, Dong, Zhu" in paper.SOURCE and "NeurIPS 2018" in paper.SOURCE
+    for n in (1, 2, 3, 4):
+        cited = paper.source(f"table{n}")
+        assert cited.startswith(f"Table {n}") and paper.CITATION in cited and "shared/" not in cited
+    assert paper.source("beyond") is None and paper.source("sanity") is None
+
+
 # ---- sanity checks: each FLAGs on a case built to fail it, and PASSes on a good one ---------------
 def test_monotone_in_eps():
     theta = sanity.monotone_in_eps("m jsma", [(0.1, 0.50, 1000), (0.2, 0.60, 1000)], "θ")

@@ -44,6 +44,8 @@ image's logits.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from rcenp.attacks.core import (
@@ -61,6 +63,7 @@ from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 SENTINEL, FOUND = 1e10, 1e9          # c's initial upper bound; an upper bound below FOUND is real
 TANH_SHRINK = 0.999999               # keeps arctanh finite on the box faces
+PROGRESS_SECONDS = 30.0              # how often ``optimise`` reports to its ``progress`` callable
 
 
 def binary_search_update(const, lower, upper, success):
@@ -81,7 +84,7 @@ def binary_search_update(const, lower, upper, success):
 
 def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const: float = 1.0,
           binary_steps: int = 9, max_iterations: int = 10000, learning_rate: float = 0.01,
-          abort_early: bool = True, seed: int = 0, batch_size: int = 100) -> AttackResult:
+          abort_early: bool = True, seed: int = 0, batch_size: int = 100, progress=None) -> AttackResult:
     """C&W-L2 (κ = 0) or C&W-hc (κ = 10) on the prediction logits (protocol §5.3).
 
     model: a ``Classifier``; x: (N, C, H, W) in [-0.5, 0.5]. labels: (N,) ints, or None for the
@@ -92,7 +95,8 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
     steps, 10,000 iterations, Adam lr 0.01). ``batch_size`` is the number of streaming slots.
 
     Returns an ``AttackResult``: success is κ-aware (the recorded decision); distortions are to x;
-    label holds the labels used (given, else the clean prediction).
+    label holds the labels used (given, else the clean prediction). ``progress``: None, or a
+    callable given a one-line status (images finished, binary step, iteration) every 30 s.
     ``details`` per sample: "c" (c of each binary step), "step_success", "iterations" and
     "step_stop" ("abort early" / "max iterations") per step, "best_l2" (box units, None without a
     success), "final_margin" (z_t − max_{i≠t} z_i of the returned image; untargeted
@@ -106,7 +110,7 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
     targeted = targets is not None
     params = {**settings, "abort_early": bool(abort_early), "labels": label_rule, "targets": target_rule}
     run = optimise(model, x, x, targets if targeted else labels, targeted=targeted,
-                   abort_early=bool(abort_early), **settings)
+                   abort_early=bool(abort_early), progress=progress, **settings)
     return assemble(model, x, run, labels, targets, clean_prediction, "cw_l2", params, batch_size)
 
 
@@ -166,7 +170,8 @@ class _Slots:
 
 
 def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, binary_steps, max_iterations,
-             learning_rate, abort_early, batch_size, density: Density | None = None) -> dict:
+             learning_rate, abort_early, batch_size, density: Density | None = None, progress=None,
+             label: str = "C&W") -> dict:
     """The streamed C&W optimisation (module docstring) of N images.
 
     start (N, C, H, W): where x* starts (w₀ = arctanh(2·start·0.999999)); anchor (N, C, H, W): the
@@ -175,7 +180,7 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
     fallback. Returns host arrays: adversarial (the best success, else the fallback, else start),
     success, fallback (bool), best_l2 (NaN without success), zero_grad_fraction (of the network
     gradient at each sample's first iterate), and per-sample lists c, step_success, iterations,
-    step_stop.
+    step_stop. ``progress(text)``, when given, hears how far the run is every PROGRESS_SECONDS.
     """
     model.eval()
     device = model.device
@@ -234,8 +239,15 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
     load(s, np.arange(size), np.arange(size))
     queued = size
 
+    last_report = time.monotonic()
     while len(s.sample):
         rows = len(s.sample)
+        if progress is not None and time.monotonic() - last_report >= PROGRESS_SECONDS:
+            last_report = time.monotonic()
+            finished = queued - rows
+            progress(f"{label}: {finished}/{n} images finished; {rows} in work, binary step "
+                     f"{s.step.min() + 1}-{s.step.max() + 1} of {binary_steps}, iteration up to {s.it.max()} of "
+                     f"{max_iterations}")
         th = xp.tanh(s.w0 + s.delta)
         adv = th * 0.5
         ev = Evaluation(model, adv, s.anchor, s.cls, s.c, kappa, targeted, density, s.eta)

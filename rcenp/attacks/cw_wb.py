@@ -58,7 +58,7 @@ KERNELS, ANCHORS = ("attacker", "detector"), ("clean", "stage1")
 def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker", anchor: str = "clean",
           attacker_points: int = 100, stage1: dict | None = None, stage2: dict | None = None,
           learning_rate: float = 0.01, abort_early: bool = True, seed: int = 0, batch_size: int = 100,
-          train_features=None, train_labels=None):
+          train_features=None, train_labels=None, progress=None):
     """C&W-wb against a fitted K-density ``detector`` (module docstring; protocol §5.4).
 
     model: the ``Classifier`` the detector scores; x: (N, C, H, W) in [-0.5, 0.5]; detector: a
@@ -67,6 +67,7 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     overriding the stages' kappa, initial_const, binary_steps, max_iterations, learning_rate,
     abort_early. The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
     train_features (N_tr, D) and train_labels (N_tr,): the training features for η (optional).
+    progress: as ``cw_l2``'s, for each stage.
 
     Returns an ``AttackResult`` (success: target with margin κ and f₂ ≤ 0; iterations: both
     stages; zero_grad_fraction: stage 1's at the clean image). ``details`` per sample: stage 2's
@@ -89,12 +90,13 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
         model, x, targets, labels, seed, batch_size)
 
     dtype = model.network.parameters()[0].data.dtype
-    first = optimise(model, x, x, targets, targeted=True, **first_settings)
+    first = optimise(model, x, x, targets, targeted=True, progress=progress, label="C&W-wb stage 1",
+                     **first_settings)
     start = first["adversarial"]
     density = Density(to_device(points.astype(dtype), model.device), detector.sigma2,
                       to_device(eta.astype(dtype), model.device))
     second = optimise(model, start, x if anchor == "clean" else start, targets, targeted=True, density=density,
-                      **second_settings)
+                      progress=progress, label="C&W-wb stage 2", **second_settings)
     found = second["success"] | second["fallback"]
     adversarial = np.where(found[:, None, None, None], second["adversarial"], as_numpy(x))
     neg_log_kd = -density_of(model, adversarial, density, targets, batch_size)

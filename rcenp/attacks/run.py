@@ -26,6 +26,7 @@ target predicts the attack's target class. ``summary.json`` gains a ``transfer``
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -50,8 +51,6 @@ def attack_function(name: str, detector=None):
     """``fn(model, images, batch_size=..., **options) -> AttackResult`` for attack ``name``:
     ``rcenp.attacks.<name>``; cw and cw-hc are ``cw_l2`` (the caller's options carry κ); cw-wb is
     ``cw_wb`` against ``detector``. Raises ValueError for an unknown name or cw-wb without a detector."""
-    import functools
-
     import rcenp.attacks as attacks
 
     if name in EPS_ATTACKS:
@@ -158,7 +157,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             if not stem.with_suffix(".jsonl").is_file():
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
-                result, records = attack_and_audit(fn, model, detector, test.images[index], test.labels[index], index,
+                call = fn if attack not in CW_ATTACKS else functools.partial(  # C&W: status within a batch
+                    fn, progress=lambda text: progress.message(f"  batch {b + 1}/{len(batches)}: {text}"))
+                result, records = attack_and_audit(call, model, detector, test.images[index], test.labels[index], index,
                                                    batch_options, batch_size, png_dir,
                                                    substitute=None if crafter is model else crafter)
                 checkpoint.atomic_write_npz(stem.with_suffix(".npz"), adversarial=result.adversarial)

@@ -1,8 +1,9 @@
 """The paper's published numbers, typed once, with where each comes from.
 
 Source: Pang, Du, Dong, Zhu, "Towards Robust Detection of Adversarial Examples", NeurIPS 2018,
-main body (the text kept in ``shared/paper/pang2018-towards-robust-detection.txt``; the appendix
-is not in it). Every value is as printed, in the paper's units:
+main body (``CITATION``), typed by hand from its Tables 1-4 and §4.5; the reports cite the table
+(``source``). ``tests/test_reproduce_units.py`` compares them with a text copy of the paper when
+one is beside the checkout. Every value is as printed, in the paper's units:
 
 - Table 1: test error in percent (``TABLE1[(depth, objective)][dataset]``);
 - Table 2: AUC in units of 10⁻² (``TABLE2[(attack, objective, dataset)][metric]``), ResNet-32;
@@ -17,7 +18,8 @@ Fig. 2's values exist only as plotted curves and bars; they are not typed here.
 """
 from __future__ import annotations
 
-SOURCE = "Pang et al., NeurIPS 2018, main body (shared/paper/pang2018-towards-robust-detection.txt)"
+CITATION = 'Pang, Du, Dong, Zhu, "Towards Robust Detection of Adversarial Examples", NeurIPS 2018'
+SOURCE = f"typed from the tables of {CITATION} (Tables 1-4; §4.5 for Table 4's MNIST bounds)"
 
 DATASETS = ("mnist", "cifar10")  # the paper's two data sets, in its column order
 METRICS = ("confidence", "non_me", "log_kd")  # Table 2's columns: Confidence, non-ME, K-density
@@ -87,3 +89,11 @@ def table2(attack: str, objective: str, dataset: str, metric: str) -> float | No
     """The paper's Table 2 AUC (units 10⁻²) for one cell, or None where the paper has no such cell
     (Fashion-MNIST, or an attack the table does not list)."""
     return TABLE2.get((attack, objective, dataset), {}).get(metric)
+
+
+def source(table: str) -> str | None:
+    """Where a report table's paper values come from: ``"table2"`` → 'Table 2 of Pang, Du, ...,
+    NeurIPS 2018 (typed from the paper)'; None for a table without paper values (beyond, sanity)."""
+    where = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3",
+             "table4": "Table 4 (MNIST: the bounds of §4.5)", "fig2": "Fig. 2 (plotted only: no values typed)"}
+    return f"{where[table]} of {CITATION} (typed from the paper)" if table in where else None

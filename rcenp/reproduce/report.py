@@ -26,7 +26,7 @@ def write_table_files(table: tables.Table, budget: Budget, out_dir: Path) -> lis
                                                      if k in table.columns}})
     checkpoint.atomic_write_text(out_dir / f"{table.name}.csv", buffer.getvalue())
     payload = {"title": table.title, "budget": budget.name, "smoke": budget.name == "smoke",
-               "paper_source": paper.SOURCE, "rows": table.rows}
+               "paper_source": paper.source(table.name), "rows": table.rows}
     checkpoint.atomic_write_text(out_dir / f"{table.name}.json", json.dumps(payload, indent=1) + "\n")
     return [f"{table.name}.csv", f"{table.name}.json"]
 
