@@ -156,6 +156,13 @@ def test_sanity_checks_ran_on_the_shipped_models(smoke):
     assert {r["check"] for r in rows if r["subject"].endswith(" jsma")} == {"accuracy non-increasing in θ"}
 
 
+def test_jsma_is_labelled_theta(smoke):
+    out, _ = smoke
+    report = (out / "REPORT.md").read_text()
+    assert "| JSMA θ=0.16 |" in report and "| FGSM ε=0.16 |" in report and "| BIM ε=0.16 |" in report
+    assert "JSMA ε" not in report
+
+
 def test_the_result_line_goes_to_stdout_and_progress_to_stderr(smoke, capsys):
     """As for rcenp attack: stdout holds the result (where REPORT.md is), stderr the progress."""
     out, _ = smoke

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import rcenp
-from rcenp.reproduce import budgets, cells, lineup, paper, sanity
-from rcenp.reproduce.results import detection_rate_at_fpr, wb_figures
+from rcenp.reproduce import budgets, cells, lineup, paper, report, sanity, tables
+from rcenp.reproduce.results import Results, detection_rate_at_fpr, wb_figures
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
 PAPER_CANDIDATES = [ROOT.parent / "shared" / "paper", Path(os.environ.get("RCENP_DATA") or "/nonexistent").parent / "paper",
@@ -266,3 +266,26 @@ def test_the_command_help_gives_the_install_hint_from_a_clone():
     subparsers = next(a for a in parser._actions if a.choices and "reproduce" in a.choices)
     description = subparsers.choices["reproduce"].description
     assert figures.INSTALL_HINT in description and "rcenp[report]" not in description
+
+
+# ---- report Markdown: strength labels, test images, the Cells section ---------------------------
+def unavailable(planned) -> Results:
+    """Results in which every planned cell is not available, with its plan's reason."""
+    return Results(planned, {c.key: {"status": "not available", "reason": c.missing or "not available: no data",
+                                     "path": None} for c in planned})
+
+
+def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
+    assert tables.strength_label("jsma", 0.16) == "θ=0.16"
+    assert [tables.strength_label(a, 0.16) for a in ("fgsm", "bim", "ilcm")] == ["ε=0.16"] * 3
+    assert tables.strength_label("cw", None) == ""
+    smoke = budgets.get_budget("smoke")
+    res = unavailable(cells.plan(smoke, ["table2"]))
+    for table in (tables.table2(res, smoke), tables.beyond(res, smoke)):
+        assert "| JSMA θ=0.16 |" in table.markdown and "| FGSM ε=0.16 |" in table.markdown
+        assert "JSMA ε" not in table.markdown and "| C&W |" in table.markdown
+    row = {"dataset": "mnist", "attack": "jsma", "eps": 0.16, "objective": "rce", "n_pairs": 20,
+           "confidence_outside_ci": True, "confidence_auc": 50.0, "confidence_ci_low": 40.0,
+           "confidence_ci_high": 60.0, "confidence_paper": 100.0}
+    assert report._outside([row]) == ["- mnist jsma θ=0.16 RCE Confidence: ours 50.0 [40.0, 60.0], paper 100.0 "
+                                      "(n = 20 pairs)"]

@@ -5,8 +5,8 @@ when called and, without them, returns the reason and the install hint instead o
 - Fig. 1: t-SNE of Z (64-d) of ``tsne_per_class`` test images per class, CE beside RCE, coloured
   by class: PCA to 60 dimensions, then ``sklearn.manifold.TSNE`` with perplexity 30 (protocol
   §7.14), random_state 0. The embedding is cached beside the features (``tsne.npz``).
-- Fig. 2: (a) accuracy under FGSM/BIM/ILCM/JSMA against ε, CE and RCE per attack; (b) C&W and
-  C&W-hc mean minimal distortion, CE against RCE.
+- Fig. 2: (a) accuracy under FGSM/BIM/ILCM against ε and JSMA against θ (its per-feature step),
+  CE and RCE per attack; (b) C&W and C&W-hc mean minimal distortion, CE against RCE.
 - Fig. 3: clean images and their C&W-wb adversarial examples on CE and RCE (first 8 images
   classified correctly by both models whose attack returned an image classified as the target).
 """
@@ -127,7 +127,7 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
                     e, a = zip(*curves[(obj, attack)])
                     ax.plot(e, [100 * v for v in a], style, label=obj.upper())
             ax.set_title(attack.upper())
-            ax.set_xlabel("ε (box units)")
+            ax.set_xlabel("θ (per-feature step, box units)" if attack == "jsma" else "ε (box units)")
             ax.set_ylabel("accuracy under attack (%)")
             ax.set_ylim(0, 100)
             ax.legend()
@@ -140,7 +140,7 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
         ax.set_ylabel("mean minimal ‖δ‖₂/√d (0-255)")
         ax.set_title("(b) C&W distortion")
         ax.legend(loc="lower right")
-        fig.suptitle(f"Fig. 2: (a) accuracy against ε, (b) C&W distortion, {lineup.DATASET_TITLES[dataset]}"
+        fig.suptitle(f"Fig. 2: (a) accuracy against ε (JSMA: θ), (b) C&W distortion, {lineup.DATASET_TITLES[dataset]}"
                      + _smoke(budget))
         fig.tight_layout()
         path = out_dir / f"fig2_{dataset}.png"

@@ -38,9 +38,10 @@ def protocol_differences(budget: Budget) -> list[str]:
         f"**Budget ({b.name})**: {b.description}. The paper: 1,000 images per cell, C&W 9 × 10,000 iterations.",
         "**Images**: the first n test images, the same images at every ε and for every attack (paired "
         "comparisons); the authors drew fresh random test images per ε from a shuffle queue, unseeded.",
-        f"**ε for Table 2** (not stated in the paper, protocol §4): ε = {b.table_eps:g} in box units "
-        f"({255 * b.table_eps:.1f}/255), the one value the authors' released test_adv.py names (eps_round = 8); "
-        "table2.csv gives the AUCs at every ε of the sweep computed.",
+        f"**ε for Table 2** (not stated in the paper): ε = {b.table_eps:g} in box units "
+        f"({255 * b.table_eps:.1f}/255), the one value the authors' released test_adv.py names (eps_round = 8), "
+        f"and JSMA's θ (per-feature step) = {b.table_eps:g}; table2.csv gives the AUCs at every ε (θ) of the "
+        "sweep computed.",
         "**CIFAR-10** is the 5,085/1,017-image subset available here, trained with the paper's epochs "
         "(230 epochs, 9,153 steps), not the 50,000/10,000 images; Fashion-MNIST is an extra column the paper lacks.",
         "**Seeds**: every random choice is seeded (C&W targets, kernel points, bootstrap); the authors set none.",
@@ -87,7 +88,7 @@ def _outside(t2_rows) -> list[str]:
         for m in ("confidence", "non_me", "log_kd"):
             if r.get(f"{m}_outside_ci"):
                 out.append(f"- {r['dataset']} {r['attack']}"
-                           + (f" ε={r['eps']:g}" if r["eps"] is not None else "")
+                           + (f" {tables.strength_label(r['attack'], r['eps'])}" if r["eps"] is not None else "")
                            + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours {r[f'{m}_auc']:.1f} "
                            f"[{r[f'{m}_ci_low']:.1f}, {r[f'{m}_ci_high']:.1f}], paper {r[f'{m}_paper']:.1f} "
                            f"(n = {r['n_pairs']} pairs)")

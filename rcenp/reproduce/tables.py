@@ -46,6 +46,14 @@ def _depth_title(depth, objective):
     return f"ResNet-{depth} ({objective.upper()})"
 
 
+def strength_label(attack: str, value) -> str:
+    """``"θ=0.16"`` for JSMA (the per-feature step), ``"ε=0.16"`` for the other ε-attacks, ``""``
+    when ``value`` is None (C&W)."""
+    if value is None:
+        return ""
+    return f"{'θ' if attack == 'jsma' else 'ε'}={value:g}"
+
+
 def table1(res: Results, budget: Budget) -> Table:
     """Test error (%) of every (depth, objective, data set) model, next to Table 1."""
     rows = []
@@ -151,8 +159,8 @@ def table2(res: Results, budget: Budget) -> Table:
     for dataset in lineup.DATASETS:
         md_rows = []
         for row in (r for r in rows if r["dataset"] == dataset and r["in_table"]):
-            eps = "" if row["eps"] is None else f" ε={row['eps']:g}"
-            head = [ATTACK_TITLES[row["attack"]] + eps, row["objective"].upper()]
+            head = [f"{ATTACK_TITLES[row['attack']]} {strength_label(row['attack'], row['eps'])}".strip(),
+                    row["objective"].upper()]
             if row["status"] != "ok":
                 md_rows.append(head + ["", row["status"], "", ""])
                 continue
@@ -162,8 +170,9 @@ def table2(res: Results, budget: Budget) -> Table:
     note = (f"AUC × 100 with normal as the positive class (ties half), over the pairs of the paper's rule "
             f"(clean correct, adversarial misclassified; n pairs shown), 95% paired-bootstrap interval in brackets; "
             f"'strict' is the authors' tie rule (ties count 0) where it differs by ≥ 0.05; **†**: the paper's value "
-            f"lies outside our interval. ε-attacks at ε = {budget.table_eps:g} (box units; see 'Protocol "
-            f"differences'); table2.csv holds every ε computed.")
+            f"lies outside our interval. FGSM, BIM and ILCM at ε = {budget.table_eps:g} (box units), JSMA at θ = "
+            f"{budget.table_eps:g} (its per-feature step; see 'Protocol differences'); table2.csv holds every ε "
+            f"(θ) computed, in its eps column. Paper: Table 2.")
     return Table("table2", "Table 2: detection AUC (×100)", list(rows[0]), rows, note + "\n\n" + "\n\n".join(sections))
 
 
@@ -173,12 +182,12 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
     keep = [r for r in rows if r["in_table"]]
     md_rows = []
     for r in keep:
-        eps = "" if r["eps"] is None else f" ε={r['eps']:g}"
+        attack = f"{ATTACK_TITLES[r['attack']]} {strength_label(r['attack'], r['eps'])}".strip()
         if r["status"] != "ok":
-            md_rows.append([lineup.DATASET_TITLES[r["dataset"]], ATTACK_TITLES[r["attack"]] + eps,
-                            r["objective"].upper(), r["status"], "", "", "", "", ""])
+            md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper(), r["status"],
+                            "", "", "", "", ""])
             continue
-        md_rows.append([lineup.DATASET_TITLES[r["dataset"]], ATTACK_TITLES[r["attack"]] + eps, r["objective"].upper()]
+        md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper()]
                        + [_num(r[f"tpr5_{m}"], 1, 100) for m in METRICS]
                        + [_num(r["detection_aware_accuracy"], 1, 100), _num(r["accuracy_under_attack"], 1, 100),
                           _num(r["success_rate"], 1, 100)])
