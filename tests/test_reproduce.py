@@ -16,7 +16,8 @@ import rcenp
 from rcenp.attacks import run as attack_run
 from rcenp.cli import main
 from rcenp.reproduce import cells as cells_module
-from rcenp.reproduce import paper, reproduce
+from rcenp.reproduce import lineup, paper, reproduce
+from rcenp.reproduce.budgets import get_budget
 from rcenp.reproduce.figures import INSTALL_HINT, missing_libraries
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
@@ -105,6 +106,7 @@ def test_every_file_is_written_and_marked_smoke(smoke):
     for heading in ("Table 1", "Table 2", "Beyond the paper", "Table 3", "Table 4", "Figures", "Sanity checks",
                     "Protocol differences", "Wall time per part"):
         assert f"## {heading}" in report, heading
+    assert "rcenp[report]" not in report and "issue 11" not in report and "shared/" not in report
     assert f"- paper values: {paper.SOURCE};" in report and "Pang, Du, Dong, Zhu" in paper.SOURCE
     if missing_libraries():
         assert report.count(f"not installed ({INSTALL_HINT})") == 3
@@ -130,8 +132,9 @@ def test_every_cell_is_filled_or_says_why(smoke):
                 assert row[value] != "" or row.get("n_pairs") == "0", (name, row)
             else:
                 assert row["status"].startswith("not available: ") or row["status"].startswith("not run"), row
+                assert "issue" not in row["status"], row
                 if model not in shipped and "not shipped" in row["status"]:
-                    assert row["status"].endswith("not shipped (issue 11)")
+                    assert row["status"].endswith("is not shipped in this version")
     rows = read_csv(out / "table2.csv")
     mnist = [r for r in rows if r["dataset"] == "mnist" and r["in_table"] == "True"]
     assert len(mnist) == 12 and all(r["status"] == "ok" for r in mnist)  # 6 attacks x CE/RCE, all run
@@ -154,6 +157,32 @@ def test_sanity_checks_ran_on_the_shipped_models(smoke):
     cw = [r for r in rows if r["check"] == "C&W success at full budget"]
     assert len(cw) == 2 and all(r["status"] == "n/a" and "REDUCED budget" in r["detail"] for r in cw)
     assert {r["check"] for r in rows if r["subject"].endswith(" jsma")} == {"accuracy non-increasing in θ"}
+
+
+def test_report_lists_run_cells_and_counts_missing_ones_per_model(smoke):
+    out, r = smoke
+    report = (out / "REPORT.md").read_text()
+    cells_section = report[report.index("## Cells"):]
+    outcomes = r["again"]["outcomes"]
+    done = [k for k, o in outcomes.items() if o["status"] == "done"]
+    missing = {k: o for k, o in outcomes.items() if o["status"] != "done"}
+    assert done and missing
+    assert f"**Run: {len(done)} cells**" in cells_section
+    assert f"**Not available: {len(missing)} cells**" in cells_section
+    assert all(f"| {key} |" in cells_section for key in done)
+    assert not any(key in cells_section for key in missing)  # no row per unavailable cell
+    models = {}
+    for cell in cells_module.plan(get_budget("smoke"), cells_module.PARTS):
+        if cell.missing_model:
+            models[cell.missing_model] = models.get(cell.missing_model, 0) + 1
+    assert sum(models.values()) == len(missing)
+    for model, count in models.items():
+        line, = [line for line in cells_section.splitlines() if line.startswith(f"- {model}: ")]
+        assert f"not shipped in this version; {count} cell" in line and lineup.train_command(model) in line
+    # the complete record keeps every cell with its reason
+    recorded = json.loads((out / "cells.json").read_text())
+    assert set(recorded) == set(outcomes)
+    assert all(recorded[k]["reason"].endswith("is not shipped in this version") for k in missing)
 
 
 def test_jsma_is_labelled_theta(smoke):
@@ -209,8 +238,6 @@ def test_core_imports_no_plotting_library():
 
 
 def test_parts_plan_only_their_cells():
-    from rcenp.reproduce.budgets import get_budget
-
     budget = get_budget("smoke")
     names = {c.key.split("/", 1)[1] for c in cells_module.plan(budget, ["table1"])}
     assert names == {"test-error"}

@@ -184,9 +184,35 @@ def test_missing_models_are_named_and_planned_as_not_available():
     by_key = {c.key: c for c in planned}
     assert len(planned) == 12
     missing = by_key["mnist-resnet56-rce/test-error"]
-    assert missing.model is None and missing.missing == "not available: model mnist-resnet56-rce not shipped (issue 11)"
-    assert by_key["cifar10subset-resnet32-ce/test-error"].missing.endswith("not shipped (issue 11)")
+    assert missing.model is None
+    assert missing.missing == "not available: model mnist-resnet56-rce is not shipped in this version"
+    assert missing.missing_model == "mnist-resnet56-rce"
+    assert by_key["cifar10subset-resnet32-ce/test-error"].missing.endswith("is not shipped in this version")
     assert by_key["mnist-resnet32-ce/test-error"].model == "mnist-resnet32-ce"
+    shipped = by_key["mnist-resnet32-ce/test-error"]
+    assert shipped.missing is None and shipped.missing_model is None
+    assert not any("issue" in c.missing for c in planned if c.missing)
+
+
+def test_the_train_command_for_a_missing_model_parses():
+    """Each missing model's ``rcenp train`` line is a valid command for that model's place."""
+    from rcenp.cli import build_parser
+
+    for dataset in lineup.DATASETS:
+        for depth in lineup.DEPTHS:
+            for objective in lineup.OBJECTIVES:
+                name = lineup.expected_name(dataset, depth, objective)
+                argv = lineup.train_command(name).split()
+                assert argv[0] == "rcenp"
+                args = build_parser().parse_args(argv[1:])
+                assert (args.command, args.dataset, args.depth, args.objective, args.out) == \
+                    ("train", dataset, depth, objective, f"runs/{name}")
+    assert lineup.train_command("not-a-model") == ""
+    assert lineup.train_command("cifar10subset-resnet56-rce").endswith(
+        "--preset subset --out runs/cifar10subset-resnet56-rce")
+    for command in ("rcenp data fetch", "scripts/ship_model.py", "rcenp detect NAME --fit", "--resume"):
+        assert command in lineup.HOW_TO_ADD
+    assert "issue" not in lineup.HOW_TO_ADD
 
 
 def test_a_newly_shipped_model_is_picked_up(monkeypatch):
@@ -197,6 +223,18 @@ def test_a_newly_shipped_model_is_picked_up(monkeypatch):
     planned = {c.key: c for c in cells.plan(budgets.get_budget("smoke"), ["table4"])}
     assert planned["mnist-r56-later/cw-wb-from-mnist-resnet32-ce"].missing is None
     assert planned["mnist-r56-later/cw-wb-from-mnist-resnet32-ce"].options["substitute"] == "mnist-resnet32-ce"
+
+
+def test_a_missing_substitute_is_the_missing_model(monkeypatch):
+    """Table 4's transfer from an unshipped substitute waits for the substitute, and says so."""
+    infos = tuple(i for i in lineup._shipped() if i["name"] != "mnist-resnet32-rce") + (
+        {"name": "mnist-resnet56-ce", "dataset": "mnist", "depth": 56, "objective": "ce", "detector": True},)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    planned = {c.key: c for c in cells.plan(budgets.get_budget("smoke"), ["table4"])}
+    cell = planned["mnist-resnet56-ce/cw-wb-from-mnist-resnet32-rce"]
+    assert cell.model == "mnist-resnet56-ce" and cell.missing_model == "mnist-resnet32-rce"
+    assert cell.missing == "not available: model mnist-resnet32-rce is not shipped in this version"
+    assert planned["mnist-resnet56-ce/cw-wb-from-mnist-resnet32-ce"].missing is None
 
 
 def fake_published(root: Path, cell, options=None):
@@ -289,3 +327,27 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
            "confidence_ci_high": 60.0, "confidence_paper": 100.0}
     assert report._outside([row]) == ["- mnist jsma θ=0.16 RCE Confidence: ours 50.0 [40.0, 60.0], paper 100.0 "
                                       "(n = 20 pairs)"]
+
+
+def test_cells_section_lists_run_cells_and_counts_the_others_per_model():
+    smoke = budgets.get_budget("smoke")
+    planned = cells.plan(smoke, ["table1", "table3", "table4"])
+    res = unavailable(planned)
+    shipped = [c for c in planned if c.missing is None]
+    for c in shipped[:2]:
+        res.outcomes[c.key] = {"status": "done", "path": f"/out/cells/{c.key}", "source": "computed", "seconds": 1.0}
+    for c in shipped[2:]:  # shipped, but not available for another reason (one line per model and reason)
+        res.outcomes[c.key] = {"status": "not available", "path": None, "reason": "not available: no test data"}
+    text = report.cells_md(res)
+    lines = text.splitlines()
+    assert "**Run: 2 cells**" in lines and sum(line.startswith("| ") and "/out/cells/" in line for line in lines) == 2
+    missing = [c for c in planned if c.missing_model]
+    assert f"**Not available: {len(planned) - 2} cells**" in lines
+    for model in {c.missing_model for c in missing}:
+        line, = [line for line in lines if line.startswith(f"- {model}: ")]
+        count = sum(c.missing_model == model for c in missing)
+        assert f"not shipped in this version; {count} cell" in line and lineup.train_command(model) in line
+    others = [line for line in lines if "no test data" in line]
+    assert len(others) == len({c.model for c in shipped[2:]}) >= 1
+    assert lineup.HOW_TO_ADD in lines and "issue" not in text
+    assert not any(c.key in text for c in missing)  # no row per unavailable cell

@@ -33,7 +33,8 @@ EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
 class Cell:
     """One unit of work. key: ``<model>/<name>`` (the folder under OUT/cells); kind: "attack",
     "test-error" or "features"; model: the shipped model (None when not shipped: ``missing`` says
-    why); dataset/depth/objective: its place in the tables; attack/options/n: run_attack's
+    why and ``missing_model`` names the model it waits for, this one or Table 4's substitute);
+    dataset/depth/objective: its place in the tables; attack/options/n: run_attack's
     arguments, batch_size its checkpointed batch; eps: the ε-attack's ε (None otherwise);
     parts: the report parts that use it;
     cost: a relative cost (image-iterations) for the ETA."""
@@ -51,6 +52,7 @@ class Cell:
     substitute: str | None = None
     batch_size: int = 100
     missing: str | None = None
+    missing_model: str | None = None
     parts: set = dataclasses.field(default_factory=set)
     cost: float = 1.0
 
@@ -65,7 +67,9 @@ def plan(budget: Budget, parts) -> list[Cell]:
         key = f"{model or lineup.expected_name(dataset, depth, objective)}/{name}"
         if key not in cells:
             missing = None if model else lineup.missing_reason(dataset, depth, objective)
-            cells[key] = Cell(key, kind, model, dataset, depth, objective, missing=missing, **fields)
+            cells[key] = Cell(key, kind, model, dataset, depth, objective, missing=missing,
+                              missing_model=None if model else lineup.expected_name(dataset, depth, objective),
+                              **fields)
             cells[key].cost = _cost(cells[key])
         cells[key].parts.add(part)
         return cells[key]
@@ -128,6 +132,7 @@ def plan(budget: Budget, parts) -> list[Cell]:
                                       substitute=sub_name)
                         if substitute is None and cell.missing is None:
                             cell.missing = lineup.missing_reason(dataset, 32, substitute_objective)
+                            cell.missing_model = sub_name
     order = {"test-error": 0, "features": 1, "attack": 2}
     return sorted(cells.values(), key=lambda c: (order[c.kind], c.cost))
 
@@ -244,7 +249,8 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream) -> dict:
 
     if cell.attack == "cw-wb" and not lineup.has_detector(cell.model):
         return {"status": "not available", "path": None,
-                "reason": f"not available: {cell.model} has no fitted K-density detector (rcenp detect --fit)"}
+                "reason": f"not available: {cell.model} has no fitted K-density detector (fit one with "
+                          f"`rcenp detect {cell.model} --fit`)"}
     resumed = (cell_dir / "partial").is_dir()
     attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
                           batch_size=cell.batch_size, resume=True, data_dir=data_dir, device=device, stream=stream)

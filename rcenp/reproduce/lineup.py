@@ -2,7 +2,8 @@
 
 A model is found in the registry by its data set, depth and objective (so a model trained later
 under any name is picked up); a missing one is named by the name it is expected to ship under
-(``mnist-resnet56-rce``, ``cifar10subset-resnet32-ce``, ...) in the "not available" reason.
+(``mnist-resnet56-rce``, ``cifar10subset-resnet32-ce``, ...) in the "not available" reason;
+``train_command`` and ``HOW_TO_ADD`` say how to train and ship it from an rcenp checkout.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10 (subset)", "fashion-mni
 NAME_PREFIX = {"mnist": "mnist", "cifar10": "cifar10subset", "fashion-mnist": "fashion-mnist"}
 OBJECTIVES = ("ce", "rce")
 DEPTHS = (32, 56)
-MODELS_ISSUE = "issue 11"
+TRAIN_PRESET = {"mnist": "paper", "cifar10": "subset", "fashion-mnist": "quick"}  # as scripts/runs.py trains them
 
 
 def expected_name(dataset: str, depth: int, objective: str) -> str:
@@ -54,8 +55,27 @@ def find_model(dataset: str, depth: int, objective: str) -> str | None:
 
 
 def missing_reason(dataset: str, depth: int, objective: str) -> str:
-    """``not available: model X not shipped (issue 11)``."""
-    return f"not available: model {expected_name(dataset, depth, objective)} not shipped ({MODELS_ISSUE})"
+    """``not available: model X is not shipped in this version`` (``how_to_add`` says what to do)."""
+    return f"not available: model {expected_name(dataset, depth, objective)} is not shipped in this version"
+
+
+HOW_TO_ADD = ("To fill a missing model's cells, from an rcenp checkout: get its data set (`rcenp data fetch "
+              "DATASET`), train it with the command shown, ship it into the registry (`python "
+              "scripts/ship_model.py runs/NAME NAME`), fit its detector (`rcenp detect NAME --fit`; add "
+              "`--per-class 475` on the CIFAR-10 subset, whose smallest class has 475 training images), then "
+              "rerun this command with --resume: the cells already finished are kept.")
+
+
+def train_command(name: str) -> str:
+    """The ``rcenp train`` command line for expected model ``name`` (``expected_name``'s form), with
+    the preset the project trains that data set with; '' for any other name."""
+    place = next(((d, depth, o) for d in DATASETS for depth in DEPTHS for o in OBJECTIVES
+                  if expected_name(d, depth, o) == name), None)
+    if place is None:
+        return ""
+    dataset, depth, objective = place
+    return (f"rcenp train --dataset {dataset} --objective {objective} --depth {depth} "
+            f"--preset {TRAIN_PRESET[dataset]} --out runs/{name}")
 
 
 def has_detector(name: str) -> bool:

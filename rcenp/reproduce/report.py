@@ -1,4 +1,8 @@
-"""REPORT.md, and one CSV and one JSON per table, from a run's finished cells."""
+"""REPORT.md, and one CSV and one JSON per table, from a run's finished cells.
+
+The CSV and JSON files (and OUT/cells.json) hold every cell, with the reason for each one not
+available; REPORT.md lists the cells that ran and counts the others per missing model.
+"""
 from __future__ import annotations
 
 import csv
@@ -8,7 +12,8 @@ import time
 from pathlib import Path
 
 from rcenp import checkpoint
-from rcenp.reproduce import figures, paper, sanity, tables
+from rcenp.reproduce import cells as cells_module
+from rcenp.reproduce import figures, lineup, paper, sanity, tables
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.results import Results
 
@@ -95,6 +100,43 @@ def _outside(t2_rows) -> list[str]:
     return out
 
 
+def _parts_text(cells) -> str:
+    parts = set().union(*(c.parts for c in cells))
+    return ", ".join(p for p in cells_module.PARTS if p in parts)
+
+
+def cells_md(res: Results) -> str:
+    """The 'Cells' section: a row per cell that ran, one line per missing model (or other reason)
+    with the count of cells it leaves empty and how to fill them. cells.json has every cell."""
+    done = {k: o for k, o in sorted(res.outcomes.items()) if o["status"] == "done"}
+    groups: dict[tuple, list] = {}
+    for key, cell in res.cells.items():  # the plan's order: Table 1's models first
+        outcome = res.outcomes.get(key)
+        if outcome is not None and outcome["status"] != "done":
+            group = (cell.missing_model, None) if cell.missing_model else (cell.model, outcome.get("reason"))
+            groups.setdefault(group, []).append(cell)
+    lines = ["Every cell with its status, source and reason: cells.json; every table's cells: its CSV.", "",
+             f"**Run: {len(done)} cells**", ""]
+    if done:
+        lines += ["| cell | source | path |", "|---|---|---|"]
+        lines += [f"| {key} | {o.get('source')} | {o.get('path') or ''} |" for key, o in done.items()]
+    else:
+        lines.append("None.")
+    lines += ["", f"**Not available: {sum(len(c) for c in groups.values())} cells**", ""]
+    if any(reason is None for _, reason in groups):
+        lines += [lineup.HOW_TO_ADD, ""]
+    for (model, reason), cells in groups.items():
+        count = f"{len(cells)} cell{'s' if len(cells) > 1 else ''} ({_parts_text(cells)})"
+        if reason is None:
+            train = lineup.train_command(model)
+            lines.append(f"- {model}: not shipped in this version; {count}" + (f"; `{train}`" if train else ""))
+        else:
+            lines.append(f"- {model}: {count}, {reason}")
+    if not groups:
+        lines.append("None.")
+    return "\n".join(lines)
+
+
 def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict) -> dict:
     """Write every selected part's files and REPORT.md into ``out_dir`` → {"files": [...],
     "figures": {...}, "sanity": rows}."""
@@ -140,15 +182,14 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
     sections.append("## Wall time per part\n\nCompute seconds of the cells each part uses, summed over every "
                     "invocation (a cell shared by parts counts in each; reused cells count 0).\n\n"
                     "| part | seconds |\n|---|---|\n" + "\n".join(timing_rows))
-    cell_rows = [f"| {key} | {o['status']} | {o.get('source') or o.get('reason', '')} | {o.get('path') or ''} |"
-                 for key, o in sorted(res.outcomes.items())]
-    sections.append("## Cells\n\n| cell | status | source / reason | path |\n|---|---|---|---|\n" + "\n".join(cell_rows))
+    sections.append("## Cells\n\n" + cells_md(res))
     head = [f"# rcenp reproduce: Pang et al., NeurIPS 2018{smoke}", "",
             f"- budget: **{budget.name}**: {budget.description}",
             f"- command: `{meta['command']}`",
             f"- code: {meta['code']}",
             f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; this invocation computed cells for {meta['wall_s']:.0f} s",
-            f"- cells: {meta['counts']}",
+            f"- cells: {meta['counts']}" + ("" if "not available" not in meta["counts"] else
+                                            " (see 'Cells' at the end: which models are missing, and how to add them)"),
             f"- paper values: {paper.SOURCE}; every number below is ours, then the paper's, then Δ = ours − paper.",
             ""]
     if smoke:

@@ -1,8 +1,10 @@
 """Tables 1-4 and the beyond-the-paper table: rows for the CSV/JSON and Markdown for REPORT.md.
 
 Every row carries the paper's value, ours and the difference (ours − paper, in the paper's units),
-or the reason the cell is empty ("not available: model X not shipped (issue 11)"). AUCs are in
-the paper's units of 10⁻²; ``outside_ci`` marks a paper value outside our 95% bootstrap interval.
+or the reason the cell is empty ("not available: model X is not shipped in this version"). AUCs
+are in the paper's units of 10⁻²; ``outside_ci`` marks a paper value outside our 95% bootstrap
+interval. An attack's strength is labelled ε (FGSM, BIM, ILCM: the L∞ ball) or θ (JSMA: the
+per-feature step), ``strength_label``; the CSV column is ``eps`` for both.
 """
 from __future__ import annotations
 
