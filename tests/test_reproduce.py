@@ -185,6 +185,21 @@ def test_report_lists_run_cells_and_counts_missing_ones_per_model(smoke):
     assert all(recorded[k]["reason"].endswith("is not shipped in this version") for k in missing)
 
 
+def test_report_says_which_test_images_every_table_uses(smoke):
+    out, _ = smoke
+    report = (out / "REPORT.md").read_text()
+    t1 = [row for row in read_csv(out / "table1.csv") if row["status"] == "ok"]
+    test_set = t1[0]["test_set"]
+    assert "embedded sample" in test_set and all(row["test_set"] == test_set for row in t1)
+    head = report[:report.index("## Table 1")]
+    assert f"  - MNIST: {test_set}; n = 20, 200" in head  # attack cells 20 images, Table 1 200
+    assert "  - CIFAR-10 (subset): no finished cell" in head
+    table1 = report[report.index("## Table 1"):report.index("## Table 2")]
+    assert f"- MNIST: {test_set}; n = 200" in table1
+    t2 = [row for row in read_csv(out / "table2.csv") if row["status"] == "ok"]
+    assert t2 and {row["test_set"] for row in t2} == {test_set}
+
+
 def test_jsma_is_labelled_theta(smoke):
     out, _ = smoke
     report = (out / "REPORT.md").read_text()

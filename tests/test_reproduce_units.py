@@ -329,6 +329,15 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
                                       "(n = 20 pairs)"]
 
 
+def test_test_images_name_the_split_per_data_set():
+    lines = tables.describe_test_sets([
+        {"dataset": "mnist", "n": 200, "test_set": "mnist/test: 1,000 images, SUBSET (embedded sample)"},
+        {"dataset": "mnist", "n": 20, "test_set": "mnist/test: 1,000 images, SUBSET (embedded sample)"},
+        {"dataset": "cifar10", "n": None, "test_set": None}])
+    assert lines == ["- MNIST: mnist/test: 1,000 images, SUBSET (embedded sample); n = 20, 200",
+                     "- CIFAR-10 (subset): no finished cell", "- Fashion-MNIST (extra): no finished cell"]
+
+
 def test_cells_section_lists_run_cells_and_counts_the_others_per_model():
     smoke = budgets.get_budget("smoke")
     planned = cells.plan(smoke, ["table1", "table3", "table4"])

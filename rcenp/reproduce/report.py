@@ -100,6 +100,23 @@ def _outside(t2_rows) -> list[str]:
     return out
 
 
+def used_test_sets(res: Results) -> list[str]:
+    """Per data set, the test split every finished table cell drew its first n images from (Table 1's
+    result.json, each attack's summary.json), as ``tables.describe_test_sets`` lines."""
+    rows = []
+    for key, outcome in res.outcomes.items():
+        cell = res.cells.get(key)
+        if cell is None or outcome["status"] != "done" or cell.kind == "features":
+            continue
+        if cell.kind == "test-error":
+            result = res.result(cell)
+            rows.append({"dataset": cell.dataset, "n": result.get("n_test"), "test_set": result.get("test_set")})
+        else:
+            summary = res.summary(cell)
+            rows.append({"dataset": cell.dataset, "n": summary["counts"]["n"], "test_set": summary.get("test_set")})
+    return tables.describe_test_sets(rows)
+
+
 def _parts_text(cells) -> str:
     parts = set().union(*(c.parts for c in cells))
     return ", ".join(p for p in cells_module.PARTS if p in parts)
@@ -191,7 +208,8 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
             f"- cells: {meta['counts']}" + ("" if "not available" not in meta["counts"] else
                                             " (see 'Cells' at the end: which models are missing, and how to add them)"),
             f"- paper values: {paper.SOURCE}; every number below is ours, then the paper's, then Δ = ours − paper.",
-            ""]
+            "- test images, for every table: each cell takes the first n images (n shown in the tables) of its "
+            "data set's test split:"] + [f"  {line}" for line in used_test_sets(res)] + [""]
     if smoke:
         head.insert(2, "**SMOKE run: tiny budgets on a handful of images. It shows that every part runs; its "
                        "numbers are not measurements.**\n")

@@ -56,6 +56,22 @@ def strength_label(attack: str, value) -> str:
     return f"{'θ' if attack == 'jsma' else 'ε'}={value:g}"
 
 
+def describe_test_sets(rows) -> list[str]:
+    """One Markdown line per data set saying which test split ``rows`` (dicts with ``dataset``, ``n``
+    and ``test_set``, run_attack's / evaluate's description of the split) took their first n images
+    from, and the n's."""
+    lines = []
+    for dataset in lineup.DATASETS:
+        found = [r for r in rows if r["dataset"] == dataset and r.get("test_set")]
+        if not found:
+            lines.append(f"- {lineup.DATASET_TITLES[dataset]}: no finished cell")
+            continue
+        for test_set in dict.fromkeys(r["test_set"] for r in found):
+            counts = sorted({r["n"] for r in found if r["test_set"] == test_set and r["n"]})
+            lines.append(f"- {lineup.DATASET_TITLES[dataset]}: {test_set}; n = {', '.join(f'{n:,}' for n in counts)}")
+    return lines
+
+
 def table1(res: Results, budget: Budget) -> Table:
     """Test error (%) of every (depth, objective, data set) model, next to Table 1."""
     rows = []
@@ -87,7 +103,10 @@ def table1(res: Results, budget: Budget) -> Table:
     headers = ["model"] + [lineup.DATASET_TITLES[d] for d in lineup.DATASETS]
     note = ("Test error in %, ours on the first n test images of the split found (n shown); paper = Table 1 "
             "(full test sets; CIFAR-10 there is the full data set, ours the subset).")
-    return Table("table1", "Table 1: test error (%)", list(rows[0]), rows, note + "\n\n" + _md(headers, md_rows))
+    data = describe_test_sets([{"dataset": r["dataset"], "n": r["n_test"], "test_set": r["test_set"]} for r in rows])
+    data_md = "Test images (the first n of each split):\n\n" + "\n".join(data)
+    return Table("table1", "Table 1: test error (%)", list(rows[0]), rows,
+                 note + "\n\n" + _md(headers, md_rows) + "\n\n" + data_md)
 
 
 def _auc_fields(detection: dict | None, metric: str, theirs) -> dict:
@@ -123,7 +142,7 @@ def table2_rows(res: Results, budget: Budget) -> list[dict]:
                     detection = (summary or {}).get("detection")
                     row = {"dataset": dataset, "attack": attack, "objective": objective, "eps": eps,
                            "in_table": in_table, "model": cell.model if cell else None,
-                           "n": summary and summary["counts"]["n"],
+                           "n": summary and summary["counts"]["n"], "test_set": summary and summary.get("test_set"),
                            "n_pairs": (detection or {}).get("log_kd", {}).get("n_pairs"),
                            "status": reason or ("ok" if detection else "no detector scores in this cell")}
                     for metric in METRICS:
