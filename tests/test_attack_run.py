@@ -1,5 +1,6 @@
 """``rcenp attack`` / ``run_attack``: files, resume after an interruption, shards, bad input."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -98,6 +99,36 @@ def test_shards_concatenate_to_the_single_run(setup, tmp_path):
         run_attack(run, "ilcm", tmp_path / f"shard{k}", {"eps": 0.1, "steps": 2}, shard=(k, 3), **args)
         parts.append((tmp_path / f"shard{k}" / "samples.jsonl").read_text())
     assert "".join(parts) == (tmp_path / "single" / "samples.jsonl").read_text()
+    # --merge writes the single run's files from the shards
+    shards = [str(tmp_path / f"shard{k}") for k in (3, 1, 2)]  # any order
+    merged = run_attack(run, "ilcm", tmp_path / "merged", {"eps": 0.1, "steps": 2}, merge=shards, **args)
+    single = json.loads((tmp_path / "single" / "summary.json").read_text())
+    for name in ("samples.jsonl", "run.json"):
+        assert (tmp_path / "merged" / name).read_text() == (tmp_path / "single" / name).read_text()
+    with np.load(tmp_path / "merged" / "adversarial.npz") as a, np.load(tmp_path / "single" / "adversarial.npz") as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert merged == json.loads((tmp_path / "merged" / "summary.json").read_text())
+    different = {"timing", "code", "software", "merged_from"}
+    assert {k: v for k, v in merged.items() if k not in different} == {k: v for k, v in single.items() if k not in different}
+    assert [m["shard"] for m in merged["merged_from"]] == [[1, 3], [2, 3], [3, 3]]
+    assert merged["timing"]["images_this_run"] == 15
+
+
+@pytest.mark.parametrize("shards, message", [
+    (["shard1", "shard2"], "the shards given are 1/3, 2/3"),
+    (["shard1", "shard1", "shard2", "shard3"], "are both shard 1/3"),
+    (["shard1", "shard2", "other"], "other: a shard of another run (its options differ)"),
+    (["shard1", "shard2", "nothing"], "nothing: not a finished attack run"),
+])
+def test_merge_refuses_what_is_not_the_whole_run(setup, tmp_path, shards, message):
+    run, root = setup
+    args = dict(n=15, batch_size=4, data_dir=root)
+    for k in (1, 2, 3):
+        run_attack(run, "fgsm", tmp_path / f"shard{k}", {"eps": 0.1}, shard=(k, 3), **args)
+    run_attack(run, "fgsm", tmp_path / "other", {"eps": 0.2}, shard=(3, 3), **args)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_attack(run, "fgsm", tmp_path / "merged", {"eps": 0.1}, merge=[str(tmp_path / s) for s in shards], **args)
+    assert not (tmp_path / "merged").exists()
 
 
 def test_shard_indices_are_contiguous_batch_aligned_and_cover_everything():

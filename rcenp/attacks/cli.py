@@ -72,6 +72,9 @@ def add_parser(sub) -> None:
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished batch")
     a.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
                    help="run only the K-th of N contiguous, batch-aligned slices of the images")
+    a.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
+                   help="attack nothing: write the run into --out from the folders of its finished --shard runs "
+                   "(the same MODEL and options, without --shard)")
     a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR")
     a.add_argument("--data-dir")
     a.add_argument("--device", choices=["cpu", "cuda"])
@@ -134,7 +137,7 @@ def cmd_attack(args) -> int:
         options["substitute"] = args.substitute
     summary = run_attack(args.model, args.attack, out, options, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, resume=args.resume, shard=args.shard, data_dir=args.data_dir,
-                         device=args.device, png_dir=args.png)
+                         device=args.device, png_dir=args.png, merge=args.merge)
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -101,11 +101,13 @@ def quantize(images, levels: int) -> np.ndarray:
 
 def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, seed: int = 0,
                batch_size: int = 100, resume: bool = False, shard=(1, 1), data_dir=None, device=None,
-               png_dir=None, stream=sys.stderr) -> dict:
+               png_dir=None, stream=sys.stderr, merge=None) -> dict:
     """Attack the first ``n`` test images of ``model_ref``'s data set (see the module docstring).
 
-    ``options`` are the attack's keyword arguments (``eps``, ``steps``, ...). Raises ValueError for
-    bad settings, a run directory holding a different run, or ``n`` beyond the test split.
+    ``options`` are the attack's keyword arguments (``eps``, ``steps``, ...). ``merge``: instead of
+    attacking, write the run from the folders of its finished shards (``rcenp.attacks.shards``).
+    Raises ValueError for bad settings, a run directory holding a different run, ``n`` beyond the
+    test split, or shards that are not this run's.
     """
     from rcenp.data import DataError, find_test_split
     from rcenp.models.registry import load as load_model
@@ -132,6 +134,12 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
              "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
+    if merge:
+        if tuple(shard) != (1, 1):
+            raise ValueError("--merge writes the whole run from its shards: leave out --shard")
+        from rcenp.attacks.shards import merge_shards
+
+        return merge_shards(asked, merge, out_dir, detector, lambda folder, a: _claim(folder, a, resume=False))
     made_dir = not out_dir.exists()
     claimed = _claim(out_dir, asked, resume)
     code = checkpoint.code_identity()  # the code this process loaded, not what the tree holds when it ends
