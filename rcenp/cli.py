@@ -30,10 +30,17 @@ def _positive(kind):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage block is one --help away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rcenp", description="Reverse cross-entropy training and adversarial "
+    parser = _Parser(prog="rcenp", description="Reverse cross-entropy training and adversarial "
                                      "detection on NumPy/CuPy (Pang et al., NeurIPS 2018).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a ResNet with CE or RCE", description=(
         "Train the authors' pre-activation ResNet with cross-entropy or reverse cross-entropy. "
@@ -69,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
 
     d = sub.add_parser("data", help="data sets")
-    dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     f = dsub.add_parser("fetch", help="download a data set from its public mirrors, with checksums")
     f.add_argument("name", choices=DATASETS)
     f.add_argument("--data-dir")

@@ -203,7 +203,7 @@ def test_report_says_which_test_images_every_table_uses(smoke):
 def test_jsma_is_labelled_theta(smoke):
     out, _ = smoke
     report = (out / "REPORT.md").read_text()
-    assert "| JSMA θ=0.16 |" in report and "| FGSM ε=0.16 |" in report and "| BIM ε=0.16 |" in report
+    assert "| JSMA θ=0.08 |" in report and "| FGSM ε=0.08 |" in report and "| BIM ε=0.08 |" in report
     assert "JSMA ε" not in report
 
 
@@ -258,6 +258,6 @@ def test_parts_plan_only_their_cells():
     assert names == {"test-error"}
     table2 = cells_module.plan(budget, ["table2"])
     assert {c.key.split("/", 1)[1] for c in table2 if c.dataset == "mnist"} == \
-        {"fgsm-0.16", "bim-0.16", "ilcm-0.16", "jsma-0.16", "cw", "cw-hc"}
+        {"fgsm-0.08", "bim-0.08", "ilcm-0.08", "jsma-0.08", "cw", "cw-hc"}
     table4 = cells_module.plan(budget, ["table4"])
     assert all(c.depth == 56 for c in table4)

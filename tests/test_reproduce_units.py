@@ -320,7 +320,7 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
     smoke = budgets.get_budget("smoke")
     res = unavailable(cells.plan(smoke, ["table2"]))
     for table in (tables.table2(res, smoke), tables.beyond(res, smoke)):
-        assert "| JSMA θ=0.16 |" in table.markdown and "| FGSM ε=0.16 |" in table.markdown
+        assert "| JSMA θ=0.08 |" in table.markdown and "| FGSM ε=0.08 |" in table.markdown
         assert "JSMA ε" not in table.markdown and "| C&W |" in table.markdown
     row = {"dataset": "mnist", "attack": "jsma", "eps": 0.16, "objective": "rce", "n_pairs": 20,
            "confidence_outside_ci": True, "confidence_auc": 50.0, "confidence_ci_low": 40.0,
