@@ -187,11 +187,29 @@ def test_missing_models_are_named_and_planned_as_not_available():
     assert missing.model is None
     assert missing.missing == "not available: model mnist-resnet56-rce is not shipped in this version"
     assert missing.missing_model == "mnist-resnet56-rce"
-    assert by_key["cifar10subset-resnet32-ce/test-error"].missing.endswith("is not shipped in this version")
+    cpu = {c.key: c for c in cells.plan(budgets.get_budget("cpu"), ["table1"])}
+    assert cpu["cifar10subset-resnet32-ce/test-error"].missing.endswith("is not shipped in this version")
     assert by_key["mnist-resnet32-ce/test-error"].model == "mnist-resnet32-ce"
     shipped = by_key["mnist-resnet32-ce/test-error"]
     assert shipped.missing is None and shipped.missing_model is None
     assert not any("issue" in c.missing for c in planned if c.missing)
+
+
+def test_the_smoke_budget_runs_mnist_only_and_says_so_for_the_rest(monkeypatch):
+    """A shipped model of another data set is 'not run' under smoke and planned under cpu."""
+    infos = lineup._shipped() + ({"name": "fashion-mnist-resnet32-ce", "dataset": "fashion-mnist", "depth": 32,
+                                  "objective": "ce", "detector": True},)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    smoke = cells.plan(budgets.get_budget("smoke"), cells.PARTS)
+    cpu = {c.key: c for c in cells.plan(budgets.get_budget("cpu"), cells.PARTS)}
+    assert any(c.dataset == "mnist" and c.missing is None for c in smoke)
+    others = [c for c in smoke if c.dataset != "mnist"]
+    assert others and all(c.missing == "not run: the smoke budget covers MNIST only" and c.missing_model is None
+                          for c in others)
+    fashion = [c for c in others if c.model == "fashion-mnist-resnet32-ce"]
+    common = [c for c in fashion if c.key in cpu]  # the same cell under cpu (smoke's n and ε differ for some)
+    assert common and all(cpu[c.key].missing is None for c in common)
+    assert not any(c.missing and c.missing.startswith("not run") for c in cpu.values())
 
 
 def test_the_train_command_for_a_missing_model_parses():

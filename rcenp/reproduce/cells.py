@@ -66,10 +66,14 @@ def plan(budget: Budget, parts) -> list[Cell]:
         model = lineup.find_model(dataset, depth, objective)
         key = f"{model or lineup.expected_name(dataset, depth, objective)}/{name}"
         if key not in cells:
-            missing = None if model else lineup.missing_reason(dataset, depth, objective)
+            if budget.skips(dataset):
+                missing, missing_model = f"not run: the {budget.name} budget covers " + \
+                    ", ".join(lineup.DATASET_TITLES[d] for d in budget.datasets) + " only", None
+            else:
+                missing = None if model else lineup.missing_reason(dataset, depth, objective)
+                missing_model = None if model else lineup.expected_name(dataset, depth, objective)
             cells[key] = Cell(key, kind, model, dataset, depth, objective, missing=missing,
-                              missing_model=None if model else lineup.expected_name(dataset, depth, objective),
-                              **fields)
+                              missing_model=missing_model, **fields)
             cells[key].cost = _cost(cells[key])
         cells[key].parts.add(part)
         return cells[key]

@@ -134,6 +134,8 @@ def run_checks(res: Results, budget: Budget) -> list[dict]:
     """Every check on every model of the run with at least one finished cell for it."""
     rows = []
     for dataset in lineup.DATASETS:
+        if budget.skips(dataset):
+            continue
         for objective in lineup.OBJECTIVES:
             model = lineup.find_model(dataset, 32, objective)
             if model is None:
