@@ -129,8 +129,10 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     """
     checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: a file of that name exists; --out names a folder")
     device = device or default_device()
+    model = build_classifier(config).to(device)  # a bad depth fails here, before the data is read
     train_set = load(config.dataset, "train", data_root)
     test_set = load(config.dataset, "test", data_root)
     images, labels = train_set.images, train_set.labels
@@ -140,7 +142,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
         images, labels = images[:config.train_subset], labels[:config.train_subset]
     data_identity = {"train": train_set.identity, "test": test_set.identity, "train_used": len(labels)}
 
-    model = build_classifier(config).to(device)
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad settings or missing data leave no folder behind
     schedule = config.schedule()
     optimizer = SGD(model.parameters(), lr=schedule(0), momentum=config.momentum, weight_decay=config.weight_decay)
     start = 0

@@ -273,3 +273,16 @@ def test_fetch_real_mnist_from_loopback(tmp_path):
         assert load("mnist", "test", tmp_path).identity["full"] is True
         fetch("mnist", tmp_path, [server.url])
         assert len(server.log) == 4
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_failed_fetch_leaves_no_empty_folder_behind(server, tmp_path, name):
+    """No network (here: a mirror without the files): the data set folder, and the data root when the
+    fetch made it, are gone again; a data root that was there stays."""
+    with pytest.raises(DataError, match="no valid copy"):
+        fetch(name, tmp_path / "new" / "root", [server.url + "missing/"])
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match="no valid copy"):
+        fetch(name, tmp_path / "mine", [server.url + "missing/"])
+    assert (tmp_path / "mine").is_dir() and leftovers(tmp_path / "mine") == []

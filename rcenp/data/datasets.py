@@ -141,6 +141,8 @@ def find_test_split(name: str, root: str | os.PathLike | None = None, strict: bo
             raise
         if name == "mnist":
             return load_sample(), (f"no MNIST test set under the data root ({exc}); using the sample" if named else None)
+        if "rcenp data fetch" in str(exc):  # the error already says how to get the data: once is enough
+            return None, f"no {name} test data: {exc}"
         return None, (f"no {name} test data (set RCENP_DATA or --data-dir, or run `rcenp data fetch {name}`): {exc}")
 
 

@@ -65,13 +65,28 @@ def fetch(
         raise DataError(f"no mirror given for {name}")
     root = data_root(root)
     known = dict(checksums or {})
-    if name == "cifar10":
-        return _fetch_cifar(root, bases, progress, known)
-    folder = root / name
-    return [
-        _fetch_idx(folder, base_name, known.get(base_name, IDX_SHA256[name][base_name]), bases, progress)
-        for base_name in IDX_FILES["train"] + IDX_FILES["test"]
-    ]
+    folder = root / (cifar.DIRNAME if name == "cifar10" else name)
+    new_folders = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first
+    try:
+        if name == "cifar10":
+            return _fetch_cifar(root, bases, progress, known)
+        return [
+            _fetch_idx(folder, base_name, known.get(base_name, IDX_SHA256[name][base_name]), bases, progress)
+            for base_name in IDX_FILES["train"] + IDX_FILES["test"]
+        ]
+    except BaseException:
+        _remove_if_empty(new_folders)  # a failed fetch (no network) leaves no empty data set folder
+        raise
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that exists and is empty; stop at the first that is not."""
+    for f in folders:
+        try:
+            f.rmdir()
+        except OSError:  # not empty (a file was fetched), already gone, or not ours to remove
+            if f.exists():
+                return
 
 
 def _base_url(url: str) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def read_image(path: str | os.PathLike, channels: int, size: tuple[int, int] | N
     return _to_pixels(samples, maximum, alpha, channels)
 
 
+def _reason(exc: BaseException) -> str:
+    """Pillow's complaint for a person: no object reprs (it names the in-memory file as
+    '<_io.BytesIO object at 0x...>'), and 'not an image format Pillow knows' for a file of no
+    known format."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        return "not in an image format Pillow knows"
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
 def _check_size(path: Path, width: int, height: int, size: tuple[int, int] | None) -> None:
     if size is not None and (height, width) != tuple(size):
         raise ValueError(f"{path}: image is {width}x{height} pixels (width x height), expected {size[1]}x{size[0]}")
@@ -83,7 +96,7 @@ def _read_with_pillow(data: bytes, path: Path, size: tuple[int, int] | None) -> 
     try:
         img = Image.open(io.BytesIO(data))
     except unreadable as exc:
-        raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+        raise ValueError(f"{path}: not a readable image ({_reason(exc)})") from None
     with img:
         frames = getattr(img, "n_frames", 1)
         if frames > 1:
@@ -94,7 +107,7 @@ def _read_with_pillow(data: bytes, path: Path, size: tuple[int, int] | None) -> 
                 img = img.convert(CONVERTED[img.mode])
             array = np.asarray(img)
         except unreadable as exc:
-            raise ValueError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+            raise ValueError(f"{path}: not a readable image ({_reason(exc)})") from None
     mode = img.mode
     if mode == "1":
         return array[:, :, None].astype(np.uint8), 1, False
