@@ -1,8 +1,9 @@
 """Which ε matches the paper's Table 2? The paper does not say (protocol §4). For each ε-attack,
 objective and ε of a finished Fig. 2a sweep, the mean absolute difference, in AUC points (10⁻²),
 between our three AUCs (confidence, non-ME, K-density; the paper's sample rule, ties half) and the
-paper's MNIST row, with the number of pairs behind them. Prints one JSON object; ``--markdown``
-prints a table instead.
+paper's MNIST row, with the number of pairs behind them. JSMA's strength is θ (its per-feature
+step), not an ε: its rows hold it under ``theta`` and the others under ``eps``, as in
+``rcenp reproduce``'s CSVs. Prints one JSON object; ``--markdown`` prints a table instead.
 
     python scripts/table2_eps.py --sweep results/fig2a
 """
@@ -34,7 +35,8 @@ def distances(sweep: Path, models: dict) -> list[dict]:
                 n = detection["confidence"]["n_pairs"]
                 aucs = {m: 100 * detection[m]["auc"] for m in paper.METRICS if detection[m].get("n_pairs")}
                 gap = sum(abs(aucs[m] - ours[m]) for m in aucs) / len(aucs) if len(aucs) == 3 else None
-                rows.append({"attack": attack, "objective": objective, "eps": eps, "n_pairs": n,
+                strength = {"theta": eps} if attack == "jsma" else {"eps": eps}
+                rows.append({"attack": attack, "objective": objective, **strength, "n_pairs": n,
                              "mean_abs_difference": gap, "ours": aucs, "paper": ours})
     return rows
 
@@ -44,7 +46,8 @@ def markdown(rows: list[dict]) -> str:
              "|---|---|" + "---|" * len(EPSILONS)]
     for attack in ATTACKS:
         for objective in ("ce", "rce"):
-            cells = {r["eps"]: r for r in rows if r["attack"] == attack and r["objective"] == objective}
+            cells = {r.get("eps", r.get("theta")): r for r in rows
+                     if r["attack"] == attack and r["objective"] == objective}
             if not cells:
                 continue
             best = min((r for r in cells.values() if r["mean_abs_difference"] is not None),
@@ -57,7 +60,8 @@ def markdown(rows: list[dict]) -> str:
                     continue
                 value = f"{r['mean_abs_difference']:.1f} ({r['n_pairs']})"
                 text.append(f"**{value}**" if r is best else value)
-            lines.append(f"| {attack.upper()} | {objective.upper()} | " + " | ".join(text) + " |")
+            label = "JSMA (θ)" if attack == "jsma" else attack.upper()  # its columns' values are θ
+            lines.append(f"| {label} | {objective.upper()} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 

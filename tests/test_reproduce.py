@@ -139,6 +139,8 @@ def test_every_cell_is_filled_or_says_why(smoke):
     mnist = [r for r in rows if r["dataset"] == "mnist" and r["in_table"] == "True"]
     assert len(mnist) == 12 and all(r["status"] == "ok" for r in mnist)  # 6 attacks x CE/RCE, all run
     assert {r["eps"] for r in rows if r["dataset"] == "mnist" and r["attack"] == "bim"} == {"0.08", "0.16"}
+    jsma = [r for r in rows if r["dataset"] == "mnist" and r["attack"] == "jsma"]
+    assert {r["theta"] for r in jsma} == {"0.08", "0.16"} and {r["eps"] for r in jsma} == {""}  # θ is not an ε
     assert all(r["log_kd_paper"] for r in mnist)  # every in-table MNIST cell has the paper's value beside it
     t1 = {(r["depth"], r["objective"], r["dataset"]): r for r in read_csv(out / "table1.csv")}
     assert t1[("32", "rce", "mnist")]["paper_pct"] == "0.29" and t1[("32", "rce", "mnist")]["n_test"] == "200"

@@ -340,11 +340,27 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
     for table in (tables.table2(res, smoke), tables.beyond(res, smoke)):
         assert "| JSMA θ=0.08 |" in table.markdown and "| FGSM ε=0.08 |" in table.markdown
         assert "JSMA ε" not in table.markdown and "| C&W |" in table.markdown
-    row = {"dataset": "mnist", "attack": "jsma", "eps": 0.16, "objective": "rce", "n_pairs": 20,
+    row = {"dataset": "mnist", "attack": "jsma", "eps": None, "theta": 0.16, "objective": "rce", "n_pairs": 20,
            "confidence_outside_ci": True, "confidence_auc": 50.0, "confidence_ci_low": 40.0,
            "confidence_ci_high": 60.0, "confidence_paper": 100.0}
     assert report._outside([row]) == ["- mnist jsma θ=0.16 RCE Confidence: ours 50.0 [40.0, 60.0], paper 100.0 "
                                       "(n = 20 pairs)"]
+
+
+def test_csv_rows_keep_epsilon_and_theta_in_separate_columns():
+    """JSMA's θ is not an ε: the CSVs hold it in a theta column, and their eps column holds ε only."""
+    smoke = budgets.get_budget("smoke")
+    res = unavailable(cells.plan(smoke, ["table2", "fig2"]))
+    for table in (tables.table2(res, smoke), tables.beyond(res, smoke), tables.fig2_data(res, smoke)):
+        assert {"eps", "theta"} <= set(table.columns), table.name
+        rows = [{k: r.get(k) for k in table.columns} for r in table.rows]
+        jsma = [r for r in rows if r["attack"] == "jsma"]
+        eps_attacks = [r for r in rows if r["attack"] in ("fgsm", "bim", "ilcm")]
+        assert jsma and eps_attacks, table.name
+        assert all(r["eps"] is None and r["theta"] in (*smoke.eps_sweep, smoke.table_eps) for r in jsma)
+        assert all(r["theta"] is None and r["eps"] is not None for r in eps_attacks)
+        assert all(r["eps"] is None and r["theta"] is None for r in rows if r["attack"].startswith("cw"))
+        assert [tables.strength(r) for r in jsma] == [r["theta"] for r in jsma]
 
 
 def test_test_images_name_the_split_per_data_set():
@@ -378,3 +394,26 @@ def test_cells_section_lists_run_cells_and_counts_the_others_per_model():
     assert len(others) == len({c.model for c in shipped[2:]}) >= 1
     assert lineup.HOW_TO_ADD in lines and "issue" not in text
     assert not any(c.key in text for c in missing)  # no row per unavailable cell
+
+
+def test_table2_eps_script_keeps_theta_apart_and_reads_the_published_sweep(tmp_path):
+    """scripts/table2_eps.py on attack_sweep's own folder format (results/fig2a): JSMA rows carry θ
+    under 'theta', the others ε under 'eps'; the published sweep still reads."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("table2_eps", ROOT / "scripts" / "table2_eps.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    detection = {m: {"auc": 0.9, "n_pairs": 7} for m in paper.METRICS}
+    for cell in ("bim-0.08", "jsma-0.08"):
+        (tmp_path / "m-ce" / cell).mkdir(parents=True)
+        (tmp_path / "m-ce" / cell / "summary.json").write_text(json.dumps({"detection": detection}))
+    rows = script.distances(tmp_path, {"ce": "m-ce"})
+    assert [(r["attack"], r.get("eps"), r.get("theta")) for r in rows] == [("bim", 0.08, None), ("jsma", None, 0.08)]
+    table = script.markdown(rows)
+    assert "| JSMA (θ) | CE |" in table and "| BIM | CE |" in table
+    published = ROOT / "results" / "fig2a"
+    if (published / "mnist-resnet32-ce").is_dir():
+        rows = script.distances(published, {"ce": "mnist-resnet32-ce", "rce": "mnist-resnet32-rce"})
+        assert any(r["attack"] == "jsma" and r["theta"] is not None for r in rows)
+        assert all(r["eps"] is not None for r in rows if r["attack"] != "jsma")

@@ -48,7 +48,7 @@ def protocol_differences(budget: Budget) -> list[str]:
         "test_adv.py names only 0.16 (MNIST BIM), but over the full 1,000-image sweep our MNIST AUCs are "
         "closest to the paper's at 0.06-0.08 for BIM, ILCM and JSMA and within 7 points for every row at 0.08, "
         "against up to 15.7 points at 0.16 (results/fig2a/README.md, scripts/table2_eps.py); table2.csv "
-        "gives the AUCs at every ε (θ) of the sweep computed.",
+        "gives the AUCs at every ε (its eps column) and θ (its theta column) of the sweep computed.",
         "**CIFAR-10** is the 5,085/1,017-image subset available here, trained with the paper's epochs "
         "(230 epochs, 9,153 steps), not the 50,000/10,000 images; Fashion-MNIST is an extra column the paper lacks.",
         "**Seeds**: every random choice is seeded (C&W targets, kernel points, bootstrap); the authors set none.",
@@ -95,7 +95,8 @@ def _outside(t2_rows) -> list[str]:
         for m in ("confidence", "non_me", "log_kd"):
             if r.get(f"{m}_outside_ci"):
                 out.append(f"- {r['dataset']} {r['attack']}"
-                           + (f" {tables.strength_label(r['attack'], r['eps'])}" if r["eps"] is not None else "")
+                           + (f" {tables.strength_label(r['attack'], tables.strength(r))}"
+                              if tables.strength(r) is not None else "")
                            + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours {r[f'{m}_auc']:.1f} "
                            f"[{r[f'{m}_ci_low']:.1f}, {r[f'{m}_ci_high']:.1f}], paper {r[f'{m}_paper']:.1f} "
                            f"(n = {r['n_pairs']} pairs)")

@@ -4,7 +4,8 @@ Every row carries the paper's value, ours and the difference (ours − paper, in
 or the reason the cell is empty ("not available: model X is not shipped in this version"). AUCs
 are in the paper's units of 10⁻²; ``outside_ci`` marks a paper value outside our 95% bootstrap
 interval. An attack's strength is labelled ε (FGSM, BIM, ILCM: the L∞ ball) or θ (JSMA: the
-per-feature step), ``strength_label``; the CSV column is ``eps`` for both.
+per-feature step), ``strength_label``; the CSVs keep them apart, in an ``eps`` column (FGSM, BIM,
+ILCM) and a ``theta`` column (JSMA), ``strength_columns``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ def strength_label(attack: str, value) -> str:
     if value is None:
         return ""
     return f"{'θ' if attack == 'jsma' else 'ε'}={value:g}"
+
+
+def strength_columns(attack: str, value) -> dict:
+    """A row's strength columns: ``eps`` holds an ε-attack's ε, ``theta`` JSMA's θ; the other is
+    None (both for C&W), so that no column holds two different quantities."""
+    return {"eps": None if attack == "jsma" else value, "theta": value if attack == "jsma" else None}
+
+
+def strength(row: dict):
+    """The ε or θ of a row with ``strength_columns`` (None for C&W)."""
+    return row["theta"] if row["attack"] == "jsma" else row["eps"]
 
 
 def describe_test_sets(rows) -> list[str]:
@@ -140,8 +152,8 @@ def table2_rows(res: Results, budget: Budget) -> list[dict]:
                         continue
                     summary, reason = res.summary(cell), res.status(cell)
                     detection = (summary or {}).get("detection")
-                    row = {"dataset": dataset, "attack": attack, "objective": objective, "eps": eps,
-                           "in_table": in_table, "model": cell.model if cell else None,
+                    row = {"dataset": dataset, "attack": attack, "objective": objective,
+                           **strength_columns(attack, eps), "in_table": in_table, "model": cell.model if cell else None,
                            "n": summary and summary["counts"]["n"], "test_set": summary and summary.get("test_set"),
                            "n_pairs": (detection or {}).get("log_kd", {}).get("n_pairs"),
                            "status": reason or ("ok" if detection else "no detector scores in this cell")}
@@ -180,7 +192,7 @@ def table2(res: Results, budget: Budget) -> Table:
     for dataset in lineup.DATASETS:
         md_rows = []
         for row in (r for r in rows if r["dataset"] == dataset and r["in_table"]):
-            head = [f"{ATTACK_TITLES[row['attack']]} {strength_label(row['attack'], row['eps'])}".strip(),
+            head = [f"{ATTACK_TITLES[row['attack']]} {strength_label(row['attack'], strength(row))}".strip(),
                     row["objective"].upper()]
             if row["status"] != "ok":
                 md_rows.append(head + ["", row["status"], "", ""])
@@ -193,7 +205,7 @@ def table2(res: Results, budget: Budget) -> Table:
             f"'strict' is the authors' tie rule (ties count 0) where it differs by ≥ 0.05; **†**: the paper's value "
             f"lies outside our interval. FGSM, BIM and ILCM at ε = {budget.table_eps:g} (box units), JSMA at θ = "
             f"{budget.table_eps:g} (its per-feature step; see 'Protocol differences'); table2.csv holds every ε "
-            f"(θ) computed, in its eps column. Paper: Table 2.")
+            f"computed in its eps column, and JSMA's θ in its theta column. Paper: Table 2.")
     return Table("table2", "Table 2: detection AUC (×100)", list(rows[0]), rows, note + "\n\n" + "\n\n".join(sections))
 
 
@@ -203,7 +215,7 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
     keep = [r for r in rows if r["in_table"]]
     md_rows = []
     for r in keep:
-        attack = f"{ATTACK_TITLES[r['attack']]} {strength_label(r['attack'], r['eps'])}".strip()
+        attack = f"{ATTACK_TITLES[r['attack']]} {strength_label(r['attack'], strength(r))}".strip()
         if r["status"] != "ok":
             md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper(), r["status"],
                             "", "", "", "", ""])
@@ -212,7 +224,7 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
                        + [_num(r[f"tpr5_{m}"], 1, 100) for m in METRICS]
                        + [_num(r["detection_aware_accuracy"], 1, 100), _num(r["accuracy_under_attack"], 1, 100),
                           _num(r["success_rate"], 1, 100)])
-    columns = ["dataset", "attack", "objective", "eps", "model", "n", "n_pairs"] + \
+    columns = ["dataset", "attack", "objective", "eps", "theta", "model", "n", "n_pairs"] + \
         [f"tpr5_{m}" for m in METRICS] + ["detection_aware_accuracy", "accuracy_under_attack", "success_rate"]
     note = ("TPR at 5% FPR: the share of adversarial examples (paper-rule pairs) that a threshold on the metric "
             "rejects while rejecting at most 5% of their clean images. Detection-aware accuracy: the share of all "
@@ -321,13 +333,15 @@ def fig2_data(res: Results, budget: Budget) -> Table:
                 for eps in budget.eps_sweep:
                     cell = res.get(dataset, 32, objective, f"{attack}-{eps:g}")
                     s = res.summary(cell)
-                    rows.append({"dataset": dataset, "objective": objective, "attack": attack, "eps": eps,
-                                 "n": s and s["counts"]["n"], "accuracy_under_attack": s and s["accuracy_under_attack"],
+                    rows.append({"dataset": dataset, "objective": objective, "attack": attack,
+                                 **strength_columns(attack, eps), "n": s and s["counts"]["n"],
+                                 "accuracy_under_attack": s and s["accuracy_under_attack"],
                                  "distortion_mean": None, "status": res.status(cell) or "ok"})
             for attack in ("cw", "cw-hc"):
                 cell = res.get(dataset, 32, objective, attack)
                 s = res.summary(cell)
-                rows.append({"dataset": dataset, "objective": objective, "attack": attack, "eps": None,
+                rows.append({"dataset": dataset, "objective": objective, "attack": attack,
+                             **strength_columns(attack, None),
                              "n": s and s["distortion"]["l2_paper"]["efficient"]["n"],
                              "accuracy_under_attack": s and s["accuracy_under_attack"],
                              "distortion_mean": s and s["distortion"]["l2_paper"]["efficient"]["mean"],
