@@ -47,6 +47,9 @@ def cuda_available() -> bool:
         return False
 
 
+DEVICE_HELP = "where to compute: cpu or cuda (default: $RCENP_DEVICE, else cpu)"  # the CLI's --device
+
+
 def default_device() -> str:
     """The device named by ``RCENP_DEVICE`` (``cpu`` when unset)."""
     name = os.environ.get("RCENP_DEVICE", "cpu").strip().lower() or "cpu"

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import difflib
 import os
+import re
 import sys
 import time
 
 import numpy as np
 
-from rcenp.backend import DeviceError
+from rcenp import __version__
+from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
 
@@ -31,16 +34,50 @@ def _positive(kind):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line (the usage block is one --help away)."""
+    """argparse, with its errors on one line (the usage block is one --help away), and an
+    unrecognized option named before any missing required argument: with ``--atack bim`` the
+    missing ``--attack`` is the typo's consequence, not the news."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._seen = list(sys.argv[1:] if args is None else args)  # for error(); subparsers pass theirs
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
+        if message.startswith("the following arguments are required"):
+            unknown = self.unrecognized(getattr(self, "_seen", []))
+            if unknown:
+                message = self.unrecognized_message(unknown)
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def unrecognized_message(self, unknown) -> str:
+        message = f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}"
+        close = difflib.get_close_matches(unknown[0].split("=", 1)[0], self._option_string_actions, 1)
+        return message + (f" (did you mean {close[0]}?)" if close else "")
+
+    def unrecognized(self, args) -> list:
+        """The options in ``args`` that this parser does not know (exact, ``--opt=value``, or an
+        unambiguous-prefix abbreviation, as argparse accepts them); values that look like negative
+        numbers and everything after ``--`` are not options."""
+        known = self._option_string_actions
+        out = []
+        for arg in args:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d+|-\d*\.\d+", arg):
+                continue
+            name = arg.split("=", 1)[0]
+            if name in known or (name.startswith("--") and any(o.startswith(name) for o in known)) \
+                    or (not name.startswith("--") and name[:2] in known):
+                continue
+            out.append(arg)
+        return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rcenp", description="Reverse cross-entropy training and adversarial "
                                      "detection on NumPy/CuPy (Pang et al., NeurIPS 2018).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"rcenp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # none given: main() lists them
 
     t = sub.add_parser("train", help="train a ResNet with CE or RCE", description=(
         "Train the authors' pre-activation ResNet with cross-entropy or reverse cross-entropy. "
@@ -48,38 +85,45 @@ def build_parser() -> argparse.ArgumentParser:
         "momentum 0.9, weight decay 2e-4 on kernels); " + QUICK_HELP + "; subset = the paper's schedule in "
         "epochs for the training images present (steps and lr boundaries scaled by their share of the "
         "published training set: 9,153 steps on the 5,085-image CIFAR-10 subset)."))
-    t.add_argument("--dataset", choices=DATASETS, required=True)
-    t.add_argument("--objective", choices=["ce", "rce"], required=True)
+    t.add_argument("--dataset", choices=DATASETS, required=True, help="the data set to train on")
+    t.add_argument("--objective", choices=["ce", "rce"], required=True,
+                   help="ce = cross-entropy, rce = reverse cross-entropy (the paper's)")
     t.add_argument("--depth", type=int, help="6n+2: 32 (default for paper), 56, 14 (quick), ...")
     t.add_argument("--steps", type=_positive(int), help="override the preset's number of steps")
     t.add_argument("--batch-size", type=_positive(int), help="default: 128 (paper), 64 (quick)")
     t.add_argument("--out", required=True, help="run directory (checkpoints, train.log, metrics.json)")
-    t.add_argument("--preset", choices=["paper", "quick", "subset"], default="paper")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--preset", choices=["paper", "quick", "subset"], default="paper",
+                   help="the schedule (described above; default paper)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial weights, the batch order and the augmentation (default 0)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    t.add_argument("--checkpoint-every", type=_positive(int))
+    t.add_argument("--checkpoint-every", type=_positive(int), metavar="STEPS",
+                   help="steps between checkpoints (default 1000; quick: 700)")
     t.add_argument("--stop-at", type=_positive(int), metavar="STEP",
                    help="checkpoint after STEP and stop (continue later with --resume)")
     t.add_argument("--train-subset", type=_positive(int), help="use only the first N training images")
-    t.add_argument("--activation", choices=["leaky_relu", "relu"])
+    t.add_argument("--activation", choices=["leaky_relu", "relu"],
+                   help="default leaky_relu (slope 0.1, as in the authors' code)")
     t.add_argument("--data-dir", help="data root (default: $RCENP_DATA, else the per-user cache)")
-    t.add_argument("--device", choices=["cpu", "cuda"])
+    t.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
 
     e = sub.add_parser("eval", help="test error of a run directory or shipped model")
     e.add_argument("model", help="run directory or shipped model name")
-    e.add_argument("--data-dir")
-    e.add_argument("--sample", action="store_true", help="use the embedded 1,000-image MNIST sample")
-    e.add_argument("--device", choices=["cpu", "cuda"])
+    e.add_argument("--data-dir", help="data root holding the model's test set (default: $RCENP_DATA, else the "
+                   "per-user cache)")
+    e.add_argument("--sample", action="store_true",
+                   help="use the embedded 1,000-image MNIST sample instead of a data root (not with --data-dir)")
+    e.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
     e.add_argument("--json", action="store_true", help="print the result as one JSON line instead of a table")
 
     ls = sub.add_parser("models", help="list the shipped models: data set, depth, objective, test error, detector")
     ls.add_argument("--json", action="store_true", help="one JSON object per model, one per line")
 
     d = sub.add_parser("data", help="data sets")
-    dsub = d.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    dsub = d.add_subparsers(dest="data_command", metavar="COMMAND")  # none given: main() lists them
     f = dsub.add_parser("fetch", help="download a data set from its public mirrors, with checksums")
     f.add_argument("name", choices=DATASETS)
-    f.add_argument("--data-dir")
+    f.add_argument("--data-dir", help="data root to download into (default: $RCENP_DATA, else the per-user cache)")
 
     from rcenp.attacks.cli import add_parser as add_attack_parser
     from rcenp.detect.cli import add_parser as add_detect_parser
@@ -90,12 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_attack_parser(sub)
     add_reproduce_parser(sub)
 
-    m = sub.add_parser("demo", help="the main job: evaluate the shipped models (or a short engine demo)")
+    m = sub.add_parser("demo", help="the main job: evaluate the shipped models (or a short engine demo)",
+                       description="Evaluate every shipped model and its detector, then attack the MNIST ones "
+                       "with BIM. Only when no model is shipped: a short engine demo instead (--steps).")
     m.add_argument("--data-dir", help="data root (default: $RCENP_DATA, else the per-user cache); without "
                    "MNIST there, the embedded 1,000-image sample; models whose data is missing are skipped")
-    m.add_argument("--device", choices=["cpu", "cuda"])
-    m.add_argument("--steps", type=_positive(int), default=5, help="engine demo: training steps on random data")
+    m.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
+    m.add_argument("--steps", type=_positive(int),
+                   help="only for the engine demo, which runs when no model is shipped: SGD steps on random "
+                   "data (default 5); refused when models are shipped")
     m.add_argument("--json", action="store_true", help="one JSON line per model instead of tables")
+    parser.commands = dict(sub.choices)  # for main(): "choose a command", errors from the command's parser
+    parser.nested = {"data": (d, "data_command", dict(dsub.choices))}
     return parser
 
 
@@ -124,6 +174,9 @@ def cmd_eval(args) -> int:
     from rcenp.models import load as load_model
     from rcenp.train import evaluate
 
+    if args.sample and args.data_dir:
+        raise ValueError("--sample and --data-dir exclude each other: --sample tests on the embedded MNIST "
+                         "sample, --data-dir on the test set in that data root")
     model, manifest = load_model(args.model, args.device)
     dataset = manifest["config"]["dataset"]
     if args.sample and dataset != "mnist":
@@ -174,11 +227,15 @@ def cmd_demo(args) -> int:
     if args.data_dir and not os.path.isdir(args.data_dir):  # else every model would fall back or be skipped
         raise DataError(f"--data-dir {args.data_dir}: no such folder")
     shipped = shipped_models()
+    if shipped and args.steps is not None:
+        raise ValueError(f"--steps applies only to the engine demo, which runs when no model is shipped; "
+                         f"{len(shipped)} model{'s are' if len(shipped) > 1 else ' is'} shipped here, so "
+                         "`rcenp demo` evaluates them (leave out --steps)")
     if shipped:
         from rcenp.demo import run_demo
 
         return run_demo(shipped, args.data_dir, args.device, as_json=args.json)
-    return engine_demo(args.steps, args.device)
+    return engine_demo(args.steps or 5, args.device)
 
 
 def engine_demo(steps, device) -> int:
@@ -228,14 +285,30 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "data": cmd_data, "demo": cmd_
             "models": cmd_models, "attack": cmd_attack, "reproduce": cmd_reproduce}
 
 
+def error_text(exc: BaseException) -> str:
+    """An error for a person: an OSError as 'PATH: what went wrong' (not '[Errno 17] File exists: ...')."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()}" if exc.filename else exc.strerror
+    return str(exc) or exc.__class__.__name__
+
+
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if args.command is None and not extras:
+        parser.error(f"choose a command: {', '.join(parser.commands)}")
+    command_parser = parser.commands.get(args.command, parser)
+    if args.command in parser.nested:
+        nested, dest, choices = parser.nested[args.command]
+        command_parser = choices.get(getattr(args, dest), nested)
+        if getattr(args, dest) is None and not extras:
+            nested.error(f"choose a command: {', '.join(choices)}")
+    if extras:  # named by the parser of the command they were given to, with its --help
+        command_parser.error(command_parser.unrecognized_message(extras))
     try:
         return COMMANDS[args.command](args)
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:
-        message = str(exc) or exc.__class__.__name__
-        sys.stderr.write(f"rcenp: error: {message}\n")
+        sys.stderr.write(f"rcenp: error: {error_text(exc)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("rcenp: interrupted\n")

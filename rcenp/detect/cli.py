@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcenp.backend import DEVICE_HELP
 from rcenp.checkpoint import CheckpointError
 from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
 from rcenp.data.images import read_image
@@ -23,7 +24,9 @@ def add_parser(sub) -> None:
     d.add_argument("--fit", action="store_true", help="fit the kernel points and calibrate T (needs the data)")
     d.add_argument("--overwrite", action="store_true",
                    help="let --fit replace the model's fitted detector (a shipped model's too)")
-    d.add_argument("--metric", choices=["kd", "confidence", "non_me"], default="kd")
+    d.add_argument("--metric", choices=["kd", "confidence", "non_me"], default="kd",
+                   help="--fit: the detector's score: kd = kernel density (the paper's), confidence or non_me "
+                   "(default kd)")
     d.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean data (--fit)")
     d.add_argument("--per-class", type=int, default=1000, help="kernel points per class (--fit; 0 = all)")
     d.add_argument("--calibrate-on", choices=CALIBRATION_SETS, default="test",
@@ -34,9 +37,11 @@ def add_parser(sub) -> None:
     d.add_argument("--kernel-from", type=int,
                    help="kernel points come from the first N training images (default: all of them with "
                    "--calibrate-on test, 50,000 with --calibrate-on train)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--data-dir")
-    d.add_argument("--device", choices=["cpu", "cuda"])
+    d.add_argument("--seed", type=int, default=0,
+                   help="--fit: seeds the choice of kernel points per class and the random half of the test "
+                   "split that calibrates T (default 0)")
+    d.add_argument("--data-dir", help="data root for --fit (default: $RCENP_DATA, else the per-user cache)")
+    d.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
 
 
 def read_images(path: Path, shape) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from rcenp.backend import DEVICE_HELP
 from rcenp.reproduce.budgets import BUDGETS
 from rcenp.reproduce.cells import PARTS
 from rcenp.reproduce.figures import INSTALL_HINT
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     r.add_argument("--cells-from", action="append", default=[], metavar="DIR",
                    help="use finished attack cells from DIR/<model>/<attack>-<eps>/ (e.g. results/fig2a) instead "
                    "of computing them; repeatable")
-    r.add_argument("--device", choices=["cpu", "cuda"])
+    r.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
 
 
 def cmd_reproduce(args) -> int:
