@@ -53,3 +53,8 @@ def duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def plural(count: int, one: str, many: str) -> str:
+    """'1 batch', '4 batches'."""
+    return f"{count} {one if count == 1 else many}"

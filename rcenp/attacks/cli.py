@@ -6,6 +6,8 @@ import json
 import re
 
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
+from rcenp.backend import DEVICE_HELP
+from rcenp.progress import plural
 
 
 def _eps(text):
@@ -36,7 +38,8 @@ def add_parser(sub) -> None:
         "1,000-image MNIST sample when there is no data root), in checkpointed batches. Writes "
         "adversarial.npz, samples.jsonl (one line per image) and summary.json into --out."))
     a.add_argument("model", help="run directory or shipped model name")
-    a.add_argument("--attack", choices=ATTACKS, required=True)
+    a.add_argument("--attack", choices=ATTACKS, required=True,
+                   help="cw = C&W-L2, cw-hc = C&W with kappa 10, cw-wb = C&W against the K-density detector")
     a.add_argument("--eps", type=_eps,
                    help="FGSM/BIM/ILCM/JSMA (required): epsilon in box units (the L-inf radius), for JSMA theta "
                    "(the step added per feature)")
@@ -66,8 +69,10 @@ def add_parser(sub) -> None:
                    help="black-box transfer (paper 4.5): craft on this model (with its own detector for cw-wb) "
                    "and report on MODEL with MODEL's detector")
     a.add_argument("--n", type=_count, default=1000, help="attack the first N test images (default 1000)")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--batch-size", type=_count, default=100)
+    a.add_argument("--seed", type=int, default=0,
+                   help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
+    a.add_argument("--batch-size", type=_count, default=100,
+                   help="images per checkpointed batch (default 100)")
     a.add_argument("--out", help="output directory (default runs/attack-MODEL-ATTACK-EPS)")
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished batch")
     a.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
@@ -76,8 +81,9 @@ def add_parser(sub) -> None:
                    help="attack nothing: write the run into --out from the folders of its finished --shard runs "
                    "(the same MODEL and options, without --shard)")
     a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR")
-    a.add_argument("--data-dir")
-    a.add_argument("--device", choices=["cpu", "cuda"])
+    a.add_argument("--data-dir", help="data root holding the model's test set (default: $RCENP_DATA, else the "
+                   "per-user cache; MNIST without one: the embedded sample)")
+    a.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
     a.add_argument("--json", action="store_true", help="print summary.json instead of a short table")
     a.set_defaults(attack_defaults={dest: a.get_default(dest) for dest in APPLIES})
 
@@ -145,20 +151,37 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def success_criterion(settings: dict) -> str:
+    """What 'attack success' counts, when it is not plain misclassification: ' (reached target)'
+    for the targeted attacks (JSMA, C&W with random targets, C&W-wb), ' (reached least likely)'
+    for ILCM; '' for FGSM, BIM, untargeted C&W and transfer runs (there: the target misclassifies)."""
+    options = settings["options"]
+    if options.get("substitute"):
+        return ""
+    if settings["attack"] == "ilcm":
+        return " (reached least likely)"
+    if settings["attack"] in ("jsma", "cw-wb") or (settings["attack"] in ("cw", "cw-hc")
+                                                   and options.get("targets", "random") == "random"):
+        return " (reached target)"
+    return ""
+
+
 def format_summary(summary: dict, out) -> str:
     """A few lines for a person: rates, distortion, detection."""
     counts, distortion = summary["counts"], summary["distortion"]["l2_paper"]["efficient"]
     substitute = summary["settings"]["options"].get("substitute")
     crafted = f" (crafted on {substitute})" if substitute else ""
-    lines = [f"{summary['settings']['attack']} on {summary['settings']['model']}{crafted}: {counts['n']} images "
+    lines = [f"{summary['settings']['attack']} on {summary['settings']['model']}{crafted}: "
+             f"{plural(counts['n'], 'image', 'images')} "
              f"({summary['test_set']})",
              f"  clean accuracy          {summary['accuracy_clean']:.1%}",
              f"  accuracy under attack   {summary['accuracy_under_attack']:.1%}",
-             f"  attack success          {summary['success_rate']:.1%} (after 8-bit rounding "
-             f"{summary['success_rate_8bit']:.1%})"]
+             f"  {'attack success' + success_criterion(summary['settings']):<23} {summary['success_rate']:.1%} "
+             f"(after 8-bit rounding {summary['success_rate_8bit']:.1%})"]
     if distortion["n"]:
-        lines.append(f"  mean L2/sqrt(d) (0-255) {distortion['mean']:.2f} over {distortion['n']} successful attacks "
-                     f"on correctly classified images")
+        lines.append(f"  mean L2/sqrt(d) (0-255) {distortion['mean']:.2f} over "
+                     f"{plural(distortion['n'], 'successful attack', 'successful attacks')} on correctly "
+                     f"classified images")
     detection = summary.get("detection")
     if detection:
         aucs = "  ".join(f"{m} {detection[m]['auc']:.3f}" for m in ("confidence", "non_me", "log_kd")

@@ -40,7 +40,7 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.attacks.core import AttackResult
 from rcenp.backend import as_numpy
-from rcenp.progress import Progress
+from rcenp.progress import Progress, plural
 
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
 CW_ATTACKS = ("cw", "cw-hc", "cw-wb")
@@ -114,6 +114,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
 
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}: expected one of {', '.join(ATTACKS)}")
+    _check_folder(out_dir, "--out")
+    if png_dir is not None:
+        _check_folder(png_dir, "--png")
     model, manifest = load_model(model_ref, device)
     dataset = manifest["config"]["dataset"]
     test, why = find_test_split(dataset, data_dir, strict=True)
@@ -155,14 +158,21 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    stems = [partial / f"batch-{index[0] // batch_size:05d}" for index in batches]
+    finished = [stem.with_suffix(".jsonl").is_file() for stem in stems]
     progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
-    progress.message(f"{attack} {options} on {model_ref} ({model.objective.upper()}), images "
-                     f"{indices[0]}-{indices[-1]} of {test.describe()}, {len(batches)} batches of {batch_size}")
+    span = f"image {indices[0]}" if len(indices) == 1 else f"images {indices[0]}-{indices[-1]}"
+    progress.message(f"{attack} {format_options(options)} on {model_ref} ({model.objective.upper()}), {span} "
+                     f"of {test.describe()}, "
+                     + (f"{len(batches)} batches of {batch_size}" if len(batches) > 1 else "1 batch"))
+    if any(finished):
+        progress.message(f"resuming: {sum(finished)} of {plural(len(batches), 'batch', 'batches')} done")
     t0, timed, done_images = time.monotonic(), 0, 0
     try:
-        for b, index in enumerate(batches):
-            stem = partial / f"batch-{index[0] // batch_size:05d}"
-            if not stem.with_suffix(".jsonl").is_file():
+        for b, (index, stem) in enumerate(zip(batches, stems)):
+            if finished[b] and b + 1 < len(batches):
+                continue  # done by an earlier process: no progress line, no rate from it
+            if not finished[b]:
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
                 call = fn if attack not in CW_ATTACKS else functools.partial(  # C&W: status within a batch
@@ -174,10 +184,11 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                 checkpoint.atomic_write_text(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
                 timed += time.monotonic() - start
                 done_images += len(index)
-            rate = done_images / timed if timed else float("nan")
-            left = sum(len(i) for i in batches[b + 1:])
-            progress.update(b + 1, f"{int(sum(len(i) for i in batches[:b + 1]))} images  {rate:.2f} img/s",
-                            left / rate if rate > 0 else float("inf"), force=b + 1 == len(batches))
+            rate = done_images / timed if timed > 0 else None  # of this process's own work only
+            left = sum(len(i) for i, done in zip(batches[b + 1:], finished[b + 1:]) if not done)
+            progress.update(b + 1, plural(sum(len(i) for i in batches[:b + 1]), "image", "images") + "  "
+                            + (f"{rate:.2f} img/s" if rate else "? img/s"),
+                            0.0 if not left else left / rate if rate else float("inf"), force=b + 1 == len(batches))
         summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code)
         summary["timing"] = {"seconds_this_run": time.monotonic() - t0, "attack_seconds_this_run": timed,
                              "images_this_run": done_images,
@@ -185,7 +196,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         checkpoint.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(partial)
         progress.message(f"done: success {summary['success_rate']:.1%}, accuracy under attack "
-                         f"{summary['accuracy_under_attack']:.1%} on {summary['counts']['n']} images; {out_dir}")
+                         f"{summary['accuracy_under_attack']:.1%} on "
+                         f"{plural(summary['counts']['n'], 'image', 'images')}; {out_dir}")
         return summary
     except BaseException:
         if claimed and not any(partial.glob("*.jsonl")):  # nothing done: leave no run behind to block --out
@@ -257,13 +269,44 @@ def _claim(out_dir: Path, asked: dict, resume: bool) -> bool:
         if not resume:
             raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it, or choose another --out")
         previous = json.loads(run_file.read_text())
-        changed = [k for k in asked if previous.get(k) != json.loads(json.dumps(asked[k]))]
+        changed = differences(previous, json.loads(json.dumps(asked)))
         if changed:
-            raise ValueError(f"{out_dir}: --resume with other settings than the run there ({', '.join(changed)})")
+            raise ValueError(f"{out_dir}: --resume with other settings than the run there: {'; '.join(changed)}")
         return False
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
     return True
+
+
+def differences(there: dict, now: dict, prefix: str = "") -> list[str]:
+    """'key: X there, Y now' for each setting of ``now`` that differs from ``there`` (nested dicts
+    by dotted key, so a changed option reads 'options.eps: 0.1 there, 0.2 now')."""
+    out = []
+    for key in now:
+        a, b = there.get(key), now[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {'(none)' if key not in there else json.dumps(a)} there, {json.dumps(b)} now")
+    return out
+
+
+def format_options(options: dict) -> str:
+    """An attack's options for a person: 'eps=0.1 steps=10'; nested ones as 'stage2.kappa=5'."""
+    parts = []
+    for key, value in options.items():
+        if isinstance(value, dict):
+            parts += [f"{key}.{item}" for item in format_options(value).split()]
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def _check_folder(path, option: str) -> None:
+    """ValueError (one line) when ``path`` exists and is not a folder: caught before anything is
+    written or printed, instead of the OS's 'File exists' halfway through."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{option} {path}: a file of that name exists; {option} names a folder")
 
 
 def _unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:

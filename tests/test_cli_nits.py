@@ -1,0 +1,228 @@
+"""The command line's small print (a fresh user's report, N2-N4 and C4): a typo named as such, no
+argparse dest names, --version, no Python reprs or errno text, nothing printed or created before a
+refusal, readable attack headers and plurals, resume lines, and refused option combinations."""
+import io
+import json
+
+import numpy as np
+import pytest
+
+import rcenp
+from rcenp import cli
+from rcenp.attacks import run as attack_run
+from rcenp.attacks.cli import format_summary
+from rcenp.attacks.run import run_attack
+from rcenp.cli import main
+from rcenp.models import resnet
+from rcenp.objectives import Classifier
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A ResNet-8 run directory (no detector) and an MNIST-format root of 24 training, 12 test images."""
+    from rcenp.data import idx
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    rng = np.random.default_rng(7)
+    root = tmp_path_factory.mktemp("data")
+    (root / "mnist").mkdir()
+    for split, n in (("train", 24), ("t10k", 12)):
+        (root / "mnist" / f"{split}-images-idx3-ubyte").write_bytes(
+            idx.encode(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)))
+        (root / "mnist" / f"{split}-labels-idx1-ubyte").write_bytes(idx.encode((np.arange(n) % 10).astype(np.uint8)))
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(run, Classifier(resnet(8, 1, seed=1), "ce").eval(), None, TrainConfig(depth=8, objective="ce"),
+                    1, {"note": "test"})
+    return run, root
+
+
+def one_error_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0], text
+    assert "Traceback" not in text and "Errno" not in text and " at 0x" not in text, text
+    return lines[0]
+
+
+def parser_exit(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    return info.value.code, captured.out, captured.err
+
+
+# ---- N2: flags --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, unknown, suggestion", [
+    (["attack", "mnist-resnet32-rce", "--atack", "bim", "--eps", "0.1"], "--atack", "--attack"),
+    (["train", "--datset", "mnist", "--objective", "ce", "--out", "x"], "--datset", "--dataset"),
+    (["attack", "m", "--attack", "fgsm", "--eps", "0.1", "--nn", "3"], "--nn 3", "--n"),
+    (["models", "--jsn"], "--jsn", "--json"),
+    (["data", "fetch", "mnist", "--data-dr", "x"], "--data-dr x", "--data-dir"),
+])
+def test_an_unknown_option_is_named_before_any_missing_argument(capsys, argv, unknown, suggestion):
+    code, out, err = parser_exit(argv, capsys)
+    line = one_error_line(err)
+    assert code == 2 and out == ""
+    assert f"unrecognized argument{'s' if ' ' in unknown else ''}: {unknown} (did you mean {suggestion}?)" in line
+    assert "required" not in line
+    assert line.startswith("rcenp " + " ".join(a for a in argv[:2] if a in ("attack", "train", "models", "data",
+                                                                            "fetch")))
+
+
+@pytest.mark.parametrize("argv, commands", [([], "train, eval, models, data"), (["data"], "fetch")])
+def test_no_command_lists_the_commands_not_a_dest_name(capsys, argv, commands):
+    code, _, err = parser_exit(argv, capsys)
+    line = one_error_line(err)
+    assert code == 2 and f"choose a command: {commands}" in line
+    assert "required" not in line and "command" not in line.split("choose a command")[0].replace("rcenp", "")
+    assert "data_command" not in line and "COMMAND" not in line
+
+
+def test_version(capsys):
+    code, out, _ = parser_exit(["--version"], capsys)
+    assert code == 0 and out.strip() == f"rcenp {rcenp.__version__}"
+
+
+def test_the_options_the_report_found_bare_have_help():
+    parser = cli.build_parser()
+    commands = dict(parser.commands, **{f"data {k}": v for k, v in parser.nested["data"][2].items()})
+    bare = [(name, action.option_strings) for name, command in commands.items() for action in command._actions
+            if action.option_strings and not action.help]
+    assert bare == []  # eval --data-dir and detect --seed among them
+
+
+# ---- N3: errors without Python text; validated before anything is printed or made -------------------
+@pytest.mark.parametrize("option", ["--out", "--png"])
+def test_out_or_png_naming_a_file_is_refused_before_the_header(setup, tmp_path, capfd, option):
+    run, root = setup
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    out = a_file if option == "--out" else tmp_path / "out"
+    argv = ["attack", str(run), "--attack", "fgsm", "--eps", "0.1", "--n", "2", "--data-dir", str(root),
+            "--out", str(out)] + (["--png", str(a_file)] if option == "--png" else [])
+    assert main(argv) == 2
+    captured = capfd.readouterr()  # file descriptors: the progress stream is the process's stderr
+    line = one_error_line(captured.err)
+    assert captured.out == ""
+    assert line == f"rcenp: error: {option} {a_file}: a file of that name exists; {option} names a folder"
+    assert a_file.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_an_os_error_reads_as_path_and_reason():
+    assert cli.error_text(FileExistsError(17, "File exists", "/x/afile")) == "/x/afile: file exists"
+    assert cli.error_text(ValueError("plain")) == "plain"
+
+
+def test_the_fetch_hint_appears_once(monkeypatch, tmp_path):
+    from rcenp.data import find_test_split
+
+    monkeypatch.delenv("RCENP_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    test, why = find_test_split("cifar10")
+    assert test is None and why.count("rcenp data fetch cifar10") == 1, why
+
+
+# ---- N4: rcenp attack's output ------------------------------------------------------------------------
+def test_attack_header_prints_options_and_plurals(setup, tmp_path):
+    run, root = setup
+    stream = io.StringIO()
+    run_attack(run, "bim", tmp_path / "bim", {"eps": 0.1, "steps": 2}, n=3, batch_size=5, data_dir=root,
+               stream=stream)
+    header = stream.getvalue().splitlines()[0]
+    assert header.startswith(f"bim eps=0.1 steps=2 on {run} (CE), images 0-2 of ") and "{" not in header
+    assert header.endswith(", 1 batch"), header
+    stream = io.StringIO()
+    run_attack(run, "fgsm", tmp_path / "fgsm", {"eps": 0.1}, n=7, batch_size=3, data_dir=root, stream=stream)
+    assert stream.getvalue().splitlines()[0].endswith(", 3 batches of 3")
+
+
+def test_resume_says_what_is_done_and_shows_no_rate_it_does_not_know(setup, tmp_path, monkeypatch):
+    run, root = setup
+    args = dict(n=9, batch_size=3, data_dir=root)
+    real, calls = attack_run.attack_function, []
+
+    def flaky(name, detector=None):
+        fn = real(name, detector)
+
+        def wrapped(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # killed during the second batch
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(attack_run, "attack_function", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(run, "fgsm", tmp_path / "r", {"eps": 0.05}, stream=io.StringIO(), **args)
+    monkeypatch.setattr(attack_run, "attack_function", real)
+    with pytest.raises(ValueError) as info:
+        run_attack(run, "fgsm", tmp_path / "r", {"eps": 0.06}, resume=True, seed=3, stream=io.StringIO(), **args)
+    assert str(info.value).endswith("--resume with other settings than the run there: "
+                                    "options.eps: 0.05 there, 0.06 now; seed: 0 there, 3 now")
+    stream = io.StringIO()
+    run_attack(run, "fgsm", tmp_path / "r", {"eps": 0.05}, resume=True, stream=stream, **args)
+    lines = stream.getvalue().splitlines()
+    assert lines[1] == "resuming: 1 of 3 batches done"
+    progress = [line for line in lines if line.startswith("batch ")]
+    assert progress and progress[0].startswith("batch 2/3  6 images  ")  # batch 1 was the earlier process's
+    assert "nan" not in stream.getvalue() and "img/s" in progress[0]
+
+
+def fake_summary(attack, options, efficient=1):
+    return {"settings": {"attack": attack, "model": "m", "options": options}, "test_set": "t",
+            "counts": {"n": 1}, "accuracy_clean": 1.0, "accuracy_under_attack": 0.0, "success_rate": 0.3,
+            "success_rate_8bit": 0.3, "distortion": {"l2_paper": {"efficient": {"n": efficient, "mean": 2.0}}}}
+
+
+@pytest.mark.parametrize("attack, options, criterion", [
+    ("jsma", {"theta": 0.1}, "attack success (reached target) 30.0%"),
+    ("cw", {"targets": "random"}, "attack success (reached target) 30.0%"),
+    ("cw", {"targets": "untargeted"}, "attack success          30.0%"),
+    ("ilcm", {"eps": 0.1}, "attack success (reached least likely) 30.0%"),
+    ("bim", {"eps": 0.1}, "attack success          30.0%"),
+])
+def test_summary_says_what_success_counts_and_counts_in_the_singular(attack, options, criterion):
+    text = format_summary(fake_summary(attack, options), "out")
+    assert f"  {criterion} (after 8-bit rounding 30.0%)" in text.splitlines()
+    assert ": 1 image (t)" in text and "over 1 successful attack on" in text
+    assert "over 2 successful attacks on" in format_summary(fake_summary(attack, options, efficient=2), "out")
+
+
+# ---- N4: nothing left behind, options that exclude each other --------------------------------------------
+def test_train_that_fails_leaves_no_out_folder(setup, tmp_path, capsys):
+    _, root = setup
+    base = ["train", "--dataset", "mnist", "--objective", "ce", "--steps", "1"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--data-dir", str(tmp_path / "empty")]) == 2
+    assert "mnist train images" in one_error_line(capsys.readouterr().err)
+    assert main(base + ["--out", str(tmp_path / "b"), "--data-dir", str(root), "--depth", "7"]) == 2
+    assert "depth must be 6n+2" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    (tmp_path / "afile").write_text("")
+    assert main(base + ["--out", str(tmp_path / "afile"), "--data-dir", str(root)]) == 2
+    assert "a file of that name exists" in one_error_line(capsys.readouterr().err)
+
+
+def test_eval_refuses_sample_with_data_dir(tmp_path, capsys):
+    assert main(["eval", "no-such-model", "--sample", "--data-dir", str(tmp_path)]) == 2
+    assert "--sample and --data-dir exclude each other" in one_error_line(capsys.readouterr().err)
+
+
+def test_demo_steps_only_for_the_engine_demo(monkeypatch, capsys):
+    from rcenp.models import registry
+
+    monkeypatch.setattr(registry, "shipped_models", lambda: ["a", "b"])
+    assert main(["demo", "--steps", "3"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--steps applies only to the engine demo" in line and "2 models are shipped" in line
+    steps = []
+    monkeypatch.setattr(registry, "shipped_models", lambda: [])
+    monkeypatch.setattr(cli, "engine_demo", lambda n, device: steps.append(n) or 0)
+    assert main(["demo", "--steps", "3"]) == 0 and main(["demo"]) == 0
+    assert steps == [3, 5]
+
+
+def test_run_json_is_unchanged_by_the_header(setup, tmp_path):
+    """The options recorded in run.json stay a JSON object (the header's text is for people only)."""
+    run, root = setup
+    run_attack(run, "bim", tmp_path / "o", {"eps": 0.1, "steps": 2}, n=2, batch_size=2, data_dir=root,
+               stream=io.StringIO())
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["options"] == {"eps": 0.1, "steps": 2}
