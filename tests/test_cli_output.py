@@ -28,9 +28,12 @@ RECORDS = [  # what evaluate_model returns, for the tests that need no real eval
 
 @pytest.fixture
 def no_data_root(monkeypatch, tmp_path):
-    """A fresh machine: no RCENP_DATA and an empty per-user cache."""
+    """A fresh machine: no RCENP_DATA, an empty per-user cache and no Debian Fashion-MNIST."""
+    from rcenp.data import datasets
+
     monkeypatch.delenv("RCENP_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-fashion-mnist")
 
 
 @pytest.fixture
@@ -54,14 +57,14 @@ def test_format_table_pads_and_aligns():
 
 
 def test_demo_on_the_sample_prints_todays_json_and_skips_what_has_no_data(no_data_root, with_cifar_model, capsys):
-    """The real thing, once: every shipped model runs on the embedded sample; the CIFAR-10 one is
-    skipped with its reason; the table built from the JSON records shows the same numbers."""
+    """The real thing, once: every shipped MNIST model runs on the embedded sample; the others
+    (Fashion-MNIST, a CIFAR-10 one) are skipped with their reason; the table built from the JSON
+    records shows the same numbers."""
     assert main(["demo", "--json"]) == 0
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
     records = [r for r in lines if "kind" not in r]
     attacked = [r for r in lines if r.get("kind") == "attack"]
-    assert [r["model"] for r in records] == registry.shipped_models()[:len(records)]
     assert [r["model"] for r in attacked] == [r["model"] for r in records if r["model"].startswith("mnist-")]
     for r in attacked:    # BIM on 200 correctly classified images: the paper's point, with numbers
         assert list(r) == list(demo.ATTACK_KEYS) and r["n"] == 200 and r["eps"] == 0.1
@@ -70,7 +73,10 @@ def test_demo_on_the_sample_prints_todays_json_and_skips_what_has_no_data(no_dat
     table = demo.attack_table(attacked)
     for r, row in zip(attacked, table.splitlines()[2:]):
         assert row.startswith(r["model"]) and f"{100 * r['correct_or_not_sure']:.1f}%" in row
-    assert len(records) == len(registry.shipped_models()) - 1  # all but the fake CIFAR-10 model
+    mnist = [name for name in registry.shipped_models() if demo.model_dataset(name) == "mnist"]
+    assert [r["model"] for r in records] == mnist  # the others have no data on a fresh machine, and say so
+    for name in set(registry.shipped_models()) - set(mnist) - {FAKE_CIFAR}:
+        assert f"{name}: skipped, no {demo.model_dataset(name)} test data" in captured.err
     for r in records:
         assert list(r) == TODAYS_KEYS and r["n"] == 1000
         assert r["test_error_percent"] == pytest.approx(100 * r["errors"] / 1000)
