@@ -174,16 +174,31 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
     if isinstance(ours, str):
         entry["rcenp"] = ours
         return entry
-    x_r, seconds = _timed(lambda: _host(ours(
-        model, x, targets=targets, labels=labels, binary_steps=args.cw_binary_steps, max_iterations=args.cw_steps,
-        initial_const=args.cw_c0, learning_rate=args.cw_lr, kappa=args.cw_kappa,
-        abort_early=args.cw_abort_early == "on")), args.repeats, "cw_l2 rcenp")
+    results = []
+
+    def run_rcenp():
+        results.append(ours(model, x, targets=targets, labels=labels, binary_steps=args.cw_binary_steps,
+                            max_iterations=args.cw_steps, initial_const=args.cw_c0, learning_rate=args.cw_lr,
+                            kappa=args.cw_kappa, abort_early=args.cw_abort_early == "on"))
+        return _host(results[-1])
+
+    x_r, seconds = _timed(run_rcenp, args.repeats, "cw_l2 rcenp")
     pred_r = predict_rcenp(x_r)
     entry["rcenp"] = _outcome(x_r, x, pred_r, targets, correct, seconds)
     if isinstance(entry["foolbox"], dict):
         entry["agreement"] = {"success_agreement": float(((pred_r == targets) == (pred_fb == targets)).mean()),
                               **_agreement(x_r, x_fb, pred_r, pred_fb)}
         entry["seconds_rcenp_over_foolbox"] = entry["rcenp"]["seconds"] / entry["foolbox"]["seconds"]
+        # the images whose success differs, with rcenp's per-sample audit (c of each binary step, ...)
+        l2_r, l2_fb = _l2_255(x_r, x), _l2_255(x_fb, x)
+        details = getattr(results[-1], "details", None) or [{}] * len(x)
+        entry["disagreements"] = [
+            {"index": int(i), "label": int(labels[i]), "target": int(targets[i]),
+             "foolbox": {"success": bool(pred_fb[i] == targets[i]), "l2_255": float(l2_fb[i])},
+             "rcenp": {"success": bool(pred_r[i] == targets[i]), "l2_255": float(l2_r[i]),
+                       **{k: details[i][k] for k in ("c", "step_success", "iterations", "step_stop")
+                          if k in details[i]}}}
+            for i in np.flatnonzero((pred_r == targets) != (pred_fb == targets))]
     return entry
 
 

@@ -35,6 +35,10 @@ def test_bim_and_cw_report(tmp_path, capsys):
     cw = entry["cw_l2"]
     assert cw["settings"]["n"] == 2 and cw["settings"]["max_iterations"] == 2
     assert isinstance(cw["foolbox"], str) or 0 <= cw["foolbox"]["success_rate"] <= 1
+    if isinstance(cw["foolbox"], dict) and isinstance(cw["rcenp"], dict):  # each image whose success differs, listed
+        disagree = cw["disagreements"]
+        assert len(disagree) == round(2 * (1 - cw["agreement"]["success_agreement"]))
+        assert all(d["foolbox"]["success"] != d["rcenp"]["success"] and len(d["rcenp"]["c"]) == 1 for d in disagree)
     assert not out.with_name("attacks.json.tmp").exists()
 
 
