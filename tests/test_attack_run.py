@@ -36,6 +36,22 @@ def read_samples(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+
+def killed_at_batch(k, real):
+    """An ``attack_function`` whose attacks raise KeyboardInterrupt at the k-th batch (a kill)."""
+    calls = []
+
+    def flaky(name, detector=None):
+        fn = real(name, detector)
+
+        def wrapped(*a, **kw):
+            calls.append(1)
+            if len(calls) == k:
+                raise KeyboardInterrupt
+            return fn(*a, **kw)
+        return wrapped
+    return flaky
+
 def test_files_records_and_summary(setup, tmp_path):
     run, root = setup
     summary = run_attack(run, "bim", tmp_path / "out", {"eps": 0.1, "steps": 2}, n=12, batch_size=5, data_dir=root)
@@ -61,19 +77,7 @@ def test_resume_after_an_interruption_gives_the_same_files(setup, tmp_path, monk
     args = dict(n=14, batch_size=4, data_dir=root)
     run_attack(run, "fgsm", tmp_path / "whole", {"eps": 0.05}, **args)
     real = attack_run.attack_function
-    calls = []
-
-    def flaky(name, detector=None):
-        fn = real(name, detector)
-
-        def wrapped(*a, **k):
-            calls.append(1)
-            if len(calls) == 3:
-                raise KeyboardInterrupt  # killed during the third batch
-            return fn(*a, **k)
-        return wrapped
-
-    monkeypatch.setattr(attack_run, "attack_function", flaky)
+    monkeypatch.setattr(attack_run, "attack_function", killed_at_batch(3, real))  # killed in the third batch
     with pytest.raises(KeyboardInterrupt):
         run_attack(run, "fgsm", tmp_path / "resumed", {"eps": 0.05}, **args)
     assert len(list((tmp_path / "resumed" / "partial").glob("*.jsonl"))) == 2

@@ -15,6 +15,7 @@ from rcenp.attacks.run import run_attack
 from rcenp.cli import main
 from rcenp.models import resnet
 from rcenp.objectives import Classifier
+from tests.test_attack_run import killed_at_batch
 
 
 @pytest.fixture(scope="module")
@@ -138,19 +139,8 @@ def test_attack_header_prints_options_and_plurals(setup, tmp_path):
 def test_resume_says_what_is_done_and_shows_no_rate_it_does_not_know(setup, tmp_path, monkeypatch):
     run, root = setup
     args = dict(n=9, batch_size=3, data_dir=root)
-    real, calls = attack_run.attack_function, []
-
-    def flaky(name, detector=None):
-        fn = real(name, detector)
-
-        def wrapped(*a, **k):
-            calls.append(1)
-            if len(calls) == 2:
-                raise KeyboardInterrupt  # killed during the second batch
-            return fn(*a, **k)
-        return wrapped
-
-    monkeypatch.setattr(attack_run, "attack_function", flaky)
+    real = attack_run.attack_function
+    monkeypatch.setattr(attack_run, "attack_function", killed_at_batch(2, real))  # killed in the second batch
     with pytest.raises(KeyboardInterrupt):
         run_attack(run, "fgsm", tmp_path / "r", {"eps": 0.05}, stream=io.StringIO(), **args)
     monkeypatch.setattr(attack_run, "attack_function", real)
