@@ -18,7 +18,7 @@ import numpy as np
 from rcenp import __version__
 from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
-from rcenp.data import DATASETS, DataError
+from rcenp.data import DATA_DIR_DEFAULT, DATASETS, DataError
 
 QUICK_HELP = ("quick = ResNet-14, 5,600 steps of batch 64 with lr 0.1/0.01/0.001 switching at 50%/75% "
               "of the run; measured on 2 CPU cores: RCE on MNIST reached 0.53% test error in 12.5 minutes")
@@ -26,7 +26,10 @@ QUICK_HELP = ("quick = ResNet-14, 5,600 steps of batch 64 with lr 0.1/0.01/0.001
 
 def _positive(kind):
     def parse(text):
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:  # else argparse names this function: "invalid parse value"
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
@@ -47,11 +50,22 @@ class _Parser(argparse.ArgumentParser):
             unknown = self.unrecognized(getattr(self, "_seen", []))
             if unknown:
                 message = self.unrecognized_message(unknown)
+        message = self.suggest_choice(message)
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
     def unrecognized_message(self, unknown) -> str:
         message = f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}"
         close = difflib.get_close_matches(unknown[0].split("=", 1)[0], self._option_string_actions, 1)
+        return message + (f" (did you mean {close[0]}?)" if close else "")
+
+    @staticmethod
+    def suggest_choice(message: str) -> str:
+        """argparse's "invalid choice: 'evl' (choose from ...)" with the closest choice named, as for options."""
+        match = re.fullmatch(r"(.*invalid choice: )(['\"]?)(.*?)\2 \(choose from (.*)\)", message, re.S)
+        if not match:
+            return message
+        choices = [c.strip().strip("'\"") for c in match[4].split(",")]
+        close = difflib.get_close_matches(match[3], choices, 1)
         return message + (f" (did you mean {close[0]}?)" if close else "")
 
     def unrecognized(self, args) -> list:
@@ -104,13 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-subset", type=_positive(int), help="use only the first N training images")
     t.add_argument("--activation", choices=["leaky_relu", "relu"],
                    help="default leaky_relu (slope 0.1, as in the authors' code)")
-    t.add_argument("--data-dir", help="data root (default: $RCENP_DATA, else the per-user cache)")
+    t.add_argument("--data-dir", help=f"data root ({DATA_DIR_DEFAULT})")
     t.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
 
     e = sub.add_parser("eval", help="test error of a run directory or shipped model")
     e.add_argument("model", help="run directory or shipped model name")
-    e.add_argument("--data-dir", help="data root holding the model's test set (default: $RCENP_DATA, else the "
-                   "per-user cache)")
+    e.add_argument("--data-dir", help=f"data root holding the model's test set ({DATA_DIR_DEFAULT})")
     e.add_argument("--sample", action="store_true",
                    help="use the embedded 1,000-image MNIST sample instead of a data root (not with --data-dir)")
     e.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
@@ -137,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="the main job: evaluate the shipped models (or a short engine demo)",
                        description="Evaluate every shipped model and its detector, then attack the MNIST ones "
                        "with BIM. Only when no model is shipped: a short engine demo instead (--steps).")
-    m.add_argument("--data-dir", help="data root (default: $RCENP_DATA, else the per-user cache); without "
+    m.add_argument("--data-dir", help=f"data root ({DATA_DIR_DEFAULT}); without "
                    "MNIST there, the embedded 1,000-image sample; models whose data is missing are skipped")
     m.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
     m.add_argument("--steps", type=_positive(int),

@@ -216,3 +216,32 @@ def test_run_json_is_unchanged_by_the_header(setup, tmp_path):
     run_attack(run, "bim", tmp_path / "o", {"eps": 0.1, "steps": 2}, n=2, batch_size=2, data_dir=root,
                stream=io.StringIO())
     assert json.loads((tmp_path / "o" / "run.json").read_text())["options"] == {"eps": 0.1, "steps": 2}
+
+
+# ---- second fresh-user report: choices and values read as words -------------------------------------
+@pytest.mark.parametrize("argv, suggestion", [(["evl"], "eval"), (["data", "ftch", "mnist"], "fetch"),
+                                              (["attack", "m", "--attack", "bimm"], "bim")])
+def test_an_invalid_choice_gets_a_did_you_mean(capsys, argv, suggestion):
+    code, out, err = parser_exit(argv, capsys)
+    assert code == 2 and out == ""
+    assert f"(did you mean {suggestion}?)" in one_error_line(err)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["attack", "m", "--attack", "fgsm", "--eps", "abc"], "argument --eps: not a number: 'abc'"),
+    (["attack", "m", "--attack", "fgsm", "--eps", "0.1", "--n", "x"], "argument --n: not an integer: 'x'"),
+    (["demo", "--steps", "abc"], "argument --steps: not an integer: 'abc'"),
+    (["train", "--dataset", "mnist", "--objective", "ce", "--out", "x", "--steps", "1.5"],
+     "argument --steps: not an integer: '1.5'"),
+])
+def test_a_bad_value_names_no_python_function(capsys, argv, expected):
+    code, _, err = parser_exit(argv, capsys)
+    assert code == 2 and expected in one_error_line(err) and "invalid" not in err
+
+
+def test_every_data_dir_help_names_the_debian_fashion_mnist_fallback():
+    parser = cli.build_parser()
+    helps = {name: action.help for name, command in parser.commands.items() for action in command._actions
+             if "--data-dir" in action.option_strings}
+    assert set(helps) == {"train", "eval", "detect", "attack", "reproduce", "demo"}
+    assert all("/usr/share/datasets/fashion-mnist" in text for text in helps.values()), helps

@@ -151,3 +151,54 @@ def test_detect_fit_command_saves_the_calibration_it_used(model, mnist_root, tmp
     assert main(["detect", str(run), "--fit", "--overwrite", "--calibrate-on", "train", "--kernel-from", "500",
                  "--data-dir", str(mnist_root)]) == 2
     assert "--kernel-from 500" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def fitted_run(model, data, tmp_path):
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    run = tmp_path / "run"
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="rce"), 1, {"note": "test"})
+    Detector(model, "confidence").calibrate(data[0][:100], 0.05).save(run / "detector")
+    return run
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("rcenp: error:"), captured
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_detect_an_empty_batch_is_named(fitted_run, tmp_path, capsys):
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match=r"empty.npz: no images in it \(shape \(0, 1, 28, 28\)\)"):
+        read_images(tmp_path / "empty.npz", (1, 28, 28))
+    assert main(["detect", str(fitted_run), "--images", str(tmp_path / "empty.npz")]) == 2
+    assert "empty.npz: no images in it" in one_error_line(capsys)
+
+
+def test_detect_reads_every_file_before_printing_any_answer(fitted_run, data, tmp_path, capsys):
+    from PIL import Image
+
+    np.savez(tmp_path / "good.npz", images=data[0][:2])
+    Image.fromarray(np.zeros((56, 56), np.uint8)).save(tmp_path / "big.png")
+    argv = ["detect", str(fitted_run), "--images", str(tmp_path / "good.npz"), str(tmp_path / "big.png")]
+    assert main(argv) == 2
+    assert "big.png: image is 56x56" in one_error_line(capsys)  # and no answer for good.npz before it
+
+
+@pytest.mark.parametrize("option", [["--metric", "confidence"], ["--fpr", "0.05"], ["--per-class", "10"],
+                                    ["--calibrate-on", "train"], ["--kernel-from", "5"], ["--seed", "0"],
+                                    ["--overwrite"], ["--data-dir", "x"]])
+def test_detect_refuses_fit_options_without_fit(fitted_run, data, tmp_path, capsys, option):
+    np.savez(tmp_path / "good.npz", images=data[0][:2])
+    assert main(["detect", str(fitted_run), "--images", str(tmp_path / "good.npz")] + option) == 2
+    assert f"{option[0]} applies only with --fit" in one_error_line(capsys)
+
+
+def test_detect_fpr_must_be_a_rate(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["detect", "m", "--fit", "--fpr", "2"])
+    assert info.value.code == 2 and "a rate must lie strictly between 0 and 1" in capsys.readouterr().err

@@ -7,18 +7,27 @@ import re
 
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
+from rcenp.data import DATA_DIR_DEFAULT
 from rcenp.progress import plural
 
 
+def _number(text, kind=float):
+    """``kind(text)``, or an argparse error that says what was expected (not "invalid _eps value")."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+
+
 def _eps(text):
-    value = float(text)
+    value = _number(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1] (box units: 0.1 is 25.5 on 0-255), got {text}")
     return value
 
 
 def _count(text):
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
@@ -81,8 +90,8 @@ def add_parser(sub) -> None:
                    help="attack nothing: write the run into --out from the folders of its finished --shard runs "
                    "(the same MODEL and options, without --shard)")
     a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR")
-    a.add_argument("--data-dir", help="data root holding the model's test set (default: $RCENP_DATA, else the "
-                   "per-user cache; MNIST without one: the embedded sample)")
+    a.add_argument("--data-dir", help=f"data root holding the model's test set ({DATA_DIR_DEFAULT}; MNIST "
+                   "without one: the embedded sample)")
     a.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
     a.add_argument("--json", action="store_true", help="print summary.json instead of a short table")
     a.set_defaults(attack_defaults={dest: a.get_default(dest) for dest in APPLIES})

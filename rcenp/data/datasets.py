@@ -38,6 +38,8 @@ FULL_SIZE = {
     "cifar10": {"train": 50_000, "test": 10_000},
 }
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+DATA_DIR_DEFAULT = ("default: $RCENP_DATA, else the per-user cache; Fashion-MNIST not found there is read from "
+                    f"{DEBIAN_FASHION_MNIST} (Debian's package) when present")  # for --data-dir help texts
 SAMPLE_DIR = Path(__file__).resolve().with_name("sample")
 SAMPLE_NOTE = "embedded sample: first 1,000 MNIST test images"
 

@@ -1,6 +1,7 @@
 """``rcenp detect``: fit a model's detector, or score image files with it (label or NOT SURE)."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -8,10 +9,23 @@ import numpy as np
 
 from rcenp.backend import DEVICE_HELP
 from rcenp.checkpoint import CheckpointError
+from rcenp.data import DATA_DIR_DEFAULT
 from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
 from rcenp.data.images import read_image
 
 CALIBRATION_SETS = ("test", "train")
+FIT_DEFAULTS = {"overwrite": False, "metric": "kd", "fpr": 0.05, "per_class": 1000, "calibrate_on": "test",
+                "kernel_from": None, "seed": 0, "data_dir": None}  # the options only --fit uses, and their defaults
+
+
+def _rate(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"a rate must lie strictly between 0 and 1 (0.05 is 5%), got {text}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -24,23 +38,24 @@ def add_parser(sub) -> None:
     d.add_argument("--fit", action="store_true", help="fit the kernel points and calibrate T (needs the data)")
     d.add_argument("--overwrite", action="store_true",
                    help="let --fit replace the model's fitted detector (a shipped model's too)")
-    d.add_argument("--metric", choices=["kd", "confidence", "non_me"], default="kd",
+    d.add_argument("--metric", choices=["kd", "confidence", "non_me"],
                    help="--fit: the detector's score: kd = kernel density (the paper's), confidence or non_me "
                    "(default kd)")
-    d.add_argument("--fpr", type=float, default=0.05, help="target false-positive rate on clean data (--fit)")
-    d.add_argument("--per-class", type=int, default=1000, help="kernel points per class (--fit; 0 = all)")
-    d.add_argument("--calibrate-on", choices=CALIBRATION_SETS, default="test",
+    d.add_argument("--fpr", type=_rate, help="target false-positive rate on clean data (--fit; default 0.05)")
+    d.add_argument("--per-class", type=int, help="kernel points per class (--fit; 0 = all; default 1000)")
+    d.add_argument("--calibrate-on", choices=CALIBRATION_SETS,
                    help="held-out clean images for T (--fit): 'test' = a seeded random half of the test split, "
                    "which the model never trained on (the other half stays for measuring the false-positive "
                    "rate); 'train' = the training images after --kernel-from (biased: the model fits them "
-                   "better than unseen images, so more clean test images get rejected than the target)")
+                   "better than unseen images, so more clean test images get rejected than the target; "
+                   "default test)")
     d.add_argument("--kernel-from", type=int,
                    help="kernel points come from the first N training images (default: all of them with "
                    "--calibrate-on test, 50,000 with --calibrate-on train)")
-    d.add_argument("--seed", type=int, default=0,
+    d.add_argument("--seed", type=int,
                    help="--fit: seeds the choice of kernel points per class and the random half of the test "
                    "split that calibrates T (default 0)")
-    d.add_argument("--data-dir", help="data root for --fit (default: $RCENP_DATA, else the per-user cache)")
+    d.add_argument("--data-dir", help=f"data root for --fit ({DATA_DIR_DEFAULT})")
     d.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
 
 
@@ -60,6 +75,8 @@ def read_images(path: Path, shape) -> np.ndarray:
                 array = data[key]
         except (OSError, ValueError) as exc:
             raise ValueError(str(exc) if str(path) in str(exc) else f"{path}: not a readable .npz ({exc})") from None
+        if array.size == 0:
+            raise ValueError(f"{path}: no images in it (shape {tuple(array.shape)})")
         if array.ndim == 3 and c == 1:
             array = array[:, None]
         if array.ndim != 4 or tuple(array.shape[1:]) != (c, h, w):
@@ -123,12 +140,32 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
     return det, held_out
 
 
+def check_fit_options(args) -> None:
+    """ValueError naming the first --fit-only option given without --fit; then fills in the defaults
+    of those not given (they are parsed as None, so that an option given at its default value counts)."""
+    for dest, default in FIT_DEFAULTS.items():
+        given = getattr(args, dest, None)
+        if given is None or given is False:
+            setattr(args, dest, default)
+        elif not args.fit:
+            raise ValueError(f"--{dest.replace('_', '-')} applies only with --fit (it sets how the detector is "
+                             "fitted; scoring uses the fitted detector's own settings)")
+
+
 def cmd_detect(args) -> int:
     from rcenp.detect.detector import NOT_SURE, Detector, detector_stem
     from rcenp.models.registry import load, resolve
 
+    check_fit_options(args)
     model, manifest = load(args.model, args.device)
     stem = detector_stem(resolve(args.model))
+    if not args.images and not args.fit:
+        raise ValueError("nothing to do: pass --images FILE... (or --fit)")
+    if not args.fit and not stem.with_suffix(".json").is_file():
+        raise CheckpointError(f"{args.model}: no fitted detector ({stem.with_suffix('.json')}); run with --fit first")
+    channels = 1 if manifest["config"]["dataset"] != "cifar10" else 3
+    size = 32 if channels == 3 else 28
+    batches = [(name, read_images(Path(name), (channels, size, size))) for name in args.images or ()]  # all, first
     if args.fit:
         if stem.with_suffix(".json").is_file() and not args.overwrite:
             raise CheckpointError(f"{args.model} already has a fitted detector ({stem.with_suffix('.json')}); "
@@ -139,15 +176,8 @@ def cmd_detect(args) -> int:
         print(det.describe())
         if not args.images:
             return 0
-    if not args.images:
-        raise ValueError("nothing to do: pass --images FILE... (or --fit)")
-    if not stem.with_suffix(".json").is_file():
-        raise CheckpointError(f"{args.model}: no fitted detector ({stem.with_suffix('.json')}); run with --fit first")
     det = Detector.load(stem, model)
-    channels = 1 if manifest["config"]["dataset"] != "cifar10" else 3
-    size = 32 if channels == 3 else 28
-    for name in args.images:
-        images = read_images(Path(name), (channels, size, size))
+    for name, images in batches:
         labels, scores = det.predict(images)
         for i, label in enumerate(labels):
             where = name if len(labels) == 1 else f"{name}[{i}]"

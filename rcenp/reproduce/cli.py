@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from rcenp.backend import DEVICE_HELP
+from rcenp.data import DATA_DIR_DEFAULT
 from rcenp.reproduce.budgets import BUDGETS
 from rcenp.reproduce.cells import PARTS
 from rcenp.reproduce.figures import INSTALL_HINT
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
     r.add_argument("--out", help="output folder (default runs/reproduce-BUDGET)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
     r.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)} (default all)")
-    r.add_argument("--data-dir", help="data root (default $RCENP_DATA; MNIST falls back to the embedded sample)")
+    r.add_argument("--data-dir", help=f"data root ({DATA_DIR_DEFAULT}; MNIST falls back to the "
+                   "embedded sample)")
     r.add_argument("--cells-from", action="append", default=[], metavar="DIR",
                    help="use finished attack cells from DIR/<model>/<attack>-<eps>/ (e.g. results/fig2a) instead "
                    "of computing them; repeatable")
