@@ -18,7 +18,8 @@ import numpy as np
 from rcenp import __version__
 from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
-from rcenp.data import DATA_DIR_DEFAULT, DATASETS, DataError
+from rcenp.data import DATASETS, DataError
+from rcenp.data.datasets import DATA_DIR_DEFAULT
 
 QUICK_HELP = ("quick = ResNet-14, 5,600 steps of batch 64 with lr 0.1/0.01/0.001 switching at 50%/75% "
               "of the run; measured on 2 CPU cores: RCE on MNIST reached 0.53% test error in 12.5 minutes")

@@ -7,7 +7,7 @@ import re
 
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
-from rcenp.data import DATA_DIR_DEFAULT
+from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.progress import plural
 
 

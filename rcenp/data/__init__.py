@@ -12,12 +12,11 @@ file (any Pillow mode, 16-bit in full) and :func:`write_png16` writes one as a 1
 from __future__ import annotations
 
 from .augment import BatchStream, augment_cifar
-from .datasets import DATA_DIR_DEFAULT, DATASETS, Dataset, data_root, find_test_split, load, load_sample
+from .datasets import DATASETS, Dataset, data_root, find_test_split, load, load_sample
 from .errors import DataError
 from .images import read_image, write_png16
 
 __all__ = [
-    "DATA_DIR_DEFAULT",
     "DATASETS",
     "BatchStream",
     "DataError",

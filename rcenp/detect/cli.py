@@ -9,7 +9,7 @@ import numpy as np
 
 from rcenp.backend import DEVICE_HELP
 from rcenp.checkpoint import CheckpointError
-from rcenp.data import DATA_DIR_DEFAULT
+from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
 from rcenp.data.images import read_image
 

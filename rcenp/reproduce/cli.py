@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from rcenp.backend import DEVICE_HELP
-from rcenp.data import DATA_DIR_DEFAULT
+from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.reproduce.budgets import BUDGETS
 from rcenp.reproduce.cells import PARTS
 from rcenp.reproduce.figures import INSTALL_HINT
