@@ -47,6 +47,13 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+def check_folder(path, option: str) -> None:
+    """ValueError (one line) when ``path`` exists and is not a folder: caught before anything is
+    written or printed, instead of the OS's 'File exists' halfway through."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"{option} {path}: a file of that name exists; {option} names a folder")
+
+
 def atomic_write_text(path, text: str) -> None:
     """Write text to ``path`` through a temporary file and a rename."""
     _atomic_write(Path(path), lambda fh: fh.write(text.encode()))

@@ -129,8 +129,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     """
     checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir}: a file of that name exists; --out names a folder")
+    checkpoint.check_folder(out_dir, "--out")
     device = device or default_device()
     model = build_classifier(config).to(device)  # a bad depth fails here, before the data is read
     train_set = load(config.dataset, "train", data_root)

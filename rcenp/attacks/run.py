@@ -114,9 +114,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
 
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}: expected one of {', '.join(ATTACKS)}")
-    _check_folder(out_dir, "--out")
+    checkpoint.check_folder(out_dir, "--out")
     if png_dir is not None:
-        _check_folder(png_dir, "--png")
+        checkpoint.check_folder(png_dir, "--png")
     model, manifest = load_model(model_ref, device)
     dataset = manifest["config"]["dataset"]
     test, why = find_test_split(dataset, data_dir, strict=True)
@@ -300,13 +300,6 @@ def format_options(options: dict) -> str:
         else:
             parts.append(f"{key}={value}")
     return " ".join(parts)
-
-
-def _check_folder(path, option: str) -> None:
-    """ValueError (one line) when ``path`` exists and is not a folder: caught before anything is
-    written or printed, instead of the OS's 'File exists' halfway through."""
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ValueError(f"{option} {path}: a file of that name exists; {option} names a folder")
 
 
 def _unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
