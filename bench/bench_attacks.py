@@ -161,15 +161,25 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
         criterion = fb.criteria.TargetedMisclassification(torch.from_numpy(targets))
         xt = torch.from_numpy(x)
 
+        sentinel = []
+
         def run_foolbox():
-            # foolbox returns zeros where it found nothing; the protocol returns the clean image
-            _, clipped, success = attack(fmodel, xt, criterion, epsilons=None)
-            return torch.where(success.view(-1, 1, 1, 1), clipped, xt).detach().numpy()
+            # Where its search found nothing, foolbox returns an all-zero image (landscape §2.6), and
+            # its criterion then re-judges that image: a uniform grey the network happens to call the
+            # target counts as a "success" at ||delta|| ~ 122 on 0-255. Those are failures; the
+            # protocol returns the clean image for a failure.
+            raw, clipped, success = attack(fmodel, xt, criterion, epsilons=None)
+            found = raw.flatten(1).abs().amax(1) > 0
+            sentinel.append(int((success & ~found).sum()))
+            return torch.where((success & found).view(-1, 1, 1, 1), clipped, xt).detach().numpy()
 
         x_fb, seconds = _timed(run_foolbox, args.repeats, "cw_l2 foolbox")
         with torch.no_grad():
             pred_fb = twin(torch.from_numpy(x_fb)).argmax(1).numpy()
-        entry["foolbox"] = {"version": fb.__version__, **_outcome(x_fb, x, pred_fb, targets, correct, seconds)}
+        entry["foolbox"] = {"version": fb.__version__, **_outcome(x_fb, x, pred_fb, targets, correct, seconds),
+                            "all_zero_failure_images_judged_successful": sentinel[-1],
+                            "success_rate_as_foolbox_reports_it": float((pred_fb == targets).mean())
+                            + sentinel[-1] / n}
     ours = rcenp_attack(attacks_module, "cw_l2")
     if isinstance(ours, str):
         entry["rcenp"] = ours
