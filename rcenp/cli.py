@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from rcenp import __version__
+from rcenp.argtypes import count, integer
 from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
@@ -23,18 +24,6 @@ from rcenp.data.datasets import DATA_DIR_DEFAULT
 
 QUICK_HELP = ("quick = ResNet-14, 5,600 steps of batch 64 with lr 0.1/0.01/0.001 switching at 50%/75% "
               "of the run; measured on 2 CPU cores: RCE on MNIST reached 0.53% test error in 12.5 minutes")
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:  # else argparse names this function: "invalid parse value"
-            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,20 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", choices=DATASETS, required=True, help="the data set to train on")
     t.add_argument("--objective", choices=["ce", "rce"], required=True,
                    help="ce = cross-entropy, rce = reverse cross-entropy (the paper's)")
-    t.add_argument("--depth", type=int, help="6n+2: 32 (default for paper), 56, 14 (quick), ...")
-    t.add_argument("--steps", type=_positive(int), help="override the preset's number of steps")
-    t.add_argument("--batch-size", type=_positive(int), help="default: 128 (paper), 64 (quick)")
+    t.add_argument("--depth", type=integer, help="6n+2: 32 (default for paper), 56, 14 (quick), ...")
+    t.add_argument("--steps", type=count, help="override the preset's number of steps")
+    t.add_argument("--batch-size", type=count, help="default: 128 (paper), 64 (quick)")
     t.add_argument("--out", required=True, help="run directory (checkpoints, train.log, metrics.json)")
     t.add_argument("--preset", choices=["paper", "quick", "subset"], default="paper",
                    help="the schedule (described above; default paper)")
-    t.add_argument("--seed", type=int, default=0,
+    t.add_argument("--seed", type=integer, default=0,
                    help="seeds the initial weights, the batch order and the augmentation (default 0)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    t.add_argument("--checkpoint-every", type=_positive(int), metavar="STEPS",
+    t.add_argument("--checkpoint-every", type=count, metavar="STEPS",
                    help="steps between checkpoints (default 1000; quick: 700)")
-    t.add_argument("--stop-at", type=_positive(int), metavar="STEP",
+    t.add_argument("--stop-at", type=count, metavar="STEP",
                    help="checkpoint after STEP and stop (continue later with --resume)")
-    t.add_argument("--train-subset", type=_positive(int), help="use only the first N training images")
+    t.add_argument("--train-subset", type=count, help="use only the first N training images")
     t.add_argument("--activation", choices=["leaky_relu", "relu"],
                    help="default leaky_relu (slope 0.1, as in the authors' code)")
     t.add_argument("--data-dir", help=f"data root ({DATA_DIR_DEFAULT})")
@@ -154,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--data-dir", help=f"data root ({DATA_DIR_DEFAULT}); without "
                    "MNIST there, the embedded 1,000-image sample; models whose data is missing are skipped")
     m.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
-    m.add_argument("--steps", type=_positive(int),
+    m.add_argument("--steps", type=count,
                    help="only for the engine demo, which runs when no model is shipped: SGD steps on random "
                    "data (default 5); refused when models are shipped")
     m.add_argument("--json", action="store_true", help="one JSON line per model instead of tables")

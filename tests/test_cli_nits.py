@@ -233,6 +233,22 @@ def test_an_invalid_choice_gets_a_did_you_mean(capsys, argv, suggestion):
     (["demo", "--steps", "abc"], "argument --steps: not an integer: 'abc'"),
     (["train", "--dataset", "mnist", "--objective", "ce", "--out", "x", "--steps", "1.5"],
      "argument --steps: not an integer: '1.5'"),
+    # options that once used argparse's bare int/float ("invalid int value: 'x'")
+    (["train", "--dataset", "mnist", "--objective", "ce", "--out", "x", "--seed", "x"],
+     "argument --seed: not an integer: 'x'"),
+    (["train", "--dataset", "mnist", "--objective", "ce", "--out", "x", "--depth", "deep"],
+     "argument --depth: not an integer: 'deep'"),
+    (["attack", "m", "--attack", "cw", "--kappa", "abc"], "argument --kappa: not a number: 'abc'"),
+    (["attack", "m", "--attack", "cw", "--kappa", "-1"], "argument --kappa: must be >= 0, got -1"),
+    (["attack", "m", "--attack", "cw", "--initial-const", "0"], "argument --initial-const: must be positive, got 0"),
+    (["attack", "m", "--attack", "cw", "--learning-rate", "nan"],
+     "argument --learning-rate: must be a finite number, got 'nan'"),
+    (["attack", "m", "--attack", "fgsm", "--eps", "0.1", "--seed", "1.5"], "argument --seed: not an integer: '1.5'"),
+    (["detect", "m", "--fit", "--per-class", "x"], "argument --per-class: not an integer: 'x'"),
+    (["detect", "m", "--fit", "--per-class", "-1"], "argument --per-class: must be >= 0, got -1"),
+    (["detect", "m", "--fit", "--kernel-from", "0"], "argument --kernel-from: must be positive, got 0"),
+    (["detect", "m", "--fit", "--seed", "s"], "argument --seed: not an integer: 's'"),
+    (["detect", "m", "--fit", "--fpr", "abc"], "argument --fpr: not a number: 'abc'"),
 ])
 def test_a_bad_value_names_no_python_function(capsys, argv, expected):
     code, _, err = parser_exit(argv, capsys)

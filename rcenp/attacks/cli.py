@@ -5,31 +5,17 @@ import argparse
 import json
 import re
 
+from rcenp.argtypes import count, integer, nonnegative, positive, real
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.progress import plural
 
 
-def _number(text, kind=float):
-    """``kind(text)``, or an argparse error that says what was expected (not "invalid _eps value")."""
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
-
-
 def _eps(text):
-    value = _number(text)
+    value = real(text)
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"must lie in (0, 1] (box units: 0.1 is 25.5 on 0-255), got {text}")
-    return value
-
-
-def _count(text):
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
@@ -52,18 +38,18 @@ def add_parser(sub) -> None:
     a.add_argument("--eps", type=_eps,
                    help="FGSM/BIM/ILCM/JSMA (required): epsilon in box units (the L-inf radius), for JSMA theta "
                    "(the step added per feature)")
-    a.add_argument("--steps", type=_count, default=10, help="BIM/ILCM: steps of eps/steps (default 10)")
+    a.add_argument("--steps", type=count, default=10, help="BIM/ILCM: steps of eps/steps (default 10)")
     a.add_argument("--target-vector", choices=["paper", "pang2018-code"], default="paper",
                    help="ILCM: one-hot least-likely target (paper), or the authors' released +-0.5 vector")
     a.add_argument("--variant", choices=["pang2018", "papernot"], default="pang2018", help="JSMA variant")
-    a.add_argument("--max-iterations", type=_count,
+    a.add_argument("--max-iterations", type=count,
                    help="JSMA: iteration cap (pang2018 default 100); C&W: iterations per binary step (default "
                    "10,000; cw-wb: of stage 2)")
     c = a.add_argument_group("C&W (cw = C&W-L2, cw-hc = kappa 10, cw-wb = also against the K-density detector)")
-    c.add_argument("--kappa", type=float, help="margin in logits (cw 0, cw-hc 10, cw-wb 5)")
-    c.add_argument("--initial-const", type=float, help="first c (cw, cw-hc: 1.0; cw-wb stage 2: 100)")
-    c.add_argument("--binary-steps", type=_count, help="binary-search steps on c (default 9; cw-wb: of stage 2)")
-    c.add_argument("--learning-rate", type=float, default=0.01, help="Adam step size (default 0.01)")
+    c.add_argument("--kappa", type=nonnegative(real), help="margin in logits (cw 0, cw-hc 10, cw-wb 5)")
+    c.add_argument("--initial-const", type=positive(real), help="first c (cw, cw-hc: 1.0; cw-wb stage 2: 100)")
+    c.add_argument("--binary-steps", type=count, help="binary-search steps on c (default 9; cw-wb: of stage 2)")
+    c.add_argument("--learning-rate", type=positive(real), default=0.01, help="Adam step size (default 0.01)")
     c.add_argument("--targets", choices=["random", "untargeted"], default="random",
                    help="random: a seeded class other than the true label per image (the paper); untargeted")
     c.add_argument("--kernel", choices=["attacker", "detector"], default="attacker",
@@ -72,15 +58,15 @@ def add_parser(sub) -> None:
     c.add_argument("--anchor", choices=["clean", "stage1"], default="clean",
                    help="cw-wb: stage 2's distance term measured to the clean image (Carlini) or to the stage-1 "
                    "image (the authors' code); reported distortion is always to the clean image")
-    c.add_argument("--stage1-iterations", type=_count, help="cw-wb: stage-1 iterations per binary step (5,000)")
-    c.add_argument("--stage1-binary-steps", type=_count, help="cw-wb: stage-1 binary steps (3)")
+    c.add_argument("--stage1-iterations", type=count, help="cw-wb: stage-1 iterations per binary step (5,000)")
+    c.add_argument("--stage1-binary-steps", type=count, help="cw-wb: stage-1 binary steps (3)")
     a.add_argument("--substitute", metavar="MODEL",
                    help="black-box transfer (paper 4.5): craft on this model (with its own detector for cw-wb) "
                    "and report on MODEL with MODEL's detector")
-    a.add_argument("--n", type=_count, default=1000, help="attack the first N test images (default 1000)")
-    a.add_argument("--seed", type=int, default=0,
+    a.add_argument("--n", type=count, default=1000, help="attack the first N test images (default 1000)")
+    a.add_argument("--seed", type=integer, default=0,
                    help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
-    a.add_argument("--batch-size", type=_count, default=100,
+    a.add_argument("--batch-size", type=count, default=100,
                    help="images per checkpointed batch (default 100)")
     a.add_argument("--out", help="output directory (default runs/attack-MODEL-ATTACK-EPS)")
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished batch")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcenp.argtypes import count, integer, nonnegative, real
 from rcenp.backend import DEVICE_HELP
 from rcenp.checkpoint import CheckpointError
 from rcenp.data.datasets import DATA_DIR_DEFAULT
@@ -19,10 +20,7 @@ FIT_DEFAULTS = {"overwrite": False, "metric": "kd", "fpr": 0.05, "per_class": 10
 
 
 def _rate(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = real(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"a rate must lie strictly between 0 and 1 (0.05 is 5%), got {text}")
     return value
@@ -42,17 +40,17 @@ def add_parser(sub) -> None:
                    help="--fit: the detector's score: kd = kernel density (the paper's), confidence or non_me "
                    "(default kd)")
     d.add_argument("--fpr", type=_rate, help="target false-positive rate on clean data (--fit; default 0.05)")
-    d.add_argument("--per-class", type=int, help="kernel points per class (--fit; 0 = all; default 1000)")
+    d.add_argument("--per-class", type=nonnegative(integer), help="kernel points per class (--fit; 0 = all; default 1000)")
     d.add_argument("--calibrate-on", choices=CALIBRATION_SETS,
                    help="held-out clean images for T (--fit): 'test' = a seeded random half of the test split, "
                    "which the model never trained on (the other half stays for measuring the false-positive "
                    "rate); 'train' = the training images after --kernel-from (biased: the model fits them "
                    "better than unseen images, so more clean test images get rejected than the target; "
                    "default test)")
-    d.add_argument("--kernel-from", type=int,
+    d.add_argument("--kernel-from", type=count,
                    help="kernel points come from the first N training images (default: all of them with "
                    "--calibrate-on test, 50,000 with --calibrate-on train)")
-    d.add_argument("--seed", type=int,
+    d.add_argument("--seed", type=integer,
                    help="--fit: seeds the choice of kernel points per class and the random half of the test "
                    "split that calibrates T (default 0)")
     d.add_argument("--data-dir", help=f"data root for --fit ({DATA_DIR_DEFAULT})")
