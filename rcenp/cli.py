@@ -1,7 +1,8 @@
 """The ``rcenp`` command: train, eval, data fetch, demo (and detect, attack and reproduce, from their packages).
 
-Every anticipated failure (bad data, a bad checkpoint, a bad argument) ends with one
-``rcenp: error: ...`` line and exit status 2, never a traceback.
+Every anticipated failure (bad data, a bad checkpoint, a bad argument) ends with one error line
+and exit status 2, never a traceback, prefixed by the command as argparse's own errors are:
+``rcenp attack: error: ...``, ``rcenp data fetch: error: ...``.
 """
 from __future__ import annotations
 
@@ -311,10 +312,10 @@ def main(argv=None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:
-        sys.stderr.write(f"rcenp: error: {error_text(exc)}\n")
+        sys.stderr.write(f"{command_parser.prog}: error: {error_text(exc)}\n")  # as the parser's errors read
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("rcenp: interrupted\n")
+        sys.stderr.write(f"{command_parser.prog}: interrupted\n")
         return 130
 
 

@@ -180,7 +180,7 @@ def test_command_errors_are_one_line(setup, tmp_path, capsys, argv, message):
         capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rcenp: error:") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("rcenp attack: error:") and message in err[0]
 
 
 def test_a_setting_the_attack_refuses_leaves_no_run_behind(setup, tmp_path, capsys):

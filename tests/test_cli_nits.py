@@ -104,7 +104,7 @@ def test_out_or_png_naming_a_file_is_refused_before_the_header(setup, tmp_path, 
     captured = capfd.readouterr()  # file descriptors: the progress stream is the process's stderr
     line = one_error_line(captured.err)
     assert captured.out == ""
-    assert line == f"rcenp: error: {option} {a_file}: a file of that name exists; {option} names a folder"
+    assert line == f"rcenp attack: error: {option} {a_file}: a file of that name exists; {option} names a folder"
     assert a_file.read_text() == "mine" and not (tmp_path / "out").exists()
 
 
@@ -261,3 +261,30 @@ def test_every_data_dir_help_names_the_debian_fashion_mnist_fallback():
              if "--data-dir" in action.option_strings}
     assert set(helps) == {"train", "eval", "detect", "attack", "reproduce", "demo"}
     assert all("/usr/share/datasets/fashion-mnist" in text for text in helps.values()), helps
+
+
+# ---- third fresh-user report ----------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["train", "--dataset", "mnist", "--objective", "ce", "--out", "OUT", "--data-dir", "EMPTY"],
+    ["eval", "m", "--sample", "--data-dir", "EMPTY"],
+    ["detect", "no-such-model", "--images", "x.npz"],
+    ["attack", "no-such-model", "--attack", "fgsm", "--eps", "0.1"],
+    ["demo", "--data-dir", "MISSING"],
+    ["reproduce", "--budget", "huge", "--out", "OUT"],
+    ["data", "fetch", "mnist", "--data-dir", "EMPTY"],
+])
+def test_a_commands_own_errors_carry_its_prefix_as_argparse_errors_do(tmp_path, capsys, monkeypatch, argv):
+    from rcenp.data import DataError, fetch
+
+    def refuse(*args, **kwargs):
+        raise DataError("no network here")
+
+    monkeypatch.setattr(fetch, "fetch", refuse)
+    (tmp_path / "empty").mkdir()
+    places = {"OUT": tmp_path / "out", "EMPTY": tmp_path / "empty", "MISSING": tmp_path / "missing"}
+    prefix = "rcenp " + " ".join(a for a in argv[:2] if a in cli.build_parser().commands or a == "fetch")
+    assert main([str(places.get(a, a)) for a in argv]) == 2
+    assert one_error_line(capsys.readouterr().err).startswith(prefix + ": error: ")
+    command = argv[:2] if argv[0] == "data" else argv[:1]
+    _, _, err = parser_exit(command + ["--no-such-option"], capsys)  # argparse's error, for comparison
+    assert one_error_line(err).startswith(prefix + ": error: ")

@@ -149,4 +149,4 @@ def test_demo_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):
     """A mistyped --data-dir is an error, not a silent fallback to the embedded sample."""
     assert main(["demo", "--data-dir", str(tmp_path / "no-such-folder")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"rcenp: error: --data-dir {tmp_path / 'no-such-folder'}: no such folder"]
+    assert err == [f"rcenp demo: error: --data-dir {tmp_path / 'no-such-folder'}: no such folder"]

@@ -337,5 +337,5 @@ def test_cli_missing_data_is_one_error_line(tmp_path, capsys):
 
     assert main(["eval", "mnist-resnet32-ce", "--data-dir", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("rcenp: error: mnist test images: no t10k-images-idx3-ubyte")
+    assert err.count("\n") == 1 and err.startswith("rcenp eval: error: mnist test images: no t10k-images-idx3-ubyte")
     assert f"rcenp data fetch mnist --data-dir {tmp_path}" in err

@@ -96,7 +96,7 @@ def test_detect_command(model, data, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"junk")
     assert main(["detect", str(run), "--images", str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("rcenp: error:") and "bad.png" in err[0]
+    assert len(err) == 1 and err[0].startswith("rcenp detect: error:") and "bad.png" in err[0]
     assert main(["detect", str(tmp_path / "nothing"), "--images", str(tmp_path / "batch.npz")]) == 2
 
 
@@ -166,7 +166,7 @@ def fitted_run(model, data, tmp_path):
 def one_error_line(capsys) -> str:
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("rcenp: error:"), captured
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("rcenp detect: error:"), captured
     assert "Traceback" not in captured.err
     return lines[0]
 

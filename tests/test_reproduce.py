@@ -234,7 +234,7 @@ def test_the_result_line_goes_to_stdout_and_progress_to_stderr(smoke, capsys):
 def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path / "out")] + argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("rcenp: error: ") and message in err
+    assert err.count("\n") == 1 and err.startswith("rcenp reproduce: error: ") and message in err
     assert "Traceback" not in err
 
 

@@ -166,7 +166,7 @@ def run_cli(args, capsys):
 def test_cli_errors_are_one_line(tiny_root, tmp_path, capsys):
     code, err = run_cli(["train", "--dataset", "mnist", "--objective", "ce", "--out", str(tmp_path / "a"),
                          "--data-dir", str(tmp_path / "nowhere")], capsys)
-    assert code == 2 and len(err) == 1 and err[0].startswith("rcenp: error:") and "nowhere" in err[0]
+    assert code == 2 and len(err) == 1 and err[0].startswith("rcenp train: error:") and "nowhere" in err[0]
     code, err = run_cli(["eval", str(tmp_path / "missing-run")], capsys)
     assert code == 2 and len(err) == 1 and "missing-run" in err[0]
     ok = ["train", "--dataset", "mnist", "--objective", "ce", "--preset", "quick", "--depth", "8", "--steps", "2",
