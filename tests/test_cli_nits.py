@@ -288,3 +288,15 @@ def test_a_commands_own_errors_carry_its_prefix_as_argparse_errors_do(tmp_path, 
     command = argv[:2] if argv[0] == "data" else argv[:1]
     _, _, err = parser_exit(command + ["--no-such-option"], capsys)  # argparse's error, for comparison
     assert one_error_line(err).startswith(prefix + ": error: ")
+
+
+@pytest.mark.parametrize("argv", [
+    ["attack", "nosuchmodel", "--attack", "bim"],                       # no --eps
+    ["attack", "nosuchmodel", "--attack", "cw", "--eps", "0.1"],        # --eps not for cw
+    ["attack", "mnist-resnet32-ce", "--attack", "bim", "--substitute", "nosuchmodel"],
+    ["detect", "nosuchmodel", "--fpr", "0.1"],                          # --fpr without --fit
+])
+def test_an_unknown_model_is_named_before_what_its_options_lack(capsys, argv):
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"rcenp {argv[0]}: error: nosuchmodel: neither a run directory"), line

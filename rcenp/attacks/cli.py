@@ -128,6 +128,11 @@ def options_of(args) -> dict:
 def cmd_attack(args) -> int:
     from pathlib import Path
 
+    from rcenp.models.registry import resolve
+
+    for model in (args.model, args.substitute):  # an unknown model is the news, before what the options lack
+        if model is not None:
+            resolve(model)
     if args.attack in EPS_ATTACKS and args.eps is None:
         raise ValueError(f"--attack {args.attack} needs --eps")
     check_options(args)

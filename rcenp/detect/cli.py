@@ -154,6 +154,7 @@ def cmd_detect(args) -> int:
     from rcenp.detect.detector import NOT_SURE, Detector, detector_stem
     from rcenp.models.registry import load, resolve
 
+    resolve(args.model)  # an unknown model is the news, before a misplaced option
     check_fit_options(args)
     model, manifest = load(args.model, args.device)
     stem = detector_stem(resolve(args.model))
