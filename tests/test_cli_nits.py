@@ -300,3 +300,36 @@ def test_an_unknown_model_is_named_before_what_its_options_lack(capsys, argv):
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"rcenp {argv[0]}: error: nosuchmodel: neither a run directory"), line
+
+
+def _zip_of(members: dict) -> bytes:
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"garbage", "not a zip archive"),                                          # numpy said: allow_pickle=
+    (b"", "not a zip archive"),
+    (_npz_bytes(images=np.zeros((2, 1, 28, 28), np.float32))[:300], "not a zip archive, or a truncated one"),
+    (b"\x93NUMPY\x01\x00" + b"\x00" * 40, "a lone .npy array"),
+    (_zip_of({"images.npy": b"not an array"}), "its member 'images' is not a NumPy array"),
+    (_npz_bytes(images=np.array([{"a": 1}], dtype=object)), "it holds Python objects"),  # numpy: allow_pickle
+])
+def test_a_corrupt_npz_is_named_plainly(tmp_path, capsys, content, why):
+    bad = tmp_path / "batch.npz"
+    bad.write_bytes(content)
+    assert main(["detect", "mnist-resnet32-rce", "--images", str(bad), "--device", "cpu"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"rcenp detect: error: {bad}: not a readable .npz image archive ({why}")
+    assert "pickle" not in line and "allow" not in line

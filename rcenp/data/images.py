@@ -1,4 +1,5 @@
-"""Image files: :func:`read_image` for the images users send, :func:`write_png16` for attack images.
+"""Image files: :func:`read_image` for the images users send, :func:`write_png16` for attack images,
+:func:`read_npz` for a batch of them in an .npz archive.
 
 Pixels are float32 (C, H, W) in [-0.5, 0.5], as :func:`rcenp.data.load` gives them. Reading takes
 any single image Pillow opens (PNG, JPEG, BMP, GIF, TIFF, WebP, PGM/PPM, ...); 16-bit PNGs are
@@ -34,6 +35,7 @@ import io
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,43 @@ def read_image(path: str | os.PathLike, channels: int, size: tuple[int, int] | N
         return _to_pixels(samples, 65535, colour_type in (4, 6), channels)
     samples, maximum, alpha = _read_with_pillow(data, path, size)
     return _to_pixels(samples, maximum, alpha, channels)
+
+
+def read_npz(path: str | os.PathLike, keys=("images", "adversarial")) -> np.ndarray:
+    """The array of .npz archive ``path`` named by the first of ``keys`` it holds, else its only
+    array, as stored (no scaling, no shape check); never unpickles.
+
+    Raises ValueError, one line naming the file: 'not a readable .npz image archive (why)' for a
+    file that is not a zip archive (a lone .npy array, say), is damaged, holds Python objects or a
+    member that is not a NumPy array; or for an archive with neither key and more than one array.
+    """
+    path = Path(path)
+    unreadable = f"{path}: not a readable .npz image archive"
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+        archive = zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not archive:
+        what = "a lone .npy array, not an archive" if magic == b"\x93NUMPY" else "not a zip archive, or a truncated one"
+        raise ValueError(f"{unreadable} ({what})")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            named = [k for k in keys if k in data.files]
+            key = named[0] if named else (data.files[0] if len(data.files) == 1 else None)
+            array = None if key is None else data[key]
+            found = ", ".join(data.files) or "nothing"
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        text = str(exc)
+        why = ("it holds Python objects, not numbers" if "pickle" in text  # numpy's words name allow_pickle
+               else f"damaged: {text}" if isinstance(exc, (zipfile.BadZipFile, EOFError)) else text)
+        raise ValueError(f"{unreadable} ({why})") from None
+    if key is None:
+        raise ValueError(f"{path}: expected an array named {' or '.join(repr(k) for k in keys)} (found {found})")
+    if not isinstance(array, np.ndarray):  # a member that is not an .npy file comes back as bytes
+        raise ValueError(f"{unreadable} (its member {key!r} is not a NumPy array)")
+    return array
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from rcenp.backend import DEVICE_HELP
 from rcenp.checkpoint import CheckpointError
 from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
-from rcenp.data.images import read_image
+from rcenp.data.images import read_image, read_npz
 
 CALIBRATION_SETS = ("test", "train")
 FIT_DEFAULTS = {"overwrite": False, "metric": "kd", "fpr": 0.05, "per_class": 1000, "calibrate_on": "test",
@@ -63,16 +63,7 @@ def read_images(path: Path, shape) -> np.ndarray:
     (:func:`rcenp.data.images.read_image`: 16-bit files in full, alpha dropped, colour to luma)."""
     c, h, w = shape
     if path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                named = [k for k in ("images", "adversarial") if k in data.files]
-                key = named[0] if named else (data.files[0] if len(data.files) == 1 else None)
-                if key is None:
-                    raise ValueError(f"{path}: expected an array named 'images' or 'adversarial' "
-                                     f"(found {', '.join(data.files)})")
-                array = data[key]
-        except (OSError, ValueError) as exc:
-            raise ValueError(str(exc) if str(path) in str(exc) else f"{path}: not a readable .npz ({exc})") from None
+        array = read_npz(path, ("images", "adversarial"))
         if array.size == 0:
             raise ValueError(f"{path}: no images in it (shape {tuple(array.shape)})")
         if array.ndim == 3 and c == 1:
