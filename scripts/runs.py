@@ -18,8 +18,8 @@ Each run trains with the code of its pinned commit (``Run.commit``), checked out
 in .paper-code-<first 7 hex digits>, whose runs/ links to this checkout's. Later changes to the
 engine's arithmetic therefore cannot make a resumed run a mix of two versions, and the command
 recorded in the checkpoint and the shipped manifest is the plain one (``--out runs/RUN``). Runs
-start niced (19) with one host worker and one BLAS thread (results do not depend on the worker
-count), ``python3`` or $PYTHON. A run whose --out is already in a process's command line is not
+start niced (19, and their session too: ``background``) with one host worker and one BLAS thread
+(results do not depend on the worker count), ``python3`` or $PYTHON. A run whose --out is already in a process's command line is not
 started twice. ``finish`` uses this checkout's code: scripts/ship_model.py, ``rcenp detect --fit``,
 scripts/detection_report.py.
 """
@@ -174,7 +174,21 @@ def start(run: Run) -> None:
     with open(out / "stdout.log", "ab") as log:
         process = subprocess.Popen(command, cwd=code, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
+    background(process.pid)
     print(f"{run.name}: started (pid {process.pid}) with commit {run.commit[:7]} in {code.name}: {' '.join(command[3:])}")
+
+
+def background(pid: int) -> None:
+    """Make ``nice 19`` mean background. With the kernel's autogroup scheduling (Linux's default
+    where /proc/sys/kernel/sched_autogroup_enabled is 1), CPU time is first shared fairly between
+    sessions, and a process's nice only ranks it within its own session: a run started in a new
+    session, however niced, took as much CPU as a whole interactive session's work (measured here:
+    two runs at nice 19 held 50% of a core each beside a benchmark at nice 0). The session's own
+    nice, /proc/PID/autogroup, sets its share; best effort where there is no such file."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text("19")
+    except OSError:
+        pass
 
 
 def save(run: Run) -> None:
