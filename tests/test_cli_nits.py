@@ -333,3 +333,18 @@ def test_a_corrupt_npz_is_named_plainly(tmp_path, capsys, content, why):
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith(f"rcenp detect: error: {bad}: not a readable .npz image archive ({why}")
     assert "pickle" not in line and "allow" not in line
+
+
+def test_resuming_a_finished_run_says_so_and_still_gives_the_summary(setup, tmp_path, capfd):
+    run, root = setup
+    argv = ["attack", str(run), "--attack", "fgsm", "--eps", "0.1", "--n", "5", "--batch-size", "2",
+            "--data-dir", str(root), "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    first = capfd.readouterr()
+    assert "already finished" not in first.err
+    written = (tmp_path / "a" / "summary.json").read_text()
+    assert main(argv + ["--resume"]) == 0
+    again = capfd.readouterr()  # file descriptors: the progress stream is the process's stderr
+    assert again.err.splitlines() == [f"already finished: 3 of 3 batches; nothing to do ({tmp_path / 'a' / 'summary.json'})"]
+    assert again.out == first.out and (tmp_path / "a" / "summary.json").read_text() == written
+    assert "already finished: 3 of 3 batches" in (tmp_path / "a" / "attack.log").read_text()

@@ -101,19 +101,21 @@ def quantize(images, levels: int) -> np.ndarray:
 
 def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, seed: int = 0,
                batch_size: int = 100, resume: bool = False, shard=(1, 1), data_dir=None, device=None,
-               png_dir=None, stream=sys.stderr, merge=None) -> dict:
+               png_dir=None, stream=None, merge=None) -> dict:
     """Attack the first ``n`` test images of ``model_ref``'s data set (see the module docstring).
 
     ``options`` are the attack's keyword arguments (``eps``, ``steps``, ...). ``merge``: instead of
     attacking, write the run from the folders of its finished shards (``rcenp.attacks.shards``).
-    Raises ValueError for bad settings, a run directory holding a different run, ``n`` beyond the
-    test split, or shards that are not this run's.
+    Progress lines go to ``stream`` (default: ``sys.stderr`` at the time of the call). Raises
+    ValueError for bad settings, a run directory holding a different run, ``n`` beyond the test
+    split, or shards that are not this run's.
     """
     from rcenp.data import DataError, find_test_split
     from rcenp.models.registry import load as load_model
 
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}: expected one of {', '.join(ATTACKS)}")
+    stream = sys.stderr if stream is None else stream
     checkpoint.check_folder(out_dir, "--out")
     if png_dir is not None:
         checkpoint.check_folder(png_dir, "--png")
@@ -146,7 +148,12 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     made_dir = not out_dir.exists()
     claimed = _claim(out_dir, asked, resume)
     code = checkpoint.code_identity()  # the code this process loaded, not what the tree holds when it ends
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
+        progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
+        progress.message(f"already finished: {len(batches)} of {plural(len(batches), 'batch', 'batches')}; "
+                         f"nothing to do ({out_dir / 'summary.json'})")
+        progress.close()
         return json.loads((out_dir / "summary.json").read_text())
     options = {k: v for k, v in options.items() if k != "substitute"}
     per_sample = {}
@@ -157,7 +164,6 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                       "labels": test.labels[:n]}
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     stems = [partial / f"batch-{index[0] // batch_size:05d}" for index in batches]
     finished = [stem.with_suffix(".jsonl").is_file() for stem in stems]
     progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
