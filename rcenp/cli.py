@@ -21,7 +21,7 @@ from rcenp.argtypes import count, integer
 from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
-from rcenp.data.datasets import DATA_DIR_DEFAULT
+from rcenp.data.datasets import DATA_DIR_DEFAULT, on_fallback
 
 QUICK_HELP = ("quick = ResNet-14, 5,600 steps of batch 64 with lr 0.1/0.01/0.001 switching at 50%/75% "
               "of the run; measured on 2 CPU cores: RCE on MNIST reached 0.53% test error in 12.5 minutes")
@@ -309,8 +309,16 @@ def main(argv=None) -> int:
             nested.error(f"choose a command: {', '.join(choices)}")
     if extras:  # named by the parser of the command they were given to, with its --help
         command_parser.error(command_parser.unrecognized_message(extras))
+    said = set()
+
+    def say_once(message):  # the data came from elsewhere than the --data-dir given: tell, once
+        if message not in said:
+            said.add(message)
+            sys.stderr.write(message + "\n")
+
     try:
-        return COMMANDS[args.command](args)
+        with on_fallback(say_once):
+            return COMMANDS[args.command](args)
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:
         sys.stderr.write(f"{command_parser.prog}: error: {error_text(exc)}\n")  # as the parser's errors read
         return 2

@@ -348,3 +348,36 @@ def test_resuming_a_finished_run_says_so_and_still_gives_the_summary(setup, tmp_
     assert again.err.splitlines() == [f"already finished: 3 of 3 batches; nothing to do ({tmp_path / 'a' / 'summary.json'})"]
     assert again.out == first.out and (tmp_path / "a" / "summary.json").read_text() == written
     assert "already finished: 3 of 3 batches" in (tmp_path / "a" / "attack.log").read_text()
+
+
+@pytest.fixture
+def debian_fashion(tmp_path, monkeypatch):
+    """A stand-in for Debian's Fashion-MNIST folder (24 training, 12 test images) and an empty data root."""
+    from rcenp.data import datasets, idx
+
+    rng = np.random.default_rng(3)
+    debian = tmp_path / "debian-fashion-mnist"
+    debian.mkdir()
+    for split, n in (("train", 24), ("t10k", 12)):
+        (debian / f"{split}-images-idx3-ubyte").write_bytes(idx.encode(rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)))
+        (debian / f"{split}-labels-idx1-ubyte").write_bytes(idx.encode((np.arange(n) % 10).astype(np.uint8)))
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", debian)
+    (tmp_path / "root").mkdir()
+    return debian, tmp_path / "root"
+
+
+def test_a_data_dir_without_fashion_mnist_says_it_used_debians_once(debian_fashion, tmp_path, capsys, monkeypatch):
+    from rcenp.data import load
+
+    debian, root = debian_fashion
+    note = f"fashion-mnist: not under {root}; using {debian} (Debian's dataset-fashion-mnist)"
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "fashion-mnist", "--objective", "ce", "--preset", "quick", "--depth", "8",
+                 "--steps", "1", "--batch-size", "8", "--data-dir", str(root), "--out", str(run)]) == 0
+    assert capsys.readouterr().err.splitlines().count(note) == 1  # train and test split: said once
+    assert main(["eval", str(run), "--data-dir", str(root)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [note] and "test images: fashion-mnist/test: 12 images" in captured.out
+    monkeypatch.setenv("RCENP_DATA", str(root))  # no --data-dir: the documented default, nothing to say
+    assert main(["eval", str(run)]) == 0 and capsys.readouterr().err == ""
+    assert len(load("fashion-mnist", "test", root)) == 12 and capsys.readouterr() == ("", "")  # the library is quiet

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import shlex
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,7 @@ FULL_SIZE = {
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 DATA_DIR_DEFAULT = ("default: $RCENP_DATA, else the per-user cache; Fashion-MNIST not found there is read from "
                     f"{DEBIAN_FASHION_MNIST} (Debian's package) when present")  # for --data-dir help texts
+_FALLBACK_LISTENER: ContextVar = ContextVar("rcenp_data_fallback", default=None)  # see on_fallback
 SAMPLE_DIR = Path(__file__).resolve().with_name("sample")
 SAMPLE_NOTE = "embedded sample: first 1,000 MNIST test images"
 
@@ -82,6 +85,19 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     return base / "rcenp"
 
 
+@contextmanager
+def on_fallback(callback):
+    """Within the block, :func:`load` calls ``callback(message)`` when it was given a data root
+    explicitly (a ``--data-dir``) but read the data from elsewhere, Debian's Fashion-MNIST folder:
+    'fashion-mnist: not under ROOT; using /usr/share/datasets/fashion-mnist (Debian's
+    dataset-fashion-mnist)'. The library itself prints nothing; the command line says it on stderr."""
+    token = _FALLBACK_LISTENER.set(callback)
+    try:
+        yield
+    finally:
+        _FALLBACK_LISTENER.reset(token)
+
+
 def scale(raw: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 ``x/255 - 0.5`` (computed in float32), same shape."""
     out = raw.astype(np.float32)
@@ -103,16 +119,23 @@ def load(name: str, split: str, root: str | os.PathLike | None = None) -> Datase
     from ``data_root(root)``; Fashion-MNIST falls back to Debian's folder when not under the root.
 
     Files expected in full (a full-size IDX header, ``batches.meta``) must match their published
-    SHA-256, else DataError. Smaller files load as a subset (``identity["subset"]`` True).
+    SHA-256, else DataError. Smaller files load as a subset (``identity["subset"]`` True). A
+    fallback from an explicit ``root`` is reported to the :func:`on_fallback` listener, if any.
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} of {name}: expected 'train' or 'test'")
+    explicit = root is not None and os.fspath(root) != ""
     root = data_root(root)
     if name == "cifar10":
         return _load_cifar(root / cifar.DIRNAME, split, root)
-    return _load_idx(name, split, _idx_folder(name, split, root), root)
+    folder = _idx_folder(name, split, root)
+    data = _load_idx(name, split, folder, root)
+    listener = _FALLBACK_LISTENER.get()
+    if explicit and folder != root / name and listener is not None:
+        listener(f"{name}: not under {root}; using {folder} (Debian's dataset-fashion-mnist)")
+    return data
 
 
 def load_sample() -> Dataset:
