@@ -381,3 +381,37 @@ def test_a_data_dir_without_fashion_mnist_says_it_used_debians_once(debian_fashi
     monkeypatch.setenv("RCENP_DATA", str(root))  # no --data-dir: the documented default, nothing to say
     assert main(["eval", str(run)]) == 0 and capsys.readouterr().err == ""
     assert len(load("fashion-mnist", "test", root)) == 12 and capsys.readouterr() == ("", "")  # the library is quiet
+
+
+def test_class_names_live_with_the_data_sets():
+    from rcenp.data import DATASETS, DataError
+    from rcenp.data.datasets import CLASS_NAMES, class_name
+
+    assert set(CLASS_NAMES) == set(DATASETS) and all(len(set(names)) == 10 for names in CLASS_NAMES.values())
+    assert [class_name(d, 7) for d in ("mnist", "fashion-mnist")] == ["7", "sneaker"]
+    assert [class_name("cifar10", k) for k in (0, 3, 9)] == ["airplane", "cat", "truck"]
+    with pytest.raises(DataError):
+        class_name("svhn", 1)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_detect_names_the_class_beside_its_index(tmp_path, capsys, dataset):
+    from rcenp.data.datasets import CLASS_NAMES
+    from rcenp.detect.detector import Detector
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    model = Classifier(resnet(8, 1, seed=2), "rce").eval()
+    run = tmp_path / "run"
+    save_checkpoint(run, model, None, TrainConfig(dataset=dataset, depth=8, objective="rce"), 1, {"note": "test"})
+    images = np.random.default_rng(5).uniform(-0.5, 0.5, (20, 1, 28, 28)).astype(np.float32)
+    Detector(model, "confidence").calibrate(images, 0.05).save(run / "detector")
+    np.savez(tmp_path / "batch.npz", images=images[:4])
+    assert main(["detect", str(run), "--images", str(tmp_path / "batch.npz")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4
+    for line in lines:   # the existing fields as they were, the name added
+        assert list(line)[:4] == ["image", "answer", "predicted", "class_name"]
+        assert line["class_name"] == CLASS_NAMES[dataset][line["predicted"]]
+        assert line["answer"] in ("NOT SURE", f"label {line['predicted']}")
+    if dataset == "mnist":
+        assert all(line["class_name"] == str(line["predicted"]) for line in lines)

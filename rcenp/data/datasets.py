@@ -39,6 +39,12 @@ FULL_SIZE = {
     "fashion-mnist": {"train": 60_000, "test": 10_000},
     "cifar10": {"train": 50_000, "test": 10_000},
 }
+CLASS_NAMES = {  # label -> name, in the published label order
+    "mnist": tuple(str(digit) for digit in range(NUM_CLASSES)),
+    "fashion-mnist": ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                      "ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 DATA_DIR_DEFAULT = ("default: $RCENP_DATA, else the per-user cache; Fashion-MNIST not found there is read from "
                     f"{DEBIAN_FASHION_MNIST} (Debian's package) when present")  # for --data-dir help texts
@@ -70,6 +76,16 @@ class Dataset:
         ident = self.identity
         kind = "full" if ident["full"] else "SUBSET" if ident["subset"] else "partial"
         return f"{ident['name']}/{ident['split']}: {ident['n']:,} images, {kind} ({ident['note']})"
+
+
+def class_name(name: str, label: int) -> str:
+    """The name of class ``label`` of data set ``name`` (MNIST's are its digits: '7'; Fashion-MNIST
+    7: 'sneaker'; CIFAR-10 3: 'cat'). Raises DataError for an unknown data set or label."""
+    if name not in CLASS_NAMES:
+        raise DataError(f"unknown data set {name!r}: expected one of {', '.join(DATASETS)}")
+    if not 0 <= int(label) < NUM_CLASSES:
+        raise DataError(f"label {label} is outside 0..{NUM_CLASSES - 1}")
+    return CLASS_NAMES[name][int(label)]
 
 
 def data_root(explicit: str | os.PathLike | None = None) -> Path:

@@ -10,7 +10,7 @@ import numpy as np
 from rcenp.argtypes import count, integer, nonnegative, real
 from rcenp.backend import DEVICE_HELP
 from rcenp.checkpoint import CheckpointError
-from rcenp.data.datasets import DATA_DIR_DEFAULT
+from rcenp.data.datasets import DATA_DIR_DEFAULT, class_name
 from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
 from rcenp.data.images import read_image, read_npz
 
@@ -153,14 +153,15 @@ def cmd_detect(args) -> int:
         raise ValueError("nothing to do: pass --images FILE... (or --fit)")
     if not args.fit and not stem.with_suffix(".json").is_file():
         raise CheckpointError(f"{args.model}: no fitted detector ({stem.with_suffix('.json')}); run with --fit first")
-    channels = 1 if manifest["config"]["dataset"] != "cifar10" else 3
+    dataset = manifest["config"]["dataset"]
+    channels = 1 if dataset != "cifar10" else 3
     size = 32 if channels == 3 else 28
     batches = [(name, read_images(Path(name), (channels, size, size))) for name in args.images or ()]  # all, first
     if args.fit:
         if stem.with_suffix(".json").is_file() and not args.overwrite:
             raise CheckpointError(f"{args.model} already has a fitted detector ({stem.with_suffix('.json')}); "
                                   "pass --overwrite to replace it")
-        det, _ = fit_detector(model, manifest["config"]["dataset"], args.data_dir, args.metric, args.fpr,
+        det, _ = fit_detector(model, dataset, args.data_dir, args.metric, args.fpr,
                               args.per_class or None, args.calibrate_on, args.kernel_from, args.seed)
         det.save(stem)
         print(det.describe())
@@ -172,7 +173,9 @@ def cmd_detect(args) -> int:
         for i, label in enumerate(labels):
             where = name if len(labels) == 1 else f"{name}[{i}]"
             answer = "NOT SURE" if label == NOT_SURE else f"label {int(label)}"
-            print(json.dumps({"image": where, "answer": answer, "predicted": int(scores["prediction"][i]),
+            predicted = int(scores["prediction"][i])
+            print(json.dumps({"image": where, "answer": answer, "predicted": predicted,
+                              "class_name": class_name(dataset, predicted),  # of predicted: "sneaker"; MNIST "7"
                               "confidence": float(scores["confidence"][i]), "non_me": float(scores["non_me"][i]),
                               "log_kd": float(scores["kd"][i]) if "kd" in scores else None,
                               "metric": det.metric, "threshold": det.threshold}))
