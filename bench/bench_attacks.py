@@ -114,6 +114,13 @@ def _agreement(ours, theirs, pred_ours, pred_theirs):
             "max_abs_x_adv_difference": float(diff.max())}
 
 
+def _passes(image_passes, seconds):
+    """Work done, in images through the network (one forward, with its backward where the attack
+    takes a gradient), and its rate over the median wall time."""
+    wall = float(np.median([w for w, _ in seconds]))
+    return {"image_passes": int(image_passes), "image_passes_per_s": image_passes / wall}
+
+
 def draw_targets(labels, seed):
     """(N,) targets uniform over the 9 classes != labels (10 classes)."""
     rng = np.random.default_rng(seed)
@@ -161,9 +168,13 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
         criterion = fb.criteria.TargetedMisclassification(torch.from_numpy(targets))
         xt = torch.from_numpy(x)
 
-        sentinel = []
+        sentinel, forwarded = [], []
+        # foolbox runs one forward and one backward of the whole batch per iteration (no compaction):
+        # count the images through the twin's forward, per run
+        hook = twin.register_forward_hook(lambda module, inputs, output: forwarded.append(inputs[0].shape[0]))
 
         def run_foolbox():
+            forwarded.clear()
             # Where its search found nothing, foolbox returns an all-zero image (landscape §2.6), and
             # its criterion then re-judges that image: a uniform grey the network happens to call the
             # target counts as a "success" at ||delta|| ~ 122 on 0-255. Those are failures; the
@@ -174,12 +185,14 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
             return torch.where((success & found).view(-1, 1, 1, 1), clipped, xt).detach().numpy()
 
         x_fb, seconds = _timed(run_foolbox, args.repeats, "cw_l2 foolbox")
+        passes = sum(forwarded)
+        hook.remove()
         with torch.no_grad():
             pred_fb = twin(torch.from_numpy(x_fb)).argmax(1).numpy()
         entry["foolbox"] = {"version": fb.__version__, **_outcome(x_fb, x, pred_fb, targets, correct, seconds),
                             "all_zero_failure_images_judged_successful": sentinel[-1],
                             "success_rate_as_foolbox_reports_it": float((pred_fb == targets).mean())
-                            + sentinel[-1] / n}
+                            + sentinel[-1] / n, **_passes(passes, seconds)}
     ours = rcenp_attack(attacks_module, "cw_l2")
     if isinstance(ours, str):
         entry["rcenp"] = ours
@@ -194,7 +207,9 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
 
     x_r, seconds = _timed(run_rcenp, args.repeats, "cw_l2 rcenp")
     pred_r = predict_rcenp(x_r)
-    entry["rcenp"] = _outcome(x_r, x, pred_r, targets, correct, seconds)
+    # one forward + backward per unfinished image and iteration, plus the clean and final forwards
+    entry["rcenp"] = {**_outcome(x_r, x, pred_r, targets, correct, seconds),
+                      **_passes(int(results[-1].iterations.sum()) + 2 * n, seconds)}
     if isinstance(entry["foolbox"], dict):
         entry["agreement"] = {"success_agreement": float(((pred_r == targets) == (pred_fb == targets)).mean()),
                               **_agreement(x_r, x_fb, pred_r, pred_fb)}
