@@ -184,15 +184,19 @@ def test_command_errors_are_one_line(setup, tmp_path, capsys, argv, message):
 
 
 def test_a_setting_the_attack_refuses_leaves_no_run_behind(setup, tmp_path, capsys):
-    """kappa < 0 is refused by the attack at its first batch: the --out folder is left as it was, so the
-    corrected command runs there without --resume; a folder the user made beforehand stays."""
+    """kappa < 0 is refused by the attack at its first batch (the command line refuses it earlier, so
+    it is given through run_attack): the out folder is left as it was, so the corrected command runs
+    there without --resume; a folder the user made beforehand stays."""
+    from rcenp.attacks.run import run_attack
+
     run, root = setup
     base = ["attack", str(run), "--attack", "cw", "--n", "2", "--binary-steps", "1", "--max-iterations", "2",
             "--data-dir", str(root)]
     for out in (tmp_path / "new" / "cw", tmp_path / "mine"):
         (tmp_path / "mine").mkdir(exist_ok=True)
-        assert main(base + ["--kappa", "-1", "--out", str(out)]) == 2
-        assert "kappa" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="kappa"):
+            run_attack(str(run), "cw", out, {"targets": "random", "learning_rate": 0.01, "seed": 0, "kappa": -1.0,
+                                             "binary_steps": 1, "max_iterations": 2}, n=2, data_dir=str(root))
         assert not out.exists() if out.name == "cw" else not any(out.iterdir())
         assert main(base + ["--out", str(out)]) == 0
         assert (out / "summary.json").is_file()
