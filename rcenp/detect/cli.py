@@ -145,10 +145,10 @@ def cmd_detect(args) -> int:
     from rcenp.detect.detector import NOT_SURE, Detector, detector_stem
     from rcenp.models.registry import load, resolve
 
-    resolve(args.model)  # an unknown model is the news, before a misplaced option
+    path = resolve(args.model)  # an unknown model is the news, before a misplaced option
     check_fit_options(args)
     model, manifest = load(args.model, args.device)
-    stem = detector_stem(resolve(args.model))
+    stem = detector_stem(path)
     if not args.images and not args.fit:
         raise ValueError("nothing to do: pass --images FILE... (or --fit)")
     if not args.fit and not stem.with_suffix(".json").is_file():
