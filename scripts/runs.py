@@ -19,9 +19,9 @@ in .paper-code-<first 7 hex digits>, whose runs/ links to this checkout's. Later
 engine's arithmetic therefore cannot make a resumed run a mix of two versions, and the command
 recorded in the checkpoint and the shipped manifest is the plain one (``--out runs/RUN``). Runs
 start niced (19, and their session too: ``background``) with one host worker and one BLAS thread
-(results do not depend on the worker count), ``python3`` or $PYTHON. A run whose --out is already in a process's command line is not
-started twice. ``finish`` uses this checkout's code: scripts/ship_model.py, ``rcenp detect --fit``,
-scripts/detection_report.py.
+(results do not depend on the worker count), ``python3`` or $PYTHON. A run whose --out is already
+in a process's command line is not started twice. ``finish`` uses this checkout's code:
+scripts/ship_model.py, ``rcenp detect --fit``, scripts/detection_report.py.
 """
 from __future__ import annotations
 
