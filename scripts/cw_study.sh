@@ -6,7 +6,8 @@
 #   1. C&W-wb, both kernels, 100 images, stages 3 x 300 then 5 x 500 iterations: exactly the
 #      `cpu` budget's Table 3 cells, written in its layout, so that
 #      `rcenp reproduce --budget cpu --cells-from results/cw` uses them instead of recomputing;
-#   2. C&W (kappa 0) and C&W-hc (kappa 10), 200 images, 9 binary steps x 1,000 iterations;
+#   2. C&W (kappa 0) and C&W-hc (kappa 10), 200 images, 9 binary steps x 1,000 iterations, in
+#      batches of 50 (about 35 min each on one core: a session's end loses at most that);
 #   3. the budget study: C&W on the first 20 images at 1,000 / 2,000 / 5,000 / 10,000 iterations
 #      per binary step (9 steps), to show how far the reduced budget is from the paper's.
 #
@@ -40,7 +41,8 @@ for m in "${models[@]}"; do
 done
 for a in cw cw-hc; do
     for m in "${models[@]}"; do
-        attack "$m" "results/cw-9x1000/$m/$a" --attack "$a" --n 200 --binary-steps 9 --max-iterations 1000
+        attack "$m" "results/cw-9x1000/$m/$a" --attack "$a" --n 200 --batch-size 50 \
+            --binary-steps 9 --max-iterations 1000
     done
 done
 for iterations in 1000 2000 5000 10000; do
