@@ -179,7 +179,12 @@ def test_budgets_and_eps_options_match_the_sweep_script():
         budgets.get_budget("fast")
 
 
-def test_missing_models_are_named_and_planned_as_not_available():
+def test_missing_models_are_named_and_planned_as_not_available(monkeypatch):
+    """A model absent from the registry is named, with the reason, under every budget (the two
+    models are hidden here, so the test does not depend on which models a version ships)."""
+    hidden = ("mnist-resnet56-rce", "cifar10subset-resnet32-ce")
+    infos = tuple(i for i in lineup._shipped() if i["name"] not in hidden)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
     planned = cells.plan(budgets.get_budget("smoke"), ["table1"])
     by_key = {c.key: c for c in planned}
     assert len(planned) == 12
@@ -188,7 +193,8 @@ def test_missing_models_are_named_and_planned_as_not_available():
     assert missing.missing == "not available: model mnist-resnet56-rce is not shipped in this version"
     assert missing.missing_model == "mnist-resnet56-rce"
     cpu = {c.key: c for c in cells.plan(budgets.get_budget("cpu"), ["table1"])}
-    assert cpu["cifar10subset-resnet32-ce/test-error"].missing.endswith("is not shipped in this version")
+    assert cpu["cifar10subset-resnet32-ce/test-error"].missing == \
+        "not available: model cifar10subset-resnet32-ce is not shipped in this version"
     assert by_key["mnist-resnet32-ce/test-error"].model == "mnist-resnet32-ce"
     shipped = by_key["mnist-resnet32-ce/test-error"]
     assert shipped.missing is None and shipped.missing_model is None
