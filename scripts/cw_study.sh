@@ -7,7 +7,7 @@
 #      `cpu` budget's Table 3 cells, written in its layout, so that
 #      `rcenp reproduce --budget cpu --cells-from results/cw` uses them instead of recomputing;
 #   2. C&W (kappa 0) and C&W-hc (kappa 10), 200 images, 9 binary steps x 1,000 iterations, in
-#      batches of 50 (about 35 min each on one core: a session's end loses at most that);
+#      batches of 25 (about 30 min each on one core: a session's end loses at most that);
 #   3. the budget study: C&W on the first 20 images at 1,000 / 2,000 / 5,000 / 10,000 iterations
 #      per binary step (9 steps), to show how far the reduced budget is from the paper's.
 #
@@ -41,7 +41,7 @@ for m in "${models[@]}"; do
 done
 for a in cw cw-hc; do
     for m in "${models[@]}"; do
-        attack "$m" "results/cw-9x1000/$m/$a" --attack "$a" --n 200 --batch-size 50 \
+        attack "$m" "results/cw-9x1000/$m/$a" --attack "$a" --n 200 --batch-size 25 \
             --binary-steps 9 --max-iterations 1000
     done
 done
