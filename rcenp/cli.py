@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from rcenp import __version__
-from rcenp.argtypes import count, integer
+from rcenp.argtypes import count, integer, positive
 from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory (checkpoints, train.log, metrics.json)")
     t.add_argument("--preset", choices=["paper", "quick", "subset"], default="paper",
                    help="the schedule (described above; default paper)")
+    t.add_argument("--schedule-scale", type=positive(), default=1.0, metavar="F",
+                   help="an Fx schedule: the paper/subset preset's steps and lr boundaries times F (default 1; "
+                        "the shipped CIFAR-10-subset models use 2)")
     t.add_argument("--seed", type=integer, default=0,
                    help="seeds the initial weights, the batch order and the augmentation (default 0)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
@@ -164,7 +167,7 @@ def cmd_train(args) -> int:
         from rcenp.data import load
 
         train_size = args.train_subset or len(load(args.dataset, "train", args.data_dir))
-    config = preset_config(args.preset, args.dataset, train_size, **overrides)
+    config = preset_config(args.preset, args.dataset, train_size, args.schedule_scale, **overrides)
     metrics = train(config, args.out, data_root=args.data_dir, resume=args.resume, device=args.device,
                     command=" ".join(["rcenp"] + sys.argv[1:]), stop_at=args.stop_at)
     if metrics is None:

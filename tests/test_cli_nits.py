@@ -238,6 +238,8 @@ def test_an_invalid_choice_gets_a_did_you_mean(capsys, argv, suggestion):
      "argument --seed: not an integer: 'x'"),
     (["train", "--dataset", "mnist", "--objective", "ce", "--out", "x", "--depth", "deep"],
      "argument --depth: not an integer: 'deep'"),
+    (["train", "--dataset", "cifar10", "--objective", "rce", "--out", "o", "--schedule-scale", "0"],
+     "argument --schedule-scale: must be positive, got 0"),
     (["attack", "m", "--attack", "cw", "--kappa", "abc"], "argument --kappa: not a number: 'abc'"),
     (["attack", "m", "--attack", "cw", "--kappa", "-1"], "argument --kappa: must be >= 0, got -1"),
     (["attack", "m", "--attack", "cw", "--initial-const", "0"], "argument --initial-const: must be positive, got 0"),

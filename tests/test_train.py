@@ -90,6 +90,19 @@ def test_subset_preset_is_the_paper_schedule_in_epochs():
         preset_config("subset", "cifar10")
 
 
+def test_schedule_scale_stretches_steps_and_boundaries_together():
+    two = preset_config("subset", "cifar10", 5085, 2.0, depth=56)
+    assert (two.steps, two.lr_boundaries, two.lr_values) == (18_306, (8136, 12_204, 16_272), (0.1, 0.01, 0.001, 0.0001))
+    assert (two.schedule_scale, two.depth, two.batch_size) == (2.0, 56, 128)
+    assert preset_config("paper", "mnist", None, 1.5).lr_boundaries == (15_000, 22_500, 30_000)
+    assert preset_config("paper", "mnist").schedule_scale == 1.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            preset_config("paper", "mnist", None, bad)
+    with pytest.raises(ValueError, match="not quick"):
+        preset_config("quick", "mnist", None, 2.0)
+
+
 def test_resume_is_bit_identical(tiny_root, tmp_path):
     config = tiny_config()
     train(config, tmp_path / "straight", data_root=tiny_root)
@@ -177,6 +190,8 @@ def test_cli_errors_are_one_line(tiny_root, tmp_path, capsys):
     assert code == 2 and "--resume" in err[-1]
     code, err = run_cli(ok[:-2] + ["--out", str(tmp_path / "run"), "--resume", "--seed", "7"], capsys)
     assert code == 2 and "differs" in err[-1]
+    code, err = run_cli(ok[:-2] + ["--out", str(tmp_path / "c"), "--schedule-scale", "2"], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("rcenp train: error:") and "not quick" in err[0]
     code, err = run_cli(ok[:-4] + ["--train-subset", "100000", "--data-dir", str(tiny_root), "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and "train-subset" in err[-1]
     assert main(["eval", str(tmp_path / "run"), "--data-dir", str(tiny_root)]) == 0
