@@ -61,7 +61,6 @@ class Run:
 
 
 AA7F60D = "aa7f60db4942237ba412022fbbe4cbf28be7868f"
-C1C67A15 = "1c67a1568415939cb1036a3bf520c8953869fed1"
 C54DD611 = "54dd611b253daa6f38f9c502c39b14e4b9957904"  # the subset preset
 C09A565B = "09a565b57d6d034d1969e164f696aa86321cdcbb"  # --schedule-scale (rcenp train's 2x schedule)
 
