@@ -1,13 +1,17 @@
-"""Where a ResNet eval forward (and an eval input gradient) spends its time, by operation.
+"""Where a ResNet eval forward, an eval input gradient and a training step spend their time, by operation.
 
 Every ``rcenp.autograd.Function`` subclass's ``forward`` and ``backward`` is wrapped with a wall
 clock (operations do not nest, so the times are exclusive); what is left of the pass is Python
-and graph bookkeeping outside the operations. Convolutions also report their GEMM arithmetic rate
-(2·N·OH·OW·KH·KW·C·CO flops per pass), to put them next to the machine's single-core sgemm rate in
-the README. Prints one JSON object; ``--json PATH`` also writes it.
+and graph bookkeeping outside the operations (for the training step, also the SGD update).
+Convolutions also report their GEMM arithmetic rate, per pass and per layer shape
+(``conv_by_shape``: C->CO, stride, input H x W), to put them next to the machine's single-core
+sgemm rate in the README. The flops of a pass are 2·N·OH·OW·KH·KW·C·CO for the forward, and that
+once for each gradient a backward computes (dx, dw). Prints one JSON object; ``--json PATH`` also
+writes it.
 
     python bench/profile_forward.py                          # ResNet-32, batch 128, 3x32x32
     python bench/profile_forward.py --batch 100 --shape 1x28x28
+    python bench/profile_forward.py --depth 56 --shape 1x28x28 --passes train_step
 """
 from __future__ import annotations
 
@@ -26,8 +30,23 @@ def _shape(text):
     return c, h, w
 
 
-def _instrument(totals, flops):
-    """Wrap every Function subclass's forward and backward; returns a function that undoes it."""
+PASSES = ("forward", "input_grad", "train_step")
+
+
+def _conv_flops(conv, x, w) -> float:
+    """2·N·OH·OW·KH·KW·C·CO: one correlation of x (N, C, H, W) with w (CO, C, KH, KW)."""
+    (oh, ow), (co, c, kh, kw) = conv.out_hw, w.shape
+    return 2.0 * x.shape[0] * oh * ow * kh * kw * c * co
+
+
+def _conv_shape(conv, x, w) -> str:
+    return f"{w.shape[1]}->{w.shape[0]} {w.shape[2]}x{w.shape[3]} stride {conv.stride[0]} on {x.shape[2]}x{x.shape[3]}"
+
+
+def _instrument(totals, flops, by_shape):
+    """Wrap every Function subclass's forward and backward; returns a function that undoes it.
+    totals[(op, phase)] = [seconds, calls]; flops[(op, phase)] for convolutions; by_shape[(conv
+    shape, phase)] = [seconds, calls, flops]."""
     from rcenp.autograd import Function
     from rcenp.ops.conv import Conv2d
 
@@ -48,11 +67,18 @@ def _instrument(totals, flops):
                 try:
                     return _original(self, *args)
                 finally:
-                    totals[_key][0] += time.perf_counter() - start
+                    seconds = time.perf_counter() - start
+                    totals[_key][0] += seconds
                     totals[_key][1] += 1
-                    if isinstance(self, Conv2d) and _key[1] == "forward":  # x (N, C, H, W), w (CO, C, KH, KW)
-                        n, (oh, ow), w = args[0].shape[0], self.out_hw, args[1]
-                        flops[_key] += 2.0 * n * oh * ow * w.shape[1] * w.shape[2] * w.shape[3] * w.shape[0]
+                    if isinstance(self, Conv2d):  # forward(x, w, ...); backward: the x, w it kept
+                        x, w = (args[0], args[1]) if _key[1] == "forward" else (self.x, self.w)
+                        times = 1 if _key[1] == "forward" else sum(map(bool, self.needs_input_grad[:2]))
+                        work = times * _conv_flops(self, x, w)
+                        flops[_key] += work
+                        entry = by_shape[(_conv_shape(self, x, w), _key[1])]
+                        entry[0] += seconds
+                        entry[1] += 1
+                        entry[2] += work
             setattr(cls, phase, timed)
             undo.append((cls, phase, original))
 
@@ -62,7 +88,7 @@ def _instrument(totals, flops):
     return restore
 
 
-def profile(depth: int, batch: int, shape, repeats: int) -> dict:
+def profile(depth: int, batch: int, shape, repeats: int, passes=PASSES) -> dict:
     sys.path.insert(0, ROOT)
     import numpy as np
 
@@ -70,27 +96,41 @@ def profile(depth: int, batch: int, shape, repeats: int) -> dict:
     from rcenp.models import resnet
     from rcenp.objectives import Classifier
     from rcenp.ops.layout import chunk_workers
+    from rcenp.optim import SGD
 
     c, h, w = shape
     model = Classifier(resnet(depth, c), "ce").eval()
+    optimizer = SGD(model.parameters(), lr=0.01)
     rng = np.random.default_rng(0)
     x = rng.uniform(-0.5, 0.5, (batch, c, h, w)).astype(np.float32)
     y = rng.integers(0, 10, batch)
 
     def forward():
+        model.eval()
         with rcenp.no_grad():
             model(x)
 
     def input_grad():
+        model.eval()
         images = rcenp.Tensor(x, requires_grad=True)
         rcenp.grad(model.loss(images, y), images)
 
+    def train_step():  # as rcenp.train's loop: batch statistics, then momentum SGD with weight decay
+        model.train()
+        loss = model.loss(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
     report = {"benchmark": f"ResNet-{depth} batch {batch} {c}x{h}x{w}", "workers": chunk_workers(), "repeats": repeats}
-    for name, fn in (("forward", forward), ("input_grad", input_grad)):
+    runs = {"forward": forward, "input_grad": input_grad, "train_step": train_step}
+    for name in passes:
+        fn = runs[name]
         for _ in range(2):
             fn()
         totals, flops = collections.defaultdict(lambda: [0.0, 0]), collections.defaultdict(float)
-        restore = _instrument(totals, flops)
+        by_shape = collections.defaultdict(lambda: [0.0, 0, 0.0])
+        restore = _instrument(totals, flops, by_shape)
         try:
             start = time.perf_counter()
             for _ in range(repeats):
@@ -106,6 +146,9 @@ def profile(depth: int, batch: int, shape, repeats: int) -> dict:
             "outside_operations_ms": (wall - in_ops) * 1e3,
             "operations": [{"op": op, "ms": ms * 1e3, "share": ms / wall, "calls": calls,
                             **({"gflop_per_s": fl / ms / 1e9} if fl else {})} for op, ms, calls, fl in ops],
+            "conv_by_shape": [{"layer": layer, "phase": phase, "ms": v[0] / repeats * 1e3, "calls": v[1] // repeats,
+                               "share": v[0] / repeats / wall, "gflop_per_s": v[2] / v[0] / 1e9}
+                              for (layer, phase), v in sorted(by_shape.items(), key=lambda kv: -kv[1][0])],
         }
     return report
 
@@ -116,9 +159,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--shape", type=_shape, default=(3, 32, 32))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--passes", default=",".join(PASSES), help=f"comma-separated, from {', '.join(PASSES)}")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    report = profile(args.depth, args.batch, args.shape, args.repeats)
+    passes = [p for p in args.passes.split(",") if p]
+    unknown = sorted(set(passes) - set(PASSES))
+    if unknown:
+        parser.error(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(PASSES)}")
+    report = profile(args.depth, args.batch, args.shape, args.repeats, passes)
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:

@@ -1,0 +1,37 @@
+"""bench/profile_forward.py on a tiny ResNet: every pass profiled, its per-shape convolution split
+adding up to the per-operation totals, and the flops counted per gradient a backward computes."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import profile_forward  # noqa: E402
+
+
+def conv_flops(c, co, h, w, n=2):
+    return 2.0 * n * h * w * 9 * c * co
+
+
+def test_profile_splits_the_convolutions_by_shape_and_counts_each_gradient():
+    report = profile_forward.profile(depth=8, batch=2, shape=(1, 8, 8), repeats=1)
+    assert set(report) >= set(profile_forward.PASSES)
+    for name in profile_forward.PASSES:
+        result = report[name]
+        ops = {o["op"]: o for o in result["operations"]}
+        for phase in ("forward", "backward"):
+            if f"Conv2d.{phase}" not in ops:
+                assert name == "forward" and phase == "backward"
+                continue
+            layers = [e for e in result["conv_by_shape"] if e["phase"] == phase]
+            assert sum(e["ms"] for e in layers) == pytest.approx(ops[f"Conv2d.{phase}"]["ms"])
+            assert sum(e["calls"] for e in layers) == ops[f"Conv2d.{phase}"]["calls"]
+    # ResNet-8 on 1x8x8: the stem 1->16, then one unit per stage (8x8, 4x4, 2x2)
+    forward = sum(e["gflop_per_s"] * e["ms"] for e in report["forward"]["conv_by_shape"]) * 1e6
+    expected = (conv_flops(1, 16, 8, 8) + 2 * conv_flops(16, 16, 8, 8) + conv_flops(16, 32, 4, 4)
+                + conv_flops(32, 32, 4, 4) + conv_flops(32, 64, 2, 2) + conv_flops(64, 64, 2, 2))
+    assert forward == pytest.approx(expected)
+    # the input gradient computes dx only; the training step dx and dw, but no dx for the stem's image input
+    for name, backward in (("input_grad", expected), ("train_step", 2 * expected - conv_flops(1, 16, 8, 8))):
+        layers = [e for e in report[name]["conv_by_shape"] if e["phase"] == "backward"]
+        assert sum(e["gflop_per_s"] * e["ms"] for e in layers) * 1e6 == pytest.approx(backward)
