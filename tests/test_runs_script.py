@@ -1,0 +1,41 @@
+"""scripts/runs.py's bookkeeping: which run a shipped model belongs to, and the command each run trains with."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_runs():
+    spec = importlib.util.spec_from_file_location("runs_script", ROOT / "scripts" / "runs.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_shipped_model_counts_only_for_the_run_that_trained_it(tmp_path, monkeypatch):
+    runs = load_runs()
+    monkeypatch.setattr(runs, "PRETRAINED", tmp_path)
+    one, two = runs.BY_NAME["subset-cifar32-rce"], runs.BY_NAME["subset2x-cifar32-rce"]
+    assert one.ship_as == two.ship_as == "cifar10subset-resnet32-rce"
+    assert not runs.shipped(one) and not runs.shipped(two) and runs.replaces(two) == ""
+    manifest = tmp_path / f"{one.ship_as}.json"
+    manifest.write_text(json.dumps({"command": "rcenp train --dataset cifar10 --objective rce --preset subset "
+                                               "--depth 32 --seed 0 --checkpoint-every 250 --resume "
+                                               "--out runs/subset-cifar32-rce"}))
+    assert runs.shipped(one) and not runs.shipped(two)
+    assert runs.replaces(two) == " (replaces the one shipped)" and runs.replaces(one) == ""
+    manifest.write_text("not json")
+    assert not runs.shipped(one)
+
+
+def test_the_2x_runs_train_with_the_schedule_scale_and_their_own_folders():
+    runs = load_runs()
+    for name in ("subset2x-cifar32-ce", "subset2x-cifar56-rce"):
+        args = runs.BY_NAME[name].train_args()
+        assert args[args.index("--schedule-scale") + 1] == "2" and args[args.index("--preset") + 1] == "subset"
+        assert args[-2:] == ["--out", f"runs/{name}"]
+    assert "--schedule-scale" not in runs.BY_NAME["paper-mnist56-ce"].train_args()
+    assert len({run.name for run in runs.RUNS}) == len(runs.RUNS)
