@@ -67,10 +67,12 @@ C09A565B = "09a565b57d6d034d1969e164f696aa86321cdcbb"  # --schedule-scale (rcenp
 RUNS = [
     # MNIST, the paper's schedule (20,000 steps of batch 128); ResNet-32 finished and shipped
     *(Run(f"paper-mnist-{o}", "mnist", o, 32, "paper", AA7F60D, f"mnist-resnet32-{o}") for o in ("ce", "rce")),
-    # ResNet-56 restarted from step 0 at 09a565b (2026-12-01, at step 420 of the 1c67a15 run): a step takes
-    # 2.18 s there against 2.42 s, one core each, nothing else running (kernel rows without a padded
-    # copy, the buffer pool, the fused residual); where both runs printed a progress line for the same
-    # step (28 steps for CE, 30 for RCE, up to step 420), loss and batch accuracy agree
+    # ResNet-56 restarted from step 0 at 09a565b (2026-12-01, at step 420 of the 1c67a15 run), the
+    # engine the CIFAR runs use (kernel rows without a padded copy, the buffer pool, the fused
+    # residual). Its step took 2.18 s against 2.42 s in the minutes around the restart, both runs on
+    # their own core; an interleaved A/B later, on a noisier host, gave medians of 2.54 s against 2.66 s
+    # with overlapping ranges, so the gain is 4-10%. Where both runs printed a progress line for the
+    # same step (28 steps for CE, 30 for RCE, up to step 420), loss and batch accuracy agree
     *(Run(f"paper-mnist56-{o}", "mnist", o, 56, "paper", C09A565B, f"mnist-resnet56-{o}") for o in ("ce", "rce")),
     # CIFAR-10 subset (5,085 training images): the paper's 230.4 epochs = 9,153 steps; the smallest
     # class has 475 training images, so the detector takes 475 kernel points per class. The 1x
