@@ -43,10 +43,9 @@ def _conv_shape(conv, x, w) -> str:
     return f"{w.shape[1]}->{w.shape[0]} {w.shape[2]}x{w.shape[3]} stride {conv.stride[0]} on {x.shape[2]}x{x.shape[3]}"
 
 
-def _instrument(totals, flops, by_shape):
+def _instrument(totals, by_shape):
     """Wrap every Function subclass's forward and backward; returns a function that undoes it.
-    totals[(op, phase)] = [seconds, calls]; flops[(op, phase)] for convolutions; by_shape[(conv
-    shape, phase)] = [seconds, calls, flops]."""
+    totals[(op, phase)] = [seconds, calls]; by_shape[(conv shape, phase)] = [seconds, calls, flops]."""
     from rcenp.autograd import Function
     from rcenp.ops.conv import Conv2d
 
@@ -73,12 +72,10 @@ def _instrument(totals, flops, by_shape):
                     if isinstance(self, Conv2d):  # forward(x, w, ...); backward: the x, w it kept
                         x, w = (args[0], args[1]) if _key[1] == "forward" else (self.x, self.w)
                         times = 1 if _key[1] == "forward" else sum(map(bool, self.needs_input_grad[:2]))
-                        work = times * _conv_flops(self, x, w)
-                        flops[_key] += work
                         entry = by_shape[(_conv_shape(self, x, w), _key[1])]
                         entry[0] += seconds
                         entry[1] += 1
-                        entry[2] += work
+                        entry[2] += times * _conv_flops(self, x, w)
             setattr(cls, phase, timed)
             undo.append((cls, phase, original))
 
@@ -128,9 +125,9 @@ def profile(depth: int, batch: int, shape, repeats: int, passes=PASSES) -> dict:
         fn = runs[name]
         for _ in range(2):
             fn()
-        totals, flops = collections.defaultdict(lambda: [0.0, 0]), collections.defaultdict(float)
+        totals = collections.defaultdict(lambda: [0.0, 0])
         by_shape = collections.defaultdict(lambda: [0.0, 0, 0.0])
-        restore = _instrument(totals, flops, by_shape)
+        restore = _instrument(totals, by_shape)
         try:
             start = time.perf_counter()
             for _ in range(repeats):
@@ -138,6 +135,9 @@ def profile(depth: int, batch: int, shape, repeats: int, passes=PASSES) -> dict:
             wall = (time.perf_counter() - start) / repeats
         finally:
             restore()
+        flops = collections.defaultdict(float)  # per conv phase: the sum over layer shapes
+        for (_, phase), entry in by_shape.items():
+            flops[("Conv2d", phase)] += entry[2]
         ops = sorted(((f"{k[0]}.{k[1]}", v[0] / repeats, v[1] // repeats, flops.get(k, 0.0) / repeats)
                       for k, v in totals.items()), key=lambda r: -r[1])
         in_ops = sum(r[1] for r in ops)
