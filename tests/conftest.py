@@ -1,5 +1,8 @@
 """Shared fixtures: every array test runs once per available backend (NumPy, and CuPy on a GPU)."""
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,3 +30,17 @@ def xp(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    """A loader of the repository's scripts/NAME.py as a module (scripts are not a package); the
+    module is in sys.modules while the test runs, as dataclasses need."""
+    def load(name):
+        spec = importlib.util.spec_from_file_location(f"scripts_{name}",
+                                                      Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -161,12 +161,8 @@ def test_wb_figures():
 
 
 # ---- the plan: budgets, missing models, reuse, transfer -------------------------------------------
-def test_budgets_and_eps_options_match_the_sweep_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("attack_sweep", ROOT / "scripts" / "attack_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
+def test_budgets_and_eps_options_match_the_sweep_script(load_script):
+    sweep = load_script("attack_sweep")
     cpu = budgets.get_budget("cpu")
     assert cpu.eps_sweep == sweep.EPSILONS
     for attack in ("fgsm", "bim", "ilcm", "jsma"):
@@ -402,14 +398,10 @@ def test_cells_section_lists_run_cells_and_counts_the_others_per_model():
     assert not any(c.key in text for c in missing)  # no row per unavailable cell
 
 
-def test_table2_eps_script_keeps_theta_apart_and_reads_the_published_sweep(tmp_path):
+def test_table2_eps_script_keeps_theta_apart_and_reads_the_published_sweep(tmp_path, load_script):
     """scripts/table2_eps.py on attack_sweep's own folder format (results/fig2a): JSMA rows carry θ
     under 'theta', the others ε under 'eps'; the published sweep still reads."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("table2_eps", ROOT / "scripts" / "table2_eps.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("table2_eps")
     detection = {m: {"auc": 0.9, "n_pairs": 7} for m in paper.METRICS}
     for cell in ("bim-0.08", "jsma-0.08"):
         (tmp_path / "m-ce" / cell).mkdir(parents=True)

@@ -1,22 +1,9 @@
 """scripts/runs.py's bookkeeping: which run a shipped model belongs to, and the command each run trains with."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_runs():
-    spec = importlib.util.spec_from_file_location("runs_script", ROOT / "scripts" / "runs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_shipped_model_counts_only_for_the_run_that_trained_it(tmp_path, monkeypatch):
-    runs = load_runs()
+def test_a_shipped_model_counts_only_for_the_run_that_trained_it(tmp_path, monkeypatch, load_script):
+    runs = load_script("runs")
     monkeypatch.setattr(runs, "PRETRAINED", tmp_path)
     one, two = runs.BY_NAME["subset-cifar32-rce"], runs.BY_NAME["subset2x-cifar32-rce"]
     assert one.ship_as == two.ship_as == "cifar10subset-resnet32-rce"
@@ -31,8 +18,8 @@ def test_a_shipped_model_counts_only_for_the_run_that_trained_it(tmp_path, monke
     assert not runs.shipped(one)
 
 
-def test_the_2x_runs_train_with_the_schedule_scale_and_their_own_folders():
-    runs = load_runs()
+def test_the_2x_runs_train_with_the_schedule_scale_and_their_own_folders(load_script):
+    runs = load_script("runs")
     for name in ("subset2x-cifar32-ce", "subset2x-cifar56-rce"):
         args = runs.BY_NAME[name].train_args()
         assert args[args.index("--schedule-scale") + 1] == "2" and args[args.index("--preset") + 1] == "subset"

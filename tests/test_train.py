@@ -208,15 +208,11 @@ def test_short_real_mnist_run_beats_chance(tmp_path, capsys):
     assert result["test_error"] == metrics["test_error"] < 0.5  # chance is 0.9
 
 
-def test_ship_and_load_by_name(tiny_root, tmp_path, monkeypatch):
-    import importlib.util
-
+def test_ship_and_load_by_name(tiny_root, tmp_path, monkeypatch, load_script):
     import rcenp.models.registry as registry
     from rcenp.models import load
 
-    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
-    ship_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship_model)
+    ship_model = load_script("ship_model")
     monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path / "pretrained")
     monkeypatch.setattr(ship_model, "PRETRAINED_DIR", tmp_path / "pretrained")
     config = tiny_config(steps=2)
