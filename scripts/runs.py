@@ -191,12 +191,29 @@ def start(run: Run) -> None:
     code = code_dir(run.commit)
     env = dict(os.environ, RCENP_HOST_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(code),
                RCENP_DATA=os.environ.get("RCENP_DATA") or str(ROOT.parent / "shared" / "data"))
-    command = ["nice", "-n", "19", os.environ.get("PYTHON", "python3"), "-m", "rcenp", "train", *run.train_args()]
+    command = ["nice", "-n", "19", interpreter(), "-m", "rcenp", "train", *run.train_args()]
     with open(out / "stdout.log", "ab") as log:
         process = subprocess.Popen(command, cwd=code, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     background(process.pid)
+    try:  # a run that cannot start (no data, a broken environment) says so here, not hours later
+        exit_status = process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        exit_status = None
+    if exit_status is not None:
+        tail = (out / "stdout.log").read_text(errors="replace").strip().splitlines()[-1:]
+        sys.exit(f"{run.name}: exited at once with status {exit_status}: {tail[0] if tail else '(no output)'}")
     print(f"{run.name}: started (pid {process.pid}) with commit {run.commit[:7]} in {code.name}: {' '.join(command[3:])}")
+
+
+def interpreter() -> str:
+    """$PYTHON or ``python3``, as a path, or exit with one line saying it is missing."""
+    name = os.environ.get("PYTHON", "python3")
+    path = shutil.which(name)
+    if path is None:
+        sys.exit(f"no Python interpreter {name!r} (set PYTHON to one with rcenp's dependencies, "
+                 "e.g. the .venv that scripts/setup-venv.sh creates)")
+    return path
 
 
 def background(pid: int) -> None:
@@ -241,7 +258,7 @@ def finish(run: Run) -> None:
     if not (out / "metrics.json").is_file():
         sys.exit(f"runs/{run.name} has not finished (no metrics.json)")
     env = dict(os.environ, PYTHONPATH=str(ROOT), RCENP_DATA=os.environ.get("RCENP_DATA") or str(ROOT.parent / "shared" / "data"))
-    python = os.environ.get("PYTHON", "python3")
+    python = interpreter()
     for command in ([python, "scripts/ship_model.py", f"runs/{run.name}", run.ship_as],
                     [python, "-m", "rcenp", "detect", run.ship_as, "--fit", "--overwrite", "--per-class", str(run.per_class)],
                     [python, "scripts/detection_report.py", run.ship_as, "--per-class", str(run.per_class),

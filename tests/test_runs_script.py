@@ -26,3 +26,32 @@ def test_the_2x_runs_train_with_the_schedule_scale_and_their_own_folders(load_sc
         assert args[-2:] == ["--out", f"runs/{name}"]
     assert "--schedule-scale" not in runs.BY_NAME["paper-mnist56-ce"].train_args()
     assert len({run.name for run in runs.RUNS}) == len(runs.RUNS)
+
+
+def test_a_missing_interpreter_is_one_clear_line_not_a_run_reported_as_started(monkeypatch, load_script):
+    runs = load_script("runs")
+    monkeypatch.setenv("PYTHON", "/nonexistent/.venv/bin/python")
+    try:
+        runs.interpreter()
+    except SystemExit as stop:
+        assert "no Python interpreter '/nonexistent/.venv/bin/python'" in str(stop.code)
+    else:
+        raise AssertionError("interpreter() accepted a missing PYTHON")
+    monkeypatch.setenv("PYTHON", "sh")
+    assert runs.interpreter().endswith("/sh")
+
+
+def test_a_run_that_exits_at_once_is_reported_with_its_last_line(tmp_path, monkeypatch, load_script, capsys):
+    runs = load_script("runs")
+    for name in ("ROOT", "SAVED", "PRETRAINED"):
+        monkeypatch.setattr(runs, name, tmp_path / name.lower())
+    monkeypatch.setattr(runs, "code_dir", lambda commit: tmp_path)
+    monkeypatch.setattr(runs, "running", lambda run: [])
+    monkeypatch.setenv("PYTHON", "false")   # exits 1 at once, as a run without its data would
+    try:
+        runs.start(runs.BY_NAME["subset2x-cifar56-ce"])
+    except SystemExit as stop:
+        assert str(stop.code).startswith("subset2x-cifar56-ce: exited at once with status 1")
+    else:
+        raise AssertionError("start() reported a dead run as started")
+    assert "started" not in capsys.readouterr().out
