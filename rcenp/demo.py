@@ -111,7 +111,8 @@ def run_demo(names, data_dir=None, device=None, as_json=False, out=None, err=Non
 def attack_showcase(name, test, device=None) -> dict:
     """BIM (``SHOWCASE``) on the first n test images that ``name`` classifies correctly, scored by its
     detector → an ``ATTACK_KEYS`` record (rates as fractions; AUC under the paper's pair rule)."""
-    from rcenp.attacks.run import attack_and_audit, attack_function, fitted_detector
+    from rcenp.attacks.audit import attack_and_audit
+    from rcenp.attacks.run import attack_function, fitted_detector
     from rcenp.attacks.summary import summarize
     from rcenp.backend import as_numpy
     from rcenp.models.registry import load as load_model

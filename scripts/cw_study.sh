@@ -15,6 +15,9 @@
 # (seed 0), abort-early per sample. One core: RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1.
 #
 #   RCENP_DATA=../shared/data nohup bash scripts/cw_study.sh > runs/cw_study.log 2>&1 &
+#
+# A run's finished batches (results/.../partial/batch-NNNNN.{npz,jsonl,code.json}) are tracked
+# by git: commit them before a session ends, and the next session's run continues from them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

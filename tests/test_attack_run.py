@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rcenp.attacks import run as attack_run
-from rcenp.attacks.run import quantize, run_attack, shard_indices
+from rcenp.attacks.audit import quantize
+from rcenp.attacks.run import run_attack, shard_indices
 from rcenp.cli import main
 from rcenp.detect.detector import Detector
 from rcenp.models import resnet

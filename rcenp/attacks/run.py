@@ -9,12 +9,17 @@ Files in ``out_dir`` (each written through a temporary file and a rename):
 - ``samples.jsonl``: one line per image (``sample_record``);
 - ``summary.json``: settings, counts, rates, distortions, detection figures when the model has a
   fitted detector, throughput, software versions and the data's identity;
-- ``run.json`` (what was asked, checked on ``resume``), ``attack.log`` (progress), and while the
-  run is under way ``partial/batch-NNNNN.{npz,jsonl}``, one pair per finished batch.
+- ``run.json`` (what was asked, the detector's identity included, checked on ``resume``),
+  ``attack.log`` (progress), and while the run is under way ``partial/batch-NNNNN.{npz,jsonl,
+  code.json}`` per finished batch (the code that computed it: ``rcenp.attacks.runfiles``).
 
 A batch's result depends only on its images, so a run killed and resumed, or split into
 ``shard=(k, K)`` runs over contiguous batch-aligned slices, gives the same samples as one
-uninterrupted run (``summary.json``'s ``timing`` differs, nothing else).
+uninterrupted run (``summary.json``'s ``timing`` differs, nothing else) as long as the code is
+the same; ``code_by_batch`` says which code computed which batch.
+
+C&W-wb's η_t (``rcenp.attacks.cw_wb``) is computed from the training features of the attacked
+(or, for transfer, the substitute) model over the images its detector's kernel points came from.
 
 Black-box transfer (paper §4.5, protocol §6): ``options["substitute"]`` names a second model of the
 same data set. The attack is crafted on the substitute (cw-wb against the substitute's own
@@ -38,7 +43,8 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.attacks.core import AttackResult
+from rcenp.attacks import runfiles
+from rcenp.attacks.audit import attack_and_audit
 from rcenp.backend import as_numpy
 from rcenp.progress import Progress, plural
 
@@ -88,17 +94,6 @@ def shard_indices(n: int, batch_size: int, shard=(1, 1)) -> np.ndarray:
     return np.arange(first * batch_size, min(last * batch_size, n))
 
 
-def quantize(images, levels: int) -> np.ndarray:
-    """Images as an image file of ``levels`` grey levels per channel holds them (256: 8-bit,
-    65,536: 16-bit): the nearest level k, read back as k/(levels-1) - 0.5 in float32, exactly the
-    arithmetic of ``rcenp.data.datasets.scale`` and ``rcenp.data.images.quantize16``."""
-    top = levels - 1
-    steps = np.rint((np.asarray(images, np.float64) + 0.5) * top).astype(np.float32)
-    steps /= np.float32(top)
-    steps -= np.float32(0.5)
-    return steps
-
-
 def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, seed: int = 0,
                batch_size: int = 100, resume: bool = False, shard=(1, 1), data_dir=None, device=None,
                png_dir=None, stream=None, merge=None) -> dict:
@@ -138,16 +133,19 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     fn = attack_function(attack, crafter_detector)
     asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
-             "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset}
+             "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset,
+             "detector": runfiles.detector_identity(model_ref)}
+    if options.get("substitute") is not None:
+        asked["substitute_detector"] = runfiles.detector_identity(options["substitute"])
     if merge:
         if tuple(shard) != (1, 1):
             raise ValueError("--merge writes the whole run from its shards: leave out --shard")
         from rcenp.attacks.shards import merge_shards
 
-        return merge_shards(asked, merge, out_dir, detector, lambda folder, a: _claim(folder, a, resume=False))
+        return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume=False))
     made_dir = not out_dir.exists()
-    claimed = _claim(out_dir, asked, resume)
-    code = checkpoint.code_identity()  # the code this process loaded, not what the tree holds when it ends
+    claimed = runfiles.claim(out_dir, asked, resume)
+    code = runfiles.code_record()  # the code this process loaded, not what the tree holds when it ends
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
         progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
@@ -155,6 +153,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                          f"nothing to do ({out_dir / 'summary.json'})")
         progress.close()
         return json.loads((out_dir / "summary.json").read_text())
+    crafter_ref = options.get("substitute") or model_ref
     options = {k: v for k, v in options.items() if k != "substitute"}
     per_sample = {}
     if attack in CW_ATTACKS and options.get("targets", "random") == "random":
@@ -168,17 +167,26 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     finished = [stem.with_suffix(".jsonl").is_file() for stem in stems]
     progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
     span = f"image {indices[0]}" if len(indices) == 1 else f"images {indices[0]}-{indices[-1]}"
-    progress.message(f"{attack} {format_options(options)} on {model_ref} ({model.objective.upper()}), {span} "
+    progress.message(f"{attack} {runfiles.format_options(options)} on {model_ref} ({model.objective.upper()}), {span} "
                      f"of {test.describe()}, "
                      + (f"{len(batches)} batches of {batch_size}" if len(batches) > 1 else "1 batch"))
     if any(finished):
         progress.message(f"resuming: {sum(finished)} of {plural(len(batches), 'batch', 'batches')} done")
+        other = [c for c in runfiles.earlier_code(stems) if c.get("source_sha256") != code["source_sha256"]]
+        if other:
+            progress.message("note: earlier batches were computed with other code ("
+                             + ", ".join(c.get("commit", "unrecorded")[:12] for c in other)
+                             + f"; now {code.get('commit', 'no git')[:12]}): summary.json's code_by_batch lists each")
     t0, timed, done_images = time.monotonic(), 0, 0
     try:
         for b, (index, stem) in enumerate(zip(batches, stems)):
             if finished[b] and b + 1 < len(batches):
                 continue  # done by an earlier process: no progress line, no rate from it
             if not finished[b]:
+                if attack == "cw-wb" and "train_features" not in options:  # η: once per process, when needed
+                    progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
+                    features, labels = training_features(crafter, crafter_detector, crafter_ref, dataset, data_dir)
+                    options = dict(options, train_features=features, train_labels=labels)
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
                 call = fn if attack not in CW_ATTACKS else functools.partial(  # C&W: status within a batch
@@ -187,6 +195,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                                                    batch_options, batch_size, png_dir,
                                                    substitute=None if crafter is model else crafter)
                 checkpoint.atomic_write_npz(stem.with_suffix(".npz"), adversarial=result.adversarial)
+                runfiles.write_batch_code(stem, code)
                 checkpoint.atomic_write_text(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
                 timed += time.monotonic() - start
                 done_images += len(index)
@@ -195,7 +204,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             progress.update(b + 1, plural(sum(len(i) for i in batches[:b + 1]), "image", "images") + "  "
                             + (f"{rate:.2f} img/s" if rate else "? img/s"),
                             0.0 if not left else left / rate if rate else float("inf"), force=b + 1 == len(batches))
-        summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code)
+        summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked,
+                            runfiles.code_by_batch(stems))
         summary["timing"] = {"seconds_this_run": time.monotonic() - t0, "attack_seconds_this_run": timed,
                              "images_this_run": done_images,
                              "images_per_s": done_images / timed if timed else None}
@@ -208,27 +218,10 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     except BaseException:
         if claimed and not any(partial.glob("*.jsonl")):  # nothing done: leave no run behind to block --out
             progress.close()
-            _unclaim(out_dir, partial, made_dir)
+            runfiles.unclaim(out_dir, partial, made_dir)
         raise
     finally:
         progress.close()
-
-
-def attack_and_audit(fn, model, detector, images, labels, index, options: dict, batch_size: int, png_dir=None,
-                     substitute=None):
-    """Attack ``images`` (N, C, H, W) with ``fn(model, images, batch_size=..., **options)`` and
-    audit each sample → (AttackResult, ``samples.jsonl`` records): the attack's per-sample entries,
-    the test ``index`` and true label, success after 8-bit (and 16-bit PNG) rounding, and with a
-    ``detector`` the clean and adversarial confidence, non-ME and log KD and whether it rejects.
-
-    With a ``substitute`` model the attack is crafted on it and audited on ``model`` (the target;
-    module docstring): the returned result is the substitute's, the records are the target's."""
-    result = fn(model if substitute is None else substitute, images, batch_size=batch_size, **options)
-    records = [sample_record(i, int(y), r) for i, y, r in zip(index, labels, result.records())]
-    if substitute is not None:
-        _audit_on_target(model, images, labels, result, records)
-    _extras(model, detector, images, result, records, png_dir, index, transfer=substitute is not None)
-    return result, records
 
 
 def load_substitute(substitute_ref, target_manifest: dict, device=None):
@@ -243,81 +236,6 @@ def load_substitute(substitute_ref, target_manifest: dict, device=None):
     return substitute, fitted_detector(substitute, substitute_ref)
 
 
-def _audit_on_target(target, images, labels, result: AttackResult, records) -> None:
-    """Rewrite the substitute's records as the target sees them (transfer; module docstring)."""
-    clean = as_numpy(target.predict(images))
-    adversarial = as_numpy(target.predict(result.adversarial))
-    for j, record in enumerate(records):
-        record["substitute_success"] = record["success"]
-        record["substitute_prediction"] = record.pop("adversarial_prediction")
-        record["substitute_clean_prediction"] = record["clean_prediction"]
-        record["clean_prediction"] = int(clean[j])
-        record["adversarial_prediction"] = int(adversarial[j])
-        record["misclassified"] = bool(adversarial[j] != labels[j])
-        record["success"] = record["misclassified"]
-        record["target_hit"] = bool(record["target"] >= 0 and adversarial[j] == record["target"])
-
-
-def sample_record(index: int, true_label: int, record: dict) -> dict:
-    """One ``samples.jsonl`` line: the attack's per-sample audit plus the test index and true label."""
-    out = {"index": int(index), "true_label": true_label}
-    out.update(record)
-    out["adversarial_prediction"] = out.pop("prediction")
-    out["misclassified"] = out["adversarial_prediction"] != true_label
-    return out
-
-
-def _claim(out_dir: Path, asked: dict, resume: bool) -> bool:
-    """Create ``out_dir``'s run.json (→ True), or check that a resumed run asks for the same thing
-    (→ False)."""
-    run_file = out_dir / "run.json"
-    if run_file.is_file():
-        if not resume:
-            raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it, or choose another --out")
-        previous = json.loads(run_file.read_text())
-        changed = differences(previous, json.loads(json.dumps(asked)))
-        if changed:
-            raise ValueError(f"{out_dir}: --resume with other settings than the run there: {'; '.join(changed)}")
-        return False
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
-    return True
-
-
-def differences(there: dict, now: dict, prefix: str = "") -> list[str]:
-    """'key: X there, Y now' for each setting of ``now`` that differs from ``there`` (nested dicts
-    by dotted key, so a changed option reads 'options.eps: 0.1 there, 0.2 now')."""
-    out = []
-    for key in now:
-        a, b = there.get(key), now[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {'(none)' if key not in there else json.dumps(a)} there, {json.dumps(b)} now")
-    return out
-
-
-def format_options(options: dict) -> str:
-    """An attack's options for a person: 'eps=0.1 steps=10'; nested ones as 'stage2.kappa=5'."""
-    parts = []
-    for key, value in options.items():
-        if isinstance(value, dict):
-            parts += [f"{key}.{item}" for item in format_options(value).split()]
-        else:
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
-
-
-def _unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
-    """Undo ``_claim`` for a run that failed before its first batch (a bad setting the attack
-    itself rejects): its run.json, log and empty partial/ go, and ``out_dir`` if this run made it."""
-    shutil.rmtree(partial, ignore_errors=True)
-    for name in ("run.json", "attack.log"):
-        (out_dir / name).unlink(missing_ok=True)
-    if made_dir and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-
-
 def fitted_detector(model, model_ref):
     """The model's saved detector (``rcenp detect --fit``), or None."""
     from rcenp.detect.detector import detector_stem, load_detector
@@ -327,46 +245,27 @@ def fitted_detector(model, model_ref):
     return load_detector(model_ref, model) if fitted else None
 
 
-def _success(result: AttackResult, prediction, records=None) -> np.ndarray:
-    """The attack's success criterion on ``prediction``; with transfer ``records``, the target's:
-    misclassified (the true label is in the records)."""
-    if records is not None:
-        return prediction != np.array([r["true_label"] for r in records])
-    targeted = result.target >= 0
-    return np.where(targeted, prediction == result.target, prediction != result.label)
+_TRAIN_FEATURES: dict = {}
 
 
-def _extras(model, detector, clean, result: AttackResult, records, png_dir, index, transfer: bool = False) -> None:
-    """Add to each record: success after 8-bit (and 16-bit PNG) rounding and the detector's scores."""
-    rounded = quantize(result.adversarial, 256)
-    criterion = records if transfer else None
-    success_8bit = _success(result, as_numpy(model.predict(rounded)), criterion)
-    if png_dir is not None:
-        from rcenp.data.images import write_png16
+def training_features(model, detector, model_ref, dataset: str, data_dir=None):
+    """Z (N_tr, D) float32 and true labels (N_tr,) of the training images ``detector`` drew its
+    kernel points from (the first ``info["fitted_on"]`` of the split; all of them when not
+    recorded): C&W-wb's η_t is the median over class t's training features (protocol §5.4,
+    ``median_for_attack.m``). Cached per process by model and detector."""
+    from rcenp.data import load
 
-        Path(png_dir).mkdir(parents=True, exist_ok=True)
-        for i, image in zip(index, result.adversarial):
-            write_png16(Path(png_dir) / f"{int(i):05d}.png", image)
-        success_16bit = _success(result, as_numpy(model.predict(quantize(result.adversarial, 65536))), criterion)
-    for j, record in enumerate(records):
-        record["success_8bit"] = bool(success_8bit[j])
-        if png_dir is not None:
-            record["success_16bit"] = bool(success_16bit[j])
-    if detector is None:
-        return
-    for which, images in (("clean", clean), ("adversarial", result.adversarial)):
-        scores = detector.scores(images)
-        for j, record in enumerate(records):
-            for metric in ("confidence", "non_me", "kd"):
-                if metric in scores:
-                    name = "log_kd" if metric == "kd" else metric
-                    record[f"{which}_{name}"] = float(scores[metric][j])
-    for record in records:
-        score = record["adversarial_" + ("log_kd" if detector.metric == "kd" else detector.metric)]
-        record["detected"] = bool(score <= detector.threshold) if detector.threshold is not None else None
+    key = (str(model_ref), json.dumps(runfiles.detector_identity(model_ref)), dataset, str(data_dir))
+    if key not in _TRAIN_FEATURES:
+        train = load(dataset, "train", data_dir)
+        count = int(detector.info.get("fitted_on", len(train.labels)))
+        z, _ = detector.features_and_logits(train.images[:count])
+        _TRAIN_FEATURES.clear()  # one model's at a time: (60,000 × 64) float32 is 15 MB
+        _TRAIN_FEATURES[key] = (as_numpy(z).astype(np.float32), np.asarray(train.labels[:count]))
+    return _TRAIN_FEATURES[key]
 
 
-def _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code) -> dict:
+def _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code_groups) -> dict:
     """Write adversarial.npz and samples.jsonl from the partial batches; return the summary."""
     index = np.concatenate(batches)
     adversarial = np.concatenate([np.load(partial / f"batch-{b[0] // batch_size:05d}.npz")["adversarial"]
@@ -380,7 +279,7 @@ def _assemble(out_dir, partial, batches, batch_size, test, model, detector, aske
 
     summary = summarize(records, detector)
     summary.update(settings=asked, test_set=test.describe(), software=_software(model),
-                   code=code)
+                   code=code_groups[-1]["code"] if len(code_groups) == 1 else None, code_by_batch=code_groups)
     return summary
 
 

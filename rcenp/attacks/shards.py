@@ -2,7 +2,7 @@
 the files the single run writes: ``samples.jsonl`` and ``adversarial.npz`` concatenated in shard
 order (equal to the single run's, which the tests check), ``run.json`` as the single run's, and
 ``summary.json`` recomputed from all the records, with each shard's code, software and timing
-under ``merged_from``."""
+under ``merged_from`` and the code of every batch under ``code_by_batch`` (``rcenp.attacks.runfiles``)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
+from rcenp.attacks.runfiles import merge_code_groups
 
 
 def finished_shards(asked: dict, shard_dirs) -> list[Path]:
@@ -62,8 +63,10 @@ def merge_shards(asked: dict, shard_dirs, out_dir: Path, detector, claim) -> dic
     timing = [s["timing"] for s in shards]
     attack_seconds = sum(t["attack_seconds_this_run"] for t in timing)
     images = sum(t["images_this_run"] for t in timing)
+    code_groups = merge_code_groups([group for s in shards
+                                     for group in s.get("code_by_batch", [{"code": s["code"], "batches": []}])])
     summary.update(settings=asked, test_set=shards[0]["test_set"], software=shards[0]["software"],
-                   code=shards[0]["code"],
+                   code=code_groups[0]["code"] if len(code_groups) == 1 else None, code_by_batch=code_groups,
                    timing={"seconds_this_run": sum(t["seconds_this_run"] for t in timing),
                            "attack_seconds_this_run": attack_seconds, "images_this_run": images,
                            "images_per_s": images / attack_seconds if attack_seconds else None},

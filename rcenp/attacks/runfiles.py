@@ -1,0 +1,141 @@
+"""The bookkeeping of an ``rcenp attack`` run folder: ``run.json`` (what was asked, checked on
+resume and merge), the code each finished batch was computed with, and the detector's identity.
+
+Resuming with other settings, or with a detector refitted since the run began, is refused: the
+earlier batches' records would mean something else. A resume with other code is allowed (runs
+span sessions while the project changes), but never silently: every batch records the code that
+computed it (``partial/batch-NNNNN.code.json``), the progress log says when the code differs
+from the earlier batches', and ``summary.json``'s ``code_by_batch`` lists each version with its
+batches.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from rcenp import checkpoint
+
+
+def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
+    """Create ``out_dir``'s run.json (→ True), or check that a resumed run asks for the same thing
+    (→ False). Raises ValueError for a run folder without ``resume`` or with other settings."""
+    run_file = out_dir / "run.json"
+    if run_file.is_file():
+        if not resume:
+            raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it, or choose another --out")
+        previous = json.loads(run_file.read_text())
+        changed = differences(previous, json.loads(json.dumps(asked)))
+        if changed:
+            raise ValueError(f"{out_dir}: --resume with other settings than the run there: {'; '.join(changed)}")
+        return False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
+    return True
+
+
+def differences(there: dict, now: dict, prefix: str = "") -> list[str]:
+    """'key: X there, Y now' for each setting that differs between ``there`` and ``now``, a key
+    missing on either side included (an option left off a resume command is a difference); nested
+    dicts by dotted key, so a changed option reads 'options.eps: 0.1 there, 0.2 now'."""
+    out = []
+    for key in list(there) + [k for k in now if k not in there]:
+        a, b = there.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif key not in there or key not in now or a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a) if key in there else '(none)'} there, "
+                       f"{json.dumps(b) if key in now else '(none)'} now")
+    return out
+
+
+def unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
+    """Undo ``claim`` for a run that failed before its first batch (a bad setting the attack
+    itself rejects): its run.json, log and empty partial/ go, and ``out_dir`` if this run made it."""
+    shutil.rmtree(partial, ignore_errors=True)
+    for name in ("run.json", "attack.log"):
+        (out_dir / name).unlink(missing_ok=True)
+    if made_dir and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+def format_options(options: dict) -> str:
+    """An attack's options for a person: 'eps=0.1 steps=10'; nested ones as 'stage2.kappa=5'."""
+    parts = []
+    for key, value in options.items():
+        if isinstance(value, dict):
+            parts += [f"{key}.{item}" for item in format_options(value).split()]
+        else:
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def detector_identity(model_ref) -> dict | None:
+    """The fitted detector of ``model_ref`` as run.json records it: its kernel arrays' SHA-256,
+    threshold, σ² and metric (None without a detector). A refit changes it."""
+    from rcenp.detect.detector import detector_stem
+    from rcenp.models.registry import resolve
+
+    path = detector_stem(resolve(model_ref)).with_suffix(".json")
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    return {key: manifest.get(key) for key in ("arrays_sha256", "threshold", "sigma2", "metric")}
+
+
+@functools.lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """SHA-256 over the rcenp package's Python sources as this process loaded them (path and
+    bytes of every ``rcenp/**/*.py``, sorted): equal exactly when the library code is equal,
+    whatever the git history or the docs around it did."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def code_record() -> dict:
+    """The code this process runs: git commit and dirty flag (``checkpoint.code_identity``) and
+    ``source_sha256``."""
+    return {**checkpoint.code_identity(), "source_sha256": source_sha256()}
+
+
+def write_batch_code(stem: Path, code: dict) -> None:
+    checkpoint.atomic_write_text(stem.with_suffix(".code.json"), json.dumps(code) + "\n")
+
+
+def earlier_code(stems) -> list[dict]:
+    """The distinct code records of the finished batches among ``stems`` (old batches without one
+    count as ``{}``), in order of first appearance."""
+    seen = []
+    for stem in stems:
+        if stem.with_suffix(".jsonl").is_file():
+            path = stem.with_suffix(".code.json")
+            code = json.loads(path.read_text()) if path.is_file() else {}
+            if code not in seen:
+                seen.append(code)
+    return seen
+
+
+def code_by_batch(stems) -> list[dict]:
+    """``summary.json``'s ``code_by_batch``: each distinct code record with the numbers of the
+    batches it computed (``partial/batch-NNNNN``'s NNNNN, 0-based over the whole run, shards
+    included; ``{}``: a batch from before batches recorded their code)."""
+    return merge_code_groups([{"code": json.loads(path.read_text()) if path.is_file() else {},
+                               "batches": [int(stem.name.rpartition("-")[2])]}
+                              for stem in stems for path in [stem.with_suffix(".code.json")]])
+
+
+def merge_code_groups(groups) -> list[dict]:
+    """``code_by_batch`` lists joined: one entry per distinct code, batches in the order given."""
+    out: list[dict] = []
+    for group in groups:
+        same = next((g for g in out if g["code"] == group["code"]), None)
+        if same is None:
+            out.append({"code": group["code"], "batches": list(group["batches"])})
+        else:
+            same["batches"] += group["batches"]
+    return out
