@@ -1,6 +1,7 @@
 """JSMA (rcenp.attacks.jsma): both variants against literal float64 transcriptions of their
 algorithms, the L0 and box guarantees, the stop rules, batch independence, determinism, CE/RCE
-targets, argument errors, and one run on the shipped MNIST models."""
+targets, argument errors, the released float32 code's picks at tiny F_t, and one run on the shipped
+MNIST models."""
 import importlib
 import itertools
 import math
@@ -237,6 +238,62 @@ def test_same_seed_same_output():
     runs = [jsma(resnet_classifier("rce", seed=7), x, 0.3, max_iterations=20) for _ in range(2)]
     for name in ("adversarial", "iterations", "stop_reason", "zero_grad_fraction", "l2"):
         np.testing.assert_array_equal(getattr(runs[0], name), getattr(runs[1], name))
+
+
+def released_float32_first_pick(w, b, x, target):
+    """The released _jsma_impl's first pick on logits z = W x + b, emulated in float32 NumPy with
+    TensorFlow's softmax gradient (upstream g: (g - Σ_j g_j·F_j)·F): dt from g = e_t, d(Σ F)/dx from
+    g = 1, i.e. Jᵀ((1 - Σ_j F_j)·F) with the float32 sum. Returns (pick, F_t, Σ_j F_j != 1), each (N,).
+    (TensorFlow's summation order may differ; the emulated residue has the same size.)"""
+    z = x @ w.T + b
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    f = e / e.sum(axis=1, keepdims=True)
+    total = np.zeros(len(f), np.float32)
+    for j in range(f.shape[1]):
+        total = total + f[:, j]
+    rows = np.arange(len(f))
+    f_t = f[rows, target]
+    dt = ((np.eye(f.shape[1], dtype=np.float32)[target] - f_t[:, None]) * f) @ w
+    dy = ((np.float32(1) - total)[:, None] * f) @ w
+    do = dy - dt
+    unsaturated = x < 0.5
+    domain = unsaturated & (dt >= 0) & (do <= 0)
+    score = np.where(domain, dt * np.abs(do), -np.inf)
+    fallback = np.where(unsaturated, dt - do, -np.inf)
+    return np.where(domain.any(axis=1), score.argmax(axis=1), fallback.argmax(axis=1)), f_t, total != 1
+
+
+def test_released_float32_residue_drives_picks_at_tiny_target_probability():
+    """The module docstring's claim, on a float32 linear model (z = W x + b, 10 classes, 64
+    features): the released code's float32 d(Σ F)/dx residue changes many picks when F_t < 1e-7,
+    only where the float32 Σ F ≠ 1, and none at F_t ≥ 1e-5; rcenp's pick is the exact argmax dt
+    throughout (with or without the residue in the reference)."""
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 1, (10, 64)).astype(np.float32)
+    x = rng.uniform(-0.5, 0.5, (2000, 64)).astype(np.float32)
+    t = np.full(len(x), 3)
+    tiny, large = {"differ": 0, "n": 0}, {"differ": 0, "n": 0}
+    for shift in (-15.0, -5.0):                     # the target's bias: F_t about 1e-12 … 1e-5, then ≥ 1e-5
+        b = np.zeros(10, np.float32)
+        b[3] = shift
+        z = x.astype(np.float64) @ w.T.astype(np.float64) + b
+        keep = z.argmax(axis=1) != 3
+        f = np.exp(z - z.max(axis=1, keepdims=True))
+        f /= f.sum(axis=1, keepdims=True)
+        exact = np.where(x < 0.5, (np.eye(10)[t] - f) @ w.astype(np.float64), -np.inf).argmax(axis=1)
+        released, f_t, residue = released_float32_first_pick(w, b, x, t)
+        differ = (released != exact) & keep
+        assert not (differ & ~residue).any()        # a float32 Σ F of exactly 1 gives the exact pick
+        for bin_, mask in ((tiny, keep & (f_t < 1e-7)), (large, keep & (f_t >= 1e-5))):
+            bin_["differ"] += int((differ & mask).sum())
+            bin_["n"] += int(mask.sum())
+        model = Classifier(Dense((1, 8, 8), [(w, b)]), "ce").eval()
+        result = jsma(model, x[keep].reshape(-1, 1, 8, 8), 0.1, targets=t[keep], max_iterations=1)
+        moved = result.adversarial.reshape(-1, 64) != x[keep]
+        assert (moved.sum(axis=1) == 1).all()
+        np.testing.assert_array_equal(moved.argmax(axis=1), exact[keep])
+    assert tiny["n"] >= 1000 and tiny["differ"] >= 0.2 * tiny["n"]
+    assert large["n"] >= 1000 and large["differ"] == 0
 
 
 @pytest.mark.parametrize("objective", ["ce", "rce"])

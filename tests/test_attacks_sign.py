@@ -1,10 +1,12 @@
-"""FGSM, BIM and ILCM (rcenp.attacks.sign): closed forms, box and ball, targets, batch independence."""
+"""FGSM, BIM and ILCM (rcenp.attacks.sign): closed forms, box and ball, targets, the released tgsm.py's
+logit gradient (TensorFlow's p - T), batch independence."""
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from rcenp import attacks
+from rcenp import functional as F
 from rcenp.models import resnet
 from rcenp.nn import Module
 from rcenp.nn.layers import Linear
@@ -95,16 +97,77 @@ def test_ilcm_targets_the_least_likely_class_of_the_prediction_logits(objective)
     np.testing.assert_array_equal(result.success, result.prediction == result.target)
 
 
-def test_ilcm_descends_towards_the_target_and_the_code_variant_does_not():
+def test_paper_ilcm_reaches_its_target_on_a_linear_model():
     model = linear_model("ce", 1)
     x = box_images(np.random.default_rng(1), 50)
     paper = attacks.ilcm(model, x, 1.0, steps=10)
     code = attacks.ilcm(model, x, 1.0, steps=10, target_vector="pang2018-code")
     np.testing.assert_array_equal(paper.target, code.target)
-    # an unbounded paper ILCM on a linear model reaches its target; the +-0.5 vector mostly
-    # raises the predicted logit (protocol §5.1), so it rarely does
-    assert paper.success.mean() >= 0.9
-    assert code.success.mean() < paper.success.mean()
+    assert paper.success.mean() >= 0.9   # an unbounded paper ILCM on a linear model reaches its target
+
+
+class TanhNet(Module):
+    """s = W₂·tanh(W₁·vec(x) + b₁) + b₂ on (N, 1, 4, 4) images: a curved network whose Jacobian
+    the test writes out by the chain rule."""
+
+    def __init__(self, seed, num_classes, hidden=6):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.num_classes, self.in_channels = num_classes, 1
+        self.fc1 = Linear(16, hidden, rng=rng)
+        self.fc2 = Linear(hidden, num_classes, rng=rng)
+        self.fc1.bias.data[...] = rng.normal(0, 0.3, hidden)
+        self.fc2.weight.data[...] *= 3.0      # spread the logits, so softmax is far from uniform
+        self.fc2.bias.data[...] = rng.normal(0, 0.3, num_classes)
+
+    def forward(self, x):
+        return self.fc2(F.tanh(self.fc1(x.reshape(x.shape[0], 16))))
+
+
+def released_tgsm(model, x, eps, steps, exact_derivative=False):
+    """The released attacks/tgsm.py on a TanhNet Classifier, in float64 NumPy: T = +0.5 at the
+    least-likely class, -0.5 elsewhere; the logit gradient TensorFlow backpropagates for
+    softmax_cross_entropy_with_logits(labels=T), p - T; x <- clip(x - (eps/steps)·sign(Jᵀ(p - T))).
+    ``exact_derivative`` uses the loss's true logit gradient (ΣT)·p - T instead (what rcenp did
+    before)."""
+    net, sign = model.network, (-1.0 if model.objective == "rce" else 1.0)
+    w1, b1, w2, b2 = (a.data for a in (net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias))
+    n, flat = len(x), x.reshape(len(x), 16)
+    lower, upper = np.maximum(flat - eps, -0.5), np.minimum(flat + eps, 0.5)
+    adv, targets = flat.copy(), None
+    for _ in range(steps):
+        h = np.tanh(adv @ w1.T + b1)
+        z = sign * (h @ w2.T + b2)                                 # prediction logits (N, L)
+        if targets is None:
+            targets = np.eye(z.shape[1])[z.argmin(axis=1)] - 0.5   # fixed from the clean image
+        p = softmax(z)
+        logit_grad = targets.sum(axis=1, keepdims=True) * p - targets if exact_derivative else p - targets
+        gx = sign * (((logit_grad @ w2) * (1 - h ** 2)) @ w1)        # Jᵀ(logit_grad), J = ∂z/∂x
+        adv = np.clip(adv - (eps / steps) * np.sign(gx), lower, upper)
+    return adv.reshape(x.shape)
+
+
+@pytest.mark.parametrize("num_classes", [2, 5, 10])
+@pytest.mark.parametrize("objective", ["ce", "rce"])
+@given(seed=st.integers(0, 2**16), eps=st.floats(0.05, 1.0), steps=st.integers(1, 6))
+def test_ilcm_code_variant_backpropagates_tensorflows_p_minus_t(objective, num_classes, seed, eps, steps):
+    """target_vector="pang2018-code" equals a direct float64 emulation of the released tgsm.py,
+    whose logit gradient is TensorFlow's softmax(z) - T, not the loss's derivative (ΣT)·p - T."""
+    model = Classifier(TanhNet(seed % 11, num_classes), objective).astype(np.float64).eval()
+    x = box_images(np.random.default_rng(seed), 8)
+    result = attacks.ilcm(model, x, eps, steps=steps, target_vector="pang2018-code")
+    np.testing.assert_array_equal(result.adversarial, released_tgsm(model, x, eps, steps))
+    assert result.params["target_vector"] == "pang2018-code"
+
+
+def test_ilcm_code_variant_differs_from_the_exact_derivative():
+    """The emulation above discriminates: on these images, differentiating the loss exactly
+    ((ΣT)·p - T = -4p - T for 10 classes, protocol §5.1) moves some pixel the other way."""
+    model = Classifier(TanhNet(3, 10), "ce").astype(np.float64).eval()
+    x = box_images(np.random.default_rng(3), 8)
+    code = attacks.ilcm(model, x, 0.3, steps=3, target_vector="pang2018-code").adversarial
+    np.testing.assert_array_equal(code, released_tgsm(model, x, 0.3, 3))
+    assert not np.array_equal(code, released_tgsm(model, x, 0.3, 3, exact_derivative=True))
 
 
 def test_given_labels_are_attacked_instead_of_the_prediction():

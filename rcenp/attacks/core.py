@@ -7,19 +7,31 @@ Conventions (protocol §5, landscape §2.0):
 - Images are (N, C, H, W) float arrays in the [-0.5, 0.5] box. Work runs on the model's device;
   results come back as host NumPy arrays.
 - Gradients are taken with ``rcenp.grad`` (no parameter ``.grad`` is touched) of a loss *summed*
-  over the batch, so a sample's gradient does not depend on the batch size.
+  over the batch, so the loss's scale does not depend on the batch size and, in exact arithmetic,
+  a sample's gradient is its own. The floating-point result is not exactly independent of the
+  batch: a batched float32 forward pass can round differently at different batch sizes (about
+  4e-6 on the shipped MNIST model's logits, tests/test_attacks_jsma.py), so a nearly tied decision
+  (a JSMA pick, a sign(·) of a nearly zero gradient entry) can depend on the batch-mates. JSMA's
+  active sub-batch also shrinks as its batch-mates finish. Results are reproducible for the same
+  inputs and ``batch_size``; the float64 tests find them identical alone, batched and shuffled.
+- The attacks run the model in eval mode and restore every module's own ``training`` flag on exit,
+  also when they raise (``eval_mode``).
 - Distortion is reported in two units: ‖δ‖₂ on the [-0.5, 0.5] box, and the paper's
   ‖δ‖₂/√d on the 0-255 scale (= 255·RMS(δ), protocol §5), plus ‖δ‖∞ and ‖δ‖₀.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import numbers
 
 import numpy as np
 
 from rcenp.autograd import Tensor, grad, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.nn.module import check_input_dtype
+from rcenp.ops.activation import log_softmax_array
 
 BOX = (-0.5, 0.5)
 UNTARGETED = -1
@@ -29,13 +41,27 @@ UNTARGETED = -1
 class AttackResult:
     """The outcome of one attack on N images (all host NumPy arrays).
 
-    adversarial (N, C, H, W) in the box, in the model's dtype (float32 unless cast); success (N,) bool (targeted attacks: classified as
-    the target; untargeted: not classified as the attacked label); prediction (N,) int64 on the
-    adversarial input; clean_prediction (N,) int64; label (N,) the class attacked away from
-    (untargeted) or the clean prediction (targeted); target (N,) int64, -1 when untargeted;
-    iterations (N,) int64 gradient steps used; stop_reason (N,) str; zero_grad_fraction (N,) the
-    fraction of exactly-zero entries of the input gradient at the clean image (a gradient-masking
-    signal, landscape §2.10); distortions l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf, l0.
+    Fields whose meaning is attack-specific are defined in each attack's docstring; the list
+    below gives the common frame and the cases that differ.
+
+    - adversarial (N, C, H, W) in the box, in the model's dtype (float32 unless cast).
+    - success (N,) bool, as each attack defines it. FGSM, BIM: not classified as ``label``. ILCM,
+      JSMA: classified as ``target``. C&W: κ-aware (its margin test, which a plain argmax check
+      does not reproduce for κ > 0), and C&W-wb's also needs f₂ ≤ 0 (``rcenp.attacks.cw``,
+      ``rcenp.attacks.cw_wb``).
+    - prediction (N,) int64 on the adversarial input; clean_prediction (N,) int64.
+    - label (N,) int64. FGSM, BIM: the class attacked away from (the clean prediction unless
+      labels are given). ILCM, JSMA: the clean prediction. C&W: the labels it was given.
+    - target (N,) int64, -1 (``UNTARGETED``) when untargeted.
+    - iterations (N,) int64, in the attack's unit (sign attacks: gradient steps; JSMA: picks;
+      C&W: optimiser iterations over all binary steps); stop_reason (N,) str, attack-specific.
+    - zero_grad_fraction (N,) float64: the fraction of exactly-zero entries of the attack's input
+      gradient at its first iterate (a gradient-masking signal, landscape §2.10). That iterate is
+      the clean image for the sign attacks and JSMA; C&W measures at its tanh-box image
+      ½·tanh(arctanh(2x·0.999999)) ≈ 0.999999·x and reports NaN where its hinge is inactive
+      there (see ``rcenp.attacks.cw``).
+    - distortions l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf, l0.
+
     ``attack`` and ``params`` name the attack and its settings; ``details``, when given, holds one
     JSON-ready dict per sample with attack-specific audit entries (C&W's c trajectory, ...).
     """
@@ -117,18 +143,44 @@ def check_images(model, x) -> np.ndarray:
     return x
 
 
+def check_real(name: str, value) -> float:
+    """``value`` as a finite float: a real number (int, float, ``numbers.Real``, NumPy scalar) that
+    is not a bool. Raises ValueError naming ``name`` otherwise (None, a string, an array, a bool,
+    NaN or ±inf), never a TypeError or OverflowError from a conversion."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number (not a bool), got {value!r} of type {type(value).__name__}")
+    try:
+        result = float(value)
+    except OverflowError:  # an int (or Fraction) beyond the float range
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return result
+
+
 def check_positive(name: str, value, upper: float | None = None) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value <= 0 or (upper is not None and value > upper):
+    """``value`` as a float in (0, upper] (upper = ∞ when None), checked by ``check_real``.
+    Raises ValueError naming ``name`` otherwise."""
+    result = check_real(name, value)
+    if result <= 0 or (upper is not None and result > upper):
         bound = f" and at most {upper}" if upper is not None else ""
-        raise ValueError(f"{name} must be positive{bound}, got {value}")
-    return value
+        raise ValueError(f"{name} must be positive{bound}, got {result}")
+    return result
 
 
 def check_steps(name: str, value) -> int:
-    if int(value) != value or value < 1:
+    """``value`` as an int ≥ 1: a real number (not a bool, see ``check_real``) with an integral
+    value, so 3 and 3.0 pass and 2.5 does not. Raises ValueError naming ``name`` otherwise."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        result = int(value)
+    else:
+        real = check_real(name, value)
+        if not real.is_integer():
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+        result = int(real)
+    if result < 1:
         raise ValueError(f"{name} must be a positive integer, got {value}")
-    return int(value)
+    return result
 
 
 def check_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
@@ -144,30 +196,54 @@ def check_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
 
 
 # ---- the model as an attack sees it --------------------------------------------------------------
-def prediction_logits(model, x):
-    """Prediction logits (N, L) of a device array, eval mode, no graph."""
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run the block with every module of ``model`` in eval mode (inference BN), then give each
+    module back its own ``training`` flag, also when the block raises. Nests."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    with no_grad():
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            object.__setattr__(module, "training", training)  # per module, as ``Module.train`` sets it
+
+
+def prediction_logits(model, x):
+    """Prediction logits (N, L) of a device array, in eval mode (the model's modes are restored),
+    no graph."""
+    with eval_mode(model), no_grad():
         return model(x).data
 
 
-def soft_target_gradient(model, x, targets):
-    """(∇ₓ Σ_n -T_nᵀ log softmax(z_n), z) for the prediction logits z = model(x) (N, L).
+def soft_target_gradient(model, x, targets, tf_logit_gradient: bool = False):
+    """(∇ₓ Σ_n -T_nᵀ log softmax(z_n), z) for the prediction logits z = model(x) (N, L), in eval
+    mode (the model's modes are restored).
 
     ``targets`` is the constant target matrix T (N, L) (one-hot for CE on a label), or a function
     of the logits array returning it, so a target chosen from this very forward pass (the clean
     prediction, the least-likely class) costs no extra forward. The loss is summed over the batch,
-    so each sample's gradient is its own. Returns device arrays: the input gradient (N, C, H, W)
-    and the logits (N, L) of ``x``.
+    so its scale does not depend on the batch size. Its logit gradient is the exact derivative
+    (Σ_j T_nj)·softmax(z_n) − T_n (``rcenp.ops.loss``).
+
+    ``tf_logit_gradient=True`` backpropagates softmax(z_n) − T_n instead, whatever Σ_j T_nj is:
+    the gradient TensorFlow's ``tf.nn.softmax_cross_entropy_with_logits`` returns and registers
+    (its kernel's backprop output, passed through by the op's gradient). The two agree when every
+    row of T sums to 1. Returns device arrays: the input gradient (N, C, H, W) and the logits
+    (N, L) of ``x``.
     """
     from rcenp.ops.loss import SoftTargetCrossEntropy
 
-    model.eval()
-    images = Tensor(x, requires_grad=True)
-    logits = model(images)
-    matrix = targets(logits.data) if callable(targets) else targets
-    loss = SoftTargetCrossEntropy(matrix)(logits)
-    gx = grad(loss, images, grad_output=get_array_module(x).asarray(x.shape[0], dtype=logits.dtype))
+    xp = get_array_module(x)
+    with eval_mode(model):
+        images = Tensor(x, requires_grad=True)
+        logits = model(images)
+        matrix = targets(logits.data) if callable(targets) else targets
+        if tf_logit_gradient:
+            gx = grad(logits, images, grad_output=xp.exp(log_softmax_array(logits.data, axis=1)) - matrix)
+        else:
+            loss = SoftTargetCrossEntropy(matrix)(logits)
+            gx = grad(loss, images, grad_output=xp.asarray(x.shape[0], dtype=logits.dtype))
     return gx, logits.data
 
 

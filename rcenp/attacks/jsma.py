@@ -14,13 +14,25 @@ paper's JSMA column (protocol §5.2).
 - Stop when the image is classified as t, after ``max_iterations`` (the code's 100), or when no
   feature is below 0.5 ("saturated").
 
-Its "others" term is degenerate (landscape §2.5, pitfall 1). Σ_j F_j ≡ 1, so do = −dt exactly; the
-code computes ∂(Σ_j F_j)/∂x − dt, which is float noise − dt. The mask therefore reduces to dt ≥ 0,
-the score to dt² and the fallback to 2·dt. Both pick argmax_i dt_i over the unsaturated features,
-which is greedy ascent on F_t, one feature at a time. This module computes that argmax directly,
-with one backward pass per iteration, of log F_t instead of F_t. ∂log F_t/∂x = dt/F_t has the same
-signs and the same per-image argmax. It does not underflow to an all-zero map when F_t < 1e-38 in
-float32, where the authors' code would instead walk through the features in raster order.
+Its "others" term is degenerate (landscape §2.5, pitfall 1). Σ_j F_j ≡ 1, so in exact arithmetic
+∂(Σ_j F_j)/∂x = 0 and do = −dt. The mask then reduces to dt ≥ 0, the score to dt² and the fallback
+to 2·dt. Both pick argmax_i dt_i over the unsaturated features, which is greedy ascent on F_t, one
+feature at a time. This module computes that exact-arithmetic argmax directly, with one backward
+pass per iteration, of log F_t instead of F_t. ∂log F_t/∂x = dt/F_t has the same signs and the
+same per-image argmax.
+
+Differences from the released code, which runs in float32:
+- Its ∂(Σ_j F_j)/∂x is not 0. TensorFlow's softmax gradient gives Jᵀ((1 − Σ_j F_j)·F), with J the
+  logit Jacobian ∂z/∂x (L, D) and Σ_j F_j the float32 sum, which for about half of the images
+  differs from 1 by a few float32 spacings (6e-8 each below 1, 1.2e-7 above). dt =
+  Jᵀ(F_t·(e_t − F)) is proportional to F_t, so when F_t ≲ 1e-7 (typical for the least-likely
+  target) the residue is as large as dt or larger and drives the mask and the score: there the
+  released code's picks often differ from argmax dt. At F_t ≳ 1e-5 the residue is far below dt
+  and the picks agree (``test_released_float32_residue_drives_picks_at_tiny_target_probability``).
+- Where F_t underflows to 0 in float32 (F_t < 1e-38), the released dt is an all-zero map: every
+  candidate scores 0 and the code takes the first candidate in raster order. ∂log F_t/∂x does
+  not underflow.
+- The released code attacks one image at a time (``tf.map_fn``); this module batches them (below).
 
 ``variant="papernot"``: Papernot et al. (2016), Algorithm 3, on logits (JSMA-Z, as cleverhans and
 AdverTorch do).
@@ -42,6 +54,12 @@ Shared by both variants:
 - Images are attacked in batches. An image stops changing once it is done, and each iteration's
   forward and backward passes run only on the images still active. Whether an image has reached its
   target is read from the logits of the gradient pass, so no extra forward pass is made.
+- In exact arithmetic an image's picks are its own. In float32 a batched forward pass can round
+  differently at different batch sizes (about 4e-6 on the shipped MNIST model's logits), and the
+  active sub-batch shrinks as batch-mates finish, so a nearly tied pick can depend on the
+  batch-mates and on ``batch_size``. Results are reproducible for the same inputs and
+  ``batch_size``; the float64 tests find them identical alone, batched and shuffled.
+- The model runs in eval mode; every module's ``training`` flag is restored on exit.
 - Nothing is random. Feature ties go to the lowest index.
 """
 from __future__ import annotations
@@ -56,7 +74,9 @@ from rcenp.attacks.core import (
     check_images,
     check_labels,
     check_positive,
+    check_real,
     check_steps,
+    eval_mode,
     finish,
     in_batches,
     one_hot,
@@ -89,13 +109,22 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
     counts picks (single features for "pang2018", pairs for "papernot"). ``zero_grad_fraction`` is
     the share of exactly-zero entries of the clean image's saliency gradient.
 
-    Raises ValueError for images outside the box or of the wrong shape, a θ, γ or
-    ``max_iterations`` out of range, γ given with "pang2018", an unknown variant, or bad targets
+    The model runs in eval mode; every module's ``training`` flag is restored on exit.
+
+    Raises ValueError for images outside the box or of the wrong shape, a θ, γ, ``max_iterations``
+    or ``batch_size`` out of range or not a real number (a bool is not one; ``max_iterations`` and
+    ``batch_size`` must be integral), γ given with "pang2018", an unknown variant, or bad targets
     (wrong shape, out of range, or equal to the clean prediction).
     """
+    with eval_mode(model):
+        return _jsma(model, x, theta, targets, max_iterations, variant, gamma, batch_size)
+
+
+def _jsma(model, x, theta, targets, max_iterations, variant, gamma, batch_size) -> AttackResult:
     x = check_images(model, x)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    batch_size = check_steps("batch_size", batch_size)
     features = math.prod(x.shape[1:])
     if variant == "pang2018":
         theta = check_positive("theta", theta, upper=1.0)
@@ -103,8 +132,8 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
             raise ValueError("gamma applies to variant='papernot' only (pang2018 stops after max_iterations)")
         limit = PANG2018_ITERATIONS if max_iterations is None else check_steps("max_iterations", max_iterations)
     else:
-        theta = float(theta)
-        if not math.isfinite(theta) or theta == 0 or abs(theta) > 1:
+        theta = check_real("theta", theta)
+        if theta == 0 or abs(theta) > 1:
             raise ValueError(f"theta must be non-zero with |theta| <= 1 for variant='papernot', got {theta}")
         gamma = PAPERNOT_GAMMA if gamma is None else check_positive("gamma", gamma, upper=1.0)
         limit = math.floor(gamma * features / 2)
@@ -114,7 +143,7 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
             limit = min(limit, check_steps("max_iterations", max_iterations))
     if targets is not None:
         targets = check_labels("targets", targets, len(x), model.network.num_classes)
-        clean = as_numpy(model.eval().predict(x, batch_size=batch_size))
+        clean = as_numpy(model.predict(x, batch_size=batch_size))
         same = np.flatnonzero(targets == clean)
         if len(same):
             raise ValueError(f"targets equal the clean prediction for {len(same)} image(s) (first: index {same[0]}, "
@@ -132,10 +161,10 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
 
 
 def _run(model, x, theta, targets, limit, pairs, params) -> AttackResult:
-    """Attack one batch of device images (N, C, H, W); ``targets`` (N,) on the device or None."""
+    """Attack one batch of device images (N, C, H, W); ``targets`` (N,) on the device or None. The
+    model must already be in eval mode (``jsma`` holds it there)."""
     xp = get_array_module(x)
     n, shape = len(x), x.shape[1:]
-    model.eval()
     adversarial = x.reshape(n, -1).copy()
     domain = adversarial < BOX[1] if theta > 0 else adversarial > BOX[0]  # features that may still change
     iterations = np.zeros(n, np.int64)

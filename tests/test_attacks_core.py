@@ -1,0 +1,185 @@
+"""What the attacks share (rcenp.attacks.core): the argument checks, eval mode and its restoration,
+and TensorFlow's logit gradient p − T for the authors' ILCM variant."""
+import fractions
+
+import numpy as np
+import pytest
+
+from rcenp import attacks
+from rcenp.attacks import core
+from rcenp.nn import Linear, Module
+from rcenp.objectives import Classifier
+
+
+
+# ---- argument checks -------------------------------------------------------------------------
+NOT_REAL = [None, "0.5", True, False, np.True_, np.array(0.5), [0.5], 1 + 0j]
+NOT_FINITE = [float("nan"), float("inf"), -float("inf"), np.float32("nan")]
+BEYOND_FLOAT = [10 ** 400, -10 ** 400]  # finite ints that float() cannot hold (an integer count may be one)
+
+
+@pytest.mark.parametrize("value", NOT_REAL + NOT_FINITE + BEYOND_FLOAT, ids=repr)
+def test_check_real_raises_a_value_error_naming_the_argument(value):
+    with pytest.raises(ValueError, match="^eps must be"):
+        core.check_real("eps", value)
+
+
+@pytest.mark.parametrize("value, expected", [(0.25, 0.25), (3, 3.0), (np.float32(0.5), 0.5), (np.int64(-2), -2.0),
+                                             (fractions.Fraction(1, 4), 0.25)])
+def test_check_real_accepts_real_numbers(value, expected):
+    result = core.check_real("eps", value)
+    assert result == expected and type(result) is float
+
+
+@pytest.mark.parametrize("value", NOT_REAL + NOT_FINITE + BEYOND_FLOAT + [0, 0.0, -0.1, 1.5], ids=repr)
+def test_check_positive_raises_a_value_error_naming_the_argument(value):
+    with pytest.raises(ValueError, match="^eps must be"):
+        core.check_positive("eps", value, upper=1.0)
+
+
+@pytest.mark.parametrize("value", NOT_REAL + NOT_FINITE + [0, -3, -10 ** 400, 2.5, 0.999, np.float64(1.5)],
+                         ids=repr)
+def test_check_steps_raises_a_value_error_naming_the_argument(value):
+    with pytest.raises(ValueError, match="^steps must be"):
+        core.check_steps("steps", value)
+
+
+@pytest.mark.parametrize("value", [3, 3.0, np.int64(3), np.uint8(3), np.float32(3.0), fractions.Fraction(6, 2)],
+                         ids=repr)
+def test_check_steps_accepts_integral_real_numbers(value):
+    result = core.check_steps("steps", value)
+    assert result == 3 and type(result) is int
+
+
+class LinearNet(Module):
+    """Logits W·vec(x) + b on (N, 1, 4, 4) images; records (its own, its layer's) training flag at
+    every forward pass."""
+
+    def __init__(self, num_classes=5):
+        super().__init__()
+        self.num_classes, self.in_channels = num_classes, 1
+        self.fc = Linear(16, num_classes, rng=np.random.default_rng(0))
+        self.fc.bias.data[...] = np.random.default_rng(1).normal(0, 0.3, num_classes)
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append((self.training, self.fc.training))
+        return self.fc(x.reshape(x.shape[0], 16))
+
+
+def images(n=3):
+    return np.random.default_rng(0).uniform(-0.5, 0.5, (n, 1, 4, 4)).astype(np.float32)
+
+
+BAD_CALLS = [
+    # (attack, keyword arguments, the argument the message must name)
+    *[("fgsm", {"eps": v}, "eps") for v in (None, True, "0.1", float("nan"), float("inf"))],
+    *[("bim", {"steps": v}, "steps") for v in (None, True, float("nan"), float("inf"), 2.5, 0, "3")],
+    *[("ilcm", {"steps": v}, "steps") for v in (None, True, float("inf"))],
+    *[("ilcm", {"eps": v}, "eps") for v in (True, None)],
+    *[("fgsm", {"batch_size": v}, "batch_size") for v in (None, True, 0, 2.5, float("inf"))],
+    *[("jsma", {"theta": v}, "theta") for v in (None, True, "0.1", float("nan"))],
+    *[("jsma", {"theta": v, "variant": "papernot"}, "theta") for v in (None, True, "0.1", float("nan"),
+                                                                        float("inf"))],
+    *[("jsma", {"theta": 1.0, "variant": "papernot", "gamma": v}, "gamma") for v in (True, "0.5", float("nan"))],
+    *[("jsma", {"max_iterations": v}, "max_iterations") for v in (True, float("inf"), float("nan"), 2.5)],
+    *[("jsma", {"max_iterations": v, "theta": 1.0, "variant": "papernot", "gamma": 1.0}, "max_iterations")
+      for v in (True, float("inf"))],
+    *[("jsma", {"batch_size": v}, "batch_size") for v in (None, True, 0, 2.5)],
+    ("jsma", {"batch_size": 0, "targets": np.array([1, 1, 1])}, "batch_size"),  # before the clean prediction
+]
+
+
+@pytest.mark.parametrize("name, kwargs, argument", BAD_CALLS, ids=[f"{c[0]}-{c[1]!r}" for c in BAD_CALLS])
+def test_every_bad_argument_raises_a_value_error_naming_it(name, kwargs, argument):
+    """Issue 14: None, bools, strings, NaN, ±inf and non-integral counts are a ValueError that names
+    the argument, never a TypeError, an OverflowError or int()'s message; True is not 1."""
+    model = Classifier(LinearNet(), "ce").eval()
+    first = {"fgsm": "eps", "bim": "eps", "ilcm": "eps", "jsma": "theta"}[name]
+    args = {first: 0.1, **kwargs}
+    with pytest.raises(ValueError, match=f"^{argument} must be"):
+        getattr(attacks, name)(model, images(), **args)
+
+
+# ---- eval mode, restored -----------------------------------------------------------------------
+def linear_prediction(model, x):
+    """A LinearNet's clean prediction, computed here without a forward pass of the model."""
+    fc = model.network.fc
+    return (x.reshape(len(x), 16) @ fc.weight.data.T + fc.bias.data).argmax(axis=1)
+
+
+ATTACKS = [
+    ("fgsm", lambda m, x: attacks.fgsm(m, x, 0.1)),
+    ("bim", lambda m, x: attacks.bim(m, x, 0.1, steps=2)),
+    ("ilcm", lambda m, x: attacks.ilcm(m, x, 0.1, steps=2)),
+    ("ilcm-code", lambda m, x: attacks.ilcm(m, x, 0.1, steps=2, target_vector="pang2018-code")),
+    ("jsma", lambda m, x: attacks.jsma(m, x, 0.5, max_iterations=2)),
+    ("jsma-targets", lambda m, x: attacks.jsma(m, x, 0.5, targets=(linear_prediction(m, x) + 1) % 5,
+                                                max_iterations=2)),
+    ("jsma-papernot", lambda m, x: attacks.jsma(m, x, 1.0, variant="papernot", gamma=0.5)),
+]
+
+
+@pytest.mark.parametrize("name, run", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_an_attack_runs_in_eval_mode_and_gives_back_train_mode(name, run):
+    model = Classifier(LinearNet(), "ce")
+    x = images()
+    model.eval()
+    expected = run(model, x)
+    model.network.modes.clear()
+    model.train()
+    result = run(model, x)
+    assert model.network.modes and not any(any(m) for m in model.network.modes)  # every forward in eval
+    assert all(m.training for m in model.modules())
+    np.testing.assert_array_equal(result.adversarial, expected.adversarial)
+    model.eval()
+    run(model, x)
+    assert not any(m.training for m in model.modules())
+
+
+def test_mixed_modes_are_restored_module_by_module():
+    model = Classifier(LinearNet(), "ce").train()
+    model.network.fc.eval()
+    attacks.bim(model, images(), 0.1, steps=2)
+    assert (model.training, model.network.training, model.network.fc.training) == (True, True, False)
+
+
+def test_modes_are_restored_when_an_attack_raises():
+    model = Classifier(LinearNet(), "ce")
+    x = images()
+    clean = np.asarray(model.eval().predict(x))
+    model.train()
+    with pytest.raises(ValueError, match="clean prediction"):  # raised after jsma's eval-mode predict
+        attacks.jsma(model, x, 0.5, targets=clean)
+    assert model.network.modes[-1] == (False, False)
+    assert all(m.training for m in model.modules())
+
+
+def test_the_shared_helpers_restore_the_mode():
+    model = Classifier(LinearNet(), "ce").train()
+    x = images()
+    core.prediction_logits(model, x)
+    core.soft_target_gradient(model, x, np.eye(5, dtype=np.float32)[[0, 1, 2]])
+    core.soft_target_gradient(model, x, np.eye(5, dtype=np.float32)[[0, 1, 2]] - 0.5, tf_logit_gradient=True)
+    assert all(m.training for m in model.modules())
+    assert model.network.modes == [(False, False)] * 3
+
+
+def test_tf_logit_gradient_backpropagates_softmax_minus_t():
+    """On a linear model the input gradient is Wᵀ·g for the logit gradient g: (ΣT)·p - T exactly,
+    p - T with tf_logit_gradient (they agree when the rows of T sum to 1)."""
+    model = Classifier(LinearNet(), "ce").astype(np.float64)
+    x = images().astype(np.float64)
+    w, b = model.network.fc.weight.data, model.network.fc.bias.data
+    z = x.reshape(3, 16) @ w.T + b
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    t = np.eye(5)[[4, 0, 2]] - 0.5
+    exact, _ = core.soft_target_gradient(model, x, t)
+    tf, logits = core.soft_target_gradient(model, x, t, tf_logit_gradient=True)
+    np.testing.assert_allclose(logits, z, rtol=1e-12)
+    np.testing.assert_allclose(exact.reshape(3, 16), (t.sum(axis=1, keepdims=True) * p - t) @ w, atol=1e-12)
+    np.testing.assert_allclose(tf.reshape(3, 16), (p - t) @ w, atol=1e-12)
+    one_hot = np.eye(5)[[4, 0, 2]]
+    np.testing.assert_allclose(core.soft_target_gradient(model, x, one_hot)[0],
+                               core.soft_target_gradient(model, x, one_hot, tf_logit_gradient=True)[0], atol=1e-15)
