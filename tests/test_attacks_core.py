@@ -117,6 +117,7 @@ ATTACKS = [
     ("jsma-targets", lambda m, x: attacks.jsma(m, x, 0.5, targets=(linear_prediction(m, x) + 1) % 5,
                                                 max_iterations=2)),
     ("jsma-papernot", lambda m, x: attacks.jsma(m, x, 1.0, variant="papernot", gamma=0.5)),
+    ("cw", lambda m, x: attacks.cw_l2(m, x, binary_steps=2, max_iterations=5)),
 ]
 
 

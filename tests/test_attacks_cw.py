@@ -10,7 +10,7 @@ from rcenp import attacks
 from rcenp import functional as F
 from rcenp.attacks.cw import SENTINEL, binary_search_update, optimise
 from rcenp.attacks.cw_loss import Density, Evaluation
-from rcenp.attacks.cw_wb import attack_kernel, neg_log_kd_reference
+from rcenp.attacks.cw_wb import attack_kernel, eta_from_neg_log_kd, neg_log_kd_reference
 from rcenp.detect.detector import Detector
 from rcenp.detect.kde import log_kernel_density_reference
 from rcenp.models import resnet
@@ -45,15 +45,20 @@ def box_images(seed, n, shape=(1, 4, 4), dtype=np.float64):
     return x.astype(dtype)
 
 
-def reference_cw(model, x, cls, targeted, kappa, c0, steps, iterations, lr, abort_early=True):
+def reference_cw(model, x, cls, targeted, kappa, c0, steps, iterations, lr, abort_early=True,
+                 abort_rule="carliniL2"):
     """Carlini's l2_attack.py for ONE image of a linear model, written out loop by loop (float64,
     closed-form gradient), with this project's documented choices: distance to the true x, per-sample
-    abort that still records the checked iterate, κ-aware success with ties failing."""
+    abort, κ-aware success with ties failing. As in the reference, the iterate at which the step
+    aborts does not count for the binary search (``won``); unlike it, it is still considered for the
+    returned image. ``abort_rule="carliniL2_specific"``: checks only at iterations > 1 (the authors'
+    stage 2)."""
     w, b = model.network.fc.weight.data, model.network.fc.bias.data
     sign = -1.0 if model.objective == "rce" else 1.0
     x = x.reshape(-1)
     w0 = np.arctanh(2 * x * 0.999999)
     c, lower, upper = c0, 0.0, 1e10
+    interval = max(1, iterations // 10)
     best_d2, best, cs, wins, counts = np.inf, None, [], [], []
     for step in range(steps):
         if steps >= 10 and step == steps - 1:
@@ -68,14 +73,13 @@ def reference_cw(model, x, cls, targeted, kappa, c0, steps, iterations, lr, abor
             gap = (z[j] - z[cls] if targeted else z[cls] - z[j]) + kappa
             d2 = float(((adv - x) ** 2).sum())
             loss = d2 + c * max(gap, 0.0)
-            if gap < 0:
-                won = True
-                if d2 < best_d2:
-                    best_d2, best = d2, adv.copy()
-            if abort_early and it % max(1, iterations // 10) == 0:
+            if gap < 0 and d2 < best_d2:
+                best_d2, best = d2, adv.copy()
+            if abort_early and it % interval == 0 and (abort_rule == "carliniL2" or it > 1):
                 if loss > 0.9999 * prev:
                     break
                 prev = loss
+            won = won or gap < 0
             gz = np.zeros(len(z))
             if gap > 0:
                 gz[j], gz[cls] = (c, -c) if targeted else (-c, c)
@@ -323,6 +327,8 @@ def test_given_targets_and_untargeted():
     (dict(labels=np.zeros(2, np.int64)), "labels must have shape"),
     (dict(kappa=-1.0), "kappa"),
     (dict(kappa=float("nan")), "kappa"),
+    (dict(kappa=None), "kappa"),
+    (dict(kappa=True), "kappa"),
     (dict(initial_const=0.0), "initial_const"),
     (dict(binary_steps=0), "binary_steps"),
     (dict(max_iterations=2.5), "max_iterations"),
@@ -459,13 +465,23 @@ def test_neg_log_kd_reference_and_leave_one_out():
         np.testing.assert_allclose(loo[k], expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kernel, given", [("attacker", False), ("detector", False), ("attacker", True)])
-def test_eta_is_the_class_median_of_neg_log_kd(kernel, given):
+def matlab_eta(neg_log_kd):
+    """−log(median KD) with the median taken of the KDs themselves, as MATLAB's median does (the
+    mean of the two middle values for an even count): median_for_attack.m."""
+    return -np.log(np.median(np.exp(-np.asarray(neg_log_kd))))
+
+
+@pytest.mark.parametrize("kernel, given", [("attacker", False), ("detector", False), ("attacker", True),
+                                           ("detector", True)])
+def test_eta_is_minus_log_of_the_class_median_kd(kernel, given):
+    """η_t = −log(MATLAB median of KD): for an even count the mean of the two middle KDs, which is
+    not the median of −log KD. The training set has 11 features of classes 0, 1 (odd) and 10 of
+    classes 2, 3 (even); the leave-one-out estimate scores 12 points (even), the attacker's 7 (odd)."""
     model = feature_model("ce", 5)
     detector = fitted_detector(model, 5)
     full = detector.kernel_points
-    train = np.random.default_rng(5).normal(0, 0.5, (40, 6))
-    train_labels = np.arange(40) % 4
+    train = np.random.default_rng(5).normal(0, 0.5, (42, 6))
+    train_labels = np.arange(42) % 4
     points, eta = attack_kernel(detector, model, kernel, 5, 7, *((train, train_labels) if given else ()))
     again, _ = attack_kernel(detector, model, kernel, 5, 7)
     np.testing.assert_array_equal(points, again)
@@ -474,8 +490,9 @@ def test_eta_is_the_class_median_of_neg_log_kd(kernel, given):
         members = [any((p == q).all() for q in full[c]) for p in points[c]]
         assert all(members)                                            # the attacker's points are the detector's
         if given:
-            scores = -log_kernel_density_reference(train[train_labels == c], points[c][None], np.zeros(10, int),
-                                                   1 / 0.26)
+            queries = train[train_labels == c]
+            assert len(queries) == (11 if c < 2 else 10)
+            scores = -log_kernel_density_reference(queries, points[c][None], np.zeros(len(queries), int), 1 / 0.26)
         elif kernel == "attacker":
             rest = np.array([q for q in full[c] if not any((q == p).all() for p in points[c])])
             assert len(rest) == 7
@@ -483,7 +500,22 @@ def test_eta_is_the_class_median_of_neg_log_kd(kernel, given):
         else:
             scores = [-log_kernel_density_reference(full[c][k:k + 1], np.delete(full[c], k, 0)[None], [0], 1 / 0.26)[0]
                       for k in range(12)]
-        np.testing.assert_allclose(eta[c], np.median(scores), rtol=1e-12)
+        np.testing.assert_allclose(eta[c], matlab_eta(scores), rtol=1e-12)
+        if len(scores) % 2 == 0:                                       # not the median of −log KD
+            assert abs(eta[c] - np.median(scores)) > 1e-6
+
+
+def test_eta_from_neg_log_kd_is_matlabs_median_in_log_space():
+    """Hand values: KDs 0.1, 0.2, 0.4, 0.8 → median 0.3, η = −log 0.3 (the median of −log KD would
+    be −log √0.08). Odd count: the middle one. Deep in the underflow regime (−log KD ≈ 2000 nats,
+    where exp underflows to 0 in float64) the log-space rule stays exact."""
+    kd = np.array([0.8, 0.1, 0.4, 0.2])
+    np.testing.assert_allclose(eta_from_neg_log_kd(-np.log(kd)), -np.log(0.3), rtol=1e-14)
+    np.testing.assert_allclose(eta_from_neg_log_kd(-np.log(kd[:3])), -np.log(0.4), rtol=1e-14)
+    far = 2000.0 - np.log(kd)                                          # KD × e⁻²⁰⁰⁰
+    np.testing.assert_allclose(eta_from_neg_log_kd(far), 2000.0 - np.log(0.3), rtol=1e-14)
+    with pytest.raises(ValueError, match="at least one"):
+        eta_from_neg_log_kd([])
 
 
 def test_cw_wb_end_to_end():
@@ -493,7 +525,10 @@ def test_cw_wb_end_to_end():
     stages = dict(stage1=dict(kappa=0.5, binary_steps=2, max_iterations=30),
                   stage2=dict(kappa=0.5, initial_const=1.0, binary_steps=3, max_iterations=30))
     result = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=3, **stages)
+    model.train()
     again = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=2, **stages)
+    assert all(m.training for m in model.modules())   # the caller's mode is given back
+    model.eval()
     # the same decisions; the images to rounding (the KD's per-class blocks, hence its GEMMs, follow the batch)
     assert [d["c"] for d in again.details] == [d["c"] for d in result.details]
     np.testing.assert_allclose(again.adversarial, result.adversarial, rtol=0, atol=1e-12)
@@ -503,12 +538,17 @@ def test_cw_wb_end_to_end():
     for i, d in enumerate(result.details):
         assert d["eta_t"] == eta[result.target[i]]
         np.testing.assert_allclose(d["neg_log_kd"], neg[i], rtol=1e-9)
-        assert d["f2"] == max(d["neg_log_kd"] - d["eta_t"], 0.0)
+        assert d["f2_recomputed"] == max(d["neg_log_kd"] - d["eta_t"], 0.0)
+        assert d["f2"] == max(d["f2_raw"], 0.0)
+        np.testing.assert_allclose(d["f2_raw"], d["neg_log_kd"] - d["eta_t"], rtol=1e-9, atol=1e-9)  # float64
+        np.testing.assert_allclose(d["final_margin"], d["final_margin_recomputed"], rtol=1e-9, atol=1e-9)
         assert result.iterations[i] == sum(d["iterations"]) + sum(d["stage1"]["iterations"])
         if result.success[i]:
-            assert d["f2"] == 0 and d["final_margin"] > 0.5 and result.stop_reason[i] == "success"
+            assert d["f2"] == 0 and d["f2_raw"] <= 0 and d["final_margin"] > 0.5 and result.stop_reason[i] == "success"
         else:
             assert result.stop_reason[i] in ("f2 > 0", "no success")
+        for n, stop in zip(d["iterations"], d["step_stop"]):       # stage 2's first check only records
+            assert stop == "max iterations" or n >= 2 * 3 + 1
         assert len(d["c"]) == 3 and len(d["stage1"]["c"]) == 2
     assert result.success.any()
     np.testing.assert_allclose(result.l2, np.linalg.norm((result.adversarial - x).reshape(4, -1), axis=1), rtol=1e-6)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import numbers
 
@@ -207,6 +208,16 @@ def eval_mode(model):
     finally:
         for module, training in modes:
             object.__setattr__(module, "training", training)  # per module, as ``Module.train`` sets it
+
+
+def in_eval_mode(attack):
+    """Decorator for a public attack ``attack(model, ...)``: its whole body runs in
+    ``eval_mode(model)``, so the caller's train/eval modes come back however it ends."""
+    @functools.wraps(attack)
+    def wrapped(model, *args, **kwargs):
+        with eval_mode(model):
+            return attack(model, *args, **kwargs)
+    return wrapped
 
 
 def prediction_logits(model, x):

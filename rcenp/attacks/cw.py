@@ -8,26 +8,43 @@ For each image x (N, C, H, W) in the [-0.5, 0.5] box, in tanh space:
               ‖x* − x‖₂² + c·max(z_y − max_{i≠y} z_i + κ, 0)      (untargeted, label y)
 
 with z the prediction logits (s for CE, −s for RCE) and the distance to the TRUE x. The max over
-i ≠ t masks the target entry with −∞ (right for negative logits). δ is minimised by Adam exactly as
-TensorFlow's ``AdamOptimizer`` (β₁ 0.9, β₂ 0.999, ε 1e-8, lr_t = lr·√(1−β₂ᵗ)/(1−β₁ᵗ),
-δ −= lr_t·m/(√v + ε)), per sample with its own t. δ and Adam are reset at every binary step.
+i ≠ t masks the target entry with −∞ (right for negative logits). δ is minimised by Adam,
+algebraically as TensorFlow's ``AdamOptimizer`` (β₁ 0.9, β₂ 0.999, ε 1e-8, m = β₁m + (1−β₁)g,
+v = β₂v + (1−β₂)g², lr_t = lr·√(1−β₂ᵗ)/(1−β₁ᵗ), δ −= lr_t·m/(√v + ε)) but not bit for bit: TF
+updates m += (g − m)(1−β₁), v += (g² − v)(1−β₂) and accumulates β₁ᵗ, β₂ᵗ as float32 products,
+where this takes m, v as above and lr_t from float64 powers. Per sample with its own t; δ and
+Adam are reset at every binary step.
 
 One iteration = one forward and one backward at the current iterate. Its logits decide whether
-THAT (pre-update) iterate succeeds: targeted ⇔ z_t − κ > max_{i≠t} z_i, untargeted ⇔
-z_y + κ < max_{i≠y} z_i; a tie is a failure. A success whose distance to x is below the best so far
-is recorded (the very image whose logits were evaluated). Then the Adam step follows. The hinge's
-gradient is zero at its kink (TensorFlow's ``maximum(0, ·)``).
+THAT (pre-update) iterate succeeds: targeted ⇔ z_t − max_{i≠t} z_i > κ, untargeted ⇔
+max_{i≠y} z_i − z_y > κ (``Evaluation.margin``, in the model's dtype); a tie is a failure. A
+success whose distance to x is below the best so far is recorded (the very image whose logits
+were evaluated, with that margin). Then the Adam step follows. The hinge's gradient at its kink:
+``rcenp.attacks.cw_loss.Evaluation.network_gradient``.
 
 Binary search on c, per sample, after each binary step (reference rule, sentinel 1e10, see
 ``binary_search_update``); with ``binary_steps >= 10`` the last step uses c = upper (``repeat``).
 The smallest-L2 success over all steps is returned; a sample without one returns the clean image,
 ``success`` False.
 
-Abort early, per sample: every ``max(1, max_iterations // 10)`` iterations of its current binary
-step (from iteration 0), a sample ends the step when its own loss > 0.9999 × its loss at the
-previous check (the first previous is +∞). The iterate evaluated at that check is still
-considered for the best (the reference breaks just before; recording it can only lower the L2).
-The reference sums the loss over the batch, so there a sample's result depends on its batch-mates.
+Abort early, per sample, at the checks of its current binary step (``abort_checks``):
+``abort_rule="carliniL2"`` (Carlini's ``l2_attack.py`` and the authors' ``carliniL2.py``, used by
+C&W and C&W-wb's stage 1) checks every ``max(1, max_iterations // 10)`` iterations from iteration
+0; ``"carliniL2_specific"`` (C&W-wb's stage 2, the authors' ``carliniL2_specific.py``) only at
+iterations > 1 that are multiples of that interval, so its first check is at the interval. At a
+check, a sample ends the step when its own loss > 0.9999 × its loss at its previous check,
+compared in float64 (``aborts``); the first check only records (the previous is +∞; the
+references start from 1e20, 1e30 and Carlini's 1e6, the same unless a loss exceeds them). The
+reference breaks BEFORE its bookkeeping, so the aborted iterate never counts for its binary
+search. Here it does not count for ``step_success`` either, so c follows the reference's
+trajectory; it is still considered for the returned best image (and the C&W-wb fallback), so the
+returned L2 is at most the reference's. The reference sums the loss over the batch, so there a
+sample's result depends on its batch-mates.
+
+zero_grad_fraction: the fraction of exactly-zero entries of the hinges' gradient in x* at each
+sample's first iterate (½·tanh(arctanh(2x·0.999999)), ≈ x), a gradient-masking signal. NaN where
+no hinge is active there (``Evaluation.active``: the clean image already past the margin, or an
+untargeted attack on a misclassified image), where that gradient is zero by construction.
 
 Streaming: ``batch_size`` slots each hold one image with its own state (binary step, iteration,
 Adam m, v, δ, c, bounds, best). A sample ending a binary step starts its next one in place; a
@@ -54,53 +71,46 @@ from rcenp.attacks.core import (
     check_images,
     check_labels,
     check_positive,
+    check_real,
     check_steps,
     distortions,
+    in_eval_mode,
 )
 from rcenp.attacks.cw_loss import Density, Evaluation
+from rcenp.attacks.cw_search import ABORT_RULES, SENTINEL, Slots, abort_checks, aborts, binary_search_update
 from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
-SENTINEL, FOUND = 1e10, 1e9          # c's initial upper bound; an upper bound below FOUND is real
 TANH_SHRINK = 0.999999               # keeps arctanh finite on the box faces
 PROGRESS_SECONDS = 30.0              # how often ``optimise`` reports to its ``progress`` callable
 
 
-def binary_search_update(const, lower, upper, success):
-    """One binary-search update of c per sample (Carlini's rule; arrays (N,) → new arrays (N,)).
-
-    success in this step: upper = min(upper, c), then c = (lower + upper)/2 if upper < 1e9;
-    failure: lower = max(lower, c), then c = (lower + upper)/2 if upper < 1e9, else c × 10.
-    So c never grows after a success and never shrinks after a failure, and lower ≤ c always.
-    """
-    const, lower, upper = (np.array(a, dtype=np.float64) for a in (const, lower, upper))
-    success = np.asarray(success, dtype=bool)
-    upper = np.where(success, np.minimum(upper, const), upper)
-    lower = np.where(success, lower, np.maximum(lower, const))
-    found = upper < FOUND
-    const = np.where(found, (lower + upper) / 2, np.where(success, const, const * 10))
-    return const, lower, upper
-
-
+@in_eval_mode
 def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const: float = 1.0,
           binary_steps: int = 9, max_iterations: int = 10000, learning_rate: float = 0.01,
           abort_early: bool = True, seed: int = 0, batch_size: int = 100, progress=None) -> AttackResult:
     """C&W-L2 (κ = 0) or C&W-hc (κ = 10) on the prediction logits (protocol §5.3).
 
     model: a ``Classifier``; x: (N, C, H, W) in [-0.5, 0.5]. labels: (N,) ints, or None for the
-    clean prediction. targets: None draws, once for the whole x, a uniform class ≠ label from
-    ``numpy.random.default_rng(seed)`` (the paper's random target); an (N,) int array gives them
-    (each must differ from its label); ``"untargeted"`` attacks ``labels``. κ ≥ 0 is the margin in
-    logits; the defaults are the paper's (c₀ = 1.0 as in the authors' ``test_adv.py``, 9 binary
-    steps, 10,000 iterations, Adam lr 0.01). ``batch_size`` is the number of streaming slots.
+    clean prediction. targets: None draws, once for the whole x, a uniform class ≠ ``labels`` from
+    ``numpy.random.default_rng(seed)``, so ≠ the clean prediction when labels is None; the paper's
+    rule is a class ≠ the TRUE label, which is what a caller passing the true labels gets. An (N,)
+    int array gives the targets (each must differ from its label); ``"untargeted"`` attacks
+    ``labels``. κ ≥ 0 is the margin in logits; the defaults are the paper's (c₀ = 1.0 as in the
+    authors' ``test_adv.py``, 9 binary steps, 10,000 iterations, Adam lr 0.01). ``batch_size`` is
+    the number of streaming slots. Abort early follows ``abort_rule="carliniL2"`` (module docstring).
 
     Returns an ``AttackResult``: success is κ-aware (the recorded decision); distortions are to x;
-    label holds the labels used (given, else the clean prediction). ``progress``: None, or a
+    label holds the labels used (given, else the clean prediction); zero_grad_fraction is NaN
+    where the hinge is inactive at the first iterate (module docstring). ``progress``: None, or a
     callable given a one-line status (images finished, binary step, iteration) every 30 s.
     ``details`` per sample: "c" (c of each binary step), "step_success", "iterations" and
     "step_stop" ("abort early" / "max iterations") per step, "best_l2" (box units, None without a
-    success), "final_margin" (z_t − max_{i≠t} z_i of the returned image; untargeted
-    max_{i≠y} z_i − z_y; success needs > κ), "target" (None when untargeted).
+    success), "final_margin" (logits: z_t − max_{i≠t} z_i, untargeted max_{i≠y} z_i − z_y; for a
+    success, that of the returned iterate as evaluated when it was kept, in the model's dtype, so
+    > κ; without one, that of the returned clean image, recomputed), "final_margin_recomputed"
+    (the returned image's from a separate forward pass, its logits cast to float64: an audit, which
+    in float32 can differ from the decision's in the last bits), "target" (None when untargeted).
     Raises ValueError for bad images, labels, targets or settings.
     """
     x = check_images(model, x)
@@ -108,7 +118,8 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
     labels, targets, clean_prediction, label_rule, target_rule = choose_targets(
         model, x, targets, labels, seed, batch_size)
     targeted = targets is not None
-    params = {**settings, "abort_early": bool(abort_early), "labels": label_rule, "targets": target_rule}
+    params = {**settings, "abort_early": bool(abort_early), "abort_rule": "carliniL2", "labels": label_rule,
+              "targets": target_rule}
     run = optimise(model, x, x, targets if targeted else labels, targeted=targeted,
                    abort_early=bool(abort_early), progress=progress, **settings)
     return assemble(model, x, run, labels, targets, clean_prediction, "cw_l2", params, batch_size)
@@ -117,8 +128,8 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
 # ---- arguments ------------------------------------------------------------------------------------
 def check_settings(kappa, initial_const, binary_steps, max_iterations, learning_rate, batch_size) -> dict:
     """The checked optimiser settings as a dict (ValueError naming the first bad one)."""
-    kappa = float(kappa)
-    if not np.isfinite(kappa) or kappa < 0:
+    kappa = check_real("kappa", kappa)
+    if kappa < 0:
         raise ValueError(f"kappa must be finite and >= 0, got {kappa}")
     return {"kappa": kappa, "initial_const": check_positive("initial_const", initial_const),
             "binary_steps": check_steps("binary_steps", binary_steps),
@@ -128,7 +139,8 @@ def check_settings(kappa, initial_const, binary_steps, max_iterations, learning_
 
 
 def choose_targets(model, x, targets, labels, seed, batch_size):
-    """(labels, targets or None, clean prediction, label rule, target rule), host int64 arrays."""
+    """(labels, targets or None, clean prediction, label rule, target rule), host int64 arrays.
+    Random targets are ≠ the labels used (the given labels, else the clean prediction)."""
     n, num_classes = len(x), model.network.num_classes
     if n == 0:
         raise ValueError("no images to attack (N = 0)")
@@ -153,35 +165,29 @@ def choose_targets(model, x, targets, labels, seed, batch_size):
 
 
 # ---- the optimiser ----------------------------------------------------------------------------------
-class _Slots:
-    """The state of the S images being attacked, one row each (host: sample, step, it)."""
-
-    HOST = ("sample", "step", "it")
-    DEVICE = ("cls", "anchor", "w0", "delta", "m", "v", "c", "prev", "step_success", "best_d2", "best_adv",
-              "eta", "best_f2", "fallback_adv")
-
-    def keep(self, mask, device_mask):
-        """Drop the rows where ``mask`` is False (host and device copies of one mask)."""
-        for name in self.HOST:
-            setattr(self, name, getattr(self, name)[mask])
-        for name in self.DEVICE:
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name)[device_mask])
-
-
 def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, binary_steps, max_iterations,
-             learning_rate, abort_early, batch_size, density: Density | None = None, progress=None,
-             label: str = "C&W") -> dict:
+             learning_rate, abort_early, batch_size, abort_rule: str = "carliniL2", density: Density | None = None,
+             progress=None, label: str = "C&W") -> dict:
     """The streamed C&W optimisation (module docstring) of N images.
 
     start (N, C, H, W): where x* starts (w₀ = arctanh(2·start·0.999999)); anchor (N, C, H, W): the
-    image of the distance term; classes (N,): targets (targeted) or labels. With ``density`` a
-    success must also have f₂ ≤ 0, and the smallest-f₂ iterate past the κ margin is kept as a
-    fallback. Returns host arrays: adversarial (the best success, else the fallback, else start),
-    success, fallback (bool), best_l2 (NaN without success), zero_grad_fraction (of the network
-    gradient at each sample's first iterate), and per-sample lists c, step_success, iterations,
-    step_stop. ``progress(text)``, when given, hears how far the run is every PROGRESS_SECONDS.
+    image of the distance term; classes (N,): targets (targeted) or labels. ``abort_rule``:
+    "carliniL2" (checks from iteration 0) or "carliniL2_specific" (C&W-wb's stage 2: the first
+    check at the interval, which only records), see ``abort_checks``. With ``density`` a success
+    must also have f₂ ≤ 0, and the smallest-f2_raw iterate past the κ margin is kept as a fallback
+    (ties keep the last, the authors' ``<=``).
+
+    Returns host arrays (N,) unless said: adversarial (N, C, H, W) (the best success, else the
+    fallback, else start), success, fallback (bool), best_l2 (NaN without success); margin and
+    f2_raw of the kept iterate (the returned success or fallback) as evaluated when it was kept,
+    in the model's dtype cast to float64 (NaN where nothing was kept; f2_raw NaN without density);
+    zero_grad_fraction (of the hinges' gradient at each sample's first iterate; NaN where no hinge
+    is active there); and per-sample lists c, step_success, iterations, step_stop.
+    ``progress(text)``, when given, hears how far the run is every PROGRESS_SECONDS.
+    Raises ValueError for an unknown abort_rule.
     """
+    if abort_rule not in ABORT_RULES:
+        raise ValueError(f"abort_rule must be one of {ABORT_RULES}, got {abort_rule!r}")
     model.eval()
     device = model.device
     xp = get_array_module(model.network.parameters()[0].data)
@@ -195,13 +201,13 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
 
     const, lower, upper = np.full(n, initial_const), np.zeros(n), np.full(n, SENTINEL)
     out = {"adversarial": start_host.copy(), "success": np.zeros(n, bool), "fallback": np.zeros(n, bool),
-           "best_l2": np.full(n, np.nan), "zero_grad_fraction": np.zeros(n),
+           **{key: np.full(n, np.nan) for key in ("best_l2", "margin", "f2_raw", "zero_grad_fraction")},
            **{key: [[] for _ in range(n)] for key in ("c", "step_success", "iterations", "step_stop")}}
 
     def dev(array):
         return to_device(array, device)
 
-    def begin_step(s: _Slots, rows):
+    def begin_step(s: Slots, rows):
         rows_d = dev(rows)
         for name in ("delta", "m", "v"):
             getattr(s, name)[rows_d] = 0
@@ -210,7 +216,7 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         s.it[rows] = 0
         s.c[rows_d] = dev(const[s.sample[rows]].astype(dtype))
 
-    def load(s: _Slots, rows, samples):
+    def load(s: Slots, rows, samples):
         rows_d = dev(rows)
         s.sample[rows], s.step[rows] = samples, 0
         s.cls[rows_d] = dev(classes[samples])
@@ -219,23 +225,14 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         s.best_d2[rows_d] = np.inf
         if density is not None:
             s.eta[rows_d] = density.eta[s.cls[rows_d]]
-            s.best_f2[rows_d] = np.inf
+            s.fallback_f2[rows_d] = np.inf
         begin_step(s, rows)
 
     # the slots, filled with the first images of the queue
     size = min(batch_size, n)
     shape = (size,) + start_host.shape[1:]
     expand = (slice(None),) + (None,) * (len(shape) - 1)
-    s = _Slots()
-    s.sample, s.step, s.it = (np.zeros(size, np.int64) for _ in range(3))
-    s.cls, s.step_success = xp.zeros(size, np.int64), xp.zeros(size, bool)
-    for name in ("anchor", "w0", "delta", "m", "v", "best_adv"):
-        setattr(s, name, xp.zeros(shape, dtype))
-    for name in ("c", "prev", "best_d2"):
-        setattr(s, name, xp.zeros(size, dtype))
-    s.eta = s.best_f2 = s.fallback_adv = None
-    if density is not None:
-        s.eta, s.best_f2, s.fallback_adv = xp.zeros(size, dtype), xp.zeros(size, dtype), xp.zeros(shape, dtype)
+    s = Slots(xp, size, shape, dtype, density is not None)
     load(s, np.arange(size), np.arange(size))
     queued = size
 
@@ -251,24 +248,30 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         th = xp.tanh(s.w0 + s.delta)
         adv = th * 0.5
         ev = Evaluation(model, adv, s.anchor, s.cls, s.c, kappa, targeted, density, s.eta)
-        success = ev.gap < 0                                # a tie is a failure
+        success = ev.gap < 0                                # margin > κ; a tie is a failure
         if density is not None:                             # the fallback: past the margin, smallest f₂
-            kept = success & (ev.f2_raw < s.best_f2)
-            s.best_f2 = xp.where(kept, ev.f2_raw, s.best_f2)
+            kept = success & (ev.f2_raw <= s.fallback_f2)   # ties keep the last, as the authors' <=
+            s.fallback_f2 = xp.where(kept, ev.f2_raw, s.fallback_f2)
+            s.fallback_margin = xp.where(kept, ev.margin, s.fallback_margin)
             xp.copyto(s.fallback_adv, adv, where=kept[expand])
             success &= ev.f2_raw <= 0
-        better = success & (ev.d2 < s.best_d2)
+        better = success & (ev.d2 < s.best_d2)              # the aborted iterate included (docstring)
         s.best_d2 = xp.where(better, ev.d2, s.best_d2)
+        s.best_margin = xp.where(better, ev.margin, s.best_margin)
+        if density is not None:
+            s.best_f2 = xp.where(better, ev.f2_raw, s.best_f2)
         xp.copyto(s.best_adv, adv, where=better[expand])
-        s.step_success |= success
 
         # which samples end their binary step with this iterate (decided on the host)
         aborted = np.zeros(rows, bool)
-        check = (s.it % interval == 0) if abort_early else np.zeros(rows, bool)
+        check = abort_checks(s.it, interval, abort_rule) if abort_early else np.zeros(rows, bool)
         if check.any():
             check_d = dev(check)
-            aborted = as_numpy(check_d & (ev.loss > 0.9999 * s.prev))
-            s.prev = xp.where(check_d, ev.loss, s.prev)
+            aborted = as_numpy(check_d & aborts(ev.loss, s.prev))
+            s.prev = xp.where(check_d, ev.loss.astype(np.float64), s.prev)
+            if aborted.any():                               # the reference breaks before counting it
+                success &= ~dev(aborted)
+        s.step_success |= success
         ended = aborted | (s.it + 1 >= max_iterations)
         fresh = (s.step == 0) & (s.it == 0)
 
@@ -277,8 +280,12 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         idle = ended & ~fresh
         g_net = ev.network_gradient(dev(~idle) if idle.any() else None)
         if fresh.any():
-            zeros = 1.0 if g_net is None else as_numpy(
-                (g_net[dev(fresh)] == 0).reshape(int(fresh.sum()), -1).mean(axis=1))
+            fresh_d = dev(fresh)
+            zeros = np.full(int(fresh.sum()), np.nan)       # no hinge active: zero by construction
+            if g_net is not None:
+                active = as_numpy(ev.active()[fresh_d])
+                fraction = as_numpy((g_net[fresh_d] == 0).reshape(len(zeros), -1).mean(axis=1))
+                zeros[active] = fraction[active]
             out["zero_grad_fraction"][s.sample[fresh]] = zeros
         g = 2 * ev.diff if g_net is None else g_net + 2 * ev.diff
         g *= 0.5 * (1 - th * th)                                    # d x*/d w
@@ -313,7 +320,7 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         finished = done_rows[s.step[done_rows] >= binary_steps]
         if not len(finished):
             continue
-        _store(out, s, finished, density, dev)
+        s.store(out, finished, dev(finished))
         refill = finished[:min(len(finished), n - queued)]
         if len(refill):
             load(s, refill, np.arange(queued, queued + len(refill)))
@@ -326,26 +333,10 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
     return out
 
 
-def _store(out, s: _Slots, rows, density, dev):
-    """Write the returned image and flags of the samples in ``rows``, which have finished."""
-    rows_d = dev(rows)
-    samples = s.sample[rows]
-    best_d2 = as_numpy(s.best_d2[rows_d]).astype(np.float64)
-    success = np.isfinite(best_d2)
-    best = as_numpy(s.best_adv[rows_d])
-    out["success"][samples] = success
-    out["best_l2"][samples] = np.where(success, np.sqrt(np.where(success, best_d2, 0)), np.nan)
-    out["adversarial"][samples[success]] = best[success]
-    if density is not None:
-        has_fallback = ~success & np.isfinite(as_numpy(s.best_f2[rows_d]))
-        out["fallback"][samples] = has_fallback
-        out["adversarial"][samples[has_fallback]] = as_numpy(s.fallback_adv[rows_d])[has_fallback]
-
-
 # ---- the result ---------------------------------------------------------------------------------------
 def margins(model, images, classes, targeted, batch_size):
     """(prediction (N,), margin (N,)) of host images: z_t − max_{i≠t} z_i (targeted) or
-    max_{i≠y} z_i − z_y (untargeted), in float64 from the prediction logits."""
+    max_{i≠y} z_i − z_y (untargeted), from a separate forward pass, its logits cast to float64."""
     z = as_numpy(model.predict_logits(images, batch_size)).astype(np.float64)
     idx = np.arange(len(z))
     masked = z.copy()
@@ -356,18 +347,21 @@ def margins(model, images, classes, targeted, batch_size):
 
 def assemble(model, clean, run, labels, targets, clean_prediction, attack, params, batch_size,
              extra_details=None) -> AttackResult:
-    """The ``AttackResult`` of an ``optimise`` run (distortions to ``clean``)."""
+    """The ``AttackResult`` of an ``optimise`` run (distortions to ``clean``). run["adversarial"]
+    must be the returned images; "final_margin" is run["margin"] where it is finite (the kept
+    iterate's, as decided), else the recomputed margin of the returned image."""
     clean = as_numpy(clean)
     targeted = targets is not None
     n = len(clean)
     adversarial = run["adversarial"]               # the model's dtype, like every AttackResult
-    prediction, margin = margins(model, adversarial, targets if targeted else labels, targeted, batch_size)
+    prediction, recomputed = margins(model, adversarial, targets if targeted else labels, targeted, batch_size)
+    decided = np.where(np.isnan(run["margin"]), recomputed, run["margin"])
     details = []
     for i in range(n):
         record = {key: run[key][i] for key in ("c", "step_success", "iterations", "step_stop")}
         best = run["best_l2"][i]
-        record.update(best_l2=None if np.isnan(best) else float(best), final_margin=float(margin[i]),
-                      target=int(targets[i]) if targeted else None)
+        record.update(best_l2=None if np.isnan(best) else float(best), final_margin=float(decided[i]),
+                      final_margin_recomputed=float(recomputed[i]), target=int(targets[i]) if targeted else None)
         if extra_details is not None:
             record.update(extra_details[i])
         details.append(record)

@@ -22,8 +22,10 @@ class Evaluation:
     """The C&W loss of S iterates x* (S, C, H, W) in ONE forward pass; the gradient on demand.
 
     loss = d2 + c·hinge (+ c·max(f2_raw, 0)), with d2 = ‖x* − anchor‖², hinge = max(gap, 0),
-    gap = max_{i≠t} z_i − z_t + κ (targeted; untargeted z_y − max_{i≠y} z_i + κ), f2_raw =
-    −log KD(Z(x*); class t) − η_t. ``cls``, ``c``, ``eta`` are (S,) device arrays.
+    gap = κ − margin, margin = z_t − max_{i≠t} z_i (targeted; untargeted max_{i≠y} z_i − z_y),
+    f2_raw = −log KD(Z(x*); class t) − η_t. ``cls``, ``c``, ``eta`` are (S,) device arrays; every
+    attribute is an (S,) array in the model's dtype (margin, gap, d2, loss, f2_raw), the very
+    values the optimiser's decisions use.
     """
 
     def __init__(self, model, adv, anchor, cls, c, kappa, targeted, density=None, eta=None):
@@ -42,7 +44,8 @@ class Evaluation:
         self.best_other = masked.argmax(axis=1)
         other = xp.take_along_axis(masked, self.best_other[:, None], axis=1)[:, 0]
         z_cls = xp.take_along_axis(z, cls[:, None], axis=1)[:, 0]
-        self.gap = (other - z_cls if targeted else z_cls - other) + kappa
+        self.margin = z_cls - other if targeted else other - z_cls
+        self.gap = kappa - self.margin                  # success ⇔ gap < 0 ⇔ margin > κ
         self.diff = adv - anchor
         self.d2 = (self.diff * self.diff).reshape(len(adv), -1).sum(axis=1)
         self.loss = self.d2 + c * xp.maximum(self.gap, 0)
@@ -51,13 +54,23 @@ class Evaluation:
             self.f2_raw = -self.log_kd.data - eta
             self.loss += c * xp.maximum(self.f2_raw, 0)
 
+    def active(self):
+        """(S,) device bool: where a hinge passes a gradient, i.e. gap > 0, or f2_raw ≥ 0 (with a
+        density). Elsewhere the network gradient is zero by construction."""
+        on = self.gap > 0
+        return on if self.f2_raw is None else on | (self.f2_raw >= 0)
+
     def network_gradient(self, rows=None):
         """∂(c·hinge + c·f₂)/∂x* (S, C, H, W) for the rows where ``rows`` (device bool, default all)
-        is True, zero elsewhere; None when that is zero everywhere. The hinges' gradient is 0 at
-        their kink (TensorFlow's ``maximum(0, ·)``). One backward pass."""
+        is True, zero elsewhere; None when that is zero everywhere. One backward pass.
+
+        At a kink (measure zero) the gradient follows TensorFlow's ``maximum(x, y)``, which sends
+        it to x when x ≥ y, as the authors' graphs do: the margin hinge ``maximum(0.0, gap)`` gives
+        0 at gap = 0, the density hinge ``maximum(log_density_ratio, 0.0)``
+        (``carliniL2_specific.py``) passes the f₂ gradient at f2_raw = 0."""
         xp = get_array_module(self.gap)
         weight = self.c * (self.gap > 0)
-        weight_kd = None if self.f2_raw is None else -self.c * (self.f2_raw > 0)
+        weight_kd = None if self.f2_raw is None else -self.c * (self.f2_raw >= 0)
         if rows is not None:
             weight = xp.where(rows, weight, 0)
             weight_kd = None if weight_kd is None else xp.where(rows, weight_kd, 0)

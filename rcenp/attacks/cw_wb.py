@@ -14,13 +14,20 @@ RCE's σ², where its gradient vanishes (numerical gradient masking); log-space 
 Logits and features come from one forward pass.
 
 Schedule (the authors' ``test_adv.py``): stage 1 is plain targeted C&W-L2 (κ 5, c₀ 10, 3 binary
-steps, 5,000 iterations); stage 2 runs the loss above warm-started from stage 1's image (κ 5,
-c₀ 100, 9 binary steps, 10,000 iterations); Adam lr 0.01 in both, per-sample abort early.
+steps, 5,000 iterations; abort early as ``carliniL2.py``, checks from iteration 0); stage 2 runs the
+loss above warm-started from stage 1's image (κ 5, c₀ 100, 9 binary steps, 10,000 iterations;
+abort early as ``carliniL2_specific.py``: the first check, at iteration 1,000, only records, so the
+earliest abort is at iteration 2,000, protocol §5.4). Adam lr 0.01 in both; abort early per sample
+(``rcenp.attacks.cw``, ``abort_rule``).
 
-An iterate of stage 2 succeeds when it is classified as t with margin κ AND f₂ ≤ 0; that decides
-the binary search, and the smallest-L2 success is returned. Without one, the smallest-f₂ iterate
-classified as t with margin κ is returned (success False, stop_reason "f2 > 0": Table 3's
-"ratio of f₂ > 0"); without even that, the clean image ("no success").
+An iterate of stage 2 succeeds when it is classified as t with margin κ AND f₂ ≤ 0 (both in the
+model's dtype, η_t cast to it); that decides the binary search, and the smallest-L2 success is
+returned. Without one, the smallest-f₂ iterate classified as t with margin κ is returned (the
+last of ties, as the authors' ``<=``; success False, stop_reason "f2 > 0": Table 3's "ratio of
+f₂ > 0"); without even that, the clean image ("no success"). The details' "f2", "f2_raw" and
+"final_margin" are those of the returned iterate as evaluated when it was kept, so a success has
+f2 = 0, f2_raw ≤ 0 and final_margin > κ. The "_recomputed" fields and "neg_log_kd" come from a
+separate forward pass of the returned image (the model's dtype), cast to float64, with η in float64.
 
 Options:
 - ``kernel="attacker"`` (the authors'): a seeded choice of ``attacker_points`` (100) of the
@@ -28,12 +35,37 @@ Options:
 - ``anchor="clean"`` (Carlini's): the distance term is to the clean image; ``"stage1"``: to the
   stage-1 image, as ``carliniL2_specific.py`` line 104 does. Reported distortions are always to the
   clean image; the details' "best_l2" is to the anchor, which also ranks the successes.
-- η_t, the median of −log KD_t over class t's training features (per class, with the attacker's
-  kernel; the authors' ``median_for_attack.m``). With ``train_features``/``train_labels`` it is
-  exactly that. Without, it is estimated from the detector's kernel points of class t, which are a
-  random sample of that class's training features: for ``kernel="attacker"`` the points not drawn
-  for the attacker are scored (fresh points, an unbiased estimate); for ``kernel="detector"`` each
-  point is scored leave-one-out (a point's own kernel would add exp(0) = 1 to its density).
+
+η_t (the authors' ``median_for_attack.m``): the KD under the attack's kernel of class t (m points)
+of EVERY training feature of class t, the kernel points themselves included (each with its own
+kernel's term exp(0)), then η_t = −log(median KD) with MATLAB's median, which for an even count is
+the MEAN of the two middle KDs: η = −(logaddexp(ℓ_a, ℓ_b) − log 2) with ℓ_a, ℓ_b the two middle
+log KDs (not −(ℓ_a + ℓ_b)/2, the median of −log KD); for an odd count η = −ℓ_mid. Computed in
+log space (``eta_from_neg_log_kd``). With ``train_features``/``train_labels`` it is exactly that
+(params "eta_exact" True).
+
+Without them η is a biased-loose approximation (params "eta_exact" False) from the detector's M
+kernel points of class t, a random sample of that class's N_t training features: for
+``kernel="attacker"`` the M − m points not drawn for the attacker are scored, for
+``kernel="detector"`` (where m = M) all M points, each leave-one-out (its own term dropped). Both
+score only "fresh" features and drop what the exact η counts: the kernel points with their self
+term, whose KD ≥ 1/m puts all of them above the class median whenever the exact η > log m
+(log 100 ≈ 4.6). Then the exact median KD is the fresh
+features' KD quantile N_t/(2(N_t − m)) instead of their median: 0.5102 for N_t = 5,000 and
+m = 100, 0.625 for m = M = 1,000. So the approximation exceeds the exact η on average by the
+spread of −log KD between those two quantiles, and it adds the sampling error of a median of
+M − m (or M) points, of the same order for m = 100 (a standard deviation of 0.017 in quantile
+for 900 points): a looser f₂ ≤ 0 than the authors'. An audit's toy at RCE's σ² gave 13.124 nats
+against the exact 12.898.
+
+Departures from the released code (``carliniL2_specific.py``), besides the log-space density:
+- Its success test ``compare()`` gets ``self.softmax_output``, probabilities in [0, 1], and
+  subtracts CONFIDENCE = 5 from the target's, which can then never be the argmax: no iterate
+  passes, neither for the best nor for the fallback (which also needs ``compare``), and it returns
+  its all-zero initialisation ``o_bestextraattack`` (the mid-grey image of the [-0.5, 0.5] box).
+  This uses the logit margin, as plain C&W (``carliniL2.py``) does, the evident intent.
+- Where nothing is kept (no iterate past the margin), this returns the clean image; the released
+  code the zero image.
 """
 from __future__ import annotations
 
@@ -44,7 +76,7 @@ from scipy.special import logsumexp
 
 from rcenp.attacks.cw import assemble, check_settings, choose_targets, optimise
 from rcenp.attacks.cw_loss import Density
-from rcenp.attacks.core import check_images, check_steps
+from rcenp.attacks.core import check_images, check_steps, in_eval_mode
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
 from rcenp.detect.kde import log_kernel_density
@@ -55,6 +87,7 @@ STAGE_KEYS = ("kappa", "initial_const", "binary_steps", "max_iterations", "learn
 KERNELS, ANCHORS = ("attacker", "detector"), ("clean", "stage1")
 
 
+@in_eval_mode
 def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker", anchor: str = "clean",
           attacker_points: int = 100, stage1: dict | None = None, stage2: dict | None = None,
           learning_rate: float = 0.01, abort_early: bool = True, seed: int = 0, batch_size: int = 100,
@@ -63,26 +96,35 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
 
     model: the ``Classifier`` the detector scores; x: (N, C, H, W) in [-0.5, 0.5]; detector: a
     fitted ``rcenp.detect.Detector`` (kernel points (L, M, D), σ²). targets/labels: as ``cw_l2``
-    (random targets ≠ label from ``seed``; "untargeted" is refused). ``stage1``/``stage2``: dicts
-    overriding the stages' kappa, initial_const, binary_steps, max_iterations, learning_rate,
+    (random targets ≠ the labels used, from ``seed``; "untargeted" is refused). ``stage1``/``stage2``:
+    dicts overriding the stages' kappa, initial_const, binary_steps, max_iterations, learning_rate,
     abort_early. The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
-    train_features (N_tr, D) and train_labels (N_tr,): the training features for η (optional).
-    progress: as ``cw_l2``'s, for each stage.
+    train_features (N_tr, D) and train_labels (N_tr,) ints: the training features for the exact η
+    (every one of class t is scored); without them η is the biased-loose approximation (module
+    docstring). progress: as ``cw_l2``'s, for each stage.
 
     Returns an ``AttackResult`` (success: target with margin κ and f₂ ≤ 0; iterations: both
-    stages; zero_grad_fraction: stage 1's at the clean image). ``details`` per sample: stage 2's
-    "c", "step_success", "iterations", "step_stop", "best_l2"; "final_margin", "target"; "f2",
-    "neg_log_kd" (nats, of the returned image under the attacker's kernel of class t), "eta_t";
+    stages; zero_grad_fraction: stage 1's at its first iterate, NaN where its hinge is inactive
+    there). params: both stages' settings (with their "abort_rule"), kernel, anchor,
+    attacker_points, sigma2, labels, targets, "eta" (which η) and "eta_exact". ``details`` per
+    sample: stage 2's "c", "step_success", "iterations", "step_stop", "best_l2"; "target";
+    "final_margin", "f2_raw" (−log KD_t − η_t, nats) and "f2" (max(f2_raw, 0)): for a returned
+    success or fallback, as evaluated when it was kept (model's dtype), otherwise those of the
+    returned clean image, recomputed; "final_margin_recomputed", "f2_recomputed" and "neg_log_kd"
+    (nats): the returned image's, recomputed (module docstring); "eta_t" (nats, float64);
     "stage1" (its c, step_success, iterations, step_stop, success, best_l2).
-    Raises ValueError for bad images, labels, targets, settings, or an unfitted detector.
+    Raises ValueError for bad images, labels, targets, settings, training features, or an
+    unfitted detector.
     """
     x = check_images(model, x)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if anchor not in ANCHORS:
         raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
-    first_settings = stage_settings("stage1", STAGE1, stage1, learning_rate, abort_early, batch_size)
-    second_settings = stage_settings("stage2", STAGE2, stage2, learning_rate, abort_early, batch_size)
+    first_settings = {**stage_settings("stage1", STAGE1, stage1, learning_rate, abort_early, batch_size),
+                      "abort_rule": "carliniL2"}
+    second_settings = {**stage_settings("stage2", STAGE2, stage2, learning_rate, abort_early, batch_size),
+                       "abort_rule": "carliniL2_specific"}
     if isinstance(targets, str):
         raise ValueError("C&W-wb is a targeted attack: targets must be None or an (N,) int array")
     points, eta = attack_kernel(detector, model, kernel, attacker_points, seed, train_features, train_labels)
@@ -100,25 +142,36 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     found = second["success"] | second["fallback"]
     adversarial = np.where(found[:, None, None, None], second["adversarial"], as_numpy(x))
     neg_log_kd = -density_of(model, adversarial, density, targets, batch_size)
+    f2_recomputed = neg_log_kd - eta[targets]
+    f2_raw = np.where(found, second["f2_raw"], f2_recomputed)
 
     extra = []
     for i in range(len(x)):
         stage = {key: first[key][i] for key in ("c", "step_success", "iterations", "step_stop")}
         best = first["best_l2"][i]
         stage.update(success=bool(first["success"][i]), best_l2=None if np.isnan(best) else float(best))
-        extra.append({"f2": max(float(neg_log_kd[i] - eta[targets[i]]), 0.0), "neg_log_kd": float(neg_log_kd[i]),
+        extra.append({"f2": max(float(f2_raw[i]), 0.0), "f2_raw": float(f2_raw[i]),
+                      "f2_recomputed": max(float(f2_recomputed[i]), 0.0), "neg_log_kd": float(neg_log_kd[i]),
                       "eta_t": float(eta[targets[i]]), "stage1": stage})
+    exact = train_features is not None
     params = {"stage1": first_settings, "stage2": second_settings, "kernel": kernel, "anchor": anchor,
               "attacker_points": int(points.shape[1]), "sigma2": detector.sigma2, "labels": label_rule,
-              "targets": target_rule, "eta": "train features" if train_features is not None else
-              ("detector points not drawn for the attacker" if kernel == "attacker"
-               else "detector points, leave-one-out")}
+              "targets": target_rule, "eta_exact": exact, "eta": eta_source(kernel, exact)}
     run = {**second, "adversarial": adversarial, "zero_grad_fraction": first["zero_grad_fraction"]}
     result = assemble(model, x, run, labels, targets, clean_prediction, "cw_wb", params, batch_size, extra)
     result.iterations = result.iterations + np.array([sum(e["stage1"]["iterations"]) for e in extra], np.int64)
     result.stop_reason = np.where(second["success"], "success",
                                   np.where(second["fallback"], "f2 > 0", "no success")).astype(str)
     return result
+
+
+def eta_source(kernel: str, exact: bool) -> str:
+    """The params' one-line description of how η was obtained (module docstring)."""
+    if exact:
+        return "exact: every training feature of class t, MATLAB median (median_for_attack.m)"
+    if kernel == "attacker":
+        return "approximation, biased loose: detector points not drawn for the attacker"
+    return "approximation, biased loose: detector points, leave-one-out"
 
 
 def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_size) -> dict:
@@ -133,7 +186,10 @@ def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_
 
 
 def attack_kernel(detector, model, kernel, attacker_points, seed, train_features=None, train_labels=None):
-    """(the attacker's kernel points (L, m, D) float64 host, η (L,) float64 host): module docstring."""
+    """(the attack's kernel points (L, m, D) float64 host, η (L,) float64 host, nats): module
+    docstring. train_features (N_tr, D), train_labels (N_tr,): the exact η; None: the
+    approximation. Raises ValueError for an unfitted detector, another objective's detector, too
+    many attacker points, mis-shaped training features, or a class without a scored feature."""
     if getattr(detector, "kernel_points", None) is None:
         raise ValueError("the detector has no kernel points: fit it on training data first")
     if detector.model.objective != model.objective:
@@ -172,8 +228,24 @@ def attack_kernel(detector, model, kernel, attacker_points, seed, train_features
             raise ValueError("attacker_points uses every detector point: pass train_features for η")
     if any(len(q) == 0 for q in queries):
         raise ValueError("η needs at least one training feature of every class")
-    eta = np.array([np.median(neg_log_kd_reference(q, points[c], sigma2, loo)) for c, q in enumerate(queries)])
+    eta = np.array([eta_from_neg_log_kd(neg_log_kd_reference(q, points[c], sigma2, loo))
+                    for c, q in enumerate(queries)])
     return points, eta
+
+
+def eta_from_neg_log_kd(neg_log_kd) -> float:
+    """η = −log(median KD), MATLAB's median (``median_for_attack.m``), from the −log KD (Q,) of
+    one class's queries (nats), in log space. Odd Q: −ℓ_mid; even Q: the median KD is the mean of
+    the two middle KDs, so η = −(logaddexp(ℓ_a, ℓ_b) − log 2), with ℓ = −neg_log_kd sorted and
+    ℓ_a, ℓ_b its two middle values. Raises ValueError for Q = 0."""
+    log_kd = np.sort(-np.asarray(neg_log_kd, np.float64).reshape(-1))
+    q = len(log_kd)
+    if q == 0:
+        raise ValueError("η needs at least one −log KD")
+    mid = q // 2
+    if q % 2:
+        return float(-log_kd[mid])
+    return float(-(np.logaddexp(log_kd[mid - 1], log_kd[mid]) - math.log(2)))
 
 
 def neg_log_kd_reference(queries, points, sigma2, leave_one_out=False, block=256):
