@@ -85,5 +85,16 @@ def test_cw_wb_eta_comes_from_the_training_features(setup, tmp_path, monkeypatch
     np.testing.assert_array_equal(seen["train_features"], z)
     np.testing.assert_array_equal(seen["train_labels"], train.labels)
     first_sample = json.loads((tmp_path / "wb" / "samples.jsonl").read_text().splitlines()[0])
-    assert json.loads((tmp_path / "wb" / "run.json").read_text())["detector"] == runfiles.detector_identity(run)
+    asked = json.loads((tmp_path / "wb" / "run.json").read_text())
+    assert asked["detector"] == runfiles.detector_identity(run) and asked["eta"] == "exact: training features"
     assert first_sample["f2"] >= 0
+
+
+def test_cw_wb_without_training_images_says_eta_is_the_approximation(setup, tmp_path, monkeypatch, capsys):  # noqa: F811
+    run, root = setup
+    monkeypatch.setattr(attack_run, "training_split", lambda dataset, data_dir=None: None)
+    tiny = {"learning_rate": 0.05, "attacker_points": 5, "stage1": {"binary_steps": 1, "max_iterations": 2},
+            "stage2": {"binary_steps": 1, "max_iterations": 2}}
+    run_attack(run, "cw-wb", tmp_path / "wb", tiny, n=4, batch_size=2, data_dir=root)
+    assert json.loads((tmp_path / "wb" / "run.json").read_text())["eta"].startswith("approximation")
+    assert capsys.readouterr().err.count("no training images found, so the biased-loose approximation") == 1

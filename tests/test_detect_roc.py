@@ -203,3 +203,47 @@ def test_calibration_rejects_bad_input():
         calibrate_threshold([1.0, np.nan], 0.05)
     with pytest.raises(ValueError):
         calibrate_threshold([1.0], 1.5)
+
+
+# ---- the authors' K-density, emulated -----------------------------------------------------------
+
+def test_strict_reproduces_the_tie_rule_only():
+    """roc_auc's docstring claims the authors' tie rule, not their (underflowing) K-density scores."""
+    from rcenp.detect import roc
+
+    doc = " ".join(roc.roc_auc.__doc__.split())
+    assert "tie rule only" in doc and "authors_kd_auc" in doc
+    assert "KD underflowing to 0" not in doc
+
+
+def test_authors_kd_auc_saturates_below_the_underflow_point():
+    """exp(log KD) in float64 is 0 below ln 2⁻¹⁰⁷⁵ ≈ −745.13 and the smallest subnormal just above;
+    scores straddling that point tie (strict: a loss) only in the authors-emulated AUC."""
+    from rcenp.detect import roc
+
+    assert np.exp(-745.0) > 0 and np.exp(-745.2) == 0           # the underflow point, as documented
+    normal = np.array([-744.0, -745.5, -760.0, -10.0])
+    adversarial = np.array([-745.2, -746.0, -900.0, -20.0])
+    # log space keeps them apart: -744 beats 3, -745.5 beats 2, -760 beats 1, -10 beats 4
+    assert roc_auc(normal, adversarial, "strict") == pytest.approx(10 / 16)
+    # the authors' KD: normal (e^-744 subnormal, 0, 0, e^-10), adversarial (0, 0, 0, e^-20):
+    # e^-744 beats the three zeros, the two zero normals beat nothing, e^-10 beats all four
+    assert roc.authors_kd_auc(normal, adversarial) == pytest.approx(7 / 16)
+    assert roc.authors_kd_auc(normal, adversarial) == brute_force_auc(np.exp(normal), np.exp(adversarial), 0.0)
+    # far from the underflow the two agree
+    assert roc.authors_kd_auc(normal + 700, adversarial + 700) == roc_auc(normal, adversarial, "strict")
+    with pytest.raises(ValueError, match="NaN"):
+        roc.authors_kd_auc([np.nan], [0.0])
+
+
+def test_bootstrap_strict_ties_uses_the_same_resamples():
+    saturated = np.ones(30)
+    assert bootstrap_auc_ci(saturated, saturated, n_boot=50, paired=True) == (0.5, 0.5)
+    assert bootstrap_auc_ci(saturated, saturated, n_boot=50, paired=True, ties="strict") == (0.0, 0.0)
+    rng = np.random.default_rng(3)
+    normal, adversarial = rng.integers(0, 3, 40).astype(float), rng.integers(0, 3, 40).astype(float)
+    half = bootstrap_auc_ci(normal, adversarial, n_boot=200, seed=5, paired=True)
+    strict = bootstrap_auc_ci(normal, adversarial, n_boot=200, seed=5, paired=True, ties="strict")
+    assert strict[0] <= half[0] and strict[1] <= half[1]        # same resamples: strict ≤ half in each
+    with pytest.raises(ValueError, match="ties"):
+        bootstrap_auc_ci(normal, adversarial, ties="mid")

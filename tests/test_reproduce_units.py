@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import rcenp
-from rcenp.reproduce import budgets, cells, lineup, paper, report, sanity, tables
-from rcenp.reproduce.results import Results, detection_rate_at_fpr, wb_figures
+from rcenp.reproduce import budgets, cells, lineup, paper, report, sanity, tables, threat_tables
+from rcenp.reproduce.results import Results, wb_figures
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
 PAPER_CANDIDATES = [ROOT.parent / "shared" / "paper", Path(os.environ.get("RCENP_DATA") or "/nonexistent").parent / "paper",
@@ -141,13 +141,48 @@ def test_cw_success():
 
 
 # ---- results helpers -----------------------------------------------------------------------------
-def test_detection_rate_at_fpr():
-    normal = np.arange(100, 200, dtype=float)       # clean scores 100..199
-    adversarial = np.arange(0, 100, dtype=float)    # all below every clean score
-    assert detection_rate_at_fpr(normal, adversarial) == 1.0
-    adversarial = np.concatenate([np.arange(50), np.arange(100, 150)]).astype(float)  # half overlaps the clean range
-    # rejecting at most 5 clean images ("normal iff score >= 105") rejects the 50 low ones and 100..104
-    assert detection_rate_at_fpr(normal, adversarial) == pytest.approx(0.55)
+def crossfit_samples():
+    """100 images, test indices 0-99 (even: fold 0, odd: fold 1). Clean score = index; images 0 and 1
+    are misclassified when clean; the attack fails on 90-99; adversarial score = index − 50."""
+    out = []
+    for i in range(100):
+        record = {"index": i, "true_label": 1, "clean_prediction": 0 if i < 2 else 1,
+                  "adversarial_prediction": 1 if i >= 90 else 2}
+        for metric in ("confidence", "non_me", "log_kd"):
+            record[f"clean_{metric}"], record[f"adversarial_{metric}"] = float(i), float(i - 50)
+        out.append(record)
+    return out
+
+
+def test_tpr_at_5_percent_fpr_is_cross_fitted_on_held_out_clean_images(monkeypatch):
+    """T for each fold comes from the OTHER fold's correctly classified clean images; the clean
+    rejection rate is measured on images T was not fitted on; the pairs are paper_sample_rule's."""
+    from rcenp.detect import roc
+    from rcenp.detect.calibrate import calibrate_threshold
+    from rcenp.reproduce.results import adversarial_rejection_crossfit, beyond_paper
+
+    samples = crossfit_samples()
+    calls = []
+    real_rule = roc.paper_sample_rule
+    monkeypatch.setattr(roc, "paper_sample_rule", lambda *a: calls.append(1) or real_rule(*a))
+    figures = adversarial_rejection_crossfit(samples, "log_kd")
+    assert calls                                                  # the sample rule is roc's, not a copy
+    # fold 0 (even) is scored against T fitted on odd clean-correct scores 3, 5, ..., 99 (49 images, k = 2)
+    assert figures["thresholds"] == [calibrate_threshold(np.arange(3.0, 100, 2), 0.05),
+                                     calibrate_threshold(np.arange(2.0, 100, 2), 0.05)] == [5.0, 4.0]
+    # adversarial (paper rule: clean correct, attack succeeded) = 2-89; rejected iff i − 50 ≤ T of its fold:
+    # even 2-54 (27) and odd 3-53 (26) of 88
+    assert figures["n_adversarial"] == 88 and figures["tpr"] == pytest.approx(53 / 88)
+    # clean rejection, measured: even 2, 4 ≤ 5 and odd 3 ≤ 4, of the 98 correctly classified clean images
+    assert figures["n_clean"] == 98 and figures["clean_rejection"] == pytest.approx(3 / 98)
+    row = beyond_paper(samples)
+    assert row["tpr5_crossfit_confidence"] == pytest.approx(53 / 88)
+    assert row["fpr5_crossfit_non_me"] == pytest.approx(3 / 98) and row["n_clean_correct"] == 98
+    assert "tpr5_log_kd" not in row                               # the in-sample figure is gone
+    # no correctly classified clean image in one fold: no threshold for the other
+    odd_only = [s for s in samples if s["index"] % 2]
+    assert adversarial_rejection_crossfit(odd_only, "log_kd")["tpr"] is None
+    assert beyond_paper(None)["tpr5_crossfit_log_kd"] is None
 
 
 def test_wb_figures():
@@ -158,6 +193,141 @@ def test_wb_figures():
     figures = wb_figures(rows)
     assert figures["n"] == 3 and figures["ratio_f2_positive"] == pytest.approx(2 / 3)
     assert figures["distortion"] == pytest.approx(20.0) and figures["n_distortion"] == 2
+
+
+def test_ratio_of_f2_positive_is_the_attacks_own_decision():
+    """A success whose re-scored f₂ is 1e-7 (a separate forward pass) is still a success: the ratio
+    counts stop_reason != "success", so ratio + success rate = 1; the re-score is an audit field."""
+    rows = [{"clean_prediction": 1, "true_label": 1, "f2": 1e-7, "stop_reason": "success", "l2_paper": 10.0},
+            {"clean_prediction": 2, "true_label": 2, "f2": 0.0, "stop_reason": "success", "l2_paper": 12.0},
+            {"clean_prediction": 3, "true_label": 3, "f2": 0.5, "stop_reason": "f2 > 0", "l2_paper": 30.0},
+            {"clean_prediction": 4, "true_label": 4, "f2": 0.9, "stop_reason": "no success", "l2_paper": 0.0}]
+    figures = wb_figures(rows)
+    assert figures["ratio_f2_positive"] == pytest.approx(0.5) and figures["success_rate"] == pytest.approx(0.5)
+    assert figures["ratio_f2_positive"] + figures["success_rate"] == pytest.approx(1.0)
+    assert figures["ratio_f2_rescored_positive"] == pytest.approx(0.75) and figures["n_f2_disagree"] == 1
+
+
+def attack_records(n, clean_confidence, adversarial_confidence, zero=0.0):
+    """Minimal per-sample records for ``summarize``: image i true label 1, clean correct, attack
+    successful (predicted 2); log KD clean −1, adversarial −2 − i."""
+    out = []
+    for i in range(n):
+        out.append({"index": i, "true_label": 1, "clean_prediction": 1, "adversarial_prediction": 2,
+                    "success": True, "success_8bit": True, "l2_paper": 1.0, "l2": 0.1, "linf": 0.1, "l0": 3,
+                    "zero_grad_fraction": zero[i] if isinstance(zero, list) else zero, "iterations": 1,
+                    "stop_reason": "steps", "clean_confidence": clean_confidence,
+                    "adversarial_confidence": adversarial_confidence, "clean_non_me": 1.0 + i,
+                    "adversarial_non_me": 0.5 * i, "clean_log_kd": -1.0, "adversarial_log_kd": -2.0 - i})
+    return out
+
+
+def test_delta_and_dagger_use_the_strict_auc_the_paper_used():
+    """Saturated confidence (1.0 everywhere): ties half gives 50, the authors' rule 0, and the paper
+    prints 0.0 (e.g. CIFAR BIM CE). Δ and † compare with the strict AUC and strict interval."""
+    from rcenp.attacks.summary import summarize
+
+    detection = summarize(attack_records(40, 1.0, 1.0))["detection"]
+    entry = detection["confidence"]
+    assert entry["auc"] == 0.5 and entry["auc_ci95"] == [0.5, 0.5]
+    assert entry["auc_strict_ties"] == 0.0 and entry["auc_strict_ci95"] == [0.0, 0.0]
+    fields = tables._auc_fields(detection, "confidence", 0.0)
+    assert fields["confidence_auc"] == 50.0                       # the headline stays ties-half
+    assert fields["confidence_diff"] == 0.0 and fields["confidence_outside_ci"] is False
+    assert fields["confidence_ci_degenerate"] is True
+    assert "strict 0.0 [0.0, 0.0] (zero width); paper 0.0, Δ +0.0" in tables._auc_text(fields, "confidence")
+
+
+def test_published_cells_get_the_strict_interval_from_their_samples():
+    """A summary written before the strict interval existed is completed from its samples,
+    with the same figures a new summary has; its own keys are kept."""
+    from rcenp.attacks.summary import summarize
+    from rcenp.reproduce.results import complete_detection
+
+    records = attack_records(30, 0.9, 1.0)
+    new = summarize(records)
+    old = json.loads(json.dumps(new))
+    for metric in ("confidence", "non_me", "log_kd"):
+        for key in ("auc_strict_ci95", "auc_authors_kd", "kd_zero"):
+            old["detection"][metric].pop(key, None)
+    completed = complete_detection(old, records)
+    for metric in ("confidence", "non_me", "log_kd"):
+        assert completed[metric] == new["detection"][metric], metric
+    with pytest.raises(ValueError, match="no samples"):
+        complete_detection(old, None)
+
+
+def test_authors_emulated_kd_auc_is_in_table2():
+    """Log KD straddling the float64 underflow point (≈ −745): our strict AUC keeps the adversarial
+    scores apart, the authors-emulated one (KD = exp(log KD) = 0 for both) ties them."""
+    from rcenp.attacks.summary import summarize
+
+    records = attack_records(4, 0.9, 1.0)
+    for record, clean, adversarial in zip(records, (-744.0, -746.0, -750.0, -10.0), (-745.5, -800.0, -760.0, -20.0)):
+        record["clean_log_kd"], record["adversarial_log_kd"] = clean, adversarial
+    entry = summarize(records)["detection"]["log_kd"]
+    # log space: -744 beats 3, -746 beats 2, -750 beats 2 (-800, -760), -10 beats 4 → 11/16
+    assert entry["auc_strict_ties"] == pytest.approx(11 / 16)
+    # exp in float64: normal (e^-744 > 0, 0, 0, e^-10), adversarial (0, 0, 0, e^-20) → (3 + 4)/16
+    assert entry["auc_authors_kd"] == pytest.approx(7 / 16)
+    assert entry["kd_zero"] == {"normal": 2, "adversarial": 3}
+    fields = tables._auc_fields({"log_kd": entry}, "log_kd", None)
+    assert fields["log_kd_auc_authors_emulated"] == pytest.approx(100 * 7 / 16)
+    assert (fields["log_kd_zero_normal"], fields["log_kd_zero_adversarial"]) == (2, 3)
+    assert "authors-emulated 43.8" in tables._auc_text(fields, "log_kd")
+
+
+def test_dagger_allows_for_the_papers_rounding_and_notes_zero_width_intervals():
+    # perfect separation: a zero-width interval [100, 100]; the paper's 99.96 would print as 100.0
+    entry = {"auc": 1.0, "auc_strict_ties": 1.0, "auc_ci95": [1.0, 1.0], "auc_strict_ci95": [1.0, 1.0]}
+    fields = tables._auc_fields({"non_me": entry}, "non_me", 99.96)
+    assert fields["non_me_outside_ci"] is False and fields["non_me_ci_degenerate"] is True
+    assert "(zero width)" in tables._auc_text(fields, "non_me")
+    outside = tables.paper_outside_interval
+    assert outside(98.0, 98.04, 99.0) is False                    # 98.0 stands for [97.95, 98.05]
+    assert outside(98.0, 98.06, 99.0) is True
+    assert outside(99.9, 99.95, 100.0) is False                   # touching counts as meeting
+    assert outside(100.0, 100.0, 100.0) is False                  # zero width, the paper's value
+    assert outside(99.9, 100.0, 100.0) is True                    # zero width, missed
+    assert outside(0.0, 0.0, 0.04) is False and outside(None, 1.0, 2.0) is None
+    row = {"dataset": "mnist", "attack": "cw", "eps": None, "theta": None, "objective": "ce", "n_pairs": 9,
+           **tables._auc_fields({"non_me": entry}, "non_me", 99.8)}
+    assert report._outside([row]) == ["- mnist cw CE non-ME: ours (strict ties) 100.0 [100.0, 100.0] "
+                                      "(zero-width interval), paper 99.8 (n = 9 pairs)"]
+
+
+def test_zero_gradient_fractions_ignore_nan_and_count_it():
+    """C&W records NaN where the hinge is inactive at the first iterate: left out of the mean, counted."""
+    from rcenp.attacks import summary as summary_module
+
+    records = attack_records(4, 0.9, 1.0, zero=[0.0, float("nan"), 0.1, None])
+    summary = summary_module.summarize(records)
+    assert summary["zero_grad_fraction_mean"] == pytest.approx(0.05)
+    assert (summary["zero_grad_fraction_n"], summary["zero_grad_fraction_excluded"]) == (2, 2)
+    assert summary_module.zero_grad_stats([float("nan")]) == {"mean": None, "n": 0, "excluded": 1}
+    row = sanity.zero_gradient("m cw", summary)
+    assert row["status"] == "PASS" and row["value"] == pytest.approx(0.05)
+    assert "over 2 images" in row["detail"] and "2 images without a fraction" in row["detail"]
+    records[0]["zero_grad_fraction"] = 0.5
+    from_samples = sanity.zero_gradient("m cw", {"zero_grad_fraction_mean": float("nan")}, records)
+    assert from_samples["status"] == "FLAG" and from_samples["value"] == pytest.approx(0.3)
+    assert sanity.zero_gradient("m cw", {"zero_grad_fraction_mean": float("nan")})["status"] == "n/a"
+    assert sanity.zero_gradient("m cw", None, [{"zero_grad_fraction": None}])["status"] == "n/a"
+
+
+def test_notes_say_what_the_code_does():
+    """Table 3: the 100 attacker points are the authors' code's; Table 4: the transfer rate's
+    denominator; beyond: the cell's detector, not necessarily K-density."""
+    smoke = budgets.get_budget("smoke")
+    res = unavailable(cells.plan(smoke, ["table2", "table3", "table4"]))
+    t3, t4, bey = threat_tables.table3(res, smoke).markdown, threat_tables.table4(res, smoke).markdown, tables.beyond(res, smoke)
+    assert "(the paper)" not in t3 and "authors' code (select_kernel_for_attack.m; the paper does not state it)" in t3
+    assert "share of examples the target misclassifies" not in t4
+    assert ("of the examples crafted successfully on the substitute whose clean image the target classifies "
+            "correctly (n shown), the share the target misclassifies") in t4
+    assert "shipped K-density detector" not in bey.markdown and "the cell's detector, on its metric" in bey.markdown
+    assert {"detector_metric", "tpr5_crossfit_log_kd", "fpr5_crossfit_log_kd"} <= set(bey.columns)
+    assert "Δ = strict − paper" in tables.table2(res, smoke).markdown
 
 
 # ---- the plan: budgets, missing models, reuse, transfer -------------------------------------------
@@ -344,16 +514,17 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
         assert "JSMA ε" not in table.markdown and "| C&W |" in table.markdown
     row = {"dataset": "mnist", "attack": "jsma", "eps": None, "theta": 0.16, "objective": "rce", "n_pairs": 20,
            "confidence_outside_ci": True, "confidence_auc": 50.0, "confidence_ci_low": 40.0,
-           "confidence_ci_high": 60.0, "confidence_paper": 100.0}
-    assert report._outside([row]) == ["- mnist jsma θ=0.16 RCE Confidence: ours 50.0 [40.0, 60.0], paper 100.0 "
-                                      "(n = 20 pairs)"]
+           "confidence_ci_high": 60.0, "confidence_auc_strict": 45.0, "confidence_strict_ci_low": 35.0,
+           "confidence_strict_ci_high": 55.0, "confidence_ci_degenerate": False, "confidence_paper": 100.0}
+    assert report._outside([row]) == ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
+                                      "paper 100.0 (n = 20 pairs)"]
 
 
 def test_csv_rows_keep_epsilon_and_theta_in_separate_columns():
     """JSMA's θ is not an ε: the CSVs hold it in a theta column, and their eps column holds ε only."""
     smoke = budgets.get_budget("smoke")
     res = unavailable(cells.plan(smoke, ["table2", "fig2"]))
-    for table in (tables.table2(res, smoke), tables.beyond(res, smoke), tables.fig2_data(res, smoke)):
+    for table in (tables.table2(res, smoke), tables.beyond(res, smoke), threat_tables.fig2_data(res, smoke)):
         assert {"eps", "theta"} <= set(table.columns), table.name
         rows = [{k: r.get(k) for k in table.columns} for r in table.rows]
         jsma = [r for r in rows if r["attack"] == "jsma"]

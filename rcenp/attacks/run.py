@@ -19,7 +19,9 @@ uninterrupted run (``summary.json``'s ``timing`` differs, nothing else) as long 
 the same; ``code_by_batch`` says which code computed which batch.
 
 C&W-wb's η_t (``rcenp.attacks.cw_wb``) is computed from the training features of the attacked
-(or, for transfer, the substitute) model over the images its detector's kernel points came from.
+(or, for transfer, the substitute) model over the images its detector's kernel points came from;
+where the training split is not found (the embedded MNIST sample holds test images only), from
+cw_wb's biased-loose approximation. run.json's ``eta`` says which.
 
 Black-box transfer (paper §4.5, protocol §6): ``options["substitute"]`` names a second model of the
 same data set. The attack is crafted on the substitute (cw-wb against the substitute's own
@@ -137,6 +139,11 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
              "detector": runfiles.detector_identity(model_ref)}
     if options.get("substitute") is not None:
         asked["substitute_detector"] = runfiles.detector_identity(options["substitute"])
+    train = None
+    if attack == "cw-wb":  # η_t from the training features where the training images are here
+        train = training_split(dataset, data_dir)
+        asked["eta"] = ("exact: training features" if train is not None else
+                        "approximation from the detector's kernel points (no training images found)")
     if merge:
         if tuple(shard) != (1, 1):
             raise ValueError("--merge writes the whole run from its shards: leave out --shard")
@@ -183,10 +190,13 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             if finished[b] and b + 1 < len(batches):
                 continue  # done by an earlier process: no progress line, no rate from it
             if not finished[b]:
-                if attack == "cw-wb" and "train_features" not in options:  # η: once per process, when needed
+                if train is not None and "train_features" not in options:  # η: once per process, when needed
                     progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
-                    features, labels = training_features(crafter, crafter_detector, crafter_ref, dataset, data_dir)
+                    features, labels = training_features(crafter, crafter_detector, crafter_ref, train)
                     options = dict(options, train_features=features, train_labels=labels)
+                elif attack == "cw-wb" and train is None and b == finished.index(False):
+                    progress.message("η for C&W-wb: no training images found, so the biased-loose approximation "
+                                     "from the detector's kernel points (rcenp.attacks.cw_wb)")
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
                 call = fn if attack not in CW_ATTACKS else functools.partial(  # C&W: status within a batch
@@ -248,16 +258,24 @@ def fitted_detector(model, model_ref):
 _TRAIN_FEATURES: dict = {}
 
 
-def training_features(model, detector, model_ref, dataset: str, data_dir=None):
-    """Z (N_tr, D) float32 and true labels (N_tr,) of the training images ``detector`` drew its
-    kernel points from (the first ``info["fitted_on"]`` of the split; all of them when not
-    recorded): C&W-wb's η_t is the median over class t's training features (protocol §5.4,
-    ``median_for_attack.m``). Cached per process by model and detector."""
-    from rcenp.data import load
+def training_split(dataset: str, data_dir=None):
+    """The data set's training split, or None where it is not found (``rcenp.data.load``'s
+    DataError: e.g. only the embedded MNIST test sample is here)."""
+    from rcenp.data import DataError, load
 
-    key = (str(model_ref), json.dumps(runfiles.detector_identity(model_ref)), dataset, str(data_dir))
+    try:
+        return load(dataset, "train", data_dir)
+    except DataError:
+        return None
+
+
+def training_features(model, detector, model_ref, train):
+    """Z (N_tr, D) float32 and true labels (N_tr,) of the training images (``train``, a Dataset)
+    ``detector`` drew its kernel points from (the first ``info["fitted_on"]``; all of them when
+    not recorded): C&W-wb's η_t is the median over class t's training features (protocol §5.4,
+    ``median_for_attack.m``). Cached per process by model, detector and split."""
+    key = (str(model_ref), json.dumps(runfiles.detector_identity(model_ref)), json.dumps(train.identity))
     if key not in _TRAIN_FEATURES:
-        train = load(dataset, "train", data_dir)
         count = int(detector.info.get("fitted_on", len(train.labels)))
         z, _ = detector.features_and_logits(train.images[:count])
         _TRAIN_FEATURES.clear()  # one model's at a time: (60,000 × 64) float32 is 15 MB

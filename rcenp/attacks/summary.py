@@ -16,7 +16,10 @@ def summarize(records: list[dict], detector=None) -> dict:
     Distortions are summarised over the paper's "efficient" samples (clean image correctly
     classified and attack successful, protocol §5) and over all samples. Detection AUCs follow
     protocol §4: normal is the positive class, pairs kept by the paper's rule (clean correct,
-    adversarial misclassified), ties counted half and, as the authors' MATLAB does, strictly.
+    adversarial misclassified), ties counted half and, as the authors' MATLAB does, strictly
+    (``auc_entry``). ``zero_grad_fraction_mean`` ignores NaN fractions (a C&W sample whose hinge is
+    inactive at its first iterate has none) and ``zero_grad_fraction_excluded`` counts them
+    (``zero_grad_stats``). Raises ValueError on no records.
     """
     if not records:
         raise ValueError("no samples to summarise")
@@ -35,7 +38,7 @@ def summarize(records: list[dict], detector=None) -> dict:
         "accuracy_clean": float(correct.mean()),
         "accuracy_under_attack": float((adv == true).mean()),
         "distortion": {k: {"efficient": _stats(column[k][efficient]), "all": _stats(column[k])} for k in DISTORTIONS},
-        "zero_grad_fraction_mean": float(column["zero_grad_fraction"].mean()),
+        **{f"zero_grad_fraction_{k}": v for k, v in zero_grad_stats(column["zero_grad_fraction"]).items()},
         "iterations_mean": float(column["iterations"].mean()),
         "stop_reasons": dict(collections.Counter(column["stop_reason"].tolist())),
     }
@@ -61,6 +64,48 @@ def _transfer(column, correct, misclassified) -> dict:
             "target_hit_rate": float(hit[eligible].mean()) if count else None}
 
 
+def zero_grad_stats(values) -> dict:
+    """Mean share of exactly-zero input-gradient entries over the samples that have one.
+
+    values: (N,) per-sample fractions in [0, 1]; NaN or None marks a sample without one (C&W: the
+    hinge inactive at the first iterate, so no network gradient was taken there; not masking).
+    → {"mean": NaN-ignoring mean, or None when no sample has a value; "n": samples averaged;
+    "excluded": samples left out as NaN}.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    missing = np.isnan(values)
+    kept = values[~missing]
+    return {"mean": float(kept.mean()) if kept.size else None, "n": int(kept.size),
+            "excluded": int(missing.sum())}
+
+
+def auc_entry(normal, adversarial, metric: str) -> dict:
+    """One metric's AUC figures over the paper-rule pairs (protocol §4; normal is the positive class).
+
+    normal, adversarial: (n,) paired scores, n ≥ 1, higher = more normal (``log_kd`` is log KD).
+    → ``auc`` (ties half, the headline), ``auc_ci95`` (its 95% paired bootstrap interval),
+    ``auc_strict_ties`` (ties count 0: the authors' ``AUC.m`` rule, which the paper's values use)
+    and ``auc_strict_ci95`` (its interval over the same 1,000 paired resamples, seed 0, as
+    ``auc_ci95``); for ``log_kd`` also ``auc_authors_kd``
+    (``rcenp.detect.roc.authors_kd_auc``: strict AUC on KD = exp(log KD) in float64, underflowing
+    where the authors' did) and ``kd_zero`` (how many normal / adversarial KDs are exactly 0 in
+    float64, i.e. log KD < about −745.13). ValueError (``rcenp.detect.roc``) on empty or NaN scores.
+    """
+    from rcenp.detect.roc import authors_kd_auc, bootstrap_auc_ci, roc_auc
+
+    normal = np.asarray(normal, dtype=np.float64)
+    adversarial = np.asarray(adversarial, dtype=np.float64)
+    entry = {"auc": roc_auc(normal, adversarial),
+             "auc_strict_ties": roc_auc(normal, adversarial, "strict"),
+             "auc_ci95": list(bootstrap_auc_ci(normal, adversarial, paired=True)),
+             "auc_strict_ci95": list(bootstrap_auc_ci(normal, adversarial, paired=True, ties="strict"))}
+    if metric == "log_kd":
+        entry["auc_authors_kd"] = authors_kd_auc(normal, adversarial)
+        entry["kd_zero"] = {"normal": int((np.exp(normal) == 0).sum()),
+                            "adversarial": int((np.exp(adversarial) == 0).sum())}
+    return entry
+
+
 def _stats(values) -> dict:
     values = np.asarray(values, dtype=np.float64)
     if not len(values):
@@ -69,7 +114,7 @@ def _stats(values) -> dict:
 
 
 def _detection(column, true, clean, adv, detector) -> dict:
-    from rcenp.detect.roc import bootstrap_auc_ci, paper_pairs, roc_auc
+    from rcenp.detect.roc import paper_pairs
 
     out = {}
     for metric in METRICS:
@@ -79,8 +124,7 @@ def _detection(column, true, clean, adv, detector) -> dict:
                                              column[f"adversarial_{metric}"].astype(float), true, clean, adv)
         entry = {"n_pairs": n}
         if n:
-            entry.update(auc=roc_auc(normal, adversarial), auc_strict_ties=roc_auc(normal, adversarial, "strict"),
-                         auc_ci95=list(bootstrap_auc_ci(normal, adversarial, paired=True)))
+            entry.update(auc_entry(normal, adversarial, metric))
         out[metric] = entry
     if "detected" in column and column["detected"][0] is not None:
         detected = column["detected"].astype(bool)

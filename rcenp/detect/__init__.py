@@ -13,6 +13,7 @@ from rcenp.detect.kde import (
     select_kernel_points,
 )
 from rcenp.detect.roc import (
+    authors_kd_auc,
     bootstrap_auc_ci,
     paper_pairs,
     paper_sample_rule,
@@ -23,7 +24,7 @@ from rcenp.detect.roc import (
 
 __all__ = [
     "DEFAULT_SIGMA2", "LogKernelDensity", "log_kernel_density", "log_kernel_density_reference",
-    "select_kernel_points", "roc_auc", "roc_curve", "tpr_at_fpr", "bootstrap_auc_ci",
+    "select_kernel_points", "roc_auc", "roc_curve", "tpr_at_fpr", "bootstrap_auc_ci", "authors_kd_auc",
     "paper_sample_rule", "paper_pairs", "calibrate_threshold", "rejection_rate",
     "Detector", "NOT_SURE", "METRICS", "detector_stem", "load_detector",
 ]

@@ -6,8 +6,10 @@
 where z_k are the M kernel points of the class that scores z (at detection time: the *predicted*
 label of the input). The Gaussian is unnormalised and σ² divides the squared distance directly
 (σ²_CE = 1/0.26, σ²_RCE = 0.1/0.26; sklearn's equivalent bandwidth would be h = sqrt(σ²/2)).
-In log space the result stays finite and exact where every exponential underflows, which at RCE's
-σ² is the normal case for adversarial inputs (a plain mean of exp(a_k) is 0 there).
+In log space the result stays finite and exact where every exponential underflows: a plain mean
+of exp(a_k) is 0 once every a_k < ln 2⁻¹⁵⁰ ≈ −103.97 in float32 (ln 2⁻¹⁰⁷⁵ ≈ −745.13 in
+float64), which RCE's small σ² makes far likelier for inputs far from a class's kernel points,
+and where its gradient vanishes (``rcenp.attacks.cw_wb``).
 
 Notation: Q queries z (Q, D); L classes; kernel points (L, M, D); B queries per block.
 

@@ -20,9 +20,12 @@ def roc_auc(normal_scores, adversarial_scores, ties="half"):
     """AUC = P(s_normal > s_adv) + c · P(s_normal = s_adv) over all normal × adversarial pairs.
 
     ``ties="half"`` (c = 1/2) is the Mann–Whitney U statistic with mid-ranks divided by n₁n₀, the
-    usual ROC area. ``ties="strict"`` (c = 0) reproduces the authors' MATLAB ``AUC.m``, which
-    sorts stably with normal scores first and so counts a tie as a loss; it matters where scores
-    saturate (confidence = 1.0, KD underflowing to 0). Exact integer pair counts, O(n log n).
+    usual ROC area. ``ties="strict"`` (c = 0) reproduces the TIE RULE of the authors' MATLAB
+    ``AUC.m`` (protocol §4), which sorts stably with normal scores first and so counts a tie as a
+    loss; it matters where scores tie, e.g. confidence saturating at 1.0. It reproduces the tie rule
+    only, not the authors' scores: their K-density is a float64 plain mean of exp(−d²/σ²) that is
+    exactly 0 once log KD < about −745, where rcenp's log-space KD keeps the inputs apart (see
+    ``authors_kd_auc``). Exact integer pair counts, O(n log n).
     """
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
@@ -55,10 +58,15 @@ def roc_curve(normal_scores, adversarial_scores):
 
 
 def tpr_at_fpr(normal_scores, adversarial_scores, fpr):
-    """The largest TPR over the operating points of ``roc_curve`` whose FPR is ≤ ``fpr``.
+    """The largest TPR over the operating points of ``roc_curve`` whose FPR is ≤ ``fpr``, with
+    NORMAL as the positive class (this module's, and the authors', AUC convention).
 
-    With normal as positive: the fraction of normal inputs accepted while at most ``fpr`` of the
-    adversarial inputs are accepted. A step function (no interpolation between thresholds).
+    TPR = the fraction of normal inputs accepted (score ≥ t); FPR = the fraction of adversarial
+    inputs accepted. It is NOT the detector-side "TPR at 5% FPR" of ``rcenp.reproduce.results``
+    (``adversarial_rejection_crossfit``), whose positive class is the adversarial input and whose
+    FPR is the share of clean inputs rejected. In-sample: t is chosen on the scores it is measured
+    on. A step function (no interpolation between thresholds). Raises ValueError for ``fpr``
+    outside [0, 1].
     """
     if not 0.0 <= fpr <= 1.0:
         raise ValueError(f"fpr must lie in [0, 1], got {fpr}")
@@ -73,12 +81,17 @@ def bootstrap_auc_ci(normal_scores, adversarial_scores, n_boot=1000, level=0.95,
     ``paired=False`` resamples the normal and the adversarial scores independently, with
     replacement; ``paired=True`` resamples indices j and keeps (normal[j], adversarial[j])
     together, which is right for the paper's sets (the clean and adversarial version of the same
-    test image; both arrays must then have equal length).
+    test image; both arrays must then have equal length). ``ties`` is ``roc_auc``'s; the resamples
+    depend only on ``seed``, ``n_boot``, ``paired`` and the lengths, so the "half" and "strict"
+    intervals of one call pattern are taken over the same resamples. Raises ValueError for a
+    ``level`` outside (0, 1), ``n_boot`` < 1, unequal paired lengths or an unknown ``ties``.
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if int(n_boot) < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     normal = _scores(normal_scores, "normal_scores")
     adversarial = _scores(adversarial_scores, "adversarial_scores")
     if paired and len(normal) != len(adversarial):
@@ -92,6 +105,30 @@ def bootstrap_auc_ci(normal_scores, adversarial_scores, n_boot=1000, level=0.95,
         aucs[b] = roc_auc(normal[i], adversarial[j], ties)
     low, high = np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def authors_kd_auc(normal_log_kd, adversarial_log_kd):
+    """The authors-emulated K-density AUC: ``roc_auc(exp(normal_log_kd), exp(adversarial_log_kd),
+    ties="strict")`` with the exponential taken in float64.
+
+    The authors score K-density as KD itself, a float64 plain mean (1/M) Σ_k exp(−‖z − z_k‖²/σ²)
+    in MATLAB, and rank it with ``AUC.m``'s strict tie rule (protocol §3.1, §4). That mean is
+    exactly 0 once log KD < about −745.13 (ln 2⁻¹⁰⁷⁵: below half the smallest subnormal, 2⁻¹⁰⁷⁴ =
+    e^−744.44), and between −745.13 and −708.40 (the smallest normal, e^−708.40) it keeps fewer
+    bits, so distinct inputs tie. exp(log KD) in float64 saturates in the same place, up to the
+    rounding of subnormals (their mean sums the M terms, each rounded, before dividing by M).
+    rcenp's log-space KD (``rcenp.detect.kde``) keeps such inputs apart. Whether any input falls
+    there depends on the cell (the attack summaries' ``kd_zero`` counts them; in the published
+    MNIST cells none does, the lowest log KD being about −105); where some do, the gap between
+    this AUC and ``roc_auc(log KD, ties="strict")`` is the part of the authors' K-density figure
+    decided by underflow.
+
+    normal_log_kd, adversarial_log_kd: 1-D log KD (natural log, the detector's ``kd`` score), as
+    for ``roc_auc`` (non-empty, NaN-free; ValueError otherwise). → AUC in [0, 1].
+    """
+    normal = np.exp(_scores(normal_log_kd, "normal_log_kd"))
+    adversarial = np.exp(_scores(adversarial_log_kd, "adversarial_log_kd"))
+    return roc_auc(normal, adversarial, ties="strict")
 
 
 def paper_sample_rule(true_labels, clean_pred, adv_pred):

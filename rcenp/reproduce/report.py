@@ -13,12 +13,12 @@ from pathlib import Path
 
 from rcenp import checkpoint
 from rcenp.reproduce import cells as cells_module
-from rcenp.reproduce import figures, lineup, paper, sanity, tables
+from rcenp.reproduce import figures, lineup, paper, sanity, tables, threat_tables
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.results import Results
 
-TABLE_PARTS = {"table1": [tables.table1], "table2": [tables.table2, tables.beyond], "table3": [tables.table3],
-               "table4": [tables.table4], "fig2": [tables.fig2_data]}
+TABLE_PARTS = {"table1": [tables.table1], "table2": [tables.table2, tables.beyond], "table3": [threat_tables.table3],
+               "table4": [threat_tables.table4], "fig2": [threat_tables.fig2_data]}
 
 
 def write_table_files(table: tables.Table, budget: Budget, out_dir: Path) -> list[str]:
@@ -55,8 +55,12 @@ def protocol_differences(budget: Budget) -> list[str]:
         "**Detector**: 1,000 kernel points per class drawn from all 60,000 MNIST training images (authors: the first "
         "50,000); T at 5% false positives on a seeded random half of the test split (the paper fixes no T; it "
         "is used only for the beyond-the-paper detection-aware accuracy).",
-        "**AUC**: ties count half; the authors' MATLAB counts them 0 ('strict'), shown where it differs. "
-        "Intervals: 95% paired bootstrap (1,000 resamples), which the paper does not give.",
+        "**AUC**: ties count half in the headline value; the authors' MATLAB counts them 0 ('strict'), shown "
+        "where it differs, and Δ and † compare the paper with our strict AUC and its interval (a paper value p "
+        "stands for [p − 0.05, p + 0.05]). Intervals: 95% paired bootstrap (1,000 resamples), which the paper "
+        "does not give. **K-density**: the authors' KD is a float64 plain mean, exactly 0 once log KD < about "
+        "−745; ours is computed in log space and keeps such inputs apart, so the strict tie rule alone does not "
+        "reproduce their scores; table2.csv gives the authors-emulated AUC (strict, on exp(log KD) in float64).",
         "**ILCM**: a one-hot least-likely target (the paper); the released code's ±0.5 vector is an option "
         "not used here. **JSMA**: the authors' variant (pang2018: one feature per pick, θ = ε, ≤ 100 picks"
         + ("" if b.jsma_max_iterations is None else f"; capped at {b.jsma_max_iterations} here") + ").",
@@ -90,6 +94,8 @@ def _sanity_md(rows) -> str:
 
 
 def _outside(t2_rows) -> list[str]:
+    """One line per Table 2 value marked † (``tables.paper_outside_interval``): our strict-tie AUC
+    and interval, the paper's value, n pairs, and whether the interval has zero width."""
     out = []
     for r in t2_rows:
         for m in ("confidence", "non_me", "log_kd"):
@@ -97,9 +103,10 @@ def _outside(t2_rows) -> list[str]:
                 out.append(f"- {r['dataset']} {r['attack']}"
                            + (f" {tables.strength_label(r['attack'], tables.strength(r))}"
                               if tables.strength(r) is not None else "")
-                           + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours {r[f'{m}_auc']:.1f} "
-                           f"[{r[f'{m}_ci_low']:.1f}, {r[f'{m}_ci_high']:.1f}], paper {r[f'{m}_paper']:.1f} "
-                           f"(n = {r['n_pairs']} pairs)")
+                           + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours (strict ties) "
+                           f"{r[f'{m}_auc_strict']:.1f} [{r[f'{m}_strict_ci_low']:.1f}, {r[f'{m}_strict_ci_high']:.1f}]"
+                           + (" (zero-width interval)" if r.get(f"{m}_ci_degenerate") else "")
+                           + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs)")
     return out
 
 
@@ -174,7 +181,7 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
             if table.name == "table2":
                 t2_rows = table.rows
     if "fig2" in parts:
-        files += write_table_files(tables.fig2_data(res, budget), budget, out_dir)
+        files += write_table_files(threat_tables.fig2_data(res, budget), budget, out_dir)
     drawn = figures.draw(res, budget, out_dir, [f for f in figures.FIGURES if f in parts])
     fig_lines = []
     for name in figures.FIGURES:
@@ -195,6 +202,8 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
         sections.append(f"## Sanity checks{smoke}\n\n" + _sanity_md(checks))
     outside = _outside(t2_rows)
     sections.append("## Cells that differ from the paper by more than their interval\n\n"
+                    "Table 2 values whose rounding interval [p − 0.05, p + 0.05] misses our 95% strict-tie "
+                    "bootstrap interval (the paper's tie rule).\n\n"
                     + ("\n".join(outside) if outside else "None among the finished Table 2 cells.")
                     + "\n\nSee 'Protocol differences' for what may explain them.")
     sections.append("## Protocol differences\n\n" + "\n".join(f"- {line}" for line in protocol_differences(budget)))

@@ -47,6 +47,17 @@ class Results:
             self._cache[key] = json.loads((self.path(cell) / "summary.json").read_text())
         return self._cache[key]
 
+    def detection(self, cell: Cell | None) -> dict | None:
+        """The finished attack cell's detection block, completed from its samples where an older
+        summary lacks the strict interval or the authors-emulated K-density AUC (``complete_detection``)."""
+        summary = self.summary(cell)
+        if summary is None or summary.get("detection") is None:
+            return None
+        key = ("detection", cell.key)
+        if key not in self._cache:
+            self._cache[key] = complete_detection(summary, self.samples(cell))
+        return self._cache[key]
+
     def result(self, cell: Cell | None) -> dict | None:
         """result.json of a finished test-error cell."""
         if cell is None or self.status(cell):
@@ -70,46 +81,129 @@ def read_samples(cell_dir: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def detection_rate_at_fpr(normal, adversarial, fpr: float = TARGET_FPR) -> float:
-    """The largest fraction of adversarial inputs rejected by a threshold on the score ("normal
-    iff score ≥ t") that rejects at most ``fpr`` of the normal inputs: TPR at ``fpr`` FPR with the
-    adversarial class as the detector's positive. normal, adversarial: 1-D scores, higher = more normal."""
-    from rcenp.detect.roc import roc_curve
+def complete_detection(summary: dict | None, samples: list[dict] | None) -> dict | None:
+    """The summary's ``detection`` block with every metric's AUC entry complete.
 
-    accepted_adv, accepted_normal, _ = roc_curve(normal, adversarial)
-    ok = (1.0 - accepted_normal) <= fpr + 1e-12
-    return float((1.0 - accepted_adv[ok]).max())
+    Summaries written before ``rcenp.attacks.summary.auc_entry`` gained them lack
+    ``auc_strict_ci95`` and, for ``log_kd``, ``auc_authors_kd`` / ``kd_zero``; those entries are
+    recomputed from the cell's per-sample records (the same pairs, rule and seeded resamples), so
+    published cells need no re-run. The summary's other keys are kept. None when the summary has
+    no detection block; ValueError when an entry is incomplete and ``samples`` is None.
+    """
+    from rcenp.attacks.summary import auc_entry
+    from rcenp.detect.roc import paper_pairs
 
-
-def beyond_paper(samples: list[dict]) -> dict:
-    """Per metric, TPR at 5% FPR on the paper-rule pairs (clean correct, adversarial misclassified),
-    as ``{"tpr5_<metric>": value or None}``."""
-    out = {}
-    if not samples or "clean_log_kd" not in samples[0]:
-        return {f"tpr5_{m}": None for m in METRICS}
-    true = np.array([s["true_label"] for s in samples])
-    clean = np.array([s["clean_prediction"] for s in samples])
-    adv = np.array([s["adversarial_prediction"] for s in samples])
-    keep = (clean == true) & (adv != true)
+    block = (summary or {}).get("detection")
+    if block is None:
+        return None
+    out = dict(block)
     for metric in METRICS:
-        if not keep.any():
-            out[f"tpr5_{metric}"] = None
+        entry = block.get(metric)
+        if not entry or not entry.get("n_pairs"):
             continue
-        normal = np.array([s[f"clean_{metric}"] for s in samples], float)[keep]
-        adversarial = np.array([s[f"adversarial_{metric}"] for s in samples], float)[keep]
-        out[f"tpr5_{metric}"] = detection_rate_at_fpr(normal, adversarial)
+        wanted = ("auc_strict_ci95", "auc_authors_kd") if metric == "log_kd" else ("auc_strict_ci95",)
+        if all(k in entry for k in wanted):
+            continue
+        if not samples:
+            raise ValueError(f"the summary's {metric} entry lacks {wanted} and there are no samples to compute them")
+        column = {k: np.array([s[k] for s in samples]) for k in
+                  ("true_label", "clean_prediction", "adversarial_prediction", f"clean_{metric}",
+                   f"adversarial_{metric}")}
+        normal, adversarial, n = paper_pairs(column[f"clean_{metric}"].astype(float),
+                                             column[f"adversarial_{metric}"].astype(float), column["true_label"],
+                                             column["clean_prediction"], column["adversarial_prediction"])
+        if n != entry["n_pairs"]:
+            raise ValueError(f"{metric}: the samples give {n} paper-rule pairs, the summary {entry['n_pairs']}")
+        out[metric] = {**auc_entry(normal, adversarial, metric), **entry}
+    return out
+
+
+def adversarial_rejection_crossfit(samples: list[dict], metric: str, target_fpr: float = TARGET_FPR) -> dict:
+    """Detector-side "TPR at 5% FPR" with the threshold fitted on held-out clean images only
+    (landscape §4 item 4): positive = adversarial, rejected iff score ≤ T (the detector accepts
+    iff score > T, paper §3.3; ``rcenp.detect.calibrate``).
+
+    Two-fold cross-fit over the cell's images, folded by the parity of the test-image index (the
+    record's ``index``, else its position). For fold f, T_f = ``calibrate_threshold`` at
+    ``target_fpr`` on the clean ``metric`` scores of the correctly classified clean images of the
+    OTHER fold; fold f then contributes its paper-rule adversarials (clean correct, adversarial
+    misclassified; ``rcenp.detect.roc.paper_sample_rule``) and its correctly classified clean
+    images, each scored against T_f. Counts are pooled over the two folds:
+
+    - ``tpr``: the share of the paper-rule adversarial images rejected (None without any);
+    - ``clean_rejection``: the share of the correctly classified clean images rejected, measured on
+      images T was not fitted on, so the 5% is a measurement, not a construction.
+
+    With fewer than 1/target_fpr calibration images (20 at 5%) T = −inf: nothing is rejected.
+    samples: the cell's records with ``true_label``, ``clean_prediction``,
+    ``adversarial_prediction``, ``clean_<metric>`` and ``adversarial_<metric>`` (higher = more
+    normal). → {"tpr", "clean_rejection", "n_adversarial", "n_clean", "thresholds": [T_0, T_1]},
+    every figure None when either fold has no correctly classified clean image.
+    """
+    from rcenp.detect.calibrate import calibrate_threshold
+    from rcenp.detect.roc import paper_sample_rule
+
+    true = np.array([s["true_label"] for s in samples])
+    clean_pred = np.array([s["clean_prediction"] for s in samples])
+    adv_pred = np.array([s["adversarial_prediction"] for s in samples])
+    clean_score = np.array([s[f"clean_{metric}"] for s in samples], float)
+    adv_score = np.array([s[f"adversarial_{metric}"] for s in samples], float)
+    fold = np.array([s.get("index", i) for i, s in enumerate(samples)]) % 2
+    correct = clean_pred == true
+    pairs = paper_sample_rule(true, clean_pred, adv_pred)
+    empty = {"tpr": None, "clean_rejection": None, "n_adversarial": int(pairs.sum()), "n_clean": int(correct.sum()),
+             "thresholds": None}
+    if not all((correct & (fold == f)).any() for f in (0, 1)):
+        return empty
+    thresholds, adv_hits, clean_hits = [], 0, 0
+    for f in (0, 1):
+        threshold = calibrate_threshold(clean_score[correct & (fold != f)], target_fpr)
+        thresholds.append(float(threshold))
+        adv_hits += int((adv_score[pairs & (fold == f)] <= threshold).sum())
+        clean_hits += int((clean_score[correct & (fold == f)] <= threshold).sum())
+    n_adv, n_clean = int(pairs.sum()), int(correct.sum())
+    return {"tpr": adv_hits / n_adv if n_adv else None, "clean_rejection": clean_hits / n_clean,
+            "n_adversarial": n_adv, "n_clean": n_clean, "thresholds": thresholds}
+
+
+def beyond_paper(samples: list[dict] | None) -> dict:
+    """Per metric, ``adversarial_rejection_crossfit`` at 5%: ``tpr5_crossfit_<metric>`` (share of
+    the paper-rule adversarials rejected) and ``fpr5_crossfit_<metric>`` (share of the correctly
+    classified clean images rejected, measured), each None without detector scores; and
+    ``n_clean_correct``."""
+    out = {"n_clean_correct": None}
+    for metric in METRICS:
+        out[f"tpr5_crossfit_{metric}"] = out[f"fpr5_crossfit_{metric}"] = None
+    if not samples or "clean_log_kd" not in samples[0]:
+        return out
+    for metric in METRICS:
+        figures = adversarial_rejection_crossfit(samples, metric)
+        out[f"tpr5_crossfit_{metric}"] = figures["tpr"]
+        out[f"fpr5_crossfit_{metric}"] = figures["clean_rejection"]
+        out["n_clean_correct"] = figures["n_clean"]
     return out
 
 
 def wb_figures(samples: list[dict]) -> dict:
-    """Table 3's figures from C&W-wb records: over images classified correctly when clean, the
-    ratio whose returned image has f₂ > 0 (no iterate classified as the target with f₂ ≤ 0), and
-    the mean ‖δ‖₂/√d (0-255) over those whose returned image is classified as the target."""
+    """Table 3's figures from C&W-wb records, over the images classified correctly when clean (n).
+
+    ``ratio_f2_positive``: the share for which the attack found no iterate classified as the target
+    (margin κ) with f₂ ≤ 0, i.e. ``stop_reason != "success"`` (the attack's own decision, protocol
+    §5.4), so that ratio + ``success_rate`` = 1. ``distortion``: the mean ‖δ‖₂/√d (0-255) over the
+    ``n_distortion`` images whose returned image is classified as the target (stop_reason "success"
+    or "f2 > 0"). Audit only: ``ratio_f2_rescored_positive``, the share whose ``f2`` field (f₂
+    re-scored on the returned image in a separate forward pass) is > 0, and ``n_f2_disagree``, the
+    images where that and the attack's decision differ (None without ``f2`` fields).
+    """
     correct = [s for s in samples if s["clean_prediction"] == s["true_label"]]
     if not correct:
-        return {"n": 0, "ratio_f2_positive": None, "distortion": None, "n_distortion": 0}
+        return {"n": 0, "ratio_f2_positive": None, "distortion": None, "n_distortion": 0, "success_rate": None,
+                "ratio_f2_rescored_positive": None, "n_f2_disagree": None}
     reached = [s for s in correct if s.get("stop_reason") in ("success", "f2 > 0")]
-    return {"n": len(correct), "ratio_f2_positive": float(np.mean([s["f2"] > 0 for s in correct])),
+    failed = np.array([s["stop_reason"] != "success" for s in correct])
+    rescored = np.array([s["f2"] > 0 for s in correct]) if all("f2" in s for s in correct) else None
+    return {"n": len(correct), "ratio_f2_positive": float(failed.mean()),
             "distortion": float(np.mean([s["l2_paper"] for s in reached])) if reached else None,
-            "n_distortion": len(reached),
-            "success_rate": float(np.mean([s["stop_reason"] == "success" for s in correct]))}
+            "n_distortion": len(reached), "success_rate": float((~failed).mean()),
+            "ratio_f2_rescored_positive": None if rescored is None else float(rescored.mean()),
+            "n_f2_disagree": None if rescored is None else int((rescored != failed).sum())}

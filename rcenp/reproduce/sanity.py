@@ -7,6 +7,9 @@ numbers built to fail it; ``run_checks`` applies them to a run.
 """
 from __future__ import annotations
 
+import math
+
+from rcenp.attacks.summary import zero_grad_stats
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import UNBOUNDED_EPS, Budget
 from rcenp.reproduce.results import Results
@@ -93,14 +96,39 @@ def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | N
                  f"undetected and misclassified: white-box {100 * wb:.1f}%, transfer {100 * tr:.1f}%")
 
 
-def zero_gradient(subject: str, summary: dict | None) -> dict:
+def zero_gradient(subject: str, summary: dict | None, samples: list[dict] | None = None) -> dict:
     """The mean share of exactly-zero input-gradient entries (at the clean image) must stay ≤ 5%:
-    more suggests gradient masking (saturated softmax, dead units) that starves gradient attacks."""
-    if summary is None:
-        return check("zero input-gradient fraction", subject, None, None, "cell not available")
-    value = summary["zero_grad_fraction_mean"]
-    return check("zero input-gradient fraction", subject, value <= ZERO_GRAD_LIMIT, value,
-                 f"{100 * value:.2f}% of input-gradient entries exactly zero (FLAG above {100 * ZERO_GRAD_LIMIT:.0f}%)")
+    more suggests gradient masking (saturated softmax, dead units) that starves gradient attacks.
+
+    The mean is over the images that have a fraction: a NaN (or null) one, which C&W records for a
+    sample whose hinge is inactive at its first iterate (no gradient taken; not masking), is left
+    out and counted in the detail. ``samples`` (the cell's records), when given, are averaged
+    directly (``rcenp.attacks.summary.zero_grad_stats``); otherwise the summary's
+    ``zero_grad_fraction_mean`` and ``zero_grad_fraction_excluded`` are used. n/a when no image has
+    a fraction, or when an older summary's mean is NaN and no samples are given.
+    """
+    name = "zero input-gradient fraction"
+    if summary is None and samples is None:
+        return check(name, subject, None, None, "cell not available")
+    if samples is not None:
+        stats = zero_grad_stats([s.get("zero_grad_fraction") for s in samples])
+    else:
+        mean = summary.get("zero_grad_fraction_mean")
+        if mean is not None and math.isnan(mean):
+            return check(name, subject, None, None, "the summary's mean is NaN (some images have no fraction) "
+                                                    "and no per-sample records were given to average without them")
+        stats = {"mean": mean, "n": summary.get("zero_grad_fraction_n"),
+                 "excluded": summary.get("zero_grad_fraction_excluded", 0)}
+    excluded = stats["excluded"] or 0
+    left_out = (f"; {excluded} image{'s' if excluded != 1 else ''} without a fraction (NaN: e.g. a C&W hinge "
+                f"inactive at the first iterate) left out") if excluded else ""
+    if stats["mean"] is None:
+        return check(name, subject, None, None, "no image has a zero-gradient fraction" + left_out)
+    value = stats["mean"]
+    over = f" over {stats['n']} images" if stats.get("n") is not None else ""
+    return check(name, subject, value <= ZERO_GRAD_LIMIT, value,
+                 f"{100 * value:.2f}% of input-gradient entries exactly zero{over} (FLAG above "
+                 f"{100 * ZERO_GRAD_LIMIT:.0f}%){left_out}")
 
 
 def cw_success(subject: str, summary: dict | None, full_budget: bool, cw: dict | None = None) -> dict:
@@ -153,7 +181,7 @@ def run_checks(res: Results, budget: Budget) -> list[dict]:
                     ["cw", "cw-hc", "cw-wb"]:
                 cell = res.get(dataset, 32, objective, name)
                 if res.summary(cell) is not None:
-                    rows.append(zero_gradient(f"{model} {name}", res.summary(cell)))
+                    rows.append(zero_gradient(f"{model} {name}", res.summary(cell), res.samples(cell)))
             cw = res.get(dataset, 32, objective, "cw")
             if cw is not None:
                 rows.append(cw_success(model, res.summary(cw), budget.full_cw_budget, budget.cw))

@@ -1,9 +1,13 @@
-"""Tables 1-4 and the beyond-the-paper table: rows for the CSV/JSON and Markdown for REPORT.md.
+"""Tables 1 and 2 and the beyond-the-paper table: rows for the CSV/JSON and Markdown for REPORT.md
+(Tables 3 and 4 and Figure 2's data: ``rcenp.reproduce.threat_tables``).
 
 Every row carries the paper's value, ours and the difference (ours − paper, in the paper's units),
 or the reason the cell is empty ("not available: model X is not shipped in this version"). AUCs
-are in the paper's units of 10⁻²; ``outside_ci`` marks a paper value outside our 95% bootstrap
-interval. An attack's strength is labelled ε (FGSM, BIM, ILCM: the L∞ ball) or θ (JSMA: the
+are in the paper's units of 10⁻²; the paper's AUCs come from the authors' MATLAB ``AUC.m``, which
+counts a tie as 0 (protocol §4), so Tables 2 and 4 compare them with our strict-tie AUC (ties half
+stays the headline value). ``outside_ci`` (†) marks a paper value whose rounding interval
+[p − 0.05, p + 0.05] does not meet our 95% strict-tie bootstrap interval
+(``paper_outside_interval``). An attack's strength is labelled ε (FGSM, BIM, ILCM: the L∞ ball) or θ (JSMA: the
 per-feature step), ``strength_label``; the CSVs keep them apart, in an ``eps`` column (FGSM, BIM,
 ILCM) and a ``theta`` column (JSMA), ``strength_columns``.
 """
@@ -11,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from rcenp.attacks.summary import zero_grad_stats
 from rcenp.reproduce import lineup, paper
 from rcenp.reproduce.budgets import Budget
-from rcenp.reproduce.results import METRICS, Results, beyond_paper, wb_figures
+from rcenp.reproduce.results import METRICS, Results, beyond_paper
 
 METRIC_TITLES = {"confidence": "Confidence", "non_me": "non-ME", "log_kd": "K-density"}
 ATTACK_TITLES = {"fgsm": "FGSM", "bim": "BIM", "ilcm": "ILCM", "jsma": "JSMA", "cw": "C&W", "cw-hc": "C&W-hc"}
+PAPER_HALF_STEP = 0.05  # the paper prints AUC × 100 to one decimal: a printed p stands for [p − 0.05, p + 0.05]
 
 
 @dataclasses.dataclass
@@ -121,16 +127,44 @@ def table1(res: Results, budget: Budget) -> Table:
                  note + "\n\n" + _md(headers, md_rows) + "\n\n" + data_md)
 
 
+def paper_outside_interval(theirs, low, high, half_step=PAPER_HALF_STEP) -> bool | None:
+    """† rule: True when the paper's rounding interval [theirs − half_step, theirs + half_step] does
+    not meet our interval [low, high] (all in the same units, AUC × 100 here), False when it does,
+    None when any of them is None. A paper value printed to 0.1 is not flagged for rounding, nor a
+    zero-width interval (e.g. [100.0, 100.0] under perfect separation) for missing a value it
+    rounds to. A 1e-9 slack absorbs the float error of the × 100 scaling."""
+    if theirs is None or low is None or high is None:
+        return None
+    return theirs + half_step < low - 1e-9 or theirs - half_step > high + 1e-9
+
+
 def _auc_fields(detection: dict | None, metric: str, theirs) -> dict:
+    """A Table 2 row's columns for one metric (AUC × 100): ``<m>_auc`` and ``<m>_ci_low/high``, ties
+    half (the headline); ``<m>_auc_strict`` and ``<m>_strict_ci_low/high``, ties 0 (the authors'
+    rule, same resamples); ``<m>_paper``; ``<m>_diff`` = strict − paper; ``<m>_outside_ci`` (†,
+    ``paper_outside_interval`` on the strict interval); ``<m>_ci_degenerate``: the strict interval
+    has zero width. For ``log_kd`` also ``log_kd_auc_authors_emulated`` (strict AUC on KD =
+    exp(log KD) in float64, ``rcenp.detect.roc.authors_kd_auc``) and ``log_kd_zero_normal`` /
+    ``log_kd_zero_adversarial`` (pairs whose KD is exactly 0 there)."""
     entry = (detection or {}).get(metric, {})
-    auc = entry.get("auc")
-    ci = entry.get("auc_ci95") or (None, None)
-    ours = None if auc is None else 100.0 * auc
-    outside = None if auc is None or theirs is None else not (100 * ci[0] <= theirs <= 100 * ci[1])
-    return {f"{metric}_auc": ours, f"{metric}_auc_strict": None if auc is None else 100.0 * entry["auc_strict_ties"],
-            f"{metric}_ci_low": None if auc is None else 100.0 * ci[0],
-            f"{metric}_ci_high": None if auc is None else 100.0 * ci[1],
-            f"{metric}_paper": theirs, f"{metric}_diff": _diff(ours, theirs), f"{metric}_outside_ci": outside}
+
+    def scaled(value):
+        return None if value is None else 100.0 * value
+
+    auc, strict = scaled(entry.get("auc")), scaled(entry.get("auc_strict_ties"))
+    low, high = (scaled(v) for v in (entry.get("auc_ci95") or (None, None)))
+    strict_low, strict_high = (scaled(v) for v in (entry.get("auc_strict_ci95") or (None, None)))
+    fields = {f"{metric}_auc": auc, f"{metric}_ci_low": low, f"{metric}_ci_high": high,
+              f"{metric}_auc_strict": strict, f"{metric}_strict_ci_low": strict_low,
+              f"{metric}_strict_ci_high": strict_high, f"{metric}_paper": theirs,
+              f"{metric}_diff": _diff(strict, theirs),
+              f"{metric}_outside_ci": paper_outside_interval(theirs, strict_low, strict_high),
+              f"{metric}_ci_degenerate": None if strict_low is None else strict_low == strict_high}
+    if metric == "log_kd":
+        zero = entry.get("kd_zero") or {}
+        fields.update(log_kd_auc_authors_emulated=scaled(entry.get("auc_authors_kd")),
+                      log_kd_zero_normal=zero.get("normal"), log_kd_zero_adversarial=zero.get("adversarial"))
+    return fields
 
 
 def table2_rows(res: Results, budget: Budget) -> list[dict]:
@@ -151,7 +185,8 @@ def table2_rows(res: Results, budget: Budget) -> list[dict]:
                     if cell is None and not in_table:
                         continue
                     summary, reason = res.summary(cell), res.status(cell)
-                    detection = (summary or {}).get("detection")
+                    detection = res.detection(cell) if summary else None
+                    samples = res.samples(cell) if summary else None
                     row = {"dataset": dataset, "attack": attack, "objective": objective,
                            **strength_columns(attack, eps), "in_table": in_table, "model": cell.model if cell else None,
                            "n": summary and summary["counts"]["n"], "test_set": summary and summary.get("test_set"),
@@ -160,13 +195,14 @@ def table2_rows(res: Results, budget: Budget) -> list[dict]:
                     for metric in METRICS:
                         theirs = paper.table2(attack, objective, dataset, metric) if in_table else None
                         row.update(_auc_fields(detection, metric, theirs))
-                    row.update(beyond_paper(res.samples(cell)) if summary else
-                               {f"tpr5_{m}": None for m in METRICS})
-                    threshold = (detection or {}).get("threshold", {})
-                    row.update(detection_aware_accuracy=threshold.get("detection_aware_accuracy"),
+                    row.update(beyond_paper(samples))
+                    threshold = (detection or {}).get("threshold") or {}
+                    zero = zero_grad_stats([s.get("zero_grad_fraction") for s in samples]) if samples else {}
+                    row.update(detector_metric=threshold.get("metric"), detector_T=threshold.get("T"),
+                               detection_aware_accuracy=threshold.get("detection_aware_accuracy"),
                                accuracy_under_attack=summary and summary["accuracy_under_attack"],
                                success_rate=summary and summary["success_rate"],
-                               zero_grad_fraction=summary and summary["zero_grad_fraction_mean"])
+                               zero_grad_fraction=zero.get("mean"), zero_grad_excluded=zero.get("excluded"))
                     rows.append(row)
     return rows
 
@@ -177,16 +213,25 @@ def _auc_text(row, metric):
     if ours is None:
         return "n = 0 pairs" + (f" (paper {theirs:.1f})" if theirs is not None else "")
     text = f"{ours:.1f} [{row[f'{metric}_ci_low']:.1f}, {row[f'{metric}_ci_high']:.1f}]"
-    if abs(row[f"{metric}_auc_strict"] - ours) >= 0.05:
-        text += f" strict {row[f'{metric}_auc_strict']:.1f}"
+    strict = (row[f"{metric}_auc_strict"], row[f"{metric}_strict_ci_low"], row[f"{metric}_strict_ci_high"])
+    if None not in strict and any(abs(a - b) >= 0.05 for a, b in
+                                  zip(strict, (ours, row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]))):
+        text += f"; strict {strict[0]:.1f} [{strict[1]:.1f}, {strict[2]:.1f}]"
+    if row[f"{metric}_ci_degenerate"]:
+        text += " (zero width)"
+    emulated = row.get(f"{metric}_auc_authors_emulated")
+    if emulated is not None and strict[0] is not None and abs(emulated - strict[0]) >= 0.05:
+        text += f"; authors-emulated {emulated:.1f}"
     if theirs is not None:
-        text += f"; paper {theirs:.1f}, Δ {row[f'{metric}_diff']:+.1f}"
+        text += f"; paper {theirs:.1f}, Δ {row[f'{metric}_diff']:+.1f}" if row[f"{metric}_diff"] is not None \
+            else f"; paper {theirs:.1f}"
         text += " **†**" if row[f"{metric}_outside_ci"] else ""
     return text
 
 
 def table2(res: Results, budget: Budget) -> Table:
-    """Table 2 (AUC ×100, paper-rule pairs, 95% bootstrap interval, strict-tie AUC where it differs)."""
+    """Table 2 (AUC ×100, paper-rule pairs, 95% bootstrap interval; strict-tie AUC and interval
+    where they differ; Δ and † against the strict-tie AUC)."""
     rows = table2_rows(res, budget)
     sections = []
     for dataset in lineup.DATASETS:
@@ -201,16 +246,26 @@ def table2(res: Results, budget: Budget) -> Table:
         sections.append(f"**{lineup.DATASET_TITLES[dataset]}**\n\n" + _md(
             ["attack", "obj.", "n pairs"] + [METRIC_TITLES[m] for m in METRICS], md_rows))
     note = (f"AUC × 100 with normal as the positive class (ties half), over the pairs of the paper's rule "
-            f"(clean correct, adversarial misclassified; n pairs shown), 95% paired-bootstrap interval in brackets; "
-            f"'strict' is the authors' tie rule (ties count 0) where it differs by ≥ 0.05; **†**: the paper's value "
-            f"lies outside our interval. FGSM, BIM and ILCM at ε = {budget.table_eps:g} (box units), JSMA at θ = "
+            f"(clean correct, adversarial misclassified; n pairs shown), 95% paired-bootstrap interval (1,000 "
+            f"resamples) in brackets. 'strict': the same AUC and interval with ties counted 0, the authors' "
+            f"MATLAB rule, shown where it differs by ≥ 0.05; the paper's values come from that rule, so Δ = "
+            f"strict − paper, and **†** marks a paper value p whose rounding interval [p − 0.05, p + 0.05] "
+            f"misses our strict interval. '(zero width)': every resample gave the same strict AUC (e.g. perfect "
+            f"separation), so the interval understates the uncertainty. K-density 'authors-emulated' (shown where "
+            f"it differs from strict by ≥ 0.05; every cell in table2.csv): the strict AUC on KD = exp(log KD) "
+            f"in float64, which is exactly 0 below log KD ≈ −745 as in the authors' plain-mean KD, while our "
+            f"log-space KD keeps those inputs apart; the gap is how much of the paper's K-density figure is "
+            f"underflow (table2.csv: log_kd_zero_normal / log_kd_zero_adversarial count the pairs whose KD is 0). "
+            f"FGSM, BIM and ILCM at ε = {budget.table_eps:g} (box units), JSMA at θ = "
             f"{budget.table_eps:g} (its per-feature step; see 'Protocol differences'); table2.csv holds every ε "
             f"computed in its eps column, and JSMA's θ in its theta column. Paper: Table 2.")
     return Table("table2", "Table 2: detection AUC (×100)", list(rows[0]), rows, note + "\n\n" + "\n\n".join(sections))
 
 
 def beyond(res: Results, budget: Budget, rows=None) -> Table:
-    """Per Table 2 cell: TPR at 5% FPR for each metric and detection-aware accuracy at the shipped T."""
+    """Per Table 2 cell: TPR at 5% FPR for each metric, with T fitted on held-out clean images
+    (``rcenp.reproduce.results.adversarial_rejection_crossfit``) and the clean rejection rate
+    measured at that T, and detection-aware accuracy at the cell's detector threshold."""
     rows = rows if rows is not None else table2_rows(res, budget)
     keep = [r for r in rows if r["in_table"]]
     md_rows = []
@@ -218,132 +273,29 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
         attack = f"{ATTACK_TITLES[r['attack']]} {strength_label(r['attack'], strength(r))}".strip()
         if r["status"] != "ok":
             md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper(), r["status"],
-                            "", "", "", "", ""])
+                            "", "", "", "", "", ""])
             continue
-        md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper()]
-                       + [_num(r[f"tpr5_{m}"], 1, 100) for m in METRICS]
-                       + [_num(r["detection_aware_accuracy"], 1, 100), _num(r["accuracy_under_attack"], 1, 100),
-                          _num(r["success_rate"], 1, 100)])
-    columns = ["dataset", "attack", "objective", "eps", "theta", "model", "n", "n_pairs"] + \
-        [f"tpr5_{m}" for m in METRICS] + ["detection_aware_accuracy", "accuracy_under_attack", "success_rate"]
-    note = ("TPR at 5% FPR: the share of adversarial examples (paper-rule pairs) that a threshold on the metric "
-            "rejects while rejecting at most 5% of their clean images. Detection-aware accuracy: the share of all "
-            "attacked images that end correctly classified or rejected (NOT SURE) by the shipped K-density "
-            "detector at its threshold T (5% false positives on clean test images), Tramèr et al.'s accuracy at "
-            "5% FPR. All in %.")
-    headers = ["data set", "attack", "obj.", "TPR@5% conf.", "TPR@5% non-ME", "TPR@5% KD",
-               "detection-aware acc.", "acc. under attack", "success"]
-    return Table("beyond", "Beyond the paper: TPR at 5% FPR and detection-aware accuracy", columns,
+        rates = [_num(r[f"tpr5_crossfit_{m}"], 1, 100)
+                 + (f" ({_num(r[f'fpr5_crossfit_{m}'], 1, 100)})" if r[f"fpr5_crossfit_{m}"] is not None else "")
+                 for m in METRICS]
+        md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper()] + rates
+                       + [r["detector_metric"] or "", _num(r["detection_aware_accuracy"], 1, 100),
+                          _num(r["accuracy_under_attack"], 1, 100), _num(r["success_rate"], 1, 100)])
+    columns = ["dataset", "attack", "objective", "eps", "theta", "model", "n", "n_pairs", "n_clean_correct"] + \
+        [f"{kind}5_crossfit_{m}" for m in METRICS for kind in ("tpr", "fpr")] + \
+        ["detector_metric", "detector_T", "detection_aware_accuracy", "accuracy_under_attack", "success_rate"]
+    note = ("TPR at 5% FPR, cross-fitted: the cell's images are split in two by the parity of their test index; for "
+            "each half, T is calibrated (rcenp's rule: reject iff score ≤ T, at most 5% of the calibration "
+            "images rejected) on the clean scores of the correctly classified clean images of the OTHER half, "
+            "and the half contributes its paper-rule adversarial examples (clean correct, adversarial "
+            "misclassified) and its correctly classified clean images; counts are pooled over the halves. TPR: "
+            "the share of those adversarial examples rejected; in parentheses the clean rejection rate measured "
+            "the same way on clean images T was not fitted on, so the 5% is measured, not imposed (with under "
+            "20 calibration images T rejects nothing). Detection-aware accuracy: the share of all attacked "
+            "images that end correctly classified or rejected (NOT SURE) by the cell's detector, on its metric "
+            "(detector column) at its threshold T (5% false positives on clean test images), Tramèr et al.'s "
+            "accuracy at 5% FPR. All in %.")
+    headers = ["data set", "attack", "obj.", "conf.: TPR (clean rej.)", "non-ME: TPR (clean rej.)",
+               "KD: TPR (clean rej.)", "detector", "detection-aware acc.", "acc. under attack", "success"]
+    return Table("beyond", "Beyond the paper: TPR at 5% FPR (held-out T) and detection-aware accuracy", columns,
                  [{k: r.get(k) for k in columns} for r in keep], note + "\n\n" + _md(headers, md_rows))
-
-
-def table3(res: Results, budget: Budget) -> Table:
-    """C&W-wb: ratio of f₂ > 0 and mean minimal distortion, attacker kernel (the paper's) and the
-    detector's own kernel."""
-    rows = []
-    for dataset in lineup.DATASETS:
-        for objective in lineup.OBJECTIVES:
-            for kernel, name in (("attacker", "cw-wb"), ("detector", "cw-wb-detector")):
-                cell = res.get(dataset, 32, objective, name)
-                samples, reason = res.samples(cell), res.status(cell)
-                figures = wb_figures(samples) if samples else {}
-                theirs = paper.TABLE3.get((objective, dataset), {}) if kernel == "attacker" else {}
-                rows.append({"dataset": dataset, "objective": objective, "kernel": kernel,
-                             "model": cell.model if cell else None, "n_clean_correct": figures.get("n"),
-                             "ratio_f2_positive": figures.get("ratio_f2_positive"),
-                             "paper_ratio": theirs.get("ratio"),
-                             "diff_ratio": _diff(figures.get("ratio_f2_positive"), theirs.get("ratio")),
-                             "distortion": figures.get("distortion"), "n_distortion": figures.get("n_distortion"),
-                             "paper_distortion": theirs.get("distortion"),
-                             "diff_distortion": _diff(figures.get("distortion"), theirs.get("distortion")),
-                             "success_rate": figures.get("success_rate"), "status": reason or "ok"})
-    md_rows = []
-    for r in rows:
-        head = [lineup.DATASET_TITLES[r["dataset"]], r["objective"].upper(), r["kernel"]]
-        if r["status"] != "ok":
-            theirs = "" if r["paper_ratio"] is None else f" (paper {r['paper_ratio']:.2f} / {r['paper_distortion']:.2f})"
-            md_rows.append(head + [r["status"] + theirs, "", "", ""])
-            continue
-        ratio = f"{r['ratio_f2_positive']:.2f}"
-        dist = _num(r["distortion"], 2)
-        if r["paper_ratio"] is not None:
-            ratio += f"; paper {r['paper_ratio']:.2f}, Δ {r['diff_ratio']:+.2f}"
-            if r["distortion"] is not None:
-                dist += f"; paper {r['paper_distortion']:.2f}, Δ {r['diff_distortion']:+.2f}"
-        md_rows.append(head + [r["n_clean_correct"], ratio, dist + f" (n = {r['n_distortion']})",
-                               _num(r["success_rate"], 1, 100)])
-    note = ("Over images classified correctly when clean (n): the ratio whose returned image has f₂ > 0 (no "
-            "iterate reached the target with f₂ ≤ 0), and the mean ‖δ‖₂/√d on 0-255 over images whose returned "
-            "image is classified as the target. Kernel 'attacker': 100 of the detector's points per class (the "
-            "paper); 'detector': the detector's own kernel (a stronger adaptive attack; no paper value). "
-            "Success: target reached with f₂ ≤ 0, in %. Paper: Table 3.")
-    headers = ["data set", "obj.", "kernel", "n", "ratio f₂ > 0", "distortion", "success"]
-    return Table("table3", "Table 3: C&W-wb", list(rows[0]), rows, note + "\n\n" + _md(headers, md_rows))
-
-
-def table4(res: Results, budget: Budget) -> Table:
-    """Black-box: C&W-wb crafted on ResNet-32 (substitute), scored on ResNet-56 (target)."""
-    rows = []
-    for dataset in ("mnist", "cifar10"):
-        for target_obj in lineup.OBJECTIVES:
-            for sub_obj in lineup.OBJECTIVES:
-                sub = lineup.find_model(dataset, 32, sub_obj) or lineup.expected_name(dataset, 32, sub_obj)
-                cell = res.get(dataset, 56, target_obj, f"cw-wb-from-{sub}")
-                summary, reason = res.summary(cell), res.status(cell)
-                kd = ((summary or {}).get("detection") or {}).get("log_kd", {})
-                ours = None if kd.get("auc") is None else 100.0 * kd["auc"]
-                theirs = paper.TABLE4.get((target_obj, sub_obj)) if dataset == "cifar10" else None
-                bound = paper.TABLE4_MNIST_LOWER_BOUND if dataset == "mnist" else None
-                rows.append({"dataset": dataset, "target_objective": target_obj, "substitute_objective": sub_obj,
-                             "target": cell.model if cell else None, "substitute": sub,
-                             "n_pairs": kd.get("n_pairs"), "auc": ours,
-                             "ci_low": None if ours is None else 100.0 * kd["auc_ci95"][0],
-                             "ci_high": None if ours is None else 100.0 * kd["auc_ci95"][1],
-                             "paper": theirs, "paper_lower_bound": bound, "diff": _diff(ours, theirs),
-                             "transfer_rate": ((summary or {}).get("transfer") or {}).get("transfer_rate"),
-                             "paper_transfer_rate_below": paper.TRANSFER_RATE_UPPER_BOUND[dataset],
-                             "status": reason or "ok"})
-    md_rows = []
-    for r in rows:
-        head = [lineup.DATASET_TITLES[r["dataset"]], f"ResNet-56 ({r['target_objective'].upper()})",
-                f"ResNet-32 ({r['substitute_objective'].upper()})"]
-        paper_text = f"{r['paper']:.1f}" if r["paper"] is not None else f"> {r['paper_lower_bound']:.0f}"
-        if r["status"] != "ok":
-            md_rows.append(head + [r["status"], paper_text, "", f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
-            continue
-        auc = "n = 0 pairs" if r["auc"] is None else f"{r['auc']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
-        md_rows.append(head + [auc, paper_text + ("" if r["diff"] is None else f", Δ {r['diff']:+.1f}"),
-                               _num(r["transfer_rate"], 1, 100),
-                               f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
-    note = ("K-density AUC × 100 of the target's own detector on C&W-wb examples crafted on the substitute with "
-            "the substitute's detector (paper-rule pairs with the target's predictions), and the transfer rate "
-            "(share of examples the target misclassifies). Paper: Table 4, which prints CIFAR-10 values only; §4.5 "
-            "says MNIST's are all above 95 and bounds the transfer rates.")
-    headers = ["data set", "target", "substitute", "AUC (ours)", "paper", "transfer rate", "paper transfer"]
-    return Table("table4", "Table 4: black-box transfer (AUC ×100)", list(rows[0]), rows,
-                 note + "\n\n" + _md(headers, md_rows))
-
-
-def fig2_data(res: Results, budget: Budget) -> Table:
-    """Fig. 2's data: (a) accuracy under attack per ε; (b) C&W / C&W-hc mean minimal distortion."""
-    rows = []
-    for dataset in lineup.DATASETS:
-        for objective in lineup.OBJECTIVES:
-            for attack in ("fgsm", "bim", "ilcm", "jsma"):
-                for eps in budget.eps_sweep:
-                    cell = res.get(dataset, 32, objective, f"{attack}-{eps:g}")
-                    s = res.summary(cell)
-                    rows.append({"dataset": dataset, "objective": objective, "attack": attack,
-                                 **strength_columns(attack, eps), "n": s and s["counts"]["n"],
-                                 "accuracy_under_attack": s and s["accuracy_under_attack"],
-                                 "distortion_mean": None, "status": res.status(cell) or "ok"})
-            for attack in ("cw", "cw-hc"):
-                cell = res.get(dataset, 32, objective, attack)
-                s = res.summary(cell)
-                rows.append({"dataset": dataset, "objective": objective, "attack": attack,
-                             **strength_columns(attack, None),
-                             "n": s and s["distortion"]["l2_paper"]["efficient"]["n"],
-                             "accuracy_under_attack": s and s["accuracy_under_attack"],
-                             "distortion_mean": s and s["distortion"]["l2_paper"]["efficient"]["mean"],
-                             "status": res.status(cell) or "ok"})
-    return Table("fig2", "Figure 2's data", list(rows[0]), rows, "")

@@ -1,0 +1,139 @@
+"""Table 3 (C&W-wb, the white-box attack on the K-density detector), Table 4 (black-box transfer)
+and Figure 2's data, in ``rcenp.reproduce.tables``' form (a ``Table`` of CSV/JSON rows and
+REPORT.md markdown; AUCs in the paper's units of 10⁻², compared with the paper under the strict
+tie rule)."""
+from __future__ import annotations
+
+from rcenp.reproduce import lineup, paper
+from rcenp.reproduce.budgets import Budget
+from rcenp.reproduce.results import Results, wb_figures
+from rcenp.reproduce.tables import Table, _auc_fields, _diff, _md, _num, strength_columns
+
+
+def table3(res: Results, budget: Budget) -> Table:
+    """C&W-wb: ratio of f₂ > 0 and mean minimal distortion, attacker kernel (the paper's) and the
+    detector's own kernel."""
+    rows = []
+    for dataset in lineup.DATASETS:
+        for objective in lineup.OBJECTIVES:
+            for kernel, name in (("attacker", "cw-wb"), ("detector", "cw-wb-detector")):
+                cell = res.get(dataset, 32, objective, name)
+                samples, reason = res.samples(cell), res.status(cell)
+                figures = wb_figures(samples) if samples else {}
+                theirs = paper.TABLE3.get((objective, dataset), {}) if kernel == "attacker" else {}
+                rows.append({"dataset": dataset, "objective": objective, "kernel": kernel,
+                             "model": cell.model if cell else None, "n_clean_correct": figures.get("n"),
+                             "ratio_f2_positive": figures.get("ratio_f2_positive"),
+                             "ratio_f2_rescored_positive": figures.get("ratio_f2_rescored_positive"),
+                             "n_f2_disagree": figures.get("n_f2_disagree"),
+                             "paper_ratio": theirs.get("ratio"),
+                             "diff_ratio": _diff(figures.get("ratio_f2_positive"), theirs.get("ratio")),
+                             "distortion": figures.get("distortion"), "n_distortion": figures.get("n_distortion"),
+                             "paper_distortion": theirs.get("distortion"),
+                             "diff_distortion": _diff(figures.get("distortion"), theirs.get("distortion")),
+                             "success_rate": figures.get("success_rate"), "status": reason or "ok"})
+    md_rows = []
+    for r in rows:
+        head = [lineup.DATASET_TITLES[r["dataset"]], r["objective"].upper(), r["kernel"]]
+        if r["status"] != "ok":
+            theirs = "" if r["paper_ratio"] is None else f" (paper {r['paper_ratio']:.2f} / {r['paper_distortion']:.2f})"
+            md_rows.append(head + [r["status"] + theirs, "", "", ""])
+            continue
+        ratio = f"{r['ratio_f2_positive']:.2f}"
+        dist = _num(r["distortion"], 2)
+        if r["paper_ratio"] is not None:
+            ratio += f"; paper {r['paper_ratio']:.2f}, Δ {r['diff_ratio']:+.2f}"
+            if r["distortion"] is not None:
+                dist += f"; paper {r['paper_distortion']:.2f}, Δ {r['diff_distortion']:+.2f}"
+        md_rows.append(head + [r["n_clean_correct"], ratio, dist + f" (n = {r['n_distortion']})",
+                               _num(r["success_rate"], 1, 100)])
+    note = ("Over images classified correctly when clean (n): the ratio of f₂ > 0, the share for which the attack "
+            "found no iterate classified as the target (margin κ) with f₂ ≤ 0 (its own decision, so ratio + "
+            "success = 1; table3.csv keeps f₂ re-scored on the returned image as an audit column, "
+            "ratio_f2_rescored_positive, and n_f2_disagree counts the images where the two differ), and the mean "
+            "‖δ‖₂/√d on 0-255 over images whose returned image is classified as the target. Kernel 'attacker': 100 "
+            "of the detector's points per class, the number in the authors' code (select_kernel_for_attack.m; the "
+            "paper does not state it); 'detector': the detector's own kernel (a stronger adaptive attack; no paper "
+            "value). Success: target reached with f₂ ≤ 0, in %. Paper: Table 3.")
+    headers = ["data set", "obj.", "kernel", "n", "ratio f₂ > 0", "distortion", "success"]
+    return Table("table3", "Table 3: C&W-wb", list(rows[0]), rows, note + "\n\n" + _md(headers, md_rows))
+
+
+def table4(res: Results, budget: Budget) -> Table:
+    """Black-box: C&W-wb crafted on ResNet-32 (substitute), scored on ResNet-56 (target): the
+    K-density AUC ``_auc_fields`` gives (Δ against the strict-tie AUC) and the transfer rate over
+    the ``n_transfer_eligible`` examples (``rcenp.attacks.summary``'s ``_transfer``)."""
+    rows = []
+    for dataset in ("mnist", "cifar10"):
+        for target_obj in lineup.OBJECTIVES:
+            for sub_obj in lineup.OBJECTIVES:
+                sub = lineup.find_model(dataset, 32, sub_obj) or lineup.expected_name(dataset, 32, sub_obj)
+                cell = res.get(dataset, 56, target_obj, f"cw-wb-from-{sub}")
+                summary, reason = res.summary(cell), res.status(cell)
+                theirs = paper.TABLE4.get((target_obj, sub_obj)) if dataset == "cifar10" else None
+                fields = _auc_fields(res.detection(cell) if summary else None, "log_kd", theirs)
+                bound = paper.TABLE4_MNIST_LOWER_BOUND if dataset == "mnist" else None
+                transfer = (summary or {}).get("transfer") or {}
+                rows.append({"dataset": dataset, "target_objective": target_obj, "substitute_objective": sub_obj,
+                             "target": cell.model if cell else None, "substitute": sub,
+                             "n_pairs": (((summary or {}).get("detection") or {}).get("log_kd") or {}).get("n_pairs"),
+                             "auc": fields["log_kd_auc"], "ci_low": fields["log_kd_ci_low"],
+                             "ci_high": fields["log_kd_ci_high"], "auc_strict": fields["log_kd_auc_strict"],
+                             "strict_ci_low": fields["log_kd_strict_ci_low"],
+                             "strict_ci_high": fields["log_kd_strict_ci_high"],
+                             "auc_authors_emulated": fields["log_kd_auc_authors_emulated"],
+                             "paper": theirs, "paper_lower_bound": bound, "diff": fields["log_kd_diff"],
+                             "n_transfer_eligible": transfer.get("n_eligible"),
+                             "transfer_rate": transfer.get("transfer_rate"),
+                             "paper_transfer_rate_below": paper.TRANSFER_RATE_UPPER_BOUND[dataset],
+                             "status": reason or "ok"})
+    md_rows = []
+    for r in rows:
+        head = [lineup.DATASET_TITLES[r["dataset"]], f"ResNet-56 ({r['target_objective'].upper()})",
+                f"ResNet-32 ({r['substitute_objective'].upper()})"]
+        paper_text = f"{r['paper']:.1f}" if r["paper"] is not None else f"> {r['paper_lower_bound']:.0f}"
+        if r["status"] != "ok":
+            md_rows.append(head + [r["status"], paper_text, "", f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
+            continue
+        auc = "n = 0 pairs" if r["auc"] is None else f"{r['auc']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
+        if r["auc_strict"] is not None and abs(r["auc_strict"] - r["auc"]) >= 0.05:
+            auc += f"; strict {r['auc_strict']:.1f}"
+        transfer = _num(r["transfer_rate"], 1, 100) + ("" if r["n_transfer_eligible"] is None
+                                                       else f" (n = {r['n_transfer_eligible']})")
+        md_rows.append(head + [auc, paper_text + ("" if r["diff"] is None else f", Δ {r['diff']:+.1f}"),
+                               transfer, f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
+    note = ("K-density AUC × 100 (ties half, 95% paired-bootstrap interval; 'strict': ties counted 0, the authors' "
+            "rule, where it differs by ≥ 0.05; Δ = strict − paper) of the target's own detector on C&W-wb examples "
+            "crafted on the substitute with the substitute's detector (paper-rule pairs with the target's "
+            "predictions; table4.csv also gives the authors-emulated AUC, strict on KD = exp(log KD) in float64). "
+            "Transfer rate: of the examples crafted successfully on the substitute whose clean image the target "
+            "classifies correctly (n shown), the share the target misclassifies. Paper: Table 4, which prints "
+            "CIFAR-10 values only; §4.5 says MNIST's are all above 95 and bounds the transfer rates.")
+    headers = ["data set", "target", "substitute", "AUC (ours)", "paper", "transfer rate", "paper transfer"]
+    return Table("table4", "Table 4: black-box transfer (AUC ×100)", list(rows[0]), rows,
+                 note + "\n\n" + _md(headers, md_rows))
+
+
+def fig2_data(res: Results, budget: Budget) -> Table:
+    """Fig. 2's data: (a) accuracy under attack per ε; (b) C&W / C&W-hc mean minimal distortion."""
+    rows = []
+    for dataset in lineup.DATASETS:
+        for objective in lineup.OBJECTIVES:
+            for attack in ("fgsm", "bim", "ilcm", "jsma"):
+                for eps in budget.eps_sweep:
+                    cell = res.get(dataset, 32, objective, f"{attack}-{eps:g}")
+                    s = res.summary(cell)
+                    rows.append({"dataset": dataset, "objective": objective, "attack": attack,
+                                 **strength_columns(attack, eps), "n": s and s["counts"]["n"],
+                                 "accuracy_under_attack": s and s["accuracy_under_attack"],
+                                 "distortion_mean": None, "status": res.status(cell) or "ok"})
+            for attack in ("cw", "cw-hc"):
+                cell = res.get(dataset, 32, objective, attack)
+                s = res.summary(cell)
+                rows.append({"dataset": dataset, "objective": objective, "attack": attack,
+                             **strength_columns(attack, None),
+                             "n": s and s["distortion"]["l2_paper"]["efficient"]["n"],
+                             "accuracy_under_attack": s and s["accuracy_under_attack"],
+                             "distortion_mean": s and s["distortion"]["l2_paper"]["efficient"]["mean"],
+                             "status": res.status(cell) or "ok"})
+    return Table("fig2", "Figure 2's data", list(rows[0]), rows, "")
