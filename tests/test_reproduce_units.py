@@ -427,10 +427,11 @@ def test_a_missing_substitute_is_the_missing_model(monkeypatch):
     assert planned["mnist-resnet56-ce/cw-wb-from-mnist-resnet32-ce"].missing is None
 
 
-def fake_published(root: Path, cell, options=None):
+def fake_published(root: Path, cell, options=None, **recorded):
     folder = root / cell.key
     folder.mkdir(parents=True)
-    asked = {"model": cell.model, "attack": cell.attack, "options": options or cell.options, "n": cell.n, "seed": 0}
+    asked = {"model": cell.model, "attack": cell.attack, "options": options or cell.options, "n": cell.n, "seed": 0,
+             **recorded}
     (folder / "run.json").write_text(json.dumps(asked))
     (folder / "summary.json").write_text(json.dumps({"settings": asked}))
     return folder
@@ -453,6 +454,24 @@ def test_published_cells_are_reused_in_place(tmp_path, monkeypatch):
     outcomes = cells.run_cells(planned[:1], tmp_path / "out", cells_from=[tmp_path / "published"],
                                stream=open(os.devnull, "w"))
     assert outcomes[planned[0].key] == {"status": "done", "path": str(same), "source": "reused", "seconds": 0.0}
+
+
+def test_published_cells_with_another_detector_or_an_unrecorded_eta_are_not_reused(tmp_path):
+    from rcenp.attacks.runfiles import detector_identity
+
+    cpu = budgets.get_budget("cpu")
+    bim = next(c for c in cells.plan(cpu, ["fig2"]) if c.model == "mnist-resnet32-ce" and c.attack == "bim")
+    current = detector_identity("mnist-resnet32-ce")
+    assert current is not None
+    fake_published(tmp_path / "now", bim, detector=current)
+    fake_published(tmp_path / "refit", bim, detector=dict(current, threshold=current["threshold"] + 1))
+    assert cells.reusable(bim, [tmp_path / "now"]) == tmp_path / "now" / bim.key
+    assert cells.reusable(bim, [tmp_path / "refit"]) is None
+    wb = next(c for c in cells.plan(cpu, ["table3"]) if c.attack == "cw-wb" and c.model == "mnist-resnet32-ce")
+    fake_published(tmp_path / "old", wb)
+    fake_published(tmp_path / "new", wb, eta="exact: training features")
+    assert cells.reusable(wb, [tmp_path / "old"]) is None
+    assert cells.reusable(wb, [tmp_path / "new"]) == tmp_path / "new" / wb.key
 
 
 def test_transfer_cell_runs_on_the_target_with_the_substitute(tmp_path):

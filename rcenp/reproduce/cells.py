@@ -166,7 +166,12 @@ def result_file(cell_dir: Path, kind: str) -> Path:
 
 def reusable(cell: Cell, cells_from) -> Path | None:
     """A finished copy of attack ``cell`` in one of the ``cells_from`` folders (same layout), run
-    with the same model, attack, options, n and seed; None when there is none."""
+    with the same model, attack, options, n and seed, and with the detector the model has now
+    (run.json's ``detector``, where recorded; a refit detector makes the copy stale); a C&W-wb
+    copy must also record its η (run.json's ``eta``: copies from before η came from the training
+    features do not). None when there is none."""
+    from rcenp.attacks.runfiles import detector_identity
+
     if cell.kind != "attack" or cell.model is None:
         return None
     for root in cells_from or ():
@@ -179,9 +184,14 @@ def reusable(cell: Cell, cells_from) -> Path | None:
                 json.loads((path / "summary.json").read_text())["settings"]
         except (OSError, ValueError, KeyError):
             continue
-        if (asked.get("model"), asked.get("attack"), asked.get("n"), asked.get("seed")) == \
-                (cell.model, cell.attack, cell.n, 0) and asked.get("options") == json.loads(json.dumps(cell.options)):
-            return path
+        if (asked.get("model"), asked.get("attack"), asked.get("n"), asked.get("seed")) != \
+                (cell.model, cell.attack, cell.n, 0) or asked.get("options") != json.loads(json.dumps(cell.options)):
+            continue
+        if "detector" in asked and asked["detector"] != detector_identity(cell.model):
+            continue
+        if cell.attack == "cw-wb" and "eta" not in asked:
+            continue
+        return path
     return None
 
 
