@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     c.add_argument("--targets", choices=["random", "untargeted"], default="random",
                    help="random: a seeded class other than the true label per image (the paper); untargeted")
     c.add_argument("--kernel", choices=["attacker", "detector"], default="attacker",
-                   help="cw-wb: the attacker's KD uses 100 of the detector's points per class (the paper) or "
+                   help="cw-wb: the attacker's KD uses 100 of the detector's points per class (the authors' code) or "
                    "the detector's exact kernel (a stronger adaptive attack)")
     c.add_argument("--anchor", choices=["clean", "stage1"], default="clean",
                    help="cw-wb: stage 2's distance term measured to the clean image (Carlini) or to the stage-1 "
