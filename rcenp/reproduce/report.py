@@ -71,8 +71,12 @@ def protocol_differences(budget: Budget) -> list[str]:
         f"**C&W-wb**: κ = 5, stage 1 {b.cw_wb_stage1['binary_steps']} × {b.cw_wb_stage1['max_iterations']:,}, "
         f"stage 2 {b.cw_wb_stage2['binary_steps']} × {b.cw_wb_stage2['max_iterations']:,} (authors: 3 × 5,000 "
         "and 9 × 10,000); stage 2's distance to the clean image (Carlini; the authors' code: to the stage-1 "
-        "image); η_t estimated from the detector's kernel points not drawn for the attacker (authors: all "
-        "training features of class t); log-space KD (the authors' 1e-30 floor underflows at RCE's σ²).",
+        "image); η_t = −log of MATLAB's median KD over class t's training features, as the authors' "
+        "median_for_attack.m (only where no training images are found, a biased-loose estimate from the "
+        "detector's points: each cell's run.json says which); log-space KD (the authors' 1e-30 floor underflows "
+        "at RCE's σ²). Success needs the logit margin κ: the released carliniL2_specific.py applies κ = 5 to "
+        "softmax probabilities, so none of its iterates can succeed and it returns its all-zero start; where "
+        "nothing is past the margin we return the clean image.",
         "**Table 3's ratio** is over images classified correctly when clean; the paper does not say over which "
         "images, and its code only prints per-image values.",
         "**Table 4** needs ResNet-56 targets and run_attack's substitute option; the paper does not give n or "
