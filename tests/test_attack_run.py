@@ -122,7 +122,7 @@ def test_shards_concatenate_to_the_single_run(setup, tmp_path):
 @pytest.mark.parametrize("shards, message", [
     (["shard1", "shard2"], "the shards given are 1/3, 2/3"),
     (["shard1", "shard1", "shard2", "shard3"], "are both shard 1/3"),
-    (["shard1", "shard2", "other"], "other: a shard of another run (its options differ)"),
+    (["shard1", "shard2", "other"], "other: a shard of another run (its options.eps differ)"),
     (["shard1", "shard2", "nothing"], "nothing: not a finished attack run"),
 ])
 def test_merge_refuses_what_is_not_the_whole_run(setup, tmp_path, shards, message):

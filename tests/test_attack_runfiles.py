@@ -56,13 +56,48 @@ def test_every_batch_records_its_code_and_a_change_is_reported(setup, tmp_path, 
     summary = run_attack(run, "fgsm", out, {"eps": 0.05}, n=12, batch_size=4, data_dir=root, resume=True)
     assert "earlier batches were computed with other code (ffffffffffff" in capsys.readouterr().err
     assert summary["code"] is None
-    assert summary["code_by_batch"] == [{"code": changed, "batches": [0]}, {"code": first, "batches": [1, 2]}]
+    commit = [{"commit": first.get("commit"), "dirty": first.get("dirty")}]
+    assert summary["code_by_batch"] == [
+        {"source_sha256": "0" * 64, "commits": [{"commit": "f" * 40, "dirty": first.get("dirty")}], "batches": [0]},
+        {"source_sha256": first["source_sha256"], "commits": commit, "batches": [1, 2]}]
     whole = run_attack(run, "fgsm", tmp_path / "whole", {"eps": 0.05}, n=12, batch_size=4, data_dir=root)
-    assert whole["code"] == first and whole["code_by_batch"] == [{"code": first, "batches": [0, 1, 2]}]
+    assert whole["code"] == first
+    assert whole["code_by_batch"] == [{"source_sha256": first["source_sha256"], "commits": commit, "batches": [0, 1, 2]}]
 
 
-def test_cw_wb_eta_comes_from_the_training_features(setup, tmp_path, monkeypatch):  # noqa: F811
+def test_a_new_commit_with_the_same_library_source_is_one_code(setup, tmp_path, monkeypatch, capsys):  # noqa: F811
     run, root = setup
+    out = tmp_path / "out"
+    _interrupted(run, root, out, monkeypatch, {"eps": 0.05}, n=12, batch_size=4)
+    first = json.loads((out / "partial" / "batch-00000.code.json").read_text())
+    (out / "partial" / "batch-00000.code.json").write_text(json.dumps(dict(first, commit="e" * 40)))  # docs changed
+    summary = run_attack(run, "fgsm", out, {"eps": 0.05}, n=12, batch_size=4, data_dir=root, resume=True)
+    assert "other code" not in capsys.readouterr().err
+    assert summary["code"] == first
+    (group,) = summary["code_by_batch"]
+    assert group["batches"] == [0, 1, 2] and [c["commit"] for c in group["commits"]] == ["e" * 40, first.get("commit")]
+
+
+@pytest.fixture(scope="module")
+def trained_here(setup, tmp_path_factory):  # noqa: F811
+    """A run directory whose manifest records the training split of ``setup``'s data root (as a
+    model trained on it would), with a fitted detector."""
+    from rcenp.data import load as load_split
+    from rcenp.models import resnet
+    from rcenp.objectives import Classifier
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    _, root = setup
+    train, test = load_split("mnist", "train", root), load_split("mnist", "test", root)
+    run = tmp_path_factory.mktemp("trained-here")
+    model = Classifier(resnet(8, 1, seed=2), "ce").eval()
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="ce"), 1, {"train": train.identity})
+    Detector(model).fit(train.images, train.labels, per_class=20).calibrate(test.images).save(run / "detector")
+    return run, root
+
+
+def test_cw_wb_eta_comes_from_the_training_features(trained_here, tmp_path, monkeypatch):
+    run, root = trained_here
     seen = {}
     real = attack_run.attack_function
 
@@ -86,15 +121,61 @@ def test_cw_wb_eta_comes_from_the_training_features(setup, tmp_path, monkeypatch
     np.testing.assert_array_equal(seen["train_labels"], train.labels)
     first_sample = json.loads((tmp_path / "wb" / "samples.jsonl").read_text().splitlines()[0])
     asked = json.loads((tmp_path / "wb" / "run.json").read_text())
-    assert asked["detector"] == runfiles.detector_identity(run) and asked["eta"] == "exact: training features"
+    assert asked["detector"] == runfiles.detector_identity(run)
+    assert asked["eta"] == {"rule": "exact: training features",
+                            "train": {"n": len(train.labels), "sha256": train.identity["sha256"]}}
     assert first_sample["f2"] >= 0
 
 
-def test_cw_wb_without_training_images_says_eta_is_the_approximation(setup, tmp_path, monkeypatch, capsys):  # noqa: F811
+TINY_WB = {"learning_rate": 0.05, "attacker_points": 5, "stage1": {"binary_steps": 1, "max_iterations": 2},
+           "stage2": {"binary_steps": 1, "max_iterations": 2}}
+
+
+def test_cw_wb_without_training_images_says_eta_is_the_approximation(setup, tmp_path, capsys):  # noqa: F811
     run, root = setup
-    monkeypatch.setattr(attack_run, "training_split", lambda dataset, data_dir=None: None)
-    tiny = {"learning_rate": 0.05, "attacker_points": 5, "stage1": {"binary_steps": 1, "max_iterations": 2},
-            "stage2": {"binary_steps": 1, "max_iterations": 2}}
-    run_attack(run, "cw-wb", tmp_path / "wb", tiny, n=4, batch_size=2, data_dir=root)
-    assert json.loads((tmp_path / "wb" / "run.json").read_text())["eta"].startswith("approximation")
-    assert capsys.readouterr().err.count("no training images found, so the biased-loose approximation") == 1
+    bare = tmp_path / "bare"   # the test split alone
+    (bare / "mnist").mkdir(parents=True)
+    for name in (root / "mnist").iterdir():
+        if name.name.startswith("t10k"):
+            (bare / "mnist" / name.name).symlink_to(name)
+    run_attack(run, "cw-wb", tmp_path / "wb", TINY_WB, n=4, batch_size=2, data_dir=bare)
+    eta = json.loads((tmp_path / "wb" / "run.json").read_text())["eta"]
+    assert eta == {"rule": "approximation from the detector's kernel points", "why": "no mnist training images found"}
+    assert capsys.readouterr().err.count("no mnist training images found, so the biased-loose approximation") == 1
+
+
+def test_eta_is_exact_only_on_the_models_own_training_images(setup):  # noqa: F811
+    from rcenp.attacks.wb_features import eta_training_split
+    from rcenp.data import load as load_split
+
+    run, root = setup
+    model, manifest = load(run)
+    detector = Detector.load(run / "detector", model)
+    train = load_split("mnist", "train", root)
+    own = dict(manifest, data={"train": {"n": len(train.labels), "sha256": train.identity["sha256"]}})
+    found, record = eta_training_split(own, detector, root)
+    assert found is not None and record["rule"] == "exact: training features"
+    other = dict(manifest, data={"train": {"n": 60000, "sha256": {"train-images-idx3-ubyte.gz": "0" * 64}}})
+    found, record = eta_training_split(other, detector, root)
+    assert found is None and record["why"] == "the mnist training images found (200) are not the model's (60000, by SHA-256)"
+    detector.info["fitted_on"] = len(train.labels) + 1
+    found, record = eta_training_split(own, detector, root)
+    assert found is None and "kernel came from 201 training images, 200 found" in record["why"]
+
+
+def test_merging_cw_wb_shards_keeps_their_eta_and_looks_at_no_training_data(trained_here, tmp_path, monkeypatch):
+    run, root = trained_here
+    shards = [tmp_path / f"s{k}" for k in (1, 2)]
+    for k, folder in enumerate(shards, 1):
+        run_attack(run, "cw-wb", folder, TINY_WB, n=4, batch_size=2, data_dir=root, shard=(k, 2))
+
+    def no_training_data(*args, **kwargs):
+        raise AssertionError("--merge looked for training images")
+    monkeypatch.setattr(attack_run, "eta_training_split", no_training_data)
+    merged = run_attack(run, "cw-wb", tmp_path / "merged", TINY_WB, n=4, batch_size=2, data_dir=root, merge=shards)
+    assert merged["settings"]["eta"]["rule"] == "exact: training features"
+    assert merged["code_by_batch"][0]["batches"] == [0, 1]
+    (shards[1] / "run.json").write_text(json.dumps(dict(json.loads((shards[1] / "run.json").read_text()),
+                                                        eta={"rule": "approximation", "why": "test"})))
+    with pytest.raises(ValueError, match="computed η differently"):
+        run_attack(run, "cw-wb", tmp_path / "merged2", TINY_WB, n=4, batch_size=2, data_dir=root, merge=shards)

@@ -6,7 +6,7 @@ batches, with per-sample audit files.
 Files in ``out_dir`` (each written through a temporary file and a rename):
 - ``adversarial.npz``: ``clean`` and ``adversarial`` images (N, C, H, W) float32, ``labels``
   (true), ``indices`` (positions in the test split);
-- ``samples.jsonl``: one line per image (``sample_record``);
+- ``samples.jsonl``: one line per image (``rcenp.attacks.audit.sample_record``);
 - ``summary.json``: settings, counts, rates, distortions, detection figures when the model has a
   fitted detector, throughput, software versions and the data's identity;
 - ``run.json`` (what was asked, the detector's identity included, checked on ``resume``),
@@ -19,9 +19,9 @@ uninterrupted run (``summary.json``'s ``timing`` differs, nothing else) as long 
 the same; ``code_by_batch`` says which code computed which batch.
 
 C&W-wb's η_t (``rcenp.attacks.cw_wb``) is computed from the training features of the attacked
-(or, for transfer, the substitute) model over the images its detector's kernel points came from;
-where the training split is not found (the embedded MNIST sample holds test images only), from
-cw_wb's biased-loose approximation. run.json's ``eta`` says which.
+(or, for transfer, the substitute) model where the training images found are that model's
+(``rcenp.attacks.wb_features``), else from cw_wb's biased-loose approximation (the embedded MNIST
+sample holds test images only); run.json's ``eta`` says which and why.
 
 Black-box transfer (paper §4.5, protocol §6): ``options["substitute"]`` names a second model of the
 same data set. The attack is crafted on the substitute (cw-wb against the substitute's own
@@ -47,7 +47,7 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.attacks import runfiles
 from rcenp.attacks.audit import attack_and_audit
-from rcenp.backend import as_numpy
+from rcenp.attacks.wb_features import eta_training_split, training_features
 from rcenp.progress import Progress, plural
 
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
@@ -129,9 +129,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     indices = shard_indices(n, batch_size, shard)
     out_dir = Path(out_dir)
     detector = fitted_detector(model, model_ref)
-    crafter, crafter_detector = model, detector
+    crafter, crafter_detector, crafter_manifest = model, detector, manifest
     if options.get("substitute") is not None:
-        crafter, crafter_detector = load_substitute(options["substitute"], manifest, device)
+        crafter, crafter_detector, crafter_manifest = load_substitute(options["substitute"], manifest, device)
     fn = attack_function(attack, crafter_detector)
     asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
@@ -140,16 +140,16 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     if options.get("substitute") is not None:
         asked["substitute_detector"] = runfiles.detector_identity(options["substitute"])
     train = None
-    if attack == "cw-wb":  # η_t from the training features where the training images are here
-        train = training_split(dataset, data_dir)
-        asked["eta"] = ("exact: training features" if train is not None else
-                        "approximation from the detector's kernel points (no training images found)")
     if merge:
         if tuple(shard) != (1, 1):
             raise ValueError("--merge writes the whole run from its shards: leave out --shard")
-        from rcenp.attacks.shards import merge_shards
+        from rcenp.attacks.shards import merge_shards, shards_eta
 
+        if attack == "cw-wb":  # the shards' own η record, whatever training data is here
+            asked["eta"] = shards_eta(merge)
         return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume=False))
+    if attack == "cw-wb" and crafter_detector is not None:  # η_t: module docstring
+        train, asked["eta"] = eta_training_split(crafter_manifest, crafter_detector, data_dir)
     made_dir = not out_dir.exists()
     claimed = runfiles.claim(out_dir, asked, resume)
     code = runfiles.code_record()  # the code this process loaded, not what the tree holds when it ends
@@ -190,12 +190,12 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             if finished[b] and b + 1 < len(batches):
                 continue  # done by an earlier process: no progress line, no rate from it
             if not finished[b]:
-                if train is not None and "train_features" not in options:  # η: once per process, when needed
+                if train is not None:  # η: once per process, when needed
                     progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
-                    features, labels = training_features(crafter, crafter_detector, crafter_ref, train)
-                    options = dict(options, train_features=features, train_labels=labels)
-                elif attack == "cw-wb" and train is None and b == finished.index(False):
-                    progress.message("η for C&W-wb: no training images found, so the biased-loose approximation "
+                    features, labels = training_features(crafter_detector, crafter_ref, train)
+                    options, train = dict(options, train_features=features, train_labels=labels), None
+                elif attack == "cw-wb" and "train_features" not in options and b == finished.index(False):
+                    progress.message(f"η for C&W-wb: {asked['eta']['why']}, so the biased-loose approximation "
                                      "from the detector's kernel points (rcenp.attacks.cw_wb)")
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
@@ -235,7 +235,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
 
 
 def load_substitute(substitute_ref, target_manifest: dict, device=None):
-    """The substitute model of a transfer run and its fitted detector. Raises ValueError when it is
+    """The substitute model of a transfer run, its fitted detector and its manifest. Raises ValueError when it is
     trained on another data set than the target, or (cw-wb's need) has no detector."""
     from rcenp.models.registry import load as load_model
 
@@ -243,7 +243,7 @@ def load_substitute(substitute_ref, target_manifest: dict, device=None):
     if manifest["config"]["dataset"] != target_manifest["config"]["dataset"]:
         raise ValueError(f"substitute {substitute_ref} is trained on {manifest['config']['dataset']}, "
                          f"the target on {target_manifest['config']['dataset']}: transfer needs one data set")
-    return substitute, fitted_detector(substitute, substitute_ref)
+    return substitute, fitted_detector(substitute, substitute_ref), manifest
 
 
 def fitted_detector(model, model_ref):
@@ -253,34 +253,6 @@ def fitted_detector(model, model_ref):
 
     fitted = detector_stem(resolve(model_ref)).with_suffix(".json").is_file()
     return load_detector(model_ref, model) if fitted else None
-
-
-_TRAIN_FEATURES: dict = {}
-
-
-def training_split(dataset: str, data_dir=None):
-    """The data set's training split, or None where it is not found (``rcenp.data.load``'s
-    DataError: e.g. only the embedded MNIST test sample is here)."""
-    from rcenp.data import DataError, load
-
-    try:
-        return load(dataset, "train", data_dir)
-    except DataError:
-        return None
-
-
-def training_features(model, detector, model_ref, train):
-    """Z (N_tr, D) float32 and true labels (N_tr,) of the training images (``train``, a Dataset)
-    ``detector`` drew its kernel points from (the first ``info["fitted_on"]``; all of them when
-    not recorded): C&W-wb's η_t is the median over class t's training features (protocol §5.4,
-    ``median_for_attack.m``). Cached per process by model, detector and split."""
-    key = (str(model_ref), json.dumps(runfiles.detector_identity(model_ref)), json.dumps(train.identity))
-    if key not in _TRAIN_FEATURES:
-        count = int(detector.info.get("fitted_on", len(train.labels)))
-        z, _ = detector.features_and_logits(train.images[:count])
-        _TRAIN_FEATURES.clear()  # one model's at a time: (60,000 × 64) float32 is 15 MB
-        _TRAIN_FEATURES[key] = (as_numpy(z).astype(np.float32), np.asarray(train.labels[:count]))
-    return _TRAIN_FEATURES[key]
 
 
 def _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code_groups) -> dict:
@@ -297,7 +269,7 @@ def _assemble(out_dir, partial, batches, batch_size, test, model, detector, aske
 
     summary = summarize(records, detector)
     summary.update(settings=asked, test_set=test.describe(), software=_software(model),
-                   code=code_groups[-1]["code"] if len(code_groups) == 1 else None, code_by_batch=code_groups)
+                   code=runfiles.summary_code(code_groups), code_by_batch=code_groups)
     return summary
 
 

@@ -39,7 +39,9 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
 def differences(there: dict, now: dict, prefix: str = "") -> list[str]:
     """'key: X there, Y now' for each setting that differs between ``there`` and ``now``, a key
     missing on either side included (an option left off a resume command is a difference); nested
-    dicts by dotted key, so a changed option reads 'options.eps: 0.1 there, 0.2 now'."""
+    dicts by dotted key, so a changed option reads 'options.eps: 0.1 there, 0.2 now'. Both are
+    compared as JSON holds them (a tuple equals the list it is written as)."""
+    there, now = json.loads(json.dumps(there)), json.loads(json.dumps(now))
     out = []
     for key in list(there) + [k for k in now if k not in there]:
         a, b = there.get(key), now.get(key)
@@ -87,9 +89,9 @@ def detector_identity(model_ref) -> dict | None:
 
 @functools.lru_cache(maxsize=1)
 def source_sha256() -> str:
-    """SHA-256 over the rcenp package's Python sources as this process loaded them (path and
-    bytes of every ``rcenp/**/*.py``, sorted): equal exactly when the library code is equal,
-    whatever the git history or the docs around it did."""
+    """SHA-256 over the rcenp package's Python sources (path and bytes of every ``rcenp/**/*.py``,
+    sorted) as they are on disk at this process's first call (a run calls it at its start): equal
+    exactly when the library code is equal, whatever the git history or the docs around it did."""
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
@@ -121,21 +123,47 @@ def earlier_code(stems) -> list[dict]:
 
 
 def code_by_batch(stems) -> list[dict]:
-    """``summary.json``'s ``code_by_batch``: each distinct code record with the numbers of the
-    batches it computed (``partial/batch-NNNNN``'s NNNNN, 0-based over the whole run, shards
-    included; ``{}``: a batch from before batches recorded their code)."""
-    return merge_code_groups([{"code": json.loads(path.read_text()) if path.is_file() else {},
-                               "batches": [int(stem.name.rpartition("-")[2])]}
-                              for stem in stems for path in [stem.with_suffix(".code.json")]])
+    """``summary.json``'s ``code_by_batch``: one entry per distinct library source
+    (``source_sha256``; ``None``: batches from before batches recorded their code) with the git
+    commits it was seen at (``commits``, with ``dirty`` flags) and the numbers of the batches it
+    computed (``partial/batch-NNNNN``'s NNNNN, 0-based over the whole run, shards included). A run
+    resumed across commits that left rcenp/ unchanged is one entry."""
+    return merge_code_groups([{"source_sha256": code.get("source_sha256"),
+                               "commits": [{"commit": code.get("commit"), "dirty": code.get("dirty")}]
+                               if code else [], "batches": [int(stem.name.rpartition("-")[2])]}
+                              for stem in stems for path in [stem.with_suffix(".code.json")]
+                              for code in [json.loads(path.read_text()) if path.is_file() else {}]])
 
 
 def merge_code_groups(groups) -> list[dict]:
-    """``code_by_batch`` lists joined: one entry per distinct code, batches in the order given."""
+    """``code_by_batch`` lists joined: one entry per ``source_sha256``, commits without repeats,
+    batches in the order given."""
     out: list[dict] = []
     for group in groups:
-        same = next((g for g in out if g["code"] == group["code"]), None)
+        same = next((g for g in out if g["source_sha256"] == group["source_sha256"]), None)
         if same is None:
-            out.append({"code": group["code"], "batches": list(group["batches"])})
-        else:
-            same["batches"] += group["batches"]
+            out.append({"source_sha256": group["source_sha256"], "commits": [], "batches": []})
+            same = out[-1]
+        same["commits"] += [c for c in group["commits"] if c not in same["commits"]]
+        same["batches"] += group["batches"]
     return out
+
+
+def summary_code(groups) -> dict | None:
+    """``summary.json``'s ``code``: the run's code record when every batch ran the same library
+    source (its last commit seen, dirty flag and ``source_sha256``), else None (``code_by_batch``
+    lists them)."""
+    if len(groups) != 1 or groups[0]["source_sha256"] is None:
+        return None
+    last = groups[0]["commits"][-1] if groups[0]["commits"] else {}
+    return {**last, "source_sha256": groups[0]["source_sha256"]}
+
+
+def summary_code_groups(summary: dict) -> list[dict]:
+    """A finished run's ``code_by_batch``; for a summary from before batches recorded their code,
+    one entry from its ``code`` (batches unknown: [])."""
+    if "code_by_batch" in summary:
+        return summary["code_by_batch"]
+    code = summary.get("code") or {}
+    return [{"source_sha256": code.get("source_sha256"),
+             "commits": [{"commit": code.get("commit"), "dirty": code.get("dirty")}] if code else [], "batches": []}]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.attacks.runfiles import merge_code_groups
+from rcenp.attacks.runfiles import differences, merge_code_groups, summary_code, summary_code_groups
 
 
 def finished_shards(asked: dict, shard_dirs) -> list[Path]:
@@ -24,7 +24,8 @@ def finished_shards(asked: dict, shard_dirs) -> list[Path]:
         if not (folder / "run.json").is_file() or not (folder / "summary.json").is_file():
             raise ValueError(f"{folder}: not a finished attack run (no run.json and summary.json)")
         ran = json.loads((folder / "run.json").read_text())
-        differ = [k for k in asked if k not in ("shard", "png") and ran.get(k) != json.loads(json.dumps(asked[k]))]
+        differ = [line.split(":")[0] for line in differences(ran, asked) if line.split(":")[0].split(".")[0]
+                  not in ("shard", "png")]
         if differ:
             raise ValueError(f"{folder}: a shard of another run (its {', '.join(differ)} differ)")
         key = tuple(ran["shard"])
@@ -36,6 +37,20 @@ def finished_shards(asked: dict, shard_dirs) -> list[Path]:
         have = ", ".join(f"{k}/{count}" for k, count in sorted(found))
         raise ValueError(f"the shards given are {have}: --merge needs all of 1/K ... K/K for one K")
     return [found[key] for key in sorted(found)]
+
+
+def shards_eta(shard_dirs):
+    """The C&W-wb η record (run.json's ``eta``) the shards share, which the merged run keeps
+    whatever training data the merging machine has. Raises ValueError where they differ."""
+    records = []
+    for folder in map(Path, shard_dirs):
+        try:
+            records.append(json.loads((folder / "run.json").read_text()).get("eta"))
+        except (OSError, ValueError):
+            raise ValueError(f"{folder}: not a finished attack run (no readable run.json)") from None
+    if any(r != records[0] for r in records):
+        raise ValueError("the shards computed η differently (their run.json's eta differ): they are not one run")
+    return records[0]
 
 
 def merge_shards(asked: dict, shard_dirs, out_dir: Path, detector, claim) -> dict:
@@ -63,10 +78,9 @@ def merge_shards(asked: dict, shard_dirs, out_dir: Path, detector, claim) -> dic
     timing = [s["timing"] for s in shards]
     attack_seconds = sum(t["attack_seconds_this_run"] for t in timing)
     images = sum(t["images_this_run"] for t in timing)
-    code_groups = merge_code_groups([group for s in shards
-                                     for group in s.get("code_by_batch", [{"code": s["code"], "batches": []}])])
+    code_groups = merge_code_groups([group for s in shards for group in summary_code_groups(s)])
     summary.update(settings=asked, test_set=shards[0]["test_set"], software=shards[0]["software"],
-                   code=code_groups[0]["code"] if len(code_groups) == 1 else None, code_by_batch=code_groups,
+                   code=summary_code(code_groups), code_by_batch=code_groups,
                    timing={"seconds_this_run": sum(t["seconds_this_run"] for t in timing),
                            "attack_seconds_this_run": attack_seconds, "images_this_run": images,
                            "images_per_s": images / attack_seconds if attack_seconds else None},

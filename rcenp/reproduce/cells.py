@@ -10,8 +10,9 @@ A cell is one directory ``OUT/cells/<model>/<name>/``:
 
 A cell is finished when its summary.json / result file exists; a finished cell is never
 recomputed, and an attack cell cut short resumes from its last finished batch. A finished attack
-cell with the same model, attack, options, n and seed in a ``cells_from`` folder of the same
-layout (``results/fig2a``) is used in place, never copied or recomputed.
+cell with the same model, attack, options, n and seed, computed against the detectors the models
+have now, in a ``cells_from`` folder of the same layout (``results/fig2a``) is used in place,
+never copied or recomputed (``reusable``).
 """
 from __future__ import annotations
 
@@ -166,8 +167,9 @@ def result_file(cell_dir: Path, kind: str) -> Path:
 
 def reusable(cell: Cell, cells_from) -> Path | None:
     """A finished copy of attack ``cell`` in one of the ``cells_from`` folders (same layout), run
-    with the same model, attack, options, n and seed, and with the detector the model has now
-    (run.json's ``detector``, where recorded; a refit detector makes the copy stale); a C&W-wb
+    with the same model, attack, options, n and seed, and with the detectors the model (and a
+    transfer cell's substitute) have now (run.json's ``detector`` and ``substitute_detector``, where
+    recorded; a refit detector makes the copy stale); a C&W-wb
     copy must also record its η (run.json's ``eta``: copies from before η came from the training
     features do not). None when there is none."""
     from rcenp.attacks.runfiles import detector_identity
@@ -188,6 +190,9 @@ def reusable(cell: Cell, cells_from) -> Path | None:
                 (cell.model, cell.attack, cell.n, 0) or asked.get("options") != json.loads(json.dumps(cell.options)):
             continue
         if "detector" in asked and asked["detector"] != detector_identity(cell.model):
+            continue
+        if "substitute_detector" in asked and \
+                asked["substitute_detector"] != detector_identity(cell.options.get("substitute")):
             continue
         if cell.attack == "cw-wb" and "eta" not in asked:
             continue
