@@ -179,3 +179,17 @@ def test_merging_cw_wb_shards_keeps_their_eta_and_looks_at_no_training_data(trai
                                                         eta={"rule": "approximation", "why": "test"})))
     with pytest.raises(ValueError, match="computed η differently"):
         run_attack(run, "cw-wb", tmp_path / "merged2", TINY_WB, n=4, batch_size=2, data_dir=root, merge=shards)
+
+
+def test_a_finished_run_from_before_the_detector_was_recorded_still_resumes(setup, tmp_path):  # noqa: F811
+    run, root = setup
+    out = tmp_path / "old"
+    first = run_attack(run, "fgsm", out, {"eps": 0.05}, n=4, batch_size=4, data_dir=root)
+    asked = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({k: v for k, v in asked.items() if k != "detector"}))
+    assert run_attack(run, "fgsm", out, {"eps": 0.05}, n=4, batch_size=4, data_dir=root, resume=True) == first
+    with pytest.raises(ValueError, match="options.eps"):
+        run_attack(run, "fgsm", out, {"eps": 0.06}, n=4, batch_size=4, data_dir=root, resume=True)
+    (out / "summary.json").unlink()   # unfinished: the missing record is a difference
+    with pytest.raises(ValueError, match="detector: \\(none\\) there"):
+        run_attack(run, "fgsm", out, {"eps": 0.05}, n=4, batch_size=4, data_dir=root, resume=True)

@@ -19,15 +19,23 @@ from pathlib import Path
 from rcenp import checkpoint
 
 
+RECORDED_LATER = ("detector", "substitute_detector", "eta")  # run.json keys that older runs lack
+
+
 def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     """Create ``out_dir``'s run.json (→ True), or check that a resumed run asks for the same thing
-    (→ False). Raises ValueError for a run folder without ``resume`` or with other settings."""
+    (→ False). A finished run (summary.json) whose run.json predates a key of ``RECORDED_LATER``
+    is not refused for lacking it: resuming it recomputes nothing. Raises ValueError for a run
+    folder without ``resume`` or with other settings."""
     run_file = out_dir / "run.json"
     if run_file.is_file():
         if not resume:
             raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it, or choose another --out")
         previous = json.loads(run_file.read_text())
         changed = differences(previous, json.loads(json.dumps(asked)))
+        if (out_dir / "summary.json").is_file():  # finished before run.json recorded these: nothing is recomputed
+            changed = [line for line in changed if line.split(":")[0] not in RECORDED_LATER
+                       or not line.split(": ", 1)[1].startswith("(none) there")]
         if changed:
             raise ValueError(f"{out_dir}: --resume with other settings than the run there: {'; '.join(changed)}")
         return False
