@@ -69,16 +69,16 @@ import math
 import numpy as np
 
 from rcenp.attacks.core import (
-    BOX,
     AttackResult,
+    BOX,
     check_images,
     check_labels,
     check_positive,
     check_real,
     check_steps,
-    eval_mode,
     finish,
     in_batches,
+    in_eval_mode,
     one_hot,
 )
 from rcenp.autograd import Tensor, grad
@@ -91,6 +91,7 @@ PAPERNOT_GAMMA = 0.1
 PAIR_BLOCK = 1 << 21  # elements (images × rows × features) scored at once in the pair search
 
 
+@in_eval_mode
 def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pang2018", gamma=None,
          batch_size: int = 128) -> AttackResult:
     """Targeted JSMA on a ``Classifier``'s prediction logits (protocol §5.2, landscape §2.5).
@@ -116,11 +117,6 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
     ``batch_size`` must be integral), γ given with "pang2018", an unknown variant, or bad targets
     (wrong shape, out of range, or equal to the clean prediction).
     """
-    with eval_mode(model):
-        return _jsma(model, x, theta, targets, max_iterations, variant, gamma, batch_size)
-
-
-def _jsma(model, x, theta, targets, max_iterations, variant, gamma, batch_size) -> AttackResult:
     x = check_images(model, x)
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")

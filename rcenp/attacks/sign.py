@@ -25,16 +25,16 @@ from __future__ import annotations
 import numpy as np
 
 from rcenp.attacks.core import (
+    AttackResult,
     BOX,
     UNTARGETED,
-    AttackResult,
     check_images,
     check_labels,
     check_positive,
     check_steps,
-    eval_mode,
     finish,
     in_batches,
+    in_eval_mode,
     one_hot,
     soft_target_gradient,
 )
@@ -89,12 +89,8 @@ def ilcm(model, x, eps, steps: int = 10, target_vector: str = "paper", batch_siz
     return _sign_attack(model, x, eps, steps, None, target_vector, batch_size, "ilcm")
 
 
+@in_eval_mode
 def _sign_attack(model, x, eps, steps, labels, mode, batch_size, name) -> AttackResult:
-    with eval_mode(model):
-        return _checked_sign_attack(model, x, eps, steps, labels, mode, batch_size, name)
-
-
-def _checked_sign_attack(model, x, eps, steps, labels, mode, batch_size, name) -> AttackResult:
     x = check_images(model, x)
     eps = check_positive("eps", eps, upper=1.0)
     steps = check_steps("steps", steps)
