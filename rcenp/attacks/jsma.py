@@ -69,8 +69,8 @@ import math
 import numpy as np
 
 from rcenp.attacks.core import (
-    AttackResult,
     BOX,
+    AttackResult,
     check_images,
     check_labels,
     check_positive,

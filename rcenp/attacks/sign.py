@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from rcenp.attacks.core import (
-    AttackResult,
     BOX,
     UNTARGETED,
+    AttackResult,
     check_images,
     check_labels,
     check_positive,
