@@ -221,7 +221,7 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
             {"index": int(i), "label": int(labels[i]), "target": int(targets[i]),
              "foolbox": {"success": bool(pred_fb[i] == targets[i]), "l2_255": float(l2_fb[i])},
              "rcenp": {"success": bool(pred_r[i] == targets[i]), "l2_255": float(l2_r[i]),
-                       **{k: details[i][k] for k in ("c", "step_success", "iterations", "step_stop")
+                       **{k: details[i][k] for k in ("c", "step_success", "step_iterations", "step_stop")
                           if k in details[i]}}}
             for i in np.flatnonzero((pred_r == targets) != (pred_fb == targets))]
     return entry

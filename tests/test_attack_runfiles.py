@@ -193,3 +193,25 @@ def test_a_finished_run_from_before_the_detector_was_recorded_still_resumes(setu
     (out / "summary.json").unlink()   # unfinished: the missing record is a difference
     with pytest.raises(ValueError, match="detector: \\(none\\) there"):
         run_attack(run, "fgsm", out, {"eps": 0.05}, n=4, batch_size=4, data_dir=root, resume=True)
+
+
+def test_cw_records_keep_the_total_iterations_beside_the_per_step_counts(setup, tmp_path):  # noqa: F811
+    run, root = setup
+    summary = run_attack(run, "cw", tmp_path / "cw", {"binary_steps": 3, "max_iterations": 4, "learning_rate": 0.05},
+                         n=4, batch_size=4, data_dir=root)
+    samples = [json.loads(line) for line in (tmp_path / "cw" / "samples.jsonl").read_text().splitlines()]
+    for s in samples:
+        assert isinstance(s["iterations"], int) and s["iterations"] == sum(s["step_iterations"])
+    assert summary["iterations_mean"] == np.mean([s["iterations"] for s in samples])
+    assert summary["iterations_mean"] > 4          # over all binary steps, not per step
+
+
+def test_a_detail_may_not_replace_a_common_field():
+    from rcenp.attacks.core import AttackResult
+
+    result = AttackResult(**{k: np.zeros(1) for k in ("adversarial", "success", "prediction", "clean_prediction",
+                                                     "label", "target", "iterations", "stop_reason",
+                                                     "zero_grad_fraction", "l2", "l2_paper", "linf", "l0")},
+                          attack="toy", details=[{"iterations": [1, 2]}])
+    with pytest.raises(ValueError, match=r"toy: per-sample details \['iterations'\] would replace"):
+        result.records()

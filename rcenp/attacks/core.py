@@ -102,6 +102,9 @@ class AttackResult:
         columns = {k: getattr(self, k).tolist() for k in keys}
         records = [{k: columns[k][i] for k in keys} for i in range(len(self))]
         for record, extra in zip(records, self.details or ()):
+            clash = sorted(set(extra) & set(keys))
+            if clash:  # a detail must not silently replace a common field (C&W's per-step counts did)
+                raise ValueError(f"{self.attack}: per-sample details {clash} would replace AttackResult fields")
             record.update(extra)
         return records
 

@@ -104,13 +104,14 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
     label holds the labels used (given, else the clean prediction); zero_grad_fraction is NaN
     where the hinge is inactive at the first iterate (module docstring). ``progress``: None, or a
     callable given a one-line status (images finished, binary step, iteration) every 30 s.
-    ``details`` per sample: "c" (c of each binary step), "step_success", "iterations" and
+    ``details`` per sample: "c" (c of each binary step), "step_success", "step_iterations" and
     "step_stop" ("abort early" / "max iterations") per step, "best_l2" (box units, None without a
     success), "final_margin" (logits: z_t − max_{i≠t} z_i, untargeted max_{i≠y} z_i − z_y; for a
     success, that of the returned iterate as evaluated when it was kept, in the model's dtype, so
     > κ; without one, that of the returned clean image, recomputed), "final_margin_recomputed"
     (the returned image's from a separate forward pass, its logits cast to float64: an audit, which
-    in float32 can differ from the decision's in the last bits), "target" (None when untargeted).
+    in float32 can differ from the decision's in the last bits). The target is the result's
+    ``target`` (−1 when untargeted).
     Raises ValueError for bad images, labels, targets or settings.
     """
     x = check_images(model, x)
@@ -358,10 +359,11 @@ def assemble(model, clean, run, labels, targets, clean_prediction, attack, param
     decided = np.where(np.isnan(run["margin"]), recomputed, run["margin"])
     details = []
     for i in range(n):
-        record = {key: run[key][i] for key in ("c", "step_success", "iterations", "step_stop")}
+        record = {"c": run["c"][i], "step_success": run["step_success"][i], "step_iterations": run["iterations"][i],
+                  "step_stop": run["step_stop"][i]}
         best = run["best_l2"][i]
         record.update(best_l2=None if np.isnan(best) else float(best), final_margin=float(decided[i]),
-                      final_margin_recomputed=float(recomputed[i]), target=int(targets[i]) if targeted else None)
+                      final_margin_recomputed=float(recomputed[i]))
         if extra_details is not None:
             record.update(extra_details[i])
         details.append(record)
@@ -370,7 +372,7 @@ def assemble(model, clean, run, labels, targets, clean_prediction, attack, param
         adversarial=adversarial, success=success.copy(), prediction=prediction.astype(np.int64),
         clean_prediction=np.asarray(clean_prediction, np.int64), label=np.asarray(labels, np.int64),
         target=np.asarray(targets, np.int64) if targeted else np.full(n, UNTARGETED, np.int64),
-        iterations=np.array([sum(r["iterations"]) for r in details], np.int64),
+        iterations=np.array([sum(r["step_iterations"]) for r in details], np.int64),
         stop_reason=np.where(success, "success", "no success").astype(str),
         zero_grad_fraction=run["zero_grad_fraction"].astype(np.float64),
         **distortions(clean, adversarial), attack=attack, params=params, details=details)

@@ -107,12 +107,12 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     stages; zero_grad_fraction: stage 1's at its first iterate, NaN where its hinge is inactive
     there). params: both stages' settings (with their "abort_rule"), kernel, anchor,
     attacker_points, sigma2, labels, targets, "eta" (which η) and "eta_exact". ``details`` per
-    sample: stage 2's "c", "step_success", "iterations", "step_stop", "best_l2"; "target";
+    sample: stage 2's "c", "step_success", "step_iterations", "step_stop", "best_l2";
     "final_margin", "f2_raw" (−log KD_t − η_t, nats) and "f2" (max(f2_raw, 0)): for a returned
     success or fallback, as evaluated when it was kept (model's dtype), otherwise those of the
     returned clean image, recomputed; "final_margin_recomputed", "f2_recomputed" and "neg_log_kd"
     (nats): the returned image's, recomputed (module docstring); "eta_t" (nats, float64);
-    "stage1" (its c, step_success, iterations, step_stop, success, best_l2).
+    "stage1" (its c, step_success, step_iterations, step_stop, success, best_l2).
     Raises ValueError for bad images, labels, targets, settings, training features, or an
     unfitted detector.
     """
@@ -147,7 +147,8 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
 
     extra = []
     for i in range(len(x)):
-        stage = {key: first[key][i] for key in ("c", "step_success", "iterations", "step_stop")}
+        stage = {"c": first["c"][i], "step_success": first["step_success"][i],
+                 "step_iterations": first["iterations"][i], "step_stop": first["step_stop"][i]}
         best = first["best_l2"][i]
         stage.update(success=bool(first["success"][i]), best_l2=None if np.isnan(best) else float(best))
         extra.append({"f2": max(float(f2_raw[i]), 0.0), "f2_raw": float(f2_raw[i]),
@@ -159,7 +160,7 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
               "targets": target_rule, "eta_exact": exact, "eta": eta_source(kernel, exact)}
     run = {**second, "adversarial": adversarial, "zero_grad_fraction": first["zero_grad_fraction"]}
     result = assemble(model, x, run, labels, targets, clean_prediction, "cw_wb", params, batch_size, extra)
-    result.iterations = result.iterations + np.array([sum(e["stage1"]["iterations"]) for e in extra], np.int64)
+    result.iterations = result.iterations + np.array([sum(e["stage1"]["step_iterations"]) for e in extra], np.int64)
     result.stop_reason = np.where(second["success"], "success",
                                   np.where(second["fallback"], "f2 > 0", "no success")).astype(str)
     return result
