@@ -247,3 +247,18 @@ def test_bootstrap_strict_ties_uses_the_same_resamples():
     assert strict[0] <= half[0] and strict[1] <= half[1]        # same resamples: strict ≤ half in each
     with pytest.raises(ValueError, match="ties"):
         bootstrap_auc_ci(normal, adversarial, ties="mid")
+
+
+def test_the_detector_refuses_images_off_the_box_and_gives_back_the_mode():
+    from rcenp.detect.detector import Detector
+    from rcenp.models import resnet
+    from rcenp.objectives import Classifier
+
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 0.5, (20, 1, 28, 28)).astype(np.float32)
+    det = Detector(model).fit(x, np.arange(20) % 10, per_class=2)
+    assert model.training and all(m.training for m in model.modules())   # fitting ran in eval mode, gave it back
+    for bad, message in ((x + 0.5, "box"), (x[0], "shape"), (x * 255, "box"), (x.astype(np.float64), "dtype")):
+        with pytest.raises(ValueError, match=message):
+            det.scores(bad)

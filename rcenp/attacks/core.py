@@ -21,7 +21,6 @@ Conventions (protocol §5, landscape §2.0):
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -31,10 +30,10 @@ import numpy as np
 
 from rcenp.autograd import Tensor, grad, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
-from rcenp.nn.module import check_input_dtype
+from rcenp.nn.module import PIXEL_BOX, check_images, eval_mode  # noqa: F401  (re-exported)
 from rcenp.ops.activation import log_softmax_array
 
-BOX = (-0.5, 0.5)
+BOX = PIXEL_BOX
 UNTARGETED = -1
 
 
@@ -128,25 +127,6 @@ def distortions(clean, adversarial) -> dict:
 
 
 # ---- argument checks -------------------------------------------------------------------------
-def check_images(model, x) -> np.ndarray:
-    """``x`` as an (N, C, H, W) array after checking shape, dtype (the model's: no silent casts),
-    finiteness and the box. Raises ValueError naming what is wrong."""
-    xp = get_array_module(x)
-    x = xp.asarray(x.data if isinstance(x, Tensor) else x)
-    if x.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
-    channels = getattr(model.network, "in_channels", None)
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}")
-    check_input_dtype(x, model.network.parameters()[0].data)
-    if x.size and not bool(xp.isfinite(x).all()):
-        raise ValueError("images contain NaN or infinity")
-    if x.size and (float(x.min()) < BOX[0] or float(x.max()) > BOX[1]):
-        raise ValueError(f"images must lie in the box [{BOX[0]}, {BOX[1]}], got range "
-                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
-    return x
-
-
 def check_real(name: str, value) -> float:
     """``value`` as a finite float: a real number (int, float, ``numbers.Real``, NumPy scalar) that
     is not a bool. Raises ValueError naming ``name`` otherwise (None, a string, an array, a bool,
@@ -200,19 +180,6 @@ def check_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
 
 
 # ---- the model as an attack sees it --------------------------------------------------------------
-@contextlib.contextmanager
-def eval_mode(model):
-    """Run the block with every module of ``model`` in eval mode (inference BN), then give each
-    module back its own ``training`` flag, also when the block raises. Nests."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            object.__setattr__(module, "training", training)  # per module, as ``Module.train`` sets it
-
-
 def in_eval_mode(attack):
     """Decorator for a public attack ``attack(model, ...)``: its whole body runs in
     ``eval_mode(model)``, so the caller's train/eval modes come back however it ends."""

@@ -19,12 +19,23 @@ from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.detect.calibrate import calibrate_threshold, rejection_rate
 from rcenp.detect.kde import DEFAULT_SIGMA2, log_kernel_density, select_kernel_points
 from rcenp.metrics import confidence, non_me
+from rcenp.nn.module import check_images, eval_mode
 
 NOT_SURE = -1
 METRICS = ("kd", "confidence", "non_me")
 
 
 class Detector:
+    """The thresholding detector of one ``Classifier`` (module docstring).
+
+    model: the classifier it scores; metric: "kd" (log K-density, the paper's), "confidence" or
+    "non_me"; threshold: T (None until calibrated); sigma2: σ² of the Gaussian kernel (default
+    the protocol's per objective: CE 1/0.26, RCE 0.1/0.26). Every method taking images wants
+    (N, C, H, W) arrays in the model's dtype inside the [-0.5, 0.5] pixel box and raises
+    ValueError otherwise (``rcenp.nn.module.check_images``); the model's train/eval modes are
+    given back after each call.
+    """
+
     def __init__(self, model, metric: str = "kd", threshold: float | None = None, sigma2: float | None = None):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -35,10 +46,11 @@ class Detector:
 
     # ---- fitting ------------------------------------------------------------------------------
     def features_and_logits(self, images, batch_size=500):
-        """Z (N, D) and prediction logits (N, L) in eval mode, as arrays on the model's device."""
-        self.model.eval()
+        """Z (N, D) and prediction logits (N, L) in eval mode, as arrays on the model's device.
+        images: (N, C, H, W) in [-0.5, 0.5] (ValueError otherwise)."""
+        images = check_images(self.model, images)
         feats, logits = [], []
-        with no_grad():
+        with eval_mode(self.model), no_grad():
             for start in range(0, len(images), batch_size):
                 x = to_device(images[start:start + batch_size], self.model.device)
                 z = self.model.features(x)
@@ -66,7 +78,9 @@ class Detector:
 
     # ---- scoring ------------------------------------------------------------------------------
     def scores(self, images) -> dict:
-        """Per image: prediction, confidence, non-ME and log KD (host arrays)."""
+        """Per image of ``images`` (N, C, H, W) in [-0.5, 0.5]: "prediction" (N,) int64,
+        "confidence" (N,), "non_me" (N,, nats) and, once fitted, "kd" (N,, log KD in nats) under
+        the predicted class: host arrays, higher = more normal."""
         z, logits = self.features_and_logits(images)
         predicted = logits.argmax(axis=1)
         out = {"prediction": as_numpy(predicted).astype(np.int64),
@@ -78,7 +92,8 @@ class Detector:
         return out
 
     def predict(self, images):
-        """(labels with NOT_SURE (-1) where score <= T, the scores dict)."""
+        """(labels (N,) int64 with NOT_SURE (-1) where the metric's score <= T, the ``scores``
+        dict) for images (N, C, H, W) in [-0.5, 0.5]. Raises ValueError without a threshold."""
         if self.threshold is None:
             raise ValueError("the detector has no threshold: calibrate it (or pass threshold=)")
         scores = self.scores(images)

@@ -6,9 +6,13 @@ so ``parameters()``, ``state_dict()`` and optimiser state are deterministic.
 from __future__ import annotations
 
 import collections
+import contextlib
 
 from rcenp.autograd import Tensor, as_array
 from rcenp.backend import as_numpy, device_of, get_array_module, to_device
+
+
+PIXEL_BOX = (-0.5, 0.5)  # images are x/255 − 0.5 (rcenp.data)
 
 
 class Parameter(Tensor):
@@ -137,6 +141,39 @@ class Module:
             if name in state:
                 array = current.data if isinstance(current, Tensor) else current
                 array[...] = get_array_module(array).asarray(state[name])
+
+
+def check_images(model, x):
+    """``x`` as an (N, C, H, W) array for ``model`` (a ``Classifier``) after checking shape, the
+    channel count, dtype (the model's: no silent casts), finiteness and the [-0.5, 0.5] pixel box
+    (``PIXEL_BOX``). Raises ValueError naming what is wrong."""
+    xp = get_array_module(x)
+    x = xp.asarray(x.data if isinstance(x, Tensor) else x)
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
+    channels = getattr(model.network, "in_channels", None)
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}")
+    check_input_dtype(x, model.network.parameters()[0].data)
+    if x.size and not bool(xp.isfinite(x).all()):
+        raise ValueError("images contain NaN or infinity")
+    if x.size and (float(x.min()) < PIXEL_BOX[0] or float(x.max()) > PIXEL_BOX[1]):
+        raise ValueError(f"images must lie in the box [{PIXEL_BOX[0]}, {PIXEL_BOX[1]}], got range "
+                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    return x
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Run the block with every module of ``model`` in eval mode (inference BN), then give each
+    module back its own ``training`` flag, also when the block raises. Nests."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            object.__setattr__(module, "training", training)  # per module, as ``Module.train`` sets it
 
 
 def check_input_dtype(x, parameter) -> None:
