@@ -171,6 +171,8 @@ def test_quantize_rounds_to_the_grid_inside_the_box():
     (["attack", "RUN", "--attack", "bim", "--eps", "0.1", "--kappa", "3", "--data-dir", "ROOT"],
      "--kappa does not apply to --attack bim"),
     (["attack", "RUN", "--attack", "cw", "--anchor", "stage1", "--data-dir", "ROOT"], "--anchor does not apply"),
+    (["attack", "RUN", "--attack", "cw-hc", "--kappa", "3", "--data-dir", "ROOT"],
+     "--attack cw-hc is C&W with kappa 10; for kappa 3 use --attack cw --kappa 3"),
 ])
 def test_command_errors_are_one_line(setup, tmp_path, capsys, argv, message):
     run, root = setup

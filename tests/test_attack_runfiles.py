@@ -54,7 +54,7 @@ def test_every_batch_records_its_code_and_a_change_is_reported(setup, tmp_path, 
     changed = dict(first, source_sha256="0" * 64, commit="f" * 40)
     (out / "partial" / "batch-00000.code.json").write_text(json.dumps(changed))   # as if computed by other code
     summary = run_attack(run, "fgsm", out, {"eps": 0.05}, n=12, batch_size=4, data_dir=root, resume=True)
-    assert "earlier batches were computed with other code (ffffffffffff" in capsys.readouterr().err
+    assert "earlier batches were computed with other library code (commit ffffffffffff" in capsys.readouterr().err
     assert summary["code"] is None
     commit = [{"commit": first.get("commit"), "dirty": first.get("dirty")}]
     assert summary["code_by_batch"] == [
@@ -72,7 +72,7 @@ def test_a_new_commit_with_the_same_library_source_is_one_code(setup, tmp_path, 
     first = json.loads((out / "partial" / "batch-00000.code.json").read_text())
     (out / "partial" / "batch-00000.code.json").write_text(json.dumps(dict(first, commit="e" * 40)))  # docs changed
     summary = run_attack(run, "fgsm", out, {"eps": 0.05}, n=12, batch_size=4, data_dir=root, resume=True)
-    assert "other code" not in capsys.readouterr().err
+    assert "other library code" not in capsys.readouterr().err
     assert summary["code"] == first
     (group,) = summary["code_by_batch"]
     assert group["batches"] == [0, 1, 2] and [c["commit"] for c in group["commits"]] == ["e" * 40, first.get("commit")]

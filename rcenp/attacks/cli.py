@@ -121,7 +121,10 @@ def options_of(args) -> dict:
         return {"targets": "random", "kernel": args.kernel, "anchor": args.anchor, "learning_rate": args.learning_rate,
                 "stage1": {k: v for k, v in stage1.items() if v is not None}, "stage2": optimiser, "seed": args.seed}
     if args.attack == "cw-hc":
-        optimiser.setdefault("kappa", 10.0)
+        if optimiser.get("kappa", 10.0) != 10.0:
+            raise ValueError(f"--attack cw-hc is C&W with kappa 10; for kappa {optimiser['kappa']:g} use --attack cw "
+                             f"--kappa {optimiser['kappa']:g}")
+        optimiser["kappa"] = 10.0
     return {"targets": args.targets, "learning_rate": args.learning_rate, "seed": args.seed, **optimiser}
 
 
@@ -192,6 +195,9 @@ def format_summary(summary: dict, out) -> str:
             t = detection["threshold"]
             lines.append(f"  with the detector (T = {t['T']:.3f}): correct or NOT SURE "
                          f"{t['detection_aware_accuracy']:.1%}, fooled {t['undetected_misclassified_rate']:.1%}")
+    eta = summary["settings"].get("eta")
+    if isinstance(eta, dict):
+        lines.append(f"  η for f₂                {eta['rule']}" + (f" ({eta['why']})" if "why" in eta else ""))
     transfer = summary.get("transfer")
     if transfer:
         rate = "n/a" if transfer["transfer_rate"] is None else f"{transfer['transfer_rate']:.1%}"

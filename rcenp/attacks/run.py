@@ -181,9 +181,14 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         progress.message(f"resuming: {sum(finished)} of {plural(len(batches), 'batch', 'batches')} done")
         other = [c for c in runfiles.earlier_code(stems) if c.get("source_sha256") != code["source_sha256"]]
         if other:
-            progress.message("note: earlier batches were computed with other code ("
-                             + ", ".join(c.get("commit", "unrecorded")[:12] for c in other)
-                             + f"; now {code.get('commit', 'no git')[:12]}): summary.json's code_by_batch lists each")
+            progress.message("note: earlier batches were computed with other library code ("
+                             + ", ".join(f"commit {c.get('commit', 'unrecorded')[:12]}"
+                                         f"{' with uncommitted changes' if c.get('dirty') else ''}, "
+                                         f"source {str(c.get('source_sha256'))[:12]}" for c in other)
+                             + f"; now commit {code.get('commit', 'no git')[:12]}"
+                             f"{' with uncommitted changes' if code.get('dirty') else ''}, source "
+                             f"{code['source_sha256'][:12]}): summary.json's code_by_batch lists each, and its "
+                             "code is null")
     t0, timed, done_images = time.monotonic(), 0, 0
     try:
         for b, (index, stem) in enumerate(zip(batches, stems)):
