@@ -77,7 +77,8 @@ def add_parser(sub) -> None:
                    "(the same MODEL and options, without --shard)")
     a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR")
     a.add_argument("--data-dir", help=f"data root holding the model's test set ({DATA_DIR_DEFAULT}; MNIST "
-                   "without one: the embedded sample)")
+                   "when neither names a root: the embedded sample; a named root must hold the data, unlike "
+                   "rcenp demo's fallback)")
     a.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
     a.add_argument("--json", action="store_true", help="print summary.json instead of a short table")
     a.set_defaults(attack_defaults={dest: a.get_default(dest) for dest in APPLIES})
