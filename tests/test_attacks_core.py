@@ -184,3 +184,12 @@ def test_tf_logit_gradient_backpropagates_softmax_minus_t():
     one_hot = np.eye(5)[[4, 0, 2]]
     np.testing.assert_allclose(core.soft_target_gradient(model, x, one_hot)[0],
                                core.soft_target_gradient(model, x, one_hot, tf_logit_gradient=True)[0], atol=1e-15)
+
+
+
+def test_an_attack_result_prints_as_one_line():
+    model = Classifier(LinearNet(), "ce").eval()
+    result = attacks.fgsm(model, images(), 0.1)
+    text = repr(result)
+    assert text.startswith("AttackResult(attack='fgsm', n=") and "\n" not in text and len(text) < 200
+    assert f"success_rate={result.success_rate:.3f}" in text

@@ -86,6 +86,14 @@ class AttackResult:
     def __len__(self) -> int:
         return len(self.success)
 
+    def __repr__(self) -> str:
+        """One line: the attack, N, the image shape, the success rate and the mean ‖δ‖₂/√d
+        (0-255) of the successes; the arrays are the fields."""
+        won = self.l2_paper[self.success] if len(self) else self.l2_paper
+        distortion = f"{float(won.mean()):.2f}" if won.size else "n/a"
+        return (f"AttackResult(attack={self.attack!r}, n={len(self)}, images={tuple(self.adversarial.shape[1:])}, "
+                f"success_rate={self.success_rate:.3f}, mean_l2_paper_of_successes={distortion})")
+
     @property
     def success_rate(self) -> float:
         return float(self.success.mean()) if len(self) else float("nan")

@@ -93,7 +93,15 @@ def resolve(name_or_path) -> Path:
 
 
 def load(name_or_path, device: str | None = None):
-    """A ``Classifier`` in eval mode with the checkpoint's weights, and its manifest."""
+    """(model, manifest) for a shipped model name (``rcenp models`` lists them) or a run directory.
+
+    model: a ``rcenp.objectives.Classifier`` in eval mode on ``device`` ("cpu", "cuda"; default
+    ``$RCENP_DEVICE``, else cpu), its parameters in the checkpoint's dtype (float32 for every
+    shipped model; ``model.astype(np.float64)`` for float64 work); it takes images (N, C, H, W) in
+    [-0.5, 0.5] and returns prediction logits (N, L). manifest: the checkpoint's JSON dict
+    (``config`` of the training run, ``data`` identities, ``step``, ``test_error`` where measured,
+    the code it was trained with). Raises ``rcenp.checkpoint.CheckpointError`` for an unknown name,
+    a folder without a checkpoint, or a file that is not an rcenp classifier."""
     from rcenp.backend import default_device
     from rcenp.train import build_classifier, config_from_manifest
 
