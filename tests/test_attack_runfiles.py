@@ -18,6 +18,10 @@ def test_differences_see_a_key_missing_on_either_side():
         'options.substitute: "S" there, (none) now', "options.max_iterations: 50 there, (none) now"]
     assert runfiles.differences({"n": 10}, {"n": 10, "detector": None}) == ["detector: (none) there, null now"]
     assert runfiles.differences(there, json.loads(json.dumps(there))) == []
+    data = {"name": "mnist", "sha256": {"t10k": "ab"}, "source": "/machine/a/mnist"}
+    assert runfiles.differences({"data": data}, {"data": dict(data, source="/machine/b/mnist")}) == []
+    assert runfiles.differences({"data": data}, {"data": dict(data, sha256={"t10k": "cd"})}) == [
+        'data.sha256.t10k: "ab" there, "cd" now']
 
 
 def _interrupted(run, root, out, monkeypatch, options, **args):
@@ -215,3 +219,15 @@ def test_a_detail_may_not_replace_a_common_field():
                           attack="toy", details=[{"iterations": [1, 2]}])
     with pytest.raises(ValueError, match=r"toy: per-sample details \['iterations'\] would replace"):
         result.records()
+
+
+def test_shards_read_from_another_folder_merge(setup, tmp_path):  # noqa: F811
+    """Shards run on machines whose data sit in other folders: same files (SHA-256), other path."""
+    run, root = setup
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.symlink_to(root, target_is_directory=True)
+    shards = [tmp_path / "s1", tmp_path / "s2"]
+    run_attack(run, "fgsm", shards[0], {"eps": 0.05}, n=8, batch_size=4, data_dir=root, shard=(1, 2))
+    run_attack(run, "fgsm", shards[1], {"eps": 0.05}, n=8, batch_size=4, data_dir=elsewhere, shard=(2, 2))
+    merged = run_attack(run, "fgsm", tmp_path / "merged", {"eps": 0.05}, n=8, batch_size=4, data_dir=root, merge=shards)
+    assert merged["counts"]["n"] == 8

@@ -44,14 +44,20 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     return True
 
 
+LOCATION_ONLY = ("data.source",)  # where the data was read, not what it is (its SHA-256 is compared)
+
+
 def differences(there: dict, now: dict, prefix: str = "") -> list[str]:
     """'key: X there, Y now' for each setting that differs between ``there`` and ``now``, a key
     missing on either side included (an option left off a resume command is a difference); nested
     dicts by dotted key, so a changed option reads 'options.eps: 0.1 there, 0.2 now'. Both are
-    compared as JSON holds them (a tuple equals the list it is written as)."""
+    compared as JSON holds them (a tuple equals the list it is written as). ``LOCATION_ONLY`` keys
+    are not compared: the same data under another folder (another machine's shard) is the same."""
     there, now = json.loads(json.dumps(there)), json.loads(json.dumps(now))
     out = []
     for key in list(there) + [k for k in now if k not in there]:
+        if f"{prefix}{key}" in LOCATION_ONLY:
+            continue
         a, b = there.get(key), now.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{key}.")
