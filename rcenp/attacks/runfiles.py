@@ -31,13 +31,12 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     if run_file.is_file():
         if not resume:
             raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it, or choose another --out")
-        previous = json.loads(run_file.read_text())
-        changed = differences(previous, json.loads(json.dumps(asked)))
+        changed = differing(json.loads(run_file.read_text()), asked)
         if (out_dir / "summary.json").is_file():  # finished before run.json recorded these: nothing is recomputed
-            changed = [line for line in changed if line.split(":")[0] not in RECORDED_LATER
-                       or not line.split(": ", 1)[1].startswith("(none) there")]
+            changed = [d for d in changed if not (d[0] in RECORDED_LATER and d[1] is MISSING)]
         if changed:
-            raise ValueError(f"{out_dir}: --resume with other settings than the run there: {'; '.join(changed)}")
+            raise ValueError(f"{out_dir}: --resume with other settings than the run there: "
+                             + "; ".join(map(describe, changed)))
         return False
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
@@ -47,24 +46,39 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
 LOCATION_ONLY = ("data.source",)  # where the data was read, not what it is (its SHA-256 is compared)
 
 
-def differences(there: dict, now: dict, prefix: str = "") -> list[str]:
-    """'key: X there, Y now' for each setting that differs between ``there`` and ``now``, a key
-    missing on either side included (an option left off a resume command is a difference); nested
-    dicts by dotted key, so a changed option reads 'options.eps: 0.1 there, 0.2 now'. Both are
-    compared as JSON holds them (a tuple equals the list it is written as). ``LOCATION_ONLY`` keys
-    are not compared: the same data under another folder (another machine's shard) is the same."""
+MISSING = object()  # a key one side lacks
+
+
+def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
+    """(dotted key, value there, value now) for each setting that differs between ``there`` and
+    ``now``, a key missing on either side included (``MISSING``: an option left off a resume
+    command is a difference); nested dicts by dotted key ("options.eps"). Both are compared as JSON
+    holds them (a tuple equals the list it is written as). ``LOCATION_ONLY`` keys are not
+    compared: the same data under another folder (another machine's shard) is the same."""
     there, now = json.loads(json.dumps(there)), json.loads(json.dumps(now))
     out = []
     for key in list(there) + [k for k in now if k not in there]:
-        if f"{prefix}{key}" in LOCATION_ONLY:
+        dotted = f"{prefix}{key}"
+        if dotted in LOCATION_ONLY:
             continue
-        a, b = there.get(key), now.get(key)
+        a, b = there.get(key, MISSING), now.get(key, MISSING)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif key not in there or key not in now or a != b:
-            out.append(f"{prefix}{key}: {json.dumps(a) if key in there else '(none)'} there, "
-                       f"{json.dumps(b) if key in now else '(none)'} now")
+            out += differing(a, b, f"{dotted}.")
+        elif a is MISSING or b is MISSING or a != b:
+            out.append((dotted, a, b))
     return out
+
+
+def describe(difference: tuple) -> str:
+    """'options.eps: 0.1 there, 0.2 now' ('(none)' for a missing key)."""
+    key, a, b = difference
+    return (f"{key}: {'(none)' if a is MISSING else json.dumps(a)} there, "
+            f"{'(none)' if b is MISSING else json.dumps(b)} now")
+
+
+def differences(there: dict, now: dict) -> list[str]:
+    """``differing`` as lines for a person ('options.eps: 0.1 there, 0.2 now')."""
+    return [describe(d) for d in differing(there, now)]
 
 
 def unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
@@ -123,17 +137,27 @@ def write_batch_code(stem: Path, code: dict) -> None:
     checkpoint.atomic_write_text(stem.with_suffix(".code.json"), json.dumps(code) + "\n")
 
 
+def batch_code(stem: Path) -> dict:
+    """The code record of batch ``stem`` (``{}`` for a batch from before batches recorded it)."""
+    path = stem.with_suffix(".code.json")
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def earlier_code(stems) -> list[dict]:
-    """The distinct code records of the finished batches among ``stems`` (old batches without one
-    count as ``{}``), in order of first appearance."""
+    """The distinct code records of the finished batches among ``stems``, in order of first
+    appearance."""
     seen = []
     for stem in stems:
-        if stem.with_suffix(".jsonl").is_file():
-            path = stem.with_suffix(".code.json")
-            code = json.loads(path.read_text()) if path.is_file() else {}
-            if code not in seen:
-                seen.append(code)
+        if stem.with_suffix(".jsonl").is_file() and batch_code(stem) not in seen:
+            seen.append(batch_code(stem))
     return seen
+
+
+def code_group(code: dict, batches: list) -> dict:
+    """One ``code_by_batch`` entry: a code record's library source, its commit and ``batches``."""
+    return {"source_sha256": code.get("source_sha256"),
+            "commits": [{"commit": code.get("commit"), "dirty": code.get("dirty")}] if code else [],
+            "batches": batches}
 
 
 def code_by_batch(stems) -> list[dict]:
@@ -142,11 +166,7 @@ def code_by_batch(stems) -> list[dict]:
     commits it was seen at (``commits``, with ``dirty`` flags) and the numbers of the batches it
     computed (``partial/batch-NNNNN``'s NNNNN, 0-based over the whole run, shards included). A run
     resumed across commits that left rcenp/ unchanged is one entry."""
-    return merge_code_groups([{"source_sha256": code.get("source_sha256"),
-                               "commits": [{"commit": code.get("commit"), "dirty": code.get("dirty")}]
-                               if code else [], "batches": [int(stem.name.rpartition("-")[2])]}
-                              for stem in stems for path in [stem.with_suffix(".code.json")]
-                              for code in [json.loads(path.read_text()) if path.is_file() else {}]])
+    return merge_code_groups([code_group(batch_code(stem), [int(stem.name.rpartition("-")[2])]) for stem in stems])
 
 
 def merge_code_groups(groups) -> list[dict]:
@@ -178,6 +198,4 @@ def summary_code_groups(summary: dict) -> list[dict]:
     one entry from its ``code`` (batches unknown: [])."""
     if "code_by_batch" in summary:
         return summary["code_by_batch"]
-    code = summary.get("code") or {}
-    return [{"source_sha256": code.get("source_sha256"),
-             "commits": [{"commit": code.get("commit"), "dirty": code.get("dirty")}] if code else [], "batches": []}]
+    return [code_group(summary.get("code") or {}, [])]
