@@ -30,7 +30,7 @@ import numpy as np
 
 from rcenp.autograd import Tensor, grad, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
-from rcenp.nn.module import PIXEL_BOX, check_images, eval_mode  # noqa: F401  (re-exported)
+from rcenp.nn.module import PIXEL_BOX, eval_mode
 from rcenp.ops.activation import log_softmax_array
 
 BOX = PIXEL_BOX

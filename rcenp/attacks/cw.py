@@ -68,7 +68,6 @@ import numpy as np
 from rcenp.attacks.core import (
     AttackResult,
     UNTARGETED,
-    check_images,
     check_labels,
     check_positive,
     check_real,
@@ -79,6 +78,7 @@ from rcenp.attacks.core import (
 from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_search import ABORT_RULES, SENTINEL, Slots, abort_checks, aborts, binary_search_update
 from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
+from rcenp.nn.module import check_images
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 TANH_SHRINK = 0.999999               # keeps arctanh finite on the box faces

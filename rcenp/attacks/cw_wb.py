@@ -76,10 +76,11 @@ from scipy.special import logsumexp
 
 from rcenp.attacks.cw import assemble, check_settings, choose_targets, optimise
 from rcenp.attacks.cw_loss import Density
-from rcenp.attacks.core import check_images, check_steps, in_eval_mode
+from rcenp.attacks.core import check_steps, in_eval_mode
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
 from rcenp.detect.kde import log_kernel_density
+from rcenp.nn.module import check_images
 
 STAGE1 = {"kappa": 5.0, "initial_const": 10.0, "binary_steps": 3, "max_iterations": 5000}
 STAGE2 = {"kappa": 5.0, "initial_const": 100.0, "binary_steps": 9, "max_iterations": 10000}

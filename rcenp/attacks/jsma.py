@@ -71,7 +71,6 @@ import numpy as np
 from rcenp.attacks.core import (
     BOX,
     AttackResult,
-    check_images,
     check_labels,
     check_positive,
     check_real,
@@ -83,6 +82,7 @@ from rcenp.attacks.core import (
 )
 from rcenp.autograd import Tensor, grad
 from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.nn.module import check_images
 from rcenp.ops.activation import log_softmax_array
 
 VARIANTS = ("pang2018", "papernot")

@@ -28,7 +28,6 @@ from rcenp.attacks.core import (
     BOX,
     UNTARGETED,
     AttackResult,
-    check_images,
     check_labels,
     check_positive,
     check_steps,
@@ -39,6 +38,7 @@ from rcenp.attacks.core import (
     soft_target_gradient,
 )
 from rcenp.backend import get_array_module, to_device
+from rcenp.nn.module import check_images
 
 ILCM_TARGETS = ("paper", "pang2018-code")
 
