@@ -191,17 +191,18 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                              "code is null")
     t0, timed, done_images = time.monotonic(), 0, 0
     try:
+        if attack == "cw-wb" and not all(finished):  # η: once per process, when there is work
+            if train is not None:
+                progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
+                features, labels = training_features(crafter_detector, crafter_ref, train)
+                options, train = dict(options, train_features=features, train_labels=labels), None
+            else:
+                progress.message(f"η for C&W-wb: {asked['eta']['why']}, so the biased-loose approximation "
+                                 "from the detector's kernel points (rcenp.attacks.cw_wb)")
         for b, (index, stem) in enumerate(zip(batches, stems)):
             if finished[b] and b + 1 < len(batches):
                 continue  # done by an earlier process: no progress line, no rate from it
             if not finished[b]:
-                if train is not None:  # η: once per process, when needed
-                    progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
-                    features, labels = training_features(crafter_detector, crafter_ref, train)
-                    options, train = dict(options, train_features=features, train_labels=labels), None
-                elif attack == "cw-wb" and "train_features" not in options and b == finished.index(False):
-                    progress.message(f"η for C&W-wb: {asked['eta']['why']}, so the biased-loose approximation "
-                                     "from the detector's kernel points (rcenp.attacks.cw_wb)")
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
                 call = fn if attack not in CW_ATTACKS else functools.partial(  # C&W: status within a batch
