@@ -417,3 +417,22 @@ def test_detect_names_the_class_beside_its_index(tmp_path, capsys, dataset):
         assert line["answer"] in ("NOT SURE", f"label {line['predicted']}")
     if dataset == "mnist":
         assert all(line["class_name"] == str(line["predicted"]) for line in lines)
+
+
+@pytest.mark.parametrize("argv, out", [
+    (["--attack", "bim", "--eps", "0.1"], "runs/attack-m-bim-0.1"),
+    (["--attack", "cw"], "runs/attack-m-cw"),
+    (["--attack", "cw", "--kappa", "0"], "runs/attack-m-cw"),
+    (["--attack", "cw", "--kappa", "5"], "runs/attack-m-cw-kappa5"),
+    (["--attack", "cw-hc"], "runs/attack-m-cw-hc"),
+    (["--attack", "jsma", "--eps", "0.1", "--variant", "papernot"], "runs/attack-m-jsma-0.1-variant-papernot"),
+    (["--attack", "ilcm", "--eps", "0.1", "--target-vector", "pang2018-code"],
+     "runs/attack-m-ilcm-0.1-target-vector-pang2018-code"),
+    (["--attack", "cw-wb", "--kernel", "detector", "--anchor", "stage1"],
+     "runs/attack-m-cw-wb-kernel-detector-anchor-stage1"),
+    (["--attack", "cw-wb", "--substitute", "runs/sub"], "runs/attack-m-cw-wb-from-sub"),
+])
+def test_default_out_keeps_runs_of_different_attacks_apart(argv, out):
+    from rcenp.attacks.cli import default_out
+
+    assert default_out(cli.build_parser().parse_args(["attack", "runs/m", *argv])) == out

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 
 from rcenp.argtypes import count, integer, nonnegative, positive, real
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
@@ -68,7 +69,8 @@ def add_parser(sub) -> None:
                    help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
     a.add_argument("--batch-size", type=count, default=100,
                    help="images per checkpointed batch (default 100)")
-    a.add_argument("--out", help="output directory (default runs/attack-MODEL-ATTACK-EPS)")
+    a.add_argument("--out", help="output directory (default runs/attack-MODEL-ATTACK, then -EPS and each "
+                   "defining option not at its default, e.g. runs/attack-mnist-resnet32-ce-cw-kappa5)")
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished batch")
     a.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
                    help="run only the K-th of N contiguous, batch-aligned slices of the images")
@@ -129,9 +131,26 @@ def options_of(args) -> dict:
     return {"targets": args.targets, "learning_rate": args.learning_rate, "seed": args.seed, **optimiser}
 
 
-def cmd_attack(args) -> int:
-    from pathlib import Path
+def default_out(args) -> str:
+    """runs/attack-MODEL-ATTACK[-EPS], plus the options that define a different attack when they are
+    not at their defaults (κ, the JSMA variant, ILCM's target vector, C&W-wb's kernel and anchor, a
+    transfer's substitute), so that two such runs do not meet in one folder."""
+    parts = [f"runs/attack-{Path(str(args.model)).name}-{args.attack}"]
+    if args.attack in EPS_ATTACKS:
+        parts.append(f"{args.eps:g}")
+    default_kappa = {"cw": 0.0, "cw-hc": 10.0, "cw-wb": 5.0}.get(args.attack)
+    if args.kappa is not None and args.kappa != default_kappa:
+        parts.append(f"kappa{args.kappa:g}")
+    for dest, default in (("variant", "pang2018"), ("target_vector", "paper"), ("kernel", "attacker"),
+                          ("anchor", "clean")):
+        if args.attack in APPLIES[dest] and getattr(args, dest) != default:
+            parts.append(f"{dest.replace('_', '-')}-{getattr(args, dest)}")
+    if args.substitute:
+        parts.append(f"from-{Path(str(args.substitute)).name}")
+    return "-".join(parts)
 
+
+def cmd_attack(args) -> int:
     from rcenp.models.registry import resolve
 
     for model in (args.model, args.substitute):  # an unknown model is the news, before what the options lack
@@ -140,8 +159,7 @@ def cmd_attack(args) -> int:
     if args.attack in EPS_ATTACKS and args.eps is None:
         raise ValueError(f"--attack {args.attack} needs --eps")
     check_options(args)
-    name = Path(str(args.model)).name
-    out = args.out or f"runs/attack-{name}-{args.attack}" + (f"-{args.eps:g}" if args.attack in EPS_ATTACKS else "")
+    out = args.out or default_out(args)
     options = options_of(args)
     if args.substitute:
         options["substitute"] = args.substitute
