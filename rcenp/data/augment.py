@@ -8,18 +8,22 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-PAD = 4
+PAD = 2  # the authors' cifar_input.py: resize_image_with_crop_or_pad to image_size + 4 = 36, centred
 PAD_VALUE = -0.5  # a raw 0 pixel after x/255 - 0.5: the pad is zero in raw pixel space
 
 
 def augment_cifar(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random-crop and flip a batch, as the CIFAR-10 training input of the reference code.
 
-    Each image (N, C, H, W) is padded with 4 pixels of -0.5 on every side (zero in raw pixel
-    space), cropped back to H x W at an offset (dy, dx) drawn uniformly from {0, ..., 8}^2, and
-    flipped left-right with probability 0.5. Draws, in this order: ``rng.integers(0, 9, (N, 2))``
+    Each image (N, C, H, W) is padded with 2 pixels of -0.5 on every side (zero in raw pixel
+    space), cropped back to H x W at an offset (dy, dx) drawn uniformly from {0, ..., 4}^2, and
+    flipped left-right with probability 0.5. Draws, in this order: ``rng.integers(0, 5, (N, 2))``
     for the offsets (columns dy, dx), then ``rng.random(N)`` for the flips (flip where < 0.5).
     Returns a new array of the same shape and dtype; MNIST is trained without augmentation.
+
+    The reference's ``cifar_input.py`` pads the raw image to ``image_size + 4`` = 36 x 36 with
+    ``tf.image.resize_image_with_crop_or_pad`` (2 pixels a side) before ``tf.random_crop``;
+    protocol.md's "40x40" is wrong.
     """
     if images.ndim != 4:
         raise ValueError(f"expected images of shape (N, C, H, W), got {images.shape}")
