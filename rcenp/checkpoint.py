@@ -2,9 +2,13 @@
 
 ``<stem>.npz`` holds ``model/<state key>`` and ``optimizer/<state key>`` arrays. ``<stem>.json``
 holds the configuration, the step, the data set's identity, versions and the SHA-256 of the npz.
-Both are written to a temporary file in the same directory, flushed, fsync'ed and renamed, npz
-first. A crash leaves the previous pair intact, and a manifest never points at an npz it does
-not match.
+Every file is written to a temporary file in the same directory, flushed, fsync'ed and renamed,
+and the directory is fsync'ed after the rename. A save renames, in order: the new arrays to
+``<stem>.npz.next``, the manifest (recording their SHA-256) to ``<stem>.json``, then
+``<stem>.npz.next`` to ``<stem>.npz``. A crash before the manifest's rename leaves the previous
+pair in force; a crash after it leaves the new manifest beside ``<stem>.npz.next``, which
+``load`` recognises by its SHA-256 and reads. So a kill at any moment leaves one loadable
+checkpoint, the previous or the new.
 """
 from __future__ import annotations
 
@@ -31,6 +35,20 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -45,6 +63,7 @@ def _atomic_write(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
 def check_folder(path, option: str) -> None:
@@ -99,17 +118,26 @@ def code_identity() -> dict:
     return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
+def _pending(npz: Path) -> Path:
+    """Where ``save`` puts the new arrays until the manifest naming them is in place."""
+    return npz.with_name(npz.name + ".next")
+
+
 def save(stem, model_state: dict, optimizer_state: dict | None, manifest: dict) -> Path:
-    """Write ``<stem>.npz`` and ``<stem>.json`` atomically; returns the manifest path."""
+    """Write ``<stem>.npz`` and ``<stem>.json``, crash-safe (module docstring); returns the
+    manifest path."""
     stem = Path(stem)
     arrays = {f"model/{k}": np.asarray(v) for k, v in model_state.items()}
     for k, v in (optimizer_state or {}).items():
         arrays[f"optimizer/{k}"] = np.asarray(v)
     npz = stem.with_suffix(".npz")
-    _atomic_write(npz, lambda fh: np.savez(fh, **arrays))
-    manifest = dict(manifest, arrays_file=npz.name, arrays_sha256=_sha256(npz), environment=environment())
+    pending = _pending(npz)
+    _atomic_write(pending, lambda fh: np.savez(fh, **arrays))
+    manifest = dict(manifest, arrays_file=npz.name, arrays_sha256=_sha256(pending), environment=environment())
     manifest_path = stem.with_suffix(".json")
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(pending, npz)
+    _fsync_dir(npz.parent)
     return manifest_path
 
 
@@ -124,6 +152,9 @@ def load(stem, verify: bool = True):
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
     npz = manifest_path.parent / manifest.get("arrays_file", stem.with_suffix(".npz").name)
+    pending = _pending(npz)
+    if pending.is_file() and manifest.get("arrays_sha256") and _sha256(pending) == manifest["arrays_sha256"]:
+        npz, verify = pending, False  # a save cut short between its manifest and its last rename
     if not npz.is_file():
         raise CheckpointError(f"{npz}: arrays file named by {manifest_path.name} is missing")
     if verify and manifest.get("arrays_sha256") and _sha256(npz) != manifest["arrays_sha256"]:

@@ -152,14 +152,19 @@ def sha256(path: Path) -> str:
 def copy_checkpoint(src: Path, dst: Path) -> int:
     """Copy a run's checkpoint pair, config and log from ``src`` to ``dst``; returns the step.
 
-    Training may write a new checkpoint meanwhile (npz, then json), so the pair is re-read until
-    the npz copied matches the SHA-256 that the json copied records.
+    Training may write a new checkpoint meanwhile (rcenp.checkpoint.save: checkpoint.npz.next,
+    the json, then the npz), so the pair is re-read until the arrays copied match the SHA-256 that
+    the json copied records; a save cut short after its json left the arrays in
+    checkpoint.npz.next (rcenp.checkpoint.load reads them there too).
     """
     dst.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
+    for attempt in range(5):
         manifest = (src / "checkpoint.json").read_text()
+        arrays = src / "checkpoint.npz"
+        if attempt and (src / "checkpoint.npz.next").is_file():
+            arrays = src / "checkpoint.npz.next"
         with tempfile.NamedTemporaryFile(dir=dst, suffix=".tmp", delete=False) as tmp:
-            shutil.copyfile(src / "checkpoint.npz", tmp.name)
+            shutil.copyfile(arrays, tmp.name)
         if sha256(Path(tmp.name)) == json.loads(manifest)["arrays_sha256"]:
             os.replace(tmp.name, dst / "checkpoint.npz")
             (dst / "checkpoint.json").write_text(manifest)

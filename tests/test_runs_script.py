@@ -55,3 +55,27 @@ def test_a_run_that_exits_at_once_is_reported_with_its_last_line(tmp_path, monke
     else:
         raise AssertionError("start() reported a dead run as started")
     assert "started" not in capsys.readouterr().out
+
+
+def test_save_copies_a_checkpoint_whose_last_rename_was_cut_short(tmp_path, monkeypatch, load_script):
+    """A save killed after its json leaves the arrays in checkpoint.npz.next: runs.py save must
+    carry those (the json's SHA-256), not fail on the stale checkpoint.npz."""
+    import os
+
+    import numpy as np
+    import pytest
+
+    from rcenp import checkpoint
+
+    runs = load_script("runs")
+    src = tmp_path / "run"
+    checkpoint.save(src / "checkpoint", {"w": np.arange(3.0)}, None, {"step": 250})
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if str(b).endswith("checkpoint.npz") else real_replace(a, b))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(src / "checkpoint", {"w": np.ones(3)}, None, {"step": 500})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert runs.copy_checkpoint(src, tmp_path / "saved") == 500
+    manifest, model, _ = checkpoint.load(tmp_path / "saved" / "checkpoint")
+    assert manifest["step"] == 500 and np.array_equal(model["w"], np.ones(3))

@@ -162,6 +162,32 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.npz"]  # no temporary left
 
 
+@pytest.mark.parametrize("cut", ["before the manifest", "after the manifest"])
+def test_a_save_cut_short_at_any_rename_leaves_one_loadable_checkpoint(tmp_path, monkeypatch, cut):
+    """A kill between the renames (the audit's window: new npz in place, old manifest) used to
+    leave a pair that failed its SHA-256 check, with the previous arrays gone."""
+    checkpoint.save(tmp_path / "ck", {"w": np.arange(4.0)}, None, {"step": 1})
+    real_replace = os.replace
+
+    def killed(src, dst):
+        if cut == "before the manifest" and str(dst).endswith("ck.json") or \
+                cut == "after the manifest" and str(dst).endswith("ck.npz"):
+            raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path / "ck", {"w": np.zeros(4)}, None, {"step": 2})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (tmp_path / "ck.npz.next").is_file()
+    manifest, model, _ = checkpoint.load(tmp_path / "ck")
+    expected = (1, np.arange(4.0)) if cut == "before the manifest" else (2, np.zeros(4))
+    assert manifest["step"] == expected[0] and np.array_equal(model["w"], expected[1])
+    checkpoint.save(tmp_path / "ck", {"w": np.ones(4)}, None, {"step": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.json", "ck.npz"]
+    assert checkpoint.load(tmp_path / "ck")[0]["step"] == 3
+
+
 def test_corrupted_checkpoint_is_refused(tmp_path):
     checkpoint.save(tmp_path / "ck", {"w": np.arange(3.0)}, None, {"step": 1})
     with open(tmp_path / "ck.npz", "r+b") as fh:
