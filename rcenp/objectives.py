@@ -10,6 +10,7 @@ from rcenp import functional as F
 from rcenp.autograd import Tensor, no_grad
 from rcenp.backend import get_array_module, to_device
 from rcenp.nn import Module
+from rcenp.nn.module import eval_mode
 
 OBJECTIVES = ("ce", "rce")
 
@@ -49,10 +50,11 @@ class Classifier(Module):
         return F.cross_entropy(s, labels)
 
     def predict_logits(self, images, batch_size=500):
-        """Prediction logits of a host or device image array, in eval-mode batches, without a graph."""
+        """Prediction logits (N, L) of a host or device image array (N, C, H, W), in batches, without
+        a graph, with inference BN (running statistics) whatever the model's mode, which it keeps."""
         xp = get_array_module(self.network.parameters()[0].data)
         outputs = []
-        with no_grad():
+        with no_grad(), eval_mode(self):
             for start in range(0, len(images), batch_size):
                 batch = to_device(images[start:start + batch_size], self.device)
                 outputs.append(self(batch).data)

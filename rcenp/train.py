@@ -121,7 +121,6 @@ def build_classifier(config: TrainConfig) -> Classifier:
 
 def evaluate(model: Classifier, images, labels, batch_size=500) -> dict:
     """Test error with the prediction logits (reverse logits for RCE), eval-mode BN."""
-    model.eval()
     predictions = as_numpy(model.predict(images, batch_size))
     errors = int((predictions != np.asarray(labels)).sum())
     return {"test_error": errors / len(labels), "n_test": int(len(labels)), "errors": errors}

@@ -275,3 +275,16 @@ def test_device_moves_round_trip(xp):
     expected = model.eval()(x).data
     model.to(device)
     np.testing.assert_allclose(as_numpy(model(to_device(x, device)).data), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_predict_uses_inference_bn_in_training_mode_and_keeps_the_mode_and_statistics():
+    """The audit: predict_logits on a model in training mode used batch statistics (results that
+    depended on the batching) and overwrote the running statistics."""
+    model = Classifier(resnet(8, 1, seed=1), "ce").train()
+    before = model.network.state_dict()
+    x = np.random.default_rng(0).random((10, 1, 28, 28), dtype=np.float32) - 0.5
+    by_three, whole = model.predict_logits(x, 3), model.predict_logits(x, 10)
+    assert model.training
+    assert all(np.array_equal(before[k], v) for k, v in model.network.state_dict().items())
+    np.testing.assert_allclose(by_three, whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(whole, model.eval().predict_logits(x, 10), rtol=0, atol=0)
