@@ -330,3 +330,22 @@ def test_eval_input_gradient_alone_equals_the_full_backward(xp, shape, slope):
         return grad(y, wrt, grad_output=seed_grad)[0]
 
     assert np.array_equal(as_numpy(backward([xt])), as_numpy(backward([xt, g, b])))
+
+
+def test_an_eval_graph_keeps_its_running_mean_through_a_later_training_pass(xp):
+    """The audit: eval-mode BN kept a live reference to running_mean for dgamma, so a training
+    pass between an eval forward and its backward changed that backward's result."""
+    rng = np.random.default_rng(3)
+    x, x2 = (xp.asarray(rng.standard_normal((6, 3, 4, 4))) for _ in range(2))
+    gamma_value, beta_value = xp.asarray(rng.uniform(0.5, 2, 3)), xp.asarray(rng.standard_normal(3))
+
+    def eval_gamma_grad(interleave):
+        mean, var = xp.full(3, 0.3), xp.ones(3)
+        gamma, beta = Tensor(gamma_value, requires_grad=True), Tensor(beta_value, requires_grad=True)
+        y = F.batch_norm(Tensor(x), gamma, beta, mean, var, training=False)
+        if interleave:
+            F.batch_norm(Tensor(x2), Tensor(gamma_value), Tensor(beta_value), mean, var, training=True)
+        (y * y).sum().backward()
+        return gamma.grad
+
+    xp.testing.assert_array_equal(eval_gamma_grad(True), eval_gamma_grad(False))

@@ -120,8 +120,8 @@ class BatchNorm(Function):
                 self.running_mean += (1 - d) * mean
                 self.running_var *= d
                 self.running_var += (1 - d) * var
-        else:
-            mean, var = self.running_mean, self.running_var
+        else:  # copies: a training-mode pass before this graph's backward updates the running mean in place
+            mean, var = self.running_mean.copy(), self.running_var
         inv_std = (1.0 / xp.sqrt(var + self.eps)).astype(x.dtype, copy=False)
         scale = (gamma * inv_std).astype(x.dtype, copy=False)
         self.x, self.mean, self.inv_std, self.scale = x, mean, inv_std, scale
