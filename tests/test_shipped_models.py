@@ -78,3 +78,19 @@ def test_model_info_refuses_unknown_names():
 
     with pytest.raises(CheckpointError, match="not a shipped model"):
         model_info("no-such-model")
+
+
+def test_a_float64_run_loads_in_float64(tmp_path):
+    """registry.load gives the checkpoint's dtype, as it says (a float64 run was refused)."""
+    from rcenp.models import resnet
+    from rcenp.models.registry import load as load_model
+    from rcenp.objectives import Classifier
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    network = resnet(8, 1, seed=1)
+    network.astype(np.float64)
+    save_checkpoint(tmp_path, Classifier(network, "ce"), None, TrainConfig(depth=8, objective="ce"), 1, {})
+    model, _ = load_model(tmp_path)
+    weights = model.network.state_dict()
+    assert {v.dtype for v in weights.values()} == {np.dtype(np.float64)}
+    assert all(np.array_equal(weights[k], v) for k, v in network.state_dict().items())

@@ -109,6 +109,9 @@ def load(name_or_path, device: str | None = None):
     if manifest.get("kind") != "rcenp-classifier":
         raise CheckpointError(f"{name_or_path}: not an rcenp classifier checkpoint")
     model = build_classifier(config_from_manifest(manifest))
+    floats = {v.dtype for v in model_state.values() if v.dtype.kind == "f"}
+    if len(floats) == 1:  # a mixed checkpoint is refused by load_state_dict, naming the array
+        model.astype(floats.pop())
     model.network.load_state_dict(model_state)
     model.to(device or default_device()).eval()
     return model, manifest
