@@ -63,6 +63,8 @@ class Run:
 AA7F60D = "aa7f60db4942237ba412022fbbe4cbf28be7868f"
 C54DD611 = "54dd611b253daa6f38f9c502c39b14e4b9957904"  # the subset preset
 C09A565B = "09a565b57d6d034d1969e164f696aa86321cdcbb"  # --schedule-scale (rcenp train's 2x schedule)
+# the authors' CIFAR crop (pad 2, not 4), crash-safe checkpoint renames, inference BN in predict
+C0D4BAEB = "0d4baebe23932d3010da4037d6e9cca96af577d2"
 
 RUNS = [
     # MNIST, the paper's schedule (20,000 steps of batch 128); ResNet-32 finished and shipped
@@ -77,10 +79,11 @@ RUNS = [
     # CIFAR-10 subset (5,085 training images): the paper's 230.4 epochs = 9,153 steps; the smallest
     # class has 475 training images, so the detector takes 475 kernel points per class. The 1x
     # ResNet-32s shipped first; RCE ended 3.8 points behind CE, still fitting its training set, so
-    # both depths train (and ship) on the 2x schedule (rcenp.train's docstring)
+    # both depths train (and ship) on the 2x schedule (rcenp.train's docstring), re-pinned before
+    # their first step from 09a565b to 0d4baeb for the authors' 2-pixel crop padding
     *(Run(f"subset-cifar32-{o}", "cifar10", o, 32, "subset", C54DD611, f"cifar10subset-resnet32-{o}", per_class=475)
       for o in ("ce", "rce")),
-    *(Run(f"subset2x-cifar{d}-{o}", "cifar10", o, d, "subset", C09A565B, f"cifar10subset-resnet{d}-{o}", per_class=475,
+    *(Run(f"subset2x-cifar{d}-{o}", "cifar10", o, d, "subset", C0D4BAEB, f"cifar10subset-resnet{d}-{o}", per_class=475,
           extra=("--schedule-scale", "2")) for d in (32, 56) for o in ("ce", "rce")),
     # Fashion-MNIST: the quick schedule (5,600 steps of batch 64) at depth 32
     *(Run(f"quick-fashion32-{o}", "fashion-mnist", o, 32, "quick", C54DD611, f"fashion-mnist-resnet32-{o}")
