@@ -79,3 +79,19 @@ def test_save_copies_a_checkpoint_whose_last_rename_was_cut_short(tmp_path, monk
     assert runs.copy_checkpoint(src, tmp_path / "saved") == 500
     manifest, model, _ = checkpoint.load(tmp_path / "saved" / "checkpoint")
     assert manifest["step"] == 500 and np.array_equal(model["w"], np.ones(3))
+
+
+def test_every_pinned_commit_is_in_this_repository(load_script):
+    """A mistyped pin would only show when its run starts, sessions later."""
+    import subprocess
+
+    import pytest
+
+    runs = load_script("runs")
+    if subprocess.run(["git", "-C", str(runs.ROOT), "rev-parse", "--is-shallow-repository"],
+                      capture_output=True, text=True).stdout.strip() != "false":
+        pytest.skip("not a full git clone")
+    for run in runs.RUNS:
+        found = subprocess.run(["git", "-C", str(runs.ROOT), "cat-file", "-e", f"{run.commit}^{{commit}}"],
+                               capture_output=True)
+        assert found.returncode == 0, f"{run.name}: pinned commit {run.commit} is not in the repository"
