@@ -24,6 +24,40 @@ def test_differences_see_a_key_missing_on_either_side():
         'data.sha256.t10k: "ab" there, "cd" now']
 
 
+def test_data_digests_compare_by_content_not_by_the_name_on_disk():
+    """A data file may go by a variant name (rcenp.data.names): the same digest under
+    t10k-images.idx3-ubyte is the same data as under t10k-images-idx3-ubyte.gz; a digest recorded
+    as None (older records of unverified files) is unknown, not a difference."""
+    there = {"data": {"sha256": {"t10k-images-idx3-ubyte.gz": "ab", "t10k-labels-idx1-ubyte.gz": "cd"}}}
+    renamed = {"data": {"sha256": {"T10K-images.idx3-ubyte": "ab", "t10k-labels.idx1-ubyte": "cd"}}}
+    assert runfiles.differences(there, renamed) == []
+    assert runfiles.differences(there, {"data": {"sha256": {"t10k-images.idx3-ubyte": "ab",
+                                                            "t10k-labels-idx1-ubyte": "ef"}}}) == [
+        'data.sha256.t10k-labels-idx1-ubyte: "cd" there, "ef" now']
+    legacy = {"data": {"sha256": {"t10k-images-idx3-ubyte.gz": None, "t10k-labels-idx1-ubyte.gz": "cd"}}}
+    assert runfiles.differences(legacy, there) == [] and runfiles.differences(there, legacy) == []
+
+
+def test_unverified_data_is_recorded_by_its_digest(tmp_path):
+    """Files without a published digest (a subset) were recorded as None, so two different subsets
+    of one split had the same identity."""
+    from rcenp.data import load as load_split
+    from tests.test_train import write_mnist_root
+
+    identities = []
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        (tmp_path / f"root{seed}").mkdir()
+        root = write_mnist_root(tmp_path / f"root{seed}",
+                                lambda split, n: (rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10), (30, 10))
+        identities.append(load_split("mnist", "train", root).identity)
+    assert identities[0]["subset"] and all(len(d) == 64 for d in identities[0]["sha256"].values())
+    assert runfiles.differences({"data": {"sha256": identities[0]["sha256"]}},
+                                {"data": {"sha256": identities[1]["sha256"]}}) == [
+        f'data.sha256.train-images-idx3-ubyte: "{identities[0]["sha256"]["train-images-idx3-ubyte.gz"]}" there, '
+        f'"{identities[1]["sha256"]["train-images-idx3-ubyte.gz"]}" now']
+
+
 def _interrupted(run, root, out, monkeypatch, options, **args):
     real = attack_run.attack_function
     monkeypatch.setattr(attack_run, "attack_function", killed_at_batch(2, real))
@@ -162,6 +196,14 @@ def test_eta_is_exact_only_on_the_models_own_training_images(setup):  # noqa: F8
     other = dict(manifest, data={"train": {"n": 60000, "sha256": {"train-images-idx3-ubyte.gz": "0" * 64}}})
     found, record = eta_training_split(other, detector, root)
     assert found is None and record["why"] == "the mnist training images found (200) are not the model's (60000, by SHA-256)"
+    renamed = root.parent / (root.name + "-renamed")  # the same files under accepted variant names
+    (renamed / "mnist").mkdir(parents=True, exist_ok=True)
+    for path in (root / "mnist").iterdir():
+        variant = renamed / "mnist" / path.name.upper().replace("-IDX", ".IDX")
+        if not variant.exists():
+            variant.symlink_to(path)
+    found, record = eta_training_split(own, detector, renamed)
+    assert found is not None and record["rule"] == "exact: training features"  # was: "not the model's"
     detector.info["fitted_on"] = len(train.labels) + 1
     found, record = eta_training_split(own, detector, root)
     assert found is None and "kernel came from 201 training images, 200 found" in record["why"]

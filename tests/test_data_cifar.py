@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import os
 import pickle
@@ -80,7 +81,9 @@ def test_load_variable_row_counts(tmp_path):
     ident = data.identity
     assert ident["n"] == 15 and ident["subset"] is True and ident["full"] is False
     assert "15 of 50,000" in ident["note"] and "3, 5, 1, 4, 2" in ident["note"]
-    assert ident["sha256"] == {f"data_batch_{i}": None for i in range(1, 6)}
+    assert "not verified" in ident["note"]
+    batch_files = {f"data_batch_{i}": tmp_path / DIR / f"data_batch_{i}" for i in range(1, 6)}
+    assert ident["sha256"] == {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in batch_files.items()}
     json.dumps(ident)
     test = load("cifar10", "test", tmp_path)
     assert len(test) == 6 and test.identity["subset"] is True

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from rcenp import checkpoint
+from rcenp.data.names import canonical_digests
 
 
 RECORDED_LATER = ("detector", "substitute_detector", "eta")  # run.json keys that older runs lack
@@ -54,7 +55,10 @@ def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
     ``now``, a key missing on either side included (``MISSING``: an option left off a resume
     command is a difference); nested dicts by dotted key ("options.eps"). Both are compared as JSON
     holds them (a tuple equals the list it is written as). ``LOCATION_ONLY`` keys are not
-    compared: the same data under another folder (another machine's shard) is the same."""
+    compared: the same data under another folder (another machine's shard) is the same. Data
+    digests (a ``sha256`` dict) are compared by content: keyed by canonical file name, since a
+    file may go by a variant name, and a digest recorded as None (before rcenp kept unverified
+    digests) matches any."""
     there, now = json.loads(json.dumps(there)), json.loads(json.dumps(now))
     out = []
     for key in list(there) + [k for k in now if k not in there]:
@@ -62,6 +66,10 @@ def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
         if dotted in LOCATION_ONLY:
             continue
         a, b = there.get(key, MISSING), now.get(key, MISSING)
+        if key == "sha256" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = canonical_digests(a), canonical_digests(b)
+            a = {name: b.get(name) if digest is None else digest for name, digest in a.items()}
+            b = {name: a.get(name) if digest is None else digest for name, digest in b.items()}
         if isinstance(a, dict) and isinstance(b, dict):
             out += differing(a, b, f"{dotted}.")
         elif a is MISSING or b is MISSING or a != b:

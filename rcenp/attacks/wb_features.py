@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from rcenp.attacks.runfiles import differing
 from rcenp.backend import as_numpy
 
 _CACHE: dict = {}
@@ -34,7 +35,7 @@ def eta_training_split(manifest: dict, detector, data_dir=None):
         return None, {"rule": approximation, "why": f"no {dataset} training images found"}
     trained_on = (manifest.get("data") or {}).get("train") or {}
     found = {"n": train.identity.get("n"), "sha256": train.identity.get("sha256")}
-    if found != {"n": trained_on.get("n"), "sha256": trained_on.get("sha256")}:
+    if differing(found, {"n": trained_on.get("n"), "sha256": trained_on.get("sha256")}):  # by content
         return None, {"rule": approximation,
                       "why": f"the {dataset} training images found ({found['n']}) are not the model's "
                              f"({trained_on.get('n', 'unrecorded')}, by SHA-256)"}

@@ -60,8 +60,10 @@ class Dataset:
     ``images``: float32 (N, C, H, W) in [-0.5, 0.5]; ``labels``: int64 (N,) in 0..9;
     ``identity``: a JSON-serialisable record of what was loaded: ``name``, ``split``, ``n``,
     ``full`` (the complete published split), ``subset`` (fewer images than that), ``note``,
-    ``sha256`` ({file name: digest verified against a known value, or None where none is known})
-    and ``source`` (the folder read).
+    ``sha256`` ({file name on disk: SHA-256 of its (uncompressed) content}; ``note`` says whether
+    they were verified against published values; compare two records through
+    ``rcenp.data.names.canonical_digests``, since a file may go by a variant name) and ``source``
+    (the folder read).
     """
 
     images: np.ndarray = field(repr=False)
@@ -271,7 +273,7 @@ def _load_idx(name: str, split: str, folder: Path, root: Path) -> Dataset:
                 f"{path}: header says the full {name} {split} set but the SHA-256 of its uncompressed "
                 f"content is {digest}, not the published {known}{_published_as(digest)}"
             )
-        sha256[path.name] = digest if digest == known else None
+        sha256[path.name] = digest
     if full:
         note = f"complete {name} {split} set, published SHA-256 verified"
     else:
@@ -292,7 +294,7 @@ def _load_cifar(folder: Path, split: str, root: Path) -> Dataset:
             raise DataError(f"{meta}: SHA-256 {digest} is not that of the published batches.meta")
         sha256[cifar.META] = digest
     batches = cifar.TRAIN_BATCHES if split == "train" else (cifar.TEST_BATCH,)
-    rows, labels = [], []
+    rows, labels, verified = [], [], []
     for batch_name in batches:
         path = names.find(folder, batch_name)
         if path is None:
@@ -301,14 +303,15 @@ def _load_cifar(folder: Path, split: str, root: Path) -> Dataset:
         check_labels(batch_labels, path)
         rows.append(data)
         labels.append(batch_labels)
-        sha256[batch_name] = digest if digest == CIFAR_SUBSET_SHA256[batch_name] else None
+        sha256[batch_name] = digest
+        verified.append(digest == CIFAR_SUBSET_SHA256[batch_name])
     counts = [len(r) for r in rows]
     n = sum(counts)
     full_n = FULL_SIZE["cifar10"][split]
     full = all(c == cifar.ROWS_PER_BATCH for c in counts)
     if full:
         note = f"complete CIFAR-10 {split} set ({len(batches)} batch(es) of {cifar.ROWS_PER_BATCH:,})"
-    elif all(sha256[b] is not None for b in batches):
+    elif all(verified):
         note = (f"CIFAR-10 subset: {n:,} of {full_n:,} {split} images, the first "
                 f"{CIFAR_SUBSET_ROWS:,} of each published batch, SHA-256 verified")
     else:

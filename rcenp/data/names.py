@@ -44,6 +44,22 @@ def variants(canonical: str) -> str:
     return f"{canonical}, {canonical}.pkl or {canonical}.pickle, in any letter case"
 
 
+def canonical_name(name: str) -> str:
+    """The canonical name a file name stands for, whatever variant it is:
+    ``T10K-images.idx3-ubyte.gz`` → ``t10k-images-idx3-ubyte``, ``data_batch_1.pkl`` →
+    ``data_batch_1``. Records of what was read key digests by the name on disk; compare them
+    through this (``canonical_digests``)."""
+    base = re.sub(r"\.(gz|pkl|pickle)$", "", name, flags=re.IGNORECASE)
+    return re.sub(r"\.idx(\d)", r"-idx\1", base, flags=re.IGNORECASE).lower()
+
+
+def canonical_digests(sha256: dict | None) -> dict | None:
+    """{canonical file name: digest} of a data identity's ``sha256`` record ({name on disk: digest})."""
+    if not isinstance(sha256, dict):
+        return sha256
+    return {canonical_name(name): digest for name, digest in sha256.items()}
+
+
 def candidates(folder: Path, canonical: str) -> list[Path]:
     """The files in ``folder`` named like ``canonical``, best first: the canonical name itself (for
     IDX, ``.gz`` before plain), then the variants, compressed before plain, then by name.
