@@ -16,12 +16,17 @@ OBJECTIVES = ("ce", "rce")
 
 
 class Classifier(Module):
+    """A network and its training objective. ``weights_sha256``: the SHA-256 of the checkpoint
+    arrays it was loaded from (``rcenp.models.load``; None otherwise), which a fitted detector
+    records and checks."""
+
     def __init__(self, network: Module, objective: str):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         self.network = network
         self.objective = objective
+        self.weights_sha256 = None
 
     def raw_logits(self, x) -> Tensor:
         """s = the network's own logits (N, L)."""

@@ -202,3 +202,33 @@ def test_detect_fpr_must_be_a_rate(capsys):
     with pytest.raises(SystemExit) as info:
         main(["detect", "m", "--fit", "--fpr", "2"])
     assert info.value.code == 2 and "a rate must lie strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_detector_fitted_before_more_training_is_refused(data, tmp_path, capsys):
+    """The audit: `train --stop-at` → `detect --fit` → `train --resume` left the old kernel points
+    and T beside new weights, and `rcenp detect` used them silently."""
+    from rcenp.models.registry import load as load_model
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    run, config = tmp_path / "run", TrainConfig(depth=8, objective="rce")
+    save_checkpoint(run, Classifier(resnet(8, 1, seed=0), "rce"), None, config, 1, {})
+    model, _ = load_model(run)
+    Detector(model, "confidence").calibrate(data[0][:100], 0.05).save(run / "detector")
+    np.savez(tmp_path / "batch.npz", images=data[0][:2])
+    assert main(["detect", str(run), "--images", str(tmp_path / "batch.npz")]) == 0
+    capsys.readouterr()
+    save_checkpoint(run, Classifier(resnet(8, 1, seed=5), "rce"), None, config, 2, {})  # trained further
+    assert main(["detect", str(run), "--images", str(tmp_path / "batch.npz")]) == 2
+    line = one_error_line(capsys)
+    assert "fitted for other weights" in line and "--fit --overwrite" in line
+    Detector(load_model(run)[0], "confidence").calibrate(data[0][:100], 0.05).save(run / "detector")  # refit
+    assert main(["detect", str(run), "--images", str(tmp_path / "batch.npz")]) == 0
+
+
+def test_a_damaged_detector_manifest_is_one_line(fitted_run, data, tmp_path, capsys):
+    manifest = json.loads((fitted_run / "detector.json").read_text())
+    del manifest["objective"]
+    (fitted_run / "detector.json").write_text(json.dumps(manifest))
+    np.savez(tmp_path / "batch.npz", images=data[0][:1])
+    assert main(["detect", str(fitted_run), "--images", str(tmp_path / "batch.npz")]) == 2
+    assert "damaged detector manifest (no objective)" in one_error_line(capsys)

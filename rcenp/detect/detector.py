@@ -102,18 +102,36 @@ class Detector:
 
     # ---- persistence (npz + JSON, no pickle) -------------------------------------------------
     def save(self, stem) -> Path:
+        """Write the detector to ``<stem>.npz`` / ``<stem>.json``, recording the SHA-256 of the
+        weights it was fitted for (``model.weights_sha256``, set by ``rcenp.models.load``)."""
         arrays = {} if self.kernel_points is None else {"kernel_points": as_numpy(self.kernel_points)}
         manifest = {"kind": "rcenp-detector", "metric": self.metric, "threshold": self.threshold,
                     "sigma2": self.sigma2, "objective": self.model.objective, "info": self.info}
+        weights = getattr(self.model, "weights_sha256", None)
+        if weights:
+            manifest["model_sha256"] = weights
         return checkpoint.save(stem, arrays, None, manifest)
 
     @classmethod
     def load(cls, stem, model) -> "Detector":
+        """The detector saved at ``stem``, scoring with ``model``. Raises CheckpointError for a file
+        that is not a detector, one fitted for the other objective, or one fitted for other weights
+        than ``model``'s (its ``model_sha256`` against ``model.weights_sha256``, where both are
+        known: a run trained further after ``rcenp detect --fit``); detectors saved before the
+        weights were recorded are taken as they are."""
         manifest, arrays, _ = checkpoint.load(stem)
         if manifest.get("kind") != "rcenp-detector":
             raise checkpoint.CheckpointError(f"{stem}: not an rcenp detector")
+        missing = [key for key in ("objective", "metric", "threshold", "sigma2") if key not in manifest]
+        if missing:
+            raise checkpoint.CheckpointError(f"{stem}.json: damaged detector manifest (no {', '.join(missing)})")
         if manifest["objective"] != model.objective:
             raise checkpoint.CheckpointError(f"{stem}: detector fitted for a {manifest['objective'].upper()} model")
+        fitted_for, weights = manifest.get("model_sha256"), getattr(model, "weights_sha256", None)
+        if fitted_for and weights and fitted_for != weights:
+            raise checkpoint.CheckpointError(
+                f"{stem}: fitted for other weights (SHA-256 {fitted_for[:12]}, the model's are {weights[:12]}: "
+                "trained further or replaced since); refit it with `rcenp detect MODEL --fit --overwrite`")
         det = cls(model, manifest["metric"], manifest["threshold"], manifest["sigma2"])
         if "kernel_points" in arrays:
             det.kernel_points = to_device(arrays["kernel_points"], model.device)

@@ -114,4 +114,5 @@ def load(name_or_path, device: str | None = None):
         model.astype(floats.pop())
     model.network.load_state_dict(model_state)
     model.to(device or default_device()).eval()
+    model.weights_sha256 = manifest.get("arrays_sha256")  # ties a detector to these weights (Detector.save)
     return model, manifest
