@@ -342,3 +342,10 @@ def test_cli_missing_data_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rcenp eval: error: mnist test images: no t10k-images-idx3-ubyte")
     assert f"rcenp data fetch mnist --data-dir {tmp_path}" in err
+
+
+def test_a_file_of_no_images_is_a_data_error_not_a_division_by_zero(tmp_path):
+    images, labels = tiny(0)
+    write_pair(tmp_path / "mnist", images, labels)
+    with pytest.raises(DataError, match="holds no images"):
+        load("mnist", "test", tmp_path)

@@ -263,6 +263,8 @@ def _published_as(digest: str) -> str:
 def _load_idx(name: str, split: str, folder: Path, root: Path) -> Dataset:
     images, labels, paths, digests = _read_idx_pair(folder, split, name, fetch_hint(name, root))
     n = len(labels)
+    if n == 0:
+        raise DataError(f"{paths[0]}: holds no images (its header counts 0)")
     full_n = FULL_SIZE[name][split]
     full = n == full_n
     sha256 = {}
