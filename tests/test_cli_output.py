@@ -86,7 +86,7 @@ def test_demo_on_the_sample_prints_todays_json_and_skips_what_has_no_data(no_dat
     table = demo.demo_table(records)
     for r, row in zip(records, table.splitlines()[2:]):
         assert row.startswith(r["model"]) and f"{r['errors']} / 1,000" in row
-        assert f"{r['test_error_percent']:.2f}%" in row and f"{r['detector']['threshold']:.3f}" in row
+        assert f"{100 * r['errors'] / r['n']:.2f}%" in row and f"{r['detector']['threshold']:.3f}" in row
 
 
 def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, capsys):
@@ -110,7 +110,7 @@ def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, 
     assert lines[0] == "test images: mnist/test: 1,000 images, SUBSET (embedded sample: first 1,000 MNIST test images)"
     rce = next(line for line in lines if line.startswith("mnist-resnet32-rce "))
     assert rce.split() == ["mnist-resnet32-rce", "rce", "0.33%", "33", "/", "10,000", "20,000", "kd", ">", "-2.868",
-                           "5.7%"]
+                           "5.68%"]
     scores = [line for line in lines if line.startswith("mnist-resnet32-rce ")][-1]   # results, attack, scores
     assert "0.9920 (0.9879 to 0.9946)" in scores and "-0.906 (-1.261 to -0.736)" in scores
     skip = f"{FAKE_CIFAR}: skipped, no cifar10 test data"
@@ -150,3 +150,10 @@ def test_demo_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):
     assert main(["demo", "--data-dir", str(tmp_path / "no-such-folder")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"rcenp demo: error: --data-dir {tmp_path / 'no-such-folder'}: no such folder"]
+
+
+def test_the_demo_table_rounds_once():
+    """The audit: 9 of 1,017 errors (0.88496%) went through round(., 3) = 0.885 and printed 0.89%."""
+    record = dict(RECORDS[0], test_error_percent=round(100 * 9 / 1017, 3), errors=9, n=1017)
+    row = demo.demo_table([record]).splitlines()[2]
+    assert "0.88%" in row and "0.89%" not in row
