@@ -232,3 +232,16 @@ def test_a_damaged_detector_manifest_is_one_line(fitted_run, data, tmp_path, cap
     np.savez(tmp_path / "batch.npz", images=data[0][:1])
     assert main(["detect", str(fitted_run), "--images", str(tmp_path / "batch.npz")]) == 2
     assert "damaged detector manifest (no objective)" in one_error_line(capsys)
+
+
+def test_a_rate_that_rejects_no_calibration_image_is_refused_not_saved_as_minus_infinity(model, mnist_root,
+                                                                                         tmp_path, capsys):
+    """The audit: --fpr 0.001 on 20 calibration images gave T = -inf, written as -Infinity (not JSON)."""
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    run = tmp_path / "run"
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="rce"), 1, {"note": "test"})
+    assert main(["detect", str(run), "--fit", "--fpr", "0.001", "--per-class", "5", "--data-dir", str(mnist_root)]) == 2
+    line = one_error_line(capsys)
+    assert "T = -inf" in line and "its 20 clean images" in line and "at least 1/20 = 0.05" in line
+    assert not (run / "detector.json").exists() and not (run / "detector.npz").exists()

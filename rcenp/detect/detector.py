@@ -9,6 +9,7 @@ higher means more normal: confidence, non-ME and log KD.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +104,16 @@ class Detector:
     # ---- persistence (npz + JSON, no pickle) -------------------------------------------------
     def save(self, stem) -> Path:
         """Write the detector to ``<stem>.npz`` / ``<stem>.json``, recording the SHA-256 of the
-        weights it was fitted for (``model.weights_sha256``, set by ``rcenp.models.load``)."""
+        weights it was fitted for (``model.weights_sha256``, set by ``rcenp.models.load``).
+        Raises ValueError for a threshold of −inf (the calibration rejected none of its clean
+        images: ``target_fpr`` × n < 1, or ties): such a detector accepts every input, and JSON
+        has no −inf."""
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            n, fpr = self.info.get("calibration_n"), self.info.get("target_fpr")
+            raise ValueError(f"T = {self.threshold}: at a false-positive rate of {fpr} the calibration rejects none of "
+                             f"its {n} clean images (fewer than one image, or ties at the lowest scores), so the "
+                             "detector would accept every input; raise the rate" +
+                             (f" (at least 1/{n} = {1 / n:.2g})" if n else ""))
         arrays = {} if self.kernel_points is None else {"kernel_points": as_numpy(self.kernel_points)}
         manifest = {"kind": "rcenp-detector", "metric": self.metric, "threshold": self.threshold,
                     "sigma2": self.sigma2, "objective": self.model.objective, "info": self.info}
