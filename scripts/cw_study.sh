@@ -14,7 +14,12 @@
 # Everything else as the paper: c0 1 (C&W-wb: 10, then 100), Adam lr 0.01, random targets
 # (seed 0), abort-early per sample. One core: RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1.
 #
-#   RCENP_DATA=../shared/data nohup bash scripts/cw_study.sh > runs/cw_study.log 2>&1 &
+#   RCENP_DATA=../shared/data setsid nice -n 19 bash scripts/cw_study.sh > runs/cw_study.log 2>&1 &
+#
+# setsid gives the study its own session, whose share of the CPU the script then lowers to nice 19
+# (/proc/self/autogroup; like scripts/runs.py's training runs): with Linux's autogroup scheduling,
+# a process's nice only ranks it within its session, so a study started from an interactive shell
+# took a whole core from the niced training runs whatever its own nice.
 #
 # A run's finished batches (results/.../partial/batch-NNNNN.{npz,jsonl,code.json}) are tracked
 # by git: commit them before a session ends, and the next session's run continues from them.
@@ -22,6 +27,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 python="${PYTHON:-$root/.venv/bin/python}"
+if [[ "$(ps -o sid= -p $$ | tr -d ' ')" == "$$" && -w /proc/self/autogroup ]]; then
+    echo 19 > /proc/self/autogroup   # only as a session leader: never lower the caller's own session
+fi
 export RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 
 attack() {  # attack MODEL OUT ARGS...: one resumable run
