@@ -6,11 +6,17 @@ of the queries lie among their class's points, a quarter 4 units further out (ad
 CPU (``--queries``, default 1,000):
 - rcenp's blocked NumPy path (``log_kernel_density``), with its peak extra memory (tracemalloc);
 - per-class ``sklearn.neighbors.KernelDensity(bandwidth=sqrt(sigma^2/2)).score_samples`` when
-  scikit-learn is installed (a benchmark-only extra, never a dependency of rcenp);
+  scikit-learn is installed (a benchmark-only extra, never a dependency of rcenp), twice: as
+  usually called (Feinman et al., LID), with its tree defaults, which at D = 64 prune nothing
+  useful and return wrong densities (scikit-learn issues #7492, #27186); and exact, with
+  ``leaf_size`` = M so that each class is one leaf, scored brute force. The fair ratio is against
+  the exact mode (``speedup_rcenp_over_sklearn_exact``). scikit-learn scores on one thread: for a
+  per-core ratio run with ``RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1`` (``rcenp_host_workers``
+  in the JSON says how many workers rcenp used);
 - an unblocked NumPy version (full Q_c x M distance matrix, ``scipy.special.logsumexp``);
 - the bare GEMMs alone, the FLOP floor of any GEMM formulation (2·Q·M·D FLOPs);
 - ``torch.cdist`` + ``logsumexp`` per class when PyTorch is importable.
-Times are the best of ``--repeats`` calls after a warm-up call (sklearn's: of 2); the VM this
+Times are the best of ``--repeats`` calls after a warm-up call, for every method; the VM this
 was written on varies up to 2x between runs. Every score is checked against the float64 brute
 force (sklearn's log density is shifted by (D/2)·log(pi·sigma^2) to the unnormalised kernel
 first).
@@ -39,7 +45,9 @@ from scipy.special import logsumexp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rcenp.backend import cuda_available, xp_for  # noqa: E402
+from rcenp.checkpoint import atomic_write_text  # noqa: E402
 from rcenp.detect import kde, kde_cuda  # noqa: E402
+from rcenp.ops.layout import workers  # noqa: E402
 
 
 def make_data(seed, num_classes, m, dim, q):
@@ -105,11 +113,13 @@ def naive_numpy(z, kernel_points, classes, sigma2):
     return out
 
 
-def sklearn_fit(kernel_points, sigma2):
-    """One KernelDensity per class, as in Feinman et al. and LID: exp(−d²/(2h²)) = exp(−d²/σ²)."""
+def sklearn_fit(kernel_points, sigma2, exact=False):
+    """One KernelDensity per class, as in Feinman et al. and LID: exp(−d²/(2h²)) = exp(−d²/σ²).
+    ``exact``: leaf_size = M, one leaf per class, so every query is scored against every point."""
     from sklearn.neighbors import KernelDensity
 
-    return [KernelDensity(bandwidth=math.sqrt(sigma2 / 2)).fit(p) for p in kernel_points]
+    options = {"leaf_size": kernel_points.shape[1]} if exact else {}
+    return [KernelDensity(bandwidth=math.sqrt(sigma2 / 2), **options).fit(p) for p in kernel_points]
 
 
 def sklearn_kd(models, z, classes, sigma2):
@@ -156,6 +166,8 @@ def cpu_section(args, sigma2):
                                                                  sigma2),
         "blas_threads_env": os.environ.get("OPENBLAS_NUM_THREADS",
                                            os.environ.get("OMP_NUM_THREADS")),
+        "rcenp_host_workers": workers(),
+        "repeats": args.repeats,
         "rcenp_numpy_s": rcenp_s,
         "rcenp_numpy_median_s": float(np.median(rcenp_times)),
         "rcenp_queries_per_s": q / rcenp_s,
@@ -175,18 +187,20 @@ def cpu_section(args, sigma2):
     except ImportError:
         result["sklearn"] = "not installed (pip install scikit-learn to compare)"
     else:
-        start = time.perf_counter()
-        models = sklearn_fit(kernel_points, sigma2)
-        fit_s = time.perf_counter() - start
-        score_s = best_time(lambda: sklearn_kd(models, z, classes, sigma2), 2)  # ~0.5 s per call
-        scores = sklearn_kd(models, z, classes, sigma2)
-        result.update({
-            "sklearn_version": sklearn.__version__, "sklearn_fit_s": fit_s,
-            "sklearn_score_samples_s": score_s,
-            "speedup_rcenp_over_sklearn": score_s / rcenp_s,
-            "sklearn_max_abs_error_vs_float64": max_error(scores, reference),
-            "sklearn_queries_off_by_more_than_1_nat": int(np.sum(np.abs(scores - reference) > 1)),
-        })
+        result.update({"sklearn_version": sklearn.__version__, "sklearn_threads": 1})
+        for mode, exact in (("default", False), ("exact", True)):
+            start = time.perf_counter()
+            models = sklearn_fit(kernel_points, sigma2, exact)
+            fit_s = time.perf_counter() - start
+            score_s = best_time(lambda: sklearn_kd(models, z, classes, sigma2), args.repeats)
+            scores = sklearn_kd(models, z, classes, sigma2)
+            result.update({
+                f"sklearn_{mode}_fit_s": fit_s,
+                f"sklearn_{mode}_score_samples_s": score_s,
+                f"speedup_rcenp_over_sklearn_{mode}": score_s / rcenp_s,
+                f"sklearn_{mode}_max_abs_error_vs_float64": max_error(scores, reference),
+                f"sklearn_{mode}_queries_off_by_more_than_1_nat": int(np.sum(np.abs(scores - reference) > 1)),
+            })
     try:
         import torch
     except ImportError:
@@ -273,7 +287,7 @@ def main(argv=None):
     parser.add_argument("--per-class", type=int, default=5000)
     parser.add_argument("--sigma2", type=float, default=kde.DEFAULT_SIGMA2["rce"])
     parser.add_argument("--repeats", type=int, default=20,
-                        help="timed calls after a warm-up; the best is reported (sklearn: 2)")
+                        help="timed calls after a warm-up, for every method; the best is reported")
     parser.add_argument("--peak-tflops", type=float, default=67.0,
                         help="float32 peak of the GPU (H100 SXM: 67)")
     parser.add_argument("--seed", type=int, default=0)
@@ -286,8 +300,7 @@ def main(argv=None):
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
+        atomic_write_text(args.json, text + "\n")
 
 
 if __name__ == "__main__":
