@@ -3,8 +3,11 @@ gradient (forward + backward of the CE loss to the images: one iteration of a gr
 such as BIM or C&W), rcenp against PyTorch.
 
 Each framework runs in its own subprocess per (batch, shape), so peak memory (ru_maxrss) is its
-own. rcenp runs as a library user's script does (``import rcenp``, no allocator tuning) unless
-``--tune-allocator``. Minor page faults per training step are reported too (the cost of memory
+own: ``peak_rss_mb`` includes each library's import (PyTorch's is large), so compare
+``ratio_rcenp_over_torch.peak_rss_above_baseline`` (peak minus the RSS before the first step) for
+what the steps use. On CUDA, PyTorch's TF32 is switched off (``tf32`` in its record) so that both
+compute in float32. rcenp runs as a library user's script does (``import rcenp``, no allocator
+tuning) unless ``--tune-allocator``. Minor page faults per training step are reported too (the cost of memory
 returned to the OS and faulted back in), and the median process CPU seconds beside the wall
 times: on a machine shared with other jobs, PyTorch's spinning OpenMP threads lose far more wall
 time than rcenp's workers, and ``--threads 1`` with the CPU times compares the work itself.
@@ -112,7 +115,10 @@ def run_rcenp(args):
         images = rcenp.Tensor(x, requires_grad=True)
         rcenp.grad(model.loss(images, y), images)
 
+    from rcenp.ops.layout import blas_thread_count, workers
+
     return {"framework": "rcenp", "device": device, "numpy": np.__version__, "allocator_tuned": tuned,
+            "host_workers": workers(), "blas_threads": blas_thread_count(),
             **_measure(train_step, forward, input_grad, sync, args.repeats, base)}
 
 
@@ -126,6 +132,9 @@ def run_torch(args):
     device = "cuda" if os.environ.get("RCENP_DEVICE") == "cuda" and torch.cuda.is_available() else "cpu"
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device == "cuda":  # cuDNN's default TF32 convolutions against CuPy's float32 would not be the same work
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
     torch.manual_seed(0)
     model = ResNet(args.depth, args.channels).to(device)
@@ -152,6 +161,7 @@ def run_torch(args):
         torch.autograd.grad(F.cross_entropy(model(images), y), images)
 
     return {"framework": "torch", "version": torch.__version__, "device": device, "threads": torch.get_num_threads(),
+            "tf32": bool(device == "cuda" and torch.backends.cudnn.allow_tf32),
             **_measure(train_step, forward, input_grad, sync, args.repeats, base)}
 
 
@@ -161,11 +171,10 @@ def _child(framework, args, batch, shape):
     env = dict(os.environ)
     if args.tune_allocator:
         cmd.append("--tune-allocator")
-    if args.threads:  # rcenp's workers, PyTorch's intra-op threads; BLAS single-threaded at 1
+    if args.threads:  # rcenp's workers and its BLAS outside them, PyTorch's intra-op threads
         cmd += ["--threads", str(args.threads)]
         env["RCENP_HOST_THREADS"] = str(args.threads)
-        if args.threads == 1:
-            env["OPENBLAS_NUM_THREADS"] = "1"
+        env["OPENBLAS_NUM_THREADS"] = str(args.threads)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"framework": framework, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}

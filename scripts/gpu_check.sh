@@ -16,10 +16,11 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     --durations=8 tests 2>&1 | tee "$out/pytest_cuda.log" | tail -n 60
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  RCENP_DEVICE=cuda timeout 100 python3 bench/bench_engine.py --repeats 10 --json "$out/engine_cuda_r32.json" > /dev/null
-  RCENP_DEVICE=cuda timeout 80 python3 bench/bench_engine.py --repeats 10 --depth 56 --channels 1 --size 28 \
-    --json "$out/engine_cuda_r56_mnist.json" > /dev/null
-  timeout 70 python3 bench/bench_kd.py --repeats 5 --json "$out/kd.json" > /dev/null
+  RCENP_DEVICE=cuda timeout 100 python3 bench/bench_engine.py --repeats 10 --json "$out/engine_cuda_r32.json" \
+    > /dev/null || echo "FAILED: bench_engine.py ResNet-32 (exit $?)"
+  RCENP_DEVICE=cuda timeout 80 python3 bench/bench_engine.py --repeats 10 --depth 56 --shape 1x28x28 \
+    --json "$out/engine_cuda_r56_mnist.json" > /dev/null || echo "FAILED: bench_engine.py ResNet-56 (exit $?)"
+  timeout 70 python3 bench/bench_kd.py --repeats 5 --json "$out/kd.json" > /dev/null || echo "FAILED: bench_kd.py (exit $?)"
   for f in "$out"/*.json; do echo "== $f"; python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])))[:1500])" "$f"; done
 fi
 if [ "$what" = attacks ] || [ "$what" = all ]; then

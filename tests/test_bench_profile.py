@@ -35,3 +35,19 @@ def test_profile_splits_the_convolutions_by_shape_and_counts_each_gradient():
     for name, backward in (("input_grad", expected), ("train_step", 2 * expected - conv_flops(1, 16, 8, 8))):
         layers = [e for e in report[name]["conv_by_shape"] if e["phase"] == "backward"]
         assert sum(e["gflop_per_s"] * e["ms"] for e in layers) * 1e6 == pytest.approx(backward)
+
+
+def test_the_gpu_check_calls_the_benchmarks_with_options_they_have():
+    """scripts/gpu_check.sh called bench_engine.py with --channels/--size after they became --shape;
+    its output went to /dev/null, so the GPU session lost that row without a word."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    calls = re.findall(r"python3 (bench/\w+\.py)([^\n>|]*)", script)
+    assert {path for path, _ in calls} >= {"bench/bench_engine.py", "bench/bench_kd.py"}
+    for path, options in calls:
+        source = (root / path).read_text()
+        for flag in re.findall(r"(--[\w-]+)", options):
+            assert f'"{flag}"' in source, f"scripts/gpu_check.sh passes {flag} to {path}, which has no such option"
