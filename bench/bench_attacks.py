@@ -25,10 +25,11 @@ Background training competes for the cores, so pause it while timing, and always
 
 On a shared machine, threads that wait for each other at every operation lose most of their time
 to whatever else runs (PyTorch at 2 threads here: 2.7 s for an input gradient that takes 0.9 s at
-1 thread, while one other process ran). One core each side, all three variables needed (with
-RCENP_HOST_THREADS=1 alone, OpenBLAS keeps its own 2 threads):
+1 thread, while one other process ran). ``--threads N`` gives each side N threads: PyTorch's
+intra-op threads, rcenp's host workers, and OpenBLAS/OpenMP (the script restarts itself once
+with those variables set, since they must precede NumPy's import). One core each side:
 
-    RCENP_HOST_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python bench/bench_attacks.py --threads 1
+    python bench/bench_attacks.py --threads 1
 """
 from __future__ import annotations
 
@@ -73,9 +74,11 @@ def _host(result):
     return np.asarray(as_numpy(result), dtype=np.float32)
 
 
-def _timed(fn, repeats, what=""):
-    """(the last run's result, [(wall seconds, this process's CPU seconds) of every run]); each run
-    is logged to stderr."""
+def _timed(fn, repeats, what="", warmup=0):
+    """(the last run's result, [(wall seconds, this process's CPU seconds) of every run]) after
+    ``warmup`` untimed runs; each run is logged to stderr."""
+    for _ in range(warmup):
+        fn()
     seconds, result = [], None
     for _ in range(repeats):
         start, cpu = time.perf_counter(), time.process_time()
@@ -214,6 +217,10 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
         entry["agreement"] = {"success_agreement": float(((pred_r == targets) == (pred_fb == targets)).mean()),
                               **_agreement(x_r, x_fb, pred_r, pred_fb)}
         entry["seconds_rcenp_over_foolbox"] = entry["rcenp"]["seconds"] / entry["foolbox"]["seconds"]
+        # the engines alone: foolbox runs every image every iteration (its abort-early tests the batch's
+        # summed loss), rcenp drops finished images, so wall time also measures the algorithm
+        entry["passes_per_s_foolbox_over_rcenp"] = \
+            entry["foolbox"]["image_passes_per_s"] / entry["rcenp"]["image_passes_per_s"]
         # the images whose success differs, with rcenp's per-sample audit (c of each binary step, ...)
         l2_r, l2_fb = _l2_255(x_r, x), _l2_255(x_fb, x)
         details = getattr(results[-1], "details", None) or [{}] * len(x)
@@ -247,14 +254,14 @@ def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, pr
     ``success_fn(adv_pred)``: success per image."""
     entry, outputs = {}, {}
     for key, run in torch_runs.items():
-        x_t, seconds = _timed(run, args.repeats, f"{name} {key}")
+        x_t, seconds = _timed(run, args.repeats, f"{name} {key}", args.warmup)
         x_t = x_t.detach().numpy()
         pred = predict_torch(x_t)
         entry[key], outputs[key] = _summary(x_t, x, success_fn(pred), seconds), (x_t, pred)
     if isinstance(run_rcenp, str):
         entry["rcenp"] = run_rcenp
         return entry
-    x_r, seconds = _timed(lambda: _host(run_rcenp()), args.repeats, f"{name} rcenp")
+    x_r, seconds = _timed(lambda: _host(run_rcenp()), args.repeats, f"{name} rcenp", args.warmup)
     pred_r = predict_rcenp(x_r)
     entry["rcenp"] = _summary(x_r, x, success_fn(pred_r), seconds)
     for key, (x_t, pred) in outputs.items():
@@ -311,6 +318,8 @@ def bench_model(name, args, attacks_module):
             lambda pred: pred == least_likely, predict_torch, predict_rcenp)
         report["jsma"]["settings"] = {"theta": args.eps, "max_iterations": 100, "variant": "pang2018",
                                       "success": "adversarial prediction == least-likely clean class"}
+        # rcenp takes one backward per pick (the log-target form); the protocol's dt*|do| takes two
+        report["jsma"]["like_for_like"] = "seconds_rcenp_over_torch_log_target"
     if args.cw:
         report["cw_l2"] = bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
     return report
@@ -339,7 +348,12 @@ def main(argv=None):
                         help="the PyTorch JSMA's saliency: the protocol's dt*|do| (entry 'torch'), "
                              "argmax d log F_t/dx as rcenp computes it (entry 'torch_log_target'), or both")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each attack (median reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for each side: torch.set_num_threads, RCENP_HOST_THREADS, OPENBLAS_NUM_THREADS "
+                             "and OMP_NUM_THREADS (the script restarts itself once to set the last two before NumPy "
+                             "and PyTorch load)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs of each BIM/JSMA implementation before timing (C&W: none)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the twin's convolutions channels-last (torch.channels_last), as rcenp stores activations")
     parser.add_argument("--cw", action="store_true", help="also C&W-L2: foolbox 3.3.4 against rcenp.attacks.cw_l2")
@@ -355,8 +369,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="C&W target draw")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.repeats < 1 or args.threads < 1 or args.cw_n < 1:
-        parser.error("--n, --repeats, --threads and --cw-n must be positive")
+    if args.n < 1 or args.repeats < 1 or args.threads < 1 or args.cw_n < 1 or args.warmup < 0:
+        parser.error("--n, --repeats, --threads and --cw-n must be positive, --warmup not negative")
+    wanted = {name: str(args.threads) for name in ("RCENP_HOST_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    if argv is None and any(os.environ.get(name) != value for name, value in wanted.items()):
+        os.environ.update(wanted)  # equal threads on both sides, set before NumPy's OpenBLAS starts
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    os.environ["RCENP_HOST_THREADS"] = wanted["RCENP_HOST_THREADS"]  # called from Python: rcenp reads it lazily
     if args.eps < 0:
         parser.error("--eps must be >= 0")
     try:
