@@ -38,6 +38,20 @@ def test_data_digests_compare_by_content_not_by_the_name_on_disk():
     assert runfiles.differences(legacy, there) == [] and runfiles.differences(there, legacy) == []
 
 
+def test_a_refused_resume_names_the_test_images_once_and_caps_the_settings():
+    """A fresh user's report: other test images listed every digest and count on one long line."""
+    there = {"n": 20, "seed": 0, "options": {"eps": 0.1, "steps": 10, "a": 1, "b": 2},
+             "data": {"n": 1000, "note": "embedded sample", "sha256": {"t10k-images-idx3-ubyte.gz": "ab"}}}
+    now = {"n": 10, "seed": 1, "options": {"eps": 0.2, "steps": 5, "a": 3, "b": 2},
+           "data": {"n": 10000, "note": "complete mnist test set", "sha256": {"t10k-images-idx3-ubyte.gz": "cd"}}}
+    line = runfiles.brief(runfiles.differing(there, now), there, now)
+    assert line.startswith('data: embedded sample there, complete mnist test set now; n: 20 there, 10 now; ')
+    assert line.endswith("; and 2 more") and "sha256" not in line
+    same_note = dict(now, data=dict(there["data"], sha256={"t10k-images-idx3-ubyte.gz": "cd"}))
+    assert runfiles.brief(runfiles.differing(there, same_note), there, same_note, most=1).startswith(
+        "data: other test images (their SHA-256 differ); and ")
+
+
 def test_unverified_data_is_recorded_by_its_digest(tmp_path):
     """Files without a published digest (a subset) were recorded as None, so two different subsets
     of one split had the same identity."""

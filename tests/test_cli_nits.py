@@ -3,6 +3,7 @@ argparse dest names, --version, no Python reprs or errno text, nothing printed o
 refusal, readable attack headers and plurals, resume lines, and refused option combinations."""
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -164,15 +165,16 @@ def fake_summary(attack, options, efficient=1):
 
 
 @pytest.mark.parametrize("attack, options, criterion", [
-    ("jsma", {"theta": 0.1}, "attack success (reached target) 30.0%"),
-    ("cw", {"targets": "random"}, "attack success (reached target) 30.0%"),
-    ("cw", {"targets": "untargeted"}, "attack success          30.0%"),
-    ("ilcm", {"eps": 0.1}, "attack success (reached least likely) 30.0%"),
-    ("bim", {"eps": 0.1}, "attack success          30.0%"),
+    ("jsma", {"theta": 0.1}, "reached target; "),
+    ("cw", {"targets": "random"}, "reached target; "),
+    ("cw", {"targets": "untargeted"}, ""),
+    ("ilcm", {"eps": 0.1}, "reached least likely; "),
+    ("bim", {"eps": 0.1}, ""),
 ])
 def test_summary_says_what_success_counts_and_counts_in_the_singular(attack, options, criterion):
     text = format_summary(fake_summary(attack, options), "out")
-    assert f"  {criterion} (after 8-bit rounding 30.0%)" in text.splitlines()
+    assert f"  attack success          30.0% ({criterion}after 8-bit rounding 30.0%)" in text.splitlines()
+    assert len({re.search(r"\d", line).start() for line in text.splitlines()[1:4]}) == 1  # rates in one column
     assert ": 1 image (t)" in text and "over 1 successful attack on" in text
     assert "over 2 successful attacks on" in format_summary(fake_summary(attack, options, efficient=2), "out")
 
@@ -431,6 +433,10 @@ def test_detect_names_the_class_beside_its_index(tmp_path, capsys, dataset):
     (["--attack", "cw-wb", "--kernel", "detector", "--anchor", "stage1"],
      "runs/attack-m-cw-wb-kernel-detector-anchor-stage1"),
     (["--attack", "cw-wb", "--substitute", "runs/sub"], "runs/attack-m-cw-wb-from-sub"),
+    (["--attack", "cw", "--n", "2", "--binary-steps", "2", "--max-iterations", "20", "--learning-rate", "0.1"],
+     "runs/attack-m-cw-max-iterations20-binary-steps2-learning-rate0.1-n2"),
+    (["--attack", "bim", "--eps", "0.1", "--steps", "5", "--n", "1000"], "runs/attack-m-bim-0.1-steps5"),
+    (["--attack", "cw", "--targets", "untargeted"], "runs/attack-m-cw-targets-untargeted"),
 ])
 def test_default_out_keeps_runs_of_different_attacks_apart(argv, out):
     from rcenp.attacks.cli import default_out

@@ -69,8 +69,8 @@ def add_parser(sub) -> None:
                    help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
     a.add_argument("--batch-size", type=count, default=100,
                    help="images per checkpointed batch (default 100)")
-    a.add_argument("--out", help="output directory (default runs/attack-MODEL-ATTACK, then -EPS and each "
-                   "defining option not at its default, e.g. runs/attack-mnist-resnet32-ce-cw-kappa5)")
+    a.add_argument("--out", help="output directory (default runs/attack-MODEL-ATTACK, then -EPS, each option "
+                   "not at its default and --n when not 1000, e.g. runs/attack-mnist-resnet32-ce-cw-kappa5-n20)")
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished batch")
     a.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
                    help="run only the K-th of N contiguous, batch-aligned slices of the images")
@@ -132,19 +132,23 @@ def options_of(args) -> dict:
 
 
 def default_out(args) -> str:
-    """runs/attack-MODEL-ATTACK[-EPS], plus the options that define a different attack when they are
-    not at their defaults (κ, the JSMA variant, ILCM's target vector, C&W-wb's kernel and anchor, a
-    transfer's substitute), so that two such runs do not meet in one folder."""
+    """runs/attack-MODEL-ATTACK[-EPS], then every option of that attack that is not at its default
+    (κ, the JSMA variant, the C&W budget, C&W-wb's kernel, ...), ``n`` when not 1,000, and a
+    transfer's substitute, so that two different runs do not meet in one folder:
+    runs/attack-mnist-resnet32-ce-cw-kappa5-binary-steps2-n20."""
     parts = [f"runs/attack-{Path(str(args.model)).name}-{args.attack}"]
     if args.attack in EPS_ATTACKS:
         parts.append(f"{args.eps:g}")
     default_kappa = {"cw": 0.0, "cw-hc": 10.0, "cw-wb": 5.0}.get(args.attack)
-    if args.kappa is not None and args.kappa != default_kappa:
-        parts.append(f"kappa{args.kappa:g}")
-    for dest, default in (("variant", "pang2018"), ("target_vector", "paper"), ("kernel", "attacker"),
-                          ("anchor", "clean")):
-        if args.attack in APPLIES[dest] and getattr(args, dest) != default:
-            parts.append(f"{dest.replace('_', '-')}-{getattr(args, dest)}")
+    for dest, attacks in APPLIES.items():
+        value = getattr(args, dest)
+        default = default_kappa if dest == "kappa" else args.attack_defaults[dest]
+        if dest == "eps" or args.attack not in attacks or value is None or value == default:
+            continue
+        name = dest.replace("_", "-")
+        parts.append(f"{name}-{value}" if isinstance(value, str) else f"{name}{value:g}")
+    if args.n != 1000:
+        parts.append(f"n{args.n}")
     if args.substitute:
         parts.append(f"from-{Path(str(args.substitute)).name}")
     return "-".join(parts)
@@ -174,17 +178,17 @@ def cmd_attack(args) -> int:
 
 
 def success_criterion(settings: dict) -> str:
-    """What 'attack success' counts, when it is not plain misclassification: ' (reached target)'
-    for the targeted attacks (JSMA, C&W with random targets, C&W-wb), ' (reached least likely)'
+    """What 'attack success' counts, when it is not plain misclassification: 'reached target; '
+    for the targeted attacks (JSMA, C&W with random targets, C&W-wb), 'reached least likely; '
     for ILCM; '' for FGSM, BIM, untargeted C&W and transfer runs (there: the target misclassifies)."""
     options = settings["options"]
     if options.get("substitute"):
         return ""
     if settings["attack"] == "ilcm":
-        return " (reached least likely)"
+        return "reached least likely; "
     if settings["attack"] in ("jsma", "cw-wb") or (settings["attack"] in ("cw", "cw-hc")
                                                    and options.get("targets", "random") == "random"):
-        return " (reached target)"
+        return "reached target; "
     return ""
 
 
@@ -198,8 +202,8 @@ def format_summary(summary: dict, out) -> str:
              f"({summary['test_set']})",
              f"  clean accuracy          {summary['accuracy_clean']:.1%}",
              f"  accuracy under attack   {summary['accuracy_under_attack']:.1%}",
-             f"  {'attack success' + success_criterion(summary['settings']):<23} {summary['success_rate']:.1%} "
-             f"(after 8-bit rounding {summary['success_rate_8bit']:.1%})"]
+             f"  attack success          {summary['success_rate']:.1%} "
+             f"({success_criterion(summary['settings'])}after 8-bit rounding {summary['success_rate_8bit']:.1%})"]
     if distortion["n"]:
         lines.append(f"  mean L2/sqrt(d) (0-255) {distortion['mean']:.2f} over "
                      f"{plural(distortion['n'], 'successful attack', 'successful attacks')} on correctly "

@@ -31,13 +31,15 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     run_file = out_dir / "run.json"
     if run_file.is_file():
         if not resume:
-            raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it, or choose another --out")
-        changed = differing(json.loads(run_file.read_text()), asked)
+            raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it (a finished "
+                             "one prints its summary), or choose another --out (or remove the folder to redo it)")
+        there = json.loads(run_file.read_text())
+        changed = differing(there, asked)
         if (out_dir / "summary.json").is_file():  # finished before run.json recorded these: nothing is recomputed
             changed = [d for d in changed if not (d[0] in RECORDED_LATER and d[1] is MISSING)]
         if changed:
             raise ValueError(f"{out_dir}: --resume with other settings than the run there: "
-                             + "; ".join(map(describe, changed)))
+                             + brief(changed, there, asked))
         return False
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
@@ -82,6 +84,18 @@ def describe(difference: tuple) -> str:
     key, a, b = difference
     return (f"{key}: {'(none)' if a is MISSING else json.dumps(a)} there, "
             f"{'(none)' if b is MISSING else json.dumps(b)} now")
+
+
+def brief(changed: list[tuple], there: dict, now: dict, most: int = 4) -> str:
+    """``changed`` (``differing``'s records) for one line: the test images as a whole ('data: ...'
+    from each side's note, not every digest), then at most ``most`` settings and how many more."""
+    parts = [describe(d) for d in changed if not d[0].startswith("data.")]
+    if any(d[0].startswith("data.") for d in changed):
+        notes = [(side.get("data") or {}).get("note", "(unrecorded)") for side in (there, now)]
+        parts.insert(0, f"data: {notes[0]} there, {notes[1]} now" if notes[0] != notes[1]
+                     else "data: other test images (their SHA-256 differ)")
+    more = len(parts) - most
+    return "; ".join(parts[:most]) + (f"; and {more} more" if more > 0 else "")
 
 
 def differences(there: dict, now: dict) -> list[str]:
