@@ -28,9 +28,10 @@ def _rate(text):
 
 def add_parser(sub) -> None:
     d = sub.add_parser("detect", help="score images with a model's detector (label or NOT SURE), or fit it",
-                       description="Score images (an .npz batch under key 'images', the 'adversarial' images of "
-                       "an `rcenp attack` run's adversarial.npz, or image files) with the model's thresholding "
-                       "detector, or fit and calibrate that detector with --fit.")
+                       description="Score images (an .npz batch under key 'images' or holding one array, the "
+                       "'adversarial' images of an `rcenp attack` run's adversarial.npz, or image files) with the "
+                       "model's thresholding detector, one JSON line per image, or fit and calibrate that detector "
+                       "with --fit.")
     d.add_argument("model", help="run directory or shipped model name")
     d.add_argument("--images", nargs="+", metavar="FILE", help=".npz batches or image files (PNG, JPEG, ...)")
     d.add_argument("--fit", action="store_true", help="fit the kernel points and calibrate T (needs the data)")
