@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from rcenp.argtypes import count, integer, nonnegative, positive, real
+from rcenp.attacks.cw_wb import STAGE2
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
@@ -87,6 +88,7 @@ def add_parser(sub) -> None:
 
 
 CW = ("cw", "cw-hc", "cw-wb")
+KAPPA = {"cw": 0.0, "cw-hc": 10.0, "cw-wb": STAGE2["kappa"]}  # each C&W attack's margin (cw-wb: stage 2's)
 APPLIES = {"eps": EPS_ATTACKS, "steps": ("bim", "ilcm"), "target_vector": ("ilcm",), "variant": ("jsma",),
            "max_iterations": ("jsma", *CW), "kappa": CW, "initial_const": CW, "binary_steps": CW,
            "learning_rate": CW, "targets": CW, "kernel": ("cw-wb",), "anchor": ("cw-wb",),
@@ -124,10 +126,10 @@ def options_of(args) -> dict:
         return {"targets": "random", "kernel": args.kernel, "anchor": args.anchor, "learning_rate": args.learning_rate,
                 "stage1": {k: v for k, v in stage1.items() if v is not None}, "stage2": optimiser, "seed": args.seed}
     if args.attack == "cw-hc":
-        if optimiser.get("kappa", 10.0) != 10.0:
-            raise ValueError(f"--attack cw-hc is C&W with kappa 10; for kappa {optimiser['kappa']:g} use --attack cw "
-                             f"--kappa {optimiser['kappa']:g}")
-        optimiser["kappa"] = 10.0
+        if optimiser.get("kappa", KAPPA["cw-hc"]) != KAPPA["cw-hc"]:
+            raise ValueError(f"--attack cw-hc is C&W with kappa {KAPPA['cw-hc']:g}; for kappa {optimiser['kappa']:g} "
+                             f"use --attack cw --kappa {optimiser['kappa']:g}")
+        optimiser["kappa"] = KAPPA["cw-hc"]
     return {"targets": args.targets, "learning_rate": args.learning_rate, "seed": args.seed, **optimiser}
 
 
@@ -139,10 +141,9 @@ def default_out(args) -> str:
     parts = [f"runs/attack-{Path(str(args.model)).name}-{args.attack}"]
     if args.attack in EPS_ATTACKS:
         parts.append(f"{args.eps:g}")
-    default_kappa = {"cw": 0.0, "cw-hc": 10.0, "cw-wb": 5.0}.get(args.attack)
     for dest, attacks in APPLIES.items():
         value = getattr(args, dest)
-        default = default_kappa if dest == "kappa" else args.attack_defaults[dest]
+        default = KAPPA.get(args.attack) if dest == "kappa" else args.attack_defaults[dest]
         if dest == "eps" or args.attack not in attacks or value is None or value == default:
             continue
         name = dest.replace("_", "-")

@@ -61,7 +61,8 @@ def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
     digests (a ``sha256`` dict) are compared by content: keyed by canonical file name, since a
     file may go by a variant name, and a digest recorded as None (before rcenp kept unverified
     digests) matches any."""
-    there, now = json.loads(json.dumps(there)), json.loads(json.dumps(now))
+    if not prefix:  # once, at the top: the nested dicts are then JSON's already
+        there, now = json.loads(json.dumps(there)), json.loads(json.dumps(now))
     out = []
     for key in list(there) + [k for k in now if k not in there]:
         dotted = f"{prefix}{key}"
@@ -170,8 +171,10 @@ def earlier_code(stems) -> list[dict]:
     appearance."""
     seen = []
     for stem in stems:
-        if stem.with_suffix(".jsonl").is_file() and batch_code(stem) not in seen:
-            seen.append(batch_code(stem))
+        if stem.with_suffix(".jsonl").is_file():
+            code = batch_code(stem)
+            if code not in seen:
+                seen.append(code)
     return seen
 
 
