@@ -46,6 +46,48 @@ def test_map_chunks_finishes_every_chunk_before_raising_a_chunks_error():
     assert layout.blas_thread_count() == before
 
 
+@pytest.mark.parametrize("n, largest, workers, size", [
+    (100, 34, 2, 25),   # 4 x 25, not 3 x 34 (one worker would wait a whole chunk)
+    (100, 20, 2, 17),   # 6 chunks, not 5 x 20: the batch norm of 100 MNIST images of 16 channels
+    (100, 20, 3, 17),   # 6 chunks, 2 per worker
+    (100, 20, 1, 20),   # one worker: the chunks depend on the size alone
+    (10, 10, 2, 10),    # a pass of one chunk stays whole
+])
+def test_balanced_chunks_give_every_worker_as_many(monkeypatch, n, largest, workers, size):
+    monkeypatch.setattr(layout, "chunk_workers", lambda: workers)
+    assert layout.balanced_chunk(n, largest) == size
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 300), largest=st.integers(1, 300), workers=st.integers(1, 4))
+def test_balanced_chunks_are_never_larger_and_never_fewer_than_the_workers(n, largest, workers):
+    largest = min(largest, n)
+    original = layout.chunk_workers
+    layout.chunk_workers = lambda: workers
+    try:
+        size = layout.balanced_chunk(n, largest)
+    finally:
+        layout.chunk_workers = original
+    chunks = -(-n // size)
+    assert 1 <= size <= largest
+    if -(-n // largest) > 1:  # several chunks: at least one per worker, sizes as equal as they can be
+        assert chunks >= min(n, workers) and chunks >= -(-n // largest)
+        assert n - (chunks - 1) * size <= size
+
+
+def test_elementwise_ops_chunk_for_the_workers_and_sums_for_the_size_alone(monkeypatch):
+    # the batch norm of 100 MNIST images of 16 channels (50 KiB each): 5 chunks by size; its
+    # elementwise passes take 6 on 2 workers, its training sums keep 5 whatever the workers
+    monkeypatch.setattr(layout, "chunk_workers", lambda: 2)
+    seen = []
+    real = layout.map_chunks
+    monkeypatch.setattr(layout, "map_chunks", lambda fn, n, chunk: seen.append(-(-n // chunk)) or real(fn, n, chunk))
+    x = np.zeros((100, 28, 28, 16), np.float32).transpose(0, 3, 1, 2)
+    layout.over_chunks(x, lambda lo, hi: None, balanced=True)
+    layout.over_chunks(x, lambda lo, hi: x[lo:hi].sum())
+    assert seen == [6, 5]
+
+
 def test_residual_add_runs_in_chunks_with_numpys_bits_and_the_first_operands_layout():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((32, 32, 32, 16)).astype(np.float32).transpose(0, 3, 1, 2)  # 2 MiB

@@ -42,7 +42,7 @@ class LeakyReLU(Function):
         def job(lo, hi):
             leaky_into(x[lo:hi], slope, y[lo:hi])
 
-        over_chunks(x, job)
+        over_chunks(x, job, balanced=True)
         return y
 
     def backward(self, gy):
@@ -52,7 +52,7 @@ class LeakyReLU(Function):
         def job(lo, hi):
             leaky_grad_into(x[lo:hi], gy[lo:hi], slope, gx[lo:hi])
 
-        over_chunks(gy, job)
+        over_chunks(gy, job, balanced=True)
         return gx
 
 

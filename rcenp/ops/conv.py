@@ -43,7 +43,7 @@ import numpy as np
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 from rcenp.ops.elementwise import unbroadcast
-from rcenp.ops.layout import chunk_workers, map_chunks
+from rcenp.ops.layout import balanced_chunk, map_chunks
 from rcenp.ops.memory import empty, scratch
 
 _CHUNK_BYTES = 5 << 19  # about 2.5 MB of gathered input (kernel rows or im2col) per worker chunk
@@ -174,19 +174,6 @@ def _chunk_size(n, per_image):
     return -(-n // -(-n // largest))
 
 
-def _balanced(n, largest):
-    """Images per chunk, at most ``largest``: a pass of several chunks gets a multiple of the
-    worker count of them, so that no worker idles at the end (100 images at 34 per chunk: 4 x 25,
-    not 3 x 34). A pass of one chunk stays whole: waking a helper costs more than it saves there
-    (a batch-10 forward took 35% longer split in two). Only for passes whose results do not depend
-    on the chunks: kernel-row GEMMs run image by image."""
-    count, w = -(-n // largest), chunk_workers()
-    if count == 1:
-        return n
-    count = min(n, -(-count // w) * w)
-    return -(-n // count)
-
-
 def _chunk_images(n, out_hw, kernel, stride, c, itemsize):
     """Images per chunk for a pass that gathers kernel rows (stride 1: OH + KH - 1 padded rows
     of OW x KW*C) or im2col (OH*OW x KH*KW*C)."""
@@ -229,7 +216,7 @@ def _correlate(xp, x_nhwc, w_mat, kernel, stride, pads, dilation, out_hw, bias=N
         finish(out[lo:hi], lo, hi)
 
     chunk = _chunk_images(n, out_hw, kernel, stride, x_nhwc.shape[3], out.itemsize)
-    map_chunks(job, n, _balanced(n, chunk) if by_rows else chunk)
+    map_chunks(job, n, balanced_chunk(n, chunk) if by_rows else chunk)
     return out
 
 

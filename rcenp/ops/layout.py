@@ -212,22 +212,43 @@ def map_chunks(fn, n: int, chunk: int):
     return results
 
 
-def for_each_chunk(fn, array, chunk_bytes: int = 1 << 20):
+def balanced_chunk(n: int, largest: int) -> int:
+    """Items per chunk, at most ``largest``, such that a pass of several chunks has a multiple of
+    ``chunk_workers()`` of them, so that no worker idles at the end (100 images at 34 per chunk:
+    4 x 25, not 3 x 34; at 20 per chunk on 2 workers: 6 chunks of at most 17, not 5 x 20, where
+    one worker would take 3 chunks and the other wait a whole chunk). A pass of one chunk stays
+    whole: waking a helper costs more than it saves there (a batch-10 forward took 35% longer
+    split in two). Only for passes whose results do not depend on the chunks (elementwise work,
+    GEMMs image by image), since these chunks depend on the number of workers."""
+    count, w = -(-n // max(1, largest)), chunk_workers()
+    if count == 1:
+        return n
+    count = min(n, -(-count // w) * w)
+    return -(-n // count)
+
+
+def for_each_chunk(fn, array, chunk_bytes: int = 1 << 20, balanced: bool = False):
     """``map_chunks`` over axis 0 of a host array in cache-sized chunks (about ``chunk_bytes``).
 
     For memory-bound elementwise work: each worker applies all of its passes to one chunk while
-    the chunk is still in its core's cache. Returns the per-chunk results in order.
+    the chunk is still in its core's cache. Returns the per-chunk results in order. ``balanced``
+    (only where fn's results do not depend on the chunking): as many chunks per worker
+    (``balanced_chunk``); otherwise the chunks depend on the array's size alone.
     """
     n = array.shape[0]
     per_item = max(1, array.nbytes // max(n, 1))
-    return map_chunks(fn, n, max(1, min(n, chunk_bytes // per_item)))
+    largest = max(1, min(n, chunk_bytes // per_item))
+    return map_chunks(fn, n, balanced_chunk(n, largest) if balanced else largest)
 
 
-def over_chunks(x, job):
+def over_chunks(x, job, balanced: bool = False):
     """job(lo, hi) over cache-sized chunks of axis 0 on the host pool, or once over everything
-    (small inputs, GPU); the partial results added in chunk order (None when job returns None)."""
+    (small inputs, GPU); the partial results added in chunk order (None when job returns None).
+    ``balanced`` for elementwise jobs, whose results do not depend on the chunking (see
+    ``for_each_chunk``); jobs returning partial sums keep chunks that depend on sizes alone, so
+    that their sums do not depend on the number of workers."""
     if host_chunked(x):
-        parts = for_each_chunk(job, x)
+        parts = for_each_chunk(job, x, balanced=balanced)
     elif isinstance(x, np.ndarray):
         parts = [serial(lambda: job(0, x.shape[0]))]
     else:
@@ -252,7 +273,7 @@ def add_arrays(a, b):
     def job(lo, hi):
         np.add(a[lo:hi], b[lo:hi], out=y[lo:hi])
 
-    over_chunks(y, job)
+    over_chunks(y, job, balanced=True)
     return y
 
 

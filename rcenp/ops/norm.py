@@ -144,7 +144,7 @@ class BatchNorm(Function):
                 out += shift_v
                 if slope is not None:
                     leaky_into(out, slope, out)
-        over_chunks(x, affine)
+        over_chunks(x, affine, balanced=True)
         self.y = y if slope is not None else None  # its sign is the activation's mask
         return y
 
@@ -190,7 +190,7 @@ class BatchNorm(Function):
             else:
                 def combine(lo, hi):
                     xp.multiply(lanes(g[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
-            over_chunks(gy, combine)
+            over_chunks(gy, combine, balanced=True)
         return (gx,
                 g_gamma if self.needs_input_grad[1] else None,
                 g_beta if self.needs_input_grad[2] else None)
@@ -211,7 +211,7 @@ class BatchNorm(Function):
             else:
                 xp.multiply(lanes(gy[lo:hi]), scale_v, out=lanes(gx[lo:hi]))
 
-        over_chunks(gy, job)
+        over_chunks(gy, job, balanced=True)
         return gx
 
 

@@ -40,7 +40,7 @@ class AvgPool2d(Function):
                 out += x[lo:hi, :, r, c]
             out *= inv_area
 
-        over_chunks(x, job)
+        over_chunks(x, job, balanced=True)
         return y
 
     def backward(self, gy):
@@ -56,7 +56,7 @@ class AvgPool2d(Function):
             for rows, cols in windows:
                 out[:, :, rows, cols] += share
 
-        over_chunks(gx, job)
+        over_chunks(gx, job, balanced=True)
         return gx
 
 
