@@ -2,16 +2,17 @@
 (``rcenp.attacks``) and by plain PyTorch on the model's twin (``torch_attacks.py`` on
 ``torch_twin.py``), and, with ``--cw``, C&W-L2 by rcenp and by foolbox 3.3.4.
 
-For each model and attack: seconds per run (median of ``--repeats``) and images/s on the first
-N test images, for each implementation; success rate; median distortion ||x* - x||_2/sqrt(d) on
-the 0-255 scale (the paper's unit); and how far the two implementations agree: the share of
-images whose adversarial prediction (each implementation's own model on its own x*) is the same,
-the share of identical x* (to 1e-6), and max |x*_rcenp - x*_torch|. BIM follows the same spec on
-both sides (protocol §5.1), so the two should agree up to float32 rounding and its consequences (a
-gradient sign near 0). The PyTorch JSMA runs the protocol's saliency dt*|do| (entry "torch") and,
-by default, also its reduction argmax d log F_t/dx (entry "torch_log_target"), which is what
-``rcenp.attacks.jsma`` computes; they differ by float noise in do and where F_t underflows
-(``torch_attacks.jsma``). C&W runs two different optimisers and is compared by outcome only.
+For each model and attack: seconds per run (median of ``--repeats``, the implementations taking
+turns) and images/s on the first N test images, for each implementation; success rate; median
+distortion ||x* - x||_2/sqrt(d) on the 0-255 scale (the paper's unit); and how far the two
+implementations agree: the share of images whose adversarial prediction (each implementation's own
+model on its own x*) is the same, the share of identical x* (to 1e-6), and max
+|x*_rcenp - x*_torch|. BIM follows the same spec on both sides (protocol §5.1), so the two should
+agree up to float32 rounding and its consequences (a gradient sign near 0). The PyTorch JSMA runs
+the protocol's saliency dt*|do| (entry "torch") and, by default, also its reduction argmax d log
+F_t/dx (entry "torch_log_target"), which is what ``rcenp.attacks.jsma`` computes; they differ by
+float noise in do and where F_t underflows (``torch_attacks.jsma``). C&W runs two different
+optimisers and is compared by outcome only.
 
 Prints one JSON object; ``--json PATH`` also writes it (atomically). Needs torch (and foolbox for
 ``--cw``); the rcenp side reports "rcenp.attacks not available" when that module is missing.
@@ -88,6 +89,39 @@ def _timed(fn, repeats, what="", warmup=0):
     return result, seconds
 
 
+def _steal_seconds():
+    """CPU time the hypervisor gave to other guests while this machine's CPUs wanted to run,
+    summed over them since boot (Linux /proc/stat), or None where unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _interleaved(runs, repeats, what="", warmup=0):
+    """{name: (the last run's result, [(wall s, CPU s, steal s) of every run])} for ``runs``
+    {name: fn}, taken in turns: ``warmup`` untimed runs of each, then ``repeats`` rounds of one
+    timed run of each, in reversed order every other round. A slow phase of the machine (this VM's
+    steal time reached 30% for minutes) then falls on every implementation alike instead of on
+    whichever block of repeats it met; each run's steal time (``_steal_seconds``) is recorded."""
+    for name, fn in runs.items():
+        for _ in range(warmup):
+            fn()
+    out = {name: (None, []) for name in runs}
+    order = list(runs)
+    for round_ in range(repeats):
+        for name in (order if round_ % 2 == 0 else order[::-1]):
+            steal, start, cpu = _steal_seconds(), time.perf_counter(), time.process_time()
+            result = runs[name]()
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            steal = None if steal is None else _steal_seconds() - steal
+            out[name] = (result, out[name][1] + [(wall, cpu, steal)])
+            print(f"bench_attacks: {what} {name}: {out[name][1][-1][0]:.2f} s", file=sys.stderr, flush=True)
+    return out
+
+
 def _l2_255(x_adv, x):
     """||x* - x||_2 / sqrt(d) on the 0-255 scale, per image (N,)."""
     d = (x_adv - x).reshape(len(x), -1).astype(np.float64)
@@ -96,10 +130,14 @@ def _l2_255(x_adv, x):
 
 def _timing(x, seconds):
     """Median wall seconds, images/s and CPU seconds (all threads; on a shared machine, wall time
-    counts waits for the cores and CPU time counts spinning threads)."""
-    wall = float(np.median([w for w, _ in seconds]))
-    return {"seconds": wall, "images_per_s": len(x) / wall, "cpu_seconds": float(np.median([c for _, c in seconds])),
-            "seconds_all": [w for w, _ in seconds]}
+    counts waits for the cores and CPU time counts spinning threads), and each run's wall and
+    host steal seconds where recorded."""
+    wall = float(np.median([s[0] for s in seconds]))
+    timing = {"seconds": wall, "images_per_s": len(x) / wall, "cpu_seconds": float(np.median([s[1] for s in seconds])),
+              "seconds_all": [s[0] for s in seconds]}
+    if all(len(s) > 2 and s[2] is not None for s in seconds):
+        timing["host_steal_seconds_all"] = [round(s[2], 2) for s in seconds]
+    return timing
 
 
 def _summary(x_adv, x, success, seconds):
@@ -120,7 +158,7 @@ def _agreement(ours, theirs, pred_ours, pred_theirs):
 def _passes(image_passes, seconds):
     """Work done, in images through the network (one forward, with its backward where the attack
     takes a gradient), and its rate over the median wall time."""
-    wall = float(np.median([w for w, _ in seconds]))
+    wall = float(np.median([s[0] for s in seconds]))
     return {"image_passes": int(image_passes), "image_passes_per_s": image_passes / wall}
 
 
@@ -253,15 +291,19 @@ def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, pr
     ``run_rcenp``: a function returning x*, or the string saying why there is none;
     ``success_fn(adv_pred)``: success per image."""
     entry, outputs = {}, {}
-    for key, run in torch_runs.items():
-        x_t, seconds = _timed(run, args.repeats, f"{name} {key}", args.warmup)
+    runs = dict(torch_runs)
+    if not isinstance(run_rcenp, str):
+        runs["rcenp"] = lambda: _host(run_rcenp())
+    timed = _interleaved(runs, args.repeats, name, args.warmup)
+    for key in torch_runs:
+        x_t, seconds = timed[key]
         x_t = x_t.detach().numpy()
         pred = predict_torch(x_t)
         entry[key], outputs[key] = _summary(x_t, x, success_fn(pred), seconds), (x_t, pred)
     if isinstance(run_rcenp, str):
         entry["rcenp"] = run_rcenp
         return entry
-    x_r, seconds = _timed(lambda: _host(run_rcenp()), args.repeats, f"{name} rcenp", args.warmup)
+    x_r, seconds = timed["rcenp"]
     pred_r = predict_rcenp(x_r)
     entry["rcenp"] = _summary(x_r, x, success_fn(pred_r), seconds)
     for key, (x_t, pred) in outputs.items():

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -49,3 +50,19 @@ def test_bad_arguments_exit_with_one_line(capsys):
     assert "must be positive" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="the sample set has 1000 images"):
         bench_attacks.main(["--models", "mnist-resnet32-ce", "--n", "1001", "--attacks", "bim"])
+
+
+def test_implementations_take_turns_and_each_run_records_the_hosts_steal_time():
+    calls = []
+    runs = {"torch": lambda: calls.append("torch") or "t", "rcenp": lambda: calls.append("rcenp") or "r"}
+    timed = bench_attacks._interleaved(runs, repeats=3, warmup=1)
+    assert calls == ["torch", "rcenp", "torch", "rcenp", "rcenp", "torch", "torch", "rcenp"]
+    assert timed["torch"][0] == "t" and timed["rcenp"][0] == "r"
+    for _, seconds in timed.values():
+        assert len(seconds) == 3
+        for wall, cpu, steal in seconds:
+            assert wall >= 0 and cpu >= 0
+            assert steal is None or steal >= 0
+    timing = bench_attacks._timing(np.zeros((4, 1)), timed["rcenp"][1])
+    assert len(timing["seconds_all"]) == 3
+    assert ("host_steal_seconds_all" in timing) == (bench_attacks._steal_seconds() is not None)
