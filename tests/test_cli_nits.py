@@ -339,6 +339,18 @@ def test_a_corrupt_npz_is_named_plainly(tmp_path, capsys, content, why):
     assert "pickle" not in line and "allow" not in line
 
 
+@pytest.mark.parametrize("fill, says", [
+    (np.nan, "784 pixel values are NaN or infinite"),
+    (np.inf, "784 pixel values are NaN or infinite"),
+    (0.75, "float images must lie in [-0.5, 0.5] (or pass uint8 pixels); these hold 0.75..0.75"),
+])
+def test_images_that_are_not_finite_or_outside_the_box_say_which(tmp_path, capsys, fill, says):
+    path = tmp_path / "batch.npz"
+    np.savez(path, images=np.full((1, 1, 28, 28), fill, np.float32))
+    assert main(["detect", "mnist-resnet32-rce", "--images", str(path), "--device", "cpu"]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"rcenp detect: error: {path}: {says}"
+
+
 def test_resuming_a_finished_run_says_so_and_still_gives_the_summary(setup, tmp_path, capfd):
     run, root = setup
     argv = ["attack", str(run), "--attack", "fgsm", "--eps", "0.1", "--n", "5", "--batch-size", "2",

@@ -74,8 +74,11 @@ def read_images(path: Path, shape) -> np.ndarray:
         if array.dtype == np.uint8:
             return array.astype(np.float32) / np.float32(255) - np.float32(0.5)
         array = array.astype(np.float32)
-        if not np.isfinite(array).all() or array.min() < -0.5 or array.max() > 0.5:
-            raise ValueError(f"{path}: float images must lie in [-0.5, 0.5] (or pass uint8 pixels)")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{path}: {int((~np.isfinite(array)).sum())} pixel values are NaN or infinite")
+        if array.min() < -0.5 or array.max() > 0.5:
+            raise ValueError(f"{path}: float images must lie in [-0.5, 0.5] (or pass uint8 pixels); "
+                             f"these hold {array.min():g}..{array.max():g}")
         return array
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return read_image(path, c, (h, w))[None]
