@@ -11,7 +11,7 @@ import pytest
 import rcenp
 from rcenp import cli
 from rcenp.attacks import run as attack_run
-from rcenp.attacks.cli import format_summary
+from rcenp.attacks.cli import budget_hint, format_summary
 from rcenp.attacks.run import run_attack
 from rcenp.cli import main
 from rcenp.models import resnet
@@ -177,6 +177,26 @@ def test_summary_says_what_success_counts_and_counts_in_the_singular(attack, opt
     assert len({re.search(r"\d", line).start() for line in text.splitlines()[1:4]}) == 1  # rates in one column
     assert ": 1 image (t)" in text and "over 1 successful attack on" in text
     assert "over 2 successful attacks on" in format_summary(fake_summary(attack, options, efficient=2), "out")
+
+
+@pytest.mark.parametrize("attack, options, success, hint", [
+    ("cw", {"binary_steps": 2, "max_iterations": 10}, 0.0,
+     "  no image succeeded within 2 binary steps x 10 iterations; the paper's budget is 9 x 10,000 "
+     "(--binary-steps, --max-iterations)"),
+    ("cw-hc", {"binary_steps": 1}, 0.0, "  no image succeeded within 1 binary step x 10,000 iterations; "
+     "the paper's budget is 9 x 10,000 (--binary-steps, --max-iterations)"),
+    ("cw-wb", {"stage2": {"max_iterations": 100}}, 0.0, "  no image succeeded within 9 binary steps x 100 "
+     "iterations; the paper's budget is 9 x 10,000 (--binary-steps, --max-iterations)"),
+    ("cw", {}, 0.0, None),                                          # the paper's budget: nothing to raise
+    ("cw", {"binary_steps": 2, "max_iterations": 10}, 0.3, None),   # something succeeded
+    ("bim", {"eps": 0.1}, 0.0, None),
+    ("cw", {"binary_steps": 2, "substitute": "s"}, 0.0, None),      # a transfer's rate is the target's
+])
+def test_a_cw_run_that_never_succeeds_on_a_small_budget_says_what_to_raise(attack, options, success, hint):
+    summary = fake_summary(attack, options)
+    summary["success_rate"] = success
+    assert budget_hint(summary) == hint
+    assert (hint in format_summary(summary, "out").splitlines()) == (hint is not None)
 
 
 # ---- N4: nothing left behind, options that exclude each other --------------------------------------------

@@ -193,6 +193,25 @@ def success_criterion(settings: dict) -> str:
     return ""
 
 
+def budget_hint(summary: dict) -> str | None:
+    """For a C&W run (cw, cw-hc, cw-wb's stage 2) in which no image succeeded on a budget below
+    the paper's (9 binary steps x 10,000 iterations, protocol §5.3): a line giving the budget
+    used and the options that raise it; otherwise None."""
+    settings = summary["settings"]
+    options = settings["options"]
+    if settings["attack"] not in CW or options.get("substitute") or not summary["counts"]["n"] \
+            or summary["success_rate"] > 0:
+        return None
+    stage = options.get("stage2", {}) if settings["attack"] == "cw-wb" else options
+    steps = stage.get("binary_steps", STAGE2["binary_steps"])
+    iterations = stage.get("max_iterations", STAGE2["max_iterations"])
+    if steps * iterations >= STAGE2["binary_steps"] * STAGE2["max_iterations"]:
+        return None
+    return (f"  no image succeeded within {steps} binary {'step' if steps == 1 else 'steps'} x {iterations:,} "
+            f"iterations; the paper's budget is {STAGE2['binary_steps']} x {STAGE2['max_iterations']:,} "
+            f"(--binary-steps, --max-iterations)")
+
+
 def format_summary(summary: dict, out) -> str:
     """A few lines for a person: rates, distortion, detection."""
     counts, distortion = summary["counts"], summary["distortion"]["l2_paper"]["efficient"]
@@ -205,6 +224,9 @@ def format_summary(summary: dict, out) -> str:
              f"  accuracy under attack   {summary['accuracy_under_attack']:.1%}",
              f"  attack success          {summary['success_rate']:.1%} "
              f"({success_criterion(summary['settings'])}after 8-bit rounding {summary['success_rate_8bit']:.1%})"]
+    hint = budget_hint(summary)
+    if hint:
+        lines.append(hint)
     if distortion["n"]:
         lines.append(f"  mean L2/sqrt(d) (0-255) {distortion['mean']:.2f} over "
                      f"{plural(distortion['n'], 'successful attack', 'successful attacks')} on correctly "
