@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rcenp.argtypes import count, integer, nonnegative, positive, real
 from rcenp.attacks.cw_wb import STAGE2
+from rcenp.attacks.jobs import check_jobs, run_shards, shard_folders
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
@@ -78,13 +79,17 @@ def add_parser(sub) -> None:
     a.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
                    help="attack nothing: write the run into --out from the folders of its finished --shard runs "
                    "(the same MODEL and options, without --shard)")
+    a.add_argument("--jobs", type=count, default=1, metavar="J",
+                   help="run as J shard processes of one thread each side by side, then merge them into --out "
+                   "(the same files as one process; faster on a multi-core machine, most on a virtual one); "
+                   "default 1")
     a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR")
     a.add_argument("--data-dir", help=f"data root holding the model's test set ({DATA_DIR_DEFAULT}; MNIST "
                    "when neither names a root: the embedded sample; a named root must hold the data, unlike "
                    "rcenp demo's fallback)")
     a.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
     a.add_argument("--json", action="store_true", help="print summary.json instead of a short table")
-    a.set_defaults(attack_defaults={dest: a.get_default(dest) for dest in APPLIES})
+    a.set_defaults(attack_defaults={dest: a.get_default(dest) for dest in APPLIES}, attack_parser=a)
 
 
 CW = ("cw", "cw-hc", "cw-wb")
@@ -168,9 +173,15 @@ def cmd_attack(args) -> int:
     options = options_of(args)
     if args.substitute:
         options["substitute"] = args.substitute
+    merge, resume = args.merge, args.resume
+    if args.jobs > 1:
+        check_jobs(args, Path(out))
+        if not (Path(out) / "summary.json").is_file():  # else: a finished run, resumed (or refused) as usual
+            run_shards(args.attack_parser, args, Path(out))
+            merge, resume = [str(folder) for folder in shard_folders(out, args.jobs)], True
     summary = run_attack(args.model, args.attack, out, options, n=args.n, seed=args.seed,
-                         batch_size=args.batch_size, resume=args.resume, shard=args.shard, data_dir=args.data_dir,
-                         device=args.device, png_dir=args.png, merge=args.merge)
+                         batch_size=args.batch_size, resume=resume, shard=args.shard, data_dir=args.data_dir,
+                         device=args.device, png_dir=args.png, merge=merge)
     if args.json:
         print(json.dumps(summary))
         return 0

@@ -96,18 +96,32 @@ def shard_indices(n: int, batch_size: int, shard=(1, 1)) -> np.ndarray:
     return np.arange(first * batch_size, min(last * batch_size, n))
 
 
+def attacked_split(dataset: str, n: int, data_dir=None):
+    """The test split whose first ``n`` images a run attacks: from ``data_dir`` or ``$RCENP_DATA``
+    when named (they must hold it), else MNIST's embedded sample. Raises DataError when there is
+    none, ValueError when it has fewer than ``n`` images."""
+    from rcenp.data import DataError, find_test_split
+
+    test, why = find_test_split(dataset, data_dir, strict=True)
+    if test is None:
+        raise DataError(why)
+    if not 1 <= n <= len(test.labels):
+        raise ValueError(f"--n {n}: the test images here ({test.describe()}) number {len(test.labels)}")
+    return test
+
+
 def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, seed: int = 0,
                batch_size: int = 100, resume: bool = False, shard=(1, 1), data_dir=None, device=None,
                png_dir=None, stream=None, merge=None) -> dict:
     """Attack the first ``n`` test images of ``model_ref``'s data set (see the module docstring).
 
     ``options`` are the attack's keyword arguments (``eps``, ``steps``, ...). ``merge``: instead of
-    attacking, write the run from the folders of its finished shards (``rcenp.attacks.shards``).
+    attacking, write the run from the folders of its finished shards (``rcenp.attacks.shards``;
+    with ``resume``, also over an interrupted merge of the same run).
     Progress lines go to ``stream`` (default: ``sys.stderr`` at the time of the call). Raises
     ValueError for bad settings, a run directory holding a different run, ``n`` beyond the test
     split, or shards that are not this run's.
     """
-    from rcenp.data import DataError, find_test_split
     from rcenp.models.registry import load as load_model
 
     if attack not in ATTACKS:
@@ -118,11 +132,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         checkpoint.check_folder(png_dir, "--png")
     model, manifest = load_model(model_ref, device)
     dataset = manifest["config"]["dataset"]
-    test, why = find_test_split(dataset, data_dir, strict=True)
-    if test is None:
-        raise DataError(why)
-    if not 1 <= n <= len(test.labels):
-        raise ValueError(f"--n {n}: the test images here ({test.describe()}) number {len(test.labels)}")
+    test = attacked_split(dataset, n, data_dir)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -147,7 +157,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
 
         if attack == "cw-wb":  # the shards' own η record, whatever training data is here
             asked["eta"] = shards_eta(merge)
-        return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume=False))
+        return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume))
     if attack == "cw-wb" and crafter_detector is not None:  # η_t: module docstring
         train, asked["eta"] = eta_training_split(crafter_manifest, crafter_detector, data_dir)
     made_dir = not out_dir.exists()

@@ -1,0 +1,160 @@
+"""``rcenp attack --jobs J``: one run as J shard processes side by side on this machine, each
+with one thread, then merged into the single run's files (``--shard``, ``--merge``:
+``rcenp.attacks.shards``).
+
+Why processes. In one process rcenp's two host workers meet at every operation (about 120
+times per BIM iteration on ResNet-32), and a worker that waits lets its CPU go idle. On a virtual
+machine that halts idle CPUs at once, the hypervisor often hands the core to another guest and
+gives it back late: on this project's 2-core VM, one process with two workers took 19-25 s for
+JSMA on 40 MNIST images (batch 20), and two one-thread shard processes plus the merge 11-12 s,
+with the same samples.jsonl. Shards never wait for each other, and rcenp's results do not depend
+on the number of threads, so the merged files equal the single run's.
+
+Layout: the shards run in ``OUT/shards/K-of-J`` (each with its own attack.log; the console
+output of each process in its ``console.log``), the merged run in ``OUT``, and this command's
+progress in ``OUT/jobs.log``. ``--resume`` resumes every shard from its last finished batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rcenp.checkpoint import check_folder
+from rcenp.progress import Progress, plural
+
+ONE_THREAD = {"RCENP_HOST_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "MKL_NUM_THREADS": "1"}
+NOT_PASSED = {"help", "model", "out", "resume", "shard", "merge", "json", "jobs"}  # the parent's own
+
+
+def shard_folders(out, jobs: int) -> list[Path]:
+    return [Path(out) / "shards" / f"{k}-of-{jobs}" for k in range(1, jobs + 1)]
+
+
+def child_argv(parser, args, shard: int, jobs: int, folder: Path, resume: bool) -> list[str]:
+    """The ``rcenp attack`` command line of shard ``shard``/``jobs``: every option of ``args`` that
+    is not at its default, as ``parser`` (the attack command's) reads it back, then ``--shard``,
+    ``--out`` and ``--resume`` when that shard has begun."""
+    argv = [str(args.model)]
+    for action in parser._actions:  # argparse's list of the command's options
+        if action.dest in NOT_PASSED or not action.option_strings:
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value == action.default:
+            continue
+        if action.nargs == 0:  # a flag
+            argv.append(action.option_strings[0])
+        else:
+            argv += [action.option_strings[0], str(value)]
+    argv += ["--shard", f"{shard}/{jobs}", "--out", str(folder)]
+    return argv + (["--resume"] if resume else [])
+
+
+def check_jobs(args, out: Path) -> None:
+    """ValueError (one line) for a ``--jobs`` run that cannot go ahead, DataError for its test
+    images: checked here, before any shard process starts."""
+    from rcenp.attacks.run import attacked_split
+    from rcenp.models.registry import resolve
+
+    check_folder(out, "--out")
+    manifest = json.loads(resolve(args.model).with_suffix(".json").read_text())
+    attacked_split(manifest["config"]["dataset"], args.n, args.data_dir)
+    if tuple(args.shard) != (1, 1) or args.merge:
+        raise ValueError("--jobs runs and merges every shard here: leave out --shard and --merge")
+    batches = math.ceil(args.n / args.batch_size)
+    if args.jobs > batches:
+        raise ValueError(f"--jobs {args.jobs}: {args.n} images in batches of {args.batch_size} make "
+                         f"{plural(batches, 'batch', 'batches')}; use at most that many jobs or a smaller --batch-size")
+    if (out / "run.json").is_file() and not (out / "summary.json").is_file() and not (out / "shards").is_dir():
+        raise ValueError(f"{out} holds a run begun without --jobs: resume it without --jobs, or choose another --out")
+
+
+def _finished_batches(folders, batches: int) -> int:
+    """Batches finished over the shards: a finished shard's all (its partial/ folder is gone),
+    else its partial/ batch files. ``batches``: the whole run's."""
+    jobs, done = len(folders), 0
+    for k, folder in enumerate(folders, 1):
+        if (folder / "summary.json").is_file():
+            done += k * batches // jobs - (k - 1) * batches // jobs  # shard k's (run.shard_indices)
+        else:
+            done += len(list((folder / "partial").glob("batch-*.jsonl")))
+    return done
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def run_shards(parser, args, out: Path, stream=None) -> None:
+    """Run the ``args.jobs`` shard processes of ``args``' run (one thread each) until all have
+    finished, with one progress line over their batches. Raises ValueError naming the first
+    shard that failed (its last console line and its log); the others are stopped, and every
+    finished batch is kept for ``--resume``."""
+    stream = sys.stderr if stream is None else stream
+    folders = shard_folders(out, args.jobs)
+    for folder in folders:
+        if (folder / "run.json").is_file() and not args.resume:
+            raise ValueError(f"{folder} already holds this shard's run: pass --resume to continue it, "
+                             "or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    root = str(Path(__file__).resolve().parents[2])  # the shards import this rcenp, installed or not
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, **ONE_THREAD, PYTHONPATH=path)
+    total = math.ceil(args.n / args.batch_size)
+    progress = Progress(out / "jobs.log", total, stream=stream, unit="batch")
+    done_before = _finished_batches(folders, total)
+    progress.message(f"{plural(args.jobs, 'shard process', 'shard processes')} of one thread each, in {out / 'shards'}"
+                     + (f"; {done_before} of {total} batches done before" if done_before else ""))
+    children, logs, failed = [], [], None
+    try:
+        for k, folder in enumerate(folders, 1):
+            folder.mkdir(parents=True, exist_ok=True)
+            logs.append(open(folder / "console.log", "a"))
+            begun = (folder / "run.json").is_file()
+            argv = [sys.executable, "-m", "rcenp", "attack", *child_argv(parser, args, k, args.jobs, folder, begun)]
+            children.append(subprocess.Popen(argv, stdout=logs[-1], stderr=subprocess.STDOUT, env=env))
+        start = time.monotonic()
+        while any(child.poll() is None for child in children):
+            failed = next((k for k, child in enumerate(children, 1) if child.returncode not in (None, 0)), None)
+            if failed:  # the others are stopped below
+                break
+            done = _finished_batches(folders, total)
+            rate = (done - done_before) / max(time.monotonic() - start, 1e-9)
+            progress.update(done, f"{sum(c.poll() is None for c in children)} of {args.jobs} shards running",
+                            (total - done) / rate if rate > 0 else math.nan)
+            time.sleep(1.0)
+        failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
+        if not failed:
+            progress.update(total, f"all {args.jobs} shards finished; merging", 0.0, force=True)
+    finally:
+        _stop(children)
+        for log in logs:
+            log.close()
+        progress.close()
+    if failed:
+        log = folders[failed - 1] / "console.log"
+        raise ValueError(f"shard {failed}/{args.jobs} failed: {_last_line(log)} (its output: {log}); "
+                         "finished batches are kept: rerun with --resume")
+
+
+def _stop(children) -> None:
+    """Stop the shard processes still running (a failed shard or an interrupt) and reap them all."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)  # each stops as on Ctrl-C; its batches are written atomically
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -1,0 +1,111 @@
+"""rcenp attack --jobs: shard processes side by side, merged into the single run's files."""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from rcenp.attacks.jobs import child_argv
+from rcenp.cli import build_parser, main
+
+BASE = ["attack", "mnist-resnet32-ce", "--attack", "fgsm", "--eps", "0.1", "--n", "6", "--batch-size", "2"]
+
+
+def one_error_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0], text
+    assert "Traceback" not in text, text
+    return lines[0]
+
+
+def same_run(a, b):
+    assert (a / "samples.jsonl").read_text() == (b / "samples.jsonl").read_text()
+    with np.load(a / "adversarial.npz") as x, np.load(b / "adversarial.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        for name in x.files:
+            np.testing.assert_array_equal(x[name], y[name])
+    sa, sb = (json.loads((f / "summary.json").read_text()) for f in (a, b))
+    assert sa["counts"] == sb["counts"] and sa["success_rate"] == sb["success_rate"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "run"
+    assert main(BASE + ["--out", str(out)]) == 0
+    return out
+
+
+def test_jobs_give_the_single_runs_files_and_resume_a_begun_shard(single, tmp_path, capsys):
+    out = tmp_path / "jobs"
+    # shard 1 of 2 ran before (an interrupted --jobs run); --jobs 2 --resume runs shard 2 and merges
+    assert main(BASE + ["--shard", "1/2", "--out", str(out / "shards" / "1-of-2")]) == 0
+    capsys.readouterr()
+    assert main(BASE + ["--jobs", "2", "--out", str(out)]) == 2  # begun: only with --resume
+    assert "1-of-2 already holds this shard's run: pass --resume" in one_error_line(capsys.readouterr().err)
+    assert main(BASE + ["--jobs", "2", "--resume", "--out", str(out)]) == 0
+    same_run(out, single)
+    assert "2 shard processes of one thread each" in (out / "jobs.log").read_text()
+    capsys.readouterr()
+    assert main(BASE + ["--jobs", "2", "--out", str(out)]) == 2  # a finished run: only with --resume
+    assert "already holds an attack run" in one_error_line(capsys.readouterr().err)
+    assert main(BASE + ["--jobs", "2", "--resume", "--out", str(out)]) == 0
+    assert "already finished" in capsys.readouterr().err
+    (out / "summary.json").unlink()  # killed while merging: run.json written, summary.json not yet
+    assert main(BASE + ["--jobs", "2", "--resume", "--out", str(out)]) == 0
+    same_run(out, single)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--jobs", "4"], "--jobs 4: 6 images in batches of 2 make 3 batches; use at most that many jobs"),
+    (["--jobs", "2", "--shard", "1/2"], "--jobs runs and merges every shard here: leave out --shard and --merge"),
+])
+def test_jobs_that_cannot_run_say_why(tmp_path, capsys, extra, says):
+    assert main(BASE + extra + ["--out", str(tmp_path / "x")]) == 2
+    assert says in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_begun_without_jobs_is_not_taken_over(single, capsys):
+    (single / "summary.json").rename(single / "summary.moved")  # as if that run had been killed
+    try:
+        assert main(BASE + ["--jobs", "2", "--resume", "--out", str(single)]) == 2
+        assert "holds a run begun without --jobs" in one_error_line(capsys.readouterr().err)
+    finally:
+        (single / "summary.moved").rename(single / "summary.json")
+
+
+def test_missing_data_is_refused_before_any_shard_starts(tmp_path, capsys):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    assert main(BASE + ["--jobs", "2", "--data-dir", str(empty), "--out", str(tmp_path / "x")]) == 2
+    assert "no t10k-images-idx3-ubyte in" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_failing_shard_is_named_with_its_last_line(tmp_path, capsys, monkeypatch):
+    from rcenp.attacks import jobs
+
+    monkeypatch.setitem(jobs.ONE_THREAD, "RCENP_HOST_THREADS", "none")  # every shard process fails at once
+    assert main(BASE + ["--jobs", "2", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    line = err[-1]
+    assert re.match(r"rcenp attack: error: shard [12]/2 failed: \S", line), line  # whichever failed first
+    assert "console.log); finished batches are kept: rerun with --resume" in line
+
+
+@pytest.mark.parametrize("argv", [
+    ["m", "--attack", "cw", "--n", "20", "--batch-size", "5", "--kappa", "2.5", "--binary-steps", "3",
+     "--max-iterations", "7", "--learning-rate", "0.05", "--targets", "untargeted", "--seed", "3", "--json",
+     "--jobs", "2", "--png", "p", "--data-dir", "d"],
+    ["m", "--attack", "ilcm", "--eps", "0.06", "--steps", "4", "--target-vector", "pang2018-code", "--jobs", "3"],
+    ["m", "--attack", "cw-wb", "--kernel", "detector", "--anchor", "stage1", "--stage1-iterations", "9",
+     "--substitute", "s", "--device", "cpu", "--jobs", "2", "--resume", "--out", "o"],
+])
+def test_a_shards_command_line_reads_back_as_the_same_run(argv):
+    parser = build_parser()
+    args = parser.parse_args(["attack", *argv])
+    child = parser.parse_args(["attack", *child_argv(args.attack_parser, args, 2, args.jobs, "o/shards/2", True)])
+    expected = vars(args) | {"shard": (2, args.jobs), "out": "o/shards/2", "resume": True, "jobs": 1, "json": False}
+    assert {k: v for k, v in vars(child).items() if k != "attack_parser"} == \
+        {k: v for k, v in expected.items() if k != "attack_parser"}
