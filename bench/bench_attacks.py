@@ -31,6 +31,12 @@ intra-op threads, rcenp's host workers, and OpenBLAS/OpenMP (the script restarts
 with those variables set, since they must precede NumPy's import). One core each side:
 
     python bench/bench_attacks.py --threads 1
+
+``--jobs J`` also times ``rcenp attack --jobs J`` on the same images: J one-thread shard processes
+side by side and their merge, started fresh each time (imports, model, detector scores and the
+run's files included), which on a VM that halts idle CPUs is faster than one process's workers:
+
+    python bench/bench_attacks.py --jobs 2 --repeats 3
 """
 from __future__ import annotations
 
@@ -38,7 +44,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -286,14 +294,16 @@ def _load_images(args, dataset):
     return data.images[:args.n], data.labels[:args.n], data.identity
 
 
-def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, predict_rcenp):
+def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, predict_rcenp, rcenp_runs=None):
     """Time and compare one attack. ``torch_runs``: {entry name: function returning x*};
-    ``run_rcenp``: a function returning x*, or the string saying why there is none;
-    ``success_fn(adv_pred)``: success per image."""
+    ``run_rcenp``: a function returning x*, or the string saying why there is none; ``rcenp_runs``:
+    {entry name: function returning host x*} of other ways to run rcenp (``--jobs``), compared
+    with ``run_rcenp``'s; ``success_fn(adv_pred)``: success per image."""
     entry, outputs = {}, {}
     runs = dict(torch_runs)
     if not isinstance(run_rcenp, str):
         runs["rcenp"] = lambda: _host(run_rcenp())
+        runs.update(rcenp_runs or {})
     timed = _interleaved(runs, args.repeats, name, args.warmup)
     for key in torch_runs:
         x_t, seconds = timed[key]
@@ -309,7 +319,32 @@ def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, pr
     for key, (x_t, pred) in outputs.items():
         entry[f"agreement_rcenp_{key}"] = _agreement(x_r, x_t, pred_r, pred)
         entry[f"seconds_rcenp_over_{key}"] = entry["rcenp"]["seconds"] / entry[key]["seconds"]
+    for key in rcenp_runs or {}:
+        x_j, seconds = timed[key]
+        pred_j = predict_rcenp(x_j)
+        entry[key] = _summary(x_j, x, success_fn(pred_j), seconds)
+        entry[f"agreement_{key}_rcenp"] = _agreement(x_j, x_r, pred_j, pred_r)
+        for torch_key in outputs:
+            entry[f"seconds_{key}_over_{torch_key}"] = entry[key]["seconds"] / entry[torch_key]["seconds"]
     return entry
+
+
+def cli_jobs_run(model_name, attack, args):
+    """A function returning x* (N, C, H, W) from ``rcenp attack MODEL --jobs J`` on the first N
+    images, in fresh processes: J one-thread shards of N/J images each, then their merge, timed
+    end to end (imports, the model, detector scores and the run's files included)."""
+    def run():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "run")
+            command = [sys.executable, "-m", "rcenp", "attack", model_name, "--attack", attack, "--eps", repr(args.eps),
+                       "--n", str(args.n), "--batch-size", str(-(-args.n // args.jobs)), "--jobs", str(args.jobs),
+                       "--out", out]
+            done = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip().splitlines()[-1:]}")
+            with np.load(os.path.join(out, "adversarial.npz")) as files:
+                return np.asarray(files["adversarial"], dtype=np.float32)
+    return run
 
 
 def bench_model(name, args, attacks_module):
@@ -341,12 +376,16 @@ def bench_model(name, args, attacks_module):
               "twin": {"max_logit_difference_relative": float(np.abs(logits_r - logits_t).max() / np.abs(logits_r).max()),
                        "prediction_agreement": float((logits_t.argmax(1) == clean).mean())}}
     least_likely = logits_r.argmin(1)
+
+    def jobs_runs(attack):
+        return {f"rcenp_cli_jobs{args.jobs}": cli_jobs_run(name, attack, args)} if args.jobs else {}
+
     if "bim" in args.attacks:
         ours = rcenp_attack(attacks_module, "bim")
         report["bim"] = _compare(
             f"{name} bim", x, args, {"torch": lambda: bim(twin, xt, args.eps, steps=10)},
             ours if isinstance(ours, str) else lambda: ours(model, x, args.eps, steps=10),
-            lambda pred: pred != clean, predict_torch, predict_rcenp)
+            lambda pred: pred != clean, predict_torch, predict_rcenp, jobs_runs("bim"))
         report["bim"]["settings"] = {"eps": args.eps, "steps": 10, "success": "adversarial prediction != clean prediction"}
     if "jsma" in args.attacks:
         ours = rcenp_attack(attacks_module, "jsma")
@@ -357,7 +396,7 @@ def bench_model(name, args, attacks_module):
             f"{name} jsma", x, args, runs,
             ours if isinstance(ours, str) else
             lambda: ours(model, x, args.eps, max_iterations=100, variant="pang2018"),
-            lambda pred: pred == least_likely, predict_torch, predict_rcenp)
+            lambda pred: pred == least_likely, predict_torch, predict_rcenp, jobs_runs("jsma"))
         report["jsma"]["settings"] = {"theta": args.eps, "max_iterations": 100, "variant": "pang2018",
                                       "success": "adversarial prediction == least-likely clean class"}
         # rcenp takes one backward per pick (the log-target form); the protocol's dt*|do| takes two
@@ -396,6 +435,9 @@ def main(argv=None):
                              "and PyTorch load)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs of each BIM/JSMA implementation before timing (C&W: none)")
+    parser.add_argument("--jobs", type=int, default=0, metavar="J",
+                        help="also time `rcenp attack --jobs J` on the same images (entry 'rcenp_cli_jobsJ'): J "
+                             "one-thread shard processes and their merge, from a fresh process, files included")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the twin's convolutions channels-last (torch.channels_last), as rcenp stores activations")
     parser.add_argument("--cw", action="store_true", help="also C&W-L2: foolbox 3.3.4 against rcenp.attacks.cw_l2")
@@ -411,8 +453,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="C&W target draw")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.repeats < 1 or args.threads < 1 or args.cw_n < 1 or args.warmup < 0:
-        parser.error("--n, --repeats, --threads and --cw-n must be positive, --warmup not negative")
+    if args.n < 1 or args.repeats < 1 or args.threads < 1 or args.cw_n < 1 or args.warmup < 0 or args.jobs < 0:
+        parser.error("--n, --repeats, --threads and --cw-n must be positive, --warmup and --jobs not negative")
+    if args.jobs > args.n:
+        parser.error(f"--jobs {args.jobs}: at most --n ({args.n}) shards")
     wanted = {name: str(args.threads) for name in ("RCENP_HOST_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     if argv is None and any(os.environ.get(name) != value for name, value in wanted.items()):
         os.environ.update(wanted)  # equal threads on both sides, set before NumPy's OpenBLAS starts

@@ -66,3 +66,14 @@ def test_implementations_take_turns_and_each_run_records_the_hosts_steal_time():
     timing = bench_attacks._timing(np.zeros((4, 1)), timed["rcenp"][1])
     assert len(timing["seconds_all"]) == 3
     assert ("host_steal_seconds_all" in timing) == (bench_attacks._steal_seconds() is not None)
+
+
+def test_cli_jobs_entry_times_rcenp_attack_jobs_on_the_same_images(tmp_path):
+    out = tmp_path / "attacks.json"
+    assert bench_attacks.main(["--models", "mnist-resnet32-ce", "--n", "2", "--attacks", "bim", "--threads", "1",
+                               "--warmup", "0", "--jobs", "2", "--json", str(out)]) == 0
+    bim = json.loads(out.read_text())["models"]["mnist-resnet32-ce"]["bim"]
+    jobs = bim["rcenp_cli_jobs2"]
+    assert jobs["seconds"] > 0 and jobs["success_rate"] == bim["rcenp"]["success_rate"]
+    assert bim["agreement_rcenp_cli_jobs2_rcenp"]["identical_x_adv_fraction"] == 1.0  # BIM: per image
+    assert bim["seconds_rcenp_cli_jobs2_over_torch"] > 0
