@@ -605,3 +605,269 @@ def test_table2_eps_script_keeps_theta_apart_and_reads_the_published_sweep(tmp_p
         rows = script.distances(published, {"ce": "mnist-resnet32-ce", "rce": "mnist-resnet32-rce"})
         assert any(r["attack"] == "jsma" and r["theta"] is not None for r in rows)
         assert all(r["eps"] is not None for r in rows if r["attack"] != "jsma")
+
+
+# ---- audit fixes: refused cells, stale cells, timings, the plan, the report's own statements -----
+DEVNULL = open(os.devnull, "w")
+
+
+def fake_run_attack(calls):
+    """A stand-in for run_attack that records its folder and writes a finished run there."""
+    def run_attack(model, attack, out_dir, options, n=1000, seed=0, batch_size=100, **kwargs):
+        calls.append(Path(out_dir))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        asked = {"model": model, "attack": attack, "options": options, "n": n, "seed": seed, "batch_size": batch_size}
+        (Path(out_dir) / "run.json").write_text(json.dumps(asked))
+        (Path(out_dir) / "summary.json").write_text(json.dumps({"settings": asked}))
+    return run_attack
+
+
+def smoke_cell(attack, part="table2", model="mnist-resnet32-ce"):
+    return next(c for c in cells.plan(budgets.get_budget("smoke"), [part]) if c.model == model and c.attack == attack)
+
+
+def test_a_cell_that_run_attack_refuses_is_not_available_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A ValueError or CheckpointError of one cell is that cell's reason; the other cells still run.
+    A transfer whose substitute has no fitted detector is not attempted."""
+    from rcenp.attacks import run as attack_run
+    from rcenp.checkpoint import CheckpointError
+
+    fgsm, bim = smoke_cell("fgsm"), smoke_cell("bim")
+    calls = []
+
+    def refuse(model, attack, out_dir, *args, **kwargs):
+        calls.append(attack)
+        if attack == "fgsm":
+            raise ValueError("out: --resume with other settings than the run there: options.eps: 0.1 there\nmore")
+        raise CheckpointError("mnist-resnet32-ce: detector fitted for other weights")
+
+    monkeypatch.setattr(attack_run, "run_attack", refuse)
+    outcomes = cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    assert calls == ["fgsm", "bim"]
+    assert outcomes[fgsm.key]["status"] == outcomes[bim.key]["status"] == "not available"
+    assert outcomes[fgsm.key]["reason"] == \
+        "not available: out: --resume with other settings than the run there: options.eps: 0.1 there"
+    assert outcomes[bim.key]["reason"] == "not available: mnist-resnet32-ce: detector fitted for other weights"
+    assert set(json.loads((tmp_path / "out" / "cells.json").read_text())) == {fgsm.key, bim.key}
+    smoke = budgets.get_budget("smoke")
+    transfer = cells.Cell("mnist-resnet32-ce/cw-wb-from-mnist-resnet32-rce", "attack", "mnist-resnet32-ce", "mnist",
+                          32, "ce", 2, attack="cw-wb", options=budgets.cw_wb_options(smoke, "attacker",
+                                                                                     "mnist-resnet32-rce"),
+                          substitute="mnist-resnet32-rce", batch_size=2)
+    monkeypatch.setattr(lineup, "has_detector", lambda name: name != "mnist-resnet32-rce")
+    outcome = cells.run_cell(transfer, tmp_path / transfer.key, stream=DEVNULL)
+    assert outcome["status"] == "not available" and calls == ["fgsm", "bim"]
+    assert outcome["reason"].startswith("not available: substitute mnist-resnet32-rce has no fitted K-density detector")
+
+
+def test_a_finished_cell_computed_with_other_settings_is_set_aside_and_recomputed(tmp_path, monkeypatch):
+    """The run's own finished cells get reusable's check: one asked with another ε, or scored by a
+    detector refit since, is renamed <name>.stale-<k> (kept) and computed afresh; a matching one is kept."""
+    from rcenp.attacks import run as attack_run
+    from rcenp.attacks.runfiles import detector_identity
+
+    fgsm, bim = smoke_cell("fgsm"), smoke_cell("bim")
+    root = tmp_path / "out" / "cells"
+    fake_published(root, fgsm, options={"eps": 0.3})
+    fake_published(root, bim, batch_size=bim.batch_size, detector=detector_identity(bim.model))
+    calls = []
+    monkeypatch.setattr(attack_run, "run_attack", fake_run_attack(calls))
+    outcomes = cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    assert calls == [root / fgsm.key]
+    assert outcomes[fgsm.key]["source"] == "computed" and outcomes[bim.key]["source"] == "resumed"
+    aside = root / "mnist-resnet32-ce" / "fgsm-0.08.stale-1"
+    assert json.loads((aside / "run.json").read_text())["options"] == {"eps": 0.3}
+    assert (aside / "summary.json").is_file()
+    assert "options.eps: 0.3 there, 0.08 now" in (tmp_path / "out" / "reproduce.log").read_text()
+    refit = dict(detector_identity(fgsm.model), threshold=1e9)
+    run_file = root / fgsm.key / "run.json"
+    run_file.write_text(json.dumps(dict(json.loads(run_file.read_text()), detector=refit)))
+    cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    assert calls == [root / fgsm.key] * 2 and (root / "mnist-resnet32-ce" / "fgsm-0.08.stale-2").is_dir()
+    assert cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)[fgsm.key]["source"] == "resumed"
+    assert len(calls) == 2
+
+
+def test_reuse_compares_the_test_split_but_not_the_batch_size(tmp_path):
+    """Other test images are other cells: a copy on another split is not reused, the same files
+    in another folder are the same split; another batch size changes only float32 rounding."""
+    jsma = next(c for c in cells.plan(budgets.get_budget("cpu"), ["table2"])
+                if c.model == "mnist-resnet32-ce" and c.attack == "jsma")
+    split = {"name": "mnist", "split": "test", "n": 10000, "note": "full",
+             "sha256": {"t10k-images-idx3-ubyte.gz": "aa", "t10k-labels-idx1-ubyte.gz": "bb"}, "source": "/here"}
+    here = lambda dataset: dict(split, source="/elsewhere")  # noqa: E731
+    fake_published(tmp_path / "same", jsma, batch_size=100, data=split)
+    fake_published(tmp_path / "batch", jsma, batch_size=1000, data=split)
+    other = dict(split, sha256={"t10k-images-idx3-ubyte.gz": "cc", "t10k-labels-idx1-ubyte.gz": "bb"})
+    fake_published(tmp_path / "data", jsma, batch_size=100, data=other)
+    assert cells.reusable(jsma, [tmp_path / "same"], here) == tmp_path / "same" / jsma.key
+    assert cells.reusable(jsma, [tmp_path / "batch"], here) == tmp_path / "batch" / jsma.key
+    assert cells.reusable(jsma, [tmp_path / "data"], here) is None
+    asked = json.loads((tmp_path / "data" / jsma.key / "run.json").read_text())
+    assert cells.stale(jsma, asked, here) == "data: other test images (their SHA-256 differ)"
+
+
+def test_timings_are_written_after_every_cell(tmp_path, monkeypatch):
+    """A run killed in its second cell keeps the first cell's seconds; the report reads them back."""
+    import time
+
+    from rcenp.reproduce import run
+
+    fgsm, bim = smoke_cell("fgsm"), smoke_cell("bim")
+
+    def run_cell(cell, cell_dir, *args):
+        if cell is bim:
+            raise KeyboardInterrupt
+        time.sleep(0.01)
+        return {"status": "done", "path": str(cell_dir), "source": "computed"}
+
+    monkeypatch.setattr(cells, "run_cell", run_cell)
+    with pytest.raises(KeyboardInterrupt):
+        cells.run_cells([fgsm, bim], tmp_path, stream=DEVNULL)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert set(timings) == {fgsm.key} and timings[fgsm.key] >= 0.01
+    assert run._part_seconds(tmp_path, [fgsm, bim]) == {"table2": timings[fgsm.key]}
+
+
+def test_the_white_box_attack_on_a_table4_target_is_planned_only_for_the_sanity_check(monkeypatch):
+    infos = lineup._shipped() + ({"name": "mnist-resnet56-ce", "dataset": "mnist", "depth": 56, "objective": "ce",
+                                  "detector": True},)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    smoke = budgets.get_budget("smoke")
+    assert "mnist-resnet56-ce/cw-wb" not in {c.key for c in cells.plan(smoke, ["table4"])}
+    both = {c.key: c for c in cells.plan(smoke, ["table4", "sanity"])}
+    assert both["mnist-resnet56-ce/cw-wb"].parts == {"sanity"}
+    assert "mnist-resnet56-ce/cw-wb-from-mnist-resnet32-ce" in both
+
+
+def test_a_broken_manifest_is_the_reason_not_a_missing_model(monkeypatch):
+    from rcenp.models import registry
+
+    real = registry.model_info
+
+    def model_info(name):
+        if name == "mnist-resnet32-rce":
+            raise KeyError("config")
+        return real(name)
+
+    monkeypatch.setattr(registry, "model_info", model_info)
+    lineup.refresh()
+    try:
+        assert lineup.find_model("mnist", 32, "rce") is None
+        why = "not available: model mnist-resnet32-rce ships with a manifest that cannot be read (KeyError: 'config')"
+        assert lineup.missing_reason("mnist", 32, "rce") == why
+        text = report.cells_md(unavailable(cells.plan(budgets.get_budget("smoke"), ["table1"])))
+        line, = [line for line in text.splitlines() if line.startswith("- mnist-resnet32-rce: ")]
+        assert line.endswith(why) and "not shipped" not in line and "rcenp train" not in line
+    finally:
+        monkeypatch.undo()
+        lineup.refresh()
+
+
+def test_a_missing_model_of_a_skipped_data_set_is_named(monkeypatch):
+    infos = tuple(i for i in lineup._shipped() if i["depth"] != 56)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    text = report.cells_md(unavailable(cells.plan(budgets.get_budget("smoke"), ["table1"])))
+    assert "- None:" not in text
+    for name in ("cifar10subset-resnet56-ce", "fashion-mnist-resnet56-rce"):
+        line, = [line for line in text.splitlines() if line.startswith(f"- {name}: ")]
+        assert line.endswith("1 cell (table1), not run: the smoke budget covers MNIST only")
+
+
+def test_the_detector_line_comes_from_each_detectors_record():
+    calibration = "509 test images, a random half of the test split (held_out_split(1017, seed=0))"
+    cifar = {"kernel_per_class": 475, "fitted_on": 5085, "target_fpr": 0.05, "calibration": calibration}
+    line = report.detector_line({"cifar10subset-resnet32-ce": cifar, "cifar10subset-resnet32-rce": cifar,
+                                 "fashion-mnist-resnet32-ce": None})
+    assert (f"cifar10subset-resnet32-ce, cifar10subset-resnet32-rce: 475 kernel points per class drawn from the "
+            f"first 5,085 training images; T at 5% false positives on {calibration}") in line
+    assert "60,000" not in line and "fashion" not in line
+    assert "overlaps the attacked test images" in line and "partly in-sample" in line
+    smoke = budgets.get_budget("smoke")
+    detectors = report.run_detectors(unavailable(cells.plan(smoke, ["table2"])))
+    assert set(detectors) == {"mnist-resnet32-ce", "mnist-resnet32-rce"}  # smoke runs MNIST only
+    assert all(info["kernel_per_class"] == 1000 for info in detectors.values())
+    assert report.detector_line(detectors) in report.protocol_differences(smoke, detectors)
+
+
+def test_table3_with_no_clean_correct_image_says_n_0(tmp_path):
+    smoke = budgets.get_budget("smoke")
+    planned = cells.plan(smoke, ["table3"])
+    res = unavailable(planned)
+    cell = next(c for c in planned if c.model == "mnist-resnet32-ce" and c.key.endswith("/cw-wb"))
+    misclassified = {"clean_prediction": 1, "true_label": 2, "f2": 1.0, "stop_reason": "f2 > 0", "l2_paper": 3.0}
+    (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(misclassified) for _ in range(2)))
+    res.outcomes[cell.key] = {"status": "done", "path": str(tmp_path), "source": "computed"}
+    table = threat_tables.table3(res, smoke)
+    row, = [line for line in table.markdown.splitlines() if line.startswith("| MNIST | CE | attacker |")]
+    assert "| 0 | n = 0; paper " in row
+
+
+def test_fig2b_leaves_out_a_missing_cw_bar_and_says_n_a(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from rcenp.reproduce import figures
+
+    class Finished:
+        """MNIST: every ε-attack; C&W on CE only; C&W-hc on CE attacked no image; no C&W cell on RCE."""
+
+        def get(self, dataset, depth, objective, name):
+            return dataset, objective, name
+
+        def summary(self, cell):
+            dataset, objective, name = cell
+            if dataset != "mnist":
+                return None
+            if name.split("-")[0] in ("fgsm", "bim", "ilcm", "jsma"):
+                return {"accuracy_under_attack": 0.5}
+            if name in ("cw", "cw-hc") and objective == "ce":
+                n = 3 if name == "cw" else 0
+                return {"distortion": {"l2_paper": {"efficient": {"n": n, "mean": 2.5 if n else None}}}}
+            return None
+
+    heights, texts = [], []
+    real_bar, real_text = Axes.bar, Axes.text
+    monkeypatch.setattr(Axes, "bar", lambda self, x, height, *a, **k: heights.extend(np.atleast_1d(height).tolist())
+                        or real_bar(self, x, height, *a, **k))
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s)
+                        or real_text(self, x, y, s, *a, **k))
+    drawn = figures.fig2(Finished(), budgets.get_budget("smoke"), tmp_path)
+    assert drawn["files"] == ["fig2_mnist.png"] and (tmp_path / "fig2_mnist.png").is_file()
+    assert heights == [2.5] and texts.count("n/a") == 3
+
+
+def test_the_report_head_and_protocol_say_what_the_tables_do(tmp_path):
+    smoke = budgets.get_budget("smoke")
+    planned = cells.plan(smoke, ["table2", "table4"])
+    meta = {"command": "rcenp reproduce", "code": "commit x", "wall_s": 0.0, "counts": "1 done", "part_seconds": {}}
+    report.write_report(unavailable(planned), smoke, ["table2", "table4"], tmp_path, meta)
+    text = (tmp_path / "REPORT.md").read_text()
+    head = text[:text.index("\n## ")]
+    assert "Δ = ours − paper." not in head  # the AUC tables' Δ is not against the headline AUC
+    assert "ours is the ties-half AUC, while Δ (and Table 2's †) compare the paper with our strict-tie AUC" in head
+    assert "Δ = strict − paper" in text[text.index("## Table 4"):]  # what the table notes say
+    protocol = text[text.index("## Protocol differences"):]
+    assert "needs ResNet-56 targets and run_attack's substitute option" not in protocol
+    assert "its cells wait for the ResNet-56 models where they are not shipped" in protocol
+    assert "FGSM's at 0.14-0.18" in protocol and "fitted to the paper's MNIST rows (‡ in Table 2)" in protocol
+    table2 = text[text.index("## Table 2"):text.index("## Beyond")]
+    mnist, others = table2[:table2.index("**CIFAR-10")], table2[table2.index("**CIFAR-10"):]
+    assert "| FGSM ε=0.08 ‡ |" in mnist and "| JSMA θ=0.08 ‡ |" in mnist and "| C&W |" in mnist
+    assert "‡" not in others.replace("| FGSM ε=0.08 |", "") and "| FGSM ε=0.08 |" in others
+
+
+def test_the_budget_docstring_states_where_each_attack_matches_best():
+    doc = " ".join(budgets.__doc__.split())
+    assert "MNIST BIM, ILCM and JSMA rows best at 0.06-0.08 (FGSM's at 0.18 CE and 0.14 RCE)" in doc
+    readme = ROOT / "results" / "fig2a" / "README.md"
+    if not readme.is_file():
+        return
+    best = {}
+    for line in readme.read_text().splitlines():
+        cells_ = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells_) == 12 and cells_[1] in ("CE", "RCE") and any("**" in c for c in cells_):
+            best[(cells_[0], cells_[1])] = round(0.02 * next(i for i, c in enumerate(cells_[2:], 1) if "**" in c), 2)
+    assert best[("FGSM", "CE")] == 0.18 and best[("FGSM", "RCE")] == 0.14
+    assert all(eps in (0.06, 0.08) for (attack, _), eps in best.items() if attack != "FGSM")

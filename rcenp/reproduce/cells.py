@@ -8,15 +8,18 @@ A cell is one directory ``OUT/cells/<model>/<name>/``:
 - ``test-error/result.json``: Table 1's test error on the first ``n_test`` test images;
 - ``features-<k>pc/features.npz``: Fig. 1's 64-d Z of the first k test images of each class.
 
-A cell is finished when its summary.json / result file exists; a finished cell is never
-recomputed, and an attack cell cut short resumes from its last finished batch. A finished attack
-cell with the same model, attack, options, n and seed, computed against the detectors the models
-have now, in a ``cells_from`` folder of the same layout (``results/fig2a``) is used in place,
-never copied or recomputed (``reusable``).
+A cell is finished when its summary.json / result file exists; a finished cell is not
+recomputed, and an attack cell cut short resumes from its last finished batch. An attack cell
+folder of the run whose run.json asks for something else than the cell now does (``stale``: other
+options, n, test split or detectors) is renamed to ``<name>.stale-<k>``, kept and never
+deleted, and the cell is computed afresh. A finished attack cell that is not stale in a
+``cells_from`` folder of the same layout (``results/fig2a``) is used in place, never copied or
+recomputed (``reusable``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -128,7 +131,8 @@ def plan(budget: Budget, parts) -> list[Cell]:
                 elif part == "fig3" and dataset != "fashion-mnist":
                     wb_cells(part, dataset, objective, kernels=("attacker",))
                 elif part == "table4" and dataset != "fashion-mnist":
-                    wb_cells(part, dataset, objective, depth=56, kernels=("attacker",))  # white-box on the target
+                    if "sanity" in selected:  # white-box on the target: only the sanity check uses it
+                        wb_cells("sanity", dataset, objective, depth=56, kernels=("attacker",))
                     for substitute_objective in lineup.OBJECTIVES:
                         substitute = lineup.find_model(dataset, 32, substitute_objective)
                         sub_name = substitute or lineup.expected_name(dataset, 32, substitute_objective)
@@ -165,64 +169,118 @@ def result_file(cell_dir: Path, kind: str) -> Path:
     return cell_dir / {"attack": "summary.json", "test-error": "result.json", "features": "features.npz"}[kind]
 
 
-def reusable(cell: Cell, cells_from) -> Path | None:
-    """A finished copy of attack ``cell`` in one of the ``cells_from`` folders (same layout), run
-    with the same model, attack, options, n and seed, and with the detectors the model (and a
-    transfer cell's substitute) have now (run.json's ``detector`` and ``substitute_detector``, where
-    recorded; a refit detector makes the copy stale); a C&W-wb
-    copy must also record its η (run.json's ``eta``: copies from before η came from the training
-    features do not). None when there is none."""
-    from rcenp.attacks.runfiles import detector_identity
+def recorded(cell_dir: Path) -> dict | None:
+    """What the attack run in ``cell_dir`` asked for: its run.json, else (a published copy without
+    one) summary.json's settings; None when neither can be read."""
+    try:
+        if (cell_dir / "run.json").is_file():
+            return json.loads((cell_dir / "run.json").read_text())
+        return json.loads((cell_dir / "summary.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
+
+def split_identity(dataset: str, data_dir=None) -> dict | None:
+    """The identity of the test split ``run_attack`` would attack now (None when none is found)."""
+    from rcenp.data import DataError, find_test_split
+
+    try:
+        test, _ = find_test_split(dataset, data_dir, strict=True)
+    except DataError:
+        return None
+    return None if test is None else test.identity
+
+
+def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
+    """Why an attack run that asked for ``asked`` (``recorded``) is not attack ``cell`` as planned
+    now, in one line ('options.eps: 0.1 there, 0.2 now'), or None when it is. Compared: the model,
+    attack, options, n and seed 0; where recorded, the test split (``test_split(dataset)``: the identity of the split found now; not compared when
+    ``test_split`` is None or finds none) and the detectors the model (and a transfer cell's
+    substitute) have now (a refit detector makes the run stale); a C&W-wb run must also record its
+    η (run.json's ``eta``: runs from before η came from the training features do not). Not the
+    batch size: it changes a result only through float32 rounding (``rcenp.attacks.core``: a JSMA
+    pick between two nearly equal saliencies), which is no reason to redo hours of work."""
+    from rcenp.attacks.runfiles import brief, detector_identity, differing
+
+    substitute = (cell.options or {}).get("substitute")
+    now = {"model": cell.model, "attack": cell.attack, "options": cell.options, "n": cell.n, "seed": 0}
+    if "data" in asked and test_split is not None and (data := test_split(cell.dataset)) is not None:
+        now["data"] = data
+    if "detector" in asked:
+        now["detector"] = detector_identity(cell.model)
+    if "substitute_detector" in asked:
+        now["substitute_detector"] = detector_identity(substitute) if substitute else None
+    there = {key: asked[key] for key in now if key in asked}
+    changed = differing(there, now)
+    if changed:
+        return brief(changed, there, now)
+    if cell.attack == "cw-wb" and "eta" not in asked:
+        return "eta: (none) there, computed before η came from the training features"
+    return None
+
+
+def reusable(cell: Cell, cells_from, test_split=None) -> Path | None:
+    """A finished copy of attack ``cell`` in one of the ``cells_from`` folders (same layout) that is
+    not ``stale`` (``test_split``: as there). None when there is none."""
     if cell.kind != "attack" or cell.model is None:
         return None
     for root in cells_from or ():
         path = Path(root) / cell.key
-        if not (path / "summary.json").is_file():
-            continue
-        run_file = path / "run.json"
-        try:
-            asked = json.loads(run_file.read_text()) if run_file.is_file() else \
-                json.loads((path / "summary.json").read_text())["settings"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if (asked.get("model"), asked.get("attack"), asked.get("n"), asked.get("seed")) != \
-                (cell.model, cell.attack, cell.n, 0) or asked.get("options") != json.loads(json.dumps(cell.options)):
-            continue
-        if "detector" in asked and asked["detector"] != detector_identity(cell.model):
-            continue
-        if "substitute_detector" in asked and \
-                asked["substitute_detector"] != detector_identity(cell.options.get("substitute")):
-            continue
-        if cell.attack == "cw-wb" and "eta" not in asked:
-            continue
-        return path
+        if (path / "summary.json").is_file() and (asked := recorded(path)) is not None \
+                and stale(cell, asked, test_split) is None:
+            return path
     return None
+
+
+def set_aside(cell_dir: Path) -> Path:
+    """Rename ``cell_dir`` to ``<name>.stale-<k>``, the first k free → its new path."""
+    k = 1
+    while (target := cell_dir.with_name(f"{cell_dir.name}.stale-{k}")).exists():
+        k += 1
+    cell_dir.rename(target)
+    return target
+
+
+def add_seconds(path: Path, key: str, seconds: float) -> None:
+    """Add ``seconds`` to cell ``key``'s total in ``path`` (OUT/timings.json: {key: seconds summed
+    over invocations}), through a temporary file and a rename."""
+    totals = json.loads(path.read_text()) if path.is_file() else {}
+    totals[key] = totals.get(key, 0.0) + seconds
+    checkpoint.atomic_write_text(path, json.dumps(totals, indent=1) + "\n")
 
 
 def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr) -> dict:
     """Run every unfinished, available cell; → {key: outcome} where an outcome is
     {"status": "done" | "not available", "path", "reason", "source": "computed" | "resumed" |
-    "reused", "seconds"}. Progress and an ETA across cells go to ``stream`` and OUT/reproduce.log;
-    the outcomes to OUT/cells.json after every cell."""
+    "reused", "seconds"}. A ``stale`` attack cell folder is set aside (``set_aside``) and the cell
+    computed afresh. Progress and an ETA across cells go to ``stream`` and OUT/reproduce.log; the
+    outcomes to OUT/cells.json and each computed cell's seconds to OUT/timings.json (``add_seconds``)
+    after every cell."""
     from rcenp.progress import Progress
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    test_split = functools.lru_cache(maxsize=None)(lambda dataset: split_identity(dataset, data_dir))
     outcomes: dict[str, dict] = {}
-    todo = []
+    todo, set_aside_notes = [], []
     for cell in cells:
         cell_dir = out_dir / "cells" / cell.key
+        if cell.kind == "attack" and not cell.missing and (asked := recorded(cell_dir)) is not None \
+                and (why := stale(cell, asked, test_split)):
+            set_aside_notes.append(f"{cell.key}: asked for other settings ({why}); moved to "
+                                   f"{set_aside(cell_dir).name}, computing it afresh")
         if cell.missing:
             outcomes[cell.key] = {"status": "not available", "reason": cell.missing, "path": None}
         elif result_file(cell_dir, cell.kind).is_file():
             outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed", "seconds": 0.0}
-        elif (found := reusable(cell, cells_from)) is not None:
+        elif (found := reusable(cell, cells_from, test_split)) is not None:
             outcomes[cell.key] = {"status": "done", "path": str(found), "source": "reused", "seconds": 0.0}
         else:
             todo.append(cell)
     total_cost = sum(c.cost for c in todo)
     progress = Progress(out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream, unit="cell")
+    for note in set_aside_notes:
+        progress.message(note)
     progress.message(f"{len(cells)} cells: {len(todo)} to compute, "
                      f"{sum(o['status'] == 'done' for o in outcomes.values())} finished, "
                      f"{sum(o['status'] != 'done' for o in outcomes.values())} not available")
@@ -233,10 +291,12 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
             eta = (total_cost - done_cost) * rate if done_cost else float("inf")
             progress.update(i, f"next {cell.key}", eta, force=True)
             start = time.monotonic()
-            outcomes[cell.key] = run_cell(cell, out_dir / "cells" / cell.key, data_dir, device, stream)
-            outcomes[cell.key]["seconds"] = time.monotonic() - start
-            spent += outcomes[cell.key]["seconds"]
+            outcome = outcomes[cell.key] = run_cell(cell, out_dir / "cells" / cell.key, data_dir, device, stream)
+            outcome["seconds"] = time.monotonic() - start
+            spent += outcome["seconds"]
             done_cost += cell.cost
+            if outcome.get("source") in ("computed", "resumed") and outcome["seconds"]:
+                add_seconds(out_dir / "timings.json", cell.key, outcome["seconds"])
             checkpoint.atomic_write_text(out_dir / "cells.json", json.dumps(outcomes, indent=1) + "\n")
         if todo:
             progress.update(len(todo), f"all {len(todo)} cells computed in {spent:.0f} s", 0.0, force=True)
@@ -247,8 +307,10 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
 
 
 def run_cell(cell: Cell, cell_dir: Path, data_dir=None, device=None, stream=sys.stderr) -> dict:
-    """Compute one cell into ``cell_dir`` → its outcome (see ``run_cells``). Missing test data and
-    a Table 4 transfer that ``run_attack`` does not support yet become "not available"."""
+    """Compute one cell into ``cell_dir`` → its outcome (see ``run_cells``). Missing test data, and
+    what ``run_attack`` or the model loader refuse (ValueError, CheckpointError: a transfer without
+    the substitute's detector, a detector fitted for other weights, other settings in a cell cut
+    short), make the cell "not available", with the error's first line as the reason."""
     from rcenp.data import DataError
 
     try:
@@ -258,18 +320,21 @@ def run_cell(cell: Cell, cell_dir: Path, data_dir=None, device=None, stream=sys.
             _test_error_cell(cell, cell_dir, data_dir, device)
         else:
             _features_cell(cell, cell_dir, data_dir, device)
-    except DataError as exc:
-        return {"status": "not available", "reason": f"not available: {exc}", "path": None}
+    except (DataError, ValueError, checkpoint.CheckpointError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return {"status": "not available", "reason": f"not available: {first_line}", "path": None}
     return {"status": "done", "path": str(cell_dir), "source": "computed"}
 
 
 def _attack_cell(cell, cell_dir, data_dir, device, stream) -> dict:
     from rcenp.attacks import run as attack_run
 
-    if cell.attack == "cw-wb" and not lineup.has_detector(cell.model):
-        return {"status": "not available", "path": None,
-                "reason": f"not available: {cell.model} has no fitted K-density detector (fit one with "
-                          f"`rcenp detect {cell.model} --fit`)"}
+    if cell.attack == "cw-wb":  # the target's detector scores, the substitute's is attacked
+        for role, name in (("", cell.model), ("substitute ", (cell.options or {}).get("substitute"))):
+            if name is not None and not lineup.has_detector(name):
+                return {"status": "not available", "path": None,
+                        "reason": f"not available: {role}{name} has no fitted K-density detector (fit one with "
+                                  f"`rcenp detect {name} --fit`)"}
     resumed = (cell_dir / "partial").is_dir()
     attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
                           batch_size=cell.batch_size, resume=True, data_dir=data_dir, device=device, stream=stream)

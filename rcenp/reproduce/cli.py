@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                        description=(
         "Re-run the paper's evaluation on the shipped models and write OUT/REPORT.md, one CSV and one JSON per "
         "table, and PNG figures (with the optional report extra: " + INSTALL_HINT + "). Every cell is a "
-        "saved unit of work: a killed run continues with --resume and never recomputes a finished cell. "
+        "saved unit of work: a killed run continues with --resume and recomputes a finished cell only when its "
+        "settings, test images or detectors changed since (the old folder is kept as NAME.stale-K). "
         "Budgets: " + "; ".join(b.description for b in BUDGETS.values()) + "."))
     r.add_argument("--budget", default="smoke", help=f"one of {', '.join(BUDGETS)} (default smoke)")
     r.add_argument("--out", help="output folder (default runs/reproduce-BUDGET)")
@@ -29,7 +30,7 @@ def add_parser(sub) -> None:
                    "embedded sample)")
     r.add_argument("--cells-from", action="append", default=[], metavar="DIR",
                    help="use finished attack cells from DIR/<model>/<attack>-<eps>/ (e.g. results/fig2a) instead "
-                   "of computing them; repeatable")
+                   "of computing them, where run with the same settings, test images and detectors; repeatable")
     r.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
 
 

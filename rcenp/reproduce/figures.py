@@ -6,7 +6,8 @@ when called and, without them, returns the reason and the install hint instead o
   by class: PCA to 60 dimensions, then ``sklearn.manifold.TSNE`` with perplexity 30 (protocol
   §7.14), random_state 0. The embedding is cached beside the features (``tsne.npz``).
 - Fig. 2: (a) accuracy under FGSM/BIM/ILCM against ε and JSMA against θ (its per-feature step),
-  CE and RCE per attack; (b) C&W and C&W-hc mean minimal distortion, CE against RCE.
+  CE and RCE per attack; (b) C&W and C&W-hc mean minimal distortion, CE against RCE ("n/a" in
+  place of a bar without a finished cell or without a successfully attacked image).
 - Fig. 3: clean images and their C&W-wb adversarial examples on CE and RCE (first 8 images
   classified correctly by both models whose attack returned an image classified as the target).
 """
@@ -134,8 +135,12 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
         ax = axes[4]
         width = 0.35
         for k, obj in enumerate(lineup.OBJECTIVES):
-            heights = [bars.get((obj, a), 0.0) for a in ("cw", "cw-hc")]
-            ax.bar(np.arange(2) + (k - 0.5) * width, heights, width, label=obj.upper())
+            places = [(i + (k - 0.5) * width, bars.get((obj, a))) for i, a in enumerate(("cw", "cw-hc"))]
+            drawn = [(x, h) for x, h in places if h is not None]
+            ax.bar([x for x, _ in drawn], [h for _, h in drawn], width, color=f"C{k}", label=obj.upper())
+            for x, height in places:
+                if height is None:  # no finished cell, or no image it attacked: no zero-height bar
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(2), ["C&W", "C&W-hc"])
         ax.set_ylabel("mean minimal ‖δ‖₂/√d (0-255)")
         ax.set_title("(b) C&W distortion")

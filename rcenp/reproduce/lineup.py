@@ -8,6 +8,7 @@ under any name is picked up); a missing one is named by the name it is expected 
 from __future__ import annotations
 
 import functools
+import json
 
 DATASETS = ("mnist", "cifar10", "fashion-mnist")  # the paper's two, then Fashion-MNIST as an extra
 DATASET_TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10 (subset)", "fashion-mnist": "Fashion-MNIST (extra)"}
@@ -23,21 +24,31 @@ def expected_name(dataset: str, depth: int, objective: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _shipped() -> tuple:
+def _listing() -> tuple:
+    """(the shipped models' ``model_info`` dicts, {name: why its manifest cannot be read})."""
     from rcenp.models.registry import model_info, shipped_models
 
-    infos = []
+    infos, unreadable = [], {}
     for name in shipped_models():
         try:
             infos.append(model_info(name))
-        except Exception:  # a broken manifest is the registry's business; treat the model as absent
-            continue
-    return tuple(infos)
+        except Exception as exc:  # any fault of a manifest: the model is absent, and the reason says why
+            unreadable[name] = f"{type(exc).__name__}: {exc}"
+    return tuple(infos), unreadable
+
+
+def _shipped() -> tuple:
+    return _listing()[0]
+
+
+def unreadable(name: str) -> str | None:
+    """Why model ``name``'s shipped manifest cannot be read (the error's text), or None."""
+    return _listing()[1].get(name)
 
 
 def refresh() -> None:
     """Forget the cached registry listing (tests that add or hide models call it)."""
-    _shipped.cache_clear()
+    _listing.cache_clear()
 
 
 def find_model(dataset: str, depth: int, objective: str) -> str | None:
@@ -55,8 +66,13 @@ def find_model(dataset: str, depth: int, objective: str) -> str | None:
 
 
 def missing_reason(dataset: str, depth: int, objective: str) -> str:
-    """``not available: model X is not shipped in this version`` (``how_to_add`` says what to do)."""
-    return f"not available: model {expected_name(dataset, depth, objective)} is not shipped in this version"
+    """``not available: model X is not shipped in this version`` (``HOW_TO_ADD`` says what to do), or
+    ``not available: model X ships with a manifest that cannot be read (<error>)``."""
+    name = expected_name(dataset, depth, objective)
+    why = unreadable(name)
+    if why is not None:
+        return f"not available: model {name} ships with a manifest that cannot be read ({why})"
+    return f"not available: model {name} is not shipped in this version"
 
 
 HOW_TO_ADD = ("To fill a missing model's cells, from an rcenp checkout: get its data set (`rcenp data fetch "
@@ -81,3 +97,16 @@ def train_command(name: str) -> str:
 def has_detector(name: str) -> bool:
     """Whether a fitted K-density detector ships beside model ``name``."""
     return any(info["name"] == name and info["detector"] for info in _shipped())
+
+
+def detector_info(name: str) -> dict | None:
+    """The ``info`` its fitted detector records for model ``name`` (``kernel_per_class``,
+    ``fitted_on``, ``calibration``, ``target_fpr``, ...), or None without a readable one."""
+    from rcenp.checkpoint import CheckpointError
+    from rcenp.detect.detector import detector_stem
+    from rcenp.models.registry import resolve
+
+    try:
+        return json.loads(detector_stem(resolve(name)).with_suffix(".json").read_text()).get("info") or {}
+    except (OSError, ValueError, AttributeError, CheckpointError):
+        return None

@@ -55,14 +55,10 @@ def claim(out_dir: Path, budget_name: str, resume: bool) -> None:
         raise ValueError(f"cannot write to --out {out_dir}: {exc.strerror or exc}") from None
 
 
-def _part_seconds(out_dir: Path, cells, outcomes) -> dict:
-    """Accumulate each computed cell's seconds into OUT/timings.json; → seconds per part."""
+def _part_seconds(out_dir: Path, cells) -> dict:
+    """Seconds per part, from the cell totals ``run_cells`` keeps in OUT/timings.json."""
     path = out_dir / "timings.json"
     seconds = json.loads(path.read_text()) if path.is_file() else {}
-    for key, outcome in outcomes.items():
-        if outcome.get("source") in ("computed", "resumed") and outcome.get("seconds"):
-            seconds[key] = seconds.get(key, 0.0) + outcome["seconds"]
-    checkpoint.atomic_write_text(path, json.dumps(seconds, indent=1) + "\n")
     per_part: dict[str, float] = {}
     for cell in cells:
         for part in cell.parts:
@@ -97,7 +93,7 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
             "code": f"commit {code.get('commit')}" + (" (uncommitted changes)" if code.get("dirty") else ""),
             "wall_s": time.monotonic() - start, "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
-            "part_seconds": _part_seconds(out_dir, cells, outcomes)}
+            "part_seconds": _part_seconds(out_dir, cells)}
     written = write_report(results, spec, parts, out_dir, meta)
     return {"budget": spec.name, "out": str(out_dir), "report": str(out_dir / "REPORT.md"), "files": written["files"],
             "outcomes": outcomes, "sanity": written["sanity"], "figures": written["figures"],

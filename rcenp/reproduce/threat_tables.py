@@ -39,10 +39,11 @@ def table3(res: Results, budget: Budget) -> Table:
             theirs = "" if r["paper_ratio"] is None else f" (paper {r['paper_ratio']:.2f} / {r['paper_distortion']:.2f})"
             md_rows.append(head + [r["status"] + theirs, "", "", ""])
             continue
-        ratio = f"{r['ratio_f2_positive']:.2f}"
+        ratio = "n = 0" if r["ratio_f2_positive"] is None else f"{r['ratio_f2_positive']:.2f}"  # none correct
         dist = _num(r["distortion"], 2)
         if r["paper_ratio"] is not None:
-            ratio += f"; paper {r['paper_ratio']:.2f}, Δ {r['diff_ratio']:+.2f}"
+            ratio += f"; paper {r['paper_ratio']:.2f}" + \
+                ("" if r["diff_ratio"] is None else f", Δ {r['diff_ratio']:+.2f}")
             if r["distortion"] is not None:
                 dist += f"; paper {r['paper_distortion']:.2f}, Δ {r['diff_distortion']:+.2f}"
         md_rows.append(head + [r["n_clean_correct"], ratio, dist + f" (n = {r['n_distortion']})",
