@@ -1,6 +1,9 @@
 """rcenp attack --jobs: shard processes side by side, merged into the single run's files."""
 import json
 import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -45,6 +48,8 @@ def test_jobs_give_the_single_runs_files_and_resume_a_begun_shard(single, tmp_pa
     assert main(BASE + ["--jobs", "2", "--resume", "--out", str(out)]) == 0
     same_run(out, single)
     assert "2 shard processes of one thread each" in (out / "jobs.log").read_text()
+    jobs = json.loads((out / "summary.json").read_text())["jobs"]
+    assert jobs["processes"] == 2 and jobs["wall_seconds_this_invocation"] > 0
     capsys.readouterr()
     assert main(BASE + ["--jobs", "2", "--out", str(out)]) == 2  # a finished run: only with --resume
     assert "already holds an attack run" in one_error_line(capsys.readouterr().err)
@@ -109,3 +114,42 @@ def test_a_shards_command_line_reads_back_as_the_same_run(argv):
     expected = vars(args) | {"shard": (2, args.jobs), "out": "o/shards/2", "resume": True, "jobs": 1, "json": False}
     assert {k: v for k, v in vars(child).items() if k != "attack_parser"} == \
         {k: v for k, v in expected.items() if k != "attack_parser"}
+
+
+def test_a_jobs_run_is_resumed_only_with_its_own_number_of_jobs(tmp_path, capsys):
+    out = tmp_path / "jobs"
+    assert main(BASE + ["--shard", "1/2", "--out", str(out / "shards" / "1-of-2")]) == 0  # begun with --jobs 2
+    capsys.readouterr()
+    for extra in (["--jobs", "3"], []):
+        assert main(BASE + extra + ["--resume", "--out", str(out)]) == 2
+        assert one_error_line(capsys.readouterr().err).endswith(
+            f"{out} holds the shards of a --jobs 2 run: resume it with --jobs 2 (its finished batches are kept), "
+            "or choose another --out")
+    assert not (out / "shards" / "1-of-3").exists() and not (out / "run.json").exists()
+
+
+def test_cuda_without_a_gpu_is_refused_before_any_shard_starts(tmp_path, capsys):
+    from rcenp.backend import cuda_available
+
+    if cuda_available():
+        pytest.skip("a GPU is here")
+    assert main(BASE + ["--jobs", "2", "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
+    assert "CUDA device is not available" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_terminating_the_parent_stops_its_shards(tmp_path):
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "rcenp", "attack", "mnist-resnet32-ce", "--attack", "jsma", "--eps", "0.1",
+            "--n", "40", "--batch-size", "10", "--jobs", "2", "--out", str(out)]
+    parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not all((out / "shards" / f"{k}-of-2" / "run.json").is_file() for k in (1, 2)):
+        assert time.monotonic() < deadline and parent.poll() is None, "the shards did not start"
+        time.sleep(0.1)
+    parent.terminate()
+    err = parent.communicate(timeout=60)[1]
+    assert parent.returncode != 0 and "stopping the shards (KeyboardInterrupt SIGTERM)" in err
+    shards = subprocess.run(["pgrep", "-f", f"--out {out}/shards/"], capture_output=True, text=True).stdout
+    assert shards == "", "shard processes outlived their parent"
+    assert "stopping the shards" in (out / "jobs.log").read_text()

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import time
 from pathlib import Path
 
 from rcenp.argtypes import count, integer, nonnegative, positive, real
 from rcenp.attacks.cw_wb import STAGE2
-from rcenp.attacks.jobs import check_jobs, run_shards, shard_folders
+from rcenp.attacks.jobs import check_jobs, record_jobs, run_shards, shard_folders, shards_there
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
@@ -173,15 +174,20 @@ def cmd_attack(args) -> int:
     options = options_of(args)
     if args.substitute:
         options["substitute"] = args.substitute
-    merge, resume = args.merge, args.resume
+    merge, resume, start, sharded = args.merge, args.resume, time.monotonic(), False
     if args.jobs > 1:
         check_jobs(args, Path(out))
         if not (Path(out) / "summary.json").is_file():  # else: a finished run, resumed (or refused) as usual
             run_shards(args.attack_parser, args, Path(out))
-            merge, resume = [str(folder) for folder in shard_folders(out, args.jobs)], True
+            merge, resume, sharded = [str(folder) for folder in shard_folders(out, args.jobs)], True, True
+    elif not args.merge and (jobs := shards_there(out)) and not (Path(out) / "summary.json").is_file():
+        raise ValueError(f"{out} holds the shards of a --jobs {jobs} run: resume it with --jobs {jobs} "
+                         "(its finished batches are kept), or choose another --out")
     summary = run_attack(args.model, args.attack, out, options, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, resume=resume, shard=args.shard, data_dir=args.data_dir,
                          device=args.device, png_dir=args.png, merge=merge)
+    if sharded:
+        summary = record_jobs(out, summary, args.jobs, time.monotonic() - start)
     if args.json:
         print(json.dumps(summary))
         return 0

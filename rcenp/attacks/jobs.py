@@ -19,13 +19,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from rcenp.checkpoint import check_folder
+from rcenp.backend import default_device, xp_for
+from rcenp.checkpoint import atomic_write_text, check_folder
 from rcenp.progress import Progress, plural
 
 ONE_THREAD = {"RCENP_HOST_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -63,8 +66,13 @@ def check_jobs(args, out: Path) -> None:
     from rcenp.models.registry import resolve
 
     check_folder(out, "--out")
+    xp_for(args.device or default_device())  # a device that is not there: refused here, not in every shard
     manifest = json.loads(resolve(args.model).with_suffix(".json").read_text())
     attacked_split(manifest["config"]["dataset"], args.n, args.data_dir)
+    earlier = shards_there(out)
+    if earlier not in (None, args.jobs) and not (out / "summary.json").is_file():
+        raise ValueError(f"{out} holds the shards of a --jobs {earlier} run: resume it with --jobs {earlier} "
+                         "(its finished batches are kept), or choose another --out")
     if tuple(args.shard) != (1, 1) or args.merge:
         raise ValueError("--jobs runs and merges every shard here: leave out --shard and --merge")
     batches = math.ceil(args.n / args.batch_size)
@@ -73,6 +81,13 @@ def check_jobs(args, out: Path) -> None:
                          f"{plural(batches, 'batch', 'batches')}; use at most that many jobs or a smaller --batch-size")
     if (out / "run.json").is_file() and not (out / "summary.json").is_file() and not (out / "shards").is_dir():
         raise ValueError(f"{out} holds a run begun without --jobs: resume it without --jobs, or choose another --out")
+
+
+def shards_there(out) -> int | None:
+    """J of the ``--jobs J`` run whose shard folders ``out`` holds (the largest J found), or None."""
+    counts = [int(m.group(1)) for folder in (Path(out) / "shards").glob("*-of-*")
+              if (m := re.fullmatch(r"\d+-of-(\d+)", folder.name)) and (folder / "run.json").is_file()]
+    return max(counts) if counts else None
 
 
 def _finished_batches(folders, batches: int) -> int:
@@ -115,7 +130,8 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
     done_before = _finished_batches(folders, total)
     progress.message(f"{plural(args.jobs, 'shard process', 'shard processes')} of one thread each, in {out / 'shards'}"
                      + (f"; {done_before} of {total} batches done before" if done_before else ""))
-    children, logs, failed = [], [], None
+    children, logs, failed, grace = [], [], None, 0.0
+    handlers = _stop_on_termination()
     try:
         for k, folder in enumerate(folders, 1):
             folder.mkdir(parents=True, exist_ok=True)
@@ -136,10 +152,20 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
         failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
         if not failed:
             progress.update(total, f"all {args.jobs} shards finished; merging", 0.0, force=True)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the shards have it too
+            grace = 5.0
+        progress.message(f"stopping the shards ({type(exc).__name__} {' '.join(map(str, exc.args))}); "
+                         "finished batches are kept: rerun with --resume")
+        raise
     finally:
-        _stop(children)
+        _stop(children, grace)
         for log in logs:
             log.close()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if failed:
+            progress.message(f"shard {failed}/{args.jobs} failed (its output: {folders[failed - 1] / 'console.log'})")
         progress.close()
     if failed:
         log = folders[failed - 1] / "console.log"
@@ -147,11 +173,39 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
                          "finished batches are kept: rerun with --resume")
 
 
-def _stop(children) -> None:
-    """Stop the shard processes still running (a failed shard or an interrupt) and reap them all."""
+def record_jobs(out, summary: dict, jobs: int, wall_s: float) -> dict:
+    """Add this invocation's wall time to the merged summary (whose ``seconds_this_run`` and
+    images/s sum the shards' processes) and rewrite OUT/summary.json → the summary."""
+    summary = dict(summary, jobs={"processes": jobs, "wall_seconds_this_invocation": wall_s,
+                                  "note": "shards and merge, this invocation; seconds_this_run sums the shards' processes"})
+    atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _stop_on_termination() -> dict:
+    """Make SIGTERM and SIGHUP (a scheduler's kill, a closed terminal) raise KeyboardInterrupt here,
+    so that the shards are stopped with this process → the handlers to restore."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    handlers = {}
+    for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if signum is not None and threading.current_thread() is threading.main_thread():
+            handlers[signum] = signal.signal(signum, interrupt)
+    return handlers
+
+
+def _stop(children, grace: float = 0.0) -> None:
+    """Stop the shard processes still running (a failed shard, an interrupt) and reap them all.
+    After a Ctrl-C on a terminal, which has reached them already (one process group), they get
+    ``grace`` seconds to stop on it before one SIGINT of ours (a second one could cut short a
+    shard's clean-up); then 30 s before SIGKILL. Batches are written atomically: none is lost."""
+    deadline = time.monotonic() + grace
+    while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)  # each stops as on Ctrl-C; its batches are written atomically
+            child.send_signal(signal.SIGINT)
     for child in children:
         try:
             child.wait(timeout=30)
