@@ -184,7 +184,8 @@ def test_report_lists_run_cells_and_counts_missing_ones_per_model(smoke):
     assert sum(models.values()) + sum(skipped.values()) == len(missing)
     for model, count in skipped.items():
         line, = [line for line in cells_section.splitlines() if line.startswith(f"- {model}: ")]
-        assert line.startswith(f"- {model}: {count} cells (") and line.endswith(", not run: the smoke budget covers MNIST only")
+        assert line.startswith(f"- {model}: {count} {'cell' if count == 1 else 'cells'} (") and \
+            line.endswith(", not run: the smoke budget covers MNIST only")
     for model, count in models.items():
         line, = [line for line in cells_section.splitlines() if line.startswith(f"- {model}: ")]
         assert f"not shipped in this version; {count} cell" in line and lineup.train_command(model) in line

@@ -8,13 +8,14 @@ A cell is one directory ``OUT/cells/<model>/<name>/``:
 - ``test-error/result.json``: Table 1's test error on the first ``n_test`` test images;
 - ``features-<k>pc/features.npz``: Fig. 1's 64-d Z of the first k test images of each class.
 
-A cell is finished when its summary.json / result file exists; a finished cell is not
-recomputed, and an attack cell cut short resumes from its last finished batch. An attack cell
-folder of the run whose run.json asks for something else than the cell now does (``stale``: other
-options, n, test split or detectors) is renamed to ``<name>.stale-<k>``, kept and never
-deleted, and the cell is computed afresh. A finished attack cell that is not stale in a
-``cells_from`` folder of the same layout (``results/fig2a``) is used in place, never copied or
-recomputed (``reusable``).
+A cell is finished when its summary.json / result file exists; a finished cell is not recomputed,
+and an attack cell cut short resumes from its last finished batch. An attack cell folder of the run
+whose run.json asks for something else than the cell now does (``stale``: other options, n or
+detectors) is renamed to ``<name>.stale-<k>``, kept and never deleted, and the cell is computed
+afresh. The test split is not compared there: a smoke run resumed where a data root has appeared
+reads the full MNIST test set, whose first 1,000 images are the embedded sample's. A finished
+attack cell that is not stale in a ``cells_from`` folder of the same layout (``results/fig2a``) is
+used in place, never copied or recomputed (``reusable``).
 """
 from __future__ import annotations
 
@@ -194,12 +195,13 @@ def split_identity(dataset: str, data_dir=None) -> dict | None:
 def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
     """Why an attack run that asked for ``asked`` (``recorded``) is not attack ``cell`` as planned
     now, in one line ('options.eps: 0.1 there, 0.2 now'), or None when it is. Compared: the model,
-    attack, options, n and seed 0; where recorded, the test split (``test_split(dataset)``: the identity of the split found now; not compared when
-    ``test_split`` is None or finds none) and the detectors the model (and a transfer cell's
-    substitute) have now (a refit detector makes the run stale); a C&W-wb run must also record its
-    η (run.json's ``eta``: runs from before η came from the training features do not). Not the
-    batch size: it changes a result only through float32 rounding (``rcenp.attacks.core``: a JSMA
-    pick between two nearly equal saliencies), which is no reason to redo hours of work."""
+    attack, options, n and seed 0; where recorded, the test split (``test_split(dataset)``: the
+    identity of the split found now; not compared when ``test_split`` is None or finds none) and
+    the detectors the model (and a transfer cell's substitute) have now (a refit detector makes the
+    run stale); a C&W-wb run must also record its η (run.json's ``eta``: runs from before η came
+    from the training features do not). Not the batch size: it changes a result only through
+    float32 rounding (``rcenp.attacks.core``: a JSMA pick between two nearly equal saliencies),
+    which is no reason to redo hours of work."""
     from rcenp.attacks.runfiles import brief, detector_identity, differing
 
     substitute = (cell.options or {}).get("substitute")
@@ -266,7 +268,7 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
     for cell in cells:
         cell_dir = out_dir / "cells" / cell.key
         if cell.kind == "attack" and not cell.missing and (asked := recorded(cell_dir)) is not None \
-                and (why := stale(cell, asked, test_split)):
+                and (why := stale(cell, asked)):  # not the split: see the module docstring
             set_aside_notes.append(f"{cell.key}: asked for other settings ({why}); moved to "
                                    f"{set_aside(cell_dir).name}, computing it afresh")
         if cell.missing:
