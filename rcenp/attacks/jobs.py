@@ -4,15 +4,17 @@ with one thread, then merged into the single run's files (``--shard``, ``--merge
 
 Why processes. In one process rcenp's two host workers meet at every operation (about 120
 times per BIM iteration on ResNet-32), and a worker that waits lets its CPU go idle. On a virtual
-machine that halts idle CPUs at once, the hypervisor often hands the core to another guest and
-gives it back late: on this project's 2-core VM, one process with two workers took 19-25 s for
-JSMA on 40 MNIST images (batch 20), and two one-thread shard processes plus the merge 11-12 s,
-with the same samples.jsonl. Shards never wait for each other, and rcenp's results do not depend
-on the number of threads, so the merged files equal the single run's.
+machine that halts idle CPUs at once, such runs lose time to the host (``bench/bench_attacks.py``
+records the steal time per run: it fell on rcenp's in-process runs, not on PyTorch's spinning
+threads): on this project's 2-core VM, one process with two workers took 19-25 s for JSMA on 40
+MNIST images (batch 20), and two one-thread shard processes plus the merge 11-12 s, with the same
+samples.jsonl. Shards never wait for each other, and rcenp's results do not depend on the number
+of threads, so the merged files equal the single run's.
 
 Layout: the shards run in ``OUT/shards/K-of-J`` (each with its own attack.log; the console
 output of each process in its ``console.log``), the merged run in ``OUT``, and this command's
-progress in ``OUT/jobs.log``. ``--resume`` resumes every shard from its last finished batch.
+progress in ``OUT/jobs.log``. ``--resume`` (with the same J) resumes every shard from its last
+finished batch, and a merge cut short.
 """
 from __future__ import annotations
 
