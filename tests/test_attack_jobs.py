@@ -153,3 +153,15 @@ def test_terminating_the_parent_stops_its_shards(tmp_path):
     shards = subprocess.run(["pgrep", "-f", f"--out {out}/shards/"], capture_output=True, text=True).stdout
     assert shards == "", "shard processes outlived their parent"
     assert "stopping the shards" in (out / "jobs.log").read_text()
+
+
+def test_a_begun_shard_resumed_with_other_settings_is_refused_before_any_starts(tmp_path, capsys):
+    out = tmp_path / "jobs"
+    assert main(BASE + ["--shard", "1/2", "--out", str(out / "shards" / "1-of-2")]) == 0
+    capsys.readouterr()
+    other = [a if a != "0.1" else "0.2" for a in BASE]  # another eps for the same folders
+    assert main(other + ["--jobs", "2", "--resume", "--out", str(out)]) == 2
+    assert one_error_line(capsys.readouterr().err) == (f"rcenp attack: error: {out / 'shards' / '1-of-2'}: --resume "
+                                                       "with other settings than the run there: options.eps: 0.1 "
+                                                       "there, 0.2 now")
+    assert not (out / "shards" / "2-of-2").exists()  # refused before any shard started

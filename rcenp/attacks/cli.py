@@ -176,7 +176,7 @@ def cmd_attack(args) -> int:
         options["substitute"] = args.substitute
     merge, resume, start, sharded = args.merge, args.resume, time.monotonic(), False
     if args.jobs > 1:
-        check_jobs(args, Path(out))
+        check_jobs(args, Path(out), options)
         if not (Path(out) / "summary.json").is_file():  # else: a finished run, resumed (or refused) as usual
             run_shards(args.attack_parser, args, Path(out))
             merge, resume, sharded = [str(folder) for folder in shard_folders(out, args.jobs)], True, True

@@ -14,7 +14,8 @@ of threads, so the merged files equal the single run's.
 Layout: the shards run in ``OUT/shards/K-of-J`` (each with its own attack.log; the console
 output of each process in its ``console.log``), the merged run in ``OUT``, and this command's
 progress in ``OUT/jobs.log``. ``--resume`` (with the same J) resumes every shard from its last
-finished batch, and a merge cut short.
+finished batch, and a merge cut short. Once the run has finished, ``OUT/shards`` may be deleted:
+``--resume`` of a finished run reads only ``OUT``.
 """
 from __future__ import annotations
 
@@ -61,10 +62,12 @@ def child_argv(parser, args, shard: int, jobs: int, folder: Path, resume: bool) 
     return argv + (["--resume"] if resume else [])
 
 
-def check_jobs(args, out: Path) -> None:
+def check_jobs(args, out: Path, options: dict) -> None:
     """ValueError (one line) for a ``--jobs`` run that cannot go ahead, DataError for its test
-    images: checked here, before any shard process starts."""
+    images: checked here, before any shard process starts (``options``: the attack's, as
+    ``run_attack`` takes them; a begun shard resumed with others is refused)."""
     from rcenp.attacks.run import attacked_split
+    from rcenp.attacks.runfiles import brief, differing
     from rcenp.models.registry import resolve
 
     check_folder(out, "--out")
@@ -83,6 +86,15 @@ def check_jobs(args, out: Path) -> None:
                          f"{plural(batches, 'batch', 'batches')}; use at most that many jobs or a smaller --batch-size")
     if (out / "run.json").is_file() and not (out / "summary.json").is_file() and not (out / "shards").is_dir():
         raise ValueError(f"{out} holds a run begun without --jobs: resume it without --jobs, or choose another --out")
+    now = {"model": str(args.model), "attack": args.attack, "options": options, "n": args.n, "seed": args.seed,
+           "batch_size": args.batch_size}
+    for folder in shard_folders(out, args.jobs):
+        if args.resume and (folder / "run.json").is_file():
+            there = json.loads((folder / "run.json").read_text())
+            there = {key: there.get(key) for key in now}
+            if changed := differing(there, now):
+                raise ValueError(f"{folder}: --resume with other settings than the run there: "
+                                 + brief(changed, there, now))
 
 
 def shards_there(out) -> int | None:
@@ -171,8 +183,9 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
         progress.close()
     if failed:
         log = folders[failed - 1] / "console.log"
-        raise ValueError(f"shard {failed}/{args.jobs} failed: {_last_line(log)} (its output: {log}); "
-                         "finished batches are kept: rerun with --resume")
+        line = _last_line(log)
+        hint = "" if "--resume" in line else "; finished batches are kept: rerun with --resume"
+        raise ValueError(f"shard {failed}/{args.jobs} failed: {line} (its output: {log}){hint}")
 
 
 def record_jobs(out, summary: dict, jobs: int, wall_s: float) -> dict:
