@@ -55,6 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # this checkout's rcenp
 sys.path.insert(0, HERE)
 
+from bench_host import steal_seconds as _steal_seconds  # noqa: E402
+
 UNAVAILABLE = "rcenp.attacks not available"
 ATTACKS = ("bim", "jsma")
 
@@ -95,17 +97,6 @@ def _timed(fn, repeats, what="", warmup=0):
         seconds.append((time.perf_counter() - start, time.process_time() - cpu))
         print(f"bench_attacks: {what}: {seconds[-1][0]:.2f} s", file=sys.stderr, flush=True)
     return result, seconds
-
-
-def _steal_seconds():
-    """CPU time the hypervisor gave to other guests while this machine's CPUs wanted to run,
-    summed over them since boot (Linux /proc/stat), or None where unknown."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _interleaved(runs, repeats, what="", warmup=0):

@@ -31,6 +31,10 @@ import sys
 import time
 
 SCRIPT = os.path.abspath(__file__)
+sys.path.insert(0, os.path.dirname(SCRIPT))  # bench_host, whether run or imported
+
+from bench_host import steal_seconds  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(SCRIPT))
 
 
@@ -175,10 +179,14 @@ def _child(framework, args, batch, shape):
         cmd += ["--threads", str(args.threads)]
         env["RCENP_HOST_THREADS"] = str(args.threads)
         env["OPENBLAS_NUM_THREADS"] = str(args.threads)
+    steal = steal_seconds()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"framework": framework, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
-    return json.loads(proc.stdout)
+    record = json.loads(proc.stdout)
+    if steal is not None:  # the whole child process: imports, warm-up and timed steps
+        record["host_steal_s"] = steal_seconds() - steal
+    return record
 
 
 def _shape(text):

@@ -51,3 +51,17 @@ def test_the_gpu_check_calls_the_benchmarks_with_options_they_have():
         source = (root / path).read_text()
         for flag in re.findall(r"(--[\w-]+)", options):
             assert f'"{flag}"' in source, f"scripts/gpu_check.sh passes {flag} to {path}, which has no such option"
+
+
+def test_bench_engine_records_each_child_processes_host_steal_time(tmp_path):
+    import json
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "engine.json"
+    done = subprocess.run([sys.executable, "bench/bench_engine.py", "--no-torch", "--batch", "1", "--shape", "1x28x28",
+                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())["runs"][0]["rcenp"]
+    assert record["train_step_s"] > 0
+    assert ("host_steal_s" in record) == Path("/proc/stat").is_file() and record.get("host_steal_s", 0) >= 0
