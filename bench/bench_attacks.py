@@ -99,6 +99,13 @@ def _timed(fn, repeats, what="", warmup=0):
     return result, seconds
 
 
+def _cpu_seconds():
+    """This process's CPU seconds, all threads, plus those of its finished child processes and
+    theirs (``rcenp attack --jobs``'s shards)."""
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
+
+
 def _interleaved(runs, repeats, what="", warmup=0):
     """{name: (the last run's result, [(wall s, CPU s, steal s) of every run])} for ``runs``
     {name: fn}, taken in turns: ``warmup`` untimed runs of each, then ``repeats`` rounds of one
@@ -112,9 +119,9 @@ def _interleaved(runs, repeats, what="", warmup=0):
     order = list(runs)
     for round_ in range(repeats):
         for name in (order if round_ % 2 == 0 else order[::-1]):
-            steal, start, cpu = _steal_seconds(), time.perf_counter(), time.process_time()
+            steal, start, cpu = _steal_seconds(), time.perf_counter(), _cpu_seconds()
             result = runs[name]()
-            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+            wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
             steal = None if steal is None else _steal_seconds() - steal
             out[name] = (result, out[name][1] + [(wall, cpu, steal)])
             print(f"bench_attacks: {what} {name}: {out[name][1][-1][0]:.2f} s", file=sys.stderr, flush=True)

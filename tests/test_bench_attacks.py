@@ -75,5 +75,6 @@ def test_cli_jobs_entry_times_rcenp_attack_jobs_on_the_same_images(tmp_path):
     bim = json.loads(out.read_text())["models"]["mnist-resnet32-ce"]["bim"]
     jobs = bim["rcenp_cli_jobs2"]
     assert jobs["seconds"] > 0 and jobs["success_rate"] == bim["rcenp"]["success_rate"]
+    assert jobs["cpu_seconds"] > 0  # the processes it started count
     assert bim["agreement_rcenp_cli_jobs2_rcenp"]["identical_x_adv_fraction"] == 1.0  # BIM: per image
     assert bim["seconds_rcenp_cli_jobs2_over_torch"] > 0
