@@ -82,8 +82,8 @@ def add_parser(sub) -> None:
                    "(the same MODEL and options, without --shard)")
     a.add_argument("--jobs", type=count, default=1, metavar="J",
                    help="run as J shard processes of one thread each side by side, then merge them into --out "
-                   "(the same files as one process; faster on a multi-core machine, most on a virtual one); "
-                   "default 1")
+                   "(the same files as one process, whose workers wait for each other at every operation, which "
+                   "costs most on virtual machines); default 1")
     a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR")
     a.add_argument("--data-dir", help=f"data root holding the model's test set ({DATA_DIR_DEFAULT}; MNIST "
                    "when neither names a root: the embedded sample; a named root must hold the data, unlike "
