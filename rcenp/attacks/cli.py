@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rcenp.argtypes import count, integer, nonnegative, positive, real
 from rcenp.attacks.cw_wb import STAGE2
-from rcenp.attacks.jobs import check_jobs, record_jobs, run_shards, shard_folders, shards_there
+from rcenp.attacks.jobs import check_jobs, check_same_jobs, record_jobs, run_shards, shard_folders
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
@@ -180,9 +180,8 @@ def cmd_attack(args) -> int:
         if not (Path(out) / "summary.json").is_file():  # else: a finished run, resumed (or refused) as usual
             run_shards(args.attack_parser, args, Path(out))
             merge, resume, sharded = [str(folder) for folder in shard_folders(out, args.jobs)], True, True
-    elif not args.merge and (jobs := shards_there(out)) and not (Path(out) / "summary.json").is_file():
-        raise ValueError(f"{out} holds the shards of a --jobs {jobs} run: resume it with --jobs {jobs} "
-                         "(its finished batches are kept), or choose another --out")
+    elif not args.merge:
+        check_same_jobs(out, 1)
     summary = run_attack(args.model, args.attack, out, options, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, resume=resume, shard=args.shard, data_dir=args.data_dir,
                          device=args.device, png_dir=args.png, merge=merge)

@@ -74,10 +74,7 @@ def check_jobs(args, out: Path, options: dict) -> None:
     xp_for(args.device or default_device())  # a device that is not there: refused here, not in every shard
     manifest = json.loads(resolve(args.model).with_suffix(".json").read_text())
     attacked_split(manifest["config"]["dataset"], args.n, args.data_dir)
-    earlier = shards_there(out)
-    if earlier not in (None, args.jobs) and not (out / "summary.json").is_file():
-        raise ValueError(f"{out} holds the shards of a --jobs {earlier} run: resume it with --jobs {earlier} "
-                         "(its finished batches are kept), or choose another --out")
+    check_same_jobs(out, args.jobs)
     if tuple(args.shard) != (1, 1) or args.merge:
         raise ValueError("--jobs runs and merges every shard here: leave out --shard and --merge")
     batches = math.ceil(args.n / args.batch_size)
@@ -95,6 +92,15 @@ def check_jobs(args, out: Path, options: dict) -> None:
             if changed := differing(there, now):
                 raise ValueError(f"{folder}: --resume with other settings than the run there: "
                                  + brief(changed, there, now))
+
+
+def check_same_jobs(out, jobs: int) -> None:
+    """ValueError (one line) when ``out`` holds the unfinished shards of a run with another
+    ``--jobs`` than ``jobs`` (1: a run without ``--jobs``)."""
+    earlier = shards_there(out)
+    if earlier not in (None, jobs) and not (Path(out) / "summary.json").is_file():
+        raise ValueError(f"{out} holds the shards of a --jobs {earlier} run: resume it with --jobs {earlier} "
+                         "(its finished batches are kept), or choose another --out")
 
 
 def shards_there(out) -> int | None:
