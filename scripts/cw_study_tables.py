@@ -1,0 +1,153 @@
+"""The tables of the C&W study (``scripts/cw_study.sh``): Fig. 2b's and Table 2's C&W quantities
+at 9 binary steps x 1,000 iterations, and the budget study, as markdown (default) or JSON.
+
+    python scripts/cw_study_tables.py                 # markdown, from results/cw-9x1000 and results/cw-budget
+    python scripts/cw_study_tables.py --json
+
+Study table, one row per finished or partly finished run (results/cw-9x1000/MODEL/ATTACK): images
+attacked, success rate (the target reached with margin κ; a failure returns the clean image), the
+same after rounding to 8 bits, ‖δ‖₂/√d on 0-255 (mean and median over the successes: Fig. 2b's
+unit), iterations per image, and the detection AUCs (the paper's sample rule: clean correct,
+adversarial misclassified; ties half). A run still in progress is read from its finished batches
+(``partial/batch-*.jsonl``) and marked "partial"; its AUCs are left out (``summary.json`` has them
+when the run ends).
+
+Budget table: C&W on the first 20 test images at 1,000 / 2,000 / 5,000 / 10,000 iterations per
+binary step (9 steps, all else equal). The 1,000 row is not a run of its own: it is the first 20
+images of the 200-image 9 x 1,000 run, whose targets are the same (one ``default_rng(seed)`` stream
+over the run's images: its first 20 draws are a 20-image run's) and whose per-image result does not
+depend on its batch-mates (per-sample abort early and compaction, ``rcenp.attacks.cw``) beyond the
+last-bit rounding of BLAS kernels chosen by the batch's shape. "vs 10k" is the median, over the
+images that succeed at both budgets, of the image's ‖δ‖₂ at this budget over its ‖δ‖₂ at 10,000.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rcenp.reproduce import paper  # noqa: E402
+
+MODELS = ("mnist-resnet32-ce", "mnist-resnet32-rce")
+ATTACKS = ("cw", "cw-hc")
+BUDGETS = (1000, 2000, 5000, 10000)
+BUDGET_N = 20
+
+
+def read_samples(run: Path) -> tuple[list[dict], bool]:
+    """Per-image records of a run folder in index order, and whether the run is finished."""
+    for name in ("samples.jsonl", "samples.jsonl.gz"):
+        path = run / name
+        if path.is_file():
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rt") as lines:
+                return [json.loads(line) for line in lines if line.strip()], True
+    records = []
+    for batch in sorted((run / "partial").glob("batch-*.jsonl")):
+        records += [json.loads(line) for line in batch.read_text().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: r["index"]), False
+
+
+def describe(records: list[dict]) -> dict:
+    """Success, 8-bit success, distortion of the successes (0-255 units), iterations per image."""
+    wins = [r["l2_paper"] for r in records if r["success"]]
+    n = len(records)
+    return {"n": n,
+            "success_rate": sum(r["success"] for r in records) / n if n else None,
+            "success_rate_8bit": sum(bool(r.get("success_8bit")) for r in records) / n if n else None,
+            "successes": len(wins),
+            "l2_paper_mean": statistics.fmean(wins) if wins else None,
+            "l2_paper_median": statistics.median(wins) if wins else None,
+            "iterations_mean": statistics.fmean(r["iterations"] for r in records) if n else None}
+
+
+def study_rows(root: Path) -> list[dict]:
+    rows = []
+    for attack in ATTACKS:
+        for model in MODELS:
+            run = root / "cw-9x1000" / model / attack
+            records, finished = read_samples(run)
+            if not records:
+                continue
+            row = {"model": model, "attack": attack, "finished": finished, **describe(records)}
+            summary = run / "summary.json"
+            if finished and summary.is_file():
+                detection = json.loads(summary.read_text())["detection"]
+                row["auc"] = {m: detection[m]["auc"] for m in paper.METRICS}
+                row["n_pairs"] = detection["confidence"]["n_pairs"]
+            rows.append(row)
+    return rows
+
+
+def budget_rows(root: Path) -> list[dict]:
+    rows = []
+    for model in MODELS:
+        runs = {}
+        for budget in BUDGETS:
+            if budget == 1000:
+                records, finished = read_samples(root / "cw-9x1000" / model / "cw")
+                runs[budget] = (records[:BUDGET_N] if len(records) >= BUDGET_N else [], finished or len(records) >= BUDGET_N)
+            else:
+                runs[budget] = read_samples(root / "cw-budget" / model / f"cw-{budget}")
+        longest = {r["index"]: r for r in runs[10000][0] if r["success"]} if runs[10000][1] else {}
+        for budget, (records, finished) in runs.items():
+            if not records or not finished:
+                continue
+            ratios = [r["l2"] / longest[r["index"]]["l2"] for r in records
+                      if r["success"] and r["index"] in longest and longest[r["index"]]["l2"] > 0]
+            rows.append({"model": model, "iterations_per_step": budget, **describe(records),
+                         "l2_vs_10k_median": statistics.median(ratios) if ratios else None,
+                         "l2_vs_10k_n": len(ratios)})
+    return rows
+
+
+def _f(value, spec):
+    return "—" if value is None else format(value, spec)
+
+
+def _auc(ours, theirs):
+    """Our AUC in the paper's units (10⁻²), the paper's in brackets."""
+    return f"{_f(None if ours is None else 100 * ours, '.1f')} ({_f(theirs, '.1f')})"
+
+
+def markdown(study: list[dict], budget: list[dict]) -> str:
+    lines = ["| attack | model | images | success | after 8-bit rounding | ‖δ‖₂/√d mean | median | iterations per image "
+             "| AUC confidence (paper) | non-ME | K-density |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in study:
+        auc = r.get("auc", {})
+        images = f"{r['n']}" + ("" if r["finished"] else " (partial)")
+        lines.append(f"| {r['attack']} | {r['model']} | {images} | {_f(100 * r['success_rate'], '.1f')}% "
+                     f"| {_f(100 * r['success_rate_8bit'], '.1f')}% | {_f(r['l2_paper_mean'], '.2f')} "
+                     f"| {_f(r['l2_paper_median'], '.2f')} | {_f(r['iterations_mean'], ',.0f')} | "
+                     + " | ".join(_auc(auc.get(m), paper.table2(r["attack"], r["model"].rsplit("-", 1)[1], "mnist", m))
+                                  for m in paper.METRICS) + " |")
+    lines += ["", "| model | iterations per binary step | images | success | ‖δ‖₂/√d mean | median | iterations per image "
+              "| ‖δ‖₂ vs 10k (median ratio, n) |", "|---|---|---|---|---|---|---|---|"]
+    for r in budget:
+        vs = "—" if r["l2_vs_10k_median"] is None else f"{r['l2_vs_10k_median']:.3f} ({r['l2_vs_10k_n']})"
+        lines.append(f"| {r['model']} | {r['iterations_per_step']:,} | {r['n']} | {_f(100 * r['success_rate'], '.0f')}% "
+                     f"| {_f(r['l2_paper_mean'], '.2f')} | {_f(r['l2_paper_median'], '.2f')} "
+                     f"| {_f(r['iterations_mean'], ',.0f')} | {vs} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "results", help="folder holding cw-9x1000 and cw-budget")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of markdown")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"no such folder: {args.results}")
+    study, budget = study_rows(args.results), budget_rows(args.results)
+    print(json.dumps({"study": study, "budget": budget}, indent=1) if args.json else markdown(study, budget))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""scripts/cw_study_tables.py: the C&W study's tables from finished and partial run folders."""
+import gzip
+import json
+
+import pytest
+
+
+def record(index, success, l2, iterations=900):
+    return {"index": index, "success": success, "success_8bit": success and index % 2 == 0, "l2": l2 / 10,
+            "l2_paper": l2, "iterations": iterations}
+
+
+def write_lines(path, records, compress=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if compress:
+        with gzip.open(path, "wt") as out:
+            out.write(text)
+    else:
+        path.write_text(text)
+
+
+def test_partial_runs_and_the_budget_rows(tmp_path, load_script):
+    tables = load_script("cw_study_tables")
+    ce = tmp_path / "cw-9x1000" / "mnist-resnet32-ce" / "cw"
+    write_lines(ce / "samples.jsonl.gz", [record(i, i != 3, 10.0 + i) for i in range(25)], compress=True)
+    (ce / "summary.json").write_text(json.dumps({"detection": {
+        m: {"auc": 0.5, "n_pairs": 24} for m in ("confidence", "non_me", "log_kd")}}))
+    rce = tmp_path / "cw-9x1000" / "mnist-resnet32-rce" / "cw" / "partial"
+    write_lines(rce / "batch-00025.jsonl", [record(i, True, 5.0) for i in range(25, 30)])
+    write_lines(rce / "batch-00000.jsonl", [record(i, i < 10, 4.0) for i in range(25)])
+    longest = tmp_path / "cw-budget" / "mnist-resnet32-ce" / "cw-10000"
+    write_lines(longest / "samples.jsonl", [record(i, i != 5, 5.0 + i / 2) for i in range(20)])
+
+    study = {(r["model"], r["attack"]): r for r in tables.study_rows(tmp_path)}
+    assert study["mnist-resnet32-ce", "cw"]["finished"] and study["mnist-resnet32-ce", "cw"]["successes"] == 24
+    assert study["mnist-resnet32-ce", "cw"]["auc"]["non_me"] == 0.5
+    partial = study["mnist-resnet32-rce", "cw"]
+    assert not partial["finished"] and partial["n"] == 30 and "auc" not in partial
+    assert partial["successes"] == 15 and partial["l2_paper_median"] == 4.0
+
+    budget = {(r["model"], r["iterations_per_step"]): r for r in tables.budget_rows(tmp_path)}
+    one_k = budget["mnist-resnet32-ce", 1000]   # the first 20 images of the 200-image run
+    assert one_k["n"] == 20 and one_k["successes"] == 19
+    expected = sorted((10.0 + i) / (5.0 + i / 2) for i in range(20) if i not in (3, 5))
+    assert one_k["l2_vs_10k_n"] == 18 and abs(one_k["l2_vs_10k_median"] - (expected[8] + expected[9]) / 2) < 1e-12
+    assert budget["mnist-resnet32-ce", 10000]["l2_vs_10k_median"] == 1.0
+    assert budget["mnist-resnet32-rce", 1000]["l2_vs_10k_median"] is None   # no 10k run yet
+    text = tables.markdown(tables.study_rows(tmp_path), tables.budget_rows(tmp_path))
+    assert "| cw | mnist-resnet32-rce | 30 (partial) | 50.0% |" in text and "50.0 (64.1)" in text
+
+
+def test_a_missing_results_folder_is_one_line(tmp_path, load_script, capsys):
+    tables = load_script("cw_study_tables")
+    with pytest.raises(SystemExit) as stop:
+        tables.main(["--results", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2
+    assert "no such folder" in capsys.readouterr().err
