@@ -17,7 +17,8 @@ binary step (9 steps, all else equal). The 1,000 row is not a run of its own: it
 images of the 200-image 9 x 1,000 run, whose targets are the same (one ``default_rng(seed)`` stream
 over the run's images: its first 20 draws are a 20-image run's) and whose per-image result does not
 depend on its batch-mates (per-sample abort early and compaction, ``rcenp.attacks.cw``) beyond the
-last-bit rounding of BLAS kernels chosen by the batch's shape. "vs 10k" is the median, over the
+last-bit rounding of BLAS kernels chosen by the batch's shape (which over 9,000 iterations can still
+move an image's result a little). "vs 10k" is the median, over the
 images that succeed at both budgets, of the image's ‖δ‖₂ at this budget over its ‖δ‖₂ at 10,000.
 """
 from __future__ import annotations
