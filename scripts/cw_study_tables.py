@@ -3,6 +3,7 @@ at 9 binary steps x 1,000 iterations, and the budget study, as markdown (default
 
     python scripts/cw_study_tables.py                 # markdown, from results/cw-9x1000 and results/cw-budget
     python scripts/cw_study_tables.py --json
+    python scripts/cw_study_tables.py --readme        # rewrites results/cw-9x1000/README.md
 
 Study table, one row per finished or partly finished run (results/cw-9x1000/MODEL/ATTACK): images
 attacked, success rate (the target reached with margin κ; a failure returns the clean image), the
@@ -138,15 +139,64 @@ def markdown(study: list[dict], budget: list[dict]) -> str:
     return "\n".join(lines)
 
 
+README = """# C&W and C&W-hc on the MNIST ResNet-32s at 9 binary steps × 1,000 iterations (Fig. 2b, Table 2's C&W rows)
+
+`rcenp attack MODEL --attack cw|cw-hc --n 200 --batch-size 25 --binary-steps 9 --max-iterations 1000` on
+the first 200 MNIST test images (the complete test set, SHA-256 verified), one CPU core, in the background
+across sessions (`scripts/cw_study.sh` step 2, resumed with `--resume` from the last finished batch of 25).
+Everything else is the paper's: c₀ 1, Adam lr 0.01, κ 0 (C&W-hc: 10), random targets ≠ the true label
+(seed 0), abort early per sample. Only the iterations are cut, from the paper's 10,000 per binary step to
+1,000; the budget study below shows what that costs.
+
+Each folder holds `run.json`, `attack.log`, and, once finished, `summary.json` (rates, distortions,
+paper-rule AUCs with bootstrap intervals, the code of each batch in `code_by_batch`), `samples.jsonl`
+(per image: target, success, also after 8-bit rounding, ‖δ‖, the c trajectory, iterations and stop reason
+per binary step, confidence, non-ME and log KD clean and adversarial) and `adversarial.npz`. A run in
+progress has its finished batches in `partial/`.
+
+Success is reaching the random target with margin κ (a failure returns the clean image). ‖δ‖₂/√d is on
+0–255, over the successes (Fig. 2b's unit). AUCs are in the paper's units (10⁻²), under its rule (clean
+correct, adversarial misclassified; ties half), the paper's Table 2 value in brackets. From
+`python scripts/cw_study_tables.py`:
+
+{study}
+
+## Budget study
+
+C&W on the first 20 of these images at 1,000 / 2,000 / 5,000 / 10,000 iterations per binary step (9 steps;
+`scripts/cw_study.sh` step 3, `results/cw-budget/`). The 1,000 row is the first 20 images of the run
+above: the same targets and computation; only the batch-mates differ, which changes nothing but the
+last-bit rounding of BLAS kernels chosen by the batch's shape (over 9,000 iterations that can still move
+an image's result a little). "vs 10k" is the median over images that succeed at both budgets of ‖δ‖₂ at this budget
+over ‖δ‖₂ at 10,000 (the paper's budget); it needs the 10,000 run.
+
+{budget}
+"""
+
+
+def readme(study: list[dict], budget: list[dict]) -> str:
+    """results/cw-9x1000/README.md: what the study runs, and its tables as they stand."""
+    tables = markdown(study, budget).split("\n\n")
+    return README.format(study=tables[0], budget=tables[1])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="folder holding cw-9x1000 and cw-budget")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of markdown")
+    parser.add_argument("--readme", action="store_true", help="write RESULTS/cw-9x1000/README.md (prose and tables)")
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         parser.error(f"no such folder: {args.results}")
     study, budget = study_rows(args.results), budget_rows(args.results)
-    print(json.dumps({"study": study, "budget": budget}, indent=1) if args.json else markdown(study, budget))
+    if args.readme:
+        target = args.results / "cw-9x1000" / "README.md"
+        temporary = target.with_suffix(".md.tmp")
+        temporary.write_text(readme(study, budget))
+        temporary.replace(target)
+        print(f"wrote {target}")
+    else:
+        print(json.dumps({"study": study, "budget": budget}, indent=1) if args.json else markdown(study, budget))
     return 0
 
 

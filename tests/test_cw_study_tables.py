@@ -56,3 +56,14 @@ def test_a_missing_results_folder_is_one_line(tmp_path, load_script, capsys):
         tables.main(["--results", str(tmp_path / "nowhere")])
     assert stop.value.code == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_readme_is_written_whole(tmp_path, load_script):
+    tables = load_script("cw_study_tables")
+    run = tmp_path / "cw-9x1000" / "mnist-resnet32-ce" / "cw"
+    write_lines(run / "partial" / "batch-00000.jsonl", [record(i, True, 9.0) for i in range(25)])
+    assert tables.main(["--results", str(tmp_path), "--readme"]) == 0
+    text = (run.parent.parent / "README.md").read_text()
+    assert "| cw | mnist-resnet32-ce | 25 (partial) | 100.0% |" in text
+    assert "| mnist-resnet32-ce | 1,000 | 20 | 100% | 9.00 | 9.00 | 900 | — |" in text
+    assert not list(run.parent.parent.glob("*.tmp"))
