@@ -41,6 +41,31 @@ def test_fit_calibrate_predict_and_round_trip(model, data, tmp_path):
         Detector.load(tmp_path / "det", Classifier(model.network, "ce"))
 
 
+def test_features_report_progress_per_batch(model, data):
+    from rcenp.progress import counter
+
+    images, _ = data
+    calls = []
+    z, logits = Detector(model, "kd").features_and_logits(images[:230], batch_size=100,
+                                                         progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(100, 230), (200, 230), (230, 230)] and z.shape == (230, 64) and logits.shape == (230, 10)
+
+    class Stream(list):
+        def write(self, text):
+            self.append(text)
+
+        def flush(self):
+            pass
+
+    stream = Stream()
+    report = counter("training images", "features", stream=stream, interval=3600)
+    for done in (100, 200, 230):
+        report(done, 230)
+    lines = "".join(stream).splitlines()   # the first and the last line; the middle one falls in the interval
+    assert lines[0].startswith("training images 100/230  features  ETA ")
+    assert lines[-1] == "training images 230/230  features  ETA 0:00:00" and len(lines) == 2
+
+
 def test_every_metric_and_errors(model, data):
     images, labels = data
     for metric in ("confidence", "non_me"):
@@ -141,6 +166,9 @@ def test_detect_fit_command_saves_the_calibration_it_used(model, mnist_root, tmp
     run = tmp_path / "run"
     save_checkpoint(run, model, None, TrainConfig(depth=8, objective="rce"), 1, {"note": "test"})
     assert main(["detect", str(run), "--fit", "--per-class", "5", "--data-dir", str(mnist_root)]) == 0
+    err = capsys.readouterr().err   # the long part says where it is
+    n_train = int(err.split("training images ")[1].split("/")[1].split()[0])
+    assert f"training images {n_train}/{n_train}  features for the kernel points  ETA 0:00:00" in err
     saved = json.loads((run / "detector.json").read_text())
     assert "random half of the test split" in saved["info"]["calibration"] and saved["threshold"] is not None
     before = (run / "detector.json").read_bytes(), (run / "detector.npz").read_bytes()
@@ -242,6 +270,18 @@ def test_a_rate_that_rejects_no_calibration_image_is_refused_not_saved_as_minus_
     run = tmp_path / "run"
     save_checkpoint(run, model, None, TrainConfig(depth=8, objective="rce"), 1, {"note": "test"})
     assert main(["detect", str(run), "--fit", "--fpr", "0.001", "--per-class", "5", "--data-dir", str(mnist_root)]) == 2
-    line = one_error_line(capsys)
-    assert "T = -inf" in line and "its 20 clean images" in line and "at least 1/20 = 0.05" in line
+    line = one_error_line(capsys)   # refused before the pass over the training images, so one line
+    assert "would reject none of its 20 clean images" in line and "at least 1/20 = 0.05" in line
     assert not (run / "detector.json").exists() and not (run / "detector.npz").exists()
+    assert main(["detect", str(run), "--fit", "--fpr", "0.05", "--calibrate-on", "train", "--kernel-from", "190",
+                 "--per-class", "5", "--data-dir", str(mnist_root)]) == 2     # 10 training images left for T
+    assert "none of its 10 clean images" in one_error_line(capsys)
+
+
+def test_a_threshold_of_minus_infinity_is_not_saved(model, data, tmp_path):
+    """Ties at the lowest scores can still leave T = -inf after a feasible rate: save refuses it."""
+    det = Detector(model, "confidence")
+    det.threshold, det.info = float("-inf"), {"calibration_n": 20, "target_fpr": 0.05}
+    with pytest.raises(ValueError, match=r"T = -inf: .* its 20 clean images .*\(at least 1/20 = 0\.05\)"):
+        det.save(tmp_path / "det")
+    assert not list(tmp_path.iterdir())

@@ -46,17 +46,18 @@ def eta_training_split(manifest: dict, detector, data_dir=None):
     return train, {"rule": "exact: training features", "train": found}
 
 
-def training_features(detector, model_ref, train):
+def training_features(detector, model_ref, train, progress=None):
     """Z (N_tr, D) float32 and true labels (N_tr,) of the training images ``detector`` drew its
     kernel points from (the first ``info["fitted_on"]`` of ``train``, a Dataset that
     ``eta_training_split`` accepted). Cached per process by model reference, detector identity and
-    split identity, one model at a time ((60,000 × 64) float32 is 15 MB)."""
+    split identity, one model at a time ((60,000 × 64) float32 is 15 MB); ``progress(done, total)``
+    is called as the features are computed (not for a cached answer)."""
     from rcenp.attacks.runfiles import detector_identity
 
     key = (str(model_ref), json.dumps(detector_identity(model_ref)), json.dumps(train.identity))
     if key not in _CACHE:
         count = int(detector.info.get("fitted_on", len(train.labels)))
-        z, _ = detector.features_and_logits(train.images[:count])
+        z, _ = detector.features_and_logits(train.images[:count], progress=progress)
         _CACHE.clear()
         _CACHE[key] = (as_numpy(z).astype(np.float32), np.asarray(train.labels[:count]))
     return _CACHE[key]

@@ -13,6 +13,7 @@ from rcenp.checkpoint import CheckpointError
 from rcenp.data.datasets import DATA_DIR_DEFAULT, class_name
 from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
 from rcenp.data.images import read_image, read_npz
+from rcenp.progress import counter
 
 CALIBRATION_SETS = ("test", "train")
 FIT_DEFAULTS = {"overwrite": False, "metric": "kd", "fpr": 0.05, "per_class": 1000, "calibrate_on": "test",
@@ -98,13 +99,14 @@ def held_out_split(n_test: int, seed: int = 0):
 
 
 def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class=1000, calibrate_on="test",
-                 kernel_from=None, seed=0):
+                 kernel_from=None, seed=0, progress=None):
     """Fit kernel points on training images and calibrate T on held-out clean images.
 
     Returns the detector and the indices of the test images it was not calibrated on, on which its
     false-positive rate is measured: with ``calibrate_on="test"`` T comes from a seeded random half
     of the test split (``held_out_split``) and the other half is returned; with ``"train"`` T comes
     from the training images after ``kernel_from`` and every test index is returned.
+    ``progress(done, total)``, if given, follows the features of the training images (the long part).
     """
     from rcenp.data import load as load_data
     from rcenp.detect.detector import Detector
@@ -118,10 +120,15 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
     if not 0 < kernel_from <= n_train or (calibrate_on == "train" and kernel_from >= n_train):
         raise ValueError(f"--kernel-from {kernel_from}: the training split has {n_train} images"
                          + (" and calibration needs some of them" if calibrate_on == "train" else ""))
+    held_out, calibration = held_out_split(n_test, seed)
+    n_calibration = len(calibration) if calibrate_on == "test" else n_train - kernel_from
+    if fpr * n_calibration < 1:  # before the long pass: T would be -inf (Detector.save refuses it)
+        raise ValueError(f"at a false-positive rate of {fpr} the calibration would reject none of its {n_calibration} "
+                         "clean images (fewer than one image), so the detector would accept every input; raise the "
+                         f"rate (at least 1/{n_calibration} = {1 / n_calibration:.2g})")
     det = Detector(model, metric).fit(train.images[:kernel_from], train.labels[:kernel_from],
-                                      per_class=per_class, seed=seed)
+                                      per_class=per_class, seed=seed, progress=progress)
     if calibrate_on == "test":
-        held_out, calibration = held_out_split(n_test, seed)
         det.calibrate(test.images[calibration], fpr)
         det.info.update(calibration=f"{len(calibration)} test images, a random half of the test split "
                         f"(rcenp.detect.cli.held_out_split({n_test}, seed={seed}))")
@@ -166,7 +173,8 @@ def cmd_detect(args) -> int:
             raise CheckpointError(f"{args.model} already has a fitted detector ({stem.with_suffix('.json')}); "
                                   "pass --overwrite to replace it")
         det, _ = fit_detector(model, dataset, args.data_dir, args.metric, args.fpr,
-                              args.per_class or None, args.calibrate_on, args.kernel_from, args.seed)
+                              args.per_class or None, args.calibrate_on, args.kernel_from, args.seed,
+                              progress=counter("training images", "features for the kernel points"))
         det.save(stem)
         print(det.describe())
         if not args.images:

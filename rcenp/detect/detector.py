@@ -46,9 +46,10 @@ class Detector:
         self.info: dict = {}
 
     # ---- fitting ------------------------------------------------------------------------------
-    def features_and_logits(self, images, batch_size=500):
+    def features_and_logits(self, images, batch_size=500, progress=None):
         """Z (N, D) and prediction logits (N, L) in eval mode, as arrays on the model's device.
-        images: (N, C, H, W) in [-0.5, 0.5] (ValueError otherwise)."""
+        images: (N, C, H, W) in [-0.5, 0.5] (ValueError otherwise); ``progress(done, total)``, if
+        given, is called after each batch of ``batch_size`` images."""
         images = check_images(self.model, images)
         feats, logits = [], []
         with eval_mode(self.model), no_grad():
@@ -57,12 +58,15 @@ class Detector:
                 z = self.model.features(x)
                 feats.append(z.data)
                 logits.append(self.model.prediction_logits(self.model.network.fc(z)).data)
+                if progress is not None:
+                    progress(min(start + batch_size, len(images)), len(images))
         xp = get_array_module(feats[0]) if feats else np
         return xp.concatenate(feats), xp.concatenate(logits)
 
-    def fit(self, train_images, train_labels, per_class: int | None = 1000, seed: int = 0):
-        """Choose the kernel points from training features (by true label)."""
-        z, _ = self.features_and_logits(train_images)
+    def fit(self, train_images, train_labels, per_class: int | None = 1000, seed: int = 0, progress=None):
+        """Choose the kernel points from training features (by true label); ``progress`` as in
+        ``features_and_logits``."""
+        z, _ = self.features_and_logits(train_images, progress=progress)
         points = select_kernel_points(as_numpy(z), np.asarray(train_labels), per_class=per_class, seed=seed,
                                       num_classes=self.model.network.num_classes)
         self.kernel_points = to_device(points, self.model.device)
