@@ -67,10 +67,17 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def check_folder(path, option: str) -> None:
-    """ValueError (one line) when ``path`` exists and is not a folder: caught before anything is
-    written or printed, instead of the OS's 'File exists' halfway through."""
-    if Path(path).exists() and not Path(path).is_dir():
+    """ValueError (one line) when ``path``, or a folder it would be made in, exists and is not a
+    folder: caught before anything is written or printed, instead of the OS's 'File exists' or
+    'Not a directory' halfway through."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path}: a file of that name exists; {option} names a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            break
 
 
 def atomic_write_text(path, text: str) -> None:

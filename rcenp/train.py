@@ -179,6 +179,8 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     checkpoint.atomic_write_text(out_dir / "config.json",
                                  json.dumps({"config": dataclasses.asdict(config), "command": command}, indent=2) + "\n")
     progress = Progress(out_dir / "train.log", config.steps)
+    if resume and start == 0:
+        progress.message(f"--resume: no checkpoint in {out_dir} yet, so this starts at step 0")
     progress.message(f"training {config.dataset} ResNet-{config.depth} ({config.objective.upper()}), "
                      f"{config.steps} steps from step {start}, on {device}; data: {train_set.describe()}")
     stream = BatchStream(len(labels), config.batch_size, config.seed)
@@ -214,6 +216,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
             progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
             return None
         save_checkpoint(out_dir, model, optimizer, config, config.steps, data_identity)
+        progress.message(f"trained; now the test error on {test_set.describe()}")
         with no_grad():
             metrics = evaluate(model, test_set.images, test_set.labels)
         metrics.update({"dataset": config.dataset, "objective": config.objective, "depth": config.depth,

@@ -88,6 +88,10 @@ def test_resume_after_an_interruption_gives_the_same_files(setup, tmp_path, monk
     with pytest.raises(ValueError, match="other settings"):
         run_attack(run, "fgsm", tmp_path / "resumed", {"eps": 0.06}, resume=True, **args)
     run_attack(run, "fgsm", tmp_path / "resumed", {"eps": 0.05}, resume=True, **args)
+    assert "--resume: no run in" not in (tmp_path / "resumed" / "attack.log").read_text()
+    run_attack(run, "fgsm", tmp_path / "mistyped", {"eps": 0.05}, resume=True, **args)   # nothing to resume: said
+    assert f"--resume: no run in {tmp_path / 'mistyped'} yet, so this starts one" in \
+        (tmp_path / "mistyped" / "attack.log").read_text()
     for name in ("samples.jsonl", "adversarial.npz"):
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
     whole, resumed = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("whole", "resumed"))

@@ -1,11 +1,14 @@
 """``rcenp.attacks.runfiles``: what a resume must refuse, and the code each batch records."""
 import json
+import re
+import warnings
 
 import numpy as np
 import pytest
 
 from rcenp.attacks import run as attack_run
 from rcenp.attacks import runfiles
+from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.run import run_attack
 from rcenp.detect.detector import Detector
 from rcenp.models.registry import load
@@ -177,6 +180,9 @@ def test_cw_wb_eta_comes_from_the_training_features(trained_here, tmp_path, monk
     assert asked["eta"] == {"rule": "exact: training features",
                             "train": {"n": len(train.labels), "sha256": train.identity["sha256"]}}
     assert first_sample["f2"] >= 0
+    log = (tmp_path / "wb" / "attack.log").read_text()   # the pass over the training split is timed and named
+    assert re.search(rf"η for C&W-wb: {len(train.labels):,} training features in 0:00:\d\d \(not in the img/s below\)",
+                     log)
 
 
 TINY_WB = {"learning_rate": 0.05, "attacker_points": 5, "stage1": {"binary_steps": 1, "max_iterations": 2},
@@ -190,7 +196,9 @@ def test_cw_wb_without_training_images_says_eta_is_the_approximation(setup, tmp_
     for name in (root / "mnist").iterdir():
         if name.name.startswith("t10k"):
             (bare / "mnist" / name.name).symlink_to(name)
-    run_attack(run, "cw-wb", tmp_path / "wb", TINY_WB, n=4, batch_size=2, data_dir=bare)
+    with warnings.catch_warnings():   # said once on the progress stream, not warned once per batch
+        warnings.simplefilter("error", EtaApproximationWarning)
+        run_attack(run, "cw-wb", tmp_path / "wb", TINY_WB, n=4, batch_size=2, data_dir=bare)
     eta = json.loads((tmp_path / "wb" / "run.json").read_text())["eta"]
     assert eta == {"rule": "approximation from the detector's kernel points", "why": "no mnist training images found"}
     assert capsys.readouterr().err.count("no mnist training images found, so the biased-loose approximation") == 1

@@ -519,6 +519,27 @@ def test_eta_from_neg_log_kd_is_matlabs_median_in_log_space():
         eta_from_neg_log_kd([])
 
 
+def test_cw_wb_without_training_features_warns_of_the_approximate_eta():
+    """The approximation is documented but not the paper's η: a library caller is told, once per call."""
+    import warnings
+
+    model = feature_model("ce", 6)
+    detector = fitted_detector(model, 6)
+    x = box_images(15, 2)
+    stages = dict(stage1=dict(binary_steps=1, max_iterations=2), stage2=dict(binary_steps=1, max_iterations=2))
+    with pytest.warns(attacks.EtaApproximationWarning, match="pass the model's training features") as heard:
+        loose = attacks.cw_wb(model, x, detector, attacker_points=5, **stages)
+    assert len(heard) == 1 and heard[0].filename == __file__   # points at the caller's line
+    assert loose.params["eta_exact"] is False
+    train = np.random.default_rng(5).normal(0, 0.5, (40, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", attacks.EtaApproximationWarning)
+        exact = attacks.cw_wb(model, x, detector, attacker_points=5, train_features=train,
+                              train_labels=np.arange(40) % 4, **stages)
+    assert exact.params["eta_exact"] is True
+
+
+@pytest.mark.filterwarnings("ignore::rcenp.attacks.EtaApproximationWarning")   # the approximation on purpose
 def test_cw_wb_end_to_end():
     model = feature_model("ce", 6)
     detector = fitted_detector(model, 6)

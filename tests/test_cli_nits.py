@@ -109,6 +109,19 @@ def test_out_or_png_naming_a_file_is_refused_before_the_header(setup, tmp_path, 
     assert a_file.read_text() == "mine" and not (tmp_path / "out").exists()
 
 
+def test_an_out_inside_a_file_names_the_file(tmp_path):
+    from rcenp.checkpoint import check_folder
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    with pytest.raises(ValueError) as refused:
+        check_folder(a_file / "sub" / "deeper", "--out")
+    assert str(refused.value) == f"--out {a_file / 'sub' / 'deeper'}: {a_file} is a file, not a folder"
+    check_folder(tmp_path / "new" / "deeper", "--out")   # folders to be made: fine
+    check_folder("relative/runs", "--out")
+    assert a_file.read_text() == "mine" and not (tmp_path / "new").exists()
+
+
 def test_an_os_error_reads_as_path_and_reason():
     assert cli.error_text(FileExistsError(17, "File exists", "/x/afile")) == "/x/afile: file exists"
     assert cli.error_text(ValueError("plain")) == "plain"

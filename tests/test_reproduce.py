@@ -245,7 +245,11 @@ def test_unwritable_out_is_one_error_line(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert main(["reproduce", "--out", str(blocker / "out"), "--only", "table1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot write to --out" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and f"--out {blocker / 'out'}: {blocker} is a file, not a folder" in err
+    assert "Traceback" not in err
+    assert main(["reproduce", "--out", str(blocker), "--only", "table1"]) == 2   # as rcenp attack words it
+    assert capsys.readouterr().err == (f"rcenp reproduce: error: --out {blocker}: a file of that name exists; "
+                                       "--out names a folder\n")
 
 
 def test_the_command_line_runs_outside_python(tmp_path):

@@ -109,6 +109,8 @@ def test_resume_is_bit_identical(tiny_root, tmp_path):
     assert train(config, tmp_path / "split", data_root=tiny_root, stop_at=4) is None
     assert json.loads((tmp_path / "split" / "checkpoint.json").read_text())["step"] == 4
     train(config, tmp_path / "split", data_root=tiny_root, resume=True)
+    log = (tmp_path / "split" / "train.log").read_text()
+    assert "no checkpoint in" not in log and "trained; now the test error on" in log
     a, oa = final_weights(tmp_path / "straight")
     b, ob = final_weights(tmp_path / "split")
     assert a.keys() == b.keys() and oa.keys() == ob.keys()
@@ -116,6 +118,13 @@ def test_resume_is_bit_identical(tiny_root, tmp_path):
         assert np.array_equal(a[k], b[k]), k
     for k in oa:
         assert np.array_equal(oa[k], ob[k]), k
+
+
+def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
+    config = tiny_config()
+    assert train(config, tmp_path / "fresh", data_root=tiny_root, resume=True, stop_at=1) is None
+    assert f"--resume: no checkpoint in {tmp_path / 'fresh'} yet, so this starts at step 0" in \
+        (tmp_path / "fresh" / "train.log").read_text()
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tiny_root, tmp_path):

@@ -9,8 +9,8 @@ with checkpoints, shards and the files of ``rcenp attack``.
 """
 from rcenp.attacks.core import AttackResult, distortions
 from rcenp.attacks.cw import cw_l2
-from rcenp.attacks.cw_wb import cw_wb
+from rcenp.attacks.cw_wb import EtaApproximationWarning, cw_wb
 from rcenp.attacks.jsma import jsma
 from rcenp.attacks.sign import bim, fgsm, ilcm
 
-__all__ = ["AttackResult", "distortions", "fgsm", "bim", "ilcm", "jsma", "cw_l2", "cw_wb"]
+__all__ = ["AttackResult", "distortions", "fgsm", "bim", "ilcm", "jsma", "cw_l2", "cw_wb", "EtaApproximationWarning"]

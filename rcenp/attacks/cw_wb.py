@@ -70,6 +70,7 @@ Departures from the released code (``carliniL2_specific.py``), besides the log-s
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy.special import logsumexp
@@ -86,6 +87,10 @@ STAGE1 = {"kappa": 5.0, "initial_const": 10.0, "binary_steps": 3, "max_iteration
 STAGE2 = {"kappa": 5.0, "initial_const": 100.0, "binary_steps": 9, "max_iterations": 10000}
 STAGE_KEYS = ("kappa", "initial_const", "binary_steps", "max_iterations", "learning_rate", "abort_early")
 KERNELS, ANCHORS = ("attacker", "detector"), ("clean", "stage1")
+
+
+class EtaApproximationWarning(UserWarning):
+    """cw_wb ran without training features: its η is the biased-loose approximation (module docstring)."""
 
 
 @in_eval_mode
@@ -129,6 +134,11 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     if isinstance(targets, str):
         raise ValueError("C&W-wb is a targeted attack: targets must be None or an (N,) int array")
     points, eta = attack_kernel(detector, model, kernel, attacker_points, seed, train_features, train_labels)
+    if train_features is None:
+        warnings.warn("cw_wb without train_features/train_labels: η is the biased-loose approximation from the "
+                      "detector's kernel points, looser than the paper's (rcenp.attacks.cw_wb's docstring); pass "
+                      "the model's training features and labels for the exact η, as `rcenp attack` does",
+                      EtaApproximationWarning, stacklevel=3)  # the caller's line, past in_eval_mode's wrapper
     labels, targets, clean_prediction, label_rule, target_rule = choose_targets(
         model, x, targets, labels, seed, batch_size)
 

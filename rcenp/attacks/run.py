@@ -40,6 +40,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,22 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.attacks import runfiles
 from rcenp.attacks.audit import attack_and_audit
+from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.wb_features import eta_training_split, training_features
-from rcenp.progress import Progress, plural
+from rcenp.progress import Progress, counter, duration, plural
 
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
 CW_ATTACKS = ("cw", "cw-hc", "cw-wb")
 ATTACKS = EPS_ATTACKS + CW_ATTACKS
+
+
+def _without_warning(fn, category):
+    """``fn`` with warnings of ``category`` ignored during each call."""
+    def call(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category)
+            return fn(*args, **kwargs)
+    return call
 
 
 def attack_function(name: str, detector=None):
@@ -187,6 +198,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     progress.message(f"{attack} {runfiles.format_options(options)} on {model_ref} ({model.objective.upper()}), {span} "
                      f"of {test.describe()}, "
                      + (f"{len(batches)} batches of {batch_size}" if len(batches) > 1 else "1 batch"))
+    if resume and claimed:
+        progress.message(f"--resume: no run in {out_dir} yet, so this starts one")  # a mistyped --out shows here
     if any(finished):
         progress.message(f"resuming: {sum(finished)} of {plural(len(batches), 'batch', 'batches')} done")
         other = [c for c in runfiles.earlier_code(stems) if c.get("source_sha256") != code["source_sha256"]]
@@ -204,11 +217,16 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         if attack == "cw-wb" and not all(finished):  # η: once per process, when there is work
             if train is not None:
                 progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
-                features, labels = training_features(crafter_detector, crafter_ref, train)
+                started = time.monotonic()
+                features, labels = training_features(crafter_detector, crafter_ref, train, progress=counter(
+                    "training images", "features for η", stream=progress.stream))
+                progress.message(f"η for C&W-wb: {len(labels):,} training features in "
+                                 f"{duration(time.monotonic() - started)} (not in the img/s below)")
                 options, train = dict(options, train_features=features, train_labels=labels), None
             else:
                 progress.message(f"η for C&W-wb: {asked['eta']['why']}, so the biased-loose approximation "
                                  "from the detector's kernel points (rcenp.attacks.cw_wb)")
+                fn = _without_warning(fn, EtaApproximationWarning)  # said once above, not once per batch
         for b, (index, stem) in enumerate(zip(batches, stems)):
             if finished[b] and b + 1 < len(batches):
                 continue  # done by an earlier process: no progress line, no rate from it

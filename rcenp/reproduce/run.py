@@ -34,6 +34,7 @@ def parse_only(only) -> list[str]:
 def claim(out_dir: Path, budget_name: str, resume: bool) -> None:
     """Create ``out_dir`` and its run.json, or check a resumed run there is of the same budget.
     ValueError (one line) for an unwritable folder or a run that --resume must continue."""
+    checkpoint.check_folder(out_dir, "--out")
     run_file = out_dir / "reproduce.json"
     if run_file.is_file():
         try:
