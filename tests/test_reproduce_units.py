@@ -91,6 +91,8 @@ def test_monotone_in_eps():
     noise = sanity.monotone_in_eps("m", [(0.1, 0.50, 1000), (0.2, 0.501, 1000)])  # one image: tolerated
     assert noise["status"] == "PASS"
     assert sanity.monotone_in_eps("m", [(0.1, 0.5, 10)])["status"] == "n/a"
+    flat = sanity.monotone_in_eps("m jsma", [(0.08, 1.0, 20), (0.16, 1.0, 20)], "θ")   # the attack moved nothing
+    assert flat["status"] == "n/a" and flat["detail"].startswith("accuracy 100.0% at every θ")
 
 
 def test_iterative_vs_single():
@@ -183,6 +185,22 @@ def test_tpr_at_5_percent_fpr_is_cross_fitted_on_held_out_clean_images(monkeypat
     odd_only = [s for s in samples if s["index"] % 2]
     assert adversarial_rejection_crossfit(odd_only, "log_kd")["tpr"] is None
     assert beyond_paper(None)["tpr5_crossfit_log_kd"] is None
+    assert figures["why"] is None and row["tpr5_crossfit_why"] is None
+
+
+def test_tpr_is_not_available_with_under_20_calibration_images_in_a_half():
+    """T fitted on fewer than 1/FPR images would reject nothing: a 0% TPR that says nothing."""
+    from rcenp.reproduce.results import adversarial_rejection_crossfit, beyond_paper
+
+    samples = crossfit_samples()
+    few = samples[:40] + [s for s in samples[40:] if s["index"] % 2 == 0]   # odd half: 19 clean-correct (3-39)
+    figures = adversarial_rejection_crossfit(few, "log_kd")
+    assert figures["tpr"] is figures["clean_rejection"] is figures["thresholds"] is None
+    assert figures["why"] == "under 20 calibration images in a half (19)"
+    row = beyond_paper(few)
+    assert row["tpr5_crossfit_non_me"] is None and row["tpr5_crossfit_why"] == figures["why"]
+    enough = samples[:42] + [s for s in samples[42:] if s["index"] % 2 == 0]   # 20 in the odd half (3-41)
+    assert adversarial_rejection_crossfit(enough, "log_kd")["tpr"] is not None
 
 
 def test_wb_figures():

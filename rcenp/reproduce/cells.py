@@ -147,6 +147,9 @@ def plan(budget: Budget, parts) -> list[Cell]:
     return sorted(cells.values(), key=lambda c: (order[c.kind], c.cost))
 
 
+TRAIN_SIZE = {"mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 5_085}  # the shipped models' training splits
+
+
 def _cost(cell: Cell) -> float:
     """Image-iterations, roughly: what the ETA divides by the measured rate."""
     n = cell.n or 10000
@@ -162,7 +165,8 @@ def _cost(cell: Cell) -> float:
     if cell.attack in ("cw", "cw-hc"):
         return n * 0.5 * o["binary_steps"] * o["max_iterations"]
     stages = (o["stage1"], o["stage2"])
-    return n * 0.6 * sum(s["binary_steps"] * s["max_iterations"] for s in stages)
+    # + η's training features, a forward over the training split (once per model and process; counted per cell)
+    return n * 0.6 * sum(s["binary_steps"] * s["max_iterations"] for s in stages) + 0.3 * TRAIN_SIZE.get(cell.dataset, 0)
 
 
 def result_file(cell_dir: Path, kind: str) -> Path:

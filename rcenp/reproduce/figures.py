@@ -123,10 +123,11 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
             continue
         fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
         for ax, attack in zip(axes, attacks):
-            for obj, style in zip(lineup.OBJECTIVES, ("o--", "s-")):
-                if (obj, attack) in curves:
+            for obj, style, size in zip(lineup.OBJECTIVES, ("o--", "s-"), (8, 4)):
+                if (obj, attack) in curves:  # big hollow circles under small squares: equal curves stay visible
                     e, a = zip(*curves[(obj, attack)])
-                    ax.plot(e, [100 * v for v in a], style, label=obj.upper())
+                    ax.plot(e, [100 * v for v in a], style, label=obj.upper(), markersize=size,
+                            fillstyle="none" if size == 8 else "full")
             ax.set_title(attack.upper())
             ax.set_xlabel("θ (per-feature step, box units)" if attack == "jsma" else "ε (box units)")
             ax.set_ylabel("accuracy under attack (%)")
@@ -142,9 +143,11 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
                 if height is None:  # no finished cell, or no image it attacked: no zero-height bar
                     ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(2), ["C&W", "C&W-hc"])
+        ax.set_xlim(-0.7, 1.7)  # the n/a labels' places too
+        ax.set_ylim(0, 1.35 * max(bars.values(), default=1.0))  # headroom for the legend above the bars
         ax.set_ylabel("mean minimal ‖δ‖₂/√d (0-255)")
         ax.set_title("(b) C&W distortion")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", ncol=2)
         fig.suptitle(f"Fig. 2: (a) accuracy against ε (JSMA: θ), (b) C&W distortion, {lineup.DATASET_TITLES[dataset]}"
                      + _smoke(budget))
         fig.tight_layout()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -134,11 +135,12 @@ def adversarial_rejection_crossfit(samples: list[dict], metric: str, target_fpr:
     - ``clean_rejection``: the share of the correctly classified clean images rejected, measured on
       images T was not fitted on, so the 5% is a measurement, not a construction.
 
-    With fewer than 1/target_fpr calibration images (20 at 5%) T = −inf: nothing is rejected.
-    samples: the cell's records with ``true_label``, ``clean_prediction``,
-    ``adversarial_prediction``, ``clean_<metric>`` and ``adversarial_<metric>`` (higher = more
-    normal). → {"tpr", "clean_rejection", "n_adversarial", "n_clean", "thresholds": [T_0, T_1]},
-    every figure None when either fold has no correctly classified clean image.
+    With fewer than 1/target_fpr calibration images (20 at 5%) T would be −inf and reject nothing,
+    a 0% that says nothing of the detector: then every figure is None, as when either fold has no
+    correctly classified clean image, and ``why`` says which. samples: the cell's records with
+    ``true_label``, ``clean_prediction``, ``adversarial_prediction``, ``clean_<metric>`` and
+    ``adversarial_<metric>`` (higher = more normal). → {"tpr", "clean_rejection", "n_adversarial",
+    "n_clean", "thresholds": [T_0, T_1], "why": None or the reason the figures are None}.
     """
     from rcenp.detect.calibrate import calibrate_threshold
     from rcenp.detect.roc import paper_sample_rule
@@ -153,8 +155,12 @@ def adversarial_rejection_crossfit(samples: list[dict], metric: str, target_fpr:
     pairs = paper_sample_rule(true, clean_pred, adv_pred)
     empty = {"tpr": None, "clean_rejection": None, "n_adversarial": int(pairs.sum()), "n_clean": int(correct.sum()),
              "thresholds": None}
-    if not all((correct & (fold == f)).any() for f in (0, 1)):
-        return empty
+    smallest = min(int((correct & (fold == f)).sum()) for f in (0, 1))
+    needed = math.ceil(1 / target_fpr - 1e-9)
+    if smallest == 0:
+        return {**empty, "why": "a half without correctly classified clean images"}
+    if smallest < needed:
+        return {**empty, "why": f"under {needed} calibration images in a half ({smallest})"}
     thresholds, adv_hits, clean_hits = [], 0, 0
     for f in (0, 1):
         threshold = calibrate_threshold(clean_score[correct & (fold != f)], target_fpr)
@@ -163,15 +169,16 @@ def adversarial_rejection_crossfit(samples: list[dict], metric: str, target_fpr:
         clean_hits += int((clean_score[correct & (fold == f)] <= threshold).sum())
     n_adv, n_clean = int(pairs.sum()), int(correct.sum())
     return {"tpr": adv_hits / n_adv if n_adv else None, "clean_rejection": clean_hits / n_clean,
-            "n_adversarial": n_adv, "n_clean": n_clean, "thresholds": thresholds}
+            "n_adversarial": n_adv, "n_clean": n_clean, "thresholds": thresholds,
+            "why": None if n_adv else "no paper-rule adversarial images"}
 
 
 def beyond_paper(samples: list[dict] | None) -> dict:
     """Per metric, ``adversarial_rejection_crossfit`` at 5%: ``tpr5_crossfit_<metric>`` (share of
     the paper-rule adversarials rejected) and ``fpr5_crossfit_<metric>`` (share of the correctly
-    classified clean images rejected, measured), each None without detector scores; and
-    ``n_clean_correct``."""
-    out = {"n_clean_correct": None}
+    classified clean images rejected, measured), each None without detector scores; ``n_clean_correct``;
+    and ``tpr5_crossfit_why``, the reason the figures are None (the same for every metric), else None."""
+    out = {"n_clean_correct": None, "tpr5_crossfit_why": None}
     for metric in METRICS:
         out[f"tpr5_crossfit_{metric}"] = out[f"fpr5_crossfit_{metric}"] = None
     if not samples or "clean_log_kd" not in samples[0]:
@@ -181,6 +188,7 @@ def beyond_paper(samples: list[dict] | None) -> dict:
         out[f"tpr5_crossfit_{metric}"] = figures["tpr"]
         out[f"fpr5_crossfit_{metric}"] = figures["clean_rejection"]
         out["n_clean_correct"] = figures["n_clean"]
+        out["tpr5_crossfit_why"] = figures["why"]
     return out
 
 

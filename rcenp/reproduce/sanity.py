@@ -32,12 +32,16 @@ def _tolerance(n) -> float:
 
 def monotone_in_eps(subject: str, points, symbol: str = "ε") -> dict:
     """Accuracy under attack must not rise with ε. points: [(ε, accuracy in [0, 1], n)]; FLAG when
-    a larger ε leaves accuracy higher than a smaller one by more than one image (or 0.5 pp).
+    a larger ε leaves accuracy higher than a smaller one by more than one image (or 0.5 pp); n/a
+    when the accuracy is the same at every ε (an attack that changed nothing passes vacuously).
     ``symbol`` names the strength in the check and its detail: "θ" for JSMA's per-feature step."""
     name = f"accuracy non-increasing in {symbol}"
     points = sorted(p for p in points if p[1] is not None)
     if len(points) < 2:
         return check(name, subject, None, None, f"fewer than two {symbol} computed")
+    if len({acc for _, acc, _ in points}) == 1:  # e.g. an attack that changed no prediction at any strength
+        return check(name, subject, None, 0.0, f"accuracy {100 * points[0][1]:.1f}% at every {symbol}: "
+                                                "the same at each strength, so nothing to compare")
     worst, where = 0.0, None
     for i, (eps_a, acc_a, n) in enumerate(points):
         for eps_b, acc_b, _ in points[i + 1:]:

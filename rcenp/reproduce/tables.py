@@ -279,14 +279,16 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
             md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper(), r["status"],
                             "", "", "", "", "", ""])
             continue
-        rates = [_num(r[f"tpr5_crossfit_{m}"], 1, 100)
+        why = r.get("tpr5_crossfit_why")
+        rates = [f"n/a: {why}" if why and r[f"fpr5_crossfit_{m}"] is None else
+                 _num(r[f"tpr5_crossfit_{m}"], 1, 100)
                  + (f" ({_num(r[f'fpr5_crossfit_{m}'], 1, 100)})" if r[f"fpr5_crossfit_{m}"] is not None else "")
                  for m in METRICS]
         md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper()] + rates
                        + [r["detector_metric"] or "", _num(r["detection_aware_accuracy"], 1, 100),
                           _num(r["accuracy_under_attack"], 1, 100), _num(r["success_rate"], 1, 100)])
     columns = ["dataset", "attack", "objective", "eps", "theta", "model", "n", "n_pairs", "n_clean_correct"] + \
-        [f"{kind}5_crossfit_{m}" for m in METRICS for kind in ("tpr", "fpr")] + \
+        [f"{kind}5_crossfit_{m}" for m in METRICS for kind in ("tpr", "fpr")] + ["tpr5_crossfit_why"] + \
         ["detector_metric", "detector_T", "detection_aware_accuracy", "accuracy_under_attack", "success_rate"]
     note = ("TPR at 5% FPR, cross-fitted: the cell's images are split in two by the parity of their test index; for "
             "each half, T is calibrated (rcenp's rule: reject iff score ≤ T, at most 5% of the calibration "
@@ -294,8 +296,8 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
             "and the half contributes its paper-rule adversarial examples (clean correct, adversarial "
             "misclassified) and its correctly classified clean images; counts are pooled over the halves. TPR: "
             "the share of those adversarial examples rejected; in parentheses the clean rejection rate measured "
-            "the same way on clean images T was not fitted on, so the 5% is measured, not imposed (with under "
-            "20 calibration images T rejects nothing). Detection-aware accuracy: the share of all attacked "
+            "the same way on clean images T was not fitted on, so the 5% is measured, not imposed (n/a with under "
+            "20 calibration images in a half, where T would reject nothing). Detection-aware accuracy: the share of all attacked "
             "images that end correctly classified or rejected (NOT SURE) by the cell's detector, on its metric "
             "(detector column) at its threshold T (5% false positives on clean test images), Tramèr et al.'s "
             "accuracy at 5% FPR. All in %.")

@@ -56,7 +56,7 @@ def table3(res: Results, budget: Budget) -> Table:
             "of the detector's points per class, the number in the authors' code (select_kernel_for_attack.m; the "
             "paper does not state it); 'detector': the detector's own kernel (a stronger adaptive attack; no paper "
             "value). Success: target reached with f₂ ≤ 0, in %. Paper: Table 3.")
-    headers = ["data set", "obj.", "kernel", "n", "ratio f₂ > 0", "distortion", "success"]
+    headers = ["data set", "obj.", "kernel", "n", "ratio f₂ > 0 (= 1 − success)", "distortion", "success"]
     return Table("table3", "Table 3: C&W-wb", list(rows[0]), rows, note + "\n\n" + _md(headers, md_rows))
 
 
