@@ -267,6 +267,13 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
             entry["foolbox"]["image_passes_per_s"] / entry["rcenp"]["image_passes_per_s"]
         # the images whose success differs, with rcenp's per-sample audit (c of each binary step, ...)
         l2_r, l2_fb = _l2_255(x_r, x), _l2_255(x_fb, x)
+        both = correct & (pred_r == targets) & (pred_fb == targets)  # the rule: images both break
+        entry["both_successful"] = {
+            "n": int(both.sum()),
+            "median_l2_255_rcenp": float(np.median(l2_r[both])) if both.any() else None,
+            "median_l2_255_foolbox": float(np.median(l2_fb[both])) if both.any() else None,
+            "median_ratio_rcenp_over_foolbox": float(np.median(l2_r[both]) / np.median(l2_fb[both]))
+            if both.any() else None}
         details = getattr(results[-1], "details", None) or [{}] * len(x)
         entry["disagreements"] = [
             {"index": int(i), "label": int(labels[i]), "target": int(targets[i]),

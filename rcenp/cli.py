@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the schedule (described above; default paper)")
     t.add_argument("--schedule-scale", type=positive(), default=1.0, metavar="F",
                    help="an Fx schedule: the paper/subset preset's steps and lr boundaries times F (default 1; "
-                        "the shipped CIFAR-10-subset models use 2)")
+                        "the CIFAR-10-subset runs in scripts/runs.py use 2)")
     t.add_argument("--seed", type=integer, default=0,
                    help="seeds the initial weights, the batch order and the augmentation (default 0)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
