@@ -2,7 +2,7 @@
 
 | budget | images per ε-attack cell | ε sweep | C&W, C&W-hc | C&W-wb (stage 1; stage 2) | images per C&W cell |
 |---|---|---|---|---|---|
-| smoke | 20 (JSMA ≤ 20 picks) | 0.08, 0.16 | 2 × 20 iterations, Adam lr 0.1 | 1 × 20; 2 × 20, lr 0.1 | 20 |
+| smoke | 20 | 0.08, 0.16 | 2 × 20 iterations, Adam lr 0.1 | 1 × 20; 2 × 20, lr 0.1 | 20 |
 | cpu | 1,000 | 0.02 ... 0.20 | 5 × 1,000, lr 0.01 | 3 × 300; 5 × 500, lr 0.01 | 100 |
 | paper | 1,000 | 0.02 ... 0.20 | 9 × 10,000, lr 0.01 | 3 × 5,000; 9 × 10,000, lr 0.01 | 1,000 |
 
@@ -74,8 +74,8 @@ BUDGETS = {
         cw={"binary_steps": 2, "max_iterations": 20, "learning_rate": 0.1},
         cw_wb_stage1={"binary_steps": 1, "max_iterations": 20},
         cw_wb_stage2={"binary_steps": 2, "max_iterations": 20},
-        jsma_max_iterations=20, batch_size=20, full_cw_budget=False,
-        description="SMOKE: 20 images per cell, eps 0.08/0.16, JSMA <= 20 picks, C&W 2 x 20 iterations at lr 0.1, "
+        jsma_max_iterations=None, batch_size=20, full_cw_budget=False,  # JSMA's 100 picks: some succeed at 0.16
+        description="SMOKE: 20 images per cell, eps 0.08/0.16, C&W 2 x 20 iterations at lr 0.1, "
                     "MNIST only; checks that every part runs, not a measurement",
         datasets=("mnist",)),
     "cpu": Budget(
