@@ -122,10 +122,12 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
                          + (" and calibration needs some of them" if calibrate_on == "train" else ""))
     held_out, calibration = held_out_split(n_test, seed)
     n_calibration = len(calibration) if calibrate_on == "test" else n_train - kernel_from
-    if fpr * n_calibration < 1:  # before the long pass: T would be -inf (Detector.save refuses it)
+    # calibrate_threshold's k = 0 (T = -inf, which Detector.save refuses), found before the long pass
+    if n_calibration == 0 or (fpr * n_calibration < 1 and 1 / n_calibration > fpr):
+        least = f" (at least 1/{n_calibration} = {1 / n_calibration:.2g})" if n_calibration else ""
         raise ValueError(f"at a false-positive rate of {fpr} the calibration would reject none of its {n_calibration} "
                          "clean images (fewer than one image), so the detector would accept every input; raise the "
-                         f"rate (at least 1/{n_calibration} = {1 / n_calibration:.2g})")
+                         f"rate{least}")
     det = Detector(model, metric).fit(train.images[:kernel_from], train.labels[:kernel_from],
                                       per_class=per_class, seed=seed, progress=progress)
     if calibrate_on == "test":
