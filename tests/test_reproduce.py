@@ -78,6 +78,8 @@ def test_kill_then_resume_recomputes_nothing_finished(smoke):
         assert path.stat().st_mtime_ns == mtime, path
     sources = {o.get("source") for o in r["again"]["outcomes"].values() if o["status"] == "done"}
     assert sources == {"resumed"}
+    logs = [path.read_text() for path in (out / "cells").glob("*/*/attack.log")]   # a fresh cell is no --resume
+    assert logs and not any("--resume: no run" in log for log in logs)
 
 
 def test_resume_refuses_a_different_budget_and_a_run_without_resume(smoke, capsys):

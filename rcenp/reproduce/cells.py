@@ -343,7 +343,8 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream) -> dict:
                                   f"`rcenp detect {name} --fit`)"}
     resumed = (cell_dir / "partial").is_dir()
     attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
-                          batch_size=cell.batch_size, resume=True, data_dir=data_dir, device=device, stream=stream)
+                          batch_size=cell.batch_size, resume=(cell_dir / "run.json").is_file(), data_dir=data_dir,
+                          device=device, stream=stream)
     return {"status": "done", "path": str(cell_dir), "source": "resumed" if resumed else "computed"}
 
 
