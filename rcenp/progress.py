@@ -49,14 +49,14 @@ class Progress:
 def counter(unit: str, detail: str, stream=None, interval: float = 10.0):
     """A ``progress(done, total)`` callback (``Detector.features_and_logits``'s) that prints
     ``"{unit} {done}/{total}  {detail}  ETA h:mm:ss"`` lines through a ``Progress``, the ETA from the
-    rate since its first call; the line for done == total is always printed. stream: default
-    sys.stderr as it is at the call."""
-    state = {}
+    rate since the counter was made (so make it just before the work); the line for done == total
+    is always printed. stream: default sys.stderr as it is at the call."""
+    state = {"t0": time.monotonic()}
     stream = sys.stderr if stream is None else stream
 
     def report(done: int, total: int) -> None:
         if "bar" not in state:
-            state["bar"], state["t0"] = Progress(None, total, interval, stream, unit), time.monotonic()
+            state["bar"] = Progress(None, total, interval, stream, unit)
         elapsed = time.monotonic() - state["t0"]
         state["bar"].update(done, detail, elapsed / done * (total - done) if done else math.inf, force=done >= total)
         if done >= total:

@@ -41,6 +41,23 @@ def test_fit_calibrate_predict_and_round_trip(model, data, tmp_path):
         Detector.load(tmp_path / "det", Classifier(model.network, "ce"))
 
 
+def test_fit_computes_only_the_chosen_images_features_and_matches_a_full_pass(model, data, monkeypatch):
+    from rcenp.detect.kde import select_kernel_points
+
+    images, labels = data
+    seen, real = [], Detector.features_and_logits
+
+    def counting(self, batch, *args, **kwargs):
+        seen.append(len(batch))
+        return real(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(Detector, "features_and_logits", counting)
+    det = Detector(model).fit(images[:200], labels[:200], per_class=5, seed=1)
+    assert seen == [50] and det.info["fitted_on"] == 200
+    z, _ = real(Detector(model), images[:200])   # every image, in batches of other images
+    np.testing.assert_array_equal(det.kernel_points, select_kernel_points(z, labels[:200], 5, 1, 10))
+
+
 def test_features_report_progress_per_batch(model, data):
     from rcenp.progress import counter
 

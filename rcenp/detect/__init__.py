@@ -8,6 +8,7 @@ from rcenp.detect.detector import METRICS, NOT_SURE, Detector, detector_stem, lo
 from rcenp.detect.kde import (
     DEFAULT_SIGMA2,
     LogKernelDensity,
+    kernel_point_indices,
     log_kernel_density,
     log_kernel_density_reference,
     select_kernel_points,
@@ -24,7 +25,7 @@ from rcenp.detect.roc import (
 
 __all__ = [
     "DEFAULT_SIGMA2", "LogKernelDensity", "log_kernel_density", "log_kernel_density_reference",
-    "select_kernel_points", "roc_auc", "roc_curve", "tpr_at_fpr", "bootstrap_auc_ci", "authors_kd_auc",
+    "select_kernel_points", "kernel_point_indices", "roc_auc", "roc_curve", "tpr_at_fpr", "bootstrap_auc_ci", "authors_kd_auc",
     "paper_sample_rule", "paper_pairs", "calibrate_threshold", "rejection_rate",
     "Detector", "NOT_SURE", "METRICS", "detector_stem", "load_detector",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,7 @@ def cmd_detect(args) -> int:
                               args.per_class or None, args.calibrate_on, args.kernel_from, args.seed,
                               progress=counter("training images", "features for the kernel points"))
         det.save(stem)
+        print(f"detector written: {stem.with_suffix('.json')} and .npz", file=sys.stderr)
         print(det.describe())
         if not args.images:
             return 0

@@ -18,7 +18,7 @@ from rcenp import checkpoint
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.detect.calibrate import calibrate_threshold, rejection_rate
-from rcenp.detect.kde import DEFAULT_SIGMA2, log_kernel_density, select_kernel_points
+from rcenp.detect.kde import DEFAULT_SIGMA2, kernel_point_indices, log_kernel_density
 from rcenp.metrics import confidence, non_me
 from rcenp.nn.module import check_images, eval_mode
 
@@ -64,11 +64,14 @@ class Detector:
         return xp.concatenate(feats), xp.concatenate(logits)
 
     def fit(self, train_images, train_labels, per_class: int | None = 1000, seed: int = 0, progress=None):
-        """Choose the kernel points from training features (by true label); ``progress`` as in
+        """Choose the kernel points from training features (by true label, ``kernel_point_indices``):
+        only the chosen images' features are computed (an image's features do not depend on its
+        batch, so the points are those of a pass over every image); ``progress`` as in
         ``features_and_logits``."""
-        z, _ = self.features_and_logits(train_images, progress=progress)
-        points = select_kernel_points(as_numpy(z), np.asarray(train_labels), per_class=per_class, seed=seed,
-                                      num_classes=self.model.network.num_classes)
+        index = kernel_point_indices(np.asarray(train_labels), per_class=per_class, seed=seed,
+                                     num_classes=self.model.network.num_classes)
+        z, _ = self.features_and_logits(train_images[index.ravel()], progress=progress)
+        points = as_numpy(z).reshape(*index.shape, -1)
         self.kernel_points = to_device(points, self.model.device)
         self.info.update(kernel_per_class=int(points.shape[1]), kernel_seed=seed, fitted_on=int(len(train_labels)))
         return self

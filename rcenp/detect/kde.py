@@ -57,20 +57,20 @@ DEFAULT_SIGMA2 = {"ce": 1 / 0.26, "rce": 0.1 / 0.26}
 BLOCK_ELEMENTS = 1 << 20  # default block: B = max(1, BLOCK_ELEMENTS // M) queries (4 MiB float32)
 
 
-def select_kernel_points(features, labels, per_class=1000, seed=0, num_classes=10):
-    """Kernel points grouped by TRUE label: (num_classes, M, D), M = per_class.
+def kernel_point_indices(labels, per_class=1000, seed=0, num_classes=10) -> np.ndarray:
+    """The training images whose features are the kernel points, grouped by TRUE label:
+    (num_classes, M) indices into ``labels`` (N,), M = per_class.
 
     Each class's points are drawn uniformly without replacement by one ``numpy.random.Generator``
     seeded with ``seed``, classes in order 0, 1, ... (the authors' ``select_kernel.m`` draws 1,000
-    per class with an unseeded ``randsample``). ``per_class=None`` keeps every point in its input
+    per class with an unseeded ``randsample``). ``per_class=None`` keeps every image in its input
     order and requires equal class counts (raises otherwise; pass ``per_class=min count`` to
-    subsample). ``features`` (N, D) may be a NumPy or CuPy array; the result lives beside it.
+    subsample). The draw depends on the labels alone, so only the chosen images' features need
+    computing (``Detector.fit``). Raises ValueError for non-integer or out-of-range labels.
     """
-    features = features.data if isinstance(features, Tensor) else features
     labels = as_numpy(labels)
-    if features.ndim != 2 or labels.shape != (features.shape[0],):
-        raise ValueError(f"expected features (N, D) and labels (N,), got {features.shape} and "
-                         f"{labels.shape}")
+    if labels.ndim != 1:
+        raise ValueError(f"expected labels (N,), got shape {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -82,16 +82,28 @@ def select_kernel_points(features, labels, per_class=1000, seed=0, num_classes=1
         if len(set(counts)) != 1 or counts[0] == 0:
             raise ValueError(f"per_class=None needs equal, non-zero class counts, got {counts}; "
                              f"pass per_class={min(counts)} to subsample every class")
-        index = np.stack(members)
-    else:
-        if int(per_class) < 1:
-            raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
-        short = [c for c, n in enumerate(counts) if n < per_class]
-        if short:
-            raise ValueError(f"classes {short} have fewer than per_class={per_class} points "
-                             f"(counts {counts})")
-        rng = make_rng(seed)
-        index = np.stack([rng.choice(m, size=int(per_class), replace=False) for m in members])
+        return np.stack(members)
+    if int(per_class) < 1:
+        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
+    short = [c for c, n in enumerate(counts) if n < per_class]
+    if short:
+        raise ValueError(f"classes {short} have fewer than per_class={per_class} points "
+                         f"(counts {counts})")
+    rng = make_rng(seed)
+    return np.stack([rng.choice(m, size=int(per_class), replace=False) for m in members])
+
+
+def select_kernel_points(features, labels, per_class=1000, seed=0, num_classes=10):
+    """Kernel points grouped by TRUE label: (num_classes, M, D), M = per_class, the features (N, D)
+    of ``kernel_point_indices(labels, ...)`` (its rules and errors). ``features`` may be a NumPy or
+    CuPy array; the result lives beside it.
+    """
+    features = features.data if isinstance(features, Tensor) else features
+    labels = as_numpy(labels)
+    if features.ndim != 2 or labels.shape != (features.shape[0],):
+        raise ValueError(f"expected features (N, D) and labels (N,), got {features.shape} and "
+                         f"{labels.shape}")
+    index = kernel_point_indices(labels, per_class, seed, num_classes)
     xp = get_array_module(features)
     return features[xp.asarray(index)]
 
