@@ -242,6 +242,11 @@ def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):
+    assert main(["reproduce", "--out", str(tmp_path / "typo"), "--only", "table1", "--resume"]) == 0
+    assert f"--resume: no reproduce run in {tmp_path / 'typo'} yet, so this starts one" in capsys.readouterr().err
+
+
 def test_unwritable_out_is_one_error_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -889,3 +889,39 @@ def test_the_budget_docstring_states_where_each_attack_matches_best():
             best[(cells_[0], cells_[1])] = round(0.02 * next(i for i, c in enumerate(cells_[2:], 1) if "**" in c), 2)
     assert best[("FGSM", "CE")] == 0.18 and best[("FGSM", "RCE")] == 0.14
     assert all(eps in (0.06, 0.08) for (attack, _), eps in best.items() if attack != "FGSM")
+
+
+def test_the_eta_pass_is_costed_once_per_crafting_model_where_its_training_split_is_found(tmp_path):
+    """The ETA counts C&W-wb's forward over the training split once per crafting model (run_attack
+    caches it per process), and not at all without a training split (η is then the approximation)."""
+    from tests.test_train import write_mnist_root
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    root = write_mnist_root(tmp_path / "data", lambda split, n: (rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10),
+                            (50, 10))
+    bare = tmp_path / "bare"
+    (bare / "mnist").mkdir(parents=True)
+    for name in (root / "mnist").iterdir():
+        if name.name.startswith("t10k"):
+            (bare / "mnist" / name.name).symlink_to(name)
+
+    def todo():
+        wb = {"stage1": {"binary_steps": 1, "max_iterations": 2}, "stage2": {"binary_steps": 1, "max_iterations": 2}}
+        made = [cells.Cell(f"{m}/{name}", "attack", m, "mnist", 32, m[-3:].strip("-"), 4, attack=attack,
+                           options=dict(wb, **({"substitute": sub} if sub else {})) if attack == "cw-wb" else {})
+                for m, name, attack, sub in (
+                    ("mnist-resnet32-ce", "cw-wb", "cw-wb", None),
+                    ("mnist-resnet32-ce", "cw-wb-detector", "cw-wb", None),
+                    ("mnist-resnet32-ce", "cw-wb-from-mnist-resnet32-rce", "cw-wb", "mnist-resnet32-rce"),
+                    ("mnist-resnet32-rce", "cw-wb", "cw-wb", None),
+                    ("mnist-resnet32-rce", "fgsm-0.1", "fgsm", None))]
+        for cell in made:
+            cell.cost = 1.0
+        return made
+
+    with_train, without = todo(), todo()
+    cells.add_eta_costs(with_train, root)
+    cells.add_eta_costs(without, bare)
+    assert [c.cost for c in with_train] == [1.0 + 0.3 * 50, 1.0, 1.0 + 0.3 * 50, 1.0, 1.0]  # CE, then RCE as crafter
+    assert [c.cost for c in without] == [1.0] * 5

@@ -147,9 +147,6 @@ def plan(budget: Budget, parts) -> list[Cell]:
     return sorted(cells.values(), key=lambda c: (order[c.kind], c.cost))
 
 
-TRAIN_SIZE = {"mnist": 60_000, "fashion-mnist": 60_000, "cifar10": 5_085}  # the shipped models' training splits
-
-
 def _cost(cell: Cell) -> float:
     """Image-iterations, roughly: what the ETA divides by the measured rate."""
     n = cell.n or 10000
@@ -165,8 +162,27 @@ def _cost(cell: Cell) -> float:
     if cell.attack in ("cw", "cw-hc"):
         return n * 0.5 * o["binary_steps"] * o["max_iterations"]
     stages = (o["stage1"], o["stage2"])
-    # + η's training features, a forward over the training split (once per model and process; counted per cell)
-    return n * 0.6 * sum(s["binary_steps"] * s["max_iterations"] for s in stages) + 0.3 * TRAIN_SIZE.get(cell.dataset, 0)
+    return n * 0.6 * sum(s["binary_steps"] * s["max_iterations"] for s in stages)
+
+
+def add_eta_costs(todo: list[Cell], data_dir=None) -> None:
+    """C&W-wb's η needs the crafting model's training features, a forward over its training split
+    that ``run_attack`` makes once per model and process: add its cost (0.3 per image, as a
+    forward) to the first cell to compute of each crafting model, where that split is found."""
+    from rcenp.data import DataError, load
+
+    sizes, seen = {}, set()
+    for cell in todo:
+        crafter = (cell.options or {}).get("substitute") or cell.model
+        if cell.attack != "cw-wb" or crafter in seen:
+            continue
+        seen.add(crafter)
+        if cell.dataset not in sizes:
+            try:
+                sizes[cell.dataset] = len(load(cell.dataset, "train", data_dir).labels)
+            except DataError:  # no training split: η is the approximation, no such pass
+                sizes[cell.dataset] = 0
+        cell.cost += 0.3 * sizes[cell.dataset]
 
 
 def result_file(cell_dir: Path, kind: str) -> Path:
@@ -283,6 +299,7 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
             outcomes[cell.key] = {"status": "done", "path": str(found), "source": "reused", "seconds": 0.0}
         else:
             todo.append(cell)
+    add_eta_costs(todo, data_dir)
     total_cost = sum(c.cost for c in todo)
     progress = Progress(out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream, unit="cell")
     for note in set_aside_notes:

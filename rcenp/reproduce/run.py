@@ -81,6 +81,9 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     for folder in cells_from or ():
         if not Path(folder).is_dir():
             raise ValueError(f"--cells-from {folder}: no such folder")
+    if resume and not (out_dir / "reproduce.json").is_file():
+        checkpoint.check_folder(out_dir, "--out")  # a bad --out is the news, before this note
+        stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
     claim(out_dir, spec.name, resume)
     lineup.refresh()
     cells = plan(spec, parts)
