@@ -121,7 +121,12 @@ def _auc(ours, theirs):
 def markdown(study: list[dict], budget: list[dict]) -> str:
     lines = ["| attack | model | images | success | after 8-bit rounding | ‖δ‖₂/√d mean | median | iterations per image "
              "| AUC confidence (paper) | non-ME | K-density |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in study:
+    by_run = {(r["attack"], r["model"]): r for r in study}
+    for key in [(a, m) for a in ATTACKS for m in MODELS] + [k for k in by_run if k[0] not in ATTACKS]:
+        r = by_run.get(key)
+        if r is None:   # a run the study has not reached: the table says what it lacks
+            lines.append(f"| {key[0]} | {key[1]} | not started yet |" + " |" * 8)
+            continue
         auc = r.get("auc", {})
         images = f"{r['n']}" + ("" if r["finished"] else " (partial)")
         lines.append(f"| {r['attack']} | {r['model']} | {images} | {_f(100 * r['success_rate'], '.1f')}% "
@@ -131,11 +136,17 @@ def markdown(study: list[dict], budget: list[dict]) -> str:
                                   for m in paper.METRICS) + " |")
     lines += ["", "| model | iterations per binary step | images | success | ‖δ‖₂/√d mean | median | iterations per image "
               "| ‖δ‖₂ vs 10k (median ratio, n) |", "|---|---|---|---|---|---|---|---|"]
-    for r in budget:
-        vs = "—" if r["l2_vs_10k_median"] is None else f"{r['l2_vs_10k_median']:.3f} ({r['l2_vs_10k_n']})"
-        lines.append(f"| {r['model']} | {r['iterations_per_step']:,} | {r['n']} | {_f(100 * r['success_rate'], '.0f')}% "
-                     f"| {_f(r['l2_paper_mean'], '.2f')} | {_f(r['l2_paper_median'], '.2f')} "
-                     f"| {_f(r['iterations_mean'], ',.0f')} | {vs} |")
+    by_budget = {(r["model"], r["iterations_per_step"]): r for r in budget}
+    for model in MODELS:
+        for iterations in BUDGETS:
+            r = by_budget.get((model, iterations))
+            if r is None:
+                lines.append(f"| {model} | {iterations:,} | not finished yet |" + " |" * 5)
+                continue
+            vs = "—" if r["l2_vs_10k_median"] is None else f"{r['l2_vs_10k_median']:.3f} ({r['l2_vs_10k_n']})"
+            lines.append(f"| {r['model']} | {r['iterations_per_step']:,} | {r['n']} | {_f(100 * r['success_rate'], '.0f')}% "
+                         f"| {_f(r['l2_paper_mean'], '.2f')} | {_f(r['l2_paper_median'], '.2f')} "
+                         f"| {_f(r['iterations_mean'], ',.0f')} | {vs} |")
     return "\n".join(lines)
 
 
@@ -146,7 +157,9 @@ the first 200 MNIST test images (the complete test set, SHA-256 verified), one C
 across sessions (`scripts/cw_study.sh` step 2, resumed with `--resume` from the last finished batch of 25).
 Everything else is the paper's: c₀ 1, Adam lr 0.01, κ 0 (C&W-hc: 10), random targets ≠ the true label
 (seed 0), abort early per sample. Only the iterations are cut, from the paper's 10,000 per binary step to
-1,000; the budget study below shows what that costs.
+1,000; the budget study below shows what that costs. The study is still running: the tables below are
+as it stood when this file was last written (`python scripts/cw_study_tables.py --readme`), and rows marked
+"not started yet" or "not finished yet" are still to come.
 
 Each folder holds `run.json`, `attack.log`, and, once finished, `summary.json` (rates, distortions,
 paper-rule AUCs with bootstrap intervals, the code of each batch in `code_by_batch`), `samples.jsonl`
@@ -164,7 +177,7 @@ correct, adversarial misclassified; ties half), the paper's Table 2 value in bra
 ## Budget study
 
 C&W on the first 20 of these images at 1,000 / 2,000 / 5,000 / 10,000 iterations per binary step (9 steps;
-`scripts/cw_study.sh` step 3, `results/cw-budget/`). The 1,000 row is the first 20 images of the run
+`scripts/cw_study.sh` step 3, written to `results/cw-budget/` as each run finishes). The 1,000 row is the first 20 images of the run
 above: the same targets and computation; only the batch-mates differ, which changes nothing but the
 last-bit rounding of BLAS kernels chosen by the batch's shape (over 9,000 iterations that can still move
 an image's result a little). "vs 10k" is the median over images that succeed at both budgets of ‖δ‖₂ at this budget

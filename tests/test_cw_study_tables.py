@@ -67,3 +67,5 @@ def test_readme_is_written_whole(tmp_path, load_script):
     assert "| cw | mnist-resnet32-ce | 25 (partial) | 100.0% |" in text
     assert "| mnist-resnet32-ce | 1,000 | 20 | 100% | 9.00 | 9.00 | 900 | — |" in text
     assert not list(run.parent.parent.glob("*.tmp"))
+    assert "| cw-hc | mnist-resnet32-rce | not started yet |" in text   # what the study lacks is listed
+    assert "| mnist-resnet32-rce | 10,000 | not finished yet |" in text
