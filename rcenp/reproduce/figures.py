@@ -117,7 +117,8 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
             for attack in ("cw", "cw-hc"):
                 s = res.summary(res.get(dataset, 32, obj, attack))
                 if s is not None and s["distortion"]["l2_paper"]["efficient"]["n"]:
-                    bars[(obj, attack)] = s["distortion"]["l2_paper"]["efficient"]["mean"]
+                    bars[(obj, attack)] = (s["distortion"]["l2_paper"]["efficient"]["mean"],
+                                           s["distortion"]["l2_paper"]["efficient"]["n"])
         if not curves and not bars:
             notes.append(f"{lineup.DATASET_TITLES[dataset]}: no finished cells")
             continue
@@ -137,14 +138,16 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
         width = 0.35
         for k, obj in enumerate(lineup.OBJECTIVES):
             places = [(i + (k - 0.5) * width, bars.get((obj, a))) for i, a in enumerate(("cw", "cw-hc"))]
-            drawn = [(x, h) for x, h in places if h is not None]
-            ax.bar([x for x, _ in drawn], [h for _, h in drawn], width, color=f"C{k}", label=obj.upper())
-            for x, height in places:
-                if height is None:  # no finished cell, or no image it attacked: no zero-height bar
+            drawn = [(x, b) for x, b in places if b is not None]
+            ax.bar([x for x, _ in drawn], [b[0] for _, b in drawn], width, color=f"C{k}", label=obj.upper())
+            for x, bar in places:
+                if bar is None:  # no finished cell, or no image it attacked: no zero-height bar
                     ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
+                else:  # over how many successful images the mean is
+                    ax.text(x, bar[0], f"n = {bar[1]}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(2), ["C&W", "C&W-hc"])
         ax.set_xlim(-0.7, 1.7)  # the n/a labels' places too
-        ax.set_ylim(0, 1.35 * max(bars.values(), default=1.0))  # headroom for the legend above the bars
+        ax.set_ylim(0, 1.35 * max((b[0] for b in bars.values()), default=1.0))  # headroom for the legend
         ax.set_ylabel("mean minimal ‖δ‖₂/√d (0-255)")
         ax.set_title("(b) C&W distortion")
         ax.legend(loc="upper center", ncol=2)

@@ -300,8 +300,10 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
             "20 calibration images in a half, where T would reject nothing). Detection-aware accuracy: the share of all attacked "
             "images that end correctly classified or rejected (NOT SURE) by the cell's detector, on its metric "
             "(detector column) at its threshold T (5% false positives on clean test images), Tramèr et al.'s "
-            "accuracy at 5% FPR. All in %.")
+            "accuracy at 5% FPR. Success: the attack's own goal (FGSM, BIM: any misclassification; ILCM, JSMA: "
+            "the least-likely class; C&W: the random target), so a targeted attack can misclassify images it "
+            "does not count as successes. All in %.")
     headers = ["data set", "attack", "obj.", "conf.: TPR (clean rej.)", "non-ME: TPR (clean rej.)",
-               "KD: TPR (clean rej.)", "detector", "detection-aware acc.", "acc. under attack", "success"]
+               "KD: TPR (clean rej.)", "detector", "detection-aware acc.", "acc. under attack", "success (its goal)"]
     return Table("beyond", "Beyond the paper: TPR at 5% FPR (held-out T) and detection-aware accuracy", columns,
                  [{k: r.get(k) for k in columns} for r in keep], note + "\n\n" + _md(headers, md_rows))
