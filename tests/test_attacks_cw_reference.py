@@ -143,6 +143,7 @@ def test_f2_gradient_passes_at_its_kink():
     assert at_kink.active().all()
 
 
+@pytest.mark.filterwarnings("ignore::rcenp.attacks.EtaApproximationWarning")   # the approximation on purpose
 def test_reported_f2_and_margin_are_the_decisions_float32(monkeypatch):
     """float32, constant features, η₆₄ a quarter ulp below the float32 −log KD v: η rounds to v in
     float32, so the decision's f2_raw = v − v = 0 and every iterate succeeds; a float64 recompute

@@ -14,5 +14,14 @@ def test_the_readme_has_python_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index, monkeypatch, tmp_path):
+    import warnings
+
+    from rcenp.attacks import EtaApproximationWarning
+
     monkeypatch.chdir(tmp_path)
-    exec(compile(BLOCKS[index], f"README.md python block {index + 1}", "exec"), {"__name__": "__readme__"})
+    with warnings.catch_warnings(record=True) as heard:
+        warnings.simplefilter("always")
+        exec(compile(BLOCKS[index], f"README.md python block {index + 1}", "exec"), {"__name__": "__readme__"})
+    # a block that says a warning will appear shows it; no block raises any other
+    said = "EtaApproximationWarning says so" in BLOCKS[index]
+    assert [w.category for w in heard] == ([EtaApproximationWarning] if said else []), [str(w.message) for w in heard]
