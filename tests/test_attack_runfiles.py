@@ -295,3 +295,38 @@ def test_shards_read_from_another_folder_merge(setup, tmp_path):  # noqa: F811
     run_attack(run, "fgsm", shards[1], {"eps": 0.05}, n=8, batch_size=4, data_dir=elsewhere, shard=(2, 2))
     merged = run_attack(run, "fgsm", tmp_path / "merged", {"eps": 0.05}, n=8, batch_size=4, data_dir=root, merge=shards)
     assert merged["counts"]["n"] == 8
+
+
+def test_training_features_keep_the_most_recent_models(monkeypatch):
+    """reproduce returns to a model's η after other models' cells: the features stay cached for the
+    CACHED_MODELS most recently used models, and the least recently used goes first."""
+    from types import SimpleNamespace
+
+    from rcenp.attacks import wb_features
+
+    monkeypatch.setattr(wb_features, "_CACHE", {})
+    monkeypatch.setattr(runfiles, "detector_identity", lambda ref: {"arrays_sha256": "same"})
+    computed = []
+
+    class Fake:
+        info = {"fitted_on": 3}
+
+        def __init__(self, name):
+            self.name = name
+
+        def features_and_logits(self, images, progress=None):
+            computed.append(self.name)
+            return np.full((len(images), 2), len(computed), np.float32), None
+
+    train = SimpleNamespace(images=np.zeros((5, 1)), labels=np.arange(5), identity={"sha256": "t"})
+
+    def features(name):
+        return wb_features.training_features(Fake(name), name, train)
+
+    first = features("a")
+    assert first[0].shape == (3, 2) and first[1].tolist() == [0, 1, 2]
+    for name in ("b", "c", "d", "a", "e"):   # "a" used again before "e" arrives: "b" is the one dropped
+        features(name)
+    assert computed == ["a", "b", "c", "d", "e"] and features("a")[0][0, 0] == 1.0
+    features("b")
+    assert computed[-1] == "b" and len(wb_features._CACHE) == wb_features.CACHED_MODELS

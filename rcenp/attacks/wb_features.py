@@ -15,7 +15,8 @@ import numpy as np
 from rcenp.attacks.runfiles import differing
 from rcenp.backend import as_numpy
 
-_CACHE: dict = {}
+_CACHE: dict = {}  # key -> (features, labels), least recently used first
+CACHED_MODELS = 4
 
 
 def eta_training_split(manifest: dict, detector, data_dir=None):
@@ -50,7 +51,8 @@ def training_features(detector, model_ref, train, progress=None):
     """Z (N_tr, D) float32 and true labels (N_tr,) of the training images ``detector`` drew its
     kernel points from (the first ``info["fitted_on"]`` of ``train``, a Dataset that
     ``eta_training_split`` accepted). Cached per process by model reference, detector identity and
-    split identity, one model at a time ((60,000 × 64) float32 is 15 MB); ``progress(done, total)``
+    split identity, the ``CACHED_MODELS`` most recently used ((60,000 × 64) float32 is 15 MB each:
+    a ``reproduce`` run returns to a model's η after other models' cells); ``progress(done, total)``
     is called as the features are computed (not for a cached answer)."""
     from rcenp.attacks.runfiles import detector_identity
 
@@ -58,6 +60,8 @@ def training_features(detector, model_ref, train, progress=None):
     if key not in _CACHE:
         count = int(detector.info.get("fitted_on", len(train.labels)))
         z, _ = detector.features_and_logits(train.images[:count], progress=progress)
-        _CACHE.clear()
+        while len(_CACHE) >= CACHED_MODELS:
+            del _CACHE[next(iter(_CACHE))]  # the least recently used
         _CACHE[key] = (as_numpy(z).astype(np.float32), np.asarray(train.labels[:count]))
+    _CACHE[key] = _CACHE.pop(key)  # now the most recently used
     return _CACHE[key]
