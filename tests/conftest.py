@@ -15,6 +15,7 @@ settings.register_profile("default", max_examples=25, deadline=None,
 settings.register_profile("thorough", max_examples=300, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+os.environ["RCENP_FEATURE_CACHE"] = "off"  # tests (and the commands they start) never write the user's cache
 
 BACKENDS = [pytest.param("cpu", id="numpy"),
             pytest.param("cuda", id="cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(

@@ -330,3 +330,37 @@ def test_training_features_keep_the_most_recent_models(monkeypatch):
     assert computed == ["a", "b", "c", "d", "e"] and features("a")[0][0, 0] == 1.0
     features("b")
     assert computed[-1] == "b" and len(wb_features._CACHE) == wb_features.CACHED_MODELS
+
+
+def test_training_features_are_kept_on_disk_for_later_processes(trained_here, tmp_path, monkeypatch):
+    """A second process (an emptied in-process cache) reads the pass back instead of recomputing it;
+    other code, or the cache turned off, computes afresh; a damaged file is recomputed and replaced."""
+    from rcenp.attacks import wb_features
+    from rcenp.data import load as load_split
+
+    run, root = trained_here
+    model = load(run)[0]
+    detector = Detector.load(run / "detector", model)
+    train = load_split("mnist", "train", root)
+    monkeypatch.setenv("RCENP_FEATURE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(wb_features, "_CACHE", {})
+    calls = []
+    real = Detector.features_and_logits
+    monkeypatch.setattr(Detector, "features_and_logits",
+                        lambda self, images, **kw: calls.append(len(images)) or real(self, images, **kw))
+    first = wb_features.training_features(detector, run, train)
+    (path,) = (tmp_path / "cache").glob("*.npz")
+    assert path == wb_features.disk_cache_file(detector, train, len(train.labels)) and calls == [len(train.labels)]
+    monkeypatch.setattr(wb_features, "_CACHE", {})                    # a later process
+    again = wb_features.training_features(detector, run, train)
+    assert calls == [len(train.labels)]
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again[1], first[1])
+    path.write_bytes(b"damaged")
+    monkeypatch.setattr(wb_features, "_CACHE", {})
+    np.testing.assert_array_equal(wb_features.training_features(detector, run, train)[0], first[0])
+    assert len(calls) == 2 and np.load(path)["features"].shape == first[0].shape
+    monkeypatch.setattr(runfiles, "source_sha256", lambda: "other code")
+    assert wb_features.disk_cache_file(detector, train, len(train.labels)) != path
+    monkeypatch.setenv("RCENP_FEATURE_CACHE", "off")
+    assert wb_features.disk_cache_file(detector, train, len(train.labels)) is None

@@ -8,10 +8,14 @@ ones the crafting model was trained on (the same count and SHA-256 as its manife
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 
+from rcenp import checkpoint
 from rcenp.attacks.runfiles import differing
 from rcenp.backend import as_numpy
 
@@ -47,21 +51,70 @@ def eta_training_split(manifest: dict, detector, data_dir=None):
     return train, {"rule": "exact: training features", "train": found}
 
 
+def disk_cache_file(detector, train, count: int) -> Path | None:
+    """Where ``training_features`` keeps a computed pass between processes: RCENP_FEATURE_CACHE
+    (a folder; "off" turns the cache off), else ``<user cache>/features`` (``rcenp.data.datasets.
+    user_cache``), in a file named by the SHA-256 of what the features depend on: the model's
+    weights, the training images, their count, the device, and the library's source code (so any
+    change to the code computes afresh). None when the cache is off or the weights or images carry
+    no SHA-256."""
+    from rcenp.attacks.runfiles import source_sha256
+    from rcenp.data.datasets import user_cache
+
+    setting = os.environ.get("RCENP_FEATURE_CACHE", "")
+    if setting == "off":
+        return None
+    weights, images = getattr(detector.model, "weights_sha256", None), train.identity.get("sha256")
+    if not weights or not images:
+        return None
+    key = json.dumps({"weights": weights, "images": images, "n": count, "device": str(detector.model.device),
+                      "code": source_sha256()}, sort_keys=True)
+    folder = Path(setting).expanduser() if setting else user_cache() / "features"
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.npz"
+
+
+def _read_cached(path: Path | None, labels: np.ndarray):
+    """(features, labels) from a cache file that holds these labels, else None."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            z, held = saved["features"], saved["labels"]
+    except (OSError, ValueError, KeyError):
+        return None  # damaged: computed afresh and rewritten
+    if z.ndim != 2 or len(z) != len(labels) or not np.array_equal(held, labels):
+        return None
+    return z, labels
+
+
 def training_features(detector, model_ref, train, progress=None):
     """Z (N_tr, D) float32 and true labels (N_tr,) of the training images ``detector`` drew its
     kernel points from (the first ``info["fitted_on"]`` of ``train``, a Dataset that
     ``eta_training_split`` accepted). Cached per process by model reference, detector identity and
     split identity, the ``CACHED_MODELS`` most recently used ((60,000 × 64) float32 is 15 MB each:
     a ``reproduce`` run returns to a model's η after other models' cells); ``progress(done, total)``
-    is called as the features are computed (not for a cached answer)."""
+    is called as the features are computed (not for a cached answer). A computed pass is also kept
+    on disk (``disk_cache_file``) for later processes: a resumed ``reproduce`` run, another
+    ``rcenp attack``."""
     from rcenp.attacks.runfiles import detector_identity
 
     key = (str(model_ref), json.dumps(detector_identity(model_ref)), json.dumps(train.identity))
     if key not in _CACHE:
         count = int(detector.info.get("fitted_on", len(train.labels)))
-        z, _ = detector.features_and_logits(train.images[:count], progress=progress)
+        labels = np.asarray(train.labels[:count])
+        path = disk_cache_file(detector, train, count)
+        found = _read_cached(path, labels)
+        if found is None:
+            z, _ = detector.features_and_logits(train.images[:count], progress=progress)
+            found = (as_numpy(z).astype(np.float32), labels)
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    checkpoint.atomic_write_npz(path, features=found[0], labels=labels)
+                except OSError:
+                    pass  # an unwritable cache only costs the next process this pass
         while len(_CACHE) >= CACHED_MODELS:
             del _CACHE[next(iter(_CACHE))]  # the least recently used
-        _CACHE[key] = (as_numpy(z).astype(np.float32), np.asarray(train.labels[:count]))
+        _CACHE[key] = found
     _CACHE[key] = _CACHE.pop(key)  # now the most recently used
     return _CACHE[key]

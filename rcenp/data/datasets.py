@@ -98,6 +98,12 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
     env = os.environ.get("RCENP_DATA", "")
     if env:
         return Path(env).expanduser()
+    return user_cache()
+
+
+def user_cache() -> Path:
+    """rcenp's per-user cache folder: ``$XDG_CACHE_HOME/rcenp`` (when set to an absolute path), else
+    ``~/.cache/rcenp``."""
     cache = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
     return base / "rcenp"
