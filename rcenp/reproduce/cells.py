@@ -168,7 +168,9 @@ def _cost(cell: Cell) -> float:
 def add_eta_costs(todo: list[Cell], data_dir=None) -> None:
     """C&W-wb's η needs the crafting model's training features, a forward over its training split
     that ``run_attack`` makes once per model and process: add its cost (0.3 per image, as a
-    forward) to the first cell to compute of each crafting model, where that split is found."""
+    forward) to the first cell to compute of each crafting model, where that split is found. (A
+    pass kept on disk by an earlier process, ``wb_features.disk_cache_file``, costs nothing; the
+    ETA then errs high until the first such cell is done.)"""
     from rcenp.data import DataError, load
 
     sizes, seen = {}, set()
