@@ -311,7 +311,10 @@ def test_dagger_allows_for_the_papers_rounding_and_notes_zero_width_intervals():
     row = {"dataset": "mnist", "attack": "cw", "eps": None, "theta": None, "objective": "ce", "n_pairs": 9,
            **tables._auc_fields({"non_me": entry}, "non_me", 99.8)}
     assert report._outside([row]) == ["- mnist cw CE non-ME: ours (strict ties) 100.0 [100.0, 100.0] "
-                                      "(zero-width interval), paper 99.8 (n = 9 pairs)"]
+                                      "(zero-width interval), paper 99.8 (n = 9 pairs; under 30, too few for the "
+                                      "interval to mean much)"]
+    row["n_pairs"] = 30
+    assert report._outside([row])[0].endswith("paper 99.8 (n = 30 pairs)")
 
 
 def test_zero_gradient_fractions_ignore_nan_and_count_it():
@@ -554,7 +557,7 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
            "confidence_ci_high": 60.0, "confidence_auc_strict": 45.0, "confidence_strict_ci_low": 35.0,
            "confidence_strict_ci_high": 55.0, "confidence_ci_degenerate": False, "confidence_paper": 100.0}
     assert report._outside([row]) == ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
-                                      "paper 100.0 (n = 20 pairs)"]
+                                      "paper 100.0 (n = 20 pairs; under 30, too few for the interval to mean much)"]
 
 
 def test_csv_rows_keep_epsilon_and_theta_in_separate_columns():

@@ -122,6 +122,9 @@ def _sanity_md(rows) -> str:
     return "\n".join(lines)
 
 
+FEW_PAIRS = 30  # below this a percentile bootstrap interval of an AUC is mostly a few resampled points
+
+
 def _outside(t2_rows) -> list[str]:
     """One line per Table 2 value marked † (``tables.paper_outside_interval``): our strict-tie AUC
     and interval, the paper's value, n pairs, and whether the interval has zero width."""
@@ -135,7 +138,9 @@ def _outside(t2_rows) -> list[str]:
                            + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours (strict ties) "
                            f"{r[f'{m}_auc_strict']:.1f} [{r[f'{m}_strict_ci_low']:.1f}, {r[f'{m}_strict_ci_high']:.1f}]"
                            + (" (zero-width interval)" if r.get(f"{m}_ci_degenerate") else "")
-                           + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs)")
+                           + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs"
+                           + (f"; under {FEW_PAIRS}, too few for the interval to mean much)"
+                              if r["n_pairs"] is not None and r["n_pairs"] < FEW_PAIRS else ")"))
     return out
 
 
