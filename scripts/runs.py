@@ -7,6 +7,7 @@
     python3 scripts/runs.py status [RUN...]     # step, running or not, last progress line
     python3 scripts/runs.py finish RUN...       # ship, fit the detector, write runs/detection-NAME.json
     python3 scripts/runs.py report RUN...       # command, wall time, final loss, test error, detector figures (JSON)
+    python3 scripts/runs.py then RUN... -- NEXT...   # wait until every RUN has finished, then start NEXT
 
 A run takes hours on a CPU and a session lasts three, so each one checkpoints every 250 steps
 into runs/RUN/ and continues bit for bit from there (``rcenp train --resume``). ``save`` copies the
@@ -278,6 +279,29 @@ def finish(run: Run) -> None:
         print(f"{run.name}: shipped; removed its saved progress ({(SAVED / run.name).relative_to(ROOT)})")
 
 
+def then(waited: list[Run], following: list[Run], poll_s: float = 60.0, sleep=time.sleep) -> int:
+    """Start ``following`` as soon as every run of ``waited`` has finished (metrics.json written and
+    no process left), so the cores do not idle between a run's end and the next session; shipping
+    (``finish``) is left to a person. Exits with a message, starting nothing, when a waited run
+    stops unfinished (killed: its checkpoint resumes with ``start``). Run it in the background:
+    ``setsid nohup python3 scripts/runs.py then A B -- C D > runs/then.log 2>&1 &``."""
+    def finished(run):
+        return (ROOT / "runs" / run.name / "metrics.json").is_file()
+
+    while True:
+        stopped = [run.name for run in waited if not running(run) and not finished(run)]
+        if stopped:
+            sys.exit(f"{', '.join(stopped)} stopped before finishing: not starting {', '.join(r.name for r in following)}")
+        if all(finished(run) and not running(run) for run in waited):
+            break
+        sleep(poll_s)
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {', '.join(r.name for r in waited)} finished; starting the next",
+          flush=True)
+    for run in following:
+        start(run)
+    return 0
+
+
 def log_summary(log: Path, steps: int) -> dict:
     """Wall time and final training loss/accuracy from a train.log spanning several sessions.
 
@@ -332,13 +356,21 @@ def table() -> None:
 
 def main(argv: list[str]) -> int:
     verbs = {"start": start, "save": save, "status": status, "finish": finish, "report": report}
-    if not argv or argv[0] not in (*verbs, "list"):
+    if not argv or argv[0] not in (*verbs, "list", "then"):
         print(__doc__.split("\n\n")[1])
         return 2
     verb, names = argv[0], argv[1:]
     if verb == "list":
         table()
         return 0
+    if verb == "then":
+        if "--" not in names or not names[:names.index("--")] or not names[names.index("--") + 1:]:
+            sys.exit("then needs RUN... -- NEXT...: the runs to wait for, then the runs to start")
+        waited, following = names[:names.index("--")], names[names.index("--") + 1:]
+        unknown = [n for n in waited + following if n not in BY_NAME]
+        if unknown:
+            sys.exit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
+        return then([BY_NAME[n] for n in waited], [BY_NAME[n] for n in following])
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         sys.exit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")

@@ -1,6 +1,8 @@
 """scripts/runs.py's bookkeeping: which run a shipped model belongs to, and the command each run trains with."""
 import json
 
+import pytest
+
 
 def test_a_shipped_model_counts_only_for_the_run_that_trained_it(tmp_path, monkeypatch, load_script):
     runs = load_script("runs")
@@ -95,3 +97,30 @@ def test_every_pinned_commit_is_in_this_repository(load_script):
         found = subprocess.run(["git", "-C", str(runs.ROOT), "cat-file", "-e", f"{run.commit}^{{commit}}"],
                                capture_output=True)
         assert found.returncode == 0, f"{run.name}: pinned commit {run.commit} is not in the repository"
+
+
+def test_then_starts_the_next_runs_only_once_every_waited_run_has_finished(tmp_path, monkeypatch, load_script):
+    runs = load_script("runs")
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    a, b, c = (runs.BY_NAME[n] for n in ("paper-mnist56-ce", "paper-mnist56-rce", "subset2x-cifar32-ce"))
+    alive = {a.name: True, b.name: True}
+    monkeypatch.setattr(runs, "running", lambda run: [1] if alive.get(run.name) else [])
+    started, polls = [], []
+    monkeypatch.setattr(runs, "start", lambda run: started.append(run.name))
+
+    def tick(seconds):   # one poll: A finishes at the first, B at the third
+        polls.append(seconds)
+        done = {1: a.name, 3: b.name}.get(len(polls))
+        if done:
+            (tmp_path / "runs" / done).mkdir(parents=True)
+            (tmp_path / "runs" / done / "metrics.json").write_text("{}")
+            alive[done] = False
+
+    assert runs.then([a, b], [c], poll_s=7, sleep=tick) == 0
+    assert started == [c.name] and polls == [7, 7, 7]
+    # a waited run that stops unfinished (killed) starts nothing
+    alive[b.name], started[:] = False, []
+    (tmp_path / "runs" / b.name / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match="paper-mnist56-rce stopped before finishing"):
+        runs.then([a, b], [c], sleep=tick)
+    assert started == []
