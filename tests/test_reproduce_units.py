@@ -926,5 +926,6 @@ def test_the_eta_pass_is_costed_once_per_crafting_model_where_its_training_split
     with_train, without = todo(), todo()
     cells.add_eta_costs(with_train, root)
     cells.add_eta_costs(without, bare)
-    assert [c.cost for c in with_train] == [1.0 + 0.3 * 50, 1.0, 1.0 + 0.3 * 50, 1.0, 1.0]  # CE, then RCE as crafter
+    eta = cells.ETA_PASS_PER_IMAGE * 50
+    assert [c.cost for c in with_train] == [1.0 + eta, 1.0, 1.0 + eta, 1.0, 1.0]  # CE, then RCE as crafter
     assert [c.cost for c in without] == [1.0] * 5
