@@ -31,9 +31,10 @@ def parse_only(only) -> list[str]:
     return [p for p in PARTS if p in names]
 
 
-def claim(out_dir: Path, budget_name: str, resume: bool) -> None:
-    """Create ``out_dir`` and its run.json, or check a resumed run there is of the same budget.
-    ValueError (one line) for an unwritable folder or a run that --resume must continue."""
+def claim(out_dir: Path, budget_name: str, resume: bool) -> bool:
+    """Create ``out_dir`` and its run.json (→ True), or check a resumed run there is of the same
+    budget (→ False). ValueError (one line) for an unwritable folder or a run that --resume must
+    continue."""
     checkpoint.check_folder(out_dir, "--out")
     run_file = out_dir / "reproduce.json"
     if run_file.is_file():
@@ -47,13 +48,14 @@ def claim(out_dir: Path, budget_name: str, resume: bool) -> None:
         if previous.get("budget") != budget_name:
             raise ValueError(f"{out_dir} holds a {previous.get('budget')} run; --resume with --budget "
                              f"{previous.get('budget')}, or choose another --out")
-        return
+        return False
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(run_file, json.dumps({"budget": budget_name, "started": time.time(),
                                                            "code": checkpoint.code_identity()}) + "\n")
     except OSError as exc:
         raise ValueError(f"cannot write to --out {out_dir}: {exc.strerror or exc}") from None
+    return True
 
 
 def _part_seconds(out_dir: Path, cells) -> dict:
@@ -81,10 +83,8 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     for folder in cells_from or ():
         if not Path(folder).is_dir():
             raise ValueError(f"--cells-from {folder}: no such folder")
-    if resume and not (out_dir / "reproduce.json").is_file():
-        checkpoint.check_folder(out_dir, "--out")  # a bad --out is the news, before this note
+    if claim(out_dir, spec.name, resume) and resume:
         stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
-    claim(out_dir, spec.name, resume)
     lineup.refresh()
     cells = plan(spec, parts)
     outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream)
