@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import rcenp
-from rcenp.reproduce import budgets, cells, lineup, paper, report, sanity, tables, threat_tables
+from rcenp.reproduce import budgets, cells, costs, lineup, paper, report, sanity, tables, threat_tables
 from rcenp.reproduce.results import Results, wb_figures
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
@@ -926,6 +926,6 @@ def test_the_eta_pass_is_costed_once_per_crafting_model_where_its_training_split
     with_train, without = todo(), todo()
     cells.add_eta_costs(with_train, root)
     cells.add_eta_costs(without, bare)
-    eta = cells.ETA_PASS_PER_IMAGE * 50
+    eta = costs.ETA_PASS_PER_IMAGE * 50
     assert [c.cost for c in with_train] == [1.0 + eta, 1.0, 1.0 + eta, 1.0, 1.0]  # CE, then RCE as crafter
     assert [c.cost for c in without] == [1.0] * 5

@@ -1,0 +1,53 @@
+"""What the ETA of ``rcenp reproduce`` divides by its measured rate: each cell's relative cost, in
+image-iterations (``rcenp.reproduce.cells.Cell``: kind, attack, options, n, dataset, model)."""
+from __future__ import annotations
+
+CELL_OVERHEAD = 60.0  # a cell's fixed cost (loading the model, data and detector; its files), in image-iterations
+ETA_PASS_PER_IMAGE = 0.25  # C&W-wb's η pass: a forward per training image in batches of 500
+
+
+def cell_cost(cell) -> float:
+    """Image-iterations, roughly: what the ETA divides by the measured rate. The constants come
+    from a smoke run's timings.json (2026-12-02): about 0.6 s per cell whatever its size, and
+    7-10 ms per image-iteration of an attack on one MNIST image, about 13 ms for C&W-wb's, and
+    80 s for η's pass over 60,000 training images."""
+    return CELL_OVERHEAD + _work(cell)
+
+
+def _work(cell) -> float:
+    n = cell.n or 10000
+    if cell.kind != "attack":
+        return 0.3 * n
+    o = cell.options
+    if cell.attack == "fgsm":
+        return n
+    if cell.attack in ("bim", "ilcm"):
+        return n * o["steps"]
+    if cell.attack == "jsma":
+        return n * 0.6 * o.get("max_iterations", 100)
+    if cell.attack in ("cw", "cw-hc"):
+        return n * 0.5 * o["binary_steps"] * o["max_iterations"]
+    stages = (o["stage1"], o["stage2"])  # an iteration also differentiates the K-density term
+    return n * 1.5 * sum(s["binary_steps"] * s["max_iterations"] for s in stages)
+
+
+def add_eta_costs(todo: list, data_dir=None) -> None:
+    """C&W-wb's η needs the crafting model's training features, a forward over its training split
+    that ``run_attack`` makes once per model and process: add its cost (``ETA_PASS_PER_IMAGE`` per
+    image) to the first cell to compute of each crafting model, where that split is found. (A
+    pass kept on disk by an earlier process, ``wb_features.disk_cache_file``, costs nothing; the
+    ETA then errs high until the first such cell is done.)"""
+    from rcenp.data import DataError, load
+
+    sizes, seen = {}, set()
+    for cell in todo:
+        crafter = (cell.options or {}).get("substitute") or cell.model
+        if cell.attack != "cw-wb" or crafter in seen:
+            continue
+        seen.add(crafter)
+        if cell.dataset not in sizes:
+            try:
+                sizes[cell.dataset] = len(load(cell.dataset, "train", data_dir).labels)
+            except DataError:  # no training split: η is the approximation, no such pass
+                sizes[cell.dataset] = 0
+        cell.cost += ETA_PASS_PER_IMAGE * sizes[cell.dataset]
