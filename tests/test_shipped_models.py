@@ -58,6 +58,19 @@ def test_shipped_detector_keeps_most_clean_test_images(name):
     assert 0.02 <= np.mean(labels == NOT_SURE) <= 0.09
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_detector_names_the_weights_it_was_fitted_for(name):
+    """Detector.load refuses a detector whose model_sha256 differs from the model's weights; a
+    shipped detector without it would be taken for any weights (a model retrained under its name)."""
+    from rcenp.detect.detector import detector_stem
+    from rcenp.models.registry import resolve
+
+    stem = resolve(name)
+    model = json.loads(stem.with_suffix(".json").read_text())
+    detector = json.loads(detector_stem(stem).with_suffix(".json").read_text())
+    assert detector["model_sha256"] == model["arrays_sha256"]
+
+
 def test_rcenp_models_lists_every_shipped_model(capsys):
     assert SHIPPED, "no shipped models"
     assert main(["models"]) == 0
