@@ -114,3 +114,74 @@ def test_command_line_reports_the_transfer_rate(runs, tmp_path, capsys):
     rate = "n/a" if transfer["transfer_rate"] is None else f"{transfer['transfer_rate']:.1%}"
     assert (f"transfer from {substitute}: crafted successfully there for {transfer['substitute_success_rate']:.1%} "
             f"of the images; {target} misclassifies {rate} of the {transfer['n_eligible']} among them") in out
+
+
+@pytest.fixture(scope="module")
+def white_box(runs, tmp_path_factory):
+    """The substitute's own cw-wb run over the first 8 test images, in batches of 4."""
+    _, substitute, root = runs
+    folder = tmp_path_factory.mktemp("wb") / "sub-cw-wb"
+    run_attack(substitute, "cw-wb", folder, TINY_WB, n=8, batch_size=4, data_dir=root)
+    return folder
+
+
+def test_a_transfer_from_the_substitutes_finished_run_writes_what_crafting_writes(runs, white_box, tmp_path):
+    import gzip
+    import shutil
+
+    target, substitute, root = runs
+    options, args = dict(TINY_WB, substitute=str(substitute)), dict(n=8, batch_size=4, data_dir=root)
+    crafting = run_attack(target, "cw-wb", tmp_path / "crafting", options, **args)
+    published = tmp_path / "published"  # as results/ keeps a run: samples gzipped, no run.json
+    shutil.copytree(white_box, published)
+    (published / "samples.jsonl.gz").write_bytes(gzip.compress((published / "samples.jsonl").read_bytes()))
+    (published / "samples.jsonl").unlink()
+    (published / "run.json").unlink()
+    for source in (white_box, published):
+        out = tmp_path / f"from-{source.name}"
+        reused = run_attack(target, "cw-wb", out, options, crafted=source, **args)
+        assert (out / "samples.jsonl").read_text() == (tmp_path / "crafting" / "samples.jsonl").read_text()
+        with np.load(out / "adversarial.npz") as a, np.load(tmp_path / "crafting" / "adversarial.npz") as b:
+            assert all(np.array_equal(a[k], b[k]) for k in ("clean", "adversarial", "labels", "indices"))
+        for key in ("counts", "success_rate", "detection", "transfer"):
+            assert reused[key] == crafting[key], key
+        assert reused["settings"]["crafted"]["path"] == str(source)
+        assert reused["settings"]["crafted"]["code_by_batch"] == json.loads(
+            (white_box / "summary.json").read_text())["code_by_batch"]
+        log = (out / "attack.log").read_text()
+        assert "crafted: the adversarial images of" in log and "η for C&W-wb" not in log  # no attack, no η pass
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n": 4}, "n: 8 there, 4 now"),
+    ({"batch_size": 2}, "batch_size: 4 there, 2 now"),
+    ({"options": dict(TINY_WB, seed=1)}, "options.seed: 0 there, 1 now"),
+    ({"target_as_substitute": True}, "not on the substitute"),
+])
+def test_crafted_images_from_another_run_are_refused(runs, white_box, tmp_path, capsys, change, message):
+    target, substitute, root = runs
+    argv = ["attack", str(target), "--attack", "cw-wb", "--data-dir", str(root), "--learning-rate", "0.05",
+            "--stage1-binary-steps", "1", "--stage1-iterations", "4", "--binary-steps", "1", "--max-iterations", "4",
+            "--n", str(change.get("n", 8)), "--batch-size", str(change.get("batch_size", 4)),
+            "--seed", str(change.get("options", {}).get("seed", 0)), "--out", str(tmp_path / "x"),
+            "--substitute", str(target if change.get("target_as_substitute") else substitute),
+            "--crafted-from", str(white_box)]
+    # the library call with TINY_WB's attacker_points (no flag for it) is refused the same way
+    options = dict(change.get("options", TINY_WB), substitute=str(target if change.get("target_as_substitute")
+                                                                   else substitute))
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        run_attack(target, "cw-wb", tmp_path / "lib", options, n=change.get("n", 8),
+                   batch_size=change.get("batch_size", 4), data_dir=root, crafted=white_box)
+    assert not (tmp_path / "lib").exists()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not" in err[0] and "own cw-wb run of these settings" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_crafted_from_without_a_substitute_is_one_error_line(runs, white_box, tmp_path, capsys):
+    target, _, root = runs
+    assert main(["attack", str(target), "--attack", "cw-wb", "--data-dir", str(root), "--n", "8",
+                 "--crafted-from", str(white_box), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "name its --substitute" in err[0]

@@ -1,5 +1,6 @@
 """``rcenp.reproduce`` parts on their own: the paper's values against the paper's text, each sanity
 check on numbers built to fail it, reuse of published cells, the Table 4 transfer path."""
+import io
 import json
 import os
 import re
@@ -929,3 +930,69 @@ def test_the_eta_pass_is_costed_once_per_crafting_model_where_its_training_split
     eta = costs.ETA_PASS_PER_IMAGE * 50
     assert [c.cost for c in with_train] == [1.0 + eta, 1.0, 1.0 + eta, 1.0, 1.0]  # CE, then RCE as crafter
     assert [c.cost for c in without] == [1.0] * 5
+
+
+def test_table4_scores_the_images_of_its_substitutes_own_white_box_cell(monkeypatch):
+    """A transfer crafts what its substitute's Table 3 C&W-wb cell crafts (rcenp.attacks.transfer),
+    so Table 4 plans that cell, after which the transfer cell only scores its images."""
+    infos = lineup._shipped() + tuple({"name": f"mnist-resnet56-{o}", "dataset": "mnist", "depth": 56,
+                                       "objective": o, "detector": True} for o in ("ce", "rce"))
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    for budget in ("smoke", "cpu", "paper"):
+        planned = cells.plan(budgets.get_budget(budget), ["table4"])
+        order = {c.key: i for i, c in enumerate(planned)}
+        transfers = [c for c in planned if (c.options or {}).get("substitute") and c.dataset == "mnist"]
+        assert len(transfers) == 4
+        for cell in transfers:
+            source = planned[order[cell.crafted]]
+            assert cell.crafted == f"{cell.substitute}/cw-wb" and source.model == cell.substitute
+            assert order[cell.crafted] < order[cell.key] and source.n == cell.n and source.batch_size == cell.batch_size
+            assert source.options == {k: v for k, v in cell.options.items() if k != "substitute"}
+            assert cell.cost < source.cost / 10
+        mnist = {c.key for c in planned if c.dataset == "mnist"}
+        assert mnist == {c.key for c in transfers} | {c.crafted for c in transfers}
+
+
+def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as_it_began(tmp_path, monkeypatch):
+    from rcenp.attacks import run as attack_run
+    from rcenp.attacks.transfer import CraftedMismatch
+
+    smoke = budgets.get_budget("smoke")
+    source = cells.Cell("mnist-resnet32-rce/cw-wb", "attack", "mnist-resnet32-rce", "mnist", 32, "rce", 20,
+                        attack="cw-wb", options=budgets.cw_wb_options(smoke), batch_size=20)
+    transfer = cells.Cell("mnist-resnet32-ce/cw-wb-from-mnist-resnet32-rce", "attack", "mnist-resnet32-ce", "mnist",
+                          32, "ce", 20, attack="cw-wb", options=budgets.cw_wb_options(smoke, "attacker",
+                                                                                    "mnist-resnet32-rce"),
+                          substitute="mnist-resnet32-rce", batch_size=20, crafted=source.key)
+    given, refuse = [], set()
+
+    def run_attack(model, attack, out_dir, options, crafted=None, **kwargs):
+        given.append((Path(out_dir).name, crafted))
+        if crafted is not None and "mismatch" in refuse:
+            raise CraftedMismatch(f"{crafted}: not mnist-resnet32-rce's own cw-wb run of these settings (n: 8 there)")
+        fake_run_attack([])(model, attack, out_dir, options, **kwargs)
+
+    monkeypatch.setattr(attack_run, "run_attack", run_attack)
+    monkeypatch.setattr(lineup, "has_detector", lambda name: True)
+    outcomes = cells.run_cells([source, transfer], tmp_path / "a", stream=DEVNULL)
+    assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", tmp_path / "a" / "cells" / source.key)]
+    assert outcomes[transfer.key]["status"] == "done"
+    given.clear()  # the source is not finished: the transfer crafts its own
+    outcomes = cells.run_cells([transfer], tmp_path / "b", stream=DEVNULL)
+    assert given == [("cw-wb-from-mnist-resnet32-rce", None)]
+    given.clear()  # a source that is not the run the transfer would craft: crafting afresh, said once
+    refuse.add("mismatch")
+    stream = io.StringIO()
+    cells.run_cells([source, transfer], tmp_path / "c", stream=stream)
+    assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", tmp_path / "c" / "cells" / source.key),
+                     ("cw-wb-from-mnist-resnet32-rce", None)]
+    assert "crafting its own images" in stream.getvalue() and "n: 8 there" in stream.getvalue()
+    given.clear()  # a cell begun crafting its own goes on so, though its source has finished since
+    begun = tmp_path / "d" / "cells" / transfer.key
+    begun.mkdir(parents=True)
+    (begun / "run.json").write_text(json.dumps({"model": transfer.model, "attack": "cw-wb",
+                                                "options": transfer.options, "n": 20, "seed": 0,
+                                                "eta": "exact: training features"}))
+    refuse.clear()
+    cells.run_cells([source, transfer], tmp_path / "d", stream=DEVNULL)
+    assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", None)] and begun.is_dir()

@@ -67,6 +67,10 @@ def add_parser(sub) -> None:
     a.add_argument("--substitute", metavar="MODEL",
                    help="black-box transfer (paper 4.5): craft on this model (with its own detector for cw-wb) "
                    "and report on MODEL with MODEL's detector")
+    a.add_argument("--crafted-from", metavar="DIR",
+                   help="with --substitute: take the adversarial images from DIR, the substitute's own finished run "
+                   "of this attack and these settings (its white-box run, the same images), instead of crafting "
+                   "them again; refused when DIR is another run")
     a.add_argument("--n", type=count, default=1000, help="attack the first N test images (default 1000)")
     a.add_argument("--seed", type=integer, default=0,
                    help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
@@ -174,6 +178,8 @@ def cmd_attack(args) -> int:
     options = options_of(args)
     if args.substitute:
         options["substitute"] = args.substitute
+    elif args.crafted_from:
+        raise ValueError("--crafted-from takes a transfer's images: name its --substitute")
     merge, resume, start, sharded = args.merge, args.resume, time.monotonic(), False
     if args.jobs > 1:
         check_jobs(args, Path(out), options)
@@ -184,7 +190,7 @@ def cmd_attack(args) -> int:
         check_same_jobs(out, 1)
     summary = run_attack(args.model, args.attack, out, options, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, resume=resume, shard=args.shard, data_dir=args.data_dir,
-                         device=args.device, png_dir=args.png, merge=merge)
+                         device=args.device, png_dir=args.png, merge=merge, crafted=args.crafted_from)
     if sharded:
         summary = record_jobs(out, summary, args.jobs, time.monotonic() - start)
     if args.json:

@@ -29,7 +29,9 @@ detector), and every audited figure is the target's (``model_ref``): its predict
 detector's scores and AUCs. A sample "succeeds" when the target misclassifies it (the paper's
 transfer criterion); the substitute's own outcome is kept per sample (``substitute_success``,
 ``substitute_prediction``, ``substitute_clean_prediction``), and ``target_hit`` says whether the
-target predicts the attack's target class. ``summary.json`` gains a ``transfer`` block.
+target predicts the attack's target class. ``summary.json`` gains a ``transfer`` block. With
+``crafted=DIR``, the substitute's own finished run of the same attack and settings, its x* are
+taken instead of crafted again (``rcenp.attacks.transfer``).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.attacks import runfiles
+from rcenp.attacks import runfiles, transfer
 from rcenp.attacks.audit import attack_and_audit
 from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.wb_features import eta_training_split, training_features
@@ -123,12 +125,15 @@ def attacked_split(dataset: str, n: int, data_dir=None):
 
 def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, seed: int = 0,
                batch_size: int = 100, resume: bool = False, shard=(1, 1), data_dir=None, device=None,
-               png_dir=None, stream=None, merge=None) -> dict:
+               png_dir=None, stream=None, merge=None, crafted=None) -> dict:
     """Attack the first ``n`` test images of ``model_ref``'s data set (see the module docstring).
 
     ``options`` are the attack's keyword arguments (``eps``, ``steps``, ...). ``merge``: instead of
     attacking, write the run from the folders of its finished shards (``rcenp.attacks.shards``;
-    with ``resume``, also over an interrupted merge of the same run).
+    with ``resume``, also over an interrupted merge of the same run). ``crafted``: for a transfer
+    run, the folder of the substitute's own finished run of this attack and these settings, whose x*
+    are scored instead of crafting them again (``rcenp.attacks.transfer``; ValueError when it is
+    not that run).
     Progress lines go to ``stream`` (default: ``sys.stderr`` at the time of the call). Raises
     ValueError for bad settings, a run directory holding a different run, ``n`` beyond the test
     split, or shards that are not this run's.
@@ -168,9 +173,14 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
 
         if attack == "cw-wb":  # the shards' own η record, whatever training data is here
             asked["eta"] = shards_eta(merge)
+        if crafted is not None:
+            asked["crafted"] = transfer.crafted_record(crafted, asked)
         return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume))
     if attack == "cw-wb" and crafter_detector is not None:  # η_t: module docstring
         train, asked["eta"] = eta_training_split(crafter_manifest, crafter_detector, data_dir)
+    if crafted is not None:
+        asked["crafted"] = transfer.crafted_record(crafted, asked)
+        fn, train = transfer.crafted_function(crafted), None  # no attack, so no η pass
     made_dir = not out_dir.exists()
     claimed = runfiles.claim(out_dir, asked, resume)
     code = runfiles.code_record()  # the code this process loaded, not what the tree holds when it ends
@@ -189,6 +199,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         options = {k: v for k, v in options.items() if k != "targets"}
         per_sample = {"targets": random_targets(test.labels[:n], seed, model.network.num_classes),
                       "labels": test.labels[:n]}
+    if crafted is not None:
+        per_sample["crafted_index"] = np.arange(n)
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
     stems = [partial / f"batch-{index[0] // batch_size:05d}" for index in batches]
@@ -198,6 +210,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     progress.message(f"{attack} {runfiles.format_options(options)} on {model_ref} ({model.objective.upper()}), {span} "
                      f"of {test.describe()}, "
                      + (f"{len(batches)} batches of {batch_size}" if len(batches) > 1 else "1 batch"))
+    if crafted is not None:
+        progress.message(f"crafted: the adversarial images of {crafted} ({crafter_ref}'s own run), scored here")
     if resume and claimed:
         progress.message(f"--resume: no run in {out_dir} yet, so this starts one")  # a mistyped --out shows here
     if any(finished):
@@ -214,7 +228,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                              "code is null")
     t0, timed, done_images = time.monotonic(), 0, 0
     try:
-        if attack == "cw-wb" and not all(finished):  # η: once per process, when there is work
+        if attack == "cw-wb" and crafted is None and not all(finished):  # η: once per process, when there is work
             if train is not None:
                 progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
                 started = time.monotonic()

@@ -11,6 +11,7 @@ batches.
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import shutil
@@ -102,6 +103,14 @@ def brief(changed: list[tuple], there: dict, now: dict, most: int = 4) -> str:
 def differences(there: dict, now: dict) -> list[str]:
     """``differing`` as lines for a person ('options.eps: 0.1 there, 0.2 now')."""
     return [describe(d) for d in differing(there, now)]
+
+
+def read_samples(run_dir) -> list[dict]:
+    """One dict per image from a finished run's ``samples.jsonl``, or the ``samples.jsonl.gz`` a
+    published copy keeps instead."""
+    plain, packed = Path(run_dir) / "samples.jsonl", Path(run_dir) / "samples.jsonl.gz"
+    text = plain.read_text() if plain.is_file() else gzip.decompress(packed.read_bytes()).decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:

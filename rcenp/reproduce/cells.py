@@ -8,6 +8,11 @@ A cell is one directory ``OUT/cells/<model>/<name>/``:
 - ``test-error/result.json``: Table 1's test error on the first ``n_test`` test images;
 - ``features-<k>pc/features.npz``: Fig. 1's 64-d Z of the first k test images of each class.
 
+A transfer cell's x* are those of its substitute's own C&W-wb cell (Table 3's, the same images,
+targets and settings: ``rcenp.attacks.transfer``), so Table 4 plans that cell too, runs after it
+and scores its images on the target instead of crafting them again (``Cell.crafted``); where that
+cell is not finished, or not the run the transfer would craft, the transfer cell crafts its own.
+
 A cell is finished when its summary.json / result file exists; a finished cell is not recomputed,
 and an attack cell cut short resumes from its last finished batch. An attack cell folder of the run
 whose run.json asks for something else than the cell now does (``stale``: other options, n or
@@ -42,7 +47,8 @@ class Cell:
     why and ``missing_model`` names the model it waits for, this one or Table 4's substitute);
     dataset/depth/objective: its place in the tables; attack/options/n: run_attack's
     arguments, batch_size its checkpointed batch; eps: the ε-attack's ε (None otherwise);
-    parts: the report parts that use it;
+    parts: the report parts that use it; crafted: a transfer cell's source of x*, the key of its
+    substitute's own C&W-wb cell (module docstring);
     cost: a relative cost (image-iterations) for the ETA."""
 
     key: str
@@ -60,6 +66,7 @@ class Cell:
     missing: str | None = None
     missing_model: str | None = None
     parts: set = dataclasses.field(default_factory=set)
+    crafted: str | None = None
     cost: float = 1.0
 
 
@@ -144,8 +151,12 @@ def plan(budget: Budget, parts) -> list[Cell]:
                         if substitute is None and cell.missing is None:
                             cell.missing = lineup.missing_reason(dataset, 32, substitute_objective)
                             cell.missing_model = sub_name
+                        if cell.missing is None:  # its x*: the substitute's own white-box cell's
+                            crafted = attack(part, dataset, substitute_objective, "cw-wb", "cw-wb",
+                                             budgets.cw_wb_options(budget, "attacker"), budget.n_wb)
+                            cell.crafted, cell.cost = crafted.key, cell_cost(cell, crafted=True)
     order = {"test-error": 0, "features": 1, "attack": 2}
-    return sorted(cells.values(), key=lambda c: (order[c.kind], c.cost))
+    return sorted(cells.values(), key=lambda c: (order[c.kind], c.crafted is not None, c.cost))  # transfer last
 
 
 def result_file(cell_dir: Path, kind: str) -> Path:
@@ -277,7 +288,8 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
             eta = (total_cost - done_cost) * rate if done_cost else float("inf")
             progress.update(i, f"next {cell.key}", eta, force=True)
             start = time.monotonic()
-            outcome = outcomes[cell.key] = run_cell(cell, out_dir / "cells" / cell.key, data_dir, device, stream)
+            outcome = outcomes[cell.key] = run_cell(cell, out_dir / "cells" / cell.key, data_dir, device, stream,
+                                                    _crafted_from(cell, outcomes))
             outcome["seconds"] = time.monotonic() - start
             spent += outcome["seconds"]
             done_cost += cell.cost
@@ -292,16 +304,24 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
     return outcomes
 
 
-def run_cell(cell: Cell, cell_dir: Path, data_dir=None, device=None, stream=sys.stderr) -> dict:
-    """Compute one cell into ``cell_dir`` → its outcome (see ``run_cells``). Missing test data, and
-    what ``run_attack`` or the model loader refuse (ValueError, CheckpointError: a transfer without
-    the substitute's detector, a detector fitted for other weights, other settings in a cell cut
-    short), make the cell "not available", with the error's first line as the reason."""
+def _crafted_from(cell: Cell, outcomes: dict) -> Path | None:
+    """The folder of transfer ``cell``'s substitute's own C&W-wb cell where that cell is done."""
+    if cell.crafted is None or (outcomes.get(cell.crafted) or {}).get("status") != "done":
+        return None
+    return Path(outcomes[cell.crafted]["path"])
+
+
+def run_cell(cell: Cell, cell_dir: Path, data_dir=None, device=None, stream=sys.stderr, crafted=None) -> dict:
+    """Compute one cell into ``cell_dir`` → its outcome (see ``run_cells``); ``crafted``: a transfer
+    cell's source of x* (``run_attack``'s). Missing test data, and what ``run_attack`` or the model
+    loader refuse (ValueError, CheckpointError: a transfer without the substitute's detector, a
+    detector fitted for other weights, other settings in a cell cut short), make the cell "not
+    available", with the error's first line as the reason."""
     from rcenp.data import DataError
 
     try:
         if cell.kind == "attack":
-            return _attack_cell(cell, cell_dir, data_dir, device, stream)
+            return _attack_cell(cell, cell_dir, data_dir, device, stream, crafted)
         if cell.kind == "test-error":
             _test_error_cell(cell, cell_dir, data_dir, device)
         else:
@@ -312,8 +332,9 @@ def run_cell(cell: Cell, cell_dir: Path, data_dir=None, device=None, stream=sys.
     return {"status": "done", "path": str(cell_dir), "source": "computed"}
 
 
-def _attack_cell(cell, cell_dir, data_dir, device, stream) -> dict:
+def _attack_cell(cell, cell_dir, data_dir, device, stream, crafted=None) -> dict:
     from rcenp.attacks import run as attack_run
+    from rcenp.attacks.transfer import CraftedMismatch
 
     if cell.attack == "cw-wb":  # the target's detector scores, the substitute's is attacked
         for role, name in (("", cell.model), ("substitute ", (cell.options or {}).get("substitute"))):
@@ -321,10 +342,21 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream) -> dict:
                 return {"status": "not available", "path": None,
                         "reason": f"not available: {role}{name} has no fitted K-density detector (fit one with "
                                   f"`rcenp detect {name} --fit`)"}
-    resumed = (cell_dir / "partial").is_dir()
-    attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
-                          batch_size=cell.batch_size, resume=(cell_dir / "run.json").is_file(), data_dir=data_dir,
-                          device=device, stream=stream)
+    resumed, begun = (cell_dir / "partial").is_dir(), (cell_dir / "run.json").is_file()
+    if begun:  # a cell goes on as it began: scoring the images it began with, or crafting its own
+        crafted = (json.loads((cell_dir / "run.json").read_text()).get("crafted") or {}).get("path")
+
+    def run(crafted):
+        attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
+                              batch_size=cell.batch_size, resume=begun, data_dir=data_dir, device=device,
+                              stream=stream, crafted=crafted)
+    try:
+        run(crafted)
+    except CraftedMismatch as exc:
+        if begun:
+            raise
+        print(f"{cell.key}: crafting its own images: {exc}", file=stream)
+        run(None)
     return {"status": "done", "path": str(cell_dir), "source": "resumed" if resumed else "computed"}
 
 

@@ -6,12 +6,13 @@ CELL_OVERHEAD = 60.0  # a cell's fixed cost (loading the model, data and detecto
 ETA_PASS_PER_IMAGE = 0.25  # C&W-wb's η pass: a forward per training image in batches of 500
 
 
-def cell_cost(cell) -> float:
+def cell_cost(cell, crafted: bool = False) -> float:
     """Image-iterations, roughly: what the ETA divides by the measured rate. The constants come
     from a smoke run's timings.json (2026-12-02): about 0.6 s per cell whatever its size, and
     7-10 ms per image-iteration of an attack on one MNIST image, about 13 ms for C&W-wb's, and
-    80 s for η's pass over 60,000 training images."""
-    return CELL_OVERHEAD + _work(cell)
+    80 s for η's pass over 60,000 training images. ``crafted``: a transfer cell that scores its
+    substitute's finished x* (``Cell.crafted``) instead of attacking, about one iteration per image."""
+    return CELL_OVERHEAD + ((cell.n or 10000) if crafted else _work(cell))
 
 
 def _work(cell) -> float:
@@ -42,7 +43,7 @@ def add_eta_costs(todo: list, data_dir=None) -> None:
     sizes, seen = {}, set()
     for cell in todo:
         crafter = (cell.options or {}).get("substitute") or cell.model
-        if cell.attack != "cw-wb" or crafter in seen:
+        if cell.attack != "cw-wb" or crafter in seen or cell.crafted is not None:  # scoring alone: no η
             continue
         seen.add(crafter)
         if cell.dataset not in sizes:

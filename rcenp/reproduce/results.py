@@ -1,13 +1,13 @@
 """Read finished cells back: summaries, per-sample records, detection figures beyond the paper."""
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from rcenp.attacks.runfiles import read_samples
 from rcenp.reproduce.cells import Cell
 
 METRICS = ("confidence", "non_me", "log_kd")
@@ -73,13 +73,6 @@ class Results:
         if key not in self._cache:
             self._cache[key] = read_samples(self.path(cell))
         return self._cache[key]
-
-
-def read_samples(cell_dir: Path) -> list[dict]:
-    """One dict per image from ``samples.jsonl`` or ``samples.jsonl.gz`` in ``cell_dir``."""
-    plain, packed = cell_dir / "samples.jsonl", cell_dir / "samples.jsonl.gz"
-    text = plain.read_text() if plain.is_file() else gzip.decompress(packed.read_bytes()).decode()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def complete_detection(summary: dict | None, samples: list[dict] | None) -> dict | None:

@@ -105,7 +105,8 @@ def table4(res: Results, budget: Budget) -> Table:
                                transfer, f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
     note = ("K-density AUC × 100 (ties half, 95% paired-bootstrap interval; 'strict': ties counted 0, the authors' "
             "rule, where it differs by ≥ 0.05; Δ = strict − paper) of the target's own detector on C&W-wb examples "
-            "crafted on the substitute with the substitute's detector (paper-rule pairs with the target's "
+            "crafted on the substitute with the substitute's detector (the images of the substitute's Table 3 "
+            "C&W-wb cell, which crafts exactly these; paper-rule pairs with the target's "
             "predictions; table4.csv also gives the authors-emulated AUC, strict on KD = exp(log KD) in float64). "
             "Transfer rate: of the examples crafted successfully on the substitute whose clean image the target "
             "classifies correctly (n shown), the share the target misclassifies. Paper: Table 4, which prints "
