@@ -1,5 +1,6 @@
 """``rcenp.reproduce`` parts on their own: the paper's values against the paper's text, each sanity
 check on numbers built to fail it, reuse of published cells, the Table 4 transfer path."""
+import dataclasses
 import io
 import json
 import os
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import rcenp
-from rcenp.reproduce import budgets, cells, costs, lineup, paper, report, sanity, tables, threat_tables
+from rcenp.reproduce import budgets, cells, costs, lineup, paper, report, run, sanity, tables, threat_tables
 from rcenp.reproduce.results import Results, wb_figures
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
@@ -996,3 +997,26 @@ def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as
     refuse.clear()
     cells.run_cells([source, transfer], tmp_path / "d", stream=DEVNULL)
     assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", None)] and begun.is_dir()
+
+
+def test_datasets_narrow_a_budget_and_the_others_say_why_not_run(tmp_path, monkeypatch, capsys):
+    from rcenp.cli import main
+
+    cpu = budgets.get_budget("cpu")
+    assert run.parse_datasets(None, cpu) is None and run.parse_datasets("", cpu) is None
+    assert run.parse_datasets("fashion-mnist, mnist", cpu) == ("mnist", "fashion-mnist")  # report order
+    for bad, message in (("mnist,svhn", "unknown data set 'svhn'"), (",", "(none given)")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run.parse_datasets(bad, cpu)
+    with pytest.raises(ValueError, match="the smoke budget covers MNIST only, not CIFAR-10"):
+        run.parse_datasets("mnist,cifar10", budgets.get_budget("smoke"))
+    narrowed = dataclasses.replace(cpu, datasets=("mnist",), datasets_by="--datasets mnist")
+    planned = cells.plan(narrowed, cells.PARTS)
+    assert {c.key for c in planned} == {c.key for c in cells.plan(cpu, cells.PARTS)}  # the same places
+    assert all(c.missing is None for c in planned if c.dataset == "mnist" and c.model and c.depth == 32)
+    others = [c for c in planned if c.dataset != "mnist"]
+    assert others and all(c.missing == "not run: --datasets mnist covers MNIST only" for c in others)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--budget", "cpu", "--datasets", "mnist,svhn", "--out", "r"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown data set 'svhn'" in err[0] and not (tmp_path / "r").exists()

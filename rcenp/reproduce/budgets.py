@@ -58,6 +58,7 @@ class Budget:
     full_cw_budget: bool  # the paper's C&W budget (9 x 10,000): the "C&W success" check applies as stated
     description: str
     datasets: tuple | None = None  # the data sets whose cells run (None: every one); the others say why not
+    datasets_by: str | None = None  # who narrowed them, for that message (None: this budget)
 
     def skips(self, dataset: str) -> bool:
         return self.datasets is not None and dataset not in self.datasets

@@ -80,7 +80,7 @@ def plan(budget: Budget, parts) -> list[Cell]:
         key = f"{model or lineup.expected_name(dataset, depth, objective)}/{name}"
         if key not in cells:
             if budget.skips(dataset):
-                missing, missing_model = f"not run: the {budget.name} budget covers " + \
+                missing, missing_model = f"not run: {budget.datasets_by or f'the {budget.name} budget'} covers " + \
                     ", ".join(lineup.DATASET_TITLES[d] for d in budget.datasets) + " only", None
             else:
                 missing = None if model else lineup.missing_reason(dataset, depth, objective)

@@ -11,6 +11,7 @@ from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.reproduce.budgets import BUDGETS
 from rcenp.reproduce.cells import PARTS
+from rcenp.reproduce.lineup import DATASETS
 from rcenp.reproduce.figures import INSTALL_HINT
 
 
@@ -26,6 +27,8 @@ def add_parser(sub) -> None:
     r.add_argument("--out", help="output folder (default runs/reproduce-BUDGET)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
     r.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)} (default all)")
+    r.add_argument("--datasets", help=f"comma-separated data sets whose cells run: {','.join(DATASETS)} (default: "
+                   "every one the budget covers); the report marks the others not run")
     r.add_argument("--data-dir", help=f"data root ({DATA_DIR_DEFAULT}; MNIST falls back to the "
                    "embedded sample)")
     r.add_argument("--cells-from", action="append", default=[], metavar="DIR",
@@ -39,7 +42,7 @@ def cmd_reproduce(args) -> int:
 
     done = reproduce(args.budget, args.out, resume=args.resume, only=args.only, data_dir=args.data_dir,
                      cells_from=args.cells_from, device=args.device, stream=sys.stderr,  # today's stderr
-                     command=" ".join(["rcenp"] + sys.argv[1:]))
+                     command=" ".join(["rcenp"] + sys.argv[1:]), datasets=args.datasets)
     print(result_line(done))
     return 0
 

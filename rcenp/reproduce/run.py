@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -29,6 +30,25 @@ def parse_only(only) -> list[str]:
         raise ValueError(f"--only: unknown part {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"expected a comma-separated subset of {','.join(PARTS)}")
     return [p for p in PARTS if p in names]
+
+
+def parse_datasets(datasets, budget) -> tuple | None:
+    """``"mnist,fashion-mnist"`` (or a list) → those data sets in report order; None → the
+    budget's own. ValueError names an unknown data set and the choices, or one the budget does
+    not cover (the smoke budget: MNIST only)."""
+    if datasets is None or datasets == "":
+        return budget.datasets
+    names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets) if d.strip()]
+    unknown = [d for d in names if d not in lineup.DATASETS]
+    if unknown or not names:
+        raise ValueError(f"--datasets: unknown data set {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"expected a comma-separated subset of {','.join(lineup.DATASETS)}")
+    outside = [d for d in names if budget.skips(d)]
+    if outside:
+        raise ValueError(f"--datasets: the {budget.name} budget covers "
+                         f"{', '.join(lineup.DATASET_TITLES[d] for d in budget.datasets)} only, not "
+                         f"{', '.join(lineup.DATASET_TITLES[d] for d in outside)}")
+    return tuple(d for d in lineup.DATASETS if d in names)
 
 
 def claim(out_dir: Path, budget_name: str, resume: bool) -> bool:
@@ -70,15 +90,21 @@ def _part_seconds(out_dir: Path, cells) -> dict:
 
 
 def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, data_dir=None, cells_from=(),
-              device=None, stream=sys.stderr, command: str | None = None) -> dict:
+              device=None, stream=sys.stderr, command: str | None = None, datasets=None) -> dict:
     """Run the paper's evaluation under ``budget`` into ``out`` (default ``runs/reproduce-<budget>``)
     and write REPORT.md, per-table CSV/JSON and PNG figures there. Progress and the ETA go to
     ``stream``; the result is returned, not printed: {"budget", "out", "report" (REPORT.md's path),
-    "files" (REPORT.md first), "outcomes", "sanity", "figures", "wall_s"}. Raises ValueError for a
-    bad budget, an unknown part, an unwritable ``out`` or a run there that needs ``resume``."""
+    "files" (REPORT.md first), "outcomes", "sanity", "figures", "wall_s"}. ``datasets``: run only
+    these data sets' cells (``parse_datasets``); the report says the others were not run. Another
+    invocation over the same ``out`` may name others: each cell is its own unit. Raises ValueError
+    for a bad budget, an unknown part or data set, an unwritable ``out`` or a run there that needs
+    ``resume``."""
     start = time.monotonic()
     spec = get_budget(budget)
     parts = parse_only(only)
+    chosen = parse_datasets(datasets, spec)
+    if chosen != spec.datasets:
+        spec = dataclasses.replace(spec, datasets=chosen, datasets_by=f"--datasets {','.join(chosen)}")
     out_dir = Path(out or f"runs/reproduce-{spec.name}")
     for folder in cells_from or ():
         if not Path(folder).is_dir():
