@@ -185,3 +185,19 @@ def test_crafted_from_without_a_substitute_is_one_error_line(runs, white_box, tm
                  "--crafted-from", str(white_box), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "name its --substitute" in err[0]
+
+
+def test_a_run_crafted_on_the_substitute_at_another_training_step_is_refused(runs, white_box):
+    from rcenp.attacks import transfer
+
+    _, substitute, _ = runs
+    crafted = transfer.settings_of(white_box)
+    asked = {**crafted, "model": "the target", "options": dict(crafted["options"], substitute=str(substitute)),
+             "substitute_detector": crafted["detector"]}
+    assert transfer.mismatch(crafted, asked, substitute_step=crafted["model_step"]) is None
+    assert transfer.mismatch(crafted, asked) is None  # a step not known is not compared
+    assert transfer.mismatch(crafted, asked, substitute_step=crafted["model_step"] + 1) == (
+        f"crafted on {substitute} at training step {crafted['model_step']}, which is at "
+        f"{crafted['model_step'] + 1} now")
+    assert "eta" in transfer.mismatch(crafted, dict(asked, eta={"rule": "approximation from the detector's "
+                                                               "kernel points", "why": "no training images"}))

@@ -174,12 +174,12 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         if attack == "cw-wb":  # the shards' own η record, whatever training data is here
             asked["eta"] = shards_eta(merge)
         if crafted is not None:
-            asked["crafted"] = transfer.crafted_record(crafted, asked)
+            asked["crafted"] = transfer.crafted_record(crafted, asked, crafter_manifest.get("step"))
         return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume))
     if attack == "cw-wb" and crafter_detector is not None:  # η_t: module docstring
         train, asked["eta"] = eta_training_split(crafter_manifest, crafter_detector, data_dir)
     if crafted is not None:
-        asked["crafted"] = transfer.crafted_record(crafted, asked)
+        asked["crafted"] = transfer.crafted_record(crafted, asked, crafter_manifest.get("step"))
         fn, train = transfer.crafted_function(crafted), None  # no attack, so no η pass
     made_dir = not out_dir.exists()
     claimed = runfiles.claim(out_dir, asked, resume)

@@ -43,21 +43,25 @@ def settings_of(folder) -> dict:
         raise CraftedMismatch(f"{folder}: not a finished attack run (no readable summary.json)") from None
 
 
-def mismatch(crafted: dict, asked: dict) -> str | None:
+def mismatch(crafted: dict, asked: dict, substitute_step=None) -> str | None:
     """Why a run that asked for ``crafted`` (``settings_of``) is not the substitute's own run of
     the transfer run ``asked`` (run_attack's record: options["substitute"], data,
     substitute_detector, eta) in one line, or None when its images are the ones the transfer
-    would craft: the same substitute, attack, options, n, seed, batch size and test images, one
-    unsharded run, the substitute's detector as it is now, and η by the same rule."""
+    would craft: the same substitute (and, where both are known, at training step
+    ``substitute_step``), attack, options, n, seed, batch size and test images, one unsharded run,
+    the substitute's detector as it is now, and η by the same rule."""
+    from rcenp.checkpoint import CheckpointError
     from rcenp.models.registry import resolve
 
     substitute = asked["options"]["substitute"]
     try:
-        same_model = resolve(crafted.get("model", "")).resolve() == resolve(substitute).resolve()
-    except Exception:  # a model that no longer resolves (moved, renamed) is not this one
+        same_model = resolve(str(crafted.get("model"))).resolve() == resolve(substitute).resolve()
+    except (CheckpointError, OSError):  # a model that no longer resolves (moved, renamed) is not this one
         same_model = False
     if not same_model:
         return f"crafted on {crafted.get('model')!r}, not on the substitute {substitute!r}"
+    if None not in (substitute_step, crafted.get("model_step")) and crafted["model_step"] != substitute_step:
+        return f"crafted on {substitute} at training step {crafted['model_step']}, which is at {substitute_step} now"
     expected = {"attack": asked["attack"], "options": {k: v for k, v in asked["options"].items() if k != "substitute"},
                 "n": asked["n"], "seed": asked["seed"], "batch_size": asked["batch_size"], "shard": [1, 1],
                 "data": asked["data"], "detector": asked.get("substitute_detector")}
@@ -72,7 +76,7 @@ def mismatch(crafted: dict, asked: dict) -> str | None:
     return None
 
 
-def crafted_record(folder, asked: dict) -> dict:
+def crafted_record(folder, asked: dict, substitute_step=None) -> dict:
     """run.json's ``crafted`` for a transfer run that asked for ``asked`` and takes its images from
     ``folder``: the folder and the code that crafted them (its summary's ``code`` and
     ``code_by_batch``). Raises ValueError without a substitute, and CraftedMismatch (a ValueError)
@@ -80,7 +84,7 @@ def crafted_record(folder, asked: dict) -> dict:
     substitute = asked["options"].get("substitute")
     if substitute is None:
         raise ValueError("crafted images are for a transfer run: name its substitute")
-    why = mismatch(settings_of(folder), asked)
+    why = mismatch(settings_of(folder), asked, substitute_step)
     if why is not None:
         raise CraftedMismatch(f"{folder}: not {substitute}'s own {asked['attack']} run of these settings ({why})")
     made = json.loads((Path(folder) / "summary.json").read_text())
