@@ -77,6 +77,7 @@ from rcenp.attacks.core import (
 )
 from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_search import ABORT_RULES, SENTINEL, Slots, abort_checks, aborts, binary_search_update
+from rcenp.attacks.cw_snapshot import capture_state, restore_state, snapshot_key
 from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
 from rcenp.nn.module import check_images
 
@@ -88,7 +89,8 @@ PROGRESS_SECONDS = 30.0              # how often ``optimise`` reports to its ``p
 @in_eval_mode
 def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const: float = 1.0,
           binary_steps: int = 9, max_iterations: int = 10000, learning_rate: float = 0.01,
-          abort_early: bool = True, seed: int = 0, batch_size: int = 100, progress=None) -> AttackResult:
+          abort_early: bool = True, seed: int = 0, batch_size: int = 100, progress=None,
+          snapshot=None) -> AttackResult:
     """C&W-L2 (κ = 0) or C&W-hc (κ = 10) on the prediction logits (protocol §5.3).
 
     model: a ``Classifier``; x: (N, C, H, W) in [-0.5, 0.5]. labels: (N,) ints, or None for the
@@ -104,7 +106,9 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
     label holds the labels used (given, else the clean prediction); zero_grad_fraction is NaN
     where the hinge is inactive at the first iterate (module docstring). ``progress``: None, or a
     callable given a one-line status (images finished, binary step, iteration) every 30 s.
-    ``details`` per sample: "c" (c of each binary step), "step_success", "step_iterations" and
+    ``snapshot``: None, or an ``rcenp.attacks.cw_snapshot.Snapshot`` that the optimisation saves
+    to and resumes from (a kill loses at most ``snapshot.every`` seconds of work; the result is an
+    uninterrupted run's). ``details`` per sample: "c" (c of each binary step), "step_success", "step_iterations" and
     "step_stop" ("abort early" / "max iterations") per step, "best_l2" (box units, None without a
     success), "final_margin" (logits: z_t − max_{i≠t} z_i, untargeted max_{i≠y} z_i − z_y; for a
     success, that of the returned iterate as evaluated when it was kept, in the model's dtype, so
@@ -122,7 +126,7 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
     params = {**settings, "abort_early": bool(abort_early), "abort_rule": "carliniL2", "labels": label_rule,
               "targets": target_rule}
     run = optimise(model, x, x, targets if targeted else labels, targeted=targeted,
-                   abort_early=bool(abort_early), progress=progress, **settings)
+                   abort_early=bool(abort_early), progress=progress, snapshot=snapshot, **settings)
     return assemble(model, x, run, labels, targets, clean_prediction, "cw_l2", params, batch_size)
 
 
@@ -168,7 +172,7 @@ def choose_targets(model, x, targets, labels, seed, batch_size):
 # ---- the optimiser ----------------------------------------------------------------------------------
 def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, binary_steps, max_iterations,
              learning_rate, abort_early, batch_size, abort_rule: str = "carliniL2", density: Density | None = None,
-             progress=None, label: str = "C&W") -> dict:
+             progress=None, label: str = "C&W", snapshot=None) -> dict:
     """The streamed C&W optimisation (module docstring) of N images.
 
     start (N, C, H, W): where x* starts (w₀ = arctanh(2·start·0.999999)); anchor (N, C, H, W): the
@@ -184,7 +188,9 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
     in the model's dtype cast to float64 (NaN where nothing was kept; f2_raw NaN without density);
     zero_grad_fraction (of the hinges' gradient at each sample's first iterate; NaN where no hinge
     is active there); and per-sample lists c, step_success, iterations, step_stop.
-    ``progress(text)``, when given, hears how far the run is every PROGRESS_SECONDS.
+    ``progress(text)``, when given, hears how far the run is every PROGRESS_SECONDS. ``snapshot``:
+    an ``rcenp.attacks.cw_snapshot.Snapshot`` to save the state to (every ``snapshot.every``
+    seconds and at the end) and to resume from, with an uninterrupted run's result.
     Raises ValueError for an unknown abort_rule.
     """
     if abort_rule not in ABORT_RULES:
@@ -229,16 +235,34 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
             s.fallback_f2[rows_d] = np.inf
         begin_step(s, rows)
 
-    # the slots, filled with the first images of the queue
+    # the slots, filled with the first images of the queue, or as a snapshot left them
     size = min(batch_size, n)
     shape = (size,) + start_host.shape[1:]
     expand = (slice(None),) + (None,) * (len(shape) - 1)
-    s = Slots(xp, size, shape, dtype, density is not None)
-    load(s, np.arange(size), np.arange(size))
-    queued = size
+    key = None if snapshot is None else snapshot_key(
+        model, start_host, anchor_host, classes, {
+            "targeted": bool(targeted), "kappa": kappa, "initial_const": initial_const, "binary_steps": binary_steps,
+            "max_iterations": max_iterations, "learning_rate": learning_rate, "abort_early": bool(abort_early),
+            "batch_size": batch_size, "abort_rule": abort_rule, "dtype": str(np.dtype(dtype))}, density)
+    restored = None if snapshot is None else snapshot.load(key)
+    if snapshot is not None and progress is not None:
+        for note in snapshot.notes:
+            progress(f"{label}: {note}")
+        snapshot.notes.clear()
+    if restored is None:
+        s = Slots(xp, size, shape, dtype, density is not None)
+        load(s, np.arange(size), np.arange(size))
+        queued = size
+    else:
+        s, queued = restore_state(restored[0], xp, device, dtype, density is not None, const, lower, upper, out)
+        if progress is not None:
+            progress(f"{label}: resumed from {snapshot.path.name}: {queued - len(s.sample)}/{n} images finished"
+                     + ("" if restored[1] else f", {len(s.sample)} in work"))
 
     last_report = time.monotonic()
     while len(s.sample):
+        if snapshot is not None and snapshot.due():
+            snapshot.save(key, capture_state(s, const, lower, upper, queued, out))
         rows = len(s.sample)
         if progress is not None and time.monotonic() - last_report >= PROGRESS_SECONDS:
             last_report = time.monotonic()
@@ -331,7 +355,10 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
             keep = np.ones(rows, bool)
             keep[dropped] = False
             s.keep(keep, dev(keep))
+    if snapshot is not None:
+        snapshot.save(key, capture_state(s, const, lower, upper, queued, out), finished=True)
     return out
+
 
 
 # ---- the result ---------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ class EtaApproximationWarning(UserWarning):
 def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker", anchor: str = "clean",
           attacker_points: int = 100, stage1: dict | None = None, stage2: dict | None = None,
           learning_rate: float = 0.01, abort_early: bool = True, seed: int = 0, batch_size: int = 100,
-          train_features=None, train_labels=None, progress=None):
+          train_features=None, train_labels=None, progress=None, snapshot=None):
     """C&W-wb against a fitted K-density ``detector`` (module docstring; protocol §5.4).
 
     model: the ``Classifier`` the detector scores; x: (N, C, H, W) in [-0.5, 0.5]; detector: a
@@ -107,7 +107,8 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     abort_early. The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
     train_features (N_tr, D) and train_labels (N_tr,) ints: the training features for the exact η
     (every one of class t is scored); without them η is the biased-loose approximation (module
-    docstring). progress: as ``cw_l2``'s, for each stage.
+    docstring). progress: as ``cw_l2``'s, for each stage. snapshot: as ``cw_l2``'s, one file per
+    stage (``Snapshot.part``), so a kill in stage 2 keeps stage 1's result.
 
     Returns an ``AttackResult`` (success: target with margin κ and f₂ ≤ 0; iterations: both
     stages; zero_grad_fraction: stage 1's at its first iterate, NaN where its hinge is inactive
@@ -144,12 +145,13 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
 
     dtype = model.network.parameters()[0].data.dtype
     first = optimise(model, x, x, targets, targeted=True, progress=progress, label="C&W-wb stage 1",
-                     **first_settings)
+                     snapshot=None if snapshot is None else snapshot.part("stage1"), **first_settings)
     start = first["adversarial"]
     density = Density(to_device(points.astype(dtype), model.device), detector.sigma2,
                       to_device(eta.astype(dtype), model.device))
     second = optimise(model, start, x if anchor == "clean" else start, targets, targeted=True, density=density,
-                      progress=progress, label="C&W-wb stage 2", **second_settings)
+                      progress=progress, label="C&W-wb stage 2",
+                      snapshot=None if snapshot is None else snapshot.part("stage2"), **second_settings)
     found = second["success"] | second["fallback"]
     adversarial = np.where(found[:, None, None, None], second["adversarial"], as_numpy(x))
     neg_log_kd = -density_of(model, adversarial, density, targets, batch_size)

@@ -11,7 +11,9 @@ Files in ``out_dir`` (each written through a temporary file and a rename):
   fitted detector, throughput, software versions and the data's identity;
 - ``run.json`` (what was asked, the detector's identity included, checked on ``resume``),
   ``attack.log`` (progress), and while the run is under way ``partial/batch-NNNNN.{npz,jsonl,
-  code.json}`` per finished batch (the code that computed it: ``rcenp.attacks.runfiles``).
+  code.json}`` per finished batch (the code that computed it: ``rcenp.attacks.runfiles``) and,
+  for the C&W attacks, ``partial/batch-NNNNN-state*.npz``, the snapshot of the batch in work
+  (``rcenp.attacks.cw_snapshot``: a batch killed mid-way resumes where it was, every 5 minutes).
 
 A batch's result depends only on its images, so a run killed and resumed, or split into
 ``shard=(k, K)`` runs over contiguous batch-aligned slices, gives the same samples as one
@@ -50,6 +52,7 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.attacks import runfiles, transfer
 from rcenp.attacks.audit import attack_and_audit
+from rcenp.attacks.cw_snapshot import Snapshot
 from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.wb_features import eta_training_split, training_features
 from rcenp.progress import Progress, counter, duration, plural
@@ -247,16 +250,20 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             if not finished[b]:
                 start = time.monotonic()
                 batch_options = dict(options, **{k: v[index] for k, v in per_sample.items()})
-                call = fn if attack not in CW_ATTACKS else functools.partial(  # C&W: status within a batch
-                    fn, progress=lambda text: progress.message(f"  batch {b + 1}/{len(batches)}: {text}"))
+                snapshot = Snapshot(stem.with_name(f"{stem.name}-state.npz"), code=code)
+                call = fn if attack not in CW_ATTACKS else functools.partial(  # C&W: status within a batch,
+                    fn, snapshot=snapshot,                                      # and its snapshots
+                    progress=lambda text: progress.message(f"  batch {b + 1}/{len(batches)}: {text}"))
                 result, records = attack_and_audit(call, model, detector, test.images[index], test.labels[index], index,
                                                    batch_options, batch_size, png_dir,
                                                    substitute=None if crafter is model else crafter)
                 checkpoint.atomic_write_npz(stem.with_suffix(".npz"), adversarial=result.adversarial)
-                runfiles.write_batch_code(stem, code)
+                runfiles.write_batch_code(stem, dict(code, earlier=snapshot.earlier) if snapshot.earlier else code)
                 checkpoint.atomic_write_text(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
-                timed += time.monotonic() - start
-                done_images += len(index)
+                snapshot.remove()
+                if not snapshot.resumed:  # a batch resumed mid-way would make the rate too high
+                    timed += time.monotonic() - start
+                    done_images += len(index)
             rate = done_images / timed if timed > 0 else None  # of this process's own work only
             left = sum(len(i) for i, done in zip(batches[b + 1:], finished[b + 1:]) if not done)
             progress.update(b + 1, plural(sum(len(i) for i in batches[:b + 1]), "image", "images") + "  "
@@ -274,7 +281,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                          f"{plural(summary['counts']['n'], 'image', 'images')}; {out_dir}")
         return summary
     except BaseException:
-        if claimed and not any(partial.glob("*.jsonl")):  # nothing done: leave no run behind to block --out
+        if claimed and not any(partial.glob("*.jsonl")) and not any(partial.glob("*-state*.npz")):
+            # nothing done (no finished batch, no C&W snapshot): leave no run behind to block --out
             progress.close()
             runfiles.unclaim(out_dir, partial, made_dir)
         raise

@@ -199,8 +199,15 @@ def code_by_batch(stems) -> list[dict]:
     (``source_sha256``; ``None``: batches from before batches recorded their code) with the git
     commits it was seen at (``commits``, with ``dirty`` flags) and the numbers of the batches it
     computed (``partial/batch-NNNNN``'s NNNNN, 0-based over the whole run, shards included). A run
-    resumed across commits that left rcenp/ unchanged is one entry."""
-    return merge_code_groups([code_group(batch_code(stem), [int(stem.name.rpartition("-")[2])]) for stem in stems])
+    resumed across commits that left rcenp/ unchanged is one entry. A C&W batch resumed mid-way
+    from a snapshot made by other code (its code record's ``earlier``, ``rcenp.attacks.cw_snapshot``)
+    is listed under that code too."""
+    groups = []
+    for stem in stems:
+        code, number = batch_code(stem), [int(stem.name.rpartition("-")[2])]
+        groups += [code_group(earlier, number) for earlier in code.get("earlier", [])]
+        groups.append(code_group({k: v for k, v in code.items() if k != "earlier"}, number))
+    return merge_code_groups(groups)
 
 
 def merge_code_groups(groups) -> list[dict]:

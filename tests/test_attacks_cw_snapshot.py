@@ -1,0 +1,212 @@
+"""Mid-batch snapshots of the C&W optimiser (rcenp.attacks.cw_snapshot): a run killed at any
+iteration and resumed from its snapshot returns exactly what an uninterrupted run returns, for
+C&W-L2 (with slots refilled and dropped) and both stages of C&W-wb; a snapshot of other inputs is
+ignored; ``rcenp attack`` resumes a batch mid-way and records the code that began it."""
+import json
+
+import numpy as np
+import pytest
+
+from rcenp import attacks
+from rcenp.attacks import cw_snapshot
+from rcenp.attacks.cw_snapshot import Snapshot
+from tests.test_attacks_cw import box_images, feature_model, fitted_detector, linear_model
+
+
+class Killed(Exception):
+    pass
+
+
+class KilledAfter(Snapshot):
+    """A snapshot whose ``k``-th save (its parts' included) is the last thing the process does."""
+
+    def __init__(self, path, k, saves=None, **kwargs):
+        super().__init__(path, every=0.0, **kwargs)
+        self.k, self.saves = k, [] if saves is None else saves
+
+    def save(self, key, arrays, finished=False):
+        super().save(key, arrays, finished)
+        self.saves.append(finished)
+        if len(self.saves) == self.k:
+            raise Killed
+
+    def part(self, name):
+        child = KilledAfter(self.path.with_name(f"{self.path.stem}-{name}.npz"), self.k, self.saves, code=self.code)
+        child.notes, child.earlier, child._parent = self.notes, self.earlier, self
+        return child
+
+
+def same(a, b):
+    np.testing.assert_array_equal(a.adversarial, b.adversarial)
+    assert a.records() == b.records()
+
+
+CW = dict(binary_steps=3, max_iterations=20, learning_rate=0.05, batch_size=3)
+
+
+class Counting(Snapshot):
+    def __init__(self, path):
+        super().__init__(path, every=0.0)
+        self.in_work = []   # slots in work at each save
+
+    def save(self, key, arrays, finished=False):
+        super().save(key, arrays, finished)
+        self.in_work.append(len(arrays["slot_sample"]))
+
+
+@pytest.mark.parametrize("at", [0.0, 0.3, 0.6, 0.97, 1.0])   # of the saves of an uninterrupted run
+def test_cw_l2_killed_and_resumed_returns_the_uninterrupted_result(tmp_path, at):
+    model, x = linear_model("rce", 6, scale=3.0), box_images(6, 7)
+    counting = Counting(tmp_path / "count.npz")
+    reference = attacks.cw_l2(model, x, snapshot=counting, **CW)   # one save per iteration, one at the end
+    same(reference, attacks.cw_l2(model, x, **CW))
+    assert counting.in_work[0] == 3 and 0 < min(counting.in_work[:-1]) < 3   # slots refilled, then dropped
+    k = max(1, round(at * len(counting.in_work)))
+    path = tmp_path / "state.npz"
+    with pytest.raises(Killed):
+        attacks.cw_l2(model, x, snapshot=KilledAfter(path, k), **CW)
+    resumed = Snapshot(path, every=0.0)
+    same(attacks.cw_l2(model, x, snapshot=resumed, **CW), reference)
+    assert resumed.resumed and not resumed.notes
+
+
+def test_a_finished_snapshot_returns_its_result_and_progress_says_where_it_resumed(tmp_path):
+    model, x = linear_model("ce", 2), box_images(2, 4)
+    path = tmp_path / "state.npz"
+    reference = attacks.cw_l2(model, x, snapshot=Snapshot(path), **CW)   # saved once, at the end
+    lines = []
+    same(attacks.cw_l2(model, x, snapshot=Snapshot(path), progress=lines.append, **CW), reference)
+    assert lines == ["C&W: resumed from state.npz: 4/4 images finished"]
+
+
+@pytest.mark.parametrize("change", [{"kappa": 1.0}, {"max_iterations": 21}, {"images": True}, {"weights": True}])
+def test_a_snapshot_of_other_inputs_is_ignored_and_said(tmp_path, change):
+    model, x = linear_model("rce", 6, scale=3.0), box_images(6, 7)
+    path = tmp_path / "state.npz"
+    with pytest.raises(Killed):
+        attacks.cw_l2(model, x, snapshot=KilledAfter(path, 20), **CW)
+    settings = dict(CW, **{k: v for k, v in change.items() if k in ("kappa", "max_iterations")})
+    if "images" in change:
+        x = x.copy()
+        x[0, 0, 2, 2] += 1e-3
+    if "weights" in change:
+        model.network.fc.bias.data[0] += 1e-9
+    lines, snapshot = [], Snapshot(path, every=0.0)
+    result = attacks.cw_l2(model, x, snapshot=snapshot, progress=lines.append, **settings)
+    same(result, attacks.cw_l2(model, x, **settings))
+    assert not snapshot.resumed
+    assert lines[0] == "C&W: snapshot state.npz is of other images, settings or weights; starting afresh"
+
+
+@pytest.mark.parametrize("k", [3, 45])   # in stage 1, in stage 2
+def test_cw_wb_killed_in_either_stage_resumes_to_the_uninterrupted_result(tmp_path, k):
+    model = feature_model("rce", 1)
+    detector = fitted_detector(model, 1)
+    x = box_images(3, 5)
+    kwargs = dict(stage1={"binary_steps": 2, "max_iterations": 8}, stage2={"binary_steps": 2, "max_iterations": 12},
+                  learning_rate=0.05, batch_size=3, attacker_points=6)
+    with pytest.warns(attacks.EtaApproximationWarning):
+        reference = attacks.cw_wb(model, x, detector, **kwargs)
+        killed = KilledAfter(tmp_path / "state.npz", k)
+        with pytest.raises(Killed):
+            attacks.cw_wb(model, x, detector, snapshot=killed, **kwargs)
+        stage1_done = True in killed.saves   # stage 1's final save came before the kill
+        stage2_begun = (tmp_path / "state-stage2.npz").is_file()
+        resumed = attacks.cw_wb(model, x, detector, snapshot=Snapshot(tmp_path / "state.npz", every=0.0), **kwargs)
+    same(resumed, reference)
+    assert stage1_done == stage2_begun == (k == 45)
+    assert sorted(p.name for p in Snapshot(tmp_path / "state.npz").paths()) == ["state-stage1.npz", "state-stage2.npz"]
+
+
+def test_earlier_code_is_what_made_the_restored_state(tmp_path):
+    model, x = linear_model("ce", 2), box_images(2, 4)
+    then, now = {"commit": "a" * 40, "source_sha256": "1" * 64}, {"commit": "b" * 40, "source_sha256": "2" * 64}
+    with pytest.raises(Killed):
+        attacks.cw_l2(model, x, snapshot=KilledAfter(tmp_path / "s.npz", 4, code=then), **CW)
+    same_code = Snapshot(tmp_path / "s.npz", every=1e9, code=then)
+    other_code = Snapshot(tmp_path / "s.npz", every=1e9, code=now)
+    key = json.loads(str(np.load(tmp_path / "s.npz")["snapshot_codes"]))
+    assert key == [then]
+    attacks.cw_l2(model, x, snapshot=other_code, **CW)
+    assert other_code.earlier == [then]
+    assert json.loads(str(np.load(tmp_path / "s.npz")["snapshot_codes"])) == [then, now]
+    attacks.cw_l2(model, x, snapshot=same_code, **CW)
+    assert same_code.earlier == [now]   # the final state names both; only the other one is 'earlier'
+
+
+def test_rcenp_attack_resumes_a_killed_batch_mid_way(tmp_path, monkeypatch):
+    from rcenp.attacks import run as attack_run
+    run_dir, root = _setup(tmp_path)
+    options = {"binary_steps": 2, "max_iterations": 6}
+    reference = attack_run.run_attack(run_dir, "cw", tmp_path / "ref", options, n=4, batch_size=4, data_dir=root)
+    monkeypatch.setattr(cw_snapshot, "SNAPSHOT_SECONDS", 0.0)
+    saves = []
+    real_save = Snapshot.save
+
+    def save_then_die(self, key, arrays, finished=False):
+        real_save(self, key, arrays, finished)
+        saves.append(1)
+        if len(saves) == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Snapshot, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root)
+    assert (tmp_path / "cw" / "run.json").is_file()                          # the run is kept for --resume
+    assert (tmp_path / "cw" / "partial" / "batch-00000-state.npz").is_file()
+    monkeypatch.setattr(Snapshot, "save", real_save)
+    summary = attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root,
+                                    resume=True)
+    assert (tmp_path / "cw" / "samples.jsonl").read_text() == (tmp_path / "ref" / "samples.jsonl").read_text()
+    assert "batch 1/1: C&W: resumed from batch-00000-state.npz: 0/4 images finished, 4 in work" in \
+        (tmp_path / "cw" / "attack.log").read_text()
+    assert summary["code_by_batch"] == reference["code_by_batch"] and summary["code"] is not None
+
+
+def test_a_batch_begun_by_other_code_lists_both_codes(tmp_path, monkeypatch):
+    from rcenp.attacks import run as attack_run
+    from rcenp.attacks import runfiles
+
+    run_dir, root = _setup(tmp_path)
+    options = {"binary_steps": 2, "max_iterations": 6}
+    then = {"commit": "a" * 40, "dirty": False, "source_sha256": "1" * 64}
+    monkeypatch.setattr(cw_snapshot, "SNAPSHOT_SECONDS", 0.0)
+    monkeypatch.setattr(runfiles, "code_record", lambda: then)
+    real_save, saves = Snapshot.save, []
+
+    def save_then_die(self, key, arrays, finished=False):
+        real_save(self, key, arrays, finished)
+        saves.append(1)
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Snapshot, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root)
+    monkeypatch.undo()
+    summary = attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root,
+                                    resume=True)
+    groups = summary["code_by_batch"]
+    assert [g["source_sha256"] for g in groups] == ["1" * 64, runfiles.source_sha256()]
+    assert all(g["batches"] == [0] for g in groups) and summary["code"] is None
+
+
+def _setup(tmp_path):
+    """A ResNet-8 run directory with a fitted detector, and an MNIST-format root of 40 test images."""
+    from rcenp.data import load
+    from rcenp.detect.detector import Detector
+    from rcenp.models import resnet
+    from rcenp.objectives import Classifier
+    from rcenp.train import TrainConfig, save_checkpoint
+    from tests.test_train import write_mnist_root
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "data").mkdir()
+    root = write_mnist_root(tmp_path / "data", lambda split, n: (rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10),
+                            (200, 40))
+    run = tmp_path / "run"
+    model = Classifier(resnet(8, 1, seed=1), "ce").eval()
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="ce"), 1, {"note": "test"})
+    train, test = load("mnist", "train", root), load("mnist", "test", root)
+    Detector(model).fit(train.images, train.labels, per_class=20).calibrate(test.images).save(run / "detector")
+    return run, root
