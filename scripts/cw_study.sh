@@ -23,8 +23,9 @@
 # a process's nice only ranks it within its session, so a study started from an interactive shell
 # took a whole core from the niced training runs whatever its own nice.
 #
-# A run's finished batches (results/.../partial/batch-NNNNN.{npz,jsonl,code.json}) are tracked
-# by git: commit them before a session ends, and the next session's run continues from them.
+# A run's finished batches (results/.../partial/batch-NNNNN.{npz,jsonl,code.json}) and the
+# snapshot of the batch in work (batch-NNNNN-state.npz, at most 5 minutes old) are tracked by git:
+# commit them before a session ends, and the next session's run continues from them.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
