@@ -145,9 +145,10 @@ def test_a_transfer_from_the_substitutes_finished_run_writes_what_crafting_write
             assert all(np.array_equal(a[k], b[k]) for k in ("clean", "adversarial", "labels", "indices"))
         for key in ("counts", "success_rate", "detection", "transfer"):
             assert reused[key] == crafting[key], key
-        assert reused["settings"]["crafted"]["path"] == str(source)
-        assert reused["settings"]["crafted"]["code_by_batch"] == json.loads(
-            (white_box / "summary.json").read_text())["code_by_batch"]
+        record = reused["settings"]["crafted"]
+        assert record["path"] == str(source.resolve()) and set(record["sha256"]) == \
+            {"adversarial.npz", "samples.jsonl" if source == white_box else "samples.jsonl.gz"}
+        assert record["code"] == json.loads((white_box / "summary.json").read_text())["code"]
         log = (out / "attack.log").read_text()
         assert "crafted: the adversarial images of" in log and "η for C&W-wb" not in log  # no attack, no η pass
 
@@ -191,7 +192,7 @@ def test_a_run_crafted_on_the_substitute_at_another_training_step_is_refused(run
     from rcenp.attacks import transfer
 
     _, substitute, _ = runs
-    crafted = transfer.settings_of(white_box)
+    crafted = transfer.CraftedRun(white_box).settings
     asked = {**crafted, "model": "the target", "options": dict(crafted["options"], substitute=str(substitute)),
              "substitute_detector": crafted["detector"]}
     assert transfer.mismatch(crafted, asked, substitute_step=crafted["model_step"]) is None
@@ -201,3 +202,92 @@ def test_a_run_crafted_on_the_substitute_at_another_training_step_is_refused(run
         f"{crafted['model_step'] + 1} now")
     assert "eta" in transfer.mismatch(crafted, dict(asked, eta={"rule": "approximation from the detector's "
                                                                "kernel points", "why": "no training images"}))
+
+
+def _copy(source, folder):
+    import shutil
+
+    shutil.copytree(source, folder)
+    return folder
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("swap", "the L2 distortions in samples.jsonl are not those of adversarial.npz's images"),
+    ("truncate", "samples.jsonl has 7 records for the 8 images of adversarial.npz"),
+    ("reorder", "samples.jsonl's records are not adversarial.npz's images, in its order"),
+    ("no-samples", "no samples.jsonl (or samples.jsonl.gz)"),
+    ("unfinished", "an unfinished attack run (no summary.json): finish it first"),
+    ("empty", "not a finished attack run (no summary.json)"),
+])
+def test_a_damaged_or_unfinished_run_is_refused_before_anything_is_written(runs, white_box, tmp_path, capsys,
+                                                                           damage, message):
+    target, substitute, root = runs
+    folder = _copy(white_box, tmp_path / "dir") if damage != "empty" else tmp_path / "dir"
+    folder.mkdir(exist_ok=True)
+    samples = folder / "samples.jsonl"
+    if damage == "swap":  # another run's images under these records
+        with np.load(folder / "adversarial.npz") as data:
+            arrays = dict(data)
+        arrays["adversarial"] = np.clip(arrays["adversarial"] + np.float32(0.01), -0.5, 0.5)
+        np.savez(folder / "adversarial.npz", **arrays)
+    elif damage == "truncate":
+        samples.write_text("".join(samples.read_text().splitlines(keepends=True)[:-1]))
+    elif damage == "reorder":
+        lines = samples.read_text().splitlines(keepends=True)
+        samples.write_text("".join(lines[1:] + lines[:1]))
+    elif damage == "no-samples":
+        samples.unlink()
+    elif damage == "unfinished":
+        (folder / "summary.json").unlink()
+    argv = ["attack", str(target), "--attack", "fgsm", "--eps", "0.1", "--n", "8", "--batch-size", "4",
+            "--data-dir", str(root), "--substitute", str(substitute), "--crafted-from", str(folder),
+            "--out", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_of_a_substitute_whose_weights_changed_since_is_refused(runs, tmp_path):
+    """Same path, same training step, a detector without model_sha256: only the images tell."""
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    target, substitute, root = runs
+    copy = _copy(substitute, tmp_path / "sub")
+    options = {"binary_steps": 1, "max_iterations": 6, "learning_rate": 0.05}
+    run_attack(copy, "cw", tmp_path / "wb", options, n=8, batch_size=4, data_dir=root)
+    model = load(copy)[0]
+    for param in model.network.parameters():
+        param.data[...] *= 1.01
+    save_checkpoint(copy, model, None, TrainConfig(depth=8, objective="rce"), 1, {"note": "test"})
+    with pytest.raises(ValueError, match="margins on these images differ from the recorded ones"):
+        run_attack(target, "cw", tmp_path / "bb", dict(options, substitute=str(copy)), n=8, batch_size=4,
+                   data_dir=root, crafted=tmp_path / "wb")
+    assert not (tmp_path / "bb").exists()
+
+
+def test_a_transfer_run_is_not_a_source_and_jobs_refuse_before_starting_shards(runs, white_box, tmp_path, capsys):
+    target, substitute, root = runs
+    options, args = dict(TINY_WB, substitute=str(substitute)), dict(n=8, batch_size=4, data_dir=root)
+    run_attack(target, "cw-wb", tmp_path / "transfer", options, crafted=white_box, **args)
+    with pytest.raises(ValueError, match=f"a transfer run \\(crafted on {substitute}, scored on {target}\\)"):
+        run_attack(target, "cw-wb", tmp_path / "again", options, crafted=tmp_path / "transfer", **args)
+    argv = ["attack", str(target), "--attack", "fgsm", "--eps", "0.1", "--n", "8", "--batch-size", "4", "--jobs", "2",
+            "--data-dir", str(root), "--substitute", str(substitute), "--crafted-from", str(white_box),
+            "--out", str(tmp_path / "jobs")]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'attack: "cw-wb" there, "fgsm" now' in err[0]
+    assert not (tmp_path / "jobs" / "shards").exists()
+
+
+def test_the_source_is_recorded_by_absolute_path_so_a_resume_may_name_it_otherwise(runs, white_box, tmp_path,
+                                                                                  monkeypatch):
+    target, substitute, root = runs
+    options, args = dict(TINY_WB, substitute=str(substitute)), dict(n=8, batch_size=4, data_dir=root)
+    monkeypatch.chdir(white_box.parent)
+    first = run_attack(target, "cw-wb", tmp_path / "bb", options, crafted=white_box.name, **args)
+    again = run_attack(target, "cw-wb", tmp_path / "bb", options, crafted=f"./{white_box.name}", resume=True, **args)
+    assert first["settings"]["crafted"]["path"] == str(white_box) and again == first
+    assert run_attack(target, "cw-wb", tmp_path / "bb", options, resume=True, **args) == first  # finished: no source

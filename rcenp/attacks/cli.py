@@ -183,6 +183,11 @@ def cmd_attack(args) -> int:
     merge, resume, start, sharded = args.merge, args.resume, time.monotonic(), False
     if args.jobs > 1:
         check_jobs(args, Path(out), options)
+        if args.crafted_from:  # refused here, not in every shard
+            from rcenp.attacks.transfer import precheck
+
+            precheck(args.crafted_from, args.attack, {k: v for k, v in options.items() if k != "substitute"},
+                     args.n, args.seed, args.batch_size, args.substitute)
         if not (Path(out) / "summary.json").is_file():  # else: a finished run, resumed (or refused) as usual
             run_shards(args.attack_parser, args, Path(out))
             merge, resume, sharded = [str(folder) for folder in shard_folders(out, args.jobs)], True, True
@@ -238,7 +243,8 @@ def format_summary(summary: dict, out) -> str:
     """A few lines for a person: rates, distortion, detection."""
     counts, distortion = summary["counts"], summary["distortion"]["l2_paper"]["efficient"]
     substitute = summary["settings"]["options"].get("substitute")
-    crafted = f" (crafted on {substitute})" if substitute else ""
+    source = (summary["settings"].get("crafted") or {}).get("path")
+    crafted = (f" (crafted on {substitute}" + (f", the images of {source}" if source else "") + ")") if substitute else ""
     lines = [f"{summary['settings']['attack']} on {summary['settings']['model']}{crafted}: "
              f"{plural(counts['n'], 'image', 'images')} "
              f"({summary['test_set']})",

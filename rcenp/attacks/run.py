@@ -177,13 +177,15 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         if attack == "cw-wb":  # the shards' own η record, whatever training data is here
             asked["eta"] = shards_eta(merge)
         if crafted is not None:
-            asked["crafted"] = transfer.crafted_record(crafted, asked, crafter_manifest.get("step"))
+            source = transfer.checked(crafted, asked, crafter, crafter_manifest.get("step"), batch_size)
+            asked["crafted"] = source.record()
         return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume))
     if attack == "cw-wb" and crafter_detector is not None:  # η_t: module docstring
         train, asked["eta"] = eta_training_split(crafter_manifest, crafter_detector, data_dir)
     if crafted is not None:
-        asked["crafted"] = transfer.crafted_record(crafted, asked, crafter_manifest.get("step"))
-        fn, train = transfer.crafted_function(crafted), None  # no attack, so no η pass
+        source = transfer.checked(crafted, asked, crafter, crafter_manifest.get("step"), batch_size)
+        asked["crafted"] = source.record()
+        fn, train = source.function(), None  # no attack, so no η pass
     made_dir = not out_dir.exists()
     claimed = runfiles.claim(out_dir, asked, resume)
     code = runfiles.code_record()  # the code this process loaded, not what the tree holds when it ends
@@ -214,7 +216,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                      f"of {test.describe()}, "
                      + (f"{len(batches)} batches of {batch_size}" if len(batches) > 1 else "1 batch"))
     if crafted is not None:
-        progress.message(f"crafted: the adversarial images of {crafted} ({crafter_ref}'s own run), scored here")
+        progress.message(f"crafted: the adversarial images of {asked['crafted']['path']} ({crafter_ref}'s own run), "
+                         "scored here")
     if resume and claimed:
         progress.message(f"--resume: no run in {out_dir} yet, so this starts one")  # a mistyped --out shows here
     if any(finished):

@@ -27,7 +27,8 @@ RECORDED_LATER = ("detector", "substitute_detector", "eta")  # run.json keys tha
 def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     """Create ``out_dir``'s run.json (→ True), or check that a resumed run asks for the same thing
     (→ False). A finished run (summary.json) whose run.json predates a key of ``RECORDED_LATER``
-    is not refused for lacking it: resuming it recomputes nothing. Raises ValueError for a run
+    is not refused for lacking it, nor a finished transfer for naming its ``crafted`` source
+    otherwise (or not at all): resuming it recomputes nothing. Raises ValueError for a run
     folder without ``resume`` or with other settings."""
     run_file = out_dir / "run.json"
     if run_file.is_file():
@@ -36,8 +37,9 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
                              "one prints its summary), or choose another --out (or remove the folder to redo it)")
         there = json.loads(run_file.read_text())
         changed = differing(there, asked)
-        if (out_dir / "summary.json").is_file():  # finished before run.json recorded these: nothing is recomputed
-            changed = [d for d in changed if not (d[0] in RECORDED_LATER and d[1] is MISSING)]
+        if (out_dir / "summary.json").is_file():  # finished: nothing is recomputed, so neither of these matters
+            changed = [d for d in changed if not (d[0] in RECORDED_LATER and d[1] is MISSING)  # not recorded then
+                       and d[0].split(".")[0] != "crafted"]  # where a finished transfer took its images from
         if changed:
             raise ValueError(f"{out_dir}: --resume with other settings than the run there: "
                              + brief(changed, there, asked))
