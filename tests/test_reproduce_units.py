@@ -984,10 +984,13 @@ def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as
     given.clear()  # a source that is not the run the transfer would craft: crafting afresh, said once
     refuse.add("mismatch")
     stream = io.StringIO()
-    cells.run_cells([source, transfer], tmp_path / "c", stream=stream)
+    outcomes = cells.run_cells([source, transfer], tmp_path / "c", stream=stream)
     assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", tmp_path / "c" / "cells" / source.key),
                      ("cw-wb-from-mnist-resnet32-rce", None)]
-    assert "crafting its own images" in stream.getvalue() and "n: 8 there" in stream.getvalue()
+    note = outcomes[transfer.key]["note"]
+    assert note.startswith("crafted its own images: mnist-resnet32-rce/cw-wb is not their source") and "n: 8 there" in note
+    assert f"{transfer.key}: {note}" in stream.getvalue()
+    assert f"{transfer.key}: {note}" in (tmp_path / "c" / "reproduce.log").read_text()
     given.clear()  # a cell begun crafting its own goes on so, though its source has finished since
     begun = tmp_path / "d" / "cells" / transfer.key
     begun.mkdir(parents=True)
@@ -1020,3 +1023,26 @@ def test_datasets_narrow_a_budget_and_the_others_say_why_not_run(tmp_path, monke
     assert main(["reproduce", "--budget", "cpu", "--datasets", "mnist,svhn", "--out", "r"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown data set 'svhn'" in err[0] and not (tmp_path / "r").exists()
+
+
+def test_a_later_run_over_other_data_sets_keeps_the_finished_cells_of_the_earlier_ones(tmp_path):
+    cpu = budgets.get_budget("cpu")
+    mnist = dataclasses.replace(cpu, datasets=("mnist",), datasets_by="--datasets mnist")
+    fashion = dataclasses.replace(cpu, datasets=("fashion-mnist",), datasets_by="--datasets fashion-mnist")
+    planned = cells.plan(mnist, ["table1"])
+    done = [c for c in planned if c.dataset == "mnist" and c.model]
+    for cell in done:   # as the first run left them
+        folder = tmp_path / "cells" / cell.key
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text("{}")
+    later = cells.plan(fashion, ["table1"])
+    assert all(c.skipped for c in later if c.dataset != "fashion-mnist")
+    outcomes = cells.run_cells([c for c in later if c.dataset != "fashion-mnist"], tmp_path, stream=DEVNULL)
+    assert {k for k, o in outcomes.items() if o["status"] == "done"} == {c.key for c in done}
+    assert all(o["source"] == "resumed" for o in outcomes.values() if o["status"] == "done")
+    rest = [o for o in outcomes.values() if o["status"] != "done"]
+    assert rest and all(o == {"status": "not run", "reason": "not run: --datasets fashion-mnist covers "
+                              "Fashion-MNIST (extra) only", "path": None} for o in rest)
+    text = report.cells_md(Results([c for c in later if c.dataset != "fashion-mnist"], outcomes))
+    assert f"**Run: {len(done)} cells**" in text and f"**Not run: {len(rest)} cells**" in text
+    assert "**Not available: 0 cells**" in text

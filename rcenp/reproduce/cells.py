@@ -48,7 +48,8 @@ class Cell:
     dataset/depth/objective: its place in the tables; attack/options/n: run_attack's
     arguments, batch_size its checkpointed batch; eps: the ε-attack's ε (None otherwise);
     parts: the report parts that use it; crafted: a transfer cell's source of x*, the key of its
-    substitute's own C&W-wb cell (module docstring);
+    substitute's own C&W-wb cell (module docstring); skipped: a cell of a data set this run does
+    not cover (the budget's, or ``--datasets``), "not run" unless an earlier run finished it;
     cost: a relative cost (image-iterations) for the ETA."""
 
     key: str
@@ -67,6 +68,7 @@ class Cell:
     missing_model: str | None = None
     parts: set = dataclasses.field(default_factory=set)
     crafted: str | None = None
+    skipped: bool = False
     cost: float = 1.0
 
 
@@ -86,7 +88,7 @@ def plan(budget: Budget, parts) -> list[Cell]:
                 missing = None if model else lineup.missing_reason(dataset, depth, objective)
                 missing_model = None if model else lineup.expected_name(dataset, depth, objective)
             cells[key] = Cell(key, kind, model, dataset, depth, objective, missing=missing,
-                              missing_model=missing_model, **fields)
+                              missing_model=missing_model, skipped=budget.skips(dataset), **fields)
             cells[key].cost = cell_cost(cells[key])
         cells[key].parts.add(part)
         return cells[key]
@@ -247,8 +249,10 @@ def add_seconds(path: Path, key: str, seconds: float) -> None:
 
 def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr) -> dict:
     """Run every unfinished, available cell; → {key: outcome} where an outcome is
-    {"status": "done" | "not available", "path", "reason", "source": "computed" | "resumed" |
-    "reused", "seconds"}. A ``stale`` attack cell folder is set aside (``set_aside``) and the cell
+    {"status": "done" | "not available" | "not run", "path", "reason", "source": "computed" |
+    "resumed" | "reused", "seconds", and "note" where a transfer cell crafted its own images}.
+    A ``skipped`` cell is "done" where an earlier run in ``out_dir`` finished it (not stale),
+    else "not run". A ``stale`` attack cell folder is set aside (``set_aside``) and the cell
     computed afresh. Progress and an ETA across cells go to ``stream`` and OUT/reproduce.log; the
     outcomes to OUT/cells.json and each computed cell's seconds to OUT/timings.json (``add_seconds``)
     after every cell."""
@@ -265,7 +269,12 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
                 and (why := stale(cell, asked)):  # not the split: see the module docstring
             set_aside_notes.append(f"{cell.key}: asked for other settings ({why}); moved to "
                                    f"{set_aside(cell_dir).name}, computing it afresh")
-        if cell.missing:
+        if cell.skipped:  # this run's data sets do not include it: an earlier run's result, or nothing
+            finished = cell.model is not None and result_file(cell_dir, cell.kind).is_file() and (
+                cell.kind != "attack" or ((asked := recorded(cell_dir)) is not None and not stale(cell, asked)))
+            outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed", "seconds": 0.0} \
+                if finished else {"status": "not run", "reason": cell.missing, "path": None}
+        elif cell.missing:
             outcomes[cell.key] = {"status": "not available", "reason": cell.missing, "path": None}
         elif result_file(cell_dir, cell.kind).is_file():
             outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed", "seconds": 0.0}
@@ -278,9 +287,10 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
     progress = Progress(out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream, unit="cell")
     for note in set_aside_notes:
         progress.message(note)
-    progress.message(f"{len(cells)} cells: {len(todo)} to compute, "
-                     f"{sum(o['status'] == 'done' for o in outcomes.values())} finished, "
-                     f"{sum(o['status'] != 'done' for o in outcomes.values())} not available")
+    count = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("done", "not run")}
+    progress.message(f"{len(cells)} cells: {len(todo)} to compute, {count['done']} finished, "
+                     f"{len(outcomes) - count['done'] - count['not run']} not available"
+                     + (f", {count['not run']} not run (data sets this run does not cover)" if count["not run"] else ""))
     done_cost, spent = 0.0, 0.0
     try:
         for i, cell in enumerate(todo):
@@ -290,6 +300,8 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
             start = time.monotonic()
             outcome = outcomes[cell.key] = run_cell(cell, out_dir / "cells" / cell.key, data_dir, device, stream,
                                                     _crafted_from(cell, outcomes))
+            if outcome.get("note"):
+                progress.message(f"{cell.key}: {outcome['note']}")
             outcome["seconds"] = time.monotonic() - start
             spent += outcome["seconds"]
             done_cost += cell.cost
@@ -350,14 +362,15 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream, crafted=None) -> dict
         attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
                               batch_size=cell.batch_size, resume=begun, data_dir=data_dir, device=device,
                               stream=stream, crafted=crafted)
+    outcome = {"status": "done", "path": str(cell_dir), "source": "resumed" if resumed else "computed"}
     try:
         run(crafted)
     except CraftedMismatch as exc:
         if begun:
             raise
-        print(f"{cell.key}: crafting its own images: {exc}", file=stream)
+        outcome["note"] = f"crafted its own images: {cell.crafted} is not their source ({exc})"
         run(None)
-    return {"status": "done", "path": str(cell_dir), "source": "resumed" if resumed else "computed"}
+    return outcome
 
 
 def _test_split(cell, data_dir):

@@ -168,12 +168,17 @@ def _parts_text(cells) -> str:
 
 def cells_md(res: Results) -> str:
     """The 'Cells' section: a row per cell that ran, one line per missing model (or other reason)
-    with the count of cells it leaves empty and how to fill them. cells.json has every cell."""
+    with the count of cells it leaves empty and how to fill them, then the cells of data sets the
+    run does not cover, per model. cells.json has every cell."""
     done = {k: o for k, o in sorted(res.outcomes.items()) if o["status"] == "done"}
     groups: dict[tuple, list] = {}
+    not_run: dict[tuple, list] = {}
     for key, cell in res.cells.items():  # the plan's order: Table 1's models first
         outcome = res.outcomes.get(key)
-        if outcome is not None and outcome["status"] != "done":
+        if outcome is not None and outcome["status"] == "not run":
+            name = cell.model or lineup.expected_name(cell.dataset, cell.depth, cell.objective)
+            not_run.setdefault((name, outcome.get("reason")), []).append(cell)
+        elif outcome is not None and outcome["status"] != "done":
             if cell.missing_model and lineup.unreadable(cell.missing_model) is None:
                 group = (cell.missing_model, None)  # not shipped: say how to train it
             else:
@@ -200,6 +205,11 @@ def cells_md(res: Results) -> str:
             lines.append(f"- {model}: {count}, {reason}")
     if not groups:
         lines.append("None.")
+    if not_run:
+        lines += ["", f"**Not run: {sum(len(c) for c in not_run.values())} cells** (data sets this run does not "
+                  "cover; a run over the same folder that covers them fills them, and keeps these results)", ""]
+        lines += [f"- {model}: {len(cells)} cell{'s' if len(cells) > 1 else ''} ({_parts_text(cells)}), {reason}"
+                  for (model, reason), cells in not_run.items()]
     return "\n".join(lines)
 
 

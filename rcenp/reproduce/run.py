@@ -36,7 +36,7 @@ def parse_datasets(datasets, budget) -> tuple | None:
     """``"mnist,fashion-mnist"`` (or a list) → those data sets in report order; None → the
     budget's own. ValueError names an unknown data set and the choices, or one the budget does
     not cover (the smoke budget: MNIST only)."""
-    if datasets is None or datasets == "":
+    if datasets is None or (isinstance(datasets, str) and not datasets.strip()):
         return budget.datasets
     names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets) if d.strip()]
     unknown = [d for d in names if d not in lineup.DATASETS]
