@@ -3,6 +3,9 @@ iteration and resumed from its snapshot returns exactly what an uninterrupted ru
 C&W-L2 (with slots refilled and dropped) and both stages of C&W-wb; a snapshot of other inputs is
 ignored; ``rcenp attack`` resumes a batch mid-way and records the code that began it."""
 import json
+import os
+import re
+import signal
 
 import numpy as np
 import pytest
@@ -76,7 +79,7 @@ def test_a_finished_snapshot_returns_its_result_and_progress_says_where_it_resum
     reference = attacks.cw_l2(model, x, snapshot=Snapshot(path), **CW)   # saved once, at the end
     lines = []
     same(attacks.cw_l2(model, x, snapshot=Snapshot(path), progress=lines.append, **CW), reference)
-    assert lines == ["C&W: resumed from state.npz: 4/4 images finished"]
+    assert lines == ["C&W: resumed from state.npz (0 min old): 4/4 images finished"]
 
 
 @pytest.mark.parametrize("change", [{"kappa": 1.0}, {"max_iterations": 21}, {"images": True}, {"weights": True}])
@@ -158,8 +161,8 @@ def test_rcenp_attack_resumes_a_killed_batch_mid_way(tmp_path, monkeypatch):
     summary = attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root,
                                     resume=True)
     assert (tmp_path / "cw" / "samples.jsonl").read_text() == (tmp_path / "ref" / "samples.jsonl").read_text()
-    assert "batch 1/1: C&W: resumed from batch-00000-state.npz: 0/4 images finished, 4 in work" in \
-        (tmp_path / "cw" / "attack.log").read_text()
+    assert re.search(r"batch 1/1: C&W: resumed from batch-00000-state.npz \(0 min old\): 0/4 images finished, "
+                     r"4 in work at binary step [12]-[12], iteration up to \d+", (tmp_path / "cw" / "attack.log").read_text())
     assert summary["code_by_batch"] == reference["code_by_batch"] and summary["code"] is not None
 
 
@@ -210,3 +213,104 @@ def _setup(tmp_path):
     train, test = load("mnist", "train", root), load("mnist", "test", root)
     Detector(model).fit(train.images, train.labels, per_class=20).calibrate(test.images).save(run / "detector")
     return run, root
+
+
+@pytest.mark.parametrize("damage, note", [
+    ("empty", "unreadable (EOFError)"),
+    ("no-m", "damaged (no slot_m)"),
+    ("shape", "damaged (slot_delta is float64(2, 1, 4, 4), not float64(3, 1, 4, 4))"),
+    ("queued", "damaged (queued 99 with 3 slots of 7 images)"),
+])
+def test_an_empty_or_incomplete_snapshot_is_ignored_and_said(tmp_path, damage, note):
+    model, x = linear_model("rce", 6, scale=3.0), box_images(6, 7)
+    path = tmp_path / "state.npz"
+    with pytest.raises(Killed):
+        attacks.cw_l2(model, x, snapshot=KilledAfter(path, 20), **CW)
+    if damage == "empty":
+        path.write_bytes(b"")
+    else:
+        with np.load(path) as data:
+            arrays = dict(data)
+        if damage == "no-m":
+            del arrays["slot_m"]
+        elif damage == "shape":
+            arrays["slot_delta"] = arrays["slot_delta"][:2]
+        else:
+            arrays["queued"] = np.array(99)
+        np.savez(path, **arrays)
+    lines, snapshot = [], Snapshot(path, every=0.0)
+    same(attacks.cw_l2(model, x, snapshot=snapshot, progress=lines.append, **CW), attacks.cw_l2(model, x, **CW))
+    assert not snapshot.resumed and lines[0] == f"C&W: snapshot state.npz is {note}; starting afresh" \
+        .replace("is unreadable", "unreadable")
+
+
+@pytest.mark.parametrize("sig, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_a_signal_is_held_until_the_state_is_saved_then_raised(tmp_path, monkeypatch, sig, raised):
+    from rcenp.attacks import cw
+
+    model, x = linear_model("rce", 6, scale=3.0), box_images(6, 7)
+    reference = attacks.cw_l2(model, x, **CW)
+    monkeypatch.setattr(cw, "PROGRESS_SECONDS", 0.0)
+    calls = []
+
+    def progress(text):   # called at every iteration: the signal arrives in the middle of one
+        calls.append(text)
+        if len(calls) == 40:
+            os.kill(os.getpid(), sig)
+
+    before = signal.getsignal(sig)
+    snapshot = Snapshot(tmp_path / "state.npz", every=1e9)   # never due: only the signal saves
+    with pytest.raises(raised) as caught:
+        attacks.cw_l2(model, x, snapshot=snapshot, progress=progress, **CW)
+    assert signal.getsignal(sig) is before                  # the handler is given back
+    if raised is SystemExit:
+        assert caught.value.code == 128 + signal.SIGTERM
+    with np.load(tmp_path / "state.npz") as data:
+        assert not bool(data["snapshot_finished"]) and int(data["slot_it"].max()) > 0
+    same(attacks.cw_l2(model, x, snapshot=Snapshot(tmp_path / "state.npz"), **CW), reference)
+
+
+def test_the_period_comes_from_the_environment_and_remove_takes_leftover_temporary_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("RCENP_SNAPSHOT_SECONDS", "7.5")
+    assert Snapshot(tmp_path / "s.npz").every == 7.5
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("RCENP_SNAPSHOT_SECONDS", bad)
+        with pytest.raises(ValueError, match="RCENP_SNAPSHOT_SECONDS must be a number of seconds >= 0"):
+            Snapshot(tmp_path / "s.npz")
+    monkeypatch.delenv("RCENP_SNAPSHOT_SECONDS")
+    assert Snapshot(tmp_path / "s.npz").every == cw_snapshot.SNAPSHOT_SECONDS
+    names = ["s.npz", "s-stage1.npz", "s.npz.abc123.tmp", "s-stage2.npz.x_y.tmp", "other.npz", "s.json"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    Snapshot(tmp_path / "s.npz").remove()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.npz", "s.json"]
+
+
+def test_a_second_process_on_a_run_in_work_is_refused_and_an_interrupt_is_logged(tmp_path, monkeypatch):
+    from rcenp.attacks import run as attack_run
+    from rcenp.attacks import runfiles
+
+    run_dir, root = _setup(tmp_path)
+    options = {"binary_steps": 2, "max_iterations": 6}
+    monkeypatch.setattr(cw_snapshot, "SNAPSHOT_SECONDS", 0.0)
+    real_save, saves = Snapshot.save, []
+
+    def save_then_die(self, key, arrays, finished=False):
+        real_save(self, key, arrays, finished)
+        saves.append(1)
+        if len(saves) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Snapshot, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root)
+    monkeypatch.setattr(Snapshot, "save", real_save)
+    assert "interrupted (KeyboardInterrupt): the finished batches and any snapshot of the batch in work are kept" \
+        in (tmp_path / "cw" / "attack.log").read_text()
+    held = runfiles.lock_run(tmp_path / "cw" / "partial")   # as a process still computing it would
+    with pytest.raises(ValueError, match=f"another process \\(pid {os.getpid()}\\) is computing this run"):
+        attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root, resume=True)
+    held.close()
+    summary = attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root,
+                                    resume=True)
+    assert summary["counts"]["n"] == 4 and not (tmp_path / "cw" / "partial").exists()

@@ -61,6 +61,7 @@ image's logits.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -77,7 +78,7 @@ from rcenp.attacks.core import (
 )
 from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_search import ABORT_RULES, SENTINEL, Slots, abort_checks, aborts, binary_search_update
-from rcenp.attacks.cw_snapshot import capture_state, restore_state, snapshot_key
+from rcenp.attacks.cw_snapshot import capture_state, restore_state, snapshot_key, state_problem
 from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
 from rcenp.nn.module import check_images
 
@@ -244,7 +245,8 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
             "targeted": bool(targeted), "kappa": kappa, "initial_const": initial_const, "binary_steps": binary_steps,
             "max_iterations": max_iterations, "learning_rate": learning_rate, "abort_early": bool(abort_early),
             "batch_size": batch_size, "abort_rule": abort_rule, "dtype": str(np.dtype(dtype))}, density)
-    restored = None if snapshot is None else snapshot.load(key)
+    restored = None if snapshot is None else snapshot.load(key, lambda arrays: state_problem(
+        arrays, n, start_host.shape[1:], dtype, density is not None, out))
     if snapshot is not None and progress is not None:
         for note in snapshot.notes:
             progress(f"{label}: {note}")
@@ -254,109 +256,118 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         load(s, np.arange(size), np.arange(size))
         queued = size
     else:
+        age = snapshot.age()
         s, queued = restore_state(restored[0], xp, device, dtype, density is not None, const, lower, upper, out)
         if progress is not None:
-            progress(f"{label}: resumed from {snapshot.path.name}: {queued - len(s.sample)}/{n} images finished"
-                     + ("" if restored[1] else f", {len(s.sample)} in work"))
+            progress(f"{label}: resumed from {snapshot.path.name} ({age / 60:.0f} min old"
+                     + (", made by other library code: code_by_batch names both" if snapshot.earlier else "")
+                     + f"): {queued - len(s.sample)}/{n} images finished"
+                     + ("" if restored[1] else f", {len(s.sample)} in work at binary step {s.step.min() + 1}-"
+                        f"{s.step.max() + 1}, iteration up to {s.it.max()}"))
 
     last_report = time.monotonic()
-    while len(s.sample):
-        if snapshot is not None and snapshot.due():
-            snapshot.save(key, capture_state(s, const, lower, upper, queued, out))
-        rows = len(s.sample)
-        if progress is not None and time.monotonic() - last_report >= PROGRESS_SECONDS:
-            last_report = time.monotonic()
-            finished = queued - rows
-            progress(f"{label}: {finished}/{n} images finished; {rows} in work, binary step "
-                     f"{s.step.min() + 1}-{s.step.max() + 1} of {binary_steps}, iteration up to {s.it.max()} of "
-                     f"{max_iterations}")
-        th = xp.tanh(s.w0 + s.delta)
-        adv = th * 0.5
-        ev = Evaluation(model, adv, s.anchor, s.cls, s.c, kappa, targeted, density, s.eta)
-        success = ev.gap < 0                                # margin > κ; a tie is a failure
-        if density is not None:                             # the fallback: past the margin, smallest f₂
-            kept = success & (ev.f2_raw <= s.fallback_f2)   # ties keep the last, as the authors' <=
-            s.fallback_f2 = xp.where(kept, ev.f2_raw, s.fallback_f2)
-            s.fallback_margin = xp.where(kept, ev.margin, s.fallback_margin)
-            xp.copyto(s.fallback_adv, adv, where=kept[expand])
-            success &= ev.f2_raw <= 0
-        better = success & (ev.d2 < s.best_d2)              # the aborted iterate included (docstring)
-        s.best_d2 = xp.where(better, ev.d2, s.best_d2)
-        s.best_margin = xp.where(better, ev.margin, s.best_margin)
-        if density is not None:
-            s.best_f2 = xp.where(better, ev.f2_raw, s.best_f2)
-        xp.copyto(s.best_adv, adv, where=better[expand])
+    with snapshot.interruptible() if snapshot is not None else contextlib.nullcontext():
+        while len(s.sample):
+            if snapshot is not None and (snapshot.interrupted or snapshot.due()):
+                snapshot.save(key, capture_state(s, const, lower, upper, queued, out))
+                if snapshot.interrupted:  # SIGINT or SIGTERM came during the last iteration
+                    snapshot.raise_interrupt()
+            rows = len(s.sample)
+            if progress is not None and time.monotonic() - last_report >= PROGRESS_SECONDS:
+                last_report = time.monotonic()
+                finished = queued - rows
+                progress(f"{label}: {finished}/{n} images finished; {rows} in work, binary step "
+                         f"{s.step.min() + 1}-{s.step.max() + 1} of {binary_steps}, iteration up to {s.it.max()} of "
+                         f"{max_iterations}")
+            th = xp.tanh(s.w0 + s.delta)
+            adv = th * 0.5
+            ev = Evaluation(model, adv, s.anchor, s.cls, s.c, kappa, targeted, density, s.eta)
+            success = ev.gap < 0                                # margin > κ; a tie is a failure
+            if density is not None:                             # the fallback: past the margin, smallest f₂
+                kept = success & (ev.f2_raw <= s.fallback_f2)   # ties keep the last, as the authors' <=
+                s.fallback_f2 = xp.where(kept, ev.f2_raw, s.fallback_f2)
+                s.fallback_margin = xp.where(kept, ev.margin, s.fallback_margin)
+                xp.copyto(s.fallback_adv, adv, where=kept[expand])
+                success &= ev.f2_raw <= 0
+            better = success & (ev.d2 < s.best_d2)              # the aborted iterate included (docstring)
+            s.best_d2 = xp.where(better, ev.d2, s.best_d2)
+            s.best_margin = xp.where(better, ev.margin, s.best_margin)
+            if density is not None:
+                s.best_f2 = xp.where(better, ev.f2_raw, s.best_f2)
+            xp.copyto(s.best_adv, adv, where=better[expand])
 
-        # which samples end their binary step with this iterate (decided on the host)
-        aborted = np.zeros(rows, bool)
-        check = abort_checks(s.it, interval, abort_rule) if abort_early else np.zeros(rows, bool)
-        if check.any():
-            check_d = dev(check)
-            aborted = as_numpy(check_d & aborts(ev.loss, s.prev))
-            s.prev = xp.where(check_d, ev.loss.astype(np.float64), s.prev)
-            if aborted.any():                               # the reference breaks before counting it
-                success &= ~dev(aborted)
-        s.step_success |= success
-        ended = aborted | (s.it + 1 >= max_iterations)
-        fresh = (s.step == 0) & (s.it == 0)
+            # which samples end their binary step with this iterate (decided on the host)
+            aborted = np.zeros(rows, bool)
+            check = abort_checks(s.it, interval, abort_rule) if abort_early else np.zeros(rows, bool)
+            if check.any():
+                check_d = dev(check)
+                aborted = as_numpy(check_d & aborts(ev.loss, s.prev))
+                s.prev = xp.where(check_d, ev.loss.astype(np.float64), s.prev)
+                if aborted.any():                               # the reference breaks before counting it
+                    success &= ~dev(aborted)
+            s.step_success |= success
+            ended = aborted | (s.it + 1 >= max_iterations)
+            fresh = (s.step == 0) & (s.it == 0)
 
-        # the gradient in w, then Adam (rows that end their step are reset below, so they skip the
-        # backward unless it is their first iterate, whose gradient gives zero_grad_fraction)
-        idle = ended & ~fresh
-        g_net = ev.network_gradient(dev(~idle) if idle.any() else None)
-        if fresh.any():
-            fresh_d = dev(fresh)
-            zeros = np.full(int(fresh.sum()), np.nan)       # no hinge active: zero by construction
-            if g_net is not None:
-                active = as_numpy(ev.active()[fresh_d])
-                fraction = as_numpy((g_net[fresh_d] == 0).reshape(len(zeros), -1).mean(axis=1))
-                zeros[active] = fraction[active]
-            out["zero_grad_fraction"][s.sample[fresh]] = zeros
-        g = 2 * ev.diff if g_net is None else g_net + 2 * ev.diff
-        g *= 0.5 * (1 - th * th)                                    # d x*/d w
-        s.m *= BETA1
-        s.m += (1 - BETA1) * g
-        s.v *= BETA2
-        s.v += (1 - BETA2) * (g * g)
-        lr_t = dev(lr_table[s.it].astype(dtype))
-        s.delta -= lr_t[expand] * s.m / (xp.sqrt(s.v) + ADAM_EPS)
-        s.it += 1
-        if not ended.any():
-            continue
+            # the gradient in w, then Adam (rows that end their step are reset below, so they skip the
+            # backward unless it is their first iterate, whose gradient gives zero_grad_fraction)
+            idle = ended & ~fresh
+            g_net = ev.network_gradient(dev(~idle) if idle.any() else None)
+            if fresh.any():
+                fresh_d = dev(fresh)
+                zeros = np.full(int(fresh.sum()), np.nan)       # no hinge active: zero by construction
+                if g_net is not None:
+                    active = as_numpy(ev.active()[fresh_d])
+                    fraction = as_numpy((g_net[fresh_d] == 0).reshape(len(zeros), -1).mean(axis=1))
+                    zeros[active] = fraction[active]
+                out["zero_grad_fraction"][s.sample[fresh]] = zeros
+            g = 2 * ev.diff if g_net is None else g_net + 2 * ev.diff
+            g *= 0.5 * (1 - th * th)                                    # d x*/d w
+            s.m *= BETA1
+            s.m += (1 - BETA1) * g
+            s.v *= BETA2
+            s.v += (1 - BETA2) * (g * g)
+            lr_t = dev(lr_table[s.it].astype(dtype))
+            s.delta -= lr_t[expand] * s.m / (xp.sqrt(s.v) + ADAM_EPS)
+            s.it += 1
+            if not ended.any():
+                continue
 
-        # the binary-search bookkeeping of the samples whose step ended
-        done_rows = np.flatnonzero(ended)
-        samples = s.sample[done_rows]
-        won = as_numpy(s.step_success[dev(done_rows)])
-        for r, i, w in zip(done_rows, samples, won):
-            out["c"][i].append(float(const[i]))
-            out["step_success"][i].append(bool(w))
-            out["iterations"][i].append(int(s.it[r]))
-            out["step_stop"][i].append("abort early" if aborted[r] else "max iterations")
-        const[samples], lower[samples], upper[samples] = binary_search_update(
-            const[samples], lower[samples], upper[samples], won)
-        s.step[done_rows] += 1
-        going_on = done_rows[s.step[done_rows] < binary_steps]
-        if len(going_on):
-            if binary_steps >= 10:                          # the reference's `repeat`
-                last = s.sample[going_on[s.step[going_on] == binary_steps - 1]]
-                const[last] = upper[last]
-            begin_step(s, going_on)
-        finished = done_rows[s.step[done_rows] >= binary_steps]
-        if not len(finished):
-            continue
-        s.store(out, finished, dev(finished))
-        refill = finished[:min(len(finished), n - queued)]
-        if len(refill):
-            load(s, refill, np.arange(queued, queued + len(refill)))
-            queued += len(refill)
-        dropped = finished[len(refill):]
-        if len(dropped):
-            keep = np.ones(rows, bool)
-            keep[dropped] = False
-            s.keep(keep, dev(keep))
-    if snapshot is not None:
-        snapshot.save(key, capture_state(s, const, lower, upper, queued, out), finished=True)
+            # the binary-search bookkeeping of the samples whose step ended
+            done_rows = np.flatnonzero(ended)
+            samples = s.sample[done_rows]
+            won = as_numpy(s.step_success[dev(done_rows)])
+            for r, i, w in zip(done_rows, samples, won):
+                out["c"][i].append(float(const[i]))
+                out["step_success"][i].append(bool(w))
+                out["iterations"][i].append(int(s.it[r]))
+                out["step_stop"][i].append("abort early" if aborted[r] else "max iterations")
+            const[samples], lower[samples], upper[samples] = binary_search_update(
+                const[samples], lower[samples], upper[samples], won)
+            s.step[done_rows] += 1
+            going_on = done_rows[s.step[done_rows] < binary_steps]
+            if len(going_on):
+                if binary_steps >= 10:                          # the reference's `repeat`
+                    last = s.sample[going_on[s.step[going_on] == binary_steps - 1]]
+                    const[last] = upper[last]
+                begin_step(s, going_on)
+            finished = done_rows[s.step[done_rows] >= binary_steps]
+            if not len(finished):
+                continue
+            s.store(out, finished, dev(finished))
+            refill = finished[:min(len(finished), n - queued)]
+            if len(refill):
+                load(s, refill, np.arange(queued, queued + len(refill)))
+                queued += len(refill)
+            dropped = finished[len(refill):]
+            if len(dropped):
+                keep = np.ones(rows, bool)
+                keep[dropped] = False
+                s.keep(keep, dev(keep))
+        if snapshot is not None:
+            snapshot.save(key, capture_state(s, const, lower, upper, queued, out), finished=True)
+    if snapshot is not None and snapshot.interrupted:  # a signal after the last iteration's check
+        snapshot.raise_interrupt()
     return out
 
 

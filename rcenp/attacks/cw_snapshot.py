@@ -11,15 +11,22 @@ every array comes back bit for bit (tests/test_attacks_cw_snapshot.py). A finish
 
 A snapshot carries a key of what the optimisation depends on (the network's weights and buffers,
 the start and anchor images, the classes, the settings, the device, C&W-wb's kernel points, σ² and
-η); one with another key, or unreadable, is ignored and the batch starts afresh, said through
-``notes``. It also records the library code that made it (``rcenp.attacks.runfiles.code_record``):
+η, and ``SNAPSHOT_FORMAT``); one with another key, unreadable, or lacking an array or holding one
+of another shape or dtype than the state needs (``state_problem``) is ignored and the batch starts
+afresh, said through ``notes``. SIGINT and SIGTERM during a snapshotted optimisation (main thread)
+are held until the top of the next iteration, where the state is saved before the interrupt goes on
+(``Snapshot.interruptible``), so Ctrl-C or a polite kill loses nothing. It also records the library code that made it (``rcenp.attacks.runfiles.code_record``):
 one made by other code is used, and that code is listed in ``earlier``, which ``rcenp attack``
 writes into the batch's code record so that ``code_by_batch`` names both.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import signal
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -30,14 +37,30 @@ from rcenp import checkpoint
 from rcenp.attacks.cw_search import Slots
 from rcenp.backend import as_numpy, to_device
 
-SNAPSHOT_SECONDS = 300.0  # at most this much of a batch's work is lost to a kill
+SNAPSHOT_SECONDS = 300.0  # at most this much of a batch's work is lost to a kill (RCENP_SNAPSHOT_SECONDS overrides)
+SNAPSHOT_FORMAT = 1       # part of the key: a state written by a version with other arrays is not restored
+
+
+def period() -> float:
+    """Seconds between snapshots: $RCENP_SNAPSHOT_SECONDS where set (reaches ``--jobs`` shards),
+    else ``SNAPSHOT_SECONDS``. Raises ValueError for a value that is not a number >= 0."""
+    text = os.environ.get("RCENP_SNAPSHOT_SECONDS")
+    if text is None:
+        return SNAPSHOT_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"RCENP_SNAPSHOT_SECONDS must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def snapshot_key(model, start, anchor, classes, settings: dict, density=None) -> str:
     """SHA-256 of what ``optimise``'s result depends on: host ``start``/``anchor`` (N, C, H, W),
     ``classes`` (N,), the JSON-able ``settings``, the model's device and every array of its
     network's state (weights and batch-norm statistics), and ``density``'s kernel points, σ², η."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"rcenp C&W snapshot, format {SNAPSHOT_FORMAT}".encode())
     for array in (start, anchor, classes):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode() + array.tobytes())
@@ -54,14 +77,15 @@ def snapshot_key(model, start, anchor, classes, settings: dict, density=None) ->
 
 class Snapshot:
     """Where ``optimise`` keeps its state: ``path`` (.npz), saved when ``due`` (every ``every``
-    seconds of work, default ``SNAPSHOT_SECONDS``) and at the end. ``code``: the record of the code running now (None in a
+    seconds of work, default ``period()``) and at the end. ``code``: the record of the code running now (None in a
     plain library call: no code is compared). ``notes``: lines for a person (a snapshot ignored);
     ``earlier``: the code records of restored snapshots made by other code; ``resumed``: whether
     one was restored."""
 
     def __init__(self, path, every: float | None = None, code: dict | None = None):
         self.path, self.code = Path(path), code
-        self.every = float(SNAPSHOT_SECONDS if every is None else every)
+        self.every = float(period() if every is None else every)
+        self.interrupted = None        # the signal held by ``interruptible``, if one came
         self.notes: list[str] = []
         self.earlier: list[dict] = []
         self.resumed = False           # whether a load (of this snapshot or a part) found a state to go on from
@@ -88,9 +112,10 @@ class Snapshot:
                                     snapshot_codes=np.array(json.dumps(codes)), snapshot_finished=np.array(finished))
         self._saved_at = time.monotonic()
 
-    def load(self, key: str) -> tuple[dict, bool] | None:
-        """(arrays, finished) of the snapshot at ``path`` when it has ``key``; else None (with a
-        note when there was one that is ignored)."""
+    def load(self, key: str, check=None) -> tuple[dict, bool] | None:
+        """(arrays, finished) of the snapshot at ``path`` when it has ``key`` and ``check(arrays)``
+        (``state_problem``) finds nothing wrong; else None (with a note when there was one that is
+        ignored)."""
         if not self.path.is_file():
             return None
         try:
@@ -99,11 +124,14 @@ class Snapshot:
             found = str(arrays.pop("snapshot_key"))
             codes = json.loads(str(arrays.pop("snapshot_codes")))
             finished = bool(arrays.pop("snapshot_finished"))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             self.notes.append(f"snapshot {self.path.name} unreadable ({type(exc).__name__}); starting afresh")
             return None
         if found != key:
             self.notes.append(f"snapshot {self.path.name} is of other images, settings or weights; starting afresh")
+            return None
+        if check is not None and (problem := check(arrays)) is not None:
+            self.notes.append(f"snapshot {self.path.name} is damaged ({problem}); starting afresh")
             return None
         self._codes = codes
         self.resumed = True
@@ -116,9 +144,43 @@ class Snapshot:
         return arrays, finished
 
     def paths(self) -> list[Path]:
-        """This snapshot's file and its parts'."""
-        return sorted(self.path.parent.glob(f"{self.path.stem}.npz")) + \
-            sorted(self.path.parent.glob(f"{self.path.stem}-*.npz"))
+        """This snapshot's file and its parts', and temporary files a kill during a write left."""
+        stem, folder = self.path.stem, self.path.parent
+        return sorted(folder.glob(f"{stem}.npz")) + sorted(folder.glob(f"{stem}-*.npz")) + \
+            sorted(folder.glob(f"{stem}.npz.*.tmp")) + sorted(folder.glob(f"{stem}-*.npz.*.tmp"))
+
+    def age(self) -> float:
+        """Seconds since the file was written (0 when there is none)."""
+        try:
+            return max(0.0, time.time() - self.path.stat().st_mtime)
+        except OSError:
+            return 0.0
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        """Hold SIGINT and SIGTERM (in the main thread; elsewhere nothing changes): the handler
+        records the signal in ``interrupted``, and ``optimise`` saves and then raises
+        KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM) at the top of its next iteration."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def hold(signum, frame):
+            self.interrupted = signum
+        for sig in previous:
+            signal.signal(sig, hold)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def raise_interrupt(self):
+        """The held signal as the exception it stands for."""
+        if self.interrupted == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + int(self.interrupted))
 
     def remove(self) -> None:
         for path in self.paths():
@@ -138,15 +200,43 @@ def capture_state(s: Slots, const, lower, upper, queued: int, out: dict) -> dict
     return arrays
 
 
+def state_problem(arrays: dict, n: int, image_shape: tuple, dtype, density: bool, out: dict) -> str | None:
+    """Why ``arrays`` are not a state ``capture_state`` wrote for these n images (an array
+    missing, or of another shape or dtype), or None."""
+    try:
+        size = len(arrays["slot_sample"])
+        images = ("anchor", "w0", "delta", "m", "v", "best_adv") + (("fallback_adv",) if density else ())
+        floats = ("c", "best_d2", "best_margin") + (("best_f2", "eta", "fallback_f2", "fallback_margin") if density else ())
+        expected = {**{f"slot_{k}": ((size,), np.int64) for k in ("sample", "step", "it", "cls")},
+                    "slot_step_success": ((size,), np.bool_), "slot_prev": ((size,), np.float64),
+                    **{f"slot_{k}": ((size,) + tuple(image_shape), dtype) for k in images},
+                    **{f"slot_{k}": ((size,), dtype) for k in floats},
+                    **{k: ((n,), np.float64) for k in ("const", "lower", "upper")}, "queued": ((), np.int64),
+                    **{f"out_{k}": (v.shape, v.dtype) for k, v in out.items() if k not in OUT_LISTS}}
+        for name, (shape, kind) in expected.items():
+            if name not in arrays:
+                return f"no {name}"
+            if arrays[name].shape != shape or arrays[name].dtype != np.dtype(kind):
+                return f"{name} is {arrays[name].dtype}{arrays[name].shape}, not {np.dtype(kind)}{shape}"
+        lists = json.loads(str(arrays["out_lists"]))
+        if set(lists) != set(OUT_LISTS) or any(len(lists[k]) != n for k in OUT_LISTS):
+            return "out_lists is not one list per image of each per-sample record"
+        if not size <= int(arrays["queued"]) <= n:
+            return f"queued {int(arrays['queued'])} with {size} slots of {n} images"
+    except (KeyError, ValueError, TypeError) as exc:
+        return f"unreadable state ({type(exc).__name__})"
+    return None
+
+
 def restore_state(arrays: dict, xp, device, dtype, density: bool, const, lower, upper, out: dict):
-    """``capture_state``'s arrays back into ``const``, ``lower``, ``upper`` and ``out`` (in place)
-    and new slots → (slots, queued)."""
+    """``capture_state``'s arrays (checked by ``state_problem``) back into ``const``, ``lower``,
+    ``upper`` and ``out`` (in place) and new slots → (slots, queued)."""
     sample = arrays["slot_sample"]
     s = Slots(xp, len(sample), (len(sample),) + arrays["slot_w0"].shape[1:], dtype, density)
     for name in Slots.HOST:
         setattr(s, name, arrays[f"slot_{name}"])
-    for name in Slots.DEVICE:
-        if f"slot_{name}" in arrays:
+    for name in Slots.DEVICE:  # state_problem has checked that each one used is there
+        if getattr(s, name) is not None:
             setattr(s, name, to_device(arrays[f"slot_{name}"], device))
     const[...], lower[...], upper[...] = arrays["const"], arrays["lower"], arrays["upper"]
     for key in out:

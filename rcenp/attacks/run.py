@@ -208,6 +208,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         per_sample["crafted_index"] = np.arange(n)
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
+    lock = runfiles.lock_run(partial)  # held until this call returns or the process ends
     stems = [partial / f"batch-{index[0] // batch_size:05d}" for index in batches]
     finished = [stem.with_suffix(".jsonl").is_file() for stem in stems]
     progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
@@ -283,14 +284,20 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                          f"{summary['accuracy_under_attack']:.1%} on "
                          f"{plural(summary['counts']['n'], 'image', 'images')}; {out_dir}")
         return summary
-    except BaseException:
-        if claimed and not any(partial.glob("*.jsonl")) and not any(partial.glob("*-state*.npz")):
+    except BaseException as exc:
+        kept = any(partial.glob("*.jsonl")) or any(partial.glob("*-state*.npz"))
+        if claimed and not kept and not (out_dir / "summary.json").is_file():
             # nothing done (no finished batch, no C&W snapshot): leave no run behind to block --out
             progress.close()
             runfiles.unclaim(out_dir, partial, made_dir)
+        elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and kept:
+            progress.message(f"interrupted ({type(exc).__name__}): the finished batches and any snapshot of the batch "
+                             "in work are kept; run again with --resume to go on")
         raise
     finally:
         progress.close()
+        if lock is not None:
+            lock.close()
 
 
 def load_substitute(substitute_ref, target_manifest: dict, device=None):

@@ -14,6 +14,7 @@ import functools
 import gzip
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -113,6 +114,33 @@ def read_samples(run_dir) -> list[dict]:
     plain, packed = Path(run_dir) / "samples.jsonl", Path(run_dir) / "samples.jsonl.gz"
     text = plain.read_text() if plain.is_file() else gzip.decompress(packed.read_bytes()).decode()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def lock_run(partial: Path):
+    """Hold an exclusive lock on ``partial/.lock`` (``fcntl.flock``, released when the returned
+    file is closed or the process dies, however) so that two processes never compute one run:
+    a ``--resume`` while an earlier process (a ``--jobs`` shard whose parent was killed) still
+    runs would write the same batches and remove each other's files. Raises ValueError (one line,
+    with the holder's pid) when another process holds it. Where ``fcntl`` is missing (Windows),
+    nothing is locked and None is returned."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(partial / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise ValueError(f"{partial.parent}: another process{f' (pid {holder})' if holder else ''} is computing this "
+                         "run; wait for it to end, or stop it and resume") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
