@@ -58,13 +58,14 @@ def period() -> float:
 
 def snapshot_key(model, start, anchor, classes, settings: dict, density=None) -> str:
     """SHA-256 of what ``optimise``'s result depends on: host ``start``/``anchor`` (N, C, H, W),
-    ``classes`` (N,), the JSON-able ``settings``, the model's device and every array of its
-    network's state (weights and batch-norm statistics), and ``density``'s kernel points, σ², η."""
+    ``classes`` (N,), the JSON-able ``settings``, the model's device, NumPy's version (its
+    arithmetic may differ) and every array of its network's state (weights and batch-norm
+    statistics), and ``density``'s kernel points, σ², η."""
     digest = hashlib.sha256(f"rcenp C&W snapshot, format {SNAPSHOT_FORMAT}".encode())
     for array in (start, anchor, classes):
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype}{array.shape}".encode() + array.tobytes())
-    digest.update(json.dumps({**settings, "device": model.device}, sort_keys=True).encode())
+    digest.update(json.dumps({**settings, "device": model.device, "numpy": np.__version__}, sort_keys=True).encode())
     for name, value in sorted(model.network.state_dict().items()):
         value = np.ascontiguousarray(as_numpy(value))
         digest.update(f"{name}{value.dtype}{value.shape}".encode() + value.tobytes())
