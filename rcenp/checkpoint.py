@@ -90,7 +90,8 @@ def atomic_write_npz(path, **arrays) -> None:
     _atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -140,7 +141,7 @@ def save(stem, model_state: dict, optimizer_state: dict | None, manifest: dict) 
     npz = stem.with_suffix(".npz")
     pending = _pending(npz)
     _atomic_write(pending, lambda fh: np.savez(fh, **arrays))
-    manifest = dict(manifest, arrays_file=npz.name, arrays_sha256=_sha256(pending), environment=environment())
+    manifest = dict(manifest, arrays_file=npz.name, arrays_sha256=file_sha256(pending), environment=environment())
     manifest_path = stem.with_suffix(".json")
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(pending, npz)
@@ -160,11 +161,11 @@ def load(stem, verify: bool = True):
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from None
     npz = manifest_path.parent / manifest.get("arrays_file", stem.with_suffix(".npz").name)
     pending = _pending(npz)
-    if pending.is_file() and manifest.get("arrays_sha256") and _sha256(pending) == manifest["arrays_sha256"]:
+    if pending.is_file() and manifest.get("arrays_sha256") and file_sha256(pending) == manifest["arrays_sha256"]:
         npz, verify = pending, False  # a save cut short between its manifest and its last rename
     if not npz.is_file():
         raise CheckpointError(f"{npz}: arrays file named by {manifest_path.name} is missing")
-    if verify and manifest.get("arrays_sha256") and _sha256(npz) != manifest["arrays_sha256"]:
+    if verify and manifest.get("arrays_sha256") and file_sha256(npz) != manifest["arrays_sha256"]:
         raise CheckpointError(f"{npz}: contents do not match the SHA-256 recorded in {manifest_path.name}")
     try:
         with np.load(npz, allow_pickle=False) as data:

@@ -39,6 +39,21 @@ class KilledAfter(Snapshot):
         return child
 
 
+def kill_at_save(monkeypatch, k):
+    """Make the k-th Snapshot.save from now the last thing the process does (KeyboardInterrupt
+    right after it) → the real save, to put back."""
+    real_save, saves = Snapshot.save, []
+
+    def save_then_die(self, key, arrays, finished=False):
+        real_save(self, key, arrays, finished)
+        saves.append(1)
+        if len(saves) == k:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Snapshot, "save", save_then_die)
+    return real_save
+
+
 def same(a, b):
     np.testing.assert_array_equal(a.adversarial, b.adversarial)
     assert a.records() == b.records()
@@ -139,20 +154,12 @@ def test_earlier_code_is_what_made_the_restored_state(tmp_path):
 
 def test_rcenp_attack_resumes_a_killed_batch_mid_way(tmp_path, monkeypatch):
     from rcenp.attacks import run as attack_run
+
     run_dir, root = _setup(tmp_path)
     options = {"binary_steps": 2, "max_iterations": 6}
     reference = attack_run.run_attack(run_dir, "cw", tmp_path / "ref", options, n=4, batch_size=4, data_dir=root)
     monkeypatch.setattr(cw_snapshot, "SNAPSHOT_SECONDS", 0.0)
-    saves = []
-    real_save = Snapshot.save
-
-    def save_then_die(self, key, arrays, finished=False):
-        real_save(self, key, arrays, finished)
-        saves.append(1)
-        if len(saves) == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Snapshot, "save", save_then_die)
+    real_save = kill_at_save(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root)
     assert (tmp_path / "cw" / "run.json").is_file()                          # the run is kept for --resume
@@ -175,15 +182,7 @@ def test_a_batch_begun_by_other_code_lists_both_codes(tmp_path, monkeypatch):
     then = {"commit": "a" * 40, "dirty": False, "source_sha256": "1" * 64}
     monkeypatch.setattr(cw_snapshot, "SNAPSHOT_SECONDS", 0.0)
     monkeypatch.setattr(runfiles, "code_record", lambda: then)
-    real_save, saves = Snapshot.save, []
-
-    def save_then_die(self, key, arrays, finished=False):
-        real_save(self, key, arrays, finished)
-        saves.append(1)
-        if len(saves) == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Snapshot, "save", save_then_die)
+    kill_at_save(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root)
     monkeypatch.undo()
@@ -293,15 +292,7 @@ def test_a_second_process_on_a_run_in_work_is_refused_and_an_interrupt_is_logged
     run_dir, root = _setup(tmp_path)
     options = {"binary_steps": 2, "max_iterations": 6}
     monkeypatch.setattr(cw_snapshot, "SNAPSHOT_SECONDS", 0.0)
-    real_save, saves = Snapshot.save, []
-
-    def save_then_die(self, key, arrays, finished=False):
-        real_save(self, key, arrays, finished)
-        saves.append(1)
-        if len(saves) == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Snapshot, "save", save_then_die)
+    real_save = kill_at_save(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root)
     monkeypatch.setattr(Snapshot, "save", real_save)

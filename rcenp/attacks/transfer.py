@@ -20,7 +20,6 @@ SHA-256 of its two files and the code that crafted them; a resume checks them ag
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 from rcenp.attacks.core import distortions
 from rcenp.attacks.runfiles import brief, differing, read_samples
 from rcenp.backend import as_numpy
+from rcenp.checkpoint import file_sha256
 
 # what audit._extras adds to the attack's record: success after rounding, the detector's scores
 AUDIT_KEYS = frozenset({"success_8bit", "success_16bit", "detected"} |
@@ -137,7 +137,7 @@ class CraftedRun:
     def record(self) -> dict:
         """run.json's ``crafted``: the folder, the SHA-256 of its two files, the code that made them."""
         return {"path": str(self.folder),
-                "sha256": {name: _sha256(self.folder / name) for name in ("adversarial.npz", self.samples_file.name)},
+                "sha256": {name: file_sha256(self.folder / name) for name in ("adversarial.npz", self.samples_file.name)},
                 "code": self.summary.get("code")}
 
     def function(self):
@@ -254,11 +254,3 @@ class CraftedResult:
 
     def records(self) -> list[dict]:
         return [dict(r) for r in self._records]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
