@@ -169,12 +169,14 @@ def test_report_lists_run_cells_and_counts_missing_ones_per_model(smoke):
     cells_section = report[report.index("## Cells"):]
     outcomes = r["again"]["outcomes"]
     done = [k for k, o in outcomes.items() if o["status"] == "done"]
-    missing = {k: o for k, o in outcomes.items() if o["status"] != "done"}
-    assert done and missing
+    missing = {k: o for k, o in outcomes.items() if o["status"] == "not available"}
+    not_run = {k: o for k, o in outcomes.items() if o["status"] == "not run"}  # data sets smoke does not cover
+    assert done and missing and not_run and len(done) + len(missing) + len(not_run) == len(outcomes)
     assert f"**Run: {len(done)} cells**" in cells_section
     assert f"**Not available: {len(missing)} cells**" in cells_section
+    assert f"**Not run: {len(not_run)} cells**" in cells_section
     assert all(f"| {key} |" in cells_section for key in done)
-    assert not any(key in cells_section for key in missing)  # no row per unavailable cell
+    assert not any(key in cells_section for key in {**missing, **not_run})  # no row per cell not computed
     models, skipped = {}, {}
     for cell in cells_module.plan(get_budget("smoke"), cells_module.PARTS):
         if cell.missing_model:
@@ -183,7 +185,7 @@ def test_report_lists_run_cells_and_counts_missing_ones_per_model(smoke):
             assert cell.dataset != "mnist" and cell.missing == "not run: the smoke budget covers MNIST only"
             name = cell.model or lineup.expected_name(cell.dataset, cell.depth, cell.objective)
             skipped[name] = skipped.get(name, 0) + 1
-    assert sum(models.values()) + sum(skipped.values()) == len(missing)
+    assert sum(models.values()) == len(missing) and sum(skipped.values()) == len(not_run)
     for model, count in skipped.items():
         line, = [line for line in cells_section.splitlines() if line.startswith(f"- {model}: ")]
         assert line.startswith(f"- {model}: {count} {'cell' if count == 1 else 'cells'} (") and \
@@ -194,8 +196,8 @@ def test_report_lists_run_cells_and_counts_missing_ones_per_model(smoke):
     # the complete record keeps every cell with its reason
     recorded = json.loads((out / "cells.json").read_text())
     assert set(recorded) == set(outcomes)
-    assert all(recorded[k]["reason"].endswith("is not shipped in this version") or
-               recorded[k]["reason"] == "not run: the smoke budget covers MNIST only" for k in missing)
+    assert all(recorded[k]["reason"].endswith("is not shipped in this version") for k in missing)
+    assert all(recorded[k]["reason"] == "not run: the smoke budget covers MNIST only" for k in not_run)
 
 
 def test_report_says_which_test_images_every_table_uses(smoke):
