@@ -176,16 +176,14 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
 
         if attack == "cw-wb":  # the shards' own η record, whatever training data is here
             asked["eta"] = shards_eta(merge)
-        if crafted is not None:
-            source = transfer.checked(crafted, asked, crafter, crafter_manifest.get("step"), batch_size)
-            asked["crafted"] = source.record()
-        return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume))
-    if attack == "cw-wb" and crafter_detector is not None:  # η_t: module docstring
+    elif attack == "cw-wb" and crafter_detector is not None:  # η_t: module docstring
         train, asked["eta"] = eta_training_split(crafter_manifest, crafter_detector, data_dir)
     if crafted is not None:
         source = transfer.checked(crafted, asked, crafter, crafter_manifest.get("step"), batch_size)
         asked["crafted"] = source.record()
         fn, train = source.function(), None  # no attack, so no η pass
+    if merge:
+        return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume))
     made_dir = not out_dir.exists()
     claimed = runfiles.claim(out_dir, asked, resume)
     code = runfiles.code_record()  # the code this process loaded, not what the tree holds when it ends
