@@ -245,12 +245,8 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
             "targeted": bool(targeted), "kappa": kappa, "initial_const": initial_const, "binary_steps": binary_steps,
             "max_iterations": max_iterations, "learning_rate": learning_rate, "abort_early": bool(abort_early),
             "batch_size": batch_size, "abort_rule": abort_rule, "dtype": str(np.dtype(dtype))}, density)
-    restored = None if snapshot is None else snapshot.load(key, lambda arrays: state_problem(
-        arrays, n, start_host.shape[1:], dtype, density is not None, out))
-    if snapshot is not None and progress is not None:
-        for note in snapshot.notes:
-            progress(f"{label}: {note}")
-        snapshot.notes.clear()
+    restored = None if snapshot is None else snapshot.open(key, lambda arrays: state_problem(
+        arrays, n, start_host.shape[1:], dtype, density is not None, out), progress, label)
     if restored is None:
         s = Slots(xp, size, shape, dtype, density is not None)
         load(s, np.arange(size), np.arange(size))
@@ -259,11 +255,7 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
         age = snapshot.age()
         s, queued = restore_state(restored[0], xp, device, dtype, density is not None, const, lower, upper, out)
         if progress is not None:
-            progress(f"{label}: resumed from {snapshot.path.name} ({age / 60:.0f} min old"
-                     + (", made by other library code: code_by_batch names both" if snapshot.earlier else "")
-                     + f"): {queued - len(s.sample)}/{n} images finished"
-                     + ("" if restored[1] else f", {len(s.sample)} in work at binary step {s.step.min() + 1}-"
-                        f"{s.step.max() + 1}, iteration up to {s.it.max()}"))
+            progress(snapshot.resumed_line(label, age, s, queued, n, restored[1]))
 
     last_report = time.monotonic()
     with snapshot.interruptible() if snapshot is not None else contextlib.nullcontext():
@@ -369,7 +361,6 @@ def optimise(model, start, anchor, classes, *, targeted, kappa, initial_const, b
     if snapshot is not None and snapshot.interrupted:  # a signal after the last iteration's check
         snapshot.raise_interrupt()
     return out
-
 
 
 # ---- the result ---------------------------------------------------------------------------------------

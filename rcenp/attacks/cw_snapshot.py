@@ -144,6 +144,23 @@ class Snapshot:
                     self.earlier.append(code)
         return arrays, finished
 
+    def open(self, key: str, check=None, progress=None, label: str = "C&W") -> tuple[dict, bool] | None:
+        """``load``, telling ``progress`` (when given) each note, as "LABEL: note"."""
+        restored = self.load(key, check)
+        if progress is not None:
+            for note in self.notes:
+                progress(f"{label}: {note}")
+            self.notes.clear()
+        return restored
+
+    def resumed_line(self, label: str, age: float, s: Slots, queued: int, n: int, finished: bool) -> str:
+        """The line for a person once a state of ``age`` seconds is restored into slots ``s``."""
+        return (f"{label}: resumed from {self.path.name} ({age / 60:.0f} min old"
+                + (", made by other library code: code_by_batch names both" if self.earlier else "")
+                + f"): {queued - len(s.sample)}/{n} images finished"
+                + ("" if finished else f", {len(s.sample)} in work at binary step {s.step.min() + 1}-"
+                   f"{s.step.max() + 1}, iteration up to {s.it.max()}"))
+
     def paths(self) -> list[Path]:
         """This snapshot's file and its parts', and temporary files a kill during a write left."""
         stem, folder = self.path.stem, self.path.parent
