@@ -27,6 +27,29 @@ def test_differences_see_a_key_missing_on_either_side():
         'data.sha256.t10k: "ab" there, "cd" now']
 
 
+def test_an_option_at_its_default_compares_equal_to_one_left_out():
+    """``--kappa 5`` for cw-wb, ``--binary-steps 9`` for cw: the same run as leaving them out, so a
+    resume (or a --crafted-from source) is not refused for it; another value still differs."""
+    cw = {"attack": "cw", "options": {"targets": "random", "learning_rate": 0.01, "seed": 0, "max_iterations": 1000}}
+    explicit = {"attack": "cw", "options": dict(cw["options"], binary_steps=9, kappa=0, abort_early=True)}
+    assert runfiles.differing(runfiles.comparable(cw), runfiles.comparable(explicit)) == []
+    other = {"attack": "cw", "options": dict(cw["options"], binary_steps=5)}
+    assert [d[0] for d in runfiles.differing(runfiles.comparable(cw), runfiles.comparable(other))] == [
+        "options.binary_steps"]
+    hc = runfiles.effective_options("cw-hc", {"targets": "random"})
+    assert hc["kappa"] == 10.0 and runfiles.effective_options("cw", {})["kappa"] == 0.0
+    wb = {"attack": "cw-wb", "options": {"targets": "random", "kernel": "attacker", "stage1": {}, "stage2": {}}}
+    wb_explicit = {"attack": "cw-wb", "options": dict(wb["options"], anchor="clean", stage2={"kappa": 5.0},
+                                                      stage1={"binary_steps": 3})}
+    assert runfiles.differing(runfiles.comparable(wb), runfiles.comparable(wb_explicit)) == []
+    wb_other = {"attack": "cw-wb", "options": dict(wb["options"], stage2={"kappa": 0.0})}
+    assert [d[0] for d in runfiles.differing(runfiles.comparable(wb), runfiles.comparable(wb_other))] == [
+        "options.stage2.kappa"]
+    assert runfiles.effective_options("bim", {"eps": 0.1}) == {"eps": 0.1, "steps": 10}
+    assert runfiles.effective_options("no-such-attack", {"a": 1}) == {"a": 1}
+    assert runfiles.comparable({"n": 3}) == {"n": 3}
+
+
 def test_data_digests_compare_by_content_not_by_the_name_on_disk():
     """A data file may go by a variant name (rcenp.data.names): the same digest under
     t10k-images.idx3-ubyte is the same data as under t10k-images-idx3-ubyte.gz; a digest recorded
@@ -261,6 +284,22 @@ def test_a_finished_run_from_before_the_detector_was_recorded_still_resumes(setu
     (out / "summary.json").unlink()   # unfinished: the missing record is a difference
     with pytest.raises(ValueError, match="detector: \\(none\\) there"):
         run_attack(run, "fgsm", out, {"eps": 0.05}, n=4, batch_size=4, data_dir=root, resume=True)
+
+
+def test_a_run_resumes_with_an_option_now_given_at_its_default(setup, tmp_path, monkeypatch):  # noqa: F811
+    run, root = setup
+    args = dict(n=4, batch_size=2, data_dir=root)
+    run_attack(run, "bim", tmp_path / "whole", {"eps": 0.05}, **args)
+    real = attack_run.attack_function
+    monkeypatch.setattr(attack_run, "attack_function", killed_at_batch(2, real))
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(run, "bim", tmp_path / "resumed", {"eps": 0.05}, **args)
+    monkeypatch.setattr(attack_run, "attack_function", real)
+    with pytest.raises(ValueError, match="options.steps: 10 there, 5 now"):
+        run_attack(run, "bim", tmp_path / "resumed", {"eps": 0.05, "steps": 5}, resume=True, **args)
+    run_attack(run, "bim", tmp_path / "resumed", {"eps": 0.05, "steps": 10}, resume=True, **args)
+    assert (tmp_path / "whole" / "samples.jsonl").read_bytes() == (tmp_path / "resumed" / "samples.jsonl").read_bytes()
+    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["options"] == {"eps": 0.05}  # as first given
 
 
 def test_cw_records_keep_the_total_iterations_beside_the_per_step_counts(setup, tmp_path):  # noqa: F811

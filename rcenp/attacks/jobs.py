@@ -67,7 +67,7 @@ def check_jobs(args, out: Path, options: dict) -> None:
     images: checked here, before any shard process starts (``options``: the attack's, as
     ``run_attack`` takes them; a begun shard resumed with others is refused)."""
     from rcenp.attacks.run import attacked_split
-    from rcenp.attacks.runfiles import brief, differing
+    from rcenp.attacks.runfiles import brief, comparable, differing
     from rcenp.models.registry import resolve
 
     check_folder(out, "--out")
@@ -88,8 +88,8 @@ def check_jobs(args, out: Path, options: dict) -> None:
     for folder in shard_folders(out, args.jobs):
         if args.resume and (folder / "run.json").is_file():
             there = json.loads((folder / "run.json").read_text())
-            there = {key: there.get(key) for key in now}
-            if changed := differing(there, now):
+            there = comparable({key: there.get(key) for key in now})
+            if changed := differing(there, comparable(now)):
                 raise ValueError(f"{folder}: --resume with other settings than the run there: "
                                  + brief(changed, there, now))
 

@@ -36,7 +36,7 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
         if not resume:
             raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it (a finished "
                              "one prints its summary), or choose another --out (or remove the folder to redo it)")
-        there = json.loads(run_file.read_text())
+        there, asked = comparable(json.loads(run_file.read_text())), comparable(asked)
         changed = differing(there, asked)
         if (out_dir / "summary.json").is_file():  # finished: nothing is recomputed, so neither of these matters
             changed = [d for d in changed if not (d[0] in RECORDED_LATER and d[1] is MISSING)  # not recorded then
@@ -50,6 +50,46 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     return True
 
 
+NOT_OPTIONS = ("model", "x", "detector", "labels", "batch_size", "progress", "snapshot", "train_features",
+               "train_labels")  # attack-function parameters that a run's ``options`` never hold
+
+
+def effective_options(attack: str, options: dict) -> dict:
+    """``options`` (an attack run's, as run.json records them) with every option of ``attack``'s
+    function that they leave out filled in at its default, so that an option given at its default
+    and one left out compare equal (``--kappa 5`` for cw-wb, ``--binary-steps 9`` for cw): C&W's
+    ``targets`` "random" (None), cw-hc's κ 10, cw-wb's ``stage1``/``stage2`` from its STAGE1 and
+    STAGE2. Used only for comparing; run.json keeps what was given. An unknown attack's options
+    come back unchanged."""
+    import inspect
+
+    import rcenp.attacks as attacks
+    from rcenp.attacks.cw_wb import STAGE1, STAGE2
+
+    name = {"cw": "cw_l2", "cw-hc": "cw_l2", "cw-wb": "cw_wb"}.get(attack, attack)
+    if name not in ("fgsm", "bim", "ilcm", "jsma", "cw_l2", "cw_wb"):
+        return dict(options)
+    filled = {key: parameter.default for key, parameter in inspect.signature(getattr(attacks, name)).parameters.items()
+              if key not in NOT_OPTIONS and parameter.default is not inspect.Parameter.empty}
+    if name in ("cw_l2", "cw_wb"):
+        filled["targets"] = "random"
+    if attack == "cw-hc":
+        filled["kappa"] = 10.0
+    filled.update(options)
+    if name == "cw_wb":
+        for stage, defaults in (("stage1", STAGE1), ("stage2", STAGE2)):
+            filled[stage] = {**defaults, **(filled.get(stage) or {})}
+    return filled
+
+
+def comparable(settings: dict) -> dict:
+    """A run's settings (run.json's, or a run asked for) with ``effective_options`` in place of
+    its options, for ``differing``."""
+    if isinstance(settings.get("options"), dict) and isinstance(settings.get("attack"), str):
+        return {**settings, "options": effective_options(settings["attack"], settings["options"])}
+    return settings
+
+
 LOCATION_ONLY = ("data.source",)  # where the data was read, not what it is (its SHA-256 is compared)
 
 
@@ -59,7 +99,7 @@ MISSING = object()  # a key one side lacks
 def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
     """(dotted key, value there, value now) for each setting that differs between ``there`` and
     ``now``, a key missing on either side included (``MISSING``: an option left off a resume
-    command is a difference); nested dicts by dotted key ("options.eps"). Both are compared as JSON
+    command is a difference, unless ``comparable`` filled it in at its default); nested dicts by dotted key ("options.eps"). Both are compared as JSON
     holds them (a tuple equals the list it is written as). ``LOCATION_ONLY`` keys are not
     compared: the same data under another folder (another machine's shard) is the same. Data
     digests (a ``sha256`` dict) are compared by content: keyed by canonical file name, since a

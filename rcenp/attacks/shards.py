@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.attacks.runfiles import differing, merge_code_groups, summary_code, summary_code_groups
+from rcenp.attacks.runfiles import comparable, differing, merge_code_groups, summary_code, summary_code_groups
 
 
 def finished_shards(asked: dict, shard_dirs) -> list[Path]:
@@ -24,7 +24,7 @@ def finished_shards(asked: dict, shard_dirs) -> list[Path]:
         if not (folder / "run.json").is_file() or not (folder / "summary.json").is_file():
             raise ValueError(f"{folder}: not a finished attack run (no run.json and summary.json)")
         ran = json.loads((folder / "run.json").read_text())
-        differ = [key for key, _, _ in differing(ran, asked) if key.split(".")[0] not in ("shard", "png")]
+        differ = [key for key, _, _ in differing(comparable(ran), comparable(asked)) if key.split(".")[0] not in ("shard", "png")]
         if differ:
             raise ValueError(f"{folder}: a shard of another run (its {', '.join(differ)} differ)")
         key = tuple(ran["shard"])

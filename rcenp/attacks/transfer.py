@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp.attacks.core import distortions
-from rcenp.attacks.runfiles import brief, differing, read_samples
+from rcenp.attacks.runfiles import brief, comparable, differing, read_samples
 from rcenp.backend import as_numpy
 from rcenp.checkpoint import file_sha256
 
@@ -216,7 +216,7 @@ def mismatch(crafted: dict, asked: dict, substitute_step=None) -> str | None:
     expected = {"attack": asked["attack"], "options": {k: v for k, v in asked["options"].items() if k != "substitute"},
                 "n": asked["n"], "seed": asked["seed"], "batch_size": asked["batch_size"], "shard": [1, 1],
                 "data": asked["data"], "detector": asked.get("substitute_detector")}
-    there = {key: crafted.get(key) for key in expected}
+    there, expected = comparable({key: crafted.get(key) for key in expected}), comparable(expected)
     changed = differing(there, expected)
     if changed:
         return brief(changed, there, expected)

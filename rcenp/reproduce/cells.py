@@ -198,7 +198,7 @@ def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
     from the training features do not). Not the batch size: it changes a result only through
     float32 rounding (``rcenp.attacks.core``: a JSMA pick between two nearly equal saliencies),
     which is no reason to redo hours of work."""
-    from rcenp.attacks.runfiles import brief, detector_identity, differing
+    from rcenp.attacks.runfiles import brief, comparable, detector_identity, differing
 
     substitute = (cell.options or {}).get("substitute")
     now = {"model": cell.model, "attack": cell.attack, "options": cell.options, "n": cell.n, "seed": 0}
@@ -208,7 +208,7 @@ def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
         now["detector"] = detector_identity(cell.model)
     if "substitute_detector" in asked:
         now["substitute_detector"] = detector_identity(substitute) if substitute else None
-    there = {key: asked[key] for key in now if key in asked}
+    there, now = comparable({key: asked[key] for key in now if key in asked}), comparable(now)
     changed = differing(there, now)
     if changed:
         return brief(changed, there, now)
