@@ -47,7 +47,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -55,9 +54,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # this checkout's rcenp
 sys.path.insert(0, HERE)
 
-from bench_host import steal_seconds as _steal_seconds  # noqa: E402
+from attack_measures import UNAVAILABLE, agreement, host_array, interleaved, rcenp_attack, summary  # noqa: E402
+from cw_foolbox import bench_cw  # noqa: E402
 
-UNAVAILABLE = "rcenp.attacks not available"
 ATTACKS = ("bim", "jsma")
 
 
@@ -67,222 +66,6 @@ def _rcenp_attacks():
     except ImportError:
         return None
     return attacks
-
-
-def rcenp_attack(attacks_module, name):
-    """``rcenp.attacks.<name>``, or the string saying why it is missing."""
-    if attacks_module is None:
-        return UNAVAILABLE
-    fn = getattr(attacks_module, name, None)
-    return fn if fn is not None else f"rcenp.attacks.{name} not available"
-
-
-def _host(result):
-    """x* as a host float32 array, from an ``AttackResult`` (its ``adversarial``) or an array."""
-    from rcenp.backend import as_numpy
-
-    result = getattr(result, "adversarial", result)
-    return np.asarray(as_numpy(result), dtype=np.float32)
-
-
-def _timed(fn, repeats, what="", warmup=0):
-    """(the last run's result, [(wall seconds, this process's CPU seconds) of every run]) after
-    ``warmup`` untimed runs; each run is logged to stderr."""
-    for _ in range(warmup):
-        fn()
-    seconds, result = [], None
-    for _ in range(repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        seconds.append((time.perf_counter() - start, time.process_time() - cpu))
-        print(f"bench_attacks: {what}: {seconds[-1][0]:.2f} s", file=sys.stderr, flush=True)
-    return result, seconds
-
-
-def _cpu_seconds():
-    """This process's CPU seconds, all threads, plus those of its finished child processes and
-    theirs (``rcenp attack --jobs``'s shards)."""
-    times = os.times()
-    return time.process_time() + times.children_user + times.children_system
-
-
-def _interleaved(runs, repeats, what="", warmup=0):
-    """{name: (the last run's result, [(wall s, CPU s, steal s) of every run])} for ``runs``
-    {name: fn}, taken in turns: ``warmup`` untimed runs of each, then ``repeats`` rounds of one
-    timed run of each, in reversed order every other round. A slow phase of the machine (this VM's
-    steal time reached 30% for minutes) then falls on every implementation alike instead of on
-    whichever block of repeats it met; each run's steal time (``_steal_seconds``) is recorded."""
-    for name, fn in runs.items():
-        for _ in range(warmup):
-            fn()
-    out = {name: (None, []) for name in runs}
-    order = list(runs)
-    for round_ in range(repeats):
-        for name in (order if round_ % 2 == 0 else order[::-1]):
-            steal, start, cpu = _steal_seconds(), time.perf_counter(), _cpu_seconds()
-            result = runs[name]()
-            wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-            steal = None if steal is None else _steal_seconds() - steal
-            out[name] = (result, out[name][1] + [(wall, cpu, steal)])
-            print(f"bench_attacks: {what} {name}: {out[name][1][-1][0]:.2f} s", file=sys.stderr, flush=True)
-    return out
-
-
-def _l2_255(x_adv, x):
-    """||x* - x||_2 / sqrt(d) on the 0-255 scale, per image (N,)."""
-    d = (x_adv - x).reshape(len(x), -1).astype(np.float64)
-    return 255.0 * np.sqrt((d * d).mean(1))
-
-
-def _timing(x, seconds):
-    """Median wall seconds, images/s and CPU seconds (all threads; on a shared machine, wall time
-    counts waits for the cores and CPU time counts spinning threads), and each run's wall and
-    host steal seconds where recorded."""
-    wall = float(np.median([s[0] for s in seconds]))
-    timing = {"seconds": wall, "images_per_s": len(x) / wall, "cpu_seconds": float(np.median([s[1] for s in seconds])),
-              "seconds_all": [s[0] for s in seconds]}
-    if all(len(s) > 2 and s[2] is not None for s in seconds):
-        timing["host_steal_seconds_all"] = [round(s[2], 2) for s in seconds]
-    return timing
-
-
-def _summary(x_adv, x, success, seconds):
-    l2 = _l2_255(x_adv, x)
-    return {**_timing(x, seconds),
-            "success_rate": float(success.mean()),
-            "median_l2_255_successful": float(np.median(l2[success])) if success.any() else None,
-            "median_features_changed": float(np.median((x_adv != x).reshape(len(x), -1).sum(1)))}
-
-
-def _agreement(ours, theirs, pred_ours, pred_theirs):
-    diff = np.abs(ours - theirs).reshape(len(ours), -1).max(1)
-    return {"adv_prediction_agreement": float((pred_ours == pred_theirs).mean()),
-            "identical_x_adv_fraction": float((diff <= 1e-6).mean()),
-            "max_abs_x_adv_difference": float(diff.max())}
-
-
-def _passes(image_passes, seconds):
-    """Work done, in images through the network (one forward, with its backward where the attack
-    takes a gradient), and its rate over the median wall time."""
-    wall = float(np.median([s[0] for s in seconds]))
-    return {"image_passes": int(image_passes), "image_passes_per_s": image_passes / wall}
-
-
-def draw_targets(labels, seed):
-    """(N,) targets uniform over the 9 classes != labels (10 classes)."""
-    rng = np.random.default_rng(seed)
-    return (labels + rng.integers(1, 10, len(labels))) % 10
-
-
-def _outcome(x_adv, x, adv_pred, targets, correct, seconds):
-    success = adv_pred == targets
-    kept = success & correct  # the authors' efficient_index: clean-correct and successful
-    l2 = _l2_255(x_adv, x)
-    return {**_timing(x, seconds),
-            "success_rate": float(success.mean()),
-            "median_l2_255_correct_and_successful": float(np.median(l2[kept])) if kept.any() else None,
-            "mean_l2_255_correct_and_successful": float(l2[kept].mean()) if kept.any() else None}
-
-
-def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp):
-    """C&W-L2, foolbox 3.3.4 on the twin against ``rcenp.attacks.cw_l2``, on the first
-    ``args.cw_n`` images of x (N, C, H, W). Both targeted, the same targets: uniform among the 9
-    classes != the true label (protocol §5.3). foolbox's ``PyTorchModel`` sees the twin's prediction
-    logits (-s for RCE), as the authors' ``models_carlini`` wrapper does. The two optimisers differ
-    in details (foolbox's tanh mapping, abort-early rule and best-iterate bookkeeping are its own),
-    so they are compared by outcome: success and distortion."""
-    import torch
-
-    n = min(args.cw_n, len(x))
-    x, labels, clean = x[:n], labels[:n], clean[:n]
-    targets = draw_targets(labels, args.seed)
-    correct = clean == labels
-    settings = {"n": n, "binary_steps": args.cw_binary_steps, "max_iterations": args.cw_steps,
-                "initial_const": args.cw_c0, "learning_rate": args.cw_lr, "kappa": args.cw_kappa,
-                "abort_early": args.cw_abort_early == "on",
-                "targets": f"uniform over the 9 classes != true label, seed {args.seed}"}
-    entry = {"settings": settings}
-    try:
-        import foolbox as fb
-    except ImportError:
-        entry["foolbox"] = "foolbox not installed"
-    else:
-        fmodel = fb.PyTorchModel(twin, bounds=(-0.5, 0.5), device="cpu")
-        attack = fb.attacks.L2CarliniWagnerAttack(
-            binary_search_steps=args.cw_binary_steps, steps=args.cw_steps, stepsize=args.cw_lr,
-            confidence=args.cw_kappa, initial_const=args.cw_c0,
-            abort_early=args.cw_abort_early == "on")
-        criterion = fb.criteria.TargetedMisclassification(torch.from_numpy(targets))
-        xt = torch.from_numpy(x)
-
-        sentinel, forwarded = [], []
-        # foolbox runs one forward and one backward of the whole batch per iteration (no compaction):
-        # count the images through the twin's forward, per run
-        hook = twin.register_forward_hook(lambda module, inputs, output: forwarded.append(inputs[0].shape[0]))
-
-        def run_foolbox():
-            forwarded.clear()
-            # Where its search found nothing, foolbox returns an all-zero image (landscape §2.6), and
-            # its criterion then re-judges that image: a uniform grey the network happens to call the
-            # target counts as a "success" at ||delta|| ~ 122 on 0-255. Those are failures; the
-            # protocol returns the clean image for a failure.
-            raw, clipped, success = attack(fmodel, xt, criterion, epsilons=None)
-            found = raw.flatten(1).abs().amax(1) > 0
-            sentinel.append(int((success & ~found).sum()))
-            return torch.where((success & found).view(-1, 1, 1, 1), clipped, xt).detach().numpy()
-
-        x_fb, seconds = _timed(run_foolbox, args.repeats, "cw_l2 foolbox")
-        passes = sum(forwarded)
-        hook.remove()
-        with torch.no_grad():
-            pred_fb = twin(torch.from_numpy(x_fb)).argmax(1).numpy()
-        entry["foolbox"] = {"version": fb.__version__, **_outcome(x_fb, x, pred_fb, targets, correct, seconds),
-                            "all_zero_failure_images_judged_successful": sentinel[-1],
-                            "success_rate_as_foolbox_reports_it": float((pred_fb == targets).mean())
-                            + sentinel[-1] / n, **_passes(passes, seconds)}
-    ours = rcenp_attack(attacks_module, "cw_l2")
-    if isinstance(ours, str):
-        entry["rcenp"] = ours
-        return entry
-    results = []
-
-    def run_rcenp():
-        results.append(ours(model, x, targets=targets, labels=labels, binary_steps=args.cw_binary_steps,
-                            max_iterations=args.cw_steps, initial_const=args.cw_c0, learning_rate=args.cw_lr,
-                            kappa=args.cw_kappa, abort_early=args.cw_abort_early == "on"))
-        return _host(results[-1])
-
-    x_r, seconds = _timed(run_rcenp, args.repeats, "cw_l2 rcenp")
-    pred_r = predict_rcenp(x_r)
-    # one forward + backward per unfinished image and iteration, plus the clean and final forwards
-    entry["rcenp"] = {**_outcome(x_r, x, pred_r, targets, correct, seconds),
-                      **_passes(int(results[-1].iterations.sum()) + 2 * n, seconds)}
-    if isinstance(entry["foolbox"], dict):
-        entry["agreement"] = {"success_agreement": float(((pred_r == targets) == (pred_fb == targets)).mean()),
-                              **_agreement(x_r, x_fb, pred_r, pred_fb)}
-        entry["seconds_rcenp_over_foolbox"] = entry["rcenp"]["seconds"] / entry["foolbox"]["seconds"]
-        # the engines alone: foolbox runs every image every iteration (its abort-early tests the batch's
-        # summed loss), rcenp drops finished images, so wall time also measures the algorithm
-        entry["passes_per_s_foolbox_over_rcenp"] = \
-            entry["foolbox"]["image_passes_per_s"] / entry["rcenp"]["image_passes_per_s"]
-        # the images whose success differs, with rcenp's per-sample audit (c of each binary step, ...)
-        l2_r, l2_fb = _l2_255(x_r, x), _l2_255(x_fb, x)
-        both = correct & (pred_r == targets) & (pred_fb == targets)  # the issue's rule: images both break
-        entry["both_successful"] = {
-            "n": int(both.sum()),
-            "median_l2_255_rcenp": float(np.median(l2_r[both])) if both.any() else None,
-            "median_l2_255_foolbox": float(np.median(l2_fb[both])) if both.any() else None,
-            "median_ratio_rcenp_over_foolbox": float(np.median(l2_r[both]) / np.median(l2_fb[both]))
-            if both.any() else None}
-        details = getattr(results[-1], "details", None) or [{}] * len(x)
-        entry["disagreements"] = [
-            {"index": int(i), "label": int(labels[i]), "target": int(targets[i]),
-             "foolbox": {"success": bool(pred_fb[i] == targets[i]), "l2_255": float(l2_fb[i])},
-             "rcenp": {"success": bool(pred_r[i] == targets[i]), "l2_255": float(l2_r[i]),
-                       **{k: details[i][k] for k in ("c", "step_success", "step_iterations", "step_stop")
-                          if k in details[i]}}}
-            for i in np.flatnonzero((pred_r == targets) != (pred_fb == targets))]
-    return entry
 
 
 def _load_images(args, dataset):
@@ -307,28 +90,28 @@ def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, pr
     entry, outputs = {}, {}
     runs = dict(torch_runs)
     if not isinstance(run_rcenp, str):
-        runs["rcenp"] = lambda: _host(run_rcenp())
+        runs["rcenp"] = lambda: host_array(run_rcenp())
         runs.update(rcenp_runs or {})
-    timed = _interleaved(runs, args.repeats, name, args.warmup)
+    timed = interleaved(runs, args.repeats, name, args.warmup)
     for key in torch_runs:
         x_t, seconds = timed[key]
         x_t = x_t.detach().numpy()
         pred = predict_torch(x_t)
-        entry[key], outputs[key] = _summary(x_t, x, success_fn(pred), seconds), (x_t, pred)
+        entry[key], outputs[key] = summary(x_t, x, success_fn(pred), seconds), (x_t, pred)
     if isinstance(run_rcenp, str):
         entry["rcenp"] = run_rcenp
         return entry
     x_r, seconds = timed["rcenp"]
     pred_r = predict_rcenp(x_r)
-    entry["rcenp"] = _summary(x_r, x, success_fn(pred_r), seconds)
+    entry["rcenp"] = summary(x_r, x, success_fn(pred_r), seconds)
     for key, (x_t, pred) in outputs.items():
-        entry[f"agreement_rcenp_{key}"] = _agreement(x_r, x_t, pred_r, pred)
+        entry[f"agreement_rcenp_{key}"] = agreement(x_r, x_t, pred_r, pred)
         entry[f"seconds_rcenp_over_{key}"] = entry["rcenp"]["seconds"] / entry[key]["seconds"]
     for key in rcenp_runs or {}:
         x_j, seconds = timed[key]
         pred_j = predict_rcenp(x_j)
-        entry[key] = _summary(x_j, x, success_fn(pred_j), seconds)
-        entry[f"agreement_{key}_rcenp"] = _agreement(x_j, x_r, pred_j, pred_r)
+        entry[key] = summary(x_j, x, success_fn(pred_j), seconds)
+        entry[f"agreement_{key}_rcenp"] = agreement(x_j, x_r, pred_j, pred_r)
         for torch_key in outputs:
             entry[f"seconds_{key}_over_{torch_key}"] = entry[key]["seconds"] / entry[torch_key]["seconds"]
     return entry

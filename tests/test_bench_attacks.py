@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import attack_measures  # noqa: E402
 import bench_attacks  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def test_bad_arguments_exit_with_one_line(capsys):
 def test_implementations_take_turns_and_each_run_records_the_hosts_steal_time():
     calls = []
     runs = {"torch": lambda: calls.append("torch") or "t", "rcenp": lambda: calls.append("rcenp") or "r"}
-    timed = bench_attacks._interleaved(runs, repeats=3, warmup=1)
+    timed = attack_measures.interleaved(runs, repeats=3, warmup=1)
     assert calls == ["torch", "rcenp", "torch", "rcenp", "rcenp", "torch", "torch", "rcenp"]
     assert timed["torch"][0] == "t" and timed["rcenp"][0] == "r"
     for _, seconds in timed.values():
@@ -63,9 +64,9 @@ def test_implementations_take_turns_and_each_run_records_the_hosts_steal_time():
         for wall, cpu, steal in seconds:
             assert wall >= 0 and cpu >= 0
             assert steal is None or steal >= 0
-    timing = bench_attacks._timing(np.zeros((4, 1)), timed["rcenp"][1])
+    timing = attack_measures.timing(np.zeros((4, 1)), timed["rcenp"][1])
     assert len(timing["seconds_all"]) == 3
-    assert ("host_steal_seconds_all" in timing) == (bench_attacks._steal_seconds() is not None)
+    assert ("host_steal_seconds_all" in timing) == (attack_measures.steal_seconds() is not None)
 
 
 def test_cli_jobs_entry_times_rcenp_attack_jobs_on_the_same_images(tmp_path):
