@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rcenp
-from rcenp.reproduce import budgets, cells, costs, lineup, paper, report, run, sanity, tables, threat_tables
+from rcenp.reproduce import budgets, cells, costs, lineup, paper, report, reuse, run, sanity, tables, threat_tables
 from rcenp.reproduce.results import Results, wb_figures
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
@@ -465,8 +465,8 @@ def test_published_cells_are_reused_in_place(tmp_path, monkeypatch):
     planned = [c for c in cells.plan(cpu, ["fig2"]) if c.model == "mnist-resnet32-ce" and c.attack == "bim"]
     same = fake_published(tmp_path / "published", planned[0])
     fake_published(tmp_path / "published", planned[1], options={"eps": planned[1].eps, "steps": 5})  # other settings
-    assert cells.reusable(planned[0], [tmp_path / "published"]) == same
-    assert cells.reusable(planned[1], [tmp_path / "published"]) is None
+    assert reuse.reusable(planned[0], [tmp_path / "published"]) == same
+    assert reuse.reusable(planned[1], [tmp_path / "published"]) is None
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a reusable cell was recomputed")
@@ -488,13 +488,13 @@ def test_published_cells_with_another_detector_or_an_unrecorded_eta_are_not_reus
     assert current is not None
     fake_published(tmp_path / "now", bim, detector=current)
     fake_published(tmp_path / "refit", bim, detector=dict(current, threshold=current["threshold"] + 1))
-    assert cells.reusable(bim, [tmp_path / "now"]) == tmp_path / "now" / bim.key
-    assert cells.reusable(bim, [tmp_path / "refit"]) is None
+    assert reuse.reusable(bim, [tmp_path / "now"]) == tmp_path / "now" / bim.key
+    assert reuse.reusable(bim, [tmp_path / "refit"]) is None
     wb = next(c for c in cells.plan(cpu, ["table3"]) if c.attack == "cw-wb" and c.model == "mnist-resnet32-ce")
     fake_published(tmp_path / "old", wb)
     fake_published(tmp_path / "new", wb, eta="exact: training features")
-    assert cells.reusable(wb, [tmp_path / "old"]) is None
-    assert cells.reusable(wb, [tmp_path / "new"]) == tmp_path / "new" / wb.key
+    assert reuse.reusable(wb, [tmp_path / "old"]) is None
+    assert reuse.reusable(wb, [tmp_path / "new"]) == tmp_path / "new" / wb.key
 
 
 def test_transfer_cell_runs_on_the_target_with_the_substitute(tmp_path):
@@ -723,11 +723,11 @@ def test_reuse_compares_the_test_split_but_not_the_batch_size(tmp_path):
     fake_published(tmp_path / "batch", jsma, batch_size=1000, data=split)
     other = dict(split, sha256={"t10k-images-idx3-ubyte.gz": "cc", "t10k-labels-idx1-ubyte.gz": "bb"})
     fake_published(tmp_path / "data", jsma, batch_size=100, data=other)
-    assert cells.reusable(jsma, [tmp_path / "same"], here) == tmp_path / "same" / jsma.key
-    assert cells.reusable(jsma, [tmp_path / "batch"], here) == tmp_path / "batch" / jsma.key
-    assert cells.reusable(jsma, [tmp_path / "data"], here) is None
+    assert reuse.reusable(jsma, [tmp_path / "same"], here) == tmp_path / "same" / jsma.key
+    assert reuse.reusable(jsma, [tmp_path / "batch"], here) == tmp_path / "batch" / jsma.key
+    assert reuse.reusable(jsma, [tmp_path / "data"], here) is None
     asked = json.loads((tmp_path / "data" / jsma.key / "run.json").read_text())
-    assert cells.stale(jsma, asked, here) == "data: other test images (their SHA-256 differ)"
+    assert reuse.stale(jsma, asked, here) == "data: other test images (their SHA-256 differ)"
 
 
 def test_timings_are_written_after_every_cell(tmp_path, monkeypatch):

@@ -14,13 +14,13 @@ and scores its images on the target instead of crafting them again (``Cell.craft
 cell is not finished, or not the run the transfer would craft, the transfer cell crafts its own.
 
 A cell is finished when its summary.json / result file exists; a finished cell is not recomputed,
-and an attack cell cut short resumes from its last finished batch. An attack cell folder of the run
-whose run.json asks for something else than the cell now does (``stale``: other options, n or
-detectors) is renamed to ``<name>.stale-<k>``, kept and never deleted, and the cell is computed
-afresh. The test split is not compared there: a smoke run resumed where a data root has appeared
-reads the full MNIST test set, whose first 1,000 images are the embedded sample's. A finished
-attack cell that is not stale in a ``cells_from`` folder of the same layout (``results/fig2a``) is
-used in place, never copied or recomputed (``reusable``).
+and an attack cell cut short resumes from its last finished batch. An attack cell folder of the
+run whose run.json asks for something else than the cell now does (``rcenp.reproduce.reuse.stale``:
+other options, n or detectors) is renamed to ``<name>.stale-<k>``, kept and never deleted, and the
+cell is computed afresh. The test split is not compared there: a smoke run resumed where a data
+root has appeared reads the full MNIST test set, whose first 1,000 images are the embedded
+sample's. A finished attack cell that is not stale in a ``cells_from`` folder of the same layout
+(``results/fig2a``) is used in place, never copied or recomputed (``reusable``).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from rcenp import checkpoint
 from rcenp.reproduce import budgets, lineup
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.costs import add_eta_costs, cell_cost
+from rcenp.reproduce.reuse import recorded, reusable, set_aside, split_identity, stale
 
 PARTS = ("table1", "table2", "table3", "table4", "fig1", "fig2", "fig3", "sanity")
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
@@ -164,79 +165,6 @@ def plan(budget: Budget, parts) -> list[Cell]:
 def result_file(cell_dir: Path, kind: str) -> Path:
     """The file whose presence marks a cell finished."""
     return cell_dir / {"attack": "summary.json", "test-error": "result.json", "features": "features.npz"}[kind]
-
-
-def recorded(cell_dir: Path) -> dict | None:
-    """What the attack run in ``cell_dir`` asked for: its run.json, else (a published copy without
-    one) summary.json's settings; None when neither can be read."""
-    try:
-        if (cell_dir / "run.json").is_file():
-            return json.loads((cell_dir / "run.json").read_text())
-        return json.loads((cell_dir / "summary.json").read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def split_identity(dataset: str, data_dir=None) -> dict | None:
-    """The identity of the test split ``run_attack`` would attack now (None when none is found)."""
-    from rcenp.data import DataError, find_test_split
-
-    try:
-        test, _ = find_test_split(dataset, data_dir, strict=True)
-    except DataError:
-        return None
-    return None if test is None else test.identity
-
-
-def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
-    """Why an attack run that asked for ``asked`` (``recorded``) is not attack ``cell`` as planned
-    now, in one line ('options.eps: 0.1 there, 0.2 now'), or None when it is. Compared: the model,
-    attack, options, n and seed 0; where recorded, the test split (``test_split(dataset)``: the
-    identity of the split found now; not compared when ``test_split`` is None or finds none) and
-    the detectors the model (and a transfer cell's substitute) have now (a refit detector makes the
-    run stale); a C&W-wb run must also record its η (run.json's ``eta``: runs from before η came
-    from the training features do not). Not the batch size: it changes a result only through
-    float32 rounding (``rcenp.attacks.core``: a JSMA pick between two nearly equal saliencies),
-    which is no reason to redo hours of work."""
-    from rcenp.attacks.runfiles import brief, comparable, detector_identity, differing
-
-    substitute = (cell.options or {}).get("substitute")
-    now = {"model": cell.model, "attack": cell.attack, "options": cell.options, "n": cell.n, "seed": 0}
-    if "data" in asked and test_split is not None and (data := test_split(cell.dataset)) is not None:
-        now["data"] = data
-    if "detector" in asked:
-        now["detector"] = detector_identity(cell.model)
-    if "substitute_detector" in asked:
-        now["substitute_detector"] = detector_identity(substitute) if substitute else None
-    there, now = comparable({key: asked[key] for key in now if key in asked}), comparable(now)
-    changed = differing(there, now)
-    if changed:
-        return brief(changed, there, now)
-    if cell.attack == "cw-wb" and "eta" not in asked:
-        return "eta: (none) there, computed before η came from the training features"
-    return None
-
-
-def reusable(cell: Cell, cells_from, test_split=None) -> Path | None:
-    """A finished copy of attack ``cell`` in one of the ``cells_from`` folders (same layout) that is
-    not ``stale`` (``test_split``: as there). None when there is none."""
-    if cell.kind != "attack" or cell.model is None:
-        return None
-    for root in cells_from or ():
-        path = Path(root) / cell.key
-        if (path / "summary.json").is_file() and (asked := recorded(path)) is not None \
-                and stale(cell, asked, test_split) is None:
-            return path
-    return None
-
-
-def set_aside(cell_dir: Path) -> Path:
-    """Rename ``cell_dir`` to ``<name>.stale-<k>``, the first k free → its new path."""
-    k = 1
-    while (target := cell_dir.with_name(f"{cell_dir.name}.stale-{k}")).exists():
-        k += 1
-    cell_dir.rename(target)
-    return target
 
 
 def add_seconds(path: Path, key: str, seconds: float) -> None:

@@ -1,0 +1,87 @@
+"""Which earlier attack runs a ``rcenp reproduce`` cell may stand on: a run in the cell's own
+folder that asked for something else than the cell now does is ``stale`` (set aside, never
+deleted: ``set_aside``), and a finished run of the same settings in a ``--cells-from`` folder is
+used in place (``reusable``). What a run asked for is its run.json, or a published copy's
+summary.json settings (``recorded``); options are compared with their defaults filled in
+(``rcenp.attacks.runfiles.comparable``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rcenp.reproduce.cells import Cell
+
+
+def recorded(cell_dir: Path) -> dict | None:
+    """What the attack run in ``cell_dir`` asked for: its run.json, else (a published copy without
+    one) summary.json's settings; None when neither can be read."""
+    try:
+        if (cell_dir / "run.json").is_file():
+            return json.loads((cell_dir / "run.json").read_text())
+        return json.loads((cell_dir / "summary.json").read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def split_identity(dataset: str, data_dir=None) -> dict | None:
+    """The identity of the test split ``run_attack`` would attack now (None when none is found)."""
+    from rcenp.data import DataError, find_test_split
+
+    try:
+        test, _ = find_test_split(dataset, data_dir, strict=True)
+    except DataError:
+        return None
+    return None if test is None else test.identity
+
+
+def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
+    """Why an attack run that asked for ``asked`` (``recorded``) is not attack ``cell`` as planned
+    now, in one line ('options.eps: 0.1 there, 0.2 now'), or None when it is. Compared: the model,
+    attack, options, n and seed 0; where recorded, the test split (``test_split(dataset)``: the
+    identity of the split found now; not compared when ``test_split`` is None or finds none) and
+    the detectors the model (and a transfer cell's substitute) have now (a refit detector makes the
+    run stale); a C&W-wb run must also record its η (run.json's ``eta``: runs from before η came
+    from the training features do not). Not the batch size: it changes a result only through
+    float32 rounding (``rcenp.attacks.core``: a JSMA pick between two nearly equal saliencies),
+    which is no reason to redo hours of work."""
+    from rcenp.attacks.runfiles import brief, comparable, detector_identity, differing
+
+    substitute = (cell.options or {}).get("substitute")
+    now = {"model": cell.model, "attack": cell.attack, "options": cell.options, "n": cell.n, "seed": 0}
+    if "data" in asked and test_split is not None and (data := test_split(cell.dataset)) is not None:
+        now["data"] = data
+    if "detector" in asked:
+        now["detector"] = detector_identity(cell.model)
+    if "substitute_detector" in asked:
+        now["substitute_detector"] = detector_identity(substitute) if substitute else None
+    there, now = comparable({key: asked[key] for key in now if key in asked}), comparable(now)
+    changed = differing(there, now)
+    if changed:
+        return brief(changed, there, now)
+    if cell.attack == "cw-wb" and "eta" not in asked:
+        return "eta: (none) there, computed before η came from the training features"
+    return None
+
+
+def reusable(cell: Cell, cells_from, test_split=None) -> Path | None:
+    """A finished copy of attack ``cell`` in one of the ``cells_from`` folders (same layout) that is
+    not ``stale`` (``test_split``: as there). None when there is none."""
+    if cell.kind != "attack" or cell.model is None:
+        return None
+    for root in cells_from or ():
+        path = Path(root) / cell.key
+        if (path / "summary.json").is_file() and (asked := recorded(path)) is not None \
+                and stale(cell, asked, test_split) is None:
+            return path
+    return None
+
+
+def set_aside(cell_dir: Path) -> Path:
+    """Rename ``cell_dir`` to ``<name>.stale-<k>``, the first k free → its new path."""
+    k = 1
+    while (target := cell_dir.with_name(f"{cell_dir.name}.stale-{k}")).exists():
+        k += 1
+    cell_dir.rename(target)
+    return target
