@@ -31,6 +31,13 @@ def same_run(a, b):
     assert sa["counts"] == sb["counts"] and sa["success_rate"] == sb["success_rate"]
 
 
+def shard_processes(out) -> list[str]:
+    """The pids of processes attacking into out/shards/ ("--": the pattern is not an option)."""
+    found = subprocess.run(["pgrep", "-f", "--", f"--out {out}/shards/"], capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr  # 1: none
+    return found.stdout.split()
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "run"
@@ -150,9 +157,42 @@ def test_terminating_the_parent_stops_its_shards(tmp_path):
     parent.terminate()
     err = parent.communicate(timeout=60)[1]
     assert parent.returncode != 0 and "stopping the shards (KeyboardInterrupt SIGTERM)" in err
-    shards = subprocess.run(["pgrep", "-f", f"--out {out}/shards/"], capture_output=True, text=True).stdout
-    assert shards == "", "shard processes outlived their parent"
+    assert shard_processes(out) == [], "shard processes outlived their parent"
     assert "stopping the shards" in (out / "jobs.log").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_shards_stop_when_their_parent_is_killed_outright(tmp_path):
+    """kill -9 leaves no handler to stop the shards: each one asked the kernel for a SIGINT when
+    its parent dies, and stops on it (as on a Ctrl-C) with its finished batches kept."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "rcenp", "attack", "mnist-resnet32-ce", "--attack", "jsma", "--eps", "0.1",
+            "--n", "400", "--batch-size", "10", "--jobs", "2", "--out", str(out)]  # minutes of work
+    parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not all((out / "shards" / f"{k}-of-2" / "run.json").is_file() for k in (1, 2)):
+        assert time.monotonic() < deadline and parent.poll() is None, "the shards did not start"
+        time.sleep(0.1)
+    parent.kill()
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while shard_processes(out):
+        assert time.monotonic() < deadline, "shard processes outlived their parent's SIGKILL"
+        time.sleep(0.2)
+    for k in (1, 2):
+        shard = out / "shards" / f"{k}-of-2"
+        assert not (shard / "summary.json").exists()
+        assert "rcenp attack: interrupted" in (shard / "console.log").read_text()
+
+
+def test_a_shard_whose_parent_is_gone_stops_at_once(monkeypatch, capsys):
+    from rcenp.attacks import jobs
+
+    monkeypatch.setenv(jobs.PARENT_ENV, "999999999")  # not this process's parent
+    with pytest.raises(ValueError, match="pid 999999999.* is gone"):
+        jobs.stop_with_parent()
+    monkeypatch.delenv(jobs.PARENT_ENV, raising=False)
+    jobs.stop_with_parent()  # not a shard: nothing happens
 
 
 def test_a_begun_shard_resumed_with_other_settings_is_refused_before_any_starts(tmp_path, capsys):

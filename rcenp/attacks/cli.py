@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rcenp.argtypes import count, integer, nonnegative, positive, real
 from rcenp.attacks.cw_wb import STAGE2
-from rcenp.attacks.jobs import check_jobs, check_same_jobs, record_jobs, run_shards, shard_folders
+from rcenp.attacks.jobs import (check_jobs, check_same_jobs, record_jobs, run_shards, shard_folders,
+                               stop_with_parent)
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
@@ -168,6 +169,7 @@ def default_out(args) -> str:
 def cmd_attack(args) -> int:
     from rcenp.models.registry import resolve
 
+    stop_with_parent()  # a --jobs shard: no outliving the process that started it
     for model in (args.model, args.substitute):  # an unknown model is the news, before what the options lack
         if model is not None:
             resolve(model)

@@ -15,7 +15,8 @@ Layout: the shards run in ``OUT/shards/K-of-J`` (each with its own attack.log; t
 output of each process in its ``console.log``), the merged run in ``OUT``, and this command's
 progress in ``OUT/jobs.log``. ``--resume`` (with the same J) resumes every shard from its last
 finished batch, and a merge cut short. Once the run has finished, ``OUT/shards`` may be deleted:
-``--resume`` of a finished run reads only ``OUT``.
+``--resume`` of a finished run reads only ``OUT``. A shard stops with this command however it
+ends (Ctrl-C, SIGTERM, SIGHUP, and on Linux even SIGKILL: ``stop_with_parent``).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from rcenp.progress import Progress, plural
 
 ONE_THREAD = {"RCENP_HOST_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
               "MKL_NUM_THREADS": "1"}
+PARENT_ENV = "RCENP_SHARD_PARENT"  # set for a shard process: the pid of the --jobs process it stops with
 NOT_PASSED = {"help", "model", "out", "resume", "shard", "merge", "json", "jobs"}  # the parent's own
 
 
@@ -60,6 +62,25 @@ def child_argv(parser, args, shard: int, jobs: int, folder: Path, resume: bool) 
             argv += [action.option_strings[0], str(value)]
     argv += ["--shard", f"{shard}/{jobs}", "--out", str(folder)]
     return argv + (["--resume"] if resume else [])
+
+
+def stop_with_parent() -> None:
+    """In a shard process (``PARENT_ENV`` set by ``run_shards``; elsewhere nothing): SIGINT, as a
+    Ctrl-C, as soon as its --jobs process dies, even by SIGKILL, so that no shard outlives it
+    (Linux's PR_SET_PDEATHSIG; other systems keep the shard running to its end). Raises ValueError
+    when that process is gone already."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT))  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if str(os.getppid()) != parent:
+        raise ValueError(f"the --jobs process (pid {parent}) that started this shard is gone; stopping")
 
 
 def check_jobs(args, out: Path, options: dict) -> None:
@@ -144,7 +165,7 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parents[2])  # the shards import this rcenp, installed or not
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, **ONE_THREAD, PYTHONPATH=path)
+    env = dict(os.environ, **ONE_THREAD, PYTHONPATH=path, **{PARENT_ENV: str(os.getpid())})
     total = math.ceil(args.n / args.batch_size)
     progress = Progress(out / "jobs.log", total, stream=stream, unit="batch")
     done_before = _finished_batches(folders, total)
