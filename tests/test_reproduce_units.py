@@ -479,6 +479,30 @@ def test_published_cells_are_reused_in_place(tmp_path, monkeypatch):
     assert outcomes[planned[0].key] == {"status": "done", "path": str(same), "source": "reused", "seconds": 0.0}
 
 
+def test_the_plan_lists_the_work_and_computes_writes_and_moves_nothing(tmp_path, capsys):
+    from rcenp.cli import main
+
+    cpu = budgets.get_budget("cpu")
+    planned = [c for c in cells.plan(cpu, ["fig2"]) if c.model == "mnist-resnet32-ce" and c.attack == "bim"]
+    fake_published(tmp_path / "published", planned[0])
+    fake_published(tmp_path / "out" / "cells", planned[1], options={"eps": planned[1].eps, "steps": 5})  # stale
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["reproduce", "--budget", "cpu", "--only", "fig2", "--datasets", "mnist", "--out", str(tmp_path / "out"),
+                 "--cells-from", str(tmp_path / "published"), "--plan"]) == 0
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"reproduce (cpu) into {tmp_path / 'out'}: ") and "nothing has been" in lines[0]
+    computed = [line.split()[0] for line in lines if line.startswith("  mnist-")]
+    assert planned[1].key in computed and planned[0].key not in computed
+    assert f"finished, kept: 1 cells (1 from {tmp_path / 'published'})" in lines
+    assert f"{planned[1].key}: asked for other settings (options.steps: 5 there, 10 now); would be set aside " \
+           "and computed afresh" in lines
+    assert any(line.startswith("not run (--datasets): ") for line in lines)
+    total = int(next(line for line in lines if line.startswith("to compute: ")).split()[4].replace(",", ""))
+    assert total == round(sum(cells.cell_cost(c) for c in cells.plan(cpu, ["fig2"])
+                              if c.dataset == "mnist" and c.model is not None and c.key != planned[0].key))
+
+
 def test_published_cells_with_another_detector_or_an_unrecorded_eta_are_not_reused(tmp_path):
     from rcenp.attacks.runfiles import detector_identity
 

@@ -175,28 +175,27 @@ def add_seconds(path: Path, key: str, seconds: float) -> None:
     checkpoint.atomic_write_text(path, json.dumps(totals, indent=1) + "\n")
 
 
-def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr) -> dict:
-    """Run every unfinished, available cell; → {key: outcome} where an outcome is
-    {"status": "done" | "not available" | "not run", "path", "reason", "source": "computed" |
-    "resumed" | "reused", "seconds", and "note" where a transfer cell crafted its own images}.
-    A ``skipped`` cell is "done" where an earlier run in ``out_dir`` finished it (not stale),
-    else "not run". A ``stale`` attack cell folder is set aside (``set_aside``) and the cell
-    computed afresh. Progress and an ETA across cells go to ``stream`` and OUT/reproduce.log; the
-    outcomes to OUT/cells.json and each computed cell's seconds to OUT/timings.json (``add_seconds``)
-    after every cell."""
-    from rcenp.progress import Progress
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry_run: bool = False):
+    """What ``run_cells`` finds before computing anything → (outcomes of the cells it will not
+    compute, {key: outcome} as ``run_cells``'s; the cells to compute, in order; notes for a person
+    on stale folders). A stale attack cell folder in ``out_dir`` is set aside (``set_aside``) and
+    its cell computed afresh; with ``dry_run`` nothing is moved and the note says it would be."""
     test_split = functools.lru_cache(maxsize=None)(lambda dataset: split_identity(dataset, data_dir))
     outcomes: dict[str, dict] = {}
-    todo, set_aside_notes = [], []
+    todo, notes = [], []
     for cell in cells:
         cell_dir = out_dir / "cells" / cell.key
         if cell.kind == "attack" and not cell.missing and (asked := recorded(cell_dir)) is not None \
                 and (why := stale(cell, asked)):  # not the split: see the module docstring
-            set_aside_notes.append(f"{cell.key}: asked for other settings ({why}); moved to "
-                                   f"{set_aside(cell_dir).name}, computing it afresh")
+            notes.append(f"{cell.key}: asked for other settings ({why}); "
+                         + ("would be set aside and computed afresh" if dry_run else
+                            f"moved to {set_aside(cell_dir).name}, computing it afresh"))
+            if dry_run:  # as if moved: the folder's files are not this cell's
+                if cell.skipped:
+                    outcomes[cell.key] = {"status": "not run", "reason": cell.missing, "path": None}
+                else:
+                    todo.append(cell)
+                continue
         if cell.skipped:  # this run's data sets do not include it: an earlier run's result, or nothing
             finished = cell.model is not None and result_file(cell_dir, cell.kind).is_file() and (
                 cell.kind != "attack" or ((asked := recorded(cell_dir)) is not None and not stale(cell, asked)))
@@ -210,6 +209,23 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
             outcomes[cell.key] = {"status": "done", "path": str(found), "source": "reused", "seconds": 0.0}
         else:
             todo.append(cell)
+    return outcomes, todo, notes
+
+
+def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr) -> dict:
+    """Run every unfinished, available cell; → {key: outcome} where an outcome is
+    {"status": "done" | "not available" | "not run", "path", "reason", "source": "computed" |
+    "resumed" | "reused", "seconds", and "note" where a transfer cell crafted its own images}.
+    A ``skipped`` cell is "done" where an earlier run in ``out_dir`` finished it (not stale),
+    else "not run". A ``stale`` attack cell folder is set aside (``set_aside``) and the cell
+    computed afresh. Progress and an ETA across cells go to ``stream`` and OUT/reproduce.log; the
+    outcomes to OUT/cells.json and each computed cell's seconds to OUT/timings.json (``add_seconds``)
+    after every cell."""
+    from rcenp.progress import Progress
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes, todo, set_aside_notes = sort_out(cells, out_dir, data_dir, cells_from)
     add_eta_costs(todo, data_dir)
     total_cost = sum(c.cost for c in todo)
     progress = Progress(out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream, unit="cell")

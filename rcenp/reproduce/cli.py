@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="use finished attack cells from DIR/<model>/<attack>-<eps>/ (e.g. results/fig2a) instead "
                    "of computing them, where run with the same settings, test images and detectors; repeatable")
     r.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
+    r.add_argument("--plan", action="store_true",
+                   help="print what the run would compute (with each cell's cost), keep, reuse and skip, and exit "
+                   "without computing or writing anything")
 
 
 def cmd_reproduce(args) -> int:
@@ -42,8 +45,8 @@ def cmd_reproduce(args) -> int:
 
     done = reproduce(args.budget, args.out, resume=args.resume, only=args.only, data_dir=args.data_dir,
                      cells_from=args.cells_from, device=args.device, stream=sys.stderr,  # today's stderr
-                     command=" ".join(["rcenp"] + sys.argv[1:]), datasets=args.datasets)
-    print(result_line(done))
+                     command=" ".join(["rcenp"] + sys.argv[1:]), datasets=args.datasets, plan_only=args.plan)
+    print("\n".join(done["plan"]) if args.plan else result_line(done))
     return 0
 
 

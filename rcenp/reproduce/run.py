@@ -14,7 +14,8 @@ from pathlib import Path
 from rcenp import checkpoint
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
-from rcenp.reproduce.cells import PARTS, plan, run_cells
+from rcenp.reproduce.cells import PARTS, plan, run_cells, sort_out
+from rcenp.reproduce.costs import add_eta_costs
 from rcenp.reproduce.report import write_report
 from rcenp.reproduce.results import Results
 
@@ -90,15 +91,16 @@ def _part_seconds(out_dir: Path, cells) -> dict:
 
 
 def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, data_dir=None, cells_from=(),
-              device=None, stream=sys.stderr, command: str | None = None, datasets=None) -> dict:
+              device=None, stream=sys.stderr, command: str | None = None, datasets=None, plan_only: bool = False) -> dict:
     """Run the paper's evaluation under ``budget`` into ``out`` (default ``runs/reproduce-<budget>``)
     and write REPORT.md, per-table CSV/JSON and PNG figures there. Progress and the ETA go to
     ``stream``; the result is returned, not printed: {"budget", "out", "report" (REPORT.md's path),
     "files" (REPORT.md first), "outcomes", "sanity", "figures", "wall_s"}. ``datasets``: run only
     these data sets' cells (``parse_datasets``); the report says the others were not run. Another
-    invocation over the same ``out`` may name others: each cell is its own unit. Raises ValueError
-    for a bad budget, an unknown part or data set, an unwritable ``out`` or a run there that needs
-    ``resume``."""
+    invocation over the same ``out`` may name others: each cell is its own unit. ``plan_only``:
+    compute, write and move nothing; return {"budget", "out", "plan": lines for a person}
+    (``rcenp.reproduce.preview``). Raises ValueError for a bad budget, an unknown part or data set,
+    an unwritable ``out`` or a run there that needs ``resume``."""
     start = time.monotonic()
     spec = get_budget(budget)
     parts = parse_only(only)
@@ -109,6 +111,15 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     for folder in cells_from or ():
         if not Path(folder).is_dir():
             raise ValueError(f"--cells-from {folder}: no such folder")
+    if plan_only:
+        from rcenp.reproduce.preview import describe
+
+        lineup.refresh()
+        cells = plan(spec, parts)
+        outcomes, todo, notes = sort_out(cells, out_dir, data_dir, cells_from, dry_run=True)
+        add_eta_costs(todo, data_dir)
+        return {"budget": spec.name, "out": str(out_dir), "plan": describe(cells, outcomes, todo, notes, out_dir,
+                                                                            spec.name)}
     if claim(out_dir, spec.name, resume) and resume:
         stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
     lineup.refresh()
