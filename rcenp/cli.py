@@ -322,6 +322,11 @@ def main(argv=None) -> int:
     try:
         with on_fallback(say_once):
             return COMMANDS[args.command](args)
+    except BrokenPipeError:  # `rcenp models | head`: the reader is gone, as for any Unix tool
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())  # so that the flush at exit does not fail a second time
+        os.close(null)
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:
         sys.stderr.write(f"{command_parser.prog}: error: {error_text(exc)}\n")  # as the parser's errors read
         return 2

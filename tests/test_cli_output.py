@@ -157,3 +157,27 @@ def test_the_demo_table_rounds_once():
     record = dict(RECORDS[0], test_error_percent=round(100 * 9 / 1017, 3), errors=9, n=1017)
     row = demo.demo_table([record]).splitlines()[2]
     assert "0.88%" in row and "0.89%" not in row
+
+
+def test_a_reader_that_stops_early_is_no_error(monkeypatch, capsys):
+    """`rcenp models | head -1`: the closed pipe ends the command quietly, as for any Unix tool."""
+    import os
+
+    fd = os.open(os.devnull, os.O_WRONLY)  # stands for the pipe's descriptor, which main points at /dev/null
+
+    class Closed:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return fd
+
+    try:
+        monkeypatch.setattr("sys.stdout", Closed())
+        assert main(["models"]) == 141
+    finally:
+        os.close(fd)
+    assert capsys.readouterr().err == ""

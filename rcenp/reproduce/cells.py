@@ -35,7 +35,7 @@ from rcenp import checkpoint
 from rcenp.reproduce import budgets, lineup
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.costs import add_eta_costs, cell_cost
-from rcenp.reproduce.reuse import recorded, reusable, set_aside, split_identity, stale
+from rcenp.reproduce.reuse import cells_from_notes, recorded, reusable, set_aside, split_identity, stale
 
 PARTS = ("table1", "table2", "table3", "table4", "fig1", "fig2", "fig3", "sanity")
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
@@ -229,7 +229,7 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
     add_eta_costs(todo, data_dir)
     total_cost = sum(c.cost for c in todo)
     progress = Progress(out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream, unit="cell")
-    for note in set_aside_notes:
+    for note in set_aside_notes + cells_from_notes(outcomes, cells_from):
         progress.message(note)
     count = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("done", "not run")}
     progress.message(f"{len(cells)} cells: {len(todo)} to compute, {count['done']} finished, "

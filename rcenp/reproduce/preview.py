@@ -1,11 +1,14 @@
 """``rcenp reproduce --plan``: what a run would do, before it does anything.
 
-A cpu run is hours of background work: the plan lists, without writing or moving anything, the
-cells it would compute (each with its cost in image-iterations, ``rcenp.reproduce.costs``, and its
-share of the total), the finished cells it would keep (in OUT, or reused from ``--cells-from``
-folders), those it cannot run yet (a model not shipped) and those ``--datasets`` leaves out. Where
-OUT holds cells an earlier invocation computed (OUT/timings.json), their seconds per unit of
-cost give an estimate of the time; otherwise the ETA comes once the first cells are done.
+A cpu run is hours of background work. The plan makes the run's own checks (the budget of a run
+already in OUT, ``--resume``, the device, a writable OUT), then lists, without writing or moving
+anything, the cells it would compute, each with its cost (``rcenp.reproduce.costs``: image-
+iterations of MNIST ResNet-32) and its share, the total per report part, and an estimate of the
+time: at the seconds per unit measured on OUT's earlier cells where it has some (its
+timings.json), else at ``SECONDS_PER_UNIT`` (one free core). Then the finished cells it would keep
+(in OUT, or from each ``--cells-from`` folder, one that supplies none said so), those it cannot
+run yet (a model not shipped), those outside its data sets, and the test images each data set's
+cells would attack.
 """
 from __future__ import annotations
 
@@ -13,9 +16,15 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from rcenp.progress import plural
+from rcenp.reproduce.cells import PARTS
+from rcenp.reproduce.costs import SECONDS_PER_UNIT
+from rcenp.reproduce.lineup import DATASET_TITLES, DATASETS
+from rcenp.reproduce.reuse import cells_from_notes, split_identity
 
-def rate(out_dir: Path, cells) -> float | None:
-    """Seconds per unit of cost measured on the cells OUT/timings.json records, or None."""
+
+def measured_rate(out_dir: Path, cells) -> tuple[float, int] | None:
+    """(seconds per unit of cost, cells measured) over the cells OUT/timings.json records, or None."""
     path = Path(out_dir) / "timings.json"
     try:
         seconds = json.loads(path.read_text()) if path.is_file() else {}
@@ -23,31 +32,51 @@ def rate(out_dir: Path, cells) -> float | None:
         return None
     measured = [(seconds[c.key], c.cost) for c in cells if seconds.get(c.key)]
     cost = sum(c for _, c in measured)
-    return sum(s for s, _ in measured) / cost if cost else None
+    return (sum(s for s, _ in measured) / cost, len(measured)) if cost else None
 
 
-def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budget_name: str) -> list[str]:
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
+
+
+def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budget_name: str,
+             cells_from=(), data_dir=None) -> list[str]:
     """The plan as lines for a person (module docstring)."""
     total = sum(c.cost for c in todo)
-    lines = [f"reproduce ({budget_name}) into {out_dir}: {len(cells)} cells; nothing has been computed or written"]
-    per_second = rate(out_dir, cells)
-    estimate = (f"; at the {per_second * 1e3:.1f} ms per unit measured on this folder's earlier cells, about "
-                f"{total * per_second / 3600:.1f} h" if per_second is not None and todo else "")
-    lines.append(f"to compute: {len(todo)} cells, {total:,.0f} image-iterations (relative cost: about "
-                 f"one image's forward and backward each){estimate}")
+    lines = [f"reproduce ({budget_name}) into {out_dir}: {plural(len(cells), 'cell', 'cells')}; "
+             "nothing has been computed or written"]
+    measured = measured_rate(out_dir, cells)
+    if measured is not None:
+        rate = measured[0]
+        source = f"{rate * 1e3:.1f} ms per unit, measured on {plural(measured[1], 'earlier cell', 'earlier cells')} in OUT"
+    else:
+        rate = SECONDS_PER_UNIT
+        source = f"{rate * 1e3:.1f} ms per unit on one free core (other work on the cores stretches it)"
+    lines.append(f"to compute: {plural(len(todo), 'cell', 'cells')}, {total:,.0f} units (image-iterations of MNIST "
+                 f"ResNet-32), about {duration(total * rate)} at {source}" if todo else "to compute: nothing")
     for cell in todo:
         lines.append(f"  {cell.key:52s} {cell.cost:>12,.0f}  {100 * cell.cost / total:5.1f}%"
                      + ("  (scores its substitute's C&W-wb images)" if cell.crafted else ""))
+    parts = Counter()
+    for cell in todo:
+        for part in cell.parts:
+            parts[part] += cell.cost
+    if len(parts) > 1:
+        lines.append("  by part (a cell used by several counts in each): "
+                     + ", ".join(f"{part} {parts[part]:,.0f}" for part in PARTS if part in parts))
+    for dataset in [d for d in DATASETS if any(c.dataset == d for c in todo)]:
+        found = split_identity(dataset, data_dir)
+        lines.append(f"  {DATASET_TITLES[dataset]} test images: "
+                     + (f"{found['note']} ({found['n']:,})" if found else "none found (those cells will say so)"))
     kept = Counter(("in OUT" if o.get("source") == "resumed" else str(Path(o["path"]).parent.parent))
                    for o in outcomes.values() if o["status"] == "done")
     if kept:
-        lines.append(f"finished, kept: {sum(kept.values())} cells ("
-                     + ", ".join(f"{n} {'in OUT' if where == 'in OUT' else 'from ' + where}"
+        lines.append(f"finished, kept: {plural(sum(kept.values()), 'cell', 'cells')} ("
+                     + ", ".join(f"{n} {where if where == 'in OUT' else 'from ' + where}"
                                  for where, n in sorted(kept.items())) + ")")
-    for status, title in (("not available", "not available"), ("not run", "not run (--datasets)")):
+    for status in ("not available", "not run"):
         reasons = Counter(o.get("reason") or "" for o in outcomes.values() if o["status"] == status)
         if reasons:
-            lines.append(f"{title}: {sum(reasons.values())} cells" + "".join(
+            lines.append(f"{status}: {plural(sum(reasons.values()), 'cell', 'cells')}" + "".join(
                 f"\n  {n} × {reason.removeprefix(status + ': ')}" for reason, n in sorted(reasons.items()) if reason))
-    lines += notes
-    return lines
+    return lines + cells_from_notes(outcomes, cells_from) + notes

@@ -7,6 +7,7 @@ summary.json settings (``recorded``); options are compared with their defaults f
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,3 +86,14 @@ def set_aside(cell_dir: Path) -> Path:
         k += 1
     cell_dir.rename(target)
     return target
+
+
+def cells_from_notes(outcomes: dict, cells_from) -> list[str]:
+    """A line for each ``cells_from`` folder that supplied no cell (a folder one level too high,
+    other settings, test images or detectors), so that a run does not silently compute what the
+    user meant to reuse."""
+    used = Counter(str(Path(o["path"]).parent.parent) for o in outcomes.values()
+                   if o["status"] == "done" and o.get("source") == "reused")
+    return [f"--cells-from {folder}: none of this run's cells is finished there with the same settings, test "
+            f"images and detectors (expected: FOLDER/<model>/<cell>/summary.json)"
+            for folder in cells_from or () if not used[str(Path(folder))]]

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from rcenp import checkpoint
+from rcenp.backend import default_device, xp_for
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
 from rcenp.reproduce.cells import PARTS, plan, run_cells, sort_out
@@ -52,10 +54,10 @@ def parse_datasets(datasets, budget) -> tuple | None:
     return tuple(d for d in lineup.DATASETS if d in names)
 
 
-def claim(out_dir: Path, budget_name: str, resume: bool) -> bool:
+def claim(out_dir: Path, budget_name: str, resume: bool, write: bool = True) -> bool:
     """Create ``out_dir`` and its run.json (→ True), or check a resumed run there is of the same
-    budget (→ False). ValueError (one line) for an unwritable folder or a run that --resume must
-    continue."""
+    budget (→ False). ``write=False`` makes the same checks and creates nothing (``--plan``).
+    ValueError (one line) for an unwritable folder or a run that --resume must continue."""
     checkpoint.check_folder(out_dir, "--out")
     run_file = out_dir / "reproduce.json"
     if run_file.is_file():
@@ -70,6 +72,11 @@ def claim(out_dir: Path, budget_name: str, resume: bool) -> bool:
             raise ValueError(f"{out_dir} holds a {previous.get('budget')} run; --resume with --budget "
                              f"{previous.get('budget')}, or choose another --out")
         return False
+    if not write:
+        nearest = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write to --out {out_dir}: {nearest} is not writable")
+        return True
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_text(run_file, json.dumps({"budget": budget_name, "started": time.time(),
@@ -111,15 +118,20 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     for folder in cells_from or ():
         if not Path(folder).is_dir():
             raise ValueError(f"--cells-from {folder}: no such folder")
+    if device:  # a DeviceError before anything is claimed
+        xp_for(device)
+    else:
+        default_device()
     if plan_only:
         from rcenp.reproduce.preview import describe
 
+        claim(out_dir, spec.name, resume, write=False)
         lineup.refresh()
         cells = plan(spec, parts)
         outcomes, todo, notes = sort_out(cells, out_dir, data_dir, cells_from, dry_run=True)
         add_eta_costs(todo, data_dir)
-        return {"budget": spec.name, "out": str(out_dir), "plan": describe(cells, outcomes, todo, notes, out_dir,
-                                                                            spec.name)}
+        return {"budget": spec.name, "out": str(out_dir),
+                "plan": describe(cells, outcomes, todo, notes, out_dir, spec.name, cells_from, data_dir)}
     if claim(out_dir, spec.name, resume) and resume:
         stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
     lineup.refresh()
