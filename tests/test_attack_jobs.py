@@ -67,6 +67,20 @@ def test_jobs_give_the_single_runs_files_and_resume_a_begun_shard(single, tmp_pa
     same_run(out, single)
 
 
+def test_a_jobs_resume_naming_a_default_keeps_the_options_as_first_given(tmp_path, capsys):
+    cw = ["attack", "mnist-resnet32-ce", "--attack", "cw", "--n", "4", "--batch-size", "2", "--binary-steps", "1",
+          "--max-iterations", "2"]
+    out = tmp_path / "cw"
+    assert main(cw + ["--shard", "1/2", "--out", str(out / "shards" / "1-of-2")]) == 0
+    assert main(cw + ["--jobs", "2", "--resume", "--kappa", "0", "--initial-const", "1", "--out", str(out)]) == 0
+    first = json.loads((out / "shards" / "1-of-2" / "run.json").read_text())["options"]
+    assert "kappa" not in first
+    assert json.loads((out / "run.json").read_text())["options"] == first
+    assert json.loads((out / "summary.json").read_text())["settings"]["options"] == first
+    assert main(cw + ["--jobs", "2", "--resume", "--kappa", "1", "--out", str(out)]) == 2  # another value
+    assert "options.kappa: 0.0 there, 1.0 now" in capsys.readouterr().err  # the default it ran with
+
+
 @pytest.mark.parametrize("extra, says", [
     (["--jobs", "4"], "--jobs 4: 6 images in batches of 2 make 3 batches; use at most that many jobs"),
     (["--jobs", "2", "--shard", "1/2"], "--jobs runs and merges every shard here: leave out --shard and --merge"),
@@ -104,6 +118,24 @@ def test_a_failing_shard_is_named_with_its_last_line(tmp_path, capsys, monkeypat
     line = err[-1]
     assert re.match(r"rcenp attack: error: shard [12]/2 failed: \S", line), line  # whichever failed first
     assert "console.log); finished batches are kept: rerun with --resume" in line
+
+
+def test_a_second_jobs_process_on_a_run_in_work_is_refused_before_any_shard_starts(tmp_path, capsys):
+    import os
+
+    from rcenp.attacks.runfiles import lock_run
+
+    out = tmp_path / "run"
+    (out / "shards").mkdir(parents=True)
+    held = lock_run(out / "shards", out)  # as the first --jobs process holds it
+    try:
+        assert main(BASE + ["--jobs", "2", "--out", str(out), "--resume"]) == 2
+    finally:
+        held.close()
+    assert one_error_line(capsys.readouterr().err) == (
+        f"rcenp attack: error: {out}: another process (pid {os.getpid()}) is computing this run; wait for it to end, "
+        "or stop it and resume")
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [".lock"]  # no shard began
 
 
 @pytest.mark.parametrize("argv", [

@@ -299,7 +299,9 @@ def test_a_run_resumes_with_an_option_now_given_at_its_default(setup, tmp_path, 
         run_attack(run, "bim", tmp_path / "resumed", {"eps": 0.05, "steps": 5}, resume=True, **args)
     run_attack(run, "bim", tmp_path / "resumed", {"eps": 0.05, "steps": 10}, resume=True, **args)
     assert (tmp_path / "whole" / "samples.jsonl").read_bytes() == (tmp_path / "resumed" / "samples.jsonl").read_bytes()
-    assert json.loads((tmp_path / "resumed" / "run.json").read_text())["options"] == {"eps": 0.05}  # as first given
+    for name in ("run.json", "summary.json"):  # the run's options as first given
+        record = json.loads((tmp_path / "resumed" / name).read_text())
+        assert record.get("settings", record)["options"] == {"eps": 0.05}
 
 
 def test_cw_records_keep_the_total_iterations_beside_the_per_step_counts(setup, tmp_path):  # noqa: F811

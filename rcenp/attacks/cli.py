@@ -12,6 +12,7 @@ from rcenp.attacks.cw_wb import STAGE2
 from rcenp.attacks.jobs import (check_jobs, check_same_jobs, record_jobs, run_shards, shard_folders,
                                stop_with_parent)
 from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
+from rcenp.attacks.runfiles import lock_run
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.progress import plural
@@ -182,7 +183,7 @@ def cmd_attack(args) -> int:
         options["substitute"] = args.substitute
     elif args.crafted_from:
         raise ValueError("--crafted-from takes a transfer's images: name its --substitute")
-    merge, resume, start, sharded = args.merge, args.resume, time.monotonic(), False
+    merge, resume, start, sharded, lock = args.merge, args.resume, time.monotonic(), False, None
     if args.jobs > 1:
         check_jobs(args, Path(out), options)
         if args.crafted_from:  # refused here, not in every shard
@@ -191,6 +192,8 @@ def cmd_attack(args) -> int:
             precheck(args.crafted_from, args.attack, {k: v for k, v in options.items() if k != "substitute"},
                      args.n, args.seed, args.batch_size, args.substitute)
         if not (Path(out) / "summary.json").is_file():  # else: a finished run, resumed (or refused) as usual
+            (Path(out) / "shards").mkdir(parents=True, exist_ok=True)
+            lock = lock_run(Path(out) / "shards", Path(out))  # one --jobs process per run, until it has merged
             run_shards(args.attack_parser, args, Path(out))
             merge, resume, sharded = [str(folder) for folder in shard_folders(out, args.jobs)], True, True
     elif not args.merge:
@@ -198,6 +201,8 @@ def cmd_attack(args) -> int:
     summary = run_attack(args.model, args.attack, out, options, n=args.n, seed=args.seed,
                          batch_size=args.batch_size, resume=resume, shard=args.shard, data_dir=args.data_dir,
                          device=args.device, png_dir=args.png, merge=merge, crafted=args.crafted_from)
+    if lock is not None:
+        lock.close()
     if sharded:
         summary = record_jobs(out, summary, args.jobs, time.monotonic() - start)
     if args.json:

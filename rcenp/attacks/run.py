@@ -186,6 +186,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         return merge_shards(asked, merge, out_dir, detector, lambda folder, a: runfiles.claim(folder, a, resume))
     made_dir = not out_dir.exists()
     claimed = runfiles.claim(out_dir, asked, resume)
+    if not claimed:  # resumed: the options as the run first recorded them (a default may be named now, or not)
+        asked["options"] = json.loads((out_dir / "run.json").read_text())["options"]
     code = runfiles.code_record()  # the code this process loaded, not what the tree holds when it ends
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute

@@ -156,13 +156,14 @@ def read_samples(run_dir) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def lock_run(partial: Path):
+def lock_run(partial: Path, run_dir: Path | None = None):
     """Hold an exclusive lock on ``partial/.lock`` (``fcntl.flock``, released when the returned
-    file is closed or the process dies, however) so that two processes never compute one run:
-    a ``--resume`` while an earlier process (a ``--jobs`` shard whose parent was killed) still
-    runs would write the same batches and remove each other's files. Raises ValueError (one line,
-    with the holder's pid) when another process holds it. Where ``fcntl`` is missing (Windows),
-    nothing is locked and None is returned."""
+    file is closed or the process dies, however) so that two processes never compute one run
+    (``run_dir``, default ``partial``'s parent): a ``--resume`` while an earlier process still
+    runs would write the same batches and remove each other's files. ``rcenp attack --jobs``
+    holds OUT/shards/.lock the same way. Raises ValueError (one line, with the holder's pid) when
+    another process holds it. Where ``fcntl`` is missing (Windows), nothing is locked and None is
+    returned."""
     try:
         import fcntl
     except ImportError:
@@ -174,7 +175,7 @@ def lock_run(partial: Path):
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
-        raise ValueError(f"{partial.parent}: another process{f' (pid {holder})' if holder else ''} is computing this "
+        raise ValueError(f"{run_dir or partial.parent}: another process{f' (pid {holder})' if holder else ''} is computing this "
                          "run; wait for it to end, or stop it and resume") from None
     handle.seek(0)
     handle.truncate()

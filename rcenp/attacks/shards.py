@@ -62,6 +62,8 @@ def merge_shards(asked: dict, shard_dirs, out_dir: Path, detector, claim) -> dic
     from rcenp.attacks.summary import summarize
 
     ordered = finished_shards(asked, shard_dirs)
+    # the options as the shards first recorded them (equal to asked's, up to options named at their default)
+    asked = dict(asked, options=json.loads((ordered[0] / "run.json").read_text())["options"])
     texts = [(folder / "samples.jsonl").read_text() for folder in ordered]
     records = [json.loads(line) for text in texts for line in text.splitlines()]
     arrays = {}
