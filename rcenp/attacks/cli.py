@@ -241,8 +241,9 @@ def budget_hint(summary: dict) -> str | None:
     iterations = stage.get("max_iterations", STAGE2["max_iterations"])
     if steps * iterations >= STAGE2["binary_steps"] * STAGE2["max_iterations"]:
         return None
+    where = " in stage 2" if settings["attack"] == "cw-wb" else ""
     return (f"  no image succeeded within {steps} binary {'step' if steps == 1 else 'steps'} x {iterations:,} "
-            f"iterations; the paper's budget is {STAGE2['binary_steps']} x {STAGE2['max_iterations']:,} "
+            f"iterations{where}; the paper's budget{where} is {STAGE2['binary_steps']} x {STAGE2['max_iterations']:,} "
             f"(--binary-steps, --max-iterations)")
 
 
