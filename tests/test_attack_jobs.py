@@ -194,12 +194,16 @@ def test_terminating_the_parent_stops_its_shards(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_shards_stop_when_their_parent_is_killed_outright(tmp_path):
+@pytest.mark.parametrize("sigint_ignored", [False, True])
+def test_shards_stop_when_their_parent_is_killed_outright(tmp_path, sigint_ignored):
     """kill -9 leaves no handler to stop the shards: each one asked the kernel for a SIGINT when
-    its parent dies, and stops on it (as on a Ctrl-C) with its finished batches kept."""
+    its parent dies, and stops on it (as on a Ctrl-C) with its finished batches kept; also when
+    a shell started the parent in the background (`cmd &`), which passes SIGINT on ignored."""
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "rcenp", "attack", "mnist-resnet32-ce", "--attack", "jsma", "--eps", "0.1",
             "--n", "400", "--batch-size", "10", "--jobs", "2", "--out", str(out)]  # minutes of work
+    if sigint_ignored:
+        argv = ["bash", "-c", 'trap "" INT; exec "$@"', "bash", *argv]
     parent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not all((out / "shards" / f"{k}-of-2" / "run.json").is_file() for k in (1, 2)):

@@ -122,11 +122,12 @@ def step():
 
 step(); step()
 blocks = memory.pool_stats()["blocks"]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3
-print(memory.pool_stats()["blocks"] - blocks, faults, memory.pool_stats()["held_bytes"] // 4096)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(memory.pool_stats()["blocks"] - blocks, sorted(faults)[2], sum(faults), memory.pool_stats()["held_bytes"] // 4096)
 """
 
 
@@ -136,8 +137,14 @@ def test_a_plain_scripts_training_step_reuses_its_buffers():
     out = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT], capture_output=True, text=True,
                          env=dict(clean, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
-    new_blocks, faults, pooled_pages = map(int, out.stdout.split())
+    new_blocks, median_faults, all_faults, pooled_pages = map(int, out.stdout.split())
     assert new_blocks == 0
-    # without reuse every step faults most of its ~17,000 pooled pages back in (6,000-18,000 here)
+    # without reuse every step faults most of its ~17,000 pooled pages back in (6,000-18,000 here);
+    # with it a step faults a handful. A worker's scratch buffers still grow (once) the first time
+    # it is handed a chunk of a pass it has not run before, which on a busy machine, where the
+    # main thread may run every chunk of a pass before the helper wakes, can be in any step (up to
+    # about 1,000 pages over 3 steps seen on this VM under load; none with one worker): so the
+    # median step, and all five together well under one step without reuse.
     assert pooled_pages > 10_000, pooled_pages
-    assert faults < 300, faults
+    assert median_faults < 300, median_faults
+    assert all_faults < 5_000, all_faults

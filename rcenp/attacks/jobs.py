@@ -66,12 +66,16 @@ def child_argv(parser, args, shard: int, jobs: int, folder: Path, resume: bool) 
 
 def stop_with_parent() -> None:
     """In a shard process (``PARENT_ENV`` set by ``run_shards``; elsewhere nothing): SIGINT, as a
-    Ctrl-C, as soon as its --jobs process dies, even by SIGKILL, so that no shard outlives it
+    Ctrl-C (handled as Python's KeyboardInterrupt even where the shell started the --jobs process
+    with SIGINT ignored), as soon as its --jobs process dies, even by SIGKILL, so that no shard outlives it
     (Linux's PR_SET_PDEATHSIG; other systems keep the shard running to its end). Raises ValueError
     when that process is gone already."""
     parent = os.environ.pop(PARENT_ENV, None)
     if parent is None:
         return
+    # a --jobs process started in the background by a shell (`cmd &`) passes SIGINT on ignored, and
+    # then neither its SIGINT nor this one would stop the shard: Python's handler, as in a terminal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if sys.platform.startswith("linux"):
         import ctypes
 

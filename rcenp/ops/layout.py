@@ -224,7 +224,10 @@ def balanced_chunk(n: int, largest: int) -> int:
     if count == 1:
         return n
     count = min(n, -(-count // w) * w)
-    return -(-n // count)
+    size = -(-n // count)
+    if -(-n // size) < min(n, w):  # the rounded-up size merged chunks below one per worker (4 items, 3 workers)
+        size = n // min(n, w)
+    return size
 
 
 def for_each_chunk(fn, array, chunk_bytes: int = 1 << 20, balanced: bool = False):
