@@ -530,17 +530,22 @@ def test_published_cells_with_another_detector_or_an_unrecorded_eta_are_not_reus
     assert reuse.reusable(wb, [tmp_path / "new"]) == tmp_path / "new" / wb.key
 
 
-def test_transfer_cell_runs_on_the_target_with_the_substitute(tmp_path):
-    """A real run_attack call with the substitute option: the cell finishes with a transfer block."""
+def test_transfer_cell_runs_on_the_target_with_the_substitute(tmp_path, monkeypatch):
+    """A real run_attack call with the substitute option: the cell finishes with a transfer block.
+    With no data root (the embedded test sample; η from the detector's points), so that the η
+    pass over 60,000 training images, tested elsewhere, does not cost minutes here."""
     smoke = budgets.get_budget("smoke")
     options = budgets.cw_wb_options(smoke, "attacker", "mnist-resnet32-rce")
     options["stage1"] = {"binary_steps": 1, "max_iterations": 2}
     options["stage2"] = {"binary_steps": 1, "max_iterations": 2}
     cell = cells.Cell("mnist-resnet32-ce/cw-wb-from-mnist-resnet32-rce", "attack", "mnist-resnet32-ce", "mnist", 32,
                       "ce", 2, attack="cw-wb", options=options, substitute="mnist-resnet32-rce", batch_size=2)
+    monkeypatch.delenv("RCENP_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no data in the per-user cache either
     outcome = cells.run_cell(cell, tmp_path / cell.key, stream=open(os.devnull, "w"))
     assert outcome["status"] == "done"
     summary = json.loads((tmp_path / cell.key / "summary.json").read_text())
+    assert summary["settings"]["data"]["n"] == 1000 and summary["settings"]["eta"]["rule"].startswith("approximation")
     assert summary["transfer"]["n_eligible"] <= 2 and summary["settings"]["options"]["substitute"] == "mnist-resnet32-rce"
 
 
