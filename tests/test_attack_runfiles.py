@@ -206,6 +206,9 @@ def test_cw_wb_eta_comes_from_the_training_features(trained_here, tmp_path, monk
     log = (tmp_path / "wb" / "attack.log").read_text()   # the pass over the training split is timed and named
     assert re.search(rf"η for C&W-wb: {len(train.labels):,} training features in 0:00:\d\d \(not in the img/s below\)",
                      log)
+    run_attack(run, "cw-wb", tmp_path / "again", tiny, n=4, batch_size=4, data_dir=root)  # the pass is kept
+    assert f"η for C&W-wb: {len(train.labels):,} training features kept from an earlier pass (the feature cache)" \
+        in (tmp_path / "again" / "attack.log").read_text()
 
 
 TINY_WB = {"learning_rate": 0.05, "attacker_points": 5, "stage1": {"binary_steps": 1, "max_iterations": 2},

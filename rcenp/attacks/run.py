@@ -238,11 +238,16 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         if attack == "cw-wb" and crafted is None and not all(finished):  # η: once per process, when there is work
             if train is not None:
                 progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
-                started = time.monotonic()
-                features, labels = training_features(crafter_detector, crafter_ref, train, progress=counter(
-                    "training images", "features for η", stream=progress.stream))
-                progress.message(f"η for C&W-wb: {len(labels):,} training features in "
-                                 f"{duration(time.monotonic() - started)} (not in the img/s below)")
+                started, bar, computed = time.monotonic(), counter("training images", "features for η",
+                                                                   stream=progress.stream), []
+
+                def count(done, total):  # never called for features kept from an earlier pass
+                    computed.append(done)
+                    return bar(done, total)
+                features, labels = training_features(crafter_detector, crafter_ref, train, progress=count)
+                progress.message(f"η for C&W-wb: {len(labels):,} training features "
+                                 + (f"in {duration(time.monotonic() - started)} (not in the img/s below)"
+                                    if computed else "kept from an earlier pass (the feature cache)"))
                 options, train = dict(options, train_features=features, train_labels=labels), None
             else:
                 progress.message(f"η for C&W-wb: {asked['eta']['why']}, so the biased-loose approximation "
