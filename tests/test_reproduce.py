@@ -171,7 +171,7 @@ def test_report_lists_run_cells_and_counts_missing_ones_per_model(smoke):
     done = [k for k, o in outcomes.items() if o["status"] == "done"]
     missing = {k: o for k, o in outcomes.items() if o["status"] == "not available"}
     not_run = {k: o for k, o in outcomes.items() if o["status"] == "not run"}  # data sets smoke does not cover
-    assert done and missing and not_run and len(done) + len(missing) + len(not_run) == len(outcomes)
+    assert done and not_run and len(done) + len(missing) + len(not_run) == len(outcomes)  # missing: none once all ship
     assert f"**Run: {len(done)} cells**" in cells_section
     assert f"**Not available: {len(missing)} cells**" in cells_section
     assert f"**Not run: {len(not_run)} cells**" in cells_section
