@@ -167,10 +167,15 @@ def result_file(cell_dir: Path, kind: str) -> Path:
     return cell_dir / {"attack": "summary.json", "test-error": "result.json", "features": "features.npz"}[kind]
 
 
+def read_timings(path: Path) -> dict:
+    """OUT/timings.json: {cell key: seconds summed over invocations}, {} when there is none."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def add_seconds(path: Path, key: str, seconds: float) -> None:
-    """Add ``seconds`` to cell ``key``'s total in ``path`` (OUT/timings.json: {key: seconds summed
-    over invocations}), through a temporary file and a rename."""
-    totals = json.loads(path.read_text()) if path.is_file() else {}
+    """Add ``seconds`` to cell ``key``'s total in ``path`` (``read_timings``), through a temporary
+    file and a rename."""
+    totals = read_timings(path)
     totals[key] = totals.get(key, 0.0) + seconds
     checkpoint.atomic_write_text(path, json.dumps(totals, indent=1) + "\n")
 

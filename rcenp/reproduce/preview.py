@@ -12,12 +12,11 @@ cells would attack.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from rcenp.progress import plural
-from rcenp.reproduce.cells import PARTS
+from rcenp.reproduce.cells import PARTS, read_timings
 from rcenp.reproduce.costs import SECONDS_PER_UNIT
 from rcenp.reproduce.lineup import DATASET_TITLES, DATASETS
 from rcenp.reproduce.reuse import cells_from_notes, split_identity
@@ -25,9 +24,8 @@ from rcenp.reproduce.reuse import cells_from_notes, split_identity
 
 def measured_rate(out_dir: Path, cells) -> tuple[float, int] | None:
     """(seconds per unit of cost, cells measured) over the cells OUT/timings.json records, or None."""
-    path = Path(out_dir) / "timings.json"
     try:
-        seconds = json.loads(path.read_text()) if path.is_file() else {}
+        seconds = read_timings(Path(out_dir) / "timings.json")
     except (OSError, ValueError):
         return None
     measured = [(seconds[c.key], c.cost) for c in cells if seconds.get(c.key)]

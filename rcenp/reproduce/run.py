@@ -16,7 +16,7 @@ from rcenp import checkpoint
 from rcenp.backend import default_device, xp_for
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
-from rcenp.reproduce.cells import PARTS, plan, run_cells, sort_out
+from rcenp.reproduce.cells import PARTS, plan, read_timings, run_cells, sort_out
 from rcenp.reproduce.costs import add_eta_costs
 from rcenp.reproduce.report import write_report
 from rcenp.reproduce.results import Results
@@ -88,8 +88,7 @@ def claim(out_dir: Path, budget_name: str, resume: bool, write: bool = True) -> 
 
 def _part_seconds(out_dir: Path, cells) -> dict:
     """Seconds per part, from the cell totals ``run_cells`` keeps in OUT/timings.json."""
-    path = out_dir / "timings.json"
-    seconds = json.loads(path.read_text()) if path.is_file() else {}
+    seconds = read_timings(out_dir / "timings.json")
     per_part: dict[str, float] = {}
     for cell in cells:
         for part in cell.parts:
@@ -122,20 +121,17 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         xp_for(device)
     else:
         default_device()
+    if claim(out_dir, spec.name, resume, write=not plan_only) and resume and not plan_only:
+        stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
+    lineup.refresh()
+    cells = plan(spec, parts)
     if plan_only:
         from rcenp.reproduce.preview import describe
 
-        claim(out_dir, spec.name, resume, write=False)
-        lineup.refresh()
-        cells = plan(spec, parts)
         outcomes, todo, notes = sort_out(cells, out_dir, data_dir, cells_from, dry_run=True)
         add_eta_costs(todo, data_dir)
         return {"budget": spec.name, "out": str(out_dir),
                 "plan": describe(cells, outcomes, todo, notes, out_dir, spec.name, cells_from, data_dir)}
-    if claim(out_dir, spec.name, resume) and resume:
-        stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
-    lineup.refresh()
-    cells = plan(spec, parts)
     outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream)
     results = Results(cells, outcomes)
     counts: dict[str, int] = {}
