@@ -297,7 +297,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             runfiles.unclaim(out_dir, partial, made_dir)
         elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and kept:
             progress.message(f"interrupted ({type(exc).__name__}): the finished batches and any snapshot of the batch "
-                             "in work are kept; run again with --resume to go on")
+                             "in work are kept; run again with --resume to go on"
+                             + (" (a shard that --jobs started: run the --jobs command again with --resume)"
+                                if tuple(shard) != (1, 1) else ""))
         raise
     finally:
         progress.close()
