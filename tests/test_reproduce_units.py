@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import types
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,11 @@ def test_iterative_vs_single():
     bad = sanity.iterative_vs_single("m", fgsm, [(0.1, 0.10, 500), (0.2, 0.35, 500)])
     assert bad["status"] == "FLAG" and "ε = 0.2" in bad["detail"]
     assert sanity.iterative_vs_single("m", fgsm, [(0.3, 0.1, 500)])["status"] == "n/a"
+    within = sanity.iterative_vs_single("m", fgsm, [(0.1, 0.402, 500), (0.2, 0.00, 500)])  # one image above
+    assert within["status"] == "PASS" and "0.2 pp at ε = 0.1" in within["detail"]
+    for level in (0.0, 0.98):  # both at 0%, or neither moved a prediction: a pass would say nothing
+        flat = [(0.1, level, 500), (0.2, level, 500)]
+        assert sanity.iterative_vs_single("m", flat, flat)["status"] == "n/a"
 
 
 def summary(n=100, clean_correct=100, efficient=100, zero=0.0, evasion=None):
@@ -123,6 +129,9 @@ def test_whitebox_vs_transfer():
     bad = sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), summary(evasion=0.3))
     assert bad["status"] == "FLAG" and "white-box 10.0%" in bad["detail"]
     assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), None)["status"] == "n/a"
+    nothing = sanity.whitebox_vs_transfer("s → t", summary(evasion=0.0), summary(evasion=0.0))  # both stopped
+    assert nothing["status"] == "n/a" and "nothing to compare" in nothing["detail"]
+    assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.0), summary(evasion=0.05))["status"] == "FLAG"
 
 
 def test_zero_gradient():
@@ -317,6 +326,52 @@ def test_dagger_allows_for_the_papers_rounding_and_notes_zero_width_intervals():
                                       "interval to mean much)"]
     row["n_pairs"] = 30
     assert report._outside([row])[0].endswith("paper 99.8 (n = 30 pairs)")
+
+
+class _Table4Results:
+    """Every Table 4 cell finished with the same K-density entry and transfer record."""
+
+    def __init__(self, entry, transfer):
+        self.entry, self.transfer = entry, transfer
+
+    def get(self, dataset, depth, objective, name):
+        return types.SimpleNamespace(model=f"{dataset}-resnet{depth}-{objective}")
+
+    def summary(self, cell):
+        return {"transfer": self.transfer, "detection": {"log_kd": {"n_pairs": 40}}}
+
+    def status(self, cell):
+        return None
+
+    def detection(self, cell):
+        return {"log_kd": self.entry}
+
+
+def test_table4_marks_values_and_transfer_rates_outside_the_papers():
+    """† on Table 4: CIFAR-10's value missed by our strict interval, MNIST's "all above 95" missed by
+    our whole interval, a transfer rate whose Wilson interval lies above the paper's bound."""
+    smoke = budgets.get_budget("smoke")
+    low = {"auc": 0.90, "auc_strict_ties": 0.90, "auc_ci95": [0.85, 0.94], "auc_strict_ci95": [0.85, 0.94]}
+    rows = threat_tables.table4(_Table4Results(low, {"n_eligible": 40, "transfer_rate": 0.5}), smoke).rows
+    mnist = [r for r in rows if r["dataset"] == "mnist"]
+    assert all(r["outside_ci"] for r in mnist)                                 # [85, 94] is all below 95
+    cifar = {(r["target_objective"], r["substitute_objective"]): r for r in rows if r["dataset"] == "cifar10"}
+    assert cifar[("ce", "ce")]["outside_ci"] and cifar[("rce", "rce")]["outside_ci"]   # 75.0, 84.9: missed
+    assert cifar[("ce", "rce")]["outside_ci"] is False and cifar[("rce", "ce")]["outside_ci"] is False  # 90.8, 89.1
+    assert all(r["transfer_outside"] for r in cifar.values())                  # 50% of 40: low end above 15%
+    assert not any(r["transfer_outside"] for r in mnist)                       # 50% is not above 50%
+    lines = report._outside_table4(rows)
+    assert "- mnist Table 4, CE substitute → CE target, K-density: ours (strict ties) 90.0 [85.0, 94.0], " \
+           "paper: all above 95 (n = 40 pairs)" in lines
+    assert any(line.startswith("- cifar10 Table 4") and "transfer rate: ours 50.0% [" in line
+               and line.endswith("(n = 40), paper: under 15%") for line in lines)
+    high = {"auc": 0.99, "auc_strict_ties": 0.99, "auc_ci95": [0.97, 1.0], "auc_strict_ci95": [0.96, 1.0]}
+    rows = threat_tables.table4(_Table4Results(high, {"n_eligible": 40, "transfer_rate": 0.05}), smoke).rows
+    assert not any(r["outside_ci"] for r in rows if r["dataset"] == "mnist")
+    assert all(r["outside_ci"] for r in rows if r["dataset"] == "cifar10")     # 96-100 misses 75.0-90.8
+    assert not any(r["transfer_outside"] for r in rows)
+    assert threat_tables.transfer_interval(None, 10) == (None, None)
+    assert threat_tables.transfer_interval(0.5, 0) == (None, None)
 
 
 def test_zero_gradient_fractions_ignore_nan_and_count_it():
@@ -801,6 +856,19 @@ def test_the_white_box_attack_on_a_table4_target_is_planned_only_for_the_sanity_
     both = {c.key: c for c in cells.plan(smoke, ["table4", "sanity"])}
     assert both["mnist-resnet56-ce/cw-wb"].parts == {"sanity"}
     assert "mnist-resnet56-ce/cw-wb-from-mnist-resnet32-ce" in both
+
+
+def test_the_white_box_versus_transfer_check_without_table4_says_why(monkeypatch):
+    """--only sanity plans no transfer cell: the check is listed as not run, not left out."""
+    from rcenp.reproduce.results import Results
+
+    smoke = budgets.get_budget("smoke")
+    rows = sanity.run_checks(Results(cells.plan(smoke, ["sanity"]), {}), smoke)
+    wb = [r for r in rows if r["check"] == "white-box C&W-wb ≥ transfer"]
+    assert {r["subject"] for r in wb} == {"mnist-resnet56-ce", "mnist-resnet56-rce"}
+    assert all(r["status"] == "n/a" and "add table4 to --only" in r["detail"] for r in wb)
+    both = sanity.run_checks(Results(cells.plan(smoke, ["sanity", "table4"]), {}), smoke)
+    assert not any("add table4" in r["detail"] for r in both)
 
 
 def test_a_broken_manifest_is_the_reason_not_a_missing_model(monkeypatch):

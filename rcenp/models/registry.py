@@ -35,7 +35,7 @@ def model_info(name: str) -> dict:
 
     Keys: ``name``, ``dataset``, ``train_images`` and ``test_images`` (the sizes of the splits it
     was trained and tested on; fewer than the published ones for a subset), ``subset`` (bool),
-    ``depth``, ``objective``, ``preset``, ``steps``, ``test_error`` (a fraction, on
+    ``depth``, ``objective``, ``preset``, ``steps``, ``batch_size``, ``test_error`` (a fraction, on
     ``test_images``), ``detector`` (a fitted detector beside it), ``detector_metric`` and
     ``detector_threshold`` (None without one), ``bytes`` (weights, manifest and detector files).
     Raises CheckpointError if ``name`` is not a shipped classifier.
@@ -55,7 +55,7 @@ def model_info(name: str) -> dict:
         "train_images": data.get("train_used", train.get("n")), "test_images": manifest.get("n_test", test.get("n")),
         "subset": bool(train.get("subset") or test.get("subset")),
         "depth": config["depth"], "objective": config["objective"], "preset": config.get("preset"),
-        "steps": manifest.get("step"), "test_error": manifest.get("test_error"),
+        "steps": manifest.get("step"), "batch_size": config.get("batch_size"), "test_error": manifest.get("test_error"),
         "detector": detector is not None,
         "detector_metric": detector.get("metric") if detector else None,
         "detector_threshold": detector.get("threshold") if detector else None,

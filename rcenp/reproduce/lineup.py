@@ -51,6 +51,11 @@ def refresh() -> None:
     _listing.cache_clear()
 
 
+def shipped_of(dataset: str) -> list[dict]:
+    """The ``rcenp.models.registry.model_info`` of every readable shipped model of ``dataset``."""
+    return [info for info in _shipped() if info["dataset"] == dataset]
+
+
 def find_model(dataset: str, depth: int, objective: str) -> str | None:
     """The shipped model for (data set, depth, objective): the expected name when shipped, else
     the first shipped model whose manifest matches; None when there is none."""

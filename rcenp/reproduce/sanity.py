@@ -54,18 +54,30 @@ def monotone_in_eps(subject: str, points, symbol: str = "ε") -> dict:
 
 
 def iterative_vs_single(subject: str, single, iterative) -> dict:
-    """BIM (iterative) must leave no higher accuracy than FGSM (single step) at any ε both ran.
-    single, iterative: [(ε, accuracy, n)]."""
+    """BIM (iterative) must leave no higher accuracy than FGSM (single step) at any ε both ran, by
+    more than one image (or 0.5 pp). single, iterative: [(ε, accuracy, n)]. n/a when both leave
+    one and the same accuracy at every ε (e.g. neither changed a prediction, or both reached 0%):
+    such a pass would say nothing."""
     one = {e: (a, n) for e, a, n in single if a is not None}
     many = {e: (a, n) for e, a, n in iterative if a is not None}
     common = sorted(set(one) & set(many))
     if not common:
         return check("iterative ≥ single-step", subject, None, None, "no ε with both FGSM and BIM")
+    same = {a for e in common for a in (one[e][0], many[e][0])}
+    if len(same) == 1:
+        return check("iterative ≥ single-step", subject, None, 0.0,
+                     f"FGSM and BIM both leave {100 * same.pop():.1f}% accuracy at all {len(common)} ε: "
+                     "nothing to compare")
     gaps = {e: many[e][0] - one[e][0] for e in common}
     eps = max(gaps, key=gaps.get)
     ok = gaps[eps] <= _tolerance(many[eps][1])
-    detail = (f"BIM accuracy ≤ FGSM accuracy at all {len(common)} ε" if ok else
-              f"BIM leaves {100 * gaps[eps]:.1f} pp more accuracy than FGSM at ε = {eps:g}")
+    if ok and gaps[eps] > 0:
+        detail = (f"BIM accuracy at most FGSM's + one image (or 0.5 pp) at all {len(common)} ε; the most "
+                  f"above: {100 * gaps[eps]:.1f} pp at ε = {eps:g}")
+    elif ok:
+        detail = f"BIM accuracy ≤ FGSM accuracy at all {len(common)} ε"
+    else:
+        detail = f"BIM leaves {100 * gaps[eps]:.1f} pp more accuracy than FGSM at ε = {eps:g}"
     return check("iterative ≥ single-step", subject, ok, gaps[eps], detail)
 
 
@@ -88,14 +100,21 @@ def _evasion(summary: dict) -> float | None:
 
 def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | None) -> dict:
     """C&W-wb run white-box on the target must evade its detector at least as often as examples
-    transferred from a substitute: undetected-and-misclassified rate, white-box ≥ transfer."""
+    transferred from a substitute: undetected-and-misclassified rate, white-box ≥ transfer (within one
+    image or 0.5 pp). n/a when both rates are that close to 0: neither attack gets past the
+    detector, and a pass would say nothing."""
     if whitebox is None or transfer is None:
         return check("white-box C&W-wb ≥ transfer", subject, None, None,
                      "white-box or transfer cell not available")
     wb, tr = _evasion(whitebox), _evasion(transfer)
     if wb is None or tr is None:
         return check("white-box C&W-wb ≥ transfer", subject, None, None, "no detector decisions in the cells")
-    ok = wb + _tolerance(whitebox["counts"]["n"]) >= tr
+    tolerance = _tolerance(whitebox["counts"]["n"])
+    if max(wb, tr) <= tolerance:
+        return check("white-box C&W-wb ≥ transfer", subject, None, wb - tr,
+                     f"undetected and misclassified: white-box {100 * wb:.1f}%, transfer {100 * tr:.1f}%: both "
+                     "about 0, nothing to compare")
+    ok = wb + tolerance >= tr
     return check("white-box C&W-wb ≥ transfer", subject, ok, wb - tr,
                  f"undetected and misclassified: white-box {100 * wb:.1f}%, transfer {100 * tr:.1f}%")
 
@@ -192,7 +211,12 @@ def run_checks(res: Results, budget: Budget) -> list[dict]:
         for target_obj in lineup.OBJECTIVES:
             target = lineup.find_model(dataset, 56, target_obj)
             wb = res.get(dataset, 56, target_obj, "cw-wb")
-            if wb is None or dataset == "fashion-mnist":
+            if dataset == "fashion-mnist":
+                continue
+            if wb is None:  # planned only with table4, whose transfer cells the check compares with
+                rows.append(check("white-box C&W-wb ≥ transfer", lineup.expected_name(dataset, 56, target_obj),
+                                  None, None, "not run: it compares Table 4's transfer cells with a white-box "
+                                              "run on the target; add table4 to --only"))
                 continue
             if target is None:
                 rows.append(check("white-box C&W-wb ≥ transfer", lineup.expected_name(dataset, 56, target_obj), None,

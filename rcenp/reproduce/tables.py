@@ -121,7 +121,9 @@ def table1(res: Results, budget: Budget) -> Table:
             md_rows.append(line)
     headers = ["model"] + [lineup.DATASET_TITLES[d] for d in lineup.DATASETS]
     note = ("Test error in %, ours on the first n test images of the split found (n shown); paper = Table 1 "
-            "(full test sets; CIFAR-10 there is the full data set, ours the subset).")
+            "(the paper says 'test sets'; the authors' released test_nor.py reads 5,000 test images by default and "
+            "keeps the best precision over re-evaluated checkpoints, protocol §1.3; CIFAR-10 there is the full data "
+            "set, ours the subset).")
     data = describe_test_sets([{"dataset": r["dataset"], "n": r["n_test"], "test_set": r["test_set"]} for r in rows])
     data_md = "Test images (the first n of each split):\n\n" + "\n".join(data)
     return Table("table1", "Table 1: test error (%)", list(rows[0]), rows,
@@ -281,7 +283,7 @@ def beyond(res: Results, budget: Budget, rows=None) -> Table:
             continue
         why = r.get("tpr5_crossfit_why")
         rates = [f"n/a: {why}" if why and r[f"fpr5_crossfit_{m}"] is None else
-                 _num(r[f"tpr5_crossfit_{m}"], 1, 100)
+                 (_num(r[f"tpr5_crossfit_{m}"], 1, 100) or "n/a: no paper-rule adversarial example")
                  + (f" ({_num(r[f'fpr5_crossfit_{m}'], 1, 100)})" if r[f"fpr5_crossfit_{m}"] is not None else "")
                  for m in METRICS]
         md_rows.append([lineup.DATASET_TITLES[r["dataset"]], attack, r["objective"].upper()] + rates
