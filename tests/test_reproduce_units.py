@@ -977,7 +977,7 @@ def test_the_report_head_and_protocol_say_what_the_tables_do(tmp_path):
     text = (tmp_path / "REPORT.md").read_text()
     head = text[:text.index("\n## ")]
     assert "Δ = ours − paper." not in head  # the AUC tables' Δ is not against the headline AUC
-    assert "ours is the ties-half AUC, while Δ (and Table 2's †) compare the paper with our strict-tie AUC" in head
+    assert "ours is the ties-half AUC, while Δ (and the AUCs' †) compare the paper with our strict-tie AUC" in head
     assert "Δ = strict − paper" in text[text.index("## Table 4"):]  # what the table notes say
     protocol = text[text.index("## Protocol differences"):]
     assert "needs ResNet-56 targets and run_attack's substitute option" not in protocol

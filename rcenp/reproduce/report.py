@@ -325,7 +325,7 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
             f"- cells: {meta['counts']}" + ("" if "not available" not in meta["counts"] else
                                             " (see 'Cells' at the end: which models are missing, and how to add them)"),
             f"- paper values: {paper.SOURCE}; every number below is ours, then the paper's, then Δ = ours − paper, "
-            "except the AUCs of Tables 2 and 4: ours is the ties-half AUC, while Δ (and Table 2's †) compare the "
+            "except the AUCs of Tables 2 and 4: ours is the ties-half AUC, while Δ (and the AUCs' †) compare the "
             "paper with our strict-tie AUC (ties counted 0, the authors' rule; shown as 'strict' where it differs).",
             "- test images, for every table: each cell takes the first n images (n shown in the tables) of its "
             "data set's test split:"] + [f"  {line}" for line in used_test_sets(res)] + [""]
