@@ -321,11 +321,21 @@ def test_dagger_allows_for_the_papers_rounding_and_notes_zero_width_intervals():
     assert outside(0.0, 0.0, 0.04) is False and outside(None, 1.0, 2.0) is None
     row = {"dataset": "mnist", "attack": "cw", "eps": None, "theta": None, "objective": "ce", "n_pairs": 9,
            **tables._auc_fields({"non_me": entry}, "non_me", 99.8)}
-    assert report._outside([row]) == ["- mnist cw CE non-ME: ours (strict ties) 100.0 [100.0, 100.0] "
-                                      "(zero-width interval), paper 99.8 (n = 9 pairs; under 30, too few for the "
-                                      "interval to mean much)"]
+    # a zero-width interval, or one from under 30 pairs, says little: marked (†), listed apart, not counted
+    weak = "- mnist cw CE non-ME: ours (strict ties) 100.0 [100.0, 100.0] (zero-width interval), paper 99.8 (n = 9 pairs)"
+    assert report._outside([row]) == ([], [weak], 0)
+    assert tables._auc_text(row, "non_me").endswith("; paper 99.8, Δ +0.2 (†)")
     row["n_pairs"] = 30
-    assert report._outside([row])[0].endswith("paper 99.8 (n = 30 pairs)")
+    assert report._outside([row]) == ([], [weak.replace("n = 9", "n = 30")], 0)  # still zero width
+    row.update(tables._auc_fields({"non_me": dict(entry, auc_strict_ci95=[0.995, 1.0])}, "non_me", 99.8), n_pairs=30)
+    counted = "- mnist cw CE non-ME: ours (strict ties) 100.0 [99.5, 100.0], paper 99.8 (n = 30 pairs)"
+    assert report._outside([row]) == ([], [], 1)                                # [99.5, 100] holds 99.8
+    row.update(tables._auc_fields({"non_me": dict(entry, auc_strict_ci95=[0.999, 1.0])}, "non_me", 99.8), n_pairs=30)
+    assert report._outside([row]) == ([counted.replace("99.5", "99.9")], [], 1)
+    assert tables._auc_text(row, "non_me").endswith(" **†**")
+    text = report.differences_md([row], [])
+    assert "of the 1 comparisons made" in text and counted.replace("99.5", "99.9") in text
+    assert "No value had such a comparison" in report.differences_md([], [])
 
 
 class _Table4Results:
@@ -360,7 +370,8 @@ def test_table4_marks_values_and_transfer_rates_outside_the_papers():
     assert cifar[("ce", "rce")]["outside_ci"] is False and cifar[("rce", "ce")]["outside_ci"] is False  # 90.8, 89.1
     assert all(r["transfer_outside"] for r in cifar.values())                  # 50% of 40: low end above 15%
     assert not any(r["transfer_outside"] for r in mnist)                       # 50% is not above 50%
-    lines = report._outside_table4(rows)
+    lines, weak, compared = report._outside_table4(rows)
+    assert weak == [] and compared == 16                    # 8 AUCs from 40 pairs, 8 transfer rates
     assert "- mnist Table 4, CE substitute → CE target, K-density: ours (strict ties) 90.0 [85.0, 94.0], " \
            "paper: all above 95 (n = 40 pairs)" in lines
     assert any(line.startswith("- cifar10 Table 4") and "transfer rate: ours 50.0% [" in line
@@ -651,8 +662,8 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
            "confidence_outside_ci": True, "confidence_auc": 50.0, "confidence_ci_low": 40.0,
            "confidence_ci_high": 60.0, "confidence_auc_strict": 45.0, "confidence_strict_ci_low": 35.0,
            "confidence_strict_ci_high": 55.0, "confidence_ci_degenerate": False, "confidence_paper": 100.0}
-    assert report._outside([row]) == ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
-                                      "paper 100.0 (n = 20 pairs; under 30, too few for the interval to mean much)"]
+    assert report._outside([row]) == ([], ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
+                                           "paper 100.0 (n = 20 pairs)"], 0)
 
 
 def test_csv_rows_keep_epsilon_and_theta_in_separate_columns():
@@ -869,6 +880,15 @@ def test_the_white_box_versus_transfer_check_without_table4_says_why(monkeypatch
     assert all(r["status"] == "n/a" and "add table4 to --only" in r["detail"] for r in wb)
     both = sanity.run_checks(Results(cells.plan(smoke, ["sanity", "table4"]), {}), smoke)
     assert not any("add table4" in r["detail"] for r in both)
+    # the checks whose cells belong to other parts say so too, instead of dropping out
+    not_run = {(r["check"], r["subject"]): r["detail"] for r in rows if r["detail"].startswith("not run")}
+    assert not_run[("accuracy non-increasing in θ", "mnist-resnet32-ce jsma")] == \
+        "not run: its θ sweep is Fig. 2's; add fig2 to --only"
+    assert not_run[("zero input-gradient fraction", "mnist-resnet32-rce cw-wb")] == \
+        "not run: the cell is table3's; add table3 to --only"
+    assert ("zero input-gradient fraction", "mnist-resnet32-ce ilcm-0.08") in not_run
+    full = sanity.run_checks(Results(cells.plan(smoke, list(cells.PARTS)), {}), smoke)
+    assert not any(r["detail"].startswith("not run") for r in full)
 
 
 def test_a_broken_manifest_is_the_reason_not_a_missing_model(monkeypatch):
@@ -1154,3 +1174,15 @@ def test_a_later_run_over_other_data_sets_keeps_the_finished_cells_of_the_earlie
     text = report.cells_md(Results([c for c in later if c.dataset != "fashion-mnist"], outcomes))
     assert f"**Run: {len(done)} cells**" in text and f"**Not run: {len(rest)} cells**" in text
     assert "**Not available: 0 cells**" in text
+
+
+def test_an_out_that_holds_a_run_is_refused_with_the_command_that_continues_it(tmp_path):
+    """The fix a refusal suggests works: same budget → --resume; another budget → that budget and --resume."""
+    (tmp_path / "reproduce.json").write_text(json.dumps({"budget": "smoke"}))
+    with pytest.raises(ValueError, match=r"\(budget smoke\): pass --resume to continue it, or choose another --out"):
+        run.claim(tmp_path, "smoke", resume=False)
+    with pytest.raises(ValueError, match=r"\(budget smoke\): pass --budget smoke --resume to continue it"):
+        run.claim(tmp_path, "cpu", resume=False)
+    with pytest.raises(ValueError, match=r"holds a smoke run; --resume with --budget smoke, or choose another --out"):
+        run.claim(tmp_path, "cpu", resume=True)
+    assert run.claim(tmp_path, "smoke", resume=True) is False  # the suggested command goes ahead

@@ -220,14 +220,14 @@ def mismatch(crafted: dict, asked: dict, substitute_step=None) -> str | None:
     changed = differing(there, expected)
     if changed:
         return brief(changed, there, expected)
-    if _eta_rule(crafted.get("eta")) != _eta_rule(asked.get("eta")) or (
+    if eta_rule(crafted.get("eta")) != eta_rule(asked.get("eta")) or (
             isinstance(crafted.get("eta"), dict) and isinstance(asked.get("eta"), dict)
             and differing(crafted["eta"], asked["eta"])):
         return f"eta: {json.dumps(crafted.get('eta'))} there, {json.dumps(asked.get('eta'))} now"
     return None
 
 
-def _eta_rule(eta):
+def eta_rule(eta):
     """η's rule from run.json's ``eta``: a record's ``rule``, or the string earlier runs wrote."""
     return eta.get("rule") if isinstance(eta, dict) else eta
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from rcenp import checkpoint
+from rcenp.attacks.transfer import eta_rule
 from rcenp.reproduce import cells as cells_module
 from rcenp.reproduce import figures, lineup, paper, sanity, tables, threat_tables
 from rcenp.reproduce.budgets import Budget
@@ -80,9 +81,30 @@ def cifar_line() -> str:
             + ("; ".join(parts) if parts else "none shipped") + ". Fashion-MNIST is an extra column the paper lacks.")
 
 
-def protocol_differences(budget: Budget, detectors: dict | None = None) -> list[str]:
+def eta_line(eta_rules: dict | None) -> str:
+    """How this run's finished C&W-wb cells got η (``eta_rules``: {rule: cells}, ``run_eta_rules``)."""
+    if not eta_rules:
+        return "each C&W-wb cell's run.json says which; this run has no finished one"
+    total = sum(eta_rules.values())
+    return "in this run, " + "; ".join(f"{count} of {total} C&W-wb cells: {rule}" for rule, count in
+                                       sorted(eta_rules.items(), key=lambda item: -item[1]))
+
+
+def run_eta_rules(res: Results) -> dict:
+    """{η rule: number of finished C&W-wb cells (transfers included) that record it} (each summary's
+    settings.eta: a rule string, or a record with its ``rule``)."""
+    rules: dict[str, int] = {}
+    for cell in res.cells.values():
+        summary = res.summary(cell) if cell.attack == "cw-wb" else None
+        if summary is not None:
+            rule = eta_rule(summary.get("settings", {}).get("eta")) or "unrecorded"
+            rules[rule] = rules.get(rule, 0) + 1
+    return rules
+
+
+def protocol_differences(budget: Budget, detectors: dict | None = None, eta_rules: dict | None = None) -> list[str]:
     """Every way this run's protocol differs from the paper's, one line each (``detectors``: as
-    ``detector_line`` takes them)."""
+    ``detector_line`` takes them; ``eta_rules``: as ``eta_line`` takes them)."""
     b = budget
     lines = [
         f"**Budget ({b.name})**: {b.description}. The authors' released code: 1,000 images per cell (protocol §5.5); the paper: C&W 9 × 10,000 "
@@ -113,12 +135,13 @@ def protocol_differences(budget: Budget, detectors: dict | None = None) -> list[
         f"{b.cw['binary_steps']} × {b.cw['max_iterations']:,} iterations here"
         + (" (Adam lr raised to 0.1 so that the tiny smoke budget reaches any target)" if b.name == "smoke" else "")
         + ". C&W-hc: κ = 10.",
-        f"**C&W-wb**: κ = 5, stage 1 {b.cw_wb_stage1['binary_steps']} × {b.cw_wb_stage1['max_iterations']:,}, "
-        f"stage 2 {b.cw_wb_stage2['binary_steps']} × {b.cw_wb_stage2['max_iterations']:,} (authors: 3 × 5,000 "
-        "and 9 × 10,000); stage 2's distance to the clean image (Carlini; the authors' code: to the stage-1 "
+        f"**C&W-wb**: κ = 5, stage 1 {b.cw_wb_stage1['binary_steps']} × {b.cw_wb_stage1['max_iterations']:,} "
+        f"from c₀ = 10, stage 2 {b.cw_wb_stage2['binary_steps']} × {b.cw_wb_stage2['max_iterations']:,} from "
+        f"c₀ = 100, Adam lr {b.cw['learning_rate']:g} (authors: 3 × 5,000 and 9 × 10,000, lr 0.01); stage 2's "
+        "distance to the clean image (Carlini; the authors' code: to the stage-1 "
         "image); η_t = −log of MATLAB's median KD over class t's training features, as the authors' "
         "median_for_attack.m (only where no training images are found, a biased-loose estimate from the "
-        "detector's points: each cell's run.json says which); log-space KD (the authors' 1e-30 floor underflows "
+        "detector's points; " + eta_line(eta_rules) + "); log-space KD (the authors' 1e-30 floor underflows "
         "at RCE's σ²). Success needs the logit margin κ: the released carliniL2_specific.py applies κ = 5 to "
         "softmax probabilities, so none of its iterates can succeed and it returns its all-zero start; where "
         "nothing is past the margin we return the clean image.",
@@ -143,45 +166,72 @@ def _sanity_md(rows) -> str:
     return "\n".join(lines)
 
 
-FEW_PAIRS = 30  # below this a percentile bootstrap interval of an AUC is mostly a few resampled points
-
-
-def _outside(t2_rows) -> list[str]:
-    """One line per Table 2 value marked † (``tables.paper_outside_interval``): our strict-tie AUC
-    and interval, the paper's value, n pairs, and whether the interval has zero width."""
-    out = []
+def _outside(t2_rows) -> tuple[list[str], list[str], int]:
+    """Table 2 values our strict-tie interval misses (``tables.paper_outside_interval``), one line
+    each with our AUC and interval, the paper's value and n pairs → (the differences: intervals from
+    at least ``tables.FEW_PAIRS`` pairs and of nonzero width, marked **†**; the others, marked (†);
+    how many values had such an informative comparison)."""
+    counted, weak, compared = [], [], 0
     for r in t2_rows:
-        for m in ("confidence", "non_me", "log_kd"):
-            if r.get(f"{m}_outside_ci"):
-                out.append(f"- {r['dataset']} {r['attack']}"
-                           + (f" {tables.strength_label(r['attack'], tables.strength(r))}"
-                              if tables.strength(r) is not None else "")
-                           + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours (strict ties) "
-                           f"{r[f'{m}_auc_strict']:.1f} [{r[f'{m}_strict_ci_low']:.1f}, {r[f'{m}_strict_ci_high']:.1f}]"
-                           + (" (zero-width interval)" if r.get(f"{m}_ci_degenerate") else "")
-                           + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs"
-                           + (f"; under {FEW_PAIRS}, too few for the interval to mean much)"
-                              if r["n_pairs"] is not None and r["n_pairs"] < FEW_PAIRS else ")"))
-    return out
+        for m in tables.METRIC_TITLES:
+            outside, degenerate = r.get(f"{m}_outside_ci"), r.get(f"{m}_ci_degenerate")
+            informative = tables.informative(r.get("n_pairs"), degenerate)
+            compared += outside is not None and informative
+            if not outside:
+                continue
+            line = (f"- {r['dataset']} {r['attack']}"
+                    + (f" {tables.strength_label(r['attack'], tables.strength(r))}"
+                       if tables.strength(r) is not None else "")
+                    + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours (strict ties) "
+                    f"{r[f'{m}_auc_strict']:.1f} [{r[f'{m}_strict_ci_low']:.1f}, {r[f'{m}_strict_ci_high']:.1f}]"
+                    + (" (zero-width interval)" if degenerate else "")
+                    + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs)")
+            (counted if informative else weak).append(line)
+    return counted, weak, compared
 
 
-def _outside_table4(t4_rows) -> list[str]:
-    """One line per Table 4 value marked † (``threat_tables.table4``): the K-density AUC against the
-    paper's value (CIFAR-10) or bound (MNIST), and the transfer rate against the paper's bound."""
-    out = []
+def _outside_table4(t4_rows) -> tuple[list[str], list[str], int]:
+    """Table 4's values marked (``threat_tables.table4``), as ``_outside``: the K-density AUC
+    against the paper's value (CIFAR-10) or bound (MNIST), and the transfer rate's Wilson interval
+    against the paper's bound (always counted)."""
+    counted, weak, compared = [], [], 0
     for r in t4_rows:
         pair = (f"- {r['dataset']} Table 4, {r['substitute_objective'].upper()} substitute → "
                 f"{r['target_objective'].upper()} target")
+        informative = tables.informative(r.get("n_pairs"), r.get("ci_degenerate"))
+        compared += (r.get("outside_ci") is not None and informative) + (r.get("transfer_outside") is not None)
         if r.get("outside_ci"):
             paper_text = f"paper {r['paper']:.1f}" if r["paper"] is not None else \
                 f"paper: all above {r['paper_lower_bound']:.0f}"
-            out.append(f"{pair}, K-density: ours (strict ties) {r['auc_strict']:.1f} [{r['strict_ci_low']:.1f}, "
-                       f"{r['strict_ci_high']:.1f}], {paper_text} (n = {r['n_pairs']} pairs)")
+            (counted if informative else weak).append(
+                f"{pair}, K-density: ours (strict ties) {r['auc_strict']:.1f} [{r['strict_ci_low']:.1f}, "
+                f"{r['strict_ci_high']:.1f}]" + (" (zero-width interval)" if r.get("ci_degenerate") else "")
+                + f", {paper_text} (n = {r['n_pairs']} pairs)")
         if r.get("transfer_outside"):
-            out.append(f"{pair}, transfer rate: ours {100 * r['transfer_rate']:.1f}% [{100 * r['transfer_ci_low']:.1f}, "
-                       f"{100 * r['transfer_ci_high']:.1f}] (n = {r['n_transfer_eligible']}), paper: under "
-                       f"{100 * r['paper_transfer_rate_below']:.0f}%")
-    return out
+            counted.append(f"{pair}, transfer rate: ours {100 * r['transfer_rate']:.1f}% "
+                           f"[{100 * r['transfer_ci_low']:.1f}, {100 * r['transfer_ci_high']:.1f}] "
+                           f"(n = {r['n_transfer_eligible']}), paper: under {100 * r['paper_transfer_rate_below']:.0f}%")
+    return counted, weak, compared
+
+
+def differences_md(t2_rows, t4_rows) -> str:
+    """The section 'Cells that differ from the paper by more than their interval'."""
+    counted, weak, compared = (a + b for a, b in zip(_outside(t2_rows), _outside_table4(t4_rows)))
+    text = ("Table 2 and Table 4 values whose rounding interval [p − 0.05, p + 0.05] misses our 95% strict-tie "
+            "bootstrap interval (the paper's tie rule); for Table 4 also MNIST AUCs whose whole interval is at or "
+            "below the paper's bound of 95, and transfer rates whose 95% Wilson interval lies above the paper's "
+            f"bound. Only AUC intervals from at least {tables.FEW_PAIRS} pairs and of nonzero width count. ")
+    if not compared:
+        text += "No value had such a comparison in this run (no finished Table 2 or 4 cell with enough pairs)."
+    else:
+        text += (f"The intervals are our sampling error only (the paper gives neither n nor intervals): of the "
+                 f"{compared} comparisons made, up to about 5% would be marked by chance alone.\n\n"
+                 + ("\n".join(counted) if counted else "None.")
+                 + "\n\nSee 'Protocol differences' for what may explain them.")
+    if weak:
+        text += (f"\n\nAlso outside, but from an interval that says little (under {tables.FEW_PAIRS} pairs, or zero "
+                 "width), marked (†) and not counted:\n\n" + "\n".join(weak))
+    return text
 
 
 def used_test_sets(res: Results) -> list[str]:
@@ -269,7 +319,7 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
     files, sections, t2_rows, t4_rows = [], [], [], []
     for part in ("table1", "table2", "table3", "table4"):
         if part not in parts:
-            sections.append(f"## {part.capitalize()}\n\nnot run (not in --only)")
+            sections.append(f"## Table {part[-1]}\n\nnot run (not in --only)")
             continue
         for build in TABLE_PARTS[part]:
             table = build(res, budget)
@@ -299,18 +349,9 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
         table = tables.Table("sanity", "Sanity checks", ["check", "subject", "status", "value", "detail"], checks, "")
         files += write_table_files(table, budget, out_dir) if checks else []
         sections.append(f"## Sanity checks{smoke}\n\n" + _sanity_md(checks))
-    outside = _outside(t2_rows) + _outside_table4(t4_rows)
-    compared = sum(r.get(f"{m}_outside_ci") is not None for r in t2_rows for m in tables.METRIC_TITLES) \
-        + sum(r.get(k) is not None for r in t4_rows for k in ("outside_ci", "transfer_outside"))
     sections.append("## Cells that differ from the paper by more than their interval\n\n"
-                    "Table 2 and Table 4 values whose rounding interval [p − 0.05, p + 0.05] misses our 95% strict-tie "
-                    "bootstrap interval (the paper's tie rule); for Table 4 also MNIST AUCs whose whole interval is "
-                    "at or below the paper's bound of 95, and transfer rates whose 95% Wilson interval lies above "
-                    "the paper's bound. The intervals are our sampling error only (the paper gives neither n nor "
-                    f"intervals): of the {compared} comparisons made, up to about 5% would be marked by chance alone.\n\n"
-                    + ("\n".join(outside) if outside else "None among the finished Table 2 and Table 4 cells.")
-                    + "\n\nSee 'Protocol differences' for what may explain them.")
-    differences = protocol_differences(budget, run_detectors(res))
+                    + differences_md(t2_rows, t4_rows))
+    differences = protocol_differences(budget, run_detectors(res), run_eta_rules(res))
     sections.append("## Protocol differences\n\n" + "\n".join(f"- {line}" for line in differences))
     timing_rows = [f"| {p} | {meta['part_seconds'].get(p, 0.0):.0f} |" for p in parts]
     sections.append("## Wall time per part\n\nCompute seconds of the cells each part uses, summed over every "

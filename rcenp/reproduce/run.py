@@ -66,8 +66,10 @@ def claim(out_dir: Path, budget_name: str, resume: bool, write: bool = True) -> 
         except (OSError, ValueError) as exc:
             raise ValueError(f"{run_file}: unreadable ({exc})") from None
         if not resume:
+            how = "pass --resume" if previous.get("budget") == budget_name else \
+                f"pass --budget {previous.get('budget')} --resume"
             raise ValueError(f"{out_dir} already holds a reproduce run (budget {previous.get('budget')}): "
-                             f"pass --resume to continue it, or choose another --out")
+                             f"{how} to continue it, or choose another --out")
         if previous.get("budget") != budget_name:
             raise ValueError(f"{out_dir} holds a {previous.get('budget')} run; --resume with --budget "
                              f"{previous.get('budget')}, or choose another --out")

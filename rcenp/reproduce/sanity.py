@@ -116,7 +116,8 @@ def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | N
                      "about 0, nothing to compare")
     ok = wb + tolerance >= tr
     return check("white-box C&W-wb ≥ transfer", subject, ok, wb - tr,
-                 f"undetected and misclassified: white-box {100 * wb:.1f}%, transfer {100 * tr:.1f}%")
+                 f"undetected at the target detector's T and misclassified: white-box {100 * wb:.1f}% (the "
+                 f"target's own C&W-wb run), transfer {100 * tr:.1f}%")
 
 
 def zero_gradient(subject: str, summary: dict | None, samples: list[dict] | None = None) -> dict:
@@ -193,8 +194,12 @@ def run_checks(res: Results, budget: Budget) -> list[dict]:
                 continue
             series = {a: _series(res, dataset, objective, a, budget) for a in ("fgsm", "bim", "ilcm", "jsma")}
             for attack, points in series.items():
+                symbol = "θ" if attack == "jsma" else "ε"
                 if points:
-                    rows.append(monotone_in_eps(f"{model} {attack}", points, "θ" if attack == "jsma" else "ε"))
+                    rows.append(monotone_in_eps(f"{model} {attack}", points, symbol))
+                elif not any(res.get(dataset, 32, objective, f"{attack}-{eps:g}") for eps in budget.eps_sweep):
+                    rows.append(check(f"accuracy non-increasing in {symbol}", f"{model} {attack}", None, None,
+                                      f"not run: its {symbol} sweep is Fig. 2's; add fig2 to --only"))
             if series["fgsm"] or series["bim"]:
                 rows.append(iterative_vs_single(model, series["fgsm"], series["bim"]))
             unbounded = res.get(dataset, 32, objective, f"bim-{UNBOUNDED_EPS:g}")
@@ -205,6 +210,10 @@ def run_checks(res: Results, budget: Budget) -> list[dict]:
                 cell = res.get(dataset, 32, objective, name)
                 if res.summary(cell) is not None:
                     rows.append(zero_gradient(f"{model} {name}", res.summary(cell), res.samples(cell)))
+                elif cell is None:
+                    part = "table3" if name == "cw-wb" else "table2"
+                    rows.append(check("zero input-gradient fraction", f"{model} {name}", None, None,
+                                      f"not run: the cell is {part}'s; add {part} to --only"))
             cw = res.get(dataset, 32, objective, "cw")
             if cw is not None:
                 rows.append(cw_success(model, res.summary(cw), budget.full_cw_budget, budget.cw))

@@ -23,6 +23,7 @@ from rcenp.reproduce.results import METRICS, Results, beyond_paper
 
 METRIC_TITLES = {"confidence": "Confidence", "non_me": "non-ME", "log_kd": "K-density"}
 ATTACK_TITLES = {"fgsm": "FGSM", "bim": "BIM", "ilcm": "ILCM", "jsma": "JSMA", "cw": "C&W", "cw-hc": "C&W-hc"}
+FEW_PAIRS = 30  # below this a percentile bootstrap interval of an AUC is mostly a few resampled points
 PAPER_HALF_STEP = 0.05  # the paper prints AUC × 100 to one decimal: a printed p stands for [p − 0.05, p + 0.05]
 
 
@@ -210,6 +211,19 @@ def table2_rows(res: Results, budget: Budget) -> list[dict]:
     return rows
 
 
+def informative(n_pairs, degenerate) -> bool:
+    """Whether an AUC's bootstrap interval says much: from at least FEW_PAIRS pairs and not of zero
+    width. Only such intervals count as differences from the paper (**†**); the others are marked (†)."""
+    return n_pairs is not None and n_pairs >= FEW_PAIRS and not degenerate
+
+
+def dagger(outside, n_pairs, degenerate) -> str:
+    """The mark after a paper value our interval misses: **†**, or (†) for an interval that says little."""
+    if not outside:
+        return ""
+    return " **†**" if informative(n_pairs, degenerate) else " (†)"
+
+
 def _auc_text(row, metric):
     ours = row[f"{metric}_auc"]
     theirs = row[f"{metric}_paper"]
@@ -228,7 +242,7 @@ def _auc_text(row, metric):
     if theirs is not None:
         text += f"; paper {theirs:.1f}, Δ {row[f'{metric}_diff']:+.1f}" if row[f"{metric}_diff"] is not None \
             else f"; paper {theirs:.1f}"
-        text += " **†**" if row[f"{metric}_outside_ci"] else ""
+        text += dagger(row[f"{metric}_outside_ci"], row.get("n_pairs"), row[f"{metric}_ci_degenerate"])
     return text
 
 
@@ -254,17 +268,18 @@ def table2(res: Results, budget: Budget) -> Table:
             f"resamples) in brackets. 'strict': the same AUC and interval with ties counted 0, the authors' "
             f"MATLAB rule, shown where it differs by ≥ 0.05; the paper's values come from that rule, so Δ = "
             f"strict − paper, and **†** marks a paper value p whose rounding interval [p − 0.05, p + 0.05] "
-            f"misses our strict interval. '(zero width)': every resample gave the same strict AUC (e.g. perfect "
-            f"separation), so the interval understates the uncertainty. K-density 'authors-emulated' (shown where "
+            f"misses our strict interval, (†) the same where the interval says little (under {FEW_PAIRS} pairs, or "
+            f"zero width), which is not counted as a difference. '(zero width)': every resample gave the same "
+            f"strict AUC (e.g. perfect separation), so the interval understates the uncertainty. K-density 'authors-emulated' (shown where "
             f"it differs from strict by ≥ 0.05; every cell in table2.csv): the strict AUC on KD = exp(log KD) "
             f"in float64, which is exactly 0 below log KD ≈ −745 as in the authors' plain-mean KD, while our "
             f"log-space KD keeps those inputs apart; the gap is how much of the paper's K-density figure is "
             f"underflow (table2.csv: log_kd_zero_normal / log_kd_zero_adversarial count the pairs whose KD is 0). "
             f"FGSM, BIM and ILCM at ε = {budget.table_eps:g} (box units), JSMA at θ = "
             f"{budget.table_eps:g} (its per-feature step; see 'Protocol differences'); table2.csv holds every ε "
-            f"computed in its eps column, and JSMA's θ in its theta column. **‡**: this ε (θ) was chosen as "
-            f"the one at which MNIST's AUCs come closest to these rows of the paper, so their agreement is partly "
-            f"built in. Paper: Table 2.")
+            f"computed in its eps column, and JSMA's θ in its theta column. **‡**: this ε (θ) was chosen on "
+            f"these MNIST rows of the paper (the ε at which BIM's, ILCM's and JSMA's AUCs come closest to them; "
+            f"FGSM's come closest at larger ε), so their agreement is partly built in. Paper: Table 2.")
     return Table("table2", "Table 2: detection AUC (×100)", list(rows[0]), rows, note + "\n\n" + "\n\n".join(sections))
 
 

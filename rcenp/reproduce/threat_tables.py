@@ -7,7 +7,7 @@ from __future__ import annotations
 from rcenp.reproduce import lineup, paper
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.results import Results, wb_figures
-from rcenp.reproduce.tables import Table, _auc_fields, _diff, _md, _num, strength_columns
+from rcenp.reproduce.tables import FEW_PAIRS, Table, _auc_fields, _diff, _md, _num, dagger, strength_columns
 
 
 def table3(res: Results, budget: Budget) -> Table:
@@ -103,7 +103,7 @@ def table4(res: Results, budget: Budget) -> Table:
                              "strict_ci_high": fields["log_kd_strict_ci_high"],
                              "auc_authors_emulated": fields["log_kd_auc_authors_emulated"],
                              "paper": theirs, "paper_lower_bound": bound, "diff": fields["log_kd_diff"],
-                             "outside_ci": outside,
+                             "outside_ci": outside, "ci_degenerate": fields["log_kd_ci_degenerate"],
                              "n_transfer_eligible": transfer.get("n_eligible"),
                              "transfer_rate": transfer.get("transfer_rate"),
                              "transfer_ci_low": rate_low, "transfer_ci_high": rate_high,
@@ -116,30 +116,34 @@ def table4(res: Results, budget: Budget) -> Table:
                 f"ResNet-32 ({r['substitute_objective'].upper()})"]
         paper_text = f"{r['paper']:.1f}" if r["paper"] is not None else f"> {r['paper_lower_bound']:.0f}"
         if r["status"] != "ok":
-            md_rows.append(head + [r["status"], paper_text, "", f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
+            md_rows.append(head + ["", r["status"], paper_text, "", f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
             continue
         auc = "n = 0 pairs" if r["auc"] is None else f"{r['auc']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
         if r["auc_strict"] is not None and abs(r["auc_strict"] - r["auc"]) >= 0.05:
             auc += f"; strict {r['auc_strict']:.1f}"
+        auc += " (zero width)" if r["ci_degenerate"] else ""
         transfer = _num(r["transfer_rate"], 1, 100) + ("" if r["transfer_ci_low"] is None else
                                                        f" [{100 * r['transfer_ci_low']:.1f}, "
                                                        f"{100 * r['transfer_ci_high']:.1f}]") \
             + ("" if r["n_transfer_eligible"] is None else f" (n = {r['n_transfer_eligible']})")
-        md_rows.append(head + [auc, paper_text + ("" if r["diff"] is None else f", Δ {r['diff']:+.1f}")
-                               + (" **†**" if r["outside_ci"] else ""),
+        md_rows.append(head + [r["n_pairs"], auc, paper_text + ("" if r["diff"] is None else f", Δ {r['diff']:+.1f}")
+                               + dagger(r["outside_ci"], r["n_pairs"], r["ci_degenerate"]),
                                transfer + (" **†**" if r["transfer_outside"] else ""),
                                f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
     note = ("K-density AUC × 100 (ties half, 95% paired-bootstrap interval; 'strict': ties counted 0, the authors' "
             "rule, where it differs by ≥ 0.05; Δ = strict − paper) of the target's own detector on C&W-wb examples "
             "crafted on the substitute with the substitute's detector (the images of the substitute's Table 3 "
-            "C&W-wb cell, which crafts exactly these; paper-rule pairs with the target's "
-            "predictions; table4.csv also gives the authors-emulated AUC, strict on KD = exp(log KD) in float64). "
+            "C&W-wb cell, which crafts exactly these). The AUC's pairs follow the paper's rule on the target's "
+            "predictions (clean correct, adversarial misclassified; n pairs shown), whether or not the substitute's "
+            "own attack succeeded; table4.csv also gives the authors-emulated AUC, strict on KD = exp(log KD) in "
+            "float64. "
             "Transfer rate: of the examples crafted successfully on the substitute whose clean image the target "
             "classifies correctly (n shown), the share the target misclassifies, with its 95% Wilson interval. "
             "Paper: Table 4, which prints CIFAR-10 values only; §4.5 says MNIST's are all above 95 and bounds the "
             "transfer rates. **†**: the paper's value misses our strict interval (MNIST: our whole strict interval "
-            "is at or below 95), or the transfer rate's interval lies above the paper's bound.")
-    headers = ["data set", "target", "substitute", "AUC (ours)", "paper", "transfer rate", "paper transfer"]
+            f"is at or below 95), or the transfer rate's interval lies above the paper's bound; (†): the AUC's, "
+            f"where its interval says little (under {FEW_PAIRS} pairs, or zero width).")
+    headers = ["data set", "target", "substitute", "n pairs", "AUC (ours)", "paper", "transfer rate", "paper transfer"]
     return Table("table4", "Table 4: black-box transfer (AUC ×100)", list(rows[0]), rows,
                  note + "\n\n" + _md(headers, md_rows))
 
