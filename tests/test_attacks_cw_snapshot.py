@@ -171,6 +171,10 @@ def test_rcenp_attack_resumes_a_killed_batch_mid_way(tmp_path, monkeypatch):
     assert re.search(r"batch 1/1: C&W: resumed from batch-00000-state.npz \(0 min old\): 0/4 images finished, "
                      r"4 in work at binary step [12]-[12], iteration up to \d+", (tmp_path / "cw" / "attack.log").read_text())
     assert summary["code_by_batch"] == reference["code_by_batch"] and summary["code"] is not None
+    # the resumed batch is counted apart: its time began in the killed process, so it gives no rate
+    assert summary["timing"]["images_finished_from_a_snapshot"] == 4
+    assert summary["timing"]["images_this_run"] == 0 and summary["timing"]["images_per_s"] is None
+    assert reference["timing"]["images_finished_from_a_snapshot"] == 0 and reference["timing"]["images_this_run"] == 4
 
 
 def test_a_batch_begun_by_other_code_lists_both_codes(tmp_path, monkeypatch):

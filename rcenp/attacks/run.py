@@ -233,7 +233,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                              f"{' with uncommitted changes' if code.get('dirty') else ''}, source "
                              f"{code['source_sha256'][:12]}): summary.json's code_by_batch lists each, and its "
                              "code is null")
-    t0, timed, done_images = time.monotonic(), 0, 0
+    t0, timed, done_images, resumed_images = time.monotonic(), 0, 0, 0
     try:
         if attack == "cw-wb" and crafted is None and not all(finished):  # η: once per process, when there is work
             if train is not None:
@@ -273,6 +273,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                 if not snapshot.resumed:  # a batch resumed mid-way would make the rate too high
                     timed += time.monotonic() - start
                     done_images += len(index)
+                else:
+                    resumed_images += len(index)
             rate = done_images / timed if timed > 0 else None  # of this process's own work only
             left = sum(len(i) for i, done in zip(batches[b + 1:], finished[b + 1:]) if not done)
             progress.update(b + 1, plural(sum(len(i) for i in batches[:b + 1]), "image", "images") + "  "
@@ -281,7 +283,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked,
                             runfiles.code_by_batch(stems))
         summary["timing"] = {"seconds_this_run": time.monotonic() - t0, "attack_seconds_this_run": timed,
-                             "images_this_run": done_images,
+                             "images_this_run": done_images, "images_finished_from_a_snapshot": resumed_images,
                              "images_per_s": done_images / timed if timed else None}
         checkpoint.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(partial)

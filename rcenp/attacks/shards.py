@@ -84,6 +84,8 @@ def merge_shards(asked: dict, shard_dirs, out_dir: Path, detector, claim) -> dic
                    code=summary_code(code_groups), code_by_batch=code_groups,
                    timing={"seconds_this_run": sum(t["seconds_this_run"] for t in timing),
                            "attack_seconds_this_run": attack_seconds, "images_this_run": images,
+                           "images_finished_from_a_snapshot": sum(t.get("images_finished_from_a_snapshot", 0)
+                                                                  for t in timing),
                            "images_per_s": images / attack_seconds if attack_seconds else None},
                    merged_from=[{"folder": str(folder), "shard": s["settings"]["shard"], "code": s["code"],
                                  "software": s["software"], "timing": s["timing"]}
