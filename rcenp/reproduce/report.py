@@ -226,8 +226,8 @@ def differences_md(t2_rows, t4_rows) -> str:
     else:
         text += (f"The intervals are our sampling error only (the paper gives neither n nor intervals): of the "
                  f"{compared} comparisons made, up to about 5% would be marked by chance alone.\n\n"
-                 + ("\n".join(counted) if counted else "None.")
-                 + "\n\nSee 'Protocol differences' for what may explain them.")
+                 + ("\n".join(counted) + "\n\nSee 'Protocol differences' for what may explain them."
+                    if counted else "None."))
     if weak:
         text += (f"\n\nAlso outside, but from an interval that says little (under {tables.FEW_PAIRS} pairs, or zero "
                  "width), marked (†) and not counted:\n\n" + "\n".join(weak))
