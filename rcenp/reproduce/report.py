@@ -107,8 +107,8 @@ def protocol_differences(budget: Budget, detectors: dict | None = None, eta_rule
     ``detector_line`` takes them; ``eta_rules``: as ``eta_line`` takes them)."""
     b = budget
     lines = [
-        f"**Budget ({b.name})**: {b.description}. The authors' released code: 1,000 images per cell (protocol §5.5); the paper: C&W 9 × 10,000 "
-        "iterations.",
+        f"**Budget ({b.name})**: {b.description}. The authors' released code: 1,000 images per cell "
+        "(protocol §5.5); the paper: C&W 9 × 10,000 iterations.",
         "**Images**: the first n test images, the same images at every ε and for every attack (paired "
         "comparisons); the authors drew fresh random test images per ε from a shuffle queue, unseeded.",
         f"**ε for Table 2** (not stated in the paper): ε = {b.table_eps:g} in box units "
