@@ -55,7 +55,11 @@ def test_fit_computes_only_the_chosen_images_features_and_matches_a_full_pass(mo
     det = Detector(model).fit(images[:200], labels[:200], per_class=5, seed=1)
     assert seen == [50] and det.info["fitted_on"] == 200
     z, _ = real(Detector(model), images[:200])   # every image, in batches of other images
-    np.testing.assert_array_equal(det.kernel_points, select_kernel_points(z, labels[:200], 5, 1, 10))
+    # The same points as a full pass, to float32 rounding: a GEMM's last bits may depend on the batch's
+    # shape (OpenBLAS's AVX2 kernels on the 2026-12-02 host gave up to 6e-8 apart here; the AVX-512
+    # host, none), so batch composition is not bit-for-bit invariant, and the test asks only for rounding.
+    np.testing.assert_allclose(det.kernel_points, select_kernel_points(z, labels[:200], 5, 1, 10),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_features_report_progress_per_batch(model, data):
