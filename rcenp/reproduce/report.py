@@ -166,6 +166,10 @@ def _sanity_md(rows) -> str:
     return "\n".join(lines)
 
 
+def _ours_strict(auc, low, high, degenerate) -> str:
+    return f"ours (strict ties) {auc:.1f} [{low:.1f}, {high:.1f}]" + (" (zero-width interval)" if degenerate else "")
+
+
 def _outside(t2_rows) -> tuple[list[str], list[str], int]:
     """Table 2 values our strict-tie interval misses (``tables.paper_outside_interval``), one line
     each with our AUC and interval, the paper's value and n pairs → (the differences: intervals from
@@ -182,9 +186,8 @@ def _outside(t2_rows) -> tuple[list[str], list[str], int]:
             line = (f"- {r['dataset']} {r['attack']}"
                     + (f" {tables.strength_label(r['attack'], tables.strength(r))}"
                        if tables.strength(r) is not None else "")
-                    + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: ours (strict ties) "
-                    f"{r[f'{m}_auc_strict']:.1f} [{r[f'{m}_strict_ci_low']:.1f}, {r[f'{m}_strict_ci_high']:.1f}]"
-                    + (" (zero-width interval)" if degenerate else "")
+                    + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: "
+                    + _ours_strict(r[f"{m}_auc_strict"], r[f"{m}_strict_ci_low"], r[f"{m}_strict_ci_high"], degenerate)
                     + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs)")
             (counted if informative else weak).append(line)
     return counted, weak, compared
@@ -204,13 +207,14 @@ def _outside_table4(t4_rows) -> tuple[list[str], list[str], int]:
             paper_text = f"paper {r['paper']:.1f}" if r["paper"] is not None else \
                 f"paper: all above {r['paper_lower_bound']:.0f}"
             (counted if informative else weak).append(
-                f"{pair}, K-density: ours (strict ties) {r['auc_strict']:.1f} [{r['strict_ci_low']:.1f}, "
-                f"{r['strict_ci_high']:.1f}]" + (" (zero-width interval)" if r.get("ci_degenerate") else "")
+                f"{pair}, K-density: "
+                + _ours_strict(r["auc_strict"], r["strict_ci_low"], r["strict_ci_high"], r.get("ci_degenerate"))
                 + f", {paper_text} (n = {r['n_pairs']} pairs)")
         if r.get("transfer_outside"):
             counted.append(f"{pair}, transfer rate: ours {100 * r['transfer_rate']:.1f}% "
                            f"[{100 * r['transfer_ci_low']:.1f}, {100 * r['transfer_ci_high']:.1f}] "
-                           f"(n = {r['n_transfer_eligible']}), paper: under {100 * r['paper_transfer_rate_below']:.0f}%")
+                           f"(n = {r['n_transfer_eligible']}), "
+                           f"paper: under {100 * r['paper_transfer_rate_below']:.0f}%")
     return counted, weak, compared
 
 

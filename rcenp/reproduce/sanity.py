@@ -110,14 +110,12 @@ def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | N
     if wb is None or tr is None:
         return check("white-box C&W-wb ≥ transfer", subject, None, None, "no detector decisions in the cells")
     tolerance = _tolerance(whitebox["counts"]["n"])
+    detail = (f"undetected at the target detector's T and misclassified: white-box {100 * wb:.1f}% (the target's "
+              f"own C&W-wb run), transfer {100 * tr:.1f}%")
     if max(wb, tr) <= tolerance:
         return check("white-box C&W-wb ≥ transfer", subject, None, wb - tr,
-                     f"undetected and misclassified: white-box {100 * wb:.1f}%, transfer {100 * tr:.1f}%: both "
-                     "about 0, nothing to compare")
-    ok = wb + tolerance >= tr
-    return check("white-box C&W-wb ≥ transfer", subject, ok, wb - tr,
-                 f"undetected at the target detector's T and misclassified: white-box {100 * wb:.1f}% (the "
-                 f"target's own C&W-wb run), transfer {100 * tr:.1f}%")
+                     detail + ": both about 0, nothing to compare")
+    return check("white-box C&W-wb ≥ transfer", subject, wb + tolerance >= tr, wb - tr, detail)
 
 
 def zero_gradient(subject: str, summary: dict | None, samples: list[dict] | None = None) -> dict:
