@@ -2,7 +2,7 @@
 
 Source: Pang, Du, Dong, Zhu, "Towards Robust Detection of Adversarial Examples", NeurIPS 2018,
 main body (``CITATION``), typed by hand from its Tables 1-4 and §4.5; the reports cite the table
-(``source``). ``tests/test_reproduce_units.py`` compares them with a text copy of the paper when
+(``source``). ``tests/test_reproduce_paper.py`` compares them with a text copy of the paper when
 one is beside the checkout. Every value is as printed, in the paper's units:
 
 - Table 1: test error in percent (``TABLE1[(depth, objective)][dataset]``);

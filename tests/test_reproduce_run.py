@@ -1,0 +1,365 @@
+"""``rcenp.reproduce`` runs: refused and stale cells, reuse rules, timings, white-box planning for the
+sanity check, broken manifests, η costing, transfer cells, data-set narrowing, an OUT that holds a
+run."""
+import dataclasses
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rcenp.reproduce import budgets, cells, costs, lineup, report, reuse, run, sanity
+from rcenp.reproduce.results import Results
+from tests.reproduce_fakes import DEVNULL, fake_published, fake_run_attack, smoke_cell, unavailable
+
+
+def test_a_cell_that_run_attack_refuses_is_not_available_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A ValueError or CheckpointError of one cell is that cell's reason; the other cells still run.
+    A transfer whose substitute has no fitted detector is not attempted."""
+    from rcenp.attacks import run as attack_run
+    from rcenp.checkpoint import CheckpointError
+
+    fgsm, bim = smoke_cell("fgsm"), smoke_cell("bim")
+    calls = []
+
+    def refuse(model, attack, out_dir, *args, **kwargs):
+        calls.append(attack)
+        if attack == "fgsm":
+            raise ValueError("out: --resume with other settings than the run there: options.eps: 0.1 there\nmore")
+        raise CheckpointError("mnist-resnet32-ce: detector fitted for other weights")
+
+    monkeypatch.setattr(attack_run, "run_attack", refuse)
+    outcomes = cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    assert calls == ["fgsm", "bim"]
+    assert outcomes[fgsm.key]["status"] == outcomes[bim.key]["status"] == "not available"
+    assert outcomes[fgsm.key]["reason"] == \
+        "not available: out: --resume with other settings than the run there: options.eps: 0.1 there"
+    assert outcomes[bim.key]["reason"] == "not available: mnist-resnet32-ce: detector fitted for other weights"
+    assert set(json.loads((tmp_path / "out" / "cells.json").read_text())) == {fgsm.key, bim.key}
+    smoke = budgets.get_budget("smoke")
+    transfer = cells.Cell("mnist-resnet32-ce/cw-wb-from-mnist-resnet32-rce", "attack", "mnist-resnet32-ce", "mnist",
+                          32, "ce", 2, attack="cw-wb", options=budgets.cw_wb_options(smoke, "attacker",
+                                                                                     "mnist-resnet32-rce"),
+                          substitute="mnist-resnet32-rce", batch_size=2)
+    monkeypatch.setattr(lineup, "has_detector", lambda name: name != "mnist-resnet32-rce")
+    outcome = cells.run_cell(transfer, tmp_path / transfer.key, stream=DEVNULL)
+    assert outcome["status"] == "not available" and calls == ["fgsm", "bim"]
+    assert outcome["reason"].startswith("not available: substitute mnist-resnet32-rce has no fitted K-density detector")
+
+
+def test_a_finished_cell_computed_with_other_settings_is_set_aside_and_recomputed(tmp_path, monkeypatch):
+    """The run's own finished cells get reusable's check: one asked with another ε, or scored by a
+    detector refit since, is renamed <name>.stale-<k> (kept) and computed afresh; a matching one is kept."""
+    from rcenp.attacks import run as attack_run
+    from rcenp.attacks.runfiles import detector_identity
+
+    fgsm, bim = smoke_cell("fgsm"), smoke_cell("bim")
+    root = tmp_path / "out" / "cells"
+    fake_published(root, fgsm, options={"eps": 0.3})
+    fake_published(root, bim, batch_size=bim.batch_size, detector=detector_identity(bim.model))
+    calls = []
+    monkeypatch.setattr(attack_run, "run_attack", fake_run_attack(calls))
+    outcomes = cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    assert calls == [root / fgsm.key]
+    assert outcomes[fgsm.key]["source"] == "computed" and outcomes[bim.key]["source"] == "resumed"
+    aside = root / "mnist-resnet32-ce" / "fgsm-0.08.stale-1"
+    assert json.loads((aside / "run.json").read_text())["options"] == {"eps": 0.3}
+    assert (aside / "summary.json").is_file()
+    assert "options.eps: 0.3 there, 0.08 now" in (tmp_path / "out" / "reproduce.log").read_text()
+    refit = dict(detector_identity(fgsm.model), threshold=1e9)
+    run_file = root / fgsm.key / "run.json"
+    run_file.write_text(json.dumps(dict(json.loads(run_file.read_text()), detector=refit)))
+    cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    assert calls == [root / fgsm.key] * 2 and (root / "mnist-resnet32-ce" / "fgsm-0.08.stale-2").is_dir()
+    assert cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)[fgsm.key]["source"] == "resumed"
+    assert len(calls) == 2
+
+
+def test_reuse_compares_the_test_split_but_not_the_batch_size(tmp_path):
+    """Other test images are other cells: a copy on another split is not reused, the same files
+    in another folder are the same split; another batch size changes only float32 rounding."""
+    jsma = next(c for c in cells.plan(budgets.get_budget("cpu"), ["table2"])
+                if c.model == "mnist-resnet32-ce" and c.attack == "jsma")
+    split = {"name": "mnist", "split": "test", "n": 10000, "note": "full",
+             "sha256": {"t10k-images-idx3-ubyte.gz": "aa", "t10k-labels-idx1-ubyte.gz": "bb"}, "source": "/here"}
+    here = lambda dataset: dict(split, source="/elsewhere")  # noqa: E731
+    fake_published(tmp_path / "same", jsma, batch_size=100, data=split)
+    fake_published(tmp_path / "batch", jsma, batch_size=1000, data=split)
+    other = dict(split, sha256={"t10k-images-idx3-ubyte.gz": "cc", "t10k-labels-idx1-ubyte.gz": "bb"})
+    fake_published(tmp_path / "data", jsma, batch_size=100, data=other)
+    assert reuse.reusable(jsma, [tmp_path / "same"], here) == tmp_path / "same" / jsma.key
+    assert reuse.reusable(jsma, [tmp_path / "batch"], here) == tmp_path / "batch" / jsma.key
+    assert reuse.reusable(jsma, [tmp_path / "data"], here) is None
+    asked = json.loads((tmp_path / "data" / jsma.key / "run.json").read_text())
+    assert reuse.stale(jsma, asked, here) == "data: other test images (their SHA-256 differ)"
+
+
+def test_timings_are_written_after_every_cell(tmp_path, monkeypatch):
+    """A run killed in its second cell keeps the first cell's seconds; the report reads them back."""
+    import time
+
+    from rcenp.reproduce import run
+
+    fgsm, bim = smoke_cell("fgsm"), smoke_cell("bim")
+
+    def run_cell(cell, cell_dir, *args):
+        if cell is bim:
+            raise KeyboardInterrupt
+        time.sleep(0.01)
+        return {"status": "done", "path": str(cell_dir), "source": "computed"}
+
+    monkeypatch.setattr(cells, "run_cell", run_cell)
+    with pytest.raises(KeyboardInterrupt):
+        cells.run_cells([fgsm, bim], tmp_path, stream=DEVNULL)
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    assert set(timings) == {fgsm.key} and timings[fgsm.key] >= 0.01
+    assert run._part_seconds(tmp_path, [fgsm, bim]) == {"table2": timings[fgsm.key]}
+
+
+def test_the_white_box_attack_on_a_table4_target_is_planned_only_for_the_sanity_check(monkeypatch):
+    infos = lineup._shipped() + ({"name": "mnist-resnet56-ce", "dataset": "mnist", "depth": 56, "objective": "ce",
+                                  "detector": True},)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    smoke = budgets.get_budget("smoke")
+    assert "mnist-resnet56-ce/cw-wb" not in {c.key for c in cells.plan(smoke, ["table4"])}
+    both = {c.key: c for c in cells.plan(smoke, ["table4", "sanity"])}
+    assert both["mnist-resnet56-ce/cw-wb"].parts == {"sanity"}
+    assert "mnist-resnet56-ce/cw-wb-from-mnist-resnet32-ce" in both
+
+
+def test_the_white_box_versus_transfer_check_without_table4_says_why(monkeypatch):
+    """--only sanity plans no transfer cell: the check is listed as not run, not left out."""
+    from rcenp.reproduce.results import Results
+
+    smoke = budgets.get_budget("smoke")
+    rows = sanity.run_checks(Results(cells.plan(smoke, ["sanity"]), {}), smoke)
+    wb = [r for r in rows if r["check"] == "white-box C&W-wb ≥ transfer"]
+    assert {r["subject"] for r in wb} == {"mnist-resnet56-ce", "mnist-resnet56-rce"}
+    assert all(r["status"] == "n/a" and "add table4 to --only" in r["detail"] for r in wb)
+    both = sanity.run_checks(Results(cells.plan(smoke, ["sanity", "table4"]), {}), smoke)
+    assert not any("add table4" in r["detail"] for r in both)
+    # the checks whose cells belong to other parts say so too, instead of dropping out
+    not_run = {(r["check"], r["subject"]): r["detail"] for r in rows if r["detail"].startswith("not run")}
+    assert not_run[("accuracy non-increasing in θ", "mnist-resnet32-ce jsma")] == \
+        "not run: its θ sweep is Fig. 2's; add fig2 to --only"
+    assert not_run[("zero input-gradient fraction", "mnist-resnet32-rce cw-wb")] == \
+        "not run: the cell is table3's; add table3 to --only"
+    assert ("zero input-gradient fraction", "mnist-resnet32-ce ilcm-0.08") in not_run
+    full = sanity.run_checks(Results(cells.plan(smoke, list(cells.PARTS)), {}), smoke)
+    assert not any(r["detail"].startswith("not run") for r in full)
+
+
+def test_a_broken_manifest_is_the_reason_not_a_missing_model(monkeypatch):
+    from rcenp.models import registry
+
+    real = registry.model_info
+
+    def model_info(name):
+        if name == "mnist-resnet32-rce":
+            raise KeyError("config")
+        return real(name)
+
+    monkeypatch.setattr(registry, "model_info", model_info)
+    lineup.refresh()
+    try:
+        assert lineup.find_model("mnist", 32, "rce") is None
+        why = "not available: model mnist-resnet32-rce ships with a manifest that cannot be read (KeyError: 'config')"
+        assert lineup.missing_reason("mnist", 32, "rce") == why
+        text = report.cells_md(unavailable(cells.plan(budgets.get_budget("smoke"), ["table1"])))
+        line, = [line for line in text.splitlines() if line.startswith("- mnist-resnet32-rce: ")]
+        assert line.endswith(why) and "not shipped" not in line and "rcenp train" not in line
+    finally:
+        monkeypatch.undo()
+        lineup.refresh()
+
+
+def test_a_missing_model_of_a_skipped_data_set_is_named(monkeypatch):
+    infos = tuple(i for i in lineup._shipped() if i["depth"] != 56)
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    text = report.cells_md(unavailable(cells.plan(budgets.get_budget("smoke"), ["table1"])))
+    assert "- None:" not in text
+    for name in ("cifar10subset-resnet56-ce", "fashion-mnist-resnet56-rce"):
+        line, = [line for line in text.splitlines() if line.startswith(f"- {name}: ")]
+        assert line.endswith("1 cell (table1), not run: the smoke budget covers MNIST only")
+
+
+def test_the_detector_line_comes_from_each_detectors_record():
+    calibration = "509 test images, a random half of the test split (held_out_split(1017, seed=0))"
+    cifar = {"kernel_per_class": 475, "fitted_on": 5085, "target_fpr": 0.05, "calibration": calibration}
+    line = report.detector_line({"cifar10subset-resnet32-ce": cifar, "cifar10subset-resnet32-rce": cifar,
+                                 "fashion-mnist-resnet32-ce": None})
+    assert (f"cifar10subset-resnet32-ce, cifar10subset-resnet32-rce: 475 kernel points per class drawn from the "
+            f"first 5,085 training images; T at 5% false positives on {calibration}") in line
+    assert "60,000" not in line and "fashion" not in line
+    assert "overlaps the attacked test images" in line and "partly in-sample" in line
+    smoke = budgets.get_budget("smoke")
+    detectors = report.run_detectors(unavailable(cells.plan(smoke, ["table2"])))
+    assert set(detectors) == {"mnist-resnet32-ce", "mnist-resnet32-rce"}  # smoke runs MNIST only
+    assert all(info["kernel_per_class"] == 1000 for info in detectors.values())
+    assert report.detector_line(detectors) in report.protocol_differences(smoke, detectors)
+
+
+def test_the_eta_pass_is_costed_once_per_crafting_model_where_its_training_split_is_found(tmp_path):
+    """The ETA counts C&W-wb's forward over the training split once per crafting model (run_attack
+    caches it per process), and not at all without a training split (η is then the approximation)."""
+    from tests.test_train import write_mnist_root
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    root = write_mnist_root(tmp_path / "data", lambda split, n: (rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10),
+                            (50, 10))
+    bare = tmp_path / "bare"
+    (bare / "mnist").mkdir(parents=True)
+    for name in (root / "mnist").iterdir():
+        if name.name.startswith("t10k"):
+            (bare / "mnist" / name.name).symlink_to(name)
+
+    def todo():
+        wb = {"stage1": {"binary_steps": 1, "max_iterations": 2}, "stage2": {"binary_steps": 1, "max_iterations": 2}}
+        made = [cells.Cell(f"{m}/{name}", "attack", m, "mnist", 32, m[-3:].strip("-"), 4, attack=attack,
+                           options=dict(wb, **({"substitute": sub} if sub else {})) if attack == "cw-wb" else {})
+                for m, name, attack, sub in (
+                    ("mnist-resnet32-ce", "cw-wb", "cw-wb", None),
+                    ("mnist-resnet32-ce", "cw-wb-detector", "cw-wb", None),
+                    ("mnist-resnet32-ce", "cw-wb-from-mnist-resnet32-rce", "cw-wb", "mnist-resnet32-rce"),
+                    ("mnist-resnet32-rce", "cw-wb", "cw-wb", None),
+                    ("mnist-resnet32-rce", "fgsm-0.1", "fgsm", None))]
+        for cell in made:
+            cell.cost = 1.0
+        return made
+
+    with_train, without = todo(), todo()
+    cells.add_eta_costs(with_train, root)
+    cells.add_eta_costs(without, bare)
+    eta = costs.ETA_PASS_PER_IMAGE * 50
+    assert [c.cost for c in with_train] == [1.0 + eta, 1.0, 1.0 + eta, 1.0, 1.0]  # CE, then RCE as crafter
+    assert [c.cost for c in without] == [1.0] * 5
+
+
+def test_table4_scores_the_images_of_its_substitutes_own_white_box_cell(monkeypatch):
+    """A transfer crafts what its substitute's Table 3 C&W-wb cell crafts (rcenp.attacks.transfer),
+    so Table 4 plans that cell, after which the transfer cell only scores its images."""
+    infos = lineup._shipped() + tuple({"name": f"mnist-resnet56-{o}", "dataset": "mnist", "depth": 56,
+                                       "objective": o, "detector": True} for o in ("ce", "rce"))
+    monkeypatch.setattr(lineup, "_shipped", lambda: infos)
+    for budget in ("smoke", "cpu", "paper"):
+        planned = cells.plan(budgets.get_budget(budget), ["table4"])
+        order = {c.key: i for i, c in enumerate(planned)}
+        transfers = [c for c in planned if (c.options or {}).get("substitute") and c.dataset == "mnist"]
+        assert len(transfers) == 4
+        for cell in transfers:
+            source = planned[order[cell.crafted]]
+            assert cell.crafted == f"{cell.substitute}/cw-wb" and source.model == cell.substitute
+            assert order[cell.crafted] < order[cell.key] and source.n == cell.n and source.batch_size == cell.batch_size
+            assert source.options == {k: v for k, v in cell.options.items() if k != "substitute"}
+            assert cell.cost < source.cost / 10
+        mnist = {c.key for c in planned if c.dataset == "mnist"}
+        assert mnist == {c.key for c in transfers} | {c.crafted for c in transfers}
+
+
+def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as_it_began(tmp_path, monkeypatch):
+    from rcenp.attacks import run as attack_run
+    from rcenp.attacks.transfer import CraftedMismatch
+
+    smoke = budgets.get_budget("smoke")
+    source = cells.Cell("mnist-resnet32-rce/cw-wb", "attack", "mnist-resnet32-rce", "mnist", 32, "rce", 20,
+                        attack="cw-wb", options=budgets.cw_wb_options(smoke), batch_size=20)
+    transfer = cells.Cell("mnist-resnet32-ce/cw-wb-from-mnist-resnet32-rce", "attack", "mnist-resnet32-ce", "mnist",
+                          32, "ce", 20, attack="cw-wb", options=budgets.cw_wb_options(smoke, "attacker",
+                                                                                    "mnist-resnet32-rce"),
+                          substitute="mnist-resnet32-rce", batch_size=20, crafted=source.key)
+    given, refuse = [], set()
+
+    def run_attack(model, attack, out_dir, options, crafted=None, **kwargs):
+        given.append((Path(out_dir).name, crafted))
+        if crafted is not None and "mismatch" in refuse:
+            raise CraftedMismatch(f"{crafted}: not mnist-resnet32-rce's own cw-wb run of these settings (n: 8 there)")
+        fake_run_attack([])(model, attack, out_dir, options, **kwargs)
+
+    monkeypatch.setattr(attack_run, "run_attack", run_attack)
+    monkeypatch.setattr(lineup, "has_detector", lambda name: True)
+    outcomes = cells.run_cells([source, transfer], tmp_path / "a", stream=DEVNULL)
+    assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", tmp_path / "a" / "cells" / source.key)]
+    assert outcomes[transfer.key]["status"] == "done"
+    given.clear()  # the source is not finished: the transfer crafts its own
+    outcomes = cells.run_cells([transfer], tmp_path / "b", stream=DEVNULL)
+    assert given == [("cw-wb-from-mnist-resnet32-rce", None)]
+    given.clear()  # a source that is not the run the transfer would craft: crafting afresh, said once
+    refuse.add("mismatch")
+    stream = io.StringIO()
+    outcomes = cells.run_cells([source, transfer], tmp_path / "c", stream=stream)
+    assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", tmp_path / "c" / "cells" / source.key),
+                     ("cw-wb-from-mnist-resnet32-rce", None)]
+    note = outcomes[transfer.key]["note"]
+    assert note.startswith("crafted its own images: mnist-resnet32-rce/cw-wb is not their source") and "n: 8 there" in note
+    assert f"{transfer.key}: {note}" in stream.getvalue()
+    assert f"{transfer.key}: {note}" in (tmp_path / "c" / "reproduce.log").read_text()
+    given.clear()  # a cell begun crafting its own goes on so, though its source has finished since
+    begun = tmp_path / "d" / "cells" / transfer.key
+    begun.mkdir(parents=True)
+    (begun / "run.json").write_text(json.dumps({"model": transfer.model, "attack": "cw-wb",
+                                                "options": transfer.options, "n": 20, "seed": 0,
+                                                "eta": "exact: training features"}))
+    refuse.clear()
+    cells.run_cells([source, transfer], tmp_path / "d", stream=DEVNULL)
+    assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", None)] and begun.is_dir()
+
+
+def test_datasets_narrow_a_budget_and_the_others_say_why_not_run(tmp_path, monkeypatch, capsys):
+    from rcenp.cli import main
+
+    cpu = budgets.get_budget("cpu")
+    assert run.parse_datasets(None, cpu) is None and run.parse_datasets("", cpu) is None
+    assert run.parse_datasets("fashion-mnist, mnist", cpu) == ("mnist", "fashion-mnist")  # report order
+    for bad, message in (("mnist,svhn", "unknown data set 'svhn'"), (",", "(none given)")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run.parse_datasets(bad, cpu)
+    with pytest.raises(ValueError, match="the smoke budget covers MNIST only, not CIFAR-10"):
+        run.parse_datasets("mnist,cifar10", budgets.get_budget("smoke"))
+    narrowed = dataclasses.replace(cpu, datasets=("mnist",), datasets_by="--datasets mnist")
+    planned = cells.plan(narrowed, cells.PARTS)
+    assert {c.key for c in planned} == {c.key for c in cells.plan(cpu, cells.PARTS)}  # the same places
+    assert all(c.missing is None for c in planned if c.dataset == "mnist" and c.model and c.depth == 32)
+    others = [c for c in planned if c.dataset != "mnist"]
+    assert others and all(c.missing == "not run: --datasets mnist covers MNIST only" for c in others)
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--budget", "cpu", "--datasets", "mnist,svhn", "--out", "r"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown data set 'svhn'" in err[0] and not (tmp_path / "r").exists()
+
+
+def test_a_later_run_over_other_data_sets_keeps_the_finished_cells_of_the_earlier_ones(tmp_path):
+    cpu = budgets.get_budget("cpu")
+    mnist = dataclasses.replace(cpu, datasets=("mnist",), datasets_by="--datasets mnist")
+    fashion = dataclasses.replace(cpu, datasets=("fashion-mnist",), datasets_by="--datasets fashion-mnist")
+    planned = cells.plan(mnist, ["table1"])
+    done = [c for c in planned if c.dataset == "mnist" and c.model]
+    for cell in done:   # as the first run left them
+        folder = tmp_path / "cells" / cell.key
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text("{}")
+    later = cells.plan(fashion, ["table1"])
+    assert all(c.skipped for c in later if c.dataset != "fashion-mnist")
+    outcomes = cells.run_cells([c for c in later if c.dataset != "fashion-mnist"], tmp_path, stream=DEVNULL)
+    assert {k for k, o in outcomes.items() if o["status"] == "done"} == {c.key for c in done}
+    assert all(o["source"] == "resumed" for o in outcomes.values() if o["status"] == "done")
+    rest = [o for o in outcomes.values() if o["status"] != "done"]
+    assert rest and all(o == {"status": "not run", "reason": "not run: --datasets fashion-mnist covers "
+                              "Fashion-MNIST (extra) only", "path": None} for o in rest)
+    text = report.cells_md(Results([c for c in later if c.dataset != "fashion-mnist"], outcomes))
+    assert f"**Run: {len(done)} cells**" in text and f"**Not run: {len(rest)} cells**" in text
+    assert "**Not available: 0 cells**" in text
+
+
+def test_an_out_that_holds_a_run_is_refused_with_the_command_that_continues_it(tmp_path):
+    """The fix a refusal suggests works: same budget → --resume; another budget → that budget and --resume."""
+    (tmp_path / "reproduce.json").write_text(json.dumps({"budget": "smoke"}))
+    with pytest.raises(ValueError, match=r"\(budget smoke\): pass --resume to continue it, or choose another --out"):
+        run.claim(tmp_path, "smoke", resume=False)
+    with pytest.raises(ValueError, match=r"\(budget smoke\): pass --budget smoke --resume to continue it"):
+        run.claim(tmp_path, "cpu", resume=False)
+    with pytest.raises(ValueError, match=r"holds a smoke run; --resume with --budget smoke, or choose another --out"):
+        run.claim(tmp_path, "cpu", resume=True)
+    assert run.claim(tmp_path, "smoke", resume=True) is False  # the suggested command goes ahead
