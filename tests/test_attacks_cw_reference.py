@@ -13,7 +13,8 @@ from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_search import abort_checks, aborts
 from rcenp.detect.detector import Detector
 from rcenp.objectives import Classifier
-from tests.test_attacks_cw import FeatureNet, box_images, linear_model, reference_cw
+from tests.test_attacks_cw import box_images, linear_model, reference_cw
+from tests.test_attacks_cw_wb import FeatureNet
 
 cw_wb_module = importlib.import_module("rcenp.attacks.cw_wb")  # the package exports the function cw_wb
 

@@ -13,7 +13,8 @@ import pytest
 from rcenp import attacks
 from rcenp.attacks import cw_snapshot
 from rcenp.attacks.cw_snapshot import Snapshot
-from tests.test_attacks_cw import box_images, feature_model, fitted_detector, linear_model
+from tests.test_attacks_cw import box_images, linear_model
+from tests.test_attacks_cw_wb import feature_model, fitted_detector
 
 
 class Killed(Exception):

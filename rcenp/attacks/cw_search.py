@@ -16,7 +16,9 @@ def binary_search_update(const, lower, upper, success):
 
     success in this step: upper = min(upper, c), then c = (lower + upper)/2 if upper < 1e9;
     failure: lower = max(lower, c), then c = (lower + upper)/2 if upper < 1e9, else c × 10.
-    So c never grows after a success and never shrinks after a failure, and lower ≤ c always.
+    So c never grows after a success and never shrinks after a failure, and lower ≤ c always. A
+    success at c ≥ 1e9 (reachable from c₀ = 100 after 7 failures) leaves c unchanged: upper = c is
+    then no bound, as in the reference.
     """
     const, lower, upper = (np.array(a, dtype=np.float64) for a in (const, lower, upper))
     success = np.asarray(success, dtype=bool)
