@@ -111,8 +111,8 @@ def test_binary_search_invariants(outcomes, c0):
         c1, lo1, up1 = binary_search_update(c, lo, up, [won])
         assert up1[0] <= up[0] and lo1[0] >= lo[0]
         assert lo1[0] <= c1[0] and (c1[0] <= up1[0] or up1[0] >= FOUND)
-        if won and c[0] >= FOUND:
-            assert c1[0] == c[0] and up1[0] == c[0] and lo1[0] == lo[0]
+        if won and c[0] >= FOUND:  # upper = min(upper, c): past 1e10 the sentinel stays
+            assert c1[0] == c[0] and up1[0] == min(up[0], c[0]) and lo1[0] == lo[0]
         elif won:
             assert c1[0] < c[0] and up1[0] == c[0] and lo1[0] == lo[0]
         else:
