@@ -9,7 +9,8 @@ enabled and some input requires one.
 Backward runs in decreasing ``rank`` order from a heap (rank = 1 + the largest rank among the
 inputs), never by recursion, so ResNet-56-deep graphs are fine. Each node's output gradient is
 dropped as soon as it has been consumed, and each Function lets go of its inputs and saved arrays
-once its backward has run.
+once its backward has run (unless ``retain_graph=True``). Such a released graph cannot be
+differentiated again: a later ``backward`` or ``grad`` through it raises RuntimeError.
 """
 from __future__ import annotations
 
@@ -72,6 +73,12 @@ class Tensor:
 
     ``data`` is a NumPy or CuPy array; ``grad`` is ``None`` or an array of the same shape, filled by
     ``backward()``. Python floats become float32; arrays keep their dtype (float64 gradient checks).
+    Integer and bool Tensors (labels, indices) are fine, but only a floating-point Tensor can
+    require a gradient: ``requires_grad=True`` with any other dtype raises ValueError.
+
+    ``float(t)`` works for a one-element Tensor and ``np.asarray(t)`` gives the data of a host
+    Tensor that does not require a gradient (see ``__array__``); ``numpy()`` always gives a copy
+    on the host.
     """
 
     __slots__ = ("data", "grad", "requires_grad", "creator", "name", "__weakref__")
@@ -79,6 +86,10 @@ class Tensor:
 
     def __init__(self, data, requires_grad: bool = False, name: str | None = None):
         self.data = as_array(data)
+        if requires_grad and self.data.dtype.kind != "f":
+            raise ValueError(f"only floating-point Tensors can require gradients, got dtype {self.data.dtype} "
+                             "(its gradient would be truncated to integers); cast the data first, e.g. "
+                             "Tensor(x.astype(np.float32), requires_grad=True)")
         self.grad = None
         self.requires_grad = bool(requires_grad)
         self.creator: Function | None = None
@@ -106,6 +117,29 @@ class Tensor:
     def item(self) -> float:
         return self.data.item()
 
+    def __float__(self) -> float:
+        """``float(t)`` for a one-element Tensor; TypeError for any other size."""
+        if self.data.size != 1:
+            raise TypeError(f"float() needs a one-element Tensor, got shape {self.data.shape}")
+        return float(self.data.item())
+
+    def __array__(self, dtype=None, copy=None):
+        """The data, for ``np.asarray(t)`` and other NumPy functions given a Tensor.
+
+        Raises TypeError for a Tensor that requires a gradient: a NumPy function (``np.exp``,
+        ``np.where``, ...) would silently cut it from the graph, so ask for the values explicitly
+        with ``t.numpy()`` or ``t.detach()``. Raises TypeError for GPU data too (use
+        ``t.numpy()``), as CuPy refuses implicit copies to the host. Operators between NumPy
+        arrays and Tensors do not come here: ``ndarray * Tensor`` is a Tensor (``__array_priority__``).
+        """
+        if self.requires_grad:
+            raise TypeError("a Tensor that requires a gradient cannot become a NumPy array implicitly "
+                            "(a NumPy function would drop it from the graph): use the rcenp.functional "
+                            "ops to keep the gradient, or t.numpy() / t.detach() for the values")
+        if not isinstance(self.data, np.ndarray):
+            raise TypeError("this Tensor's data is on the GPU: use t.numpy() for a host copy")
+        return np.array(self.data, dtype=dtype, copy=copy)
+
     def detach(self) -> "Tensor":
         """The same array, cut from the graph."""
         return Tensor(self.data)
@@ -117,16 +151,21 @@ class Tensor:
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires a gradient.
 
-        ``grad`` defaults to ones (so a scalar loss needs none). The graph is released afterwards
-        unless ``retain_graph``.
+        ``grad`` (the shape of ``self``) defaults to ones (so a scalar loss needs none). The graph
+        is released afterwards unless ``retain_graph``.
+
+        Raises ValueError when ``grad`` has another shape, and RuntimeError, before touching any
+        ``.grad``, when the graph was already released by an earlier ``backward`` or
+        ``rcenp.grad`` (call that one with ``retain_graph=True`` to backpropagate twice).
         """
         if grad is None:
             grad = get_array_module(self.data).ones_like(self.data)
-        grad = as_array(grad, like=self.data)
+        grad = _checked_grad_output(grad, self, "backward: grad")
         if self.creator is None:
             if self.requires_grad:
                 self.grad = grad if self.grad is None else self.grad + grad
             return
+        _graph_functions(self, "backward")  # refuse a released graph before accumulating anything
         _backprop(self, grad, targets=None, retain_graph=retain_graph)
 
     # ---- operators (the Functions of rcenp.functional) ----------------------------------
@@ -164,6 +203,7 @@ class Function:
     rank = 0
     inputs: tuple = ()
     needs_input_grad: tuple = ()
+    released = False  # set once a backward pass (without retain_graph) has run it and let go
 
     def __call__(self, *inputs) -> Tensor:
         tensors = tuple(x if isinstance(x, Tensor) else Tensor(as_array(x, _first_array(inputs)))
@@ -206,22 +246,45 @@ def _first_array(inputs):
     return None
 
 
-def _needed_functions(root: Tensor, targets: dict):
-    """(ids of the Functions lying on a path from some target to ``root``, the only ones grad()
-    must run; ids of the targets ``root`` was computed from, ``root`` itself included)."""
-    reached = {id(root)} & targets.keys()
+def _checked_grad_output(grad_output, output: Tensor, what: str):
+    """``grad_output`` as an array like ``output``'s; ValueError unless it has ``output``'s shape."""
+    grad_output = as_array(grad_output, like=output.data)
+    if grad_output.shape != output.shape:
+        raise ValueError(f"{what} must have the output's shape {tuple(output.shape)}, "
+                         f"got {tuple(grad_output.shape)}")
+    return grad_output
+
+
+def _graph_functions(root: Tensor, caller: str) -> list:
+    """Every Function ``root`` was computed through, each once. RuntimeError if one of them was
+    released by an earlier backward pass: its inputs are gone, so what lies behind it (and whether
+    a gradient flows there) is no longer known, and going on would silently give wrong or no
+    gradients."""
     if root.creator is None:
-        return set(), reached
+        return []
     order, stack, seen = [], [root.creator], {id(root.creator)}
     while stack:
         fn = stack.pop()
+        if fn.released:
+            raise RuntimeError(
+                f"{caller}: this graph was already used by a backward pass (backward() or rcenp.grad()), "
+                "which released its saved arrays; pass retain_graph=True to the earlier call to "
+                "backpropagate through the graph again, or recompute the forward pass")
         order.append(fn)
         for t in fn.inputs:
-            if id(t) in targets:
-                reached.add(id(t))
             if t.creator is not None and id(t.creator) not in seen:
                 seen.add(id(t.creator))
                 stack.append(t.creator)
+    return order
+
+
+def _needed_functions(root: Tensor, targets: dict):
+    """(ids of the Functions lying on a path from some target to ``root``, the only ones grad()
+    must run; ids of the targets ``root`` was computed from, ``root`` itself included).
+    RuntimeError for a released graph (``_graph_functions``)."""
+    order = _graph_functions(root, "rcenp.grad")
+    reached = {id(root)} & targets.keys()
+    reached.update(id(t) for fn in order for t in fn.inputs if id(t) in targets)
     needed = set()
     for fn in sorted(order, key=lambda f: f.rank):  # inputs before consumers
         if any(id(t) in targets or (t.creator is not None and id(t.creator) in needed)
@@ -271,6 +334,7 @@ def _backprop(root: Tensor, root_grad, targets: dict | None, retain_graph: bool,
                 heapq.heappush(heap, (-t.creator.rank, next(counter), t.creator))
         if not retain_graph:
             fn.release()
+            fn.released = True
     return results
 
 
@@ -285,7 +349,14 @@ def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False, a
     was not computed from: an attack whose gradient is silently zero never moves. With
     ``allow_unused=True`` an unused input gets a zero array of its shape instead (zeros rather
     than ``None``, so that arithmetic on the result needs no special case; its derivative is 0).
+    Raises ValueError for a ``grad_output`` of another shape, TypeError when ``output`` is not a
+    Tensor, and RuntimeError when some part of the output's graph was already released by an
+    earlier ``backward`` or ``grad`` (call that one with ``retain_graph=True`` to differentiate
+    again). That check is conservative: a released part is refused even if ``inputs`` lie
+    after it, since what lay behind it is no longer known.
     """
+    if not isinstance(output, Tensor):
+        raise TypeError(f"rcenp.grad: output must be a Tensor, got {type(output).__name__}")
     single = isinstance(inputs, (Tensor, *_ARRAY_TYPES))
     inputs = [inputs] if single else list(inputs)
     for i, t in enumerate(inputs):
@@ -295,7 +366,7 @@ def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False, a
     xp = get_array_module(output.data)
     if grad_output is None:
         grad_output = xp.ones_like(output.data)
-    grad_output = as_array(grad_output, like=output.data)
+    grad_output = _checked_grad_output(grad_output, output, "rcenp.grad: grad_output")
     targets = {id(t): t for t in inputs}
     needed, reached = _needed_functions(output, targets)
     unused = [i for i, t in enumerate(inputs) if id(t) not in reached]

@@ -156,3 +156,104 @@ def test_function_sees_needs_input_grad(xp):
     out = probe(a, xp.asarray(2.0))
     out.backward()
     assert probe.seen == (True, False)
+
+
+def test_only_floating_point_tensors_can_require_gradients(xp):
+    """An integer leaf's gradient came back truncated: d(2.5·t)/dt gave [2, 2, 2]."""
+    for data in (xp.arange(3), xp.asarray([True, False]), 3):
+        with pytest.raises(ValueError, match=r"only floating-point Tensors can require gradients, got dtype "
+                                             r"(int|bool).*astype\(np.float32\)"):
+            Tensor(data, requires_grad=True)
+    labels = Tensor(xp.arange(3))  # integer Tensors that need no gradient (labels, indices) stay fine
+    assert labels.dtype.kind == "i" and not labels.requires_grad
+    t = Tensor(xp.arange(3).astype(np.float32), requires_grad=True)
+    np.testing.assert_array_equal(as_numpy(grad((t * 2.5).sum(), t)), [2.5, 2.5, 2.5])
+
+
+def test_a_released_graph_refuses_another_backward_pass(xp):
+    """A second backward() used to add nothing, a backward() after grad() left .grad None, and a
+    second grad() blamed no_grad() and suggested allow_unused=True (zeros)."""
+    released = r"already used by a backward pass.*retain_graph=True"
+    x = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    loss = (x * x).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward: this graph was " + released):
+        loss.backward()
+    with pytest.raises(RuntimeError, match="rcenp.grad: this graph was " + released):
+        grad(loss, x, allow_unused=True)
+    np.testing.assert_array_equal(as_numpy(x.grad), [2.0, 4.0])
+
+    y = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    loss = (y * y).sum()
+    np.testing.assert_array_equal(as_numpy(grad(loss, y)), [2.0, 4.0])
+    with pytest.raises(RuntimeError, match=released):
+        loss.backward()
+    with pytest.raises(RuntimeError, match=released):
+        grad(loss, y)
+    assert y.grad is None
+
+    # a graph released only in part: h's history went with the first loss; nothing is accumulated
+    z = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    h = z * z
+    (h * 2.0).sum().backward()
+    second = (h * 3.0).sum() + (z * 5.0).sum()
+    with pytest.raises(RuntimeError, match=released):
+        second.backward()
+    np.testing.assert_array_equal(as_numpy(z.grad), [4.0, 8.0])  # untouched by the refused pass
+
+
+def test_retain_graph_keeps_the_graph_for_grad_and_backward(xp):
+    x = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    loss = (x * x * x).sum()
+    for _ in range(2):
+        np.testing.assert_array_equal(as_numpy(grad(loss, x, retain_graph=True)), [3.0, 12.0])
+    loss.backward(retain_graph=True)
+    np.testing.assert_array_equal(as_numpy(grad(loss, x)), [3.0, 12.0])  # releases
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        loss.backward()
+    np.testing.assert_array_equal(as_numpy(x.grad), [3.0, 12.0])
+
+
+def test_grad_output_must_have_the_output_shape(xp):
+    x = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(ValueError, match=r"rcenp.grad: grad_output must have the output's shape \(2,\), got \(3,\)"):
+        grad(x * 2.0, x, grad_output=xp.ones(3))
+    with pytest.raises(ValueError, match=r"backward: grad must have the output's shape \(\), got \(2,\)"):
+        (x * 2.0).sum().backward(xp.ones(2))
+    with pytest.raises(ValueError, match=r"shape \(2,\), got \(1,\)"):
+        x.backward(xp.ones(1))  # a leaf too
+    assert x.grad is None
+    with pytest.raises(TypeError, match="output must be a Tensor, got float64"):
+        grad(np.float64(1.0), x)
+    np.testing.assert_array_equal(as_numpy(grad(x * 2.0, x, grad_output=xp.asarray([1.0, 3.0]))), [2.0, 6.0])
+
+
+def test_float_and_numpy_conversion(xp):
+    assert float(Tensor(xp.asarray([2.5]))) == 2.5
+    assert float(Tensor(xp.asarray(1.5), requires_grad=True) * 2.0) == 3.0
+    with pytest.raises(TypeError, match=r"one-element Tensor, got shape \(2,\)"):
+        float(Tensor(xp.asarray([1.0, 2.0])))
+    x = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(TypeError, match="requires a gradient.*numpy"):
+        np.asarray(x)  # np.exp(x), np.where(.., x, ..) would silently cut x from the graph
+    with pytest.raises(TypeError, match="requires a gradient"):
+        np.exp(x)
+    plain = Tensor(xp.asarray([1.0, 2.0]))
+    if xp is np:
+        array = np.asarray(plain)
+        assert array.dtype == np.float64 and array.tolist() == [1.0, 2.0]
+        assert np.asarray(plain, dtype=np.float32).dtype == np.float32
+    else:
+        with pytest.raises(TypeError, match="on the GPU"):
+            np.asarray(plain)
+
+
+def test_numpy_operands_still_give_tensors():
+    """ndarray (op) Tensor keeps dispatching to the Tensor's reflected operator, graph and all."""
+    x = Tensor(np.asarray([1.0, 2.0]), requires_grad=True)
+    a = np.asarray([3.0, 4.0])
+    for out in (a * x, a + x, a - x, a / x, np.float64(2.0) * x):
+        assert isinstance(out, Tensor) and out.creator is not None
+    a += x
+    assert isinstance(a, Tensor) and a.creator is not None
+    np.testing.assert_array_equal(grad((np.asarray([3.0, 4.0]) * x).sum(), x), [3.0, 4.0])
