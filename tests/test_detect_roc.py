@@ -196,6 +196,16 @@ def test_calibration_reaches_target_on_held_out_data(seed, target):
     assert abs(held_out - target) < 4 * math.sqrt(target * (1 - target) / n) + 1 / n
 
 
+@given(target=st.floats(1e-4, 1.0))
+def test_min_calibration_images_is_the_first_n_that_rejects_one(target):
+    """Detector.calibrate refuses fewer images than this before scoring: below it T = -inf."""
+    from rcenp.detect.calibrate import min_calibration_images
+
+    n = min_calibration_images(target)
+    assert calibrate_threshold(np.arange(float(n)), target) > -math.inf
+    assert n == 1 or calibrate_threshold(np.arange(float(n - 1)), target) == -math.inf
+
+
 def test_calibration_rejects_bad_input():
     with pytest.raises(ValueError):
         calibrate_threshold([], 0.05)

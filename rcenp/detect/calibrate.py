@@ -30,9 +30,7 @@ def calibrate_threshold(clean_scores, target_fpr=0.05):
         raise ValueError(f"target_fpr must lie in [0, 1], got {target_fpr}")
     scores = np.sort(_scores(clean_scores))
     n = len(scores)
-    k = math.floor(target_fpr * n)
-    if k + 1 <= n and (k + 1) / n <= target_fpr:  # target·n rounded just below an integer
-        k += 1
+    k = _rank(n, target_fpr)
     if k == 0:
         return -math.inf
     threshold = scores[k - 1]
@@ -40,6 +38,31 @@ def calibrate_threshold(clean_scores, target_fpr=0.05):
         first = int(np.searchsorted(scores, threshold, side="left"))
         return float(scores[first - 1]) if first > 0 else -math.inf
     return float(threshold)
+
+
+def min_calibration_images(target_fpr) -> int:
+    """The fewest clean scores for which ``calibrate_threshold`` at ``target_fpr`` can reject one
+    (k ≥ 1, i.e. 1/n ≤ target_fpr): with fewer, T = −inf whatever the scores. Raises ValueError
+    for a ``target_fpr`` outside (0, 1] (or so small that 1/target_fpr overflows)."""
+    if not 0.0 < target_fpr <= 1.0:
+        raise ValueError(f"target_fpr must lie in (0, 1], got {target_fpr}")
+    bound = 1.0 / target_fpr
+    if not math.isfinite(bound):
+        raise ValueError(f"target_fpr={target_fpr} is too small: 1/target_fpr overflows")
+    n = max(1, math.ceil(bound) - 1)
+    while _rank(n, target_fpr) == 0:
+        n += 1
+    while n > 1 and _rank(n - 1, target_fpr) > 0:
+        n -= 1
+    return n
+
+
+def _rank(n, target_fpr) -> int:
+    """k of ``calibrate_threshold``: the largest integer with k/n ≤ target_fpr (0 ≤ k ≤ n)."""
+    k = math.floor(target_fpr * n)
+    if k + 1 <= n and (k + 1) / n <= target_fpr:  # target·n rounded just below an integer
+        k += 1
+    return k
 
 
 def rejection_rate(scores, threshold):

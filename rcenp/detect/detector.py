@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -17,40 +18,98 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
-from rcenp.detect.calibrate import calibrate_threshold, rejection_rate
+from rcenp.detect.calibrate import calibrate_threshold, min_calibration_images, rejection_rate
 from rcenp.detect.kde import DEFAULT_SIGMA2, kernel_point_indices, log_kernel_density
 from rcenp.metrics import confidence, non_me
 from rcenp.nn.module import check_images, eval_mode
 
 NOT_SURE = -1
 METRICS = ("kd", "confidence", "non_me")
+# ``Detector.info`` keys that describe the calibration of T (``calibrate``, ``cli.fit_detector``): a
+# new calibration replaces them all, a new ``fit`` drops them with T.
+CALIBRATION_INFO = ("target_fpr", "calibration_n", "calibration_rejection_rate", "calibration", "data")
 
 
 class Detector:
     """The thresholding detector of one ``Classifier`` (module docstring).
 
-    model: the classifier it scores; metric: "kd" (log K-density, the paper's), "confidence" or
-    "non_me"; threshold: T (None until calibrated); sigma2: σ² of the Gaussian kernel (default
-    the protocol's per objective: CE 1/0.26, RCE 0.1/0.26). Every method taking images wants
-    (N, C, H, W) arrays in the model's dtype inside the [-0.5, 0.5] pixel box and raises
+    model: the classifier it scores (an ``rcenp.objectives.Classifier``, e.g. from
+    ``rcenp.models.load``); metric: "kd" (log K-density, the paper's), "confidence" or "non_me";
+    threshold: T (None until calibrated); sigma2: σ² of the Gaussian kernel (default the
+    protocol's per objective: CE 1/0.26, RCE 0.1/0.26). Every method taking images wants
+    (N, C, H, W) arrays (N ≥ 1) in the model's dtype inside the [-0.5, 0.5] pixel box and raises
     ValueError otherwise (``rcenp.nn.module.check_images``); the model's train/eval modes are
     given back after each call.
+
+    Life cycle: ``fit`` (kernel points; "kd" needs them) → ``calibrate`` (T) → ``predict``.
+    ``fit`` always leaves the detector uncalibrated (T = None, the calibration record in ``info``
+    dropped): T belongs to the kernel points it was calibrated with, so a refitted detector must
+    be calibrated again before ``predict``.
+
+    Raises TypeError for a ``model`` that is not a Classifier, or a ``threshold`` / ``sigma2``
+    that is not a real number; ValueError for an unknown metric, a NaN threshold, or a σ² that
+    is not positive and finite. The same checks apply when ``threshold`` or ``sigma2`` is
+    assigned later.
     """
 
     def __init__(self, model, metric: str = "kd", threshold: float | None = None, sigma2: float | None = None):
-        if metric not in METRICS:
+        if not (hasattr(model, "network") and hasattr(model, "features")
+                and getattr(model, "objective", None) in DEFAULT_SIGMA2):
+            raise TypeError("model must be an rcenp Classifier (from rcenp.models.load or "
+                            f"rcenp.objectives.Classifier), got {type(model).__name__}")
+        if not isinstance(metric, str) or metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        self.model, self.metric, self.threshold = model, metric, threshold
-        self.sigma2 = DEFAULT_SIGMA2[model.objective] if sigma2 is None else float(sigma2)
+        self.model, self.metric = model, metric
+        self.threshold = threshold
+        self.sigma2 = DEFAULT_SIGMA2[model.objective] if sigma2 is None else sigma2
         self.kernel_points = None  # (L, M, D) on the model's device
         self.info: dict = {}
+
+    @property
+    def threshold(self) -> float | None:
+        """T: inputs with score <= T are NOT SURE; None while uncalibrated. Assigning checks it:
+        a real number or None (TypeError otherwise), not NaN (ValueError); ±inf is allowed."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        if value is not None:
+            value = _real("threshold", value)
+            if math.isnan(value):
+                raise ValueError("threshold must be a number or None, got nan (NaN compares false: "
+                                 "every input would be NOT SURE)")
+        self._threshold = value
+
+    @property
+    def sigma2(self) -> float:
+        """σ² of the Gaussian kernel. Assigning checks it: a real number (TypeError otherwise),
+        positive and finite (ValueError otherwise)."""
+        return self._sigma2
+
+    @sigma2.setter
+    def sigma2(self, value) -> None:
+        value = _real("sigma2", value)
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"sigma2 must be positive and finite, got {value}")
+        self._sigma2 = value
+
+    def __repr__(self) -> str:
+        points = ("none" if self.kernel_points is None
+                  else "×".join(str(int(n)) for n in self.kernel_points.shape))
+        threshold = "uncalibrated" if self.threshold is None else f"{self.threshold:.6g}"
+        return (f"Detector(objective={self.model.objective!r}, metric={self.metric!r}, "
+                f"sigma2={self.sigma2:.6g}, kernel_points={points}, threshold={threshold})")
 
     # ---- fitting ------------------------------------------------------------------------------
     def features_and_logits(self, images, batch_size=500, progress=None):
         """Z (N, D) and prediction logits (N, L) in eval mode, as arrays on the model's device.
-        images: (N, C, H, W) in [-0.5, 0.5] (ValueError otherwise); ``progress(done, total)``, if
-        given, is called after each batch of ``batch_size`` images."""
+        images: (N, C, H, W) in [-0.5, 0.5], N ≥ 1 (ValueError otherwise); ``batch_size``: a
+        positive integer (TypeError / ValueError otherwise); ``progress(done, total)``, if given,
+        is called after each batch of ``batch_size`` images."""
+        batch_size = _batch_size(batch_size)
         images = check_images(self.model, images)
+        if len(images) == 0:
+            raise ValueError(f"images is empty (shape {tuple(images.shape)}): no images to score")
         feats, logits = [], []
         with eval_mode(self.model), no_grad():
             for start in range(0, len(images), batch_size):
@@ -67,19 +126,57 @@ class Detector:
         """Choose the kernel points from training features (by true label, ``kernel_point_indices``):
         only the chosen images' features are computed (an image's features do not depend on its
         batch, so the points are those of a pass over every image); ``progress`` as in
-        ``features_and_logits``."""
-        index = kernel_point_indices(np.asarray(train_labels), per_class=per_class, seed=seed,
+        ``features_and_logits``.
+
+        Leaves the detector uncalibrated: T is set to None and ``info`` holds only this fit's
+        record (the previous fit's and calibration's entries are dropped), so ``predict`` raises
+        until ``calibrate`` is called again. On an error the detector is left as it was.
+
+        Raises ValueError when ``train_images`` (N, C, H, W) fails ``check_images`` or
+        ``train_labels`` is not (N,) for the same N, and ValueError from ``kernel_point_indices``
+        (non-integer or out-of-range labels, a bad ``per_class``, classes with too few images)."""
+        train_images = check_images(self.model, train_images)
+        labels = np.asarray(as_numpy(train_labels))
+        if labels.shape != (len(train_images),):
+            got = f"{len(labels)} labels" if labels.ndim == 1 else f"labels of shape {labels.shape}"
+            raise ValueError(f"train_images and train_labels must have the same length: got {len(train_images)} "
+                             f"images and {got}")
+        index = kernel_point_indices(labels, per_class=per_class, seed=seed,
                                      num_classes=self.model.network.num_classes)
         z, _ = self.features_and_logits(train_images[index.ravel()], progress=progress)
         points = as_numpy(z).reshape(*index.shape, -1)
         self.kernel_points = to_device(points, self.model.device)
-        self.info.update(kernel_per_class=int(points.shape[1]), kernel_seed=seed, fitted_on=int(len(train_labels)))
+        self.threshold = None   # T was calibrated with the old kernel points (or none)
+        self.info = {"kernel_per_class": int(points.shape[1]), "kernel_seed": seed, "fitted_on": int(len(labels))}
         return self
 
     def calibrate(self, clean_images, target_fpr: float = 0.05):
-        """Set T so that at most ``target_fpr`` of these clean images are rejected."""
+        """Set T so that at most ``target_fpr`` of these clean images are rejected
+        (``calibrate_threshold``), replacing any earlier calibration and its record in ``info``.
+
+        Raises ValueError for ``target_fpr`` outside (0, 1]; for fewer clean images than the rate
+        needs to reject even one (n < 1/target_fpr, checked before any scoring: at least
+        ``min_calibration_images(target_fpr)``); and when ties at the lowest scores leave T = −inf.
+        A T of −inf would accept every input, so it is never set; on an error the detector is
+        left as it was. Also the errors of ``scores`` (images; a "kd" detector not yet fitted)."""
+        target_fpr = _real("target_fpr", target_fpr)
+        if not 0.0 < target_fpr <= 1.0:
+            raise ValueError(f"target_fpr must lie in (0, 1] (0.05 is 5%), got {target_fpr}")
+        n = len(check_images(self.model, clean_images))
+        need = min_calibration_images(target_fpr)
+        if n < need:
+            raise ValueError(f"calibrate needs at least {need} clean images at target_fpr={target_fpr} (1/{need} "
+                             f"<= {target_fpr}), got {n}: with fewer it rejects none of them and T = -inf would "
+                             "accept every input; pass more images or raise target_fpr")
         scores = self.scores(clean_images)[self.metric]
-        self.threshold = float(calibrate_threshold(scores, target_fpr))
+        threshold = float(calibrate_threshold(scores, target_fpr))
+        if not math.isfinite(threshold):
+            raise ValueError(f"T = {threshold}: ties at the lowest {self.metric} scores of the {n} clean images leave "
+                             f"no threshold that rejects at most {target_fpr} of them and any at all, so the detector "
+                             "would accept every input; raise target_fpr or pass more images")
+        self.threshold = threshold
+        for key in CALIBRATION_INFO:
+            self.info.pop(key, None)
         self.info.update(target_fpr=target_fpr, calibration_n=int(len(scores)),
                          calibration_rejection_rate=float(rejection_rate(scores, self.threshold)))
         return self
@@ -88,7 +185,8 @@ class Detector:
     def scores(self, images) -> dict:
         """Per image of ``images`` (N, C, H, W) in [-0.5, 0.5]: "prediction" (N,) int64,
         "confidence" (N,), "non_me" (N,, nats) and, once fitted, "kd" (N,, log KD in nats) under
-        the predicted class: host arrays, higher = more normal."""
+        the predicted class: host arrays, higher = more normal. Raises ValueError for bad or
+        no images (``features_and_logits``) and for a "kd" detector without kernel points."""
         z, logits = self.features_and_logits(images)
         predicted = logits.argmax(axis=1)
         out = {"prediction": as_numpy(predicted).astype(np.int64),
@@ -101,9 +199,11 @@ class Detector:
 
     def predict(self, images):
         """(labels (N,) int64 with NOT_SURE (-1) where the metric's score <= T, the ``scores``
-        dict) for images (N, C, H, W) in [-0.5, 0.5]. Raises ValueError without a threshold."""
+        dict) for images (N, C, H, W) in [-0.5, 0.5]. Raises ValueError while uncalibrated (never
+        calibrated, or refitted since: ``fit`` clears T), and the errors of ``scores``."""
         if self.threshold is None:
-            raise ValueError("the detector has no threshold: calibrate it (or pass threshold=)")
+            raise ValueError("the detector has no threshold (never calibrated, or fit() cleared it): call "
+                             "calibrate(clean_images) first, or set threshold=")
         scores = self.scores(images)
         labels = np.where(scores[self.metric] > self.threshold, scores["prediction"], NOT_SURE)
         return labels, scores
@@ -149,14 +249,34 @@ class Detector:
             raise checkpoint.CheckpointError(
                 f"{stem}: fitted for other weights (SHA-256 {fitted_for[:12]}, the model's are {weights[:12]}: "
                 "trained further or replaced since); refit it with `rcenp detect MODEL --fit --overwrite`")
-        det = cls(model, manifest["metric"], manifest["threshold"], manifest["sigma2"])
+        try:
+            det = cls(model, manifest["metric"], manifest["threshold"], manifest["sigma2"])
+        except (TypeError, ValueError) as exc:
+            raise checkpoint.CheckpointError(f"{stem}.json: damaged detector manifest ({exc})") from None
         if "kernel_points" in arrays:
             det.kernel_points = to_device(arrays["kernel_points"], model.device)
         det.info = manifest.get("info", {})
         return det
 
     def describe(self) -> str:
+        """One JSON line: metric, threshold (null while uncalibrated), sigma2 and ``info`` (the
+        record of the current fit and calibration)."""
         return json.dumps({"metric": self.metric, "threshold": self.threshold, "sigma2": self.sigma2, **self.info})
+
+
+def _real(name, value) -> float:
+    """``value`` as a float when it is a real number (Python or NumPy; not bool); TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def _batch_size(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"batch_size must be a positive integer, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {value}")
+    return int(value)
 
 
 def detector_stem(model_stem: Path) -> Path:

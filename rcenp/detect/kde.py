@@ -43,6 +43,7 @@ d² from explicit differences and meets the tighter |Δa_k| ≤ (D + 2)·u·|a_k
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 
 import numpy as np
@@ -66,7 +67,8 @@ def kernel_point_indices(labels, per_class=1000, seed=0, num_classes=10) -> np.n
     per class with an unseeded ``randsample``). ``per_class=None`` keeps every image in its input
     order and requires equal class counts (raises otherwise; pass ``per_class=min count`` to
     subsample). The draw depends on the labels alone, so only the chosen images' features need
-    computing (``Detector.fit``). Raises ValueError for non-integer or out-of-range labels.
+    computing (``Detector.fit``). Raises ValueError for non-integer or out-of-range labels, a
+    ``per_class`` that is not an integer >= 1 or None, and classes with fewer than ``per_class``.
     """
     labels = as_numpy(labels)
     if labels.ndim != 1:
@@ -83,8 +85,8 @@ def kernel_point_indices(labels, per_class=1000, seed=0, num_classes=10) -> np.n
             raise ValueError(f"per_class=None needs equal, non-zero class counts, got {counts}; "
                              f"pass per_class={min(counts)} to subsample every class")
         return np.stack(members)
-    if int(per_class) < 1:
-        raise ValueError(f"per_class must be >= 1 or None, got {per_class}")
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
+        raise ValueError(f"per_class must be an integer >= 1 or None, got {per_class!r}")
     short = [c for c, n in enumerate(counts) if n < per_class]
     if short:
         raise ValueError(f"classes {short} have fewer than per_class={per_class} points "
