@@ -6,11 +6,13 @@ these prediction logits; the training loss uses s itself (paper eq. 4 acts on so
 """
 from __future__ import annotations
 
+import numbers
+
 from rcenp import functional as F
 from rcenp.autograd import Tensor, no_grad
 from rcenp.backend import get_array_module, to_device
 from rcenp.nn import Module
-from rcenp.nn.module import eval_mode
+from rcenp.nn.module import check_images, eval_mode
 
 OBJECTIVES = ("ce", "rce")
 
@@ -27,6 +29,13 @@ class Classifier(Module):
         self.network = network
         self.objective = objective
         self.weights_sha256 = None
+
+    def __repr__(self) -> str:
+        net = self.network
+        name = f"ResNet-{net.depth}" if hasattr(net, "depth") else type(net).__name__
+        dtype = self.network.parameters()[0].data.dtype
+        return (f"Classifier({name}, objective={self.objective!r}, classes={getattr(net, 'num_classes', '?')}, "
+                f"{dtype}, {self.device}, {'training' if self.training else 'eval'} mode)")
 
     def raw_logits(self, x) -> Tensor:
         """s = the network's own logits (N, L)."""
@@ -56,7 +65,17 @@ class Classifier(Module):
 
     def predict_logits(self, images, batch_size=500):
         """Prediction logits (N, L) of a host or device image array (N, C, H, W), in batches, without
-        a graph, with inference BN (running statistics) whatever the model's mode, which it keeps."""
+        a graph, with inference BN (running statistics) whatever the model's mode, which it keeps.
+
+        Raises ValueError unless ``images`` are finite pixels in [-0.5, 0.5] (x / 255 - 0.5) of the
+        model's channel count and dtype (``rcenp.nn.module.check_images``: images in [0, 1] or
+        0-255 would otherwise be classified, wrongly, without a word) and ``batch_size`` is a
+        positive integer. The graph-building calls (``model(x)``, ``features``, ``raw_logits``)
+        check shape and dtype but not the pixel range, which gradient checks step outside.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        images = check_images(self, images)
         xp = get_array_module(self.network.parameters()[0].data)
         outputs = []
         with no_grad(), eval_mode(self):

@@ -193,3 +193,39 @@ def test_an_attack_result_prints_as_one_line():
     text = repr(result)
     assert text.startswith("AttackResult(attack='fgsm', n=") and "\n" not in text and len(text) < 200
     assert f"success_rate={result.success_rate:.3f}" in text
+
+
+def test_accuracy_needs_one_integer_label_per_image():
+    """A single label against four results used to broadcast and answer 0.0."""
+    model = Classifier(LinearNet(), "ce").eval()
+    result = attacks.fgsm(model, images(4), 0.1)
+    assert result.accuracy(result.prediction) == 1.0
+    assert result.accuracy(list(result.prediction)) == 1.0
+    for bad in (result.prediction[:1], result.prediction[:, None], result.prediction.astype(float)):
+        with pytest.raises(ValueError, match=r"true_labels must be \(4,\) integers"):
+            result.accuracy(bad)
+
+
+def test_concatenate_refuses_results_of_different_attacks_or_settings():
+    model = Classifier(LinearNet(), "ce").eval()
+    a, b = attacks.fgsm(model, images(2), 0.1), attacks.fgsm(model, images(3), 0.1)
+    assert len(core.AttackResult.concatenate([a, b])) == 5
+    for other in (attacks.bim(model, images(2), 0.1), attacks.fgsm(model, images(2), 0.2)):
+        with pytest.raises(ValueError, match="different attacks or settings"):
+            core.AttackResult.concatenate([a, other])
+
+
+def test_results_compare_by_identity():
+    """The dataclass's generated == compared array fields and raised 'ambiguous truth value'."""
+    model = Classifier(LinearNet(), "ce").eval()
+    a = attacks.fgsm(model, images(2), 0.1)
+    assert a == a and a != attacks.fgsm(model, images(2), 0.1)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "bim", "ilcm", "jsma", "cw_l2", "cw_wb"])
+def test_an_attack_on_something_other_than_a_classifier_says_so(name):
+    """None, or the (model, manifest) pair rcenp.models.load returns, used to be an AttributeError."""
+    model = Classifier(LinearNet(), "ce")
+    for wrong, hint in ((None, "got NoneType$"), ((model, {}), r"got tuple: rcenp.models.load returns \(model, manifest\)")):
+        with pytest.raises(ValueError, match="model must be an rcenp Classifier .*" + hint):
+            getattr(attacks, name)(wrong, images(), *{"cw_l2": (), "jsma": (), "cw_wb": (None,)}.get(name, (0.1,)))

@@ -257,6 +257,8 @@ def test_cw_wb_end_to_end():
     (dict(stage2=dict(kappa=-1)), "kappa"),
     (dict(train_features=np.zeros((4, 6))), "both"),
     (dict(train_features=np.zeros((4, 5)), train_labels=np.zeros(4, int)), "train_features must be"),
+    (dict(train_features=np.zeros((4, 6)), train_labels=np.array([0.0, 1.0, 2.0, 3.0])), "integer class indices"),
+    (dict(train_features=np.zeros((4, 6)), train_labels=np.array([0, 1, 2, 4])), r"must lie in \[0, 3\]"),
 ])
 def test_cw_wb_bad_arguments(kwargs, message):
     model = feature_model("ce", 7)
@@ -267,6 +269,8 @@ def test_cw_wb_bad_arguments(kwargs, message):
 
 def test_cw_wb_needs_a_fitted_detector_of_the_same_objective():
     model = feature_model("ce", 8)
+    with pytest.raises(ValueError, match="detector must be an rcenp.detect.Detector .* got NoneType"):
+        attacks.cw_wb(model, box_images(17, 2), None)
     with pytest.raises(ValueError, match="fit it"):
         attacks.cw_wb(model, box_images(17, 2), Detector(model))
     with pytest.raises(ValueError, match="fitted for a RCE"):

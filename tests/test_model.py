@@ -95,7 +95,7 @@ def test_initialisation_matches_the_protocol():
 def test_forward_matches_independent_reference(xp, activation):
     model = randomised(resnet(8, 1, activation=activation, seed=1), seed=2).astype(np.float64).eval()
     model.to("cuda" if xp.__name__ == "cupy" else "cpu")
-    x = np.random.default_rng(4).normal(size=(2, 1, 6, 6))
+    x = np.random.default_rng(4).normal(size=(2, 1, 8, 8))
     logits = as_numpy(model(xp.asarray(x)).data)
     z = as_numpy(model.features(xp.asarray(x)).data)
     ref_logits, ref_z = reference_forward(model.state_dict(), x, 1, slope=0.1 if activation == "leaky_relu" else 0.0)
@@ -116,7 +116,7 @@ def test_whole_network_gradient_float64(xp, training):
     model = randomised(resnet(8, 1, seed=5), seed=6).astype(np.float64).train(training)
     model.to("cuda" if xp.__name__ == "cupy" else "cpu")
     clf = Classifier(model, "rce")
-    x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 6, 6))), requires_grad=True)
+    x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 8, 8))), requires_grad=True)
     labels = xp.asarray(np.array([1, 4, 9]))
     if training:  # keep the running statistics fixed across the finite-difference evaluations
         running = {k: v for k, v in model.state_dict().items() if "running" in k}
@@ -171,7 +171,7 @@ def test_float64_model_is_float64_end_to_end(xp, training):
     device = "cuda" if xp.__name__ == "cupy" else "cpu"
     model = randomised(resnet(8, 1, seed=5), seed=6).astype(np.float64).train(training).to(device)
     clf = Classifier(model, "rce")
-    x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 6, 6))), requires_grad=True)
+    x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 8, 8))), requires_grad=True)
     loss = clf.loss(x, xp.asarray(np.array([1, 4, 9])))
     functions = graph_functions(loss)
     assert len(functions) > 20
@@ -256,7 +256,7 @@ def test_state_dict_round_trip_and_shape_errors():
 
 def test_classifier_reverses_logits_for_rce():
     net = resnet(8, 1, seed=0).eval()
-    x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, size=(5, 1, 8, 8)).astype(np.float32)  # predict checks the box
     s = net(x).data
     ce, rce = Classifier(net, "ce"), Classifier(net, "rce")
     np.testing.assert_array_equal(ce(x).data, s)
@@ -288,3 +288,74 @@ def test_predict_uses_inference_bn_in_training_mode_and_keeps_the_mode_and_stati
     assert all(np.array_equal(before[k], v) for k, v in model.network.state_dict().items())
     np.testing.assert_allclose(by_three, whole, rtol=0, atol=1e-6)
     np.testing.assert_allclose(whole, model.eval().predict_logits(x, 10), rtol=0, atol=0)
+
+
+# ---- no silent traps for a library user (a fresh user's trial) ------------------------------------
+@pytest.mark.parametrize("scale, message", [
+    (lambda x: x + 0.5, r"box \[-0.5, 0.5\], got range \[0, 1\]"),  # images in [0, 1]
+    (lambda x: (x + 0.5) * 255, r"box \[-0.5, 0.5\], got range \[0, 255\]"),  # 0-255
+    (lambda x: np.where(x > 0.4, np.nan, x).astype(np.float32), "NaN or infinity"),
+    (lambda x: np.nextafter(x, np.float32(1)), r"got range \[-0.49999997, 0.50000006\]"),  # the edge shows
+])
+def test_predict_refuses_pixels_outside_the_box(scale, message):
+    """Data scaled to [0, 1] or 0-255 used to be classified without a word (the shipped RCE model
+    said [4 4 4 4] for 7 2 1 0); the attacks and the detector already refused it."""
+    model = Classifier(resnet(8, 1, seed=0), "ce").eval()
+    x = np.linspace(-0.5, 0.5, 2 * 28 * 28, dtype=np.float32).reshape(2, 1, 28, 28)
+    model.predict(x)
+    with pytest.raises(ValueError, match=message):
+        model.predict(scale(x))
+    with pytest.raises(ValueError, match=message):
+        model.predict_logits(scale(x))
+
+
+def test_predict_batch_size_must_be_a_positive_integer():
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    x = np.zeros((3, 1, 8, 8), np.float32)
+    np.testing.assert_array_equal(model.predict(x, batch_size=np.int64(2)), model.predict(x, batch_size=3))
+    for bad in (0, -1, 2.0, True, "2"):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            model.predict(x, batch_size=bad)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "reverse_cross_entropy", "smoothed_cross_entropy"])
+@pytest.mark.parametrize("bad", [10, -1, 100])
+def test_losses_refuse_labels_outside_the_classes(loss, bad):
+    """An out-of-range label matched no class: its sample dropped out of the loss and its gradient."""
+    s = np.zeros((4, 10), np.float32)
+    fn = getattr(F, loss)
+    args = (0.5,) if loss == "smoothed_cross_entropy" else ()
+    fn(s, np.array([7, 2, 1, 9]), *args)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\] for 10 classes"):
+        fn(s, np.array([7, 2, 1, bad]), *args)
+
+
+def test_model_astype_refuses_integer_and_half_precision():
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    before = model.state_dict()
+    for dtype in (np.int32, np.float16, bool):
+        with pytest.raises(ValueError, match="float32 or float64"):
+            model.astype(dtype)
+    assert all(np.array_equal(before[k], v) and before[k].dtype == v.dtype for k, v in model.state_dict().items())
+    assert model.astype(np.float64).state_dict()["network.fc.weight"].dtype == np.float64
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((1, 28, 28), r"shape \(N, 1, H, W\) for this network, got \(1, 28, 28\)"),
+    ((2, 3, 28, 28), r"shape \(N, 1, H, W\) for this network, got \(2, 3, 28, 28\)"),
+    ((2, 1, 14, 14), "multiples of 4 .* got 14x14"),
+    ((2, 1, 2, 2), "multiples of 4 .* got 2x2"),
+])
+def test_the_network_names_a_wrong_image_shape(shape, message):
+    """A 3-D input used to fail in unpacking, and 14x14 images deep inside a residual sum."""
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    x = np.zeros(shape, np.float32)
+    for call in (model, model.features, model.raw_logits):
+        with pytest.raises(ValueError, match=message):
+            call(x)
+
+
+def test_a_classifier_says_what_it_is():
+    model = Classifier(resnet(8, 1, num_classes=4, seed=0), "rce")
+    assert repr(model) == "Classifier(ResNet-8, objective='rce', classes=4, float32, cpu, training mode)"
+    assert "float64" in repr(model.astype(np.float64).eval()) and "eval mode" in repr(model)

@@ -44,3 +44,11 @@ def test_unknown_and_absent_names_are_attribute_errors(monkeypatch):
 def test_attacks_by_attribute():
     out = fresh_python("import rcenp\nprint(rcenp.attacks.__name__)")
     assert out.strip() == "rcenp.attacks"
+
+
+def test_the_shipped_models_are_listed_from_python():
+    import rcenp
+
+    names = rcenp.models.shipped_models()
+    assert {"mnist-resnet32-ce", "mnist-resnet32-rce"} <= set(names) and names == sorted(names)
+    assert rcenp.models.load.__doc__.startswith("(model, manifest) for a shipped model name")

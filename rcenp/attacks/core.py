@@ -30,16 +30,17 @@ import numpy as np
 
 from rcenp.autograd import Tensor, grad, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
-from rcenp.nn.module import PIXEL_BOX, eval_mode
+from rcenp.nn.module import PIXEL_BOX, check_model, eval_mode
 from rcenp.ops.activation import log_softmax_array
 
 BOX = PIXEL_BOX
 UNTARGETED = -1
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class AttackResult:
-    """The outcome of one attack on N images (all host NumPy arrays).
+    """The outcome of one attack on N images (all host NumPy arrays; ``==`` is identity, as the
+    fields are arrays).
 
     Fields whose meaning is attack-specific are defined in each attack's docstring; the list
     below gives the common frame and the cases that differ.
@@ -99,8 +100,13 @@ class AttackResult:
         return float(self.success.mean()) if len(self) else float("nan")
 
     def accuracy(self, true_labels) -> float:
-        """Fraction of adversarial inputs still classified as ``true_labels`` (accuracy under attack)."""
-        return float((self.prediction == np.asarray(true_labels)).mean()) if len(self) else float("nan")
+        """Fraction of adversarial inputs still classified as ``true_labels`` (N,) integers (accuracy
+        under attack). Raises ValueError for labels of another shape or dtype."""
+        labels = np.asarray(as_numpy(true_labels))
+        if labels.shape != (len(self),) or labels.dtype.kind not in "iu":
+            raise ValueError(f"true_labels must be ({len(self)},) integers, one per attacked image, "
+                             f"got shape {labels.shape} {labels.dtype}")
+        return float((self.prediction == labels).mean()) if len(self) else float("nan")
 
     def records(self) -> list[dict]:
         """One JSON-ready dict per sample (the per-sample audit)."""
@@ -117,12 +123,25 @@ class AttackResult:
 
     @classmethod
     def concatenate(cls, parts: list["AttackResult"]) -> "AttackResult":
+        """The results of consecutive batches of one attack run, as one result (in order). Raises
+        ValueError for no parts, or for parts of different attacks or settings."""
         if not parts:
             raise ValueError("nothing to concatenate")
+        for part in parts[1:]:
+            if part.attack != parts[0].attack or not _same(part.params, parts[0].params):
+                raise ValueError(f"cannot concatenate results of different attacks or settings: "
+                                 f"{parts[0].attack!r} {parts[0].params} and {part.attack!r} {part.params}")
         arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
                   for f in dataclasses.fields(cls) if f.name not in ("attack", "params", "details")}
         details = None if parts[0].details is None else [d for p in parts for d in p.details]
         return cls(**arrays, attack=parts[0].attack, params=parts[0].params, details=details)
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except ValueError:  # arrays inside: no single truth value
+        return False
 
 
 def distortions(clean, adversarial) -> dict:
@@ -190,9 +209,11 @@ def check_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
 # ---- the model as an attack sees it --------------------------------------------------------------
 def in_eval_mode(attack):
     """Decorator for a public attack ``attack(model, ...)``: its whole body runs in
-    ``eval_mode(model)``, so the caller's train/eval modes come back however it ends."""
+    ``eval_mode(model)``, so the caller's train/eval modes come back however it ends. Raises
+    ValueError when ``model`` is not a ``Classifier`` (``rcenp.nn.module.check_model``)."""
     @functools.wraps(attack)
     def wrapped(model, *args, **kwargs):
+        check_model(model)
         with eval_mode(model):
             return attack(model, *args, **kwargs)
     return wrapped

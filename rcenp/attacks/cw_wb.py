@@ -202,9 +202,13 @@ def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_
 def attack_kernel(detector, model, kernel, attacker_points, seed, train_features=None, train_labels=None):
     """(the attack's kernel points (L, m, D) float64 host, η (L,) float64 host, nats): module
     docstring. train_features (N_tr, D), train_labels (N_tr,): the exact η; None: the
-    approximation. Raises ValueError for an unfitted detector, another objective's detector, too
-    many attacker points, mis-shaped training features, or a class without a scored feature."""
-    if getattr(detector, "kernel_points", None) is None:
+    approximation. Raises ValueError for something other than a detector, an unfitted detector,
+    another objective's detector, too many attacker points, mis-shaped training features or labels
+    that are not class indices, or a class without a scored feature."""
+    if not hasattr(detector, "kernel_points"):
+        raise ValueError(f"detector must be an rcenp.detect.Detector (rcenp.detect.load_detector(name, model)), "
+                         f"got {type(detector).__name__}")
+    if detector.kernel_points is None:
         raise ValueError("the detector has no kernel points: fit it on training data first")
     if detector.model.objective != model.objective:
         raise ValueError(f"the detector was fitted for a {detector.model.objective.upper()} model, "
@@ -230,6 +234,10 @@ def attack_kernel(detector, model, kernel, attacker_points, seed, train_features
         if features.ndim != 2 or features.shape[1] != full.shape[2] or tl.shape != (len(features),):
             raise ValueError(f"train_features must be (N, {full.shape[2]}) with train_labels (N,), got "
                              f"{features.shape} and {tl.shape}")
+        if tl.dtype.kind not in "iu":
+            raise ValueError(f"train_labels must be integer class indices, got {tl.dtype}")
+        if tl.size and not (0 <= tl.min() and tl.max() < num_classes):
+            raise ValueError(f"train_labels must lie in [0, {num_classes - 1}], got {tl.min()} to {tl.max()}")
         queries = [features[tl == c] for c in range(num_classes)]
         loo = False
     elif kernel == "detector":

@@ -1,12 +1,11 @@
-"""Networks: ``resnet(depth, in_channels, num_classes, activation)``; ``load(name or run dir)``."""
+"""Networks and the trained models that ship with rcenp.
+
+``resnet(depth, in_channels, num_classes, activation)`` builds the authors' pre-activation ResNet;
+``load(name or run dir)`` gives a trained ``Classifier`` and its manifest; ``shipped_models()``
+names the shipped ones (``rcenp models`` prints them with data set, depth, objective and test
+error).
+"""
+from rcenp.models.registry import load, shipped_models
 from rcenp.models.resnet import ResNet, resnet
 
-
-def load(name_or_path, device=None):
-    """A trained ``Classifier`` (eval mode) and its manifest, by shipped name or run directory."""
-    from rcenp.models.registry import load as _load  # imports training code, so only on demand
-
-    return _load(name_or_path, device)
-
-
-__all__ = ["ResNet", "resnet", "load"]
+__all__ = ["ResNet", "resnet", "load", "shipped_models"]

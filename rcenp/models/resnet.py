@@ -93,8 +93,16 @@ class ResNet(Module):
     def features(self, x):
         """Z (N, 64): final BN → activation → global average pool (the K-density feature).
 
-        Raises ValueError when ``x``'s dtype is not the parameters' (float32 unless cast).
+        Raises ValueError when ``x`` is not (N, C_in, H, W) with H and W multiples of 4 (the two
+        stride-2 stages halve them; an odd size leaves the conv path and the 2x2-pooled shortcut
+        one pixel apart), or its dtype is not the parameters' (float32 unless cast).
         """
+        shape = tuple(x.shape)
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f"images must have shape (N, {self.in_channels}, H, W) for this network, got {shape}")
+        if shape[2] % 4 or shape[3] % 4 or min(shape[2:]) < 4:
+            raise ValueError(f"image height and width must be multiples of 4 (28x28 MNIST, 32x32 CIFAR-10), "
+                             f"got {shape[2]}x{shape[3]}")
         check_input_dtype(x, self.stem.weight)
         h = self.stem(x)
         for unit in self.units:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import collections
 import contextlib
 
+import numpy as np
+
 from rcenp.autograd import Tensor, as_array
 from rcenp.backend import as_numpy, device_of, get_array_module, to_device
 
@@ -92,7 +94,15 @@ class Module:
         return self
 
     def astype(self, dtype):
-        """Cast every parameter and buffer to ``dtype`` in place (float64 for gradient checks)."""
+        """Cast every parameter and buffer to ``dtype`` in place (float64 for gradient checks).
+
+        Raises ValueError for a dtype other than float32 and float64: an integer cast would
+        truncate the weights, and no kernel is written or tested for float16.
+        """
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"a model computes in float32 or float64, not {dtype}: model.astype(np.float32) "
+                             "or model.astype(np.float64)")
         for m in self.modules():
             for name, entry in m._entries.items():
                 if isinstance(entry, Parameter):
@@ -143,10 +153,21 @@ class Module:
                 array[...] = get_array_module(array).asarray(state[name])
 
 
+def check_model(model) -> None:
+    """Raise ValueError unless ``model`` is a ``Classifier`` (a network with its objective); the
+    (model, manifest) pair that ``rcenp.models.load`` returns gets a hint."""
+    if not (hasattr(model, "network") and hasattr(model, "objective")):
+        hint = ": rcenp.models.load returns (model, manifest)" if isinstance(model, tuple) else ""
+        raise ValueError(f"model must be an rcenp Classifier (rcenp.models.load(name)[0]), got "
+                         f"{type(model).__name__}{hint}")
+
+
 def check_images(model, x):
     """``x`` as an (N, C, H, W) array for ``model`` (a ``Classifier``) after checking shape, the
     channel count, dtype (the model's: no silent casts), finiteness and the [-0.5, 0.5] pixel box
-    (``PIXEL_BOX``). Raises ValueError naming what is wrong."""
+    (``PIXEL_BOX``). Raises ValueError naming what is wrong, also when ``model`` is not a
+    ``Classifier`` (say the (model, manifest) pair that ``rcenp.models.load`` returns)."""
+    check_model(model)
     xp = get_array_module(x)
     x = xp.asarray(x.data if isinstance(x, Tensor) else x)
     if x.ndim != 4:
@@ -159,7 +180,7 @@ def check_images(model, x):
         raise ValueError("images contain NaN or infinity")
     if x.size and (float(x.min()) < PIXEL_BOX[0] or float(x.max()) > PIXEL_BOX[1]):
         raise ValueError(f"images must lie in the box [{PIXEL_BOX[0]}, {PIXEL_BOX[1]}], got range "
-                         f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
+                         f"[{float(x.min()):.9g}, {float(x.max()):.9g}]")  # 9 digits: a float32 just past the edge shows
     return x
 
 

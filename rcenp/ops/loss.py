@@ -6,6 +6,9 @@ All three are -Tᵀ log softmax(s) for a per-example target vector T:
 - smoothed cross-entropy CE^λ (eq. 2): T = 1_y + λ R_y.
 The gradient with respect to the logits is (Σ T)·softmax(s) - T (softmax - R_y for RCE, protocol
 §2), divided by N for the batch mean.
+
+Each raises ValueError unless the labels are integers of shape (N,) in [0, L - 1] (an
+out-of-range label would otherwise match no class and silently drop out of the loss).
 """
 from __future__ import annotations
 
@@ -49,6 +52,10 @@ def _check(logits, labels):
         raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers, got {labels.dtype}")
+    num_classes = logits.shape[1]
+    if labels.size and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
+                         f"got values from {int(labels.min())} to {int(labels.max())}")
     return labels
 
 
