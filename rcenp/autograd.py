@@ -9,14 +9,17 @@ enabled and some input requires one.
 Backward runs in decreasing ``rank`` order from a heap (rank = 1 + the largest rank among the
 inputs), never by recursion, so ResNet-56-deep graphs are fine. Each node's output gradient is
 dropped as soon as it has been consumed, and each Function lets go of its inputs and saved arrays
-once its backward has run (unless ``retain_graph=True``). Such a released graph cannot be
-differentiated again: a later ``backward`` or ``grad`` through it raises RuntimeError.
+once its backward has run (unless ``retain_graph=True``), keeping only the graph's structure (the
+Functions behind it, weak references to its input Tensors). A later ``backward``, or a ``grad``
+whose inputs lie behind a released Function, raises RuntimeError; a ``grad`` that needs only live
+parts of the graph (a probe on features whose own history was released) goes ahead.
 """
 from __future__ import annotations
 
 import contextlib
 import heapq
 import itertools
+import weakref
 
 import numpy as np
 
@@ -165,7 +168,8 @@ class Tensor:
             if self.requires_grad:
                 self.grad = grad if self.grad is None else self.grad + grad
             return
-        _graph_functions(self, "backward")  # refuse a released graph before accumulating anything
+        if any(fn.released for fn in _graph_functions(self)):  # before accumulating anything
+            raise _released_error("backward")
         _backprop(self, grad, targets=None, retain_graph=retain_graph)
 
     # ---- operators (the Functions of rcenp.functional) ----------------------------------
@@ -204,6 +208,8 @@ class Function:
     inputs: tuple = ()
     needs_input_grad: tuple = ()
     released = False  # set once a backward pass (without retain_graph) has run it and let go
+    released_parents: tuple = ()  # after the release: the Functions that made its inputs
+    released_inputs: tuple = ()   # after the release: weak references to its input Tensors
 
     def __call__(self, *inputs) -> Tensor:
         tensors = tuple(x if isinstance(x, Tensor) else Tensor(as_array(x, _first_array(inputs)))
@@ -228,6 +234,14 @@ class Function:
 
     def save_for_backward(self, *arrays) -> None:
         self.saved = arrays
+
+    def release_after_backward(self) -> None:
+        """``release``, keeping the structure ``grad`` needs to tell whether a later pass would
+        go through this Function: its parents and weak references to its inputs."""
+        parents = tuple(t.creator for t in self.inputs if t.creator is not None)
+        inputs = tuple(weakref.ref(t) for t in self.inputs)
+        self.release()
+        self.released, self.released_parents, self.released_inputs = True, parents, inputs
 
     def release(self) -> None:
         """Drop references to inputs and saved arrays (after backward, or when nothing is recorded)."""
@@ -255,41 +269,56 @@ def _checked_grad_output(grad_output, output: Tensor, what: str):
     return grad_output
 
 
-def _graph_functions(root: Tensor, caller: str) -> list:
-    """Every Function ``root`` was computed through, each once. RuntimeError if one of them was
-    released by an earlier backward pass: its inputs are gone, so what lies behind it (and whether
-    a gradient flows there) is no longer known, and going on would silently give wrong or no
-    gradients."""
+def _parents(fn: Function) -> tuple:
+    """The Functions that made ``fn``'s inputs (kept through a release)."""
+    if fn.released:
+        return fn.released_parents
+    return tuple(t.creator for t in fn.inputs if t.creator is not None)
+
+
+def _input_tensors(fn: Function) -> tuple:
+    """``fn``'s inputs; after a release, those still alive (only they can be asked for)."""
+    if fn.released:
+        return tuple(t for t in (ref() for ref in fn.released_inputs) if t is not None)
+    return fn.inputs
+
+
+def _graph_functions(root: Tensor) -> list:
+    """Every Function ``root`` was computed through, each once, released ones included."""
     if root.creator is None:
         return []
     order, stack, seen = [], [root.creator], {id(root.creator)}
     while stack:
         fn = stack.pop()
-        if fn.released:
-            raise RuntimeError(
-                f"{caller}: this graph was already used by a backward pass (backward() or rcenp.grad()), "
-                "which released its saved arrays; pass retain_graph=True to the earlier call to "
-                "backpropagate through the graph again, or recompute the forward pass")
         order.append(fn)
-        for t in fn.inputs:
-            if t.creator is not None and id(t.creator) not in seen:
-                seen.add(id(t.creator))
-                stack.append(t.creator)
+        for parent in _parents(fn):
+            if id(parent) not in seen:
+                seen.add(id(parent))
+                stack.append(parent)
     return order
+
+
+def _released_error(caller: str) -> RuntimeError:
+    return RuntimeError(
+        f"{caller}: this graph was already used by a backward pass (backward() or rcenp.grad()), which "
+        "released its saved arrays; pass retain_graph=True to the earlier call to backpropagate through it "
+        "again, recompute the forward pass, or detach() what you do not differentiate through")
 
 
 def _needed_functions(root: Tensor, targets: dict):
     """(ids of the Functions lying on a path from some target to ``root``, the only ones grad()
     must run; ids of the targets ``root`` was computed from, ``root`` itself included).
-    RuntimeError for a released graph (``_graph_functions``)."""
-    order = _graph_functions(root, "rcenp.grad")
+    RuntimeError when one of the needed Functions was released by an earlier backward pass: its
+    saved arrays are gone, so going on would silently give wrong or no gradients."""
+    order = _graph_functions(root)
     reached = {id(root)} & targets.keys()
-    reached.update(id(t) for fn in order for t in fn.inputs if id(t) in targets)
+    reached.update(id(t) for fn in order for t in _input_tensors(fn) if id(t) in targets)
     needed = set()
     for fn in sorted(order, key=lambda f: f.rank):  # inputs before consumers
-        if any(id(t) in targets or (t.creator is not None and id(t.creator) in needed)
-               for t in fn.inputs):
+        if any(id(t) in targets for t in _input_tensors(fn)) or any(id(p) in needed for p in _parents(fn)):
             needed.add(id(fn))
+    if any(fn.released and id(fn) in needed for fn in order):
+        raise _released_error("rcenp.grad")
     return needed, reached
 
 
@@ -333,8 +362,7 @@ def _backprop(root: Tensor, root_grad, targets: dict | None, retain_graph: bool,
                 pending[key] = gx
                 heapq.heappush(heap, (-t.creator.rank, next(counter), t.creator))
         if not retain_graph:
-            fn.release()
-            fn.released = True
+            fn.release_after_backward()
     return results
 
 
@@ -350,10 +378,10 @@ def grad(output: Tensor, inputs, grad_output=None, retain_graph: bool = False, a
     ``allow_unused=True`` an unused input gets a zero array of its shape instead (zeros rather
     than ``None``, so that arithmetic on the result needs no special case; its derivative is 0).
     Raises ValueError for a ``grad_output`` of another shape, TypeError when ``output`` is not a
-    Tensor, and RuntimeError when some part of the output's graph was already released by an
-    earlier ``backward`` or ``grad`` (call that one with ``retain_graph=True`` to differentiate
-    again). That check is conservative: a released part is refused even if ``inputs`` lie
-    after it, since what lay behind it is no longer known.
+    Tensor, and RuntimeError when the path from ``output`` to ``inputs`` goes through a part of
+    the graph that an earlier ``backward`` or ``grad`` released (call that one with
+    ``retain_graph=True`` to differentiate through it again); released parts off that path do not
+    matter.
     """
     if not isinstance(output, Tensor):
         raise TypeError(f"rcenp.grad: output must be a Tensor, got {type(output).__name__}")

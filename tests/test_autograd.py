@@ -202,6 +202,26 @@ def test_a_released_graph_refuses_another_backward_pass(xp):
     np.testing.assert_array_equal(as_numpy(z.grad), [4.0, 8.0])  # untouched by the refused pass
 
 
+def test_grad_goes_ahead_where_the_released_part_is_off_its_path(xp):
+    """A probe on features whose own history an earlier backward released: grad needs only the
+    live part (as PyTorch allows); a path through the released part is still refused."""
+    a = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    h = a * a
+    h.sum().backward()
+    b = Tensor(xp.asarray([3.0, 4.0]), requires_grad=True)
+    probe = (h * b).sum()
+    np.testing.assert_array_equal(as_numpy(grad(probe, b, retain_graph=True)), [1.0, 4.0])
+    np.testing.assert_array_equal(as_numpy(grad(probe, h, retain_graph=True)), [3.0, 4.0])  # h itself is live
+    with pytest.raises(RuntimeError, match=r"rcenp.grad: this graph was already used .*detach\(\)"):
+        grad(probe, [b, a])
+    with pytest.raises(RuntimeError, match="backward: this graph was already used"):
+        probe.backward()
+    assert b.grad is None
+    detached = (h.detach() * b).sum()  # the hint: cut what is not differentiated
+    detached.backward()
+    np.testing.assert_array_equal(as_numpy(b.grad), [1.0, 4.0])
+
+
 def test_retain_graph_keeps_the_graph_for_grad_and_backward(xp):
     x = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
     loss = (x * x * x).sum()
