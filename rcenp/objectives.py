@@ -42,7 +42,9 @@ class Classifier(Module):
         return self.network(x)
 
     def forward(self, x) -> Tensor:
-        """Prediction logits (N, L): s for CE, -s for RCE."""
+        """Prediction logits (N, L): s for CE, -s for RCE, of images x (N, C, H, W). Checks shape
+        and dtype only (ValueError), not values: NaN or pixels outside [-0.5, 0.5] are the
+        caller's to keep out (``predict``, the attacks and the detector check them)."""
         return self.prediction_logits(self.network(x))
 
     def prediction_logits(self, s):
@@ -85,5 +87,6 @@ class Classifier(Module):
         return xp.concatenate(outputs) if outputs else xp.zeros((0, self.network.num_classes))
 
     def predict(self, images, batch_size=500):
-        """Predicted labels (N,) by argmax of the prediction logits (argmin of s for RCE)."""
+        """Predicted labels (N,) by argmax of the prediction logits (argmin of s for RCE) of images
+        (N, C, H, W) in [-0.5, 0.5]; the errors of ``predict_logits``."""
         return self.predict_logits(images, batch_size).argmax(axis=1)

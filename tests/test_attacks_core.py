@@ -227,5 +227,11 @@ def test_an_attack_on_something_other_than_a_classifier_says_so(name):
     """None, or the (model, manifest) pair rcenp.models.load returns, used to be an AttributeError."""
     model = Classifier(LinearNet(), "ce")
     for wrong, hint in ((None, "got NoneType$"), ((model, {}), r"got tuple: rcenp.models.load returns \(model, manifest\)")):
-        with pytest.raises(ValueError, match="model must be an rcenp Classifier .*" + hint):
+        with pytest.raises(TypeError, match="model must be an rcenp Classifier .*" + hint):
             getattr(attacks, name)(wrong, images(), *{"cw_l2": (), "jsma": (), "cw_wb": (None,)}.get(name, (0.1,)))
+
+
+def test_distortions_need_one_shape():
+    x = images(3)
+    with pytest.raises(ValueError, match="one shape"):
+        attacks.distortions(x, x[:2])

@@ -359,3 +359,18 @@ def test_a_classifier_says_what_it_is():
     model = Classifier(resnet(8, 1, num_classes=4, seed=0), "rce")
     assert repr(model) == "Classifier(ResNet-8, objective='rce', classes=4, float32, cpu, training mode)"
     assert "float64" in repr(model.astype(np.float64).eval()) and "eval mode" in repr(model)
+
+
+def test_the_network_checks_its_sizes_and_says_what_it_is():
+    assert repr(resnet(8, 1, num_classes=4)) == "ResNet(depth=8, in_channels=1, num_classes=4, activation=leaky_relu(0.1))"
+    for kwargs, name in ((dict(in_channels=0), "in_channels"), (dict(num_classes=1), "num_classes"),
+                         (dict(in_channels=1.0), "in_channels")):
+        with pytest.raises(ValueError, match=f"{name} must be an integer"):
+            resnet(8, **kwargs)
+
+
+def test_a_half_precision_input_is_told_to_cast_the_input_not_the_model():
+    """model.astype(np.float16) is refused, so the message must not suggest it."""
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    with pytest.raises(ValueError, match=r"cast the input with x.astype\(np.float32\)$"):
+        model(np.zeros((1, 1, 8, 8), np.float16))

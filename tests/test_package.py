@@ -52,3 +52,10 @@ def test_the_shipped_models_are_listed_from_python():
     names = rcenp.models.shipped_models()
     assert {"mnist-resnet32-ce", "mnist-resnet32-rce"} <= set(names) and names == sorted(names)
     assert rcenp.models.load.__doc__.startswith("(model, manifest) for a shipped model name")
+
+
+def test_a_model_name_must_be_a_string_or_path():
+    import rcenp
+
+    with pytest.raises(TypeError, match="string or a path"):
+        rcenp.models.load(None)

@@ -61,7 +61,9 @@ class AttackResult:
       the clean image for the sign attacks and JSMA; C&W measures at its tanh-box image
       ½·tanh(arctanh(2x·0.999999)) ≈ 0.999999·x and reports NaN where its hinge is inactive
       there (see ``rcenp.attacks.cw``).
-    - distortions l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf, l0.
+    - distortions l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf, l0: 0 where the attack
+      returns the clean image (a C&W failure), so average ``l2_paper[success]`` for the paper's
+      mean minimal distortion.
 
     ``attack`` and ``params`` name the attack and its settings; ``details``, when given, holds one
     JSON-ready dict per sample with attack-specific audit entries (C&W's c trajectory, ...).
@@ -145,7 +147,11 @@ def _same(a, b) -> bool:
 
 
 def distortions(clean, adversarial) -> dict:
-    """Per-sample l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf and l0 (N,) float64/int64 (host)."""
+    """Per-sample l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf and l0 (N,) float64/int64 (host)
+    of two image arrays of one shape (N, ...); ValueError for two shapes."""
+    if np.shape(clean) != np.shape(adversarial):
+        raise ValueError(f"clean and adversarial images must have one shape, got {np.shape(clean)} and "
+                         f"{np.shape(adversarial)}")
     delta = (np.asarray(adversarial, np.float64) - np.asarray(clean, np.float64)).reshape(len(clean), -1)
     l2 = np.sqrt((delta ** 2).sum(axis=1))
     d = max(delta.shape[1], 1)
@@ -210,7 +216,7 @@ def check_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
 def in_eval_mode(attack):
     """Decorator for a public attack ``attack(model, ...)``: its whole body runs in
     ``eval_mode(model)``, so the caller's train/eval modes come back however it ends. Raises
-    ValueError when ``model`` is not a ``Classifier`` (``rcenp.nn.module.check_model``)."""
+    TypeError when ``model`` is not a ``Classifier`` (``rcenp.nn.module.check_model``)."""
     @functools.wraps(attack)
     def wrapped(model, *args, **kwargs):
         check_model(model)

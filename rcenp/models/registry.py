@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rcenp import checkpoint
@@ -79,7 +80,11 @@ def models_table(infos: list[dict]) -> str:
 
 
 def resolve(name_or_path) -> Path:
-    """The checkpoint stem for a shipped name, a run directory, or a checkpoint path."""
+    """The checkpoint stem for a shipped name, a run directory, or a checkpoint path; TypeError for
+    anything but a string or path."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"a model is named by a string or a path (rcenp.models.shipped_models() lists the "
+                        f"shipped ones), got {type(name_or_path).__name__}")
     candidate = Path(name_or_path)
     if candidate.is_dir():
         return candidate / "checkpoint"
@@ -101,7 +106,8 @@ def load(name_or_path, device: str | None = None):
     [-0.5, 0.5] and returns prediction logits (N, L). manifest: the checkpoint's JSON dict
     (``config`` of the training run, ``data`` identities, ``step``, ``test_error`` where measured,
     the code it was trained with). Raises ``rcenp.checkpoint.CheckpointError`` for an unknown name,
-    a folder without a checkpoint, or a file that is not an rcenp classifier."""
+    a folder without a checkpoint, or a file that is not an rcenp classifier, and TypeError for a
+    name that is not a string or path."""
     from rcenp.backend import default_device
     from rcenp.train import build_classifier, config_from_manifest
 

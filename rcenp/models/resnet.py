@@ -72,6 +72,9 @@ class ResNet(Module):
             raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, ...), got {depth}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        for name, value, least in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         n = (depth - 2) // 6
         rng = make_rng(seed)
         self.depth, self.num_classes, self.activation, self.slope = depth, num_classes, activation, slope
@@ -89,6 +92,11 @@ class ResNet(Module):
             setattr(self, f"stage{s}", stage)
         self.bn = BatchNorm2d(WIDTHS[-1])
         self.fc = Linear(WIDTHS[-1], num_classes, rng=rng)
+
+    def __repr__(self) -> str:
+        activation = f"leaky_relu({self.slope})" if self.activation == "leaky_relu" else self.activation
+        return (f"ResNet(depth={self.depth}, in_channels={self.in_channels}, num_classes={self.num_classes}, "
+                f"activation={activation})")
 
     def features(self, x):
         """Z (N, 64): final BN → activation → global average pool (the K-density feature).

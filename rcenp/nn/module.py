@@ -154,19 +154,19 @@ class Module:
 
 
 def check_model(model) -> None:
-    """Raise ValueError unless ``model`` is a ``Classifier`` (a network with its objective); the
+    """Raise TypeError unless ``model`` is a ``Classifier`` (a network with its objective); the
     (model, manifest) pair that ``rcenp.models.load`` returns gets a hint."""
     if not (hasattr(model, "network") and hasattr(model, "objective")):
         hint = ": rcenp.models.load returns (model, manifest)" if isinstance(model, tuple) else ""
-        raise ValueError(f"model must be an rcenp Classifier (rcenp.models.load(name)[0]), got "
+        raise TypeError(f"model must be an rcenp Classifier (rcenp.models.load(name)[0]), got "
                          f"{type(model).__name__}{hint}")
 
 
 def check_images(model, x):
     """``x`` as an (N, C, H, W) array for ``model`` (a ``Classifier``) after checking shape, the
     channel count, dtype (the model's: no silent casts), finiteness and the [-0.5, 0.5] pixel box
-    (``PIXEL_BOX``). Raises ValueError naming what is wrong, also when ``model`` is not a
-    ``Classifier`` (say the (model, manifest) pair that ``rcenp.models.load`` returns)."""
+    (``PIXEL_BOX``). Raises ValueError naming what is wrong, and TypeError when ``model`` is not
+    a ``Classifier`` (say the (model, manifest) pair that ``rcenp.models.load`` returns)."""
     check_model(model)
     xp = get_array_module(x)
     x = xp.asarray(x.data if isinstance(x, Tensor) else x)
@@ -208,9 +208,12 @@ def check_input_dtype(x, parameter) -> None:
     dtype, expected = as_array(x).dtype, parameter.dtype
     if dtype == expected:
         return
-    if dtype.kind == "f":
+    if dtype in (np.float32, np.float64):
         raise ValueError(f"input dtype {dtype} does not match the model's {expected} parameters: cast the model "
                          f"with model.astype(np.{dtype}) or the input with x.astype(np.{expected})")
+    if dtype.kind == "f":  # float16, longdouble: no model computes in them
+        raise ValueError(f"input dtype {dtype} is not the model's {expected}: cast the input with "
+                         f"x.astype(np.{expected})")
     raise ValueError(f"input dtype {dtype} is not the model's {expected}: images are floats in [-0.5, 0.5] "
                      "(x / 255 - 0.5, as rcenp.data scales them)")
 
