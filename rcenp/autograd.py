@@ -158,15 +158,19 @@ class Tensor:
         is released afterwards unless ``retain_graph``.
 
         Raises ValueError when ``grad`` has another shape, and RuntimeError, before touching any
-        ``.grad``, when the graph was already released by an earlier ``backward`` or
-        ``rcenp.grad`` (call that one with ``retain_graph=True`` to backpropagate twice).
+        ``.grad``, when ``self`` does not require a gradient (computed under ``no_grad()`` or
+        from inputs that need none: there is nothing to backpropagate to) or the graph was
+        already released by an earlier ``backward`` or ``rcenp.grad`` (call that one with
+        ``retain_graph=True`` to backpropagate twice).
         """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this Tensor does not require a gradient (computed under no_grad(), "
+                               "or from inputs of which none requires one), so no .grad would change")
         if grad is None:
             grad = get_array_module(self.data).ones_like(self.data)
         grad = _checked_grad_output(grad, self, "backward: grad")
         if self.creator is None:
-            if self.requires_grad:
-                self.grad = grad if self.grad is None else self.grad + grad
+            self.grad = grad if self.grad is None else self.grad + grad
             return
         if any(fn.released for fn in _graph_functions(self)):  # before accumulating anything
             raise _released_error("backward")

@@ -202,6 +202,19 @@ def test_a_released_graph_refuses_another_backward_pass(xp):
     np.testing.assert_array_equal(as_numpy(z.grad), [4.0, 8.0])  # untouched by the refused pass
 
 
+def test_backward_on_a_tensor_without_a_gradient_raises(xp):
+    """It silently changed nothing (a loss computed under no_grad, say); PyTorch raises too."""
+    from rcenp.autograd import no_grad
+    w = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    with no_grad():
+        loss = (w * w).sum()
+    with pytest.raises(RuntimeError, match="does not require a gradient"):
+        loss.backward()
+    with pytest.raises(RuntimeError, match="does not require a gradient"):
+        Tensor(xp.asarray(1.0)).backward()
+    assert w.grad is None
+
+
 def test_grad_goes_ahead_where_the_released_part_is_off_its_path(xp):
     """A probe on features whose own history an earlier backward released: grad needs only the
     live part (as PyTorch allows); a path through the released part is still refused."""

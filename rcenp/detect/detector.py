@@ -21,7 +21,7 @@ from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.detect.calibrate import calibrate_threshold, min_calibration_images, rejection_rate
 from rcenp.detect.kde import DEFAULT_SIGMA2, kernel_point_indices, log_kernel_density
 from rcenp.metrics import confidence, non_me
-from rcenp.nn.module import check_images, eval_mode
+from rcenp.nn.module import check_images, check_model, eval_mode
 
 NOT_SURE = -1
 METRICS = ("kd", "confidence", "non_me")
@@ -53,8 +53,8 @@ class Detector:
     """
 
     def __init__(self, model, metric: str = "kd", threshold: float | None = None, sigma2: float | None = None):
-        if not (hasattr(model, "network") and hasattr(model, "features")
-                and getattr(model, "objective", None) in DEFAULT_SIGMA2):
+        check_model(model)  # TypeError, with a hint for the (model, manifest) pair of rcenp.models.load
+        if not (hasattr(model, "features") and getattr(model, "objective", None) in DEFAULT_SIGMA2):
             raise TypeError("model must be an rcenp Classifier (from rcenp.models.load or "
                             f"rcenp.objectives.Classifier), got {type(model).__name__}")
         if not isinstance(metric, str) or metric not in METRICS:
@@ -243,12 +243,14 @@ class Detector:
         if missing:
             raise checkpoint.CheckpointError(f"{stem}.json: damaged detector manifest (no {', '.join(missing)})")
         if manifest["objective"] != model.objective:
-            raise checkpoint.CheckpointError(f"{stem}: detector fitted for a {manifest['objective'].upper()} model")
+            raise checkpoint.CheckpointError(f"{stem}: detector fitted for a {manifest['objective'].upper()} model, "
+                                             f"not this {model.objective.upper()} one: load the model's own detector")
         fitted_for, weights = manifest.get("model_sha256"), getattr(model, "weights_sha256", None)
         if fitted_for and weights and fitted_for != weights:
             raise checkpoint.CheckpointError(
-                f"{stem}: fitted for other weights (SHA-256 {fitted_for[:12]}, the model's are {weights[:12]}: "
-                "trained further or replaced since); refit it with `rcenp detect MODEL --fit --overwrite`")
+                f"{stem}: fitted for other weights (SHA-256 {fitted_for[:12]}, the model's are {weights[:12]}): "
+                "another model's detector, or this model was trained further or replaced since; load the "
+                "model's own detector, or refit it with `rcenp detect MODEL --fit --overwrite`")
         try:
             det = cls(model, manifest["metric"], manifest["threshold"], manifest["sigma2"])
         except (TypeError, ValueError) as exc:
