@@ -88,13 +88,18 @@ def test_network_gradient_rows_and_zero():
     assert Evaluation(model, adv, adv, cls, c, -100.0, True).network_gradient() is None   # no hinge active
 
 
-def test_density_term_with_a_loose_eta_changes_nothing():
-    """η = +10⁶: f₂ = 0 everywhere, so the density run is plain C&W, decision for decision."""
+def density_case():
+    """A feature model, 5 box images, targets one class up, and optimise()'s settings."""
     model = feature_model("ce", 3)
     x = box_images(14, 5)
-    targets = (model.predict(x) + 1) % 4
     kwargs = dict(targeted=True, kappa=0.2, initial_const=1.0, binary_steps=3, max_iterations=30,
                   learning_rate=0.05, abort_early=True, batch_size=2)
+    return model, x, (model.predict(x) + 1) % 4, kwargs
+
+
+def test_density_term_with_a_loose_eta_changes_nothing():
+    """η = +10⁶: f₂ = 0 everywhere, so the density run is plain C&W, decision for decision."""
+    model, x, targets, kwargs = density_case()
     density = Density(np.zeros((4, 3, 6)), 1.0, np.full(4, 1e6))
     plain = optimise(model, x, x, targets, **kwargs)
     dense = optimise(model, x, x, targets, density=density, **kwargs)
@@ -105,11 +110,7 @@ def test_density_term_with_a_loose_eta_changes_nothing():
 
 
 def test_unreachable_density_keeps_the_smallest_f2_iterate_past_the_margin():
-    model = feature_model("ce", 3)
-    x = box_images(14, 5)
-    targets = (model.predict(x) + 1) % 4
-    kwargs = dict(targeted=True, kappa=0.2, initial_const=1.0, binary_steps=3, max_iterations=30,
-                  learning_rate=0.05, abort_early=True, batch_size=2)
+    model, x, targets, kwargs = density_case()
     points = np.random.default_rng(3).normal(0, 0.3, (4, 3, 6))
     density = Density(points, 1.0, np.full(4, -1e6))                  # f₂ > 0 everywhere
     dense = optimise(model, x, x, targets, density=density, **kwargs)

@@ -15,19 +15,7 @@ from rcenp.checkpoint import CheckpointError
 from rcenp.cli import main
 from rcenp.detect.calibrate import min_calibration_images
 from rcenp.detect.detector import CALIBRATION_INFO, Detector
-from rcenp.models import resnet
-from rcenp.objectives import Classifier
-
-
-@pytest.fixture(scope="module")
-def model():
-    return Classifier(resnet(8, 1, seed=0), "rce").eval()
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    return rng.uniform(-0.5, 0.5, (300, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 300)
+from tests.test_detector import data, model  # noqa: F401  (the module fixtures: a ResNet-8 RCE, 300 box images)
 
 
 def count_feature_passes(monkeypatch):
