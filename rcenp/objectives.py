@@ -42,9 +42,9 @@ class Classifier(Module):
         return self.network(x)
 
     def forward(self, x) -> Tensor:
-        """Prediction logits (N, L): s for CE, -s for RCE, of images x (N, C, H, W). Checks shape
-        and dtype only (ValueError), not values: NaN or pixels outside [-0.5, 0.5] are the
-        caller's to keep out (``predict``, the attacks and the detector check them)."""
+        """Prediction logits (N, L): s for CE, -s for RCE, of images x (N, C, H, W). The ResNet
+        checks shape and dtype (ValueError) but not values: NaN or pixels outside [-0.5, 0.5] are
+        the caller's to keep out (``predict``, the attacks and the detector check them)."""
         return self.prediction_logits(self.network(x))
 
     def prediction_logits(self, s):

@@ -270,7 +270,7 @@ def test_cw_wb_bad_arguments(kwargs, message):
 
 def test_cw_wb_needs_a_fitted_detector_of_the_same_objective():
     model = feature_model("ce", 8)
-    with pytest.raises(ValueError, match="detector must be an rcenp.detect.Detector .* got NoneType"):
+    with pytest.raises(TypeError, match="detector must be an rcenp.detect.Detector .* got NoneType"):
         attacks.cw_wb(model, box_images(17, 2), None)
     with pytest.raises(ValueError, match="fit it"):
         attacks.cw_wb(model, box_images(17, 2), Detector(model))

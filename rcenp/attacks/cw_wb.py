@@ -121,7 +121,7 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     (nats): the returned image's, recomputed (module docstring); "eta_t" (nats, float64);
     "stage1" (its c, step_success, step_iterations, step_stop, success, best_l2).
     Raises ValueError for bad images, labels, targets, settings, training features, or an
-    unfitted detector.
+    unfitted detector; TypeError for a model or detector of another type.
     """
     x = check_images(model, x)
     if kernel not in KERNELS:
@@ -202,11 +202,11 @@ def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_
 def attack_kernel(detector, model, kernel, attacker_points, seed, train_features=None, train_labels=None):
     """(the attack's kernel points (L, m, D) float64 host, η (L,) float64 host, nats): module
     docstring. train_features (N_tr, D), train_labels (N_tr,): the exact η; None: the
-    approximation. Raises ValueError for something other than a detector, an unfitted detector,
-    another objective's detector, too many attacker points, mis-shaped training features or labels
+    approximation. Raises TypeError for something other than a detector; ValueError for an
+    unfitted detector, another objective's detector, too many attacker points, mis-shaped training features or labels
     that are not class indices, or a class without a scored feature."""
     if not hasattr(detector, "kernel_points"):
-        raise ValueError(f"detector must be an rcenp.detect.Detector (rcenp.detect.load_detector(name, model)), "
+        raise TypeError(f"detector must be an rcenp.detect.Detector (rcenp.detect.load_detector(name, model)), "
                          f"got {type(detector).__name__}")
     if detector.kernel_points is None:
         raise ValueError("the detector has no kernel points: fit it on training data first")
