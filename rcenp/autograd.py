@@ -316,10 +316,11 @@ def _needed_functions(root: Tensor, targets: dict):
     saved arrays are gone, so going on would silently give wrong or no gradients."""
     order = _graph_functions(root)
     reached = {id(root)} & targets.keys()
-    reached.update(id(t) for fn in order for t in _input_tensors(fn) if id(t) in targets)
     needed = set()
     for fn in sorted(order, key=lambda f: f.rank):  # inputs before consumers
-        if any(id(t) in targets for t in _input_tensors(fn)) or any(id(p) in needed for p in _parents(fn)):
+        hit = {id(t) for t in _input_tensors(fn)} & targets.keys()
+        reached |= hit
+        if hit or any(id(p) in needed for p in _parents(fn)):
             needed.add(id(fn))
     if any(fn.released and id(fn) in needed for fn in order):
         raise _released_error("rcenp.grad")

@@ -77,7 +77,7 @@ from scipy.special import logsumexp
 
 from rcenp.attacks.cw import assemble, check_settings, choose_targets, optimise
 from rcenp.attacks.cw_loss import Density
-from rcenp.attacks.core import check_steps, in_eval_mode
+from rcenp.attacks.core import check_labels, check_steps, in_eval_mode
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
 from rcenp.detect.kde import log_kernel_density
@@ -234,10 +234,7 @@ def attack_kernel(detector, model, kernel, attacker_points, seed, train_features
         if features.ndim != 2 or features.shape[1] != full.shape[2] or tl.shape != (len(features),):
             raise ValueError(f"train_features must be (N, {full.shape[2]}) with train_labels (N,), got "
                              f"{features.shape} and {tl.shape}")
-        if tl.dtype.kind not in "iu":
-            raise ValueError(f"train_labels must be integer class indices, got {tl.dtype}")
-        if tl.size and not (0 <= tl.min() and tl.max() < num_classes):
-            raise ValueError(f"train_labels must lie in [0, {num_classes - 1}], got {tl.min()} to {tl.max()}")
+        tl = check_labels("train_labels", tl, len(features), num_classes)
         queries = [features[tl == c] for c in range(num_classes)]
         loo = False
     elif kernel == "detector":
