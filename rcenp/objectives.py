@@ -6,11 +6,10 @@ these prediction logits; the training loss uses s itself (paper eq. 4 acts on so
 """
 from __future__ import annotations
 
-import numbers
-
 from rcenp import functional as F
 from rcenp.autograd import Tensor, no_grad
 from rcenp.backend import get_array_module, to_device
+from rcenp.checks import check_steps
 from rcenp.nn import Module
 from rcenp.nn.module import check_images, eval_mode
 
@@ -72,11 +71,11 @@ class Classifier(Module):
         Raises ValueError unless ``images`` are finite pixels in [-0.5, 0.5] (x / 255 - 0.5) of the
         model's channel count and dtype (``rcenp.nn.module.check_images``: images in [0, 1] or
         0-255 would otherwise be classified, wrongly, without a word) and ``batch_size`` is a
-        positive integer. The graph-building calls (``model(x)``, ``features``, ``raw_logits``)
-        check shape and dtype but not the pixel range, which gradient checks step outside.
+        positive integer (``rcenp.checks.check_steps``). The graph-building calls (``model(x)``,
+        ``features``, ``raw_logits``) check shape and dtype but not the pixel range, which
+        gradient checks step outside.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_steps("batch_size", batch_size)
         images = check_images(self, images)
         xp = get_array_module(self.network.parameters()[0].data)
         outputs = []

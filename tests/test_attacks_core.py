@@ -1,7 +1,6 @@
-"""What the attacks share (rcenp.attacks.core): the argument checks, eval mode and its restoration,
-and TensorFlow's logit gradient p − T for the authors' ILCM variant."""
-import fractions
-
+"""What the attacks share (rcenp.attacks.core): one error for each bad argument (the checks
+themselves are tested in test_checks.py), eval mode and its restoration, and TensorFlow's logit
+gradient p − T for the authors' ILCM variant."""
 import numpy as np
 import pytest
 
@@ -9,46 +8,6 @@ from rcenp import attacks
 from rcenp.attacks import core
 from rcenp.nn import Linear, Module
 from rcenp.objectives import Classifier
-
-
-
-# ---- argument checks -------------------------------------------------------------------------
-NOT_REAL = [None, "0.5", True, False, np.True_, np.array(0.5), [0.5], 1 + 0j]
-NOT_FINITE = [float("nan"), float("inf"), -float("inf"), np.float32("nan")]
-BEYOND_FLOAT = [10 ** 400, -10 ** 400]  # finite ints that float() cannot hold (an integer count may be one)
-
-
-@pytest.mark.parametrize("value", NOT_REAL + NOT_FINITE + BEYOND_FLOAT, ids=repr)
-def test_check_real_raises_a_value_error_naming_the_argument(value):
-    with pytest.raises(ValueError, match="^eps must be"):
-        core.check_real("eps", value)
-
-
-@pytest.mark.parametrize("value, expected", [(0.25, 0.25), (3, 3.0), (np.float32(0.5), 0.5), (np.int64(-2), -2.0),
-                                             (fractions.Fraction(1, 4), 0.25)])
-def test_check_real_accepts_real_numbers(value, expected):
-    result = core.check_real("eps", value)
-    assert result == expected and type(result) is float
-
-
-@pytest.mark.parametrize("value", NOT_REAL + NOT_FINITE + BEYOND_FLOAT + [0, 0.0, -0.1, 1.5], ids=repr)
-def test_check_positive_raises_a_value_error_naming_the_argument(value):
-    with pytest.raises(ValueError, match="^eps must be"):
-        core.check_positive("eps", value, upper=1.0)
-
-
-@pytest.mark.parametrize("value", NOT_REAL + NOT_FINITE + [0, -3, -10 ** 400, 2.5, 0.999, np.float64(1.5)],
-                         ids=repr)
-def test_check_steps_raises_a_value_error_naming_the_argument(value):
-    with pytest.raises(ValueError, match="^steps must be"):
-        core.check_steps("steps", value)
-
-
-@pytest.mark.parametrize("value", [3, 3.0, np.int64(3), np.uint8(3), np.float32(3.0), fractions.Fraction(6, 2)],
-                         ids=repr)
-def test_check_steps_accepts_integral_real_numbers(value):
-    result = core.check_steps("steps", value)
-    assert result == 3 and type(result) is int
 
 
 class LinearNet(Module):

@@ -259,7 +259,7 @@ def test_cw_wb_end_to_end():
     (dict(train_features=np.zeros((4, 6))), "both"),
     (dict(train_features=np.zeros((4, 5)), train_labels=np.zeros(4, int)), "train_features must be"),
     (dict(train_features=np.zeros((4, 6)), train_labels=np.array([0.0, 1.0, 2.0, 3.0])), "train_labels must be integers"),
-    (dict(train_features=np.zeros((4, 6)), train_labels=np.array([0, 1, 2, 4])), r"train_labels must lie in \[0, 4\)"),
+    (dict(train_features=np.zeros((4, 6)), train_labels=np.array([0, 1, 2, 4])), r"train_labels must lie in \[0, 3\] for 4 classes"),
 ])
 def test_cw_wb_bad_arguments(kwargs, message):
     model = feature_model("ce", 7)

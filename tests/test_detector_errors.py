@@ -123,14 +123,15 @@ def test_calibrate_on_too_few_images_says_how_many_it_needs_before_scoring(model
 
 
 @pytest.mark.parametrize("rate, match", [(0, r"\(0, 1\]"), (0.0, r"\(0, 1\]"), (1.5, r"\(0, 1\]"),
-                                         (float("nan"), r"\(0, 1\]")])
+                                         (float("nan"), "target_fpr must be a number, got nan"),
+                                         (float("inf"), "target_fpr must be finite, got inf")])
 def test_calibrate_refuses_a_rate_outside_0_1(model, data, rate, match):
     with pytest.raises(ValueError, match=match):
         Detector(model, "confidence").calibrate(data[0][:50], rate)
 
 
 def test_calibrate_refuses_a_string_rate(model, data):
-    with pytest.raises(TypeError, match="target_fpr must be a real number, got str"):
+    with pytest.raises(ValueError, match=r"target_fpr must be a real number \(not a bool\), got '0.05' of type str"):
         Detector(model, "confidence").calibrate(data[0][:50], "0.05")
 
 
@@ -166,17 +167,17 @@ def test_detector_refuses_the_bare_network(model):
         Detector(model.network)
 
 
-@pytest.mark.parametrize("threshold, error, match", [
-    ("0.5", TypeError, "threshold must be a real number, got str '0.5'"),
-    (True, TypeError, "threshold must be a real number, got bool"),
-    (np.array([0.5]), TypeError, "threshold must be a real number, got ndarray"),
-    (float("nan"), ValueError, "threshold must be a number or None, got nan"),
+@pytest.mark.parametrize("threshold, match", [
+    ("0.5", "threshold must be a real number .*, got '0.5' of type str"),
+    (True, "threshold must be a real number .*, got True of type bool"),
+    (np.array([0.5]), r"threshold must be a real number .*, got array\(\[0.5\]\) of type ndarray"),
+    (float("nan"), "threshold must be a number, got nan"),
 ])
-def test_detector_refuses_a_bad_threshold_when_given_and_when_assigned(model, threshold, error, match):
-    with pytest.raises(error, match=match):
+def test_detector_refuses_a_bad_threshold_when_given_and_when_assigned(model, threshold, match):
+    with pytest.raises(ValueError, match=match):
         Detector(model, "confidence", threshold=threshold)
     det = Detector(model, "confidence", threshold=0.5)
-    with pytest.raises(error, match=match):
+    with pytest.raises(ValueError, match=match):
         det.threshold = threshold
     assert det.threshold == 0.5
 
@@ -187,18 +188,18 @@ def test_detector_takes_numpy_and_infinite_thresholds(model):
     assert Detector(model, "confidence", threshold=-math.inf).threshold == -math.inf   # explicit: accept all
 
 
-@pytest.mark.parametrize("sigma2, error, match", [
-    (-1.0, ValueError, "sigma2 must be positive and finite, got -1.0"),
-    (0, ValueError, "sigma2 must be positive and finite, got 0.0"),
-    (math.inf, ValueError, "sigma2 must be positive and finite, got inf"),
-    (float("nan"), ValueError, "sigma2 must be positive and finite, got nan"),
-    ("0.1", TypeError, "sigma2 must be a real number, got str"),
+@pytest.mark.parametrize("sigma2, match", [
+    (-1.0, "sigma2 must be positive, got -1.0"),
+    (0, "sigma2 must be positive, got 0.0"),
+    (math.inf, "sigma2 must be finite, got inf"),
+    (float("nan"), "sigma2 must be a number, got nan"),
+    ("0.1", "sigma2 must be a real number .*, got '0.1' of type str"),
 ])
-def test_detector_refuses_a_bad_sigma2_where_it_is_given(model, sigma2, error, match):
-    with pytest.raises(error, match=match):
+def test_detector_refuses_a_bad_sigma2_where_it_is_given(model, sigma2, match):
+    with pytest.raises(ValueError, match=match):
         Detector(model, sigma2=sigma2)
     det = Detector(model)
-    with pytest.raises(error, match=match):
+    with pytest.raises(ValueError, match=match):
         det.sigma2 = sigma2
     assert det.sigma2 == pytest.approx(0.1 / 0.26)
 
@@ -213,11 +214,12 @@ def test_an_empty_batch_is_named(model, data):
         det.calibrate(images[:0], 0.1)
 
 
-@pytest.mark.parametrize("batch_size, error, match", [(0, ValueError, "got 0"), (-5, ValueError, "got -5"),
-                                                      (2.5, TypeError, "got float 2.5"),
-                                                      (None, TypeError, "got NoneType")])
-def test_a_bad_batch_size_is_named(model, data, batch_size, error, match):
-    with pytest.raises(error, match="batch_size must be a positive integer, " + match):
+@pytest.mark.parametrize("batch_size, match", [(0, "must be a positive integer, got 0"),
+                                               (-5, "must be a positive integer, got -5"),
+                                               (2.5, "must be a positive integer, got 2.5"),
+                                               (None, "must be a real number .*, got None of type NoneType")])
+def test_a_bad_batch_size_is_named(model, data, batch_size, match):
+    with pytest.raises(ValueError, match="batch_size " + match):
         Detector(model).features_and_logits(data[0][:4], batch_size=batch_size)
 
 

@@ -1,4 +1,4 @@
-"""What every attack shares: argument checks, the input gradient, batching and ``AttackResult``.
+"""What every attack shares: the input gradient, batching and ``AttackResult``.
 
 Conventions (protocol §5, landscape §2.0):
 - An attack sees a ``Classifier`` only through its *prediction logits* (s for CE, -s for RCE;
@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import numbers
 
 import numpy as np
 
 from rcenp.autograd import Tensor, grad, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.checks import check_steps
 from rcenp.nn.module import PIXEL_BOX, check_model, eval_mode
 from rcenp.ops.activation import log_softmax_array
 
@@ -157,59 +156,6 @@ def distortions(clean, adversarial) -> dict:
     d = max(delta.shape[1], 1)
     return {"l2": l2, "l2_paper": 255.0 * l2 / np.sqrt(d), "linf": np.abs(delta).max(axis=1, initial=0.0),
             "l0": (delta != 0).sum(axis=1).astype(np.int64)}
-
-
-# ---- argument checks -------------------------------------------------------------------------
-def check_real(name: str, value) -> float:
-    """``value`` as a finite float: a real number (int, float, ``numbers.Real``, NumPy scalar) that
-    is not a bool. Raises ValueError naming ``name`` otherwise (None, a string, an array, a bool,
-    NaN or ±inf), never a TypeError or OverflowError from a conversion."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number (not a bool), got {value!r} of type {type(value).__name__}")
-    try:
-        result = float(value)
-    except OverflowError:  # an int (or Fraction) beyond the float range
-        result = math.inf
-    if not math.isfinite(result):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return result
-
-
-def check_positive(name: str, value, upper: float | None = None) -> float:
-    """``value`` as a float in (0, upper] (upper = ∞ when None), checked by ``check_real``.
-    Raises ValueError naming ``name`` otherwise."""
-    result = check_real(name, value)
-    if result <= 0 or (upper is not None and result > upper):
-        bound = f" and at most {upper}" if upper is not None else ""
-        raise ValueError(f"{name} must be positive{bound}, got {result}")
-    return result
-
-
-def check_steps(name: str, value) -> int:
-    """``value`` as an int ≥ 1: a real number (not a bool, see ``check_real``) with an integral
-    value, so 3 and 3.0 pass and 2.5 does not. Raises ValueError naming ``name`` otherwise."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-        result = int(value)
-    else:
-        real = check_real(name, value)
-        if not real.is_integer():
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-        result = int(real)
-    if result < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return result
-
-
-def check_labels(name: str, labels, n: int, num_classes: int) -> np.ndarray:
-    """An (n,) int64 host array of classes in [0, num_classes); ValueError otherwise."""
-    labels = as_numpy(labels)
-    if labels.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integers, got dtype {labels.dtype}")
-    if n and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{name} must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
-    return labels.astype(np.int64)
 
 
 # ---- the model as an attack sees it --------------------------------------------------------------

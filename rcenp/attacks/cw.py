@@ -69,10 +69,6 @@ import numpy as np
 from rcenp.attacks.core import (
     AttackResult,
     UNTARGETED,
-    check_labels,
-    check_positive,
-    check_real,
-    check_steps,
     distortions,
     in_eval_mode,
 )
@@ -80,6 +76,7 @@ from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_search import ABORT_RULES, SENTINEL, Slots, abort_checks, aborts, binary_search_update
 from rcenp.attacks.cw_snapshot import capture_state, restore_state, snapshot_key, state_problem
 from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
+from rcenp.checks import check_labels, check_positive, check_real, check_steps
 from rcenp.nn.module import check_images
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -154,7 +151,7 @@ def choose_targets(model, x, targets, labels, seed, batch_size):
         raise ValueError(f"C&W needs at least 2 classes, got {num_classes}")
     clean_prediction = as_numpy(model.predict_logits(x, check_steps("batch_size", batch_size)).argmax(axis=1))
     label_rule = "clean prediction" if labels is None else "given"
-    labels = clean_prediction if labels is None else check_labels("labels", labels, n, num_classes)
+    labels = clean_prediction if labels is None else check_labels("labels", as_numpy(labels), n, num_classes)
     if isinstance(targets, str):
         if targets != "untargeted":
             raise ValueError(f"targets must be None, an (N,) int array or 'untargeted', got {targets!r}")
@@ -164,7 +161,7 @@ def choose_targets(model, x, targets, labels, seed, batch_size):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         offsets = make_rng(int(seed)).integers(1, num_classes, size=n)
         return labels, (labels + offsets) % num_classes, clean_prediction, label_rule, f"random (seed {int(seed)})"
-    targets = check_labels("targets", targets, n, num_classes)
+    targets = check_labels("targets", as_numpy(targets), n, num_classes)
     if (targets == labels).any():
         raise ValueError(f"targets equal the label at positions {np.flatnonzero(targets == labels)[:10].tolist()}")
     return labels, targets, clean_prediction, label_rule, "given"

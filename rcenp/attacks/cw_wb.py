@@ -77,9 +77,10 @@ from scipy.special import logsumexp
 
 from rcenp.attacks.cw import assemble, check_settings, choose_targets, optimise
 from rcenp.attacks.cw_loss import Density
-from rcenp.attacks.core import check_labels, check_steps, in_eval_mode
+from rcenp.attacks.core import in_eval_mode
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
+from rcenp.checks import check_labels, check_steps
 from rcenp.detect.kde import log_kernel_density
 from rcenp.nn.module import check_images
 

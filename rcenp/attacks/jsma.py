@@ -71,10 +71,6 @@ import numpy as np
 from rcenp.attacks.core import (
     BOX,
     AttackResult,
-    check_labels,
-    check_positive,
-    check_real,
-    check_steps,
     finish,
     in_batches,
     in_eval_mode,
@@ -82,6 +78,7 @@ from rcenp.attacks.core import (
 )
 from rcenp.autograd import Tensor, grad
 from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.checks import check_labels, check_positive, check_real, check_steps
 from rcenp.nn.module import check_images
 from rcenp.ops.activation import log_softmax_array
 
@@ -138,7 +135,7 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
         if max_iterations is not None:
             limit = min(limit, check_steps("max_iterations", max_iterations))
     if targets is not None:
-        targets = check_labels("targets", targets, len(x), model.network.num_classes)
+        targets = check_labels("targets", as_numpy(targets), len(x), model.network.num_classes)
         clean = as_numpy(model.predict(x, batch_size=batch_size))
         same = np.flatnonzero(targets == clean)
         if len(same):

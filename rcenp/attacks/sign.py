@@ -28,16 +28,14 @@ from rcenp.attacks.core import (
     BOX,
     UNTARGETED,
     AttackResult,
-    check_labels,
-    check_positive,
-    check_steps,
     finish,
     in_batches,
     in_eval_mode,
     one_hot,
     soft_target_gradient,
 )
-from rcenp.backend import get_array_module, to_device
+from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.checks import check_labels, check_positive, check_steps
 from rcenp.nn.module import check_images
 
 ILCM_TARGETS = ("paper", "pang2018-code")
@@ -96,7 +94,7 @@ def _sign_attack(model, x, eps, steps, labels, mode, batch_size, name) -> Attack
     steps = check_steps("steps", steps)
     num_classes = model.network.num_classes
     if labels is not None:
-        labels = check_labels("labels", labels, len(x), num_classes)
+        labels = check_labels("labels", as_numpy(labels), len(x), num_classes)
     params = {"eps": eps, "steps": steps, "step_size": eps / steps,
               "labels": "clean prediction" if labels is None and mode == "untargeted" else
               ("given" if mode == "untargeted" else None)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.checks import check_positive, check_real, check_steps
 from rcenp.detect.calibrate import calibrate_threshold, min_calibration_images, rejection_rate
 from rcenp.detect.kde import DEFAULT_SIGMA2, kernel_point_indices, log_kernel_density
 from rcenp.metrics import confidence, non_me
@@ -46,10 +46,10 @@ class Detector:
     dropped): T belongs to the kernel points it was calibrated with, so a refitted detector must
     be calibrated again before ``predict``.
 
-    Raises TypeError for a ``model`` that is not a Classifier, or a ``threshold`` / ``sigma2``
-    that is not a real number; ValueError for an unknown metric, a NaN threshold, or a σ² that
-    is not positive and finite. The same checks apply when ``threshold`` or ``sigma2`` is
-    assigned later.
+    Raises TypeError for a ``model`` that is not a Classifier; ValueError for an unknown metric,
+    a ``threshold`` that is not a real number (±inf allowed, NaN refused) and a ``sigma2`` that
+    is not a positive finite real number (``rcenp.checks``). The same checks apply when
+    ``threshold`` or ``sigma2`` is assigned later.
     """
 
     def __init__(self, model, metric: str = "kd", threshold: float | None = None, sigma2: float | None = None):
@@ -68,30 +68,24 @@ class Detector:
     @property
     def threshold(self) -> float | None:
         """T: inputs with score <= T are NOT SURE; None while uncalibrated. Assigning checks it:
-        a real number or None (TypeError otherwise), not NaN (ValueError); ±inf is allowed."""
+        a real number or None, not NaN; ±inf is allowed (ValueError otherwise)."""
         return self._threshold
 
     @threshold.setter
     def threshold(self, value) -> None:
         if value is not None:
-            value = _real("threshold", value)
-            if math.isnan(value):
-                raise ValueError("threshold must be a number or None, got nan (NaN compares false: "
-                                 "every input would be NOT SURE)")
+            value = check_real("threshold", value, allow_infinite=True)
         self._threshold = value
 
     @property
     def sigma2(self) -> float:
-        """σ² of the Gaussian kernel. Assigning checks it: a real number (TypeError otherwise),
-        positive and finite (ValueError otherwise)."""
+        """σ² of the Gaussian kernel. Assigning checks it: a positive finite real number
+        (ValueError otherwise)."""
         return self._sigma2
 
     @sigma2.setter
     def sigma2(self, value) -> None:
-        value = _real("sigma2", value)
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"sigma2 must be positive and finite, got {value}")
-        self._sigma2 = value
+        self._sigma2 = check_positive("sigma2", value)
 
     def __repr__(self) -> str:
         points = ("none" if self.kernel_points is None
@@ -104,9 +98,9 @@ class Detector:
     def features_and_logits(self, images, batch_size=500, progress=None):
         """Z (N, D) and prediction logits (N, L) in eval mode, as arrays on the model's device.
         images: (N, C, H, W) in [-0.5, 0.5], N ≥ 1 (ValueError otherwise); ``batch_size``: a
-        positive integer (TypeError / ValueError otherwise); ``progress(done, total)``, if given,
+        positive integer (ValueError otherwise); ``progress(done, total)``, if given,
         is called after each batch of ``batch_size`` images."""
-        batch_size = _batch_size(batch_size)
+        batch_size = check_steps("batch_size", batch_size)
         images = check_images(self.model, images)
         if len(images) == 0:
             raise ValueError(f"images is empty (shape {tuple(images.shape)}): no images to score")
@@ -159,7 +153,7 @@ class Detector:
         ``min_calibration_images(target_fpr)``); and when ties at the lowest scores leave T = −inf.
         A T of −inf would accept every input, so it is never set; on an error the detector is
         left as it was. Also the errors of ``scores`` (images; a "kd" detector not yet fitted)."""
-        target_fpr = _real("target_fpr", target_fpr)
+        target_fpr = check_real("target_fpr", target_fpr)
         if not 0.0 < target_fpr <= 1.0:
             raise ValueError(f"target_fpr must lie in (0, 1] (0.05 is 5%), got {target_fpr}")
         n = len(check_images(self.model, clean_images))
@@ -264,21 +258,6 @@ class Detector:
         """One JSON line: metric, threshold (null while uncalibrated), sigma2 and ``info`` (the
         record of the current fit and calibration)."""
         return json.dumps({"metric": self.metric, "threshold": self.threshold, "sigma2": self.sigma2, **self.info})
-
-
-def _real(name, value) -> float:
-    """``value`` as a float when it is a real number (Python or NumPy; not bool); TypeError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
-def _batch_size(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"batch_size must be a positive integer, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {value}")
-    return int(value)
 
 
 def detector_stem(model_stem: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor, as_array
 from rcenp.backend import get_array_module
+from rcenp.checks import check_labels
 from rcenp.ops.activation import log_softmax_array
 
 
@@ -47,16 +48,7 @@ class SoftTargetCrossEntropy(Function):
 
 
 def _check(logits, labels):
-    labels = as_array(labels)
-    if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers, got {labels.dtype}")
-    num_classes = logits.shape[1]
-    if labels.size and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for {num_classes} classes, "
-                         f"got values from {int(labels.min())} to {int(labels.max())}")
-    return labels
+    return check_labels("labels", as_array(labels), logits.shape[0], logits.shape[1])
 
 
 def cross_entropy(logits, labels) -> Tensor:
