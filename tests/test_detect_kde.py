@@ -18,6 +18,7 @@ from rcenp.backend import as_numpy, cuda_available, xp_for
 from rcenp.detect import kde_cuda
 from rcenp.detect.kde import (
     DEFAULT_SIGMA2,
+    kernel_point_indices,
     log_kernel_density,
     log_kernel_density_reference,
     select_kernel_points,
@@ -139,6 +140,19 @@ def test_invalid_arguments():
         log_kernel_density(z, kernel_points, classes.astype(float), 1.0)
     with pytest.raises(ValueError, match="block"):
         log_kernel_density(z, kernel_points, classes, 1.0, block=0)
+
+
+@pytest.mark.parametrize("labels, per_class, match", [
+    (np.array([0, 1, 2, 3]), 1, r"labels must lie in \[0, 2\] for 3 classes, got values from 0 to 3"),
+    (np.array([0.0, 1.0, 2.0]), 1, "labels must be integers, got dtype float64"),
+    (np.array([[0, 1, 2]]), 1, r"expected labels \(N,\), got shape \(1, 3\)"),
+    (np.array([0, 1, 2]), 0, "per_class must be a positive integer, got 0"),
+    (np.array([0, 1, 2]), True, "per_class must be a real number"),
+    (np.array([0, 1, 2]), 2, r"classes \[0, 1, 2\] have fewer than per_class=2"),
+])
+def test_kernel_point_selection_refuses_bad_labels_and_counts(labels, per_class, match):
+    with pytest.raises(ValueError, match=match):
+        kernel_point_indices(labels, per_class=per_class, num_classes=3)
 
 
 # ---- gradient -------------------------------------------------------------------------------

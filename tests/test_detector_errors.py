@@ -101,7 +101,7 @@ def test_fit_refuses_labels_that_are_not_one_dimensional(model, data):
     images, labels = data
     with pytest.raises(ValueError, match=r"got 20 images and labels of shape \(20, 1\)"):
         Detector(model).fit(images[:20], labels[:20, None], per_class=1)
-    with pytest.raises(ValueError, match="per_class must be an integer >= 1 or None, got 2.5"):
+    with pytest.raises(ValueError, match="per_class must be a positive integer, got 2.5"):
         Detector(model).fit(images[:100], labels[:100], per_class=2.5)
     with pytest.raises(ValueError, match="box"):
         Detector(model).fit(images[:100] + 0.5, labels[:100], per_class=1)   # every image is checked

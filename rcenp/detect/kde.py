@@ -43,7 +43,6 @@ d² from explicit differences and meets the tighter |Δa_k| ≤ (D + 2)·u·|a_k
 from __future__ import annotations
 
 import math
-import numbers
 import threading
 
 import numpy as np
@@ -51,6 +50,7 @@ from scipy.special import logsumexp
 
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import as_numpy, get_array_module, make_rng
+from rcenp.checks import check_labels, check_positive, check_steps
 from rcenp.detect import kde_cuda
 from rcenp.ops.layout import map_chunks
 
@@ -68,16 +68,13 @@ def kernel_point_indices(labels, per_class=1000, seed=0, num_classes=10) -> np.n
     order and requires equal class counts (raises otherwise; pass ``per_class=min count`` to
     subsample). The draw depends on the labels alone, so only the chosen images' features need
     computing (``Detector.fit``). Raises ValueError for non-integer or out-of-range labels, a
-    ``per_class`` that is not an integer >= 1 or None, and classes with fewer than ``per_class``.
+    ``per_class`` that is not a positive integer or None (``rcenp.checks``), and classes with
+    fewer than ``per_class``.
     """
     labels = as_numpy(labels)
     if labels.ndim != 1:
         raise ValueError(f"expected labels (N,), got shape {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range "
-                         f"[{labels.min()}, {labels.max()}]")
+    labels = check_labels("labels", labels, len(labels), num_classes)
     members = [np.flatnonzero(labels == c) for c in range(num_classes)]
     counts = [len(m) for m in members]
     if per_class is None:
@@ -85,14 +82,13 @@ def kernel_point_indices(labels, per_class=1000, seed=0, num_classes=10) -> np.n
             raise ValueError(f"per_class=None needs equal, non-zero class counts, got {counts}; "
                              f"pass per_class={min(counts)} to subsample every class")
         return np.stack(members)
-    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1:
-        raise ValueError(f"per_class must be an integer >= 1 or None, got {per_class!r}")
+    per_class = check_steps("per_class", per_class)
     short = [c for c, n in enumerate(counts) if n < per_class]
     if short:
         raise ValueError(f"classes {short} have fewer than per_class={per_class} points "
                          f"(counts {counts})")
     rng = make_rng(seed)
-    return np.stack([rng.choice(m, size=int(per_class), replace=False) for m in members])
+    return np.stack([rng.choice(m, size=per_class, replace=False) for m in members])
 
 
 def select_kernel_points(features, labels, per_class=1000, seed=0, num_classes=10):
@@ -181,15 +177,8 @@ def _validated(z, kernel_points, classes, sigma2):
     if kernel_points.shape[0] < 1 or kernel_points.shape[1] < 1:
         raise ValueError(f"kernel_points needs L >= 1 classes and M >= 1 points, got "
                          f"{kernel_points.shape}")
-    if classes.shape != (z.shape[0],) or classes.dtype.kind not in "iu":
-        raise ValueError(f"classes must be ({z.shape[0]},) integers, got {classes.shape} "
-                         f"{classes.dtype}")
-    if classes.size and (int(classes.min()) < 0 or int(classes.max()) >= kernel_points.shape[0]):
-        raise ValueError(f"classes must lie in [0, {kernel_points.shape[0]})")
-    sigma2 = float(sigma2)
-    if not (sigma2 > 0 and math.isfinite(sigma2)):
-        raise ValueError(f"sigma2 must be positive and finite, got {sigma2}")
-    return z, kernel_points, classes.astype(np.int64, copy=False), sigma2
+    classes = check_labels("classes", classes, z.shape[0], kernel_points.shape[0])
+    return z, kernel_points, classes, check_positive("sigma2", sigma2)
 
 
 def _forward(z, kernel_points, classes, sigma2, block):
