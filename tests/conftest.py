@@ -1,7 +1,14 @@
-"""Shared fixtures: every array test runs once per available backend (NumPy, and CuPy on a GPU)."""
+"""Shared fixtures: every array test runs once per available backend (NumPy, and CuPy on a GPU);
+the smoke reproduction that test_reproduce.py reads runs in the background (``BackgroundSmoke``)."""
 import importlib.util
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +52,104 @@ def load_script(monkeypatch):
         spec.loader.exec_module(module)
         return module
     return load
+
+
+class BackgroundSmoke:
+    """``rcenp reproduce --budget smoke`` as a user runs it, in child processes started as soon as
+    collection finds a test that needs it (the ``smoke`` fixture), so that its minutes run on the
+    second core while the rest of the suite runs on the first. The first child is killed (SIGKILL)
+    after its fifth finished attack cell; a second resumes it (``--resume``) to the end, a third
+    resumes the finished run. ``record`` holds what the tests compare: the cells finished at the
+    kill, every cell file's mtime then and after the resume, and each run's status, stderr and
+    cells.json."""
+
+    KILL_AFTER = 5
+
+    def __init__(self, root: Path):
+        from rcenp.attacks.jobs import ONE_THREAD
+
+        self.root, self.out = root, root / "smoke"
+        self.argv = [sys.executable, "-m", "rcenp", "reproduce", "--budget", "smoke", "--out", str(self.out)]
+        # the embedded MNIST sample (as the smoke budget promises), one thread: the other core is the suite's
+        self.env = {**os.environ, "RCENP_DATA": "", "XDG_CACHE_HOME": str(root / "cache"), **ONE_THREAD}
+        self.record, self.error, self.process, self.stopping = {}, None, None, False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def attack_cells_finished(self) -> list:
+        return sorted(p.parent for p in (self.out / "cells").glob("*/*/summary.json"))
+
+    def cells_finished(self) -> list:
+        """Every finished cell's folder (its result file: ``rcenp.reproduce.cells.result_file``)."""
+        return sorted(p.parent for name in ("summary.json", "result.json", "features.npz")
+                      for p in (self.out / "cells").glob(f"*/*/{name}"))
+
+    def cell_mtimes(self) -> dict:
+        return {p: p.stat().st_mtime_ns for p in (self.out / "cells").glob("*/*/*.*")}
+
+    def _child(self, name: str, *extra, kill_when=None):
+        """Run ``rcenp reproduce`` (plus ``extra``), its stderr into ROOT/NAME.log, to its end, or
+        SIGKILL it as soon as ``kill_when()`` → (exit status, stdout, stderr)."""
+        if self.stopping:
+            raise RuntimeError("the test session ended before the smoke run")
+        log = self.root / f"{name}.log"
+        with open(log, "wb") as err:
+            self.process = subprocess.Popen(self.argv + list(extra), env=self.env, stdout=subprocess.PIPE, stderr=err)
+        while kill_when is not None and self.process.poll() is None and not kill_when():
+            time.sleep(0.02)
+        if kill_when is not None:
+            self.process.kill()
+        stdout, _ = self.process.communicate()
+        return self.process.returncode, stdout.decode(), log.read_text()
+
+    def _run(self):
+        cells_json = self.out / "cells.json"
+        try:
+            status, _, _ = self._child("killed", kill_when=lambda: len(self.attack_cells_finished()) >= self.KILL_AFTER)
+            self.record.update(killed_status=status, attack_cells_finished=self.attack_cells_finished(),
+                               finished=self.cells_finished(), mtimes=self.cell_mtimes())
+            status, _, stderr = self._child("resumed", "--resume")
+            self.record.update(resumed_status=status, resumed_stderr=stderr, mtimes_after=self.cell_mtimes(),
+                               resumed={"outcomes": json.loads(cells_json.read_text())})
+            status, stdout, stderr = self._child("again", "--resume")
+            self.record.update(again_status=status, again_stdout=stdout, again_stderr=stderr,
+                               again={"outcomes": json.loads(cells_json.read_text())})
+        except BaseException as exc:  # handed to the tests that wait for this run
+            self.error = exc
+
+    def result(self):
+        """(OUT, record) once the three runs have ended; re-raises what stopped them."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.out, self.record
+
+    def stop(self):
+        self.stopping = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        self.thread.join()
+
+
+_smoke: dict = {}
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly and \
+            any("smoke" in getattr(item, "fixturenames", ()) for item in session.items):
+        _smoke["run"] = BackgroundSmoke(Path(tempfile.mkdtemp(prefix="rcenp-smoke-")))
+
+
+def pytest_unconfigure(config):
+    run = _smoke.pop("run", None)
+    if run is not None:
+        run.stop()
+        shutil.rmtree(run.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def smoke():
+    """(OUT, record) of the smoke reproduction killed and resumed (``BackgroundSmoke``)."""
+    if "run" not in _smoke:  # collected by another route (e.g. a plugin that reorders): start it now
+        _smoke["run"] = BackgroundSmoke(Path(tempfile.mkdtemp(prefix="rcenp-smoke-")))
+    return _smoke["run"].result()

@@ -1,11 +1,13 @@
 """``rcenp reproduce``: the smoke budget end to end, killed and resumed, and bad input.
 
-The smoke run (about 2 minutes on 2 cores) is killed after its fifth attack cell, resumed, and
-resumed once more; the tests then read the files it wrote.
+The smoke run (about 3 minutes on one core) is killed after its fifth attack cell, resumed, and
+resumed once more, in child processes that conftest's ``BackgroundSmoke`` starts as soon as
+collection finds these tests, so that it runs beside the rest of the suite; the tests then read
+the files it wrote.
 """
 import csv
 import json
-import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,71 +15,38 @@ from pathlib import Path
 import pytest
 
 import rcenp
-from rcenp.attacks import run as attack_run
 from rcenp.cli import main
 from rcenp.reproduce import cells as cells_module
-from rcenp.reproduce import lineup, paper, reproduce
+from rcenp.reproduce import lineup, paper
 from rcenp.reproduce.budgets import get_budget
 from rcenp.reproduce.figures import INSTALL_HINT, missing_libraries
 
 ROOT = Path(rcenp.__file__).resolve().parent.parent
-KILL_AT = 6  # the sixth run_attack call is "killed" before it starts: five attack cells are finished
-
-
-class Killed(KeyboardInterrupt):
-    pass
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """A smoke run into OUT, killed after five attack cells, then resumed twice; → (OUT, record)."""
-    out = tmp_path_factory.mktemp("reproduce") / "smoke"
-    real = attack_run.run_attack
-    calls = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RCENP_DATA", "")  # the embedded MNIST sample, as the smoke budget promises
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-
-        def killed_later(model, attack, out_dir, *args, **kwargs):
-            calls.append(Path(out_dir))
-            if len(calls) == KILL_AT:
-                raise Killed
-            return real(model, attack, out_dir, *args, **kwargs)
-
-        mp.setattr(attack_run, "run_attack", killed_later)
-        with pytest.raises(Killed):
-            reproduce("smoke", out, stream=open(os.devnull, "w"))
-        finished = sorted(p.parent for p in (out / "cells").glob("*/*/summary.json"))
-        mtimes = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/*/*.json")}
-
-        resumed = []
-
-        def counting(model, attack, out_dir, *args, **kwargs):
-            resumed.append(Path(out_dir))
-            return real(model, attack, out_dir, *args, **kwargs)
-
-        mp.setattr(attack_run, "run_attack", counting)
-        first = reproduce("smoke", out, resume=True, stream=open(os.devnull, "w"))
-        after_first = list(resumed)
-        mtimes_after = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/*/*.json")}
-        again = reproduce("smoke", out, resume=True, stream=open(os.devnull, "w"))
-    return out, {"calls": calls, "finished": finished, "mtimes": mtimes, "resumed": after_first,
-                 "again_calls": resumed[len(after_first):], "first": first, "again": again,
-                 "mtimes_after": mtimes_after}
 
 
 def test_kill_then_resume_recomputes_nothing_finished(smoke):
+    """``smoke`` (conftest's BackgroundSmoke): the run SIGKILLed after its fifth attack cell, then
+    resumed, then resumed once more."""
     out, r = smoke
-    assert len(r["finished"]) == KILL_AT - 1
-    assert not set(r["finished"]) & set(r["resumed"])          # finished cells were not run again
-    assert r["calls"][KILL_AT - 1] in r["resumed"]             # the cut cell was
-    for path, mtime in r["mtimes"].items():                   # and nothing finished was rewritten
-        assert path.stat().st_mtime_ns == mtime, path
-    assert r["again_calls"] == []                              # a finished run computes nothing at all
+    assert r["killed_status"] == -signal.SIGKILL and len(r["attack_cells_finished"]) == 5  # killed, not ended
+    assert r["resumed_status"] == 0, r["resumed_stderr"][-3000:]
+    assert r["again_status"] == 0, r["again_stderr"][-3000:]
+    resumed = r["resumed"]["outcomes"]
+    finished = {str(path.relative_to(out / "cells")) for path in r["finished"]}
+    for key, outcome in resumed.items():  # the finished cells were not run again, every other one was
+        if outcome["status"] == "done":
+            assert (outcome["source"], outcome["seconds"] > 0) == \
+                (("resumed", False) if key in finished else ("computed", True)), (key, outcome)
+    assert finished < {key for key, o in resumed.items() if o["status"] == "done"}
+    for path, mtime in r["mtimes"].items():                    # and nothing finished was rewritten
+        if path.parent in r["finished"]:
+            assert path.stat().st_mtime_ns == mtime, path
+    again = r["again"]["outcomes"]                              # a finished run computes nothing at all
+    assert {(o["source"], o["seconds"]) for o in again.values() if o["status"] == "done"} == {("resumed", 0.0)}
+    assert {k: o["status"] for k, o in again.items()} == {k: o["status"] for k, o in resumed.items()}
+    assert "0 to compute" in r["again_stderr"]
     for path, mtime in r["mtimes_after"].items():
         assert path.stat().st_mtime_ns == mtime, path
-    sources = {o.get("source") for o in r["again"]["outcomes"].values() if o["status"] == "done"}
-    assert sources == {"resumed"}
     logs = [path.read_text() for path in (out / "cells").glob("*/*/attack.log")]   # a fresh cell is no --resume
     assert logs and not any("--resume: no run" in log for log in logs)
 
