@@ -56,11 +56,11 @@ def load_script(monkeypatch):
 
 class BackgroundSmoke:
     """``rcenp reproduce --budget smoke`` as a user runs it, in child processes started as soon as
-    collection finds a test that needs it (the ``smoke`` fixture), so that its minutes run on the
-    second core while the rest of the suite runs on the first. The first child is killed (SIGKILL)
-    after its fifth finished attack cell; a second resumes it (``--resume``) to the end, a third
-    resumes the finished run. ``record`` holds what the tests compare: the cells finished at the
-    kill, every cell file's mtime then and after the resume, and each run's status, stderr and
+    collection finds a test that needs it (the ``smoke`` fixture), so that its minutes run beside
+    the rest of the suite. The first child is killed (SIGKILL) after its fifth finished attack
+    cell; a second resumes it to the end with two worker processes (``--resume --jobs 2``), a
+    third resumes the finished run. ``record`` holds what the tests compare: the cells finished at
+    the kill, every cell file's mtime then and after the resume, and each run's status, stderr and
     cells.json."""
 
     KILL_AFTER = 5
@@ -70,7 +70,7 @@ class BackgroundSmoke:
 
         self.root, self.out = root, root / "smoke"
         self.argv = [sys.executable, "-m", "rcenp", "reproduce", "--budget", "smoke", "--out", str(self.out)]
-        # the embedded MNIST sample (as the smoke budget promises), one thread: the other core is the suite's
+        # the embedded MNIST sample (as the smoke budget promises), one thread (--jobs workers have one each)
         self.env = {**os.environ, "RCENP_DATA": "", "XDG_CACHE_HOME": str(root / "cache"), **ONE_THREAD}
         self.record, self.error, self.process, self.stopping = {}, None, None, False
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -108,7 +108,7 @@ class BackgroundSmoke:
             status, _, _ = self._child("killed", kill_when=lambda: len(self.attack_cells_finished()) >= self.KILL_AFTER)
             self.record.update(killed_status=status, attack_cells_finished=self.attack_cells_finished(),
                                finished=self.cells_finished(), mtimes=self.cell_mtimes())
-            status, _, stderr = self._child("resumed", "--resume")
+            status, _, stderr = self._child("resumed", "--resume", "--jobs", "2")
             self.record.update(resumed_status=status, resumed_stderr=stderr, mtimes_after=self.cell_mtimes(),
                                resumed={"outcomes": json.loads(cells_json.read_text())})
             status, stdout, stderr = self._child("again", "--resume")

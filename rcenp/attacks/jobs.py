@@ -147,7 +147,7 @@ def _finished_batches(folders, batches: int) -> int:
     return done
 
 
-def _last_line(path: Path) -> str:
+def last_line(path: Path) -> str:
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
@@ -176,7 +176,7 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
     progress.message(f"{plural(args.jobs, 'shard process', 'shard processes')} of one thread each, in {out / 'shards'}"
                      + (f"; {done_before} of {total} batches done before" if done_before else ""))
     children, logs, failed, grace = [], [], None, 0.0
-    handlers = _stop_on_termination()
+    handlers = stop_on_termination()
     try:
         for k, folder in enumerate(folders, 1):
             folder.mkdir(parents=True, exist_ok=True)
@@ -204,7 +204,7 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
                          "finished batches are kept: rerun with --resume")
         raise
     finally:
-        _stop(children, grace)
+        stop_children(children, grace)
         for log in logs:
             log.close()
         for signum, handler in handlers.items():
@@ -214,7 +214,7 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
         progress.close()
     if failed:
         log = folders[failed - 1] / "console.log"
-        line = _last_line(log)
+        line = last_line(log)
         hint = "" if "--resume" in line else "; finished batches are kept: rerun with --resume"
         raise ValueError(f"shard {failed}/{args.jobs} failed: {line} (its output: {log}){hint}")
 
@@ -228,7 +228,7 @@ def record_jobs(out, summary: dict, jobs: int, wall_s: float) -> dict:
     return summary
 
 
-def _stop_on_termination() -> dict:
+def stop_on_termination() -> dict:
     """Make SIGTERM and SIGHUP (a scheduler's kill, a closed terminal) raise KeyboardInterrupt here,
     so that the shards are stopped with this process → the handlers to restore."""
     def interrupt(signum, frame):
@@ -241,7 +241,7 @@ def _stop_on_termination() -> dict:
     return handlers
 
 
-def _stop(children, grace: float = 0.0) -> None:
+def stop_children(children, grace: float = 0.0) -> None:
     """Stop the shard processes still running (a failed shard, an interrupt) and reap them all.
     After a Ctrl-C on a terminal, which has reached them already (one process group), they get
     ``grace`` seconds to stop on it before one SIGINT of ours (a second one could cut short a

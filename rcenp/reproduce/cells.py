@@ -217,57 +217,95 @@ def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry
     return outcomes, todo, notes
 
 
-def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr) -> dict:
+def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr,
+              known: dict | None = None, worker: int | None = None) -> dict:
     """Run every unfinished, available cell; → {key: outcome} where an outcome is
     {"status": "done" | "not available" | "not run", "path", "reason", "source": "computed" |
     "resumed" | "reused", "seconds", and "note" where a transfer cell crafted its own images}.
     A ``skipped`` cell is "done" where an earlier run in ``out_dir`` finished it (not stale),
     else "not run". A ``stale`` attack cell folder is set aside (``set_aside``) and the cell
-    computed afresh. Progress and an ETA across cells go to ``stream`` and OUT/reproduce.log; the
-    outcomes to OUT/cells.json and each computed cell's seconds to OUT/timings.json (``add_seconds``)
+    computed afresh. ``known``: outcomes computed already by this command's workers, taken as
+    they are. Each cell is computed under its lock (``rcenp.reproduce.workers.cell_lock``): a
+    cell another process holds is left for later, then waited for, and not computed again where
+    that process finished it. ``worker``: K in worker K of ``rcenp reproduce --jobs``, which
+    records its outcomes in OUT/workers/K.json instead of OUT/cells.json. Progress and an ETA
+    across cells go to ``stream`` and OUT/reproduce.log (a worker: ``stream`` only); the outcomes
+    to OUT/cells.json and each computed cell's seconds to OUT/timings.json (``add_seconds``)
     after every cell."""
     from rcenp.progress import Progress
+    from rcenp.reproduce.workers import cell_lock, record_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes, todo, set_aside_notes = sort_out(cells, out_dir, data_dir, cells_from)
+    outcomes.update(known or {})
+    todo = [cell for cell in todo if cell.key not in (known or {})]
     add_eta_costs(todo, data_dir)
     total_cost = sum(c.cost for c in todo)
-    progress = Progress(out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream, unit="cell")
+    progress = Progress(None if worker else out_dir / "reproduce.log", len(todo), interval=0.0, stream=stream,
+                        unit="cell")
     for note in set_aside_notes + cells_from_notes(outcomes, cells_from):
         progress.message(note)
     count = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("done", "not run")}
     progress.message(f"{len(cells)} cells: {len(todo)} to compute, {count['done']} finished, "
                      f"{len(outcomes) - count['done'] - count['not run']} not available"
                      + (f", {count['not run']} not run (data sets this run does not cover)" if count["not run"] else ""))
-    done_cost, spent = 0.0, 0.0
+    record = record_path(out_dir, worker) if worker else out_dir / "cells.json"
+    mine: dict = {}  # the outcomes this process computed (a worker's record)
+    done_cost, spent, finished, pending, blocking = 0.0, 0.0, 0, list(todo), False
     try:
-        for i, cell in enumerate(todo):
-            rate = spent / done_cost if done_cost else float("nan")
-            eta = (total_cost - done_cost) * rate if done_cost else float("inf")
-            progress.update(i, f"next {cell.key}", eta, force=True)
-            start = time.monotonic()
-            outcome = outcomes[cell.key] = run_cell(cell, out_dir / "cells" / cell.key, data_dir, device, stream,
-                                                    _crafted_from(cell, outcomes))
-            if outcome.get("note"):
-                progress.message(f"{cell.key}: {outcome['note']}")
-            outcome["seconds"] = time.monotonic() - start
-            spent += outcome["seconds"]
-            done_cost += cell.cost
-            if outcome.get("source") in ("computed", "resumed") and outcome["seconds"]:
-                add_seconds(out_dir / "timings.json", cell.key, outcome["seconds"])
-            checkpoint.atomic_write_text(out_dir / "cells.json", json.dumps(outcomes, indent=1) + "\n")
+        while pending:  # a first pass over the cells no other process holds, then one that waits
+            later = []
+            for cell in pending:
+                with cell_lock(out_dir, cell.key, blocking) as held:
+                    if not held:
+                        later.append(cell)
+                        continue
+                    cell_dir = out_dir / "cells" / cell.key
+                    if not result_file(cell_dir, cell.kind).is_file():
+                        rate = spent / done_cost if done_cost else float("nan")
+                        eta = (total_cost - done_cost) * rate if done_cost else float("inf")
+                        progress.update(finished, f"next {cell.key}", eta, force=True)
+                        start = time.monotonic()
+                        outcome = mine[cell.key] = outcomes[cell.key] = run_cell(
+                            cell, cell_dir, data_dir, device, stream, _crafted_from(cell, outcomes, out_dir))
+                        if outcome.get("note"):
+                            progress.message(f"{cell.key}: {outcome['note']}")
+                        outcome["seconds"] = time.monotonic() - start
+                        spent += outcome["seconds"]
+                        if outcome.get("source") in ("computed", "resumed") and outcome["seconds"]:
+                            with cell_lock(out_dir, "timings"):
+                                add_seconds(out_dir / "timings.json", cell.key, outcome["seconds"])
+                        checkpoint.atomic_write_text(record, json.dumps(mine if worker else outcomes, indent=1) + "\n")
+                    else:  # another process finished it while this one walked the list
+                        outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed",
+                                              "seconds": 0.0}
+                    finished += 1
+                    done_cost += cell.cost
+            pending, blocking = later, True
         if todo:
-            progress.update(len(todo), f"all {len(todo)} cells computed in {spent:.0f} s", 0.0, force=True)
+            progress.update(len(todo), f"all {len(todo)} cells computed in {spent:.0f} s" if len(mine) == len(todo) else
+                            f"all {len(todo)} cells finished, {len(mine)} of them here in {spent:.0f} s", 0.0, force=True)
     finally:
         progress.close()
-    checkpoint.atomic_write_text(out_dir / "cells.json", json.dumps(outcomes, indent=1) + "\n")
+    checkpoint.atomic_write_text(record, json.dumps(mine if worker else outcomes, indent=1) + "\n")
     return outcomes
 
 
-def _crafted_from(cell: Cell, outcomes: dict) -> Path | None:
-    """The folder of transfer ``cell``'s substitute's own C&W-wb cell where that cell is done."""
-    if cell.crafted is None or (outcomes.get(cell.crafted) or {}).get("status") != "done":
+def _crafted_from(cell: Cell, outcomes: dict, out_dir: Path) -> Path | None:
+    """The folder of transfer ``cell``'s substitute's own C&W-wb cell where that cell is done; one
+    that another process is computing is waited for."""
+    if cell.crafted is None:
+        return None
+    if (outcomes.get(cell.crafted) or {}).get("status") != "done":
+        from rcenp.reproduce.workers import cell_lock
+
+        with cell_lock(out_dir, cell.crafted):
+            crafted_dir = out_dir / "cells" / cell.crafted
+            if result_file(crafted_dir, "attack").is_file():
+                outcomes[cell.crafted] = {"status": "done", "path": str(crafted_dir), "source": "resumed",
+                                          "seconds": 0.0}
+    if (outcomes.get(cell.crafted) or {}).get("status") != "done":
         return None
     return Path(outcomes[cell.crafted]["path"])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from rcenp.backend import DEVICE_HELP
+from rcenp.progress import plural
 from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.reproduce.budgets import BUDGETS
 from rcenp.reproduce.cells import PARTS
@@ -35,6 +36,9 @@ def add_parser(sub) -> None:
                    help="use finished attack cells from DIR/<model>/<attack>-<eps>/ (e.g. results/fig2a) instead "
                    "of computing them, where run with the same settings, test images and detectors; repeatable")
     r.add_argument("--device", choices=["cpu", "cuda"], help=DEVICE_HELP)
+    r.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="compute the unfinished cells in J worker processes of one thread each (default 1: this "
+                   "process); on a CPU, up to one per core. Each cell's files are those of a run without --jobs")
     r.add_argument("--plan", action="store_true",
                    help="print what the run would compute (with each cell's cost), keep, reuse and skip, and exit "
                    "without computing or writing anything")
@@ -45,8 +49,13 @@ def cmd_reproduce(args) -> int:
 
     done = reproduce(args.budget, args.out, resume=args.resume, only=args.only, data_dir=args.data_dir,
                      cells_from=args.cells_from, device=args.device, stream=sys.stderr,  # today's stderr
-                     command=" ".join(["rcenp"] + sys.argv[1:]), datasets=args.datasets, plan_only=args.plan)
-    print("\n".join(done["plan"]) if args.plan else result_line(done))
+                     command=" ".join(["rcenp"] + sys.argv[1:]), datasets=args.datasets, plan_only=args.plan,
+                     jobs=args.jobs)
+    if "worker" in done:  # a --jobs worker: its console goes to OUT/workers/K.log
+        computed = sum(o.get("source") == "computed" for o in done["outcomes"].values())
+        print(f"worker {done['worker']}: done ({plural(computed, 'cell', 'cells')} computed here)")
+    else:
+        print("\n".join(done["plan"]) if args.plan else result_line(done))
     return 0
 
 

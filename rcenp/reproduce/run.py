@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from rcenp import checkpoint
+from rcenp.attacks.jobs import stop_with_parent
 from rcenp.backend import default_device, xp_for
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
@@ -20,6 +21,7 @@ from rcenp.reproduce.cells import PARTS, plan, read_timings, run_cells, sort_out
 from rcenp.reproduce.costs import add_eta_costs
 from rcenp.reproduce.report import write_report
 from rcenp.reproduce.results import Results
+from rcenp.reproduce.workers import check_jobs, run_workers, worker_id
 
 
 def parse_only(only) -> list[str]:
@@ -98,8 +100,23 @@ def _part_seconds(out_dir: Path, cells) -> dict:
     return per_part
 
 
+def worker_argv(budget: str, out_dir: Path, parts, data_dir, cells_from, device, datasets) -> list[str]:
+    """The ``rcenp reproduce`` arguments of a --jobs worker: this run's, with --resume."""
+    argv = ["reproduce", "--budget", budget, "--out", str(out_dir), "--resume", "--only", ",".join(parts)]
+    if datasets:
+        argv += ["--datasets", ",".join(datasets)]
+    if data_dir:
+        argv += ["--data-dir", str(data_dir)]
+    for folder in cells_from or ():
+        argv += ["--cells-from", str(folder)]
+    if device:
+        argv += ["--device", device]
+    return argv
+
+
 def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, data_dir=None, cells_from=(),
-              device=None, stream=sys.stderr, command: str | None = None, datasets=None, plan_only: bool = False) -> dict:
+              device=None, stream=sys.stderr, command: str | None = None, datasets=None, plan_only: bool = False,
+              jobs: int = 1) -> dict:
     """Run the paper's evaluation under ``budget`` into ``out`` (default ``runs/reproduce-<budget>``)
     and write REPORT.md, per-table CSV/JSON and PNG figures there. Progress and the ETA go to
     ``stream``; the result is returned, not printed: {"budget", "out", "report" (REPORT.md's path),
@@ -107,10 +124,15 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     these data sets' cells (``parse_datasets``); the report says the others were not run. Another
     invocation over the same ``out`` may name others: each cell is its own unit. ``plan_only``:
     compute, write and move nothing; return {"budget", "out", "plan": lines for a person}
-    (``rcenp.reproduce.preview``). Raises ValueError for a bad budget, an unknown part or data set,
-    an unwritable ``out`` or a run there that needs ``resume``."""
+    (``rcenp.reproduce.preview``). ``jobs``: the unfinished cells are computed by that many worker
+    processes of one thread each (``rcenp.reproduce.workers``). In such a worker (``WORKER_ENV``)
+    this computes cells only and returns {"budget", "out", "outcomes", "worker"}. Raises ValueError
+    for a bad budget, an unknown part or data set, bad ``jobs``, an unwritable ``out``, a run there
+    that needs ``resume``, or a worker that failed."""
     start = time.monotonic()
     spec = get_budget(budget)
+    jobs = check_jobs(jobs)
+    worker = worker_id()
     parts = parse_only(only)
     chosen = parse_datasets(datasets, spec)
     if chosen != spec.datasets:
@@ -134,7 +156,20 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         add_eta_costs(todo, data_dir)
         return {"budget": spec.name, "out": str(out_dir),
                 "plan": describe(cells, outcomes, todo, notes, out_dir, spec.name, cells_from, data_dir)}
-    outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream)
+    if worker:
+        stop_with_parent()
+        return {"budget": spec.name, "out": str(out_dir), "worker": f"{worker[0]}/{worker[1]}",
+                "outcomes": run_cells(cells, out_dir, data_dir, cells_from, device, stream, worker=worker[0])}
+    known = None
+    if jobs > 1:  # stale folders are set aside here, once, before the workers sort the cells out
+        _, todo, notes = sort_out(cells, out_dir, data_dir, cells_from)
+        for note in notes:
+            stream.write(note + "\n")
+        if len(todo) > 1:
+            add_eta_costs(todo, data_dir)
+            argv = worker_argv(spec.name, out_dir, parts, data_dir, cells_from, device, chosen)
+            known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream)
+    outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
     results = Results(cells, outcomes)
     counts: dict[str, int] = {}
     for outcome in outcomes.values():
