@@ -132,7 +132,7 @@ def released_tgsm(model, x, eps, steps, exact_derivative=False):
     before)."""
     net, sign = model.network, (-1.0 if model.objective == "rce" else 1.0)
     w1, b1, w2, b2 = (a.data for a in (net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias))
-    n, flat = len(x), x.reshape(len(x), 16)
+    flat = x.reshape(len(x), 16)
     lower, upper = np.maximum(flat - eps, -0.5), np.minimum(flat + eps, 0.5)
     adv, targets = flat.copy(), None
     for _ in range(steps):
