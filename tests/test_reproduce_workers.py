@@ -11,6 +11,8 @@ import pytest
 
 from rcenp.cli import main
 from rcenp.reproduce.run import worker_argv
+from rcenp.attacks.jobs import PARENT_ENV
+from rcenp.reproduce import workers
 from rcenp.reproduce.workers import WORKER_ENV, cell_lock, worker_id
 
 pytest.importorskip("fcntl")
@@ -61,6 +63,7 @@ def test_worker_id_reads_the_environment(monkeypatch):
     monkeypatch.delenv(WORKER_ENV, raising=False)
     assert worker_id() is None
     monkeypatch.setenv(WORKER_ENV, "2/3")
+    monkeypatch.setenv(PARENT_ENV, str(os.getppid()))
     assert worker_id() == (2, 3)
 
 
@@ -105,3 +108,46 @@ def test_workers_stop_when_the_command_is_killed_outright(tmp_path):
     while time.monotonic() < deadline and any(map(_running, workers)):
         time.sleep(0.1)
     assert not any(map(_running, workers)), "a worker outlived its command"
+
+
+def test_more_workers_than_cores_is_one_error_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(workers, "cores", lambda: 2)
+    assert main(["reproduce", "--out", str(tmp_path / "out"), "--only", "table1", "--jobs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("rcenp reproduce: error: --jobs 3: this machine has 2 cores, so at most 2 workers of one "
+                   "thread each run side by side\n")
+
+
+def test_a_stray_worker_variable_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    for value in ("1/2", "x", "3/2"):
+        monkeypatch.setenv(WORKER_ENV, value)
+        assert main(["reproduce", "--out", str(tmp_path / "out"), "--only", "table1"]) == 2
+        assert f"{WORKER_ENV}={value!r} is set only by rcenp reproduce --jobs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+HOLD_RUN = """
+import sys, time
+from rcenp.reproduce.workers import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(30)
+"""
+
+
+def test_a_second_command_on_the_same_out_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "--out", str(out), "--only", "table1"]) == 0   # a run, and its cells' locks gone
+    assert not (out / "locks").exists()
+    capsys.readouterr()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_RUN, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["reproduce", "--out", str(out), "--only", "table1", "--resume"]) == 2
+        assert capsys.readouterr().err == (f"rcenp reproduce: error: another rcenp reproduce is running on {out}: "
+                                           "wait for it to end, or choose another --out\n")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["reproduce", "--out", str(out), "--only", "table1", "--resume"]) == 0

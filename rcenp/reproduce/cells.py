@@ -217,6 +217,14 @@ def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry
     return outcomes, todo, notes
 
 
+def cell_count_line(cells, outcomes: dict, todo) -> str:
+    """``108 cells: 38 to compute, 0 finished, 0 not available, 70 not run (...)``."""
+    count = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("done", "not run")}
+    return (f"{len(cells)} cells: {len(todo)} to compute, {count['done']} finished, "
+            f"{len(outcomes) - count['done'] - count['not run']} not available"
+            + (f", {count['not run']} not run (data sets this run does not cover)" if count["not run"] else ""))
+
+
 def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr,
               known: dict | None = None, worker: int | None = None) -> dict:
     """Run every unfinished, available cell; → {key: outcome} where an outcome is
@@ -232,7 +240,7 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
     across cells go to ``stream`` and OUT/reproduce.log (a worker: ``stream`` only); the outcomes
     to OUT/cells.json and each computed cell's seconds to OUT/timings.json (``add_seconds``)
     after every cell."""
-    from rcenp.progress import Progress
+    from rcenp.progress import Progress, plural
     from rcenp.reproduce.workers import cell_lock, record_path
 
     out_dir = Path(out_dir)
@@ -246,10 +254,8 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
                         unit="cell")
     for note in set_aside_notes + cells_from_notes(outcomes, cells_from):
         progress.message(note)
-    count = {status: sum(o["status"] == status for o in outcomes.values()) for status in ("done", "not run")}
-    progress.message(f"{len(cells)} cells: {len(todo)} to compute, {count['done']} finished, "
-                     f"{len(outcomes) - count['done'] - count['not run']} not available"
-                     + (f", {count['not run']} not run (data sets this run does not cover)" if count["not run"] else ""))
+    if known is None:  # (after --jobs workers, the command said so before starting them)
+        progress.message(cell_count_line(cells, outcomes, todo))
     record = record_path(out_dir, worker) if worker else out_dir / "cells.json"
     mine: dict = {}  # the outcomes this process computed (a worker's record)
     done_cost, spent, finished, pending, blocking = 0.0, 0.0, 0, list(todo), False
@@ -284,8 +290,9 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
                     done_cost += cell.cost
             pending, blocking = later, True
         if todo:
-            progress.update(len(todo), f"all {len(todo)} cells computed in {spent:.0f} s" if len(mine) == len(todo) else
-                            f"all {len(todo)} cells finished, {len(mine)} of them here in {spent:.0f} s", 0.0, force=True)
+            progress.update(len(todo), f"all {plural(len(todo), 'cell', 'cells')} computed in {spent:.0f} s"
+                            if len(mine) == len(todo) else f"all {plural(len(todo), 'cell', 'cells')} finished, "
+                            f"{len(mine)} of them here in {spent:.0f} s", 0.0, force=True)
     finally:
         progress.close()
     checkpoint.atomic_write_text(record, json.dumps(mine if worker else outcomes, indent=1) + "\n")

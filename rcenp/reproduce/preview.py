@@ -38,8 +38,9 @@ def duration(seconds: float) -> str:
 
 
 def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budget_name: str,
-             cells_from=(), data_dir=None) -> list[str]:
-    """The plan as lines for a person (module docstring)."""
+             cells_from=(), data_dir=None, jobs: int = 1) -> list[str]:
+    """The plan as lines for a person (module docstring); ``jobs``: --jobs, the cells computed that
+    many at a time (no sooner than the largest cell)."""
     total = sum(c.cost for c in todo)
     lines = [f"reproduce ({budget_name}) into {out_dir}: {plural(len(cells), 'cell', 'cells')}; "
              "nothing has been computed or written"]
@@ -52,6 +53,9 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
         source = f"{rate * 1e3:.1f} ms per unit on one free core (other work on the cores stretches it)"
     lines.append(f"to compute: {plural(len(todo), 'cell', 'cells')}, {total:,.0f} units (image-iterations of MNIST "
                  f"ResNet-32), about {duration(total * rate)} at {source}" if todo else "to compute: nothing")
+    if todo and jobs > 1:
+        wall = max(total / min(jobs, len(todo)), max(c.cost for c in todo)) * rate
+        lines.append(f"  with --jobs {jobs}: about {duration(wall)} on {jobs} free cores (no sooner than the largest cell)")
     for cell in todo:
         lines.append(f"  {cell.key:52s} {cell.cost:>12,.0f}  {100 * cell.cost / total:5.1f}%"
                      + ("  (scores its substitute's C&W-wb images)" if cell.crafted else ""))

@@ -17,11 +17,11 @@ from rcenp.attacks.jobs import stop_with_parent
 from rcenp.backend import default_device, xp_for
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
-from rcenp.reproduce.cells import PARTS, plan, read_timings, run_cells, sort_out
+from rcenp.reproduce.cells import PARTS, cell_count_line, plan, read_timings, run_cells, sort_out
 from rcenp.reproduce.costs import add_eta_costs
 from rcenp.reproduce.report import write_report
 from rcenp.reproduce.results import Results
-from rcenp.reproduce.workers import check_jobs, run_workers, worker_id
+from rcenp.reproduce.workers import check_jobs, run_lock, run_workers, worker_id
 
 
 def parse_only(only) -> list[str]:
@@ -155,32 +155,33 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         outcomes, todo, notes = sort_out(cells, out_dir, data_dir, cells_from, dry_run=True)
         add_eta_costs(todo, data_dir)
         return {"budget": spec.name, "out": str(out_dir),
-                "plan": describe(cells, outcomes, todo, notes, out_dir, spec.name, cells_from, data_dir)}
+                "plan": describe(cells, outcomes, todo, notes, out_dir, spec.name, cells_from, data_dir, jobs)}
     if worker:
         stop_with_parent()
         return {"budget": spec.name, "out": str(out_dir), "worker": f"{worker[0]}/{worker[1]}",
                 "outcomes": run_cells(cells, out_dir, data_dir, cells_from, device, stream, worker=worker[0])}
-    known = None
-    if jobs > 1:  # stale folders are set aside here, once, before the workers sort the cells out
-        _, todo, notes = sort_out(cells, out_dir, data_dir, cells_from)
-        for note in notes:
-            stream.write(note + "\n")
-        if len(todo) > 1:
-            add_eta_costs(todo, data_dir)
-            argv = worker_argv(spec.name, out_dir, parts, data_dir, cells_from, device, chosen)
-            known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream)
-    outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
-    results = Results(cells, outcomes)
-    counts: dict[str, int] = {}
-    for outcome in outcomes.values():
-        label = outcome["status"] if outcome["status"] != "done" else f"done ({outcome.get('source')})"
-        counts[label] = counts.get(label, 0) + 1
-    code = checkpoint.code_identity()
-    meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
-            "code": f"commit {code.get('commit')}" + (" (uncommitted changes)" if code.get("dirty") else ""),
-            "wall_s": time.monotonic() - start, "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
-            "part_seconds": _part_seconds(out_dir, cells)}
-    written = write_report(results, spec, parts, out_dir, meta)
-    return {"budget": spec.name, "out": str(out_dir), "report": str(out_dir / "REPORT.md"), "files": written["files"],
-            "outcomes": outcomes, "sanity": written["sanity"], "figures": written["figures"],
-            "wall_s": time.monotonic() - start}
+    with run_lock(out_dir):
+        known = None
+        if jobs > 1:  # stale folders are set aside here, once, before the workers sort the cells out
+            sorted_out, todo, notes = sort_out(cells, out_dir, data_dir, cells_from)
+            if len(todo) > 1:
+                for line in notes + [cell_count_line(cells, sorted_out, todo)]:
+                    stream.write(line + "\n")
+                add_eta_costs(todo, data_dir)
+                argv = worker_argv(spec.name, out_dir, parts, data_dir, cells_from, device, chosen)
+                known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream)
+        outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
+        results = Results(cells, outcomes)
+        counts: dict[str, int] = {}
+        for outcome in outcomes.values():
+            label = outcome["status"] if outcome["status"] != "done" else f"done ({outcome.get('source')})"
+            counts[label] = counts.get(label, 0) + 1
+        code = checkpoint.code_identity()
+        meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
+                "code": f"commit {code.get('commit')}" + (" (uncommitted changes)" if code.get("dirty") else ""),
+                "wall_s": time.monotonic() - start, "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+                "part_seconds": _part_seconds(out_dir, cells)}
+        written = write_report(results, spec, parts, out_dir, meta)
+        return {"budget": spec.name, "out": str(out_dir), "report": str(out_dir / "REPORT.md"),
+                "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"], "figures": written["figures"],
+                "wall_s": time.monotonic() - start}

@@ -6,17 +6,19 @@ keep this project's 2-core VM busier than one process with two workers, whose th
 every operation; and a machine with more cores runs that many cells at once. rcenp's results do
 not depend on the number of threads, so each cell's files are those of a run without --jobs.
 
-How: the command sorts the cells out first (setting stale folders aside), then starts J workers,
-each ``rcenp reproduce`` with the same arguments and ``--resume``, told by ``WORKER_ENV`` that it
-is worker K of J. Every worker walks the same list of unfinished cells and computes the ones it
-can lock (an exclusive ``flock`` on OUT/locks/<cell>.lock, which the operating system releases
-however a worker ends), so each cell goes to the first free worker and to no other; a transfer
-cell whose substitute's C&W-wb cell is in another worker's hands waits for it. A worker records
-its cells' outcomes in OUT/workers/K.json and its console output in OUT/workers/K.log; the
-command merges the outcomes into OUT/cells.json. A kill at any point loses only the cells in
+How: the command holds OUT/.lock while it runs (a second command on the same OUT is refused),
+sorts the cells out (setting stale folders aside), then starts J workers, each ``rcenp
+reproduce`` with the same arguments and ``--resume``, told by ``WORKER_ENV`` that it is worker K
+of J. Every worker walks the same list of unfinished cells and computes the ones it can lock (an
+exclusive ``flock`` on OUT/locks/<cell>.lock, which the operating system releases however a
+worker ends), so each cell goes to the first free worker and to no other; a transfer cell whose
+substitute's C&W-wb cell is in another worker's hands waits for it. A worker records its cells'
+outcomes in OUT/workers/K.json, which the command merges into OUT/cells.json and removes, and
+appends its console output to OUT/workers/K.log. A kill at any point loses only the cells in
 work, which resume from their last finished batch, as without --jobs; a worker stops with the
-command even when the command is killed outright (``rcenp.attacks.jobs.stop_with_parent``).
-The locks are POSIX ``flock``s: on a system without ``fcntl`` (Windows) --jobs is refused.
+command even when the command is killed outright (``rcenp.attacks.jobs.stop_with_parent``;
+Linux only: elsewhere a worker finishes its cell). The locks are POSIX ``flock``s: on a system
+without ``fcntl`` (Windows) --jobs above 1 is refused. At most one worker per core.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import importlib.util
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,23 +42,57 @@ WORKER_ENV = "RCENP_REPRODUCE_WORKER"  # "K/J" in worker K of a --jobs J command
 
 
 def worker_id() -> tuple[int, int] | None:
-    """(K, J) in worker K of J, else None."""
+    """(K, J) in worker K of J, else None. ValueError where ``WORKER_ENV`` is set outside a worker
+    (its --jobs command sets ``PARENT_ENV`` beside it) or malformed."""
     value = os.environ.get(WORKER_ENV)
-    if not value:
+    if value is None:
         return None
-    k, j = (int(part) for part in value.split("/"))
-    return k, j
+    match = re.fullmatch(r"(\d+)/(\d+)", value)
+    if not match or PARENT_ENV not in os.environ or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ValueError(f"{WORKER_ENV}={value!r} is set only by rcenp reproduce --jobs for its workers; unset it")
+    return int(match.group(1)), int(match.group(2))
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_jobs(jobs) -> int:
     """``jobs`` as a count of worker processes; ValueError (one line) for anything but an integer
-    ≥ 1, and for more than one where file locks are unavailable."""
+    from 1 to the number of cores, and for more than one where file locks are unavailable."""
     from rcenp.checks import check_steps
 
     jobs = check_steps("--jobs", jobs)
+    if jobs > cores():
+        raise ValueError(f"--jobs {jobs}: this machine has {plural(cores(), 'core', 'cores')}, so at most "
+                         f"{cores()} workers of one thread each run side by side")
     if jobs > 1 and importlib.util.find_spec("fcntl") is None:
         raise ValueError("--jobs above 1 needs POSIX file locks (fcntl), which this system lacks")
     return jobs
+
+
+@contextlib.contextmanager
+def run_lock(out_dir):
+    """Hold OUT/.lock for one ``rcenp reproduce`` command (its workers are its own) → ValueError
+    at once where another command holds it; on leaving, OUT/locks (the cells' lock files, which
+    no other command can be waiting on) is removed. Without ``fcntl``: no check."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(Path(out_dir) / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another rcenp reproduce is running on {out_dir}: wait for it to end, "
+                             "or choose another --out") from None
+        try:
+            yield
+        finally:
+            shutil.rmtree(Path(out_dir) / "locks", ignore_errors=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -96,7 +134,7 @@ def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None) -> dict:
     out_dir = Path(out_dir)
     folder = out_dir / "workers"
     folder.mkdir(parents=True, exist_ok=True)
-    for k in range(1, jobs + 1):  # a record is this command's: an earlier one's cells are finished cells now
+    for k in range(1, jobs + 1):  # a record left by a command cut short: its cells are finished cells now
         record_path(out_dir, k).unlink(missing_ok=True)
     root = str(Path(__file__).resolve().parents[2])  # the workers import this rcenp, installed or not
     path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
@@ -107,27 +145,35 @@ def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None) -> dict:
                      f"(their output: {folder}/K.log)")
     children, logs, failed, grace = [], [], None, 0.0
     handlers = stop_on_termination()
+    start, shown = time.monotonic(), None
     try:
         for k in range(1, jobs + 1):
-            logs.append(open(folder / f"{k}.log", "w"))
+            logs.append(open(folder / f"{k}.log", "a"))
+            logs[-1].write(f"== worker {k}/{jobs}, {time.strftime('%Y-%m-%d %H:%M:%S')}: rcenp {' '.join(argv)}\n")
+            logs[-1].flush()
             children.append(subprocess.Popen([sys.executable, "-m", "rcenp", *argv], stdout=logs[-1],
                                               stderr=subprocess.STDOUT, env=dict(env, **{WORKER_ENV: f"{k}/{jobs}"})))
-        start = time.monotonic()
         while any(child.poll() is None for child in children):
             failed = next((k for k, child in enumerate(children, 1) if child.returncode not in (None, 0)), None)
             if failed:  # the others are stopped below
                 break
             finished = [c for c in todo if result_file(out_dir / "cells" / c.key, c.kind).is_file()]
-            done_cost = sum(c.cost for c in finished)
-            eta = (total_cost - done_cost) * (time.monotonic() - start) / done_cost if done_cost else math.inf
-            progress.update(len(finished), f"{sum(c.poll() is None for c in children)} of {jobs} workers running", eta)
+            running = sum(c.poll() is None for c in children)
+            if (len(finished), running) != shown:  # a line when something changed, not every second
+                shown = len(finished), running
+                done_cost = sum(c.cost for c in finished)
+                eta = (total_cost - done_cost) * (time.monotonic() - start) / done_cost if done_cost else math.inf
+                progress.update(len(finished), f"{running} of {jobs} workers running", eta, force=True)
             time.sleep(1.0)
         failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
+        if not failed:
+            progress.update(len(todo), f"all {plural(len(todo), 'cell', 'cells')} computed in "
+                            f"{time.monotonic() - start:.0f} s by {jobs} workers", 0.0, force=True)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the workers have it too
             grace = 5.0
-        progress.message(f"stopping the workers ({type(exc).__name__} {' '.join(map(str, exc.args))}); "
-                         "finished cells are kept: rerun with --resume")
+        why = type(exc).__name__ + (f" ({', '.join(map(str, exc.args))})" if exc.args else "")
+        progress.message(f"stopping the workers: {why}; finished cells are kept: rerun with --resume")
         raise
     finally:
         stop_children(children, grace)
@@ -137,11 +183,14 @@ def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None) -> dict:
             signal.signal(signum, handler)
         progress.close()
     if failed:
-        log = folder / f"{failed}.log"
-        raise ValueError(f"worker {failed}/{jobs} failed: {last_line(log)} (its output: {log}); "
-                         "finished cells are kept: rerun with --resume")
+        log, status = folder / f"{failed}.log", children[failed - 1].returncode
+        how = (f"was killed by {signal.Signals(-status).name}" if status < 0 and -status in signal.valid_signals()
+               else f"failed (exit status {status}): {last_line(log)}")
+        raise ValueError(f"worker {failed}/{jobs} {how} (its output: {log}); finished cells are kept: "
+                         "rerun with --resume")
     outcomes: dict = {}
-    for k in range(1, jobs + 1):
+    for k in range(1, jobs + 1):  # merged into OUT/cells.json by the caller
         if record_path(out_dir, k).is_file():
             outcomes.update(json.loads(record_path(out_dir, k).read_text()))
+            record_path(out_dir, k).unlink()
     return outcomes
