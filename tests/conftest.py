@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from rcenp.backend import cuda_available, xp_for
+from rcenp.reproduce.workers import cores
 
 settings.register_profile("default", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -58,10 +59,10 @@ class BackgroundSmoke:
     """``rcenp reproduce --budget smoke`` as a user runs it, in child processes started as soon as
     collection finds a test that needs it (the ``smoke`` fixture), so that its minutes run beside
     the rest of the suite. The first child is killed (SIGKILL) after its fifth finished attack
-    cell; a second resumes it to the end with two worker processes (``--resume --jobs 2``), a
-    third resumes the finished run. ``record`` holds what the tests compare: the cells finished at
-    the kill, every cell file's mtime then and after the resume, and each run's status, stderr and
-    cells.json."""
+    cell; a second resumes it to the end with two worker processes (``--resume --jobs 2``; one on
+    a one-core machine), a third resumes the finished run. ``record`` holds what the tests
+    compare: the cells finished at the kill, every cell file's mtime then and after the resume,
+    and each run's status, stderr and cells.json."""
 
     KILL_AFTER = 5
 
@@ -108,7 +109,7 @@ class BackgroundSmoke:
             status, _, _ = self._child("killed", kill_when=lambda: len(self.attack_cells_finished()) >= self.KILL_AFTER)
             self.record.update(killed_status=status, attack_cells_finished=self.attack_cells_finished(),
                                finished=self.cells_finished(), mtimes=self.cell_mtimes())
-            status, _, stderr = self._child("resumed", "--resume", "--jobs", "2")
+            status, _, stderr = self._child("resumed", "--resume", "--jobs", str(min(2, cores())))
             self.record.update(resumed_status=status, resumed_stderr=stderr, mtimes_after=self.cell_mtimes(),
                                resumed={"outcomes": json.loads(cells_json.read_text())})
             status, stdout, stderr = self._child("again", "--resume")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 
 from rcenp.backend import DEVICE_HELP
-from rcenp.progress import plural
 from rcenp.data.datasets import DATA_DIR_DEFAULT
+from rcenp.progress import plural
 from rcenp.reproduce.budgets import BUDGETS
 from rcenp.reproduce.cells import PARTS
 from rcenp.reproduce.lineup import DATASETS
