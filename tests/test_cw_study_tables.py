@@ -69,3 +69,21 @@ def test_readme_is_written_whole(tmp_path, load_script):
     assert not list(run.parent.parent.glob("*.tmp"))
     assert "| cw-hc | mnist-resnet32-rce | not started yet |" in text   # what the study lacks is listed
     assert "| mnist-resnet32-rce | 10,000 | not finished yet |" in text
+
+
+def test_the_confidence_note_counts_the_papers_pairs(tmp_path, load_script):
+    tables = load_script("cw_study_tables")
+    run = tmp_path / "cw-9x1000" / "mnist-resnet32-ce" / "cw-hc"
+    records = [dict(record(i, i != 0, 10.0), clean_prediction=7, true_label=7 if i != 1 else 3,
+                    misclassified=i != 0, clean_confidence=0.99999 if i < 4 else 0.999,
+                    adversarial_confidence=0.9999, final_margin=10.0 + i / 100) for i in range(6)]
+    write_lines(run / "samples.jsonl", records)
+    (run / "summary.json").write_text(json.dumps({"detection": {
+        m: {"auc": 0.5, "n_pairs": 4} for m in ("confidence", "non_me", "log_kd")}}))
+    row, = tables.study_rows(tmp_path)
+    # pairs: images 2-5 (0 not misclassified, 1 not clean-correct); clean more confident: 2 and 3
+    assert row["confidence"]["n_pairs"] == 4 and row["confidence"]["clean_more_confident"] == 0.5
+    assert row["confidence"]["final_margin_median"] == pytest.approx(10.035)
+    note = tables.confidence_note([row])
+    assert "mnist-resnet32-ce: the clean image is the more confident in 50% of 4 pairs" in note
+    assert "discussed here once" in tables.confidence_note([])
