@@ -290,9 +290,9 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
                     done_cost += cell.cost
             pending, blocking = later, True
         if todo:
-            progress.update(len(todo), f"all {plural(len(todo), 'cell', 'cells')} computed in {spent:.0f} s"
-                            if len(mine) == len(todo) else f"all {plural(len(todo), 'cell', 'cells')} finished, "
-                            f"{len(mine)} of them here in {spent:.0f} s", 0.0, force=True)
+            every = ("all " if len(todo) > 1 else "") + plural(len(todo), "cell", "cells")
+            progress.update(len(todo), f"{every} computed in {spent:.0f} s" if len(mine) == len(todo) else
+                            f"{every} finished, {len(mine)} of them here in {spent:.0f} s", 0.0, force=True)
     finally:
         progress.close()
     checkpoint.atomic_write_text(record, json.dumps(mine if worker else outcomes, indent=1) + "\n")

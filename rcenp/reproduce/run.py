@@ -165,11 +165,10 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         if jobs > 1:  # stale folders are set aside here, once, before the workers sort the cells out
             sorted_out, todo, notes = sort_out(cells, out_dir, data_dir, cells_from)
             if len(todo) > 1:
-                for line in notes + [cell_count_line(cells, sorted_out, todo)]:
-                    stream.write(line + "\n")
                 add_eta_costs(todo, data_dir)
                 argv = worker_argv(spec.name, out_dir, parts, data_dir, cells_from, device, chosen)
-                known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream)
+                known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream,
+                                    intro=notes + [cell_count_line(cells, sorted_out, todo)])
         outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
         results = Results(cells, outcomes)
         counts: dict[str, int] = {}
@@ -179,9 +178,10 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         code = checkpoint.code_identity()
         meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
                 "code": f"commit {code.get('commit')}" + (" (uncommitted changes)" if code.get("dirty") else ""),
-                "wall_s": time.monotonic() - start, "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+                "wall_s": time.monotonic() - start,
+                "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
                 "part_seconds": _part_seconds(out_dir, cells)}
         written = write_report(results, spec, parts, out_dir, meta)
         return {"budget": spec.name, "out": str(out_dir), "report": str(out_dir / "REPORT.md"),
-                "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"], "figures": written["figures"],
-                "wall_s": time.monotonic() - start}
+                "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"],
+                "figures": written["figures"], "wall_s": time.monotonic() - start}

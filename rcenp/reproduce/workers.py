@@ -76,7 +76,8 @@ def check_jobs(jobs) -> int:
 def run_lock(out_dir):
     """Hold OUT/.lock for one ``rcenp reproduce`` command (its workers are its own) → ValueError
     at once where another command holds it; on leaving, OUT/locks (the cells' lock files, which
-    no other command can be waiting on) is removed. Without ``fcntl``: no check."""
+    no other command can be waiting on) and the workers' records (merged by then, or left by a
+    failed run: their cells are finished cells) are removed. Without ``fcntl``: no check."""
     try:
         import fcntl
     except ImportError:
@@ -92,6 +93,8 @@ def run_lock(out_dir):
             yield
         finally:
             shutil.rmtree(Path(out_dir) / "locks", ignore_errors=True)
+            for record in (Path(out_dir) / "workers").glob("*.json"):  # merged, or left by a failed --jobs run
+                record.unlink()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
@@ -122,7 +125,7 @@ def record_path(out_dir, k: int) -> Path:
     return Path(out_dir) / "workers" / f"{k}.json"
 
 
-def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None) -> dict:
+def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None, intro=()) -> dict:
     """Run ``jobs`` workers (``python -m rcenp`` + ``argv``, one thread each) until every one has
     ended, with one progress line over the cells of ``todo`` (``Cell``s with their ``cost``) → the
     outcomes the workers recorded, {cell key: outcome}. Raises ValueError naming the first worker
@@ -141,6 +144,8 @@ def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None) -> dict:
     env = dict(os.environ, **ONE_THREAD, PYTHONPATH=path, **{PARENT_ENV: str(os.getpid())})
     total_cost = sum(cell.cost for cell in todo) or 1.0
     progress = Progress(out_dir / "reproduce.log", len(todo), interval=10.0, stream=stream, unit="cell")
+    for line in intro:
+        progress.message(line)
     progress.message(f"{plural(jobs, 'worker process', 'worker processes')} of one thread each "
                      f"(their output: {folder}/K.log)")
     children, logs, failed, grace = [], [], None, 0.0
@@ -166,9 +171,16 @@ def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None) -> dict:
                 progress.update(len(finished), f"{running} of {jobs} workers running", eta, force=True)
             time.sleep(1.0)
         failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
-        if not failed:
-            progress.update(len(todo), f"all {plural(len(todo), 'cell', 'cells')} computed in "
-                            f"{time.monotonic() - start:.0f} s by {jobs} workers", 0.0, force=True)
+        if failed:
+            log, status = folder / f"{failed}.log", children[failed - 1].returncode
+            how = (f"was killed by {signal.Signals(-status).name}" if status < 0 and -status in signal.valid_signals()
+                   else f"failed (exit status {status}): {last_line(log)}")
+            error = f"worker {failed}/{jobs} {how} (its output: {log}); finished cells are kept: rerun with --resume"
+            progress.message(error, echo=False)  # the command's error line says it on the console
+        else:
+            every = ("all " if len(todo) > 1 else "") + plural(len(todo), "cell", "cells")
+            progress.update(len(todo), f"{every} computed in {time.monotonic() - start:.0f} s by {jobs} workers",
+                            0.0, force=True)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the workers have it too
             grace = 5.0
@@ -183,11 +195,7 @@ def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None) -> dict:
             signal.signal(signum, handler)
         progress.close()
     if failed:
-        log, status = folder / f"{failed}.log", children[failed - 1].returncode
-        how = (f"was killed by {signal.Signals(-status).name}" if status < 0 and -status in signal.valid_signals()
-               else f"failed (exit status {status}): {last_line(log)}")
-        raise ValueError(f"worker {failed}/{jobs} {how} (its output: {log}); finished cells are kept: "
-                         "rerun with --resume")
+        raise ValueError(error)
     outcomes: dict = {}
     for k in range(1, jobs + 1):  # merged into OUT/cells.json by the caller
         if record_path(out_dir, k).is_file():
