@@ -188,7 +188,7 @@ def test_terminating_the_parent_stops_its_shards(tmp_path):
         time.sleep(0.1)
     parent.terminate()
     err = parent.communicate(timeout=60)[1]
-    assert parent.returncode != 0 and "stopping the shards (KeyboardInterrupt SIGTERM)" in err
+    assert parent.returncode != 0 and "stopping the shards: KeyboardInterrupt (SIGTERM)" in err
     assert shard_processes(out) == [], "shard processes outlived their parent"
     assert "stopping the shards" in (out / "jobs.log").read_text()
 

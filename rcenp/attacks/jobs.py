@@ -20,6 +20,7 @@ ends (Ctrl-C, SIGTERM, SIGHUP, and on Linux even SIGKILL: ``stop_with_parent``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -167,50 +168,38 @@ def run_shards(parser, args, out: Path, stream=None) -> None:
             raise ValueError(f"{folder} already holds this shard's run: pass --resume to continue it, "
                              "or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    root = str(Path(__file__).resolve().parents[2])  # the shards import this rcenp, installed or not
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, **ONE_THREAD, PYTHONPATH=path, **{PARENT_ENV: str(os.getpid())})
+    env = child_env()
     total = math.ceil(args.n / args.batch_size)
     progress = Progress(out / "jobs.log", total, stream=stream, unit="batch")
     done_before = _finished_batches(folders, total)
     progress.message(f"{plural(args.jobs, 'shard process', 'shard processes')} of one thread each, in {out / 'shards'}"
                      + (f"; {done_before} of {total} batches done before" if done_before else ""))
-    children, logs, failed, grace = [], [], None, 0.0
-    handlers = stop_on_termination()
+    failed = None
     try:
-        for k, folder in enumerate(folders, 1):
-            folder.mkdir(parents=True, exist_ok=True)
-            logs.append(open(folder / "console.log", "a"))
-            begun = (folder / "run.json").is_file()
-            argv = [sys.executable, "-m", "rcenp", "attack", *child_argv(parser, args, k, args.jobs, folder, begun)]
-            children.append(subprocess.Popen(argv, stdout=logs[-1], stderr=subprocess.STDOUT, env=env))
-        start = time.monotonic()
-        while any(child.poll() is None for child in children):
-            failed = next((k for k, child in enumerate(children, 1) if child.returncode not in (None, 0)), None)
-            if failed:  # the others are stopped below
-                break
-            done = _finished_batches(folders, total)
-            rate = (done - done_before) / max(time.monotonic() - start, 1e-9)
-            progress.update(done, f"{sum(c.poll() is None for c in children)} of {args.jobs} shards running",
-                            (total - done) / rate if rate > 0 else math.nan)
-            time.sleep(1.0)
-        failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
-        if not failed:
-            progress.update(total, f"all {args.jobs} shards finished; merging", 0.0, force=True)
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the shards have it too
-            grace = 5.0
-        progress.message(f"stopping the shards ({type(exc).__name__} {' '.join(map(str, exc.args))}); "
-                         "finished batches are kept: rerun with --resume")
-        raise
+        with child_processes(progress, "shards", "batches") as (children, logs):
+            for k, folder in enumerate(folders, 1):
+                folder.mkdir(parents=True, exist_ok=True)
+                logs.append(open(folder / "console.log", "a"))
+                begun = (folder / "run.json").is_file()
+                argv = [sys.executable, "-m", "rcenp", "attack", *child_argv(parser, args, k, args.jobs, folder, begun)]
+                children.append(subprocess.Popen(argv, stdout=logs[-1], stderr=subprocess.STDOUT, env=env))
+            start = time.monotonic()
+            while any(child.poll() is None for child in children):
+                failed = next((k for k, child in enumerate(children, 1) if child.returncode not in (None, 0)), None)
+                if failed:  # the others are stopped on leaving the block
+                    break
+                done = _finished_batches(folders, total)
+                rate = (done - done_before) / max(time.monotonic() - start, 1e-9)
+                progress.update(done, f"{sum(c.poll() is None for c in children)} of {args.jobs} shards running",
+                                (total - done) / rate if rate > 0 else math.nan)
+                time.sleep(1.0)
+            failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
+            if failed:
+                progress.message(f"shard {failed}/{args.jobs} failed "
+                                 f"(its output: {folders[failed - 1] / 'console.log'})")
+            else:
+                progress.update(total, f"all {args.jobs} shards finished; merging", 0.0, force=True)
     finally:
-        stop_children(children, grace)
-        for log in logs:
-            log.close()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        if failed:
-            progress.message(f"shard {failed}/{args.jobs} failed (its output: {folders[failed - 1] / 'console.log'})")
         progress.close()
     if failed:
         log = folders[failed - 1] / "console.log"
@@ -239,6 +228,40 @@ def stop_on_termination() -> dict:
         if signum is not None and threading.current_thread() is threading.main_thread():
             handlers[signum] = signal.signal(signum, interrupt)
     return handlers
+
+
+def child_env() -> dict:
+    """The environment of a child process of a --jobs command: one thread, this rcenp importable
+    (installed or not), and ``PARENT_ENV`` for ``stop_with_parent``."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, **ONE_THREAD, PYTHONPATH=path, **{PARENT_ENV: str(os.getpid())})
+
+
+@contextlib.contextmanager
+def child_processes(progress, what: str, kept: str):
+    """→ (children, logs): the lists that the block fills with the child processes it starts and
+    their open log files. However the block ends, the children still running are stopped
+    (``stop_children``; after a Ctrl-C, which has reached them too, with 5 s of grace), all are
+    reaped and the logs closed; SIGTERM and SIGHUP meanwhile raise KeyboardInterrupt here
+    (``stop_on_termination``). An exception is noted on ``progress`` ("stopping the WHAT: ...;
+    finished KEPT are kept") and raised on."""
+    children, logs, grace = [], [], 0.0
+    handlers = stop_on_termination()
+    try:
+        yield children, logs
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the children have it too
+            grace = 5.0
+        why = type(exc).__name__ + (f" ({', '.join(map(str, exc.args))})" if exc.args else "")
+        progress.message(f"stopping the {what}: {why}; finished {kept} are kept: rerun with --resume")
+        raise
+    finally:
+        stop_children(children, grace)
+        for log in logs:
+            log.close()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def stop_children(children, grace: float = 0.0) -> None:

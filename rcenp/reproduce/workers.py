@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from rcenp.attacks.jobs import ONE_THREAD, PARENT_ENV, last_line, stop_children, stop_on_termination
+from rcenp.attacks.jobs import PARENT_ENV, child_env, child_processes, last_line
 from rcenp.progress import Progress, plural
 
 WORKER_ENV = "RCENP_REPRODUCE_WORKER"  # "K/J" in worker K of a --jobs J command
@@ -139,60 +139,48 @@ def run_workers(argv: list[str], out_dir, jobs: int, todo, stream=None, intro=()
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(1, jobs + 1):  # a record left by a command cut short: its cells are finished cells now
         record_path(out_dir, k).unlink(missing_ok=True)
-    root = str(Path(__file__).resolve().parents[2])  # the workers import this rcenp, installed or not
-    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, **ONE_THREAD, PYTHONPATH=path, **{PARENT_ENV: str(os.getpid())})
+    env = child_env()
     total_cost = sum(cell.cost for cell in todo) or 1.0
     progress = Progress(out_dir / "reproduce.log", len(todo), interval=10.0, stream=stream, unit="cell")
     for line in intro:
         progress.message(line)
     progress.message(f"{plural(jobs, 'worker process', 'worker processes')} of one thread each "
                      f"(their output: {folder}/K.log)")
-    children, logs, failed, grace = [], [], None, 0.0
-    handlers = stop_on_termination()
-    start, shown = time.monotonic(), None
+    failed, start, shown = None, time.monotonic(), None
     try:
-        for k in range(1, jobs + 1):
-            logs.append(open(folder / f"{k}.log", "a"))
-            logs[-1].write(f"== worker {k}/{jobs}, {time.strftime('%Y-%m-%d %H:%M:%S')}: rcenp {' '.join(argv)}\n")
-            logs[-1].flush()
-            children.append(subprocess.Popen([sys.executable, "-m", "rcenp", *argv], stdout=logs[-1],
-                                              stderr=subprocess.STDOUT, env=dict(env, **{WORKER_ENV: f"{k}/{jobs}"})))
-        while any(child.poll() is None for child in children):
-            failed = next((k for k, child in enumerate(children, 1) if child.returncode not in (None, 0)), None)
-            if failed:  # the others are stopped below
-                break
-            finished = [c for c in todo if result_file(out_dir / "cells" / c.key, c.kind).is_file()]
-            running = sum(c.poll() is None for c in children)
-            if (len(finished), running) != shown:  # a line when something changed, not every second
-                shown = len(finished), running
-                done_cost = sum(c.cost for c in finished)
-                eta = (total_cost - done_cost) * (time.monotonic() - start) / done_cost if done_cost else math.inf
-                progress.update(len(finished), f"{running} of {jobs} workers running", eta, force=True)
-            time.sleep(1.0)
-        failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
-        if failed:
-            log, status = folder / f"{failed}.log", children[failed - 1].returncode
-            how = (f"was killed by {signal.Signals(-status).name}" if status < 0 and -status in signal.valid_signals()
-                   else f"failed (exit status {status}): {last_line(log)}")
-            error = f"worker {failed}/{jobs} {how} (its output: {log}); finished cells are kept: rerun with --resume"
-            progress.message(error, echo=False)  # the command's error line says it on the console
-        else:
-            every = ("all " if len(todo) > 1 else "") + plural(len(todo), "cell", "cells")
-            progress.update(len(todo), f"{every} computed in {time.monotonic() - start:.0f} s by {jobs} workers",
-                            0.0, force=True)
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) and not exc.args:  # Ctrl-C: the workers have it too
-            grace = 5.0
-        why = type(exc).__name__ + (f" ({', '.join(map(str, exc.args))})" if exc.args else "")
-        progress.message(f"stopping the workers: {why}; finished cells are kept: rerun with --resume")
-        raise
+        with child_processes(progress, "workers", "cells") as (children, logs):
+            for k in range(1, jobs + 1):
+                logs.append(open(folder / f"{k}.log", "a"))
+                logs[-1].write(f"== worker {k}/{jobs}, {time.strftime('%Y-%m-%d %H:%M:%S')}: rcenp {' '.join(argv)}\n")
+                logs[-1].flush()
+                children.append(subprocess.Popen([sys.executable, "-m", "rcenp", *argv], stdout=logs[-1],
+                                                  stderr=subprocess.STDOUT, env={**env, WORKER_ENV: f"{k}/{jobs}"}))
+            while any(child.poll() is None for child in children):
+                failed = next((k for k, child in enumerate(children, 1) if child.returncode not in (None, 0)), None)
+                if failed:  # the others are stopped on leaving the block
+                    break
+                finished = [c for c in todo if result_file(out_dir / "cells" / c.key, c.kind).is_file()]
+                running = sum(c.poll() is None for c in children)
+                if (len(finished), running) != shown:  # a line when something changed, not every second
+                    shown = len(finished), running
+                    done_cost = sum(c.cost for c in finished)
+                    eta = (total_cost - done_cost) * (time.monotonic() - start) / done_cost if done_cost else math.inf
+                    progress.update(len(finished), f"{running} of {jobs} workers running", eta, force=True)
+                time.sleep(1.0)
+            failed = failed or next((k for k, child in enumerate(children, 1) if child.returncode != 0), None)
+            if failed:
+                log, status = folder / f"{failed}.log", children[failed - 1].returncode
+                how = (f"was killed by {signal.Signals(-status).name}"
+                       if status < 0 and -status in signal.valid_signals()
+                       else f"failed (exit status {status}): {last_line(log)}")
+                error = (f"worker {failed}/{jobs} {how} (its output: {log}); finished cells are kept: "
+                         "rerun with --resume")
+                progress.message(error, echo=False)  # the command's error line says it on the console
+            else:
+                every = ("all " if len(todo) > 1 else "") + plural(len(todo), "cell", "cells")
+                progress.update(len(todo), f"{every} computed in {time.monotonic() - start:.0f} s by {jobs} workers",
+                                0.0, force=True)
     finally:
-        stop_children(children, grace)
-        for log in logs:
-            log.close()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
         progress.close()
     if failed:
         raise ValueError(error)
