@@ -24,6 +24,9 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
            "confidence_strict_ci_high": 55.0, "confidence_ci_degenerate": False, "confidence_paper": 100.0}
     assert report._outside([row]) == ([], ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
                                            "paper 100.0 (n = 20 pairs)"], 0)
+    row.update(confidence_clean_median=0.99999731, confidence_adversarial_median=0.9998723)  # which way it leans
+    assert report._outside([row])[1] == ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
+                                         "paper 100.0 (n = 20 pairs; medians clean 0.999997, adversarial 0.999872)"]
 
 
 def test_csv_rows_keep_epsilon_and_theta_in_separate_columns():

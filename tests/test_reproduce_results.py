@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rcenp.reproduce import budgets, cells, report, sanity, tables, threat_tables
-from rcenp.reproduce.results import wb_figures
+from rcenp.reproduce.results import pair_medians, wb_figures
 from tests.reproduce_fakes import unavailable
 
 
@@ -69,6 +69,19 @@ def test_tpr_is_not_available_with_under_20_calibration_images_in_a_half():
     assert row["tpr5_crossfit_non_me"] is None and row["tpr5_crossfit_why"] == figures["why"]
     enough = samples[:42] + [s for s in samples[42:] if s["index"] % 2 == 0]   # 20 in the odd half (3-41)
     assert adversarial_rejection_crossfit(enough, "log_kd")["tpr"] is not None
+
+
+def test_pair_medians_are_over_the_papers_pairs_only():
+    samples = [{"true_label": 1, "clean_prediction": c, "adversarial_prediction": a, "clean_confidence": cc,
+                "adversarial_confidence": ac, "clean_non_me": 1.0, "adversarial_non_me": 2.0,
+                "clean_log_kd": -1.0, "adversarial_log_kd": lk}
+               for c, a, cc, ac, lk in [(1, 0, 0.9, 0.5, -3.0), (1, 2, 0.8, 0.7, -5.0), (1, 3, 0.7, 0.6, -4.0),
+                                        (0, 2, 0.1, 0.1, 9.0),     # clean wrong: not a pair
+                                        (1, 1, 0.2, 0.2, 9.0)]]    # attack failed: not a pair
+    medians = pair_medians(samples)
+    assert medians["confidence_clean_median"] == 0.8 and medians["confidence_adversarial_median"] == 0.6
+    assert medians["log_kd_adversarial_median"] == -4.0 and medians["non_me_clean_median"] == 1.0
+    assert set(pair_medians(samples[3:]).values()) == {None} and set(pair_medians(None).values()) == {None}
 
 
 def test_wb_figures():

@@ -172,7 +172,8 @@ def _ours_strict(auc, low, high, degenerate) -> str:
 
 def _outside(t2_rows) -> tuple[list[str], list[str], int]:
     """Table 2 values our strict-tie interval misses (``tables.paper_outside_interval``), one line
-    each with our AUC and interval, the paper's value and n pairs → (the differences: intervals from
+    each with our AUC and interval, the paper's value, n pairs and the medians of the metric's clean
+    and adversarial scores over the pairs (which way the AUC leans) → (the differences: intervals from
     at least ``tables.FEW_PAIRS`` pairs and of nonzero width, marked **†**; the others, marked (†);
     how many values had such an informative comparison)."""
     counted, weak, compared = [], [], 0
@@ -188,7 +189,9 @@ def _outside(t2_rows) -> tuple[list[str], list[str], int]:
                        if tables.strength(r) is not None else "")
                     + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: "
                     + _ours_strict(r[f"{m}_auc_strict"], r[f"{m}_strict_ci_low"], r[f"{m}_strict_ci_high"], degenerate)
-                    + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs)")
+                    + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs"
+                    + (f"; medians clean {r[f'{m}_clean_median']:.6g}, adversarial {r[f'{m}_adversarial_median']:.6g}"
+                       if r.get(f"{m}_clean_median") is not None else "") + ")")
             (counted if informative else weak).append(line)
     return counted, weak, compared
 
@@ -224,7 +227,9 @@ def differences_md(t2_rows, t4_rows) -> str:
     text = ("Table 2 and Table 4 values whose rounding interval [p − 0.05, p + 0.05] misses our 95% strict-tie "
             "bootstrap interval (the paper's tie rule); for Table 4 also MNIST AUCs whose whole interval is at or "
             "below the paper's bound of 95, and transfer rates whose 95% Wilson interval lies above the paper's "
-            f"bound. Only AUC intervals from at least {tables.FEW_PAIRS} pairs and of nonzero width count. ")
+            f"bound. Only AUC intervals from at least {tables.FEW_PAIRS} pairs and of nonzero width count. Each "
+            "Table 2 line gives the medians of the metric's clean and adversarial scores over the pairs: higher "
+            "is more normal, so an AUC near 0 means the adversarial images score as the more normal. ")
     if not compared:
         text += "No value had such a comparison in this run (no finished Table 2 or 4 cell with enough pairs)."
     else:

@@ -185,6 +185,26 @@ def beyond_paper(samples: list[dict] | None) -> dict:
     return out
 
 
+def pair_medians(samples: list[dict] | None) -> dict:
+    """Per metric, the median clean and adversarial scores over the paper-rule pairs (clean
+    correct, adversarial misclassified): ``<metric>_clean_median``, ``<metric>_adversarial_median``,
+    None without pairs or scores. They say which way an AUC leans and by how much (an AUC near 0:
+    the adversarial images score as more normal)."""
+    from rcenp.detect.roc import paper_sample_rule
+
+    out = {f"{metric}_{side}_median": None for metric in METRICS for side in ("clean", "adversarial")}
+    if not samples or "clean_log_kd" not in samples[0]:
+        return out
+    pairs = paper_sample_rule(*(np.array([s[k] for s in samples])
+                                for k in ("true_label", "clean_prediction", "adversarial_prediction")))
+    if not pairs.any():
+        return out
+    for metric in METRICS:
+        for side in ("clean", "adversarial"):
+            out[f"{metric}_{side}_median"] = float(np.median(np.array([s[f"{side}_{metric}"] for s in samples])[pairs]))
+    return out
+
+
 def wb_figures(samples: list[dict]) -> dict:
     """Table 3's figures from C&W-wb records, over the images classified correctly when clean (n).
 

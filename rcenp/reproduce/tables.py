@@ -19,7 +19,7 @@ import dataclasses
 from rcenp.attacks.summary import zero_grad_stats
 from rcenp.reproduce import lineup, paper
 from rcenp.reproduce.budgets import Budget
-from rcenp.reproduce.results import METRICS, Results, beyond_paper
+from rcenp.reproduce.results import METRICS, Results, beyond_paper, pair_medians
 
 METRIC_TITLES = {"confidence": "Confidence", "non_me": "non-ME", "log_kd": "K-density"}
 ATTACK_TITLES = {"fgsm": "FGSM", "bim": "BIM", "ilcm": "ILCM", "jsma": "JSMA", "cw": "C&W", "cw-hc": "C&W-hc"}
@@ -200,6 +200,7 @@ def table2_rows(res: Results, budget: Budget) -> list[dict]:
                         theirs = paper.table2(attack, objective, dataset, metric) if in_table else None
                         row.update(_auc_fields(detection, metric, theirs))
                     row.update(beyond_paper(samples))
+                    row.update(pair_medians(samples))
                     threshold = (detection or {}).get("threshold") or {}
                     zero = zero_grad_stats([s.get("zero_grad_fraction") for s in samples]) if samples else {}
                     row.update(detector_metric=threshold.get("metric"), detector_T=threshold.get("T"),
