@@ -1,9 +1,9 @@
 """``rcenp reproduce``: the smoke budget end to end, killed and resumed, and bad input.
 
-The smoke run (about 3 minutes on one core) is killed after its fifth attack cell, resumed, and
-resumed once more, in child processes that conftest's ``BackgroundSmoke`` starts as soon as
-collection finds these tests, so that it runs beside the rest of the suite; the tests then read
-the files it wrote.
+The smoke run is killed (SIGKILL) after its fifth attack cell, resumed with two worker processes
+(``--jobs 2``), and resumed once more, in child processes that conftest's ``BackgroundSmoke``
+starts as soon as collection finds these tests, so that it runs beside the rest of the suite
+(about 2 minutes of it); the tests then read the files it wrote.
 """
 import csv
 import json

@@ -265,10 +265,10 @@ def child_processes(progress, what: str, kept: str):
 
 
 def stop_children(children, grace: float = 0.0) -> None:
-    """Stop the shard processes still running (a failed shard, an interrupt) and reap them all.
+    """Stop the child processes still running (a failed one, an interrupt) and reap them all.
     After a Ctrl-C on a terminal, which has reached them already (one process group), they get
     ``grace`` seconds to stop on it before one SIGINT of ours (a second one could cut short a
-    shard's clean-up); then 30 s before SIGKILL. Batches are written atomically: none is lost."""
+    child's clean-up); then 30 s before SIGKILL. Batches and cells are written atomically: none is lost."""
     deadline = time.monotonic() + grace
     while any(child.poll() is None for child in children) and time.monotonic() < deadline:
         time.sleep(0.1)
