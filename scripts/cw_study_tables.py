@@ -97,11 +97,12 @@ def confidence_pairs(records: list[dict]) -> dict | None:
              and "clean_confidence" in r]
     if not pairs:
         return None
+    margins = [r["final_margin"] for r in pairs if r.get("success")]
     return {"n_pairs": len(pairs),
             "clean_more_confident": sum(r["clean_confidence"] > r["adversarial_confidence"] for r in pairs) / len(pairs),
             "clean_confidence_median": statistics.median(r["clean_confidence"] for r in pairs),
             "adversarial_confidence_median": statistics.median(r["adversarial_confidence"] for r in pairs),
-            "final_margin_median": statistics.median(r["final_margin"] for r in pairs if r.get("success"))}
+            "final_margin_median": statistics.median(margins) if margins else None}
 
 
 def confidence_note(study: list[dict]) -> str:
@@ -111,8 +112,9 @@ def confidence_note(study: list[dict]) -> str:
         return "C&W-hc's confidence AUCs are discussed here once a C&W-hc run has finished."
     parts = [f"{r['model']}: the clean image is the more confident in {100 * r['confidence']['clean_more_confident']:.0f}% "
              f"of {r['confidence']['n_pairs']} pairs (median confidence {r['confidence']['clean_confidence_median']:.7f} "
-             f"clean, {r['confidence']['adversarial_confidence_median']:.7f} adversarial; median logit margin of the "
-             f"successes {r['confidence']['final_margin_median']:.3f})" for r in rows]
+             f"clean, {r['confidence']['adversarial_confidence_median']:.7f} adversarial"
+             + (f"; median logit margin of the successes {r['confidence']['final_margin_median']:.3f}"
+                if r["confidence"]["final_margin_median"] is not None else "") + ")" for r in rows]
     return ("C&W-hc's confidence AUC is far from the paper's, which is about 0 (every adversarial image more "
             "confident than its clean one). C&W stops pushing once the target leads by κ, so its images end at a "
             "logit margin just above 10, a softmax confidence of about 0.9999; a clean image is less confident "

@@ -87,3 +87,5 @@ def test_the_confidence_note_counts_the_papers_pairs(tmp_path, load_script):
     note = tables.confidence_note([row])
     assert "mnist-resnet32-ce: the clean image is the more confident in 50% of 4 pairs" in note
     assert "discussed here once" in tables.confidence_note([])
+    no_success = [dict(r, success=False) for r in records]
+    assert tables.confidence_pairs(no_success)["final_margin_median"] is None
