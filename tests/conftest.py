@@ -109,7 +109,8 @@ class BackgroundSmoke:
             status, _, _ = self._child("killed", kill_when=lambda: len(self.attack_cells_finished()) >= self.KILL_AFTER)
             self.record.update(killed_status=status, attack_cells_finished=self.attack_cells_finished(),
                                finished=self.cells_finished(), mtimes=self.cell_mtimes(),
-                               cut=sorted(p.parent for p in (self.out / "cells").glob("*/*/partial")))
+                               cut=sorted(p.parent for p in (self.out / "cells").glob("*/*/partial")
+                                          if not (p.parent / "summary.json").is_file()))
             status, _, stderr = self._child("resumed", "--resume", "--jobs", str(min(2, cores())))
             self.record.update(resumed_status=status, resumed_stderr=stderr, mtimes_after=self.cell_mtimes(),
                                resumed={"outcomes": json.loads(cells_json.read_text())})
