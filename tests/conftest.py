@@ -81,9 +81,11 @@ class BackgroundSmoke:
         return sorted(p.parent for p in (self.out / "cells").glob("*/*/summary.json"))
 
     def cells_finished(self) -> list:
-        """Every finished cell's folder (its result file: ``rcenp.reproduce.cells.result_file``)."""
-        return sorted(p.parent for name in ("summary.json", "result.json", "features.npz")
-                      for p in (self.out / "cells").glob(f"*/*/{name}"))
+        """Every finished cell's folder (one holding its kind's ``rcenp.reproduce.cells.result_file``)."""
+        from rcenp.reproduce.cells import result_file
+
+        names = {result_file(Path(), kind).name for kind in ("attack", "test-error", "features")}
+        return sorted(p.parent for name in names for p in (self.out / "cells").glob(f"*/*/{name}"))
 
     def cell_mtimes(self) -> dict:
         return {p: p.stat().st_mtime_ns for p in (self.out / "cells").glob("*/*/*.*")}

@@ -167,6 +167,12 @@ def result_file(cell_dir: Path, kind: str) -> Path:
     return cell_dir / {"attack": "summary.json", "test-error": "result.json", "features": "features.npz"}[kind]
 
 
+def finished_earlier(cell_dir: Path) -> dict:
+    """The outcome of a cell found finished in ``cell_dir``: computed by an earlier run or by
+    another process, nothing computed here."""
+    return {"status": "done", "path": str(cell_dir), "source": "resumed", "seconds": 0.0}
+
+
 def read_timings(path: Path) -> dict:
     """OUT/timings.json: {cell key: seconds summed over invocations}, {} when there is none."""
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -204,12 +210,12 @@ def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry
         if cell.skipped:  # this run's data sets do not include it: an earlier run's result, or nothing
             finished = cell.model is not None and result_file(cell_dir, cell.kind).is_file() and (
                 cell.kind != "attack" or ((asked := recorded(cell_dir)) is not None and not stale(cell, asked)))
-            outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed", "seconds": 0.0} \
-                if finished else {"status": "not run", "reason": cell.missing, "path": None}
+            outcomes[cell.key] = finished_earlier(cell_dir) if finished else \
+                {"status": "not run", "reason": cell.missing, "path": None}
         elif cell.missing:
             outcomes[cell.key] = {"status": "not available", "reason": cell.missing, "path": None}
         elif result_file(cell_dir, cell.kind).is_file():
-            outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed", "seconds": 0.0}
+            outcomes[cell.key] = finished_earlier(cell_dir)
         elif (found := reusable(cell, cells_from, test_split)) is not None:
             outcomes[cell.key] = {"status": "done", "path": str(found), "source": "reused", "seconds": 0.0}
         else:
@@ -284,8 +290,7 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
                                 add_seconds(out_dir / "timings.json", cell.key, outcome["seconds"])
                         checkpoint.atomic_write_text(record, json.dumps(mine if worker else outcomes, indent=1) + "\n")
                     else:  # another process finished it while this one walked the list
-                        outcomes[cell.key] = {"status": "done", "path": str(cell_dir), "source": "resumed",
-                                              "seconds": 0.0}
+                        outcomes[cell.key] = finished_earlier(cell_dir)
                     finished += 1
                     done_cost += cell.cost
             pending, blocking = later, True
@@ -310,8 +315,7 @@ def _crafted_from(cell: Cell, outcomes: dict, out_dir: Path) -> Path | None:
         with cell_lock(out_dir, cell.crafted):
             crafted_dir = out_dir / "cells" / cell.crafted
             if result_file(crafted_dir, "attack").is_file():
-                outcomes[cell.crafted] = {"status": "done", "path": str(crafted_dir), "source": "resumed",
-                                          "seconds": 0.0}
+                outcomes[cell.crafted] = finished_earlier(crafted_dir)
     if (outcomes.get(cell.crafted) or {}).get("status") != "done":
         return None
     return Path(outcomes[cell.crafted]["path"])

@@ -52,8 +52,8 @@ def cmd_reproduce(args) -> int:
                      command=" ".join(["rcenp"] + sys.argv[1:]), datasets=args.datasets, plan_only=args.plan,
                      jobs=args.jobs)
     if "worker" in done:  # a --jobs worker: its console goes to OUT/workers/K.log
-        computed = sum(o.get("source") == "computed" for o in done["outcomes"].values())
-        print(f"worker {done['worker']}: done ({plural(computed, 'cell', 'cells')} computed here)")
+        here = sum(o.get("seconds", 0.0) > 0 for o in done["outcomes"].values())  # the others: found finished
+        print(f"worker {done['worker']}: done ({plural(here, 'cell', 'cells')} worked on here)")
     else:
         print("\n".join(done["plan"]) if args.plan else result_line(done))
     return 0
