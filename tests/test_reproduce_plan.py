@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rcenp.reproduce import budgets, cells, lineup, reuse
+from rcenp.reproduce import budgets, cells, costs, lineup, reuse, runner
 from tests.reproduce_fakes import fake_published
 
 
@@ -119,7 +119,7 @@ def test_published_cells_are_reused_in_place(tmp_path, monkeypatch):
     from rcenp.attacks import run as attack_run
 
     monkeypatch.setattr(attack_run, "run_attack", must_not_run)
-    outcomes = cells.run_cells(planned[:1], tmp_path / "out", cells_from=[tmp_path / "published"],
+    outcomes = runner.run_cells(planned[:1], tmp_path / "out", cells_from=[tmp_path / "published"],
                                stream=open(os.devnull, "w"))
     assert outcomes[planned[0].key] == {"status": "done", "path": str(same), "source": "reused", "seconds": 0.0}
 
@@ -153,7 +153,7 @@ def test_the_plan_lists_the_work_and_computes_writes_and_moves_nothing(tmp_path,
         assert main(["reproduce", "--budget", "cpu", "--out", str(tmp_path / "out"), "--plan"] + extra) == 2
         assert "smoke" in capsys.readouterr().err
     total = int(next(line for line in lines if line.startswith("to compute: ")).split()[4].replace(",", ""))
-    assert total == round(sum(cells.cell_cost(c) for c in cells.plan(cpu, ["fig2"])
+    assert total == round(sum(costs.cell_cost(c) for c in cells.plan(cpu, ["fig2"])
                               if c.dataset == "mnist" and c.model is not None and c.key != planned[0].key))
 
 
@@ -187,7 +187,7 @@ def test_transfer_cell_runs_on_the_target_with_the_substitute(tmp_path, monkeypa
                       "ce", 2, attack="cw-wb", options=options, substitute="mnist-resnet32-rce", batch_size=2)
     monkeypatch.delenv("RCENP_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no data in the per-user cache either
-    outcome = cells.run_cell(cell, tmp_path / cell.key, stream=open(os.devnull, "w"))
+    outcome = runner.run_cell(cell, tmp_path / cell.key, stream=open(os.devnull, "w"))
     assert outcome["status"] == "done"
     summary = json.loads((tmp_path / cell.key / "summary.json").read_text())
     assert summary["settings"]["data"]["n"] == 1000 and summary["settings"]["eta"]["rule"].startswith("approximation")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcenp.reproduce import budgets, cells, costs, lineup, report, reuse, run, sanity
+from rcenp.reproduce import budgets, cells, costs, lineup, report, reuse, run, runner, sanity
 from rcenp.reproduce.results import Results
 from tests.reproduce_fakes import DEVNULL, fake_published, fake_run_attack, smoke_cell, unavailable
 
@@ -31,7 +31,7 @@ def test_a_cell_that_run_attack_refuses_is_not_available_and_the_run_goes_on(tmp
         raise CheckpointError("mnist-resnet32-ce: detector fitted for other weights")
 
     monkeypatch.setattr(attack_run, "run_attack", refuse)
-    outcomes = cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    outcomes = runner.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
     assert calls == ["fgsm", "bim"]
     assert outcomes[fgsm.key]["status"] == outcomes[bim.key]["status"] == "not available"
     assert outcomes[fgsm.key]["reason"] == \
@@ -44,7 +44,7 @@ def test_a_cell_that_run_attack_refuses_is_not_available_and_the_run_goes_on(tmp
                                                                                      "mnist-resnet32-rce"),
                           substitute="mnist-resnet32-rce", batch_size=2)
     monkeypatch.setattr(lineup, "has_detector", lambda name: name != "mnist-resnet32-rce")
-    outcome = cells.run_cell(transfer, tmp_path / transfer.key, stream=DEVNULL)
+    outcome = runner.run_cell(transfer, tmp_path / transfer.key, stream=DEVNULL)
     assert outcome["status"] == "not available" and calls == ["fgsm", "bim"]
     assert outcome["reason"].startswith("not available: substitute mnist-resnet32-rce has no fitted K-density detector")
 
@@ -61,7 +61,7 @@ def test_a_finished_cell_computed_with_other_settings_is_set_aside_and_recompute
     fake_published(root, bim, batch_size=bim.batch_size, detector=detector_identity(bim.model))
     calls = []
     monkeypatch.setattr(attack_run, "run_attack", fake_run_attack(calls))
-    outcomes = cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    outcomes = runner.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
     assert calls == [root / fgsm.key]
     assert outcomes[fgsm.key]["source"] == "computed" and outcomes[bim.key]["source"] == "resumed"
     aside = root / "mnist-resnet32-ce" / "fgsm-0.08.stale-1"
@@ -71,9 +71,9 @@ def test_a_finished_cell_computed_with_other_settings_is_set_aside_and_recompute
     refit = dict(detector_identity(fgsm.model), threshold=1e9)
     run_file = root / fgsm.key / "run.json"
     run_file.write_text(json.dumps(dict(json.loads(run_file.read_text()), detector=refit)))
-    cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
+    runner.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)
     assert calls == [root / fgsm.key] * 2 and (root / "mnist-resnet32-ce" / "fgsm-0.08.stale-2").is_dir()
-    assert cells.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)[fgsm.key]["source"] == "resumed"
+    assert runner.run_cells([fgsm, bim], tmp_path / "out", stream=DEVNULL)[fgsm.key]["source"] == "resumed"
     assert len(calls) == 2
 
 
@@ -110,9 +110,9 @@ def test_timings_are_written_after_every_cell(tmp_path, monkeypatch):
         time.sleep(0.01)
         return {"status": "done", "path": str(cell_dir), "source": "computed"}
 
-    monkeypatch.setattr(cells, "run_cell", run_cell)
+    monkeypatch.setattr(runner, "run_cell", run_cell)
     with pytest.raises(KeyboardInterrupt):
-        cells.run_cells([fgsm, bim], tmp_path, stream=DEVNULL)
+        runner.run_cells([fgsm, bim], tmp_path, stream=DEVNULL)
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert set(timings) == {fgsm.key} and timings[fgsm.key] >= 0.01
     assert run._part_seconds(tmp_path, [fgsm, bim]) == {"table2": timings[fgsm.key]}
@@ -231,8 +231,8 @@ def test_the_eta_pass_is_costed_once_per_crafting_model_where_its_training_split
         return made
 
     with_train, without = todo(), todo()
-    cells.add_eta_costs(with_train, root)
-    cells.add_eta_costs(without, bare)
+    costs.add_eta_costs(with_train, root)
+    costs.add_eta_costs(without, bare)
     eta = costs.ETA_PASS_PER_IMAGE * 50
     assert [c.cost for c in with_train] == [1.0 + eta, 1.0, 1.0 + eta, 1.0, 1.0]  # CE, then RCE as crafter
     assert [c.cost for c in without] == [1.0] * 5
@@ -280,16 +280,16 @@ def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as
 
     monkeypatch.setattr(attack_run, "run_attack", run_attack)
     monkeypatch.setattr(lineup, "has_detector", lambda name: True)
-    outcomes = cells.run_cells([source, transfer], tmp_path / "a", stream=DEVNULL)
+    outcomes = runner.run_cells([source, transfer], tmp_path / "a", stream=DEVNULL)
     assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", tmp_path / "a" / "cells" / source.key)]
     assert outcomes[transfer.key]["status"] == "done"
     given.clear()  # the source is not finished: the transfer crafts its own
-    outcomes = cells.run_cells([transfer], tmp_path / "b", stream=DEVNULL)
+    outcomes = runner.run_cells([transfer], tmp_path / "b", stream=DEVNULL)
     assert given == [("cw-wb-from-mnist-resnet32-rce", None)]
     given.clear()  # a source that is not the run the transfer would craft: crafting afresh, said once
     refuse.add("mismatch")
     stream = io.StringIO()
-    outcomes = cells.run_cells([source, transfer], tmp_path / "c", stream=stream)
+    outcomes = runner.run_cells([source, transfer], tmp_path / "c", stream=stream)
     assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", tmp_path / "c" / "cells" / source.key),
                      ("cw-wb-from-mnist-resnet32-rce", None)]
     note = outcomes[transfer.key]["note"]
@@ -303,7 +303,7 @@ def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as
                                                 "options": transfer.options, "n": 20, "seed": 0,
                                                 "eta": "exact: training features"}))
     refuse.clear()
-    cells.run_cells([source, transfer], tmp_path / "d", stream=DEVNULL)
+    runner.run_cells([source, transfer], tmp_path / "d", stream=DEVNULL)
     assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", None)] and begun.is_dir()
 
 
@@ -342,7 +342,7 @@ def test_a_later_run_over_other_data_sets_keeps_the_finished_cells_of_the_earlie
         (folder / "result.json").write_text("{}")
     later = cells.plan(fashion, ["table1"])
     assert all(c.skipped for c in later if c.dataset != "fashion-mnist")
-    outcomes = cells.run_cells([c for c in later if c.dataset != "fashion-mnist"], tmp_path, stream=DEVNULL)
+    outcomes = runner.run_cells([c for c in later if c.dataset != "fashion-mnist"], tmp_path, stream=DEVNULL)
     assert {k for k, o in outcomes.items() if o["status"] == "done"} == {c.key for c in done}
     assert all(o["source"] == "resumed" for o in outcomes.values() if o["status"] == "done")
     rest = [o for o in outcomes.values() if o["status"] != "done"]

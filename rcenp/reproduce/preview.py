@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from rcenp.progress import plural
-from rcenp.reproduce.cells import PARTS, read_timings
+from rcenp.reproduce.cells import PARTS
+from rcenp.reproduce.runner import read_timings
 from rcenp.reproduce.costs import SECONDS_PER_UNIT
 from rcenp.reproduce.lineup import DATASET_TITLES, DATASETS
 from rcenp.reproduce.reuse import cells_from_notes, split_identity

@@ -17,7 +17,8 @@ from rcenp.attacks.jobs import stop_with_parent
 from rcenp.backend import default_device, xp_for
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
-from rcenp.reproduce.cells import PARTS, cell_count_line, plan, read_timings, run_cells, sort_out
+from rcenp.reproduce.cells import PARTS, plan
+from rcenp.reproduce.runner import cell_count_line, read_timings, run_cells, sort_out
 from rcenp.reproduce.costs import add_eta_costs
 from rcenp.reproduce.report import write_report
 from rcenp.reproduce.results import Results
