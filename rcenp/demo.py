@@ -42,16 +42,19 @@ def evaluate_model(name, test, device=None) -> dict:
     from rcenp.detect.detector import Detector, detector_stem
     from rcenp.models.registry import load as load_model
     from rcenp.models.registry import resolve
-    from rcenp.train import evaluate
+    from rcenp.train import count_errors, evaluate
 
     model, manifest = load_model(name, device)
-    result = evaluate(model, test.images, test.labels)
+    stem = detector_stem(resolve(name))
+    det = Detector.load(stem, model) if stem.with_suffix(".json").is_file() else None
+    if det is None:
+        result = evaluate(model, test.images, test.labels)
+    else:  # one forward pass: the detector's scores carry the model's predictions
+        labels, scores = det.predict(test.images)
+        result = count_errors(scores["prediction"], test.labels)
     record = {"model": name, "objective": model.objective, "test_error_percent": round(100 * result["test_error"], 3),
               "errors": result["errors"], "n": result["n_test"], "trained_steps": manifest["step"]}
-    stem = detector_stem(resolve(name))
-    if stem.with_suffix(".json").is_file():
-        det = Detector.load(stem, model)
-        labels, scores = det.predict(test.images)
+    if det is not None:
         record["detector"] = {"metric": det.metric, "threshold": det.threshold,
                               "clean_rejected_percent": round(100 * float(np.mean(labels == -1)), 2)}
         record["clean_score_quartiles"] = {k: [round(float(q), 4) for q in np.percentile(scores[k], [25, 50, 75])]

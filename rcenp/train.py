@@ -121,8 +121,12 @@ def build_classifier(config: TrainConfig) -> Classifier:
 
 def evaluate(model: Classifier, images, labels, batch_size=500) -> dict:
     """Test error with the prediction logits (reverse logits for RCE), eval-mode BN."""
-    predictions = as_numpy(model.predict(images, batch_size))
-    errors = int((predictions != np.asarray(labels)).sum())
+    return count_errors(model.predict(images, batch_size), labels)
+
+
+def count_errors(predictions, labels) -> dict:
+    """{"test_error" (a fraction), "n_test", "errors"} of predictions (N,) against labels (N,)."""
+    errors = int((as_numpy(predictions) != np.asarray(labels)).sum())
     return {"test_error": errors / len(labels), "n_test": int(len(labels)), "errors": errors}
 
 

@@ -1,5 +1,6 @@
 """What `rcenp demo` and `rcenp eval` print: tables for people, today's JSON lines with --json."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -87,6 +88,24 @@ def test_demo_on_the_sample_prints_todays_json_and_skips_what_has_no_data(no_dat
     for r, row in zip(records, table.splitlines()[2:]):
         assert row.startswith(r["model"]) and f"{r['errors']} / 1,000" in row
         assert f"{100 * r['errors'] / r['n']:.2f}%" in row and f"{r['detector']['threshold']:.3f}" in row
+
+
+def test_the_demos_one_pass_test_error_equals_evaluates():
+    """With a detector the demo takes the predictions from the detector's scores (one forward pass
+    instead of two): the same errors as ``rcenp.train.evaluate``, on images where they differ."""
+    from rcenp.data import load_sample
+    from rcenp.models import load as load_model
+    from rcenp.train import evaluate
+
+    sample = load_sample()
+    model, _ = load_model("mnist-resnet32-ce", "cpu")
+    wrong = np.flatnonzero(model.predict(sample.images) != sample.labels)
+    index = np.concatenate([wrong, np.arange(200)])  # ~10 of them rejected: NOT SURE is no error
+    test = SimpleNamespace(images=sample.images[index], labels=sample.labels[index])
+    record = demo.evaluate_model("mnist-resnet32-ce", test, "cpu")
+    expected = evaluate(model, test.images, test.labels)
+    assert "detector" in record and record["errors"] == expected["errors"] >= len(wrong) > 0
+    assert record["n"] == len(index) and record["test_error_percent"] == round(100 * expected["test_error"], 3)
 
 
 def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, capsys):
