@@ -1,6 +1,7 @@
 """The per-sample audit of an attack's result (``rcenp attack``'s ``samples.jsonl`` lines): the
-test index and true label, success after 8-bit and 16-bit rounding, and the detector's clean and
-adversarial scores; for black-box transfer, the records as the target model sees them."""
+test index and true label, success after 8-bit and 16-bit rounding (by the attack's own test,
+``AttackResult.criterion``), and the detector's clean and adversarial scores; for black-box
+transfer, the records as the target model sees them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,9 +64,13 @@ def sample_record(index: int, true_label: int, record: dict) -> dict:
     return out
 
 
-def _success(result: AttackResult, prediction, records=None) -> np.ndarray:
-    """The attack's success criterion on ``prediction``; with transfer ``records``, the target's:
-    misclassified (the true label is in the records)."""
+def _success(model, result: AttackResult, images, records=None) -> np.ndarray:
+    """The attack's success test on ``images`` (other images of the same samples): its own
+    ``criterion`` where it has one (C&W's κ margin, C&W-wb's f₂), else the argmax test; with
+    transfer ``records``, the target's: misclassified (the true label is in the records)."""
+    if records is None and result.criterion is not None:
+        return np.asarray(result.criterion(images), bool)
+    prediction = as_numpy(model.predict(images))
     if records is not None:
         return prediction != np.array([r["true_label"] for r in records])
     targeted = result.target >= 0
@@ -74,16 +79,16 @@ def _success(result: AttackResult, prediction, records=None) -> np.ndarray:
 
 def _extras(model, detector, clean, result: AttackResult, records, png_dir, index, transfer: bool = False) -> None:
     """Add to each record: success after 8-bit (and 16-bit PNG) rounding and the detector's scores."""
-    rounded = quantize(result.adversarial, 256)
     criterion = records if transfer else None
-    success_8bit = _success(result, as_numpy(model.predict(rounded)), criterion)
+    dtype = result.adversarial.dtype  # the model's: a float64 model reads the 8-bit image as float64
+    success_8bit = _success(model, result, quantize(result.adversarial, 256).astype(dtype), criterion)
     if png_dir is not None:
         from rcenp.data.images import write_png16
 
         Path(png_dir).mkdir(parents=True, exist_ok=True)
         for i, image in zip(index, result.adversarial):
             write_png16(Path(png_dir) / f"{int(i):05d}.png", image)
-        success_16bit = _success(result, as_numpy(model.predict(quantize(result.adversarial, 65536))), criterion)
+        success_16bit = _success(model, result, quantize(result.adversarial, 65536).astype(dtype), criterion)
     for j, record in enumerate(records):
         record["success_8bit"] = bool(success_8bit[j])
         if png_dir is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Callable
 
 import numpy as np
 
@@ -66,6 +67,9 @@ class AttackResult:
 
     ``attack`` and ``params`` name the attack and its settings; ``details``, when given, holds one
     JSON-ready dict per sample with attack-specific audit entries (C&W's c trajectory, ...).
+    ``criterion``, when given, applies the attack's own success test to other images of the same
+    samples (images (N, C, H, W) → (N,) bool), so that success after 8-bit rounding means what
+    ``success`` means (C&W: the κ margin; C&W-wb: also f₂ ≤ 0); None: the argmax test above.
     """
 
     adversarial: np.ndarray
@@ -84,6 +88,7 @@ class AttackResult:
     attack: str = ""
     params: dict = dataclasses.field(default_factory=dict)
     details: list | None = None
+    criterion: Callable | None = dataclasses.field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.success)
@@ -133,9 +138,19 @@ class AttackResult:
                 raise ValueError(f"cannot concatenate results of different attacks or settings: "
                                  f"{parts[0].attack!r} {parts[0].params} and {part.attack!r} {part.params}")
         arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                  for f in dataclasses.fields(cls) if f.name not in ("attack", "params", "details")}
+                  for f in dataclasses.fields(cls) if f.name not in ("attack", "params", "details", "criterion")}
         details = None if parts[0].details is None else [d for p in parts for d in p.details]
-        return cls(**arrays, attack=parts[0].attack, params=parts[0].params, details=details)
+        criterion = _joined_criterion(parts) if all(p.criterion is not None for p in parts) else None
+        return cls(**arrays, attack=parts[0].attack, params=parts[0].params, details=details, criterion=criterion)
+
+
+def _joined_criterion(parts):
+    """One ``criterion`` for concatenated ``parts``: each part's test on its own samples."""
+    bounds = np.cumsum([0] + [len(p) for p in parts])
+
+    def criterion(images):
+        return np.concatenate([p.criterion(images[lo:hi]) for p, lo, hi in zip(parts, bounds, bounds[1:])])
+    return criterion
 
 
 def _same(a, b) -> bool:

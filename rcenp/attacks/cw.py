@@ -125,7 +125,9 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
               "targets": target_rule}
     run = optimise(model, x, x, targets if targeted else labels, targeted=targeted,
                    abort_early=bool(abort_early), progress=progress, snapshot=snapshot, **settings)
-    return assemble(model, x, run, labels, targets, clean_prediction, "cw_l2", params, batch_size)
+    result = assemble(model, x, run, labels, targets, clean_prediction, "cw_l2", params, batch_size)
+    result.criterion = margin_test(model, targets if targeted else labels, targeted, settings["kappa"], batch_size)
+    return result
 
 
 # ---- arguments ------------------------------------------------------------------------------------
@@ -370,6 +372,14 @@ def margins(model, images, classes, targeted, batch_size):
     masked[idx, classes] = -np.inf
     margin = z[idx, classes] - masked.max(axis=1)
     return z.argmax(axis=1), (margin if targeted else -margin)
+
+
+def margin_test(model, classes, targeted, kappa, batch_size):
+    """C&W's success test for other images of the same samples (``AttackResult.criterion``):
+    images (N, C, H, W) → (N,) bool, margin > κ by ``margins`` (a fresh forward pass)."""
+    def test(images):
+        return margins(model, images, classes, targeted, batch_size)[1] > kappa
+    return test
 
 
 def assemble(model, clean, run, labels, targets, clean_prediction, attack, params, batch_size,

@@ -75,14 +75,14 @@ import warnings
 import numpy as np
 from scipy.special import logsumexp
 
-from rcenp.attacks.cw import assemble, check_settings, choose_targets, optimise
+from rcenp.attacks.cw import assemble, check_settings, choose_targets, margin_test, optimise
 from rcenp.attacks.cw_loss import Density
 from rcenp.attacks.core import in_eval_mode
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
 from rcenp.checks import check_labels, check_steps
 from rcenp.detect.kde import log_kernel_density
-from rcenp.nn.module import check_images
+from rcenp.nn.module import check_images, eval_mode
 
 STAGE1 = {"kappa": 5.0, "initial_const": 10.0, "binary_steps": 3, "max_iterations": 5000}
 STAGE2 = {"kappa": 5.0, "initial_const": 100.0, "binary_steps": 9, "max_iterations": 10000}
@@ -177,6 +177,13 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     result.iterations = result.iterations + np.array([sum(e["stage1"]["step_iterations"]) for e in extra], np.int64)
     result.stop_reason = np.where(second["success"], "success",
                                   np.where(second["fallback"], "f2 > 0", "no success")).astype(str)
+    past_margin = margin_test(model, targets, True, second_settings["kappa"], batch_size)
+
+    def criterion(images):  # target with margin κ and f₂ ≤ 0, on the attacker's density
+        with eval_mode(model):
+            f2 = -density_of(model, images, density, targets, batch_size) - eta[targets]
+        return past_margin(images) & (f2 <= 0)
+    result.criterion = criterion
     return result
 
 
