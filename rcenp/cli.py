@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from rcenp import __version__
-from rcenp.argtypes import count, integer, positive
+from rcenp.argtypes import count, integer, nonnegative, positive
 from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule-scale", type=positive(), default=1.0, metavar="F",
                    help="an Fx schedule: the paper/subset preset's steps and lr boundaries times F (default 1; "
                         "the CIFAR-10-subset runs in scripts/runs.py use 2)")
-    t.add_argument("--seed", type=integer, default=0,
+    t.add_argument("--seed", type=nonnegative(integer), default=0,
                    help="seeds the initial weights, the batch order and the augmentation (default 0)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     t.add_argument("--checkpoint-every", type=count, metavar="STEPS",

@@ -88,11 +88,15 @@ def test_the_target_as_its_own_substitute_crafts_the_white_box_images(runs, tmp_
         assert w["adversarial_log_kd"] == s["adversarial_log_kd"]
 
 
-@pytest.mark.parametrize("substitute, message", [("CIFAR", "one data set"), ("no-such-model", "neither a run directory")])
+@pytest.mark.parametrize("substitute, message", [("CIFAR", "one data set"), ("no-such-model", "neither a run directory"),
+                                                 ("TARGET", "is the attacked model itself")])
 def test_a_bad_substitute_is_one_error_line(runs, tmp_path, capsys, substitute, message):
+    """(The library takes the target as its own substitute, above; the command says it is no transfer.)"""
     from rcenp.train import TrainConfig, save_checkpoint
 
     target, _, root = runs
+    if substitute == "TARGET":
+        substitute = target
     if substitute == "CIFAR":
         substitute = tmp_path / "cifar"
         save_checkpoint(substitute, Classifier(resnet(8, 3, seed=1), "ce").eval(), None,
@@ -176,7 +180,9 @@ def test_crafted_images_from_another_run_are_refused(runs, white_box, tmp_path, 
     assert not (tmp_path / "lib").exists()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not" in err[0] and "own cw-wb run of these settings" in err[0]
+    # (the command refuses the target as its own substitute before it reads the crafted run)
+    expected = "is the attacked model itself" if change.get("target_as_substitute") else "own cw-wb run of these settings"
+    assert len(err) == 1 and "not" in err[0] and expected in err[0]
     assert not (tmp_path / "x").exists()
 
 

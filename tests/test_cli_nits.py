@@ -285,6 +285,11 @@ def test_an_invalid_choice_gets_a_did_you_mean(capsys, argv, suggestion):
     (["detect", "m", "--fit", "--per-class", "-1"], "argument --per-class: must be >= 0, got -1"),
     (["detect", "m", "--fit", "--kernel-from", "0"], "argument --kernel-from: must be positive, got 0"),
     (["detect", "m", "--fit", "--seed", "s"], "argument --seed: not an integer: 's'"),
+    # a negative seed, which NumPy's generators refuse, and which once left an attack's folder behind
+    (["attack", "m", "--attack", "cw", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["train", "--dataset", "mnist", "--objective", "ce", "--out", "x", "--seed", "-1"],
+     "argument --seed: must be >= 0, got -1"),
+    (["detect", "m", "--fit", "--seed", "-2"], "argument --seed: must be >= 0, got -2"),
     (["detect", "m", "--fit", "--fpr", "abc"], "argument --fpr: not a number: 'abc'"),
 ])
 def test_a_bad_value_names_no_python_function(capsys, argv, expected):

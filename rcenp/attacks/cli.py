@@ -52,7 +52,7 @@ def add_parser(sub) -> None:
                    help="JSMA: iteration cap (pang2018 default 100); C&W: iterations per binary step (default "
                    "10,000; cw-wb: of stage 2)")
     c = a.add_argument_group("C&W (cw = C&W-L2, cw-hc = kappa 10, cw-wb = also against the K-density detector)")
-    c.add_argument("--kappa", type=nonnegative(real), help="margin in logits (cw 0, cw-hc 10, cw-wb 5)")
+    c.add_argument("--kappa", type=nonnegative(real), help="margin in logits (cw 0, cw-hc 10; cw-wb: of stage 2, 5, while stage 1 keeps 5)")
     c.add_argument("--initial-const", type=positive(real), help="first c (cw, cw-hc: 1.0; cw-wb stage 2: 100)")
     c.add_argument("--binary-steps", type=count, help="binary-search steps on c (default 9; cw-wb: of stage 2)")
     c.add_argument("--learning-rate", type=positive(real), default=0.01, help="Adam step size (default 0.01)")
@@ -74,7 +74,7 @@ def add_parser(sub) -> None:
                    "of this attack and these settings (its white-box run, the same images), instead of crafting "
                    "them again; refused when DIR is another run")
     a.add_argument("--n", type=count, default=1000, help="attack the first N test images (default 1000)")
-    a.add_argument("--seed", type=integer, default=0,
+    a.add_argument("--seed", type=nonnegative(integer), default=0,
                    help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
     a.add_argument("--batch-size", type=count, default=100,
                    help="images per checkpointed batch (default 100)")
@@ -174,6 +174,9 @@ def cmd_attack(args) -> int:
     for model in (args.model, args.substitute):  # an unknown model is the news, before what the options lack
         if model is not None:
             resolve(model)
+    if args.substitute is not None and resolve(args.substitute) == resolve(args.model):
+        raise ValueError(f"--substitute {args.substitute} is the attacked model itself: a transfer crafts on another "
+                         f"model (leave --substitute out for the white-box attack)")
     if args.attack in EPS_ATTACKS and args.eps is None:
         raise ValueError(f"--attack {args.attack} needs --eps")
     check_options(args)

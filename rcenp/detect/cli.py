@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
     d.add_argument("--kernel-from", type=count,
                    help="kernel points come from the first N training images (default: all of them with "
                    "--calibrate-on test, 50,000 with --calibrate-on train)")
-    d.add_argument("--seed", type=integer,
+    d.add_argument("--seed", type=nonnegative(integer),
                    help="--fit: seeds the choice of kernel points per class and the random half of the test "
                    "split that calibrates T (default 0)")
     d.add_argument("--data-dir", help=f"data root for --fit ({DATA_DIR_DEFAULT})")
