@@ -276,3 +276,30 @@ def test_cw_wb_needs_a_fitted_detector_of_the_same_objective():
         attacks.cw_wb(model, box_images(17, 2), Detector(model))
     with pytest.raises(ValueError, match="fitted for a RCE"):
         attacks.cw_wb(model, box_images(17, 2), fitted_detector(feature_model("rce", 8)))
+
+
+def test_eta_is_kept_for_the_same_inputs_and_computed_again_for_others(monkeypatch):
+    """`rcenp attack` asks for η once per batch: the last one is kept, keyed by every input."""
+    import importlib
+
+    module = importlib.import_module("rcenp.attacks.cw_wb")  # (rcenp.attacks.cw_wb is the function)
+    model = feature_model("ce", 6)
+    detector = fitted_detector(model, 6)
+    calls = []
+    reference = module.neg_log_kd_reference
+    monkeypatch.setattr(module, "neg_log_kd_reference", lambda *a, **k: calls.append(1) or reference(*a, **k))
+    module._LAST_ETA.clear()
+    points, eta = attack_kernel(detector, model, "detector", 5, 3)
+    computed = len(calls)
+    again = attack_kernel(detector, model, "detector", 5, 3)
+    assert len(calls) == computed == 4                     # one pass per class, and none the second time
+    np.testing.assert_array_equal(again[1], eta)
+    again[1][0] = 99.0                                     # the caller's copy, not the kept one
+    np.testing.assert_array_equal(attack_kernel(detector, model, "detector", 5, 3)[1], eta)
+    attack_kernel(detector, model, "attacker", 5, 3)       # other points: computed again
+    assert len(calls) == 8
+    detector.kernel_points[0, 0] += 0.5                    # the same detector, its points changed in place
+    changed = attack_kernel(detector, model, "detector", 5, 3)[1]
+    assert len(calls) == 12 and changed[0] != eta[0]
+    module._LAST_ETA.clear()
+    np.testing.assert_array_equal(attack_kernel(detector, model, "detector", 5, 3)[1], changed)
