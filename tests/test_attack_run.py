@@ -256,3 +256,8 @@ def test_cw_reports_progress_within_a_batch(setup, tmp_path, monkeypatch):
     run_attack(run, "cw", tmp_path / "cw", {"binary_steps": 1, "max_iterations": 3}, n=4, batch_size=4, data_dir=root)
     log = (tmp_path / "cw" / "attack.log").read_text()
     assert "batch 1/1: C&W: 0/4 images finished; 4 in work, binary step 1-1 of 1, iteration up to 0 of 3" in log
+    summary = json.loads((tmp_path / "cw" / "summary.json").read_text())
+    assert summary["settings"]["options"] == {"binary_steps": 1, "max_iterations": 3}   # as asked
+    effective = summary["effective_options"]                                             # and what ran
+    assert effective["kappa"] == 0.0 and effective["initial_const"] == 1.0 and effective["binary_steps"] == 1
+    assert effective["targets"] == "random" and effective["learning_rate"] == 0.01

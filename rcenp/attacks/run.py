@@ -7,8 +7,9 @@ Files in ``out_dir`` (each written through a temporary file and a rename):
 - ``adversarial.npz``: ``clean`` and ``adversarial`` images (N, C, H, W) float32, ``labels``
   (true), ``indices`` (positions in the test split);
 - ``samples.jsonl``: one line per image (``rcenp.attacks.audit.sample_record``);
-- ``summary.json``: settings, counts, rates, distortions, detection figures when the model has a
-  fitted detector, throughput, software versions and the data's identity;
+- ``summary.json``: settings (as asked) and ``effective_options`` (every option of the attack,
+  defaults filled in: C&W's κ and c₀ too), counts, rates, distortions, detection figures when the
+  model has a fitted detector, throughput, software versions and the data's identity;
 - ``run.json`` (what was asked, the detector's identity included, checked on ``resume``),
   ``attack.log`` (progress), and while the run is under way ``partial/batch-NNNNN.{npz,jsonl,
   code.json}`` per finished batch (the code that computed it: ``rcenp.attacks.runfiles``) and,
@@ -343,7 +344,8 @@ def _assemble(out_dir, partial, batches, batch_size, test, model, detector, aske
     from rcenp.attacks.summary import summarize
 
     summary = summarize(records, detector)
-    summary.update(settings=asked, test_set=test.describe(), software=_software(model),
+    summary.update(settings=asked, effective_options=runfiles.effective_options(asked["attack"], asked["options"]),
+                   test_set=test.describe(), software=_software(model),
                    code=runfiles.summary_code(code_groups), code_by_batch=code_groups)
     return summary
 

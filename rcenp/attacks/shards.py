@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.attacks.runfiles import comparable, differing, merge_code_groups, summary_code, summary_code_groups
+from rcenp.attacks.runfiles import (comparable, differing, effective_options, merge_code_groups, summary_code,
+                                    summary_code_groups)
 
 
 def finished_shards(asked: dict, shard_dirs) -> list[Path]:
@@ -80,7 +81,8 @@ def merge_shards(asked: dict, shard_dirs, out_dir: Path, detector, claim) -> dic
     attack_seconds = sum(t["attack_seconds_this_run"] for t in timing)
     images = sum(t["images_this_run"] for t in timing)
     code_groups = merge_code_groups([group for s in shards for group in summary_code_groups(s)])
-    summary.update(settings=asked, test_set=shards[0]["test_set"], software=shards[0]["software"],
+    summary.update(settings=asked, effective_options=effective_options(asked["attack"], asked["options"]),
+                   test_set=shards[0]["test_set"], software=shards[0]["software"],
                    code=summary_code(code_groups), code_by_batch=code_groups,
                    timing={"seconds_this_run": sum(t["seconds_this_run"] for t in timing),
                            "attack_seconds_this_run": attack_seconds, "images_this_run": images,
