@@ -32,7 +32,9 @@ detector), and every audited figure is the target's (``model_ref``): its predict
 detector's scores and AUCs. A sample "succeeds" when the target misclassifies it (the paper's
 transfer criterion); the substitute's own outcome is kept per sample (``substitute_success``,
 ``substitute_prediction``, ``substitute_clean_prediction``), and ``target_hit`` says whether the
-target predicts the attack's target class. ``summary.json`` gains a ``transfer`` block. With
+target predicts the attack's target class. The attack's own per-sample entries (C&W's c, steps,
+``stop_reason``, ``final_margin``; C&W-wb's ``f2``, ``neg_log_kd``, ``eta_t``) stay the
+substitute's, as the attack computed them. ``summary.json`` gains a ``transfer`` block. With
 ``crafted=DIR``, the substitute's own finished run of the same attack and settings, its x* are
 taken instead of crafted again (``rcenp.attacks.transfer``).
 """
