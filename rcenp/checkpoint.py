@@ -85,6 +85,11 @@ def atomic_write_text(path, text: str) -> None:
     _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
 
 
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write bytes to ``path`` through a temporary file and a rename."""
+    _atomic_write(Path(path), lambda fh: fh.write(data))
+
+
 def atomic_write_npz(path, **arrays) -> None:
     """Write arrays to an uncompressed ``.npz`` at ``path`` through a temporary file and a rename."""
     _atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
