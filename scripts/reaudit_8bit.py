@@ -38,11 +38,9 @@ from rcenp.attacks.summary import ROUNDED_TEST  # noqa: E402
 
 def criterion(run_dir: Path, summary: dict, records: list[dict], data_dir=None):
     """The run's success test for images of its samples (``AttackResult.criterion``)."""
-    from rcenp.attacks.cw_loss import Density
-    from rcenp.attacks.cw_wb import attack_kernel, density_of
+    from rcenp.attacks.cw_wb import attack_density, attack_kernel, success_test
     from rcenp.attacks.run import fitted_detector
     from rcenp.attacks.wb_features import eta_training_split, training_features
-    from rcenp.backend import to_device
     from rcenp.models.registry import load
 
     settings = summary["settings"]
@@ -67,15 +65,7 @@ def criterion(run_dir: Path, summary: dict, records: list[dict], data_dir=None):
     if not np.array_equal(eta[targets], recorded):
         raise SystemExit(f"{run_dir}: the rebuilt η_t differ from the recorded ones (max |Δ| "
                          f"{np.abs(eta[targets] - recorded).max():.3g}): not the run's density")
-    dtype = model.network.parameters()[0].data.dtype
-    density = Density(to_device(points.astype(dtype), model.device), detector.sigma2,
-                      to_device(eta.astype(dtype), model.device))
-    past_margin = margin_test(model, targets, True, kappa, 100)
-
-    def test(images):
-        f2 = -density_of(model, images, density, targets, 100) - eta[targets]
-        return past_margin(images) & (f2 <= 0)
-    return test
+    return success_test(model, attack_density(model, points, detector.sigma2, eta), eta, targets, kappa, 100)
 
 
 def reaudit(run_dir: Path, data_dir=None, dry_run: bool = False) -> str:

@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
                    help="JSMA: iteration cap (pang2018 default 100); C&W: iterations per binary step (default "
                    "10,000; cw-wb: of stage 2)")
     c = a.add_argument_group("C&W (cw = C&W-L2, cw-hc = kappa 10, cw-wb = also against the K-density detector)")
-    c.add_argument("--kappa", type=nonnegative(real), help="margin in logits (cw 0, cw-hc 10; cw-wb: of stage 2, 5, while stage 1 keeps 5)")
+    c.add_argument("--kappa", type=nonnegative(real),
+                   help="margin in logits (cw 0, cw-hc 10; cw-wb: of stage 2, 5, while stage 1 keeps 5)")
     c.add_argument("--initial-const", type=positive(real), help="first c (cw, cw-hc: 1.0; cw-wb stage 2: 100)")
     c.add_argument("--binary-steps", type=count, help="binary-search steps on c (default 9; cw-wb: of stage 2)")
     c.add_argument("--learning-rate", type=positive(real), default=0.01, help="Adam step size (default 0.01)")

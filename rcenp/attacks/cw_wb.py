@@ -145,12 +145,10 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     labels, targets, clean_prediction, label_rule, target_rule = choose_targets(
         model, x, targets, labels, seed, batch_size)
 
-    dtype = model.network.parameters()[0].data.dtype
     first = optimise(model, x, x, targets, targeted=True, progress=progress, label="C&W-wb stage 1",
                      snapshot=None if snapshot is None else snapshot.part("stage1"), **first_settings)
     start = first["adversarial"]
-    density = Density(to_device(points.astype(dtype), model.device), detector.sigma2,
-                      to_device(eta.astype(dtype), model.device))
+    density = attack_density(model, points, detector.sigma2, eta)
     second = optimise(model, start, x if anchor == "clean" else start, targets, targeted=True, density=density,
                       progress=progress, label="C&W-wb stage 2",
                       snapshot=None if snapshot is None else snapshot.part("stage2"), **second_settings)
@@ -178,14 +176,28 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     result.iterations = result.iterations + np.array([sum(e["stage1"]["step_iterations"]) for e in extra], np.int64)
     result.stop_reason = np.where(second["success"], "success",
                                   np.where(second["fallback"], "f2 > 0", "no success")).astype(str)
-    past_margin = margin_test(model, targets, True, second_settings["kappa"], batch_size)
+    result.criterion = success_test(model, density, eta, targets, second_settings["kappa"], batch_size)
+    return result
 
-    def criterion(images):  # target with margin κ and f₂ ≤ 0, on the attacker's density
+
+def attack_density(model, points, sigma2, eta) -> Density:
+    """The attacker's density on the model's device and in its dtype: kernel points (L, m, D), σ²
+    and η (L,) as ``attack_kernel`` gives them."""
+    dtype = model.network.parameters()[0].data.dtype
+    return Density(to_device(points.astype(dtype), model.device), sigma2, to_device(eta.astype(dtype), model.device))
+
+
+def success_test(model, density: Density, eta, targets, kappa, batch_size):
+    """C&W-wb's success test for other images of the same samples (``AttackResult.criterion``):
+    images (N, C, H, W) → (N,) bool, classified as ``targets`` (N,) with margin > κ and
+    f₂ = −log KD_t − η_t ≤ 0 under the attacker's ``density`` and ``eta`` (L,) float64, nats."""
+    past_margin = margin_test(model, targets, True, kappa, batch_size)
+
+    def test(images):
         with eval_mode(model):
             f2 = -density_of(model, images, density, targets, batch_size) - eta[targets]
         return past_margin(images) & (f2 <= 0)
-    result.criterion = criterion
-    return result
+    return test
 
 
 def eta_source(kernel: str, exact: bool) -> str:
