@@ -2,6 +2,7 @@
 which the audit applies after 8-bit rounding, so that ``success_8bit`` means what ``success``
 means (C&W: the κ margin, not the argmax alone; C&W-wb: also f₂ ≤ 0)."""
 import numpy as np
+import pytest
 
 from rcenp import attacks
 from rcenp.attacks.audit import attack_and_audit, quantize
@@ -9,7 +10,7 @@ from rcenp.attacks.core import AttackResult
 from rcenp.attacks.cw_wb import attack_kernel
 from rcenp.detect.kde import log_kernel_density_reference
 from tests.test_attacks_cw import box_images, linear_model
-from tests.test_attacks_cw_wb import feature_model, fitted_detector
+from tests.test_attacks_cw_wb import end_to_end_case
 
 KAPPA = 1.0
 
@@ -60,13 +61,9 @@ def test_success_8bit_uses_the_attacks_criterion():
     assert (argmax & (margin <= KAPPA)).any(), "no sample tells the two tests apart: make the case harder"
 
 
+@pytest.mark.filterwarnings("ignore::rcenp.attacks.EtaApproximationWarning")   # the approximation on purpose
 def test_cw_wb_criterion_also_needs_f2_at_most_zero():
-    model = feature_model("ce", 6)
-    detector = fitted_detector(model, 6)
-    x = box_images(15, 4)
-    stages = dict(stage1=dict(kappa=0.5, binary_steps=2, max_iterations=30),
-                  stage2=dict(kappa=0.5, initial_const=1.0, binary_steps=3, max_iterations=30))
-    result = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=3, **stages)
+    model, detector, x, result = end_to_end_case()
     points, eta = attack_kernel(detector, model, "attacker", 5, 3)
     joined = AttackResult.concatenate([result] * 50)   # the 4 samples' targets, 50 times
     targets = np.tile(result.target, 50)

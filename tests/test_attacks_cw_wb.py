@@ -208,14 +208,23 @@ def test_cw_wb_without_training_features_warns_of_the_approximate_eta():
     assert exact.params["eta_exact"] is True
 
 
-@pytest.mark.filterwarnings("ignore::rcenp.attacks.EtaApproximationWarning")   # the approximation on purpose
-def test_cw_wb_end_to_end():
+STAGES = dict(stage1=dict(kappa=0.5, binary_steps=2, max_iterations=30),
+              stage2=dict(kappa=0.5, initial_const=1.0, binary_steps=3, max_iterations=30))
+
+
+def end_to_end_case():
+    """(model, detector, x (4 images), C&W-wb's result on them: attacker kernel of 5 points, seed 3)."""
     model = feature_model("ce", 6)
     detector = fitted_detector(model, 6)
     x = box_images(15, 4)
-    stages = dict(stage1=dict(kappa=0.5, binary_steps=2, max_iterations=30),
-                  stage2=dict(kappa=0.5, initial_const=1.0, binary_steps=3, max_iterations=30))
-    result = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=3, **stages)
+    result = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=3, **STAGES)
+    return model, detector, x, result
+
+
+@pytest.mark.filterwarnings("ignore::rcenp.attacks.EtaApproximationWarning")   # the approximation on purpose
+def test_cw_wb_end_to_end():
+    model, detector, x, result = end_to_end_case()
+    stages = STAGES
     model.train()
     again = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=2, **stages)
     assert all(m.training for m in model.modules())   # the caller's mode is given back
