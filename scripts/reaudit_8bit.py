@@ -6,13 +6,12 @@ alone, so a C&W-hc image rounded below its margin, or a C&W-wb fallback with f�
 
     RCENP_DATA=../shared/data python scripts/reaudit_8bit.py results/cw-9x1000/*/cw-hc results/cw/*/*
 
-For each run folder (a finished ``rcenp attack`` run: summary.json, samples.jsonl,
-adversarial.npz; a published copy's samples.jsonl.gz too) it rebuilds the test from the run's own settings (``effective_options``), reads
-back the adversarial images, rounds them as the audit does (``rcenp.attacks.audit.quantize``),
-and rewrites the changed ``success_8bit`` fields, ``counts.success_8bit`` and
-``success_rate_8bit`` through temporary files and renames, and marks the summary with
-``success_8bit_test``; nothing else in the files changes.
-C&W-wb's attacker density is rebuilt from the run's detector, kernel, attacker points and seed
+For each run folder (a finished ``rcenp attack`` run: summary.json, samples.jsonl or a published
+copy's samples.jsonl.gz, adversarial.npz) it rebuilds the test from the run's own settings
+(``effective_options``), reads back the adversarial images, rounds them as the audit does
+(``rcenp.attacks.audit.quantize``), rewrites the changed ``success_8bit`` fields,
+``counts.success_8bit`` and ``success_rate_8bit`` through temporary files and renames, and marks
+the summary with ``success_8bit_test``; nothing else in the files changes. C&W-wb's attacker density is rebuilt from the run's detector, kernel, attacker points and seed
 with the η the run used (its training features, or the approximation it recorded), and refused
 unless every sample's η_t is the one recorded. Transfer runs (success: the target misclassifies)
 and the other attacks (the argmax is their test) are left as they are. Prints one line per run.
