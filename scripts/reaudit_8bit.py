@@ -11,9 +11,10 @@ copy's samples.jsonl.gz, adversarial.npz) it rebuilds the test from the run's ow
 (``effective_options``), reads back the adversarial images, rounds them as the audit does
 (``rcenp.attacks.audit.quantize``), rewrites the changed ``success_8bit`` fields,
 ``counts.success_8bit`` and ``success_rate_8bit`` through temporary files and renames, and marks
-the summary with ``success_8bit_test``; nothing else in the files changes. C&W-wb's attacker density is rebuilt from the run's detector, kernel, attacker points and seed
-with the η the run used (its training features, or the approximation it recorded), and refused
-unless every sample's η_t is the one recorded. Transfer runs (success: the target misclassifies)
+the summary with ``success_8bit_test``; nothing else in the files changes. C&W-wb's attacker
+density is rebuilt from the run's detector, kernel, attacker points and seed with the η the run
+used (its training features, or the approximation it recorded), and refused unless every
+sample's η_t is the one recorded. Transfer runs (success: the target misclassifies)
 and the other attacks (the argmax is their test) are left as they are. Prints one line per run.
 """
 from __future__ import annotations
