@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rcenp import checkpoint  # noqa: E402
 from rcenp.attacks.audit import quantize  # noqa: E402
-from rcenp.attacks.cw import margin_test  # noqa: E402
+from rcenp.attacks.cw_result import margin_test  # noqa: E402
 from rcenp.attacks.runfiles import effective_options, read_samples  # noqa: E402
 from rcenp.attacks.summary import ROUNDED_TEST  # noqa: E402
 

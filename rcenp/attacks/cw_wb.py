@@ -76,9 +76,10 @@ import warnings
 import numpy as np
 from scipy.special import logsumexp
 
-from rcenp.attacks.cw import assemble, check_settings, choose_targets, margin_test, optimise
-from rcenp.attacks.cw_loss import Density
+from rcenp.attacks.cw import check_settings, choose_targets, optimise
 from rcenp.attacks.core import in_eval_mode
+from rcenp.attacks.cw_loss import Density
+from rcenp.attacks.cw_result import assemble, margin_test
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
 from rcenp.checks import check_labels, check_steps

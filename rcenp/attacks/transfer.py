@@ -110,7 +110,7 @@ class CraftedRun:
         """Why the substitute as it is now did not make these records, or None: for C&W records
         the margins recorded from a separate forward pass (``final_margin_recomputed``), recomputed
         within ``MARGIN_TOLERANCE``; otherwise the recorded predictions of the adversarial images."""
-        from rcenp.attacks.cw import margins
+        from rcenp.attacks.cw_result import margins
 
         adversarial = self.arrays["adversarial"]
         if all("final_margin_recomputed" in line for line in self.lines):
