@@ -59,10 +59,11 @@ class BackgroundSmoke:
     """``rcenp reproduce --budget smoke`` as a user runs it, in child processes started as soon as
     collection finds a test that needs it (the ``smoke`` fixture), so that its minutes run beside
     the rest of the suite. The first child is killed (SIGKILL) after its fifth finished attack
-    cell; a second resumes it to the end with two worker processes (``--resume --jobs 2``; one on
-    a one-core machine), a third resumes the finished run. ``record`` holds what the tests
-    compare: the cells finished at the kill, every cell file's mtime then and after the resume,
-    and each run's status, stderr and cells.json."""
+    cell; ``--report`` writes the killed run's report; a second run resumes it to the end with two
+    worker processes (``--resume --jobs 2``; one on a one-core machine), a third resumes the
+    finished run. ``record`` holds what the tests compare: the cells finished at the kill, every
+    cell file's mtime then, after the report and after the resume, and each run's status, stderr
+    and cells.json (the report's REPORT.md and table2.csv too)."""
 
     KILL_AFTER = 5
 
@@ -113,6 +114,11 @@ class BackgroundSmoke:
                                finished=self.cells_finished(), mtimes=self.cell_mtimes(),
                                cut=sorted(p.parent for p in (self.out / "cells").glob("*/*/partial")
                                           if not (p.parent / "summary.json").is_file()))
+            status, stdout, stderr = self._child("report", "--report")
+            self.record.update(report_status=status, report_stdout=stdout, report_stderr=stderr,
+                               report_cells=json.loads(cells_json.read_text()), mtimes_after_report=self.cell_mtimes(),
+                               report_md=(self.out / "REPORT.md").read_text(),
+                               report_csv_table2=(self.out / "table2.csv").read_text())
             status, _, stderr = self._child("resumed", "--resume", "--jobs", str(min(2, cores())))
             self.record.update(resumed_status=status, resumed_stderr=stderr, mtimes_after=self.cell_mtimes(),
                                resumed={"outcomes": json.loads(cells_json.read_text())})

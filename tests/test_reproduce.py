@@ -52,6 +52,30 @@ def test_kill_then_resume_recomputes_nothing_finished(smoke):
     assert logs and not any("--resume: no run" in log for log in logs)
 
 
+def test_report_of_a_killed_run_shows_its_finished_cells_and_computes_nothing(smoke):
+    """``--report`` on the run killed after its fifth attack cell (before it was resumed): REPORT.md
+    headed PARTIAL, the finished cells done, exactly the cells the resume then computed pending,
+    and no cell file written or touched."""
+    out, r = smoke
+    assert r["report_status"] == 0, r["report_stderr"][-3000:]
+    outcomes = r["report_cells"]
+    finished = {str(path.relative_to(out / "cells")) for path in r["finished"]}
+    assert {k for k, o in outcomes.items() if o["status"] == "done"} == finished
+    computed_later = {k for k, o in r["resumed"]["outcomes"].items() if o["status"] == "done" and o["seconds"] > 0}
+    pending = {k for k, o in outcomes.items() if o["status"] == "pending"}
+    assert pending == computed_later and pending
+    assert {k: o["status"] for k, o in outcomes.items() if k not in pending} == \
+        {k: o["status"] for k, o in r["resumed"]["outcomes"].items() if k not in pending}
+    assert r["mtimes_after_report"] == r["mtimes"]
+    report = r["report_md"]
+    again = f"rcenp reproduce --budget smoke --out {out} --resume"
+    assert f"**PARTIAL: {len(pending)} cells of this run are not computed yet" in report and f"`{again}`" in report
+    assert f"**Pending: {len(pending)} cells**" in report
+    assert all(f"- {key}" in report for key in pending)
+    assert "pending: not computed yet" in r["report_csv_table2"]
+    assert r["report_stdout"].strip().endswith(f"(PARTIAL: {len(pending)} cells pending)")
+
+
 def test_resume_refuses_a_different_budget_and_a_run_without_resume(smoke, capsys):
     out, _ = smoke
     assert main(["reproduce", "--budget", "smoke", "--out", str(out)]) == 2
@@ -206,6 +230,8 @@ def test_the_result_line_goes_to_stdout_and_progress_to_stderr(smoke, capsys):
     (["--budget", "huge"], "unknown budget 'huge'"),
     (["--only", "table2,table9"], "unknown part 'table9'"),
     (["--cells-from", "/nonexistent/cells"], "no such folder"),
+    (["--report"], "--report: no reproduce run in"),
+    (["--report", "--plan"], "--report computes nothing: it goes with neither --plan nor --jobs"),
 ])
 def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     assert main(["reproduce", "--out", str(tmp_path / "out")] + argv) == 2

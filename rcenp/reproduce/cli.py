@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     r.add_argument("--plan", action="store_true",
                    help="print what the run would compute (with each cell's cost), keep, reuse and skip, and exit "
                    "without computing or writing anything")
+    r.add_argument("--report", action="store_true",
+                   help="compute nothing: write OUT/REPORT.md (and the tables and figures) of the run in OUT from "
+                   "the cells it has finished, the others marked pending; give the run's --cells-from")
 
 
 def cmd_reproduce(args) -> int:
@@ -50,7 +53,7 @@ def cmd_reproduce(args) -> int:
     done = reproduce(args.budget, args.out, resume=args.resume, only=args.only, data_dir=args.data_dir,
                      cells_from=args.cells_from, device=args.device, stream=sys.stderr,  # today's stderr
                      command=" ".join(["rcenp"] + sys.argv[1:]), datasets=args.datasets, plan_only=args.plan,
-                     jobs=args.jobs)
+                     jobs=args.jobs, report_only=args.report)
     if "worker" in done:  # a --jobs worker: its console goes to OUT/workers/K.log
         here = sum(o.get("seconds", 0.0) > 0 for o in done["outcomes"].values())  # the others: found finished
         print(f"worker {done['worker']}: done ({plural(here, 'cell', 'cells')} worked on here)")
@@ -61,5 +64,6 @@ def cmd_reproduce(args) -> int:
 
 def result_line(done: dict) -> str:
     """``reproduce (smoke): OUT/REPORT.md and 14 more files in 95 s`` from ``reproduce``'s result."""
+    pending = done.get("pending")
     return (f"reproduce ({done['budget']}): {done['report']} and {len(done['files']) - 1} more files "
-            f"in {done['wall_s']:.0f} s")
+            f"in {done['wall_s']:.0f} s" + (f" (PARTIAL: {plural(pending, 'cell', 'cells')} pending)" if pending else ""))

@@ -265,15 +265,19 @@ def _parts_text(cells) -> str:
     return ", ".join(p for p in cells_module.PARTS if p in parts)
 
 
-def cells_md(res: Results) -> str:
-    """The 'Cells' section: a row per cell that ran, one line per missing model (or other reason)
-    with the count of cells it leaves empty and how to fill them, then the cells of data sets the
-    run does not cover, per model. cells.json has every cell."""
+def cells_md(res: Results, again: str = "") -> str:
+    """The 'Cells' section: a row per cell that ran, the pending cells of a --report (``again``: the
+    command that computes them), one line per missing model (or other reason) with the count of
+    cells it leaves empty and how to fill them, then the cells of data sets the run does not cover,
+    per model. cells.json has every cell."""
     done = {k: o for k, o in sorted(res.outcomes.items()) if o["status"] == "done"}
+    pending = [key for key, o in res.outcomes.items() if o["status"] == "pending"]
     groups: dict[tuple, list] = {}
     not_run: dict[tuple, list] = {}
     for key, cell in res.cells.items():  # the plan's order: Table 1's models first
         outcome = res.outcomes.get(key)
+        if outcome is not None and outcome["status"] == "pending":
+            continue
         if outcome is not None and outcome["status"] == "not run":
             name = cell.model or lineup.expected_name(cell.dataset, cell.depth, cell.objective)
             not_run.setdefault((name, outcome.get("reason")), []).append(cell)
@@ -292,6 +296,9 @@ def cells_md(res: Results) -> str:
         lines += [f"| {key} | {o.get('source')} | {o.get('path') or ''} |" for key, o in done.items()]
     else:
         lines.append("None.")
+    if pending:
+        lines += ["", f"**Pending: {len(pending)} cells** (not computed yet; `{again}` computes them)", ""]
+        lines += [f"- {key}" for key in pending]
     lines += ["", f"**Not available: {sum(len(c) for c in groups.values())} cells**", ""]
     if any(reason is None for _, reason in groups):
         lines += [lineup.HOW_TO_ADD, ""]
@@ -366,7 +373,7 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
     sections.append("## Wall time per part\n\nCompute seconds of the cells each part uses, summed over every "
                     "invocation (a cell shared by parts counts in each; reused cells count 0).\n\n"
                     "| part | seconds |\n|---|---|\n" + "\n".join(timing_rows))
-    sections.append("## Cells\n\n" + cells_md(res))
+    sections.append("## Cells\n\n" + cells_md(res, meta.get("again", "")))
     head = [f"# rcenp reproduce: Pang et al., NeurIPS 2018{smoke}", "",
             f"- budget: **{budget.name}**: {budget.description}",
             f"- command: `{meta['command']}`",
@@ -379,6 +386,10 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
             "paper with our strict-tie AUC (ties counted 0, the authors' rule; shown as 'strict' where it differs).",
             "- test images, for every table: each cell takes the first n images (n shown in the tables) of its "
             "data set's test split:"] + [f"  {line}" for line in used_test_sets(res)] + [""]
+    if meta.get("pending"):
+        head.insert(2, f"**PARTIAL: {meta['pending']} cells of this run are not computed yet (listed under 'Cells' "
+                       f"at the end); every table, figure and check shows the finished cells only. "
+                       f"`{meta['again']}` computes the rest.**\n")
     if smoke:
         head.insert(2, "**SMOKE run: tiny budgets on a handful of images. It shows that every part runs; its "
                        "numbers are not measurements.**\n")

@@ -2,6 +2,7 @@
 
     reproduce("smoke", "runs/reproduce-smoke")           # minutes on 2 CPU cores
     reproduce("cpu", "results/reproduce-cpu", resume=True, cells_from=["results/fig2a"])
+    reproduce("cpu", "results/reproduce-cpu", report_only=True, cells_from=["results/fig2a"])  # computes nothing
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def worker_argv(budget: str, out_dir: Path, parts, data_dir, cells_from, device,
 
 def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, data_dir=None, cells_from=(),
               device=None, stream=sys.stderr, command: str | None = None, datasets=None, plan_only: bool = False,
-              jobs: int = 1) -> dict:
+              jobs: int = 1, report_only: bool = False) -> dict:
     """Run the paper's evaluation under ``budget`` into ``out`` (default ``runs/reproduce-<budget>``)
     and write REPORT.md, per-table CSV/JSON and PNG figures there. Progress and the ETA go to
     ``stream``; the result is returned, not printed: {"budget", "out", "report" (REPORT.md's path),
@@ -125,11 +126,15 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     these data sets' cells (``parse_datasets``); the report says the others were not run. Another
     invocation over the same ``out`` may name others: each cell is its own unit. ``plan_only``:
     compute, write and move nothing; return {"budget", "out", "plan": lines for a person}
-    (``rcenp.reproduce.preview``). ``jobs``: the unfinished cells are computed by that many worker
-    processes of one thread each (``rcenp.reproduce.workers``). In such a worker (``WORKER_ENV``)
-    this computes cells only and returns {"budget", "out", "outcomes", "worker"}. Raises ValueError
-    for a bad budget, an unknown part or data set, bad ``jobs``, an unwritable ``out``, a run there
-    that needs ``resume``, or a worker that failed."""
+    (``rcenp.reproduce.preview``). ``report_only``: compute nothing; write the report of the run in
+    ``out`` from the cells finished so far (as found by a resumed run, so with the run's
+    ``cells_from``), every other cell of the chosen data sets marked "pending" and REPORT.md headed
+    PARTIAL; the result as for a full run, "pending" added. ``jobs``: the unfinished cells are
+    computed by that many worker processes of one thread each (``rcenp.reproduce.workers``). In such a
+    worker (``WORKER_ENV``) this computes cells only and returns {"budget", "out", "outcomes",
+    "worker"}. Raises ValueError for a bad budget, an unknown part or data set, bad ``jobs``, an
+    unwritable ``out``, a run there that needs ``resume`` (or, for ``report_only``, no run there),
+    a run in progress there (not for ``plan_only``), or a worker that failed."""
     start = time.monotonic()
     spec = get_budget(budget)
     jobs = check_jobs(jobs)
@@ -146,7 +151,11 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         xp_for(device)
     else:
         default_device()
-    if claim(out_dir, spec.name, resume, write=not plan_only) and resume and not plan_only:
+    if report_only and (plan_only or jobs > 1):
+        raise ValueError("--report computes nothing: it goes with neither --plan nor --jobs")
+    if report_only and not (out_dir / "reproduce.json").is_file():
+        raise ValueError(f"--report: no reproduce run in {out_dir} to report on (start one without --report)")
+    if claim(out_dir, spec.name, resume or report_only, write=not plan_only) and resume and not plan_only:
         stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
     lineup.refresh()
     cells = plan(spec, parts)
@@ -170,7 +179,13 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
                 argv = worker_argv(spec.name, out_dir, parts, data_dir, cells_from, device, chosen)
                 known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream,
                                     intro=notes + [cell_count_line(cells, sorted_out, todo)])
-        outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
+        if report_only:
+            outcomes, todo, _ = sort_out(cells, out_dir, data_dir, cells_from, dry_run=True)
+            outcomes.update({cell.key: {"status": "pending", "reason": "pending: not computed yet", "path": None}
+                             for cell in todo})
+            checkpoint.atomic_write_text(out_dir / "cells.json", json.dumps(outcomes, indent=1) + "\n")
+        else:
+            outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
         results = Results(cells, outcomes)
         counts: dict[str, int] = {}
         for outcome in outcomes.values():
@@ -181,8 +196,19 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
                 "code": f"commit {code.get('commit')}" + (" (uncommitted changes)" if code.get("dirty") else ""),
                 "wall_s": time.monotonic() - start,
                 "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
-                "part_seconds": _part_seconds(out_dir, cells)}
+                "part_seconds": _part_seconds(out_dir, cells),
+                "pending": counts.get("pending", 0), "again": command_again(command, spec.name, out_dir)}
         written = write_report(results, spec, parts, out_dir, meta)
         return {"budget": spec.name, "out": str(out_dir), "report": str(out_dir / "REPORT.md"),
                 "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"],
-                "figures": written["figures"], "wall_s": time.monotonic() - start}
+                "figures": written["figures"], "wall_s": time.monotonic() - start,
+                "pending": meta["pending"]}
+
+
+def command_again(command: str | None, budget: str, out_dir: Path) -> str:
+    """The command that computes a --report run's pending cells: ``command`` with --resume for
+    --report, or the plain form."""
+    if not command:
+        return f"rcenp reproduce --budget {budget} --out {out_dir} --resume"
+    words = [w for w in command.split() if w not in ("--report", "--resume")]
+    return " ".join(words + ["--resume"])
