@@ -142,9 +142,16 @@ def test_fig2b_leaves_out_a_missing_cw_bar_and_says_n_a(tmp_path, monkeypatch):
                         or real_bar(self, x, height, *a, **k))
     monkeypatch.setattr(Axes, "text", lambda self, x, y, s, *a, **k: texts.append(s)
                         or real_text(self, x, y, s, *a, **k))
+    legends, real_legend = [], Axes.legend
+    monkeypatch.setattr(Axes, "legend", lambda self, *a, **k: legends.append(k.get("handles")) or real_legend(self, *a, **k))
     drawn = figures.fig2(Finished(), budgets.get_budget("smoke"), tmp_path)
     assert drawn["files"] == ["fig2_mnist.png"] and (tmp_path / "fig2_mnist.png").is_file()
     assert heights == [2.5] and texts.count("n/a") == 3
+    # (b)'s legend keeps RCE's own colour though no RCE bar was drawn (it was CE's blue)
+    handles = legends[-1]
+    assert [h.get_label() for h in handles] == ["CE", "RCE"]
+    assert [matplotlib.colors.to_hex(h.get_facecolor()) for h in handles] == \
+        [matplotlib.colors.to_hex(c) for c in ("C0", "C1")]
 
 
 def test_the_report_head_and_protocol_say_what_the_tables_do(tmp_path):

@@ -101,6 +101,7 @@ def _smoke(budget: Budget) -> str:
 
 def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     files, notes = [], []
     attacks = ("fgsm", "bim", "ilcm", "jsma")
@@ -150,7 +151,9 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
         ax.set_ylim(0, 1.35 * max((b[0] for b in bars.values()), default=1.0))  # headroom for the legend
         ax.set_ylabel("mean minimal ‖δ‖₂/√d (0-255)")
         ax.set_title("(b) C&W distortion")
-        ax.legend(loc="upper center", ncol=2)
+        # handles of their own: an objective without a bar (n/a twice) would get a default-coloured one
+        ax.legend(handles=[Patch(color=f"C{k}", label=obj.upper()) for k, obj in enumerate(lineup.OBJECTIVES)],
+                  loc="upper center", ncol=2)
         fig.suptitle(f"Fig. 2: (a) accuracy against ε (JSMA: θ), (b) C&W distortion, {lineup.DATASET_TITLES[dataset]}"
                      + _smoke(budget))
         fig.tight_layout()
