@@ -17,6 +17,7 @@ from rcenp.reproduce.results import Results
 ZERO_GRAD_LIMIT = 0.05  # mean share of exactly-zero input-gradient entries above which masking is suspected
 UNBOUNDED_SUCCESS = 0.99  # BIM over the whole box should fool (almost) every correctly classified image
 CW_SUCCESS = 0.99
+NO_CELL = "no finished cell (pending, or not available)"  # the detail of a check without its cell
 
 
 def check(name, subject, ok, value, detail) -> dict:
@@ -84,7 +85,7 @@ def iterative_vs_single(subject: str, single, iterative) -> dict:
 def unbounded_bim(subject: str, summary: dict | None) -> dict:
     """BIM with ε = 1 (the whole box) must fool ≥ 99% of the correctly classified images."""
     if summary is None:
-        return check("unbounded BIM (ε = 1) ~100% success", subject, None, None, "cell not available")
+        return check("unbounded BIM (ε = 1) ~100% success", subject, None, None, NO_CELL)
     counts = summary["counts"]
     rate = counts["efficient"] / counts["clean_correct"] if counts["clean_correct"] else None
     ok = None if rate is None else rate >= UNBOUNDED_SUCCESS
@@ -105,7 +106,7 @@ def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | N
     detector, and a pass would say nothing."""
     if whitebox is None or transfer is None:
         return check("white-box C&W-wb ≥ transfer", subject, None, None,
-                     "white-box or transfer cell not available")
+                     "no finished white-box or transfer cell (pending, or not available)")
     wb, tr = _evasion(whitebox), _evasion(transfer)
     if wb is None or tr is None:
         return check("white-box C&W-wb ≥ transfer", subject, None, None, "no detector decisions in the cells")
@@ -131,7 +132,7 @@ def zero_gradient(subject: str, summary: dict | None, samples: list[dict] | None
     """
     name = "zero input-gradient fraction"
     if summary is None and samples is None:
-        return check(name, subject, None, None, "cell not available")
+        return check(name, subject, None, None, NO_CELL)
     if samples is not None:
         stats = zero_grad_stats([s.get("zero_grad_fraction") for s in samples])
     else:
@@ -158,7 +159,7 @@ def cw_success(subject: str, summary: dict | None, full_budget: bool, cw: dict |
     images. At a smaller budget the premise does not hold: n/a, with the rate as its value and the
     detail saying the budget is reduced (``cw``: the budget's binary_steps and max_iterations)."""
     if summary is None:
-        return check("C&W success at full budget", subject, None, None, "cell not available")
+        return check("C&W success at full budget", subject, None, None, NO_CELL)
     counts = summary["counts"]
     rate = counts["efficient"] / counts["clean_correct"] if counts["clean_correct"] else None
     reached = f"{counts['efficient']} of {counts['clean_correct']} correctly classified images reach the target"
