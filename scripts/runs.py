@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The long training runs behind the shipped models, resumable across sessions.
 
-    python3 scripts/runs.py list                # the table below
+    python3 scripts/runs.py list                # the runs (RUNS), their settings, which are shipped
     python3 scripts/runs.py start [RUN...]      # train in the background (no RUN: resume every run in progress)
     python3 scripts/runs.py save [RUN...]       # progress into rcenp/models/pretrained/in-progress/RUN/
-    python3 scripts/runs.py status [RUN...]     # step, running or not, last progress line
+    python3 scripts/runs.py status [RUN...]     # state (running, stopped, replaced...), step, last progress line
     python3 scripts/runs.py finish RUN...       # ship, fit the detector, write runs/detection-NAME.json
     python3 scripts/runs.py report RUN...       # command, wall time, final loss, test error, detector figures (JSON)
     python3 scripts/runs.py then RUN... -- NEXT...   # wait until every RUN has finished, then start NEXT
@@ -20,8 +20,8 @@ in .paper-code-<first 7 hex digits>, whose runs/ links to this checkout's. Later
 engine's arithmetic therefore cannot make a resumed run a mix of two versions, and the command
 recorded in the checkpoint and the shipped manifest is the plain one (``--out runs/RUN``). Runs
 start niced (19, and their session too: ``background``) with one host worker and one BLAS thread
-(results do not depend on the worker count), ``python3`` or $PYTHON. A run whose --out is already
-in a process's command line is not started twice. ``finish`` uses this checkout's code:
+(results do not depend on the worker count), ``python3`` or $PYTHON. A run already training into
+this checkout's runs/RUN (``running``) is not started twice. ``finish`` uses this checkout's code:
 scripts/ship_model.py, ``rcenp detect --fit``, scripts/detection_report.py.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAVED = ROOT / "rcenp" / "models" / "pretrained" / "in-progress"
 PRETRAINED = SAVED.parent
 CHECKPOINT_FILES = ("checkpoint.json", "checkpoint.npz", "config.json", "train.log")
+PROC = Path("/proc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +114,30 @@ def code_dir(commit: str) -> Path:
 
 
 def running(run: Run) -> list[int]:
-    """Process ids whose command line trains into runs/<name>."""
-    out = subprocess.run(["pgrep", "-f", "--", f"rcenp train .*--out runs/{run.name}( |$)"],
-                         capture_output=True, text=True).stdout
+    """Process ids training into this checkout's runs/<name>: their command line ends in
+    ``--out runs/<name>``, a path relative to their working directory (a .paper-code worktree, whose
+    runs/ links to ours), which must resolve to our runs/<name>; another checkout's run of the same
+    name is not ours, nor is another user's process, whose working directory we may not read.
+    Without /proc (not Linux) the command line alone decides."""
+    pids = pgrep(f"rcenp train .*--out runs/{run.name}( |$)")
+    if not (PROC / "self" / "cwd").exists():
+        return pids
+    ours = (ROOT / "runs" / run.name).resolve()
+    return [pid for pid in pids if (cwd := process_cwd(pid)) and (cwd / "runs" / run.name).resolve() == ours]
+
+
+def pgrep(pattern: str) -> list[int]:
+    """Process ids whose command line matches ``pattern``."""
+    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
     return [int(pid) for pid in out.split()]
+
+
+def process_cwd(pid: int) -> Path | None:
+    """The working directory of process ``pid``; None if it has exited or is not ours to read."""
+    try:
+        return Path(os.readlink(PROC / str(pid) / "cwd"))
+    except OSError:
+        return None
 
 
 def step_of(folder: Path) -> int | None:
@@ -136,9 +157,20 @@ def shipped(run: Run) -> bool:
     return command.split()[-2:] == ["--out", f"runs/{run.name}"]
 
 
+def replaced_by(run: Run) -> str | None:
+    """The name of a later run of the table whose model is shipped under ``run.ship_as``, if any:
+    the table lists a run's successors after it (the 2x schedule's runs after the 1x)."""
+    later = RUNS[RUNS.index(run) + 1:]
+    return next((other.name for other in later if other.ship_as == run.ship_as and shipped(other)), None)
+
+
 def replaces(run: Run) -> str:
-    """" (replaces the one shipped)" when another run's model is shipped under this run's name."""
-    return " (replaces the one shipped)" if (PRETRAINED / f"{run.ship_as}.json").is_file() and not shipped(run) else ""
+    """" (replaces the one shipped)" when another model is shipped under this run's name, unless a
+    later run's: then " (replaced by RUN)"."""
+    if shipped(run) or not (PRETRAINED / f"{run.ship_as}.json").is_file():
+        return ""
+    later = replaced_by(run)
+    return f" (replaced by {later})" if later else " (replaces the one shipped)"
 
 
 def in_progress(run: Run) -> bool:
@@ -250,15 +282,24 @@ def save(run: Run) -> None:
 
 def status(run: Run) -> None:
     out = ROOT / "runs" / run.name
-    state = ("shipped" if shipped(run) else "finished" if (out / "metrics.json").is_file()
-             else "running" if running(run) else "stopped")
     step = step_of(out)
     saved = step_of(SAVED / run.name)
+    later = replaced_by(run)
+    if shipped(run):
+        state = "shipped"
+    elif later:
+        state = "replaced"
+    elif (out / "metrics.json").is_file():
+        state = "finished"
+    elif running(run):
+        state = "running"
+    else:
+        state = "stopped" if step is not None or saved is not None or out.is_dir() else "not started"
     try:
         last = (out / "train.log").read_text().splitlines()[-1]
     except (OSError, IndexError):
-        last = ""
-    print(f"{run.name:20} {state:8} checkpoint {step if step is not None else '-'}"
+        last = f"by {later}, shipped as {run.ship_as}" if later else ""
+    print(f"{run.name:20} {state:11} checkpoint {step if step is not None else '-'}"
           f" saved {saved if saved is not None else '-'}  {last}")
 
 
@@ -356,8 +397,11 @@ def table() -> None:
 
 def main(argv: list[str]) -> int:
     verbs = {"start": start, "save": save, "status": status, "finish": finish, "report": report}
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     if not argv or argv[0] not in (*verbs, "list", "then"):
-        print(__doc__.split("\n\n")[1])
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     verb, names = argv[0], argv[1:]
     if verb == "list":

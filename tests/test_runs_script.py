@@ -124,3 +124,65 @@ def test_then_starts_the_next_runs_only_once_every_waited_run_has_finished(tmp_p
     with pytest.raises(SystemExit, match="paper-mnist56-rce stopped before finishing"):
         runs.then([a, b], [c], sleep=tick)
     assert started == []
+
+
+def test_running_counts_only_processes_training_into_this_checkouts_runs(tmp_path, monkeypatch, load_script):
+    """A fresh clone must not report another checkout's run of the same name as its own: the
+    process's relative --out runs/NAME is resolved from its working directory (fake /proc here)."""
+    runs = load_script("runs")
+    run = runs.BY_NAME["subset2x-cifar32-ce"]
+    main, trial, proc = tmp_path / "main", tmp_path / "trial", tmp_path / "proc"
+    (main / "runs" / run.name).mkdir(parents=True)
+    (main / ".paper-code-0d4baeb").mkdir()
+    (main / ".paper-code-0d4baeb" / "runs").symlink_to("../runs")
+    trial.mkdir()
+    for pid, cwd in (("self", tmp_path), ("101", main / ".paper-code-0d4baeb"), ("102", trial), ("103", main)):
+        (proc / pid).mkdir(parents=True)
+        (proc / pid / "cwd").symlink_to(cwd)
+    patterns = []
+    monkeypatch.setattr(runs, "pgrep", lambda pattern: patterns.append(pattern) or [101, 102, 103, 104])
+    monkeypatch.setattr(runs, "PROC", proc)
+    monkeypatch.setattr(runs, "ROOT", main)
+    assert runs.running(run) == [101, 103]   # 104: exited, or another user's
+    assert patterns == [f"rcenp train .*--out runs/{run.name}( |$)"]
+    monkeypatch.setattr(runs, "ROOT", trial)   # no runs/ folder at all
+    assert runs.running(run) == [102]
+    monkeypatch.setattr(runs, "PROC", tmp_path / "no-proc")   # not Linux: the command line alone
+    assert runs.running(run) == [101, 102, 103, 104]
+
+
+def test_status_says_replaced_and_not_started(tmp_path, monkeypatch, load_script, capsys):
+    runs = load_script("runs")
+    for name in ("ROOT", "SAVED", "PRETRAINED"):
+        monkeypatch.setattr(runs, name, tmp_path / name.lower())
+    monkeypatch.setattr(runs, "running", lambda run: [])
+    runs.PRETRAINED.mkdir()
+    for old, new in (("subset-cifar32-rce", "subset2x-cifar32-rce"), ("subset2x-cifar32-ce", "subset-cifar32-ce")):
+        ship_as = runs.BY_NAME[old].ship_as
+        (runs.PRETRAINED / f"{ship_as}.json").write_text(json.dumps({"command": f"rcenp train --out runs/{new}"}))
+    (runs.ROOT / "runs" / "subset2x-cifar56-rce").mkdir(parents=True)
+    (runs.SAVED / "subset2x-cifar32-ce").mkdir(parents=True)   # a fresh clone: committed progress only
+    (runs.SAVED / "subset2x-cifar32-ce" / "checkpoint.json").write_text(json.dumps({"step": 2250}))
+    for name in ("subset-cifar32-rce", "subset2x-cifar32-ce", "subset2x-cifar56-ce", "subset2x-cifar56-rce"):
+        runs.status(runs.BY_NAME[name])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[1] == "replaced" and lines[0].endswith(
+        "by subset2x-cifar32-rce, shipped as cifar10subset-resnet32-rce")
+    assert lines[1].split()[1:5] == ["stopped", "checkpoint", "-", "saved"]   # the 2x run, to replace the 1x
+    assert lines[2].split()[1:3] == ["not", "started"] and lines[3].split()[1] == "stopped"
+    assert runs.replaces(runs.BY_NAME["subset-cifar32-rce"]) == " (replaced by subset2x-cifar32-rce)"
+    assert runs.replaces(runs.BY_NAME["subset2x-cifar32-ce"]) == " (replaces the one shipped)"
+    assert runs.replaced_by(runs.BY_NAME["subset2x-cifar32-rce"]) is None
+
+
+def test_help_exits_0_and_bad_usage_2():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "runs.py"
+    for flag in ("--help", "-h"):
+        done = subprocess.run([sys.executable, str(script), flag], capture_output=True, text=True)
+        assert done.returncode == 0 and "runs.py status [RUN...]" in done.stdout and not done.stderr
+    done = subprocess.run([sys.executable, str(script), "bogus"], capture_output=True, text=True)
+    assert done.returncode == 2 and "runs.py status [RUN...]" in done.stderr and not done.stdout
