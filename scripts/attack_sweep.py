@@ -27,18 +27,21 @@ OPTIONS = {"fgsm": lambda e: {"eps": e}, "bim": lambda e: {"eps": e, "steps": 10
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["mnist-resnet32-ce", "mnist-resnet32-rce"],
-                        help="shipped model names or run directories")
-    parser.add_argument("--attacks", nargs="+", default=list(OPTIONS), choices=list(OPTIONS), help="attacks to sweep")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    models = ["mnist-resnet32-ce", "mnist-resnet32-rce"]
+    parser.add_argument("--models", nargs="+", default=models,
+                        help=f"shipped model names or run directories (default: {' '.join(models)})")
+    parser.add_argument("--attacks", nargs="+", default=list(OPTIONS), choices=list(OPTIONS),
+                        help=f"attacks to sweep (default: {' '.join(OPTIONS)})")
     parser.add_argument("--eps", nargs="+", type=float, default=list(EPSILONS),
-                        help="ε (JSMA: θ) in [-0.5, 0.5] box units")
-    parser.add_argument("--n", type=int, default=1000, help="the first N test images")
-    parser.add_argument("--batch-size", type=int, default=100, help="images per checkpointed batch")
+                        help=f"ε (JSMA: θ) in [-0.5, 0.5] box units (default: {' '.join(map(str, EPSILONS))})")
+    parser.add_argument("--n", type=int, default=1000, help="the first N test images (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="images per checkpointed batch (default: %(default)s)")
     parser.add_argument("--data-dir", help="data root (default: $RCENP_DATA, as rcenp attack)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: $RCENP_DEVICE, else cpu")
-    parser.add_argument("--out", default="runs/fig2a", help="one folder per cell: OUT/<model>/<attack>-<eps>/")
+    parser.add_argument("--out", default="runs/fig2a",
+                        help="one folder per cell: OUT/<model>/<attack>-<eps>/ (default: %(default)s)")
     parser.add_argument("--collect", action="store_true",
                         help="attack nothing: write sweep.json and sweep.md from the cells already finished")
     args = parser.parse_args(argv)

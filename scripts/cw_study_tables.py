@@ -247,7 +247,7 @@ def readme(study: list[dict], budget: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="folder holding cw-9x1000 and cw-budget")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of markdown")
     parser.add_argument("--readme", action="store_true", help="write RESULTS/cw-9x1000/README.md (prose and tables)")

@@ -97,7 +97,7 @@ def report(model_name, data_dir=None, seed=0, per_class=1000):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
     parser.add_argument("--data-dir")
     parser.add_argument("--seed", type=int, default=0)

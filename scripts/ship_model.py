@@ -8,6 +8,7 @@ step and the run's test error from metrics.json. The run must have finished (met
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -34,7 +35,14 @@ def ship(run_dir: Path, name: str) -> Path:
     return checkpoint.save(PRETRAINED_DIR / name, model_state, None, shipped)
 
 
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n")[2])
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a finished run's folder, e.g. runs/paper-mnist-rce")
+    parser.add_argument("name", metavar="NAME", help="the shipped model's name, e.g. mnist-resnet32-rce")
+    args = parser.parse_args(argv)
+    print(ship(args.run_dir, args.name))
+    return 0
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit(__doc__)
-    print(ship(Path(sys.argv[1]), sys.argv[2]))
+    sys.exit(main())

@@ -66,7 +66,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", default="results/fig2a", help="a scripts/attack_sweep.py output folder")
     parser.add_argument("--ce", default="mnist-resnet32-ce")
     parser.add_argument("--rce", default="mnist-resnet32-rce")
