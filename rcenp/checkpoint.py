@@ -9,6 +9,9 @@ and the directory is fsync'ed after the rename. A save renames, in order: the ne
 pair in force; a crash after it leaves the new manifest beside ``<stem>.npz.next``, which
 ``load`` recognises by its SHA-256 and reads. So a kill at any moment leaves one loadable
 checkpoint, the previous or the new.
+
+``HeldSignals`` lets a long loop (training, C&W) save its state when SIGINT or SIGTERM comes
+before it stops, so that Ctrl-C or a polite kill loses nothing.
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -179,3 +184,38 @@ def load(stem, verify: bool = True):
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{npz}: unreadable arrays file ({exc})") from None
     return manifest, model, optimizer
+
+
+class HeldSignals:
+    """SIGINT and SIGTERM held while a loop runs, so that it can save its state before stopping.
+
+    Inside ``with held:`` (in the main thread; elsewhere nothing changes) a signal is recorded in
+    ``signum`` instead of acting; the loop looks at ``signum`` where its state is whole, saves,
+    and calls ``stop()``, which raises what the signal would have: KeyboardInterrupt for SIGINT,
+    SystemExit(128 + signum) for SIGTERM. The previous handlers come back on leaving."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            for sig in self._previous:
+                signal.signal(sig, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        return False
+
+    def stop(self):
+        """Raise the held signal as the exception it stands for."""
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + int(self.signum))

@@ -146,12 +146,19 @@ def config_from_manifest(manifest) -> TrainConfig:
 def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=None, command=None, stop_at=None):
     """Train (or resume) into ``out_dir``; returns the final metrics dict (also in metrics.json).
 
-    ``stop_at``: checkpoint after that step and return None without evaluating (a planned
-    interruption; ``resume=True`` continues the same run).
+    ``stop_at``: checkpoint after that step (below ``config.steps``) and return None without
+    evaluating (a planned interruption; ``resume=True`` continues the same run). SIGINT or SIGTERM
+    during the steps: the step in work ends, a checkpoint is saved at it, and KeyboardInterrupt or
+    SystemExit(143) follows; ``resume=True`` continues bit for bit. Raises ValueError for settings
+    that do not fit (a bad ``stop_at``, ``train_subset`` or ``batch_size`` over the training
+    images, a checkpoint of another configuration) and DataError for missing data.
     """
     checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
     checkpoint.check_folder(out_dir, "--out")
+    if stop_at is not None and not 0 < stop_at < config.steps:
+        raise ValueError(f"--stop-at must be in 1..{config.steps - 1}, below the run's {config.steps} steps "
+                         f"(it ends there anyway), got {stop_at}")
     device = device or default_device()
     model = build_classifier(config).to(device)  # a bad depth fails here, before the data is read
     train_set = load(config.dataset, "train", data_root)
@@ -161,6 +168,8 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
         if not 0 < config.train_subset <= len(labels):
             raise ValueError(f"--train-subset must be in 1..{len(labels)}, got {config.train_subset}")
         images, labels = images[:config.train_subset], labels[:config.train_subset]
+    if config.batch_size > len(labels):
+        raise ValueError(f"--batch-size {config.batch_size} is more than the {len(labels):,} training images used")
     data_identity = {"train": train_set.identity, "test": test_set.identity, "train_used": len(labels)}
 
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad settings or missing data leave no folder behind
@@ -186,36 +195,48 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     if resume and start == 0:
         progress.message(f"--resume: no checkpoint in {out_dir} yet, so this starts at step 0")
     progress.message(f"training {config.dataset} ResNet-{config.depth} ({config.objective.upper()}), "
-                     f"{config.steps} steps from step {start}, on {device}; data: {train_set.describe()}")
+                     f"{config.steps} steps from step {start}, on {device}; data: {train_set.describe()}"
+                     + (f"; the first {len(labels):,} used (--train-subset)" if config.train_subset else ""))
     stream = BatchStream(len(labels), config.batch_size, config.seed)
     is_cifar = config.dataset == "cifar10"
     t0, images_done = time.monotonic(), 0
     end = config.steps if stop_at is None else max(start, min(stop_at, config.steps))
+    held, done, saved = checkpoint.HeldSignals(), start, True
     try:
-        for step in range(start, end):
-            index = stream.indices(step)
-            batch = images[index]
-            if is_cifar:
-                batch = augment_cifar(batch, stream.augment_rng(step))
-            x, y = to_device(batch, device), to_device(labels[index], device)
-            optimizer.lr = schedule(step)
-            model.train()
-            s = model.raw_logits(x)
-            loss = model.loss_from_logits(s, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            images_done += len(index)
-            done = step + 1
-            if (done % config.checkpoint_every == 0 or done == end) and done < config.steps:
+        with held:  # Ctrl-C or SIGTERM: the step in work ends, is saved, and the run stops (below)
+            for step in range(start, end):
+                index = stream.indices(step)
+                batch = images[index]
+                if is_cifar:
+                    batch = augment_cifar(batch, stream.augment_rng(step))
+                x, y = to_device(batch, device), to_device(labels[index], device)
+                optimizer.lr = schedule(step)
+                model.train()
+                s = model.raw_logits(x)
+                loss = model.loss_from_logits(s, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                images_done += len(index)
+                done = step + 1
+                saved = (done % config.checkpoint_every == 0 or done == end) and done < config.steps
+                if saved:
+                    save_checkpoint(out_dir, model, optimizer, config, done, data_identity)
+                elapsed = time.monotonic() - t0
+                rate = images_done / elapsed if elapsed > 0 else float("nan")
+                predicted = model.prediction_logits(s.data).argmax(axis=1)
+                acc = float(as_numpy((predicted == y).mean()))
+                eta = (config.steps - done) * config.batch_size / rate if rate > 0 else float("inf")
+                progress.update(done, f"loss {float(loss.data):.4f}  train acc {acc:.3f}  lr {optimizer.lr:g}  "
+                                f"{rate:.0f} img/s", eta, force=done == end or held.signum is not None)
+                if held.signum is not None:
+                    break
+        if held.signum is not None:
+            if not saved:
                 save_checkpoint(out_dir, model, optimizer, config, done, data_identity)
-            elapsed = time.monotonic() - t0
-            rate = images_done / elapsed if elapsed > 0 else float("nan")
-            predicted = model.prediction_logits(s.data).argmax(axis=1)
-            acc = float(as_numpy((predicted == y).mean()))
-            eta = (config.steps - done) * config.batch_size / rate if rate > 0 else float("inf")
-            progress.update(done, f"loss {float(loss.data):.4f}  train acc {acc:.3f}  lr {optimizer.lr:g}  {rate:.0f} img/s",
-                            eta, force=done == end)
+            progress.message(f"interrupted at step {done} of {config.steps}: saved; continue with --resume")
+            held.stop()
+        train_seconds = time.monotonic() - t0
         if end < config.steps:
             progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
             return None
@@ -225,7 +246,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
             metrics = evaluate(model, test_set.images, test_set.labels)
         metrics.update({"dataset": config.dataset, "objective": config.objective, "depth": config.depth,
                         "steps": config.steps, "data": data_identity, "test_set": test_set.describe(),
-                        "train_seconds_this_run": time.monotonic() - t0, "device": device})
+                        "train_seconds_this_run": train_seconds, "device": device})
         checkpoint.atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         progress.message(f"test error {metrics['test_error'] * 100:.2f}% ({metrics['errors']}/{metrics['n_test']}) "
                          f"on {test_set.describe()}")

@@ -155,6 +155,39 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_root, tmp_path):
         assert np.array_equal(oa[k], ob[k]), k
 
 
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_saves_the_step_in_work_and_resume_matches_uninterrupted(tiny_root, tmp_path, signum, status):
+    """Ctrl-C or a polite kill between checkpoints: the step in work is saved (not the last
+    checkpoint's), the console and train.log say so, and --resume ends bit for bit as a straight run."""
+    args = ["train", "--dataset", "mnist", "--objective", "rce", "--preset", "quick", "--depth", "8",
+            "--steps", "300", "--batch-size", "16", "--checkpoint-every", "1000", "--data-dir", str(tiny_root)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RCENP_HOST_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "rcenp"] + args + ["--out", str(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log, deadline = cut / "train.log", time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and "training mnist" not in (
+            log.read_text() if log.is_file() else ""):
+        time.sleep(0.02)
+    time.sleep(0.5)  # some steps in
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")
+    step = json.loads((cut / "checkpoint.json").read_text())["step"]
+    assert proc.returncode == status and 0 < step < 300
+    said = f"interrupted at step {step} of 300: saved; continue with --resume"
+    assert said in err and said in log.read_text() and "Traceback" not in err
+    assert main(args + ["--out", str(cut), "--resume"]) == 0
+    assert main(args + ["--out", str(tmp_path / "straight")]) == 0
+    a, oa = final_weights(cut)
+    b, ob = final_weights(tmp_path / "straight")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    for k in oa:
+        assert np.array_equal(oa[k], ob[k]), k
+
+
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     state = {"w": np.arange(4.0)}
     checkpoint.save(tmp_path / "ck", state, None, {"step": 1})
@@ -229,6 +262,12 @@ def test_cli_errors_are_one_line(tiny_root, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("rcenp train: error:") and "not quick" in err[0]
     code, err = run_cli(ok[:-4] + ["--train-subset", "100000", "--data-dir", str(tiny_root), "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and "train-subset" in err[-1]
+    code, err = run_cli(ok[:-2] + ["--out", str(tmp_path / "d"), "--stop-at", "2"], capsys)  # the run's last step
+    assert code == 2 and len(err) == 1 and "--stop-at must be in 1..1, below the run's 2 steps" in err[0]
+    code, err = run_cli(ok[:-6] + ["--batch-size", "150", "--train-subset", "100", "--data-dir", str(tiny_root),
+                                   "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and len(err) == 1 and "--batch-size 150 is more than the 100 training images used" in err[0]
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
     assert main(["eval", str(tmp_path / "run"), "--data-dir", str(tiny_root)]) == 0
 
 

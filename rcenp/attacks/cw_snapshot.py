@@ -21,12 +21,9 @@ writes into the batch's code record so that ``code_by_batch`` names both.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -86,7 +83,7 @@ class Snapshot:
     def __init__(self, path, every: float | None = None, code: dict | None = None):
         self.path, self.code = Path(path), code
         self.every = float(period() if every is None else every)
-        self.interrupted = None        # the signal held by ``interruptible``, if one came
+        self._held = checkpoint.HeldSignals()  # replaced by each ``interruptible``
         self.notes: list[str] = []
         self.earlier: list[dict] = []
         self.resumed = False           # whether a load (of this snapshot or a part) found a state to go on from
@@ -174,31 +171,21 @@ class Snapshot:
         except OSError:
             return 0.0
 
-    @contextlib.contextmanager
-    def interruptible(self):
-        """Hold SIGINT and SIGTERM (in the main thread; elsewhere nothing changes): the handler
-        records the signal in ``interrupted``, and ``optimise`` saves and then raises
-        KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM) at the top of its next iteration."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def interruptible(self) -> checkpoint.HeldSignals:
+        """Hold SIGINT and SIGTERM (``rcenp.checkpoint.HeldSignals``) while ``optimise`` runs: it
+        saves and then raises KeyboardInterrupt (SIGINT) or SystemExit(143) (SIGTERM) at the top of
+        its next iteration."""
+        self._held = checkpoint.HeldSignals()
+        return self._held
 
-        def hold(signum, frame):
-            self.interrupted = signum
-        for sig in previous:
-            signal.signal(sig, hold)
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    @property
+    def interrupted(self) -> int | None:
+        """The signal held by ``interruptible``, if one came."""
+        return self._held.signum
 
     def raise_interrupt(self):
         """The held signal as the exception it stands for."""
-        if self.interrupted == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + int(self.interrupted))
+        self._held.stop()
 
     def remove(self) -> None:
         for path in self.paths():
