@@ -149,6 +149,8 @@ def budget_rows(root: Path) -> list[dict]:
     return rows
 
 
+PAPER = ("AUCs in the paper's units (10⁻²), under its sample rule (clean correct, adversarial misclassified; "
+         "ties half); in brackets the paper's Table 2 value.")
 OLD_8BIT = ("“—” after 8-bit rounding: audited before 978d080, when the rounded image of C&W-hc was judged by "
             "the argmax alone, not by its κ margin (re-tested by `scripts/reaudit_8bit.py` where the run's "
             "adversarial.npz is kept; the CE run's is not).")
@@ -183,6 +185,7 @@ def markdown(study: list[dict], budget: list[dict]) -> str:
                      f"| {_f(r['l2_paper_median'], '.2f')} | {_f(r['iterations_mean'], ',.0f')} | "
                      + " | ".join(_auc(auc.get(m), paper.table2(r["attack"], r["model"].rsplit("-", 1)[1], "mnist", m))
                                   for m in paper.METRICS) + " |")
+    lines += ["", PAPER]
     if any(r.get("success_rate_8bit", 0) is None for r in study):
         lines += ["", OLD_8BIT]
     lines += ["", "| model | iterations per binary step | images | success | ‖δ‖₂/√d mean | median | iterations per image "
@@ -242,7 +245,8 @@ over ‖δ‖₂ at 10,000 (the paper's budget); it needs the 10,000 run.
 
 def readme(study: list[dict], budget: list[dict]) -> str:
     """results/cw-9x1000/README.md: what the study runs, and its tables as they stand."""
-    *study_parts, budget_table = markdown(study, budget).split("\n\n")
+    # without the line on the AUCs' brackets, which the prose above the table gives
+    *study_parts, budget_table = [part for part in markdown(study, budget).split("\n\n") if part != PAPER]
     return README.format(study="\n\n".join(study_parts), budget=budget_table, confidence=confidence_note(study))
 
 

@@ -48,6 +48,8 @@ def test_partial_runs_and_the_budget_rows(tmp_path, load_script):
     assert budget["mnist-resnet32-rce", 1000]["l2_vs_10k_median"] is None   # no 10k run yet
     text = tables.markdown(tables.study_rows(tmp_path), tables.budget_rows(tmp_path))
     assert "| cw | mnist-resnet32-rce | 30 (partial) | 50.0% |" in text and "50.0 (64.1)" in text
+    # the brackets are explained in the output itself, on the line under the study table
+    assert text.split("\n\n")[1] == tables.PAPER and "in brackets the paper's Table 2 value" in tables.PAPER
 
 
 def test_a_missing_results_folder_is_one_line(tmp_path, load_script, capsys):
@@ -69,6 +71,7 @@ def test_readme_is_written_whole(tmp_path, load_script):
     assert not list(run.parent.parent.glob("*.tmp"))
     assert "| cw-hc | mnist-resnet32-rce | not started yet |" in text   # what the study lacks is listed
     assert "| mnist-resnet32-rce | 10,000 | not finished yet |" in text
+    assert tables.PAPER not in text and "the paper's Table 2 value in brackets" in text   # said once, in the prose
 
 
 def test_the_confidence_note_counts_the_papers_pairs(tmp_path, load_script):
