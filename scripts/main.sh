@@ -3,6 +3,5 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=setup-venv.sh
-source "$root/scripts/setup-venv.sh"
-set -euo pipefail
+source "$root/scripts/setup-venv.sh"   # a failed install returns 1, which set -e makes this script's exit
 rcenp demo "$@"

@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install rcenp with the extras in
 # $RCENP_EXTRAS (default: test).
-# Usage: source scripts/setup-venv.sh   (sets PATH so `python` and `rcenp` are the venv's)
-set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${RCENP_VENV:-$root/.venv}"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+# Usage: source scripts/setup-venv.sh   (bash or zsh; sets PATH so `python` and `rcenp` are the venv's)
+# Safe to source from an interactive shell: it leaves the shell's options as they are, and a failed
+# install returns 1 with a message, changing nothing, where `set -e` would have closed the terminal.
+if [ -n "${ZSH_VERSION:-}" ]; then
+    eval '_rcenp_root=${(%):-%x}'   # this file (zsh syntax, which bash cannot parse)
+elif [ -n "${BASH_VERSION:-}" ]; then
+    _rcenp_root=${BASH_SOURCE[0]}
+else
+    echo "setup-venv.sh: source it from bash or zsh (or run: bash scripts/test.sh)" >&2
+    return 1 2>/dev/null || exit 1
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[${RCENP_EXTRAS:-test}]"
-export PATH="$venv/bin:$PATH"
-# The data sets shipped beside the checkout (../shared/data), unless RCENP_DATA says otherwise.
-if [ -z "${RCENP_DATA:-}" ] && [ -d "$root/../shared/data" ]; then
-    RCENP_DATA="$(cd "$root/../shared/data" && pwd)"
-    export RCENP_DATA
+_rcenp_root="$(cd "$(dirname "$_rcenp_root")/.." && pwd)"
+_rcenp_venv="${RCENP_VENV:-$_rcenp_root/.venv}"
+if { [ -x "$_rcenp_venv/bin/python" ] || python3 -m venv "$_rcenp_venv"; } &&
+    "$_rcenp_venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip &&
+    "$_rcenp_venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${_rcenp_root}[${RCENP_EXTRAS:-test}]"
+then
+    export PATH="$_rcenp_venv/bin:$PATH"
+    # The data sets shipped beside the checkout (../shared/data), unless RCENP_DATA says otherwise.
+    if [ -z "${RCENP_DATA:-}" ] && [ -d "$_rcenp_root/../shared/data" ]; then
+        RCENP_DATA="$(cd "$_rcenp_root/../shared/data" && pwd)"
+        export RCENP_DATA
+    fi
+    unset _rcenp_root _rcenp_venv
+else
+    echo "setup-venv.sh: could not set up $_rcenp_venv (the error is above); PATH is unchanged" >&2
+    unset _rcenp_root _rcenp_venv
+    return 1 2>/dev/null || exit 1
 fi
-set +euo pipefail
