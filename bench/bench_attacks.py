@@ -55,9 +55,18 @@ sys.path.insert(0, os.path.dirname(HERE))  # this checkout's rcenp
 sys.path.insert(0, HERE)
 
 from attack_measures import UNAVAILABLE, agreement, host_array, interleaved, rcenp_attack, summary  # noqa: E402
+from bench_host import exit_status  # noqa: E402
 from cw_foolbox import bench_cw  # noqa: E402
+from rcenp.argtypes import count, integer, nonnegative, positive, real  # noqa: E402
 
 ATTACKS = ("bim", "jsma")
+
+
+def _eps(text):
+    value = real(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (box units: 0.1 is 25.5 on 0-255), got {text}")
+    return value
 
 
 def _rcenp_attacks():
@@ -209,40 +218,40 @@ def main(argv=None):
                         help="shipped model names or run directories")
     parser.add_argument("--attacks", nargs="*", choices=ATTACKS, default=list(ATTACKS),
                         help="BIM and/or JSMA; none (a bare --attacks) with --cw times C&W only")
-    parser.add_argument("--n", type=int, default=100, help="the first N test images")
+    parser.add_argument("--n", type=count, default=100, help="the first N test images")
     parser.add_argument("--source", choices=("sample", "test"), default="sample",
                         help="the embedded 1,000-image MNIST sample, or the test split under RCENP_DATA")
-    parser.add_argument("--eps", type=float, default=0.1, help="BIM eps and JSMA theta, [-0.5, 0.5] units")
+    parser.add_argument("--eps", type=_eps, default=0.1,
+                        help="BIM eps and JSMA theta in (0, 1], in the units of images in [-0.5, 0.5] (0.1 is 25.5 "
+                             "on 0-255)")
     parser.add_argument("--torch-jsma", choices=("pang2018", "log_target", "both"), default="both",
                         help="the PyTorch JSMA's saliency: the protocol's dt*|do| (entry 'torch'), "
                              "argmax d log F_t/dx as rcenp computes it (entry 'torch_log_target'), or both")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each attack (median reported)")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--repeats", type=count, default=1, help="timed runs of each attack (median reported)")
+    parser.add_argument("--threads", type=count, default=2,
                         help="threads for each side: torch.set_num_threads, RCENP_HOST_THREADS, OPENBLAS_NUM_THREADS "
                              "and OMP_NUM_THREADS (the script restarts itself once to set the last two before NumPy "
                              "and PyTorch load)")
-    parser.add_argument("--warmup", type=int, default=1,
+    parser.add_argument("--warmup", type=nonnegative(integer), default=1,
                         help="untimed runs of each BIM/JSMA implementation before timing (C&W: none)")
-    parser.add_argument("--jobs", type=int, default=0, metavar="J",
+    parser.add_argument("--jobs", type=nonnegative(integer), default=0, metavar="J",
                         help="also time `rcenp attack --jobs J` on the same images (entry 'rcenp_cli_jobsJ'): J "
                              "one-thread shard processes and their merge, from a fresh process, files included")
     parser.add_argument("--channels-last", action="store_true",
                         help="run the twin's convolutions channels-last (torch.channels_last), as rcenp stores activations")
     parser.add_argument("--cw", action="store_true", help="also C&W-L2: foolbox 3.3.4 against rcenp.attacks.cw_l2")
-    parser.add_argument("--cw-n", type=int, default=20, help="images for C&W (the first of the N)")
-    parser.add_argument("--cw-steps", type=int, default=100, help="C&W iterations per binary-search step")
-    parser.add_argument("--cw-binary-steps", type=int, default=3)
-    parser.add_argument("--cw-c0", type=float, default=1.0, help="initial constant c")
-    parser.add_argument("--cw-lr", type=float, default=0.01, help="Adam learning rate")
-    parser.add_argument("--cw-kappa", type=float, default=0.0, help="confidence margin")
+    parser.add_argument("--cw-n", type=count, default=20, help="images for C&W (the first of the N)")
+    parser.add_argument("--cw-steps", type=count, default=100, help="C&W iterations per binary-search step")
+    parser.add_argument("--cw-binary-steps", type=count, default=3)
+    parser.add_argument("--cw-c0", type=positive(real), default=1.0, help="initial constant c")
+    parser.add_argument("--cw-lr", type=positive(real), default=0.01, help="Adam learning rate")
+    parser.add_argument("--cw-kappa", type=nonnegative(real), default=0.0, help="confidence margin")
     parser.add_argument("--cw-abort-early", choices=["on", "off"], default="on",
                         help="abort-early on both sides (foolbox checks the batch's summed loss, rcenp each "
                              "sample's own) or off on both, so both run every iteration")
-    parser.add_argument("--seed", type=int, default=0, help="C&W target draw")
+    parser.add_argument("--seed", type=nonnegative(integer), default=0, help="C&W target draw")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.repeats < 1 or args.threads < 1 or args.cw_n < 1 or args.warmup < 0 or args.jobs < 0:
-        parser.error("--n, --repeats, --threads and --cw-n must be positive, --warmup and --jobs not negative")
     if args.jobs > args.n:
         parser.error(f"--jobs {args.jobs}: at most --n ({args.n}) shards")
     wanted = {name: str(args.threads) for name in ("RCENP_HOST_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
@@ -250,8 +259,6 @@ def main(argv=None):
         os.environ.update(wanted)  # equal threads on both sides, set before NumPy's OpenBLAS starts
         os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     os.environ["RCENP_HOST_THREADS"] = wanted["RCENP_HOST_THREADS"]  # called from Python: rcenp reads it lazily
-    if args.eps < 0:
-        parser.error("--eps must be >= 0")
     try:
         import torch
     except ImportError:
@@ -276,4 +283,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

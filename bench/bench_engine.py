@@ -33,9 +33,8 @@ import time
 SCRIPT = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(SCRIPT))  # bench_host, whether run or imported
 
-from bench_host import steal_seconds  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(SCRIPT))
+from bench_host import exit_status, image_shape, resnet_depth, steal_seconds  # noqa: E402 (puts rcenp on the path)
+from rcenp.argtypes import count  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -82,7 +81,6 @@ def _measure(train_step, forward, input_grad, sync, repeats, rss_before):
 
 
 def run_rcenp(args):
-    sys.path.insert(0, ROOT)
     import numpy as np
 
     import rcenp
@@ -189,25 +187,8 @@ def _child(framework, args, batch, shape):
     return record
 
 
-def _shape(text):
-    try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"shape must be CxHxW (e.g. 3x32x32), got {text!r}")
-    return shape
-
-
 def _listed(convert):
     return lambda text: [convert(v) for v in text.split(",")]
-
-
-def _positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {value}")
-    return value
 
 
 _TIMED = ("train_step_s", "train_step_best_s", "forward_s", "forward_best_s", "input_grad_s", "input_grad_best_s",
@@ -266,17 +247,17 @@ def _compare(args, batch, shape, has_torch):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=_listed(_positive), default=[128], help="batch sizes, e.g. 1,10,100,128")
-    parser.add_argument("--shape", type=_listed(_shape), default=[(3, 32, 32)],
+    parser.add_argument("--batch", type=_listed(count), default=[128], help="batch sizes, e.g. 1,10,100,128")
+    parser.add_argument("--shape", type=_listed(image_shape), default=[(3, 32, 32)],
                         help="image shapes CxHxW, e.g. 3x32x32,1x28x28 (CIFAR-10, MNIST)")
-    parser.add_argument("--depth", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--rounds", type=_positive, default=1,
+    parser.add_argument("--depth", type=resnet_depth, default=32, help="ResNet depth, 6n+2")
+    parser.add_argument("--repeats", type=count, default=7)
+    parser.add_argument("--rounds", type=count, default=1,
                         help="alternate rcenp and PyTorch this many times and keep each one's least times "
                              "(on a shared machine)")
     parser.add_argument("--tune-allocator", action="store_true",
                         help="call rcenp.tune_host_allocator() first (as the rcenp command once did)")
-    parser.add_argument("--threads", type=_positive,
+    parser.add_argument("--threads", type=count,
                         help="threads for both (RCENP_HOST_THREADS, torch.set_num_threads); default: theirs")
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -300,8 +281,6 @@ def main(argv=None):
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        if ROOT not in sys.path:
-            sys.path.insert(0, ROOT)
         from rcenp.checkpoint import atomic_write_text
 
         atomic_write_text(args.json, text + "\n")
@@ -309,4 +288,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -1,7 +1,15 @@
-"""What the benchmarks record about the host beside their timings."""
+"""What the bench scripts share: the host's steal time they record beside their timings, their
+ResNet depth and image shape options, and their entry points' one-line errors. A module they
+import, not a command."""
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's rcenp
+
+from rcenp.argtypes import integer  # noqa: E402
 
 
 def steal_seconds():
@@ -14,3 +22,46 @@ def steal_seconds():
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def resnet_depth(text: str) -> int:
+    """A ResNet depth option (argparse type): 6n+2 with n >= 1, as ``rcenp.models.resnet`` builds."""
+    value = integer(text)
+    if value < 8 or (value - 2) % 6:
+        raise argparse.ArgumentTypeError(f"must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...), got {text}")
+    return value
+
+
+def image_shape(text: str) -> tuple:
+    """An image shape option CxHxW (argparse type), each size positive."""
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected CxHxW with positive sizes (e.g. 3x32x32), got {text!r}")
+    return shape
+
+
+def exit_status(main) -> int:
+    """``main()``'s exit status; where it raised one of rcenp's one-line errors (bad data, a bad
+    checkpoint or device, a bad value, a file), 2 after ``SCRIPT: error: MESSAGE`` on stderr, as
+    argparse's errors read."""
+    try:
+        return main()
+    except Exception as exc:
+        # imported on failure only, so that bench_engine.py's PyTorch child loads no more of rcenp
+        from rcenp.backend import DeviceError
+        from rcenp.checkpoint import CheckpointError
+        from rcenp.cli import error_text
+        from rcenp.data import DataError
+
+        if not isinstance(exc, (CheckpointError, DataError, DeviceError, ValueError, OSError)):
+            raise
+        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {error_text(exc)}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(f"{os.path.basename(__file__)}: a module of the bench scripts, not a command; run bench_engine.py, "
+             "bench_attacks.py, bench_kd.py or profile_forward.py")

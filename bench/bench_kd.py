@@ -44,6 +44,8 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_host import exit_status  # noqa: E402
+from rcenp.argtypes import count, integer, nonnegative, positive, real  # noqa: E402
 from rcenp.backend import cuda_available, xp_for  # noqa: E402
 from rcenp.checkpoint import atomic_write_text  # noqa: E402
 from rcenp.detect import kde, kde_cuda  # noqa: E402
@@ -280,17 +282,17 @@ def gpu_section(args, sigma2):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=1000, help="CPU queries")
-    parser.add_argument("--gpu-queries", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--per-class", type=int, default=5000)
-    parser.add_argument("--sigma2", type=float, default=kde.DEFAULT_SIGMA2["rce"])
-    parser.add_argument("--repeats", type=int, default=20,
+    parser.add_argument("--queries", type=count, default=1000, help="CPU queries")
+    parser.add_argument("--gpu-queries", type=count, default=100_000)
+    parser.add_argument("--dim", type=count, default=64)
+    parser.add_argument("--classes", type=count, default=10)
+    parser.add_argument("--per-class", type=count, default=5000)
+    parser.add_argument("--sigma2", type=positive(real), default=kde.DEFAULT_SIGMA2["rce"])
+    parser.add_argument("--repeats", type=count, default=20,
                         help="timed calls after a warm-up, for every method; the best is reported")
-    parser.add_argument("--peak-tflops", type=float, default=67.0,
+    parser.add_argument("--peak-tflops", type=positive(real), default=67.0,
                         help="float32 peak of the GPU (H100 SXM: 67)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative(integer), default=0)
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args(argv)
     report = {"platform": platform.platform(), "python": platform.python_version(),
@@ -301,7 +303,8 @@ def main(argv=None):
     print(text)
     if args.json:
         atomic_write_text(args.json, text + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))

@@ -18,17 +18,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _shape(text):
-    c, h, w = (int(v) for v in text.lower().split("x"))
-    return c, h, w
-
+from bench_host import exit_status, image_shape, resnet_depth  # puts this checkout's rcenp on the path
+from rcenp.argtypes import count
 
 PASSES = ("forward", "input_grad", "train_step")
 
@@ -86,7 +79,6 @@ def _instrument(totals, by_shape):
 
 
 def profile(depth: int, batch: int, shape, repeats: int, passes=PASSES) -> dict:
-    sys.path.insert(0, ROOT)
     import numpy as np
 
     import rcenp
@@ -155,10 +147,10 @@ def profile(depth: int, batch: int, shape, repeats: int, passes=PASSES) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--depth", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--shape", type=_shape, default=(3, 32, 32))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--depth", type=resnet_depth, default=32, help="ResNet depth, 6n+2")
+    parser.add_argument("--batch", type=count, default=128)
+    parser.add_argument("--shape", type=image_shape, default=(3, 32, 32), help="image shape CxHxW")
+    parser.add_argument("--repeats", type=count, default=5)
     parser.add_argument("--passes", default=",".join(PASSES), help=f"comma-separated, from {', '.join(PASSES)}")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
@@ -170,7 +162,6 @@ def main(argv=None) -> int:
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
-        sys.path.insert(0, ROOT)
         from rcenp.checkpoint import atomic_write_text
 
         atomic_write_text(args.json, text + "\n")
@@ -178,4 +169,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_status(main))

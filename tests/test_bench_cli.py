@@ -1,0 +1,87 @@
+"""The bench scripts' command lines, as a fresh user met them: a bad option refused by the parser,
+the library's errors as one line, status 2 and no traceback for both; bench_host.py, a module,
+saying so when run."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_host  # noqa: E402
+
+
+def run(script, *args, **env):
+    environ = {**os.environ, "RCENP_HOST_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, f"bench/{script}", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=environ)
+
+
+def refusal(done, script) -> str:
+    """The error line of a refusal: status 2, nothing on stdout, no traceback; before the line only
+    argparse's usage."""
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr, done.stderr
+    *usage, line = done.stderr.strip().splitlines()
+    assert line.startswith(f"{script}: error: ")
+    assert all(text.startswith(("usage: ", " ")) for text in usage), done.stderr
+    return line
+
+
+@pytest.mark.parametrize("script, args, said", [
+    ("bench_attacks.py", ["--eps", "0"], "argument --eps: must lie in (0, 1]"),
+    ("bench_attacks.py", ["--eps", "5"], "argument --eps: must lie in (0, 1]"),
+    ("profile_forward.py", ["--batch", "0"], "argument --batch: must be positive, got 0"),
+    ("profile_forward.py", ["--repeats", "0"], "argument --repeats: must be positive, got 0"),
+    ("profile_forward.py", ["--depth", "15"], "argument --depth: must be 6n+2 with n >= 1"),
+    ("profile_forward.py", ["--shape", "0x28x28"], "argument --shape: expected CxHxW with positive sizes"),
+    ("bench_kd.py", ["--queries", "0"], "argument --queries: must be positive, got 0"),
+    ("bench_kd.py", ["--per-class", "0"], "argument --per-class: must be positive, got 0"),
+    ("bench_kd.py", ["--repeats", "0"], "argument --repeats: must be positive, got 0"),
+    ("bench_kd.py", ["--sigma2", "-1"], "argument --sigma2: must be positive, got -1"),
+    ("bench_engine.py", ["--repeats", "0"], "argument --repeats: must be positive, got 0"),
+    ("bench_engine.py", ["--depth", "15"], "argument --depth: must be 6n+2 with n >= 1"),
+    ("bench_engine.py", ["--rounds", "0"], "argument --rounds: must be positive, got 0"),
+    ("bench_engine.py", ["--batch", "1,0"], "argument --batch: must be positive, got 0"),
+])
+def test_a_bad_option_is_refused_by_the_parser(script, args, said):
+    assert said in refusal(run(script, *args), script)
+
+
+def test_the_librarys_errors_end_as_one_line(monkeypatch, capsys):
+    from rcenp.checkpoint import CheckpointError
+    from rcenp.data import DataError
+
+    def failing(error):
+        def main():
+            raise error
+        return main
+
+    monkeypatch.setattr(sys, "argv", ["bench/bench_x.py"])
+    for error, said in ((DataError("mnist test images: no t10k-images-idx3-ubyte in /data/mnist"), None),
+                        (CheckpointError("nosuch: neither a run directory, a checkpoint, nor a shipped model"), None),
+                        (ValueError("eps must be positive and at most 1.0, got 5.0"), None),
+                        (FileNotFoundError(2, "No such file or directory", "out/x.json"),
+                         "out/x.json: no such file or directory")):
+        assert bench_host.exit_status(failing(error)) == 2
+        assert capsys.readouterr().err == f"bench_x.py: error: {said or error}\n"
+
+
+def test_other_errors_keep_their_traceback():
+    with pytest.raises(KeyError):
+        bench_host.exit_status(lambda: {}["missing"])
+    assert bench_host.exit_status(lambda: 0) == 0
+
+
+def test_a_script_reports_the_librarys_error_in_one_line():
+    pytest.importorskip("torch")
+    done = run("bench_attacks.py", "--threads", "1", "--models", "nosuch", "--attacks", "bim", "--n", "1")
+    assert refusal(done, "bench_attacks.py").startswith("bench_attacks.py: error: nosuch: neither a run directory")
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_bench_host_run_directly_says_it_is_a_module():
+    done = run("bench_host.py", "--help")
+    assert done.returncode != 0 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "a module of the bench scripts, not a command" in done.stderr
