@@ -213,7 +213,7 @@ def _threads(torch):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["mnist-resnet32-ce", "mnist-resnet32-rce"],
                         help="shipped model names or run directories")
     parser.add_argument("--attacks", nargs="*", choices=ATTACKS, default=list(ATTACKS),

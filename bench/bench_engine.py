@@ -246,7 +246,7 @@ def _compare(args, batch, shape, has_torch):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=_listed(count), default=[128], help="batch sizes, e.g. 1,10,100,128")
     parser.add_argument("--shape", type=_listed(image_shape), default=[(3, 32, 32)],
                         help="image shapes CxHxW, e.g. 3x32x32,1x28x28 (CIFAR-10, MNIST)")

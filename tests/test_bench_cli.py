@@ -1,6 +1,7 @@
 """The bench scripts' command lines, as a fresh user met them: a bad option refused by the parser,
-the library's errors as one line, status 2 and no traceback for both; bench_host.py, a module,
-saying so when run."""
+the library's errors as one line, status 2 and no traceback for both; --help describing the script
+in whole sentences; bench_host.py, a module, saying so when run."""
+import importlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_host  # noqa: E402
+
+SCRIPTS = ("bench_attacks.py", "bench_engine.py", "bench_kd.py", "profile_forward.py")
 
 
 def run(script, *args, **env):
@@ -79,6 +82,14 @@ def test_a_script_reports_the_librarys_error_in_one_line():
     done = run("bench_attacks.py", "--threads", "1", "--models", "nosuch", "--attacks", "bim", "--n", "1")
     assert refusal(done, "bench_attacks.py").startswith("bench_attacks.py: error: nosuch: neither a run directory")
     assert len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_describes_the_script_in_whole_sentences(script):
+    done = run(script, "--help", COLUMNS="1000")  # one line per paragraph: no word split at a hyphen
+    assert done.returncode == 0, done.stderr
+    summary = " ".join(importlib.import_module(script.removesuffix(".py")).__doc__.split("\n\n")[0].split())
+    assert summary.endswith(".") and summary in " ".join(done.stdout.split())
 
 
 def test_bench_host_run_directly_says_it_is_a_module():
