@@ -235,7 +235,7 @@ def _compare(args, batch, shape, has_torch):
                                            max(t["peak_rss_mb"] - t["rss_before_steps_mb"], 1e-9),
             }
     else:
-        report["torch"] = "not installed: comparison skipped"
+        report["torch"] = "skipped (--no-torch)" if args.no_torch else "not installed: comparison skipped"
     for fw in ("rcenp", "torch"):
         r = report.get(fw)
         if isinstance(r, dict) and "train_step_s" in r:

@@ -62,6 +62,20 @@ def test_bench_engine_records_each_child_processes_host_steal_time(tmp_path):
     done = subprocess.run([sys.executable, "bench/bench_engine.py", "--no-torch", "--batch", "1", "--shape", "1x28x28",
                            "--repeats", "1", "--json", str(out)], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
-    record = json.loads(out.read_text())["runs"][0]["rcenp"]
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["torch"] == "skipped (--no-torch)"
+    record = run["rcenp"]
     assert record["train_step_s"] > 0
     assert ("host_steal_s" in record) == Path("/proc/stat").is_file() and record.get("host_steal_s", 0) >= 0
+
+
+def test_bench_engine_says_why_pytorch_was_not_timed(monkeypatch):
+    import argparse
+
+    import bench_engine
+
+    monkeypatch.setattr(bench_engine, "_child", lambda framework, *_: {"framework": framework, "error": ["stub"]})
+    args = argparse.Namespace(depth=8, rounds=1, no_torch=True)
+    assert bench_engine._compare(args, 1, (1, 8, 8), has_torch=True)["torch"] == "skipped (--no-torch)"
+    args.no_torch = False
+    assert bench_engine._compare(args, 1, (1, 8, 8), has_torch=False)["torch"] == "not installed: comparison skipped"
