@@ -229,9 +229,9 @@ def main(argv=None):
                              "argmax d log F_t/dx as rcenp computes it (entry 'torch_log_target'), or both")
     parser.add_argument("--repeats", type=count, default=1, help="timed runs of each attack (median reported)")
     parser.add_argument("--threads", type=count, default=2,
-                        help="threads for each side: torch.set_num_threads, RCENP_HOST_THREADS, OPENBLAS_NUM_THREADS "
-                             "and OMP_NUM_THREADS (the script restarts itself once to set the last two before NumPy "
-                             "and PyTorch load)")
+                        help="threads for each side: PyTorch's intra- and inter-op threads, RCENP_HOST_THREADS, "
+                             "OPENBLAS_NUM_THREADS and OMP_NUM_THREADS (the script restarts itself once to set the last "
+                             "two before NumPy and PyTorch load)")
     parser.add_argument("--warmup", type=nonnegative(integer), default=1,
                         help="untimed runs of each BIM/JSMA implementation before timing (C&W: none)")
     parser.add_argument("--jobs", type=nonnegative(integer), default=0, metavar="J",
@@ -264,6 +264,10 @@ def main(argv=None):
     except ImportError:
         raise SystemExit("bench_attacks: error: PyTorch is not installed (pip install torch)") from None
     torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(args.threads)
+    except RuntimeError:  # refused once this process has set it or run inter-op work (main called again)
+        pass  # _threads records the count that holds
     attacks_module = _rcenp_attacks()
     report = {"benchmark": f"attacks on the first {args.n} {args.source} images, eps {args.eps}",
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),

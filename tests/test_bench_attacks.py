@@ -44,6 +44,21 @@ def test_bim_and_cw_report(tmp_path, capsys):
     assert not out.with_name("attacks.json.tmp").exists()
 
 
+def test_threads_sets_pytorchs_inter_op_threads_too(tmp_path):
+    """In a fresh process, as a user runs it: in this one PyTorch may have run inter-op work already."""
+    import os
+    import subprocess
+
+    out = tmp_path / "attacks.json"
+    env = {**os.environ, "RCENP_HOST_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "bench/bench_attacks.py", "--models", "mnist-resnet32-ce", "--n", "1",
+                           "--attacks", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], env=env)
+    assert done.returncode == 0, done.stderr
+    threads = json.loads(out.read_text())["threads"]
+    assert threads["torch_intra_op"] == threads["torch_inter_op"] == 1
+
+
 def test_bad_arguments_exit_with_one_line(capsys):
     with pytest.raises(SystemExit) as info:
         bench_attacks.main(["--n", "0"])
