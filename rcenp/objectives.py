@@ -19,7 +19,10 @@ OBJECTIVES = ("ce", "rce")
 class Classifier(Module):
     """A network and its training objective. ``weights_sha256``: the SHA-256 of the checkpoint
     arrays it was loaded from (``rcenp.models.load``; None otherwise), which a fitted detector
-    records and checks."""
+    records and checks. ``image_shape``: (C, H, W) of the data set it was trained on, set by
+    ``rcenp.models.load``, which ``predict``, the attacks and the detector then require (a ResNet
+    computes on any H, W divisible by 4, so a 32x32 image would pass an MNIST model silently);
+    None (the default) lets any size the network takes through."""
 
     def __init__(self, network: Module, objective: str):
         super().__init__()
@@ -28,6 +31,7 @@ class Classifier(Module):
         self.network = network
         self.objective = objective
         self.weights_sha256 = None
+        self.image_shape = None
 
     def __repr__(self) -> str:
         net = self.network

@@ -44,14 +44,14 @@ from rcenp import checkpoint
 from rcenp.autograd import no_grad
 from rcenp.backend import as_numpy, default_device, to_device
 from rcenp.data import BatchStream, augment_cifar, load
-from rcenp.data.datasets import FULL_SIZE
+from rcenp.data.datasets import FULL_SIZE, IMAGE_SHAPES
 from rcenp.models import resnet
 from rcenp.objectives import Classifier
 from rcenp.optim import SCHEDULES, SGD, PiecewiseConstant
 from rcenp.progress import Progress
 
 CHECKPOINT_STEM = "checkpoint"
-CHANNELS = {"mnist": 1, "fashion-mnist": 1, "cifar10": 3}
+CHANNELS = {name: shape[0] for name, shape in IMAGE_SHAPES.items()}
 PRESETS = ("paper", "quick", "subset")
 
 

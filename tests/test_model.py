@@ -309,6 +309,22 @@ def test_predict_refuses_pixels_outside_the_box(scale, message):
         model.predict_logits(scale(x))
 
 
+def test_a_loaded_model_refuses_images_of_another_size():
+    """A ResNet computes on any H, W divisible by 4: a 32x32 image gave the shipped MNIST model a
+    prediction without a word (a fresh user's trial). A loaded model knows its data set's shape;
+    a model built by hand takes any size, as before."""
+    import rcenp
+
+    model = rcenp.models.load("mnist-resnet32-rce")[0]
+    assert model.image_shape == (1, 28, 28)
+    assert model.predict(np.zeros((2, 1, 28, 28), np.float32)).shape == (2,)
+    for shape in ((2, 1, 32, 32), (2, 1, 8, 8)):
+        with pytest.raises(ValueError, match=r"^images are 1x\d+x\d+ \(C x H x W\); this model was trained on "
+                                             r"1x28x28 images$"):
+            model.predict(np.zeros(shape, np.float32))
+    assert Classifier(resnet(8, 1, seed=0), "ce").predict(np.zeros((2, 1, 8, 8), np.float32)).shape == (2,)
+
+
 def test_predict_batch_size_must_be_a_positive_integer():
     model = Classifier(resnet(8, 1, seed=0), "ce")
     x = np.zeros((3, 1, 8, 8), np.float32)

@@ -29,6 +29,7 @@ from .errors import DataError
 DATASETS = ("mnist", "fashion-mnist", "cifar10")
 SPLITS = ("train", "test")
 NUM_CLASSES = 10
+IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}  # (C, H, W)
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

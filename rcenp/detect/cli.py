@@ -11,7 +11,7 @@ import numpy as np
 from rcenp.argtypes import count, integer, nonnegative, real
 from rcenp.backend import DEVICE_HELP
 from rcenp.checkpoint import CheckpointError
-from rcenp.data.datasets import DATA_DIR_DEFAULT, class_name
+from rcenp.data.datasets import DATA_DIR_DEFAULT, IMAGE_SHAPES, class_name
 from rcenp.data.images import SUFFIXES as IMAGE_SUFFIXES
 from rcenp.data.images import read_image, read_npz
 from rcenp.progress import counter
@@ -168,9 +168,7 @@ def cmd_detect(args) -> int:
     if not args.fit and not stem.with_suffix(".json").is_file():
         raise CheckpointError(f"{args.model}: no fitted detector ({stem.with_suffix('.json')}); run with --fit first")
     dataset = manifest["config"]["dataset"]
-    channels = 1 if dataset != "cifar10" else 3
-    size = 32 if channels == 3 else 28
-    batches = [(name, read_images(Path(name), (channels, size, size))) for name in args.images or ()]  # all, first
+    batches = [(name, read_images(Path(name), IMAGE_SHAPES[dataset])) for name in args.images or ()]  # all, first
     if args.fit:
         if stem.with_suffix(".json").is_file() and not args.overwrite:
             raise CheckpointError(f"{args.model} already has a fitted detector ({stem.with_suffix('.json')}); "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rcenp import checkpoint
 from rcenp.checkpoint import CheckpointError
+from rcenp.data.datasets import IMAGE_SHAPES
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
@@ -121,4 +122,5 @@ def load(name_or_path, device: str | None = None):
     model.network.load_state_dict(model_state)
     model.to(device or default_device()).eval()
     model.weights_sha256 = manifest.get("arrays_sha256")  # ties a detector to these weights (Detector.save)
+    model.image_shape = IMAGE_SHAPES.get(manifest["config"].get("dataset"))
     return model, manifest

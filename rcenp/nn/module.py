@@ -164,7 +164,7 @@ def check_model(model) -> None:
 
 def check_images(model, x):
     """``x`` as an (N, C, H, W) array for ``model`` (a ``Classifier``) after checking shape, the
-    channel count, dtype (the model's: no silent casts), finiteness and the [-0.5, 0.5] pixel box
+    channel count, (C, H, W) where the model has an ``image_shape``, dtype (the model's: no silent casts), finiteness and the [-0.5, 0.5] pixel box
     (``PIXEL_BOX``). Raises ValueError naming what is wrong, and TypeError when ``model`` is not
     a ``Classifier`` (say the (model, manifest) pair that ``rcenp.models.load`` returns)."""
     check_model(model)
@@ -175,6 +175,10 @@ def check_images(model, x):
     channels = getattr(model.network, "in_channels", None)
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}")
+    shape = getattr(model, "image_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError("images are {}x{}x{} (C x H x W); this model was trained on {}x{}x{} images".format(
+            *x.shape[1:], *shape))
     check_input_dtype(x, model.network.parameters()[0].data)
     if x.size and not bool(xp.isfinite(x).all()):
         raise ValueError("images contain NaN or infinity")
