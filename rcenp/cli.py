@@ -179,6 +179,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from rcenp.data import load, load_sample
     from rcenp.models import load as load_model
+    from rcenp.progress import counter
     from rcenp.train import evaluate
 
     if args.sample and args.data_dir:
@@ -194,7 +195,7 @@ def cmd_eval(args) -> int:
         if dataset != "mnist":
             raise
         raise DataError(f"{exc}; or pass --sample to use the embedded 1,000-image MNIST sample") from None
-    result = evaluate(model, test.images, test.labels)
+    result = evaluate(model, test.images, test.labels, progress=counter("test images", f"evaluating {args.model}"))
     result.update(model=str(args.model), test_set=test.describe())
     if args.json:
         print(json.dumps(result))

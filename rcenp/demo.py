@@ -36,21 +36,24 @@ def model_dataset(name) -> str | None:
     return manifest.get("config", {}).get("dataset")
 
 
-def evaluate_model(name, test, device=None) -> dict:
+def evaluate_model(name, test, device=None, err=None) -> dict:
     """Test error of a shipped model on ``test``, and its detector on the clean images if it has one:
-    the ``RECORD_KEYS`` record (percentages in %, quartiles of each clean score)."""
+    the ``RECORD_KEYS`` record (percentages in %, quartiles of each clean score). Progress lines with
+    an ETA go to ``err`` (default sys.stderr)."""
     from rcenp.detect.detector import Detector, detector_stem
     from rcenp.models.registry import load as load_model
     from rcenp.models.registry import resolve
+    from rcenp.progress import counter
     from rcenp.train import count_errors, evaluate
 
     model, manifest = load_model(name, device)
     stem = detector_stem(resolve(name))
     det = Detector.load(stem, model) if stem.with_suffix(".json").is_file() else None
+    progress = counter("test images", f"evaluating {name}", stream=err)
     if det is None:
-        result = evaluate(model, test.images, test.labels)
+        result = evaluate(model, test.images, test.labels, progress=progress)
     else:  # one forward pass: the detector's scores carry the model's predictions
-        labels, scores = det.predict(test.images)
+        labels, scores = det.predict(test.images, progress=progress)
         result = count_errors(scores["prediction"], test.labels)
     record = {"model": name, "objective": model.objective, "test_error_percent": round(100 * result["test_error"], 3),
               "errors": result["errors"], "n": result["n_test"], "trained_steps": manifest["step"]}
@@ -83,11 +86,11 @@ def run_demo(names, data_dir=None, device=None, as_json=False, out=None, err=Non
             if as_json:
                 print(skipped[-1], file=err, flush=True)
         elif as_json:
-            records.append(evaluate_model(name, test, device))
+            records.append(evaluate_model(name, test, device, err))
             print(json.dumps(records[-1]), file=out, flush=True)
         else:
             print(f"evaluating {name} on {len(test):,} images ...", file=err, flush=True)
-            records.append(evaluate_model(name, test, device))
+            records.append(evaluate_model(name, test, device, err))
     showcase = []
     for record in records:
         if "detector" in record and test_sets.get("mnist", (None,))[0] is not None and \

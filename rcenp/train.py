@@ -48,7 +48,7 @@ from rcenp.data.datasets import FULL_SIZE, IMAGE_SHAPES
 from rcenp.models import resnet
 from rcenp.objectives import Classifier
 from rcenp.optim import SCHEDULES, SGD, PiecewiseConstant
-from rcenp.progress import Progress
+from rcenp.progress import Progress, counter
 
 CHECKPOINT_STEM = "checkpoint"
 CHANNELS = {name: shape[0] for name, shape in IMAGE_SHAPES.items()}
@@ -119,9 +119,16 @@ def build_classifier(config: TrainConfig) -> Classifier:
     return Classifier(network, config.objective)
 
 
-def evaluate(model: Classifier, images, labels, batch_size=500) -> dict:
-    """Test error with the prediction logits (reverse logits for RCE), eval-mode BN."""
-    return count_errors(model.predict(images, batch_size), labels)
+def evaluate(model: Classifier, images, labels, batch_size=500, progress=None) -> dict:
+    """Test error with the prediction logits (reverse logits for RCE), eval-mode BN: ``count_errors``.
+    ``progress(done, total)``, if given, hears after every batch (``rcenp.progress.counter``)."""
+    if progress is None:
+        return count_errors(model.predict(images, batch_size), labels)
+    predictions = []
+    for start in range(0, len(images), batch_size):  # the batches predict() forms: the same bits
+        predictions.append(as_numpy(model.predict(images[start:start + batch_size], batch_size)))
+        progress(min(start + batch_size, len(images)), len(images))
+    return count_errors(np.concatenate(predictions), labels)
 
 
 def count_errors(predictions, labels) -> dict:
@@ -243,7 +250,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
         save_checkpoint(out_dir, model, optimizer, config, config.steps, data_identity)
         progress.message(f"trained; now the test error on {test_set.describe()}")
         with no_grad():
-            metrics = evaluate(model, test_set.images, test_set.labels)
+            metrics = evaluate(model, test_set.images, test_set.labels, progress=counter("test images", "test error"))
         metrics.update({"dataset": config.dataset, "objective": config.objective, "depth": config.depth,
                         "steps": config.steps, "data": data_identity, "test_set": test_set.describe(),
                         "train_seconds_this_run": train_seconds, "device": device})

@@ -105,6 +105,9 @@ def test_the_demos_one_pass_test_error_equals_evaluates():
     record = demo.evaluate_model("mnist-resnet32-ce", test, "cpu")
     expected = evaluate(model, test.images, test.labels)
     assert "detector" in record and record["errors"] == expected["errors"] >= len(wrong) > 0
+    heard = []   # with progress: batch by batch, the same batches, so the same result
+    assert evaluate(model, test.images, test.labels, 100, progress=lambda *a: heard.append(a)) == expected
+    assert heard == [(min(k, len(index)), len(index)) for k in range(100, len(index) + 100, 100)]
     assert record["n"] == len(index) and record["test_error_percent"] == round(100 * expected["test_error"], 3)
 
 
@@ -112,7 +115,7 @@ def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, 
     """Both modes print the same evaluation records (here canned, so the test is quick)."""
     canned = {r["model"]: r for r in RECORDS}
     monkeypatch.setattr(registry, "shipped_models", lambda: list(canned) + [FAKE_CIFAR])
-    monkeypatch.setattr(demo, "evaluate_model", lambda name, test, device=None: canned[name])
+    monkeypatch.setattr(demo, "evaluate_model", lambda name, test, device=None, err=None: canned[name])
     attacked = {r["model"]: {"kind": "attack", "model": r["model"], "attack": "bim", "eps": 0.1, "steps": 10, "n": 200,
                              "accuracy_under_attack": 0.12, "correct_or_not_sure": 0.79, "auc_log_kd": 0.949,
                              "n_pairs": 176} for r in RECORDS}
@@ -155,7 +158,9 @@ def test_eval_prints_a_table_or_todays_json(tmp_path, capsys):
                  "2", "--batch-size", "16", "--data-dir", str(tiny_root), "--out", run]) == 0
     capsys.readouterr()
     assert main(["eval", run, "--data-dir", str(tiny_root), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert f"test images 64/64  evaluating {run}  ETA 0:00:00" in captured.err   # progress, beside the result
     assert list(result) == ["test_error", "n_test", "errors", "model", "test_set"]
     assert main(["eval", run, "--data-dir", str(tiny_root)]) == 0
     text = capsys.readouterr().out

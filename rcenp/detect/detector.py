@@ -176,12 +176,13 @@ class Detector:
         return self
 
     # ---- scoring ------------------------------------------------------------------------------
-    def scores(self, images) -> dict:
+    def scores(self, images, progress=None) -> dict:
         """Per image of ``images`` (N, C, H, W) in [-0.5, 0.5]: "prediction" (N,) int64,
-        "confidence" (N,), "non_me" (N,, nats) and, once fitted, "kd" (N,, log KD in nats) under
-        the predicted class: host arrays, higher = more normal. Raises ValueError for bad or
-        no images (``features_and_logits``) and for a "kd" detector without kernel points."""
-        z, logits = self.features_and_logits(images)
+        "confidence" (N,), "non_me" (N,) in nats and, once fitted, "kd" (N,), log KD in nats, under
+        the predicted class: host arrays, higher = more normal. ``progress`` as in
+        ``features_and_logits``. Raises ValueError for bad or no images (``features_and_logits``)
+        and for a "kd" detector without kernel points."""
+        z, logits = self.features_and_logits(images, progress=progress)
         predicted = logits.argmax(axis=1)
         out = {"prediction": as_numpy(predicted).astype(np.int64),
                "confidence": as_numpy(confidence(logits)), "non_me": as_numpy(non_me(logits))}
@@ -191,14 +192,14 @@ class Detector:
             raise ValueError("the K-density detector has no kernel points: fit it on training data first")
         return out
 
-    def predict(self, images):
+    def predict(self, images, progress=None):
         """(labels (N,) int64 with NOT_SURE (-1) where the metric's score <= T, the ``scores``
-        dict) for images (N, C, H, W) in [-0.5, 0.5]. Raises ValueError while uncalibrated (never
+        dict) for images (N, C, H, W) in [-0.5, 0.5]; ``progress`` as in ``scores``. Raises ValueError while uncalibrated (never
         calibrated, or refitted since: ``fit`` clears T), and the errors of ``scores``."""
         if self.threshold is None:
             raise ValueError("the detector has no threshold (never calibrated, or fit() cleared it): call "
                              "calibrate(clean_images) first, or set threshold=")
-        scores = self.scores(images)
+        scores = self.scores(images, progress=progress)
         labels = np.where(scores[self.metric] > self.threshold, scores["prediction"], NOT_SURE)
         return labels, scores
 
