@@ -53,7 +53,8 @@ def add_parser(sub) -> None:
                    "10,000; cw-wb: of stage 2)")
     c = a.add_argument_group("C&W (cw = C&W-L2, cw-hc = kappa 10, cw-wb = also against the K-density detector)")
     c.add_argument("--kappa", type=nonnegative(real),
-                   help="margin in logits (cw 0, cw-hc 10; cw-wb: of stage 2, 5, while stage 1 keeps 5)")
+                   help="margin in logits (default: cw 0, cw-hc 10, cw-wb 5; for cw-wb it sets stage 2's, stage 1 "
+                   "always uses 5)")
     c.add_argument("--initial-const", type=positive(real), help="first c (cw, cw-hc: 1.0; cw-wb stage 2: 100)")
     c.add_argument("--binary-steps", type=count, help="binary-search steps on c (default 9; cw-wb: of stage 2)")
     c.add_argument("--learning-rate", type=positive(real), default=0.01, help="Adam step size (default 0.01)")

@@ -139,7 +139,8 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
         det.calibrate(train.images[kernel_from:], fpr)
         det.info.update(calibration=f"training images {kernel_from}-{n_train - 1}")
         held_out = np.arange(n_test)
-    det.info.update(kernel_from=f"first {kernel_from} training images", data=test.describe())
+    det.info.update(kernel_from=f"first {kernel_from} training images",
+                    data=f"training: {train.describe()}; test: {test.describe()}")  # both splits, whichever T used
     return det, held_out
 
 
