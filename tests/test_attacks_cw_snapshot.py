@@ -175,6 +175,7 @@ def test_rcenp_attack_resumes_a_killed_batch_mid_way(tmp_path, monkeypatch):
     # the resumed batch is counted apart: its time began in the killed process, so it gives no rate
     assert summary["timing"]["images_finished_from_a_snapshot"] == 4
     assert summary["timing"]["images_this_run"] == 0 and summary["timing"]["images_per_s"] is None
+    assert "batch 1/1  4 images  ? img/s (resumed mid-batch: not timed)" in (tmp_path / "cw" / "attack.log").read_text()
     assert reference["timing"]["images_finished_from_a_snapshot"] == 0 and reference["timing"]["images_this_run"] == 4
 
 

@@ -281,7 +281,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             rate = done_images / timed if timed > 0 else None  # of this process's own work only
             left = sum(len(i) for i, done in zip(batches[b + 1:], finished[b + 1:]) if not done)
             progress.update(b + 1, plural(sum(len(i) for i in batches[:b + 1]), "image", "images") + "  "
-                            + (f"{rate:.2f} img/s" if rate else "? img/s"),
+                            + (f"{rate:.2f} img/s" if rate else "? img/s (resumed mid-batch: not timed)"
+                               if resumed_images else "? img/s"),
                             0.0 if not left else left / rate if rate else float("inf"), force=b + 1 == len(batches))
         summary = _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked,
                             runfiles.code_by_batch(stems))
