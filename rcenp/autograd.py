@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import threading
 import weakref
 
 import numpy as np
@@ -27,33 +28,40 @@ from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
 from rcenp.ops.layout import add_arrays
 
 _ARRAY_TYPES = (np.ndarray, cupy_ndarray)
-_grad_enabled = True
+
+
+class _GradMode(threading.local):
+    """Whether graphs are recorded, per thread (as PyTorch's): a ``no_grad`` block in one thread
+    neither reaches nor, ending, undoes another thread's mode."""
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 @contextlib.contextmanager
+def _grad_mode_set(enabled: bool):
+    previous, _grad_mode.enabled = _grad_mode.enabled, enabled
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
+
+
 def no_grad():
-    """Within this block no graph is recorded (inference, attack bookkeeping, metric evaluation)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
+    """Within this block no graph is recorded (inference, attack bookkeeping, metric evaluation), in
+    the calling thread."""
+    return _grad_mode_set(False)
 
 
-@contextlib.contextmanager
 def enable_grad():
-    """Re-enable graph recording inside a ``no_grad`` block."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, True
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
+    """Re-enable graph recording inside a ``no_grad`` block, in the calling thread."""
+    return _grad_mode_set(True)
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    """Whether the calling thread records graphs."""
+    return _grad_mode.enabled
 
 
 def as_array(value, like=None):
@@ -221,7 +229,7 @@ class Function:
         needs = tuple(t.requires_grad for t in tensors)
         self.needs_input_grad = needs
         output = Tensor(self.forward(*(t.data for t in tensors)))
-        if _grad_enabled and any(needs):
+        if _grad_mode.enabled and any(needs):
             output.requires_grad = True
             output.creator = self
             self.inputs = tensors

@@ -105,6 +105,34 @@ def test_no_grad_records_nothing(xp):
     assert rcenp.is_grad_enabled()
 
 
+def test_grad_mode_is_per_thread():
+    """A no_grad block in one thread does not reach another, nor does its end undo the other's:
+    with one process-wide flag, two threads' interleaved blocks (A enters, B enters, A leaves, B
+    leaves) left recording off for good."""
+    import threading
+
+    entered, leave = threading.Event(), threading.Event()
+    seen = {}
+
+    def other():
+        with rcenp.no_grad():
+            seen["inside"] = rcenp.is_grad_enabled()
+            entered.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    entered.wait(10)
+    assert rcenp.is_grad_enabled() and seen["inside"] is False   # its block is its own
+    with rcenp.no_grad():
+        leave.set()
+        thread.join(10)
+        assert not rcenp.is_grad_enabled()                        # its end leaves ours as it was
+    assert rcenp.is_grad_enabled()
+    x = Tensor(np.ones(2), requires_grad=True)
+    assert (x * 2.0).creator is not None
+
+
 def test_graph_is_released_after_backward(xp):
     x = Tensor(xp.asarray(np.ones((4, 4))), requires_grad=True)
     h = F.exp(x * 2.0)
