@@ -192,7 +192,9 @@ class HeldSignals:
     Inside ``with held:`` (in the main thread; elsewhere nothing changes) a signal is recorded in
     ``signum`` instead of acting; the loop looks at ``signum`` where its state is whole, saves,
     and calls ``stop()``, which raises what the signal would have: KeyboardInterrupt for SIGINT,
-    SystemExit(128 + signum) for SIGTERM. The previous handlers come back on leaving."""
+    SystemExit(128 + signum) for SIGTERM. The previous handlers come back on leaving. A signal the
+    process ignores stays ignored (a command started with ``&`` from a script ignores SIGINT, as
+    Python's own Ctrl-C handling then does): stop such a run with SIGTERM."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -200,7 +202,8 @@ class HeldSignals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
+                              if (handler := signal.getsignal(sig)) is not signal.SIG_IGN}
             for sig in self._previous:
                 signal.signal(sig, self._hold)
         return self

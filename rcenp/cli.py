@@ -301,8 +301,12 @@ def error_text(exc: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
+    try:
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command line is read: nothing begun, nothing to say but that
+        sys.stderr.write("rcenp: interrupted\n")
+        return 130
     if args.command is None and not extras:
         parser.error(f"choose a command: {', '.join(parser.commands)}")
     command_parser = parser.commands.get(args.command, parser)
@@ -332,8 +336,12 @@ def main(argv=None) -> int:
         sys.stderr.write(f"{command_parser.prog}: error: {error_text(exc)}\n")  # as the parser's errors read
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"{command_parser.prog}: interrupted\n")
+        sys.stderr.write(f"{command_parser.prog}: interrupted{INTERRUPTED_HINTS.get(args.command, '')}\n")
         return 130
+
+
+INTERRUPTED_HINTS = {"reproduce": " (finished cells are kept: run it again with --resume to go on, or with "
+                                  "--report for the report of those)"}
 
 
 if __name__ == "__main__":

@@ -40,15 +40,25 @@ class Classifier(Module):
         return (f"Classifier({name}, objective={self.objective!r}, classes={getattr(net, 'num_classes', '?')}, "
                 f"{dtype}, {self.device}, {'training' if self.training else 'eval'} mode)")
 
+    def _checked(self, x):
+        """x, after refusing (ValueError) images whose (C, H, W) is not ``image_shape`` (when set)."""
+        shape = getattr(x, "shape", None)
+        if self.image_shape is not None and shape is not None and len(shape) == 4 \
+                and tuple(shape[1:]) != tuple(self.image_shape):
+            raise ValueError("images are {}x{}x{} (C x H x W); this model was trained on {}x{}x{} images".format(
+                *shape[1:], *self.image_shape))
+        return x
+
     def raw_logits(self, x) -> Tensor:
         """s = the network's own logits (N, L)."""
-        return self.network(x)
+        return self.network(self._checked(x))
 
     def forward(self, x) -> Tensor:
         """Prediction logits (N, L): s for CE, -s for RCE, of images x (N, C, H, W). The ResNet
-        checks shape and dtype (ValueError) but not values: NaN or pixels outside [-0.5, 0.5] are
-        the caller's to keep out (``predict``, the attacks and the detector check them)."""
-        return self.prediction_logits(self.network(x))
+        checks shape and dtype, and a loaded model the image size (ValueError), but not values: NaN
+        or pixels outside [-0.5, 0.5] are the caller's to keep out (``predict``, the attacks and the
+        detector check them)."""
+        return self.prediction_logits(self.network(self._checked(x)))
 
     def prediction_logits(self, s):
         """Raw logits s (Tensor or array) → prediction logits: s for CE, -s for RCE (§3.2)."""
@@ -56,7 +66,7 @@ class Classifier(Module):
 
     def features(self, x) -> Tensor:
         """Z (N, D), the penultimate feature (unaffected by the reversal)."""
-        return self.network.features(x)
+        return self.network.features(self._checked(x))
 
     def loss(self, x, labels) -> Tensor:
         """The training objective on raw logits: CE or RCE (eq. 4), batch mean."""

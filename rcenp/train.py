@@ -193,6 +193,9 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
         model.network.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         start = int(manifest["step"])
+        if stop_at is not None and stop_at <= start:
+            raise ValueError(f"--stop-at {stop_at}: {out_dir} is at step {start} already; stop at a later step, "
+                             "or resume without --stop-at")
     elif not resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         raise ValueError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or choose another --out")
 

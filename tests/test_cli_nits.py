@@ -79,6 +79,18 @@ def test_no_command_lists_the_commands_not_a_dest_name(capsys, argv, commands):
     assert "data_command" not in line and "COMMAND" not in line
 
 
+def test_an_interrupted_reproduce_says_how_to_go_on(monkeypatch, capsys):
+    from rcenp import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "reproduce", interrupted)
+    assert main(["reproduce"]) == 130
+    assert capsys.readouterr().err == ("rcenp reproduce: interrupted (finished cells are kept: run it again with "
+                                       "--resume to go on, or with --report for the report of those)\n")
+
+
 def test_version(capsys):
     code, out, _ = parser_exit(["--version"], capsys)
     assert code == 0 and out.strip() == f"rcenp {rcenp.__version__}"

@@ -322,6 +322,9 @@ def test_a_loaded_model_refuses_images_of_another_size():
         with pytest.raises(ValueError, match=r"^images are 1x\d+x\d+ \(C x H x W\); this model was trained on "
                                              r"1x28x28 images$"):
             model.predict(np.zeros(shape, np.float32))
+        for call in (model, model.raw_logits, model.features):   # the graph-building calls too
+            with pytest.raises(ValueError, match="this model was trained on 1x28x28 images"):
+                call(rcenp.Tensor(np.zeros(shape, np.float32), requires_grad=True))
     assert Classifier(resnet(8, 1, seed=0), "ce").predict(np.zeros((2, 1, 8, 8), np.float32)).shape == (2,)
 
 

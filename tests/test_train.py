@@ -188,6 +188,26 @@ def test_an_interrupt_saves_the_step_in_work_and_resume_matches_uninterrupted(ti
         assert np.array_equal(oa[k], ob[k]), k
 
 
+def test_held_signals_leave_an_ignored_signal_ignored():
+    """A command started with & from a script ignores SIGINT; holding it would make Ctrl-C work in
+    the training loop only, so it stays ignored (SIGTERM still stops the run)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with checkpoint.HeldSignals() as held:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is not \
+                signal.SIG_DFL
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        assert held.signum == signal.SIGTERM and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        with pytest.raises(SystemExit) as stopped:
+            held.stop()
+        assert stopped.value.code == 143
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     state = {"w": np.arange(4.0)}
     checkpoint.save(tmp_path / "ck", state, None, {"step": 1})
@@ -268,6 +288,8 @@ def test_cli_errors_are_one_line(tiny_root, tmp_path, capsys):
                                    "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and len(err) == 1 and "--batch-size 150 is more than the 100 training images used" in err[0]
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
+    code, err = run_cli(ok + ["--resume", "--stop-at", "1"], capsys)   # the run is at step 2 already
+    assert code == 2 and len(err) == 1 and f"--stop-at 1: {tmp_path / 'run'} is at step 2 already" in err[0]
     assert main(["eval", str(tmp_path / "run"), "--data-dir", str(tiny_root)]) == 0
 
 

@@ -175,10 +175,8 @@ def check_images(model, x):
     channels = getattr(model.network, "in_channels", None)
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}")
-    shape = getattr(model, "image_shape", None)
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-        raise ValueError("images are {}x{}x{} (C x H x W); this model was trained on {}x{}x{} images".format(
-            *x.shape[1:], *shape))
+    if getattr(model, "image_shape", None) is not None:
+        model._checked(x)
     check_input_dtype(x, model.network.parameters()[0].data)
     if x.size and not bool(xp.isfinite(x).all()):
         raise ValueError("images contain NaN or infinity")

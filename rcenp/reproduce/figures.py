@@ -134,7 +134,8 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
             ax.set_xlabel("θ (per-feature step, box units)" if attack == "jsma" else "ε (box units)")
             ax.set_ylabel("accuracy under attack (%)")
             ax.set_ylim(0, 100)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:   # no curve (cells pending or not run): no empty legend
+                ax.legend()
         ax = axes[4]
         width = 0.35
         for k, obj in enumerate(lineup.OBJECTIVES):
