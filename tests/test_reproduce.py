@@ -72,7 +72,7 @@ def test_report_of_a_killed_run_shows_its_finished_cells_and_computes_nothing(sm
     assert {path.name for path in set(after) - set(r["mtimes"])} <= {"tsne.npz"}
     report = r["report_md"]
     again = f"rcenp reproduce --budget smoke --out {out} --resume"
-    assert f"**PARTIAL: {len(pending)} cells of this run are not computed yet" in report and f"`{again}`" in report
+    assert f"**PARTIAL: {len(pending)} cells of this run (MNIST) are not computed yet" in report and f"`{again}`" in report
     assert f"**Pending: {len(pending)} cells**" in report
     assert all(f"- {key}" in report for key in pending)
     assert "pending: not computed yet" in r["report_csv_table2"]

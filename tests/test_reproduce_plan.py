@@ -2,6 +2,7 @@
 the Table 4 transfer path, figures without the report extra."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -155,6 +156,31 @@ def test_the_plan_lists_the_work_and_computes_writes_and_moves_nothing(tmp_path,
     total = int(next(line for line in lines if line.startswith("to compute: ")).split()[4].replace(",", ""))
     assert total == round(sum(costs.cell_cost(c) for c in cells.plan(cpu, ["fig2"])
                               if c.dataset == "mnist" and c.model is not None and c.key != planned[0].key))
+
+
+def test_a_run_remembers_its_cells_from(tmp_path, capsys, monkeypatch):
+    """A --resume, --plan or --report naming no --cells-from uses the run's (a forgotten one made
+    a report of 92 pending cells where 8 were, and its resume would have recomputed the rest)."""
+    from rcenp.cli import main
+    from rcenp.reproduce.run import claim
+
+    cpu = budgets.get_budget("cpu")
+    planned = [c for c in cells.plan(cpu, ["fig2"]) if c.model == "mnist-resnet32-ce" and c.attack == "bim"]
+    fake_published(tmp_path / "published", planned[0])
+    out = tmp_path / "runs" / "out"
+    claim(out, "cpu", resume=False)
+    reuse.remember_cells_from(out, [tmp_path / "published"])
+    reuse.remember_cells_from(out, [tmp_path / "published"])          # once only
+    assert json.loads((out / "reproduce.json").read_text())["cells_from"] == ["../../published"]   # holds in a clone
+    monkeypatch.chdir(tmp_path / "runs")
+    assert reuse.remembered_cells_from(Path("out")) == ["../published"]  # from the current folder
+    assert main(["reproduce", "--budget", "cpu", "--only", "fig2", "--datasets", "mnist", "--out", "out", "--resume",
+                 "--plan"]) == 0
+    captured = capsys.readouterr()
+    assert "--cells-from ../published: as this run recorded" in captured.err
+    assert "finished, kept: 1 cell (1 from ../published)" in captured.out.splitlines()
+    assert main(["reproduce", "--budget", "cpu", "--out", "out", "--report", "--only", "table1"]) == 2
+    assert "it goes without --only" in capsys.readouterr().err
 
 
 def test_published_cells_with_another_detector_or_an_unrecorded_eta_are_not_reused(tmp_path):

@@ -360,6 +360,6 @@ def test_an_out_that_holds_a_run_is_refused_with_the_command_that_continues_it(t
         run.claim(tmp_path, "smoke", resume=False)
     with pytest.raises(ValueError, match=r"\(budget smoke\): pass --budget smoke --resume to continue it"):
         run.claim(tmp_path, "cpu", resume=False)
-    with pytest.raises(ValueError, match=r"holds a smoke run; --resume with --budget smoke, or choose another --out"):
+    with pytest.raises(ValueError, match=r"holds a smoke run: pass --budget smoke, or choose another --out"):
         run.claim(tmp_path, "cpu", resume=True)
     assert run.claim(tmp_path, "smoke", resume=True) is False  # the suggested command goes ahead

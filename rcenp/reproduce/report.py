@@ -387,9 +387,12 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
             "- test images, for every table: each cell takes the first n images (n shown in the tables) of its "
             "data set's test split:"] + [f"  {line}" for line in used_test_sets(res)] + [""]
     if meta.get("pending"):
-        head.insert(2, f"**PARTIAL: {meta['pending']} cells of this run are not computed yet (listed under 'Cells' "
-                       f"at the end); every table, figure and check shows the finished cells only. "
-                       f"`{meta['again']}` computes the rest.**\n")
+        covered = ", ".join(lineup.DATASET_TITLES[d] for d in budget.datasets)
+        others = (f" The other data sets' cells are not part of this run ({budget.datasets_by}): 'not run'."
+                  if budget.datasets_by else "")
+        head.insert(2, f"**PARTIAL: {meta['pending']} cells of this run ({covered}) are not computed yet (listed "
+                       f"under 'Cells' at the end); every table, figure and check shows the finished cells only. "
+                       f"`{meta['again']}` computes them (`--plan` with it says how long that takes).{others}**\n")
     if smoke:
         head.insert(2, "**SMOKE run: tiny budgets on a handful of images. It shows that every part runs; its "
                        "numbers are not measurements.**\n")

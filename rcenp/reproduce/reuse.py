@@ -3,13 +3,18 @@ folder that asked for something else than the cell now does is ``stale`` (set as
 deleted: ``set_aside``), and a finished run of the same settings in a ``--cells-from`` folder is
 used in place (``reusable``). What a run asked for is its run.json, or a published copy's
 summary.json settings (``recorded``); options are compared with their defaults filled in
-(``rcenp.attacks.runfiles.comparable``)."""
+(``rcenp.attacks.runfiles.comparable``). A run keeps its ``--cells-from`` folders in its
+reproduce.json (``remember_cells_from``), so that a later --resume, --plan or --report that names
+none uses the same (a forgotten --cells-from made a resume recompute hours of published cells)."""
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from rcenp import checkpoint
 
 if TYPE_CHECKING:
     from rcenp.reproduce.cells import Cell
@@ -97,3 +102,27 @@ def cells_from_notes(outcomes: dict, cells_from) -> list[str]:
     return [f"--cells-from {folder}: none of this run's cells is finished there with the same settings, test "
             f"images and detectors (expected: FOLDER/<model>/<cell>/summary.json)"
             for folder in cells_from or () if not used[str(Path(folder))]]
+
+
+def remembered_cells_from(out_dir: Path) -> list[str]:
+    """The --cells-from folders the run in ``out_dir`` recorded (reproduce.json), as paths from
+    the current folder; [] when none (or no run)."""
+    try:
+        kept = json.loads((Path(out_dir) / "reproduce.json").read_text()).get("cells_from") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [os.path.normpath(os.path.relpath(Path(out_dir) / folder)) for folder in kept]
+
+
+def remember_cells_from(out_dir: Path, folders) -> None:
+    """Add ``folders`` to the run's recorded --cells-from (reproduce.json), kept relative to
+    ``out_dir`` so that the record holds in another clone."""
+    path = Path(out_dir) / "reproduce.json"
+    run = json.loads(path.read_text())
+    kept = run.get("cells_from") or []
+    for folder in folders:
+        relative = os.path.relpath(Path(folder).resolve(), Path(out_dir).resolve())
+        if relative not in kept:
+            kept.append(relative)
+    if kept != run.get("cells_from"):
+        checkpoint.atomic_write_text(path, json.dumps({**run, "cells_from": kept}) + "\n")

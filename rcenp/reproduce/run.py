@@ -23,6 +23,7 @@ from rcenp.reproduce.runner import cell_count_line, read_timings, run_cells, sor
 from rcenp.reproduce.costs import add_eta_costs
 from rcenp.reproduce.report import write_report
 from rcenp.reproduce.results import Results
+from rcenp.reproduce.reuse import remember_cells_from, remembered_cells_from
 from rcenp.reproduce.workers import check_jobs, run_lock, run_workers, worker_id
 
 
@@ -75,8 +76,8 @@ def claim(out_dir: Path, budget_name: str, resume: bool, write: bool = True) -> 
             raise ValueError(f"{out_dir} already holds a reproduce run (budget {previous.get('budget')}): "
                              f"{how} to continue it, or choose another --out")
         if previous.get("budget") != budget_name:
-            raise ValueError(f"{out_dir} holds a {previous.get('budget')} run; --resume with --budget "
-                             f"{previous.get('budget')}, or choose another --out")
+            raise ValueError(f"{out_dir} holds a {previous.get('budget')} run: pass --budget {previous.get('budget')}, "
+                             "or choose another --out")
         return False
     if not write:
         nearest = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
@@ -153,10 +154,22 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         default_device()
     if report_only and (plan_only or jobs > 1):
         raise ValueError("--report computes nothing: it goes with neither --plan nor --jobs")
+    if report_only and only is not None:
+        raise ValueError("--report writes the whole report (the files of parts left out would stay behind, "
+                         "stale): it goes without --only")
     if report_only and not (out_dir / "reproduce.json").is_file():
         raise ValueError(f"--report: no reproduce run in {out_dir} to report on (start one without --report)")
     if claim(out_dir, spec.name, resume or report_only, write=not plan_only) and resume and not plan_only:
         stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
+    remembered = remembered_cells_from(out_dir)
+    if not cells_from and remembered and not worker:
+        cells_from = remembered
+        stream.write(f"--cells-from {' '.join(remembered)}: as this run recorded\n")
+    for folder in cells_from or ():
+        if not Path(folder).is_dir():
+            raise ValueError(f"--cells-from {folder} (recorded by the run in {out_dir}): no such folder")
+    if cells_from and not (plan_only or report_only or worker):
+        remember_cells_from(out_dir, cells_from)
     lineup.refresh()
     cells = plan(spec, parts)
     if plan_only:
