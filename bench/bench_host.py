@@ -33,13 +33,14 @@ def resnet_depth(text: str) -> int:
 
 
 def image_shape(text: str) -> tuple:
-    """An image shape option CxHxW (argparse type), each size positive."""
+    """An image shape option CxHxW (argparse type): C positive, H and W positive multiples of 4
+    (the ResNet halves them twice)."""
     try:
         shape = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"expected CxHxW with positive sizes (e.g. 3x32x32), got {text!r}")
+    if len(shape) != 3 or min(shape) < 1 or shape[1] % 4 or shape[2] % 4:
+        raise argparse.ArgumentTypeError(f"expected CxHxW, H and W multiples of 4 (e.g. 3x32x32), got {text!r}")
     return shape
 
 

@@ -397,7 +397,7 @@ def table() -> None:
 
 def main(argv: list[str]) -> int:
     verbs = {"start": start, "save": save, "status": status, "finish": finish, "report": report}
-    if argv[:1] in (["-h"], ["--help"]):
+    if "-h" in argv or "--help" in argv:
         print(__doc__.strip())
         return 0
     if not argv or argv[0] not in (*verbs, "list", "then"):

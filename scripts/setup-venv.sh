@@ -3,7 +3,9 @@
 # $RCENP_EXTRAS (default: test).
 # Usage: source scripts/setup-venv.sh   (bash or zsh; sets PATH so `python` and `rcenp` are the venv's)
 # Safe to source from an interactive shell: it leaves the shell's options as they are, and a failed
-# install returns 1 with a message, changing nothing, where `set -e` would have closed the terminal.
+# install returns 1 with a message and PATH unchanged (the venv may be half made; sourcing it again
+# finishes it), where `set -e` would have closed the terminal. It also exports RCENP_DATA=../shared/data
+# when that folder exists and RCENP_DATA is unset.
 if [ -n "${ZSH_VERSION:-}" ]; then
     eval '_rcenp_root=${(%):-%x}'   # this file (zsh syntax, which bash cannot parse)
 elif [ -n "${BASH_VERSION:-}" ]; then

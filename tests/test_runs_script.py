@@ -181,8 +181,8 @@ def test_help_exits_0_and_bad_usage_2():
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "runs.py"
-    for flag in ("--help", "-h"):
-        done = subprocess.run([sys.executable, str(script), flag], capture_output=True, text=True)
+    for argv in (["--help"], ["-h"], ["status", "--help"]):   # after a verb too, not taken for a run's name
+        done = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
         assert done.returncode == 0 and "runs.py status [RUN...]" in done.stdout and not done.stderr
     done = subprocess.run([sys.executable, str(script), "bogus"], capture_output=True, text=True)
     assert done.returncode == 2 and "runs.py status [RUN...]" in done.stderr and not done.stdout
