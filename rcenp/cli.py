@@ -300,6 +300,10 @@ def error_text(exc: BaseException) -> str:
     return str(exc) or exc.__class__.__name__
 
 
+INTERRUPTED_HINTS = {"reproduce": " (finished cells are kept: run it again with --resume to go on, or with "
+                                  "--report for the report of those)"}
+
+
 def main(argv=None) -> int:
     try:
         parser = build_parser()
@@ -338,10 +342,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{command_parser.prog}: interrupted{INTERRUPTED_HINTS.get(args.command, '')}\n")
         return 130
-
-
-INTERRUPTED_HINTS = {"reproduce": " (finished cells are kept: run it again with --resume to go on, or with "
-                                  "--report for the report of those)"}
 
 
 if __name__ == "__main__":

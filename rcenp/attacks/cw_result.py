@@ -9,6 +9,7 @@ import numpy as np
 from rcenp.attacks.core import UNTARGETED, AttackResult, distortions
 from rcenp.backend import as_numpy
 
+
 def margins(model, images, classes, targeted, batch_size):
     """(prediction (N,), margin (N,)) of host images: z_t − max_{i≠t} z_i (targeted) or
     max_{i≠y} z_i − z_y (untargeted), from a separate forward pass, its logits cast to float64."""

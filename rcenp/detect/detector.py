@@ -194,8 +194,9 @@ class Detector:
 
     def predict(self, images, progress=None):
         """(labels (N,) int64 with NOT_SURE (-1) where the metric's score <= T, the ``scores``
-        dict) for images (N, C, H, W) in [-0.5, 0.5]; ``progress`` as in ``scores``. Raises ValueError while uncalibrated (never
-        calibrated, or refitted since: ``fit`` clears T), and the errors of ``scores``."""
+        dict) for images (N, C, H, W) in [-0.5, 0.5]; ``progress`` as in ``scores``. Raises
+        ValueError while uncalibrated (never calibrated, or refitted since: ``fit`` clears T), and
+        the errors of ``scores``."""
         if self.threshold is None:
             raise ValueError("the detector has no threshold (never calibrated, or fit() cleared it): call "
                              "calibrate(clean_images) first, or set threshold=")
