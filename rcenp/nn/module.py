@@ -164,8 +164,8 @@ def check_model(model) -> None:
 
 def check_images(model, x):
     """``x`` as an (N, C, H, W) array for ``model`` (a ``Classifier``) after checking shape, the
-    channel count, (C, H, W) where the model has an ``image_shape``, dtype (the model's: no silent casts), finiteness and the [-0.5, 0.5] pixel box
-    (``PIXEL_BOX``). Raises ValueError naming what is wrong, and TypeError when ``model`` is not
+    channel count, (C, H, W) where the model has an ``image_shape``, dtype (the model's: no silent
+    casts), finiteness and the [-0.5, 0.5] pixel box (``PIXEL_BOX``). Raises ValueError naming what is wrong, and TypeError when ``model`` is not
     a ``Classifier`` (say the (model, manifest) pair that ``rcenp.models.load`` returns)."""
     check_model(model)
     xp = get_array_module(x)

@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
                    "without computing or writing anything")
     r.add_argument("--report", action="store_true",
                    help="compute nothing: write OUT/REPORT.md (and the tables and figures) of the run in OUT from "
-                   "the cells it has finished, the others marked pending; give the run's --cells-from")
+                   "the cells it has finished (with the --cells-from folders the run recorded), the others "
+                   "marked pending")
 
 
 def cmd_reproduce(args) -> int:
@@ -66,4 +67,5 @@ def result_line(done: dict) -> str:
     """``reproduce (smoke): OUT/REPORT.md and 14 more files in 95 s`` from ``reproduce``'s result."""
     pending = done.get("pending")
     return (f"reproduce ({done['budget']}): {done['report']} and {len(done['files']) - 1} more files "
-            f"in {done['wall_s']:.0f} s" + (f" (PARTIAL: {plural(pending, 'cell', 'cells')} pending)" if pending else ""))
+            f"in {done['wall_s']:.0f} s"
+            + (f" (PARTIAL: {plural(pending, 'cell', 'cells')} pending)" if pending else ""))

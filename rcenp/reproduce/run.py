@@ -128,9 +128,11 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     invocation over the same ``out`` may name others: each cell is its own unit. ``plan_only``:
     compute, write and move nothing; return {"budget", "out", "plan": lines for a person}
     (``rcenp.reproduce.preview``). ``report_only``: compute nothing; write the report of the run in
-    ``out`` from the cells finished so far (as found by a resumed run, so with the run's
-    ``cells_from``), every other cell of the chosen data sets marked "pending" and REPORT.md headed
-    PARTIAL; the result as for a full run, "pending" added. ``jobs``: the unfinished cells are
+    ``out`` from the cells finished so far (as found by a resumed run, with the ``cells_from`` the
+    run recorded unless others are given), every other cell of the chosen data sets marked
+    "pending" and REPORT.md headed PARTIAL; the result as for a full run, "pending" added. A run
+    records its ``cells_from`` (``rcenp.reproduce.reuse.remember_cells_from``); a call naming
+    none uses the recorded ones. ``jobs``: the unfinished cells are
     computed by that many worker processes of one thread each (``rcenp.reproduce.workers``). In such a
     worker (``WORKER_ENV``) this computes cells only and returns {"budget", "out", "outcomes",
     "worker"}. Raises ValueError for a bad budget, an unknown part or data set, bad ``jobs``, an
