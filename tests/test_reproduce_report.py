@@ -136,6 +136,9 @@ def test_fig2b_leaves_out_a_missing_cw_bar_and_says_n_a(tmp_path, monkeypatch):
                 return {"distortion": {"l2_paper": {"efficient": {"n": n, "mean": 2.5 if n else None}}}}
             return None
 
+        def status(self, cell):
+            return None if cell[0] == "mnist" else f"not run: --datasets mnist covers MNIST only ({cell[0]})"
+
     heights, texts = [], []
     real_bar, real_text = Axes.bar, Axes.text
     monkeypatch.setattr(Axes, "bar", lambda self, x, height, *a, **k: heights.extend(np.atleast_1d(height).tolist())
@@ -147,6 +150,7 @@ def test_fig2b_leaves_out_a_missing_cw_bar_and_says_n_a(tmp_path, monkeypatch):
     drawn = figures.fig2(Finished(), budgets.get_budget("smoke"), tmp_path)
     assert drawn["files"] == ["fig2_mnist.png"] and (tmp_path / "fig2_mnist.png").is_file()
     assert heights == [2.5] and texts.count("n/a") == 3
+    assert "CIFAR-10 (subset): not run: --datasets mnist covers MNIST only (cifar10)" in drawn["notes"]  # as its cells say
     # (b)'s legend keeps RCE's own colour though no RCE bar was drawn (it was CE's blue)
     handles = legends[-1]
     assert [h.get_label() for h in handles] == ["CE", "RCE"]

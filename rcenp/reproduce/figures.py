@@ -120,8 +120,10 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
                 if s is not None and s["distortion"]["l2_paper"]["efficient"]["n"]:
                     bars[(obj, attack)] = (s["distortion"]["l2_paper"]["efficient"]["mean"],
                                            s["distortion"]["l2_paper"]["efficient"]["n"])
-        if not curves and not bars:
-            notes.append(f"{lineup.DATASET_TITLES[dataset]}: no finished cells")
+        if not curves and not bars:  # why, as the cells say (not run, pending, ...)
+            why = next((r for obj in lineup.OBJECTIVES if (r := res.status(res.get(dataset, 32, obj, "cw")))),
+                       "no finished cells")
+            notes.append(f"{lineup.DATASET_TITLES[dataset]}: {why}")
             continue
         fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
         for ax, attack in zip(axes, attacks):

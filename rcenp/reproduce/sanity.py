@@ -76,7 +76,7 @@ def iterative_vs_single(subject: str, single, iterative) -> dict:
         detail = (f"BIM accuracy at most FGSM's + one image (or 0.5 pp) at all {len(common)} ε; the most "
                   f"above: {100 * gaps[eps]:.1f} pp at ε = {eps:g}")
     elif ok:
-        detail = f"BIM accuracy ≤ FGSM accuracy at all {len(common)} ε"
+        detail = f"BIM accuracy ≤ FGSM accuracy at {'all ' if len(common) > 1 else ''}{len(common)} ε"
     else:
         detail = f"BIM leaves {100 * gaps[eps]:.1f} pp more accuracy than FGSM at ε = {eps:g}"
     return check("iterative ≥ single-step", subject, ok, gaps[eps], detail)
