@@ -154,10 +154,11 @@ def main(argv=None) -> int:
     parser.add_argument("--passes", default=",".join(PASSES), help=f"comma-separated, from {', '.join(PASSES)}")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    passes = [p for p in args.passes.split(",") if p]
+    passes = list(dict.fromkeys(p for p in args.passes.split(",") if p))  # each once, in the order given
     unknown = sorted(set(passes) - set(PASSES))
-    if unknown:
-        parser.error(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(PASSES)}")
+    if unknown or not passes:
+        parser.error(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(PASSES)}" if unknown else
+                     f"--passes names none; choose from {', '.join(PASSES)}")
     report = profile(args.depth, args.batch, args.shape, args.repeats, passes)
     text = json.dumps(report, indent=1)
     print(text)

@@ -39,6 +39,7 @@ def refusal(done, script) -> str:
     ("profile_forward.py", ["--repeats", "0"], "argument --repeats: must be positive, got 0"),
     ("profile_forward.py", ["--depth", "15"], "argument --depth: must be 6n+2 with n >= 1"),
     ("profile_forward.py", ["--shape", "0x28x28"], "argument --shape: expected CxHxW, H and W multiples of 4"),
+    ("profile_forward.py", ["--passes", ""], "--passes names none; choose from forward, input_grad, train_step"),
     ("bench_engine.py", ["--shape", "1x27x27"], "argument --shape: expected CxHxW, H and W multiples of 4"),
     ("bench_kd.py", ["--queries", "0"], "argument --queries: must be positive, got 0"),
     ("bench_kd.py", ["--per-class", "0"], "argument --per-class: must be positive, got 0"),
