@@ -65,6 +65,17 @@ def final_weights(run_dir):
     return model, optimizer
 
 
+def assert_same_final_weights(run_a, run_b):
+    """The two runs' last checkpoints hold the same arrays, bit for bit (weights and momentum)."""
+    a, oa = final_weights(run_a)
+    b, ob = final_weights(run_b)
+    assert a.keys() == b.keys() and oa.keys() == ob.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    for k in oa:
+        assert np.array_equal(oa[k], ob[k]), k
+
+
 def test_presets_follow_the_protocol_and_scale_the_quick_schedule():
     paper = preset_config("paper", "mnist")
     assert (paper.depth, paper.steps, paper.batch_size) == (32, 20_000, 128)
@@ -111,13 +122,7 @@ def test_resume_is_bit_identical(tiny_root, tmp_path):
     train(config, tmp_path / "split", data_root=tiny_root, resume=True)
     log = (tmp_path / "split" / "train.log").read_text()
     assert "no checkpoint in" not in log and "trained; now the test error on" in log
-    a, oa = final_weights(tmp_path / "straight")
-    b, ob = final_weights(tmp_path / "split")
-    assert a.keys() == b.keys() and oa.keys() == ob.keys()
-    for k in a:
-        assert np.array_equal(a[k], b[k]), k
-    for k in oa:
-        assert np.array_equal(oa[k], ob[k]), k
+    assert_same_final_weights(tmp_path / "straight", tmp_path / "split")
 
 
 def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
@@ -147,12 +152,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_root, tmp_path):
     checkpoint.load(killed / "checkpoint")  # whatever was on disk is a consistent checkpoint
     assert main(args + ["--out", str(killed), "--resume"]) == 0
     assert main(args + ["--out", str(tmp_path / "straight")]) == 0
-    a, oa = final_weights(killed)
-    b, ob = final_weights(tmp_path / "straight")
-    for k in a:
-        assert np.array_equal(a[k], b[k]), k
-    for k in oa:
-        assert np.array_equal(oa[k], ob[k]), k
+    assert_same_final_weights(killed, tmp_path / "straight")
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -180,12 +180,7 @@ def test_an_interrupt_saves_the_step_in_work_and_resume_matches_uninterrupted(ti
     assert said in err and said in log.read_text() and "Traceback" not in err
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     assert main(args + ["--out", str(tmp_path / "straight")]) == 0
-    a, oa = final_weights(cut)
-    b, ob = final_weights(tmp_path / "straight")
-    for k in a:
-        assert np.array_equal(a[k], b[k]), k
-    for k in oa:
-        assert np.array_equal(oa[k], ob[k]), k
+    assert_same_final_weights(cut, tmp_path / "straight")
 
 
 def test_held_signals_leave_an_ignored_signal_ignored():
