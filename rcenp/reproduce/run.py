@@ -164,12 +164,12 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     if claim(out_dir, spec.name, resume or report_only, write=not plan_only) and resume and not plan_only:
         stream.write(f"--resume: no reproduce run in {out_dir} yet, so this starts one\n")
     remembered = remembered_cells_from(out_dir)
-    if not cells_from and remembered and not worker:
+    if not cells_from and remembered and not worker:  # (given folders were checked above)
+        for folder in remembered:
+            if not Path(folder).is_dir():
+                raise ValueError(f"--cells-from {folder} (recorded by the run in {out_dir}): no such folder")
         cells_from = remembered
         stream.write(f"--cells-from {' '.join(remembered)}: as this run recorded\n")
-    for folder in cells_from or ():
-        if not Path(folder).is_dir():
-            raise ValueError(f"--cells-from {folder} (recorded by the run in {out_dir}): no such folder")
     if cells_from and not (plan_only or report_only or worker):
         remember_cells_from(out_dir, cells_from)
     lineup.refresh()
