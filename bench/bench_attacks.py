@@ -77,17 +77,23 @@ def _rcenp_attacks():
     return attacks
 
 
+def _refuse(message):
+    """Bad input found after parsing: one line on stderr and exit status 2, as argparse's errors."""
+    sys.stderr.write(f"bench_attacks.py: error: {message}\n")
+    raise SystemExit(2)
+
+
 def _load_images(args, dataset):
     from rcenp.data import load, load_sample
 
     if args.source == "sample":
         if dataset != "mnist":
-            raise SystemExit(f"bench_attacks: error: the embedded sample is MNIST; use --source test for {dataset}")
+            _refuse(f"the embedded sample is MNIST; use --source test for {dataset}")
         data = load_sample()
     else:
-        data = load(dataset, "test")
+        data = load(dataset, "test", root=args.data_dir)
     if args.n > len(data):
-        raise SystemExit(f"bench_attacks: error: --n {args.n} but the {args.source} set has {len(data)} images")
+        _refuse(f"--n {args.n} but the {args.source} set has {len(data)} images")
     return data.images[:args.n], data.labels[:args.n], data.identity
 
 
@@ -135,7 +141,7 @@ def cli_jobs_run(model_name, attack, args):
             out = os.path.join(tmp, "run")
             command = [sys.executable, "-m", "rcenp", "attack", model_name, "--attack", attack, "--eps", repr(args.eps),
                        "--n", str(args.n), "--batch-size", str(-(-args.n // args.jobs)), "--jobs", str(args.jobs),
-                       "--out", out]
+                       "--out", out] + (["--data-dir", args.data_dir] if args.data_dir else [])
             done = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(HERE))
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip().splitlines()[-1:]}")
@@ -220,7 +226,9 @@ def main(argv=None):
                         help="BIM and/or JSMA; none (a bare --attacks) with --cw times C&W only")
     parser.add_argument("--n", type=count, default=100, help="the first N test images")
     parser.add_argument("--source", choices=("sample", "test"), default="sample",
-                        help="the embedded 1,000-image MNIST sample, or the test split under RCENP_DATA")
+                        help="the embedded 1,000-image MNIST sample, or the test split under --data-dir")
+    parser.add_argument("--data-dir", help="the data root for --source test (default: $RCENP_DATA, else the per-user "
+                                           "cache)")
     parser.add_argument("--eps", type=_eps, default=0.1,
                         help="BIM eps and JSMA theta in (0, 1], in the units of images in [-0.5, 0.5] (0.1 is 25.5 "
                              "on 0-255)")
@@ -262,7 +270,7 @@ def main(argv=None):
     try:
         import torch
     except ImportError:
-        raise SystemExit("bench_attacks: error: PyTorch is not installed (pip install torch)") from None
+        _refuse("PyTorch is not installed (pip install torch)")
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(args.threads)

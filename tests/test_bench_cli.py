@@ -98,3 +98,11 @@ def test_bench_host_run_directly_says_it_is_a_module():
     done = run("bench_host.py", "--help")
     assert done.returncode != 0 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "a module of the bench scripts, not a command" in done.stderr
+
+
+def test_bench_attacks_reads_the_data_root_it_is_given(tmp_path):
+    pytest.importorskip("torch")
+    done = run("bench_attacks.py", "--threads", "1", "--models", "mnist-resnet32-ce", "--attacks", "bim", "--n", "1",
+               "--source", "test", "--data-dir", str(tmp_path))
+    line = refusal(done, "bench_attacks.py")
+    assert str(tmp_path) in line and "mnist" in line
