@@ -16,52 +16,17 @@ parts of the graph (a probe on features whose own history was released) goes ahe
 """
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
-import threading
 import weakref
 
 import numpy as np
 
 from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
+from rcenp.grad_mode import _grad_mode
 from rcenp.ops.layout import add_arrays
 
 _ARRAY_TYPES = (np.ndarray, cupy_ndarray)
-
-
-class _GradMode(threading.local):
-    """Whether graphs are recorded, per thread (as PyTorch's): a ``no_grad`` block in one thread
-    neither reaches nor, ending, undoes another thread's mode."""
-    enabled = True
-
-
-_grad_mode = _GradMode()
-
-
-@contextlib.contextmanager
-def _grad_mode_set(enabled: bool):
-    previous, _grad_mode.enabled = _grad_mode.enabled, enabled
-    try:
-        yield
-    finally:
-        _grad_mode.enabled = previous
-
-
-def no_grad():
-    """Within this block no graph is recorded (inference, attack bookkeeping, metric evaluation), in
-    the calling thread."""
-    return _grad_mode_set(False)
-
-
-def enable_grad():
-    """Re-enable graph recording inside a ``no_grad`` block, in the calling thread."""
-    return _grad_mode_set(True)
-
-
-def is_grad_enabled() -> bool:
-    """Whether the calling thread records graphs."""
-    return _grad_mode.enabled
 
 
 def as_array(value, like=None):

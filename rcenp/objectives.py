@@ -7,7 +7,8 @@ these prediction logits; the training loss uses s itself (paper eq. 4 acts on so
 from __future__ import annotations
 
 from rcenp import functional as F
-from rcenp.autograd import Tensor, no_grad
+from rcenp.autograd import Tensor
+from rcenp.grad_mode import no_grad
 from rcenp.backend import get_array_module, to_device
 from rcenp.checks import check_steps
 from rcenp.nn import Module

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.autograd import no_grad
+from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, default_device, to_device
 from rcenp.data import BatchStream, augment_cifar, load
 from rcenp.data.datasets import FULL_SIZE, IMAGE_SHAPES

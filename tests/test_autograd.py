@@ -232,7 +232,7 @@ def test_a_released_graph_refuses_another_backward_pass(xp):
 
 def test_backward_on_a_tensor_without_a_gradient_raises(xp):
     """It silently changed nothing (a loss computed under no_grad, say); PyTorch raises too."""
-    from rcenp.autograd import no_grad
+    from rcenp.grad_mode import no_grad
     w = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
     with no_grad():
         loss = (w * w).sum()

@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from rcenp.autograd import Tensor, grad, no_grad
+from rcenp.autograd import Tensor, grad
+from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.checks import check_steps
 from rcenp.nn.module import PIXEL_BOX, check_model, eval_mode

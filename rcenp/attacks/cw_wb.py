@@ -80,7 +80,7 @@ from rcenp.attacks.cw import check_settings, choose_targets, optimise
 from rcenp.attacks.core import in_eval_mode
 from rcenp.attacks.cw_loss import Density
 from rcenp.attacks.cw_result import assemble, margin_test
-from rcenp.autograd import no_grad
+from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
 from rcenp.checks import check_labels, check_steps
 from rcenp.detect.kde import log_kernel_density

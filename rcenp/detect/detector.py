@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.autograd import no_grad
+from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.checks import check_positive, check_real, check_steps
 from rcenp.detect.calibrate import calibrate_threshold, min_calibration_images, rejection_rate
