@@ -506,3 +506,22 @@ def test_default_out_keeps_runs_of_different_attacks_apart(argv, out):
     from rcenp.attacks.cli import default_out
 
     assert default_out(cli.build_parser().parse_args(["attack", "runs/m", *argv])) == out
+
+
+@pytest.mark.parametrize("strict, second", [
+    ({"confidence": 0.25, "non_me": 0.5, "log_kd": 0.75}, None),          # no ties: one line
+    ({"confidence": 0.125, "non_me": 0.5, "log_kd": 0.75},                 # saturated confidence
+     "  the same, ties 0 (AUC.m)  confidence 0.125  non_me 0.500  log_kd 0.750"),
+])
+def test_summary_says_how_its_aucs_count_ties(strict, second):
+    """The audit: the printed AUC counts ties as ½ while the paper's AUC.m counts them 0; both are
+    said, the second where it differs."""
+    summary = fake_summary("bim", {"eps": 0.1})
+    summary["detection"] = {m: {"n_pairs": 7, "auc": half, "auc_strict_ties": strict[m]}
+                            for m, half in (("confidence", 0.25), ("non_me", 0.5), ("log_kd", 0.75))}
+    lines = format_summary(summary, "out").splitlines()
+    at = lines.index("  AUC (paper rule, n=7), ties ½  confidence 0.250  non_me 0.500  log_kd 0.750")
+    if second is None:
+        assert not any("AUC.m" in line for line in lines)
+    else:
+        assert lines[at + 1] == second

@@ -274,10 +274,14 @@ def format_summary(summary: dict, out) -> str:
                      f"classified images")
     detection = summary.get("detection")
     if detection:
-        aucs = "  ".join(f"{m} {detection[m]['auc']:.3f}" for m in ("confidence", "non_me", "log_kd")
-                         if detection.get(m, {}).get("n_pairs"))
-        if aucs:
-            lines.append(f"  AUC (paper rule, n={detection['confidence']['n_pairs']})  {aucs}")
+        metrics = [m for m in ("confidence", "non_me", "log_kd") if detection.get(m, {}).get("n_pairs")]
+        if metrics:
+            pairs = detection[metrics[0]]["n_pairs"]
+            lines.append(f"  AUC (paper rule, n={pairs}), ties ½  " +
+                         "  ".join(f"{m} {detection[m]['auc']:.3f}" for m in metrics))
+            if any(detection[m]["auc_strict_ties"] != detection[m]["auc"] for m in metrics):
+                lines.append("  the same, ties 0 (AUC.m)  " +
+                             "  ".join(f"{m} {detection[m]['auc_strict_ties']:.3f}" for m in metrics))
         if "threshold" in detection:
             t = detection["threshold"]
             lines.append(f"  with the detector (T = {t['T']:.3f}): correct or NOT SURE "

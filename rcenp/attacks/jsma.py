@@ -1,4 +1,5 @@
-"""The Jacobian-based saliency map attack, JSMA (paper §4.2, protocol §5.2, landscape §2.5).
+"""The Jacobian-based saliency map attack, JSMA (paper §2.3, evaluated in §4.3; protocol §5.2;
+landscape §2.5).
 
 A targeted L0 attack. Each iteration differentiates the prediction logits z (s for CE, -s for RCE)
 of the current image, picks the feature(s) whose change most helps the target class t, adds θ to

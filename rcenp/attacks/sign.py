@@ -1,4 +1,5 @@
-"""The gradient-sign family: FGSM, BIM and ILCM (paper §4.2, protocol §5.1, landscape §2.1-2.3).
+"""The gradient-sign family: FGSM, BIM and ILCM (paper §2.3, evaluated in §4.3; protocol §5.1;
+landscape §2.1-2.3).
 
 All three take steps of size α along the sign of the input gradient of a cross-entropy on the
 *prediction logits* z (s for CE, -s for RCE), and after every step project onto the ε-ball around
