@@ -7,8 +7,8 @@ import importlib
 import importlib.util
 
 from rcenp.autograd import Function, Tensor, grad
-from rcenp.grad_mode import enable_grad, is_grad_enabled, no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
+from rcenp.grad_mode import enable_grad, is_grad_enabled, no_grad
 from rcenp.ops.memory import release_host_memory, tune_host_allocator
 
 __version__ = "0.1.0"

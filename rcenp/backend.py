@@ -47,6 +47,13 @@ def cuda_available() -> bool:
         return False
 
 
+def cuda_missing() -> str:
+    """What stands between this machine and ``cuda``, with the fix, for an error message."""
+    if not HAS_CUPY:
+        return "CuPy is not installed (pip install -e '.[gpu]' in the checkout, or cupy-cuda12x)"
+    return "CuPy sees no CUDA device (check the driver and CUDA_VISIBLE_DEVICES)"
+
+
 DEVICE_HELP = "where to compute: cpu or cuda (default: $RCENP_DEVICE, else cpu)"  # the CLI's --device
 
 
@@ -56,7 +63,7 @@ def default_device() -> str:
     if name not in DEVICES:
         raise DeviceError(f"RCENP_DEVICE={name!r}: expected one of {', '.join(DEVICES)}")
     if name == "cuda" and not cuda_available():
-        raise DeviceError("RCENP_DEVICE=cuda but CuPy or a CUDA device is not available")
+        raise DeviceError(f"RCENP_DEVICE=cuda but {cuda_missing()}; unset it to compute on the CPU")
     return name
 
 
@@ -81,7 +88,7 @@ def xp_for(device: str):
         return np
     if device == "cuda":
         if not cuda_available():
-            raise DeviceError("device 'cuda' requested but CuPy or a CUDA device is not available")
+            raise DeviceError(f"device 'cuda' requested but {cuda_missing()}")
         return _cupy
     raise DeviceError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from rcenp import functional as F
 from rcenp.autograd import Tensor
-from rcenp.grad_mode import no_grad
 from rcenp.backend import get_array_module, to_device
 from rcenp.checks import check_steps
+from rcenp.grad_mode import no_grad
 from rcenp.nn import Module
 from rcenp.nn.module import check_images, eval_mode
 

@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, default_device, to_device
 from rcenp.data import BatchStream, augment_cifar, load
 from rcenp.data.datasets import FULL_SIZE, IMAGE_SHAPES
+from rcenp.grad_mode import no_grad
 from rcenp.models import resnet
 from rcenp.objectives import Classifier
 from rcenp.optim import SCHEDULES, SGD, PiecewiseConstant

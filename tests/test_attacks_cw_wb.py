@@ -287,6 +287,34 @@ def test_cw_wb_needs_a_fitted_detector_of_the_same_objective():
         attacks.cw_wb(model, box_images(17, 2), fitted_detector(feature_model("rce", 8)))
 
 
+def test_cw_wb_refuses_another_models_detector_and_takes_a_copy_of_its_own():
+    """The trial: a detector fitted for another model of the same objective was used silently,
+    its kernel points (that model's features) scored against this model's."""
+    model, other = feature_model("ce", 8), feature_model("ce", 9)
+    detector = fitted_detector(other, 8)
+    stages = dict(binary_steps=1, max_iterations=2)
+    with pytest.raises(ValueError, match="the detector scores another model"):
+        attacks.cw_wb(model, box_images(17, 2), detector, attacker_points=5, stage1=stages, stage2=stages,
+                      train_features=np.zeros((4, 6)), train_labels=np.arange(4))
+    twin = feature_model("ce", 8)          # the same weights in another object: the detector's features
+    twin.load_state_dict(other.state_dict())
+    result = attacks.cw_wb(twin, box_images(17, 2), detector, attacker_points=5, stage1=stages, stage2=stages,
+                           train_features=np.zeros((4, 6)), train_labels=np.arange(4))
+    assert len(result.success) == 2
+
+
+def test_cw_wb_and_jsma_help_shows_their_modules_notes():
+    """``rcenp.attacks.cw_wb`` and ``.jsma`` name the functions, hiding the modules their
+    docstrings refer to: the module docstrings are appended."""
+    import importlib
+
+    for name in ("cw_wb", "jsma"):
+        module_doc = importlib.import_module(f"rcenp.attacks.{name}").__doc__
+        doc = getattr(attacks, name).__doc__
+        assert "Notes (the module's docstring):" in doc
+        assert " ".join(module_doc.split()) in " ".join(doc.split())
+
+
 def test_eta_is_kept_for_the_same_inputs_and_computed_again_for_others(monkeypatch):
     """`rcenp attack` asks for η once per batch: the last one is kept, keyed by every input."""
     import importlib

@@ -35,8 +35,18 @@ def test_device_from_environment(monkeypatch):
         backend.default_device()
     if not backend.cuda_available():
         monkeypatch.setenv("RCENP_DEVICE", "cuda")
-        with pytest.raises(backend.DeviceError, match="not available"):
+        with pytest.raises(backend.DeviceError, match="RCENP_DEVICE=cuda but CuPy (is not installed|sees no CUDA device)"):
             backend.default_device()
+
+
+def test_a_cuda_request_says_what_is_missing_and_the_fix(monkeypatch):
+    """The trial: "CuPy or a CUDA device is not available" named neither which nor the fix."""
+    monkeypatch.setattr(backend, "HAS_CUPY", False)
+    assert backend.cuda_missing() == "CuPy is not installed (pip install -e '.[gpu]' in the checkout, or cupy-cuda12x)"
+    with pytest.raises(backend.DeviceError, match=r"^device 'cuda' requested but CuPy is not installed \(pip"):
+        backend.xp_for("cuda")
+    monkeypatch.setattr(backend, "HAS_CUPY", True)
+    assert "no CUDA device" in backend.cuda_missing()
 
 
 def test_moves_and_array_module(xp):

@@ -220,7 +220,7 @@ def test_input_dtype_must_match_the_parameters():
         model(x.astype(np.uint8))
     model.astype(np.float64)
     assert model(Tensor(x)).dtype == np.float64
-    with pytest.raises(ValueError, match=r"input dtype float32 .* x.astype\(np.float64\)"):
+    with pytest.raises(ValueError, match=r"input dtype float32 .* np.asarray\(x, np.float64\)"):
         model(x.astype(np.float32))
 
 
@@ -392,5 +392,26 @@ def test_the_network_checks_its_sizes_and_says_what_it_is():
 def test_a_half_precision_input_is_told_to_cast_the_input_not_the_model():
     """model.astype(np.float16) is refused, so the message must not suggest it."""
     model = Classifier(resnet(8, 1, seed=0), "ce")
-    with pytest.raises(ValueError, match=r"cast the input with x.astype\(np.float32\)$"):
+    with pytest.raises(ValueError, match=r"cast the input with np.asarray\(x, np.float32\)$"):
         model(np.zeros((1, 1, 8, 8), np.float16))
+
+
+@pytest.mark.parametrize("shape, hint", [
+    ((1, 28, 28), "; one image (C, H, W): x[None]"),
+    ((3, 28, 28), "; grey images (N, H, W): x[:, None]"),
+    ((3, 28, 28, 1), "; channels-last (N, H, W, C) images: x.transpose(0, 3, 1, 2)"),
+    ((28, 28), ""),
+])
+def test_a_mis_shaped_batch_is_told_how_to_reshape(shape, hint):
+    """The trial: the errors named the expected shape but not the usual fix (a fresh user's
+    single image, grey images without their channel axis, channels-last arrays)."""
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    with pytest.raises(ValueError) as info:
+        model.predict(np.zeros(shape, np.float32))
+    assert str(info.value).endswith(hint) and ("x[" in str(info.value) or "transpose" in str(info.value)) == bool(hint)
+
+
+def test_a_list_of_pixels_is_told_to_use_asarray():
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    with pytest.raises(ValueError, match=r"np.asarray\(x, np.float32\)$"):
+        model.predict(np.zeros((1, 1, 8, 8)).tolist())

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import textwrap
 from typing import Callable
 
 import numpy as np
 
 from rcenp.autograd import Tensor, grad
-from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.checks import check_steps
+from rcenp.grad_mode import no_grad
 from rcenp.nn.module import PIXEL_BOX, check_model, eval_mode
 from rcenp.ops.activation import log_softmax_array
 
@@ -56,7 +57,9 @@ class AttackResult:
       labels are given). ILCM, JSMA: the clean prediction. C&W: the labels it was given.
     - target (N,) int64, -1 (``UNTARGETED``) when untargeted.
     - iterations (N,) int64, in the attack's unit (sign attacks: gradient steps; JSMA: picks;
-      C&W: optimiser iterations over all binary steps); stop_reason (N,) str, attack-specific.
+      C&W: optimiser iterations over all binary steps); stop_reason (N,) str: "steps" (FGSM, BIM,
+      ILCM: every step taken); "success" / "no success" (C&W), also "f2 > 0" (C&W-wb's fallback);
+      "target reached", "max iterations", "saturated" or "no candidate" (JSMA).
     - zero_grad_fraction (N,) float64: the fraction of exactly-zero entries of the attack's input
       gradient at its first iterate (a gradient-masking signal, landscape §2.10). That iterate is
       the clean image for the sign attacks and JSMA; C&W measures at its tanh-box image
@@ -64,7 +67,8 @@ class AttackResult:
       there (see ``rcenp.attacks.cw``).
     - distortions l2 (box units), l2_paper (‖δ‖₂/√d on 0-255), linf, l0: 0 where the attack
       returns the clean image (a C&W failure), so average ``l2_paper[success]`` for the paper's
-      mean minimal distortion.
+      mean minimal distortion. They are float64 differences of the float32 images, so an ε-attack's
+      linf can exceed ε by float32 rounding (FGSM at ε = 0.1: 0.10000000149, float32(0.1)).
 
     ``attack`` and ``params`` name the attack and its settings; ``details``, when given, holds one
     JSON-ready dict per sample with attack-specific audit entries (C&W's c trajectory, ...).
@@ -175,6 +179,15 @@ def distortions(clean, adversarial) -> dict:
 
 
 # ---- the model as an attack sees it --------------------------------------------------------------
+def with_module_notes(attack, notes: str | None):
+    """``attack`` with its module's docstring ``notes`` appended to its own. ``rcenp.attacks``
+    exports ``jsma`` and ``cw_wb`` under their modules' names, which hides those modules from
+    ``help()``; their docstrings, which the functions' refer to, are then read here."""
+    if attack.__doc__ and notes:  # docstrings are None under python -OO
+        attack.__doc__ += "\n    Notes (the module's docstring):\n\n" + textwrap.indent(notes, "    ")
+    return attack
+
+
 def in_eval_mode(attack):
     """Decorator for a public attack ``attack(model, ...)``: its whole body runs in
     ``eval_mode(model)``, so the caller's train/eval modes come back however it ends. Raises

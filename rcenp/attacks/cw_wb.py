@@ -77,13 +77,13 @@ import numpy as np
 from scipy.special import logsumexp
 
 from rcenp.attacks.cw import check_settings, choose_targets, optimise
-from rcenp.attacks.core import in_eval_mode
+from rcenp.attacks.core import with_module_notes, in_eval_mode
 from rcenp.attacks.cw_loss import Density
 from rcenp.attacks.cw_result import assemble, margin_test
-from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, make_rng, to_device
 from rcenp.checks import check_labels, check_steps
 from rcenp.detect.kde import log_kernel_density
+from rcenp.grad_mode import no_grad
 from rcenp.nn.module import check_images, eval_mode
 
 STAGE1 = {"kappa": 5.0, "initial_const": 10.0, "binary_steps": 3, "max_iterations": 5000}
@@ -107,7 +107,8 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     fitted ``rcenp.detect.Detector`` (kernel points (L, M, D), σ²). targets/labels: as ``cw_l2``
     (random targets ≠ the labels used, from ``seed``; "untargeted" is refused). ``stage1``/``stage2``:
     dicts overriding the stages' kappa, initial_const, binary_steps, max_iterations, learning_rate,
-    abort_early. The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
+    abort_early (defaults, the paper's: stage 1 κ 5, c₀ 10, 3 binary steps × 5,000 iterations;
+    stage 2 κ 5, c₀ 100, 9 × 10,000; ``STAGE1``, ``STAGE2``). The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
     train_features (N_tr, D) and train_labels (N_tr,) ints: the training features for the exact η
     (every one of class t is scored); without them η is the biased-loose approximation (module
     docstring). progress: as ``cw_l2``'s, for each stage. snapshot: as ``cw_l2``'s, one file per
@@ -123,8 +124,9 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     returned clean image, recomputed; "final_margin_recomputed", "f2_recomputed" and "neg_log_kd"
     (nats): the returned image's, recomputed (module docstring); "eta_t" (nats, float64);
     "stage1" (its c, step_success, step_iterations, step_stop, success, best_l2).
-    Raises ValueError for bad images, labels, targets, settings, training features, or an
-    unfitted detector; TypeError for a model or detector of another type.
+    Raises ValueError for bad images, labels, targets, settings, training features, an
+    unfitted detector, or the detector of another model (other weights: its kernel points are that
+    model's features); TypeError for a model or detector of another type.
     """
     x = check_images(model, x)
     if kernel not in KERNELS:
@@ -181,6 +183,9 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     return result
 
 
+cw_wb = with_module_notes(cw_wb, __doc__)  # help(rcenp.attacks.cw_wb) shows the module's notes too
+
+
 def attack_density(model, points, sigma2, eta) -> Density:
     """The attacker's density on the model's device and in its dtype: kernel points (L, m, D), σ²
     and η (L,) as ``attack_kernel`` gives them."""
@@ -221,12 +226,23 @@ def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_
     return {**check_settings(batch_size=batch_size, **merged), "abort_early": abort}
 
 
+def same_weights(a, b) -> bool:
+    """Whether Classifiers a and b compute the same features: the same object, or the same entries
+    (parameters and batch-norm statistics), name for name, equal to the bit."""
+    if a is b:
+        return True
+    ea, eb = list(a.named_entries()), list(b.named_entries())
+    return len(ea) == len(eb) and all(
+        na == nb and np.array_equal(as_numpy(getattr(va, "data", va)), as_numpy(getattr(vb, "data", vb)))
+        for (na, va), (nb, vb) in zip(ea, eb))
+
+
 def attack_kernel(detector, model, kernel, attacker_points, seed, train_features=None, train_labels=None):
     """(the attack's kernel points (L, m, D) float64 host, η (L,) float64 host, nats): module
     docstring. train_features (N_tr, D), train_labels (N_tr,): the exact η; None: the
     approximation. Raises TypeError for something other than a detector; ValueError for an
-    unfitted detector, another objective's detector, too many attacker points, mis-shaped training features or labels
-    that are not class indices, or a class without a scored feature."""
+    unfitted detector, another model's detector (``same_weights``), too many attacker points, mis-shaped
+    training features or labels that are not class indices, or a class without a scored feature."""
     if not hasattr(detector, "kernel_points"):
         raise TypeError(f"detector must be an rcenp.detect.Detector (rcenp.detect.load_detector(name, model)), "
                          f"got {type(detector).__name__}")
@@ -235,6 +251,10 @@ def attack_kernel(detector, model, kernel, attacker_points, seed, train_features
     if detector.model.objective != model.objective:
         raise ValueError(f"the detector was fitted for a {detector.model.objective.upper()} model, "
                          f"this one is {model.objective.upper()}")
+    if not same_weights(detector.model, model):
+        raise ValueError("the detector scores another model (its weights differ from this one's): its kernel "
+                         "points are that model's features; use this model's own detector, "
+                         "rcenp.detect.load_detector(name, model)")
     full = as_numpy(detector.kernel_points).astype(np.float64)
     num_classes, m_full, _ = full.shape
     sigma2 = float(detector.sigma2)

@@ -76,6 +76,7 @@ from rcenp.attacks.core import (
     in_batches,
     in_eval_mode,
     one_hot,
+    with_module_notes,
 )
 from rcenp.autograd import Tensor, grad
 from rcenp.backend import as_numpy, get_array_module, to_device
@@ -101,7 +102,7 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
     clean prediction. max_iterations: the limit on picks. With "pang2018" it defaults to the
     authors' 100. With "papernot" the limit is ⌊γ·D/2⌋ pairs, lowered to ``max_iterations`` when
     that is given. gamma: "papernot" only; the largest fraction of the features that may change,
-    in (0, 1], default 0.1. See the module docstring for both variants.
+    in (0, 1], default 0.1. Both variants: the notes below (the module docstring).
 
     Returns an ``AttackResult`` where success means classified as the target, and ``stop_reason``
     is one of "target reached", "max iterations", "saturated" or "no candidate". ``iterations``
@@ -152,6 +153,9 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
         return _run(model, xb, theta, tb, limit, variant == "papernot", params)
 
     return in_batches(attack_batch, model, x, batch_size, targets)
+
+
+jsma = with_module_notes(jsma, __doc__)  # help(rcenp.attacks.jsma) shows the module's notes too
 
 
 def _run(model, x, theta, targets, limit, pairs, params) -> AttackResult:

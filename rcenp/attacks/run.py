@@ -125,7 +125,8 @@ def attacked_split(dataset: str, n: int, data_dir=None):
     if test is None:
         raise DataError(why)
     if not 1 <= n <= len(test.labels):
-        raise ValueError(f"--n {n}: the test images here ({test.describe()}) number {len(test.labels)}")
+        raise ValueError(f"--n {n} (n in Python): must be from 1 to the {len(test.labels):,} test images here "
+                         f"({test.describe()})")
     return test
 
 

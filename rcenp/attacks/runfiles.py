@@ -34,8 +34,9 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     run_file = out_dir / "run.json"
     if run_file.is_file():
         if not resume:
-            raise ValueError(f"{out_dir} already holds an attack run: pass --resume to continue it (a finished "
-                             "one prints its summary), or choose another --out (or remove the folder to redo it)")
+            raise ValueError(f"{out_dir} already holds an attack run: pass --resume (resume=True in Python) to "
+                             "continue it (a finished one prints its summary), or choose another --out (out_dir) or "
+                             "remove the folder to redo it")
         there, asked = comparable(json.loads(run_file.read_text())), comparable(asked)
         changed = differing(there, asked)
         if (out_dir / "summary.json").is_file():  # finished: nothing is recomputed, so neither of these matters

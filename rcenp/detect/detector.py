@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.grad_mode import no_grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.checks import check_positive, check_real, check_steps
 from rcenp.detect.calibrate import calibrate_threshold, min_calibration_images, rejection_rate
 from rcenp.detect.kde import DEFAULT_SIGMA2, kernel_point_indices, log_kernel_density
+from rcenp.grad_mode import no_grad
 from rcenp.metrics import confidence, non_me
 from rcenp.nn.module import check_images, check_model, eval_mode
 
@@ -40,6 +40,11 @@ class Detector:
     (N, C, H, W) arrays (N ≥ 1) in the model's dtype inside the [-0.5, 0.5] pixel box and raises
     ValueError otherwise (``rcenp.nn.module.check_images``); the model's train/eval modes are
     given back after each call.
+
+    Attributes: ``model``, ``metric``, ``threshold``, ``sigma2`` as above; ``kernel_points``
+    (L, M, D): the training features Z of M images per class (the last hidden layer's; D = 64 in
+    the ResNets), on the model's device, None until ``fit``; ``info``: the JSON-ready record of
+    the fit and the calibration (``describe``).
 
     Life cycle: ``fit`` (kernel points; "kd" needs them) → ``calibrate`` (T) → ``predict``.
     ``fit`` always leaves the detector uncalibrated (T = None, the calibration record in ``info``

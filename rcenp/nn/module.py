@@ -170,11 +170,18 @@ def check_images(model, x):
     check_model(model)
     xp = get_array_module(x)
     x = xp.asarray(x.data if isinstance(x, Tensor) else x)
-    if x.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
     channels = getattr(model.network, "in_channels", None)
+    if x.ndim != 4:
+        hint = ""
+        if x.ndim == 3 and channels in (None, x.shape[0]):
+            hint = "; one image (C, H, W): x[None]"
+        elif x.ndim == 3 and channels == 1:
+            hint = "; grey images (N, H, W): x[:, None]"
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}{hint}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}")
+        hint = ("; channels-last (N, H, W, C) images: x.transpose(0, 3, 1, 2)"
+                if x.shape[3] == channels and x.shape[1] != x.shape[3] else "")
+        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}{hint}")
     if getattr(model, "image_shape", None) is not None:
         model._checked(x)
     check_input_dtype(x, model.network.parameters()[0].data)
@@ -212,10 +219,10 @@ def check_input_dtype(x, parameter) -> None:
         return
     if dtype in (np.float32, np.float64):
         raise ValueError(f"input dtype {dtype} does not match the model's {expected} parameters: cast the model "
-                         f"with model.astype(np.{dtype}) or the input with x.astype(np.{expected})")
+                         f"with model.astype(np.{dtype}) or the input with np.asarray(x, np.{expected})")
     if dtype.kind == "f":  # float16, longdouble: no model computes in them
         raise ValueError(f"input dtype {dtype} is not the model's {expected}: cast the input with "
-                         f"x.astype(np.{expected})")
+                         f"np.asarray(x, np.{expected})")
     raise ValueError(f"input dtype {dtype} is not the model's {expected}: images are floats in [-0.5, 0.5] "
                      "(x / 255 - 0.5, as rcenp.data scales them)")
 
