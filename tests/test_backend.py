@@ -35,7 +35,8 @@ def test_device_from_environment(monkeypatch):
         backend.default_device()
     if not backend.cuda_available():
         monkeypatch.setenv("RCENP_DEVICE", "cuda")
-        with pytest.raises(backend.DeviceError, match="RCENP_DEVICE=cuda but CuPy (is not installed|sees no CUDA device)"):
+        with pytest.raises(backend.DeviceError,
+                           match="RCENP_DEVICE=cuda but CuPy (is not installed|sees no CUDA device)"):
             backend.default_device()
 
 

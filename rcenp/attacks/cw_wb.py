@@ -77,7 +77,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from rcenp.attacks.cw import check_settings, choose_targets, optimise
-from rcenp.attacks.core import with_module_notes, in_eval_mode
+from rcenp.attacks.core import in_eval_mode, with_module_notes
 from rcenp.attacks.cw_loss import Density
 from rcenp.attacks.cw_result import assemble, margin_test
 from rcenp.backend import as_numpy, make_rng, to_device
@@ -108,10 +108,10 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     (random targets ≠ the labels used, from ``seed``; "untargeted" is refused). ``stage1``/``stage2``:
     dicts overriding the stages' kappa, initial_const, binary_steps, max_iterations, learning_rate,
     abort_early (defaults, the paper's: stage 1 κ 5, c₀ 10, 3 binary steps × 5,000 iterations;
-    stage 2 κ 5, c₀ 100, 9 × 10,000; ``STAGE1``, ``STAGE2``). The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
-    train_features (N_tr, D) and train_labels (N_tr,) ints: the training features for the exact η
-    (every one of class t is scored); without them η is the biased-loose approximation (module
-    docstring). progress: as ``cw_l2``'s, for each stage. snapshot: as ``cw_l2``'s, one file per
+    stage 2 κ 5, c₀ 100, 9 × 10,000; ``STAGE1``, ``STAGE2``). The attacker's points are drawn with
+    ``numpy.random.default_rng([seed, 1])``. train_features (N_tr, D) and train_labels (N_tr,)
+    ints: the training features for the exact η (every one of class t is scored); without them η
+    is the biased-loose approximation (module docstring). progress: as ``cw_l2``'s, for each stage. snapshot: as ``cw_l2``'s, one file per
     stage (``Snapshot.part``), so a kill in stage 2 keeps stage 1's result.
 
     Returns an ``AttackResult`` (success: target with margin κ and f₂ ≤ 0; iterations: both
@@ -241,8 +241,9 @@ def attack_kernel(detector, model, kernel, attacker_points, seed, train_features
     """(the attack's kernel points (L, m, D) float64 host, η (L,) float64 host, nats): module
     docstring. train_features (N_tr, D), train_labels (N_tr,): the exact η; None: the
     approximation. Raises TypeError for something other than a detector; ValueError for an
-    unfitted detector, another model's detector (``same_weights``), too many attacker points, mis-shaped
-    training features or labels that are not class indices, or a class without a scored feature."""
+    unfitted detector, another model's detector (``same_weights``), too many attacker points,
+    mis-shaped training features or labels that are not class indices, or a class without a
+    scored feature."""
     if not hasattr(detector, "kernel_points"):
         raise TypeError(f"detector must be an rcenp.detect.Detector (rcenp.detect.load_detector(name, model)), "
                          f"got {type(detector).__name__}")

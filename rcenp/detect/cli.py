@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                    help="--fit: the detector's score: kd = kernel density (the paper's), confidence or non_me "
                    "(default kd)")
     d.add_argument("--fpr", type=_rate, help="target false-positive rate on clean data (--fit; default 0.05)")
-    d.add_argument("--per-class", type=nonnegative(integer), help="kernel points per class (--fit; default 1000; 0 = every training image, which needs equal "
+    d.add_argument("--per-class", type=nonnegative(integer),
+                   help="kernel points per class (--fit; default 1000; 0 = every training image, which needs equal "
                    "class counts, as Fashion-MNIST's, not MNIST's)")
     d.add_argument("--calibrate-on", choices=CALIBRATION_SETS,
                    help="held-out clean images for T (--fit): 'test' = a seeded random half of the test split, "
