@@ -152,8 +152,8 @@ def budget_rows(root: Path) -> list[dict]:
 PAPER = ("AUCs in the paper's units (10⁻²), under its sample rule (clean correct, adversarial misclassified; "
          "ties half); in brackets the paper's Table 2 value.")
 OLD_8BIT = ("“—” after 8-bit rounding: audited before 978d080, when the rounded image of C&W-hc was judged by "
-            "the argmax alone, not by its κ margin (re-tested by `scripts/reaudit_8bit.py` where the run's "
-            "adversarial.npz is kept; the CE run's is not).")
+            "the argmax alone, not by its κ margin, and not re-tested since (`scripts/reaudit_8bit.py` needs the "
+            "run's adversarial.npz).")
 
 
 def _f(value, spec):
