@@ -23,7 +23,7 @@ import weakref
 import numpy as np
 
 from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
-from rcenp.grad_mode import _grad_mode
+from rcenp.grad_mode import is_grad_enabled
 from rcenp.ops.layout import add_arrays
 
 _ARRAY_TYPES = (np.ndarray, cupy_ndarray)
@@ -194,7 +194,7 @@ class Function:
         needs = tuple(t.requires_grad for t in tensors)
         self.needs_input_grad = needs
         output = Tensor(self.forward(*(t.data for t in tensors)))
-        if _grad_mode.enabled and any(needs):
+        if is_grad_enabled() and any(needs):
             output.requires_grad = True
             output.creator = self
             self.inputs = tensors

@@ -119,9 +119,9 @@ def authors_kd_auc(normal_log_kd, adversarial_log_kd):
     rounding of subnormals (their mean sums the M terms, each rounded, before dividing by M).
     rcenp's log-space KD (``rcenp.detect.kde``) keeps such inputs apart. Whether any input falls
     there depends on the cell (the attack summaries' ``kd_zero`` counts them; in the published
-    MNIST cells none does, the lowest log KD being about −222, BIM at ε = 1); where some do, the gap between
-    this AUC and ``roc_auc(log KD, ties="strict")`` is the part of the authors' K-density figure
-    decided by underflow.
+    MNIST cells none does, the lowest log KD being about −222, BIM at ε = 1); where some do, the gap
+    between this AUC and ``roc_auc(log KD, ties="strict")`` is the part of the authors' K-density
+    figure decided by underflow.
 
     normal_log_kd, adversarial_log_kd: 1-D log KD (natural log, the detector's ``kd`` score), as
     for ``roc_auc`` (non-empty, NaN-free; ValueError otherwise). → AUC in [0, 1].
