@@ -41,6 +41,35 @@ def test_fit_calibrate_predict_and_round_trip(model, data, tmp_path):
         Detector.load(tmp_path / "det", Classifier(model.network, "ce"))
 
 
+def test_scores_are_the_papers_metrics_under_the_predicted_class(model, data):
+    """Each score recomputed independently in float64 from the model's features and raw logits:
+    log KD over the kernel points of the PREDICTED class (paper §3.3: KD(x) = (1/|X_ŷ|) Σ k(z, z_i)
+    over class ŷ's training features, k = exp(−‖z − z_i‖²/σ²)), confidence = max softmax of the
+    prediction logits (−s for RCE), non-ME by eq. 1 over the non-maximal classes. An audit found
+    the unit tests blind to scoring under another class."""
+    images, labels = data
+    det = Detector(model, "kd").fit(images[:200], labels[:200], per_class=5, seed=1)
+    scores = det.scores(images[200:260])
+    z = model.features(images[200:260]).data.astype(np.float64)
+    p_logits = -model.network(images[200:260]).data.astype(np.float64)       # RCE: the reversed logits
+    predicted = p_logits.argmax(1)
+    np.testing.assert_array_equal(scores["prediction"], predicted)
+    points = det.kernel_points.astype(np.float64)
+    d2 = ((z[:, None, :] - points[predicted]) ** 2).sum(-1)                 # (N, M) to class ŷ's points
+    log_kd = np.log(np.exp(-d2 / det.sigma2).mean(1))
+    np.testing.assert_allclose(scores["kd"], log_kd, rtol=1e-5, atol=1e-5)
+    other = np.log(np.exp(-((z[:, None, :] - points[(predicted + 1) % 10]) ** 2).sum(-1) / det.sigma2).mean(1))
+    assert np.abs(scores["kd"] - other).max() > 1e-3                      # the class matters here
+    p = np.exp(p_logits - p_logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(scores["confidence"], p.max(1), rtol=1e-5)
+    rest = np.where(np.arange(10) == predicted[:, None], 0.0, p)
+    rest /= rest.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(rest > 0, rest * np.log(rest), 0.0).sum(1)
+    np.testing.assert_allclose(scores["non_me"], entropy, rtol=1e-4, atol=1e-6)
+
+
 def test_fit_computes_only_the_chosen_images_features_and_matches_a_full_pass(model, data, monkeypatch):
     from rcenp.detect.kde import select_kernel_points
 

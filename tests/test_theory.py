@@ -9,7 +9,11 @@ from rcenp import functional as F
 from rcenp.autograd import Tensor, grad
 from rcenp.backend import as_numpy
 from rcenp.metrics import confidence, non_me
+from rcenp.models import resnet
+from rcenp.objectives import Classifier
 from rcenp.ops.loss import reverse_label
+
+RCE = Classifier(resnet(8, 1, num_classes=12, seed=0), "rce")   # only its logit reversal is used below
 
 
 def softmax(s):
@@ -41,19 +45,25 @@ def near_reverse_label(draw):
 
 @given(case=near_reverse_label())
 def test_theorem2_bounds(case):
+    """Theorem 2 on the probabilities rcenp predicts with: softmax of an RCE classifier's prediction
+    logits (−s), and its confidence."""
     s, y, alpha, num_classes = case
-    reversed_p = softmax(-s)
+    prediction_logits = RCE.prediction_logits(Tensor(s[None, :]))
+    reversed_p = as_numpy(F.softmax(prediction_logits).data)[0]
     one_hot = np.eye(num_classes)[y]
     assert np.abs(reversed_p - one_hot).max() <= alpha * (num_classes - 1) ** 2
     rest = np.delete(reversed_p, y)
     assert rest.max() - rest.min() <= 2 * alpha ** 2 * (num_classes - 1) ** 2
+    assert float(confidence(prediction_logits.data)[0]) >= 1 - alpha * (num_classes - 1) ** 2
 
 
 @st.composite
-def logits(draw, min_classes=3):
+def logits(draw, min_classes=3, max_rows=1):
+    """(N, L) logits in [-30, 30], N in [1, max_rows]."""
     num_classes = draw(st.integers(min_classes, 12))
-    values = draw(st.lists(st.floats(-30, 30), min_size=num_classes, max_size=num_classes))
-    return np.array([values])
+    rows = draw(st.integers(1, max_rows))
+    row = st.lists(st.floats(-30, 30), min_size=num_classes, max_size=num_classes)
+    return np.array(draw(st.lists(row, min_size=rows, max_size=rows)))
 
 
 @given(s=logits())
@@ -85,6 +95,21 @@ def test_lemma1_constant_along_the_manifold(s, shift):
     np.testing.assert_allclose(non_me(moved), non_me(s), rtol=1e-10, atol=1e-12)
 
 
+@given(s=logits(max_rows=5))
+def test_non_me_is_eq1_row_by_row(s):
+    """Eq. 1 from its definition, F̂_i = F_i / Σ_{j≠ŷ} F_j over the non-maximal classes, for each
+    row of a batch whose rows have their own top classes (an audit found one-row tests blind to
+    a bug that used row 0's top class everywhere)."""
+    p = softmax(s)
+    top = s.argmax(1)
+    rest = np.where(np.arange(s.shape[1]) == top[:, None], 0.0, p)
+    rest = rest / rest.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = -np.where(rest > 0, rest * np.log(rest), 0.0).sum(1)
+    np.testing.assert_allclose(non_me(s), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(confidence(s), p.max(1), rtol=1e-12)
+
+
 def test_metrics_survive_underflow():
     s = np.array([[0.0, -5000.0, -20.0, 3000.0]], np.float32)
     assert np.isfinite(non_me(s)).all() and np.isfinite(confidence(s)).all()
@@ -105,19 +130,33 @@ def test_eq3_minimiser_of_smoothed_ce_is_p_lambda(num_classes, lam, y):
     assert loss <= float(F.smoothed_cross_entropy(other, np.array([y]), lam).data) + 1e-12
 
 
-@given(s=logits(min_classes=2), y=st.integers(0, 11))
-def test_eq4_rce_is_ce_against_reverse_label(s, y):
-    y = np.array([y % s.shape[1]])
-    r = reverse_label(y, s.shape[1], np.float64)
-    log_p = s - s.max() - np.log(np.exp(s - s.max()).sum())
-    expected = -(r * log_p).sum()
+@given(s=logits(min_classes=2, max_rows=4), data=st.data())
+def test_eq4_rce_is_ce_against_reverse_label(s, data):
+    """RCE = −R_yᵀ log softmax(s), batch mean, with R_y built here from eq. 4's definition
+    (1/(L−1) everywhere but 0 at y), not taken from the code under test; gradient (softmax(s) − R_y)/N."""
+    n, num_classes = s.shape
+    y = np.array(data.draw(st.lists(st.integers(0, num_classes - 1), min_size=n, max_size=n)))
+    r = np.full((n, num_classes), 1 / (num_classes - 1))
+    r[np.arange(n), y] = 0.0
+    np.testing.assert_array_equal(reverse_label(y, num_classes, np.float64), r)
+    log_p = s - s.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    expected = -(r * log_p).sum(1).mean()
     np.testing.assert_allclose(float(F.reverse_cross_entropy(s, y).data), expected, rtol=1e-12)
     g = grad(F.reverse_cross_entropy(Tensor(s, requires_grad=True), y), [])  # no inputs: no work
     assert g == []
     t = Tensor(s, requires_grad=True)
-    np.testing.assert_allclose(as_numpy(grad(F.reverse_cross_entropy(t, y), t)), softmax(s) - r, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(as_numpy(grad(F.reverse_cross_entropy(t, y), t)), (softmax(s) - r) / n,
+                               rtol=1e-10, atol=1e-14)
 
 
 def test_reversed_prediction_is_argmin():
-    s = np.random.default_rng(0).normal(size=(50, 10))
-    assert (softmax(-s).argmax(1) == s.argmin(1)).all()
+    """An RCE classifier predicts argmin of its raw logits s (§3.2: argmax of softmax(−s)); CE argmax."""
+    net = resnet(8, 1, seed=4).astype(np.float64).eval()   # a seed whose argmin and argmax each vary
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (50, 1, 8, 8))
+    s = net(Tensor(x)).data
+    rce, ce = Classifier(net, "rce"), Classifier(net, "ce")
+    assert len(set(s.argmin(1))) > 1 and len(set(s.argmax(1))) > 1 and (s.argmin(1) != s.argmax(1)).all()
+    np.testing.assert_array_equal(rce.predict(x), s.argmin(1))
+    np.testing.assert_array_equal(ce.predict(x), s.argmax(1))
+    np.testing.assert_array_equal(as_numpy(F.softmax(rce.predict_logits(x)).data).argmax(1), s.argmin(1))
