@@ -30,7 +30,8 @@ def check_gradients(op, arrays, wrt=None, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0
 
     ``op`` maps Tensors to a Tensor; ``arrays`` are float64 arrays (copied); ``wrt`` lists the
     indices to differentiate (default: all). Raises AssertionError with the worst element, or
-    when ``op``'s output is not float64 (then the check would not be a float64 one).
+    when ``op``'s output or any analytic gradient is not float64 (then the check would not be a
+    float64 one: a backward computed in float32 is off by ~1e-7 relative, well inside ``rtol``).
     """
     arrays = [a.astype(np.float64, copy=True) if a.dtype.kind == "f" else a for a in arrays]
     wrt = list(range(len(arrays))) if wrt is None else list(wrt)
@@ -42,6 +43,11 @@ def check_gradients(op, arrays, wrt=None, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0
     rng = np.random.default_rng(seed)
     seed_grad = xp.asarray(rng.standard_normal(out.shape))
     analytic = grad(out, [tensors[i] for i in wrt], grad_output=seed_grad)
+    for i, ga in zip(wrt, analytic):
+        if getattr(ga, "dtype", None) != np.float64:
+            raise AssertionError(f"input {i}: analytic gradient of dtype {getattr(ga, 'dtype', type(ga).__name__)} "
+                                 "from float64 inputs; the backward must stay in float64 (a float32 one "
+                                 "passes the tolerance)")
 
     def value(*diff_arrays):
         full = list(arrays)

@@ -1,4 +1,4 @@
-"""Matrix products: matmul (2-D and batched) and the fully connected layer."""
+"""Matrix products: matmul (2-D, batched, broadcast batch axes) and the fully connected layer."""
 from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor
@@ -41,7 +41,11 @@ class Linear(Function):
         return gx, gw
 
 
-def matmul(a, b) -> Tensor: return MatMul()(a, b)
+def matmul(a, b) -> Tensor:
+    """a (..., N, D) @ b (..., D, K) → (..., N, K), both at least 2-D: 2-D, batched, and with the
+    batch axes broadcast as NumPy's ``matmul`` (the backward sums the gradient over them). Raises
+    ValueError for a 1-D operand."""
+    return MatMul()(a, b)
 
 
 def linear(x, w, b=None) -> Tensor:
