@@ -23,8 +23,10 @@ import weakref
 import numpy as np
 
 from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
-from rcenp.grad_mode import is_grad_enabled
+from rcenp.grad_mode import enable_grad, is_grad_enabled, no_grad
 from rcenp.ops.layout import add_arrays
+
+__all__ = ["Tensor", "Function", "grad", "as_array", "no_grad", "enable_grad", "is_grad_enabled"]  # the grad mode lives in rcenp.grad_mode
 
 _ARRAY_TYPES = (np.ndarray, cupy_ndarray)
 
