@@ -262,6 +262,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.jobs > args.n:
         parser.error(f"--jobs {args.jobs}: at most --n ({args.n}) shards")
+    if args.data_dir is not None and args.source != "test":
+        parser.error("--data-dir is read with --source test only (the default, sample, is embedded)")
     wanted = {name: str(args.threads) for name in ("RCENP_HOST_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     if argv is None and any(os.environ.get(name) != value for name, value in wanted.items()):
         os.environ.update(wanted)  # equal threads on both sides, set before NumPy's OpenBLAS starts

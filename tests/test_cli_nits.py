@@ -510,8 +510,9 @@ def test_default_out_keeps_runs_of_different_attacks_apart(argv, out):
 
 @pytest.mark.parametrize("strict, second", [
     ({"confidence": 0.25, "non_me": 0.5, "log_kd": 0.75}, None),          # no ties: one line
+    ({"confidence": 0.2501, "non_me": 0.5, "log_kd": 0.75}, None),        # not at the digits shown
     ({"confidence": 0.125, "non_me": 0.5, "log_kd": 0.75},                 # saturated confidence
-     "  the same, ties 0 (AUC.m)  confidence 0.125  non_me 0.500  log_kd 0.750"),
+     "  the same, ties 0 (AUC.m)         confidence 0.125  non_me 0.500  log_kd 0.750"),
 ])
 def test_summary_says_how_its_aucs_count_ties(strict, second):
     """The audit: the printed AUC counts ties as ½ while the paper's AUC.m counts them 0; both are
@@ -520,7 +521,7 @@ def test_summary_says_how_its_aucs_count_ties(strict, second):
     summary["detection"] = {m: {"n_pairs": 7, "auc": half, "auc_strict_ties": strict[m]}
                             for m, half in (("confidence", 0.25), ("non_me", 0.5), ("log_kd", 0.75))}
     lines = format_summary(summary, "out").splitlines()
-    at = lines.index("  AUC (paper rule, n=7), ties ½  confidence 0.250  non_me 0.500  log_kd 0.750")
+    at = lines.index("  AUC (paper rule, n=7), ties ½    confidence 0.250  non_me 0.500  log_kd 0.750")
     if second is None:
         assert not any("AUC.m" in line for line in lines)
     else:

@@ -149,6 +149,8 @@ def test_invalid_arguments():
     (np.array([0, 1, 2]), 0, "per_class must be a positive integer, got 0"),
     (np.array([0, 1, 2]), True, "per_class must be a real number"),
     (np.array([0, 1, 2]), 2, r"classes \[0, 1, 2\] have fewer than per_class=2"),
+    (np.array([0, 0, 1, 1, 1, 2, 2]), None,
+     r"per_class=None \(--per-class 0: every training image\) needs equal.*pass per_class=2 \(--per-class 2\)"),
 ])
 def test_kernel_point_selection_refuses_bad_labels_and_counts(labels, per_class, match):
     with pytest.raises(ValueError, match=match):

@@ -400,7 +400,9 @@ def test_a_half_precision_input_is_told_to_cast_the_input_not_the_model():
     ((1, 28, 28), "; one image (C, H, W): x[None]"),
     ((3, 28, 28), "; grey images (N, H, W): x[:, None]"),
     ((3, 28, 28, 1), "; channels-last (N, H, W, C) images: x.transpose(0, 3, 1, 2)"),
-    ((28, 28), ""),
+    ((28, 28, 1), "; one channels-last image (H, W, C): x.transpose(2, 0, 1)[None]"),
+    ((28, 28), "; one grey image (H, W): x[None, None]"),
+    ((28,), ""),
 ])
 def test_a_mis_shaped_batch_is_told_how_to_reshape(shape, hint):
     """The trial: the errors named the expected shape but not the usual fix (a fresh user's
@@ -413,5 +415,18 @@ def test_a_mis_shaped_batch_is_told_how_to_reshape(shape, hint):
 
 def test_a_list_of_pixels_is_told_to_use_asarray():
     model = Classifier(resnet(8, 1, seed=0), "ce")
-    with pytest.raises(ValueError, match=r"np.asarray\(x, np.float32\)$"):
+    with pytest.raises(ValueError, match=r"float64 .*: cast the input with np.asarray\(x, np.float32\), or the model"):
         model.predict(np.zeros((1, 1, 8, 8)).tolist())
+
+
+@pytest.mark.parametrize("scale, hint", [
+    (lambda x: (x + 0.5) * 255, "; pixels in 0-255: x / 255 - 0.5"),
+    (lambda x: x + 0.5, "; pixels in [0, 1]: x - 0.5"),
+    (lambda x: x * 2, ""),                                           # not an unshifted range: no guess
+])
+def test_pixels_outside_the_box_are_told_the_usual_scaling(scale, hint):
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    x = np.linspace(-0.5, 0.5, 2 * 8 * 8, dtype=np.float32).reshape(2, 1, 8, 8)
+    with pytest.raises(ValueError) as info:
+        model.predict(scale(x))
+    assert str(info.value).startswith("images must lie in the box") and str(info.value).endswith(f"]{hint}")

@@ -276,12 +276,12 @@ def format_summary(summary: dict, out) -> str:
     if detection:
         metrics = [m for m in ("confidence", "non_me", "log_kd") if detection.get(m, {}).get("n_pairs")]
         if metrics:
-            pairs = detection[metrics[0]]["n_pairs"]
-            lines.append(f"  AUC (paper rule, n={pairs}), ties ½  " +
-                         "  ".join(f"{m} {detection[m]['auc']:.3f}" for m in metrics))
-            if any(detection[m]["auc_strict_ties"] != detection[m]["auc"] for m in metrics):
-                lines.append("  the same, ties 0 (AUC.m)  " +
-                             "  ".join(f"{m} {detection[m]['auc_strict_ties']:.3f}" for m in metrics))
+            label = f"AUC (paper rule, n={detection[metrics[0]]['n_pairs']})"
+            half, strict = ("  ".join(f"{m} {detection[m][key]:.3f}" for m in metrics)
+                            for key in ("auc", "auc_strict_ties"))
+            lines.append(f"  {label + ', ties ½':<32} {half}")
+            if strict != half:  # where the authors' rule shows at these digits
+                lines.append(f"  {'the same, ties 0 (AUC.m)':<32} {strict}")
         if "threshold" in detection:
             t = detection["threshold"]
             lines.append(f"  with the detector (T = {t['T']:.3f}): correct or NOT SURE "

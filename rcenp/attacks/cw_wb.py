@@ -105,13 +105,14 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
 
     model: the ``Classifier`` the detector scores; x: (N, C, H, W) in [-0.5, 0.5]; detector: a
     fitted ``rcenp.detect.Detector`` (kernel points (L, M, D), σ²). targets/labels: as ``cw_l2``
-    (random targets ≠ the labels used, from ``seed``; "untargeted" is refused). ``stage1``/``stage2``:
-    dicts overriding the stages' kappa, initial_const, binary_steps, max_iterations, learning_rate,
-    abort_early (defaults, the paper's: stage 1 κ 5, c₀ 10, 3 binary steps × 5,000 iterations;
-    stage 2 κ 5, c₀ 100, 9 × 10,000; ``STAGE1``, ``STAGE2``). The attacker's points are drawn with
-    ``numpy.random.default_rng([seed, 1])``. train_features (N_tr, D) and train_labels (N_tr,)
-    ints: the training features for the exact η (every one of class t is scored); without them η
-    is the biased-loose approximation (module docstring). progress: as ``cw_l2``'s, for each stage. snapshot: as ``cw_l2``'s, one file per
+    (random targets ≠ the labels used, from ``seed``; "untargeted" is refused).
+    ``stage1``/``stage2``: dicts overriding the stages' kappa, initial_const, binary_steps,
+    max_iterations, learning_rate, abort_early (defaults, the paper's: stage 1 κ 5, c₀ 10, 3 binary
+    steps × 5,000 iterations; stage 2 κ 5, c₀ 100, 9 × 10,000; ``from rcenp.attacks.cw_wb import
+    STAGE1, STAGE2``). The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
+    train_features (N_tr, D) and train_labels (N_tr,) ints: the training features for the exact η
+    (every one of class t is scored); without them η is the biased-loose approximation (module
+    docstring). progress: as ``cw_l2``'s, for each stage. snapshot: as ``cw_l2``'s, one file per
     stage (``Snapshot.part``), so a kill in stage 2 keeps stage 1's result.
 
     Returns an ``AttackResult`` (success: target with margin κ and f₂ ≤ 0; iterations: both
@@ -228,7 +229,9 @@ def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_
 
 def same_weights(a, b) -> bool:
     """Whether Classifiers a and b compute the same features: the same object, or the same entries
-    (parameters and batch-norm statistics), name for name, equal to the bit."""
+    (parameters and batch-norm statistics), name for name, equal to the bit. (A detector's kernel
+    points are features of its model as it was at ``fit``: weights changed in place since then
+    are not seen here, as by nothing else that holds the same model.)"""
     if a is b:
         return True
     ea, eb = list(a.named_entries()), list(b.named_entries())
@@ -251,7 +254,8 @@ def attack_kernel(detector, model, kernel, attacker_points, seed, train_features
         raise ValueError("the detector has no kernel points: fit it on training data first")
     if detector.model.objective != model.objective:
         raise ValueError(f"the detector was fitted for a {detector.model.objective.upper()} model, "
-                         f"this one is {model.objective.upper()}")
+                         f"this one is {model.objective.upper()}: use this model's own detector, "
+                         "rcenp.detect.load_detector(name, model)")
     if not same_weights(detector.model, model):
         raise ValueError("the detector scores another model (its weights differ from this one's): its kernel "
                          "points are that model's features; use this model's own detector, "

@@ -58,6 +58,7 @@ from rcenp.attacks.audit import attack_and_audit
 from rcenp.attacks.cw_snapshot import Snapshot
 from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.wb_features import eta_training_split, training_features
+from rcenp.checks import check_steps
 from rcenp.progress import Progress, counter, duration, plural
 
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
@@ -149,6 +150,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
 
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}: expected one of {', '.join(ATTACKS)}")
+    n = check_steps("n (--n)", n)                      # before any folder is made
+    batch_size = check_steps("batch_size (--batch-size)", batch_size)
     stream = sys.stderr if stream is None else stream
     checkpoint.check_folder(out_dir, "--out")
     if png_dir is not None:
@@ -156,9 +159,6 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     model, manifest = load_model(model_ref, device)
     dataset = manifest["config"]["dataset"]
     test = attacked_split(dataset, n, data_dir)
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
     indices = shard_indices(n, batch_size, shard)
     out_dir = Path(out_dir)
     detector = fitted_detector(model, model_ref)

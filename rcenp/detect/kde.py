@@ -79,8 +79,9 @@ def kernel_point_indices(labels, per_class=1000, seed=0, num_classes=10) -> np.n
     counts = [len(m) for m in members]
     if per_class is None:
         if len(set(counts)) != 1 or counts[0] == 0:
-            raise ValueError(f"per_class=None needs equal, non-zero class counts, got {counts}; "
-                             f"pass per_class={min(counts)} to subsample every class")
+            raise ValueError(f"per_class=None (--per-class 0: every training image) needs equal, non-zero class "
+                             f"counts, got {counts}; pass per_class={min(counts)} (--per-class {min(counts)}) to "
+                             "subsample every class")
         return np.stack(members)
     per_class = check_steps("per_class", per_class)
     short = [c for c, n in enumerate(counts) if n < per_class]

@@ -165,19 +165,16 @@ def check_model(model) -> None:
 def check_images(model, x):
     """``x`` as an (N, C, H, W) array for ``model`` (a ``Classifier``) after checking shape, the
     channel count, (C, H, W) where the model has an ``image_shape``, dtype (the model's: no silent
-    casts), finiteness and the [-0.5, 0.5] pixel box (``PIXEL_BOX``). Raises ValueError naming what is wrong, and TypeError when ``model`` is not
-    a ``Classifier`` (say the (model, manifest) pair that ``rcenp.models.load`` returns)."""
+    casts), finiteness and the [-0.5, 0.5] pixel box (``PIXEL_BOX``). Raises ValueError naming what
+    is wrong, with the usual fix where one is evident (a single image, channels-last, 0-255
+    pixels), and TypeError when ``model`` is not a ``Classifier`` (say the (model, manifest) pair
+    that ``rcenp.models.load`` returns)."""
     check_model(model)
     xp = get_array_module(x)
     x = xp.asarray(x.data if isinstance(x, Tensor) else x)
     channels = getattr(model.network, "in_channels", None)
     if x.ndim != 4:
-        hint = ""
-        if x.ndim == 3 and channels in (None, x.shape[0]):
-            hint = "; one image (C, H, W): x[None]"
-        elif x.ndim == 3 and channels == 1:
-            hint = "; grey images (N, H, W): x[:, None]"
-        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}{hint}")
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}{_shape_hint(x.shape, channels)}")
     if channels is not None and x.shape[1] != channels:
         hint = ("; channels-last (N, H, W, C) images: x.transpose(0, 3, 1, 2)"
                 if x.shape[3] == channels and x.shape[1] != x.shape[3] else "")
@@ -188,9 +185,27 @@ def check_images(model, x):
     if x.size and not bool(xp.isfinite(x).all()):
         raise ValueError("images contain NaN or infinity")
     if x.size and (float(x.min()) < PIXEL_BOX[0] or float(x.max()) > PIXEL_BOX[1]):
+        low, high = float(x.min()), float(x.max())
+        hint = ""
+        if low >= 0:  # unshifted pixels
+            hint = "; pixels in 0-255: x / 255 - 0.5" if high > 1 else "; pixels in [0, 1]: x - 0.5"
         raise ValueError(f"images must lie in the box [{PIXEL_BOX[0]}, {PIXEL_BOX[1]}], got range "
-                         f"[{float(x.min()):.9g}, {float(x.max()):.9g}]")  # 9 digits: a float32 just past the edge shows
+                         f"[{low:.9g}, {high:.9g}]{hint}")  # 9 digits: a float32 just past the edge shows
     return x
+
+
+def _shape_hint(shape, channels) -> str:
+    """The usual fix for images of ``shape`` that are not (N, C, H, W) for a ``channels``-channel
+    model, as "; ..." (empty when none is evident)."""
+    if len(shape) == 3 and channels in (None, shape[0]):
+        return "; one image (C, H, W): x[None]"
+    if len(shape) == 3 and shape[2] == channels:
+        return "; one channels-last image (H, W, C): x.transpose(2, 0, 1)[None]"
+    if len(shape) == 3 and channels == 1:
+        return "; grey images (N, H, W): x[:, None]"
+    if len(shape) == 2 and channels in (None, 1):
+        return "; one grey image (H, W): x[None, None]"
+    return ""
 
 
 @contextlib.contextmanager
@@ -218,8 +233,9 @@ def check_input_dtype(x, parameter) -> None:
     if dtype == expected:
         return
     if dtype in (np.float32, np.float64):
-        raise ValueError(f"input dtype {dtype} does not match the model's {expected} parameters: cast the model "
-                         f"with model.astype(np.{dtype}) or the input with np.asarray(x, np.{expected})")
+        raise ValueError(f"input dtype {dtype} does not match the model's {expected} parameters: cast the input "
+                         f"with np.asarray(x, np.{expected}), or the model (in place, for every user of it) with "
+                         f"model.astype(np.{dtype})")
     if dtype.kind == "f":  # float16, longdouble: no model computes in them
         raise ValueError(f"input dtype {dtype} is not the model's {expected}: cast the input with "
                          f"np.asarray(x, np.{expected})")
