@@ -210,6 +210,21 @@ def test_a_setting_the_attack_refuses_leaves_no_run_behind(setup, tmp_path, caps
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("counts, message", [
+    (dict(n=2.5), r"n \(--n\) must be a positive integer, got 2.5"),
+    (dict(n=True), r"n \(--n\) must be a real number \(not a bool\)"),
+    (dict(n=0), r"n \(--n\) must be a positive integer, got 0"),
+    (dict(n=2, batch_size=0), r"batch_size \(--batch-size\) must be a positive integer, got 0"),
+])
+def test_run_attack_checks_its_counts_before_making_a_folder(setup, tmp_path, counts, message):
+    """The re-trial: n=2.5 began a run (run.json, partial/) and then failed on a format code, so the
+    retry was refused as 'already holds an attack run'; n=True ran one image."""
+    run, root = setup
+    with pytest.raises(ValueError, match=message):
+        run_attack(str(run), "fgsm", tmp_path / "out", {"eps": 0.1}, data_dir=str(root), **counts)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("eps", ["0", "-0.1", "1.5", "x"])
 def test_eps_out_of_range_is_refused_by_the_parser(setup, capsys, eps):
     run, _ = setup
