@@ -26,7 +26,8 @@ from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
 from rcenp.grad_mode import enable_grad, is_grad_enabled, no_grad
 from rcenp.ops.layout import add_arrays
 
-__all__ = ["Tensor", "Function", "grad", "as_array", "no_grad", "enable_grad", "is_grad_enabled"]  # the grad mode lives in rcenp.grad_mode
+# the public API; the grad mode (no_grad, ...) lives in rcenp.grad_mode and is importable here too
+__all__ = ["Tensor", "Function", "grad", "as_array", "no_grad", "enable_grad", "is_grad_enabled"]
 
 _ARRAY_TYPES = (np.ndarray, cupy_ndarray)
 
