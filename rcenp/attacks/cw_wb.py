@@ -234,10 +234,8 @@ def same_weights(a, b) -> bool:
     are not seen here, as by nothing else that holds the same model.)"""
     if a is b:
         return True
-    ea, eb = list(a.named_entries()), list(b.named_entries())
-    return len(ea) == len(eb) and all(
-        na == nb and np.array_equal(as_numpy(getattr(va, "data", va)), as_numpy(getattr(vb, "data", vb)))
-        for (na, va), (nb, vb) in zip(ea, eb))
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(np.array_equal(sa[name], sb[name]) for name in sa)
 
 
 def attack_kernel(detector, model, kernel, attacker_points, seed, train_features=None, train_labels=None):
