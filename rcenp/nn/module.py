@@ -176,9 +176,8 @@ def check_images(model, x):
     if x.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}{_shape_hint(x.shape, channels)}")
     if channels is not None and x.shape[1] != channels:
-        hint = ("; channels-last (N, H, W, C) images: x.transpose(0, 3, 1, 2)"
-                if x.shape[3] == channels and x.shape[1] != x.shape[3] else "")
-        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}{hint}")
+        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}"
+                         f"{_shape_hint(x.shape, channels)}")
     if getattr(model, "image_shape", None) is not None:
         model._checked(x)
     check_input_dtype(x, model.network.parameters()[0].data)
@@ -197,6 +196,8 @@ def check_images(model, x):
 def _shape_hint(shape, channels) -> str:
     """The usual fix for images of ``shape`` that are not (N, C, H, W) for a ``channels``-channel
     model, as "; ..." (empty when none is evident)."""
+    if len(shape) == 4 and shape[3] == channels != shape[1]:
+        return "; channels-last (N, H, W, C) images: x.transpose(0, 3, 1, 2)"
     if len(shape) == 3 and channels in (None, shape[0]):
         return "; one image (C, H, W): x[None]"
     if len(shape) == 3 and shape[2] == channels:
