@@ -77,23 +77,17 @@ def _rcenp_attacks():
     return attacks
 
 
-def _refuse(message):
-    """Bad input found after parsing: one line on stderr and exit status 2, as argparse's errors."""
-    sys.stderr.write(f"bench_attacks.py: error: {message}\n")
-    raise SystemExit(2)
-
-
 def _load_images(args, dataset):
     from rcenp.data import load, load_sample
 
     if args.source == "sample":
         if dataset != "mnist":
-            _refuse(f"the embedded sample is MNIST; use --source test for {dataset}")
+            raise ValueError(f"the embedded sample is MNIST; use --source test for {dataset}")
         data = load_sample()
     else:
         data = load(dataset, "test", root=args.data_dir)
     if args.n > len(data):
-        _refuse(f"--n {args.n} but the {args.source} set has {len(data)} images")
+        raise ValueError(f"--n {args.n} but the {args.source} set has {len(data)} images")
     return data.images[:args.n], data.labels[:args.n], data.identity
 
 
@@ -272,7 +266,7 @@ def main(argv=None):
     try:
         import torch
     except ImportError:
-        _refuse("PyTorch is not installed (pip install torch)")
+        parser.error("PyTorch is not installed (pip install torch)")
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(args.threads)

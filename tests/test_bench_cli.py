@@ -101,6 +101,13 @@ def test_bench_host_run_directly_says_it_is_a_module():
     assert done.stderr.count("\n") == 1 and "a module of the bench scripts, not a command" in done.stderr
 
 
+def test_bench_attacks_refuses_more_images_than_its_source_in_one_line():
+    pytest.importorskip("torch")
+    done = run("bench_attacks.py", "--threads", "1", "--models", "mnist-resnet32-ce", "--attacks", "bim", "--n", "1001")
+    assert refusal(done, "bench_attacks.py") == "bench_attacks.py: error: --n 1001 but the sample set has 1000 images"
+    assert len(done.stderr.splitlines()) == 1
+
+
 def test_bench_attacks_reads_the_data_root_it_is_given(tmp_path):
     pytest.importorskip("torch")
     done = run("bench_attacks.py", "--threads", "1", "--models", "mnist-resnet32-ce", "--attacks", "bim", "--n", "1",
