@@ -205,13 +205,16 @@ def test_distortion_units():
     np.testing.assert_array_equal(result.l0, (delta != 0).sum(axis=1))
 
 
-def test_zero_gradient_fraction_reports_a_saturated_loss():
+@pytest.mark.parametrize("attack", [attacks.fgsm, lambda model, x, eps: attacks.bim(model, x, eps, steps=3)])
+def test_zero_gradient_fraction_reports_a_saturated_loss(attack):
+    """sign(0) = 0: a saturated sample does not move, in one step or several (BIM: a mutation audit
+    found sign(0) = +1 in its loop unnoticed)."""
     model = linear_model("ce", 0).astype(np.float32)
     model.network.fc.weight.data[...] *= 1e4
     x = box_images(np.random.default_rng(7), 3, dtype=np.float32)
     s = np.sort(x.reshape(3, 16) @ model.network.fc.weight.data.T, axis=1)
     assert (s[:, -1] - s[:, -2] > 200).all()    # exp(-gap) underflows in float32: softmax is one-hot
-    result = attacks.fgsm(model, x, 0.3)
+    result = attack(model, x, 0.3)
     np.testing.assert_array_equal(result.zero_grad_fraction, 1.0)
     np.testing.assert_array_equal(result.adversarial, x)
 
