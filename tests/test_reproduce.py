@@ -36,7 +36,7 @@ def test_kill_then_resume_recomputes_nothing_finished(smoke):
     assert len(cut) <= 1   # the cell in work at the kill, if it had begun its batch
     for key, outcome in resumed.items():  # the finished cells were not run again, every other one was
         if outcome["status"] == "done":
-            expected = ("resumed", False) if key in finished else ("resumed" if key in cut else "computed", True)
+            expected = ("resumed", False) if key in finished else ("continued" if key in cut else "computed", True)
             assert (outcome["source"], outcome["seconds"] > 0) == expected, (key, outcome)
     assert finished < {key for key, o in resumed.items() if o["status"] == "done"}
     for path, mtime in r["mtimes"].items():                    # and nothing finished was rewritten

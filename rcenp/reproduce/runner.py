@@ -92,8 +92,10 @@ def cell_count_line(cells, outcomes: dict, todo) -> str:
 def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=None, stream=sys.stderr,
               known: dict | None = None, worker: int | None = None) -> dict:
     """Run every unfinished, available cell; → {key: outcome} where an outcome is
-    {"status": "done" | "not available" | "not run", "path", "reason", "source": "computed" |
-    "resumed" | "reused", "seconds", and "note" where a transfer cell crafted its own images}.
+    {"status": "done" | "not available" | "not run", "path", "reason", "source", "seconds", and
+    "note" where a transfer cell crafted its own images}; "source" is "computed" (from the start,
+    here), "continued" (a cell cut short earlier, finished here from its last batch), "resumed"
+    (found finished in ``out_dir``: nothing computed here) or "reused" (from ``cells_from``).
     A ``skipped`` cell is "done" where an earlier run in ``out_dir`` finished it (not stale),
     else "not run". A ``stale`` attack cell folder is set aside (``set_aside``) and the cell
     computed afresh. ``known``: outcomes computed already by this command's workers, taken as
@@ -143,7 +145,7 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
                             progress.message(f"{cell.key}: {outcome['note']}")
                         outcome["seconds"] = time.monotonic() - start
                         spent += outcome["seconds"]
-                        if outcome.get("source") in ("computed", "resumed") and outcome["seconds"]:
+                        if outcome.get("source") in ("computed", "continued") and outcome["seconds"]:
                             with cell_lock(out_dir, "timings"):
                                 add_seconds(out_dir / "timings.json", cell.key, outcome["seconds"])
                         checkpoint.atomic_write_text(record, json.dumps(mine if worker else outcomes, indent=1) + "\n")
@@ -210,7 +212,7 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream, crafted=None) -> dict
                 return {"status": "not available", "path": None,
                         "reason": f"not available: {role}{name} has no fitted K-density detector (fit one with "
                                   f"`rcenp detect {name} --fit`)"}
-    resumed, begun = (cell_dir / "partial").is_dir(), (cell_dir / "run.json").is_file()
+    continued, begun = (cell_dir / "partial").is_dir(), (cell_dir / "run.json").is_file()
     if begun:  # a cell goes on as it began: scoring the images it began with, or crafting its own
         crafted = (json.loads((cell_dir / "run.json").read_text()).get("crafted") or {}).get("path")
 
@@ -218,7 +220,7 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream, crafted=None) -> dict
         attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
                               batch_size=cell.batch_size, resume=begun, data_dir=data_dir, device=device,
                               stream=stream, crafted=crafted)
-    outcome = {"status": "done", "path": str(cell_dir), "source": "resumed" if resumed else "computed"}
+    outcome = {"status": "done", "path": str(cell_dir), "source": "continued" if continued else "computed"}
     try:
         run(crafted)
     except CraftedMismatch as exc:
