@@ -4,6 +4,7 @@
     python3 scripts/runs.py list                # the runs (RUNS), their settings, which are shipped
     python3 scripts/runs.py start [RUN...]      # train in the background (no RUN: resume every run in progress)
     python3 scripts/runs.py save [RUN...]       # progress into rcenp/models/pretrained/in-progress/RUN/
+    python3 scripts/runs.py stop RUN...         # stop each run right after its next checkpoint, then save it
     python3 scripts/runs.py status [RUN...]     # state (running, stopped, replaced...), step, last progress line
     python3 scripts/runs.py finish RUN...       # ship, fit the detector, write runs/detection-NAME.json
     python3 scripts/runs.py report RUN...       # command, wall time, final loss, test error, detector figures (JSON)
@@ -31,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -320,6 +322,51 @@ def finish(run: Run) -> None:
         print(f"{run.name}: shipped; removed its saved progress ({(SAVED / run.name).relative_to(ROOT)})")
 
 
+def stop(runs: list[Run], poll_s: float = 10.0, settle_s: float = 5.0, exit_s: float = 120.0,
+         sleep=time.sleep, kill=os.kill) -> int:
+    """Stop each running run of ``runs`` just after its next checkpoint, then ``save`` it: the end
+    of a session loses at most the steps since that checkpoint. A pinned commit may predate
+    ``rcenp train``'s save on SIGINT (0d4baeb does), so a run stopped at any other moment would
+    lose up to ``--checkpoint-every`` steps. A new checkpoint is seen in checkpoint.json;
+    ``settle_s`` later (its arrays' rename) the run gets SIGINT, and is saved once its processes
+    have exited. Runs not running are said so and skipped; a run that ends by itself meanwhile
+    (finished, or killed) is saved as it is. Returns 1 if a run outlived ``exit_s`` after SIGINT."""
+    waiting = {}
+    for run in runs:
+        if running(run):
+            waiting[run.name] = (run, step_of(ROOT / "runs" / run.name))
+            print(f"{run.name}: stopping after its next checkpoint (now at {waiting[run.name][1]})", flush=True)
+        else:
+            print(f"{run.name}: not running")
+    status = 0
+    while waiting:
+        for name, (run, before) in list(waiting.items()):
+            now = step_of(ROOT / "runs" / run.name)
+            if running(run) and (now is None or now == before):
+                continue
+            del waiting[name]
+            if running(run):
+                sleep(settle_s)
+                for pid in running(run):
+                    kill(pid, signal.SIGINT)
+                waited = 0.0
+                while running(run) and waited < exit_s:
+                    sleep(1.0)
+                    waited += 1.0
+                if running(run):
+                    print(f"{run.name}: still running {exit_s:.0f} s after SIGINT (pid "
+                          f"{', '.join(map(str, running(run)))}); not saved", flush=True)
+                    status = 1
+                    continue
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {run.name}: stopped after checkpoint {now}", flush=True)
+            else:
+                print(f"{run.name}: ended by itself (checkpoint {now})", flush=True)
+            save(run)
+        if waiting:
+            sleep(poll_s)
+    return status
+
+
 def then(waited: list[Run], following: list[Run], poll_s: float = 60.0, sleep=time.sleep) -> int:
     """Start ``following`` as soon as every run of ``waited`` has finished (metrics.json written and
     no process left), so the cores do not idle between a run's end and the next session; shipping
@@ -400,7 +447,7 @@ def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(__doc__.strip())
         return 0
-    if not argv or argv[0] not in (*verbs, "list", "then"):
+    if not argv or argv[0] not in (*verbs, "list", "then", "stop"):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     verb, names = argv[0], argv[1:]
@@ -418,9 +465,11 @@ def main(argv: list[str]) -> int:
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         sys.exit(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(BY_NAME)}")
-    if not names and verb in ("finish", "report"):
+    if not names and verb in ("finish", "report", "stop"):
         sys.exit(f"{verb} needs the run names")
     runs = [BY_NAME[n] for n in names] if names else [r for r in RUNS if verb == "status" or in_progress(r)]
+    if verb == "stop":
+        return stop(runs)
     for run in runs:
         verbs[verb](run)
     return 0

@@ -186,3 +186,37 @@ def test_help_exits_0_and_bad_usage_2():
         assert done.returncode == 0 and "runs.py status [RUN...]" in done.stdout and not done.stderr
     done = subprocess.run([sys.executable, str(script), "bogus"], capture_output=True, text=True)
     assert done.returncode == 2 and "runs.py status [RUN...]" in done.stderr and not done.stdout
+
+
+def test_stop_signals_each_run_only_after_its_next_checkpoint_then_saves_it(tmp_path, monkeypatch, load_script, capsys):
+    runs = load_script("runs")
+    a, b, idle = (runs.BY_NAME[n] for n in ("subset2x-cifar32-ce", "subset2x-cifar56-ce", "subset2x-cifar56-rce"))
+    steps, alive = {a.name: 8000, b.name: 1750}, {a.name: True, b.name: True}
+    monkeypatch.setattr(runs, "step_of", lambda folder: steps.get(folder.name))
+    monkeypatch.setattr(runs, "running", lambda run: [hash(run.name) % 1000 + 2] if alive.get(run.name) else [])
+    saved, signals, clock = [], [], []
+    monkeypatch.setattr(runs, "save", lambda run: saved.append((run.name, steps[run.name])))
+
+    def kill(pid, sig):
+        name = next(n for n in alive if hash(n) % 1000 + 2 == pid)
+        signals.append((name, steps[name], sig))
+        alive[name] = False
+
+    def tick(seconds):  # polls: A checkpoints at the 2nd, B at the 5th; nothing is signalled before
+        clock.append(seconds)
+        if len(clock) == 2:
+            steps[a.name] = 8250
+        if len(clock) == 5:
+            steps[b.name] = 2000
+
+    assert runs.stop([a, b, idle], poll_s=10, settle_s=5, sleep=tick, kill=kill) == 0
+    assert signals == [(a.name, 8250, runs.signal.SIGINT), (b.name, 2000, runs.signal.SIGINT)]
+    assert saved == [(a.name, 8250), (b.name, 2000)]
+    assert f"{idle.name}: not running" in capsys.readouterr().out
+    # a run that ignores SIGINT is reported and not saved
+    alive[a.name], saved[:] = True, []
+    steps[a.name] = 8250
+    monkeypatch.setattr(runs, "step_of", lambda folder: steps.get(folder.name) + (250 if clock else 0))
+    clock[:] = []
+    assert runs.stop([a], sleep=tick, kill=lambda pid, sig: None, exit_s=3) == 1
+    assert saved == [] and "still running 3 s after SIGINT" in capsys.readouterr().out
