@@ -110,13 +110,31 @@ def file_sha256(path: Path) -> str:
 
 
 def environment() -> dict:
-    """Versions and the code's commit, recorded with every checkpoint and result."""
+    """Versions, the code's commit and the host (``host``), recorded with every checkpoint and
+    result."""
     info = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
     from rcenp import __version__
 
     info["rcenp"] = __version__
     info.update(code_identity())
+    info.update(host())
     return info
+
+
+def host() -> dict:
+    """{"cpu": the processor's model name, "blas_core": OpenBLAS's kernel set}, each None where
+    unknown. A resumed run continues bit for bit on the same CPU and BLAS kernel; on another one
+    its float32 GEMMs round differently in the last bits (a run resumed on another host of the
+    same cloud drifts from the uninterrupted run, though it is as valid an SGD run)."""
+    from rcenp.ops.layout import blas_core
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor() or None, "blas_core": blas_core()}
 
 
 @functools.lru_cache(maxsize=1)

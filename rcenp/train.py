@@ -2,10 +2,13 @@
 
 The batch order and augmentation are pure functions of (seed, step) (``rcenp.data.BatchStream``),
 so a checkpoint needs only the weights, BN statistics, momentum buffers and the step to resume
-bit for bit.
+bit for bit on the same CPU and BLAS kernel (checkpoint.json records both: ``checkpoint.host``);
+on another, float32 GEMMs round differently and the resumed run drifts from the uninterrupted one.
 
 Presets:
-- ``paper``: the authors' schedule. Batch 128, momentum 0.9, weight decay 2e-4 on kernels.
+- ``paper``: the authors' schedule. Batch 128, momentum 0.9, weight decay 2e-4 on kernels (the
+  authors' released train.py first had 0 and later 2e-4; which one their paper's numbers used is
+  not known, protocol §1.3).
   MNIST and Fashion-MNIST run 20,000 steps (lr 0.1/0.01/0.001/0.0001 at 10k/15k/20k); CIFAR-10
   runs 90,000 steps (at 40k/60k/80k). Depth 32 unless given.
 - ``quick``: a CPU-sized run of the same family. ResNet-14, 5,600 steps of batch 64 (about 6 MNIST

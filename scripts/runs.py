@@ -206,7 +206,7 @@ def copy_checkpoint(src: Path, dst: Path) -> int:
         if sha256(Path(tmp.name)) == json.loads(manifest)["arrays_sha256"]:
             os.replace(tmp.name, dst / "checkpoint.npz")
             (dst / "checkpoint.json").write_text(manifest)
-            for name in ("config.json", "train.log"):
+            for name in ("config.json", "train.log", "hosts.log"):
                 if (src / name).is_file():
                     shutil.copyfile(src / name, dst / name)
             return int(json.loads(manifest)["step"])
@@ -247,6 +247,24 @@ def start(run: Run) -> None:
         tail = (out / "stdout.log").read_text(errors="replace").strip().splitlines()[-1:]
         sys.exit(f"{run.name}: exited at once with status {exit_status}: {tail[0] if tail else '(no output)'}")
     print(f"{run.name}: started (pid {process.pid}) with commit {run.commit[:7]} in {code.name}: {' '.join(command[3:])}")
+    record_host(out)
+
+
+def record_host(out: Path) -> None:
+    """Append the host this session trains on (``rcenp.checkpoint.host``: CPU model, OpenBLAS
+    kernel) to runs/RUN/hosts.log, which ``save`` carries with the checkpoint: a run resumes bit for
+    bit only on the same CPU and BLAS kernel, and the pinned commits' checkpoints predate recording
+    them. Best effort: a failed probe writes its reason instead."""
+    try:
+        probe = subprocess.run([interpreter(), "-c", "import json; from rcenp.checkpoint import host; "
+                                "print(json.dumps(host()))"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                               capture_output=True, text=True)
+        found = probe.stdout.strip() if probe.returncode == 0 else \
+            f"unknown ({(probe.stderr.strip().splitlines() or ['no output'])[-1]})"
+    except OSError as exc:
+        found = f"unknown ({exc})"
+    with open(out / "hosts.log", "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} from step {step_of(out) or 0}: {found}\n")
 
 
 def interpreter() -> str:
@@ -421,7 +439,9 @@ def report(run: Run) -> None:
     trained_with = json.loads((out / "checkpoint.json").read_text()).get("environment", {})
     entry = {"run": run.name, "shipped_as": run.ship_as, "command": config["command"],
              "code": trained_with.get("commit"), "code_dirty": trained_with.get("dirty"),
-             **log_summary(out / "train.log", config["config"]["steps"])}
+             **log_summary(out / "train.log", config["config"]["steps"]),
+             "hosts": sorted({line.split(": ", 1)[1] for line in (out / "hosts.log").read_text().splitlines()
+                              if ": " in line}) if (out / "hosts.log").is_file() else None}
     if (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
         entry.update(test_error=metrics["test_error"], n_test=metrics["n_test"])

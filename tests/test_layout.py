@@ -195,3 +195,14 @@ def test_results_are_bit_identical_for_any_number_of_host_workers():
         assert out.returncode == 0, out.stderr
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def test_checkpoints_record_the_cpu_and_the_blas_kernel():
+    """A resumed run is bit-identical on the same CPU and BLAS kernel only, so both are recorded."""
+    from rcenp import checkpoint
+    from rcenp.ops.layout import blas_core, blas_thread_count
+
+    env = checkpoint.environment()
+    assert {"cpu", "blas_core"} <= set(env) and env["blas_core"] == blas_core()
+    if blas_thread_count() is not None:  # NumPy's OpenBLAS is there to ask
+        assert isinstance(env["blas_core"], str) and env["blas_core"] and "\x00" not in env["blas_core"]

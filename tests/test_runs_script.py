@@ -220,3 +220,28 @@ def test_stop_signals_each_run_only_after_its_next_checkpoint_then_saves_it(tmp_
     clock[:] = []
     assert runs.stop([a], sleep=tick, kill=lambda pid, sig: None, exit_s=3) == 1
     assert saved == [] and "still running 3 s after SIGINT" in capsys.readouterr().out
+
+
+def test_each_start_records_its_host_and_save_carries_the_record(tmp_path, monkeypatch, load_script):
+    """A run resumes bit for bit only on the same CPU and BLAS kernel, which its pinned code's
+    checkpoints do not record: runs.py keeps a hosts.log per run, carried by save and report."""
+    import sys
+
+    import numpy as np
+
+    from rcenp import checkpoint
+
+    runs = load_script("runs")
+    monkeypatch.setattr(runs, "interpreter", lambda: sys.executable)
+    out = tmp_path / "runs" / "r"
+    checkpoint.save(out / "checkpoint", {"w": np.arange(3.0)}, None, {"step": 250})
+    runs.record_host(out)
+    runs.record_host(out)
+    lines = (out / "hosts.log").read_text().splitlines()
+    assert len(lines) == 2 and all(" from step 250: {" in line for line in lines)
+    assert json.loads(lines[0].split(": ", 1)[1]) == checkpoint.host()
+    runs.copy_checkpoint(out, tmp_path / "saved")
+    assert (tmp_path / "saved" / "hosts.log").read_text() == (out / "hosts.log").read_text()
+    monkeypatch.setattr(runs, "interpreter", lambda: "/nonexistent/python")
+    runs.record_host(out)
+    assert "unknown (" in (out / "hosts.log").read_text().splitlines()[-1]

@@ -47,6 +47,7 @@ _pool_lock = threading.Lock()
 _blas_local = None  # ctypes function: int openblas_set_num_threads_local(int)
 _BLAS_COUNT_GETTERS = ("openblas_get_num_threads", "openblas_get_num_threads64_",
                        "scipy_openblas_get_num_threads64_")
+_BLAS_CORE_GETTERS = ("openblas_get_corename", "openblas_get_corename64_", "scipy_openblas_get_corename64_")
 
 
 def _like(x, shape, allocate):
@@ -107,6 +108,20 @@ def blas_thread_count():
             if fn is not None:
                 fn.restype = ctypes.c_int
                 return int(fn())
+    return None
+
+
+def blas_core() -> str | None:
+    """The CPU kernel set NumPy's OpenBLAS chose at load time (its DYNAMIC_ARCH core, e.g.
+    "SkylakeX", "Haswell", "Zen"), or None if unknown. GEMMs of different kernels round
+    differently, so float32 results can differ in the last bits between hosts."""
+    for lib in _numpy_openblas():
+        for name in _BLAS_CORE_GETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                core = fn()
+                return core.decode(errors="replace").strip() if core else None
     return None
 
 
