@@ -1,5 +1,6 @@
 """Training: exact resume (in process and after SIGKILL), atomic checkpoints, the CLI's error
 lines, and a short end-to-end run on real MNIST that must beat chance by a wide margin."""
+import dataclasses
 import gzip
 import json
 import os
@@ -123,6 +124,25 @@ def test_resume_is_bit_identical(tiny_root, tmp_path):
     log = (tmp_path / "split" / "train.log").read_text()
     assert "no checkpoint in" not in log and "trained; now the test error on" in log
     assert_same_final_weights(tmp_path / "straight", tmp_path / "split")
+
+
+def test_resume_is_bit_identical_on_the_augmented_cifar_path(tmp_path):
+    """CIFAR-10 batches are cropped and flipped with draws of their step (``BatchStream.augment_rng``):
+    a run stopped and resumed must draw them as the straight run did. 20 training images in
+    batches of 8, so batches straddle epochs; the learning rate changes at step 4."""
+    from test_data_cifar import write_split
+
+    write_split(tmp_path / "data", counts=(4, 4, 4, 4, 4), test=6)
+    config = preset_config("quick", "cifar10", depth=8, steps=8, batch_size=8, checkpoint_every=3, objective="ce")
+    assert config.lr_boundaries == (4, 6)
+    train(config, tmp_path / "straight", data_root=tmp_path / "data")
+    assert train(config, tmp_path / "split", data_root=tmp_path / "data", stop_at=5) is None
+    train(config, tmp_path / "split", data_root=tmp_path / "data", resume=True)
+    assert_same_final_weights(tmp_path / "straight", tmp_path / "split")
+    # and the draws matter: another seed's run, same data, ends elsewhere
+    train(dataclasses.replace(config, seed=1), tmp_path / "other", data_root=tmp_path / "data")
+    with pytest.raises(AssertionError):
+        assert_same_final_weights(tmp_path / "straight", tmp_path / "other")
 
 
 def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
