@@ -6,9 +6,11 @@ these prediction logits; the training loss uses s itself (paper eq. 4 acts on so
 """
 from __future__ import annotations
 
+import numpy as np
+
 from rcenp import functional as F
 from rcenp.autograd import Tensor
-from rcenp.backend import get_array_module, to_device
+from rcenp.backend import cupy_ndarray, get_array_module, to_device
 from rcenp.checks import check_steps
 from rcenp.grad_mode import no_grad
 from rcenp.nn import Module
@@ -42,7 +44,11 @@ class Classifier(Module):
                 f"{dtype}, {self.device}, {'training' if self.training else 'eval'} mode)")
 
     def _checked(self, x):
-        """x, after refusing (ValueError) images whose (C, H, W) is not ``image_shape`` (when set)."""
+        """x, after refusing (ValueError) images whose (C, H, W) is not ``image_shape`` (when set),
+        and (TypeError) anything but a Tensor or a NumPy/CuPy array."""
+        if not isinstance(x, (Tensor, np.ndarray, cupy_ndarray)):
+            raise TypeError(f"images must be a Tensor or an array (N, C, H, W), got {type(x).__name__}: "
+                            "np.asarray(x, np.float32)")
         shape = getattr(x, "shape", None)
         if self.image_shape is not None and shape is not None and len(shape) == 4 \
                 and tuple(shape[1:]) != tuple(self.image_shape):

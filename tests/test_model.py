@@ -328,6 +328,18 @@ def test_a_loaded_model_refuses_images_of_another_size():
     assert Classifier(resnet(8, 1, seed=0), "ce").predict(np.zeros((2, 1, 8, 8), np.float32)).shape == (2,)
 
 
+def test_the_graph_calls_refuse_a_list_with_the_fix():
+    """``model(list)`` raised AttributeError ('list' object has no attribute 'shape') from inside
+    the network; ``predict`` already converted or refused it with a hint."""
+    model = Classifier(resnet(8, 1, seed=0), "ce")
+    images = np.zeros((2, 1, 8, 8), np.float32).tolist()
+    for call in (model, model.raw_logits, model.features):
+        with pytest.raises(TypeError, match=r"^images must be a Tensor or an array \(N, C, H, W\), got list: "
+                                            r"np\.asarray\(x, np\.float32\)$"):
+            call(images)
+    assert model(np.asarray(images, np.float32)).shape == (2, 10)
+
+
 def test_predict_batch_size_must_be_a_positive_integer():
     model = Classifier(resnet(8, 1, seed=0), "ce")
     x = np.zeros((3, 1, 8, 8), np.float32)
