@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_host  # noqa: E402
 
-SCRIPTS = ("bench_attacks.py", "bench_engine.py", "bench_kd.py", "profile_forward.py")
+SCRIPTS = ("bench_attacks.py", "bench_engine.py", "bench_kd.py", "profile_forward.py", "bench_conv_floor.py")
 
 
 def run(script, *args, **env):
@@ -50,6 +50,10 @@ def refusal(done, script) -> str:
     ("bench_engine.py", ["--depth", "15"], "argument --depth: must be 6n+2 with n >= 1"),
     ("bench_engine.py", ["--rounds", "0"], "argument --rounds: must be positive, got 0"),
     ("bench_engine.py", ["--batch", "1,0"], "argument --batch: must be positive, got 0"),
+    ("bench_conv_floor.py", ["--batch", "1,0"], "argument --batch: must be positive, got 0"),
+    ("bench_conv_floor.py", ["--depth", "15"], "argument --depth: must be 6n+2 with n >= 1"),
+    ("bench_conv_floor.py", ["--shape", "1x27x27"], "argument --shape: expected CxHxW, H and W multiples of 4"),
+    ("bench_conv_floor.py", ["--repeats", "0"], "argument --repeats: must be positive, got 0"),
 ])
 def test_a_bad_option_is_refused_by_the_parser(script, args, said):
     assert said in refusal(run(script, *args), script)

@@ -79,3 +79,33 @@ def test_bench_engine_says_why_pytorch_was_not_timed(monkeypatch):
     assert bench_engine._compare(args, 1, (1, 8, 8), has_torch=True)["torch"] == "skipped (--no-torch)"
     args.no_torch = False
     assert bench_engine._compare(args, 1, (1, 8, 8), has_torch=False)["torch"] == "not installed: comparison skipped"
+
+
+def test_the_conv_floor_times_every_layer_of_the_forward_once_per_shape(tmp_path):
+    """bench_conv_floor.py on a ResNet-8: each distinct conv layer of the forward with its call
+    count (7 convolutions: the stem, then 2 in each of 3 units), rcenp's time, its algorithm's bare GEMMs
+    and, where PyTorch is installed, PyTorch's conv2d; totals weighted by the counts."""
+    import importlib.util
+    import json
+    import subprocess
+
+    done = subprocess.run([sys.executable, "bench/bench_conv_floor.py", "--depth", "8", "--shape", "1x8x8",
+                           "--batch", "2", "--repeats", "1", "--json", str(tmp_path / "floor.json")],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "floor.json").read_text())
+    assert json.loads(done.stdout) == report and report["threads"] == 1
+    (result,) = report["results"]
+    layers = result["layers"]
+    assert result["batch"] == 2 and sum(e["calls"] for e in layers) == 7
+    assert [e["layer"] for e in layers] == ["1->16 3x3 stride 1 on 8x8", "16->16 3x3 stride 1 on 8x8",
+                                            "16->32 3x3 stride 2 on 8x8", "32->32 3x3 stride 1 on 4x4",
+                                            "32->64 3x3 stride 2 on 4x4", "64->64 3x3 stride 1 on 2x2"]
+    assert [e["algorithm"] for e in layers] == ["im2col", "kernel rows", "im2col", "kernel rows", "im2col",
+                                                "kernel rows"]
+    has_torch = importlib.util.find_spec("torch") is not None
+    for key in ("rcenp", "gemms") + (("torch",) if has_torch else ()):
+        assert all(e[f"{key}_us"] > 0 for e in layers)
+        total = sum(e[f"{key}_us"] * e["calls"] for e in layers) / 1000
+        assert abs(result["totals"][f"{key}_ms"] - total) < 1e-3
+    assert ("torch_us" in layers[0]) == has_torch and (report["torch_skipped"] is None) == has_torch
