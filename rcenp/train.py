@@ -21,7 +21,8 @@ Presets:
   published one (the CIFAR-10 subset of 5,085 images here). Steps and lr boundaries are scaled by
   (training images) / (published training images), so the run makes the same number of passes
   over its data (230.4 epochs on CIFAR-10, 42.7 on MNIST) and switches lr at the same fractions
-  of the run; batch, momentum, weight decay and augmentation are the paper's. On a full training
+  of the run; batch, momentum, weight decay and augmentation are the authors' code's (the paper
+  says only "the same settings as He et al."). On a full training
   set it is the ``paper`` preset. CIFAR-10 subset: 9,153 steps, lr boundaries 4,068/6,102/8,136.
 
 ``schedule_scale`` F stretches ``paper`` or ``subset`` into an "Fx schedule" (as detection

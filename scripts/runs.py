@@ -80,7 +80,8 @@ RUNS = [
     # with overlapping ranges, so the gain is 4-10%. Where both runs printed a progress line for the
     # same step (28 steps for CE, 30 for RCE, up to step 420), loss and batch accuracy agree
     *(Run(f"paper-mnist56-{o}", "mnist", o, 56, "paper", C09A565B, f"mnist-resnet56-{o}") for o in ("ce", "rce")),
-    # CIFAR-10 subset (5,085 training images): the paper's 230.4 epochs = 9,153 steps; the smallest
+    # CIFAR-10 subset (5,085 training images): the authors' 230.4 epochs (the paper's 90,000 steps at
+    # their code's batch of 128) = 9,153 steps; the smallest
     # class has 475 training images, so the detector takes 475 kernel points per class. The 1x
     # ResNet-32s shipped first; RCE ended 3.8 points behind CE, still fitting its training set, so
     # both depths train (and ship) on the 2x schedule (rcenp.train's docstring), re-pinned before

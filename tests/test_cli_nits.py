@@ -211,7 +211,7 @@ def test_summary_says_what_success_counts_and_counts_in_the_singular(attack, opt
     ("cw-hc", {"binary_steps": 1}, 0.0, "  no image succeeded within 1 binary step x 10,000 iterations; "
      "the paper's budget is 9 x 10,000 (--binary-steps, --max-iterations)"),
     ("cw-wb", {"stage2": {"max_iterations": 100}}, 0.0, "  no image succeeded within 9 binary steps x 100 "
-     "iterations in stage 2; the paper's budget in stage 2 is 9 x 10,000 (--binary-steps, --max-iterations)"),
+     "iterations in stage 2; the authors' code's budget in stage 2 is 9 x 10,000 (--binary-steps, --max-iterations)"),
     ("cw", {}, 0.0, None),                                          # the paper's budget: nothing to raise
     ("cw", {"binary_steps": 2, "max_iterations": 10}, 0.3, None),   # something succeeded
     ("bim", {"eps": 0.1}, 0.0, None),

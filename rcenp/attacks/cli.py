@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
     c.add_argument("--binary-steps", type=count, help="binary-search steps on c (default 9; cw-wb: of stage 2)")
     c.add_argument("--learning-rate", type=positive(real), default=0.01, help="Adam step size (default 0.01)")
     c.add_argument("--targets", choices=["random", "untargeted"], default="random",
-                   help="random: a seeded class other than the true label per image (the paper); untargeted")
+                   help="random: a seeded class other than the true label per image (the authors' code); untargeted")
     c.add_argument("--kernel", choices=["attacker", "detector"], default="attacker",
                    help="cw-wb: the attacker's KD uses 100 of the detector's points per class (the authors' code) or "
                    "the detector's exact kernel (a stronger adaptive attack)")
@@ -247,8 +247,9 @@ def budget_hint(summary: dict) -> str | None:
     if steps * iterations >= STAGE2["binary_steps"] * STAGE2["max_iterations"]:
         return None
     where = " in stage 2" if settings["attack"] == "cw-wb" else ""
+    whose = "the authors' code's" if where else "the paper's"  # §4.3 gives C&W's; §4.4 no C&W-wb schedule
     return (f"  no image succeeded within {steps} binary {'step' if steps == 1 else 'steps'} x {iterations:,} "
-            f"iterations{where}; the paper's budget{where} is {STAGE2['binary_steps']} x {STAGE2['max_iterations']:,} "
+            f"iterations{where}; {whose} budget{where} is {STAGE2['binary_steps']} x {STAGE2['max_iterations']:,} "
             f"(--binary-steps, --max-iterations)")
 
 

@@ -89,11 +89,12 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
 
     model: a ``Classifier``; x: (N, C, H, W) in [-0.5, 0.5]. labels: (N,) ints, or None for the
     clean prediction. targets: None draws, once for the whole x, a uniform class ≠ ``labels`` from
-    ``numpy.random.default_rng(seed)``, so ≠ the clean prediction when labels is None; the paper's
-    rule is a class ≠ the TRUE label, which is what a caller passing the true labels gets. An (N,)
+    ``numpy.random.default_rng(seed)``, so ≠ the clean prediction when labels is None; the authors'
+    rule (protocol §5.3) is a class ≠ the TRUE label, which is what a caller passing the true labels gets. An (N,)
     int array gives the targets (each must differ from its label); ``"untargeted"`` attacks
-    ``labels``. κ ≥ 0 is the margin in logits; the defaults are the paper's (c₀ = 1.0 as in the
-    authors' ``test_adv.py``, 9 binary steps, 10,000 iterations, Adam lr 0.01). ``batch_size`` is
+    ``labels``. κ ≥ 0 is the margin in logits; the defaults are the paper's (9 binary steps, 10,000
+    iterations, step size 0.01, §4.3: Adam lr 0.01 in the authors' code) with c₀ = 1.0 from their
+    ``test_adv.py`` (protocol §5.3). ``batch_size`` is
     the number of streaming slots. Abort early follows ``abort_rule="carliniL2"`` (module docstring).
 
     Returns an ``AttackResult``: success is κ-aware (the recorded decision); distortions are to x;

@@ -107,8 +107,8 @@ def cw_wb(model, x, detector, targets=None, labels=None, kernel: str = "attacker
     fitted ``rcenp.detect.Detector`` (kernel points (L, M, D), σ²). targets/labels: as ``cw_l2``
     (random targets ≠ the labels used, from ``seed``; "untargeted" is refused).
     ``stage1``/``stage2``: dicts overriding the stages' kappa, initial_const, binary_steps,
-    max_iterations, learning_rate, abort_early (defaults, the paper's: stage 1 κ 5, c₀ 10, 3 binary
-    steps × 5,000 iterations; stage 2 κ 5, c₀ 100, 9 × 10,000; ``from rcenp.attacks.cw_wb import
+    max_iterations, learning_rate, abort_early (defaults, the authors' code's, which §4.4 leaves out: stage 1 κ 5, c₀ 10, 3 binary
+    steps × 5,000 iterations; stage 2 κ 5, c₀ 100, 9 × 10,000, protocol §5.4; ``from rcenp.attacks.cw_wb import
     STAGE1, STAGE2``). The attacker's points are drawn with ``numpy.random.default_rng([seed, 1])``.
     train_features (N_tr, D) and train_labels (N_tr,) ints: the training features for the exact η
     (every one of class t is scored); without them η is the biased-loose approximation (module

@@ -96,7 +96,7 @@ def jsma(model, x, theta, targets=None, max_iterations=None, variant: str = "pan
     """Targeted JSMA on a ``Classifier``'s prediction logits (protocol §5.2, landscape §2.5).
 
     model: a ``Classifier``. x: (N, C, H, W) in [-0.5, 0.5]; D = C·H·W features. theta: the change
-    per pick in box units. "pang2018" needs 0 < θ ≤ 1 (the paper sweeps ε = 0.02 … 0.2). "papernot"
+    per pick in box units. "pang2018" needs 0 < θ ≤ 1 (the authors' code sweeps θ = ε = 0.02 … 0.2, protocol §5.1–5.2). "papernot"
     needs 0 < |θ| ≤ 1, and a negative θ runs the mirrored, decreasing attack. targets: (N,) ints, or
     None for the least-likely class of the clean prediction. A given target must differ from the
     clean prediction. max_iterations: the limit on picks. With "pang2018" it defaults to the

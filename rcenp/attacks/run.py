@@ -94,7 +94,7 @@ def attack_function(name: str, detector=None):
 
 
 def random_targets(true_labels, seed: int, num_classes: int = 10) -> np.ndarray:
-    """The paper's C&W targets (protocol §5.3): for image i of the run, a class drawn uniformly
+    """The C&W targets of the authors' code (protocol §5.3; the paper does not say how they are drawn): for image i of the run, a class drawn uniformly
     among those ≠ its true label, from one ``default_rng(seed)`` stream over the run's n images,
     so a sample's target depends on its index, never on batching, sharding or resuming."""
     offsets = np.random.default_rng(int(seed)).integers(1, num_classes, size=len(true_labels))

@@ -8,7 +8,7 @@ the clean image intersected with the [-0.5, 0.5] box:
     x⁰ = x,   xⁱ⁺¹ = Π(xⁱ ± α·sign(∇ₓ CE(z(xⁱ), T))),   Π = clip to [max(x-ε, -0.5), min(x+ε, 0.5)].
 
 - FGSM: one step, α = ε, ascent (+) on CE of the label, i.e. away from the label.
-- BIM: r steps of α = ε/r (the paper: r = 10), ascent, keeping the last iterate (BIM-B; the
+- BIM: r steps of α = ε/r (the authors' code: r = 10, protocol §5.1), ascent, keeping the last iterate (BIM-B; the
   detection literature's BIM-A stops at the first misclassified iterate).
 - ILCM: r steps of α = ε/r, *descent* (−) on CE of the least-likely class y_LL = argmin_i z_i of
   the clean image, chosen once (Kurakin et al.; on an RCE network this is argmin of the reversed
