@@ -154,6 +154,18 @@ def config_from_manifest(manifest) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def _host_change(saved_environment: dict) -> str | None:
+    """What differs between the host a checkpoint recorded (``checkpoint.host``) and this one, as
+    "cpu A -> B, BLAS kernel C -> D"; None when nothing recorded differs (older checkpoints
+    record neither)."""
+    here, changes = checkpoint.host(), []
+    for key, label in (("cpu", "cpu"), ("blas_core", "BLAS kernel")):
+        before = saved_environment.get(key)
+        if before is not None and here[key] is not None and before != here[key]:
+            changes.append(f"{label} {before} -> {here[key]}")
+    return ", ".join(changes) or None
+
+
 def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=None, command=None, stop_at=None):
     """Train (or resume) into ``out_dir``; returns the final metrics dict (also in metrics.json).
 
@@ -186,7 +198,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad settings or missing data leave no folder behind
     schedule = config.schedule()
     optimizer = SGD(model.parameters(), lr=schedule(0), momentum=config.momentum, weight_decay=config.weight_decay)
-    start = 0
+    start, other_host = 0, None
     if resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         manifest, model_state, optimizer_state = checkpoint.load(out_dir / CHECKPOINT_STEM)
         saved = config_from_manifest(manifest)
@@ -197,6 +209,7 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
         model.network.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         start = int(manifest["step"])
+        other_host = _host_change(manifest.get("environment", {}))
         if stop_at is not None and stop_at <= start:
             raise ValueError(f"--stop-at {stop_at}: {out_dir} is at step {start} already; stop at a later step, "
                              "or resume without --stop-at")
@@ -208,6 +221,9 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     progress = Progress(out_dir / "train.log", config.steps)
     if resume and start == 0:
         progress.message(f"--resume: no checkpoint in {out_dir} yet, so this starts at step 0")
+    if other_host:
+        progress.message(f"--resume on another host ({other_host}): float32 GEMMs round differently there, so "
+                         "from here the run differs in the last bits from an uninterrupted one")
     progress.message(f"training {config.dataset} ResNet-{config.depth} ({config.objective.upper()}), "
                      f"{config.steps} steps from step {start}, on {device}; data: {train_set.describe()}"
                      + (f"; the first {len(labels):,} used (--train-subset)" if config.train_subset else ""))

@@ -145,6 +145,23 @@ def test_resume_is_bit_identical_on_the_augmented_cifar_path(tmp_path):
         assert_same_final_weights(tmp_path / "straight", tmp_path / "other")
 
 
+def test_a_resume_on_another_host_says_that_its_bits_will_differ(tiny_root, tmp_path):
+    config = tiny_config()
+    for run, recorded in (("same", None), ("other", "SomeOtherCore")):
+        assert train(config, tmp_path / run, data_root=tiny_root, stop_at=3) is None
+        manifest_file = tmp_path / run / "checkpoint.json"
+        manifest = json.loads(manifest_file.read_text())
+        assert manifest["environment"]["blas_core"] == checkpoint.host()["blas_core"]
+        if recorded:
+            manifest["environment"]["blas_core"] = recorded
+            manifest_file.write_text(json.dumps(manifest))
+        train(config, tmp_path / run, data_root=tiny_root, resume=True, stop_at=5)
+    said = "--resume on another host (BLAS kernel SomeOtherCore -> "
+    assert said not in (tmp_path / "same" / "train.log").read_text()
+    if checkpoint.host()["blas_core"] is not None:
+        assert said in (tmp_path / "other" / "train.log").read_text()
+
+
 def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
     config = tiny_config()
     assert train(config, tmp_path / "fresh", data_root=tiny_root, resume=True, stop_at=1) is None
