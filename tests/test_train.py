@@ -115,6 +115,18 @@ def test_schedule_scale_stretches_steps_and_boundaries_together():
         preset_config("quick", "mnist", None, 2.0)
 
 
+def test_a_steps_override_moves_the_lr_switches_to_the_same_fractions_of_the_run():
+    """--steps with the paper or subset preset kept the preset's switches (4,068/6,102/8,136 in a
+    40-step run: lr 0.1 throughout), as a fresh user found; quick already moved them."""
+    assert preset_config("paper", "mnist", steps=40).lr_boundaries == (20, 30, 40)
+    short = preset_config("subset", "cifar10", 5085, steps=40)
+    assert (short.steps, short.lr_boundaries) == (40, (18, 27, 36))
+    assert preset_config("subset", "cifar10", 5085, 2.0, steps=40).lr_boundaries == (18, 27, 36)
+    assert preset_config("quick", "mnist", steps=40).lr_boundaries == (20, 30)
+    assert preset_config("paper", "mnist", steps=20_000).lr_boundaries == (10_000, 15_000, 20_000)
+    assert preset_config("paper", "mnist", steps=40, lr_boundaries=(5, 6, 7)).lr_boundaries == (5, 6, 7)
+
+
 def test_resume_is_bit_identical(tiny_root, tmp_path):
     config = tiny_config()
     train(config, tmp_path / "straight", data_root=tiny_root)
