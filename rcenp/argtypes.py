@@ -1,4 +1,4 @@
-"""Number types for the subcommands' options, one set for all of them.
+"""Number and folder types for the subcommands' options, one set for all of them.
 
 argparse's own ``type=int`` answers "invalid int value: 'x'", and a checking function of ours
 "invalid _eps value"; these say what was expected ("not an integer: 'x'", "must be positive, got
@@ -50,3 +50,11 @@ def nonnegative(kind=real):
 
 
 count = positive(integer)
+
+
+def folder(text: str) -> str:
+    """A folder option to write into (argparse type): an empty name is refused, which would
+    otherwise mean the current directory (an unset shell variable: ``--out "$OUT"``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("names no folder (an empty string; would write into the current directory)")
+    return text

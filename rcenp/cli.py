@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from rcenp import __version__
-from rcenp.argtypes import count, integer, nonnegative, positive
+from rcenp.argtypes import count, folder, integer, nonnegative, positive
 from rcenp.backend import DEVICE_HELP, DeviceError
 from rcenp.checkpoint import CheckpointError
 from rcenp.data import DATASETS, DataError
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=count, help="override the preset's number of steps; the lr switches move with it, at the same "
                                                  "fractions of the run")
     t.add_argument("--batch-size", type=count, help="default: 128 (paper), 64 (quick)")
-    t.add_argument("--out", required=True, help="run directory (checkpoints, train.log, metrics.json)")
+    t.add_argument("--out", required=True, type=folder, help="run directory (checkpoints, train.log, metrics.json)")
     t.add_argument("--preset", choices=["paper", "quick", "subset"], default="paper",
                    help="the schedule (described above; default paper)")
     t.add_argument("--schedule-scale", type=positive(), default=1.0, metavar="F",

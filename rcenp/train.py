@@ -204,6 +204,10 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     schedule = config.schedule()
     optimizer = SGD(model.parameters(), lr=schedule(0), momentum=config.momentum, weight_decay=config.weight_decay)
     start, other_host = 0, None
+    if (out_dir / (CHECKPOINT_STEM + ".npz")).is_file() and not (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
+        # a save writes the json before the npz (rcenp.checkpoint), so this is damage, not a save cut short
+        raise ValueError(f"{out_dir} holds {CHECKPOINT_STEM}.npz without its {CHECKPOINT_STEM}.json (removed or "
+                         "damaged): restore the json to go on, or choose another --out; nothing was overwritten")
     if resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         manifest, model_state, optimizer_state = checkpoint.load(out_dir / CHECKPOINT_STEM)
         saved = config_from_manifest(manifest)

@@ -134,6 +134,19 @@ def test_an_out_inside_a_file_names_the_file(tmp_path):
     assert a_file.read_text() == "mine" and not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("argv", [["train", "--dataset", "mnist", "--objective", "ce"],
+                                  ["attack", "mnist-resnet32-ce", "--attack", "fgsm"], ["reproduce"]])
+def test_an_empty_out_is_refused_not_the_current_directory(argv, tmp_path, monkeypatch, capsys):
+    """``--out "$OUT"`` with OUT unset trained into the current directory (a fresh user's trial)."""
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", " "):
+        with pytest.raises(SystemExit) as done:
+            cli.main(argv + ["--out", empty])
+        assert done.value.code == 2
+        assert "argument --out: names no folder (an empty string" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_os_error_reads_as_path_and_reason():
     assert cli.error_text(FileExistsError(17, "File exists", "/x/afile")) == "/x/afile: file exists"
     assert cli.error_text(ValueError("plain")) == "plain"

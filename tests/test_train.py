@@ -174,6 +174,19 @@ def test_a_resume_on_another_host_says_that_its_bits_will_differ(tiny_root, tmp_
         assert said in (tmp_path / "other" / "train.log").read_text()
 
 
+def test_a_checkpoint_npz_without_its_json_is_refused_not_overwritten(tiny_root, tmp_path):
+    """--resume in a folder whose checkpoint.json was removed started again from step 0 and
+    overwrote the saved arrays (a fresh user's trial); a save never leaves the npz without the json."""
+    config = tiny_config()
+    assert train(config, tmp_path / "run", data_root=tiny_root, stop_at=3) is None
+    (tmp_path / "run" / "checkpoint.json").unlink()
+    arrays = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    for resume in (True, False):
+        with pytest.raises(ValueError, match=r"holds checkpoint\.npz without its checkpoint\.json"):
+            train(config, tmp_path / "run", data_root=tiny_root, resume=resume)
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == arrays
+
+
 def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
     config = tiny_config()
     assert train(config, tmp_path / "fresh", data_root=tiny_root, resume=True, stop_at=1) is None

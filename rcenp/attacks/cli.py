@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from rcenp.argtypes import count, integer, nonnegative, positive, real
+from rcenp.argtypes import count, folder, integer, nonnegative, positive, real
 from rcenp.attacks.cw_wb import STAGE2
 from rcenp.attacks.jobs import (check_jobs, check_same_jobs, record_jobs, run_shards, shard_folders,
                                stop_with_parent)
@@ -80,7 +80,7 @@ def add_parser(sub) -> None:
                    help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
     a.add_argument("--batch-size", type=count, default=100,
                    help="images per checkpointed batch (default 100)")
-    a.add_argument("--out", help="output directory (default runs/attack-MODEL-ATTACK, then -EPS, each option "
+    a.add_argument("--out", type=folder, help="output directory (default runs/attack-MODEL-ATTACK, then -EPS, each option "
                    "not at its default and --n when not 1000, e.g. runs/attack-mnist-resnet32-ce-cw-kappa5-n20)")
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished batch")
     a.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",

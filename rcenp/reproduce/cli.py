@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 
+from rcenp.argtypes import folder
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
 from rcenp.progress import plural
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
         "settings, test images or detectors changed since (the old folder is kept as NAME.stale-K). "
         "Budgets: " + "; ".join(b.description for b in BUDGETS.values()) + "."))
     r.add_argument("--budget", default="smoke", help=f"one of {', '.join(BUDGETS)} (default smoke)")
-    r.add_argument("--out", help="output folder (default runs/reproduce-BUDGET)")
+    r.add_argument("--out", type=folder, help="output folder (default runs/reproduce-BUDGET)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
     r.add_argument("--only", help=f"comma-separated parts: {','.join(PARTS)} (default all)")
     r.add_argument("--datasets", help=f"comma-separated data sets whose cells run: {','.join(DATASETS)} (default: "
