@@ -109,6 +109,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def take_lock(lock_file, busy) -> object | None:
+    """Take an exclusive lock on ``lock_file`` (``fcntl.flock``; the operating system releases it
+    when the returned file is closed or the process ends, however), writing this process's pid
+    into it, so that two processes never write one run. Raises ValueError(``busy(holder)``), the
+    holder's pid or "" where unknown, when another process holds it. Where ``fcntl`` is missing
+    (Windows), nothing is locked and None is returned."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(lock_file, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise ValueError(busy(holder)) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def environment() -> dict:
     """Versions, the code's commit and the host (``host``), recorded with every checkpoint and
     result."""

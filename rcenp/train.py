@@ -179,7 +179,8 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     during the steps: the step in work ends, a checkpoint is saved at it, and KeyboardInterrupt or
     SystemExit(143) follows; ``resume=True`` continues bit for bit. Raises ValueError for settings
     that do not fit (a bad ``stop_at``, ``train_subset`` or ``batch_size`` over the training
-    images, a checkpoint of another configuration) and DataError for missing data.
+    images, a checkpoint of another configuration, a checkpoint.npz without its json), and while
+    another process trains into ``out_dir`` (its lock, out_dir/.lock), and DataError for missing data.
     """
     checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
@@ -201,6 +202,21 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     data_identity = {"train": train_set.identity, "test": test_set.identity, "train_used": len(labels)}
 
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad settings or missing data leave no folder behind
+    lock = checkpoint.take_lock(out_dir / ".lock", lambda holder: (
+        f"{out_dir}: another process{f' (pid {holder})' if holder else ''} is training into it; wait for it "
+        "to end, or stop it and resume"))
+    try:
+        return _train_locked(config, out_dir, model, train_set, test_set, images, labels, data_identity, resume,
+                             device, command, stop_at)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train_locked(config, out_dir, model, train_set, test_set, images, labels, data_identity, resume, device,
+                  command, stop_at):
+    """``train`` from its folder on, under the folder's lock: the checkpoint read, the steps, the
+    final evaluation."""
     schedule = config.schedule()
     optimizer = SGD(model.parameters(), lr=schedule(0), momentum=config.momentum, weight_decay=config.weight_decay)
     start, other_host = 0, None

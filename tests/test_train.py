@@ -187,6 +187,22 @@ def test_a_checkpoint_npz_without_its_json_is_refused_not_overwritten(tiny_root,
     assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == arrays
 
 
+def test_a_folder_another_process_trains_into_is_refused(tiny_root, tmp_path):
+    """Two ``rcenp train --resume`` on one folder both trained it, interleaving their logs and
+    checkpoint renames (a fresh user's trial); the folder's lock now refuses the second."""
+    config = tiny_config()
+    assert train(config, tmp_path / "run", data_root=tiny_root, stop_at=3) is None
+    held = checkpoint.take_lock(tmp_path / "run" / ".lock", lambda holder: "unused")
+    if held is None:
+        pytest.skip("no fcntl: folders are not locked here")
+    log = (tmp_path / "run" / "train.log").read_text()
+    with pytest.raises(ValueError, match=rf"another process \(pid {os.getpid()}\) is training into it"):
+        train(config, tmp_path / "run", data_root=tiny_root, resume=True)
+    assert (tmp_path / "run" / "train.log").read_text() == log
+    held.close()
+    assert train(config, tmp_path / "run", data_root=tiny_root, resume=True)["steps"] == config.steps
+
+
 def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
     config = tiny_config()
     assert train(config, tmp_path / "fresh", data_root=tiny_root, resume=True, stop_at=1) is None

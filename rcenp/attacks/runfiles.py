@@ -14,7 +14,6 @@ import functools
 import gzip
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -158,31 +157,16 @@ def read_samples(run_dir) -> list[dict]:
 
 
 def lock_run(partial: Path, run_dir: Path | None = None):
-    """Hold an exclusive lock on ``partial/.lock`` (``fcntl.flock``, released when the returned
-    file is closed or the process dies, however) so that two processes never compute one run
-    (``run_dir``, default ``partial``'s parent): a ``--resume`` while an earlier process still
-    runs would write the same batches and remove each other's files. ``rcenp attack --jobs``
+    """Hold an exclusive lock on ``partial/.lock`` (``rcenp.checkpoint.take_lock``, released when
+    the returned file is closed or the process dies, however) so that two processes never compute
+    one run (``run_dir``, default ``partial``'s parent): a ``--resume`` while an earlier process
+    still runs would write the same batches and remove each other's files. ``rcenp attack --jobs``
     holds OUT/shards/.lock the same way. Raises ValueError (one line, with the holder's pid) when
     another process holds it. Where ``fcntl`` is missing (Windows), nothing is locked and None is
     returned."""
-    try:
-        import fcntl
-    except ImportError:
-        return None
-    handle = open(partial / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip()
-        handle.close()
-        raise ValueError(f"{run_dir or partial.parent}: another process{f' (pid {holder})' if holder else ''} is computing this "
-                         "run; wait for it to end, or stop it and resume") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+    return checkpoint.take_lock(partial / ".lock", lambda holder: (
+        f"{run_dir or partial.parent}: another process{f' (pid {holder})' if holder else ''} is computing this "
+        "run; wait for it to end, or stop it and resume"))
 
 
 def unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
