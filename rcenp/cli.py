@@ -180,6 +180,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from rcenp.data import load, load_sample
     from rcenp.models import load as load_model
+    from rcenp.models.registry import unfinished
     from rcenp.progress import counter
     from rcenp.train import evaluate
 
@@ -187,6 +188,8 @@ def cmd_eval(args) -> int:
         raise ValueError("--sample and --data-dir exclude each other: --sample tests on the embedded MNIST "
                          "sample, --data-dir on the test set in that data root")
     model, manifest = load_model(args.model, args.device)
+    if note := unfinished(args.model, manifest):
+        print(f"note: {note}", file=sys.stderr)
     dataset = manifest["config"]["dataset"]
     if args.sample and dataset != "mnist":
         raise ValueError("--sample is the MNIST test sample; this model was trained on " + dataset)

@@ -167,6 +167,16 @@ def test_eval_prints_a_table_or_todays_json(tmp_path, capsys):
     assert text == demo.eval_table(result) + "\n"
     assert f"{100 * result['test_error']:.2f}%" in text and f"{result['errors']} / 64" in text
     assert text.startswith(f"test images: {result['test_set']}\n")
+    assert "unfinished" not in captured.err
+    # a run stopped before its last step says so (on stderr: stdout stays the table or today's JSON)
+    cut = str(tmp_path / "cut")
+    assert main(["train", "--dataset", "mnist", "--objective", "ce", "--preset", "quick", "--depth", "8", "--steps",
+                 "2", "--batch-size", "16", "--data-dir", str(tiny_root), "--out", cut, "--stop-at", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", cut, "--data-dir", str(tiny_root), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert f"note: {cut} is an unfinished run: its checkpoint is at step 1 of 2\n" in captured.err
+    assert list(json.loads(captured.out)) == list(result)
 
 
 def test_demo_refuses_a_data_dir_that_does_not_exist(tmp_path, capsys):

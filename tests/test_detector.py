@@ -215,6 +215,7 @@ def test_detect_fit_command_saves_the_calibration_it_used(model, mnist_root, tmp
     err = capsys.readouterr().err   # the long part says where it is
     n_train = int(err.split("training images ")[1].split("/")[1].split()[0])
     assert f"training images {n_train}/{n_train}  features for the kernel points  ETA 0:00:00" in err
+    assert f"note: {run} is an unfinished run: its checkpoint is at step 1 of 20,000; the detector is fitted" in err
     saved = json.loads((run / "detector.json").read_text())
     assert "random half of the test split" in saved["info"]["calibration"] and saved["threshold"] is not None
     before = (run / "detector.json").read_bytes(), (run / "detector.npz").read_bytes()

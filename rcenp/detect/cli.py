@@ -160,11 +160,13 @@ def check_fit_options(args) -> None:
 
 def cmd_detect(args) -> int:
     from rcenp.detect.detector import NOT_SURE, Detector, detector_stem
-    from rcenp.models.registry import load, resolve
+    from rcenp.models.registry import load, resolve, unfinished
 
     path = resolve(args.model)  # an unknown model is the news, before a misplaced option
     check_fit_options(args)
     model, manifest = load(args.model, args.device)
+    if args.fit and (note := unfinished(args.model, manifest)):
+        print(f"note: {note}; the detector is fitted for these weights", file=sys.stderr)
     stem = detector_stem(path)
     if not args.images and not args.fit:
         raise ValueError("nothing to do: pass --images FILE... (or --fit)")

@@ -98,6 +98,15 @@ def resolve(name_or_path) -> Path:
     raise CheckpointError(f"{name_or_path}: neither a run directory, a checkpoint, nor a shipped model (shipped: {known})")
 
 
+def unfinished(name, manifest) -> str | None:
+    """"NAME is an unfinished run: its checkpoint is at step S of N" for a checkpoint taken before
+    its run's last step (``rcenp train --stop-at``, or an interrupted run), else None."""
+    step, steps = manifest.get("step"), manifest.get("config", {}).get("steps")
+    if step is None or steps is None or step >= steps:
+        return None
+    return f"{name} is an unfinished run: its checkpoint is at step {step:,} of {steps:,}"
+
+
 def load(name_or_path, device: str | None = None):
     """(model, manifest) for a shipped model name (``rcenp models`` lists them) or a run directory.
 
