@@ -188,8 +188,6 @@ def cmd_eval(args) -> int:
         raise ValueError("--sample and --data-dir exclude each other: --sample tests on the embedded MNIST "
                          "sample, --data-dir on the test set in that data root")
     model, manifest = load_model(args.model, args.device)
-    if note := unfinished(args.model, manifest):
-        print(f"note: {note}", file=sys.stderr)
     dataset = manifest["config"]["dataset"]
     if args.sample and dataset != "mnist":
         raise ValueError("--sample is the MNIST test sample; this model was trained on " + dataset)
@@ -201,6 +199,8 @@ def cmd_eval(args) -> int:
         raise DataError(f"{exc}; or pass --sample to use the embedded 1,000-image MNIST sample") from None
     result = evaluate(model, test.images, test.labels, progress=counter("test images", f"evaluating {args.model}"))
     result.update(model=str(args.model), test_set=test.describe())
+    if note := unfinished(args.model, manifest):  # after any error, which stays the one line on stderr
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:

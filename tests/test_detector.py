@@ -206,6 +206,21 @@ def test_fit_detector_calibrates_on_the_held_out_images_it_names(model, mnist_ro
         fit_detector(model, "mnist", mnist_root, calibrate_on="validation")
 
 
+def test_detect_fit_takes_kernel_points_from_the_images_a_subset_run_trained_on(model, mnist_root, tmp_path, capsys):
+    """A run trained on --train-subset N got kernel points from the whole split, mostly images it
+    never saw (a fresh user's trial); they now come from its first N unless --kernel-from says."""
+    from rcenp.train import TrainConfig, save_checkpoint
+
+    run = tmp_path / "run"
+    save_checkpoint(run, model, None, TrainConfig(depth=8, objective="rce", train_subset=150), 1, {"note": "test"})
+    assert main(["detect", str(run), "--fit", "--per-class", "5", "--data-dir", str(mnist_root)]) == 0
+    assert "kernel points from the first 150 training images, the run's --train-subset" in capsys.readouterr().err
+    assert json.loads((run / "detector.json").read_text())["info"]["kernel_from"] == "first 150 training images"
+    assert main(["detect", str(run), "--fit", "--overwrite", "--per-class", "5", "--kernel-from", "180",
+                 "--data-dir", str(mnist_root)]) == 0
+    assert json.loads((run / "detector.json").read_text())["info"]["kernel_from"] == "first 180 training images"
+
+
 def test_detect_fit_command_saves_the_calibration_it_used(model, mnist_root, tmp_path, capsys):
     from rcenp.train import TrainConfig, save_checkpoint
 

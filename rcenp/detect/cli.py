@@ -53,8 +53,9 @@ def add_parser(sub) -> None:
                    "better than unseen images, so more clean test images get rejected than the target; "
                    "default test)")
     d.add_argument("--kernel-from", type=count,
-                   help="kernel points come from the first N training images (default: all of them with "
-                   "--calibrate-on test, 50,000 with --calibrate-on train)")
+                   help="kernel points come from the first N training images (default: the run's "
+                   "--train-subset where it had one, else all of them with --calibrate-on test and 50,000 "
+                   "with --calibrate-on train)")
     d.add_argument("--seed", type=nonnegative(integer),
                    help="--fit: seeds the choice of kernel points per class and the random half of the test "
                    "split that calibrates T (default 0)")
@@ -165,8 +166,6 @@ def cmd_detect(args) -> int:
     path = resolve(args.model)  # an unknown model is the news, before a misplaced option
     check_fit_options(args)
     model, manifest = load(args.model, args.device)
-    if args.fit and (note := unfinished(args.model, manifest)):
-        print(f"note: {note}; the detector is fitted for these weights", file=sys.stderr)
     stem = detector_stem(path)
     if not args.images and not args.fit:
         raise ValueError("nothing to do: pass --images FILE... (or --fit)")
@@ -178,11 +177,19 @@ def cmd_detect(args) -> int:
         if stem.with_suffix(".json").is_file() and not args.overwrite:
             raise CheckpointError(f"{args.model} already has a fitted detector ({stem.with_suffix('.json')}); "
                                   "pass --overwrite to replace it")
+        kernel_from, subset = args.kernel_from, manifest["config"].get("train_subset")
+        if kernel_from is None and subset:  # the images the model trained on, not the whole split
+            kernel_from = subset
         det, _ = fit_detector(model, dataset, args.data_dir, args.metric, args.fpr,
-                              args.per_class or None, args.calibrate_on, args.kernel_from, args.seed,
+                              args.per_class or None, args.calibrate_on, kernel_from, args.seed,
                               progress=counter("training images", "features for the kernel points"))
         det.save(stem)
         print(f"detector written: {stem.with_suffix('.json')} and .npz", file=sys.stderr)
+        if kernel_from != args.kernel_from:
+            print(f"kernel points from the first {subset:,} training images, the run's --train-subset "
+                  "(--kernel-from to choose)", file=sys.stderr)
+        if note := unfinished(args.model, manifest):
+            print(f"note: {note}; the detector is fitted for these weights", file=sys.stderr)
         print(det.describe())
         if not args.images:
             return 0

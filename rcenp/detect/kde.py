@@ -87,7 +87,8 @@ def kernel_point_indices(labels, per_class=1000, seed=0, num_classes=10) -> np.n
     short = [c for c, n in enumerate(counts) if n < per_class]
     if short:
         raise ValueError(f"classes {short} have fewer than per_class={per_class} points "
-                         f"(counts {counts})")
+                         f"(counts {counts}); pass per_class={min(counts)} (--per-class {min(counts)}), the "
+                         "smallest class's count, to take as many from every class")
     rng = make_rng(seed)
     return np.stack([rng.choice(m, size=per_class, replace=False) for m in members])
 
