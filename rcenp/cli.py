@@ -90,22 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
         "momentum 0.9, weight decay 2e-4 on kernels); " + QUICK_HELP + "; subset = the paper's schedule in "
         "epochs for the training images present (steps and lr boundaries scaled by their share of the "
         "published training set: 9,153 steps on the 5,085-image CIFAR-10 subset)."))
-    t.add_argument("--dataset", choices=DATASETS, required=True, help="the data set to train on")
-    t.add_argument("--objective", choices=["ce", "rce"], required=True,
-                   help="ce = cross-entropy, rce = reverse cross-entropy (the paper's)")
+    t.add_argument("--dataset", choices=DATASETS,
+                   help="the data set to train on (required, but for --resume without it: the run's own)")
+    t.add_argument("--objective", choices=["ce", "rce"],
+                   help="ce = cross-entropy, rce = reverse cross-entropy (the paper's; required as --dataset)")
     t.add_argument("--depth", type=integer, help="6n+2: 32 (default for paper), 56, 14 (quick), ...")
     t.add_argument("--steps", type=count, help="override the preset's number of steps; the lr switches move with it, at the same "
                                                  "fractions of the run")
     t.add_argument("--batch-size", type=count, help="default: 128 (paper), 64 (quick)")
     t.add_argument("--out", required=True, type=folder, help="run directory (checkpoints, train.log, metrics.json)")
-    t.add_argument("--preset", choices=["paper", "quick", "subset"], default="paper",
+    t.add_argument("--preset", choices=["paper", "quick", "subset"],
                    help="the schedule (described above; default paper)")
-    t.add_argument("--schedule-scale", type=positive(), default=1.0, metavar="F",
+    t.add_argument("--schedule-scale", type=positive(), metavar="F",
                    help="an Fx schedule: the paper/subset preset's steps and lr boundaries times F (default 1; "
                         "the CIFAR-10-subset runs in scripts/runs.py use 2)")
-    t.add_argument("--seed", type=nonnegative(integer), default=0,
+    t.add_argument("--seed", type=nonnegative(integer),
                    help="seeds the initial weights, the batch order and the augmentation (default 0)")
-    t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the run directory's last checkpoint: with the settings it records when "
+                        "--dataset and --objective are left out (`rcenp train --out RUN --resume`), else with "
+                        "the settings given, which must be the run's")
     t.add_argument("--checkpoint-every", type=count, metavar="STEPS",
                    help="steps between checkpoints (default 1000; quick: 700)")
     t.add_argument("--stop-at", type=count, metavar="STEP",
@@ -157,18 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SETTINGS = ("depth", "steps", "batch_size", "preset", "schedule_scale", "seed", "train_subset", "activation")
+
+
 def cmd_train(args) -> int:
-    from rcenp.train import preset_config, train
+    from rcenp.train import preset_config, recorded_config, train
 
-    overrides = dict(objective=args.objective, depth=args.depth, steps=args.steps, batch_size=args.batch_size,
-                     seed=args.seed, checkpoint_every=args.checkpoint_every, train_subset=args.train_subset,
-                     activation=args.activation)
-    train_size = None
-    if args.preset == "subset":
-        from rcenp.data import load
+    if args.dataset is None and args.objective is None and args.resume:  # the run's own settings
+        given = [f"--{name.replace('_', '-')}" for name in SETTINGS if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--resume without --dataset and --objective continues the run as it records; "
+                             f"leave out {', '.join(given)} too, or give the whole command")
+        config = recorded_config(args.out, checkpoint_every=args.checkpoint_every)
+    elif args.dataset is None or args.objective is None:
+        raise ValueError("train needs --dataset and --objective (or neither, with --resume, to continue a run "
+                         "with the settings it records)")
+    else:
+        overrides = dict(objective=args.objective, depth=args.depth, steps=args.steps, batch_size=args.batch_size,
+                         seed=0 if args.seed is None else args.seed, checkpoint_every=args.checkpoint_every,
+                         train_subset=args.train_subset, activation=args.activation)
+        preset = args.preset or "paper"
+        train_size = None
+        if preset == "subset":
+            from rcenp.data import load
 
-        train_size = args.train_subset or len(load(args.dataset, "train", args.data_dir))
-    config = preset_config(args.preset, args.dataset, train_size, args.schedule_scale, **overrides)
+            train_size = args.train_subset or len(load(args.dataset, "train", args.data_dir))
+        config = preset_config(preset, args.dataset, train_size, args.schedule_scale or 1.0, **overrides)
     metrics = train(config, args.out, data_root=args.data_dir, resume=args.resume, device=args.device,
                     command=" ".join(["rcenp"] + sys.argv[1:]), stop_at=args.stop_at)
     if metrics is None:

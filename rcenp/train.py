@@ -159,6 +159,22 @@ def config_from_manifest(manifest) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def recorded_config(out_dir, checkpoint_every=None) -> TrainConfig:
+    """The configuration a run directory's checkpoint records (``rcenp train --out RUN --resume``
+    with no settings), ``checkpoint_every`` replaced when given. Raises ValueError where there is
+    no checkpoint to continue, and CheckpointError for an unreadable one."""
+    manifest_file = Path(out_dir) / (CHECKPOINT_STEM + ".json")
+    if not manifest_file.is_file():
+        raise ValueError(f"--resume without --dataset and --objective: {out_dir} holds no checkpoint to continue "
+                         "(to start a run there, give its settings)")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        config = config_from_manifest(manifest)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise checkpoint.CheckpointError(f"{manifest_file}: not a readable rcenp checkpoint ({exc})") from None
+    return config if checkpoint_every is None else dataclasses.replace(config, checkpoint_every=checkpoint_every)
+
+
 def _host_change(saved_environment: dict) -> str | None:
     """What differs between the host a checkpoint recorded (``checkpoint.host``) and this one, as
     "cpu A -> B, BLAS kernel C -> D"; None when nothing recorded differs (older checkpoints
@@ -241,8 +257,12 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
     elif not resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         raise ValueError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or choose another --out")
 
-    checkpoint.atomic_write_text(out_dir / "config.json",
-                                 json.dumps({"config": dataclasses.asdict(config), "command": command}, indent=2) + "\n")
+    record = {"config": dataclasses.asdict(config), "command": command}
+    if start and (out_dir / "config.json").is_file():  # the command that started the run stays; and the latest
+        first = json.loads((out_dir / "config.json").read_text()).get("command")
+        if first and first != command:
+            record.update(command=first, resumed_with=command)
+    checkpoint.atomic_write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
     progress = Progress(out_dir / "train.log", config.steps)
     if resume and start == 0:
         progress.message(f"--resume: no checkpoint in {out_dir} yet, so this starts at step 0")

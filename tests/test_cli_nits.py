@@ -55,7 +55,7 @@ def parser_exit(argv, capsys) -> tuple[int, str, str]:
 # ---- N2: flags --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, unknown, suggestion", [
     (["attack", "mnist-resnet32-rce", "--atack", "bim", "--eps", "0.1"], "--atack", "--attack"),
-    (["train", "--datset", "mnist", "--objective", "ce", "--out", "x"], "--datset", "--dataset"),
+    (["train", "--datset", "mnist", "--objective", "ce", "--out", "x"], "--datset mnist", "--dataset"),
     (["attack", "m", "--attack", "fgsm", "--eps", "0.1", "--nn", "3"], "--nn 3", "--n"),
     (["models", "--jsn"], "--jsn", "--json"),
     (["data", "fetch", "mnist", "--data-dr", "x"], "--data-dr x", "--data-dir"),

@@ -407,3 +407,31 @@ def test_checkpoints_keep_the_commit_read_at_start(monkeypatch):
     monkeypatch.setattr(checkpoint.subprocess, "run", no_git)
     again = checkpoint.environment()
     assert {k: again.get(k) for k in ("commit", "dirty")} == {k: first.get(k) for k in ("commit", "dirty")}
+
+
+def test_resume_with_the_out_folder_alone_continues_the_run_as_recorded(tiny_root, tmp_path, capsys, monkeypatch):
+    """``rcenp train --out RUN --resume`` needed the whole first command again (a fresh user's trial)."""
+    def cli(argv):  # as from a shell: config.json records the command line
+        monkeypatch.setattr(sys, "argv", ["rcenp"] + argv)
+        return main(argv)
+
+    first = ["train", "--dataset", "mnist", "--objective", "rce", "--preset", "quick", "--depth", "8", "--steps", "6",
+             "--batch-size", "32", "--checkpoint-every", "3", "--data-dir", str(tiny_root)]
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert cli(first + ["--out", str(straight)]) == 0
+    assert cli(first + ["--out", str(run), "--stop-at", "3"]) == 0
+    short = ["train", "--out", str(run), "--resume", "--data-dir", str(tiny_root)]
+    assert cli(short) == 0
+    assert_same_final_weights(straight, run)
+    recorded = json.loads((run / "config.json").read_text())  # the command that started the run stays
+    assert recorded["command"] == "rcenp " + " ".join(first + ["--out", str(run), "--stop-at", "3"])
+    assert recorded["resumed_with"] == "rcenp " + " ".join(short)
+    capsys.readouterr()
+    for argv, said in (
+            (short + ["--depth", "14"], "continues the run as it records; leave out --depth too"),
+            (["train", "--out", str(tmp_path / "empty"), "--resume"], "holds no checkpoint to continue"),
+            (["train", "--dataset", "mnist", "--out", str(run), "--resume"], "train needs --dataset and --objective"),
+            (["train", "--objective", "ce", "--out", str(tmp_path / "b")], "train needs --dataset and --objective")):
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and len(err) == 1 and said in err[0], (argv, err)
+    assert not (tmp_path / "empty").exists() and not (tmp_path / "b").exists()
