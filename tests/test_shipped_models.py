@@ -79,6 +79,8 @@ def test_rcenp_models_lists_every_shipped_model(capsys):
     for name, line in zip(SHIPPED, lines[1:]):
         info = model_info(name)
         assert line.split()[0] == name and f"{info['test_error'] * 100:.2f}%" in line
+        scale = "" if info["schedule_scale"] == 1 else f" {info['schedule_scale']:g}x"
+        assert f"  {info['preset']}{scale}, {info['steps']:,} steps  " in line  # CE and RCE on unequal schedules show
         assert ("not fitted" in line) != info["detector"]
     assert main(["models", "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -37,7 +37,8 @@ def model_info(name: str) -> dict:
 
     Keys: ``name``, ``dataset``, ``train_images`` and ``test_images`` (the sizes of the splits it
     was trained and tested on; fewer than the published ones for a subset), ``subset`` (bool),
-    ``depth``, ``objective``, ``preset``, ``steps``, ``batch_size``, ``test_error`` (a fraction, on
+    ``depth``, ``objective``, ``preset``, ``schedule_scale`` (the preset's schedule times this:
+    ``rcenp train --schedule-scale``), ``steps``, ``batch_size``, ``test_error`` (a fraction, on
     ``test_images``), ``detector`` (a fitted detector beside it), ``detector_metric`` and
     ``detector_threshold`` (None without one), ``bytes`` (weights, manifest and detector files).
     Raises CheckpointError if ``name`` is not a shipped classifier.
@@ -57,6 +58,7 @@ def model_info(name: str) -> dict:
         "train_images": data.get("train_used", train.get("n")), "test_images": manifest.get("n_test", test.get("n")),
         "subset": bool(train.get("subset") or test.get("subset")),
         "depth": config["depth"], "objective": config["objective"], "preset": config.get("preset"),
+        "schedule_scale": config.get("schedule_scale", 1.0),
         "steps": manifest.get("step"), "batch_size": config.get("batch_size"), "test_error": manifest.get("test_error"),
         "detector": detector is not None,
         "detector_metric": detector.get("metric") if detector else None,
@@ -67,17 +69,25 @@ def model_info(name: str) -> dict:
 
 def models_table(infos: list[dict]) -> str:
     """A plain aligned text table of :func:`model_info` records, one line per model."""
-    headers = ("name", "data set", "train/test images", "depth", "objective", "test error", "detector", "size")
+    headers = ("name", "data set", "train/test images", "depth", "objective", "schedule", "test error", "detector",
+               "size")
     rows = [(i["name"], i["dataset"] + (" (subset)" if i["subset"] else ""),
-             f"{i['train_images']:,}/{i['test_images']:,}", str(i["depth"]), i["objective"].upper(),
+             f"{i['train_images']:,}/{i['test_images']:,}", str(i["depth"]), i["objective"].upper(), _schedule(i),
              "-" if i["test_error"] is None else f"{i['test_error'] * 100:.2f}%",
              f"{i['detector_metric']}, T = {i['detector_threshold']:.3f}" if i["detector"] else "not fitted",
              f"{i['bytes'] / 1e6:.1f} MB") for i in infos]
     widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers))]
-    right = {2, 3, 5, 7}  # numeric columns
+    right = {2, 3, 6, 8}  # numeric columns
     return "\n".join("  ".join(cell.rjust(w) if c in right else cell.ljust(w)
                                for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
                      for row in [headers, *rows])
+
+
+def _schedule(info) -> str:
+    """"subset 2x, 18,306 steps": the preset, its scale where not 1, the steps trained."""
+    scale = info.get("schedule_scale") or 1.0
+    name = (info.get("preset") or "?") + ("" if scale == 1 else f" {scale:g}x")
+    return name if info.get("steps") is None else f"{name}, {info['steps']:,} steps"
 
 
 def resolve(name_or_path) -> Path:
