@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--objective", choices=["ce", "rce"],
                    help="ce = cross-entropy, rce = reverse cross-entropy (the paper's; required as --dataset)")
     t.add_argument("--depth", type=integer, help="6n+2: 32 (default for paper), 56, 14 (quick), ...")
-    t.add_argument("--steps", type=count, help="override the preset's number of steps; the lr switches move with it, at the same "
-                                                 "fractions of the run")
+    t.add_argument("--steps", type=count,
+                   help="override the preset's number of steps; the lr switches move with it, at the same "
+                        "fractions of the run")
     t.add_argument("--batch-size", type=count, help="default: 128 (paper), 64 (quick)")
     t.add_argument("--out", required=True, type=folder, help="run directory (checkpoints, train.log, metrics.json)")
     t.add_argument("--preset", choices=["paper", "quick", "subset"],

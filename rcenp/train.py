@@ -318,7 +318,8 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
         save_checkpoint(out_dir, model, optimizer, config, config.steps, data_identity)
         progress.message(f"trained; now the test error on {test_set.describe()}")
         with no_grad():
-            metrics = evaluate(model, test_set.images, test_set.labels, progress=counter("test images", "computing the test error"))
+            metrics = evaluate(model, test_set.images, test_set.labels,
+                               progress=counter("test images", "computing the test error"))
         metrics.update({"dataset": config.dataset, "objective": config.objective, "depth": config.depth,
                         "steps": config.steps, "data": data_identity, "test_set": test_set.describe(),
                         "train_seconds_this_run": train_seconds, "device": device})
