@@ -175,6 +175,21 @@ def recorded_config(out_dir, checkpoint_every=None) -> TrainConfig:
     return config if checkpoint_every is None else dataclasses.replace(config, checkpoint_every=checkpoint_every)
 
 
+def _last_logged_step(log: Path) -> int | None:
+    """The step of train.log's last progress line ("... step N/STEPS ..."), None if it has none."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        words = line.split()
+        if len(words) > 3 and words[2] == "step" and "/" in words[3]:
+            head = words[3].split("/")[0]
+            if head.isdigit():
+                return int(head)
+    return None
+
+
 def _host_change(saved_environment: dict) -> str | None:
     """What differs between the host a checkpoint recorded (``checkpoint.host``) and this one, as
     "cpu A -> B, BLAS kernel C -> D"; None when nothing recorded differs (older checkpoints
@@ -263,7 +278,11 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
         if first and first != command:
             record.update(command=first, resumed_with=command)
     checkpoint.atomic_write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    logged = _last_logged_step(out_dir / "train.log") if resume else None
     progress = Progress(out_dir / "train.log", config.steps)
+    if logged is not None and logged > start:
+        progress.message(f"--resume: the log above reached step {logged}, past the last checkpoint (step {start}); "
+                         f"steps {start + 1}-{logged} were lost with the process that made them and run again")
     if resume and start == 0:
         progress.message(f"--resume: no checkpoint in {out_dir} yet, so this starts at step 0")
     if other_host:

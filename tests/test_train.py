@@ -203,6 +203,21 @@ def test_a_folder_another_process_trains_into_is_refused(tiny_root, tmp_path):
     assert train(config, tmp_path / "run", data_root=tiny_root, resume=True)["steps"] == config.steps
 
 
+def test_a_resume_says_which_logged_steps_a_killed_process_lost(tiny_root, tmp_path):
+    """After a SIGKILL the log's last progress line can lie past the last checkpoint; the resume
+    says which steps are run again instead of leaving a silent gap (a fresh user's trial)."""
+    config = tiny_config()
+    assert train(config, tmp_path / "run", data_root=tiny_root, stop_at=3) is None
+    log = tmp_path / "run" / "train.log"
+    log.write_text(log.read_text() + "2026-12-03 10:00:00 step 5/6  loss 1.0000  train acc 0.500  lr 0.1  9 img/s\n")
+    train(config, tmp_path / "run", data_root=tiny_root, resume=True)
+    assert "--resume: the log above reached step 5, past the last checkpoint (step 3); steps 4-5 were lost" \
+        in log.read_text()
+    assert train(config, tmp_path / "again", data_root=tiny_root, stop_at=3) is None   # a stop at a checkpoint:
+    train(config, tmp_path / "again", data_root=tiny_root, resume=True)                # nothing was lost
+    assert "were lost" not in (tmp_path / "again" / "train.log").read_text()
+
+
 def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
     config = tiny_config()
     assert train(config, tmp_path / "fresh", data_root=tiny_root, resume=True, stop_at=1) is None
