@@ -11,6 +11,7 @@ import json
 import difflib
 import os
 import re
+import signal
 import sys
 import time
 
@@ -365,6 +366,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{command_parser.prog}: interrupted{INTERRUPTED_HINTS.get(args.command, '')}\n")
         return 130
+    except SystemExit as exc:  # SIGTERM held until the step in work was saved (checkpoint.HeldSignals.stop)
+        if exc.code == 128 + signal.SIGTERM:
+            sys.stderr.write(f"{command_parser.prog}: terminated{INTERRUPTED_HINTS.get(args.command, '')}\n")
+        raise
 
 
 if __name__ == "__main__":

@@ -271,6 +271,7 @@ def test_an_interrupt_saves_the_step_in_work_and_resume_matches_uninterrupted(ti
     assert proc.returncode == status and 0 < step < 120
     said = f"interrupted at step {step} of 120: saved; continue with --resume"
     assert said in err and said in log.read_text() and "Traceback" not in err
+    assert err.rstrip().endswith("rcenp train: " + ("interrupted" if signum == signal.SIGINT else "terminated"))
     assert main(args + ["--out", str(cut), "--resume"]) == 0
     assert main(args + ["--out", str(tmp_path / "straight")]) == 0
     assert_same_final_weights(cut, tmp_path / "straight")
