@@ -56,5 +56,6 @@ def folder(text: str) -> str:
     """A folder option to write into (argparse type): an empty name is refused, which would
     otherwise mean the current directory (an unset shell variable: ``--out "$OUT"``)."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("names no folder (an empty string; would write into the current directory)")
+        raise argparse.ArgumentTypeError(f"names no folder ({'an empty' if not text else 'a blank'} name, which would "
+                                         "write into the current directory)")
     return text

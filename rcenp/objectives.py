@@ -47,8 +47,8 @@ class Classifier(Module):
         """x, after refusing (ValueError) images whose (C, H, W) is not ``image_shape`` (when set),
         and (TypeError) anything but a Tensor or a NumPy/CuPy array."""
         if not isinstance(x, (Tensor, np.ndarray, cupy_ndarray)):
-            raise TypeError(f"images must be a Tensor or an array (N, C, H, W), got {type(x).__name__}: "
-                            "np.asarray(x, np.float32)")
+            raise TypeError(f"images must be a Tensor or an array (N, C, H, W), got {type(x).__name__}; for a "
+                            "nested list of pixels pass np.asarray(x, np.float32)")
         shape = getattr(x, "shape", None)
         if self.image_shape is not None and shape is not None and len(shape) == 4 \
                 and tuple(shape[1:]) != tuple(self.image_shape):
@@ -77,7 +77,7 @@ class Classifier(Module):
 
     def loss(self, x, labels) -> Tensor:
         """The training objective on raw logits: CE or RCE (eq. 4), batch mean."""
-        return self.loss_from_logits(self.network(x), labels)
+        return self.loss_from_logits(self.network(self._checked(x)), labels)
 
     def loss_from_logits(self, s, labels) -> Tensor:
         """CE or RCE (eq. 4) of raw logits s (N, L), batch mean."""

@@ -37,6 +37,7 @@ had 90,000.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -96,6 +97,8 @@ def preset_config(preset: str, dataset: str, train_size: int | None = None, sche
         raise ValueError(f"the schedule scale must be positive, got {schedule_scale}")
     if preset == "quick" and schedule_scale != 1.0:
         raise ValueError("the schedule scale applies to the paper and subset presets, not quick (use --steps)")
+    if schedule_scale != 1.0 and overrides.get("steps") is not None:
+        raise ValueError("--schedule-scale and --steps both set the run's length: give one of them")
     if preset in ("paper", "subset"):
         key = "cifar10" if dataset == "cifar10" else "mnist"
         schedule = SCHEDULES[key]
@@ -153,26 +156,55 @@ def save_checkpoint(out_dir: Path, model, optimizer, config, step, data_identity
     return checkpoint.save(out_dir / stem, model.network.state_dict(), optimizer.state_dict() if optimizer else None, manifest)
 
 
-def config_from_manifest(manifest) -> TrainConfig:
+def config_from_manifest(manifest, source=None) -> TrainConfig:
+    """The ``TrainConfig`` a checkpoint manifest records; CheckpointError (naming ``source``, the
+    file, when given) where it records none."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in manifest["config"].items() if k in fields}
-    return TrainConfig(**values)
+    try:
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in manifest["config"].items() if k in fields}
+        return TrainConfig(**values)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise checkpoint.CheckpointError(f"{source or 'the checkpoint'}: records no training configuration "
+                                         f"({type(exc).__name__}: {exc})") from None
 
 
 def recorded_config(out_dir, checkpoint_every=None) -> TrainConfig:
     """The configuration a run directory's checkpoint records (``rcenp train --out RUN --resume``
     with no settings), ``checkpoint_every`` replaced when given. Raises ValueError where there is
     no checkpoint to continue, and CheckpointError for an unreadable one."""
-    manifest_file = Path(out_dir) / (CHECKPOINT_STEM + ".json")
+    out_dir = Path(out_dir)
+    checkpoint.check_folder(out_dir, "--out")
+    if (out_dir / ".lock").is_file():  # a run still making its first checkpoint: say so, not "no checkpoint"
+        with _lock_run_folder(out_dir):
+            pass
+    _check_pair(out_dir)
+    manifest_file = out_dir / (CHECKPOINT_STEM + ".json")
     if not manifest_file.is_file():
         raise ValueError(f"--resume without --dataset and --objective: {out_dir} holds no checkpoint to continue "
                          "(to start a run there, give its settings)")
     try:
         manifest = json.loads(manifest_file.read_text())
-        config = config_from_manifest(manifest)
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise checkpoint.CheckpointError(f"{manifest_file}: not a readable rcenp checkpoint ({exc})") from None
+    config = config_from_manifest(manifest, manifest_file)
     return config if checkpoint_every is None else dataclasses.replace(config, checkpoint_every=checkpoint_every)
+
+
+def _lock_run_folder(out_dir: Path):
+    """The run folder's lock (``checkpoint.take_lock`` on out_dir/.lock): ValueError naming the
+    holder while another process trains into it; None without fcntl."""
+    lock = checkpoint.take_lock(out_dir / ".lock", lambda holder: (
+        f"{out_dir}: another process{f' (pid {holder})' if holder else ''} is training into it; wait for it "
+        "to end, or stop it and resume"))
+    return lock if lock is not None else contextlib.nullcontext()
+
+
+def _check_pair(out_dir: Path) -> None:
+    """ValueError for checkpoint.npz without its checkpoint.json: a save writes the json before the
+    npz (rcenp.checkpoint), so that is damage, not a save cut short."""
+    if (out_dir / (CHECKPOINT_STEM + ".npz")).is_file() and not (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
+        raise ValueError(f"{out_dir} holds {CHECKPOINT_STEM}.npz without its {CHECKPOINT_STEM}.json (removed or "
+                         "damaged): restore the json to go on, or choose another --out; nothing was overwritten")
 
 
 def _last_logged_step(log: Path) -> int | None:
@@ -233,15 +265,9 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     data_identity = {"train": train_set.identity, "test": test_set.identity, "train_used": len(labels)}
 
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad settings or missing data leave no folder behind
-    lock = checkpoint.take_lock(out_dir / ".lock", lambda holder: (
-        f"{out_dir}: another process{f' (pid {holder})' if holder else ''} is training into it; wait for it "
-        "to end, or stop it and resume"))
-    try:
+    with _lock_run_folder(out_dir):
         return _train_locked(config, out_dir, model, train_set, test_set, images, labels, data_identity, resume,
                              device, command, stop_at)
-    finally:
-        if lock is not None:
-            lock.close()
 
 
 def _train_locked(config, out_dir, model, train_set, test_set, images, labels, data_identity, resume, device,
@@ -251,13 +277,10 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
     schedule = config.schedule()
     optimizer = SGD(model.parameters(), lr=schedule(0), momentum=config.momentum, weight_decay=config.weight_decay)
     start, other_host = 0, None
-    if (out_dir / (CHECKPOINT_STEM + ".npz")).is_file() and not (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
-        # a save writes the json before the npz (rcenp.checkpoint), so this is damage, not a save cut short
-        raise ValueError(f"{out_dir} holds {CHECKPOINT_STEM}.npz without its {CHECKPOINT_STEM}.json (removed or "
-                         "damaged): restore the json to go on, or choose another --out; nothing was overwritten")
+    _check_pair(out_dir)
     if resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         manifest, model_state, optimizer_state = checkpoint.load(out_dir / CHECKPOINT_STEM)
-        saved = config_from_manifest(manifest)
+        saved = config_from_manifest(manifest, out_dir / (CHECKPOINT_STEM + ".json"))
         if dataclasses.replace(saved, checkpoint_every=config.checkpoint_every) != \
                 dataclasses.replace(config, checkpoint_every=config.checkpoint_every):
             raise ValueError(f"{out_dir}: --resume with a configuration that differs from the checkpoint's "
@@ -350,6 +373,7 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
         progress.close()
 
 
-def _differences(a: TrainConfig, b: TrainConfig) -> str:
-    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
-    return ", ".join(f"{k}: {da[k]} vs {db[k]}" for k in da if da[k] != db[k] and k != "checkpoint_every")
+def _differences(saved: TrainConfig, given: TrainConfig) -> str:
+    da, db = dataclasses.asdict(saved), dataclasses.asdict(given)
+    return ", ".join(f"{k}: {da[k]} in the checkpoint, {db[k]} given" for k in da
+                     if da[k] != db[k] and k != "checkpoint_every")

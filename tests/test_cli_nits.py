@@ -143,7 +143,9 @@ def test_an_empty_out_is_refused_not_the_current_directory(argv, tmp_path, monke
         with pytest.raises(SystemExit) as done:
             cli.main(argv + ["--out", empty])
         assert done.value.code == 2
-        assert "argument --out: names no folder (an empty string" in capsys.readouterr().err
+        said = "an empty" if not empty else "a blank"
+        assert f"argument --out: names no folder ({said} name, which would write into the current directory)" \
+            in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

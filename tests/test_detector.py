@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rcenp.cli import main
-from rcenp.detect.cli import read_images
+from rcenp.detect.cli import fit_detector, read_images
 from rcenp.detect.detector import NOT_SURE, Detector
 from rcenp.metrics import confidence, non_me
 from rcenp.models import resnet
@@ -219,6 +219,13 @@ def test_detect_fit_takes_kernel_points_from_the_images_a_subset_run_trained_on(
     assert main(["detect", str(run), "--fit", "--overwrite", "--per-class", "5", "--kernel-from", "180",
                  "--data-dir", str(mnist_root)]) == 0
     assert json.loads((run / "detector.json").read_text())["info"]["kernel_from"] == "first 180 training images"
+    # a subset as large as the split (200 images here) changes nothing: with --calibrate-on train the
+    # kernel points stop at 199 as before, leaving one image to calibrate on (too few for any rate)
+    # rather than "--kernel-from 200: ... calibration needs some of them", an option never given
+    with pytest.raises(ValueError, match="reject none of its 1 clean images"):
+        fit_detector(model, "mnist", mnist_root, per_class=5, calibrate_on="train", fpr=0.5, trained_on=200)
+    det, _ = fit_detector(model, "mnist", mnist_root, per_class=5, calibrate_on="train", fpr=0.1, trained_on=150)
+    assert det.info["kernel_from"] == "first 150 training images" and det.info["calibration"] == "training images 150-199"
 
 
 def test_detect_fit_command_saves_the_calibration_it_used(model, mnist_root, tmp_path, capsys):

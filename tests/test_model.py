@@ -333,9 +333,9 @@ def test_the_graph_calls_refuse_a_list_with_the_fix():
     the network; ``predict`` already converted or refused it with a hint."""
     model = Classifier(resnet(8, 1, seed=0), "ce")
     images = np.zeros((2, 1, 8, 8), np.float32).tolist()
-    for call in (model, model.raw_logits, model.features):
-        with pytest.raises(TypeError, match=r"^images must be a Tensor or an array \(N, C, H, W\), got list: "
-                                            r"np\.asarray\(x, np\.float32\)$"):
+    for call in (model, model.raw_logits, model.features, lambda x: model.loss(x, np.zeros(2, np.int64))):
+        with pytest.raises(TypeError, match=r"^images must be a Tensor or an array \(N, C, H, W\), got list; for a "
+                                            r"nested list of pixels pass np\.asarray\(x, np\.float32\)$"):
             call(images)
     assert model(np.asarray(images, np.float32)).shape == (2, 10)
 

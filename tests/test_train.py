@@ -121,7 +121,8 @@ def test_a_steps_override_moves_the_lr_switches_to_the_same_fractions_of_the_run
     assert preset_config("paper", "mnist", steps=40).lr_boundaries == (20, 30, 40)
     short = preset_config("subset", "cifar10", 5085, steps=40)
     assert (short.steps, short.lr_boundaries) == (40, (18, 27, 36))
-    assert preset_config("subset", "cifar10", 5085, 2.0, steps=40).lr_boundaries == (18, 27, 36)
+    with pytest.raises(ValueError, match="--schedule-scale and --steps both set the run's length"):
+        preset_config("subset", "cifar10", 5085, 2.0, steps=40)   # the scale would be recorded, not applied
     assert preset_config("quick", "mnist", steps=40).lr_boundaries == (20, 30)
     assert preset_config("paper", "mnist", steps=20_000).lr_boundaries == (10_000, 15_000, 20_000)
     assert preset_config("paper", "mnist", steps=40, lr_boundaries=(5, 6, 7)).lr_boundaries == (5, 6, 7)
@@ -451,3 +452,31 @@ def test_resume_with_the_out_folder_alone_continues_the_run_as_recorded(tiny_roo
         code, err = run_cli(argv, capsys)
         assert code == 2 and len(err) == 1 and said in err[0], (argv, err)
     assert not (tmp_path / "empty").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_short_resume_names_what_is_wrong_with_the_folder(tiny_root, tmp_path, capsys):
+    """A fresh user's re-trial: the short form said "holds no checkpoint" for a damaged pair, for a
+    folder another process was still making its first checkpoint in, and for a file; a manifest
+    without a configuration gave a traceback."""
+    config = tiny_config()
+    assert train(config, tmp_path / "run", data_root=tiny_root, stop_at=3) is None
+    short = lambda folder: ["train", "--out", str(folder), "--resume", "--data-dir", str(tiny_root)]  # noqa: E731
+    (tmp_path / "run" / "checkpoint.json").rename(tmp_path / "kept.json")
+    code, err = run_cli(short(tmp_path / "run"), capsys)
+    assert code == 2 and len(err) == 1 and "holds checkpoint.npz without its checkpoint.json" in err[0]
+    (tmp_path / "kept.json").rename(tmp_path / "run" / "checkpoint.json")
+    held = checkpoint.take_lock(tmp_path / "run" / ".lock", lambda holder: "unused")
+    if held is not None:
+        code, err = run_cli(short(tmp_path / "run"), capsys)
+        assert code == 2 and len(err) == 1 and f"another process (pid {os.getpid()}) is training into it" in err[0]
+        held.close()
+    (tmp_path / "a-file").write_text("mine")
+    code, err = run_cli(short(tmp_path / "a-file"), capsys)
+    assert code == 2 and len(err) == 1 and "a file of that name exists" in err[0]
+    manifest = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    (tmp_path / "run" / "checkpoint.json").write_text(json.dumps(dict(manifest, config=5)))
+    for argv in (short(tmp_path / "run"), ["train", "--dataset", "mnist", "--objective", "rce", "--preset", "quick",
+                                            "--depth", "8", "--steps", "6", "--batch-size", "32", "--out",
+                                            str(tmp_path / "run"), "--resume", "--data-dir", str(tiny_root)]):
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and len(err) == 1 and "checkpoint.json: records no training configuration" in err[0], err

@@ -103,14 +103,17 @@ def held_out_split(n_test: int, seed: int = 0):
 
 
 def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class=1000, calibrate_on="test",
-                 kernel_from=None, seed=0, progress=None):
+                 kernel_from=None, seed=0, progress=None, trained_on=None):
     """Fit kernel points on training images and calibrate T on held-out clean images.
 
     Returns the detector and the indices of the test images it was not calibrated on, on which its
     false-positive rate is measured: with ``calibrate_on="test"`` T comes from a seeded random half
     of the test split (``held_out_split``) and the other half is returned; with ``"train"`` T comes
     from the training images after ``kernel_from`` and every test index is returned.
-    ``progress(done, total)``, if given, follows the features of the training images (the long part).
+    ``trained_on``: the number of first training images the model was trained on (a run's
+    ``--train-subset``); where ``kernel_from`` is None and that is fewer than the split's, the
+    kernel points come from those images only. ``progress(done, total)``, if given, follows the
+    features of the training images (the long part).
     """
     from rcenp.data import load as load_data
     from rcenp.detect.detector import Detector
@@ -119,6 +122,8 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
         raise ValueError(f"calibrate_on must be one of {CALIBRATION_SETS}, got {calibrate_on!r}")
     train, test = load_data(dataset, "train", data_dir), load_data(dataset, "test", data_dir)
     n_train, n_test = len(train.labels), len(test.labels)
+    if kernel_from is None and trained_on is not None and 0 < trained_on < n_train:
+        kernel_from = trained_on  # the images the model was trained on, not the whole split
     if kernel_from is None:
         kernel_from = n_train if calibrate_on == "test" else min(50_000, n_train - 1)
     if not 0 < kernel_from <= n_train or (calibrate_on == "train" and kernel_from >= n_train):
@@ -177,15 +182,14 @@ def cmd_detect(args) -> int:
         if stem.with_suffix(".json").is_file() and not args.overwrite:
             raise CheckpointError(f"{args.model} already has a fitted detector ({stem.with_suffix('.json')}); "
                                   "pass --overwrite to replace it")
-        kernel_from, subset = args.kernel_from, manifest["config"].get("train_subset")
-        if kernel_from is None and subset:  # the images the model trained on, not the whole split
-            kernel_from = subset
+        subset = manifest["config"].get("train_subset")
         det, _ = fit_detector(model, dataset, args.data_dir, args.metric, args.fpr,
-                              args.per_class or None, args.calibrate_on, kernel_from, args.seed,
-                              progress=counter("training images", "features for the kernel points"))
+                              args.per_class or None, args.calibrate_on, args.kernel_from, args.seed,
+                              progress=counter("training images", "features for the kernel points"),
+                              trained_on=subset)
         det.save(stem)
         print(f"detector written: {stem.with_suffix('.json')} and .npz", file=sys.stderr)
-        if kernel_from != args.kernel_from:
+        if args.kernel_from is None and det.info["kernel_from"] == f"first {subset} training images":
             print(f"kernel points from the first {subset:,} training images, the run's --train-subset "
                   "(--kernel-from to choose)", file=sys.stderr)
         if note := unfinished(args.model, manifest):
