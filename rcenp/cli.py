@@ -7,12 +7,14 @@ and exit status 2, never a traceback, prefixed by the command as argparse's own 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import difflib
 import os
 import re
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -166,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
 SETTINGS = ("depth", "steps", "batch_size", "preset", "schedule_scale", "seed", "train_subset", "activation")
 
 
+@contextlib.contextmanager
+def terminate_as_exit():
+    """SIGTERM raises SystemExit(143) inside the block, so that a run stopped outside its held
+    training steps (the final evaluation) unwinds and says so like one stopped inside them
+    (``checkpoint.HeldSignals`` holds it there until the step is saved). A SIGTERM that was
+    ignored stays ignored; the previous handler comes back after the block."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args) -> int:
     from rcenp.train import preset_config, recorded_config, train
 
@@ -189,8 +211,9 @@ def cmd_train(args) -> int:
 
             train_size = args.train_subset or len(load(args.dataset, "train", args.data_dir))
         config = preset_config(preset, args.dataset, train_size, args.schedule_scale or 1.0, **overrides)
-    metrics = train(config, args.out, data_root=args.data_dir, resume=args.resume, device=args.device,
-                    command=" ".join(["rcenp"] + sys.argv[1:]), stop_at=args.stop_at)
+    with terminate_as_exit():
+        metrics = train(config, args.out, data_root=args.data_dir, resume=args.resume, device=args.device,
+                        command=" ".join(["rcenp"] + sys.argv[1:]), stop_at=args.stop_at)
     if metrics is None:
         return 0
     print(json.dumps({k: metrics[k] for k in ("test_error", "n_test", "errors", "dataset", "objective", "depth")}))

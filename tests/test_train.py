@@ -480,3 +480,24 @@ def test_the_short_resume_names_what_is_wrong_with_the_folder(tiny_root, tmp_pat
                                             str(tmp_path / "run"), "--resume", "--data-dir", str(tiny_root)]):
         code, err = run_cli(argv, capsys)
         assert code == 2 and len(err) == 1 and "checkpoint.json: records no training configuration" in err[0], err
+
+
+def test_sigterm_during_the_final_evaluation_ends_with_one_line(tiny_root, tmp_path, capsys, monkeypatch):
+    """Outside the held training steps SIGTERM killed the process silently (status -15); it now
+    unwinds as SystemExit(143) and the command says "terminated", as inside them."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM is handled by the test runner here")
+    import rcenp.train as train_module
+
+    def evaluate_then_terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the evaluation")
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate_then_terminated)
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--dataset", "mnist", "--objective", "ce", "--preset", "quick", "--depth", "8", "--steps", "2",
+              "--batch-size", "16", "--data-dir", str(tiny_root), "--out", str(tmp_path / "run")])
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err.rstrip().endswith("rcenp train: terminated")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler before the command is back
