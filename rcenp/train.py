@@ -191,8 +191,9 @@ def recorded_config(out_dir, checkpoint_every=None) -> TrainConfig:
 
 
 def _lock_run_folder(out_dir: Path):
-    """The run folder's lock (``checkpoint.take_lock`` on out_dir/.lock): ValueError naming the
-    holder while another process trains into it; None without fcntl."""
+    """The run folder's lock (``checkpoint.take_lock`` on out_dir/.lock), a context that releases
+    it: ValueError naming the holder while another process trains into it; a no-op context where
+    there is no fcntl."""
     lock = checkpoint.take_lock(out_dir / ".lock", lambda holder: (
         f"{out_dir}: another process{f' (pid {holder})' if holder else ''} is training into it; wait for it "
         "to end, or stop it and resume"))
