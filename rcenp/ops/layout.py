@@ -92,37 +92,37 @@ def _find_blas_thread_control():
     """``openblas_set_num_threads_local`` from the OpenBLAS NumPy loaded, or None."""
     if os.environ.get("RCENP_HOST_THREADS") == "1":
         return None
+    fn = _openblas_getter(("openblas_set_num_threads_local",), ctypes.c_int)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+def _openblas_getter(names, restype):
+    """The first function of ``names`` in the OpenBLAS NumPy loaded, returning ``restype``; None if
+    there is none."""
     for lib in _numpy_openblas():
-        fn = getattr(lib, "openblas_set_num_threads_local", None)
-        if fn is not None:
-            fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
-            return fn
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = restype
+                return fn
     return None
 
 
 def blas_thread_count():
     """OpenBLAS's current thread count as seen by the calling thread, or None if unknown."""
-    for lib in _numpy_openblas():
-        for name in _BLAS_COUNT_GETTERS:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_int
-                return int(fn())
-    return None
+    fn = _openblas_getter(_BLAS_COUNT_GETTERS, ctypes.c_int)
+    return None if fn is None else int(fn())
 
 
 def blas_core() -> str | None:
     """The CPU kernel set NumPy's OpenBLAS chose at load time (its DYNAMIC_ARCH core, e.g.
     "SkylakeX", "Haswell", "Zen"), or None if unknown. GEMMs of different kernels round
     differently, so float32 results can differ in the last bits between hosts."""
-    for lib in _numpy_openblas():
-        for name in _BLAS_CORE_GETTERS:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.restype = ctypes.c_char_p
-                core = fn()
-                return core.decode(errors="replace").strip() if core else None
-    return None
+    fn = _openblas_getter(_BLAS_CORE_GETTERS, ctypes.c_char_p)
+    core = None if fn is None else fn()
+    return core.decode(errors="replace").strip() if core else None
 
 
 def workers() -> int:
