@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The long training runs behind the shipped models, resumable across sessions.
 
-    python3 scripts/runs.py list                # the runs (RUNS), their settings, which are shipped
+    python3 scripts/runs.py list                # the runs (RUNS, scripts/run_table.py), their settings, which are shipped
     python3 scripts/runs.py start [RUN...]      # train in the background (no RUN: resume every run in progress)
     python3 scripts/runs.py save [RUN...]       # progress into rcenp/models/pretrained/in-progress/RUN/
     python3 scripts/runs.py stop RUN...         # stop each run right after its next checkpoint, then save it
@@ -23,78 +23,28 @@ recorded in the checkpoint and the shipped manifest is the plain one (``--out ru
 start niced (19, and their session too: ``background``) with one host worker and one BLAS thread
 (results do not depend on the worker count), ``python3`` or $PYTHON. A run already training into
 this checkout's runs/RUN (``running``) is not started twice. ``finish`` uses this checkout's code:
-scripts/ship_model.py, ``rcenp detect --fit``, scripts/detection_report.py.
+scripts/ship_model.py, ``rcenp detect --fit``, scripts/detection_report.py. The checkpoint copy
+and the train.log summary are in scripts/run_files.py.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below, however this file is loaded
+from run_files import copy_checkpoint, log_summary  # noqa: E402
+from run_table import BY_NAME, RUNS, Run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = ROOT / "rcenp" / "models" / "pretrained" / "in-progress"
 PRETRAINED = SAVED.parent
-CHECKPOINT_FILES = ("checkpoint.json", "checkpoint.npz", "config.json", "train.log")
 PROC = Path("/proc")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    name: str          # runs/<name>, in-progress/<name>
-    dataset: str
-    objective: str
-    depth: int
-    preset: str        # rcenp train --preset
-    commit: str        # the code it trains with
-    ship_as: str       # the shipped model's name
-    per_class: int = 1000  # detector kernel points per class (the authors' 1,000 where every class has them)
-    extra: tuple = ()  # further rcenp train flags
-
-    def train_args(self) -> list[str]:
-        return ["--dataset", self.dataset, "--objective", self.objective, "--preset", self.preset,
-                "--depth", str(self.depth), *self.extra, "--seed", "0", "--checkpoint-every", "250",
-                "--resume", "--out", f"runs/{self.name}"]
-
-
-AA7F60D = "aa7f60db4942237ba412022fbbe4cbf28be7868f"
-C54DD611 = "54dd611b253daa6f38f9c502c39b14e4b9957904"  # the subset preset
-C09A565B = "09a565b57d6d034d1969e164f696aa86321cdcbb"  # --schedule-scale (rcenp train's 2x schedule)
-# the authors' CIFAR crop (pad 2, not 4), crash-safe checkpoint renames, inference BN in predict
-C0D4BAEB = "0d4baebe23932d3010da4037d6e9cca96af577d2"
-
-RUNS = [
-    # MNIST, the paper's schedule (20,000 steps of batch 128); ResNet-32 finished and shipped
-    *(Run(f"paper-mnist-{o}", "mnist", o, 32, "paper", AA7F60D, f"mnist-resnet32-{o}") for o in ("ce", "rce")),
-    # ResNet-56 restarted from step 0 at 09a565b (2026-12-01, at step 420 of the 1c67a15 run), the
-    # engine the CIFAR runs use (kernel rows without a padded copy, the buffer pool, the fused
-    # residual). Its step took 2.18 s against 2.42 s in the minutes around the restart, both runs on
-    # their own core; an interleaved A/B later, on a noisier host, gave medians of 2.54 s against 2.66 s
-    # with overlapping ranges, so the gain is 4-10%. Where both runs printed a progress line for the
-    # same step (28 steps for CE, 30 for RCE, up to step 420), loss and batch accuracy agree
-    *(Run(f"paper-mnist56-{o}", "mnist", o, 56, "paper", C09A565B, f"mnist-resnet56-{o}") for o in ("ce", "rce")),
-    # CIFAR-10 subset (5,085 training images): the authors' 230.4 epochs (the paper's 90,000 steps at
-    # their code's batch of 128) = 9,153 steps; the smallest
-    # class has 475 training images, so the detector takes 475 kernel points per class. The 1x
-    # ResNet-32s shipped first; RCE ended 3.8 points behind CE, still fitting its training set, so
-    # both depths train (and ship) on the 2x schedule (rcenp.train's docstring), re-pinned before
-    # their first step from 09a565b to 0d4baeb for the authors' 2-pixel crop padding
-    *(Run(f"subset-cifar32-{o}", "cifar10", o, 32, "subset", C54DD611, f"cifar10subset-resnet32-{o}", per_class=475)
-      for o in ("ce", "rce")),
-    *(Run(f"subset2x-cifar{d}-{o}", "cifar10", o, d, "subset", C0D4BAEB, f"cifar10subset-resnet{d}-{o}", per_class=475,
-          extra=("--schedule-scale", "2")) for d in (32, 56) for o in ("ce", "rce")),
-    # Fashion-MNIST: the quick schedule (5,600 steps of batch 64) at depth 32
-    *(Run(f"quick-fashion32-{o}", "fashion-mnist", o, 32, "quick", C54DD611, f"fashion-mnist-resnet32-{o}")
-      for o in ("ce", "rce")),
-]
-BY_NAME = {run.name: run for run in RUNS}
 
 
 def git(*args, cwd=ROOT) -> str:
@@ -178,41 +128,6 @@ def replaces(run: Run) -> str:
 
 def in_progress(run: Run) -> bool:
     return not shipped(run) and (step_of(SAVED / run.name) is not None or (ROOT / "runs" / run.name).is_dir())
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def copy_checkpoint(src: Path, dst: Path) -> int:
-    """Copy a run's checkpoint pair, config and log from ``src`` to ``dst``; returns the step.
-
-    Training may write a new checkpoint meanwhile (rcenp.checkpoint.save: checkpoint.npz.next,
-    the json, then the npz), so the pair is re-read until the arrays copied match the SHA-256 that
-    the json copied records; a save cut short after its json left the arrays in
-    checkpoint.npz.next (rcenp.checkpoint.load reads them there too).
-    """
-    dst.mkdir(parents=True, exist_ok=True)
-    for attempt in range(5):
-        manifest = (src / "checkpoint.json").read_text()
-        arrays = src / "checkpoint.npz"
-        if attempt and (src / "checkpoint.npz.next").is_file():
-            arrays = src / "checkpoint.npz.next"
-        with tempfile.NamedTemporaryFile(dir=dst, suffix=".tmp", delete=False) as tmp:
-            shutil.copyfile(arrays, tmp.name)
-        if sha256(Path(tmp.name)) == json.loads(manifest)["arrays_sha256"]:
-            os.replace(tmp.name, dst / "checkpoint.npz")
-            (dst / "checkpoint.json").write_text(manifest)
-            for name in ("config.json", "train.log", "hosts.log"):
-                if (src / name).is_file():
-                    shutil.copyfile(src / name, dst / name)
-            return int(json.loads(manifest)["step"])
-        os.unlink(tmp.name)
-    sys.exit(f"{src}: the checkpoint kept changing while it was copied; try again")
 
 
 def start(run: Run) -> None:
@@ -409,31 +324,6 @@ def then(waited: list[Run], following: list[Run], poll_s: float = 60.0, sleep=ti
     return 0
 
 
-def log_summary(log: Path, steps: int) -> dict:
-    """Wall time and final training loss/accuracy from a train.log spanning several sessions.
-
-    Wall time adds up each session's span, from its "training ... from step S" line to its last
-    line. Loss and accuracy are per-batch figures on the progress lines, averaged over the last 5%
-    of the run's steps (a single batch's figure is noisy).
-    """
-    spans, start, last, tail = [], None, None, []
-    for line in log.read_text().splitlines():
-        stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
-        words = line[20:].split()
-        if words[:1] == ["training"]:
-            if start is not None:
-                spans.append(last - start)
-            start = stamp
-        elif words[:1] == ["step"] and int(words[1].split("/")[0]) > steps * 0.95:
-            tail.append((float(words[3]), float(words[6])))
-        last = stamp
-    if start is not None:
-        spans.append(last - start)
-    return {"wall_hours": round(sum(spans) / 3600, 2), "sessions": len(spans), "progress_lines_averaged": len(tail),
-            "final_train_loss": sum(t[0] for t in tail) / len(tail) if tail else None,
-            "final_train_acc": sum(t[1] for t in tail) / len(tail) if tail else None}
-
-
 def report(run: Run) -> None:
     out = ROOT / "runs" / run.name
     config = json.loads((out / "config.json").read_text())
@@ -497,4 +387,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:  # `runs.py status | head`: the reader is gone, as rcenp's own commands treat it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
+        sys.exit(141)

@@ -245,3 +245,15 @@ def test_each_start_records_its_host_and_save_carries_the_record(tmp_path, monke
     monkeypatch.setattr(runs, "interpreter", lambda: "/nonexistent/python")
     runs.record_host(out)
     assert "unknown (" in (out / "hosts.log").read_text().splitlines()[-1]
+
+
+def test_a_reader_that_goes_away_ends_the_listing_quietly():
+    """`runs.py list | head -1` ended in a BrokenPipeError traceback: now status 141 and no stderr."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "runs.py"
+    process = subprocess.Popen([sys.executable, str(script), "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    assert process.wait() == 141 and process.stderr.read() == b""
