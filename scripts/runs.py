@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The long training runs behind the shipped models, resumable across sessions.
 
-    python3 scripts/runs.py list                # the runs (RUNS, scripts/run_table.py), their settings, which are shipped
+    python3 scripts/runs.py list                # the runs (RUNS, scripts/_run_table.py), their settings, which are shipped
     python3 scripts/runs.py start [RUN...]      # train in the background (no RUN: resume every run in progress)
     python3 scripts/runs.py save [RUN...]       # progress into rcenp/models/pretrained/in-progress/RUN/
     python3 scripts/runs.py stop RUN...         # stop each run right after its next checkpoint, then save it
@@ -24,7 +24,7 @@ start niced (19, and their session too: ``background``) with one host worker and
 (results do not depend on the worker count), ``python3`` or $PYTHON. A run already training into
 this checkout's runs/RUN (``running``) is not started twice. ``finish`` uses this checkout's code:
 scripts/ship_model.py, ``rcenp detect --fit``, scripts/detection_report.py. The checkpoint copy
-and the train.log summary are in scripts/run_files.py.
+and the train.log summary are in scripts/_run_files.py.
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below, however this file is loaded
-from run_files import copy_checkpoint, log_summary  # noqa: E402
-from run_table import BY_NAME, RUNS, Run  # noqa: E402
+from _run_files import copy_checkpoint, log_summary  # noqa: E402
+from _run_table import BY_NAME, RUNS, Run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = ROOT / "rcenp" / "models" / "pretrained" / "in-progress"

@@ -1,4 +1,4 @@
-"""Every Python script in scripts/: --help prints the script's whole first docstring paragraph,
+"""Every Python script in scripts/ (not the modules they import, named _*.py): --help prints the script's whole first docstring paragraph,
 states each default once, and exits 0."""
 import ast
 import re
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "scripts").glob("*.py"))
+SCRIPTS = sorted(path for path in (Path(__file__).resolve().parents[1] / "scripts").glob("*.py")
+                 if not path.name.startswith("_"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
