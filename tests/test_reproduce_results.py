@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from rcenp.reproduce import budgets, cells, report, sanity, tables, threat_tables
+from rcenp.reproduce import budgets, cells, differences, report, sanity, tables, threat_tables
 from rcenp.reproduce.results import pair_medians, wb_figures
 from tests.reproduce_fakes import unavailable
 
@@ -193,19 +193,19 @@ def test_dagger_allows_for_the_papers_rounding_and_notes_zero_width_intervals():
            **tables._auc_fields({"non_me": entry}, "non_me", 99.8)}
     # a zero-width interval, or one from under 30 pairs, says little: marked (†), listed apart, not counted
     weak = "- mnist cw CE non-ME: ours (strict ties) 100.0 [100.0, 100.0] (zero-width interval), paper 99.8 (n = 9 pairs)"
-    assert report._outside([row]) == ([], [weak], 0)
+    assert differences._outside([row]) == ([], [weak], 0)
     assert tables._auc_text(row, "non_me").endswith("; paper 99.8, Δ +0.2 (†)")
     row["n_pairs"] = 30
-    assert report._outside([row]) == ([], [weak.replace("n = 9", "n = 30")], 0)  # still zero width
+    assert differences._outside([row]) == ([], [weak.replace("n = 9", "n = 30")], 0)  # still zero width
     row.update(tables._auc_fields({"non_me": dict(entry, auc_strict_ci95=[0.995, 1.0])}, "non_me", 99.8), n_pairs=30)
     counted = "- mnist cw CE non-ME: ours (strict ties) 100.0 [99.5, 100.0], paper 99.8 (n = 30 pairs)"
-    assert report._outside([row]) == ([], [], 1)                                # [99.5, 100] holds 99.8
+    assert differences._outside([row]) == ([], [], 1)                                # [99.5, 100] holds 99.8
     row.update(tables._auc_fields({"non_me": dict(entry, auc_strict_ci95=[0.999, 1.0])}, "non_me", 99.8), n_pairs=30)
-    assert report._outside([row]) == ([counted.replace("99.5", "99.9")], [], 1)
+    assert differences._outside([row]) == ([counted.replace("99.5", "99.9")], [], 1)
     assert tables._auc_text(row, "non_me").endswith(" **†**")
-    text = report.differences_md([row], [])
+    text = differences.differences_md([row], [])
     assert "of the 1 comparisons made" in text and counted.replace("99.5", "99.9") in text
-    assert "No value had such a comparison" in report.differences_md([], [])
+    assert "No value had such a comparison" in differences.differences_md([], [])
 
 
 class _Table4Results:
@@ -240,7 +240,7 @@ def test_table4_marks_values_and_transfer_rates_outside_the_papers():
     assert cifar[("ce", "rce")]["outside_ci"] is False and cifar[("rce", "ce")]["outside_ci"] is False  # 90.8, 89.1
     assert all(r["transfer_outside"] for r in cifar.values())                  # 50% of 40: low end above 15%
     assert not any(r["transfer_outside"] for r in mnist)                       # 50% is not above 50%
-    lines, weak, compared = report._outside_table4(rows)
+    lines, weak, compared = differences._outside_table4(rows)
     assert weak == [] and compared == 16                    # 8 AUCs from 40 pairs, 8 transfer rates
     assert "- mnist Table 4, CE substitute → CE target, K-density: ours (strict ties) 90.0 [85.0, 94.0], " \
            "paper: all above 95 (n = 40 pairs)" in lines
@@ -287,3 +287,26 @@ def test_notes_say_what_the_code_does():
     assert "shipped K-density detector" not in bey.markdown and "the cell's detector, on its metric" in bey.markdown
     assert {"detector_metric", "tpr5_crossfit_log_kd", "fpr5_crossfit_log_kd"} <= set(bey.columns)
     assert "Δ = strict − paper" in tables.table2(res, smoke).markdown
+
+
+def test_an_epsilon_attack_difference_names_the_sweeps_closest_strength():
+    """The paper states no ε: a Table 2 line outside its interval says which ε of the sweep comes
+    closest to the paper's value (among intervals that say much) and whether it meets it."""
+    def row(eps, auc, low, high, n_pairs=100, paper_value=None, outside=None):
+        return {"dataset": "mnist", "attack": "bim", "eps": eps, "theta": None, "objective": "ce", "n_pairs": n_pairs,
+                "log_kd_auc_strict": auc, "log_kd_strict_ci_low": low, "log_kd_strict_ci_high": high,
+                "log_kd_auc": auc, "log_kd_ci_degenerate": False, "log_kd_paper": paper_value,
+                "log_kd_outside_ci": outside}
+
+    table = row(0.08, 95.0, 94.0, 96.0, paper_value=90.0, outside=True)
+    sweep = [row(0.02, 90.0, 60.0, 100.0, n_pairs=10),      # closest, but from 10 pairs: left out
+             row(0.04, 92.5, 91.0, 94.0), table, row(0.12, 97.0, 96.0, 98.0)]
+    counted, weak, compared = differences._outside(sweep)
+    assert (len(counted), weak, compared) == (1, [], 1)
+    assert counted[0].endswith("; closest over the sweep (3 strengths): 92.5 [91.0, 94.0] at ε=0.04, "
+                               "which misses it too (n = 100 pairs)")
+    sweep[1].update(log_kd_strict_ci_low=89.9)
+    assert differences._outside(sweep)[0][0].endswith("at ε=0.04, which meets the paper's value (n = 100 pairs)")
+    cw = dict(table, attack="cw", eps=None)
+    assert "closest over the sweep" not in differences._outside([cw])[0][0]
+    assert "closest over the sweep" not in differences._outside([table])[0][0]   # no other strength computed

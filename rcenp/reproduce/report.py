@@ -15,6 +15,7 @@ from rcenp import checkpoint
 from rcenp.attacks.transfer import eta_rule
 from rcenp.reproduce import cells as cells_module
 from rcenp.reproduce import figures, lineup, paper, sanity, tables, threat_tables
+from rcenp.reproduce.differences import differences_md
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.results import Results
 
@@ -164,83 +165,6 @@ def _sanity_md(rows) -> str:
     lines = ["| status | check | subject | detail |", "|---|---|---|---|"]
     lines += [f"| {r['status']} | {r['check']} | {r['subject']} | {r['detail']} |" for r in rows]
     return "\n".join(lines)
-
-
-def _ours_strict(auc, low, high, degenerate) -> str:
-    return f"ours (strict ties) {auc:.1f} [{low:.1f}, {high:.1f}]" + (" (zero-width interval)" if degenerate else "")
-
-
-def _outside(t2_rows) -> tuple[list[str], list[str], int]:
-    """Table 2 values our strict-tie interval misses (``tables.paper_outside_interval``), one line
-    each with our AUC and interval, the paper's value, n pairs and the medians of the metric's clean
-    and adversarial scores over the pairs (which way the AUC leans) → (the differences: intervals from
-    at least ``tables.FEW_PAIRS`` pairs and of nonzero width, marked **†**; the others, marked (†);
-    how many values had such an informative comparison)."""
-    counted, weak, compared = [], [], 0
-    for r in t2_rows:
-        for m in tables.METRIC_TITLES:
-            outside, degenerate = r.get(f"{m}_outside_ci"), r.get(f"{m}_ci_degenerate")
-            informative = tables.informative(r.get("n_pairs"), degenerate)
-            compared += outside is not None and informative
-            if not outside:
-                continue
-            line = (f"- {r['dataset']} {r['attack']}"
-                    + (f" {tables.strength_label(r['attack'], tables.strength(r))}"
-                       if tables.strength(r) is not None else "")
-                    + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: "
-                    + _ours_strict(r[f"{m}_auc_strict"], r[f"{m}_strict_ci_low"], r[f"{m}_strict_ci_high"], degenerate)
-                    + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs"
-                    + (f"; medians clean {r[f'{m}_clean_median']:.6g}, adversarial {r[f'{m}_adversarial_median']:.6g}"
-                       if r.get(f"{m}_clean_median") is not None else "") + ")")
-            (counted if informative else weak).append(line)
-    return counted, weak, compared
-
-
-def _outside_table4(t4_rows) -> tuple[list[str], list[str], int]:
-    """Table 4's values marked (``threat_tables.table4``), as ``_outside``: the K-density AUC
-    against the paper's value (CIFAR-10) or bound (MNIST), and the transfer rate's Wilson interval
-    against the paper's bound (always counted)."""
-    counted, weak, compared = [], [], 0
-    for r in t4_rows:
-        pair = (f"- {r['dataset']} Table 4, {r['substitute_objective'].upper()} substitute → "
-                f"{r['target_objective'].upper()} target")
-        informative = tables.informative(r.get("n_pairs"), r.get("ci_degenerate"))
-        compared += (r.get("outside_ci") is not None and informative) + (r.get("transfer_outside") is not None)
-        if r.get("outside_ci"):
-            paper_text = f"paper {r['paper']:.1f}" if r["paper"] is not None else \
-                f"paper: all above {r['paper_lower_bound']:.0f}"
-            (counted if informative else weak).append(
-                f"{pair}, K-density: "
-                + _ours_strict(r["auc_strict"], r["strict_ci_low"], r["strict_ci_high"], r.get("ci_degenerate"))
-                + f", {paper_text} (n = {r['n_pairs']} pairs)")
-        if r.get("transfer_outside"):
-            counted.append(f"{pair}, transfer rate: ours {100 * r['transfer_rate']:.1f}% "
-                           f"[{100 * r['transfer_ci_low']:.1f}, {100 * r['transfer_ci_high']:.1f}] "
-                           f"(n = {r['n_transfer_eligible']}), "
-                           f"paper: under {100 * r['paper_transfer_rate_below']:.0f}%")
-    return counted, weak, compared
-
-
-def differences_md(t2_rows, t4_rows) -> str:
-    """The section 'Cells that differ from the paper by more than their interval'."""
-    counted, weak, compared = (a + b for a, b in zip(_outside(t2_rows), _outside_table4(t4_rows)))
-    text = ("Table 2 and Table 4 values whose rounding interval [p − 0.05, p + 0.05] misses our 95% strict-tie "
-            "bootstrap interval (the paper's tie rule); for Table 4 also MNIST AUCs whose whole interval is at or "
-            "below the paper's bound of 95, and transfer rates whose 95% Wilson interval lies above the paper's "
-            f"bound. Only AUC intervals from at least {tables.FEW_PAIRS} pairs and of nonzero width count. Each "
-            "Table 2 line gives the medians of the metric's clean and adversarial scores over the pairs: higher "
-            "is more normal, so an AUC near 0 means the adversarial images score as the more normal. ")
-    if not compared:
-        text += "No value had such a comparison in this run (no finished Table 2 or 4 cell with enough pairs)."
-    else:
-        text += (f"The intervals are our sampling error only (the paper gives neither n nor intervals): of the "
-                 f"{compared} comparisons made, up to about 5% would be marked by chance alone.\n\n"
-                 + ("\n".join(counted) + "\n\nSee 'Protocol differences' for what may explain them."
-                    if counted else "None."))
-    if weak:
-        text += (f"\n\nAlso outside, but from an interval that says little (under {tables.FEW_PAIRS} pairs, or zero "
-                 "width), marked (†) and not counted:\n\n" + "\n".join(weak))
-    return text
 
 
 def used_test_sets(res: Results) -> list[str]:

@@ -1,0 +1,109 @@
+"""REPORT.md's section "Cells that differ from the paper by more than their interval": the Table 2
+and Table 4 values whose interval misses the paper's, one line each with what a reader needs to
+judge the difference (n pairs, the score medians, for an ε-attack the sweep's closest strength).
+"""
+from __future__ import annotations
+
+from rcenp.reproduce import tables
+
+
+def _ours_strict(auc, low, high, degenerate) -> str:
+    return f"ours (strict ties) {auc:.1f} [{low:.1f}, {high:.1f}]" + (" (zero-width interval)" if degenerate else "")
+
+
+def _nearest_in_sweep(t2_rows, row, metric) -> str:
+    """For an ε-attack value (JSMA: θ) the paper misses: the strength of the sweep whose strict-tie
+    AUC comes closest to the paper's value, as "; closest over the sweep: AUC [low, high] at ε=E"
+    and whether that interval meets the paper's value (the paper states no ε, protocol §4). Only
+    strengths whose interval says much (``tables.informative``) take part; "" for C&W or where
+    fewer than two do."""
+    if tables.strength(row) is None:
+        return ""
+    theirs = row[f"{metric}_paper"]
+    sweep = [r for r in t2_rows if (r["dataset"], r["attack"], r["objective"]) ==
+             (row["dataset"], row["attack"], row["objective"]) and r.get(f"{metric}_auc_strict") is not None
+             and tables.informative(r.get("n_pairs"), r.get(f"{metric}_ci_degenerate"))]
+    if len(sweep) < 2:
+        return ""
+    near = min(sweep, key=lambda r: (abs(r[f"{metric}_auc_strict"] - theirs), tables.strength(r)))
+    low, high = near[f"{metric}_strict_ci_low"], near[f"{metric}_strict_ci_high"]
+    meets = tables.paper_outside_interval(theirs, low, high) is False
+    return (f"; closest over the sweep ({len(sweep)} strengths): {near[f'{metric}_auc_strict']:.1f} "
+            f"[{low:.1f}, {high:.1f}] at {tables.strength_label(row['attack'], tables.strength(near))}, "
+            + ("which meets the paper's value" if meets else "which misses it too") + f" (n = {near['n_pairs']} pairs)")
+
+
+def _outside(t2_rows) -> tuple[list[str], list[str], int]:
+    """Table 2 values our strict-tie interval misses (``tables.paper_outside_interval``), one line
+    each with our AUC and interval, the paper's value, n pairs, the medians of the metric's clean
+    and adversarial scores over the pairs (which way the AUC leans) and, for an ε-attack, the
+    strength of the sweep that comes closest to the paper (``_nearest_in_sweep``) → (the
+    differences: intervals from at least ``tables.FEW_PAIRS`` pairs and of nonzero width, marked
+    **†**; the others, marked (†); how many values had such an informative comparison)."""
+    counted, weak, compared = [], [], 0
+    for r in t2_rows:
+        for m in tables.METRIC_TITLES:
+            outside, degenerate = r.get(f"{m}_outside_ci"), r.get(f"{m}_ci_degenerate")
+            informative = tables.informative(r.get("n_pairs"), degenerate)
+            compared += outside is not None and informative
+            if not outside:
+                continue
+            line = (f"- {r['dataset']} {r['attack']}"
+                    + (f" {tables.strength_label(r['attack'], tables.strength(r))}"
+                       if tables.strength(r) is not None else "")
+                    + f" {r['objective'].upper()} {tables.METRIC_TITLES[m]}: "
+                    + _ours_strict(r[f"{m}_auc_strict"], r[f"{m}_strict_ci_low"], r[f"{m}_strict_ci_high"], degenerate)
+                    + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs"
+                    + (f"; medians clean {r[f'{m}_clean_median']:.6g}, adversarial {r[f'{m}_adversarial_median']:.6g}"
+                       if r.get(f"{m}_clean_median") is not None else "") + ")" + _nearest_in_sweep(t2_rows, r, m))
+            (counted if informative else weak).append(line)
+    return counted, weak, compared
+
+
+def _outside_table4(t4_rows) -> tuple[list[str], list[str], int]:
+    """Table 4's values marked (``threat_tables.table4``), as ``_outside``: the K-density AUC
+    against the paper's value (CIFAR-10) or bound (MNIST), and the transfer rate's Wilson interval
+    against the paper's bound (always counted)."""
+    counted, weak, compared = [], [], 0
+    for r in t4_rows:
+        pair = (f"- {r['dataset']} Table 4, {r['substitute_objective'].upper()} substitute → "
+                f"{r['target_objective'].upper()} target")
+        informative = tables.informative(r.get("n_pairs"), r.get("ci_degenerate"))
+        compared += (r.get("outside_ci") is not None and informative) + (r.get("transfer_outside") is not None)
+        if r.get("outside_ci"):
+            paper_text = f"paper {r['paper']:.1f}" if r["paper"] is not None else \
+                f"paper: all above {r['paper_lower_bound']:.0f}"
+            (counted if informative else weak).append(
+                f"{pair}, K-density: "
+                + _ours_strict(r["auc_strict"], r["strict_ci_low"], r["strict_ci_high"], r.get("ci_degenerate"))
+                + f", {paper_text} (n = {r['n_pairs']} pairs)")
+        if r.get("transfer_outside"):
+            counted.append(f"{pair}, transfer rate: ours {100 * r['transfer_rate']:.1f}% "
+                           f"[{100 * r['transfer_ci_low']:.1f}, {100 * r['transfer_ci_high']:.1f}] "
+                           f"(n = {r['n_transfer_eligible']}), "
+                           f"paper: under {100 * r['paper_transfer_rate_below']:.0f}%")
+    return counted, weak, compared
+
+
+def differences_md(t2_rows, t4_rows) -> str:
+    """The section 'Cells that differ from the paper by more than their interval'."""
+    counted, weak, compared = (a + b for a, b in zip(_outside(t2_rows), _outside_table4(t4_rows)))
+    text = ("Table 2 and Table 4 values whose rounding interval [p − 0.05, p + 0.05] misses our 95% strict-tie "
+            "bootstrap interval (the paper's tie rule); for Table 4 also MNIST AUCs whose whole interval is at or "
+            "below the paper's bound of 95, and transfer rates whose 95% Wilson interval lies above the paper's "
+            f"bound. Only AUC intervals from at least {tables.FEW_PAIRS} pairs and of nonzero width count. Each "
+            "Table 2 line gives the medians of the metric's clean and adversarial scores over the pairs: higher "
+            "is more normal, so an AUC near 0 means the adversarial images score as the more normal. An ε-attack's "
+            "line (JSMA: θ) also names the strength of its sweep whose AUC comes closest to the paper's, and "
+            "whether that interval meets it: the paper states no ε ('Protocol differences'). ")
+    if not compared:
+        text += "No value had such a comparison in this run (no finished Table 2 or 4 cell with enough pairs)."
+    else:
+        text += (f"The intervals are our sampling error only (the paper gives neither n nor intervals): of the "
+                 f"{compared} comparisons made, up to about 5% would be marked by chance alone.\n\n"
+                 + ("\n".join(counted) + "\n\nSee 'Protocol differences' for what may explain them."
+                    if counted else "None."))
+    if weak:
+        text += (f"\n\nAlso outside, but from an interval that says little (under {tables.FEW_PAIRS} pairs, or zero "
+                 "width), marked (†) and not counted:\n\n" + "\n".join(weak))
+    return text
