@@ -162,18 +162,28 @@ def host() -> dict:
     return {"cpu": cpu or platform.processor() or None, "blas_core": blas_core()}
 
 
+# tracked outputs, not code: published results and the long runs' progress, which change under
+# background work and must not mark what a checkout computes as made by uncommitted code
+NOT_CODE = ("results", "rcenp/models/pretrained/in-progress")
+
+
 @functools.lru_cache(maxsize=1)
 def code_identity() -> dict:
     """{"commit", "dirty"} of the git checkout this process's rcenp came from, read on the first
     call (``rcenp train`` makes it at start-up), so that a checkout changing under a long run
     does not relabel that run's later checkpoints. Empty outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
+    return git_identity(Path(__file__).resolve().parent.parent)
+
+
+def git_identity(root: Path) -> dict:
+    """{"commit": HEAD, "dirty": whether a tracked file outside ``NOT_CODE`` differs from it} of
+    the git checkout at ``root``; empty when it is not one."""
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return {}
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                *(f":(top,exclude){path}" for path in NOT_CODE)], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip())}

@@ -426,6 +426,38 @@ def test_checkpoints_keep_the_commit_read_at_start(monkeypatch):
     assert {k: again.get(k) for k in ("commit", "dirty")} == {k: first.get(k) for k in ("commit", "dirty")}
 
 
+def test_dirty_means_changed_code_not_results_or_run_progress(tmp_path):
+    """Published results and the runs' in-progress checkpoints change under background work: a
+    report or detector made beside them is not 'uncommitted changes' (most shipped detectors said so)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    files = ["rcenp/ops.py", "results/run/attack.log", "rcenp/models/pretrained/in-progress/run/train.log",
+             "rcenp/models/pretrained/model.npz"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("first\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    assert checkpoint.git_identity(tmp_path)["dirty"] is False
+    for name in files[1:3]:
+        (tmp_path / name).write_text("more\n")
+    (tmp_path / "untracked.py").write_text("")
+    assert checkpoint.git_identity(tmp_path)["dirty"] is False
+    for name in (files[0], files[3]):   # the code, or a shipped model
+        (tmp_path / name).write_text("changed\n")
+        assert checkpoint.git_identity(tmp_path)["dirty"] is True
+        subprocess.run(git + ["checkout", "-q", "--", name], check=True)
+    assert checkpoint.git_identity(tmp_path / "results") == checkpoint.git_identity(tmp_path)   # paths from the top
+    (tmp_path / files[0]).write_text("changed\n")
+    assert checkpoint.git_identity(tmp_path / "results")["dirty"] is True
+    assert checkpoint.git_identity(tmp_path.parent / "no-such-folder") == {}
+
+
 def test_resume_with_the_out_folder_alone_continues_the_run_as_recorded(tiny_root, tmp_path, capsys, monkeypatch):
     """``rcenp train --out RUN --resume`` needed the whole first command again (a fresh user's trial)."""
     def cli(argv):  # as from a shell: config.json records the command line
