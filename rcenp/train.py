@@ -91,7 +91,8 @@ def preset_config(preset: str, dataset: str, train_size: int | None = None, sche
     set's size, rounded (ValueError if missing or not positive). ``schedule_scale``: multiplies
     the steps and lr boundaries of ``paper`` or ``subset`` (module docstring); ValueError if not
     positive or given with ``quick``. A ``steps`` override moves the lr boundaries with it, to
-    the same fractions of the run (``quick``: 1/2 and 3/4; the others: the preset's, rounded).
+    the same fractions of the run (``quick``: 1/2 and 3/4; the others: the preset's, rounded),
+    none before step 1, so that every run starts at the preset's first lr.
     """
     if not schedule_scale > 0:
         raise ValueError(f"the schedule scale must be positive, got {schedule_scale}")
@@ -118,11 +119,12 @@ def preset_config(preset: str, dataset: str, train_size: int | None = None, sche
         raise ValueError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
     steps = overrides.get("steps")
     if steps is not None and steps != base.steps and overrides.get("lr_boundaries") is None:
-        # keep the shape of the schedule: the lr switches at the same fractions of the run
+        # keep the shape of the schedule: the lr switches at the same fractions of the run, and
+        # the first lr holds for step 0 at least (a 1-step run rounded its first switch to 0)
         if preset == "quick":
-            base.lr_boundaries = (steps // 2, steps * 3 // 4)
+            base.lr_boundaries = (max(1, steps // 2), max(1, steps * 3 // 4))
         else:
-            base.lr_boundaries = tuple(round(b * steps / base.steps) for b in base.lr_boundaries)
+            base.lr_boundaries = tuple(max(1, round(b * steps / base.steps)) for b in base.lr_boundaries)
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

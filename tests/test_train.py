@@ -126,6 +126,9 @@ def test_a_steps_override_moves_the_lr_switches_to_the_same_fractions_of_the_run
     assert preset_config("quick", "mnist", steps=40).lr_boundaries == (20, 30)
     assert preset_config("paper", "mnist", steps=20_000).lr_boundaries == (10_000, 15_000, 20_000)
     assert preset_config("paper", "mnist", steps=40, lr_boundaries=(5, 6, 7)).lr_boundaries == (5, 6, 7)
+    for preset in ("paper", "quick"):   # a 1-step run starts at the first lr, as every other run
+        one = preset_config(preset, "mnist", steps=1)
+        assert one.schedule()(0) == 0.1 and min(one.lr_boundaries) == 1
 
 
 def test_resume_is_bit_identical(tiny_root, tmp_path):
