@@ -247,6 +247,11 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     that do not fit (a bad ``stop_at``, ``train_subset`` or ``batch_size`` over the training
     images, a checkpoint of another configuration, a checkpoint.npz without its json), and while
     another process trains into ``out_dir`` (its lock, out_dir/.lock), and DataError for missing data.
+
+    Each checkpoint records ``train_seconds``, the wall seconds of the steps it holds summed over
+    every session (steps lost with a killed process count where they ran again); metrics.json
+    gives it as ``train_seconds_total`` (None when the run resumed from a checkpoint older than
+    that record) beside ``train_seconds_this_run``.
     """
     checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
@@ -279,7 +284,7 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
     final evaluation."""
     schedule = config.schedule()
     optimizer = SGD(model.parameters(), lr=schedule(0), momentum=config.momentum, weight_decay=config.weight_decay)
-    start, other_host = 0, None
+    start, other_host, seconds_before = 0, None, 0.0
     _check_pair(out_dir)
     if resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         manifest, model_state, optimizer_state = checkpoint.load(out_dir / CHECKPOINT_STEM)
@@ -291,6 +296,7 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
         model.network.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         start = int(manifest["step"])
+        seconds_before = manifest.get("train_seconds") if start else 0.0  # None: a checkpoint from before it was kept
         other_host = _host_change(manifest.get("environment", {}))
         if stop_at is not None and stop_at <= start:
             raise ValueError(f"--stop-at {stop_at}: {out_dir} is at step {start} already; stop at a later step, "
@@ -322,6 +328,10 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
     t0, images_done = time.monotonic(), 0
     end = config.steps if stop_at is None else max(start, min(stop_at, config.steps))
     held, done, saved = checkpoint.HeldSignals(), start, True
+
+    def timing():  # the training seconds of the steps done so far, over every session (None: unknown)
+        return {"train_seconds": None if seconds_before is None else seconds_before + time.monotonic() - t0}
+
     try:
         with held:  # Ctrl-C or SIGTERM: the step in work ends, is saved, and the run stops (below)
             for step in range(start, end):
@@ -341,7 +351,7 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
                 done = step + 1
                 saved = (done % config.checkpoint_every == 0 or done == end) and done < config.steps
                 if saved:
-                    save_checkpoint(out_dir, model, optimizer, config, done, data_identity)
+                    save_checkpoint(out_dir, model, optimizer, config, done, data_identity, extra=timing())
                 elapsed = time.monotonic() - t0
                 rate = images_done / elapsed if elapsed > 0 else float("nan")
                 predicted = model.prediction_logits(s.data).argmax(axis=1)
@@ -353,21 +363,22 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
                     break
         if held.signum is not None:
             if not saved:
-                save_checkpoint(out_dir, model, optimizer, config, done, data_identity)
+                save_checkpoint(out_dir, model, optimizer, config, done, data_identity, extra=timing())
             progress.message(f"interrupted at step {done} of {config.steps}: saved; continue with --resume")
             held.stop()
-        train_seconds = time.monotonic() - t0
+        train_seconds, total = time.monotonic() - t0, timing()
         if end < config.steps:
             progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
             return None
-        save_checkpoint(out_dir, model, optimizer, config, config.steps, data_identity)
+        save_checkpoint(out_dir, model, optimizer, config, config.steps, data_identity, extra=total)
         progress.message(f"trained; now the test error on {test_set.describe()}")
         with no_grad():
             metrics = evaluate(model, test_set.images, test_set.labels,
                                progress=counter("test images", "computing the test error"))
         metrics.update({"dataset": config.dataset, "objective": config.objective, "depth": config.depth,
                         "steps": config.steps, "data": data_identity, "test_set": test_set.describe(),
-                        "train_seconds_this_run": train_seconds, "device": device})
+                        "train_seconds_this_run": train_seconds, "train_seconds_total": total["train_seconds"],
+                        "device": device})
         checkpoint.atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         progress.message(f"test error {metrics['test_error'] * 100:.2f}% ({metrics['errors']}/{metrics['n_test']}) "
                          f"on {test_set.describe()}")

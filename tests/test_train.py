@@ -178,6 +178,32 @@ def test_a_resume_on_another_host_says_that_its_bits_will_differ(tiny_root, tmp_
         assert said in (tmp_path / "other" / "train.log").read_text()
 
 
+def test_the_training_seconds_add_up_over_sessions(tiny_root, tmp_path):
+    """metrics.json's train_seconds_this_run was the last session's alone: a run's total now comes
+    from its checkpoints, and is unknown (None) past one that predates the record."""
+    config = tiny_config()
+    for run, before in (("counted", 1000.0), ("older", None)):
+        assert train(config, tmp_path / run, data_root=tiny_root, stop_at=3) is None
+        manifest_file = tmp_path / run / "checkpoint.json"
+        manifest = json.loads(manifest_file.read_text())
+        assert manifest["train_seconds"] > 0
+        if before is None:
+            del manifest["train_seconds"]
+        else:
+            manifest["train_seconds"] = before   # as if the first session had taken that long
+        manifest_file.write_text(json.dumps(manifest))
+        metrics = train(config, tmp_path / run, data_root=tiny_root, resume=True)
+        assert json.loads((tmp_path / run / "metrics.json").read_text()) == metrics
+        final = json.loads(manifest_file.read_text())["train_seconds"]
+        if before is None:
+            assert metrics["train_seconds_total"] is None and final is None
+        else:
+            assert before + metrics["train_seconds_this_run"] <= metrics["train_seconds_total"] == final
+            assert final < before + metrics["train_seconds_this_run"] + 1.0
+    straight = train(config, tmp_path / "straight", data_root=tiny_root)
+    assert straight["train_seconds_this_run"] <= straight["train_seconds_total"] < straight["train_seconds_this_run"] + 1
+
+
 def test_a_checkpoint_npz_without_its_json_is_refused_not_overwritten(tiny_root, tmp_path):
     """--resume in a folder whose checkpoint.json was removed started again from step 0 and
     overwrote the saved arrays (a fresh user's trial); a save never leaves the npz without the json."""
