@@ -377,7 +377,9 @@ def main(argv=None) -> int:
 
     try:
         with on_fallback(say_once):
-            return COMMANDS[args.command](args)
+            status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a buffered stdout (no PYTHONUNBUFFERED) writes at exit: a gone reader is seen here
+        return status
     except BrokenPipeError:  # `rcenp models | head`: the reader is gone, as for any Unix tool
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())  # so that the flush at exit does not fail a second time

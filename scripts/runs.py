@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The long training runs behind the shipped models, resumable across sessions.
 
-    python3 scripts/runs.py list                # the runs (RUNS, scripts/_run_table.py), their settings, which are shipped
+    python3 scripts/runs.py list                # the runs (scripts/_run_table.py), settings, which are shipped
     python3 scripts/runs.py start [RUN...]      # train in the background (no RUN: resume every run in progress)
     python3 scripts/runs.py save [RUN...]       # progress into rcenp/models/pretrained/in-progress/RUN/
     python3 scripts/runs.py stop RUN...         # stop each run right after its next checkpoint, then save it
@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below, however this file is loaded
+if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling modules below, however this file is loaded
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _run_files import copy_checkpoint, log_summary  # noqa: E402
 from _run_table import BY_NAME, RUNS, Run  # noqa: E402
 
@@ -326,6 +327,10 @@ def then(waited: list[Run], following: list[Run], poll_s: float = 60.0, sleep=ti
 
 def report(run: Run) -> None:
     out = ROOT / "runs" / run.name
+    if not (out / "config.json").is_file() or step_of(out) is None:
+        where = f"; its saved progress is in {(SAVED / run.name).relative_to(ROOT)} (start restores it)" \
+            if step_of(SAVED / run.name) is not None else ""
+        sys.exit(f"{run.name}: runs/{run.name} holds no checkpoint and config, nothing to report{where}")
     config = json.loads((out / "config.json").read_text())
     trained_with = json.loads((out / "checkpoint.json").read_text()).get("environment", {})
     entry = {"run": run.name, "shipped_as": run.ship_as, "command": config["command"],
@@ -359,10 +364,13 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip())
         return 0
     if not argv or argv[0] not in (*verbs, "list", "then", "stop"):
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        said = f"runs.py: unknown verb {argv[0]!r}; one of:\n" if argv else ""
+        print(said + __doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     verb, names = argv[0], argv[1:]
     if verb == "list":
+        if names:
+            sys.exit(f"list takes no run names (got {' '.join(names)}); status NAME... shows runs")
         table()
         return 0
     if verb == "then":
@@ -388,7 +396,9 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(sys.argv[1:]))
+        code = main(sys.argv[1:])
+        sys.stdout.flush()  # a buffered stdout writes at exit: a reader gone must be seen here
+        sys.exit(code)
     except BrokenPipeError:  # `runs.py status | head`: the reader is gone, as rcenp's own commands treat it
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
         sys.exit(141)

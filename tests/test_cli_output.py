@@ -215,3 +215,17 @@ def test_a_reader_that_stops_early_is_no_error(monkeypatch, capsys):
     finally:
         os.close(fd)
     assert capsys.readouterr().err == ""
+
+
+def test_a_reader_gone_before_the_buffered_output_is_flushed_is_no_error_either():
+    """Without PYTHONUNBUFFERED stdout is buffered and is written at exit, after main returned:
+    `rcenp models | true` printed 'Exception ignored ... BrokenPipeError' and ended with status 120."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen([sys.executable, "-m", "rcenp", "models"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    process.stdout.close()
+    assert process.wait() == 141 and process.stderr.read() == b""

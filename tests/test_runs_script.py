@@ -248,12 +248,38 @@ def test_each_start_records_its_host_and_save_carries_the_record(tmp_path, monke
 
 
 def test_a_reader_that_goes_away_ends_the_listing_quietly():
-    """`runs.py list | head -1` ended in a BrokenPipeError traceback: now status 141 and no stderr."""
+    """`runs.py list | head -1` ended in a BrokenPipeError traceback: now status 141 and no stderr,
+    with stdout buffered (a plain shell) or not (PYTHONUNBUFFERED)."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "runs.py"
-    process = subprocess.Popen([sys.executable, str(script), "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    process.stdout.close()
-    assert process.wait() == 141 and process.stderr.read() == b""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for unbuffered in ({}, {"PYTHONUNBUFFERED": "1"}):
+        process = subprocess.Popen([sys.executable, str(script), "list"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=dict(env, **unbuffered))
+        process.stdout.close()
+        assert process.wait() == 141 and process.stderr.read() == b""
+
+
+def test_unknown_verbs_and_names_are_said_and_report_needs_a_run_folder(tmp_path, monkeypatch, load_script, capsys):
+    import sys
+
+    runs = load_script("runs")
+    assert runs.main(["frobnicate"]) == 2 and "unknown verb 'frobnicate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="list takes no run names"):
+        runs.main(["list", "subset2x-cifar32-ce"])
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    monkeypatch.setattr(runs, "SAVED", tmp_path / "saved")
+    with pytest.raises(SystemExit, match="holds no checkpoint and config, nothing to report$"):
+        runs.report(runs.BY_NAME["subset2x-cifar56-rce"])
+    (runs.SAVED / "subset2x-cifar56-rce").mkdir(parents=True)
+    (runs.SAVED / "subset2x-cifar56-rce" / "checkpoint.json").write_text(json.dumps({"step": 250}))
+    with pytest.raises(SystemExit, match="its saved progress is in saved/subset2x-cifar56-rce"):
+        runs.report(runs.BY_NAME["subset2x-cifar56-rce"])
+    before = list(sys.path)
+    load_script("runs")   # loaded again: scripts/ is on the path once
+    assert sys.path == before
+
