@@ -289,24 +289,36 @@ def test_notes_say_what_the_code_does():
     assert "Δ = strict − paper" in tables.table2(res, smoke).markdown
 
 
-def test_an_epsilon_attack_difference_names_the_sweeps_closest_strength():
-    """The paper states no ε: a Table 2 line outside its interval says which ε of the sweep comes
-    closest to the paper's value (among intervals that say much) and whether it meets it."""
-    def row(eps, auc, low, high, n_pairs=100, paper_value=None, outside=None):
-        return {"dataset": "mnist", "attack": "bim", "eps": eps, "theta": None, "objective": "ce", "n_pairs": n_pairs,
-                "log_kd_auc_strict": auc, "log_kd_strict_ci_low": low, "log_kd_strict_ci_high": high,
-                "log_kd_auc": auc, "log_kd_ci_degenerate": False, "log_kd_paper": paper_value,
-                "log_kd_outside_ci": outside}
+def test_an_epsilon_attack_difference_names_its_rows_best_fitting_strength():
+    """The paper states no ε: a Table 2 line outside its interval gives the metric at the one ε of
+    the sweep that fits the paper's whole row best (least mean |Δ| over its metrics, among
+    strengths with 30+ pairs) and whether that interval meets the paper's value."""
+    def row(eps, kd, conf, n_pairs=100, paper=False):
+        fields = {"dataset": "mnist", "attack": "bim", "eps": eps, "theta": None, "objective": "ce", "n_pairs": n_pairs}
+        for metric, (auc, low, high), theirs in (("log_kd", kd, 90.0), ("confidence", conf, 80.0)):
+            fields.update({f"{metric}_auc_strict": auc, f"{metric}_strict_ci_low": low,
+                           f"{metric}_strict_ci_high": high, f"{metric}_auc": auc, f"{metric}_ci_degenerate": False,
+                           f"{metric}_paper": theirs if paper else None, f"{metric}_outside_ci": True if paper else None})
+        return fields
 
-    table = row(0.08, 95.0, 94.0, 96.0, paper_value=90.0, outside=True)
-    sweep = [row(0.02, 90.0, 60.0, 100.0, n_pairs=10),      # closest, but from 10 pairs: left out
-             row(0.04, 92.5, 91.0, 94.0), table, row(0.12, 97.0, 96.0, 98.0)]
+    table = row(0.08, (95.0, 94.0, 96.0), (95.0, 94.0, 96.0), paper=True)
+    sweep = [row(0.02, (90.0, 60.0, 100.0), (80.0, 50.0, 100.0), n_pairs=10),   # a perfect fit from 10 pairs: left out
+             row(0.04, (89.0, 88.0, 89.5), (70.0, 69.0, 71.0)),      # K-density's closest, Confidence far
+             row(0.06, (92.0, 91.0, 93.0), (82.0, 79.9, 84.0)),      # the row's best fit: |2| + |2|
+             table, row(0.12, (97.0, 96.0, 98.0), (97.0, 96.0, 98.0))]
+    best, usable, computed = differences.best_fit(sweep, table)
+    assert (best["eps"], usable, computed) == (0.06, 4, 5)
     counted, weak, compared = differences._outside(sweep)
-    assert (len(counted), weak, compared) == (1, [], 1)
-    assert counted[0].endswith("; closest over the sweep (3 strengths): 92.5 [91.0, 94.0] at ε=0.04, "
-                               "which misses it too (n = 100 pairs)")
-    sweep[1].update(log_kd_strict_ci_low=89.9)
-    assert differences._outside(sweep)[0][0].endswith("at ε=0.04, which meets the paper's value (n = 100 pairs)")
+    assert (len(counted), weak, compared) == (2, [], 2)
+    assert counted[0].endswith("; at this row's best fit over the sweep, ε=0.06 (4 of 5 strengths with ≥ 30 pairs): "
+                               "82.0 [79.9, 84.0], which meets the paper's value (n = 100 pairs)")   # Confidence
+    assert counted[1].endswith("ε=0.06 (4 of 5 strengths with ≥ 30 pairs): 92.0 [91.0, 93.0], which misses it too "
+                               "(n = 100 pairs)")                                                      # K-density
+    sweep[2]["n_pairs"] = 20                                    # now the best fit is 0.04 (|1| + |10| < 0.12's |7| + |17|)
+    assert differences._outside(sweep)[0][0].endswith("ε=0.04 (3 of 5 strengths with ≥ 30 pairs): 70.0 [69.0, 71.0], "
+                                                      "which misses it too (n = 100 pairs)")
+    sweep[0]["n_pairs"], sweep[1]["n_pairs"] = 100, 10          # 0.02 joins, 0.04 leaves: 0.02, an end, fits best
+    assert "ε=0.02 (3 of 5 strengths with ≥ 30 pairs, an end of the sweep): 80.0" in differences._outside(sweep)[0][0]
     cw = dict(table, attack="cw", eps=None)
-    assert "closest over the sweep" not in differences._outside([cw])[0][0]
-    assert "closest over the sweep" not in differences._outside([table])[0][0]   # no other strength computed
+    assert "best fit" not in differences._outside([cw])[0][0]
+    assert "best fit" not in differences._outside([table])[0][0]   # no other strength computed

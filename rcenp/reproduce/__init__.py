@@ -4,7 +4,8 @@ number beside the paper's, with the sanity checks and detection figures the pape
 Modules, one concern each: ``paper`` (the published values, typed once), ``budgets`` (smoke, cpu,
 paper), ``lineup`` (which shipped model fills which place), ``cells`` (the plan and its runner),
 ``results`` (reading finished cells), ``tables``, ``sanity``, ``figures`` (optional matplotlib /
-scikit-learn), ``report`` (REPORT.md, CSV, JSON), ``run`` (the whole command), ``cli``.
+scikit-learn), ``differences`` (the values that differ from the paper's), ``report`` (REPORT.md,
+CSV, JSON), ``run`` (the whole command), ``cli``.
 """
 from rcenp.reproduce.cells import PARTS
 from rcenp.reproduce.run import reproduce

@@ -15,8 +15,8 @@ from rcenp import checkpoint
 from rcenp.attacks.transfer import eta_rule
 from rcenp.reproduce import cells as cells_module
 from rcenp.reproduce import figures, lineup, paper, sanity, tables, threat_tables
-from rcenp.reproduce.differences import differences_md
 from rcenp.reproduce.budgets import Budget
+from rcenp.reproduce.differences import differences_md
 from rcenp.reproduce.results import Results
 
 TABLE_PARTS = {"table1": [tables.table1], "table2": [tables.table2, tables.beyond], "table3": [threat_tables.table3],
