@@ -162,9 +162,11 @@ def host() -> dict:
     return {"cpu": cpu or platform.processor() or None, "blas_core": blas_core()}
 
 
-# tracked outputs, not code: published results and the long runs' progress, which change under
-# background work and must not mark what a checkout computes as made by uncommitted code
-NOT_CODE = ("results", "rcenp/models/pretrained/in-progress")
+# what makes rcenp's outputs, for "dirty": the package (its shipped models too), the scripts and the
+# package's settings; not the long runs' progress (tracked, rewritten under background work), nor
+# the docs, tests and published results, whose edits change no number a checkout computes
+CODE = ("rcenp", "scripts", "pyproject.toml")
+NOT_CODE = ("rcenp/models/pretrained/in-progress",)
 
 
 @functools.lru_cache(maxsize=1)
@@ -176,14 +178,14 @@ def code_identity() -> dict:
 
 
 def git_identity(root: Path) -> dict:
-    """{"commit": HEAD, "dirty": whether a tracked file outside ``NOT_CODE`` differs from it} of
-    the git checkout at ``root``; empty when it is not one."""
+    """{"commit": HEAD, "dirty": whether a tracked file in ``CODE`` but not ``NOT_CODE`` differs
+    from it} of the git checkout at ``root`` (paths from its top); empty when it is not one."""
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return {}
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                                *(f":(top,exclude){path}" for path in NOT_CODE)], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                *(f":(top){path}" for path in CODE), *(f":(top,exclude){path}" for path in NOT_CODE)], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
