@@ -92,7 +92,8 @@ def preset_config(preset: str, dataset: str, train_size: int | None = None, sche
     the steps and lr boundaries of ``paper`` or ``subset`` (module docstring); ValueError if not
     positive or given with ``quick``. A ``steps`` override moves the lr boundaries with it, to
     the same fractions of the run (``quick``: 1/2 and 3/4; the others: the preset's, rounded),
-    none before step 1, so that every run starts at the preset's first lr.
+    none before step 1, so that every run starts at the preset's first lr (a run of fewer steps than
+    the preset has lr values skips some of them).
     """
     if not schedule_scale > 0:
         raise ValueError(f"the schedule scale must be positive, got {schedule_scale}")
@@ -366,7 +367,8 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
                 save_checkpoint(out_dir, model, optimizer, config, done, data_identity, extra=timing())
             progress.message(f"interrupted at step {done} of {config.steps}: saved; continue with --resume")
             held.stop()
-        train_seconds, total = time.monotonic() - t0, timing()
+        train_seconds = time.monotonic() - t0  # this session's; and with the earlier ones':
+        total = {"train_seconds": None if seconds_before is None else seconds_before + train_seconds}
         if end < config.steps:
             progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
             return None

@@ -341,6 +341,8 @@ def report(run: Run) -> None:
     if (out / "metrics.json").is_file():
         metrics = json.loads((out / "metrics.json").read_text())
         entry.update(test_error=metrics["test_error"], n_test=metrics["n_test"])
+        if metrics.get("train_seconds_total") is not None:  # runs whose code records it (wall_hours: from the log)
+            entry.update(train_hours=round(metrics["train_seconds_total"] / 3600, 2))
     detection = ROOT / "runs" / f"detection-{run.ship_as}.json"
     if detection.is_file():
         d = json.loads(detection.read_text())

@@ -31,7 +31,7 @@ def ship(run_dir: Path, name: str) -> Path:
     shipped = {key: manifest[key] for key in ("config", "step", "data", "objective", "kind")}
     shipped.update(command=config_file.get("command"), trained_with=manifest.get("environment"),
                    test_error=metrics["test_error"], n_test=metrics["n_test"], test_set=metrics.get("test_set"),
-                   name=name)
+                   train_seconds=metrics.get("train_seconds_total"), name=name)
     return checkpoint.save(PRETRAINED_DIR / name, model_state, None, shipped)
 
 
