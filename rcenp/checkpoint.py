@@ -184,8 +184,9 @@ def git_identity(root: Path) -> dict:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return {}
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                *(f":(top){path}" for path in CODE), *(f":(top,exclude){path}" for path in NOT_CODE)], capture_output=True, text=True, timeout=5)
+        paths = [*(f":(top){path}" for path in CODE), *(f":(top,exclude){path}" for path in NOT_CODE)]
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", *paths],
+                               capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip())}

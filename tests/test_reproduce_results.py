@@ -319,6 +319,9 @@ def test_an_epsilon_attack_difference_names_its_rows_best_fitting_strength():
                                                       "which misses it too (n = 100 pairs)")
     sweep[0]["n_pairs"], sweep[1]["n_pairs"] = 100, 10          # 0.02 joins, 0.04 leaves: 0.02, an end, fits best
     assert "ε=0.02 (3 of 5 strengths with ≥ 30 pairs, an end of the sweep): 80.0" in differences._outside(sweep)[0][0]
+    sweep[0]["n_pairs"] = 10                                    # 0.04 and 0.06 out too: the table's own ε fits best
+    assert differences._outside(sweep)[0][0].endswith("; ε=0.08 is also this row's best fit over the sweep "
+                                                      "(2 of 5 strengths with ≥ 30 pairs)")
     cw = dict(table, attack="cw", eps=None)
     assert "best fit" not in differences._outside([cw])[0][0]
     assert "best fit" not in differences._outside([table])[0][0]   # no other strength computed

@@ -38,14 +38,17 @@ def _at_best_fit(t2_rows, row, metric) -> str:
     if found is None:
         return ""
     best, usable, computed = found
+    counted = f"{usable} of {computed} strengths with ≥ {tables.FEW_PAIRS} pairs"
+    label = tables.strength_label(row["attack"], tables.strength(best))
+    if tables.strength(best) == tables.strength(row):
+        return f"; {label} is also this row's best fit over the sweep ({counted})"
     low, high = best[f"{metric}_strict_ci_low"], best[f"{metric}_strict_ci_high"]
     meets = tables.paper_outside_interval(row[f"{metric}_paper"], low, high) is False
     same = [tables.strength(r) for r in t2_rows if (r["dataset"], r["attack"], r["objective"]) ==
             (row["dataset"], row["attack"], row["objective"]) and tables.strength(r) is not None]
     edge = ", an end of the sweep" if tables.strength(best) in (min(same), max(same)) else ""
-    return (f"; at this row's best fit over the sweep, "
-            f"{tables.strength_label(row['attack'], tables.strength(best))} ({usable} of {computed} strengths "
-            f"with ≥ {tables.FEW_PAIRS} pairs{edge}): {best[f'{metric}_auc_strict']:.1f} [{low:.1f}, {high:.1f}], "
+    return (f"; at this row's best fit over the sweep, {label} ({counted}{edge}): "
+            f"{best[f'{metric}_auc_strict']:.1f} [{low:.1f}, {high:.1f}], "
             + ("which meets the paper's value" if meets else "which misses it too") + f" (n = {best['n_pairs']} pairs)")
 
 
