@@ -41,7 +41,6 @@ run's files included), which on a VM that halts idle CPUs is faster than one pro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -55,7 +54,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # this checkout's rcenp
 sys.path.insert(0, HERE)
 
 from attack_measures import UNAVAILABLE, agreement, host_array, interleaved, rcenp_attack, summary  # noqa: E402
-from bench_host import exit_status  # noqa: E402
+from bench_host import emit_report, exit_status  # noqa: E402
 from cw_foolbox import bench_cw  # noqa: E402
 from rcenp.argtypes import count, integer, nonnegative, positive, real  # noqa: E402
 
@@ -281,12 +280,7 @@ def main(argv=None):
               "load_average_1_5_15_min_at_start": list(os.getloadavg()),
               "models": {name: bench_model(name, args, attacks_module) for name in args.models}}
     report["load_average_1_5_15_min_at_end"] = list(os.getloadavg())
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        from rcenp.checkpoint import atomic_write_text  # this checkout's rcenp (sys.path above)
-
-        atomic_write_text(args.json, text + "\n")
+    emit_report(report, args.json)
     return 0
 
 

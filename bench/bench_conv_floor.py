@@ -23,11 +23,11 @@ if __name__ == "__main__":  # one thread, set before NumPy loads (not when a tes
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from bench_host import exit_status, image_shape, resnet_depth, steal_seconds  # noqa: E402  (this checkout's rcenp)
+from bench_host import (  # noqa: E402 (this checkout's rcenp on the path)
+    emit_report, exit_status, image_shape, resnet_depth, steal_seconds)
 from rcenp.argtypes import count  # noqa: E402
 
 
@@ -172,11 +172,7 @@ def main(argv=None) -> int:
               "torch_skipped": None if torch is not None else "PyTorch is not installed: rcenp and its GEMMs only",
               "host_steal_seconds": None if steal_before is None or steal_after is None
               else round(steal_after - steal_before, 2), "results": results}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
+    emit_report(report, args.json, indent=1)
     return 0
 
 

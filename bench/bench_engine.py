@@ -33,7 +33,8 @@ import time
 SCRIPT = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(SCRIPT))  # bench_host, whether run or imported
 
-from bench_host import exit_status, image_shape, resnet_depth, steal_seconds  # noqa: E402 (puts rcenp on the path)
+from bench_host import (  # noqa: E402 (this checkout's rcenp on the path)
+    emit_report, exit_status, image_shape, resnet_depth, steal_seconds)
 from rcenp.argtypes import count  # noqa: E402
 
 
@@ -278,12 +279,7 @@ def main(argv=None):
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]]},
               "allocator_tuned": args.tune_allocator, "threads": args.threads, "runs": runs}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        from rcenp.checkpoint import atomic_write_text
-
-        atomic_write_text(args.json, text + "\n")
+    emit_report(report, args.json)
     return 0
 
 

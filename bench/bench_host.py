@@ -1,6 +1,6 @@
 """What the bench scripts share: the host's steal time they record beside their timings, their
-ResNet depth and image shape options, and their entry points' one-line errors. A module they
-import, not a command."""
+ResNet depth and image shape options, how they print (and with --json write) their JSON report,
+and their entry points' one-line errors. A module they import, not a command."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +42,19 @@ def image_shape(text: str) -> tuple:
     if len(shape) != 3 or min(shape) < 1 or shape[1] % 4 or shape[2] % 4:
         raise argparse.ArgumentTypeError(f"expected CxHxW, H and W multiples of 4 (e.g. 3x32x32), got {text!r}")
     return shape
+
+
+def emit_report(report: dict, json_path=None, indent: int = 2) -> None:
+    """Print ``report`` as JSON, and write the same text to ``json_path`` when given (atomically:
+    a failed write leaves an earlier file whole)."""
+    import json
+
+    text = json.dumps(report, indent=indent)
+    print(text)
+    if json_path:
+        from rcenp.checkpoint import atomic_write_text
+
+        atomic_write_text(json_path, text + "\n")
 
 
 def exit_status(main) -> int:

@@ -31,7 +31,6 @@ query-kernel pair; ``torch.cdist`` + ``logsumexp`` per class on the GPU when PyT
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -44,10 +43,9 @@ from scipy.special import logsumexp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_host import exit_status  # noqa: E402
+from bench_host import emit_report, exit_status  # noqa: E402
 from rcenp.argtypes import count, integer, nonnegative, positive, real  # noqa: E402
 from rcenp.backend import cuda_available, xp_for  # noqa: E402
-from rcenp.checkpoint import atomic_write_text  # noqa: E402
 from rcenp.detect import kde, kde_cuda  # noqa: E402
 from rcenp.ops.layout import workers  # noqa: E402
 
@@ -299,10 +297,7 @@ def main(argv=None):
               "numpy": np.__version__, "cpu_count": os.cpu_count(),
               "cpu": cpu_section(args, args.sigma2)}
     report["gpu"] = gpu_section(args, args.sigma2) if cuda_available() else "no CUDA device"
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        atomic_write_text(args.json, text + "\n")
+    emit_report(report, args.json)
     return 0
 
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import time
 
-from bench_host import exit_status, image_shape, resnet_depth  # puts this checkout's rcenp on the path
+from bench_host import emit_report, exit_status, image_shape, resnet_depth  # puts this checkout's rcenp on the path
 from rcenp.argtypes import count
 
 PASSES = ("forward", "input_grad", "train_step")
@@ -160,12 +159,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown pass(es) {', '.join(unknown)}; choose from {', '.join(PASSES)}" if unknown else
                      f"--passes names none; choose from {', '.join(PASSES)}")
     report = profile(args.depth, args.batch, args.shape, args.repeats, passes)
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.json:
-        from rcenp.checkpoint import atomic_write_text
-
-        atomic_write_text(args.json, text + "\n")
+    emit_report(report, args.json, indent=1)
     return 0
 
 
