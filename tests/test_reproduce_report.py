@@ -22,11 +22,10 @@ def test_strength_is_theta_for_jsma_and_epsilon_otherwise():
            "confidence_outside_ci": True, "confidence_auc": 50.0, "confidence_ci_low": 40.0,
            "confidence_ci_high": 60.0, "confidence_auc_strict": 45.0, "confidence_strict_ci_low": 35.0,
            "confidence_strict_ci_high": 55.0, "confidence_ci_degenerate": False, "confidence_paper": 100.0}
-    assert differences._outside([row]) == ([], ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
-                                           "paper 100.0 (n = 20 pairs)"], 0)
+    line = "- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], paper 100.0 (n = 20 pairs"
+    assert differences._outside([row]) == ([], [line + ")"], 0)
     row.update(confidence_clean_median=0.99999731, confidence_adversarial_median=0.9998723)  # which way it leans
-    assert differences._outside([row])[1] == ["- mnist jsma θ=0.16 RCE Confidence: ours (strict ties) 45.0 [35.0, 55.0], "
-                                         "paper 100.0 (n = 20 pairs; medians clean 0.999997, adversarial 0.999872)"]
+    assert differences._outside([row])[1] == [line + "; medians clean 0.999997, adversarial 0.999872)"]
 
 
 def test_csv_rows_keep_epsilon_and_theta_in_separate_columns():

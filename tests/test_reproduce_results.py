@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from rcenp.reproduce import budgets, cells, differences, report, sanity, tables, threat_tables
+from rcenp.reproduce import budgets, cells, differences, sanity, tables, threat_tables
 from rcenp.reproduce.results import pair_medians, wb_figures
 from tests.reproduce_fakes import unavailable
 
@@ -292,7 +292,7 @@ def test_notes_say_what_the_code_does():
 def test_an_epsilon_attack_difference_names_its_rows_best_fitting_strength():
     """The paper states no ε: a Table 2 line outside its interval gives the metric at the one ε of
     the sweep that fits the paper's whole row best (least mean |Δ| over its metrics, among
-    strengths with 30+ pairs) and whether that interval meets the paper's value."""
+    finished strengths with 30+ pairs) and whether that interval meets the paper's value."""
     def row(eps, kd, conf, n_pairs=100, paper=False):
         fields = {"dataset": "mnist", "attack": "bim", "eps": eps, "theta": None, "objective": "ce", "n_pairs": n_pairs}
         for metric, (auc, low, high), theirs in (("log_kd", kd, 90.0), ("confidence", conf, 80.0)):
@@ -302,26 +302,34 @@ def test_an_epsilon_attack_difference_names_its_rows_best_fitting_strength():
         return fields
 
     table = row(0.08, (95.0, 94.0, 96.0), (95.0, 94.0, 96.0), paper=True)
+    unfinished = dict(row(0.1, (None,) * 3, (None,) * 3), n_pairs=None)   # planned, not computed: not counted
     sweep = [row(0.02, (90.0, 60.0, 100.0), (80.0, 50.0, 100.0), n_pairs=10),   # a perfect fit from 10 pairs: left out
              row(0.04, (89.0, 88.0, 89.5), (70.0, 69.0, 71.0)),      # K-density's closest, Confidence far
-             row(0.06, (92.0, 91.0, 93.0), (82.0, 79.9, 84.0)),      # the row's best fit: |2| + |2|
-             table, row(0.12, (97.0, 96.0, 98.0), (97.0, 96.0, 98.0))]
-    best, usable, computed = differences.best_fit(sweep, table)
-    assert (best["eps"], usable, computed) == (0.06, 4, 5)
+             row(0.06, (92.0, 91.0, 93.0), (82.0, 79.9, 84.0)),      # the row's best fit: mean(|2|, |2|)
+             table, unfinished, row(0.12, (97.0, 96.0, 98.0), (97.0, 96.0, 98.0))]
+    best, marked = differences.best_fit(sweep, table)
+    assert best["eps"] == 0.06 and [(r["eps"], took_part) for r, took_part in marked] == [
+        (0.02, False), (0.04, True), (0.06, True), (0.08, True), (0.12, True)]
     counted, weak, compared = differences._outside(sweep)
     assert (len(counted), weak, compared) == (2, [], 2)
-    assert counted[0].endswith("; at this row's best fit over the sweep, ε=0.06 (4 of 5 strengths with ≥ 30 pairs): "
-                               "82.0 [79.9, 84.0], which meets the paper's value (n = 100 pairs)")   # Confidence
-    assert counted[1].endswith("ε=0.06 (4 of 5 strengths with ≥ 30 pairs): 92.0 [91.0, 93.0], which misses it too "
-                               "(n = 100 pairs)")                                                      # K-density
-    sweep[2]["n_pairs"] = 20                                    # now the best fit is 0.04 (|1| + |10| < 0.12's |7| + |17|)
-    assert differences._outside(sweep)[0][0].endswith("ε=0.04 (3 of 5 strengths with ≥ 30 pairs): 70.0 [69.0, 71.0], "
-                                                      "which misses it too (n = 100 pairs)")
-    sweep[0]["n_pairs"], sweep[1]["n_pairs"] = 100, 10          # 0.02 joins, 0.04 leaves: 0.02, an end, fits best
-    assert "ε=0.02 (3 of 5 strengths with ≥ 30 pairs, an end of the sweep): 80.0" in differences._outside(sweep)[0][0]
+    assert counted[0].endswith("; at this row's best fit over the sweep, ε=0.06 (4 of 5 finished strengths with ≥ 30 "
+                               "pairs): 82.0 [79.9, 84.0], which meets the paper's value (n = 100 pairs)")  # Confidence
+    assert counted[1].endswith("ε=0.06 (4 of 5 finished strengths with ≥ 30 pairs): 92.0 [91.0, 93.0], which misses "
+                               "it too (n = 100 pairs)")                                                  # K-density
+    sweep[2]["confidence_ci_degenerate"] = True
+    assert "82.0 [79.9, 84.0] (zero-width interval), which meets" in differences._outside(sweep)[0][0]
+    sweep[2]["n_pairs"] = 20                    # now the best fit is 0.04 (mean 5.5 against 0.12's 12), the smallest
+    assert differences._outside(sweep)[0][0].endswith(
+        "ε=0.04 (3 of 5 finished strengths with ≥ 30 pairs, the smallest of them): 70.0 [69.0, 71.0], which misses "
+        "it too (n = 100 pairs)")
+    sweep[0]["n_pairs"], sweep[1]["n_pairs"] = 100, 10          # 0.02 joins, 0.04 leaves: 0.02 fits best
+    assert "ε=0.02 (3 of 5 finished strengths with ≥ 30 pairs, the smallest of them): 80.0" in \
+        differences._outside(sweep)[0][0]
     sweep[0]["n_pairs"] = 10                                    # 0.04 and 0.06 out too: the table's own ε fits best
     assert differences._outside(sweep)[0][0].endswith("; ε=0.08 is also this row's best fit over the sweep "
-                                                      "(2 of 5 strengths with ≥ 30 pairs)")
+                                                      "(2 of 5 finished strengths with ≥ 30 pairs, the smallest of them)")
+    sweep[3 + 2]["log_kd_strict_ci_low"] = None                 # 0.12 without an interval cannot take part
+    assert "best fit" not in differences._outside(sweep)[0][0]
     cw = dict(table, attack="cw", eps=None)
     assert "best fit" not in differences._outside([cw])[0][0]
     assert "best fit" not in differences._outside([table])[0][0]   # no other strength computed

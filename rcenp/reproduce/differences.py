@@ -7,49 +7,60 @@ from __future__ import annotations
 from rcenp.reproduce import tables
 
 
+def _interval(auc, low, high, degenerate) -> str:
+    return f"{auc:.1f} [{low:.1f}, {high:.1f}]" + (" (zero-width interval)" if degenerate else "")
+
+
 def _ours_strict(auc, low, high, degenerate) -> str:
-    return f"ours (strict ties) {auc:.1f} [{low:.1f}, {high:.1f}]" + (" (zero-width interval)" if degenerate else "")
+    return "ours (strict ties) " + _interval(auc, low, high, degenerate)
 
 
-def best_fit(t2_rows, row) -> tuple[dict, int, int] | None:
+def best_fit(t2_rows, row) -> tuple[dict, list] | None:
     """The strength of an ε-attack row's sweep (JSMA: θ) that fits the paper's row best: one for
-    the row, the least mean |strict-tie AUC − paper| over the metrics the paper gives, among the
-    computed strengths with at least ``tables.FEW_PAIRS`` pairs → (that strength's row, how many
-    strengths took part, how many were computed); None for C&W or where fewer than two take part.
-    The paper states no ε (protocol §4): this says whether some one ε could explain the row."""
+    the row, the least mean |strict-tie AUC − paper| over the metrics the paper gives (ties: the
+    smaller strength), among the finished strengths with at least ``tables.FEW_PAIRS`` pairs and
+    a strict interval for each of those metrics → (that strength's row, the finished rows of the
+    sweep, each marked by whether it took part: [(row, took_part), ...] in strength order); None
+    for C&W or where fewer than two take part. The paper states no ε (protocol §4): this says
+    whether some one ε could explain the row."""
     if tables.strength(row) is None:
         return None
     metrics = [m for m in tables.METRIC_TITLES if row.get(f"{m}_paper") is not None]
-    sweep = [r for r in t2_rows if (r["dataset"], r["attack"], r["objective"]) ==
-             (row["dataset"], row["attack"], row["objective"]) and tables.strength(r) is not None]
-    usable = [r for r in sweep if (r.get("n_pairs") or 0) >= tables.FEW_PAIRS
-              and all(r.get(f"{m}_auc_strict") is not None for m in metrics)]
+    finished = sorted((r for r in t2_rows if (r["dataset"], r["attack"], r["objective"]) ==
+                       (row["dataset"], row["attack"], row["objective"]) and tables.strength(r) is not None
+                       and r.get("n_pairs") is not None), key=tables.strength)
+    marked = [(r, r["n_pairs"] >= tables.FEW_PAIRS and all(
+        r.get(f"{m}_{field}") is not None for m in metrics for field in ("auc_strict", "strict_ci_low", "strict_ci_high")))
+        for r in finished]
+    usable = [r for r, took_part in marked if took_part]
     if not metrics or len(usable) < 2:
         return None
-    best = min(usable, key=lambda r: (sum(abs(r[f"{m}_auc_strict"] - row[f"{m}_paper"]) for m in metrics),
+    best = min(usable, key=lambda r: (sum(abs(r[f"{m}_auc_strict"] - row[f"{m}_paper"]) for m in metrics) / len(metrics),
                                       tables.strength(r)))
-    return best, len(usable), len(sweep)
+    return best, marked
 
 
-def _at_best_fit(t2_rows, row, metric) -> str:
-    """"; at the row's best-fitting ε=E (``best_fit``): AUC [low, high], which meets / misses the
-    paper's value (n pairs)", flagged where E is an end of the sweep; "" where there is none."""
-    found = best_fit(t2_rows, row)
-    if found is None:
+def _at_best_fit(fit, row, metric) -> str:
+    """What ``best_fit`` found, for one metric of ``row``: "; at this row's best fit over the
+    sweep, ε=E (k of n finished strengths with ≥ 30 pairs[, the smallest / largest of them]): AUC
+    [low, high][ (zero-width interval)], which meets the paper's value | which misses it too (n =
+    N pairs)", or "; ε=E is also this row's best fit over the sweep (...)" where E is the row's own
+    strength; "" where there is no fit."""
+    if fit is None:
         return ""
-    best, usable, computed = found
-    counted = f"{usable} of {computed} strengths with ≥ {tables.FEW_PAIRS} pairs"
+    best, marked = fit
+    usable = [r for r, took_part in marked if took_part]
+    counted = f"{len(usable)} of {len(marked)} finished strengths with ≥ {tables.FEW_PAIRS} pairs"
+    if best is usable[0] or best is usable[-1]:
+        counted += ", the smallest of them" if best is usable[0] else ", the largest of them"
     label = tables.strength_label(row["attack"], tables.strength(best))
     if tables.strength(best) == tables.strength(row):
         return f"; {label} is also this row's best fit over the sweep ({counted})"
     low, high = best[f"{metric}_strict_ci_low"], best[f"{metric}_strict_ci_high"]
     meets = tables.paper_outside_interval(row[f"{metric}_paper"], low, high) is False
-    same = [tables.strength(r) for r in t2_rows if (r["dataset"], r["attack"], r["objective"]) ==
-            (row["dataset"], row["attack"], row["objective"]) and tables.strength(r) is not None]
-    edge = ", an end of the sweep" if tables.strength(best) in (min(same), max(same)) else ""
-    return (f"; at this row's best fit over the sweep, {label} ({counted}{edge}): "
-            f"{best[f'{metric}_auc_strict']:.1f} [{low:.1f}, {high:.1f}], "
-            + ("which meets the paper's value" if meets else "which misses it too") + f" (n = {best['n_pairs']} pairs)")
+    return (f"; at this row's best fit over the sweep, {label} ({counted}): "
+            + _interval(best[f"{metric}_auc_strict"], low, high, best.get(f"{metric}_ci_degenerate"))
+            + (", which meets the paper's value" if meets else ", which misses it too") + f" (n = {best['n_pairs']} pairs)")
 
 
 def _outside(t2_rows) -> tuple[list[str], list[str], int]:
@@ -61,6 +72,7 @@ def _outside(t2_rows) -> tuple[list[str], list[str], int]:
     **†**; the others, marked (†); how many values had such an informative comparison)."""
     counted, weak, compared = [], [], 0
     for r in t2_rows:
+        fit = best_fit(t2_rows, r) if any(r.get(f"{m}_outside_ci") for m in tables.METRIC_TITLES) else None
         for m in tables.METRIC_TITLES:
             outside, degenerate = r.get(f"{m}_outside_ci"), r.get(f"{m}_ci_degenerate")
             informative = tables.informative(r.get("n_pairs"), degenerate)
@@ -74,7 +86,7 @@ def _outside(t2_rows) -> tuple[list[str], list[str], int]:
                     + _ours_strict(r[f"{m}_auc_strict"], r[f"{m}_strict_ci_low"], r[f"{m}_strict_ci_high"], degenerate)
                     + f", paper {r[f'{m}_paper']:.1f} (n = {r['n_pairs']} pairs"
                     + (f"; medians clean {r[f'{m}_clean_median']:.6g}, adversarial {r[f'{m}_adversarial_median']:.6g}"
-                       if r.get(f"{m}_clean_median") is not None else "") + ")" + _at_best_fit(t2_rows, r, m))
+                       if r.get(f"{m}_clean_median") is not None else "") + ")" + _at_best_fit(fit, r, m))
             (counted if informative else weak).append(line)
     return counted, weak, compared
 
