@@ -179,7 +179,8 @@ def code_identity() -> dict:
 
 def git_identity(root: Path) -> dict:
     """{"commit": HEAD, "dirty": whether a tracked file in ``CODE`` but not ``NOT_CODE`` differs
-    from it} of the git checkout at ``root`` (paths from its top); empty when it is not one."""
+    from it (None where ``git status`` fails)} of the git checkout at ``root`` (paths from its
+    top); empty when it is not one."""
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
@@ -189,7 +190,8 @@ def git_identity(root: Path) -> dict:
                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    # None where git could not say (a locked index, a git too old for these pathspecs): unknown, not clean
+    return {"commit": out.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
 
 
 def _pending(npz: Path) -> Path:

@@ -363,3 +363,12 @@ def test_an_out_that_holds_a_run_is_refused_with_the_command_that_continues_it(t
     with pytest.raises(ValueError, match=r"holds a smoke run: pass --budget smoke, or choose another --out"):
         run.claim(tmp_path, "cpu", resume=True)
     assert run.claim(tmp_path, "smoke", resume=True) is False  # the suggested command goes ahead
+
+
+def test_the_reports_code_line_names_the_commit_and_what_git_could_not_say():
+    from rcenp.reproduce.run import code_line
+
+    assert code_line({"commit": "abc", "dirty": False}) == "commit abc"
+    assert code_line({"commit": "abc", "dirty": True}) == "commit abc (uncommitted changes)"
+    assert code_line({"commit": "abc", "dirty": None}) == "commit abc (uncommitted changes: git could not say)"
+    assert code_line({}) == "not a git checkout (no commit to name)"

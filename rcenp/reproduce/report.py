@@ -135,7 +135,7 @@ def protocol_differences(budget: Budget, detectors: dict | None = None, eta_rule
         f"**C&W**: c₀ = 1, per-sample binary search, Adam lr {b.cw['learning_rate']:g}, abort early; "
         f"{b.cw['binary_steps']} × {b.cw['max_iterations']:,} iterations here"
         + (" (Adam lr raised to 0.1 so that the tiny smoke budget reaches any target)" if b.name == "smoke" else "")
-        + ". C&W-hc: κ = 10, a logit margin: its images stop just past it (softmax confidence about 0.9999), so "
+        + ". C&W-hc: κ = 10, a logit margin: its images stop just past it (softmax confidence at least 0.9996), so "
         "its confidence AUC is about the share of clean images whose own margin exceeds 10, a property of the "
         "trained model; the paper's AUC of about 0 needs nearly every clean margin below 10 "
         "(results/cw-9x1000/README.md measures both on the shipped MNIST models).",

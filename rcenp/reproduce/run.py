@@ -27,6 +27,15 @@ from rcenp.reproduce.reuse import remember_cells_from, remembered_cells_from
 from rcenp.reproduce.workers import check_jobs, run_lock, run_workers, worker_id
 
 
+def code_line(code: dict) -> str:
+    """REPORT.md's "code:" value from ``checkpoint.code_identity()``: the commit, and whether
+    the package's code differed from it (``dirty``; None: git could not say)."""
+    if not code:
+        return "not a git checkout (no commit to name)"
+    said = {True: " (uncommitted changes)", None: " (uncommitted changes: git could not say)"}
+    return f"commit {code['commit']}" + said.get(code.get("dirty"), "")
+
+
 def parse_only(only) -> list[str]:
     """``"table1,fig2"`` (or a list) → the parts in report order; None → every part. ValueError
     names an unknown part and the choices."""
@@ -208,7 +217,7 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
             counts[label] = counts.get(label, 0) + 1
         code = checkpoint.code_identity()
         meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
-                "code": f"commit {code.get('commit')}" + (" (uncommitted changes)" if code.get("dirty") else ""),
+                "code": code_line(code),
                 "wall_s": time.monotonic() - start,
                 "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
                 "part_seconds": _part_seconds(out_dir, cells),
