@@ -15,9 +15,6 @@ import re
 import signal
 import sys
 import threading
-import time
-
-import numpy as np
 
 from rcenp import __version__
 from rcenp.argtypes import count, folder, integer, nonnegative, positive
@@ -286,36 +283,11 @@ def cmd_demo(args) -> int:
         raise ValueError(f"--steps applies only to the engine demo, which runs when no model is shipped; "
                          f"{len(shipped)} model{'s are' if len(shipped) > 1 else ' is'} shipped here, so "
                          "`rcenp demo` evaluates them (leave out --steps)")
+    from rcenp import demo
+
     if shipped:
-        from rcenp.demo import run_demo
-
-        return run_demo(shipped, args.data_dir, args.device, as_json=args.json)
-    return engine_demo(args.steps or 5, args.device)
-
-
-def engine_demo(steps, device) -> int:
-    """Train ResNet-32 on random CIFAR-shaped data for a few steps, printing loss and speed."""
-    from rcenp.backend import default_device, to_device
-    from rcenp.models import resnet
-    from rcenp.objectives import Classifier
-    from rcenp.optim import SGD
-
-    device = device or default_device()
-    rng = np.random.default_rng(0)
-    model = Classifier(resnet(32, 3), "rce").to(device)
-    opt = SGD(model.parameters(), lr=0.1)
-    x = to_device(rng.uniform(-0.5, 0.5, (128, 3, 32, 32)).astype(np.float32), device)
-    y = to_device(rng.integers(0, 10, 128), device)
-    print(f"no shipped models yet: ResNet-32 (RCE) on random 3x32x32 data, batch 128, {steps} SGD steps on {device}")
-    for step in range(steps):
-        start = time.perf_counter()
-        opt.zero_grad()
-        loss = model.loss(x, y)
-        loss.backward()
-        opt.step()
-        seconds = time.perf_counter() - start
-        print(f"step {step + 1}: loss {float(loss.data):.4f}  {seconds * 1000:.0f} ms  {128 / seconds:.0f} images/s")
-    return 0
+        return demo.run_demo(shipped, args.data_dir, args.device, as_json=args.json)
+    return demo.engine_demo(args.steps or 5, args.device)
 
 
 def cmd_detect(args) -> int:
@@ -345,6 +317,25 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror.lower()}" if exc.filename else exc.strerror
     return str(exc) or exc.__class__.__name__
+
+
+def reader_gone() -> int:
+    """stdout's reader is gone (``rcenp models | head``): point stdout at /dev/null, so that the
+    flush at exit does not fail a second time, → 141 (128 + SIGPIPE, what a shell reports)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.close(null)
+    return 141
+
+
+def flushed(status: int) -> int:
+    """``status`` once stdout is flushed (a buffered stdout, without PYTHONUNBUFFERED, writes at
+    exit, out of reach of main's handler); ``reader_gone()`` where that finds the reader gone."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return reader_gone()
+    return status
 
 
 INTERRUPTED_HINTS = {"reproduce": " (finished cells are kept: run it again with --resume to go on, or with "
@@ -377,20 +368,15 @@ def main(argv=None) -> int:
 
     try:
         with on_fallback(say_once):
-            status = COMMANDS[args.command](args)
-        sys.stdout.flush()  # a buffered stdout (no PYTHONUNBUFFERED) writes at exit: a gone reader is seen here
-        return status
+            return flushed(COMMANDS[args.command](args))
     except BrokenPipeError:  # `rcenp models | head`: the reader is gone, as for any Unix tool
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())  # so that the flush at exit does not fail a second time
-        os.close(null)
-        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+        return reader_gone()
     except (DataError, CheckpointError, DeviceError, ValueError, OSError) as exc:
         sys.stderr.write(f"{command_parser.prog}: error: {error_text(exc)}\n")  # as the parser's errors read
-        return 2
+        return flushed(2)
     except KeyboardInterrupt:
         sys.stderr.write(f"{command_parser.prog}: interrupted{INTERRUPTED_HINTS.get(args.command, '')}\n")
-        return 130
+        return flushed(130)
     except SystemExit as exc:  # SIGTERM held until the step in work was saved (checkpoint.HeldSignals.stop)
         if exc.code == 128 + signal.SIGTERM:
             sys.stderr.write(f"{command_parser.prog}: terminated{INTERRUPTED_HINTS.get(args.command, '')}\n")

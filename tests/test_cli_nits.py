@@ -267,7 +267,9 @@ def test_demo_steps_only_for_the_engine_demo(monkeypatch, capsys):
     assert "--steps applies only to the engine demo" in line and "2 models are shipped" in line
     steps = []
     monkeypatch.setattr(registry, "shipped_models", lambda: [])
-    monkeypatch.setattr(cli, "engine_demo", lambda n, device: steps.append(n) or 0)
+    from rcenp import demo
+
+    monkeypatch.setattr(demo, "engine_demo", lambda n, device: steps.append(n) or 0)
     assert main(["demo", "--steps", "3"]) == 0 and main(["demo"]) == 0
     assert steps == [3, 5]
 

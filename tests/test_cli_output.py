@@ -217,6 +217,31 @@ def test_a_reader_that_stops_early_is_no_error(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_an_error_line_after_output_to_a_gone_reader_still_ends_quietly(monkeypatch, capsys):
+    """A one-line error after some output: the output's flush meets the closed pipe, → 141."""
+    import os
+
+    from rcenp import cli
+
+    fd = os.open(os.devnull, os.O_WRONLY)
+
+    class Buffered:
+        def write(self, text):
+            return len(text)
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return fd
+
+    try:
+        monkeypatch.setattr("sys.stdout", Buffered())
+        assert cli.flushed(2) == 141
+    finally:
+        os.close(fd)
+
+
 def test_a_reader_gone_before_the_buffered_output_is_flushed_is_no_error_either():
     """Without PYTHONUNBUFFERED stdout is buffered and is written at exit, after main returned:
     `rcenp models | true` printed 'Exception ignored ... BrokenPipeError' and ended with status 120."""
