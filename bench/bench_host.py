@@ -4,6 +4,7 @@ and their entry points' one-line errors. A module they import, not a command."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -46,9 +47,7 @@ def image_shape(text: str) -> tuple:
 
 def emit_report(report: dict, json_path=None, indent: int = 2) -> None:
     """Print ``report`` as JSON, and write the same text to ``json_path`` when given (atomically:
-    a failed write leaves an earlier file whole)."""
-    import json
-
+    a failed write leaves an earlier file whole; OSError where it cannot be written)."""
     text = json.dumps(report, indent=indent)
     print(text)
     if json_path:

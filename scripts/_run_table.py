@@ -1,9 +1,15 @@
 """The long training runs behind the shipped models: each run's data set, objective, depth, preset,
-the commit whose code it trains with, and the name it ships under (``scripts/runs.py`` manages them).
+the commit whose code it trains with (and its checkout, ``code_dir``), and the name it ships under
+(``scripts/runs.py`` manages them).
 """
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,3 +61,22 @@ RUNS = [
       for o in ("ce", "rce")),
 ]
 BY_NAME = {run.name: run for run in RUNS}
+
+
+def git(*args, cwd=ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def code_dir(commit: str) -> Path:
+    """A clean git worktree of ``commit`` in .paper-code-<short>, with runs/ linked to ours."""
+    path = ROOT / f".paper-code-{commit[:7]}"
+    git("worktree", "prune")
+    if not path.is_dir():
+        git("worktree", "add", "--detach", str(path), commit)
+    link = path / "runs"
+    if not link.is_symlink():
+        link.symlink_to("../runs")
+    if git("rev-parse", "HEAD", cwd=path) != commit or git("status", "--porcelain", "--untracked-files=no", cwd=path):
+        sys.exit(f"{path} is not a clean checkout of the pinned commit {commit}; "
+                 f"remove it (git worktree remove --force {path}) and start again")
+    return path

@@ -40,31 +40,12 @@ from pathlib import Path
 if str(Path(__file__).resolve().parent) not in sys.path:  # the sibling modules below, however this file is loaded
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _run_files import copy_checkpoint, log_summary  # noqa: E402
-from _run_table import BY_NAME, RUNS, Run  # noqa: E402
+from _run_table import BY_NAME, RUNS, Run, code_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = ROOT / "rcenp" / "models" / "pretrained" / "in-progress"
 PRETRAINED = SAVED.parent
 PROC = Path("/proc")
-
-
-def git(*args, cwd=ROOT) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def code_dir(commit: str) -> Path:
-    """A clean git worktree of ``commit`` in .paper-code-<short>, with runs/ linked to ours."""
-    path = ROOT / f".paper-code-{commit[:7]}"
-    git("worktree", "prune")
-    if not path.is_dir():
-        git("worktree", "add", "--detach", str(path), commit)
-    link = path / "runs"
-    if not link.is_symlink():
-        link.symlink_to("../runs")
-    if git("rev-parse", "HEAD", cwd=path) != commit or git("status", "--porcelain", "--untracked-files=no", cwd=path):
-        sys.exit(f"{path} is not a clean checkout of the pinned commit {commit}; "
-                 f"remove it (git worktree remove --force {path}) and start again")
-    return path
 
 
 def running(run: Run) -> list[int]:
@@ -326,11 +307,13 @@ def then(waited: list[Run], following: list[Run], poll_s: float = 60.0, sleep=ti
 
 
 def report(run: Run) -> None:
+    """One JSON line for the closing note: the command, code, wall time and final loss from the
+    log, hosts, test error, train_hours where metrics.json records the total, detector figures."""
     out = ROOT / "runs" / run.name
     if not (out / "config.json").is_file() or step_of(out) is None:
         where = f"; its saved progress is in {(SAVED / run.name).relative_to(ROOT)} (start restores it)" \
             if step_of(SAVED / run.name) is not None else ""
-        sys.exit(f"{run.name}: runs/{run.name} holds no checkpoint and config, nothing to report{where}")
+        sys.exit(f"{run.name}: runs/{run.name} holds no checkpoint or no config, nothing to report{where}")
     config = json.loads((out / "config.json").read_text())
     trained_with = json.loads((out / "checkpoint.json").read_text()).get("environment", {})
     entry = {"run": run.name, "shipped_as": run.ship_as, "command": config["command"],
@@ -398,9 +381,13 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     try:
-        code = main(sys.argv[1:])
-        sys.stdout.flush()  # a buffered stdout writes at exit: a reader gone must be seen here
+        try:
+            code = main(sys.argv[1:])
+        finally:  # a buffered stdout writes at exit, even after sys.exit(message): a reader gone is seen here
+            sys.stdout.flush()
         sys.exit(code)
     except BrokenPipeError:  # `runs.py status | head`: the reader is gone, as rcenp's own commands treat it
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not fail again
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())  # the flush at exit must not fail again
+        os.close(null)
         sys.exit(141)

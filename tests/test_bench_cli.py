@@ -2,6 +2,7 @@
 the library's errors as one line, status 2 and no traceback for both; --help describing the script
 in whole sentences; bench_host.py, a module, saying so when run."""
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,22 @@ def test_bench_attacks_reads_the_data_root_it_is_given(tmp_path):
                "--source", "test", "--data-dir", str(tmp_path))
     line = refusal(done, "bench_attacks.py")
     assert str(tmp_path) in line and "mnist" in line
+
+
+def test_emit_report_prints_and_writes_the_same_json_atomically(tmp_path, capsys, monkeypatch):
+    report = {"benchmark": "x", "runs": [1.5, {"a": None}]}
+    target = tmp_path / "out.json"
+    bench_host.emit_report(report, target, indent=1)
+    printed = capsys.readouterr().out
+    assert json.loads(printed) == report and target.read_text() == printed
+    bench_host.emit_report(report, None)                     # no --json: printed only
+    assert json.loads(capsys.readouterr().out) == report
+    from rcenp import checkpoint
+
+    def broken(path, text):   # a write that fails leaves the earlier file whole
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", broken)
+    with pytest.raises(OSError):
+        bench_host.emit_report({"other": 1}, target)
+    assert json.loads(target.read_text()) == report

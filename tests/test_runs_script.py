@@ -273,7 +273,7 @@ def test_unknown_verbs_and_names_are_said_and_report_needs_a_run_folder(tmp_path
         runs.main(["list", "subset2x-cifar32-ce"])
     monkeypatch.setattr(runs, "ROOT", tmp_path)
     monkeypatch.setattr(runs, "SAVED", tmp_path / "saved")
-    with pytest.raises(SystemExit, match="holds no checkpoint and config, nothing to report$"):
+    with pytest.raises(SystemExit, match="holds no checkpoint or no config, nothing to report$"):
         runs.report(runs.BY_NAME["subset2x-cifar56-rce"])
     (runs.SAVED / "subset2x-cifar56-rce").mkdir(parents=True)
     (runs.SAVED / "subset2x-cifar56-rce" / "checkpoint.json").write_text(json.dumps({"step": 250}))
