@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the preset's number of steps; the lr switches move with it, at the same "
                         "fractions of the run")
     t.add_argument("--batch-size", type=count, help="default: 128 (paper), 64 (quick)")
-    t.add_argument("--out", required=True, type=folder, help="run directory (checkpoints, train.log, and at the end metrics.json: test error, training seconds)")
+    t.add_argument("--out", required=True, type=folder,
+                   help="run directory (checkpoints, train.log, and at the end metrics.json: test error, training seconds)")
     t.add_argument("--preset", choices=["paper", "quick", "subset"],
                    help="the schedule (described above; default paper)")
     t.add_argument("--schedule-scale", type=positive(), metavar="F",

@@ -1,5 +1,5 @@
-"""Every Python script in scripts/ (not the modules they import, named _*.py): --help prints the script's whole first docstring paragraph,
-states each default once, and exits 0."""
+"""Every Python script in scripts/ (not the modules they import, named _*.py): --help prints the
+script's whole first docstring paragraph, states each default once, and exits 0."""
 import ast
 import re
 import subprocess
