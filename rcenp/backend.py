@@ -116,6 +116,24 @@ def to_device(x, device: str | None = None):
     return xp.asarray(x)
 
 
+def synchronize(device: str) -> None:
+    """Wait until the work queued on ``device`` has run (a no-op on the host), so that a wall clock
+    read after it times the GPU's work, not its launch."""
+    if device == "cuda":
+        _cupy.cuda.Device().synchronize()
+
+
+def device_identity(device: str) -> dict:
+    """{"device": "cpu" or "cuda"} and, on the GPU, {"gpu": its name, "cupy": CuPy's version}: what
+    a run records beside the host (``rcenp.checkpoint.host``), whose CPU and BLAS kernel decide its
+    last bits on the host, as the GPU model does on the device."""
+    if device != "cuda":
+        return {"device": "cpu"}
+    props = _cupy.cuda.runtime.getDeviceProperties(_cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {"device": "cuda", "gpu": name, "cupy": _cupy.__version__}
+
+
 def make_rng(seed) -> np.random.Generator:
     """A host random generator; ``seed`` is an int, a sequence of ints or a ``SeedSequence``."""
     return np.random.default_rng(seed)

@@ -193,7 +193,7 @@ def eval_table(result) -> str:
 
 def engine_demo(steps, device) -> int:
     """Train ResNet-32 on random CIFAR-shaped data for a few steps, printing loss and speed."""
-    from rcenp.backend import default_device, to_device
+    from rcenp.backend import default_device, synchronize, to_device
     from rcenp.models import resnet
     from rcenp.objectives import Classifier
     from rcenp.optim import SGD
@@ -211,6 +211,7 @@ def engine_demo(steps, device) -> int:
         loss = model.loss(x, y)
         loss.backward()
         opt.step()
+        synchronize(device)  # on the GPU, the step's work, not its launch
         seconds = time.perf_counter() - start
         print(f"step {step + 1}: loss {float(loss.data):.4f}  {seconds * 1000:.0f} ms  {128 / seconds:.0f} images/s")
     return 0

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from rcenp import checkpoint
-from rcenp.backend import as_numpy, default_device, to_device
+from rcenp.backend import as_numpy, default_device, device_identity, to_device
 from rcenp.data import BatchStream, augment_cifar, load
 from rcenp.data.datasets import FULL_SIZE, IMAGE_SHAPES
 from rcenp.grad_mode import no_grad
@@ -226,10 +226,17 @@ def _last_logged_step(log: Path) -> int | None:
     return None
 
 
-def _host_change(saved_environment: dict) -> str | None:
-    """What differs between the host a checkpoint recorded (``checkpoint.host``) and this one, as
-    "cpu A -> B, BLAS kernel C -> D"; None when nothing recorded differs (older checkpoints
-    record neither)."""
+def _host_change(manifest: dict, device: str) -> str | None:
+    """What differs between where a checkpoint was made and here: "device cuda -> cpu", "GPU A ->
+    B" (its ``compute``, ``backend.device_identity``), or on the host "cpu A -> B, BLAS kernel C
+    -> D" (its environment, ``checkpoint.host``); None when nothing recorded differs (older
+    checkpoints record less)."""
+    before, here = manifest.get("compute") or {}, device_identity(device)
+    if before.get("device") not in (None, here["device"]):
+        return f"device {before['device']} -> {here['device']}"
+    if here["device"] == "cuda":
+        return f"GPU {before['gpu']} -> {here['gpu']}" if before.get("gpu") not in (None, here["gpu"]) else None
+    saved_environment = manifest.get("environment", {})
     here, changes = checkpoint.host(), []
     for key, label in (("cpu", "cpu"), ("blas_core", "BLAS kernel")):
         before = saved_environment.get(key)
@@ -249,8 +256,10 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     images, a checkpoint of another configuration, a checkpoint.npz without its json), and while
     another process trains into ``out_dir`` (its lock, out_dir/.lock), and DataError for missing data.
 
-    Each checkpoint records ``train_seconds``, the wall seconds of the steps it holds summed over
-    every session (steps lost with a killed process count where they ran again); metrics.json
+    Each checkpoint records ``compute`` (``backend.device_identity``: the device, and on the GPU
+    its name and CuPy's version; a resume elsewhere says so in train.log) and ``train_seconds``,
+    the wall seconds of the steps it holds summed over every session (steps lost with a killed
+    process count where they ran again); metrics.json
     gives it as ``train_seconds_total`` (None when the run resumed from a checkpoint older than
     that record) beside ``train_seconds_this_run``.
     """
@@ -298,7 +307,7 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
         optimizer.load_state_dict(optimizer_state)
         start = int(manifest["step"])
         seconds_before = manifest.get("train_seconds") if start else 0.0  # None: a checkpoint from before it was kept
-        other_host = _host_change(manifest.get("environment", {}))
+        other_host = _host_change(manifest, device)
         if stop_at is not None and stop_at <= start:
             raise ValueError(f"--stop-at {stop_at}: {out_dir} is at step {start} already; stop at a later step, "
                              "or resume without --stop-at")
@@ -330,8 +339,11 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
     end = config.steps if stop_at is None else max(start, min(stop_at, config.steps))
     held, done, saved = checkpoint.HeldSignals(), start, True
 
+    compute = device_identity(device)
+
     def timing():  # the training seconds of the steps done so far, over every session (None: unknown)
-        return {"train_seconds": None if seconds_before is None else seconds_before + time.monotonic() - t0}
+        return {"train_seconds": None if seconds_before is None else seconds_before + time.monotonic() - t0,
+                "compute": compute}
 
     try:
         with held:  # Ctrl-C or SIGTERM: the step in work ends, is saved, and the run stops (below)
@@ -368,7 +380,7 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
             progress.message(f"interrupted at step {done} of {config.steps}: saved; continue with --resume")
             held.stop()
         train_seconds = time.monotonic() - t0  # this session's; and with the earlier ones':
-        total = {"train_seconds": None if seconds_before is None else seconds_before + train_seconds}
+        total = {"train_seconds": None if seconds_before is None else seconds_before + train_seconds, "compute": compute}
         if end < config.steps:
             progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
             return None

@@ -10,6 +10,7 @@ from rcenp.attacks import run as attack_run
 from rcenp.attacks import runfiles
 from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.run import run_attack
+from rcenp.backend import as_numpy
 from rcenp.detect.detector import Detector
 from rcenp.models.registry import load
 from tests.test_attack_run import killed_at_batch, setup  # noqa: F401  (the module fixture)
@@ -195,7 +196,7 @@ def test_cw_wb_eta_comes_from_the_training_features(trained_here, tmp_path, monk
     model = load(run)[0]
     train = load_split("mnist", "train", root)
     z, _ = Detector(model).features_and_logits(train.images)
-    np.testing.assert_array_equal(seen["train_features"], z)
+    np.testing.assert_array_equal(as_numpy(seen["train_features"]), as_numpy(z))   # on the GPU under RCENP_DEVICE=cuda
     np.testing.assert_array_equal(seen["train_labels"], train.labels)
     first_sample = json.loads((tmp_path / "wb" / "samples.jsonl").read_text().splitlines()[0])
     asked = json.loads((tmp_path / "wb" / "run.json").read_text())

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rcenp.attacks.run import run_attack
+from rcenp.backend import as_numpy
 from rcenp.cli import main
 from rcenp.detect.detector import Detector
 from rcenp.models import resnet
@@ -53,10 +54,13 @@ def test_crafted_on_the_substitute_audited_on_the_target(runs, tmp_path):
     with np.load(tmp_path / "bb" / "adversarial.npz") as data:
         clean, adversarial, labels = data["clean"], data["adversarial"], data["labels"]
     target_model, sub_model = load(target)[0], load(substitute)[0]
-    np.testing.assert_array_equal([s["adversarial_prediction"] for s in samples], target_model.predict(adversarial))
-    np.testing.assert_array_equal([s["clean_prediction"] for s in samples], target_model.predict(clean))
-    np.testing.assert_array_equal([s["substitute_prediction"] for s in samples], sub_model.predict(adversarial))
-    np.testing.assert_array_equal([s["substitute_clean_prediction"] for s in samples], sub_model.predict(clean))
+    def predicted(model, images):  # under RCENP_DEVICE=cuda on the GPU, and CuPy refuses implicit conversion
+        return as_numpy(model.predict(images))
+
+    np.testing.assert_array_equal([s["adversarial_prediction"] for s in samples], predicted(target_model, adversarial))
+    np.testing.assert_array_equal([s["clean_prediction"] for s in samples], predicted(target_model, clean))
+    np.testing.assert_array_equal([s["substitute_prediction"] for s in samples], predicted(sub_model, adversarial))
+    np.testing.assert_array_equal([s["substitute_clean_prediction"] for s in samples], predicted(sub_model, clean))
     detector = Detector.load(target / "detector", target_model)
     np.testing.assert_allclose([s["adversarial_log_kd"] for s in samples], detector.scores(adversarial)["kd"],
                                rtol=1e-6)

@@ -105,6 +105,17 @@ def test_known_values(xp):
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-14)
 
 
+def test_kernel_points_and_classes_follow_the_queries_device(xp):
+    """Kernel points fitted on one device and queries on the other (a model moved to the host
+    after its detector was fitted on the GPU, or the reverse): the result is the same."""
+    kernel_points = np.asarray([[[0.0, 0.0], [2.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    z, classes = np.asarray([[1.0, 0.0], [1.0, 4.0], [0.0, 0.0]]), np.asarray([0, 1, 0])
+    expected = as_numpy(log_kernel_density(z, kernel_points, classes, 2.0))
+    for queries, points, labels in ((xp.asarray(z), kernel_points, classes),           # host points, device queries
+                                    (z, xp.asarray(kernel_points), xp.asarray(classes))):  # the reverse
+        np.testing.assert_array_equal(as_numpy(log_kernel_density(queries, points, labels, 2.0)), expected)
+
+
 def test_query_on_a_kernel_point_with_large_offset(xp):
     """z = z_k exactly, features ~1e4 from the origin: the GEMM expansion would cancel ~1e8 in
     float32 without centring; the result must still be within the documented bound."""

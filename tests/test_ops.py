@@ -313,3 +313,13 @@ def test_pooling(xp, n, c, h, w, k, seed):
 def test_pooling_rejects_oversized_window(xp):
     with pytest.raises(ValueError, match="larger than input"):
         F.avg_pool2d(xp.zeros((1, 1, 2, 2)), 3)
+
+
+def test_losses_take_labels_from_either_device(xp):
+    """Host labels with GPU logits (or the reverse) give the loss of labels on the logits' device."""
+    logits = np.random.default_rng(0).standard_normal((4, 3))
+    labels = np.asarray([0, 2, 1, 2])
+    for loss in (F.cross_entropy, F.reverse_cross_entropy):
+        expected = float(loss(Tensor(logits), labels).data)
+        assert float(as_numpy(loss(Tensor(xp.asarray(logits)), labels).data)) == expected
+        assert float(as_numpy(loss(Tensor(logits), xp.asarray(labels)).data)) == expected

@@ -176,6 +176,15 @@ def test_a_resume_on_another_host_says_that_its_bits_will_differ(tiny_root, tmp_
     assert said not in (tmp_path / "same" / "train.log").read_text()
     if checkpoint.host()["blas_core"] is not None:
         assert said in (tmp_path / "other" / "train.log").read_text()
+    # a checkpoint made on the GPU (its compute record), resumed on the host, says so too
+    assert train(config, tmp_path / "gpu", data_root=tiny_root, stop_at=3) is None
+    manifest_file = tmp_path / "gpu" / "checkpoint.json"
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["compute"] == {"device": "cpu"}
+    manifest["compute"] = {"device": "cuda", "gpu": "NVIDIA H200", "cupy": "14.2.0"}
+    manifest_file.write_text(json.dumps(manifest))
+    train(config, tmp_path / "gpu", data_root=tiny_root, resume=True, stop_at=5)
+    assert "--resume on another host (device cuda -> cpu)" in (tmp_path / "gpu" / "train.log").read_text()
 
 
 def test_the_training_seconds_add_up_over_sessions(tiny_root, tmp_path):

@@ -359,10 +359,7 @@ def _software(model) -> dict:
 
     from rcenp import __version__
 
-    info = {"rcenp": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
-            "python": platform.python_version(), "device": model.device}
-    if model.device == "cuda":
-        from rcenp.backend import xp_for
+    from rcenp.backend import device_identity
 
-        info["cupy"] = xp_for("cuda").__version__
-    return info
+    return {"rcenp": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "python": platform.python_version(), **device_identity(model.device)}  # device, and gpu and cupy there

@@ -49,7 +49,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from rcenp.autograd import Function, Tensor
-from rcenp.backend import as_numpy, get_array_module, make_rng
+from rcenp.backend import as_numpy, device_of, get_array_module, make_rng, to_device
 from rcenp.checks import check_labels, check_positive, check_steps
 from rcenp.detect import kde_cuda
 from rcenp.ops.layout import map_chunks
@@ -164,15 +164,16 @@ class LogKernelDensity(Function):
 
 
 def _validated(z, kernel_points, classes, sigma2):
-    """Checked, C-contiguous (z, kernel_points, classes, σ²) in the compute dtype."""
+    """Checked, C-contiguous (z, kernel_points, classes, σ²) in the compute dtype, all on z's device
+    (kernel points fitted on the GPU and a model moved back to the host, or the reverse)."""
     z = z.data if isinstance(z, Tensor) else z
     kernel_points = kernel_points.data if isinstance(kernel_points, Tensor) else kernel_points
     classes = classes.data if isinstance(classes, Tensor) else classes
     xp = get_array_module(z)
     dtype = np.float64 if z.dtype == np.float64 else np.float32
     z = xp.ascontiguousarray(z, dtype=dtype)
-    kernel_points = xp.ascontiguousarray(xp.asarray(kernel_points), dtype=dtype)
-    classes = xp.asarray(classes)
+    kernel_points = xp.ascontiguousarray(to_device(kernel_points, device_of(z)), dtype=dtype)
+    classes = to_device(classes, device_of(z))
     if z.ndim != 2 or kernel_points.ndim != 3 or kernel_points.shape[2] != z.shape[1]:
         raise ValueError(f"expected z (Q, D) and kernel_points (L, M, D), got {z.shape} and "
                          f"{kernel_points.shape}")

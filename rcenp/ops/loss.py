@@ -13,7 +13,7 @@ out-of-range label would otherwise match no class and silently drop out of the l
 from __future__ import annotations
 
 from rcenp.autograd import Function, Tensor, as_array
-from rcenp.backend import get_array_module
+from rcenp.backend import device_of, get_array_module, to_device
 from rcenp.checks import check_labels
 from rcenp.ops.activation import log_softmax_array
 
@@ -48,7 +48,9 @@ class SoftTargetCrossEntropy(Function):
 
 
 def _check(logits, labels):
-    return check_labels("labels", as_array(labels), logits.shape[0], logits.shape[1])
+    """The checked labels on the logits' device (host labels with GPU logits, or the reverse)."""
+    labels = check_labels("labels", as_array(labels), logits.shape[0], logits.shape[1])
+    return to_device(labels, device_of(logits))
 
 
 def cross_entropy(logits, labels) -> Tensor:
