@@ -129,8 +129,11 @@ def device_identity(device: str) -> dict:
     last bits on the host, as the GPU model does on the device."""
     if device != "cuda":
         return {"device": "cpu"}
-    props = _cupy.cuda.runtime.getDeviceProperties(_cupy.cuda.Device().id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    try:  # a record, best effort: CuPy gives the name as bytes
+        name = _cupy.cuda.runtime.getDeviceProperties(_cupy.cuda.Device().id)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # noqa: BLE001 - an unknown name, not a failed run
+        name = None
     return {"device": "cuda", "gpu": name, "cupy": _cupy.__version__}
 
 
