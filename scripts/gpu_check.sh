@@ -1,41 +1,66 @@
 #!/usr/bin/env bash
-# The GPU checks of one session, as one command (for a machine with CuPy and a CUDA device):
-# the whole suite with RCENP_DEVICE=cuda, the engine benchmark (ResNet-32 CIFAR shape, ResNet-56
-# MNIST shape) against PyTorch on the same GPU, and the K-density benchmark. Logs and JSON go to
-# $OUT (default runs/gpu). Each part has its own time limit so one hang cannot eat the others.
-#   RCENP_DATA=... bash scripts/gpu_check.sh [tests|bench|attacks|all]
+# The GPU checks of one session, as one command for a machine with CuPy and a CUDA device (the
+# device machine lends about 10 usable minutes a session, one command at most 10). Logs, JUnit XML
+# and JSON go to $OUT (default runs/gpu). Each stage runs under its own limit, and is stopped with
+# SIGINT, so that pytest still prints its summary (failures, durations) when a stage is cut short.
+#   RCENP_DATA=... bash scripts/gpu_check.sh [tests|bench|suite|sweep|all]
+#   tests: 1. every explicit CuPy case (pytest -m gpu: ops, autograd, conv/BN, K-density with its
+#          fused kernel, JSMA, the checks), then 2. the paths that reach the GPU only through
+#          RCENP_DEVICE=cuda: run_attack (FGSM, BIM, ILCM, C&W, C&W-wb, transfer), C&W's snapshots,
+#          the detector, training and its resume                                   (about 4 min)
+#   bench: bench_engine (ResNet-32, 3x32x32) against PyTorch on the same GPU, and bench_kd (about 2 min)
+#   all:   tests, then bench: one command of about 6 minutes
+#   suite: the whole suite with RCENP_DEVICE=cuda (longer than one command's limit: a later call)
+#   sweep: Fig. 2a's cells on the GPU (data, not a check)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/gpu}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 what="${1:-all}"
+limited() {  # limited SECONDS COMMAND...: SIGINT at the limit (pytest then reports), SIGKILL 15 s later
+  local seconds="$1"; shift
+  timeout -s INT -k 15 "$seconds" "$@"
+}
+
+# 0. preflight: what the stages need, so that a missing package costs seconds, not the session
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import cupy, numpy, scipy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'scipy', scipy.__version__)"
+python3 -c "
+import cupy, numpy, scipy, PIL, hypothesis, pytest
+print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'scipy', scipy.__version__, 'pytest', pytest.__version__)
+print('CUDA devices:', cupy.cuda.runtime.getDeviceCount())
+import rcenp.backend as b
+assert b.cuda_available(), 'rcenp sees no CUDA device'
+" || { echo "PREFLIGHT FAILED: see above"; exit 1; }
+pytest_args=(-q -p no:cacheprovider -rfE --durations=10 --continue-on-collection-errors)
+
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  RCENP_DEVICE=cuda timeout "${TESTS_LIMIT:-200}" python3 -m pytest -q -p no:cacheprovider -rfE --timeout=90 \
-    --durations=8 tests 2>&1 | tee "$out/pytest_cuda.log" | tail -n 60
+  RCENP_DEVICE=cuda limited "${GPU_CASES_LIMIT:-120}" python3 -m pytest "${pytest_args[@]}" -m gpu \
+    --junitxml="$out/gpu_cases.xml" tests 2>&1 | tee "$out/pytest_gpu_cases.log" | tail -n 40
+  RCENP_DEVICE=cuda limited "${DEVICE_PATHS_LIMIT:-150}" python3 -m pytest "${pytest_args[@]}" -m "not gpu" \
+    --junitxml="$out/device_paths.xml" tests/test_attack_run.py tests/test_attack_runfiles.py \
+    tests/test_attack_transfer.py tests/test_attacks_cw_snapshot.py tests/test_detector.py tests/test_train.py \
+    2>&1 | tee "$out/pytest_device_paths.log" | tail -n 40
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  RCENP_DEVICE=cuda timeout 100 python3 bench/bench_engine.py --repeats 10 --json "$out/engine_cuda_r32.json" \
+  RCENP_DEVICE=cuda limited 90 python3 bench/bench_engine.py --repeats 5 --json "$out/engine_cuda_r32.json" \
     > /dev/null || echo "FAILED: bench_engine.py ResNet-32 (exit $?)"
-  RCENP_DEVICE=cuda timeout 80 python3 bench/bench_engine.py --repeats 10 --depth 56 --shape 1x28x28 \
-    --json "$out/engine_cuda_r56_mnist.json" > /dev/null || echo "FAILED: bench_engine.py ResNet-56 (exit $?)"
-  timeout 70 python3 bench/bench_kd.py --repeats 5 --json "$out/kd.json" > /dev/null || echo "FAILED: bench_kd.py (exit $?)"
+  limited 60 python3 bench/bench_kd.py --repeats 5 --json "$out/kd.json" > /dev/null || echo "FAILED: bench_kd.py (exit $?)"
   for f in "$out"/*.json; do echo "== $f"; python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])))[:1500])" "$f"; done
 fi
-if [ "$what" = attacks ] || [ "$what" = all ]; then
-  RCENP_DEVICE=cuda timeout "${ATTACK_TESTS_LIMIT:-150}" python3 -m pytest -q -p no:cacheprovider -rfE --timeout=120 \
-    tests/test_attacks_sign.py tests/test_attack_run.py tests/test_attacks_jsma.py tests/test_attacks_cw.py \
-    2>&1 | tee "$out/pytest_attacks_cuda.log" | tail -n 30
+if [ "$what" = suite ]; then
+  RCENP_DEVICE=cuda limited "${SUITE_LIMIT:-540}" python3 -m pytest "${pytest_args[@]}" --junitxml="$out/suite.xml" \
+    tests 2>&1 | tee "$out/pytest_cuda.log" | tail -n 60
+fi
+if [ "$what" = sweep ]; then
   # Fig. 2a's cells on the GPU, JSMA first; whatever finishes inside SWEEP_LIMIT comes back
   sweep=/tmp/fig2a-cuda; mkdir -p "$sweep"; deadline=$((SECONDS + ${SWEEP_LIMIT:-300}))
   for attack in ${SWEEP_ATTACKS:-jsma bim ilcm fgsm}; do
     [ $((deadline - SECONDS)) -gt 5 ] || break
-    timeout $((deadline - SECONDS)) python3 scripts/attack_sweep.py --attacks "$attack" --device cuda --batch-size 1000 \
+    limited $((deadline - SECONDS)) python3 scripts/attack_sweep.py --attacks "$attack" --device cuda --batch-size 1000 \
       --out "$sweep" > "$sweep/$attack.log" 2>&1; tail -n 2 "$sweep/$attack.log"
   done
   (cd "$sweep" && find . -name summary.json -o -name samples.jsonl -o -name run.json -o -name '*.md' -o -name '*.log' \
      -o -name sweep.json | tar -cJf "$out/fig2a_cuda.tar.xz" -T -)
-  ls -la "$out"
 fi
+ls -la "$out"
 exit 0
