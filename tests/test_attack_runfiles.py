@@ -129,19 +129,36 @@ def test_every_batch_records_its_code_and_a_change_is_reported(setup, tmp_path, 
     out = tmp_path / "out"
     _interrupted(run, root, out, monkeypatch, {"eps": 0.05}, n=12, batch_size=4)
     first = json.loads((out / "partial" / "batch-00000.code.json").read_text())
-    assert first == runfiles.code_record() and len(first["source_sha256"]) == 64
+    assert first == runfiles.code_record(first["device"]) and len(first["source_sha256"]) == 64
     changed = dict(first, source_sha256="0" * 64, commit="f" * 40)
     (out / "partial" / "batch-00000.code.json").write_text(json.dumps(changed))   # as if computed by other code
     summary = run_attack(run, "fgsm", out, {"eps": 0.05}, n=12, batch_size=4, data_dir=root, resume=True)
     assert "earlier batches were computed with other library code (commit ffffffffffff" in capsys.readouterr().err
     assert summary["code"] is None
-    commit = [{"commit": first.get("commit"), "dirty": first.get("dirty")}]
+    commit = [{"commit": first.get("commit"), "dirty": first.get("dirty"), "device": first["device"]}]
     assert summary["code_by_batch"] == [
-        {"source_sha256": "0" * 64, "commits": [{"commit": "f" * 40, "dirty": first.get("dirty")}], "batches": [0]},
+        {"source_sha256": "0" * 64, "commits": [{"commit": "f" * 40, "dirty": first.get("dirty"),
+                                                 "device": first["device"]}], "batches": [0]},
         {"source_sha256": first["source_sha256"], "commits": commit, "batches": [1, 2]}]
     whole = run_attack(run, "fgsm", tmp_path / "whole", {"eps": 0.05}, n=12, batch_size=4, data_dir=root)
     assert whole["code"] == first
     assert whole["code_by_batch"] == [{"source_sha256": first["source_sha256"], "commits": commit, "batches": [0, 1, 2]}]
+
+
+def test_batches_from_another_device_are_named_in_the_note_and_the_code_record(setup, tmp_path, monkeypatch,  # noqa: F811
+                                                                              capsys):
+    """A run resumed on another device is one run whose batches differ in the last bits: the
+    resume says so, and code_by_batch names each batch's device."""
+    run, root = setup
+    out = tmp_path / "out"
+    _interrupted(run, root, out, monkeypatch, {"eps": 0.05}, n=12, batch_size=4)
+    first = json.loads((out / "partial" / "batch-00000.code.json").read_text())
+    other = "cuda" if first["device"] == "cpu" else "cpu"
+    (out / "partial" / "batch-00000.code.json").write_text(json.dumps(dict(first, device=other)))
+    summary = run_attack(run, "fgsm", out, {"eps": 0.05}, n=12, batch_size=4, data_dir=root, resume=True)
+    assert f"note: earlier batches ran on {other}, these on {first['device']}" in capsys.readouterr().err
+    (group,) = summary["code_by_batch"]   # the same library source
+    assert [c["device"] for c in group["commits"]] == [other, first["device"]] and group["batches"] == [0, 1, 2]
 
 
 def test_a_new_commit_with_the_same_library_source_is_one_code(setup, tmp_path, monkeypatch, capsys):  # noqa: F811

@@ -187,7 +187,7 @@ def test_a_batch_begun_by_other_code_lists_both_codes(tmp_path, monkeypatch):
     options = {"binary_steps": 2, "max_iterations": 6}
     then = {"commit": "a" * 40, "dirty": False, "source_sha256": "1" * 64}
     monkeypatch.setattr(cw_snapshot, "SNAPSHOT_SECONDS", 0.0)
-    monkeypatch.setattr(runfiles, "code_record", lambda: then)
+    monkeypatch.setattr(runfiles, "code_record", lambda device=None: then)
     kill_at_save(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         attack_run.run_attack(run_dir, "cw", tmp_path / "cw", options, n=4, batch_size=4, data_dir=root)

@@ -192,7 +192,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     claimed = runfiles.claim(out_dir, asked, resume)
     if not claimed:  # resumed: the options as the run first recorded them (a default may be named now, or not)
         asked["options"] = json.loads((out_dir / "run.json").read_text())["options"]
-    code = runfiles.code_record()  # the code this process loaded, not what the tree holds when it ends
+    code = runfiles.code_record(model.device)  # the code this process loaded (not the tree's at its end), and where
     batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
     if (out_dir / "summary.json").is_file():  # a finished run, resumed: nothing to recompute
         progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
@@ -227,6 +227,11 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         progress.message(f"--resume: no run in {out_dir} yet, so this starts one")  # a mistyped --out shows here
     if any(finished):
         progress.message(f"resuming: {sum(finished)} of {plural(len(batches), 'batch', 'batches')} done")
+        earlier = runfiles.earlier_code(stems)
+        elsewhere = sorted({c["device"] for c in earlier if c.get("device") not in (None, model.device)})
+        if elsewhere:  # float32 results differ in the last bits between devices
+            progress.message(f"note: earlier batches ran on {', '.join(elsewhere)}, these on {model.device}: "
+                             "summary.json's code_by_batch names the device of each")
         other = [c for c in runfiles.earlier_code(stems) if c.get("source_sha256") != code["source_sha256"]]
         if other:
             progress.message("note: earlier batches were computed with other library code ("

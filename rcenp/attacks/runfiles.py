@@ -215,10 +215,10 @@ def source_sha256() -> str:
     return digest.hexdigest()
 
 
-def code_record() -> dict:
+def code_record(device: str | None = None) -> dict:
     """The code this process runs: git commit and dirty flag (``checkpoint.code_identity``) and
-    ``source_sha256``."""
-    return {**checkpoint.code_identity(), "source_sha256": source_sha256()}
+    ``source_sha256``; with ``device`` ("cpu" or "cuda"), where it computes too."""
+    return {**checkpoint.code_identity(), "source_sha256": source_sha256(), **({"device": device} if device else {})}
 
 
 def write_batch_code(stem: Path, code: dict) -> None:
@@ -244,17 +244,20 @@ def earlier_code(stems) -> list[dict]:
 
 
 def code_group(code: dict, batches: list) -> dict:
-    """One ``code_by_batch`` entry: a code record's library source, its commit and ``batches``."""
-    return {"source_sha256": code.get("source_sha256"),
-            "commits": [{"commit": code.get("commit"), "dirty": code.get("dirty")}] if code else [],
-            "batches": batches}
+    """One ``code_by_batch`` entry: a code record's library source, its commit (with the device it
+    computed on, where the record names one) and ``batches``."""
+    commit = {"commit": code.get("commit"), "dirty": code.get("dirty")}
+    if "device" in code:
+        commit["device"] = code["device"]
+    return {"source_sha256": code.get("source_sha256"), "commits": [commit] if code else [], "batches": batches}
 
 
 def code_by_batch(stems) -> list[dict]:
     """``summary.json``'s ``code_by_batch``: one entry per distinct library source
     (``source_sha256``; ``None``: batches from before batches recorded their code) with the git
     commits it was seen at (``commits``, with ``dirty`` flags) and the numbers of the batches it
-    computed (``partial/batch-NNNNN``'s NNNNN, 0-based over the whole run, shards included). A run
+    computed (``partial/batch-NNNNN``'s NNNNN, 0-based over the whole run, shards included); a
+    commit entry names the device too (batches from before records named it do not). A run
     resumed across commits that left rcenp/ unchanged is one entry. A C&W batch resumed mid-way
     from a snapshot made by other code (its code record's ``earlier``, ``rcenp.attacks.cw_snapshot``)
     is listed under that code too."""
