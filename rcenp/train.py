@@ -259,9 +259,8 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     Each checkpoint records ``compute`` (``backend.device_identity``: the device, and on the GPU
     its name and CuPy's version; a resume elsewhere says so in train.log) and ``train_seconds``,
     the wall seconds of the steps it holds summed over every session (steps lost with a killed
-    process count where they ran again); metrics.json
-    gives it as ``train_seconds_total`` (None when the run resumed from a checkpoint older than
-    that record) beside ``train_seconds_this_run``.
+    process count where they ran again); metrics.json gives it as ``train_seconds_total`` (None
+    when the run resumed from a checkpoint older than that record) beside ``train_seconds_this_run``.
     """
     checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
