@@ -162,6 +162,27 @@ def host() -> dict:
     return {"cpu": cpu or platform.processor() or None, "blas_core": blas_core()}
 
 
+def host_change(manifest: dict, device: str) -> str | None:
+    """What differs between where a checkpoint was made and here: "device cuda -> cpu", "GPU A ->
+    B" (its ``compute``, ``backend.device_identity``), or on the host "cpu A -> B, BLAS kernel C
+    -> D" (its environment, ``host``); None when nothing recorded differs (older
+    checkpoints record less). ``device``: where the resumed run computes now ("cpu" or "cuda")."""
+    from rcenp.backend import device_identity
+
+    before, here = manifest.get("compute") or {}, device_identity(device)
+    if before.get("device") not in (None, here["device"]):
+        return f"device {before['device']} -> {here['device']}"
+    if here["device"] == "cuda":
+        return f"GPU {before['gpu']} -> {here['gpu']}" if before.get("gpu") not in (None, here["gpu"]) else None
+    saved_environment = manifest.get("environment", {})
+    here, changes = host(), []
+    for key, label in (("cpu", "cpu"), ("blas_core", "BLAS kernel")):
+        before = saved_environment.get(key)
+        if before is not None and here[key] is not None and before != here[key]:
+            changes.append(f"{label} {before} -> {here[key]}")
+    return ", ".join(changes) or None
+
+
 # what makes rcenp's outputs, for "dirty": the package (its shipped models too), the scripts and the
 # package's settings; not the long runs' progress (tracked, rewritten under background work), nor
 # the docs, tests and published results, whose edits change no number a checkout computes

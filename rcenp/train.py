@@ -226,25 +226,6 @@ def _last_logged_step(log: Path) -> int | None:
     return None
 
 
-def _host_change(manifest: dict, device: str) -> str | None:
-    """What differs between where a checkpoint was made and here: "device cuda -> cpu", "GPU A ->
-    B" (its ``compute``, ``backend.device_identity``), or on the host "cpu A -> B, BLAS kernel C
-    -> D" (its environment, ``checkpoint.host``); None when nothing recorded differs (older
-    checkpoints record less)."""
-    before, here = manifest.get("compute") or {}, device_identity(device)
-    if before.get("device") not in (None, here["device"]):
-        return f"device {before['device']} -> {here['device']}"
-    if here["device"] == "cuda":
-        return f"GPU {before['gpu']} -> {here['gpu']}" if before.get("gpu") not in (None, here["gpu"]) else None
-    saved_environment = manifest.get("environment", {})
-    here, changes = checkpoint.host(), []
-    for key, label in (("cpu", "cpu"), ("blas_core", "BLAS kernel")):
-        before = saved_environment.get(key)
-        if before is not None and here[key] is not None and before != here[key]:
-            changes.append(f"{label} {before} -> {here[key]}")
-    return ", ".join(changes) or None
-
-
 def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=None, command=None, stop_at=None):
     """Train (or resume) into ``out_dir``; returns the final metrics dict (also in metrics.json).
 
@@ -306,7 +287,7 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
         optimizer.load_state_dict(optimizer_state)
         start = int(manifest["step"])
         seconds_before = manifest.get("train_seconds") if start else 0.0  # None: a checkpoint from before it was kept
-        other_host = _host_change(manifest, device)
+        other_host = checkpoint.host_change(manifest, device)
         if stop_at is not None and stop_at <= start:
             raise ValueError(f"--stop-at {stop_at}: {out_dir} is at step {start} already; stop at a later step, "
                              "or resume without --stop-at")
@@ -340,9 +321,8 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
 
     compute = device_identity(device)
 
-    def timing():  # the training seconds of the steps done so far, over every session (None: unknown)
-        return {"train_seconds": None if seconds_before is None else seconds_before + time.monotonic() - t0,
-                "compute": compute}
+    def timing(elapsed):  # what a checkpoint records of its steps: their seconds over every session (None: unknown)
+        return {"train_seconds": None if seconds_before is None else seconds_before + elapsed, "compute": compute}
 
     try:
         with held:  # Ctrl-C or SIGTERM: the step in work ends, is saved, and the run stops (below)
@@ -363,7 +343,8 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
                 done = step + 1
                 saved = (done % config.checkpoint_every == 0 or done == end) and done < config.steps
                 if saved:
-                    save_checkpoint(out_dir, model, optimizer, config, done, data_identity, extra=timing())
+                    save_checkpoint(out_dir, model, optimizer, config, done, data_identity,
+                                    extra=timing(time.monotonic() - t0))
                 elapsed = time.monotonic() - t0
                 rate = images_done / elapsed if elapsed > 0 else float("nan")
                 predicted = model.prediction_logits(s.data).argmax(axis=1)
@@ -375,11 +356,12 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
                     break
         if held.signum is not None:
             if not saved:
-                save_checkpoint(out_dir, model, optimizer, config, done, data_identity, extra=timing())
+                save_checkpoint(out_dir, model, optimizer, config, done, data_identity,
+                                extra=timing(time.monotonic() - t0))
             progress.message(f"interrupted at step {done} of {config.steps}: saved; continue with --resume")
             held.stop()
-        train_seconds = time.monotonic() - t0  # this session's; and with the earlier ones':
-        total = {"train_seconds": None if seconds_before is None else seconds_before + train_seconds, "compute": compute}
+        train_seconds = time.monotonic() - t0  # this session's; with the earlier ones' in total
+        total = timing(train_seconds)
         if end < config.steps:
             progress.message(f"stopped at step {end} of {config.steps} as asked; continue with --resume")
             return None

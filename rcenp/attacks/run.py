@@ -232,7 +232,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         if elsewhere:  # float32 results differ in the last bits between devices
             progress.message(f"note: earlier batches ran on {', '.join(elsewhere)}, these on {model.device}: "
                              "summary.json's code_by_batch names the device of each")
-        other = [c for c in runfiles.earlier_code(stems) if c.get("source_sha256") != code["source_sha256"]]
+        other = [c for c in earlier if c.get("source_sha256") != code["source_sha256"]]
         if other:
             progress.message("note: earlier batches were computed with other library code ("
                              + ", ".join(f"commit {c.get('commit', 'unrecorded')[:12]}"
