@@ -1,8 +1,11 @@
 """Which ε matches the paper's Table 2? The paper does not say (protocol §4). For each ε-attack,
 objective and ε of a finished Fig. 2a sweep, the mean absolute difference, in AUC points (10⁻²),
-between our three AUCs (confidence, non-ME, K-density; the paper's sample rule, ties half) and the
-paper's MNIST row, with the number of pairs behind them. JSMA's strength is θ (its per-feature
-step), not an ε: its rows hold it under ``theta`` and the others under ``eps``, as in
+between our three AUCs (confidence, non-ME, K-density; the paper's sample rule, and its tie rule:
+ties count 0, as the authors' MATLAB does) and the paper's MNIST row, with the number of pairs
+behind them. The closest strength of a row (``closest``) is chosen as ``rcenp reproduce``'s
+"Cells that differ" section chooses its best fit: among strengths with at least
+``rcenp.reproduce.tables.FEW_PAIRS`` pairs, the smaller one on a tie. JSMA's strength is θ (its
+per-feature step), not an ε: its rows hold it under ``theta`` and the others under ``eps``, as in
 ``rcenp reproduce``'s CSVs. Prints one JSON object; ``--markdown`` prints a table instead.
 
     python scripts/table2_eps.py --sweep results/fig2a
@@ -17,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rcenp.reproduce import paper  # noqa: E402
+from rcenp.reproduce.tables import FEW_PAIRS  # noqa: E402
 
 ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
 EPSILONS = tuple(round(0.02 * k, 2) for k in range(1, 11))
@@ -33,11 +37,18 @@ def distances(sweep: Path, models: dict) -> list[dict]:
                     continue
                 detection = json.loads(summary.read_text())["detection"]
                 n = detection["confidence"]["n_pairs"]
-                aucs = {m: 100 * detection[m]["auc"] for m in paper.METRICS if detection[m].get("n_pairs")}
+                aucs = {m: 100 * detection[m]["auc_strict_ties"] for m in paper.METRICS if detection[m].get("n_pairs")}
                 gap = sum(abs(aucs[m] - ours[m]) for m in aucs) / len(aucs) if len(aucs) == 3 else None
                 strength = {"theta": eps} if attack == "jsma" else {"eps": eps}
                 rows.append({"attack": attack, "objective": objective, **strength, "n_pairs": n,
                              "mean_abs_difference": gap, "ours": aucs, "paper": ours})
+    for attack in ATTACKS:
+        for objective in models:
+            row = [r for r in rows if (r["attack"], r["objective"]) == (attack, objective)]
+            usable = [r for r in row if r["mean_abs_difference"] is not None and r["n_pairs"] >= FEW_PAIRS]
+            best = min(usable, key=lambda r: (r["mean_abs_difference"], r.get("eps", r.get("theta"))), default=None)
+            for r in row:
+                r["closest"] = r is best
     return rows
 
 
@@ -50,8 +61,6 @@ def markdown(rows: list[dict]) -> str:
                      if r["attack"] == attack and r["objective"] == objective}
             if not cells:
                 continue
-            best = min((r for r in cells.values() if r["mean_abs_difference"] is not None),
-                       key=lambda r: r["mean_abs_difference"], default=None)
             text = []
             for eps in EPSILONS:
                 r = cells.get(eps)
@@ -59,7 +68,7 @@ def markdown(rows: list[dict]) -> str:
                     text.append("–")
                     continue
                 value = f"{r['mean_abs_difference']:.1f} ({r['n_pairs']})"
-                text.append(f"**{value}**" if r is best else value)
+                text.append(f"**{value}**" if r["closest"] else value)
             label = "JSMA (θ)" if attack == "jsma" else attack.upper()  # its columns' values are θ
             lines.append(f"| {label} | {objective.upper()} | " + " | ".join(text) + " |")
     return "\n".join(lines)

@@ -83,14 +83,36 @@ def test_table2_eps_script_keeps_theta_apart_and_reads_the_published_sweep(tmp_p
     """scripts/table2_eps.py on attack_sweep's own folder format (results/fig2a): JSMA rows carry θ
     under 'theta', the others ε under 'eps'; the published sweep still reads."""
     script = load_script("table2_eps")
-    detection = {m: {"auc": 0.9, "n_pairs": 7} for m in paper.METRICS}
+    detection = {m: {"auc": 0.9, "auc_strict_ties": 0.9, "n_pairs": 7} for m in paper.METRICS}
     for cell in ("bim-0.08", "jsma-0.08"):
         (tmp_path / "m-ce" / cell).mkdir(parents=True)
         (tmp_path / "m-ce" / cell / "summary.json").write_text(json.dumps({"detection": detection}))
     rows = script.distances(tmp_path, {"ce": "m-ce"})
     assert [(r["attack"], r.get("eps"), r.get("theta")) for r in rows] == [("bim", 0.08, None), ("jsma", None, 0.08)]
+    assert not any(r["closest"] for r in rows)   # 7 pairs: too few to be anyone's closest ε
     table = script.markdown(rows)
-    assert "| JSMA (θ) | CE |" in table and "| BIM | CE |" in table
+    assert "| JSMA (θ) | CE |" in table and "| BIM | CE |" in table and "**" not in table
+
+
+def test_table2_eps_compares_the_papers_strict_tie_auc_among_cells_with_enough_pairs(tmp_path, load_script):
+    """The paper's tie rule (strict), and the closest ε chosen as the report's best fit: among cells
+    with at least FEW_PAIRS pairs, the smaller ε on a tie."""
+    script = load_script("table2_eps")
+    row = paper.TABLE2[("bim", "ce", "mnist")]
+
+    def cell(eps, off_half, off_strict, n):
+        detection = {m: {"auc": (row[m] + off_half) / 100, "auc_strict_ties": (row[m] + off_strict) / 100, "n_pairs": n}
+                     for m in paper.METRICS}
+        (tmp_path / "m-ce" / f"bim-{eps:g}").mkdir(parents=True)
+        (tmp_path / "m-ce" / f"bim-{eps:g}" / "summary.json").write_text(json.dumps({"detection": detection}))
+
+    cell(0.02, 0.0, 0.0, tables.FEW_PAIRS - 1)   # exact, but on too few pairs
+    cell(0.04, 0.0, 3.0, 500)                    # exact with ties half, 3 points off with the paper's rule
+    cell(0.06, 2.0, -1.0, 500)
+    cell(0.08, 1.0, 1.0, tables.FEW_PAIRS)
+    rows = script.distances(tmp_path, {"ce": "m-ce"})
+    assert [round(r["mean_abs_difference"], 6) for r in rows] == [0.0, 3.0, 1.0, 1.0]
+    assert [r["closest"] for r in rows] == [False, False, True, False]
     published = ROOT / "results" / "fig2a"
     if (published / "mnist-resnet32-ce").is_dir():
         rows = script.distances(published, {"ce": "mnist-resnet32-ce", "rce": "mnist-resnet32-rce"})
