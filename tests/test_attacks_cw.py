@@ -1,6 +1,7 @@
 """C&W-L2 (rcenp.attacks.cw): the reference algorithm on a linear model, the binary-search rule,
 κ-aware success, masked max for negative logits, per-sample abort and streaming, targets, errors.
-C&W-wb has its own file (test_attacks_cw_wb.py)."""
+The tests taking ``xp`` run once on the host and once with the model on the GPU (CuPy); the
+device run is also compared with the host run. C&W-wb has its own file (test_attacks_cw_wb.py)."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from rcenp import attacks
 from rcenp.attacks.cw import SENTINEL, binary_search_update
 from rcenp.attacks.cw_search import FOUND
+from rcenp.backend import as_numpy
 from rcenp.models import resnet
 from rcenp.nn import Module
 from rcenp.nn.layers import Linear
@@ -33,6 +35,24 @@ def linear_model(objective="ce", seed=0, dtype=np.float64, **kwargs):
     return Classifier(LinearNet(seed, **kwargs), objective).astype(dtype).eval()
 
 
+def device(xp):
+    """The rcenp device of the ``xp`` fixture's array module: "cuda" for CuPy, else "cpu"."""
+    return "cuda" if xp.__name__ == "cupy" else "cpu"
+
+
+# A device (CuPy) run against a host computation of the same float64 arithmetic: cuBLAS (FMA, its
+# own summation order) and CUDA's tanh round differently in the last bits, and Adam's step
+# m/(√v + ε) magnifies a last-bit difference in a gradient entry near 0 up to ~1e7 times (ε = 1e-8),
+# so a device run's images and float figures are held to 1e-9 (a fault moves them by ~1e-3 or
+# more); its decisions (success, c, iterations, stops) must be the host's exactly.
+DEVICE_ATOL = 1e-9
+
+
+def image_atol(xp, host_atol=0.0):
+    """The tolerance on images of a run on ``xp`` against host arithmetic (``DEVICE_ATOL``)."""
+    return host_atol if xp is np else max(host_atol, DEVICE_ATOL)
+
+
 def box_images(seed, n, shape=(1, 4, 4), dtype=np.float64):
     x = np.random.default_rng(seed).uniform(-0.5, 0.5, (n,) + shape)
     x[:, :, 0, 0] = 0.5        # pixels on the box's faces
@@ -48,7 +68,7 @@ def reference_cw(model, x, cls, targeted, kappa, c0, steps, iterations, lr, abor
     aborts does not count for the binary search (``won``); unlike it, it is still considered for the
     returned image. ``abort_rule="carliniL2_specific"``: checks only at iterations > 1 (the authors'
     stage 2)."""
-    w, b = model.network.fc.weight.data, model.network.fc.bias.data
+    w, b = as_numpy(model.network.fc.weight.data), as_numpy(model.network.fc.bias.data)  # host float64
     sign = -1.0 if model.objective == "rce" else 1.0
     x = x.reshape(-1)
     w0 = np.arctanh(2 * x * 0.999999)
@@ -146,11 +166,13 @@ def test_binary_search_is_elementwise():
 # ---- the algorithm -----------------------------------------------------------------------------
 @pytest.mark.parametrize("objective, targets, kappa, steps", [
     ("ce", None, 0.0, 4), ("rce", None, 1.0, 4), ("ce", "untargeted", 0.5, 3), ("rce", None, 0.0, 10)])
-def test_matches_the_reference_algorithm_on_a_linear_model(objective, targets, kappa, steps):
-    model = linear_model(objective, seed=1)
+def test_matches_the_reference_algorithm_on_a_linear_model(xp, objective, targets, kappa, steps):
+    """The streamed attack (the model and images on ``xp``'s device) against the host loop reference."""
+    model = linear_model(objective, seed=1).to(device(xp))
     x = box_images(1, 4)
-    result = attacks.cw_l2(model, x, targets=targets, kappa=kappa, binary_steps=steps, max_iterations=60,
+    result = attacks.cw_l2(model, xp.asarray(x), targets=targets, kappa=kappa, binary_steps=steps, max_iterations=60,
                            learning_rate=0.05, batch_size=3)
+    assert isinstance(result.adversarial, np.ndarray) and result.adversarial.dtype == np.float64
     targeted = targets is None
     for i in range(4):
         cls = result.target[i] if targeted else result.label[i]
@@ -160,20 +182,21 @@ def test_matches_the_reference_algorithm_on_a_linear_model(objective, targets, k
         assert result.iterations[i] == sum(counts)
         assert result.success[i] == (best is not None)
         expected = x[i] if best is None else best.reshape(x[i].shape)
-        np.testing.assert_allclose(result.adversarial[i], expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(result.adversarial[i], expected, rtol=0, atol=image_atol(xp, 1e-12))
     assert result.success.any()
 
 
 @pytest.mark.parametrize("objective, kappa", [("ce", 0.0), ("rce", 1.0), ("ce", 1.0)])
-def test_targeted_reaches_every_target_with_margin_kappa(objective, kappa):
-    model = linear_model(objective, seed=2, scale=4.0)
+def test_targeted_reaches_every_target_with_margin_kappa(xp, objective, kappa):
+    """Every target reached past κ, by the host's own product with the weights (the model on ``xp``'s device)."""
+    model = linear_model(objective, seed=2, scale=4.0).to(device(xp))
     x = box_images(2, 12)
-    result = attacks.cw_l2(model, x, kappa=kappa, binary_steps=5, max_iterations=100, learning_rate=0.05,
+    result = attacks.cw_l2(model, xp.asarray(x), kappa=kappa, binary_steps=5, max_iterations=100, learning_rate=0.05,
                            batch_size=5)
-    assert result.success.all()
+    assert isinstance(result.adversarial, np.ndarray) and result.success.all()
     assert (result.target != result.label).all()
-    z = result.adversarial.reshape(12, 16) @ model.network.fc.weight.data.T
-    z = (-1 if objective == "rce" else 1) * (z + model.network.fc.bias.data)
+    z = result.adversarial.reshape(12, 16) @ as_numpy(model.network.fc.weight.data).T
+    z = (-1 if objective == "rce" else 1) * (z + as_numpy(model.network.fc.bias.data))
     idx = np.arange(12)
     others = z.copy()
     others[idx, result.target] = -np.inf
@@ -246,12 +269,17 @@ def test_progress_reports_and_changes_nothing(monkeypatch):
     assert heard[-1].startswith("C&W: 7/8 images finished; 1 in work, binary step 2-2 of 2")
 
 
-def assert_same_runs(a, b, rows=None):
-    """Same decisions and c trajectories, bit for bit; the same images (these cases happen to be bit for
-    bit too); float64 figures equal up to the batch-size-dependent rounding of BLAS (e.g. a 1-row
-    product takes another kernel)."""
+def assert_same_runs(a, b, rows=None, atol=0.0):
+    """Same decisions and c trajectories, bit for bit; the same images (these host cases happen to be
+    bit for bit too); float64 figures equal up to the batch-size-dependent rounding of BLAS (e.g. a
+    1-row product takes another kernel). ``atol`` > 0 (a device run, ``DEVICE_ATOL``): images and
+    figures to that tolerance, decisions still exactly."""
     rows = range(len(a)) if rows is None else rows
-    np.testing.assert_array_equal(a.adversarial, b.adversarial[rows])
+    if atol:
+        np.testing.assert_allclose(a.adversarial, b.adversarial[rows], rtol=0, atol=atol)
+    else:
+        np.testing.assert_array_equal(a.adversarial, b.adversarial[rows])
+    np.testing.assert_array_equal(a.success, b.success[list(rows)])
     np.testing.assert_array_equal(a.target, b.target[list(rows)])
     for da, i in zip(a.details, rows):
         db = b.details[i]
@@ -260,7 +288,7 @@ def assert_same_runs(a, b, rows=None):
         for key in ("best_l2", "final_margin"):
             assert (da[key] is None) == (db[key] is None)
             if da[key] is not None:
-                np.testing.assert_allclose(da[key], db[key], rtol=1e-12, atol=1e-15)
+                np.testing.assert_allclose(da[key], db[key], rtol=1e-12, atol=max(atol, 1e-15))
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
@@ -276,25 +304,67 @@ def test_streaming_does_not_change_any_sample_linear(batch_size):
     assert len({tuple(d["step_iterations"]) for d in reference.details}) > 1   # the slots really are refilled
 
 
-def test_streaming_does_not_change_any_sample_resnet():
-    """float64 ResNet: alone == batched == streamed through 2 slots."""
-    model = Classifier(resnet(8, 1, seed=3), "rce").astype(np.float64).eval()
-    x = box_images(7, 4, (1, 8, 8))
+def test_streaming_does_not_change_any_sample_resnet(xp):
+    """float64 ResNet (on ``xp``'s device): alone == batched == streamed through 2 slots. On the GPU,
+    CuPy's kernels (GEMMs, reductions) may sum in another order for another batch size: images to
+    ``DEVICE_ATOL`` there, decisions exactly."""
+    model = Classifier(resnet(8, 1, seed=3), "rce").astype(np.float64).eval().to(device(xp))
+    x = xp.asarray(box_images(7, 4, (1, 8, 8)))
     kwargs = dict(binary_steps=2, max_iterations=10, learning_rate=0.05)
     together = attacks.cw_l2(model, x, batch_size=4, **kwargs)
     streamed = attacks.cw_l2(model, x, batch_size=2, **kwargs)
-    assert_same_runs(streamed, together)
+    assert_same_runs(streamed, together, atol=image_atol(xp))
     for i in (0, 3):
         alone = attacks.cw_l2(model, x[i:i + 1], targets=together.target[i:i + 1], batch_size=1, **kwargs)
-        assert_same_runs(alone, together, [i])
+        assert_same_runs(alone, together, [i], atol=image_atol(xp))
 
 
-def test_float32_model_runs_in_float32():
-    model = linear_model("ce", 8, np.float32, scale=4.0)
+def test_float32_model_runs_in_float32(xp):
+    model = linear_model("ce", 8, np.float32, scale=4.0).to(device(xp))
     x = box_images(8, 5, dtype=np.float32)
-    result = attacks.cw_l2(model, x, kappa=0.5, binary_steps=3, max_iterations=60, learning_rate=0.05)
+    result = attacks.cw_l2(model, xp.asarray(x), kappa=0.5, binary_steps=3, max_iterations=60, learning_rate=0.05)
+    assert isinstance(result.adversarial, np.ndarray)
     assert result.adversarial.dtype == np.float32 and result.success.all()
     assert all(d["final_margin"] > 0.5 - 1e-5 for d in result.details)
+
+
+@pytest.mark.parametrize("targeted, kappa", [(True, 0.02), (False, 0.05)])
+def test_device_run_is_the_host_run(xp, targeted, kappa):
+    """float64 ResNet-8, labels (the clean prediction) and targets given as host arrays (device
+    labels when untargeted). Either backend: each success is, by the HOST model's own forward pass,
+    classified past κ (as the target, or away from the label) at its recorded margin, with its
+    recorded L2; each failure returns the clean image; both occur. On CuPy the device run is also
+    the host run: the same decisions, c and stops; images, best_l2 and margins to ``DEVICE_ATOL``."""
+    n = 5
+    host = Classifier(resnet(8, 1, seed=11), "rce").astype(np.float64).eval()
+    model = Classifier(resnet(8, 1, seed=11), "rce").astype(np.float64).eval().to(device(xp))
+    x = box_images(12, n, (1, 8, 8))
+    labels = host.predict(x)
+    if targeted:
+        kwargs = dict(targets=(labels + 1 + np.arange(n) % 9) % 10, labels=labels)
+    else:
+        kwargs = dict(targets="untargeted", labels=xp.asarray(labels))
+    settings = dict(kappa=kappa, initial_const=10.0, binary_steps=3, max_iterations=15, learning_rate=0.05,
+                    batch_size=3)
+    result = attacks.cw_l2(model, xp.asarray(x), **kwargs, **settings)
+    assert isinstance(result.adversarial, np.ndarray) and result.adversarial.dtype == np.float64
+    np.testing.assert_array_equal(result.label, labels)
+    cls = result.target if targeted else labels
+    z = host.predict_logits(result.adversarial)
+    idx = np.arange(n)
+    others = np.where(np.arange(10) == cls[:, None], -np.inf, z)
+    margin = z[idx, cls] - others.max(axis=1)
+    margin = margin if targeted else -margin
+    s = result.success
+    assert s.any() and not s.all()                               # both kinds of sample are checked
+    assert (margin[s] > kappa).all() and (margin[~s] <= kappa).all()
+    np.testing.assert_allclose([d["final_margin"] for d in result.details], margin, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose([result.details[i]["best_l2"] for i in idx[s]], result.l2[s], rtol=1e-12)
+    np.testing.assert_array_equal(result.adversarial[~s], x[~s])
+    assert all(result.details[i]["best_l2"] is None for i in idx[~s])
+    if xp is not np:
+        on_host = attacks.cw_l2(host, x, **{**kwargs, "labels": labels}, **settings)
+        assert_same_runs(result, on_host, atol=DEVICE_ATOL)
 
 
 # ---- targets, seeds, errors ----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """C&W-wb (rcenp.attacks.cw_wb, paper §4.4): f₂ and its gradient against float64 finite differences
 (underflow regime included), η as the class median of −log KD, the smallest-f₂ fallback, end to end,
-errors."""
+errors. The tests taking ``xp`` run once on the host and once with the model on the GPU (CuPy)."""
 import numpy as np
 import pytest
 
@@ -9,13 +9,14 @@ from rcenp import functional as F
 from rcenp.attacks.cw import optimise
 from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_wb import attack_kernel, eta_from_neg_log_kd, neg_log_kd_reference
+from rcenp.backend import as_numpy, to_device
 from rcenp.detect.detector import Detector
 from rcenp.detect.kde import log_kernel_density_reference
 from rcenp.nn import Module
 from rcenp.nn.layers import Linear
 from rcenp.objectives import Classifier
 from rcenp.testing import numerical_grads
-from tests.test_attacks_cw import box_images
+from tests.test_attacks_cw import DEVICE_ATOL, box_images, device, image_atol
 
 
 class FeatureNet(Module):
@@ -36,46 +37,50 @@ class FeatureNet(Module):
         return self.fc(self.features(x))
 
 
-def feature_model(objective="ce", seed=0):
-    return Classifier(FeatureNet(seed), objective).astype(np.float64).eval()
+def feature_model(objective="ce", seed=0, on="cpu"):
+    """A float64 FeatureNet classifier in eval mode on device ``on``."""
+    return Classifier(FeatureNet(seed), objective).astype(np.float64).eval().to(on)
 
 
-def fitted_detector(model, seed=0, per_class=12):
+def fitted_detector(model, seed=0, per_class=12):  # on the model's device
     images = box_images(100 + seed, 80)
     return Detector(model).fit(images, np.arange(80) % 4, per_class=per_class, seed=seed)
 
 
 @pytest.mark.parametrize("regime", ["active", "inactive", "underflow"])
-def test_cw_wb_loss_gradient_matches_finite_differences(regime):
+def test_cw_wb_loss_gradient_matches_finite_differences(xp, regime):
     """f₂ and the margin hinge through the network, float64 central differences. 'underflow': RCE's
     σ² and kernel points far from every feature, where mean(exp(−d²/σ²)) is exactly 0 even in float64
-    (the authors' log(1e-30 + mean exp) has a zero gradient there); log space stays exact."""
-    model = feature_model("rce", 1)
+    (the authors' log(1e-30 + mean exp) has a zero gradient there); log space stays exact. Model,
+    iterates, kernel points and the per-row arrays on ``xp``'s device, as ``optimise`` passes them
+    (there log KD takes CuPy's fused kernel)."""
+    model = feature_model("rce", 1, device(xp))
     rng = np.random.default_rng(1)
     points = rng.normal(0, 0.5, (4, 5, 6)) + (30.0 if regime == "underflow" else 0.0)
     sigma2 = 0.1 / 0.26
     eta = np.full(4, {"active": -5.0, "inactive": 1e3, "underflow": 0.0}[regime])
-    density = Density(points, sigma2, eta)
+    density = Density(xp.asarray(points), sigma2, xp.asarray(eta))
     adv, anchor = box_images(11, 3) * 0.9, box_images(12, 3) * 0.9
     cls, c = np.array([0, 2, 3]), np.array([0.7, 1.3, 2.0])
 
     def evaluate(a):
-        return Evaluation(model, a, anchor, cls, c, 0.3, True, density, eta[cls])
+        return Evaluation(model, a, xp.asarray(anchor), xp.asarray(cls), xp.asarray(c), 0.3, True, density,
+                          xp.asarray(eta[cls]))
 
-    ev = evaluate(adv)
+    ev = evaluate(xp.asarray(adv))
+    f2_raw = as_numpy(ev.f2_raw)
+    z = as_numpy(model.features(xp.asarray(adv)).data)
     if regime == "underflow":
-        z = model.features(adv).data
         d2 = ((z[:, None, :] - points[cls]) ** 2).sum(axis=2)
         assert (np.exp(-d2 / sigma2).mean(axis=1) == 0).all()
-        assert np.isfinite(ev.f2_raw).all()
-    assert ((ev.f2_raw > 0) == (regime != "inactive")).all()
-    np.testing.assert_allclose(-ev.f2_raw - eta[cls], log_kernel_density_reference(
-        model.features(adv).data, points, cls, sigma2), rtol=1e-12)
-    g_net = ev.network_gradient()
+        assert np.isfinite(f2_raw).all()
+    assert ((f2_raw > 0) == (regime != "inactive")).all()
+    np.testing.assert_allclose(-f2_raw - eta[cls], log_kernel_density_reference(z, points, cls, sigma2), rtol=1e-12)
+    g_net = as_numpy(ev.network_gradient())
     if regime != "inactive":  # f₂ active in every row: its gradient through the network is not trivial
         assert (np.abs(g_net).reshape(3, -1).max(axis=1) > 1.0).all()
-    analytic = g_net + 2 * ev.diff
-    numeric = numerical_grads(lambda a: evaluate(a).loss, [adv.copy()], np.ones(3))[0]
+    analytic = g_net + 2 * as_numpy(ev.diff)
+    numeric = as_numpy(numerical_grads(lambda a: evaluate(a).loss, [xp.array(adv)], xp.ones(3))[0])
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-6)
 
 
@@ -214,28 +219,45 @@ STAGES = dict(stage1=dict(kappa=0.5, binary_steps=2, max_iterations=30),
               stage2=dict(kappa=0.5, initial_const=1.0, binary_steps=3, max_iterations=30))
 
 
-def end_to_end_case():
-    """(model, detector, x (4 images), C&W-wb's result on them: attacker kernel of 5 points, seed 3)."""
-    model = feature_model("ce", 6)
+def end_to_end_case(on="cpu"):
+    """(model, detector, x (4 images, host), C&W-wb's result on them: attacker kernel of 5 points,
+    seed 3), the model and detector on device ``on``, the images given to the attack on it too."""
+    model = feature_model("ce", 6, on)
     detector = fitted_detector(model, 6)
     x = box_images(15, 4)
-    result = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=3, **STAGES)
+    result = attacks.cw_wb(model, to_device(x, on), detector, attacker_points=5, learning_rate=0.05, seed=3,
+                           batch_size=3, **STAGES)
     return model, detector, x, result
 
 
 @pytest.mark.filterwarnings("ignore::rcenp.attacks.EtaApproximationWarning")   # the approximation on purpose
-def test_cw_wb_end_to_end():
-    model, detector, x, result = end_to_end_case()
+def test_cw_wb_end_to_end(xp):
+    """Both stages on ``xp``'s device; on CuPy also the host run's decisions and images."""
+    model, detector, x, result = end_to_end_case(device(xp))
+    assert isinstance(result.adversarial, np.ndarray) and result.adversarial.dtype == np.float64
     stages = STAGES
     model.train()
-    again = attacks.cw_wb(model, x, detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=2, **stages)
+    again = attacks.cw_wb(model, xp.asarray(x), detector, attacker_points=5, learning_rate=0.05, seed=3, batch_size=2,
+                          **stages)
     assert all(m.training for m in model.modules())   # the caller's mode is given back
     model.eval()
     # the same decisions; the images to rounding (the KD's per-class blocks, hence its GEMMs, follow the batch)
     assert [d["c"] for d in again.details] == [d["c"] for d in result.details]
-    np.testing.assert_allclose(again.adversarial, result.adversarial, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(again.adversarial, result.adversarial, rtol=0, atol=image_atol(xp, 1e-12))
+    if xp is not np:  # the device run is the host run: the same decisions, the images to DEVICE_ATOL
+        on_host = end_to_end_case()[3]
+        np.testing.assert_array_equal(result.success, on_host.success)
+        np.testing.assert_array_equal(result.stop_reason, on_host.stop_reason)
+        np.testing.assert_array_equal(result.target, on_host.target)
+        for key in ("c", "step_success", "step_iterations", "step_stop"):
+            assert [d[key] for d in result.details] == [d[key] for d in on_host.details], key
+            assert [d["stage1"][key] for d in result.details] == [d["stage1"][key] for d in on_host.details], key
+        np.testing.assert_allclose(result.adversarial, on_host.adversarial, rtol=0, atol=DEVICE_ATOL)
+        for key in ("f2_raw", "neg_log_kd", "final_margin"):
+            np.testing.assert_allclose([d[key] for d in result.details], [d[key] for d in on_host.details],
+                                       rtol=1e-9, atol=DEVICE_ATOL)
     points, eta = attack_kernel(detector, model, "attacker", 5, 3)
-    z = model.features(result.adversarial).data
+    z = model.features(xp.asarray(result.adversarial)).data
     neg = -log_kernel_density_reference(z, points, result.target, detector.sigma2)
     for i, d in enumerate(result.details):
         assert d["eta_t"] == eta[result.target[i]]
@@ -254,8 +276,8 @@ def test_cw_wb_end_to_end():
         assert len(d["c"]) == 3 and len(d["stage1"]["c"]) == 2
     assert result.success.any()
     np.testing.assert_allclose(result.l2, np.linalg.norm((result.adversarial - x).reshape(4, -1), axis=1), rtol=1e-6)
-    other = attacks.cw_wb(model, x, detector, kernel="detector", anchor="stage1", learning_rate=0.05, seed=3,
-                          **stages)
+    other = attacks.cw_wb(model, xp.asarray(x), detector, kernel="detector", anchor="stage1", learning_rate=0.05,
+                          seed=3, **stages)
     assert other.params["kernel"] == "detector" and other.params["attacker_points"] == 12
 
 
