@@ -7,9 +7,9 @@
 #   tests: 1. every explicit CuPy case (pytest -m gpu: ops, autograd, conv/BN, K-density with its
 #          fused kernel, JSMA, the checks), then 2. the paths that reach the GPU only through
 #          RCENP_DEVICE=cuda: run_attack (FGSM, BIM, ILCM, C&W, C&W-wb, transfer), C&W's snapshots,
-#          the detector, training and its resume                                   (about 4 min)
+#          the detector, training and its resume                                   (at most 5 min)
 #   bench: bench_engine (ResNet-32, 3x32x32) against PyTorch on the same GPU, and bench_kd (about 2 min)
-#   all:   tests, then bench: one command of about 6 minutes
+#   all:   tests, then bench: one command of at most 7.5 minutes
 #   suite: the whole suite with RCENP_DEVICE=cuda (longer than one command's limit: a later call)
 #   sweep: Fig. 2a's cells on the GPU (data, not a check)
 set -uo pipefail
@@ -34,7 +34,7 @@ assert b.cuda_available(), 'rcenp sees no CUDA device'
 pytest_args=(-q -p no:cacheprovider -rfE --durations=10 --continue-on-collection-errors)
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  RCENP_DEVICE=cuda limited "${GPU_CASES_LIMIT:-120}" python3 -m pytest "${pytest_args[@]}" -m gpu \
+  RCENP_DEVICE=cuda limited "${GPU_CASES_LIMIT:-150}" python3 -m pytest "${pytest_args[@]}" -m gpu \
     --junitxml="$out/gpu_cases.xml" tests 2>&1 | tee "$out/pytest_gpu_cases.log" | tail -n 40
   RCENP_DEVICE=cuda limited "${DEVICE_PATHS_LIMIT:-150}" python3 -m pytest "${pytest_args[@]}" -m "not gpu" \
     --junitxml="$out/device_paths.xml" tests/test_attack_run.py tests/test_attack_runfiles.py \
