@@ -233,6 +233,8 @@ def test_the_result_line_goes_to_stdout_and_progress_to_stderr(smoke, capsys):
     (["--budget", "huge"], "unknown budget 'huge'"),
     (["--only", "table2,table9"], "unknown part 'table9'"),
     (["--cells-from", "/nonexistent/cells"], "no such folder"),
+    (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no such folder"),
+    (["--data-dir", "/nonexistent/data", "--plan"], "--data-dir /nonexistent/data: no such folder"),
     (["--report"], "--report: no reproduce run in"),
     (["--report", "--plan"], "--report computes nothing: it goes with neither --plan nor --jobs"),
 ])

@@ -245,3 +245,18 @@ def test_the_command_help_gives_the_install_hint_from_a_clone():
     subparsers = next(a for a in parser._actions if a.choices and "reproduce" in a.choices)
     description = subparsers.choices["reproduce"].description
     assert figures.INSTALL_HINT in description and "rcenp[report]" not in description
+
+
+def test_the_plan_leaves_cells_without_test_data_out_of_its_estimate(tmp_path, capsys):
+    """A data root without CIFAR-10: its cells are listed apart, not in 'to compute' or its hours."""
+    from rcenp.cli import main
+
+    (tmp_path / "empty-root").mkdir()
+    assert main(["reproduce", "--budget", "cpu", "--only", "table1", "--datasets", "cifar10", "--out",
+                 str(tmp_path / "out"), "--data-dir", str(tmp_path / "empty-root"), "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "to compute: nothing" in lines
+    at = next(i for i, line in enumerate(lines) if line.startswith("no test data here, so not counted above: "))
+    n = int(lines[at].split(": ")[1].split()[0])   # one table-1 cell per shipped CIFAR model
+    assert n >= 2 and lines[at + 1].startswith(f"  {n} × CIFAR-10 (subset): none found (a run marks them not available")
+    assert not any(line.startswith("  cifar10subset-") for line in lines)

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     r.add_argument("--datasets", help=f"comma-separated data sets whose cells run: {','.join(DATASETS)} (default: "
                    "every one the budget covers); the report marks the others not run")
     r.add_argument("--data-dir", help=f"data root ({DATA_DIR_DEFAULT}; MNIST falls back to the "
-                   "embedded sample)")
+                   "embedded sample where no root is named by --data-dir or $RCENP_DATA)")
     r.add_argument("--cells-from", action="append", default=[], metavar="DIR",
                    help="use finished attack cells from DIR/<model>/<attack>-<eps>/ (e.g. results/fig2a) instead "
                    "of computing them, where run with the same settings, test images and detectors; repeatable")

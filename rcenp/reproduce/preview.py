@@ -41,7 +41,11 @@ def duration(seconds: float) -> str:
 def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budget_name: str,
              cells_from=(), data_dir=None, jobs: int = 1) -> list[str]:
     """The plan as lines for a person (module docstring); ``jobs``: --jobs, the cells computed that
-    many at a time (no sooner than the largest cell)."""
+    many at a time (no sooner than the largest cell). Cells whose data set has no test images here
+    are listed apart and left out of the estimate: a run marks them not available."""
+    found = {d: split_identity(d, data_dir) for d in DATASETS if any(c.dataset == d for c in todo)}
+    no_data = Counter(c.dataset for c in todo if not found[c.dataset])
+    todo = [c for c in todo if found[c.dataset]]
     total = sum(c.cost for c in todo)
     lines = [f"reproduce ({budget_name}) into {out_dir}: {plural(len(cells), 'cell', 'cells')}; "
              "nothing has been computed or written"]
@@ -67,10 +71,12 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
     if len(parts) > 1:
         lines.append("  by part (a cell used by several counts in each): "
                      + ", ".join(f"{part} {parts[part]:,.0f}" for part in PARTS if part in parts))
-    for dataset in [d for d in DATASETS if any(c.dataset == d for c in todo)]:
-        found = split_identity(dataset, data_dir)
-        lines.append(f"  {DATASET_TITLES[dataset]} test images: "
-                     + (f"{found['note']} ({found['n']:,})" if found else "none found (those cells will say so)"))
+    for dataset in [d for d in found if found[d]]:
+        lines.append(f"  {DATASET_TITLES[dataset]} test images: {found[dataset]['note']} ({found[dataset]['n']:,})")
+    if no_data:
+        lines.append(f"no test data here, so not counted above: {plural(sum(no_data.values()), 'cell', 'cells')}"
+                     + "".join(f"\n  {n} × {DATASET_TITLES[d]}: none found (a run marks them not available; "
+                               f"--data-dir or $RCENP_DATA names the data root)" for d, n in no_data.items()))
     kept = Counter(("in OUT" if o.get("source") == "resumed" else str(Path(o["path"]).parent.parent))
                    for o in outcomes.values() if o["status"] == "done")
     if kept:

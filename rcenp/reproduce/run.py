@@ -144,8 +144,8 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     none uses the recorded ones. ``jobs``: the unfinished cells are
     computed by that many worker processes of one thread each (``rcenp.reproduce.workers``). In such a
     worker (``WORKER_ENV``) this computes cells only and returns {"budget", "out", "outcomes",
-    "worker"}. Raises ValueError for a bad budget, an unknown part or data set, bad ``jobs``, an
-    unwritable ``out``, a run there that needs ``resume`` (or, for ``report_only``, no run there),
+    "worker"}. Raises ValueError for a bad budget, an unknown part or data set, bad ``jobs``, a
+    ``data_dir`` or ``cells_from`` folder that does not exist, an unwritable ``out``, a run there that needs ``resume`` (or, for ``report_only``, no run there),
     a run in progress there (not for ``plan_only``), or a worker that failed."""
     start = time.monotonic()
     spec = get_budget(budget)
@@ -159,6 +159,8 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     for folder in cells_from or ():
         if not Path(folder).is_dir():
             raise ValueError(f"--cells-from {folder}: no such folder")
+    if data_dir and not Path(data_dir).is_dir():  # else every cell would say its data is missing
+        raise ValueError(f"--data-dir {data_dir}: no such folder")
     if device:  # a DeviceError before anything is claimed
         xp_for(device)
     else:
