@@ -9,7 +9,7 @@
 #          RCENP_DEVICE=cuda: run_attack (FGSM, BIM, ILCM, C&W, C&W-wb, transfer), C&W's snapshots,
 #          the detector, training and its resume                                   (at most 5 min)
 #   bench: bench_engine (ResNet-32, 3x32x32) against PyTorch on the same GPU, and bench_kd (about 2 min)
-#   all:   tests, then bench: one command of at most 7.5 minutes
+#   all:   tests, then bench: one command of about 8 minutes at most (stage limits 450 s, each + 15 s to stop)
 #   suite: the whole suite with RCENP_DEVICE=cuda (longer than one command's limit: a later call)
 #   sweep: Fig. 2a's cells on the GPU (data, not a check)
 set -uo pipefail

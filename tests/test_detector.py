@@ -151,6 +151,9 @@ def test_read_images_formats_and_bad_input(tmp_path):
         read_images(tmp_path / "wide.npz", (1, 28, 28))
     with pytest.raises(ValueError, match="unsupported"):
         read_images(tmp_path / "x.txt", (1, 28, 28))
+    (tmp_path / "pngs.png").mkdir()   # a folder, even one with an image's suffix
+    with pytest.raises(ValueError, match="a folder; --images takes files"):
+        read_images(tmp_path / "pngs.png", (1, 28, 28))
 
 
 def test_detect_command(model, data, tmp_path, capsys):

@@ -68,6 +68,8 @@ def read_images(path: Path, shape) -> np.ndarray:
     'adversarial' as ``rcenp attack`` writes, else its only array) or one image file
     (:func:`rcenp.data.images.read_image`: 16-bit files in full, alpha dropped, colour to luma)."""
     c, h, w = shape
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder; --images takes files (a shell glob such as {path}/*.png names them all)")
     if path.suffix.lower() == ".npz":
         array = read_npz(path, ("images", "adversarial"))
         if array.size == 0:

@@ -76,7 +76,7 @@ BUDGETS = {
         cw_wb_stage1={"binary_steps": 1, "max_iterations": 20},
         cw_wb_stage2={"binary_steps": 2, "max_iterations": 20},
         jsma_max_iterations=None, batch_size=20, full_cw_budget=False,  # JSMA's 100 picks: some succeed at 0.16
-        description="SMOKE: 20 images per cell, eps 0.08/0.16, C&W 2 x 20 iterations at lr 0.1, "
+        description="smoke: 20 images per cell, eps 0.08/0.16, C&W 2 x 20 iterations at lr 0.1, "
                     "MNIST only; checks that every part runs, not a measurement",
         datasets=("mnist",)),
     "cpu": Budget(
