@@ -145,8 +145,9 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     computed by that many worker processes of one thread each (``rcenp.reproduce.workers``). In such a
     worker (``WORKER_ENV``) this computes cells only and returns {"budget", "out", "outcomes",
     "worker"}. Raises ValueError for a bad budget, an unknown part or data set, bad ``jobs``, a
-    ``data_dir`` or ``cells_from`` folder that does not exist, an unwritable ``out``, a run there that needs ``resume`` (or, for ``report_only``, no run there),
-    a run in progress there (not for ``plan_only``), or a worker that failed."""
+    ``data_dir`` or ``cells_from`` folder that does not exist, an unwritable ``out``, a run there
+    that needs ``resume`` (or, for ``report_only``, no run there), a run in progress there (not
+    for ``plan_only``), or a worker that failed."""
     start = time.monotonic()
     spec = get_budget(budget)
     jobs = check_jobs(jobs)
