@@ -21,8 +21,9 @@ in .paper-code-<first 7 hex digits>, whose runs/ links to this checkout's. Later
 engine's arithmetic therefore cannot make a resumed run a mix of two versions, and the command
 recorded in the checkpoint and the shipped manifest is the plain one (``--out runs/RUN``). Runs
 start niced (19, and their session too: ``background``) with one host worker and one BLAS thread
-(results do not depend on the worker count), ``python3`` or $PYTHON. A run already training into
-this checkout's runs/RUN (``running``) is not started twice. ``finish`` uses this checkout's code:
+(results do not depend on the worker count), with $PYTHON, else the checkout's .venv, else
+``python3``. A run already training into this checkout's runs/RUN (``running``) is not started
+twice. ``finish`` uses this checkout's code:
 scripts/ship_model.py, ``rcenp detect --fit``, scripts/detection_report.py. The checkpoint copy
 and the train.log summary are in scripts/_run_files.py.
 """
@@ -166,8 +167,12 @@ def record_host(out: Path) -> None:
 
 
 def interpreter() -> str:
-    """$PYTHON or ``python3``, as a path, or exit with one line saying it is missing."""
-    name = os.environ.get("PYTHON", "python3")
+    """$PYTHON, else this checkout's .venv/bin/python (``scripts/setup-venv.sh`` makes it), else
+    ``python3``, as a path; or exit with one line saying it is missing. The .venv comes before
+    ``python3`` so that a run and the runs ``then`` starts later use one interpreter however the
+    script itself was started."""
+    venv = ROOT / ".venv" / "bin" / "python"
+    name = os.environ.get("PYTHON") or (str(venv) if venv.is_file() else "python3")
     path = shutil.which(name)
     if path is None:
         sys.exit(f"no Python interpreter {name!r} (set PYTHON to one with rcenp's dependencies, "

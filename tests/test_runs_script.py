@@ -43,6 +43,21 @@ def test_a_missing_interpreter_is_one_clear_line_not_a_run_reported_as_started(m
     assert runs.interpreter().endswith("/sh")
 
 
+def test_without_python_set_the_checkouts_venv_comes_before_python3(monkeypatch, tmp_path, load_script):
+    """So that `runs.py then`, started with a plain python3, starts its runs with the .venv's Python."""
+    runs = load_script("runs")
+    monkeypatch.delenv("PYTHON", raising=False)
+    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    assert runs.interpreter() == runs.shutil.which("python3")
+    venv = tmp_path / ".venv" / "bin" / "python"
+    venv.parent.mkdir(parents=True)
+    venv.write_text("#!/bin/sh\n")
+    venv.chmod(0o755)
+    assert runs.interpreter() == str(venv)
+    monkeypatch.setenv("PYTHON", "sh")
+    assert runs.interpreter().endswith("/sh")
+
+
 def test_a_run_that_exits_at_once_is_reported_with_its_last_line(tmp_path, monkeypatch, load_script, capsys):
     runs = load_script("runs")
     for name in ("ROOT", "SAVED", "PRETRAINED"):
