@@ -199,6 +199,20 @@ def test_the_report_head_and_protocol_say_what_the_tables_do(tmp_path):
     assert "‡" not in others.replace("| FGSM ε=0.08 |", "") and "| FGSM ε=0.08 |" in others
 
 
+def test_a_partial_report_of_a_budget_over_every_data_set_names_them(tmp_path):
+    """The cpu and paper budgets cover every data set (``datasets`` None): a partial report of
+    theirs, as ``--report`` writes while cells are pending, names them all (it raised TypeError)."""
+    cpu = budgets.get_budget("cpu")
+    assert cpu.datasets is None
+    planned = cells.plan(cpu, ["table1"])
+    meta = {"command": "rcenp reproduce --budget cpu --report", "code": "commit x", "wall_s": 0.0, "counts": "1 pending",
+            "part_seconds": {}, "pending": 3, "again": "rcenp reproduce --budget cpu --resume"}
+    report.write_report(unavailable(planned), cpu, ["table1"], tmp_path, meta)
+    head = (tmp_path / "REPORT.md").read_text().split("\n## ")[0]
+    assert ("**PARTIAL: 3 cells of this run (MNIST, CIFAR-10 (subset), Fashion-MNIST (extra)) are not computed yet"
+            in head) and "not part of this run" not in head
+
+
 def test_the_budget_docstring_states_where_each_attack_matches_best():
     doc = " ".join(budgets.__doc__.split())
     assert "MNIST BIM, ILCM and JSMA rows best at 0.06-0.08 (FGSM's at 0.18 CE and 0.14 RCE)" in doc

@@ -314,7 +314,7 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
             "- test images, for every table: each cell takes the first n images (n shown in the tables) of its "
             "data set's test split:"] + [f"  {line}" for line in used_test_sets(res)] + [""]
     if meta.get("pending"):
-        covered = ", ".join(lineup.DATASET_TITLES[d] for d in budget.datasets)
+        covered = ", ".join(lineup.DATASET_TITLES[d] for d in (budget.datasets or lineup.DATASETS))  # None: all
         others = (f" The other data sets' cells are not part of this run ({budget.datasets_by}): 'not run'."
                   if budget.datasets_by else "")
         head.insert(2, f"**PARTIAL: {meta['pending']} cells of this run ({covered}) are not computed yet (listed "
