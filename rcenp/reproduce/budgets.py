@@ -56,7 +56,7 @@ class Budget:
     jsma_max_iterations: int | None
     batch_size: int
     full_cw_budget: bool  # the paper's C&W budget (9 x 10,000): the "C&W success" check applies as stated
-    description: str
+    description: str  # what the budget runs, for --help and the report (without its name)
     datasets: tuple | None = None  # the data sets whose cells run (None: every one); the others say why not
     datasets_by: str | None = None  # who narrowed them, for that message (None: this budget)
 
@@ -76,7 +76,7 @@ BUDGETS = {
         cw_wb_stage1={"binary_steps": 1, "max_iterations": 20},
         cw_wb_stage2={"binary_steps": 2, "max_iterations": 20},
         jsma_max_iterations=None, batch_size=20, full_cw_budget=False,  # JSMA's 100 picks: some succeed at 0.16
-        description="smoke: 20 images per cell, eps 0.08/0.16, C&W 2 x 20 iterations at lr 0.1, "
+        description="20 images per cell, eps 0.08/0.16, C&W 2 x 20 iterations at lr 0.1, "
                     "MNIST only; checks that every part runs, not a measurement",
         datasets=("mnist",)),
     "cpu": Budget(
@@ -85,7 +85,7 @@ BUDGETS = {
         cw_wb_stage1={"binary_steps": 3, "max_iterations": 300},
         cw_wb_stage2={"binary_steps": 5, "max_iterations": 500},
         jsma_max_iterations=None, batch_size=100, full_cw_budget=False,
-        description="cpu: 1,000 images per eps-attack cell (eps 0.02-0.20), 100 per C&W cell with 5 x 1,000 "
+        description="1,000 images per eps-attack cell (eps 0.02-0.20), 100 per C&W cell with 5 x 1,000 "
                     "iterations (C&W-wb: 3 x 300 then 5 x 500), whole test split for Table 1"),
     "paper": Budget(
         name="paper", n_eps=1000, n_cw=1000, n_wb=1000, eps_sweep=EPS_SWEEP, n_test=None, tsne_per_class=100,
@@ -93,7 +93,7 @@ BUDGETS = {
         cw_wb_stage1={"binary_steps": 3, "max_iterations": 5000},
         cw_wb_stage2={"binary_steps": 9, "max_iterations": 10000},
         jsma_max_iterations=None, batch_size=100, full_cw_budget=True,
-        description="paper: 1,000 images per cell, C&W 9 x 10,000 (C&W-wb 3 x 5,000 then 9 x 10,000), the "
+        description="1,000 images per cell, C&W 9 x 10,000 (C&W-wb 3 x 5,000 then 9 x 10,000), the "
                     "protocol in full; for a GPU"),
 }
 

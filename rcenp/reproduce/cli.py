@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
         "table, and PNG figures (with the optional report extra: " + INSTALL_HINT + "). Every cell is a "
         "saved unit of work: a killed run continues with --resume and recomputes a finished cell only when its "
         "settings, test images or detectors changed since (the old folder is kept as NAME.stale-K). "
-        "Budgets: " + "; ".join(b.description for b in BUDGETS.values()) + "."))
+        "Budgets: " + "; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()) + "."))
     r.add_argument("--budget", default="smoke", help=f"one of {', '.join(BUDGETS)} (default smoke)")
     r.add_argument("--out", type=folder, help="output folder (default runs/reproduce-BUDGET)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
