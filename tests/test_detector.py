@@ -66,6 +66,98 @@ def test_scores_are_the_papers_metrics_under_the_predicted_class(model, data):
     np.testing.assert_allclose(scores["non_me"], non_me(p_logits), rtol=1e-4, atol=1e-6)
 
 
+def device(xp):
+    """The rcenp device of the ``xp`` fixture's array module: "cuda" for CuPy, else "cpu"."""
+    return "cuda" if xp.__name__ == "cupy" else "cpu"
+
+
+# A float32 detector against the same weights in float64 (``exact`` below), on either device: the
+# ResNet-8 forward leaves its features (entries up to 0.21 with these images) within 8e-8 of
+# float64's on the host, and the scores within 2e-8 (confidence ~0.11), 2e-7 (log KD ~-0.01) and
+# 4.4e-7 (non-ME ~2.2, 2 ulps); FLOAT32 allows about 10 times that. Two backends each within it of
+# float64 are within twice it of each other (DEVICE); TF32 GEMMs (10-bit mantissas, ~5e-4 relative
+# rounding) would exceed it many times over. The data keep every decision clear of DEVICE: the
+# prediction logits' top two lie 1e-3 apart at least, and the log KD scores 5e-5 apart at T.
+FLOAT32 = dict(rtol=1e-6, atol=2e-6)
+DEVICE = dict(rtol=2e-6, atol=4e-6)
+
+
+def test_detector_on_each_backend_scores_the_papers_metrics_and_the_device_fit_is_the_host_fit(xp, data, tmp_path):
+    """``Detector`` with its model on ``xp``'s device and device images: kernel points of the
+    chosen training images, the three scores under the predicted class (recomputed in float64 by
+    brute force, as in test_scores_are_the_papers_metrics_under_the_predicted_class, from a float64
+    copy of the weights), T = the k-th smallest calibration score (k = 10 of 100 at 10%), NOT SURE
+    exactly at or below T, and a save/load round trip onto the model's device. On CuPy the device
+    fit is also the host fit (scores and T to DEVICE, the same answers), and stays so when the
+    model is moved to the host after the fit (which once raised TypeError)."""
+    from rcenp.backend import as_numpy, device_of
+    from rcenp.detect.kde import kernel_point_indices
+
+    images, labels = data
+    model = Classifier(resnet(8, 1, seed=0), "rce").eval().to(device(xp))
+    exact = Classifier(resnet(8, 1, seed=0), "rce").astype(np.float64).eval()
+    det = Detector(model, "kd").fit(xp.asarray(images[:200]), xp.asarray(labels[:200]), per_class=5, seed=1)
+    assert device_of(det.kernel_points) == device(xp) and det.kernel_points.dtype == np.float32
+    chosen = kernel_point_indices(labels[:200], per_class=5, seed=1, num_classes=10).ravel()
+    points = exact.features(images[:200][chosen].astype(np.float64)).data.reshape(10, 5, 64)
+    np.testing.assert_allclose(as_numpy(det.kernel_points), points, **FLOAT32)
+
+    clean = xp.asarray(images[200:])                     # 100 held-out images: T rejects 10 of them
+    det.calibrate(clean, target_fpr=0.1)
+    predicted, scores = det.predict(clean)
+    x = images[200:].astype(np.float64)
+    z, p_logits = exact.features(x).data, -exact.network(x).data     # RCE: the reversed logits
+    top_two = np.sort(p_logits, axis=1)[:, -2:]
+    assert (top_two[:, 1] - top_two[:, 0]).min() > 100 * DEVICE["atol"]  # no prediction within rounding of a tie
+    label = p_logits.argmax(1)
+    np.testing.assert_array_equal(scores["prediction"], label)
+    softmax = np.exp(p_logits - p_logits.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    np.testing.assert_allclose(scores["confidence"], softmax.max(1), **FLOAT32)
+    rest = np.delete(softmax, label + 10 * np.arange(len(x)))          # eq. 1: the other classes, renormalised
+    rest = rest.reshape(len(x), 9) / rest.reshape(len(x), 9).sum(1, keepdims=True)
+    np.testing.assert_allclose(scores["non_me"], -(rest * np.log(rest)).sum(1), **FLOAT32)
+    d2 = ((z[:, None, :] - points[label]) ** 2).sum(-1)              # to the predicted class's points
+    log_kd = np.log(np.exp(-d2 / det.sigma2).mean(1))
+    np.testing.assert_allclose(scores["kd"], log_kd, **FLOAT32)
+    other = np.log(np.exp(-((z[:, None, :] - points[(label + 1) % 10]) ** 2).sum(-1) / det.sigma2).mean(1))
+    assert np.abs(log_kd - other).max() > 100 * DEVICE["atol"]     # another class's points would be seen
+
+    ranked = np.sort(scores["kd"])
+    assert det.threshold == ranked[9] and min(ranked[10] - ranked[9], ranked[9] - ranked[8]) > 4 * DEVICE["atol"]
+    assert det.info["calibration_rejection_rate"] == 0.1
+    np.testing.assert_array_equal(predicted, np.where(scores["kd"] > det.threshold, label, NOT_SURE))
+    assert (predicted == NOT_SURE).sum() == 10
+    for metric in ("confidence", "non_me"):     # T: the most rejections within 10% (ties may give fewer)
+        by_metric = Detector(model, metric).calibrate(clean, target_fpr=0.1)
+        answers, metric_scores = by_metric.predict(clean)
+        s, t = metric_scores[metric], by_metric.threshold
+        assert t in s and (s <= t).sum() <= 10 < (s <= s[s > t].min()).sum()
+        np.testing.assert_array_equal(answers, np.where(s > t, label, NOT_SURE))
+    det.save(tmp_path / "det")
+    again = Detector.load(tmp_path / "det", model)
+    assert device_of(again.kernel_points) == device(xp) and again.threshold == det.threshold
+    np.testing.assert_array_equal(as_numpy(again.kernel_points), as_numpy(det.kernel_points))
+    np.testing.assert_array_equal(again.predict(clean)[0], predicted)
+
+    if xp is not np:
+        host = Classifier(resnet(8, 1, seed=0), "rce").eval()
+        on_host = Detector(host, "kd").fit(images[:200], labels[:200], per_class=5, seed=1).calibrate(images[200:], 0.1)
+        host_predicted, host_scores = on_host.predict(images[200:])
+        np.testing.assert_allclose(as_numpy(det.kernel_points), on_host.kernel_points, **DEVICE)
+        for key in ("confidence", "non_me", "kd"):
+            np.testing.assert_allclose(scores[key], host_scores[key], **DEVICE, err_msg=key)
+        assert abs(det.threshold - on_host.threshold) <= DEVICE["atol"] + DEVICE["rtol"] * abs(on_host.threshold)
+        np.testing.assert_array_equal(predicted, host_predicted)
+        model.to("cpu")                 # the fitted detector's kernel points stay on the device
+        moved_predicted, moved_scores = det.predict(images[200:])
+        assert device_of(det.kernel_points) == "cuda"
+        np.testing.assert_array_equal(moved_predicted, host_predicted)
+        for key in ("prediction", "confidence", "non_me"):   # the host model's own forward: the same bits
+            np.testing.assert_array_equal(moved_scores[key], host_scores[key], err_msg=key)
+        np.testing.assert_allclose(moved_scores["kd"], host_scores["kd"], **DEVICE)
+
+
 def test_fit_computes_only_the_chosen_images_features_and_matches_a_full_pass(model, data, monkeypatch):
     from rcenp.detect.kde import select_kernel_points
 

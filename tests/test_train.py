@@ -142,6 +142,101 @@ def test_resume_is_bit_identical(tiny_root, tmp_path):
     assert_same_final_weights(tmp_path / "straight", tmp_path / "split")
 
 
+def device(xp):
+    """The rcenp device of the ``xp`` fixture's array module: "cuda" for CuPy, else "cpu"."""
+    return "cuda" if xp.__name__ == "cupy" else "cpu"
+
+
+def sgd_step_by_hand(xp, state, velocity, data, step, lr):
+    """(weights and BN statistics, momentum buffers) after the test run's step ``step`` (0: its first),
+    written out: batch ``step`` of epoch 0 (``BatchStream``'s documented order,
+    ``default_rng([seed, epoch]).permutation(n)``, 32 a batch), the RCE loss of a ResNet-8 in train
+    mode holding ``state`` (None: the seeded initialisation) on ``xp``'s device, its float32
+    gradient g, then heavy-ball SGD in float64: v = 0.9 v + g + 2e-4 w for conv and linear kernels
+    (the arrays of more than one dimension), v = 0.9 v + g for BN parameters and biases (v = 0
+    before the first step), w = w - lr v. The BN statistics are the model's after that one
+    forward pass. Host arrays, keyed as a checkpoint keys them."""
+    from rcenp.backend import as_numpy
+    from rcenp.models import resnet
+    from rcenp.objectives import Classifier
+
+    network = resnet(8, 1, seed=0)
+    if state is not None:
+        network.load_state_dict(state)
+    model = Classifier(network.to(device(xp)), "rce").train()
+    batch = np.random.default_rng([0, 0]).permutation(len(data.labels))[32 * step:32 * (step + 1)]
+    model.loss(xp.asarray(data.images[batch]), xp.asarray(data.labels[batch])).backward()
+    weights, velocities = {}, {}
+    for i, (name, parameter) in enumerate(network.named_parameters()):
+        w = as_numpy(parameter.data).astype(np.float64)
+        g = as_numpy(parameter.grad).astype(np.float64) + (2e-4 * w if w.ndim > 1 else 0.0)
+        v = g if velocity is None else 0.9 * velocity[f"velocity.{i}"].astype(np.float64) + g
+        weights[name], velocities[f"velocity.{i}"] = w - lr * v, v
+    statistics = {k: v for k, v in network.state_dict().items() if k not in weights}
+    return {**weights, **statistics}, velocities
+
+
+def assert_float32_of(saved, expected, ulps=4):
+    """Every array of ``saved`` is float32 and within ``ulps`` float32 ulps of its array's largest
+    entry of ``expected`` (float64): the rounding of the update's few float32 operations."""
+    assert saved.keys() == expected.keys()
+    for key, want in expected.items():
+        error = np.abs(saved[key].astype(np.float64) - want).max()
+        bound = ulps * np.finfo(np.float32).eps * np.abs(want).max()
+        assert saved[key].dtype == np.float32 and error <= bound, (key, error, bound)
+
+
+# Device against host, both float32: their gradients differ by float32 rounding (~1e-6 of their
+# size) and, where a leaky-ReLU pre-activation lies within rounding of 0, by that one position's
+# slope (1 on one device, 0.1 on the other). The first batch has one such (~7e-7, stage1.unit0.bn1
+# channel 14): there the host's float32 velocity of the stem kernel is 6e-5 from float64's (a
+# permuted batch, rounded otherwise, gives 1e-7), and the weights move by lr x that. Velocities (up
+# to 0.11 here) are held to 1e-3 and weights and BN statistics to 1e-4: room for several such flips
+# in two steps, while a device step that went wrong (another lr, batch, loss or BN mode, no
+# momentum) moves them by about an update, 1e-3 or more. Decay moves a weight by lr x 2e-4 w, ~1e-5,
+# below that: sgd_step_by_hand holds each device's own steps to 4 ulps, which catches it.
+DEVICE_WEIGHTS_ATOL, DEVICE_VELOCITY_ATOL = 1e-4, 1e-3
+
+
+def test_training_steps_are_momentum_sgd_and_resume_bit_for_bit_on_each_backend(xp, tiny_root, tmp_path):
+    """``train(..., device=)`` on either backend: a run stopped after step 1 and resumed for step 2
+    holds, after each step, the weights, BN statistics and momentum buffers of the SGD step written
+    out by hand from the same device's gradient (``sgd_step_by_hand``, to 4 ulps: a wrong lr,
+    momentum, decay, batch, loss or BN mode moves them by far more), and ends bit for bit as a run
+    that was not stopped, on that device. On CuPy the device run is also the host's, to
+    ``DEVICE_WEIGHTS_ATOL`` and ``DEVICE_VELOCITY_ATOL``."""
+    from rcenp.data import load
+
+    on = device(xp)
+    config = tiny_config(steps=2, checkpoint_every=1000, lr_boundaries=(1,), lr_values=(0.1, 0.05))
+    assert (config.depth, config.batch_size, config.momentum, config.weight_decay, config.seed) == (8, 32, 0.9, 2e-4, 0)
+    data = load("mnist", "train", tiny_root)
+    run = tmp_path / "run"
+    assert train(config, run, data_root=tiny_root, device=on, stop_at=1) is None
+    manifest, state, velocity = checkpoint.load(run / "checkpoint")
+    assert manifest["step"] == 1 and manifest["compute"]["device"] == on
+    expected_state, expected_velocity = sgd_step_by_hand(xp, None, None, data, 0, 0.1)
+    assert_float32_of(state, expected_state)
+    assert_float32_of(velocity, expected_velocity)
+    metrics = train(config, run, data_root=tiny_root, device=on, resume=True)
+    assert metrics["device"] == on and metrics["steps"] == 2
+    assert "on another host" not in (run / "train.log").read_text()      # the same device's checkpoint
+    final, final_velocity = final_weights(run)
+    expected_state, expected_velocity = sgd_step_by_hand(xp, state, velocity, data, 1, 0.05)
+    assert_float32_of(final, expected_state)
+    assert_float32_of(final_velocity, expected_velocity)
+    train(config, tmp_path / "straight", data_root=tiny_root, device=on)
+    assert_same_final_weights(run, tmp_path / "straight")
+    if xp is not np:
+        train(config, tmp_path / "host", data_root=tiny_root, device="cpu")
+        host, host_velocity = final_weights(tmp_path / "host")
+        for key in final:
+            np.testing.assert_allclose(final[key], host[key], rtol=0, atol=DEVICE_WEIGHTS_ATOL, err_msg=key)
+        for key in final_velocity:
+            np.testing.assert_allclose(final_velocity[key], host_velocity[key], rtol=0, atol=DEVICE_VELOCITY_ATOL,
+                                       err_msg=key)
+
+
 def test_resume_is_bit_identical_on_the_augmented_cifar_path(tmp_path):
     """CIFAR-10 batches are cropped and flipped with draws of their step (``BatchStream.augment_rng``):
     a run stopped and resumed must draw them as the straight run did. 20 training images in
