@@ -138,6 +138,10 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
             ax.set_ylim(0, 100)
             if ax.get_legend_handles_labels()[0]:   # no curve (cells pending or not run): no empty legend
                 ax.legend()
+            else:
+                ax.set_xlim(budget.eps_sweep[0], budget.eps_sweep[-1])
+                ax.text(0.5, 0.5, "no finished cell", transform=ax.transAxes, ha="center", va="center",
+                        color="0.4")
         ax = axes[4]
         width = 0.35
         for k, obj in enumerate(lineup.OBJECTIVES):
