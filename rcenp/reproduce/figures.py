@@ -136,10 +136,11 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
             ax.set_xlabel("θ (per-feature step, box units)" if attack == "jsma" else "ε (box units)")
             ax.set_ylabel("accuracy under attack (%)")
             ax.set_ylim(0, 100)
+            lo, hi = min(budget.eps_sweep), max(budget.eps_sweep)
+            ax.set_xlim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))  # the sweep's range, however few points are done
             if ax.get_legend_handles_labels()[0]:   # no curve (cells pending or not run): no empty legend
                 ax.legend()
             else:
-                ax.set_xlim(budget.eps_sweep[0], budget.eps_sweep[-1])
                 ax.text(0.5, 0.5, "no finished cell", transform=ax.transAxes, ha="center", va="center",
                         color="0.4")
         ax = axes[4]
