@@ -211,9 +211,7 @@ the first 200 MNIST test images (the complete test set, SHA-256 verified), one C
 across sessions (`scripts/cw_study.sh` step 2, resumed with `--resume` from the last finished batch of 25).
 Everything else is the paper's: c₀ 1, Adam lr 0.01, κ 0 (C&W-hc: 10), random targets ≠ the true label
 (seed 0), abort early per sample. Only the iterations are cut, from the paper's 10,000 per binary step to
-1,000; the budget study below shows what that costs. The study is still running: the tables below are
-as it stood when this file was last written (`python scripts/cw_study_tables.py --readme`), and rows marked
-"not started yet" or "not finished yet" are still to come.
+1,000; the budget study below shows what that costs. {status}
 
 Each folder holds `run.json`, `attack.log`, and, once finished, `summary.json` (rates, distortions,
 paper-rule AUCs with bootstrap intervals, the code of each batch in `code_by_batch`), `samples.jsonl`
@@ -240,14 +238,41 @@ an image's result a little). "vs 10k" is the median over images that succeed at 
 over ‖δ‖₂ at 10,000 (the paper's budget); it needs the 10,000 run.
 
 {budget}
-"""
+{budget_note}"""
+
+RUNNING = ("The study is still running: the tables below are as it stood when this file was last written "
+           "(`python scripts/cw_study_tables.py --readme`), and rows marked \"not started yet\" or \"not finished "
+           "yet\" are still to come.")
+FINISHED = ("Every run of the study is finished; `python scripts/cw_study_tables.py --readme` wrote this file "
+            "from their folders.")
+
+
+def budget_note(budget: list[dict]) -> str:
+    """What the budget study says of 1,000 iterations per binary step against the paper's 10,000, per
+    model whose 1,000 and 10,000 rows are both there ("" while none is)."""
+    by = {(r["model"], r["iterations_per_step"]): r for r in budget}
+    parts = []
+    for model in MODELS:
+        short, full = by.get((model, 1000)), by.get((model, 10000))
+        if short is None or full is None or short["l2_vs_10k_median"] is None:
+            continue
+        parts.append(f"on {model}, 1,000 iterations per step break {100 * short['success_rate']:.0f}% of the images "
+                     f"(10,000: {100 * full['success_rate']:.0f}%), and where both break an image the median ‖δ‖₂ "
+                     f"ratio is {short['l2_vs_10k_median']:.3f} (n = {short['l2_vs_10k_n']}), in "
+                     f"{short['iterations_mean'] / full['iterations_mean']:.0%} of the iterations per image")
+    if not parts:
+        return ""
+    return "\nAgainst the paper's budget: " + "; ".join(parts) + ".\n"
 
 
 def readme(study: list[dict], budget: list[dict]) -> str:
     """results/cw-9x1000/README.md: what the study runs, and its tables as they stand."""
     # without the line on the AUCs' brackets, which the prose above the table gives
     *study_parts, budget_table = [part for part in markdown(study, budget).split("\n\n") if part != PAPER]
-    return README.format(study="\n\n".join(study_parts), budget=budget_table, confidence=confidence_note(study))
+    complete = (len(study) == len(ATTACKS) * len(MODELS) and all(r["finished"] for r in study)
+                and len(budget) == len(BUDGETS) * len(MODELS))
+    return README.format(study="\n\n".join(study_parts), budget=budget_table, confidence=confidence_note(study),
+                         status=FINISHED if complete else RUNNING, budget_note=budget_note(budget))
 
 
 def main(argv=None) -> int:

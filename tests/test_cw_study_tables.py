@@ -92,3 +92,23 @@ def test_the_confidence_note_counts_the_papers_pairs(tmp_path, load_script):
     assert "discussed here once" in tables.confidence_note([])
     no_success = [dict(r, success=False) for r in records]
     assert tables.confidence_pairs(no_success)["final_margin_median"] is None
+
+
+def test_the_budget_note_compares_1000_with_10000_and_the_status_follows_the_runs(tmp_path, load_script):
+    tables = load_script("cw_study_tables")
+    rows = [{"model": "mnist-resnet32-rce", "iterations_per_step": 1000, "success_rate": 0.8, "iterations_mean": 500.0,
+             "l2_vs_10k_median": 1.089, "l2_vs_10k_n": 16},
+            {"model": "mnist-resnet32-rce", "iterations_per_step": 10000, "success_rate": 1.0,
+             "iterations_mean": 2000.0, "l2_vs_10k_median": 1.0, "l2_vs_10k_n": 20}]
+    note = tables.budget_note(rows)
+    assert "on mnist-resnet32-rce, 1,000 iterations per step break 80% of the images (10,000: 100%)" in note
+    assert "median ‖δ‖₂ ratio is 1.089 (n = 16), in 25% of the iterations per image" in note
+    assert "mnist-resnet32-ce" not in note and tables.budget_note(rows[1:]) == ""   # no 1,000 row: nothing said
+    for r in rows:
+        r.update(n=20, l2_paper_mean=10.0, l2_paper_median=10.0)
+    assert tables.RUNNING in tables.readme([], rows) and tables.FINISHED not in tables.readme([], rows)
+    study = [{"model": m, "attack": a, "finished": True, "n": 200, "success_rate": 1.0, "success_rate_8bit": 0.5,
+              "l2_paper_mean": 10.0, "l2_paper_median": 10.0, "iterations_mean": 900.0}
+             for a in tables.ATTACKS for m in tables.MODELS]
+    every_budget = [dict(rows[0], model=m, iterations_per_step=b) for m in tables.MODELS for b in tables.BUDGETS]
+    assert tables.FINISHED in tables.readme(study, every_budget) and tables.RUNNING not in tables.readme(study, every_budget)
