@@ -136,7 +136,7 @@ def start(run: Run) -> None:
     command = ["nice", "-n", "19", interpreter(), "-m", "rcenp", "train", *run.train_args()]
     with open(out / "stdout.log", "ab") as log:
         process = subprocess.Popen(command, cwd=code, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=sigint_default)
     background(process.pid)
     try:  # a run that cannot start (no data, a broken environment) says so here, not hours later
         exit_status = process.wait(timeout=5)
@@ -178,6 +178,14 @@ def interpreter() -> str:
         sys.exit(f"no Python interpreter {name!r} (set PYTHON to one with rcenp's dependencies, "
                  "e.g. the .venv that scripts/setup-venv.sh creates)")
     return path
+
+
+def sigint_default() -> None:
+    """In a run's child process before exec: SIGINT back to its default. A shell without job control
+    starts ``cmd &`` with SIGINT ignored, and an ignored signal stays ignored across fork and exec,
+    so a run started by ``runs.py then`` from such a shell ignored ``stop``'s SIGINT (it did on
+    2026-12-03) and trained on past its checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def background(pid: int) -> None:

@@ -1,5 +1,7 @@
 """scripts/runs.py's bookkeeping: which run a shipped model belongs to, and the command each run trains with."""
 import json
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +74,29 @@ def test_a_run_that_exits_at_once_is_reported_with_its_last_line(tmp_path, monke
     else:
         raise AssertionError("start() reported a dead run as started")
     assert "started" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc/PID/status (Linux)")
+def test_a_run_started_with_sigint_ignored_gets_it_back_for_stop(tmp_path, monkeypatch, load_script):
+    """`runs.py then` started by a shell without job control has SIGINT ignored, and a child inherits
+    that: the run must get SIGINT's default back, or `stop` cannot end it after its checkpoint."""
+    runs = load_script("runs")
+    for name in ("ROOT", "SAVED", "PRETRAINED"):
+        monkeypatch.setattr(runs, name, tmp_path / name.lower())
+    monkeypatch.setattr(runs, "code_dir", lambda commit: tmp_path)
+    monkeypatch.setattr(runs, "running", lambda run: [])
+    probe = tmp_path / "probe.sh"   # stands in for Python: records what it ignores, then exits
+    probe.write_text(f"#!/bin/sh\ngrep SigIgn /proc/self/status > {tmp_path / 'ignored'}\nexit 3\n")
+    probe.chmod(0o755)
+    monkeypatch.setenv("PYTHON", str(probe))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(SystemExit, match="exited at once with status 3"):
+            runs.start(runs.BY_NAME["subset2x-cifar56-ce"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    mask = int((tmp_path / "ignored").read_text().split()[1], 16)
+    assert not mask & (1 << (signal.SIGINT - 1))
 
 
 def test_save_copies_a_checkpoint_whose_last_rename_was_cut_short(tmp_path, monkeypatch, load_script):
