@@ -37,6 +37,12 @@ def xp(request):
 
 
 @pytest.fixture
+def device(xp):
+    """The rcenp device of the ``xp`` fixture's array module, for ``.to``: "cuda" for CuPy, else "cpu"."""
+    return "cuda" if xp.__name__ == "cupy" else "cpu"
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(12345)
 

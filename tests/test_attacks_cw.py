@@ -35,11 +35,6 @@ def linear_model(objective="ce", seed=0, dtype=np.float64, **kwargs):
     return Classifier(LinearNet(seed, **kwargs), objective).astype(dtype).eval()
 
 
-def device(xp):
-    """The rcenp device of the ``xp`` fixture's array module: "cuda" for CuPy, else "cpu"."""
-    return "cuda" if xp.__name__ == "cupy" else "cpu"
-
-
 # A device (CuPy) run against a host computation of the same float64 arithmetic: cuBLAS (FMA, its
 # own summation order) and CUDA's tanh round differently in the last bits, and Adam's step
 # m/(√v + ε) magnifies a last-bit difference in a gradient entry near 0 up to ~1e7 times (ε = 1e-8),
@@ -166,9 +161,9 @@ def test_binary_search_is_elementwise():
 # ---- the algorithm -----------------------------------------------------------------------------
 @pytest.mark.parametrize("objective, targets, kappa, steps", [
     ("ce", None, 0.0, 4), ("rce", None, 1.0, 4), ("ce", "untargeted", 0.5, 3), ("rce", None, 0.0, 10)])
-def test_matches_the_reference_algorithm_on_a_linear_model(xp, objective, targets, kappa, steps):
+def test_matches_the_reference_algorithm_on_a_linear_model(xp, device, objective, targets, kappa, steps):
     """The streamed attack (the model and images on ``xp``'s device) against the host loop reference."""
-    model = linear_model(objective, seed=1).to(device(xp))
+    model = linear_model(objective, seed=1).to(device)
     x = box_images(1, 4)
     result = attacks.cw_l2(model, xp.asarray(x), targets=targets, kappa=kappa, binary_steps=steps, max_iterations=60,
                            learning_rate=0.05, batch_size=3)
@@ -187,9 +182,9 @@ def test_matches_the_reference_algorithm_on_a_linear_model(xp, objective, target
 
 
 @pytest.mark.parametrize("objective, kappa", [("ce", 0.0), ("rce", 1.0), ("ce", 1.0)])
-def test_targeted_reaches_every_target_with_margin_kappa(xp, objective, kappa):
+def test_targeted_reaches_every_target_with_margin_kappa(xp, device, objective, kappa):
     """Every target reached past κ, by the host's own product with the weights (the model on ``xp``'s device)."""
-    model = linear_model(objective, seed=2, scale=4.0).to(device(xp))
+    model = linear_model(objective, seed=2, scale=4.0).to(device)
     x = box_images(2, 12)
     result = attacks.cw_l2(model, xp.asarray(x), kappa=kappa, binary_steps=5, max_iterations=100, learning_rate=0.05,
                            batch_size=5)
@@ -304,11 +299,11 @@ def test_streaming_does_not_change_any_sample_linear(batch_size):
     assert len({tuple(d["step_iterations"]) for d in reference.details}) > 1   # the slots really are refilled
 
 
-def test_streaming_does_not_change_any_sample_resnet(xp):
+def test_streaming_does_not_change_any_sample_resnet(xp, device):
     """float64 ResNet (on ``xp``'s device): alone == batched == streamed through 2 slots. On the GPU,
     CuPy's kernels (GEMMs, reductions) may sum in another order for another batch size: images to
     ``DEVICE_ATOL`` there, decisions exactly."""
-    model = Classifier(resnet(8, 1, seed=3), "rce").astype(np.float64).eval().to(device(xp))
+    model = Classifier(resnet(8, 1, seed=3), "rce").astype(np.float64).eval().to(device)
     x = xp.asarray(box_images(7, 4, (1, 8, 8)))
     kwargs = dict(binary_steps=2, max_iterations=10, learning_rate=0.05)
     together = attacks.cw_l2(model, x, batch_size=4, **kwargs)
@@ -319,8 +314,8 @@ def test_streaming_does_not_change_any_sample_resnet(xp):
         assert_same_runs(alone, together, [i], atol=image_atol(xp))
 
 
-def test_float32_model_runs_in_float32(xp):
-    model = linear_model("ce", 8, np.float32, scale=4.0).to(device(xp))
+def test_float32_model_runs_in_float32(xp, device):
+    model = linear_model("ce", 8, np.float32, scale=4.0).to(device)
     x = box_images(8, 5, dtype=np.float32)
     result = attacks.cw_l2(model, xp.asarray(x), kappa=0.5, binary_steps=3, max_iterations=60, learning_rate=0.05)
     assert isinstance(result.adversarial, np.ndarray)
@@ -329,7 +324,7 @@ def test_float32_model_runs_in_float32(xp):
 
 
 @pytest.mark.parametrize("targeted, kappa", [(True, 0.02), (False, 0.05)])
-def test_device_run_is_the_host_run(xp, targeted, kappa):
+def test_device_run_is_the_host_run(xp, device, targeted, kappa):
     """float64 ResNet-8, labels (the clean prediction) and targets given as host arrays (device
     labels when untargeted). Either backend: each success is, by the HOST model's own forward pass,
     classified past κ (as the target, or away from the label) at its recorded margin, with its
@@ -337,7 +332,7 @@ def test_device_run_is_the_host_run(xp, targeted, kappa):
     the host run: the same decisions, c and stops; images, best_l2 and margins to ``DEVICE_ATOL``."""
     n = 5
     host = Classifier(resnet(8, 1, seed=11), "rce").astype(np.float64).eval()
-    model = Classifier(resnet(8, 1, seed=11), "rce").astype(np.float64).eval().to(device(xp))
+    model = Classifier(resnet(8, 1, seed=11), "rce").astype(np.float64).eval().to(device)
     x = box_images(12, n, (1, 8, 8))
     labels = host.predict(x)
     if targeted:

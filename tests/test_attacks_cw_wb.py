@@ -16,7 +16,7 @@ from rcenp.nn import Module
 from rcenp.nn.layers import Linear
 from rcenp.objectives import Classifier
 from rcenp.testing import numerical_grads
-from tests.test_attacks_cw import DEVICE_ATOL, box_images, device, image_atol
+from tests.test_attacks_cw import DEVICE_ATOL, box_images, image_atol
 
 
 class FeatureNet(Module):
@@ -48,13 +48,13 @@ def fitted_detector(model, seed=0, per_class=12):  # on the model's device
 
 
 @pytest.mark.parametrize("regime", ["active", "inactive", "underflow"])
-def test_cw_wb_loss_gradient_matches_finite_differences(xp, regime):
+def test_cw_wb_loss_gradient_matches_finite_differences(xp, device, regime):
     """f₂ and the margin hinge through the network, float64 central differences. 'underflow': RCE's
     σ² and kernel points far from every feature, where mean(exp(−d²/σ²)) is exactly 0 even in float64
     (the authors' log(1e-30 + mean exp) has a zero gradient there); log space stays exact. Model,
     iterates, kernel points and the per-row arrays on ``xp``'s device, as ``optimise`` passes them
     (there log KD takes CuPy's fused kernel)."""
-    model = feature_model("rce", 1, device(xp))
+    model = feature_model("rce", 1, device)
     rng = np.random.default_rng(1)
     points = rng.normal(0, 0.5, (4, 5, 6)) + (30.0 if regime == "underflow" else 0.0)
     sigma2 = 0.1 / 0.26
@@ -231,9 +231,9 @@ def end_to_end_case(on="cpu"):
 
 
 @pytest.mark.filterwarnings("ignore::rcenp.attacks.EtaApproximationWarning")   # the approximation on purpose
-def test_cw_wb_end_to_end(xp):
+def test_cw_wb_end_to_end(xp, device):
     """Both stages on ``xp``'s device; on CuPy also the host run's decisions and images."""
-    model, detector, x, result = end_to_end_case(device(xp))
+    model, detector, x, result = end_to_end_case(device)
     assert isinstance(result.adversarial, np.ndarray) and result.adversarial.dtype == np.float64
     stages = STAGES
     model.train()

@@ -240,10 +240,10 @@ def test_bad_arguments_raise_a_clear_value_error(bad, message):
         attacks.fgsm(model, args["x"], args["eps"], labels=args["labels"])
 
 
-def test_attacks_run_on_the_model_device_and_leave_parameter_grads_alone(xp):
+def test_attacks_run_on_the_model_device_and_leave_parameter_grads_alone(xp, device):
     from rcenp.backend import device_of
 
-    model = Classifier(resnet(8, 1, seed=0), "ce").to("cuda" if xp.__name__ == "cupy" else "cpu").eval()
+    model = Classifier(resnet(8, 1, seed=0), "ce").to(device).eval()
     x = box_images(np.random.default_rng(0), 3, (1, 28, 28), np.float32)
     for p in model.parameters():
         p.grad = None

@@ -50,8 +50,7 @@ def test_a_cuda_request_says_what_is_missing_and_the_fix(monkeypatch):
     assert "no CUDA device" in backend.cuda_missing()
 
 
-def test_moves_and_array_module(xp):
-    device = "cuda" if xp.__name__ == "cupy" else "cpu"
+def test_moves_and_array_module(xp, device):
     a = backend.to_device(np.arange(3, dtype=np.float32), device)
     assert backend.get_array_module(a) is xp and backend.get_array_module(Tensor(a)) is xp
     assert backend.device_of(a) == device

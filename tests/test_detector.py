@@ -66,11 +66,6 @@ def test_scores_are_the_papers_metrics_under_the_predicted_class(model, data):
     np.testing.assert_allclose(scores["non_me"], non_me(p_logits), rtol=1e-4, atol=1e-6)
 
 
-def device(xp):
-    """The rcenp device of the ``xp`` fixture's array module: "cuda" for CuPy, else "cpu"."""
-    return "cuda" if xp.__name__ == "cupy" else "cpu"
-
-
 # A float32 detector against the same weights in float64 (``exact`` below), on either device: the
 # ResNet-8 forward leaves its features (entries up to 0.21 with these images) within 8e-8 of
 # float64's on the host, and the scores within 2e-8 (confidence ~0.11), 2e-7 (log KD ~-0.01) and
@@ -82,7 +77,7 @@ FLOAT32 = dict(rtol=1e-6, atol=2e-6)
 DEVICE = dict(rtol=2e-6, atol=4e-6)
 
 
-def test_detector_on_each_backend_scores_the_papers_metrics_and_the_device_fit_is_the_host_fit(xp, data, tmp_path):
+def test_detector_on_each_backend_scores_the_papers_metrics_and_the_device_fit_is_the_host_fit(xp, device, data, tmp_path):
     """``Detector`` with its model on ``xp``'s device and device images: kernel points of the
     chosen training images, the three scores under the predicted class (recomputed in float64 by
     brute force, as in test_scores_are_the_papers_metrics_under_the_predicted_class, from a float64
@@ -94,10 +89,10 @@ def test_detector_on_each_backend_scores_the_papers_metrics_and_the_device_fit_i
     from rcenp.detect.kde import kernel_point_indices
 
     images, labels = data
-    model = Classifier(resnet(8, 1, seed=0), "rce").eval().to(device(xp))
+    model = Classifier(resnet(8, 1, seed=0), "rce").eval().to(device)
     exact = Classifier(resnet(8, 1, seed=0), "rce").astype(np.float64).eval()
     det = Detector(model, "kd").fit(xp.asarray(images[:200]), xp.asarray(labels[:200]), per_class=5, seed=1)
-    assert device_of(det.kernel_points) == device(xp) and det.kernel_points.dtype == np.float32
+    assert device_of(det.kernel_points) == device and det.kernel_points.dtype == np.float32
     chosen = kernel_point_indices(labels[:200], per_class=5, seed=1, num_classes=10).ravel()
     points = exact.features(images[:200][chosen].astype(np.float64)).data.reshape(10, 5, 64)
     np.testing.assert_allclose(as_numpy(det.kernel_points), points, **FLOAT32)
@@ -136,7 +131,7 @@ def test_detector_on_each_backend_scores_the_papers_metrics_and_the_device_fit_i
         np.testing.assert_array_equal(answers, np.where(s > t, label, NOT_SURE))
     det.save(tmp_path / "det")
     again = Detector.load(tmp_path / "det", model)
-    assert device_of(again.kernel_points) == device(xp) and again.threshold == det.threshold
+    assert device_of(again.kernel_points) == device and again.threshold == det.threshold
     np.testing.assert_array_equal(as_numpy(again.kernel_points), as_numpy(det.kernel_points))
     np.testing.assert_array_equal(again.predict(clean)[0], predicted)
 

@@ -92,9 +92,9 @@ def test_initialisation_matches_the_protocol():
 
 
 @pytest.mark.parametrize("activation", ["leaky_relu", "relu"])
-def test_forward_matches_independent_reference(xp, activation):
+def test_forward_matches_independent_reference(xp, device, activation):
     model = randomised(resnet(8, 1, activation=activation, seed=1), seed=2).astype(np.float64).eval()
-    model.to("cuda" if xp.__name__ == "cupy" else "cpu")
+    model.to(device)
     x = np.random.default_rng(4).normal(size=(2, 1, 8, 8))
     logits = as_numpy(model(xp.asarray(x)).data)
     z = as_numpy(model.features(xp.asarray(x)).data)
@@ -111,10 +111,10 @@ def test_rejects_bad_depth_and_activation():
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_whole_network_gradient_float64(xp, training):
+def test_whole_network_gradient_float64(xp, device, training):
     """Directional finite differences through a ResNet-8 with the RCE loss, in both BN modes."""
     model = randomised(resnet(8, 1, seed=5), seed=6).astype(np.float64).train(training)
-    model.to("cuda" if xp.__name__ == "cupy" else "cpu")
+    model.to(device)
     clf = Classifier(model, "rce")
     x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 8, 8))), requires_grad=True)
     labels = xp.asarray(np.array([1, 4, 9]))
@@ -165,10 +165,9 @@ def float_dtypes(fn):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_float64_model_is_float64_end_to_end(xp, training):
+def test_float64_model_is_float64_end_to_end(xp, device, training):
     """A float64 gradient check must be one: every forward value, every array kept for backward,
     every gradient and the BN statistics stay float64 (nothing computes in float32)."""
-    device = "cuda" if xp.__name__ == "cupy" else "cpu"
     model = randomised(resnet(8, 1, seed=5), seed=6).astype(np.float64).train(training).to(device)
     clf = Classifier(model, "rce")
     x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 8, 8))), requires_grad=True)
@@ -268,9 +267,8 @@ def test_classifier_reverses_logits_for_rce():
         Classifier(net, "mse")
 
 
-def test_device_moves_round_trip(xp):
+def test_device_moves_round_trip(xp, device):
     model = resnet(8, 1, seed=0)
-    device = "cuda" if xp.__name__ == "cupy" else "cpu"
     x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
     expected = model.eval()(x).data
     model.to(device)

@@ -142,16 +142,11 @@ def test_resume_is_bit_identical(tiny_root, tmp_path):
     assert_same_final_weights(tmp_path / "straight", tmp_path / "split")
 
 
-def device(xp):
-    """The rcenp device of the ``xp`` fixture's array module: "cuda" for CuPy, else "cpu"."""
-    return "cuda" if xp.__name__ == "cupy" else "cpu"
-
-
-def sgd_step_by_hand(xp, state, velocity, data, step, lr):
+def sgd_step_by_hand(xp, device, state, velocity, data, step, lr):
     """(weights and BN statistics, momentum buffers) after the test run's step ``step`` (0: its first),
     written out: batch ``step`` of epoch 0 (``BatchStream``'s documented order,
     ``default_rng([seed, epoch]).permutation(n)``, 32 a batch), the RCE loss of a ResNet-8 in train
-    mode holding ``state`` (None: the seeded initialisation) on ``xp``'s device, its float32
+    mode holding ``state`` (None: the seeded initialisation) on ``device`` (``xp``'s), its float32
     gradient g, then heavy-ball SGD in float64: v = 0.9 v + g + 2e-4 w for conv and linear kernels
     (the arrays of more than one dimension), v = 0.9 v + g for BN parameters and biases (v = 0
     before the first step), w = w - lr v. The BN statistics are the model's after that one
@@ -163,7 +158,7 @@ def sgd_step_by_hand(xp, state, velocity, data, step, lr):
     network = resnet(8, 1, seed=0)
     if state is not None:
         network.load_state_dict(state)
-    model = Classifier(network.to(device(xp)), "rce").train()
+    model = Classifier(network.to(device), "rce").train()
     batch = np.random.default_rng([0, 0]).permutation(len(data.labels))[32 * step:32 * (step + 1)]
     model.loss(xp.asarray(data.images[batch]), xp.asarray(data.labels[batch])).backward()
     weights, velocities = {}, {}
@@ -198,7 +193,7 @@ def assert_float32_of(saved, expected, ulps=4):
 DEVICE_WEIGHTS_ATOL, DEVICE_VELOCITY_ATOL = 1e-4, 1e-3
 
 
-def test_training_steps_are_momentum_sgd_and_resume_bit_for_bit_on_each_backend(xp, tiny_root, tmp_path):
+def test_training_steps_are_momentum_sgd_and_resume_bit_for_bit_on_each_backend(xp, device, tiny_root, tmp_path):
     """``train(..., device=)`` on either backend: a run stopped after step 1 and resumed for step 2
     holds, after each step, the weights, BN statistics and momentum buffers of the SGD step written
     out by hand from the same device's gradient (``sgd_step_by_hand``, to 4 ulps: a wrong lr,
@@ -207,25 +202,24 @@ def test_training_steps_are_momentum_sgd_and_resume_bit_for_bit_on_each_backend(
     ``DEVICE_WEIGHTS_ATOL`` and ``DEVICE_VELOCITY_ATOL``."""
     from rcenp.data import load
 
-    on = device(xp)
     config = tiny_config(steps=2, checkpoint_every=1000, lr_boundaries=(1,), lr_values=(0.1, 0.05))
     assert (config.depth, config.batch_size, config.momentum, config.weight_decay, config.seed) == (8, 32, 0.9, 2e-4, 0)
     data = load("mnist", "train", tiny_root)
     run = tmp_path / "run"
-    assert train(config, run, data_root=tiny_root, device=on, stop_at=1) is None
+    assert train(config, run, data_root=tiny_root, device=device, stop_at=1) is None
     manifest, state, velocity = checkpoint.load(run / "checkpoint")
-    assert manifest["step"] == 1 and manifest["compute"]["device"] == on
-    expected_state, expected_velocity = sgd_step_by_hand(xp, None, None, data, 0, 0.1)
+    assert manifest["step"] == 1 and manifest["compute"]["device"] == device
+    expected_state, expected_velocity = sgd_step_by_hand(xp, device, None, None, data, 0, 0.1)
     assert_float32_of(state, expected_state)
     assert_float32_of(velocity, expected_velocity)
-    metrics = train(config, run, data_root=tiny_root, device=on, resume=True)
-    assert metrics["device"] == on and metrics["steps"] == 2
+    metrics = train(config, run, data_root=tiny_root, device=device, resume=True)
+    assert metrics["device"] == device and metrics["steps"] == 2
     assert "on another host" not in (run / "train.log").read_text()      # the same device's checkpoint
     final, final_velocity = final_weights(run)
-    expected_state, expected_velocity = sgd_step_by_hand(xp, state, velocity, data, 1, 0.05)
+    expected_state, expected_velocity = sgd_step_by_hand(xp, device, state, velocity, data, 1, 0.05)
     assert_float32_of(final, expected_state)
     assert_float32_of(final_velocity, expected_velocity)
-    train(config, tmp_path / "straight", data_root=tiny_root, device=on)
+    train(config, tmp_path / "straight", data_root=tiny_root, device=device)
     assert_same_final_weights(run, tmp_path / "straight")
     if xp is not np:
         train(config, tmp_path / "host", data_root=tiny_root, device="cpu")
