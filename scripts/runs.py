@@ -23,9 +23,9 @@ recorded in the checkpoint and the shipped manifest is the plain one (``--out ru
 start niced (19, and their session too: ``background``) with one host worker and one BLAS thread
 (results do not depend on the worker count), with $PYTHON, else the checkout's .venv, else
 ``python3``. A run already training into this checkout's runs/RUN (``running``) is not started
-twice. ``finish`` uses this checkout's code:
-scripts/ship_model.py, ``rcenp detect --fit``, scripts/detection_report.py. The checkpoint copy
-and the train.log summary are in scripts/_run_files.py.
+twice. ``finish`` uses this checkout's code: scripts/ship_model.py, ``rcenp detect --fit``,
+scripts/detection_report.py. The checkpoint copy and the train.log summary are in
+scripts/_run_files.py.
 """
 from __future__ import annotations
 

@@ -126,6 +126,8 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
             notes.append(f"{lineup.DATASET_TITLES[dataset]}: {why}")
             continue
         fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
+        lo, hi = min(budget.eps_sweep), max(budget.eps_sweep)
+        sweep_range = (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))  # every panel's, however few points are done
         for ax, attack in zip(axes, attacks):
             for obj, style, size in zip(lineup.OBJECTIVES, ("o--", "s-"), (8, 4)):
                 if (obj, attack) in curves:  # big hollow circles under small squares: equal curves stay visible
@@ -136,8 +138,7 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
             ax.set_xlabel("θ (per-feature step, box units)" if attack == "jsma" else "ε (box units)")
             ax.set_ylabel("accuracy under attack (%)")
             ax.set_ylim(0, 100)
-            lo, hi = min(budget.eps_sweep), max(budget.eps_sweep)
-            ax.set_xlim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))  # the sweep's range, however few points are done
+            ax.set_xlim(*sweep_range)
             if ax.get_legend_handles_labels()[0]:   # no curve (cells pending or not run): no empty legend
                 ax.legend()
             else:
