@@ -162,6 +162,16 @@ def test_detector_needs_a_classifier(bad):
         Detector(bad)
 
 
+@pytest.mark.parametrize("bad", ["mnist-resnet32-rce", ("model", "manifest")])
+def test_loading_a_detector_needs_a_classifier_before_reading_files(bad, tmp_path):
+    from rcenp.detect import load_detector
+
+    with pytest.raises(TypeError, match="model must be an rcenp Classifier .*got " + type(bad).__name__):
+        load_detector("mnist-resnet32-rce", bad)
+    with pytest.raises(TypeError, match="model must be an rcenp Classifier"):
+        Detector.load(tmp_path / "nothing-here", bad)
+
+
 def test_detector_refuses_the_bare_network(model):
     with pytest.raises(TypeError, match="got ResNet"):
         Detector(model.network)

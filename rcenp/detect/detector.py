@@ -236,7 +236,9 @@ class Detector:
         that is not a detector, one fitted for the other objective, or one fitted for other weights
         than ``model``'s (its ``model_sha256`` against ``model.weights_sha256``, where both are
         known: a run trained further after ``rcenp detect --fit``); detectors saved before the
-        weights were recorded are taken as they are."""
+        weights were recorded are taken as they are; TypeError when ``model`` is not a
+        ``Classifier``."""
+        check_model(model)
         manifest, arrays, _ = checkpoint.load(stem)
         if manifest.get("kind") != "rcenp-detector":
             raise checkpoint.CheckpointError(f"{stem}: not an rcenp detector")
@@ -279,9 +281,11 @@ def load_detector(name_or_path, model) -> Detector:
     """The detector fitted for a shipped model name or run directory (``rcenp detect --fit``),
     scoring with ``model`` (that model, e.g. from ``rcenp.models.load(name_or_path)``).
 
-    Raises CheckpointError when none is fitted or it was fitted for the other objective."""
+    Raises CheckpointError when none is fitted or it was fitted for the other objective, and
+    TypeError when ``model`` is not a ``Classifier`` (a name, or the (model, manifest) pair)."""
     from rcenp.models.registry import resolve
 
+    check_model(model)
     stem = detector_stem(resolve(name_or_path))
     if not stem.with_suffix(".json").is_file():
         raise checkpoint.CheckpointError(f"{name_or_path}: no fitted detector ({stem.with_suffix('.json')}); "
