@@ -418,6 +418,18 @@ def test_images_that_are_not_finite_or_outside_the_box_say_which(tmp_path, capsy
     assert one_error_line(capsys.readouterr().err) == f"rcenp detect: error: {path}: {says}"
 
 
+@pytest.mark.parametrize("array", [np.zeros((1, 1, 28, 28), np.int64), np.full((1, 1, 28, 28), 255, np.uint16),
+                                   np.ones((1, 1, 28, 28), bool)])
+def test_integer_images_other_than_uint8_are_refused_naming_the_dtype(tmp_path, capsys, array):
+    # int64 zeros were read as box value 0 (grey), where uint8 zeros are black: refuse, do not guess
+    path = tmp_path / "batch.npz"
+    np.savez(path, images=array)
+    assert main(["detect", "mnist-resnet32-rce", "--images", str(path), "--device", "cpu"]) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"rcenp detect: error: {path}: images of dtype {array.dtype}; pass uint8 pixels (0..255) or floats in "
+        "[-0.5, 0.5]")
+
+
 def test_resuming_a_finished_run_says_so_and_still_gives_the_summary(setup, tmp_path, capfd):
     run, root = setup
     argv = ["attack", str(run), "--attack", "fgsm", "--eps", "0.1", "--n", "5", "--batch-size", "2",

@@ -65,8 +65,10 @@ def add_parser(sub) -> None:
 
 def read_images(path: Path, shape) -> np.ndarray:
     """Images (N, C, H, W) float32 in [-0.5, 0.5] from an .npz batch (its array 'images', else
-    'adversarial' as ``rcenp attack`` writes, else its only array) or one image file
-    (:func:`rcenp.data.images.read_image`: 16-bit files in full, alpha dropped, colour to luma)."""
+    'adversarial' as ``rcenp attack`` writes, else its only array: uint8 pixels 0..255, or floats
+    in the box) or one image file (:func:`rcenp.data.images.read_image`: 16-bit files in full,
+    alpha dropped, colour to luma). Raises ValueError naming the file for any other dtype (an int64
+    array could hold either), a wrong shape, non-finite or out-of-box values."""
     c, h, w = shape
     if path.is_dir():
         raise ValueError(f"{path}: a folder; --images takes files (a shell glob such as {path}/*.png names them all)")
@@ -80,6 +82,9 @@ def read_images(path: Path, shape) -> np.ndarray:
             raise ValueError(f"{path}: images of shape {tuple(array.shape)}; this model takes (N, {c}, {h}, {w})")
         if array.dtype == np.uint8:
             return array.astype(np.float32) / np.float32(255) - np.float32(0.5)
+        if array.dtype.kind != "f":  # int64 0..255 is pixels or box values? Refuse rather than guess
+            raise ValueError(f"{path}: images of dtype {array.dtype}; pass uint8 pixels (0..255) or floats in "
+                             "[-0.5, 0.5]")
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
             raise ValueError(f"{path}: {int((~np.isfinite(array)).sum())} pixel values are NaN or infinite")
