@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rcenp import Tensor
 from rcenp.nn import Parameter
 from rcenp.optim import SCHEDULES, SGD, PiecewiseConstant
 
@@ -57,3 +58,71 @@ def test_schedules_follow_the_protocol():
     assert [cifar(s) for s in (0, 39_999, 40_000, 60_000, 80_000, 90_000)] == [0.1, 0.1, 0.01, 0.001, 0.0001, 0.0001]
     with pytest.raises(ValueError):
         PiecewiseConstant([2, 1], [0.1, 0.2, 0.3])
+
+
+def _params():
+    return [Parameter(np.ones((2, 2)), decay=True), Parameter(np.zeros(2))]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("lr", float("nan")), ("lr", float("inf")), ("lr", -1), ("lr", 0.0), ("lr", True), ("lr", "0.1"), ("lr", None),
+    ("momentum", -5), ("momentum", 1.0), ("momentum", float("nan")), ("momentum", True),
+    ("weight_decay", -1), ("weight_decay", float("inf")), ("weight_decay", float("nan")), ("weight_decay", False),
+])
+def test_bad_hyperparameters_raise_naming_the_argument(name, value):
+    config = {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, name: value}
+    with pytest.raises(ValueError, match=name):
+        SGD(_params(), **config)
+    opt = SGD(_params(), 0.1)
+    with pytest.raises(ValueError, match=name):  # a later setting, as train.py's schedule sets lr
+        setattr(opt, name, value)
+    assert (opt.lr, opt.momentum, opt.weight_decay) == (0.1, 0.9, 2e-4)
+
+
+def test_boundary_hyperparameters_are_accepted():
+    opt = SGD(_params(), lr=np.float32(1e-8), momentum=0, weight_decay=0)
+    assert (opt.lr, opt.momentum, opt.weight_decay) == (float(np.float32(1e-8)), 0.0, 0.0)
+    opt.lr = 0.01  # the schedule's setting
+    assert opt.lr == 0.01
+
+
+def test_bad_params_raise():
+    p = Parameter(np.ones(2))
+    with pytest.raises(ValueError, match="params is empty"):
+        SGD([], 0.1)
+    with pytest.raises(TypeError, match="single Tensor"):
+        SGD(p, 0.1)
+    with pytest.raises(TypeError, match=r"params\[1\] must be a Tensor"):
+        SGD([p, np.ones(2)], 0.1)
+    with pytest.raises(TypeError, match="iterable"):
+        SGD(3, 0.1)
+    with pytest.raises(ValueError, match=r"params\[1\] appears twice"):
+        SGD([p, p], 0.1)
+    with pytest.raises(ValueError, match="does not require gradients"):
+        SGD([Tensor(np.ones(2))], 0.1)
+
+
+def test_module_instead_of_parameters_gets_a_hint():
+    from rcenp.nn import Linear
+    with pytest.raises(TypeError, match=r"module\.parameters\(\)"):
+        SGD(Linear(2, 3), 0.1)
+
+
+def test_schedule_values_are_checked():
+    for values in ([0.1, 0.0], [0.1, -0.01], [0.1, float("nan")]):
+        with pytest.raises(ValueError, match=r"values\[1\]"):
+            PiecewiseConstant([5], values)
+
+
+def test_load_state_dict_checks_keys_and_shapes_before_changing_anything():
+    params = _params()
+    opt = SGD(params, 0.1)
+    params[0].grad, params[1].grad = np.ones((2, 2)), np.ones(2)
+    opt.step()
+    before = opt.state_dict()
+    with pytest.raises(KeyError, match="velocity.7"):
+        opt.load_state_dict({"velocity.0": np.zeros((2, 2)), "velocity.7": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"velocity.1: shape \(3,\)"):
+        opt.load_state_dict({"velocity.0": np.zeros((2, 2)), "velocity.1": np.zeros(3)})
+    after = opt.state_dict()
+    assert before.keys() == after.keys() and all(np.array_equal(before[k], after[k]) for k in before)
