@@ -9,7 +9,8 @@ Then the paper's point in one attack (``attack_showcase``): BIM at eps = 0.1 on 
 correctly classified test images of each MNIST model that has a detector: accuracy under attack
 without the detector, the share answered correctly or NOT SURE with it, and the K-density AUC.
 People get tables; ``--json`` gives one JSON line per evaluated model (keys: ``RECORD_KEYS``),
-then one per attacked model (``"kind": "attack"``, keys: ``ATTACK_KEYS``). Where no model is
+then one per attacked model (``"kind": "attack"``, keys: ``ATTACK_KEYS``); a model skipped for
+want of data gets ``{"kind": "skipped", "model", "reason"}`` in place of its record. Where no model is
 shipped, ``engine_demo`` trains a ResNet-32 on random data for a few steps instead.
 """
 from __future__ import annotations
@@ -69,7 +70,8 @@ def evaluate_model(name, test, device=None, err=None) -> dict:
 
 def run_demo(names, data_dir=None, device=None, as_json=False, out=None, err=None) -> int:
     """Evaluate ``names`` (shipped models), printing tables to ``out``, or with ``as_json`` one JSON
-    line per model as it finishes (test-set lines and skips then go to ``err``). Returns 0."""
+    line per model as it finishes (or a ``"kind": "skipped"`` line; test-set lines and skips in
+    words then go to ``err``). Returns 0."""
     from rcenp.data import find_test_split
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -87,6 +89,7 @@ def run_demo(names, data_dir=None, device=None, as_json=False, out=None, err=Non
             skipped.append(f"{name}: skipped, {why}")
             if as_json:
                 print(skipped[-1], file=err, flush=True)
+                print(json.dumps({"kind": "skipped", "model": name, "reason": why}), file=out, flush=True)
         elif as_json:
             records.append(evaluate_model(name, test, device, err))
             print(json.dumps(records[-1]), file=out, flush=True)

@@ -84,6 +84,9 @@ def test_demo_on_the_sample_prints_todays_json_and_skips_what_has_no_data(no_dat
         assert set(r["clean_score_quartiles"]) == {"confidence", "non_me", "kd"}
     assert "test images: mnist/test: 1,000 images" in captured.err
     assert f"{FAKE_CIFAR}: skipped, no cifar10 test data" in captured.err and "--data-dir" in captured.err
+    skips = {r["model"]: r["reason"] for r in lines if r.get("kind") == "skipped"}   # machines see them too
+    assert set(skips) == set(registry.shipped_models()) - set(mnist) | {FAKE_CIFAR}
+    assert all(f"{name}: skipped, {why}" in captured.err for name, why in skips.items())
     table = demo.demo_table(records)
     for r, row in zip(records, table.splitlines()[2:]):
         assert row.startswith(r["model"]) and f"{r['errors']} / 1,000" in row
@@ -122,7 +125,9 @@ def test_demo_table_and_json_agree(no_data_root, with_cifar_model, monkeypatch, 
     monkeypatch.setattr(demo, "attack_showcase", lambda name, test, device=None: attacked[name])
     assert main(["demo", "--json"]) == 0
     as_json = capsys.readouterr()
-    assert [json.loads(line) for line in as_json.out.splitlines()] == RECORDS + list(attacked.values())
+    skip = {"kind": "skipped", "model": FAKE_CIFAR}
+    assert [{k: v for k, v in json.loads(line).items() if k != "reason"} for line in as_json.out.splitlines()] == \
+        RECORDS + [skip] + list(attacked.values())
     assert main(["demo"]) == 0
     human = capsys.readouterr()
     assert demo.demo_table(RECORDS) in human.out and demo.scores_table(RECORDS) in human.out
