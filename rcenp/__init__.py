@@ -3,9 +3,6 @@
 ``import rcenp`` loads the autograd core only; the subpackages below load on first use
 (``rcenp.models.load(...)``, ``rcenp.detect.Detector``), as with NumPy and SciPy (PEP 562).
 """
-import importlib
-import importlib.util
-
 from rcenp.autograd import Function, Tensor, grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.grad_mode import enable_grad, is_grad_enabled, no_grad
@@ -22,6 +19,8 @@ SUBMODULES = ("attacks", "checkpoint", "data", "detect", "functional", "metrics"
 
 def __getattr__(name):
     """``rcenp.<submodule>`` imported on first access; AttributeError for anything else."""
+    import importlib  # here, not at the top: ``dir(rcenp)`` shows no standard-library modules
+
     if name in SUBMODULES:
         try:
             return importlib.import_module(f"{__name__}.{name}")
@@ -32,5 +31,8 @@ def __getattr__(name):
 
 
 def __dir__():
+    """The package's names and the subpackages present on disk (imported or not)."""
+    import importlib.util
+
     present = [n for n in SUBMODULES if importlib.util.find_spec(f"{__name__}.{n}") is not None]
     return sorted(set(globals()) | set(present))
