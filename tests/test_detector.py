@@ -296,6 +296,23 @@ def test_fit_detector_calibrates_on_the_held_out_images_it_names(model, mnist_ro
         fit_detector(model, "mnist", mnist_root, calibrate_on="validation")
 
 
+@pytest.mark.parametrize("metric", ["confidence", "non_me"])
+def test_fitting_a_detector_without_kernel_points_needs_no_per_class_images(model, mnist_root, metric):
+    """Only K-density has kernel points: a confidence detector on 200 training images (20 a class)
+    was refused for want of the default 1,000 points per class (a fresh user's trial)."""
+    from rcenp.data import load
+    from rcenp.detect.calibrate import calibrate_threshold
+    from rcenp.detect.cli import fit_detector, held_out_split
+
+    det, held_out = fit_detector(model, "mnist", mnist_root, metric, 0.1, per_class=1000, seed=2)
+    assert det.kernel_points is None and "kernel_from" not in det.info and "fitted_on" not in det.info
+    calibration = held_out_split(40, seed=2)[1]
+    test = load("mnist", "test", mnist_root)
+    assert det.threshold == calibrate_threshold(det.scores(test.images[calibration])[metric], 0.1)
+    with pytest.raises(ValueError, match="per_class=1000"):
+        fit_detector(model, "mnist", mnist_root, "kd", 0.1, per_class=1000, seed=2)
+
+
 def test_detect_fit_takes_kernel_points_from_the_images_a_subset_run_trained_on(model, mnist_root, tmp_path, capsys):
     """A run trained on --train-subset N got kernel points from the whole split, mostly images it
     never saw (a fresh user's trial); they now come from its first N unless --kernel-from says."""
@@ -385,10 +402,17 @@ def test_detect_refuses_fit_options_without_fit(fitted_run, data, tmp_path, caps
     assert f"{option[0]} applies only with --fit" in one_error_line(capsys)
 
 
-def test_detect_fpr_must_be_a_rate(capsys):
+@pytest.mark.parametrize("rate", ["2", "0", "-0.1", "1.0001"])
+def test_detect_fpr_must_be_a_rate(capsys, rate):
     with pytest.raises(SystemExit) as info:
-        main(["detect", "m", "--fit", "--fpr", "2"])
-    assert info.value.code == 2 and "a rate must lie strictly between 0 and 1" in capsys.readouterr().err
+        main(["detect", "m", "--fit", "--fpr", rate])
+    assert info.value.code == 2 and "a rate must lie in (0, 1] (0.05 is 5%)" in capsys.readouterr().err
+
+
+def test_detect_fpr_takes_what_calibrate_takes():
+    from rcenp.detect.cli import _rate
+
+    assert _rate("1") == 1.0 and _rate("0.05") == 0.05  # Detector.calibrate's (0, 1]
 
 
 def test_a_detector_fitted_before_more_training_is_refused(data, tmp_path, capsys):

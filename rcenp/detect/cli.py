@@ -23,8 +23,8 @@ FIT_DEFAULTS = {"overwrite": False, "metric": "kd", "fpr": 0.05, "per_class": 10
 
 def _rate(text):
     value = real(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"a rate must lie strictly between 0 and 1 (0.05 is 5%), got {text}")
+    if not 0.0 < value <= 1.0:  # as Detector.calibrate's target_fpr
+        raise argparse.ArgumentTypeError(f"a rate must lie in (0, 1] (0.05 is 5%), got {text}")
     return value
 
 
@@ -44,7 +44,8 @@ def add_parser(sub) -> None:
                    "(default kd)")
     d.add_argument("--fpr", type=_rate, help="target false-positive rate on clean data (--fit; default 0.05)")
     d.add_argument("--per-class", type=nonnegative(integer),
-                   help="kernel points per class (--fit; default 1000; 0 = every training image, which needs equal "
+                   help="kernel points per class (--fit; default 1000; 0 = every training image (per_class=None in "
+                   "Detector.fit), which needs equal "
                    "class counts, as Fashion-MNIST's, not MNIST's)")
     d.add_argument("--calibrate-on", choices=CALIBRATION_SETS,
                    help="held-out clean images for T (--fit): 'test' = a seeded random half of the test split, "
@@ -111,7 +112,9 @@ def held_out_split(n_test: int, seed: int = 0):
 
 def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class=1000, calibrate_on="test",
                  kernel_from=None, seed=0, progress=None, trained_on=None):
-    """Fit kernel points on training images and calibrate T on held-out clean images.
+    """Fit kernel points on training images (``metric`` "kd" only: confidence and non-ME use none,
+    so ``per_class`` is not checked against the class counts there) and calibrate T on held-out
+    clean images.
 
     Returns the detector and the indices of the test images it was not calibrated on, on which its
     false-positive rate is measured: with ``calibrate_on="test"`` T comes from a seeded random half
@@ -144,8 +147,10 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
         raise ValueError(f"at a false-positive rate of {fpr} the calibration would reject none of its {n_calibration} "
                          "clean images (fewer than one image), so the detector would accept every input; raise the "
                          f"rate{least}")
-    det = Detector(model, metric).fit(train.images[:kernel_from], train.labels[:kernel_from],
-                                      per_class=per_class, seed=seed, progress=progress)
+    det = Detector(model, metric)
+    if metric == "kd":  # confidence and non-ME need no kernel points, so no pass over the training images
+        det.fit(train.images[:kernel_from], train.labels[:kernel_from], per_class=per_class, seed=seed,
+                progress=progress)
     if calibrate_on == "test":
         det.calibrate(test.images[calibration], fpr)
         det.info.update(calibration=f"{len(calibration)} test images, a random half of the test split "
@@ -154,8 +159,9 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
         det.calibrate(train.images[kernel_from:], fpr)
         det.info.update(calibration=f"training images {kernel_from}-{n_train - 1}")
         held_out = np.arange(n_test)
-    det.info.update(kernel_from=f"first {kernel_from} training images",
-                    data=f"training: {train.describe()}; test: {test.describe()}")  # both splits, whichever T used
+    if metric == "kd":
+        det.info.update(kernel_from=f"first {kernel_from} training images")
+    det.info.update(data=f"training: {train.describe()}; test: {test.describe()}")  # both splits, whichever T used
     return det, held_out
 
 
@@ -196,7 +202,7 @@ def cmd_detect(args) -> int:
                               trained_on=subset)
         det.save(stem)
         print(f"detector written: {stem.with_suffix('.json')} and .npz", file=sys.stderr)
-        if args.kernel_from is None and det.info["kernel_from"] == f"first {subset} training images":
+        if args.kernel_from is None and det.info.get("kernel_from") == f"first {subset} training images":
             print(f"kernel points from the first {subset:,} training images, the run's --train-subset "
                   "(--kernel-from to choose)", file=sys.stderr)
         if note := unfinished(args.model, manifest):

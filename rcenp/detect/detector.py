@@ -122,7 +122,8 @@ class Detector:
         return xp.concatenate(feats), xp.concatenate(logits)
 
     def fit(self, train_images, train_labels, per_class: int | None = 1000, seed: int = 0, progress=None):
-        """Choose the kernel points from training features (by true label, ``kernel_point_indices``):
+        """Choose the kernel points from training features (by true label, ``kernel_point_indices``;
+        ``per_class`` points per class, None for every training image, as ``--per-class 0``):
         only the chosen images' features are computed (an image's features do not depend on its
         batch, so the points are those of a pass over every image); ``progress`` as in
         ``features_and_logits``.
