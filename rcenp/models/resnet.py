@@ -40,6 +40,10 @@ def _activation_slope(activation, slope):
 
 
 class PreActUnit(Module):
+    """One pre-activation residual unit (module docstring): x (N, C, H, W) → (N, CO, H/stride,
+    W/stride), C = ``in_channels``, CO = ``out_channels``; built by ``ResNet``, arguments unchecked.
+    """
+
     def __init__(self, in_channels, out_channels, stride, activate_before_residual, activation, slope, rng):
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
@@ -51,6 +55,9 @@ class PreActUnit(Module):
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, rng=rng)
 
     def forward(self, x):
+        """conv2(act(bn2(conv1(act(bn1(x)))))) + shortcut, act the leaky ReLU or ReLU; the shortcut
+        is x, or act(bn1(x)) in the network's first unit, pooled and zero-padded where the width
+        changes."""
         slope = _activation_slope(self.activation, self.slope)
         if self.activate_before_residual:
             x = self.bn1(x, slope)
@@ -66,6 +73,18 @@ class PreActUnit(Module):
 
 
 class ResNet(Module):
+    """The authors' pre-activation ResNet-``depth`` (module docstring): images x (N, C, H, W) →
+    logits s (N, L), with the feature Z (N, 64) from ``features``.
+
+    depth: 6n+2 with n >= 1 (20, 32, 56, ...; 32 in the paper); in_channels: C, 1 for MNIST and
+    3 for CIFAR-10; num_classes: L >= 2; activation: "leaky_relu" (the authors', with ``slope``,
+    0.1) or "relu"; seed: the initialisation's generator seed (``Conv2d``, ``Linear``), so equal
+    arguments give equal weights. Raises ValueError for an int depth not 6n+2, an unknown
+    activation, or an in_channels or num_classes that is not an integer of at least 1 and 2 (a bool
+    is not one); a depth that is not an int (32.0, "32") fails with Python's TypeError. ``slope``
+    is not checked here: the first forward raises ValueError unless 0 <= slope < 1.
+    """
+
     def __init__(self, depth=32, in_channels=3, num_classes=10, activation="leaky_relu", slope=0.1, seed=0):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
@@ -94,6 +113,7 @@ class ResNet(Module):
         self.fc = Linear(WIDTHS[-1], num_classes, rng=rng)
 
     def __repr__(self) -> str:
+        """``ResNet(depth=..., in_channels=..., num_classes=..., activation=...)``."""
         activation = f"leaky_relu({self.slope})" if self.activation == "leaky_relu" else self.activation
         return (f"ResNet(depth={self.depth}, in_channels={self.in_channels}, num_classes={self.num_classes}, "
                 f"activation={activation})")
@@ -118,10 +138,12 @@ class ResNet(Module):
         return F.global_avg_pool2d(self.bn(h, _activation_slope(self.activation, self.slope)))
 
     def forward(self, x):
-        """Logits s (N, L) = fc(Z)."""
+        """Logits s (N, L) = fc(Z) for images x (N, C, H, W); errors as ``features``."""
         return self.fc(self.features(x))
 
 
 def resnet(depth=32, in_channels=3, num_classes=10, activation="leaky_relu", seed=0) -> ResNet:
-    """The authors' pre-activation ResNet-``depth`` (32 → n=5, 56 → n=9), seeded initialisation."""
+    """The authors' pre-activation ResNet-``depth`` (32 → n=5, 56 → n=9), seeded initialisation:
+    ``ResNet(depth, in_channels, num_classes, activation, seed=seed)`` with the default slope 0.1
+    (arguments and errors as ``ResNet``)."""
     return ResNet(depth, in_channels, num_classes, activation, seed=seed)

@@ -9,7 +9,14 @@ from rcenp.nn.module import Module, Parameter
 
 
 class Conv2d(Module):
-    """Weight (CO, C, KH, KW), no bias by default; init N(0, sqrt(2 / (KH*KW*CO))) (protocol §1.1)."""
+    """2-D convolution (cross-correlation) with a square kernel: (N, C, H, W) → (N, CO, OH, OW),
+    OH = (H + 2*padding - KH) // stride + 1 (likewise OW; ``stride`` and ``padding`` may also be
+    (H, W) pairs, as ``F.conv2d`` takes them).
+
+    Weight (CO, C, KH, KW) with KH = KW = ``kernel_size``, drawn from N(0, sqrt(2 / (KH*KW*CO)))
+    by ``rng`` (a NumPy Generator; None: seed 0) and marked for weight decay; bias (CO,) zeros, off
+    by default (protocol §1.1: the authors' convs have none). The sizes are not checked here.
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False, rng=None):
         super().__init__()
@@ -21,12 +28,24 @@ class Conv2d(Module):
         self.bias = Parameter(np.zeros(out_channels, DEFAULT_DTYPE)) if bias else None
 
     def forward(self, x, residual=None):
-        """conv(x) (+ bias); with ``residual``, conv(x) + residual in one pass (a ResNet unit's sum)."""
+        """conv(x) (+ bias) for x (N, C, H, W) → (N, CO, OH, OW); with ``residual`` (broadcasting
+        to the output), conv(x) + residual in one pass (a ResNet unit's sum).
+
+        Raises ValueError for a channel count other than C, a wrong number of dimensions or a
+        residual that does not fit (``F.conv2d``).
+        """
         return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding, residual=residual)
 
 
 class BatchNorm2d(Module):
-    """Per-channel BN with the authors' settings: decay 0.9, eps 1e-3, gamma 1, beta 0 (protocol §1.1)."""
+    """Per-channel batch normalisation of (N, C, H, W) or (N, C), the authors' settings: decay 0.9,
+    eps 1e-3, gamma (``weight``, C) 1, beta (``bias``, C) 0 (protocol §1.1).
+
+    y = gamma * (x - mean) / sqrt(var + eps) + beta, with the batch's per-channel mean and biased
+    variance in training mode (which updates the running averages in place:
+    r <- decay*r + (1 - decay)*batch_stat) and the ``running_mean``/``running_var`` buffers (C,)
+    in eval mode. Neither parameter takes weight decay. The arguments are not checked here.
+    """
 
     def __init__(self, channels, decay=0.9, eps=1e-3):
         super().__init__()
@@ -37,13 +56,22 @@ class BatchNorm2d(Module):
         self.register_buffer("running_var", np.ones(channels, DEFAULT_DTYPE))
 
     def forward(self, x, slope=None):
-        """BN(x); with ``slope``, leaky_relu(BN(x), slope) fused into the same passes (0: ReLU)."""
+        """BN(x), of x's shape; with ``slope`` in [0, 1), leaky_relu(BN(x), slope) fused into the
+        same passes (0: ReLU).
+
+        Raises ValueError for a channel count other than C or a slope out of range (``F.batch_norm``).
+        """
         return F.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
                             training=self.training, decay=self.decay, eps=self.eps, slope=slope)
 
 
 class Linear(Module):
-    """Weight (OUT, IN) ~ U(±sqrt(3 / IN)) (TF uniform_unit_scaling, factor 1), bias 0."""
+    """Fully connected layer: x (N, D) → x Wᵀ + b, (N, OUT), with D = ``in_features``.
+
+    Weight (OUT, D) ~ U(±sqrt(3 / D)) (TF uniform_unit_scaling, factor 1), drawn by ``rng`` (a
+    NumPy Generator; None: seed 0) and marked for weight decay; bias (OUT,) zeros. The sizes are
+    not checked here.
+    """
 
     def __init__(self, in_features, out_features, rng=None):
         super().__init__()
@@ -53,4 +81,5 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, DEFAULT_DTYPE))
 
     def forward(self, x):
+        """x (N, D) → (N, OUT). Raises ValueError when x's last axis is not D (``F.linear``)."""
         return F.linear(x, self.weight, self.bias)

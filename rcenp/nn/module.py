@@ -28,6 +28,16 @@ class Parameter(Tensor):
 
 
 class Module:
+    """Base class of layers and networks: an ordered container of Parameters, buffers and
+    sub-Modules with a ``forward``.
+
+    A subclass calls ``super().__init__()``, assigns its Parameters and sub-Modules as attributes
+    (registered in assignment order, which every layer here makes the forward order), registers
+    non-trained state arrays with ``register_buffer``, and defines ``forward``; ``module(*args)``
+    calls ``forward(*args)``. ``training`` (True after construction) selects batch or running
+    statistics in BatchNorm2d; ``train``/``eval`` set it for the whole tree.
+    """
+
     def __init__(self):
         object.__setattr__(self, "_entries", collections.OrderedDict())
         object.__setattr__(self, "training", True)
@@ -43,9 +53,11 @@ class Module:
         object.__setattr__(self, name, array)
 
     def __call__(self, *args, **kwargs):
+        """``self.forward(*args, **kwargs)``."""
         return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
+        """The computation, defined by each subclass; the base class raises NotImplementedError."""
         raise NotImplementedError
 
     # ---- traversal ---------------------------------------------------------------------------
@@ -58,12 +70,15 @@ class Module:
                 yield prefix + name, getattr(self, name)
 
     def named_parameters(self):
+        """[(dotted name, Parameter)] in forward order, buffers left out (e.g. ``"fc.weight"``)."""
         return [(n, v) for n, v in self.named_entries() if isinstance(v, Parameter)]
 
     def parameters(self):
+        """[Parameter] in forward order, the Tensors themselves (not copies): what ``SGD`` takes."""
         return [v for _, v in self.named_parameters()]
 
     def modules(self):
+        """This module, then every sub-module depth first in assignment order (a generator)."""
         yield self
         for entry in self._entries.values():
             if isinstance(entry, Module):
@@ -71,19 +86,31 @@ class Module:
 
     # ---- modes and devices -------------------------------------------------------------------
     def train(self, mode: bool = True):
+        """Set ``training`` to ``mode`` on this module and every sub-module; returns self.
+
+        True: BatchNorm2d normalises with batch statistics and updates its running averages;
+        False (``eval``): it uses the running averages.
+        """
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
 
     def eval(self):
+        """``train(False)``: inference mode for every sub-module; returns self."""
         return self.train(False)
 
     def zero_grad(self) -> None:
+        """Set every parameter's ``.grad`` to None."""
         for p in self.parameters():
             p.grad = None
 
     def to(self, device: str):
-        """Move every parameter and buffer to ``device`` ('cpu' or 'cuda') in place."""
+        """Move every parameter and buffer to ``device`` ('cpu' or 'cuda'; None: ``RCENP_DEVICE``,
+        default 'cpu') in place, clearing gradients; returns self.
+
+        Raises ``rcenp.backend.DeviceError`` (a RuntimeError) for another name, or for 'cuda'
+        without a usable CuPy and GPU.
+        """
         for m in self.modules():
             for name, entry in m._entries.items():
                 if isinstance(entry, Parameter):
@@ -94,7 +121,8 @@ class Module:
         return self
 
     def astype(self, dtype):
-        """Cast every parameter and buffer to ``dtype`` in place (float64 for gradient checks).
+        """Cast every parameter and buffer to ``dtype`` in place (float64 for gradient checks),
+        clearing gradients; returns self.
 
         Raises ValueError for a dtype other than float32 and float64: an integer cast would
         truncate the weights, and no kernel is written or tested for float16.
@@ -114,6 +142,7 @@ class Module:
 
     @property
     def device(self) -> str:
+        """'cpu' or 'cuda': where the first parameter or buffer lives ('cpu' for an empty module)."""
         first = next(iter(self.named_entries()), None)
         return device_of(first[1]) if first else "cpu"
 
