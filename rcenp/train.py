@@ -237,6 +237,9 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     images, a checkpoint of another configuration, a checkpoint.npz without its json), and while
     another process trains into ``out_dir`` (its lock, out_dir/.lock), and DataError for missing data.
 
+    Resuming a finished run (its last step saved and metrics.json written) changes nothing and
+    returns its metrics.
+
     Each checkpoint records ``compute`` (``backend.device_identity``: the device, and on the GPU
     its name and CuPy's version; a resume elsewhere says so in train.log) and ``train_seconds``,
     the wall seconds of the steps it holds summed over every session (steps lost with a killed
@@ -294,6 +297,11 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
     elif not resume and (out_dir / (CHECKPOINT_STEM + ".json")).is_file():
         raise ValueError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, or choose another --out")
 
+    if start == config.steps and (out_dir / "metrics.json").is_file():  # nothing to do; its record stays as it was
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+        Progress(out_dir / "train.log", config.steps).message(
+            f"already finished: step {start} of {config.steps}; nothing to do ({out_dir / 'metrics.json'})")
+        return metrics
     record = {"config": dataclasses.asdict(config), "command": command}
     if start and (out_dir / "config.json").is_file():  # the command that started the run stays; and the latest
         first = json.loads((out_dir / "config.json").read_text()).get("command")

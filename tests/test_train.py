@@ -345,6 +345,22 @@ def test_a_resume_says_which_logged_steps_a_killed_process_lost(tiny_root, tmp_p
     assert "were lost" not in (tmp_path / "again" / "train.log").read_text()
 
 
+def test_resuming_a_finished_run_changes_nothing_and_says_so(tiny_root, tmp_path):
+    """It re-ran the test evaluation and rewrote metrics.json (its train_seconds_this_run with ~0)
+    and config.json (a fresh user's trial)."""
+    config = tiny_config()
+    run = tmp_path / "run"
+    first = train(config, run, data_root=tiny_root, command=["rcenp", "train", "first"])
+    written = {name: (run / name).read_bytes() for name in ("metrics.json", "config.json", "checkpoint.npz")}
+    assert train(config, run, data_root=tiny_root, resume=True, command=["rcenp", "train", "again"]) == first
+    assert {name: (run / name).read_bytes() for name in written} == written
+    log = (run / "train.log").read_text().splitlines()
+    assert log[-1].endswith(f"already finished: step {config.steps} of {config.steps}; nothing to do "
+                            f"({run / 'metrics.json'})")
+    (run / "metrics.json").unlink()   # killed during the final evaluation: resuming evaluates again
+    assert train(config, run, data_root=tiny_root, resume=True)["errors"] == first["errors"]
+
+
 def test_resume_with_nothing_to_resume_says_so(tiny_root, tmp_path):
     config = tiny_config()
     assert train(config, tmp_path / "fresh", data_root=tiny_root, resume=True, stop_at=1) is None
