@@ -249,6 +249,8 @@ def train(config: TrainConfig, out_dir, data_root=None, resume=False, device=Non
     checkpoint.code_identity()  # the commit of the code this process runs, read once, now
     out_dir = Path(out_dir)
     checkpoint.check_folder(out_dir, "--out")
+    if stop_at is not None and config.steps < 2:
+        raise ValueError(f"--stop-at needs a run of at least 2 steps to stop within; this one has {config.steps}")
     if stop_at is not None and not 0 < stop_at < config.steps:
         raise ValueError(f"--stop-at must be in 1..{config.steps - 1}, below the run's {config.steps} steps "
                          f"(it ends there anyway), got {stop_at}")

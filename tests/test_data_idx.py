@@ -327,6 +327,14 @@ def test_missing_set_says_what_was_looked_for_where_and_how_to_fetch(tmp_path, m
         "t10k-images-idx3-ubyte or t10k-images.idx3-ubyte, with or without .gz, in any letter case); download "
         "it with `rcenp data fetch mnist` (rcenp.data.fetch.fetch('mnist') in Python), or point --data-dir or "
         "$RCENP_DATA at a data root that holds mnist/")
+    for given, why in [(tmp_path / "a file", f"{tmp_path / 'a file'} is a file, not a folder")]:
+        given.write_text("not a data root")   # --data-dir given a file: said so, not 'no such folder'
+        assert f"no t10k-images-idx3-ubyte in {given / 'mnist'} ({why}) (looked for" in \
+            str(pytest.raises(DataError, load, "mnist", "test", given).value)
+    (tmp_path / "root" / "mnist").parent.mkdir()
+    (tmp_path / "root" / "mnist").write_text("a file where the folder should be")
+    assert f"in {tmp_path / 'root' / 'mnist'} (a file) (looked for" in \
+        str(pytest.raises(DataError, load, "mnist", "test", tmp_path / "root").value)
     elsewhere = tmp_path / "my data"
     write(elsewhere / "mnist" / DOTTED[0], idx.encode(tiny(2)[0]), gz=True)
     message = error_of(lambda: load("mnist", "test", elsewhere), elsewhere / "mnist" / TEST[1])

@@ -516,6 +516,10 @@ def test_cli_errors_are_one_line(tiny_root, tmp_path, capsys):
     assert code == 2 and "train-subset" in err[-1]
     code, err = run_cli(ok[:-2] + ["--out", str(tmp_path / "d"), "--stop-at", "2"], capsys)  # the run's last step
     assert code == 2 and len(err) == 1 and "--stop-at must be in 1..1, below the run's 2 steps" in err[0]
+    one_step = [("1" if a == "2" and ok[i - 1] == "--steps" else a) for i, a in enumerate(ok[:-2])]
+    code, err = run_cli(one_step + ["--out", str(tmp_path / "f"), "--stop-at", "1"], capsys)  # was 'in 1..0'
+    assert code == 2 and err == ["rcenp train: error: --stop-at needs a run of at least 2 steps to stop within; "
+                                 "this one has 1"]
     code, err = run_cli(ok[:-6] + ["--batch-size", "150", "--train-subset", "100", "--data-dir", str(tiny_root),
                                    "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and len(err) == 1 and "--batch-size 150 is more than the 100 training images used" in err[0]

@@ -219,9 +219,17 @@ def fetch_hint(name: str, root: Path) -> str:
             f"or point --data-dir or $RCENP_DATA at a data root that holds {subfolder}/")
 
 
+def _why_not_a_folder(folder: Path) -> str:
+    """'no such folder', or which part of the path is a file (a --data-dir given a file)."""
+    for part in [folder, *folder.parents]:
+        if part.exists() and not part.is_dir():
+            return "a file" if part == folder else f"{part} is a file, not a folder"
+    return "no such folder"
+
+
 def _not_found(what: str, canonical: str, folders: list[Path], hint: str) -> DataError:
     """'<what>: no <file> in <folder>[ or <folder>] (looked for <names>); <hint>'."""
-    where = " or ".join(str(f) if f.is_dir() else f"{f} (no such folder)" for f in folders)
+    where = " or ".join(str(f) if f.is_dir() else f"{f} ({_why_not_a_folder(f)})" for f in folders)
     return DataError(f"{what}: no {canonical} in {where} (looked for {names.variants(canonical)}); {hint}")
 
 
