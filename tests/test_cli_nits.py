@@ -418,6 +418,18 @@ def test_images_that_are_not_finite_or_outside_the_box_say_which(tmp_path, capsy
     assert one_error_line(capsys.readouterr().err) == f"rcenp detect: error: {path}: {says}"
 
 
+@pytest.mark.parametrize("model, shape, takes", [
+    ("mnist-resnet32-rce", (2, 28, 29), "(N, 1, 28, 28) or (N, 28, 28)"),   # both are read
+    ("cifar10subset-resnet32-ce", (2, 32, 32), "(N, 3, 32, 32)"),
+])
+def test_a_wrong_npz_shape_names_every_shape_read(tmp_path, capsys, model, shape, takes):
+    path = tmp_path / "batch.npz"
+    np.savez(path, images=np.zeros(shape, np.float32))
+    assert main(["detect", model, "--images", str(path), "--device", "cpu"]) == 2
+    assert one_error_line(capsys.readouterr().err) == \
+        f"rcenp detect: error: {path}: images of shape {shape}; this model takes {takes}"
+
+
 @pytest.mark.parametrize("array", [np.zeros((1, 1, 28, 28), np.int64), np.full((1, 1, 28, 28), 255, np.uint16),
                                    np.ones((1, 1, 28, 28), bool)])
 def test_integer_images_other_than_uint8_are_refused_naming_the_dtype(tmp_path, capsys, array):

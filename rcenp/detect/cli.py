@@ -77,10 +77,12 @@ def read_images(path: Path, shape) -> np.ndarray:
         array = read_npz(path, ("images", "adversarial"))
         if array.size == 0:
             raise ValueError(f"{path}: no images in it (shape {tuple(array.shape)})")
+        given = tuple(array.shape)
         if array.ndim == 3 and c == 1:
             array = array[:, None]
         if array.ndim != 4 or tuple(array.shape[1:]) != (c, h, w):
-            raise ValueError(f"{path}: images of shape {tuple(array.shape)}; this model takes (N, {c}, {h}, {w})")
+            raise ValueError(f"{path}: images of shape {given}; this model takes (N, {c}, {h}, {w})"
+                             + (f" or (N, {h}, {w})" if c == 1 else ""))
         if array.dtype == np.uint8:
             return array.astype(np.float32) / np.float32(255) - np.float32(0.5)
         if array.dtype.kind != "f":  # int64 0..255 is pixels or box values? Refuse rather than guess
