@@ -197,6 +197,18 @@ def test_reductions_and_shapes(xp, shape, seed, data):
     check_gradients(lambda t: t[..., :1], [x])
 
 
+@pytest.mark.parametrize("op, ref", [(F.sum, np.sum), (F.mean, np.mean), (F.max, np.max)])
+@pytest.mark.parametrize("axis", [2, -3, (0, 2), (0, 0), (1, -1)])
+def test_reductions_refuse_an_axis_numpy_refuses(xp, op, ref, axis):
+    """a % ndim quietly reduced another axis (mean over axis 2 of a matrix averaged axis 0)."""
+    x = xp.asarray(np.arange(6.0).reshape(2, 3))
+    with pytest.raises(ValueError) as numpy_error:
+        ref(as_numpy(x), axis=axis)
+    with pytest.raises(numpy_error.type):   # AxisError out of range, ValueError repeated
+        op(Tensor(x), axis=axis)
+    np.testing.assert_array_equal(as_numpy(op(Tensor(x), axis=(-1, 0)).data), ref(as_numpy(x), axis=(1, 0)))
+
+
 @given(shape=st.lists(st.integers(1, 3), min_size=2, max_size=3).map(tuple), seed=st.integers(0, 2**31),
        data=st.data())
 def test_concatenate_three_sizes(xp, shape, seed, data):

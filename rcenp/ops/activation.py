@@ -118,14 +118,33 @@ def log_softmax_array(x, axis=-1):
     return _log_softmax(get_array_module(x), x, axis)
 
 
-def relu(x) -> Tensor: return LeakyReLU(0.0)(x)
+def relu(x) -> Tensor:
+    """max(x, 0) elementwise, of x's shape; the derivative at 0 is 0."""
+    return LeakyReLU(0.0)(x)
 
 
 def leaky_relu(x, slope=0.1) -> Tensor:
-    """max(x, slope*x); the authors' networks use slope 0.1 (protocol §1.1)."""
+    """max(x, slope*x) elementwise, of x's shape; the authors' networks use slope 0.1 (protocol
+    §1.1). Raises ValueError unless 0 <= slope < 1."""
     return LeakyReLU(slope)(x)
 
 
-def log_softmax(x, axis=-1) -> Tensor: return LogSoftmax(axis)(x)
-def softmax(x, axis=-1) -> Tensor: return Softmax(axis)(x)
-def logsumexp(x, axis=-1, keepdims=False) -> Tensor: return LogSumExp(axis, keepdims)(x)
+def log_softmax(x, axis=-1) -> Tensor:
+    """x - logsumexp(x) along ``axis`` (an int), of x's shape: for logits s (N, L), log p (N, L).
+    Computed with the maximum subtracted first. Raises numpy.exceptions.AxisError (a ValueError)
+    for an axis out of range."""
+    return LogSoftmax(axis)(x)
+
+
+def softmax(x, axis=-1) -> Tensor:
+    """exp(x) / Σ exp(x) along ``axis`` (an int), of x's shape: for logits s (N, L),
+    probabilities p (N, L), computed as exp(log_softmax). Raises numpy.exceptions.AxisError (a
+    ValueError) for an axis out of range."""
+    return Softmax(axis)(x)
+
+
+def logsumexp(x, axis=-1, keepdims=False) -> Tensor:
+    """log Σ exp(x) along ``axis`` (an int), computed with the maximum subtracted first: (N, L) →
+    (N,), or (N, 1) with ``keepdims``. A slice that is all -inf gives -inf, not NaN. Raises
+    numpy.exceptions.AxisError (a ValueError) for an axis out of range."""
+    return LogSumExp(axis, keepdims)(x)

@@ -164,23 +164,67 @@ class Maximum(_Binary):
                 unbroadcast(xp.where(self.first, zero, gy), self.b_shape) if self.needs_input_grad[1] else None)
 
 
-def add(a, b) -> Tensor: return Add()(a, b)
-def sub(a, b) -> Tensor: return Sub()(a, b)
-def mul(a, b) -> Tensor: return Mul()(a, b)
-def div(a, b) -> Tensor: return Div()(a, b)
-def neg(x) -> Tensor: return Neg()(x)
-def power(x, exponent) -> Tensor: return Power(exponent)(x)
-def exp(x) -> Tensor: return Exp()(x)
-def log(x) -> Tensor: return Log()(x)
-def tanh(x) -> Tensor: return Tanh()(x)
-def maximum(a, b) -> Tensor: return Maximum()(a, b)
+def add(a, b) -> Tensor:
+    """a + b elementwise, broadcast as in NumPy (a Python scalar takes the other operand's
+    dtype). Raises ValueError for shapes that do not broadcast."""
+    return Add()(a, b)
+
+
+def sub(a, b) -> Tensor:
+    """a - b elementwise; broadcasting and errors as ``add``."""
+    return Sub()(a, b)
+
+
+def mul(a, b) -> Tensor:
+    """a * b elementwise; broadcasting and errors as ``add``."""
+    return Mul()(a, b)
+
+
+def div(a, b) -> Tensor:
+    """a / b elementwise; broadcasting and errors as ``add``. b = 0 gives inf or NaN, as in
+    NumPy."""
+    return Div()(a, b)
+
+
+def neg(x) -> Tensor:
+    """-x, of x's shape."""
+    return Neg()(x)
+
+
+def power(x, exponent) -> Tensor:
+    """x ** exponent elementwise, of x's shape; ``exponent`` is a constant (no gradient), and the
+    gradient is exponent * x ** (exponent - 1)."""
+    return Power(exponent)(x)
+
+
+def exp(x) -> Tensor:
+    """e ** x elementwise, of x's shape (overflows to inf, as in NumPy)."""
+    return Exp()(x)
+
+
+def log(x) -> Tensor:
+    """Natural log elementwise, of x's shape; x = 0 gives -inf and x < 0 NaN, as in NumPy."""
+    return Log()(x)
+
+
+def tanh(x) -> Tensor:
+    """tanh(x) elementwise, of x's shape."""
+    return Tanh()(x)
+
+
+def maximum(a, b) -> Tensor:
+    """max(a, b) elementwise; broadcasting and errors as ``add``. At a tie the gradient goes to
+    ``a``."""
+    return Maximum()(a, b)
 
 
 def clip(x, lo=None, hi=None) -> Tensor:
-    """Clip ``x`` to [lo, hi] (either bound may be None)."""
+    """Clip ``x`` to [lo, hi] (either bound may be None), of x's shape; the gradient passes where
+    lo <= x <= hi, both ends included."""
     return Clip(lo, hi)(x)
 
 
 def where(condition, a, b) -> Tensor:
-    """Elementwise ``a`` where ``condition`` holds, else ``b`` (condition is not differentiated)."""
+    """Elementwise ``a`` where ``condition`` holds, else ``b`` (condition is not differentiated);
+    the three broadcast together as NumPy's ``where`` (ValueError when they do not)."""
     return Where(as_array(condition))(a, b)

@@ -6,12 +6,26 @@ import math
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module
 
+try:
+    from numpy.exceptions import AxisError
+except ImportError:  # NumPy < 1.25
+    from numpy import AxisError
+
 
 def _normalise_axes(axis, ndim):
+    """Sorted non-negative axes. As NumPy: AxisError (a ValueError and IndexError) for an axis
+    outside [-ndim, ndim), ValueError for one given twice (``a % ndim`` alone quietly reduced
+    another axis)."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a % ndim for a in axes))
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise AxisError(a, ndim)
+    normal = [a % ndim for a in axes]
+    if len(set(normal)) != len(normal):
+        raise ValueError(f"duplicate value in 'axis': {axis}")  # NumPy's ValueError
+    return tuple(sorted(normal))
 
 
 def _expand(g, axes, keepdims):
@@ -79,12 +93,20 @@ class Max(Function):
 
 
 def sum(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001 - mirrors numpy.sum
+    """Sum of x over ``axis``: None (every axis), an int or a tuple of ints, negative counting
+    from the end. The result has x's shape without those axes (length 1 with ``keepdims``).
+    Raises numpy.exceptions.AxisError (a ValueError) for an axis out of range, ValueError for one
+    given twice."""
     return Sum(axis, keepdims)(x)
 
 
 def mean(x, axis=None, keepdims=False) -> Tensor:
+    """Mean of x over ``axis``, which and with what shape as ``sum``; an empty reduction gives NaN,
+    as in NumPy."""
     return Mean(axis, keepdims)(x)
 
 
 def max(x, axis=None, keepdims=False) -> Tensor:  # noqa: A001 - mirrors numpy.max
+    """Maximum of x over ``axis``, which and with what shape as ``sum``; the gradient goes to the
+    first maximal element. Raises ValueError for an empty reduction."""
     return Max(axis, keepdims)(x)

@@ -98,12 +98,31 @@ class Pad(Function):
         return gy[self._interior(gy.shape)]
 
 
-def reshape(x, shape) -> Tensor: return Reshape(shape)(x)
-def transpose(x, axes=None) -> Tensor: return Transpose(axes)(x)
-def getitem(x, index) -> Tensor: return GetItem(index)(x)
-def concatenate(xs, axis=0) -> Tensor: return Concatenate(axis)(*xs)
+def reshape(x, shape) -> Tensor:
+    """x's elements, in C order, with ``shape`` (an int or a tuple; one -1 is inferred). Raises
+    ValueError when the sizes differ."""
+    return Reshape(shape)(x)
+
+
+def transpose(x, axes=None) -> Tensor:
+    """x with its axes permuted by ``axes`` (None: reversed), as ``numpy.transpose``. Raises
+    ValueError for a tuple that is not a permutation of x's axes."""
+    return Transpose(axes)(x)
+
+
+def getitem(x, index) -> Tensor:
+    """x[index], NumPy's basic or advanced indexing (``Tensor.__getitem__``); an index repeated
+    by advanced indexing accumulates its gradients. Raises IndexError for an index out of range."""
+    return GetItem(index)(x)
+
+
+def concatenate(xs, axis=0) -> Tensor:
+    """The Tensors or arrays ``xs`` joined along ``axis``; every other axis must match. Raises
+    ValueError when they do not."""
+    return Concatenate(axis)(*xs)
 
 
 def pad(x, pad_width, value=0.0) -> Tensor:
-    """Pad with a constant; ``pad_width`` is one (before, after) pair per axis."""
+    """x padded with the constant ``value``; ``pad_width`` is one (before, after) pair of
+    non-negative ints per axis, so each axis grows by before + after."""
     return Pad(pad_width, value)(x)
