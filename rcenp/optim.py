@@ -176,14 +176,14 @@ class SGD:
         on each parameter's device and in its dtype; a parameter without an entry starts from
         v = 0 again.
 
-        Raises KeyError for a key that names no parameter (another model's state) and ValueError
+        Raises ValueError for a key that names no parameter (another model's state) and
         for a buffer whose shape is not its parameter's; nothing is changed when either is raised.
         """
         expected = {f"velocity.{i}" for i in range(len(self.params))}
         unexpected = sorted(k for k in state if k not in expected)
         if unexpected:
-            raise KeyError(f"optimizer state has keys for no parameter of these {len(self.params)}: "
-                           f"{unexpected[:5]}")
+            raise ValueError(f"optimizer state has keys for no parameter of these {len(self.params)}: "
+                             f"{unexpected[:5]}")
         for i, p in enumerate(self.params):
             key = f"velocity.{i}"
             if key in state and tuple(np.shape(state[key])) != tuple(p.data.shape):
