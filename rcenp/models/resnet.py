@@ -76,7 +76,7 @@ class ResNet(Module):
     """The authors' pre-activation ResNet-``depth`` (module docstring): images x (N, C, H, W) →
     logits s (N, L), with the feature Z (N, 64) from ``features``.
 
-    depth: 6n+2 with n >= 1 (20, 32, 56, ...; 32 in the paper); in_channels: C, 1 for MNIST and
+    depth: 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...; 32 and 56 in the paper); in_channels: C, 1 for MNIST and
     3 for CIFAR-10; num_classes: L >= 2; activation: "leaky_relu" (the authors', with ``slope``,
     0.1) or "relu"; seed: the initialisation's generator seed (``Conv2d``, ``Linear``), so equal
     arguments give equal weights. Raises ValueError for an int depth not 6n+2, an unknown
@@ -88,7 +88,7 @@ class ResNet(Module):
     def __init__(self, depth=32, in_channels=3, num_classes=10, activation="leaky_relu", slope=0.1, seed=0):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, ...), got {depth}")
+            raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...), got {depth}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         for name, value, least in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2)):
