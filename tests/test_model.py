@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rcenp import functional as F
+from rcenp import nn
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import as_numpy, to_device
 from rcenp.models import resnet
@@ -440,3 +441,18 @@ def test_pixels_outside_the_box_are_told_the_usual_scaling(scale, hint):
     with pytest.raises(ValueError) as info:
         model.predict(scale(x))
     assert str(info.value).startswith("images must lie in the box") and str(info.value).endswith(f"]{hint}")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: nn.Conv2d(3, 0), "out_channels must be a positive integer, got 0"),   # was ZeroDivisionError
+    (lambda: nn.Conv2d(2.5, 4), "in_channels must be a positive integer, got 2.5"),
+    (lambda: nn.Conv2d(3, 4, kernel_size=-1), "kernel_size must be a positive integer"),
+    (lambda: nn.Linear(0, 10), "in_features must be a positive integer, got 0"),
+    (lambda: nn.Linear(64, True), "out_features"),
+    (lambda: nn.BatchNorm2d(0), "channels must be a positive integer, got 0"),
+    (lambda: nn.BatchNorm2d(16, decay=1.5), r"decay must lie in \[0, 1\], got 1.5"),
+    (lambda: nn.BatchNorm2d(16, eps=0.0), "eps"),
+])
+def test_layers_refuse_sizes_that_are_not_positive_integers(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -197,6 +197,16 @@ def test_reductions_and_shapes(xp, shape, seed, data):
     check_gradients(lambda t: t[..., :1], [x])
 
 
+@pytest.mark.parametrize("value", [2.0, -2.0])
+def test_leaky_relu_of_a_0d_tensor(xp, value):
+    """It raised IndexError: its chunks are slices of axis 0, which a 0-d array lacks."""
+    t = Tensor(xp.asarray(np.float64(value)), requires_grad=True)
+    y = F.leaky_relu(t, 0.1)
+    assert y.shape == () and float(as_numpy(y.data)) == (value if value > 0 else 0.1 * value)
+    assert float(as_numpy(grad(y, t))) == (1.0 if value > 0 else 0.1)
+    check_gradients(lambda u: F.relu(u) * 3.0, [xp.asarray(np.float64(value))])
+
+
 @pytest.mark.parametrize("op, ref", [(F.sum, np.sum), (F.mean, np.mean), (F.max, np.max)])
 @pytest.mark.parametrize("axis", [2, -3, (0, 2), (0, 0), (1, -1)])
 def test_reductions_refuse_an_axis_numpy_refuses(xp, op, ref, axis):

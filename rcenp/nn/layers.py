@@ -5,6 +5,8 @@ import numpy as np
 
 from rcenp import functional as F
 from rcenp.backend import DEFAULT_DTYPE, make_rng
+from rcenp.checks import check_positive, check_real
+from rcenp.checks import check_steps as check_size
 from rcenp.nn.module import Module, Parameter
 
 
@@ -15,13 +17,15 @@ class Conv2d(Module):
 
     Weight (CO, C, KH, KW) with KH = KW = ``kernel_size``, drawn from N(0, sqrt(2 / (KH*KW*CO)))
     by ``rng`` (a NumPy Generator; None: seed 0) and marked for weight decay; bias (CO,) zeros, off
-    by default (protocol §1.1: the authors' convs have none). The sizes are not checked here.
+    by default (protocol §1.1: the authors' convs have none). Raises ValueError unless C, CO and
+    KH are positive integers (``stride`` and ``padding`` are checked by ``F.conv2d``).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False, rng=None):
         super().__init__()
+        in_channels, out_channels = check_size("in_channels", in_channels), check_size("out_channels", out_channels)
+        k = check_size("kernel_size", kernel_size)
         rng = rng if rng is not None else make_rng(0)
-        k = kernel_size
         std = np.sqrt(2.0 / (k * k * out_channels))
         self.stride, self.padding = stride, padding
         self.weight = Parameter(rng.normal(0.0, std, (out_channels, in_channels, k, k)).astype(DEFAULT_DTYPE), decay=True)
@@ -44,11 +48,16 @@ class BatchNorm2d(Module):
     y = gamma * (x - mean) / sqrt(var + eps) + beta, with the batch's per-channel mean and biased
     variance in training mode (which updates the running averages in place:
     r <- decay*r + (1 - decay)*batch_stat) and the ``running_mean``/``running_var`` buffers (C,)
-    in eval mode. Neither parameter takes weight decay. The arguments are not checked here.
+    in eval mode. Neither parameter takes weight decay. Raises ValueError unless C is a positive
+    integer, decay in [0, 1] and eps finite and > 0.
     """
 
     def __init__(self, channels, decay=0.9, eps=1e-3):
         super().__init__()
+        channels = check_size("channels", channels)
+        decay, eps = check_real("decay", decay), check_positive("eps", eps)
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay must lie in [0, 1], got {decay}")
         self.decay, self.eps = decay, eps
         self.weight = Parameter(np.ones(channels, DEFAULT_DTYPE))
         self.bias = Parameter(np.zeros(channels, DEFAULT_DTYPE))
@@ -69,12 +78,13 @@ class Linear(Module):
     """Fully connected layer: x (N, D) → x Wᵀ + b, (N, OUT), with D = ``in_features``.
 
     Weight (OUT, D) ~ U(±sqrt(3 / D)) (TF uniform_unit_scaling, factor 1), drawn by ``rng`` (a
-    NumPy Generator; None: seed 0) and marked for weight decay; bias (OUT,) zeros. The sizes are
-    not checked here.
+    NumPy Generator; None: seed 0) and marked for weight decay; bias (OUT,) zeros. Raises
+    ValueError unless D and OUT are positive integers.
     """
 
     def __init__(self, in_features, out_features, rng=None):
         super().__init__()
+        in_features, out_features = check_size("in_features", in_features), check_size("out_features", out_features)
         rng = rng if rng is not None else make_rng(0)
         limit = np.sqrt(3.0 / in_features)
         self.weight = Parameter(rng.uniform(-limit, limit, (out_features, in_features)).astype(DEFAULT_DTYPE), decay=True)

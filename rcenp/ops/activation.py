@@ -35,7 +35,8 @@ class LeakyReLU(Function):
         self.slope = slope
 
     def forward(self, x):
-        self.x = x
+        self.scalar = x.ndim == 0
+        self.x = x = x.reshape(1) if x.ndim == 0 else x  # chunks are slices of axis 0
         y = alloc_like(x, x.shape, zero=False)
         slope = x.dtype.type(self.slope)
 
@@ -43,17 +44,18 @@ class LeakyReLU(Function):
             leaky_into(x[lo:hi], slope, y[lo:hi])
 
         over_chunks(x, job, balanced=True)
-        return y
+        return y.reshape(()) if self.scalar else y
 
     def backward(self, gy):
         x, slope = self.x, gy.dtype.type(self.slope)
+        gy = gy.reshape(1) if gy.ndim == 0 else gy
         gx = alloc_like(gy, gy.shape, zero=False)
 
         def job(lo, hi):
             leaky_grad_into(x[lo:hi], gy[lo:hi], slope, gx[lo:hi])
 
         over_chunks(gy, job, balanced=True)
-        return gx
+        return gx.reshape(()) if self.scalar else gx
 
 
 def check_slope(slope):
