@@ -49,7 +49,17 @@ def nonnegative(kind=real):
     return parse
 
 
-count = positive(integer)
+INT64_MAX = 2 ** 63 - 1  # the largest count: NumPy counts and indexes in int64, and no budget needs more
+
+
+def count(text: str) -> int:
+    """A count option (argparse type): an integer from 1 to ``INT64_MAX``. A larger one names no
+    budget a run could reach and would fail halfway through as NumPy's OverflowError (``--batch-size
+    99999999999999999999`` did, after its run folder was made), so it is refused here."""
+    value = positive(integer)(text)
+    if value > INT64_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {INT64_MAX} (an int64), got {text}")
+    return value
 
 
 def folder(text: str) -> str:

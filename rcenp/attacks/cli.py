@@ -79,7 +79,7 @@ def add_parser(sub) -> None:
     a.add_argument("--seed", type=nonnegative(integer), default=0,
                    help="C&W: seeds the random target classes (cw-wb: and the attacker's kernel points); default 0")
     a.add_argument("--batch-size", type=count, default=100,
-                   help="images per checkpointed batch (default 100)")
+                   help="images per checkpointed batch (default 100; one larger than --n makes one batch of N)")
     a.add_argument("--out", type=folder, help="output directory (default runs/attack-MODEL-ATTACK, then -EPS, each option "
                    "not at its default and --n when not 1000, e.g. runs/attack-mnist-resnet32-ce-cw-kappa5-n20)")
     a.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished batch")

@@ -217,14 +217,23 @@ def eta_source(kernel: str, exact: bool) -> str:
 
 
 def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_size) -> dict:
-    """One stage's checked settings: ``defaults`` updated by ``overrides``; ValueError on unknown keys."""
+    """One stage's checked settings: ``defaults`` updated by ``overrides``. Raises ValueError on
+    unknown keys, or naming the stage and the first bad setting (``rcenp.attacks.cw.check_settings``:
+    'stage2: max_iterations must be at most ...')."""
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(STAGE_KEYS))
     if unknown:
         raise ValueError(f"{name}: unknown settings {unknown}; expected some of {list(STAGE_KEYS)}")
     merged = {**defaults, "learning_rate": learning_rate, "abort_early": abort_early, **overrides}
     abort = bool(merged.pop("abort_early"))
-    return {**check_settings(batch_size=batch_size, **merged), "abort_early": abort}
+    try:
+        checked = check_settings(batch_size=batch_size, **merged)
+    except ValueError as exc:
+        key = str(exc).split(" ", 1)[0]
+        if key == "batch_size" or (key == "learning_rate" and key not in overrides):  # the call's own argument
+            raise
+        raise ValueError(f"{name}: {exc}") from None
+    return {**checked, "abort_early": abort}
 
 
 def same_weights(a, b) -> bool:

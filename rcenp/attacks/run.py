@@ -55,10 +55,10 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.attacks import runfiles, transfer
 from rcenp.attacks.audit import attack_and_audit
+from rcenp.attacks.core import check_count
 from rcenp.attacks.cw_snapshot import Snapshot
 from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.wb_features import eta_training_split, training_features
-from rcenp.checks import check_steps
 from rcenp.progress import Progress, counter, duration, plural
 
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")
@@ -143,15 +143,16 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     are scored instead of crafting them again (``rcenp.attacks.transfer``; ValueError when it is
     not that run).
     Progress lines go to ``stream`` (default: ``sys.stderr`` at the time of the call). Raises
-    ValueError for bad settings, a run directory holding a different run, ``n`` beyond the test
-    split, or shards that are not this run's.
+    ValueError for bad settings (``n`` and ``batch_size`` are integers from 1 to 2**63 - 1; a
+    batch_size beyond ``n`` makes one batch of n), a run directory holding a different run, ``n``
+    beyond the test split, or shards that are not this run's; all before anything is written.
     """
     from rcenp.models.registry import load as load_model
 
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}: expected one of {', '.join(ATTACKS)}")
-    n = check_steps("n (--n)", n)                      # before any folder is made
-    batch_size = check_steps("batch_size (--batch-size)", batch_size)
+    n = check_count("n (--n)", n)                      # before any folder is made
+    batch_size = check_count("batch_size (--batch-size)", batch_size)  # beyond n: one batch of n
     stream = sys.stderr if stream is None else stream
     checkpoint.check_folder(out_dir, "--out")
     if png_dir is not None:
@@ -213,37 +214,38 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
     lock = runfiles.lock_run(partial)  # held until this call returns or the process ends
-    stems = [partial / f"batch-{index[0] // batch_size:05d}" for index in batches]
-    finished = [stem.with_suffix(".jsonl").is_file() for stem in stems]
-    progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
-    span = f"image {indices[0]}" if len(indices) == 1 else f"images {indices[0]}-{indices[-1]}"
-    progress.message(f"{attack} {runfiles.format_options(options)} on {model_ref} ({model.objective.upper()}), {span} "
-                     f"of {test.describe()}, "
-                     + (f"{len(batches)} batches of {batch_size}" if len(batches) > 1 else "1 batch"))
-    if crafted is not None:
-        progress.message(f"crafted: the adversarial images of {asked['crafted']['path']} ({crafter_ref}'s own run), "
-                         "scored here")
-    if resume and claimed:
-        progress.message(f"--resume: no run in {out_dir} yet, so this starts one")  # a mistyped --out shows here
-    if any(finished):
-        progress.message(f"resuming: {sum(finished)} of {plural(len(batches), 'batch', 'batches')} done")
-        earlier = runfiles.earlier_code(stems)
-        elsewhere = sorted({c["device"] for c in earlier if c.get("device") not in (None, model.device)})
-        if elsewhere:  # float32 results differ in the last bits between devices
-            progress.message(f"note: earlier batches ran on {', '.join(elsewhere)}, these on {model.device}: "
-                             "summary.json's code_by_batch names the device of each")
-        other = [c for c in earlier if c.get("source_sha256") != code["source_sha256"]]
-        if other:
-            progress.message("note: earlier batches were computed with other library code ("
-                             + ", ".join(f"commit {c.get('commit', 'unrecorded')[:12]}"
-                                         f"{' with uncommitted changes' if c.get('dirty') else ''}, "
-                                         f"source {str(c.get('source_sha256'))[:12]}" for c in other)
-                             + f"; now commit {code.get('commit', 'no git')[:12]}"
-                             f"{' with uncommitted changes' if code.get('dirty') else ''}, source "
-                             f"{code['source_sha256'][:12]}): summary.json's code_by_batch lists each, and its "
-                             "code is null")
-    t0, timed, done_images, resumed_images = time.monotonic(), 0, 0, 0
+    progress = None  # set below; the except clause undoes what was made
     try:
+        stems = [partial / f"batch-{index[0] // batch_size:05d}" for index in batches]
+        finished = [stem.with_suffix(".jsonl").is_file() for stem in stems]
+        progress = Progress(out_dir / "attack.log", len(batches), stream=stream, unit="batch")
+        span = f"image {indices[0]}" if len(indices) == 1 else f"images {indices[0]}-{indices[-1]}"
+        progress.message(f"{attack} {runfiles.format_options(options)} on {model_ref} ({model.objective.upper()}), "
+                         f"{span} of {test.describe()}, "
+                         + (f"{len(batches)} batches of {batch_size}" if len(batches) > 1 else "1 batch"))
+        if crafted is not None:
+            progress.message(f"crafted: the adversarial images of {asked['crafted']['path']} ({crafter_ref}'s own "
+                             "run), scored here")
+        if resume and claimed:
+            progress.message(f"--resume: no run in {out_dir} yet, so this starts one")  # a mistyped --out shows here
+        if any(finished):
+            progress.message(f"resuming: {sum(finished)} of {plural(len(batches), 'batch', 'batches')} done")
+            earlier = runfiles.earlier_code(stems)
+            elsewhere = sorted({c["device"] for c in earlier if c.get("device") not in (None, model.device)})
+            if elsewhere:  # float32 results differ in the last bits between devices
+                progress.message(f"note: earlier batches ran on {', '.join(elsewhere)}, these on {model.device}: "
+                                 "summary.json's code_by_batch names the device of each")
+            other = [c for c in earlier if c.get("source_sha256") != code["source_sha256"]]
+            if other:
+                progress.message("note: earlier batches were computed with other library code ("
+                                 + ", ".join(f"commit {c.get('commit', 'unrecorded')[:12]}"
+                                             f"{' with uncommitted changes' if c.get('dirty') else ''}, "
+                                             f"source {str(c.get('source_sha256'))[:12]}" for c in other)
+                                 + f"; now commit {code.get('commit', 'no git')[:12]}"
+                                 f"{' with uncommitted changes' if code.get('dirty') else ''}, source "
+                                 f"{code['source_sha256'][:12]}): summary.json's code_by_batch lists each, and its "
+                                 "code is null")
+        t0, timed, done_images, resumed_images = time.monotonic(), 0, 0, 0
         if attack == "cw-wb" and crafted is None and not all(finished):  # η: once per process, when there is work
             if train is not None:
                 progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
@@ -305,16 +307,18 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
         kept = any(partial.glob("*.jsonl")) or any(partial.glob("*-state*.npz"))
         if claimed and not kept and not (out_dir / "summary.json").is_file():
             # nothing done (no finished batch, no C&W snapshot): leave no run behind to block --out
-            progress.close()
+            if progress is not None:
+                progress.close()
             runfiles.unclaim(out_dir, partial, made_dir)
-        elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and kept:
+        elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and kept and progress is not None:
             progress.message(f"interrupted ({type(exc).__name__}): the finished batches and any snapshot of the batch "
                              "in work are kept; run again with --resume to go on"
                              + (" (a shard that --jobs started: run the --jobs command again with --resume)"
                                 if tuple(shard) != (1, 1) else ""))
         raise
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         if lock is not None:
             lock.close()
 

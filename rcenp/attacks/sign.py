@@ -29,6 +29,7 @@ from rcenp.attacks.core import (
     BOX,
     UNTARGETED,
     AttackResult,
+    check_count,
     finish,
     in_batches,
     in_eval_mode,
@@ -36,7 +37,7 @@ from rcenp.attacks.core import (
     soft_target_gradient,
 )
 from rcenp.backend import as_numpy, get_array_module, to_device
-from rcenp.checks import check_labels, check_positive, check_steps
+from rcenp.checks import check_labels, check_positive
 from rcenp.nn.module import check_images
 
 ILCM_TARGETS = ("paper", "pang2018-code")
@@ -56,7 +57,7 @@ def fgsm(model, x, eps, labels=None, batch_size: int = 128) -> AttackResult:
 def bim(model, x, eps, steps: int = 10, labels=None, batch_size: int = 128) -> AttackResult:
     """Basic iterative method (BIM-B): ``steps`` FGSM steps of ε/steps, each projected onto the
     ε-ball ∩ box; the last iterate is returned (protocol §5.1: 10 steps). Arguments and errors as
-    ``fgsm``, plus ``steps``: an integer ≥ 1 (3.0 passes, 2.5 and True do not)."""
+    ``fgsm``, plus ``steps``: an integer from 1 to 2**63 - 1 (3.0 passes, 2.5 and True do not)."""
     return _sign_attack(model, x, eps, steps, labels, "untargeted", batch_size, "bim")
 
 
@@ -92,7 +93,7 @@ def ilcm(model, x, eps, steps: int = 10, target_vector: str = "paper", batch_siz
 def _sign_attack(model, x, eps, steps, labels, mode, batch_size, name) -> AttackResult:
     x = check_images(model, x)
     eps = check_positive("eps", eps, upper=1.0)
-    steps = check_steps("steps", steps)
+    steps = check_count("steps", steps)
     num_classes = model.network.num_classes
     if labels is not None:
         labels = check_labels("labels", as_numpy(labels), len(x), num_classes)
