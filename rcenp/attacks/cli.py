@@ -92,7 +92,8 @@ def add_parser(sub) -> None:
                    help="run as J shard processes of one thread each side by side, then merge them into --out "
                    "(the same files as one process, whose workers wait for each other at every operation, which "
                    "costs most on virtual machines); default 1")
-    a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR")
+    a.add_argument("--png", metavar="DIR", help="also write each adversarial image as a 16-bit PNG into DIR (an empty "
+                   "folder, or this run's own: DIR/png-run.json names the run, and PNGs of another run are refused)")
     a.add_argument("--data-dir", help=f"data root holding the model's test set ({DATA_DIR_DEFAULT}; MNIST "
                    "when neither names a root: the embedded sample; a named root must hold the data, unlike "
                    "rcenp demo's fallback)")

@@ -91,9 +91,10 @@ def stop_with_parent() -> None:
 def check_jobs(args, out: Path, options: dict) -> None:
     """ValueError (one line) for a ``--jobs`` run that cannot go ahead, DataError for its test
     images: checked here, before any shard process starts (``options``: the attack's, as
-    ``run_attack`` takes them; a begun shard resumed with others is refused)."""
+    ``run_attack`` takes them; a begun shard resumed with others is refused, and without
+    ``--resume`` a run folder or begun shard of other settings is named, ``another_run``)."""
     from rcenp.attacks.run import attacked_split
-    from rcenp.attacks.runfiles import brief, comparable, differing
+    from rcenp.attacks.runfiles import another_run, brief, check_png_dir, comparable, differing
     from rcenp.models.registry import resolve
 
     check_folder(out, "--out")
@@ -107,17 +108,23 @@ def check_jobs(args, out: Path, options: dict) -> None:
     if args.jobs > batches:
         raise ValueError(f"--jobs {args.jobs}: {args.n} images in batches of {args.batch_size} make "
                          f"{plural(batches, 'batch', 'batches')}; use at most that many jobs or a smaller --batch-size")
-    if (out / "run.json").is_file() and not (out / "summary.json").is_file() and not (out / "shards").is_dir():
-        raise ValueError(f"{out} holds a run begun without --jobs: resume it without --jobs, or choose another --out")
     now = {"model": str(args.model), "attack": args.attack, "options": options, "n": args.n, "seed": args.seed,
            "batch_size": args.batch_size}
-    for folder in shard_folders(out, args.jobs):
-        if args.resume and (folder / "run.json").is_file():
+    for folder in [out, *shard_folders(out, args.jobs)]:
+        if (folder / "run.json").is_file():
             there = json.loads((folder / "run.json").read_text())
             there = comparable({key: there.get(key) for key in now})
-            if changed := differing(there, comparable(now)):
-                raise ValueError(f"{folder}: --resume with other settings than the run there: "
-                                 + brief(changed, there, now))
+            if not (changed := differing(there, comparable(now))):
+                continue
+            if not args.resume:
+                raise ValueError(another_run(folder, changed, there, now))
+            raise ValueError(f"{folder}: --resume with other settings than the run there: "
+                             + brief(changed, there, now))
+    if (out / "run.json").is_file() and not (out / "summary.json").is_file() and not (out / "shards").is_dir():
+        raise ValueError(f"{out} holds a run begun without --jobs: resume it without --jobs, or choose another --out")
+    if args.png is not None:  # the shards' PNG folder: refused here, not in every shard
+        check_folder(args.png, "--png")
+        check_png_dir(args.png, out, now, args.resume)
 
 
 def check_same_jobs(out, jobs: int) -> None:

@@ -16,6 +16,11 @@ Files in ``out_dir`` (each written through a temporary file and a rename):
   for the C&W attacks, ``partial/batch-NNNNN-state*.npz``, the snapshot of the batch in work
   (``rcenp.attacks.cw_snapshot``: a batch killed mid-way resumes where it was, every 5 minutes).
 
+With ``png_dir``, each adversarial image also goes there as ``NNNNN.png`` (16-bit, its test index),
+beside ``png-run.json``, which names the run (``rcenp.attacks.runfiles.check_png_dir``): a folder
+holding PNG files of another run, or of other settings, is refused, so that it never mixes two
+runs' images; the same run resumed goes on in it.
+
 A batch's result depends only on its images, so a run killed and resumed, or split into
 ``shard=(k, K)`` runs over contiguous batch-aligned slices, gives the same samples as one
 uninterrupted run (``summary.json``'s ``timing`` differs, nothing else) as long as the code is
@@ -144,8 +149,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     not that run).
     Progress lines go to ``stream`` (default: ``sys.stderr`` at the time of the call). Raises
     ValueError for bad settings (``n`` and ``batch_size`` are integers from 1 to 2**63 - 1; a
-    batch_size beyond ``n`` makes one batch of n), a run directory holding a different run, ``n``
-    beyond the test split, or shards that are not this run's; all before anything is written.
+    batch_size beyond ``n`` makes one batch of n), a run directory holding a different run, a
+    ``png_dir`` holding PNG files of another run (``runfiles.check_png_dir``), ``n`` beyond the
+    test split, or shards that are not this run's; all before anything is written.
     """
     from rcenp.models.registry import load as load_model
 
@@ -157,6 +163,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     checkpoint.check_folder(out_dir, "--out")
     if png_dir is not None:
         checkpoint.check_folder(png_dir, "--png")
+        if not merge:  # a merge writes no image
+            runfiles.check_png_dir(png_dir, out_dir, {"model": str(model_ref), "attack": attack, "options": options,
+                                                      "n": n, "seed": seed, "batch_size": batch_size}, resume)
     model, manifest = load_model(model_ref, device)
     dataset = manifest["config"]["dataset"]
     test = attacked_split(dataset, n, data_dir)
@@ -214,7 +223,7 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     partial = out_dir / "partial"
     partial.mkdir(exist_ok=True)
     lock = runfiles.lock_run(partial)  # held until this call returns or the process ends
-    progress = None  # set below; the except clause undoes what was made
+    progress = made_png = None  # set below; the except clause undoes what was made
     try:
         stems = [partial / f"batch-{index[0] // batch_size:05d}" for index in batches]
         finished = [stem.with_suffix(".jsonl").is_file() for stem in stems]
@@ -246,6 +255,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                                  f"{code['source_sha256'][:12]}): summary.json's code_by_batch lists each, and its "
                                  "code is null")
         t0, timed, done_images, resumed_images = time.monotonic(), 0, 0, 0
+        if png_dir is not None and not all(finished):  # the folder's images are this run's from now on
+            made_png = runfiles.claim_png(png_dir, out_dir, asked)
         if attack == "cw-wb" and crafted is None and not all(finished):  # η: once per process, when there is work
             if train is not None:
                 progress.message(f"η for C&W-wb: the training features of {crafter_ref}")
@@ -310,6 +321,8 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
             if progress is not None:
                 progress.close()
             runfiles.unclaim(out_dir, partial, made_dir)
+            if made_png is not None:
+                runfiles.unclaim_png(png_dir, made_png)
         elif isinstance(exc, (KeyboardInterrupt, SystemExit)) and kept and progress is not None:
             progress.message(f"interrupted ({type(exc).__name__}): the finished batches and any snapshot of the batch "
                              "in work are kept; run again with --resume to go on"

@@ -7,6 +7,8 @@ span sessions while the project changes), but never silently: every batch record
 computed it (``partial/batch-NNNNN.code.json``), the progress log says when the code differs
 from the earlier batches', and ``summary.json``'s ``code_by_batch`` lists each version with its
 batches.
+
+A ``--png`` folder holds one run's images: ``png-run.json`` there names the run (``check_png_dir``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import functools
 import gzip
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -29,18 +32,21 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     (→ False). A finished run (summary.json) whose run.json predates a key of ``RECORDED_LATER``
     is not refused for lacking it, nor a finished transfer for naming its ``crafted`` source
     otherwise (or not at all): resuming it recomputes nothing. Raises ValueError for a run
-    folder without ``resume`` or with other settings."""
+    folder without ``resume`` (naming what differs, ``another_run``, where ``resume`` would not
+    continue it either) or with other settings."""
     run_file = out_dir / "run.json"
     if run_file.is_file():
-        if not resume:
-            raise ValueError(f"{out_dir} already holds an attack run: pass --resume (resume=True in Python) to "
-                             "continue it (a finished one prints its summary), or choose another --out (out_dir) or "
-                             "remove the folder to redo it")
         there, asked = comparable(json.loads(run_file.read_text())), comparable(asked)
         changed = differing(there, asked)
         if (out_dir / "summary.json").is_file():  # finished: nothing is recomputed, so neither of these matters
             changed = [d for d in changed if not (d[0] in RECORDED_LATER and d[1] is MISSING)  # not recorded then
                        and d[0].split(".")[0] != "crafted"]  # where a finished transfer took its images from
+        if not resume:
+            if changed:
+                raise ValueError(another_run(out_dir, changed, there, asked))
+            raise ValueError(f"{out_dir} already holds an attack run: pass --resume (resume=True in Python) to "
+                             "continue it (a finished one prints its summary), or choose another --out (out_dir) or "
+                             "remove the folder to redo it")
         if changed:
             raise ValueError(f"{out_dir}: --resume with other settings than the run there: "
                              + brief(changed, there, asked))
@@ -48,6 +54,15 @@ def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write_text(run_file, json.dumps(asked, indent=2) + "\n")
     return True
+
+
+def another_run(folder, changed: list[tuple], there: dict, now: dict) -> str:
+    """The one line refusing to start a run in ``folder``, which holds the run ``there`` whose
+    settings differ from those asked for, ``now`` (``changed``: ``differing``'s records): what
+    differs, and that another folder is the way, since ``--resume`` would refuse these settings."""
+    return (f"{folder} already holds another attack run, which --resume would not continue ("
+            + brief(changed, there, now) + "): choose another --out (out_dir in Python) for this run, or remove "
+            "that folder to replace it")
 
 
 NOT_OPTIONS = ("model", "x", "detector", "labels", "batch_size", "progress", "snapshot", "train_features",
@@ -104,7 +119,11 @@ def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
     compared: the same data under another folder (another machine's shard) is the same. Data
     digests (a ``sha256`` dict) are compared by content: keyed by canonical file name, since a
     file may go by a variant name, and a digest recorded as None (before rcenp kept unverified
-    digests) matches any."""
+    digests) matches any. Under ``options``, an attack's keyword arguments, null on one side and
+    absent on the other are the same: None is every such argument's 'not given' (``comparable``
+    fills in an attack's None defaults, which another attack's options lack, and they were
+    listed as 'options.targets: null there, (none) now'); elsewhere a key missing on one side
+    was not recorded then (``RECORDED_LATER``), which null does not mean."""
     if not prefix:  # once, at the top: the nested dicts are then JSON's already
         there, now = json.loads(json.dumps(there)), json.loads(json.dumps(now))
     out = []
@@ -117,6 +136,8 @@ def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
             a, b = canonical_digests(a), canonical_digests(b)
             a = {name: b.get(name) if digest is None else digest for name, digest in a.items()}
             b = {name: a.get(name) if digest is None else digest for name, digest in b.items()}
+        if dotted.startswith("options.") and (a is None and b is MISSING or a is MISSING and b is None):
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += differing(a, b, f"{dotted}.")
         elif a is MISSING or b is MISSING or a != b:
@@ -133,8 +154,12 @@ def describe(difference: tuple) -> str:
 
 def brief(changed: list[tuple], there: dict, now: dict, most: int = 4) -> str:
     """``changed`` (``differing``'s records) for one line: the test images as a whole ('data: ...'
-    from each side's note, not every digest), then at most ``most`` settings and how many more."""
-    parts = [describe(d) for d in changed if not d[0].startswith("data.")]
+    from each side's note, not every digest), then at most ``most`` settings and how many more.
+    Where the attacks differ, an option that only one side has is left out (the other attack
+    takes no such option: 'attack: "bim" there, "fgsm" now' says it)."""
+    attacks_differ = any(d[0] == "attack" for d in changed)
+    parts = [describe(d) for d in changed if not d[0].startswith("data.") and not (
+        attacks_differ and d[0].startswith("options.") and (d[1] is MISSING or d[2] is MISSING))]
     if any(d[0].startswith("data.") for d in changed):
         notes = [(side.get("data") or {}).get("note", "(unrecorded)") for side in (there, now)]
         parts.insert(0, f"data: {notes[0]} there, {notes[1]} now" if notes[0] != notes[1]
@@ -177,6 +202,70 @@ def unclaim(out_dir: Path, partial: Path, made_dir: bool) -> None:
         (out_dir / name).unlink(missing_ok=True)
     if made_dir and not any(out_dir.iterdir()):
         out_dir.rmdir()
+
+
+PNG_MARKER = "png-run.json"  # in a --png folder: the run whose images it holds
+PNG_SETTINGS = ("model", "attack", "options", "n", "seed", "batch_size")  # a shard's PNGs are its run's
+
+
+def png_owner(out_dir) -> str:
+    """The run a ``--png`` folder's images belong to: ``out_dir`` (absolute), or for a shard of a
+    ``--jobs`` run (OUT/shards/K-of-J) that run's OUT, since its shards share one PNG folder."""
+    out = Path(out_dir).resolve()
+    if out.parent.name == "shards" and re.fullmatch(r"\d+-of-\d+", out.name):
+        out = out.parent.parent
+    return str(out)
+
+
+def check_png_dir(png_dir, out_dir, asked: dict, resume: bool) -> None:
+    """ValueError (one line) when the ``--png`` folder ``png_dir`` holds PNG files that the run
+    ``asked`` in ``out_dir`` did not write, which its images would overwrite or sit beside: its
+    ``PNG_MARKER`` names another run (``png_owner``) or other settings, or there is none. A folder
+    without PNG files is free. A run begun before the marker existed, resumed, may go on in the
+    folder it wrote into (no marker; ``out_dir``'s run.json records ``png``)."""
+    png_dir = Path(png_dir)
+    if not png_dir.is_dir() or not any(png_dir.glob("*.png")):
+        return
+    advice = "choose an empty folder for --png (png_dir in Python), so that it holds one run's images"
+    try:
+        recorded = json.loads((png_dir / PNG_MARKER).read_text())
+    except FileNotFoundError:
+        run_file = Path(out_dir) / "run.json"
+        if resume and run_file.is_file() and json.loads(run_file.read_text()).get("png"):
+            return
+        raise ValueError(f"--png {png_dir} already holds PNG files that are not this run's (no {PNG_MARKER} names "
+                         f"it): {advice}") from None
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
+        raise ValueError(f"--png {png_dir}: unreadable {PNG_MARKER}, so its PNG files may be another run's: {advice}")
+    owner = png_owner(out_dir)
+    if recorded.get("run") != owner:
+        raise ValueError(f"--png {png_dir} holds the PNG images of another run ({recorded.get('run')}): {advice}")
+    there, now = comparable(recorded["settings"]), comparable({key: asked.get(key) for key in PNG_SETTINGS})
+    if changed := differing(there, now):
+        raise ValueError(f"--png {png_dir} holds the PNG images of an earlier run in {owner} with other settings ("
+                         + brief(changed, there, now) + f"): {advice}")
+
+
+def claim_png(png_dir, out_dir, asked: dict) -> bool:
+    """Write ``png_dir``'s ``PNG_MARKER`` for the run ``asked`` in ``out_dir`` (after
+    ``check_png_dir``, before its first image) → whether this made ``png_dir``."""
+    png_dir = Path(png_dir)
+    made = not png_dir.exists()
+    checkpoint.atomic_write_text(png_dir / PNG_MARKER, json.dumps(
+        {"run": png_owner(out_dir), "settings": {key: asked.get(key) for key in PNG_SETTINGS}}, indent=2) + "\n")
+    return made
+
+
+def unclaim_png(png_dir, made: bool) -> None:
+    """Undo ``claim_png`` for a run that wrote no image: the marker goes if the folder holds no
+    PNG file, and the folder if ``claim_png`` made it and it is empty."""
+    png_dir = Path(png_dir)
+    if not any(png_dir.glob("*.png")):
+        (png_dir / PNG_MARKER).unlink(missing_ok=True)
+        if made and png_dir.is_dir() and not any(png_dir.iterdir()):
+            png_dir.rmdir()
 
 
 def format_options(options: dict) -> str:
