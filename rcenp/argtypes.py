@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from rcenp.checks import INT64_MAX
+
 
 def integer(text: str) -> int:
     """An int option (argparse type)."""
@@ -47,9 +49,6 @@ def nonnegative(kind=real):
             raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
         return value
     return parse
-
-
-INT64_MAX = 2 ** 63 - 1  # the largest count: NumPy counts and indexes in int64, and no budget needs more
 
 
 def count(text: str) -> int:

@@ -58,6 +58,20 @@ def check_steps(name: str, value) -> int:
     return result
 
 
+INT64_MAX = 2 ** 63 - 1  # the largest count: NumPy counts and indexes in int64, and no budget needs more
+
+
+def check_count(name: str, value) -> int:
+    """``value`` as an int from 1 to ``INT64_MAX`` (``check_steps``, bounded): a count beyond an
+    int64 names no budget a run could reach, and NumPy would fail on it halfway through (an
+    OverflowError, or an array of that many entries: C&W's iteration counters and batch numbers
+    are int64). Raises ValueError naming ``name`` otherwise."""
+    result = check_steps(name, value)
+    if result > INT64_MAX:
+        raise ValueError(f"{name} must be at most {INT64_MAX} (an int64), got {value}")
+    return result
+
+
 def check_labels(name: str, labels, n: int, num_classes: int):
     """``labels`` as an (n,) int64 array of classes in [0, num_classes - 1], on the array's own
     device (a host or device array). Raises ValueError naming ``name`` for another shape, a

@@ -28,7 +28,6 @@ from typing import Callable
 
 import numpy as np
 
-from rcenp.argtypes import INT64_MAX
 from rcenp.autograd import Tensor, grad
 from rcenp.backend import as_numpy, get_array_module, to_device
 from rcenp.checks import check_steps
@@ -259,17 +258,6 @@ def finish(model, clean, adversarial, label, target, iterations, stop_reason, ze
                         iterations=as_numpy(iterations).astype(np.int64), stop_reason=np.asarray(stop_reason, dtype=str),
                         zero_grad_fraction=as_numpy(zero_grad_fraction).astype(np.float64),
                         **distortions(as_numpy(clean), adv_host), attack=attack, params=params, details=details)
-
-
-def check_count(name: str, value) -> int:
-    """``value`` as an int from 1 to ``INT64_MAX`` (``rcenp.checks.check_steps``, bounded): a count
-    beyond an int64 names no budget a run could reach, and NumPy would fail on it halfway through
-    (an OverflowError, or an array of that many entries: C&W's iteration counters and batch
-    numbers are int64). Raises ValueError naming ``name`` otherwise."""
-    result = check_steps(name, value)
-    if result > INT64_MAX:
-        raise ValueError(f"{name} must be at most {INT64_MAX} (an int64), got {value}")
-    return result
 
 
 def in_batches(attack_batch, model, x, batch_size: int, *per_sample) -> AttackResult:

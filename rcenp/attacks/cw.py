@@ -66,13 +66,13 @@ import time
 
 import numpy as np
 
-from rcenp.attacks.core import AttackResult, check_count, in_eval_mode
+from rcenp.attacks.core import AttackResult, in_eval_mode
 from rcenp.attacks.cw_loss import Density, Evaluation
 from rcenp.attacks.cw_result import assemble, margin_test
 from rcenp.attacks.cw_search import ABORT_RULES, SENTINEL, Slots, abort_checks, aborts, binary_search_update
 from rcenp.attacks.cw_snapshot import capture_state, restore_state, snapshot_key, state_problem
 from rcenp.backend import as_numpy, get_array_module, make_rng, to_device
-from rcenp.checks import check_labels, check_positive, check_real, check_steps
+from rcenp.checks import check_count, check_labels, check_positive, check_real, check_steps
 from rcenp.nn.module import check_images
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -132,7 +132,7 @@ def cw_l2(model, x, targets=None, labels=None, kappa: float = 0.0, initial_const
 def check_settings(kappa, initial_const, binary_steps, max_iterations, learning_rate, batch_size) -> dict:
     """The checked optimiser settings as a dict (ValueError naming the first bad one; the counts
     binary_steps, max_iterations and batch_size are integers from 1 to 2**63 - 1,
-    ``rcenp.attacks.core.check_count``)."""
+    ``rcenp.checks.check_count``)."""
     kappa = check_real("kappa", kappa)
     if kappa < 0:
         raise ValueError(f"kappa must be finite and >= 0, got {kappa}")

@@ -60,10 +60,10 @@ import numpy as np
 from rcenp import checkpoint
 from rcenp.attacks import runfiles, transfer
 from rcenp.attacks.audit import attack_and_audit
-from rcenp.attacks.core import check_count
 from rcenp.attacks.cw_snapshot import Snapshot
 from rcenp.attacks.cw_wb import EtaApproximationWarning
 from rcenp.attacks.wb_features import eta_training_split, training_features
+from rcenp.checks import check_count
 from rcenp.progress import Progress, counter, duration, plural
 
 EPS_ATTACKS = ("fgsm", "bim", "ilcm", "jsma")

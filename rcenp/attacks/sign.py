@@ -29,7 +29,6 @@ from rcenp.attacks.core import (
     BOX,
     UNTARGETED,
     AttackResult,
-    check_count,
     finish,
     in_batches,
     in_eval_mode,
@@ -37,7 +36,7 @@ from rcenp.attacks.core import (
     soft_target_gradient,
 )
 from rcenp.backend import as_numpy, get_array_module, to_device
-from rcenp.checks import check_labels, check_positive
+from rcenp.checks import check_count, check_labels, check_positive
 from rcenp.nn.module import check_images
 
 ILCM_TARGETS = ("paper", "pang2018-code")
