@@ -301,8 +301,9 @@ def _train_locked(config, out_dir, model, train_set, test_set, images, labels, d
 
     if start == config.steps and (out_dir / "metrics.json").is_file():  # nothing to do; its record stays as it was
         metrics = json.loads((out_dir / "metrics.json").read_text())
-        Progress(out_dir / "train.log", config.steps).message(
-            f"already finished: step {start} of {config.steps}; nothing to do ({out_dir / 'metrics.json'})")
+        log = Progress(out_dir / "train.log", config.steps)
+        log.message(f"already finished: step {start} of {config.steps}; nothing to do ({out_dir / 'metrics.json'})")
+        log.close()
         return metrics
     record = {"config": dataclasses.asdict(config), "command": command}
     if start and (out_dir / "config.json").is_file():  # the command that started the run stays; and the latest
