@@ -153,6 +153,7 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
     if metric == "kd":  # confidence and non-ME need no kernel points, so no pass over the training images
         det.fit(train.images[:kernel_from], train.labels[:kernel_from], per_class=per_class, seed=seed,
                 progress=progress)
+        det.info.update(kernel_from=f"first {kernel_from} training images")  # calibrate keeps it
     if calibrate_on == "test":
         det.calibrate(test.images[calibration], fpr)
         det.info.update(calibration=f"{len(calibration)} test images, a random half of the test split "
@@ -161,8 +162,6 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
         det.calibrate(train.images[kernel_from:], fpr)
         det.info.update(calibration=f"training images {kernel_from}-{n_train - 1}")
         held_out = np.arange(n_test)
-    if metric == "kd":
-        det.info.update(kernel_from=f"first {kernel_from} training images")
     det.info.update(data=f"training: {train.describe()}; test: {test.describe()}")  # both splits, whichever T used
     return det, held_out
 
