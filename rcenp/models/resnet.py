@@ -77,8 +77,8 @@ class ResNet(Module):
     logits s (N, L), with the feature Z (N, 64) from ``features``.
 
     depth: 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...; 32 and 56 in the paper); in_channels: C,
-    1 for MNIST and 3 for CIFAR-10; num_classes: L >= 2; activation: "leaky_relu" (the authors', with ``slope``,
-    0.1) or "relu"; seed: the initialisation's generator seed (``Conv2d``, ``Linear``), so equal
+    1 for MNIST and 3 for CIFAR-10; num_classes: L >= 2; activation: "leaky_relu" (the authors',
+    with ``slope``, 0.1) or "relu"; seed: the initialisation's generator seed (``Conv2d``, ``Linear``), so equal
     arguments give equal weights. Raises ValueError for an int depth not 6n+2, an unknown
     activation, or an in_channels or num_classes that is not an integer of at least 1 and 2 (a bool
     is not one); a depth that is not an int (32.0, "32") fails with Python's TypeError. ``slope``
