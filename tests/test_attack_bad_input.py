@@ -123,6 +123,10 @@ def test_cw_wb_and_bim_name_the_count_and_the_stage():
         attacks.cw_wb(model, wb_images(16, 2), detector, attacker_points=5, stage1={"binary_steps": 10 ** 20})
     with pytest.raises(ValueError, match="^batch_size must be at most"):  # the call's own, not a stage's
         attacks.cw_wb(model, wb_images(16, 2), detector, attacker_points=5, batch_size=2 ** 63)
+    with pytest.raises(ValueError, match="^learning_rate must be"):  # the call's own, for both stages
+        attacks.cw_wb(model, wb_images(16, 2), detector, attacker_points=5, learning_rate=-1.0)
+    with pytest.raises(ValueError, match="^stage1: learning_rate must be"):
+        attacks.cw_wb(model, wb_images(16, 2), detector, attacker_points=5, stage1={"learning_rate": 0.0})
     with pytest.raises(ValueError, match="steps must be at most 9223372036854775807"):
         attacks.bim(linear_model("ce", 0), box_images(0, 2), 0.1, steps=10 ** 20)
 

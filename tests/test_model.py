@@ -10,6 +10,7 @@ from rcenp import nn
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import as_numpy, to_device
 from rcenp.models import resnet
+from rcenp.models.resnet import ResNet
 from rcenp.objectives import Classifier
 from rcenp.testing import check_directional, check_gradients
 from tests.test_conv_bn import naive_conv
@@ -109,6 +110,15 @@ def test_rejects_bad_depth_and_activation():
         resnet(30)
     with pytest.raises(ValueError, match="activation"):
         resnet(8, activation="gelu")
+    for depth in (32.0, "32", True):  # 32.0 and "32" failed with Python's bare TypeError
+        with pytest.raises(ValueError, match="depth must be 6n\\+2 with n >= 1, an integer"):
+            resnet(depth)
+    for slope in (1.0, -0.1, float("nan")):  # was raised only at the first forward
+        with pytest.raises(ValueError, match="slope must be in \\[0, 1\\)"):
+            ResNet(8, 1, slope=slope)
+    assert ResNet(8, 1, activation="relu", slope=1.0).slope == 1.0  # relu has no slope to check
+    net = ResNet(np.int64(8), np.int32(1))  # NumPy integers are integers
+    assert (net.depth, net.in_channels) == (8, 1) and type(net.depth) is int
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -81,7 +81,7 @@ from rcenp.attacks.core import in_eval_mode, with_module_notes
 from rcenp.attacks.cw_loss import Density
 from rcenp.attacks.cw_result import assemble, margin_test
 from rcenp.backend import as_numpy, make_rng, to_device
-from rcenp.checks import check_labels, check_steps
+from rcenp.checks import check_count, check_labels, check_positive, check_steps
 from rcenp.detect.kde import log_kernel_density
 from rcenp.grad_mode import no_grad
 from rcenp.nn.module import check_images, eval_mode
@@ -219,19 +219,20 @@ def eta_source(kernel: str, exact: bool) -> str:
 def stage_settings(name, defaults, overrides, learning_rate, abort_early, batch_size) -> dict:
     """One stage's checked settings: ``defaults`` updated by ``overrides``. Raises ValueError on
     unknown keys, or naming the stage and the first bad setting (``rcenp.attacks.cw.check_settings``:
-    'stage2: max_iterations must be at most ...')."""
+    'stage2: max_iterations must be at most ...'); a bad batch_size, or learning_rate where the stage
+    does not override it, is the call's own and its error names no stage."""
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(STAGE_KEYS))
     if unknown:
         raise ValueError(f"{name}: unknown settings {unknown}; expected some of {list(STAGE_KEYS)}")
+    batch_size = check_count("batch_size", batch_size)  # the call's own arguments: errors name no stage
+    if "learning_rate" not in overrides:
+        check_positive("learning_rate", learning_rate)
     merged = {**defaults, "learning_rate": learning_rate, "abort_early": abort_early, **overrides}
     abort = bool(merged.pop("abort_early"))
     try:
         checked = check_settings(batch_size=batch_size, **merged)
     except ValueError as exc:
-        key = str(exc).split(" ", 1)[0]
-        if key == "batch_size" or (key == "learning_rate" and key not in overrides):  # the call's own argument
-            raise
         raise ValueError(f"{name}: {exc}") from None
     return {**checked, "abort_early": abort}
 

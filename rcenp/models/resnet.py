@@ -24,10 +24,13 @@ with s in 1..3 and u in 0..n-1.
 """
 from __future__ import annotations
 
+from numbers import Integral
+
 from rcenp import functional as F
 from rcenp.backend import make_rng
 from rcenp.nn import BatchNorm2d, Conv2d, Linear, Module
 from rcenp.nn.module import check_input_dtype
+from rcenp.ops.activation import check_slope
 
 WIDTHS = (16, 32, 64)
 STRIDES = (1, 2, 2)
@@ -79,21 +82,23 @@ class ResNet(Module):
     depth: 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...; 32 and 56 in the paper); in_channels: C,
     1 for MNIST and 3 for CIFAR-10; num_classes: L >= 2; activation: "leaky_relu" (the authors',
     with ``slope``, 0.1) or "relu"; seed: the initialisation's generator seed (``Conv2d``, ``Linear``), so equal
-    arguments give equal weights. Raises ValueError for an int depth not 6n+2, an unknown
-    activation, or an in_channels or num_classes that is not an integer of at least 1 and 2 (a bool
-    is not one); a depth that is not an int (32.0, "32") fails with Python's TypeError. ``slope``
-    is not checked here: the first forward raises ValueError unless 0 <= slope < 1.
+    arguments give equal weights. Raises ValueError for a depth that is not an integer 6n+2 (32.0
+    and "32" are not), an unknown activation, a leaky_relu slope outside [0, 1), or an in_channels
+    or num_classes that is not an integer of at least 1 and 2 (a bool is not one).
     """
 
     def __init__(self, depth=32, in_channels=3, num_classes=10, activation="leaky_relu", slope=0.1, seed=0):
         super().__init__()
-        if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, ...), got {depth}")
+        if isinstance(depth, bool) or not isinstance(depth, Integral) or depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n+2 with n >= 1, an integer (8, 14, 20, 32, 56, ...), got {depth!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if activation == "leaky_relu":
+            check_slope(slope)
         for name, value, least in (("in_channels", in_channels, 1), ("num_classes", num_classes, 2)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        depth, in_channels, num_classes = int(depth), int(in_channels), int(num_classes)
         n = (depth - 2) // 6
         rng = make_rng(seed)
         self.depth, self.num_classes, self.activation, self.slope = depth, num_classes, activation, slope
