@@ -41,13 +41,26 @@ class _Parser(argparse.ArgumentParser):
             unknown = self.unrecognized(getattr(self, "_seen", []))
             if unknown:
                 message = self.unrecognized_message(unknown)
-        message = self.suggest_choice(message)
+        message = self.before_the_command(message) or self.suggest_choice(message)
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
     def unrecognized_message(self, unknown) -> str:
         message = f"unrecognized argument{'s' if len(unknown) > 1 else ''}: {' '.join(unknown)}"
         close = difflib.get_close_matches(unknown[0].split("=", 1)[0], self._option_string_actions, 1)
         return message + (f" (did you mean {close[0]}?)" if close else "")
+
+    def before_the_command(self, message: str) -> str | None:
+        """For ``rcenp --eps 3``: an unknown option before the command made argparse take its value
+        for the command ("invalid choice: '3'"); name the option and where options go instead."""
+        match = re.match(r".*invalid choice: (['\"]?)(.*?)\1 \(choose from", message, re.S)
+        seen = getattr(self, "_seen", [])
+        if not match or match[2] not in seen:
+            return None
+        unknown = self.unrecognized(seen[:seen.index(match[2])])
+        if not unknown:
+            return None
+        return (f"unrecognized argument{'s' if len(unknown) > 1 else ''} before the command: {' '.join(unknown)} "
+                f"(a command's options follow it: {self.prog} COMMAND {unknown[0]} ...)")
 
     @staticmethod
     def suggest_choice(message: str) -> str:

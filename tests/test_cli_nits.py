@@ -291,6 +291,17 @@ def test_an_invalid_choice_gets_a_did_you_mean(capsys, argv, suggestion):
     assert f"(did you mean {suggestion}?)" in one_error_line(err)
 
 
+@pytest.mark.parametrize("argv, unknown", [(["--eps", "3"], "--eps"), (["--n", "5", "attack"], "--n"),
+                                           (["--eps=3", "--device", "cpu", "attack"], "--eps=3 --device")])
+def test_an_option_before_the_command_is_named_not_its_value(capsys, argv, unknown):
+    """`rcenp --eps 3` answered "invalid choice: '3'": argparse took the option's value for the command."""
+    code, out, err = parser_exit(argv, capsys)
+    line = one_error_line(err)
+    assert code == 2 and out == ""
+    assert f"unrecognized argument{'s' if ' ' in unknown else ''} before the command: {unknown} " in line
+    assert "invalid choice" not in line
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["attack", "m", "--attack", "fgsm", "--eps", "abc"], "argument --eps: not a number: 'abc'"),
     (["attack", "m", "--attack", "fgsm", "--eps", "0.1", "--n", "x"], "argument --n: not an integer: 'x'"),
