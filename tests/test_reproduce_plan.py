@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rcenp.reproduce import budgets, cells, costs, lineup, reuse, runner
@@ -260,3 +261,14 @@ def test_the_plan_leaves_cells_without_test_data_out_of_its_estimate(tmp_path, c
     n = int(lines[at].split(": ")[1].split()[0])   # one table-1 cell per shipped CIFAR model
     assert n >= 2 and lines[at + 1].startswith(f"  {n} × CIFAR-10 (subset): none found (a run marks them not available")
     assert not any(line.startswith("  cifar10subset-") for line in lines)
+
+
+def test_fig1_names_the_classes_with_fewer_images_than_asked():
+    """The CIFAR-10 subset's test split has 93, 92 and 87 images of classes 1, 4 and 5: its Fig. 1
+    showed 972 images, not 1,000, and did not say why."""
+    from rcenp.reproduce import figures
+
+    labels = np.repeat(np.arange(10), [100, 93, 100, 100, 92, 87, 100, 100, 100, 100])
+    assert figures.fewer_than(labels, 100) == "class 1 (93), class 4 (92), class 5 (87)"
+    assert figures.fewer_than(labels, 87) == ""
+    assert figures.fewer_than(np.zeros(5, np.int64), 1) == ", ".join(f"class {c} (0)" for c in range(1, 10))

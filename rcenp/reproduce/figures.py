@@ -50,6 +50,13 @@ def draw(res: Results, budget: Budget, out_dir: Path, which) -> dict:
     return out
 
 
+def fewer_than(labels: np.ndarray, per_class: int) -> str:
+    """The classes (0-9) of which ``labels`` has fewer than ``per_class``, with their counts, as
+    Fig. 1's caption names them ("class 1 (93), class 5 (87)"); "" when none has."""
+    counts = np.bincount(labels, minlength=10)
+    return ", ".join(f"class {c} ({n})" for c, n in enumerate(counts) if n < per_class)
+
+
 def _tsne(cell_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     cache = cell_dir / "tsne.npz"
     with np.load(cell_dir / "features.npz") as data:
@@ -81,13 +88,17 @@ def fig1(res: Results, budget: Budget, out_dir: Path) -> dict:
             notes.append(f"{lineup.DATASET_TITLES[dataset]}: {next(r for r in reasons if r)}")
             continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+        short = ""
         for ax, cell, obj in zip(axes, cells, lineup.OBJECTIVES):
             embedding, labels = _tsne(res.path(cell))
+            short = fewer_than(labels, budget.tsne_per_class)
             scatter = ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
             ax.set_title(f"{obj.upper()}: {cell.model}, {len(labels)} test images", fontsize=9)
             ax.set_xticks([]), ax.set_yticks([])
         fig.colorbar(scatter, ax=axes, ticks=range(10), label="class")
-        fig.suptitle(f"Fig. 1: t-SNE of Z, {lineup.DATASET_TITLES[dataset]}" + _smoke(budget))
+        fig.suptitle(f"Fig. 1: t-SNE of Z, {lineup.DATASET_TITLES[dataset]}" + _smoke(budget)
+                     + (f"\nthe first {budget.tsne_per_class} test images of each class; the split has "
+                        f"fewer of {short}" if short else ""))
         path = out_dir / f"fig1_tsne_{dataset}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
