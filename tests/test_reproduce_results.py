@@ -211,8 +211,11 @@ def test_dagger_allows_for_the_papers_rounding_and_notes_zero_width_intervals():
 class _Table4Results:
     """Every Table 4 cell finished with the same K-density entry and transfer record."""
 
-    def __init__(self, entry, transfer):
-        self.entry, self.transfer = entry, transfer
+    def __init__(self, entry, transfer, samples=None):
+        self.entry, self.transfer, self._samples = entry, transfer, samples
+
+    def samples(self, cell):
+        return self._samples
 
     def get(self, dataset, depth, objective, name):
         return types.SimpleNamespace(model=f"{dataset}-resnet{depth}-{objective}")
@@ -253,6 +256,35 @@ def test_table4_marks_values_and_transfer_rates_outside_the_papers():
     assert not any(r["transfer_outside"] for r in rows)
     assert threat_tables.transfer_interval(None, 10) == (None, None)
     assert threat_tables.transfer_interval(0.5, 0) == (None, None)
+
+
+def test_table4_gives_the_transfer_rate_within_the_papers_distortion():
+    """MNIST's CE → CE transfer rate is above the paper's bound; the cpu budget's C&W-wb leaves larger
+    perturbations than the paper's (Table 3), so the rate over the examples no more distorted than
+    the paper's mean says whether those carry it."""
+    def sample(l2, misclassified, substitute_success=True, clean_prediction=3):
+        return {"l2_paper": l2, "misclassified": misclassified, "substitute_success": substitute_success,
+                "clean_prediction": clean_prediction, "true_label": 3}
+
+    samples = [sample(10.0, True), sample(17.12, False), sample(20.0, True), sample(30.0, True),
+               sample(5.0, True, clean_prediction=4), sample(6.0, True, substitute_success=False)]
+    assert threat_tables.transfer_within(samples, 17.12) == (2, 0.5)     # 10.0 and 17.12; the last two not eligible
+    assert threat_tables.transfer_within(samples, 9.0) == (0, None)
+    assert threat_tables.transfer_within(samples, None) == threat_tables.transfer_within(None, 1.0) == (None, None)
+    smoke = budgets.get_budget("smoke")
+    auc = {"auc": 0.99, "auc_strict_ties": 0.99, "auc_ci95": [0.97, 1.0], "auc_strict_ci95": [0.96, 1.0]}
+    rows = threat_tables.table4(_Table4Results(auc, {"n_eligible": 100, "transfer_rate": 0.9}, samples), smoke).rows
+    row = next(r for r in rows if r["dataset"] == "mnist" and r["substitute_objective"] == "ce")
+    assert row["paper_substitute_distortion"] == 17.12 and row["n_transfer_within_paper_distortion"] == 2
+    assert row["transfer_rate_within_paper_distortion"] == 0.5
+    assert (row["transfer_within_ci_low"], row["transfer_within_ci_high"]) == threat_tables.transfer_interval(0.5, 2)
+    rce = next(r for r in rows if r["dataset"] == "mnist" and r["substitute_objective"] == "rce")
+    assert rce["paper_substitute_distortion"] == 31.59 and rce["n_transfer_within_paper_distortion"] == 4
+    lines, _, _ = differences._outside_table4(rows)
+    low, high = (100 * v for v in threat_tables.transfer_interval(0.5, 2))
+    assert f"- mnist Table 4, CE substitute → CE target, transfer rate: ours 90.0% [" in "\n".join(lines)
+    assert any(line.endswith(f"paper: under 50%; over the 2 of them with ‖δ‖₂/√d at most the paper's Table 3 "
+                             f"mean for this substitute (17.12): 50.0% [{low:.1f}, {high:.1f}]") for line in lines)
 
 
 def test_zero_gradient_fractions_ignore_nan_and_count_it():

@@ -95,6 +95,8 @@ def fig1(res: Results, budget: Budget, out_dir: Path) -> dict:
             scatter = ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
             ax.set_title(f"{obj.upper()}: {cell.model}, {len(labels)} test images", fontsize=9)
             ax.set_xticks([]), ax.set_yticks([])
+        if short:  # room for the caption's second line above the panels' titles (before the colorbar takes its share)
+            fig.subplots_adjust(top=0.84)
         fig.colorbar(scatter, ax=axes, ticks=range(10), label="class")
         fig.suptitle(f"Fig. 1: t-SNE of Z, {lineup.DATASET_TITLES[dataset]}" + _smoke(budget)
                      + (f"\nthe first {budget.tsne_per_class} test images of each class; the split has "
