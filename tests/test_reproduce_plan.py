@@ -159,6 +159,31 @@ def test_the_plan_lists_the_work_and_computes_writes_and_moves_nothing(tmp_path,
                               if c.dataset == "mnist" and c.model is not None and c.key != planned[0].key))
 
 
+def test_the_plan_gives_the_free_core_estimate_beside_a_measured_rate_far_from_it(tmp_path, capsys):
+    """Cells computed beside other work measured 12.7 ms per unit where a free core takes 4: the
+    plan's 44.7 h alone overstated what the rest takes on free cores."""
+    from rcenp.cli import main
+    from rcenp.reproduce.costs import SECONDS_PER_UNIT
+
+    cpu = budgets.get_budget("cpu")
+    planned = [c for c in cells.plan(cpu, ["fig2"]) if c.model == "mnist-resnet32-ce" and c.attack == "bim"]
+    argv = ["reproduce", "--budget", "cpu", "--only", "fig2", "--datasets", "mnist", "--out", str(tmp_path / "out"),
+            "--plan"]
+    (tmp_path / "out").mkdir()
+    for factor, free_core in ((3.0, True), (1.2, False)):
+        timings = {planned[0].key: factor * SECONDS_PER_UNIT * costs.cell_cost(planned[0])}
+        (tmp_path / "out" / "timings.json").write_text(json.dumps(timings))
+        assert main(argv) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("to compute: "))
+        units = float(line.split()[4].replace(",", ""))
+        assert f" at {1e3 * factor * SECONDS_PER_UNIT:.1f} ms per unit, measured on 1 earlier cell in OUT" in line
+        assert line.endswith(f" (at 4.0 ms per unit, one free core's: about {units * SECONDS_PER_UNIT / 3600:.1f} h)") \
+            == free_core
+    assert main(argv + ["--jobs", "2"]) == 0
+    jobs_line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  with --jobs 2: "))
+    assert jobs_line.endswith(" h at that rate, 2 cells at a time on 2 cores (no sooner than the largest cell)")
+
+
 def test_a_run_remembers_its_cells_from(tmp_path, capsys, monkeypatch):
     """A --resume, --plan or --report naming no --cells-from uses the run's (a forgotten one made
     a report of 92 pending cells where 8 were, and its resume would have recomputed the rest)."""

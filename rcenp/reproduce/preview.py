@@ -53,6 +53,9 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
     if measured is not None:
         rate = measured[0]
         source = f"{rate * 1e3:.1f} ms per unit, measured on {plural(measured[1], 'earlier cell', 'earlier cells')} in OUT"
+        if todo and abs(rate / SECONDS_PER_UNIT - 1) > 0.25:  # those cells shared their cores, or had a faster host
+            source += (f" (at {SECONDS_PER_UNIT * 1e3:.1f} ms per unit, one free core's: about "
+                       f"{duration(total * SECONDS_PER_UNIT)})")
     else:
         rate = SECONDS_PER_UNIT
         source = f"{rate * 1e3:.1f} ms per unit on one free core (other work on the cores stretches it)"
@@ -60,7 +63,8 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
                  f"ResNet-32), about {duration(total * rate)} at {source}" if todo else "to compute: nothing")
     if todo and jobs > 1:
         wall = max(total / min(jobs, len(todo)), max(c.cost for c in todo)) * rate
-        lines.append(f"  with --jobs {jobs}: about {duration(wall)} on {jobs} free cores (no sooner than the largest cell)")
+        lines.append(f"  with --jobs {jobs}: about {duration(wall)} at that rate, {jobs} cells at a time on {jobs} cores "
+                     "(no sooner than the largest cell)")
     for cell in todo:
         lines.append(f"  {cell.key:52s} {cell.cost:>12,.0f}  {100 * cell.cost / total:5.1f}%"
                      + ("  (scores its substitute's C&W-wb images)" if cell.crafted else ""))
