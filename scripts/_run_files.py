@@ -14,6 +14,8 @@ from pathlib import Path
 
 
 def sha256(path: Path) -> str:
+    """rcenp.checkpoint.file_sha256's digest, written out here: runs.py runs with the system's
+    python3, which may lack NumPy, so it imports nothing of rcenp."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
