@@ -282,7 +282,7 @@ def test_table4_gives_the_transfer_rate_within_the_papers_distortion():
     assert rce["paper_substitute_distortion"] == 31.59 and rce["n_transfer_within_paper_distortion"] == 4
     lines, _, _ = differences._outside_table4(rows)
     low, high = (100 * v for v in threat_tables.transfer_interval(0.5, 2))
-    assert f"- mnist Table 4, CE substitute → CE target, transfer rate: ours 90.0% [" in "\n".join(lines)
+    assert "- mnist Table 4, CE substitute → CE target, transfer rate: ours 90.0% [" in "\n".join(lines)
     assert any(line.endswith(f"paper: under 50%; over the 2 of them with ‖δ‖₂/√d at most the paper's Table 3 "
                              f"mean for this substitute (17.12): 50.0% [{low:.1f}, {high:.1f}]") for line in lines)
 
