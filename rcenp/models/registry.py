@@ -37,7 +37,8 @@ def model_info(name: str) -> dict:
 
     Keys: ``name``, ``dataset``, ``train_images`` and ``test_images`` (the sizes of the splits it
     was trained and tested on; fewer than the published ones for a subset), ``subset`` (bool),
-    ``depth``, ``objective``, ``preset``, ``schedule_scale`` (the preset's schedule times this:
+    ``depth``, ``objective``, ``preset``, ``seed`` (the training seed: initialisation, batch order
+    and augmentation), ``schedule_scale`` (the preset's schedule times this:
     ``rcenp train --schedule-scale``), ``steps``, ``batch_size``, ``test_error`` (a fraction, on
     ``test_images``), ``detector`` (a fitted detector beside it), ``detector_metric`` and
     ``detector_threshold`` (None without one), ``bytes`` (weights, manifest and detector files).
@@ -58,6 +59,7 @@ def model_info(name: str) -> dict:
         "train_images": data.get("train_used", train.get("n")), "test_images": manifest.get("n_test", test.get("n")),
         "subset": bool(train.get("subset") or test.get("subset")),
         "depth": config["depth"], "objective": config["objective"], "preset": config.get("preset"),
+        "seed": config.get("seed"),
         "schedule_scale": config.get("schedule_scale", 1.0),
         "steps": manifest.get("step"), "batch_size": config.get("batch_size"), "test_error": manifest.get("test_error"),
         "detector": detector is not None,

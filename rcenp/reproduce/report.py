@@ -82,6 +82,23 @@ def cifar_line() -> str:
             + ("; ".join(parts) if parts else "none shipped") + ". Fashion-MNIST is an extra column the paper lacks.")
 
 
+def table4_seeds_line() -> str:
+    """Whether Table 4's substitutes (ResNet-32) and targets (ResNet-56) share a training seed, as
+    the shipped manifests record it: a shared seed means the same batch order and augmentation."""
+    parts = []
+    for dataset in ("mnist", "cifar10"):
+        infos = [i for i in lineup.shipped_of(dataset) if i["depth"] in (32, 56)]
+        seeds = {i.get("seed") for i in infos}
+        if {i["depth"] for i in infos} == {32, 56} and len(seeds) == 1 and None not in seeds:
+            parts.append(f"{lineup.DATASET_TITLES[dataset]}: {', '.join(i['name'] for i in infos)}: seed {seeds.pop()}")
+    if not parts:
+        return "Training seeds: as each model's manifest records them."
+    return (f"Substitutes and targets share their training seed ({'; '.join(parts)}), so each pair saw the same "
+            "batch order and augmentation (their initialisations differ with the depth); the authors' input "
+            "pipeline was unseeded. Two models trained on one order may be more alike, which would raise the "
+            "transfer rate; not measured here.")
+
+
 def eta_line(eta_rules: dict | None) -> str:
     """How this run's finished C&W-wb cells got η (``eta_rules``: {rule: cells}, ``run_eta_rules``)."""
     if not eta_rules:
@@ -153,7 +170,8 @@ def protocol_differences(budget: Budget, detectors: dict | None = None, eta_rule
         "images, and its code only prints per-image values.",
         "**Table 4**: C&W-wb crafted on the ResNet-32 substitute (run_attack's substitute option) and scored on "
         "the ResNet-56 target; its cells wait for the ResNet-56 models where they are not shipped (see 'Cells'). "
-        "The paper does not give n or which model's predictions select the pairs (here: the target's).",
+        "The paper does not give n or which model's predictions select the pairs (here: the target's). "
+        + table4_seeds_line(),
         "**Fig. 1**: scikit-learn's TSNE (PCA to 60 dimensions, perplexity 30) instead of van der Maaten's "
         "Python t-SNE; the first k test images of each class instead of a random 1,000.",
         "**Training** (see README): leaky ReLU 0.1 and weight decay 2e-4 as in the released code; symmetric "
