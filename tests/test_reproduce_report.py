@@ -133,6 +133,29 @@ def test_table3_with_no_clean_correct_image_says_n_0(tmp_path):
     assert "| 0 | n = 0; paper " in row
 
 
+def test_table3_gives_the_distortion_of_the_evading_examples_beside_all_at_the_target(tmp_path):
+    """RCE's 33.06 (n = 66) was 37 evading examples at 22.13 and 29 that the detector still flags at
+    47.0: the flagged fallbacks carried the match with the paper's 31.59. Both are shown."""
+    smoke = budgets.get_budget("smoke")
+    planned = cells.plan(smoke, ["table3"])
+    res = unavailable(planned)
+    cell = next(c for c in planned if c.model == "mnist-resnet32-rce" and c.key.endswith("/cw-wb"))
+    rows = [{"clean_prediction": 1, "true_label": 1, "f2": 0.0, "stop_reason": "success", "l2_paper": 20.0},
+            {"clean_prediction": 1, "true_label": 1, "f2": 0.0, "stop_reason": "success", "l2_paper": 24.0},
+            {"clean_prediction": 1, "true_label": 1, "f2": 2.0, "stop_reason": "f2 > 0", "l2_paper": 50.0},
+            {"clean_prediction": 1, "true_label": 1, "f2": 2.0, "stop_reason": "no success", "l2_paper": 0.0}]
+    (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    res.outcomes[cell.key] = {"status": "done", "path": str(tmp_path), "source": "computed"}
+    table = threat_tables.table3(res, smoke)
+    row = next(r for r in table.rows if r["model"] == "mnist-resnet32-rce" and r["kernel"] == "attacker")
+    assert (row["distortion_evading"], row["n_distortion_evading"]) == (22.0, 2)
+    assert (row["distortion"], row["n_distortion"]) == (pytest.approx(94 / 3), 3)
+    assert row["diff_distortion_evading"] == pytest.approx(22.0 - 31.59)
+    line, = [x for x in table.markdown.splitlines() if x.startswith("| MNIST | RCE | attacker |")]
+    assert "| 22.00; paper 31.59, Δ -9.59 (n = 2) | 31.33; paper 31.59, Δ -0.26 (n = 3) | 50.0 |" in line
+    assert "| distortion, evading | distortion, at the target (evading or flagged) |" in table.markdown
+
+
 def test_fig2b_leaves_out_a_missing_cw_bar_and_says_n_a(tmp_path, monkeypatch):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")

@@ -92,6 +92,9 @@ def test_wb_figures():
     figures = wb_figures(rows)
     assert figures["n"] == 3 and figures["ratio_f2_positive"] == pytest.approx(2 / 3)
     assert figures["distortion"] == pytest.approx(20.0) and figures["n_distortion"] == 2
+    assert figures["distortion_evading"] == pytest.approx(10.0) and figures["n_evading"] == 1
+    assert wb_figures(rows[3:])["distortion_evading"] is None and wb_figures(rows[3:])["n_evading"] == 0
+    assert wb_figures(rows[1:3])["distortion_evading"] is None and wb_figures(rows[1:3])["n_evading"] == 0
 
 
 def test_ratio_of_f2_positive_is_the_attacks_own_decision():

@@ -212,19 +212,23 @@ def wb_figures(samples: list[dict]) -> dict:
     (margin κ) with f₂ ≤ 0, i.e. ``stop_reason != "success"`` (the attack's own decision, protocol
     §5.4), so that ratio + ``success_rate`` = 1. ``distortion``: the mean ‖δ‖₂/√d (0-255) over the
     ``n_distortion`` images whose returned image is classified as the target (stop_reason "success"
-    or "f2 > 0"). Audit only: ``ratio_f2_rescored_positive``, the share whose ``f2`` field (f₂
+    or "f2 > 0": the evading examples and the fallbacks the detector still flags, as the authors'
+    code returns both); ``distortion_evading`` over the ``n_evading`` successes alone. Audit only: ``ratio_f2_rescored_positive``, the share whose ``f2`` field (f₂
     re-scored on the returned image in a separate forward pass) is > 0, and ``n_f2_disagree``, the
     images where that and the attack's decision differ (None without ``f2`` fields).
     """
     correct = [s for s in samples if s["clean_prediction"] == s["true_label"]]
     if not correct:
-        return {"n": 0, "ratio_f2_positive": None, "distortion": None, "n_distortion": 0, "success_rate": None,
-                "ratio_f2_rescored_positive": None, "n_f2_disagree": None}
+        return {"n": 0, "ratio_f2_positive": None, "distortion": None, "n_distortion": 0, "distortion_evading": None,
+                "n_evading": 0, "success_rate": None, "ratio_f2_rescored_positive": None, "n_f2_disagree": None}
     reached = [s for s in correct if s.get("stop_reason") in ("success", "f2 > 0")]
+    evading = [s for s in reached if s["stop_reason"] == "success"]
     failed = np.array([s["stop_reason"] != "success" for s in correct])
     rescored = np.array([s["f2"] > 0 for s in correct]) if all("f2" in s for s in correct) else None
     return {"n": len(correct), "ratio_f2_positive": float(failed.mean()),
             "distortion": float(np.mean([s["l2_paper"] for s in reached])) if reached else None,
-            "n_distortion": len(reached), "success_rate": float((~failed).mean()),
+            "n_distortion": len(reached),
+            "distortion_evading": float(np.mean([s["l2_paper"] for s in evading])) if evading else None,
+            "n_evading": len(evading), "success_rate": float((~failed).mean()),
             "ratio_f2_rescored_positive": None if rescored is None else float(rescored.mean()),
             "n_f2_disagree": None if rescored is None else int((rescored != failed).sum())}
