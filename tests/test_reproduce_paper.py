@@ -73,6 +73,17 @@ def test_the_paper_is_cited_not_a_file_outside_a_clone():
         cited = paper.source(f"table{n}")
         assert cited.startswith(f"Table {n}") and paper.CITATION in cited and "shared/" not in cited
     assert paper.source("beyond") is None and paper.source("sanity") is None
+    fig2 = paper.source("fig2")   # read "(plotted only: no values typed) ... (typed from the paper)"
+    assert fig2.startswith("Fig. 2 of ") and fig2.endswith(": plotted there only, no values typed")
+    assert "typed from the paper" not in fig2
+
+
+def test_a_difference_that_rounds_to_zero_has_no_minus():
+    """Table 2's JSMA RCE confidence read 'paper 100.0, Δ -0.0'."""
+    from rcenp.reproduce.tables import _signed
+
+    assert [_signed(v, 1) for v in (-0.04, 0.04, 0.0, -0.06, 1.25)] == ["+0.0", "+0.0", "+0.0", "-0.1", "+1.2"]
+    assert _signed(-0.004, 2) == "+0.00" and _signed(-0.005001, 2) == "-0.01"
 
 
 # ---- sanity checks: each FLAGs on a case built to fail it, and PASSes on a good one ---------------
@@ -86,6 +97,9 @@ def test_monotone_in_eps():
     assert "ε = 0.3" in bad["detail"] and bad["value"] == pytest.approx(0.10)
     noise = sanity.monotone_in_eps("m", [(0.1, 0.50, 1000), (0.2, 0.501, 1000)])  # one image: tolerated
     assert noise["status"] == "PASS"
+    assert noise["detail"] == ("accuracy 0.1 pp higher at ε = 0.2 than at ε = 0.1, within the tolerance of one "
+                               "image or 0.5 pp, whichever is larger")                # a PASS that says why
+    assert bad["detail"].endswith(", beyond the tolerance of one image or 0.5 pp, whichever is larger")
     assert sanity.monotone_in_eps("m", [(0.1, 0.5, 10)])["status"] == "n/a"
     flat = sanity.monotone_in_eps("m jsma", [(0.08, 1.0, 20), (0.16, 1.0, 20)], "θ")   # the attack moved nothing
     assert flat["status"] == "n/a" and flat["detail"].startswith("accuracy 100.0% at every θ")
@@ -122,6 +136,11 @@ def test_whitebox_vs_transfer():
     bad = sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), summary(evasion=0.3))
     assert bad["status"] == "FLAG" and "white-box 10.0%" in bad["detail"]
     assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), None)["status"] == "n/a"
+    for whitebox, transfer, missing in ((None, summary(evasion=0.1), "the target's own C&W-wb cell is"),
+                                        (summary(evasion=0.1), None, "the transfer cell is"),
+                                        (None, None, "neither the target's own C&W-wb cell nor the transfer cell is")):
+        row = sanity.whitebox_vs_transfer("s → t", whitebox, transfer)   # the one that is missing, named
+        assert row["status"] == "n/a" and row["detail"] == f"{missing} not finished (pending, or not available)"
     nothing = sanity.whitebox_vs_transfer("s → t", summary(evasion=0.0), summary(evasion=0.0))  # both stopped
     assert nothing["status"] == "n/a" and "nothing to compare" in nothing["detail"]
     assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.0), summary(evasion=0.05))["status"] == "FLAG"

@@ -144,7 +144,9 @@ def differences_md(t2_rows, t4_rows) -> str:
         text += "No value had such a comparison in this run (no finished Table 2 or 4 cell with enough pairs)."
     else:
         text += (f"The intervals are our sampling error only (the paper gives neither n nor intervals): of the "
-                 f"{compared} comparisons made, up to about 5% would be marked by chance alone.\n\n"
+                 f"{compared} comparisons made, about 5% would be marked by chance alone were our models and "
+                 f"protocol the paper's, and more, since the paper's values carry a sampling error of their own "
+                 f"that our intervals leave out.\n\n"
                  + ("\n".join(counted) + "\n\nSee 'Protocol differences' for what may explain them."
                     if counted else "None."))
     if weak:

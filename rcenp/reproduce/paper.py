@@ -95,5 +95,7 @@ def source(table: str) -> str | None:
     """Where a report table's paper values come from: ``"table2"`` → 'Table 2 of Pang, Du, ...,
     NeurIPS 2018 (typed from the paper)'; None for a table without paper values (beyond, sanity)."""
     where = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3",
-             "table4": "Table 4 (MNIST: the bounds of §4.5)", "fig2": "Fig. 2 (plotted only: no values typed)"}
+             "table4": "Table 4 (MNIST: the bounds of §4.5)"}
+    if table == "fig2":
+        return f"Fig. 2 of {CITATION}: plotted there only, no values typed"
     return f"{where[table]} of {CITATION} (typed from the paper)" if table in where else None

@@ -213,9 +213,10 @@ def wb_figures(samples: list[dict]) -> dict:
     §5.4), so that ratio + ``success_rate`` = 1. ``distortion``: the mean ‖δ‖₂/√d (0-255) over the
     ``n_distortion`` images whose returned image is classified as the target (stop_reason "success"
     or "f2 > 0": the evading examples and the fallbacks the detector still flags, as the authors'
-    code returns both); ``distortion_evading`` over the ``n_evading`` successes alone. Audit only: ``ratio_f2_rescored_positive``, the share whose ``f2`` field (f₂
-    re-scored on the returned image in a separate forward pass) is > 0, and ``n_f2_disagree``, the
-    images where that and the attack's decision differ (None without ``f2`` fields).
+    code returns both); ``distortion_evading`` over the ``n_evading`` successes alone. Audit only:
+    ``ratio_f2_rescored_positive``, the share whose ``f2`` field (f₂ re-scored on the returned image
+    in a separate forward pass) is > 0, and ``n_f2_disagree``, the images where that and the
+    attack's decision differ (None without ``f2`` fields).
     """
     correct = [s for s in samples if s["clean_prediction"] == s["true_label"]]
     if not correct:

@@ -26,6 +26,9 @@ def check(name, subject, ok, value, detail) -> dict:
             "value": value, "detail": detail}
 
 
+TOLERANCE_TEXT = "one image or 0.5 pp, whichever is larger"  # _tolerance's, in the checks' details
+
+
 def _tolerance(n) -> float:
     """One image, or half a percentage point, whichever is larger (same images at every ε)."""
     return max(1.0 / n, 0.005) if n else 0.005
@@ -50,7 +53,8 @@ def monotone_in_eps(subject: str, points, symbol: str = "ε") -> dict:
                 worst, where = acc_b - acc_a, (eps_a, eps_b, n)
     ok = where is None or worst <= _tolerance(where[2])
     detail = f"accuracy falls or stays as {symbol} grows" if where is None else (
-        f"accuracy {100 * worst:.1f} pp higher at {symbol} = {where[1]:g} than at {symbol} = {where[0]:g}")
+        f"accuracy {100 * worst:.1f} pp higher at {symbol} = {where[1]:g} than at {symbol} = {where[0]:g}, "
+        f"{'within' if ok else 'beyond'} the tolerance of {TOLERANCE_TEXT}")
     return check(name, subject, ok, worst, detail)
 
 
@@ -73,8 +77,8 @@ def iterative_vs_single(subject: str, single, iterative) -> dict:
     eps = max(gaps, key=gaps.get)
     ok = gaps[eps] <= _tolerance(many[eps][1])
     if ok and gaps[eps] > 0:
-        detail = (f"BIM accuracy at most FGSM's + one image (or 0.5 pp) at all {len(common)} ε; the most "
-                  f"above: {100 * gaps[eps]:.1f} pp at ε = {eps:g}")
+        detail = (f"BIM accuracy at most FGSM's + the tolerance ({TOLERANCE_TEXT}) at all {len(common)} ε; "
+                  f"the most above: {100 * gaps[eps]:.1f} pp at ε = {eps:g}")
     elif ok:
         detail = f"BIM accuracy ≤ FGSM accuracy at {'all ' if len(common) > 1 else ''}{len(common)} ε"
     else:
@@ -105,8 +109,12 @@ def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | N
     image or 0.5 pp). n/a when both rates are that close to 0: neither attack gets past the
     detector, and a pass would say nothing."""
     if whitebox is None or transfer is None:
+        if whitebox is None and transfer is None:
+            missing = "neither the target's own C&W-wb cell nor the transfer cell is"
+        else:
+            missing = "the target's own C&W-wb cell is" if whitebox is None else "the transfer cell is"
         return check("white-box C&W-wb ≥ transfer", subject, None, None,
-                     "no finished white-box or transfer cell (pending, or not available)")
+                     f"{missing} not finished (pending, or not available)")
     wb, tr = _evasion(whitebox), _evasion(transfer)
     if wb is None or tr is None:
         return check("white-box C&W-wb ≥ transfer", subject, None, None, "no detector decisions in the cells")

@@ -7,7 +7,8 @@ from __future__ import annotations
 from rcenp.reproduce import lineup, paper
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.results import Results, wb_figures
-from rcenp.reproduce.tables import FEW_PAIRS, Table, _auc_fields, _diff, _md, _num, dagger, strength_columns
+from rcenp.reproduce.tables import (FEW_PAIRS, Table, _auc_fields, _diff, _md, _num, _signed, dagger,
+                                    strength_columns)
 
 
 def table3(res: Results, budget: Budget) -> Table:
@@ -46,12 +47,12 @@ def table3(res: Results, budget: Budget) -> Table:
         ratio = "n = 0" if r["ratio_f2_positive"] is None else f"{r['ratio_f2_positive']:.2f}"  # none correct
         if r["paper_ratio"] is not None:
             ratio += f"; paper {r['paper_ratio']:.2f}" + \
-                ("" if r["diff_ratio"] is None else f", Δ {r['diff_ratio']:+.2f}")
+                ("" if r["diff_ratio"] is None else f", Δ {_signed(r['diff_ratio'], 2)}")
 
         def distortion(value, n, diff):
             text = _num(value, 2)
             if r["paper_distortion"] is not None and value is not None:
-                text += f"; paper {r['paper_distortion']:.2f}, Δ {diff:+.2f}"
+                text += f"; paper {r['paper_distortion']:.2f}, Δ {_signed(diff, 2)}"
             return text + f" (n = {n})"
 
         md_rows.append(head + [r["n_clean_correct"], ratio,
@@ -162,7 +163,7 @@ def table4(res: Results, budget: Budget) -> Table:
                                                        f" [{100 * r['transfer_ci_low']:.1f}, "
                                                        f"{100 * r['transfer_ci_high']:.1f}]") \
             + ("" if r["n_transfer_eligible"] is None else f" (n = {r['n_transfer_eligible']})")
-        md_rows.append(head + [r["n_pairs"], auc, paper_text + ("" if r["diff"] is None else f", Δ {r['diff']:+.1f}")
+        md_rows.append(head + [r["n_pairs"], auc, paper_text + ("" if r["diff"] is None else f", Δ {_signed(r['diff'], 1)}")
                                + dagger(r["outside_ci"], r["n_pairs"], r["ci_degenerate"]),
                                transfer + (" **†**" if r["transfer_outside"] else ""),
                                f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
