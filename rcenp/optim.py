@@ -54,7 +54,8 @@ class PiecewiseConstant:
 
 
 SCHEDULES = {
-    # MNIST: 0.1 below 10k steps, 0.01 below 15k, 0.001 below 20k, then 0.0001 (20,000 steps).
+    # MNIST: 0.1 below 10k steps, 0.01 below 15k, 0.001 below 20k, then 0.0001 (never reached in
+    # rcenp's 20,000 steps, 0-19,999; the authors' loop takes one step more, at it).
     "mnist": PiecewiseConstant([10_000, 15_000, 20_000], [0.1, 0.01, 0.001, 0.0001]),
     # CIFAR-10: 0.1 below 40k, 0.01 below 60k, 0.001 below 80k, then 0.0001 (90,000 steps).
     "cifar10": PiecewiseConstant([40_000, 60_000, 80_000], [0.1, 0.01, 0.001, 0.0001]),

@@ -15,7 +15,7 @@ PAD_VALUE = -0.5  # a raw 0 pixel after x/255 - 0.5: the pad is zero in raw pixe
 def augment_cifar(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random-crop and flip a batch, as the CIFAR-10 training input of the reference code.
 
-    Each image (N, C, H, W) is padded with 2 pixels of -0.5 on every side (zero in raw pixel
+    Each image of the batch (N, C, H, W) is padded with 2 pixels of -0.5 on every side (zero in raw pixel
     space), cropped back to H x W at an offset (dy, dx) drawn uniformly from {0, ..., 4}^2, and
     flipped left-right with probability 0.5. Draws, in this order: ``rng.integers(0, 5, (N, 2))``
     for the offsets (columns dy, dx), then ``rng.random(N)`` for the flips (flip where < 0.5).
