@@ -61,7 +61,9 @@ Shared by both variants:
   batch-mates and on ``batch_size``. Results are reproducible for the same inputs and
   ``batch_size``; the float64 tests find them identical alone, batched and shuffled.
 - The model runs in eval mode; every module's ``training`` flag is restored on exit.
-- Nothing is random. Feature ties go to the lowest index.
+- Nothing is random. Feature ties go to the lowest index of the (C, H, W) flattening; the
+  authors' TensorFlow code flattens (H, W, C), so on CIFAR an exact tie can pick another
+  channel (exact float ties are rare).
 """
 from __future__ import annotations
 
