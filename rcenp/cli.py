@@ -59,7 +59,8 @@ class _Parser(argparse.ArgumentParser):
         unknown = self.unrecognized(seen[:seen.index(match[2])])
         if not unknown:
             return None
-        return (f"unrecognized argument{'s' if len(unknown) > 1 else ''} before the command: {' '.join(unknown)} "
+        plural = "s" if len(unknown) > 1 else ""
+        return (f"unrecognized argument{plural} before the command: {' '.join(unknown)} "
                 f"(a command's options follow it: {self.prog} COMMAND {unknown[0]} ...)")
 
     @staticmethod

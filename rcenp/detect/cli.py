@@ -126,8 +126,8 @@ def fit_detector(model, dataset, data_dir=None, metric="kd", fpr=0.05, per_class
     ``--train-subset``); where ``kernel_from`` is None and that is fewer than the split's, the
     kernel points come from those images only. Otherwise, with ``calibrate_on="test"``, they come
     from the whole training split (MNIST: 60,000); the authors drew them, and C&W-wb's η, from the
-    first 50,000 (protocol §3.1, §5.4: their feature dump), as ``kernel_from=50000`` does. ``progress(done, total)``, if given, follows the
-    features of the training images (the long part).
+    first 50,000 (protocol §3.1, §5.4: their feature dump), as ``kernel_from=50000`` does.
+    ``progress(done, total)``, if given, follows the features of the training images (the long part).
     """
     from rcenp.data import load as load_data
     from rcenp.detect.detector import Detector

@@ -63,8 +63,8 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
                  f"ResNet-32), about {duration(total * rate)} at {source}" if todo else "to compute: nothing")
     if todo and jobs > 1:
         wall = max(total / min(jobs, len(todo)), max(c.cost for c in todo)) * rate
-        lines.append(f"  with --jobs {jobs}: about {duration(wall)} at that rate, {jobs} cells at a time on {jobs} cores "
-                     "(no sooner than the largest cell)")
+        lines.append(f"  with --jobs {jobs}: about {duration(wall)} at that rate, {jobs} cells at a time on "
+                     f"{jobs} cores (no sooner than the largest cell)")
     for cell in todo:
         lines.append(f"  {cell.key:52s} {cell.cost:>12,.0f}  {100 * cell.cost / total:5.1f}%"
                      + ("  (scores its substitute's C&W-wb images)" if cell.crafted else ""))

@@ -163,7 +163,8 @@ def table4(res: Results, budget: Budget) -> Table:
                                                        f" [{100 * r['transfer_ci_low']:.1f}, "
                                                        f"{100 * r['transfer_ci_high']:.1f}]") \
             + ("" if r["n_transfer_eligible"] is None else f" (n = {r['n_transfer_eligible']})")
-        md_rows.append(head + [r["n_pairs"], auc, paper_text + ("" if r["diff"] is None else f", Δ {_signed(r['diff'], 1)}")
+        diff = "" if r["diff"] is None else f", Δ {_signed(r['diff'], 1)}"
+        md_rows.append(head + [r["n_pairs"], auc, paper_text + diff
                                + dagger(r["outside_ci"], r["n_pairs"], r["ci_degenerate"]),
                                transfer + (" **†**" if r["transfer_outside"] else ""),
                                f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
