@@ -279,11 +279,19 @@ def test_classifier_reverses_logits_for_rce():
 
 
 def test_device_moves_round_trip(xp, device):
+    from rcenp.backend import device_of
+
     model = resnet(8, 1, seed=0)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
     x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
     expected = model.eval()(x).data
     model.to(device)
+    assert all(device_of(p) == device for p in model.parameters())
     np.testing.assert_allclose(as_numpy(model(to_device(x, device)).data), expected, rtol=1e-5, atol=1e-6)
+    model.to("cpu")                                                   # and back: the same weights, bit for bit
+    assert all(device_of(p) == "cpu" for p in model.parameters())
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+    np.testing.assert_array_equal(model(x).data, expected)
 
 
 def test_predict_uses_inference_bn_in_training_mode_and_keeps_the_mode_and_statistics():

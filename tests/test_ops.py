@@ -204,7 +204,7 @@ def test_leaky_relu_of_a_0d_tensor(xp, value):
     y = F.leaky_relu(t, 0.1)
     assert y.shape == () and float(as_numpy(y.data)) == (value if value > 0 else 0.1 * value)
     assert float(as_numpy(grad(y, t))) == (1.0 if value > 0 else 0.1)
-    check_gradients(lambda u: F.relu(u) * 3.0, [xp.asarray(np.float64(value))])
+    check_gradients(lambda u: F.leaky_relu(u, 0.1) * 3.0, [xp.asarray(np.float64(value))])
 
 
 @pytest.mark.parametrize("op, ref", [(F.sum, np.sum), (F.mean, np.mean), (F.max, np.max)])
@@ -339,9 +339,15 @@ def test_pooling_rejects_oversized_window(xp):
 
 def test_losses_take_labels_from_either_device(xp):
     """Host labels with GPU logits (or the reverse) give the loss of labels on the logits' device."""
+    from scipy.special import log_softmax
+
     logits = np.random.default_rng(0).standard_normal((4, 3))
     labels = np.asarray([0, 2, 1, 2])
-    for loss in (F.cross_entropy, F.reverse_cross_entropy):
-        expected = float(loss(Tensor(logits), labels).data)
-        assert float(as_numpy(loss(Tensor(xp.asarray(logits)), labels).data)) == expected
-        assert float(as_numpy(loss(Tensor(logits), xp.asarray(labels)).data)) == expected
+    log_p = log_softmax(logits, axis=1)
+    reverse = (1.0 - np.eye(3)[labels]) / 2                    # R_y, L = 3 (paper Eq. 4)
+    for loss, expected in ((F.cross_entropy, -log_p[np.arange(4), labels].mean()),
+                           (F.reverse_cross_entropy, -(reverse * log_p).sum(axis=1).mean())):
+        for pair in ((xp.asarray(logits), labels), (logits, xp.asarray(labels)), (xp.asarray(logits), xp.asarray(labels))):
+            value = loss(Tensor(pair[0]), pair[1]).data
+            assert type(value) is type(pair[0])                # on the logits' device
+            np.testing.assert_allclose(float(as_numpy(value)), expected, rtol=1e-12)
