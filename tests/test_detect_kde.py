@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.special import logsumexp
 
 from rcenp.autograd import Tensor, grad
 from rcenp.backend import as_numpy, cuda_available, xp_for
@@ -403,6 +404,21 @@ def test_fused_kernel_emulated_on_cpu(emulated_kernel, monkeypatch, dtype):
     bound = np.abs(gy) * gradient_bound(np.float64(z), np.float64(kernel_points), classes, sigma2,
                                         dtype)
     assert (np.abs(zt.grad - blocked.grad).max(axis=1) <= bound).all()
+
+
+def test_fused_kernel_skips_a_point_whose_distance_overflows(emulated_kernel, monkeypatch):
+    """A first kernel point so far that d² overflows float32 (a = −∞ while the running max is still
+    −∞): exp(a − m) was NaN, and the NaN stayed in the sum; the point's kernel value is 0."""
+    monkeypatch.setattr(kde_cuda, "supports", lambda z: True)
+    monkeypatch.setattr(kde_cuda, "_kernel", lambda ctype, dim, g: _EmulatedKernel(
+        emulated_kernel, ctype, dim, g))
+    rng = np.random.default_rng(0)
+    kernel_points = rng.normal(size=(1, 6, _EMU_DIM)).astype(np.float32)
+    kernel_points[0, 0] = 3e19                                       # d² = 5 · 9e38 > float32's 3.4e38
+    z = rng.normal(size=(3, _EMU_DIM)).astype(np.float32)
+    out = log_kernel_density(z, kernel_points, np.zeros(3, np.int64), 2.0)
+    near = -((np.float64(z)[:, None, :] - np.float64(kernel_points[0, 1:])) ** 2).sum(axis=2) / 2.0
+    np.testing.assert_allclose(out, logsumexp(near, axis=1) - np.log(6), rtol=1e-5)
 
 
 @pytest.mark.gpu

@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(TQ) log_kd_tile(
                 }
                 m = a;
             }
-            const T e = F::exp(a - m);
+            const T e = (a == F::neg_inf()) ? T(0) : F::exp(a - m);  // exp(-inf - -inf) would be NaN
             s += e;
             if constexpr (GRAD) {
 #pragma unroll
