@@ -22,7 +22,7 @@ import weakref
 
 import numpy as np
 
-from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, get_array_module
+from rcenp.backend import DEFAULT_DTYPE, cupy_ndarray, device_of, get_array_module, to_device
 from rcenp.grad_mode import enable_grad, is_grad_enabled, no_grad
 from rcenp.ops.layout import add_arrays
 
@@ -241,8 +241,9 @@ def _first_array(inputs):
 
 
 def _checked_grad_output(grad_output, output: Tensor, what: str):
-    """``grad_output`` as an array like ``output``'s; ValueError unless it has ``output``'s shape."""
-    grad_output = as_array(grad_output, like=output.data)
+    """``grad_output`` as an array like ``output``'s, on its device (a host array for a GPU graph is
+    copied there, as the reverse); ValueError unless it has ``output``'s shape."""
+    grad_output = to_device(as_array(grad_output, like=output.data), device_of(output.data))
     if grad_output.shape != output.shape:
         raise ValueError(f"{what} must have the output's shape {tuple(output.shape)}, "
                          f"got {tuple(grad_output.shape)}")

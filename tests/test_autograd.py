@@ -289,6 +289,20 @@ def test_grad_output_must_have_the_output_shape(xp):
     np.testing.assert_array_equal(as_numpy(grad(x * 2.0, x, grad_output=xp.asarray([1.0, 3.0]))), [2.0, 6.0])
 
 
+def test_grad_output_from_either_device(xp):
+    """A host grad_output for a GPU graph (or the reverse) failed later, inside an op's backward."""
+    from rcenp.backend import to_device
+
+    for device in ("cpu", "cuda" if xp.__name__ == "cupy" else "cpu"):
+        x = Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+        gy = to_device(np.asarray([1.0, 3.0]), device)
+        assert type(grad(x * 2.0, x, grad_output=gy)) is type(x.data)
+        np.testing.assert_array_equal(as_numpy(grad(x * 2.0, x, grad_output=gy)), [2.0, 6.0])
+        (x * 2.0).backward(gy)
+        assert type(x.grad) is type(x.data)
+        np.testing.assert_array_equal(as_numpy(x.grad), [2.0, 6.0])
+
+
 def test_float_and_numpy_conversion(xp):
     assert float(Tensor(xp.asarray([2.5]))) == 2.5
     assert float(Tensor(xp.asarray(1.5), requires_grad=True) * 2.0) == 3.0

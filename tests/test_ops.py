@@ -4,6 +4,8 @@ Shapes and values are drawn by hypothesis; inputs stay away from kinks (ReLU at 
 clip bounds) where the derivative is one-sided. ``check_gradients`` itself is tested first: it
 must reject a wrong gradient and a backward that computes in float32.
 """
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -147,8 +149,8 @@ def test_where(xp, shape, seed, data):
         for condition in (xp.asarray(c), Tensor(xp.asarray(c))):
             out = F.where(condition, a, b)
             np.testing.assert_array_equal(as_numpy(out.data), expected)
-        if xp is np:
-            np.testing.assert_array_equal(F.where(c.tolist(), a, b).data, expected)  # a nested list
+        for host in (c.tolist(), c):  # a nested list or a host mask, with operands on either device
+            np.testing.assert_array_equal(as_numpy(F.where(host, a, b).data), expected)
         cx = xp.asarray(c)
         check_gradients(lambda a, b: F.where(cx, a, b), [a, b])
         check_gradients(lambda a, b: F.where(cx, a, b), [a, b], wrt=[0])
@@ -351,3 +353,33 @@ def test_losses_take_labels_from_either_device(xp):
             value = loss(Tensor(pair[0]), pair[1]).data
             assert type(value) is type(pair[0])                # on the logits' device
             np.testing.assert_allclose(float(as_numpy(value)), expected, rtol=1e-12)
+
+
+INDICES = [(np.array([0, 3]),), (np.array([4]),), (np.array([-4]),), (np.array([-5]),),
+           (slice(None), np.array([5])), (slice(None), np.array([-5, 4])), (Ellipsis, np.array([6])),
+           (Ellipsis, np.array([5])), (np.ones((4, 5), bool), np.array([6])), (np.ones((4, 5), bool), np.array([5])),
+           (None, 1, np.array([5])), (None, 1, np.array([4])), (np.array([1]), Ellipsis, np.array([-7])),
+           (np.array([[0], [3]]), np.array([0, 4]), 2), (np.array([], np.int64),)]
+
+
+@pytest.mark.parametrize("index", INDICES, ids=range(len(INDICES)))
+def test_getitem_refuses_an_array_index_out_of_range_on_either_device(xp, index):
+    """CuPy wraps an out-of-range integer-array index around where NumPy raises IndexError; the
+    check names the same indices NumPy refuses, on a (4, 5, 6) array."""
+    from rcenp.ops.shape import check_array_indices
+
+    shape = (4, 5, 6)
+    host = np.arange(120.0).reshape(shape)
+    try:
+        expected = host[index]
+    except IndexError:
+        expected = None
+    with pytest.raises(IndexError) if expected is None else contextlib.nullcontext():
+        check_array_indices(shape, index)
+    device_index = tuple(xp.asarray(p) if isinstance(p, np.ndarray) else p for p in index)
+    x = Tensor(xp.asarray(host))
+    if expected is None:
+        with pytest.raises(IndexError, match="out of bounds"):
+            F.getitem(x, device_index)
+    else:
+        np.testing.assert_array_equal(as_numpy(F.getitem(x, device_index).data), expected)

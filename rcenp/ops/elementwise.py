@@ -140,7 +140,9 @@ class Where(Function):
 
     def forward(self, a, b):
         self.a_shape, self.b_shape = a.shape, b.shape
-        return get_array_module(a, b).where(self.condition, a, b)
+        xp = get_array_module(a, b)
+        self.condition = xp.asarray(self.condition)  # a host mask or list, with device operands
+        return xp.where(self.condition, a, b)
 
     def backward(self, gy):
         xp = get_array_module(gy)

@@ -1,6 +1,8 @@
 """Shape and indexing: reshape, transpose, getitem, concatenate, pad."""
 from __future__ import annotations
 
+import numpy as np
+
 from rcenp.autograd import Function, Tensor
 from rcenp.backend import get_array_module, scatter_add
 from rcenp.ops.layout import alloc_like
@@ -40,6 +42,27 @@ def _is_basic_index(index) -> bool:
     return all(p is None or p is Ellipsis or isinstance(p, (int, slice)) for p in parts)
 
 
+def check_array_indices(shape, index) -> None:
+    """IndexError for an integer-array part of ``index`` outside its axis of ``shape``, as NumPy
+    raises it; CuPy wraps such indices around instead (``cupy.ndarray.__getitem__``)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    consumed = sum(1 if not hasattr(p, "dtype") or p.dtype.kind != "b" else p.ndim
+                   for p in parts if p is not None and p is not Ellipsis)
+    axis = 0
+    for part in parts:
+        if part is None:
+            continue
+        if part is Ellipsis:
+            axis += len(shape) - consumed
+            continue
+        if hasattr(part, "dtype") and part.dtype.kind in "iu" and part.size:
+            n = shape[axis]
+            low, high = int(part.min()), int(part.max())
+            if low < -n or high >= n:
+                raise IndexError(f"index {high if high >= n else low} is out of bounds for axis {axis} with size {n}")
+        axis += part.ndim if hasattr(part, "dtype") and part.dtype.kind == "b" else 1
+
+
 class GetItem(Function):
     """``x[index]``; repeated advanced indices accumulate their gradients."""
 
@@ -48,6 +71,8 @@ class GetItem(Function):
 
     def forward(self, x):
         self.in_shape, self.dtype = x.shape, x.dtype
+        if not isinstance(x, np.ndarray):  # NumPy raises IndexError itself
+            check_array_indices(x.shape, self.index)
         return x[self.index]
 
     def backward(self, gy):
