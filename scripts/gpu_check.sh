@@ -32,24 +32,26 @@ import rcenp.backend as b
 assert b.cuda_available(), 'rcenp sees no CUDA device'
 " || { echo "PREFLIGHT FAILED: see above"; exit 1; }
 pytest_args=(-q -p no:cacheprovider -rfE --durations=10 --continue-on-collection-errors)
+status=0  # non-zero when a stage fails (pipefail: pytest's status, not tail's), the script's exit status
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
   RCENP_DEVICE=cuda limited "${GPU_CASES_LIMIT:-150}" python3 -m pytest "${pytest_args[@]}" -m gpu \
-    --junitxml="$out/gpu_cases.xml" tests 2>&1 | tee "$out/pytest_gpu_cases.log" | tail -n 40
+    --junitxml="$out/gpu_cases.xml" tests 2>&1 | tee "$out/pytest_gpu_cases.log" | tail -n 40 || status=1
   RCENP_DEVICE=cuda limited "${DEVICE_PATHS_LIMIT:-150}" python3 -m pytest "${pytest_args[@]}" -m "not gpu" \
     --junitxml="$out/device_paths.xml" tests/test_attack_run.py tests/test_attack_runfiles.py \
     tests/test_attack_transfer.py tests/test_attacks_cw_snapshot.py tests/test_detector.py tests/test_train.py \
-    2>&1 | tee "$out/pytest_device_paths.log" | tail -n 40
+    2>&1 | tee "$out/pytest_device_paths.log" | tail -n 40 || status=1
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   RCENP_DEVICE=cuda limited 90 python3 bench/bench_engine.py --repeats 5 --json "$out/engine_cuda_r32.json" \
-    > /dev/null || echo "FAILED: bench_engine.py ResNet-32 (exit $?)"
-  limited 60 python3 bench/bench_kd.py --repeats 5 --json "$out/kd.json" > /dev/null || echo "FAILED: bench_kd.py (exit $?)"
+    > /dev/null || { echo "FAILED: bench_engine.py ResNet-32 (exit $?)"; status=1; }
+  limited 60 python3 bench/bench_kd.py --repeats 5 --json "$out/kd.json" > /dev/null \
+    || { echo "FAILED: bench_kd.py (exit $?)"; status=1; }
   for f in "$out"/*.json; do echo "== $f"; python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1])))[:1500])" "$f"; done
 fi
 if [ "$what" = suite ]; then
   RCENP_DEVICE=cuda limited "${SUITE_LIMIT:-540}" python3 -m pytest "${pytest_args[@]}" --junitxml="$out/suite.xml" \
-    tests 2>&1 | tee "$out/pytest_cuda.log" | tail -n 60
+    tests 2>&1 | tee "$out/pytest_cuda.log" | tail -n 60 || status=1
 fi
 if [ "$what" = sweep ]; then
   # Fig. 2a's cells on the GPU, JSMA first; whatever finishes inside SWEEP_LIMIT comes back
@@ -57,10 +59,10 @@ if [ "$what" = sweep ]; then
   for attack in ${SWEEP_ATTACKS:-jsma bim ilcm fgsm}; do
     [ $((deadline - SECONDS)) -gt 5 ] || break
     limited $((deadline - SECONDS)) python3 scripts/attack_sweep.py --attacks "$attack" --device cuda --batch-size 1000 \
-      --out "$sweep" > "$sweep/$attack.log" 2>&1; tail -n 2 "$sweep/$attack.log"
+      --out "$sweep" > "$sweep/$attack.log" 2>&1 || status=1; tail -n 2 "$sweep/$attack.log"
   done
   (cd "$sweep" && find . -name summary.json -o -name samples.jsonl -o -name run.json -o -name '*.md' -o -name '*.log' \
      -o -name sweep.json | tar -cJf "$out/fig2a_cuda.tar.xz" -T -)
 fi
 ls -la "$out"
-exit 0
+exit "$status"
