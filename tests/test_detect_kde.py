@@ -278,6 +278,19 @@ def test_tiles_cover_each_class_in_runs_of_at_most_tile():
     assert (tile_count >= 1).all() and (tile_count <= 64).all()
     for c, b, n in zip(tile_class, tile_begin, tile_count):
         assert (classes[order[b:b + n]] == c).all()
+    with pytest.raises(ValueError, match="classes must be below num_classes = 4, got 4"):
+        kde_cuda.tiles(np, classes, 4)                          # class 4 has no kernel points
+
+
+def test_the_launch_refuses_a_gradient_of_another_type_or_length(emulated_kernel, monkeypatch):
+    """The kernel reads Q entries of z's type from gy: a float32 gy with float64 z would be read
+    past its end."""
+    monkeypatch.setattr(kde_cuda, "_kernel", lambda ctype, dim, g: _EmulatedKernel(emulated_kernel, ctype, dim, g))
+    z, kernel_points, classes = make_data(3, 2, 4, _EMU_DIM, 6, dtype=np.float64)
+    for gy in (np.ones(6, np.float32), np.ones(5)):
+        with pytest.raises(ValueError, match=r"gy must be \(6,\) float64"):
+            kde_cuda.log_kd_backward(z, kernel_points, classes, 2.0, gy)
+    assert kde_cuda.log_kd_backward(z, kernel_points, classes, 2.0, np.ones(6)).shape == (6, _EMU_DIM)
 
 
 _EMULATOR = r"""

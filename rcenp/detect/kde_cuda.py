@@ -160,10 +160,13 @@ def tiles(xp, classes, num_classes: int, tile: int = TQ):
 
     Returns (order, tile_class, tile_begin, tile_count): ``order`` (Q,) int64 sorts the queries by
     class (stable); tile i covers ``order[tile_begin[i] : tile_begin[i] + tile_count[i]]``, all of
-    class ``tile_class[i]``. Works with NumPy too (the tests check it on the CPU).
+    class ``tile_class[i]``. Works with NumPy too (the tests check it on the CPU). Raises
+    ValueError for a class outside 0 .. num_classes - 1 (the kernel would read past its points).
     """
     order = stable_argsort(xp, classes).astype(np.int64)
     counts = as_numpy(xp.bincount(classes, minlength=num_classes)).astype(np.int64)
+    if len(counts) > num_classes:
+        raise ValueError(f"classes must be below num_classes = {num_classes}, got {len(counts) - 1}")
     per_class = -(-counts // tile)                                   # ceil(count / tile)
     class_begin = np.cumsum(counts) - counts
     first_tile = np.cumsum(per_class) - per_class
@@ -180,6 +183,8 @@ def _launch(z, kernel_points, classes, sigma2, gy):
     cupy = get_array_module(z)
     (q, dim), (num_classes, m, _) = z.shape, kernel_points.shape
     grad = gy is not None
+    if grad and (gy.dtype != z.dtype or gy.shape != (q,)):  # the kernel reads Q entries of z's type
+        raise ValueError(f"gy must be ({q},) {z.dtype}, got {gy.shape} {gy.dtype}")
     out = cupy.empty((q, dim) if grad else (q,), dtype=z.dtype)
     if q == 0:
         return out
