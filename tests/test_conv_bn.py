@@ -349,3 +349,25 @@ def test_an_eval_graph_keeps_its_running_mean_through_a_later_training_pass(xp):
         return gamma.grad
 
     xp.testing.assert_array_equal(eval_gamma_grad(True), eval_gamma_grad(False))
+
+
+@pytest.mark.parametrize("eps, decay", [(1e-5, 0.99), (0.5, 0.0)])
+def test_batch_norm_with_other_eps_and_decay(xp, eps, decay):
+    """eps and decay reach the forward, the running statistics and both modes' gradients."""
+    rng = np.random.default_rng(7)
+    x, gamma, beta = rng.standard_normal((3, 2, 2, 3)) * 2 + 0.5, rng.uniform(0.5, 2, 2), rng.standard_normal(2)
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    b = (1, -1, 1, 1)
+    rm, rv = xp.asarray(np.full(2, 0.3)), xp.asarray(np.full(2, 1.5))
+    y = F.batch_norm(xp.asarray(x), xp.asarray(gamma), xp.asarray(beta), rm, rv, training=True, decay=decay, eps=eps)
+    expected = (x - mean.reshape(b)) / np.sqrt(var.reshape(b) + eps) * gamma.reshape(b) + beta.reshape(b)
+    np.testing.assert_allclose(as_numpy(y.data), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(rm), decay * 0.3 + (1 - decay) * mean, rtol=1e-12)
+    np.testing.assert_allclose(as_numpy(rv), decay * 1.5 + (1 - decay) * var, rtol=1e-12)
+    args = [xp.asarray(x), xp.asarray(gamma), xp.asarray(beta)]
+    check_gradients(lambda x, g, b: F.batch_norm(x, g, b, training=True, eps=eps), args)
+    stats = xp.asarray(rng.standard_normal(2)), xp.asarray(rng.uniform(0.5, 2, 2))
+    m, v = (as_numpy(a).reshape(b) for a in stats)
+    np.testing.assert_allclose(as_numpy(F.batch_norm(*args, *stats, training=False, eps=eps).data),
+                               (x - m) / np.sqrt(v + eps) * gamma.reshape(b) + beta.reshape(b), rtol=1e-10, atol=1e-12)
+    check_gradients(lambda x, g, b: F.batch_norm(x, g, b, *stats, training=False, eps=eps), args)

@@ -121,12 +121,13 @@ def test_rejects_bad_depth_and_activation():
     assert (net.depth, net.in_channels) == (8, 1) and type(net.depth) is int
 
 
+@pytest.mark.parametrize("objective", ["rce", "ce"])
 @pytest.mark.parametrize("training", [True, False])
-def test_whole_network_gradient_float64(xp, device, training):
-    """Directional finite differences through a ResNet-8 with the RCE loss, in both BN modes."""
+def test_whole_network_gradient_float64(xp, device, training, objective):
+    """Directional finite differences through a ResNet-8 with the RCE or CE loss, in both BN modes."""
     model = randomised(resnet(8, 1, seed=5), seed=6).astype(np.float64).train(training)
     model.to(device)
-    clf = Classifier(model, "rce")
+    clf = Classifier(model, objective)
     x = Tensor(xp.asarray(np.random.default_rng(7).normal(size=(3, 1, 8, 8))), requires_grad=True)
     labels = xp.asarray(np.array([1, 4, 9]))
     if training:  # keep the running statistics fixed across the finite-difference evaluations

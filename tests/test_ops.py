@@ -191,6 +191,14 @@ def test_reductions_and_shapes(xp, shape, seed, data):
         check_gradients(lambda t: op(t, axis=axis, keepdims=keep), [x])
     perm = tuple(np.random.default_rng(seed).permutation(len(shape)))
     check_gradients(lambda t: F.transpose(t, perm), [x])
+    np.testing.assert_array_equal(as_numpy(F.transpose(x).data), xn.T)         # axes None: reversed
+    np.testing.assert_array_equal(as_numpy(Tensor(x).T.data), xn.T)
+    check_gradients(F.transpose, [x])
+    check_gradients(lambda t: t.T, [x])
+    widths = [(1, 0)] + [(0, 2)] * (len(shape) - 1)
+    np.testing.assert_array_equal(as_numpy(F.pad(x, widths, value=-0.5).data),
+                                  np.pad(xn, widths, constant_values=-0.5))
+    check_gradients(lambda t: F.pad(t, widths, value=-0.5), [x])
     check_gradients(lambda t: F.reshape(t, (-1,)), [x])
     check_gradients(lambda t: F.pad(t, [(1, 0)] + [(0, 2)] * (len(shape) - 1)), [x])
     check_gradients(lambda t: F.concatenate([t, t * 2.0], axis=len(shape) - 1), [x])
@@ -309,6 +317,12 @@ def test_softmax_family(xp, n, classes, seed, scale):
     np.testing.assert_allclose(as_numpy(F.softmax(s).data), np.exp(ref_log), rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(as_numpy(F.logsumexp(s, axis=1).data), sn.max(1) + np.log(np.exp(sn - sn.max(1, keepdims=True)).sum(1)), rtol=1e-12)
     for op in (F.log_softmax, F.softmax, lambda t: F.logsumexp(t, axis=1), lambda t: F.logsumexp(t, axis=0, keepdims=True)):
+        check_gradients(op, [s])
+    # over the other axis: its forward against the reference on the transpose, and its backward
+    np.testing.assert_allclose(as_numpy(F.log_softmax(s, axis=0).data), ref_log_softmax(sn.T).T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(as_numpy(F.softmax(s, axis=0).data), np.exp(ref_log_softmax(sn.T).T), rtol=1e-12,
+                               atol=1e-300)
+    for op in (lambda t: F.log_softmax(t, axis=0), lambda t: F.softmax(t, axis=0)):
         check_gradients(op, [s])
 
 
