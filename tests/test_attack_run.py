@@ -69,7 +69,9 @@ def test_files_records_and_summary(setup, tmp_path):
     written = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert written["counts"]["n"] == 12 and written == json.loads(json.dumps(summary))
     assert summary["success_rate"] == np.mean([s["success"] for s in samples])
-    assert "auc" in summary["detection"]["log_kd"] or summary["detection"]["log_kd"]["n_pairs"] == 0
+    pairs = sum(s["clean_prediction"] == s["true_label"] and s["misclassified"] for s in samples)  # the paper's rule
+    assert summary["detection"]["log_kd"]["n_pairs"] == pairs
+    assert ("auc" in summary["detection"]["log_kd"]) == (pairs > 0)
     assert not (tmp_path / "out" / "partial").exists()
 
 

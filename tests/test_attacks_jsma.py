@@ -186,19 +186,33 @@ def check_invariants(result, x, limit, features_per_pick):
     np.testing.assert_array_equal(result.label, result.clean_prediction)
 
 
+@pytest.mark.parametrize("variant", ["pang2018", "papernot"])
+def test_stops_at_the_first_pick_that_reaches_the_target_on_a_case_that_has_one(variant):
+    """The property below on seed 0, where each variant breaks an image only after several picks
+    (the property checks nothing for a draw without such an image)."""
+    assert stops_at_the_first_pick(0, variant) >= 1
+
+
 @given(seed=st.integers(0, 2**32 - 1), variant=st.sampled_from(["pang2018", "papernot"]))
 def test_stops_at_the_first_pick_that_reaches_the_target(seed, variant):
     """An image that succeeded after k picks is not yet the target after k - 1."""
+    stops_at_the_first_pick(seed, variant)
+
+
+def stops_at_the_first_pick(seed, variant) -> int:
+    """Checks every image that succeeded after k > 1 picks; returns how many there were."""
     rng = np.random.default_rng(seed)
     model = dense_classifier(seed, (1, 4, 4), "ce")
     x = images(rng, 6, (1, 4, 4))
     kwargs = {"variant": variant, "gamma": 1.0} if variant == "papernot" else {}
     result = jsma(model, x, 0.5, **kwargs)
-    for i in np.flatnonzero(result.success & (result.iterations > 1)):
+    checked = np.flatnonzero(result.success & (result.iterations > 1))
+    for i in checked:
         k = int(result.iterations[i])
         shorter = jsma(model, x[i:i + 1], 0.5, max_iterations=k - 1, **kwargs)
         assert not shorter.success[0] and shorter.stop_reason[0] == "max iterations"
         assert shorter.iterations[0] == k - 1
+    return len(checked)
 
 
 def resnet_classifier(objective, seed=3, dtype=np.float32, xp=np):

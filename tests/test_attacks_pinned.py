@@ -59,6 +59,10 @@ def test_cw_hinge_gradient_is_zero_at_an_exact_tie():
     result = attacks.cw_l2(model, x, targets=np.array([1]), labels=np.array([0]), binary_steps=1,
                            max_iterations=20, learning_rate=0.1, abort_early=False)
     assert not result.success[0]
+    from rcenp.attacks.cw_loss import Evaluation
+    at_start = Evaluation(model, x, x, np.array([1]), np.array([1.0]), 0.0, True)   # the first iterate
+    assert float(at_start.gap[0]) == 0.0 and at_start.network_gradient() is None   # nothing to move it
+    assert float(at_start.d2[0]) == 0.0
 
 
 def test_criterion_fails_a_tie():
@@ -133,6 +137,7 @@ def test_stage2_wiring(monkeypatch):
 def test_default_anchor_is_clean_best_l2_is_l2_to_x():
     """W8 behaviourally"""
     model, detector, x, result = end_to_end_case()
+    assert result.success.any()                      # else the loop below checks nothing
     for i, d in enumerate(result.details):
         if result.success[i]:
             assert d["best_l2"] == pytest.approx(result.l2[i], rel=1e-6)

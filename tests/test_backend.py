@@ -60,6 +60,7 @@ def test_moves_and_array_module(xp, device):
 
 def test_seeded_generators_and_default_dtype():
     assert backend.make_rng(5).normal(size=3).tolist() == backend.make_rng(5).normal(size=3).tolist()
+    assert backend.make_rng(5).normal(size=3).tolist() != backend.make_rng(6).normal(size=3).tolist()
     assert backend.DEFAULT_DTYPE == np.float32
     assert Tensor(0.5).dtype == np.float32
 

@@ -129,6 +129,20 @@ def test_bootstrap_interval(paired):
     assert low < true_auc < high
 
 
+def test_the_paired_bootstrap_resamples_pairs():
+    """Scores that move together (an image and its own attacked version): resampling pairs keeps
+    that dependence, resampling each side alone does not. The pair's between-image spread cancels
+    in the paired interval, which is therefore far narrower here; were ``paired`` ignored, the two
+    would be the same."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(0.0, 3.0, 200)                                  # shared, between-image spread
+    normal, adversarial = image + rng.normal(0.5, 0.3, 200), image + rng.normal(0.0, 0.3, 200)
+    paired = bootstrap_auc_ci(normal, adversarial, n_boot=300, seed=1, paired=True)
+    unpaired = bootstrap_auc_ci(normal, adversarial, n_boot=300, seed=1, paired=False)
+    assert paired[1] - paired[0] < 0.5 * (unpaired[1] - unpaired[0])   # 0.018 against 0.121
+    assert paired[0] <= roc_auc(normal, adversarial) <= paired[1] and unpaired[0] <= roc_auc(normal, adversarial) <= unpaired[1]
+
+
 def test_bootstrap_degenerate_and_invalid():
     assert bootstrap_auc_ci([1, 1, 1], [1, 1, 1], n_boot=20) == (0.5, 0.5)
     with pytest.raises(ValueError, match="equal lengths"):
@@ -255,6 +269,9 @@ def test_bootstrap_strict_ties_uses_the_same_resamples():
     half = bootstrap_auc_ci(normal, adversarial, n_boot=200, seed=5, paired=True)
     strict = bootstrap_auc_ci(normal, adversarial, n_boot=200, seed=5, paired=True, ties="strict")
     assert strict[0] <= half[0] and strict[1] <= half[1]        # same resamples: strict ≤ half in each
+    continuous = rng.normal(size=40), rng.normal(size=40)         # no ties: strict = half resample by resample,
+    assert bootstrap_auc_ci(*continuous, n_boot=200, seed=5, paired=True) == \
+        bootstrap_auc_ci(*continuous, n_boot=200, seed=5, paired=True, ties="strict")  # so equal intervals
     with pytest.raises(ValueError, match="ties"):
         bootstrap_auc_ci(normal, adversarial, ties="mid")
 
