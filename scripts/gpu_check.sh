@@ -12,6 +12,9 @@
 #   all:   tests, then bench: one command of about 8 minutes at most (stage limits 450 s, each + 15 s to stop)
 #   suite: the whole suite with RCENP_DEVICE=cuda (longer than one command's limit: a later call)
 #   sweep: Fig. 2a's cells on the GPU (data, not a check)
+#   paper: `rcenp reproduce --budget paper` on the GPU for PAPER_LIMIT seconds (default 480), the
+#          parts PAPER_ARGS names (default MNIST's Table 2); the cells finished in that time come back
+#          under $OUT/reproduce-paper, and a later call with that folder in place resumes them
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/gpu}"; mkdir -p "$out"
@@ -63,6 +66,14 @@ if [ "$what" = sweep ]; then
   done
   (cd "$sweep" && find . -name summary.json -o -name samples.jsonl -o -name run.json -o -name '*.md' -o -name '*.log' \
      -o -name sweep.json | tar -cJf "$out/fig2a_cuda.tar.xz" -T -)
+fi
+if [ "$what" = paper ]; then
+  # shellcheck disable=SC2086  # PAPER_ARGS is a list of options
+  RCENP_DEVICE=cuda limited "${PAPER_LIMIT:-480}" python3 -m rcenp reproduce --budget paper --device cuda \
+    --out "$out/reproduce-paper" --resume ${PAPER_ARGS:---only table2 --datasets mnist} > "$out/reproduce-paper.log" 2>&1
+  rc=$?  # 130: stopped at the limit (SIGINT), its finished cells kept; anything else but 0 is a failure
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 130 ] || status=1
+  tail -n 20 "$out/reproduce-paper.log"
 fi
 ls -la "$out"
 exit "$status"

@@ -53,6 +53,23 @@ def test_the_gpu_check_calls_the_benchmarks_with_options_they_have():
             assert f'"{flag}"' in source, f"scripts/gpu_check.sh passes {flag} to {path}, which has no such option"
 
 
+def test_the_gpu_checks_reproduce_stage_passes_options_reproduce_has():
+    """The paper stage's `rcenp reproduce` line and its default PAPER_ARGS, against the parser."""
+    import re
+    import shlex
+
+    from rcenp.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    line = re.search(r"python3 -m rcenp (reproduce [^\n>]*)", script)[1]
+    default_args = re.search(r"\$\{PAPER_ARGS:-([^}]*)\}", line)[1]
+    argv = shlex.split(re.sub(r"\$\{PAPER_ARGS:-[^}]*\}", default_args, line).replace('"$out', '"runs/gpu'))
+    args, extras = build_parser().parse_known_args(argv)
+    assert extras == [] and args.command == "reproduce"
+    assert (args.budget, args.device, args.resume, args.only, args.datasets) == ("paper", "cuda", True, "table2", "mnist")
+
+
 def test_bench_engine_records_each_child_processes_host_steal_time(tmp_path):
     import json
     import subprocess
