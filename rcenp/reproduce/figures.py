@@ -14,6 +14,7 @@ when called and, without them, returns the reason and the install hint instead o
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -210,8 +211,13 @@ def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
             notes.append(f"{lineup.DATASET_TITLES[dataset]}: no image attacked on both models")
             continue
         rows = [("Normal", loaded[0]["clean"])] + [(o.upper(), d["adversarial"]) for o, d in zip(lineup.OBJECTIVES, loaded)]
-        fig, axes = plt.subplots(len(rows), len(good), figsize=(max(4.5, 1.3 * len(good)), 1.5 * len(rows) + 0.4),
-                                 squeeze=False)
+        width = max(4.5, 1.3 * len(good))
+        caption = textwrap.wrap(f"Fig. 3: C&W-wb (attacker kernel), {lineup.DATASET_TITLES[dataset]}" + _smoke(budget),
+                                int(10 * width)) + textwrap.wrap(
+            "(titles: ‖δ‖₂/√d, 0-255; 'flagged': no iterate evaded the K-density detector, so the one at the "
+            "target with the least f₂ is shown)", int(13 * width))      # characters a line at font size 8
+        height = 1.5 * len(rows) + 0.2 + 0.15 * len(caption)
+        fig, axes = plt.subplots(len(rows), len(good), figsize=(width, height), squeeze=False)
         for r, (label, images) in enumerate(rows):
             for c, i in enumerate(good):
                 image = images[i] + 0.5
@@ -225,10 +231,8 @@ def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
                     flagged = record["stop_reason"] != "success"
                     axes[r][c].set_title(f"{record['l2_paper']:.1f}" + (" flagged" if flagged else ""), fontsize=7,
                                          color="tab:red" if flagged else "black")
-        title = f"Fig. 3: C&W-wb (attacker kernel), {lineup.DATASET_TITLES[dataset]}" + _smoke(budget)
-        fig.suptitle(title + "\n(titles: ‖δ‖₂/√d, 0-255; 'flagged': no iterate evaded the K-density detector, "
-                     "so the one at the target with the least f₂ is shown)", fontsize=8)
-        fig.tight_layout()
+        fig.suptitle("\n".join(caption), fontsize=8)
+        fig.tight_layout(rect=(0, 0, 1, 1 - (0.15 * len(caption) + 0.05) / height))  # the caption above the grid
         path = out_dir / f"fig3_cwwb_{dataset}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
