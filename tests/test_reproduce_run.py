@@ -395,3 +395,23 @@ def test_the_reports_code_line_names_the_commit_and_what_git_could_not_say():
     assert code_line({"commit": "abc", "dirty": True}) == "commit abc (uncommitted changes)"
     assert code_line({"commit": "abc", "dirty": None}) == "commit abc (uncommitted changes: git could not say)"
     assert code_line({}) == "not a git checkout (no commit to name)"
+
+
+def test_the_partial_line_counts_the_pending_cells_by_part():
+    """A run of --only table2 reported later with --report listed 28 pending cells and advised
+    --resume for all of them, where Table 2 lacked 2: the line now counts them part by part."""
+    from rcenp.reproduce.run import pending_by_part
+
+    smoke = budgets.get_budget("smoke")
+    planned = cells.plan(smoke, list(cells.PARTS))
+    table2 = {c.key for c in cells.plan(smoke, ["table2"])}
+    pending = [c for c in planned if c.key in table2][:2] + [c for c in planned if c.key not in table2][:3]
+    outcomes = {c.key: {"status": "pending"} for c in pending}
+    counts = pending_by_part(planned, outcomes)
+    assert counts["table2"] == sum("table2" in c.parts for c in pending) >= 2
+    assert list(counts) == [p for p in cells.PARTS if p in counts] and all(counts.values())
+    assert sum(counts.values()) == sum(len(c.parts) for c in pending)
+    line = report._by_part(counts)
+    assert line == ("; by part: " + ", ".join(f"{p} {n}" for p, n in counts.items())
+                    + " (a cell used by several counts in each), and with `--only PART` one part's alone")
+    assert report._by_part({"table2": 2}) == report._by_part({}) == ""

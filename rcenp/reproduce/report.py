@@ -82,6 +82,15 @@ def cifar_line() -> str:
             + ("; ".join(parts) if parts else "none shipped") + ". Fashion-MNIST is an extra column the paper lacks.")
 
 
+def _by_part(pending: dict | None) -> str:
+    """'; by part: table2 2, fig2 20 (a cell used by several counts in each), and with --only PART
+    that part's alone' for the PARTIAL line; '' with one part or none."""
+    if not pending or len(pending) < 2:
+        return ""
+    return ("; by part: " + ", ".join(f"{part} {n}" for part, n in pending.items())
+            + " (a cell used by several counts in each), and with `--only PART` one part's alone")
+
+
 def table4_seeds_line() -> str:
     """Whether Table 4's substitutes (ResNet-32) and targets (ResNet-56) share a training seed, as
     the shipped manifests record it: a shared seed means the same batch order and augmentation."""
@@ -338,7 +347,8 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
                   if budget.datasets_by else "")
         head.insert(2, f"**PARTIAL: {meta['pending']} cells of this run ({covered}) are not computed yet (listed "
                        f"under 'Cells' at the end); every table, figure and check shows the finished cells only. "
-                       f"`{meta['again']}` computes them (`--plan` with it says how long that takes).{others}**\n")
+                       f"`{meta['again']}` computes them (`--plan` with it says how long that takes)"
+                       + _by_part(meta.get("pending_by_part")) + f".{others}**\n")
     if smoke:
         head.insert(2, "**SMOKE run: tiny budgets on a handful of images. It shows that every part runs; its "
                        "numbers are not measurements.**\n")

@@ -224,12 +224,24 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
                 "wall_s": time.monotonic() - start,
                 "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
                 "part_seconds": _part_seconds(out_dir, cells),
-                "pending": counts.get("pending", 0), "again": command_again(command, spec.name, out_dir)}
+                "pending": counts.get("pending", 0), "again": command_again(command, spec.name, out_dir),
+                "pending_by_part": pending_by_part(cells, outcomes)}
         written = write_report(results, spec, parts, out_dir, meta)
         return {"budget": spec.name, "out": str(out_dir), "report": str(out_dir / "REPORT.md"),
                 "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"],
                 "figures": written["figures"], "wall_s": time.monotonic() - start,
                 "pending": meta["pending"]}
+
+
+def pending_by_part(cells, outcomes) -> dict[str, int]:
+    """{part: pending cells it uses}, in PARTS' order, for the parts with any (a cell shared by
+    several parts counts in each): what ``--resume --only PART`` would compute."""
+    counts = {part: 0 for part in PARTS}
+    for cell in cells:
+        if outcomes.get(cell.key, {}).get("status") == "pending":
+            for part in cell.parts:
+                counts[part] += 1
+    return {part: n for part, n in counts.items() if n}
 
 
 def command_again(command: str | None, budget: str, out_dir: Path) -> str:
