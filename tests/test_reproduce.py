@@ -108,6 +108,9 @@ def test_every_file_is_written_and_marked_smoke(smoke):
         assert f"## {heading}" in report, heading
     assert "rcenp[report]" not in report and "issue 11" not in report and "shared/" not in report
     assert f"- paper values: {paper.SOURCE};" in report and "Pang, Du, Dong, Zhu" in paper.SOURCE
+    recorded = json.loads((out / "reproduce.json").read_text())["computed_by"]  # the resumed run (the killed one
+    assert recorded and all(e["cells"] >= 1 and e["command"].startswith("rcenp reproduce") for e in recorded)  # died)
+    assert f"- cells computed by: `{recorded[0]['command']}` (" in report
     if missing_libraries():
         assert report.count(f"not installed ({INSTALL_HINT})") == 3
     else:

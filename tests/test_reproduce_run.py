@@ -415,3 +415,22 @@ def test_the_partial_line_counts_the_pending_cells_by_part():
     assert line == ("; by part: " + ", ".join(f"{p} {n}" for p, n in counts.items())
                     + " (a cell used by several counts in each), and with `--only PART` one part's alone")
     assert report._by_part({"table2": 2}) == report._by_part({}) == ""
+
+
+def test_the_invocations_that_computed_cells_are_recorded_and_reported(tmp_path):
+    """--report rewrote the header's command with its own and nothing said which commands had
+    computed the numbers: reproduce.json keeps them, and REPORT.md lists them."""
+    from rcenp.reproduce.run import claim, computed_by, record_invocation
+
+    claim(tmp_path, "smoke", resume=False)
+    assert computed_by(tmp_path) == [] and computed_by(tmp_path / "none") == []
+    assert report.computed_by_line([]).startswith("- cells computed by: no invocation recorded")
+    record_invocation(tmp_path, "rcenp reproduce --out x", "commit abc", 3, 12.34)
+    record_invocation(tmp_path, "rcenp reproduce --out x --resume", "commit def", 1, 5.0)
+    entries = computed_by(tmp_path)
+    assert [(e["command"], e["code"], e["cells"], e["seconds"]) for e in entries] == [
+        ("rcenp reproduce --out x", "commit abc", 3, 12.3), ("rcenp reproduce --out x --resume", "commit def", 1, 5.0)]
+    assert json.loads((tmp_path / "reproduce.json").read_text())["budget"] == "smoke"   # the rest kept
+    line = report.computed_by_line(entries)
+    assert line.startswith("- cells computed by: `rcenp reproduce --out x` (commit abc, 3 cells in 12 s, finished ")
+    assert "; `rcenp reproduce --out x --resume` (commit def, 1 cell in 5 s, finished " in line

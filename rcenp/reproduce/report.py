@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rcenp import checkpoint
 from rcenp.attacks.transfer import eta_rule
+from rcenp.progress import plural
 from rcenp.reproduce import cells as cells_module
 from rcenp.reproduce import figures, lineup, paper, sanity, tables, threat_tables
 from rcenp.reproduce.budgets import Budget
@@ -80,6 +81,16 @@ def cifar_line() -> str:
     return ("**CIFAR-10** models are trained on the subset available here, not on 50,000/10,000 images "
             "(the authors: 90,000 steps of batch 128, about 230 epochs, protocol §1.3): "
             + ("; ".join(parts) if parts else "none shipped") + ". Fashion-MNIST is an extra column the paper lacks.")
+
+
+def computed_by_line(entries: list | None) -> str:
+    """REPORT.md's record of the invocations that computed cells (reproduce.json's computed_by)."""
+    if not entries:
+        return "- cells computed by: no invocation recorded (those before the record was kept are not in it)"
+    return "- cells computed by: " + "; ".join(
+        f"`{e['command']}` ({e['code']}, {plural(e['cells'], 'cell', 'cells')} in {e['seconds']:.0f} s, "
+        f"finished {e['finished']})"
+        for e in entries)
 
 
 def _by_part(pending: dict | None) -> str:
@@ -331,7 +342,9 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
     sections.append("## Cells\n\n" + cells_md(res, meta.get("again", "")))
     head = [f"# rcenp reproduce: Pang et al., NeurIPS 2018{smoke}", "",
             f"- budget: **{budget.name}**: {budget.description}",
-            f"- command: `{meta['command']}`",
+            f"- command: `{meta['command']}`" + (" (this report; the cells computed earlier)"
+                                                 if "--report" in meta["command"].split() else ""),
+            computed_by_line(meta.get("computed_by")),
             f"- code: {meta['code']}",
             f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; this invocation computed cells for {meta['wall_s']:.0f} s",
             f"- cells: {meta['counts']}" + ("" if "not available" not in meta["counts"] else

@@ -214,12 +214,17 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         else:
             outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
         results = Results(cells, outcomes)
+        code = checkpoint.code_identity()
+        computed = sum(o.get("source") == "computed" for o in outcomes.values())
+        if computed and not report_only:
+            record_invocation(out_dir, command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
+                              code_line(code), computed, time.monotonic() - start)
         counts: dict[str, int] = {}
         for outcome in outcomes.values():
             label = outcome["status"] if outcome["status"] != "done" else f"done ({outcome.get('source')})"
             counts[label] = counts.get(label, 0) + 1
-        code = checkpoint.code_identity()
         meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
+                "computed_by": computed_by(out_dir),
                 "code": code_line(code),
                 "wall_s": time.monotonic() - start,
                 "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
@@ -231,6 +236,24 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
                 "files": written["files"], "outcomes": outcomes, "sanity": written["sanity"],
                 "figures": written["figures"], "wall_s": time.monotonic() - start,
                 "pending": meta["pending"]}
+
+
+def record_invocation(out_dir: Path, command: str, code: str, cells: int, seconds: float) -> None:
+    """Append to reproduce.json's ``computed_by`` the invocation that computed ``cells`` cells, so
+    that a later --report still says which commands made the numbers."""
+    path = out_dir / "reproduce.json"
+    run = json.loads(path.read_text())
+    entry = {"command": command, "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+             "cells": cells, "seconds": round(seconds, 1)}
+    checkpoint.atomic_write_text(path, json.dumps({**run, "computed_by": run.get("computed_by", []) + [entry]}) + "\n")
+
+
+def computed_by(out_dir: Path) -> list[dict]:
+    """reproduce.json's ``computed_by`` ([] for a run that predates it)."""
+    try:
+        return json.loads((out_dir / "reproduce.json").read_text()).get("computed_by", [])
+    except (OSError, ValueError):
+        return []
 
 
 def pending_by_part(cells, outcomes) -> dict[str, int]:
