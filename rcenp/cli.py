@@ -32,6 +32,10 @@ class _Parser(argparse.ArgumentParser):
     unrecognized option named before any missing required argument: with ``--atack bim`` the
     missing ``--attack`` is the typo's consequence, not the news."""
 
+    def __init__(self, *args, **kwargs):
+        # no abbreviations: `--ep 0.2` after `--eps 0.1` silently replaced it; now it is unrecognized
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
     def parse_known_args(self, args=None, namespace=None):
         self._seen = list(sys.argv[1:] if args is None else args)  # for error(); subparsers pass theirs
         return super().parse_known_args(args, namespace)
@@ -74,9 +78,9 @@ class _Parser(argparse.ArgumentParser):
         return message + (f" (did you mean {close[0]}?)" if close else "")
 
     def unrecognized(self, args) -> list:
-        """The options in ``args`` that this parser does not know (exact, ``--opt=value``, or an
-        unambiguous-prefix abbreviation, as argparse accepts them); values that look like negative
-        numbers and everything after ``--`` are not options."""
+        """The options in ``args`` that this parser does not know (exact or ``--opt=value``; no
+        abbreviations: ``allow_abbrev`` is off); values that look like negative numbers and
+        everything after ``--`` are not options."""
         known = self._option_string_actions
         out = []
         for arg in args:
@@ -85,8 +89,7 @@ class _Parser(argparse.ArgumentParser):
             if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d+|-\d*\.\d+", arg):
                 continue
             name = arg.split("=", 1)[0]
-            if name in known or (name.startswith("--") and any(o.startswith(name) for o in known)) \
-                    or (not name.startswith("--") and name[:2] in known):
+            if name in known or (not name.startswith("--") and name[:2] in known):
                 continue
             out.append(arg)
         return out

@@ -291,6 +291,15 @@ def test_an_invalid_choice_gets_a_did_you_mean(capsys, argv, suggestion):
     assert f"(did you mean {suggestion}?)" in one_error_line(err)
 
 
+@pytest.mark.parametrize("argv", [["attack", "m", "--attack", "bim", "--eps", "0.1", "--ep", "0.2"],
+                                  ["attack", "m", "--attack", "bim", "--ep", "0.2"]])
+def test_an_abbreviated_option_is_not_taken_for_the_whole(capsys, argv):
+    """`--ep 0.2` after `--eps 0.1` ran with eps 0.2, argparse reading it as an abbreviation."""
+    code, out, err = parser_exit(argv, capsys)
+    assert code == 2 and out == ""
+    assert "unrecognized argument" in one_error_line(err) and "--ep" in err and "(did you mean --eps?)" in err
+
+
 @pytest.mark.parametrize("argv, unknown", [(["--eps", "3"], "--eps"), (["--n", "5", "attack"], "--n"),
                                            (["--eps=3", "--device", "cpu", "attack"], "--eps=3 --device")])
 def test_an_option_before_the_command_is_named_not_its_value(capsys, argv, unknown):
