@@ -394,6 +394,26 @@ def test_training_features_keep_the_most_recent_models(monkeypatch):
     assert computed[-1] == "b" and len(wb_features._CACHE) == wb_features.CACHED_MODELS
 
 
+def test_the_disk_cache_keeps_the_most_recently_used_passes(tmp_path):
+    """Each model and code version added a 15.8 MB file and none went (121 MB after one trial):
+    the folder keeps the DISK_CACHED_FILES most recently used, a read counting as a use."""
+    import os
+
+    from rcenp.attacks import wb_features
+
+    labels = np.arange(3)
+    for i in range(5):
+        np.savez(tmp_path / f"{i}.npz", features=np.zeros((3, 2), np.float32), labels=labels)
+        os.utime(tmp_path / f"{i}.npz", (1000 + i, 1000 + i))           # 0 the oldest
+    (tmp_path / "other.txt").write_text("not a cache file")
+    assert wb_features._read_cached(tmp_path / "0.npz", labels) is not None   # 0 used now: the newest
+    gone = wb_features.prune_disk_cache(tmp_path, keep=3)
+    assert sorted(p.name for p in gone) == ["1.npz", "2.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.npz", "3.npz", "4.npz", "other.txt"]
+    assert wb_features.prune_disk_cache(tmp_path / "absent") == []
+    assert wb_features.DISK_CACHED_FILES >= wb_features.CACHED_MODELS
+
+
 def test_training_features_are_kept_on_disk_for_later_processes(trained_here, tmp_path, monkeypatch):
     """A second process (an emptied in-process cache) reads the pass back instead of recomputing it;
     other code, or the cache turned off, computes afresh; a damaged file is recomputed and replaced."""

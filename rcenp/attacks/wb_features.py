@@ -21,6 +21,7 @@ from rcenp.backend import as_numpy
 
 _CACHE: dict = {}  # key -> (features, labels), least recently used first
 CACHED_MODELS = 4
+DISK_CACHED_FILES = 16  # a file is 15.8 MB for 60,000 MNIST features: at most about 250 MB on disk
 
 
 def eta_training_split(manifest: dict, detector, data_dir=None):
@@ -84,7 +85,29 @@ def _read_cached(path: Path | None, labels: np.ndarray):
         return None  # damaged: computed afresh and rewritten
     if z.ndim != 2 or len(z) != len(labels) or not np.array_equal(held, labels):
         return None
+    try:
+        os.utime(path)  # recently used: kept longest by prune_disk_cache
+    except OSError:
+        pass
     return z, labels
+
+
+def prune_disk_cache(folder: Path, keep: int = DISK_CACHED_FILES) -> list[Path]:
+    """Delete all but the ``keep`` most recently used cache files (``*.npz``, by modification
+    time, which a read refreshes) in ``folder``; returns those deleted. Each model and code
+    version adds a file, so without this the cache only grows."""
+    try:
+        files = sorted(Path(folder).glob("*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    gone = []
+    for old in files[keep:]:
+        try:
+            old.unlink()
+            gone.append(old)
+        except OSError:
+            pass
+    return gone
 
 
 def training_features(detector, model_ref, train, progress=None):
@@ -95,7 +118,7 @@ def training_features(detector, model_ref, train, progress=None):
     a ``reproduce`` run returns to a model's η after other models' cells); ``progress(done, total)``
     is called as the features are computed (not for a cached answer). A computed pass is also kept
     on disk (``disk_cache_file``) for later processes: a resumed ``reproduce`` run, another
-    ``rcenp attack``."""
+    ``rcenp attack``; the folder keeps the ``DISK_CACHED_FILES`` most recently used passes."""
     from rcenp.attacks.runfiles import detector_identity
 
     key = (str(model_ref), json.dumps(detector_identity(model_ref)), json.dumps(train.identity))
@@ -111,6 +134,7 @@ def training_features(detector, model_ref, train, progress=None):
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     checkpoint.atomic_write_npz(path, features=found[0], labels=labels)
+                    prune_disk_cache(path.parent)
                 except OSError:
                     pass  # an unwritable cache only costs the next process this pass
         while len(_CACHE) >= CACHED_MODELS:
