@@ -178,6 +178,13 @@ def test_an_out_folder_holding_another_attack_says_what_differs_not_resume(setup
     assert "already holds an attack run: pass --resume" in one_error_line(capsys.readouterr().err)
 
 
+def test_jsmas_theta_is_named_as_the_command_line_spells_it():
+    """`rcenp attack ... --attack jsma --eps 0.2 --resume` answered 'options.theta: 0.1 there, 0.2
+    now', a name the user never typed."""
+    assert runfiles.describe(("options.theta", 0.1, 0.2)) == "options.theta (JSMA's --eps): 0.1 there, 0.2 now"
+    assert runfiles.describe(("options.eps", 0.1, 0.2)) == "options.eps: 0.1 there, 0.2 now"
+
+
 def test_null_and_absent_options_compare_equal():
     """A transfer's --crafted-from source of another attack listed 'options.targets: null there,
     (none) now': the None defaults that effective_options fills in for JSMA, which BIM lacks."""

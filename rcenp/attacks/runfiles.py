@@ -145,9 +145,14 @@ def differing(there: dict, now: dict, prefix: str = "") -> list[tuple]:
     return out
 
 
+# recorded names that the command line spells otherwise, as a person reads a difference
+AS_TYPED = {"options.theta": "options.theta (JSMA's --eps)"}
+
+
 def describe(difference: tuple) -> str:
     """'options.eps: 0.1 there, 0.2 now' ('(none)' for a missing key)."""
     key, a, b = difference
+    key = AS_TYPED.get(key, key)
     return (f"{key}: {'(none)' if a is MISSING else json.dumps(a)} there, "
             f"{'(none)' if b is MISSING else json.dumps(b)} now")
 
