@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rcenp.attacks.runfiles import weights_identity
 from rcenp.reproduce import budgets, cells, costs, lineup, report, reuse, run, runner, sanity
 from rcenp.reproduce.results import Results
 from tests.reproduce_fakes import DEVNULL, fake_published, fake_run_attack, smoke_cell, unavailable
@@ -324,7 +325,8 @@ def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as
     begun.mkdir(parents=True)
     (begun / "run.json").write_text(json.dumps({"model": transfer.model, "attack": "cw-wb",
                                                 "options": transfer.options, "n": 20, "seed": 0,
-                                                "eta": "exact: training features"}))
+                                                "eta": "exact: training features",
+                                                "model_sha256": weights_identity(transfer.model)[0]}))
     refuse.clear()
     runner.run_cells([source, transfer], tmp_path / "d", stream=DEVNULL)
     assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", None)] and begun.is_dir()
@@ -362,7 +364,7 @@ def test_a_later_run_over_other_data_sets_keeps_the_finished_cells_of_the_earlie
     for cell in done:   # as the first run left them
         folder = tmp_path / "cells" / cell.key
         folder.mkdir(parents=True)
-        (folder / "result.json").write_text("{}")
+        (folder / "result.json").write_text(json.dumps({"model_sha256": weights_identity(cell.model)[0]}))
     later = cells.plan(fashion, ["table1"])
     assert all(c.skipped for c in later if c.dataset != "fashion-mnist")
     outcomes = runner.run_cells([c for c in later if c.dataset != "fashion-mnist"], tmp_path, stream=DEVNULL)

@@ -10,7 +10,8 @@ Files in ``out_dir`` (each written through a temporary file and a rename):
 - ``summary.json``: settings (as asked) and ``effective_options`` (every option of the attack,
   defaults filled in: C&W's κ and c₀ too), counts, rates, distortions, detection figures when the
   model has a fitted detector, throughput, software versions and the data's identity;
-- ``run.json`` (what was asked, the detector's identity included, checked on ``resume``),
+- ``run.json`` (what was asked, the weights' SHA-256 and the detector's identity included, checked on
+  ``resume``),
   ``attack.log`` (progress), and while the run is under way ``partial/batch-NNNNN.{npz,jsonl,
   code.json}`` per finished batch (the code that computed it: ``rcenp.attacks.runfiles``) and,
   for the C&W attacks, ``partial/batch-NNNNN-state*.npz``, the snapshot of the batch in work
@@ -179,9 +180,10 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
     asked = {"model": str(model_ref), "attack": attack, "options": options, "n": n, "seed": seed,
              "batch_size": batch_size, "shard": list(shard), "data": test.identity, "png": bool(png_dir),
              "model_step": manifest.get("step"), "objective": model.objective, "dataset": dataset,
-             "detector": runfiles.detector_identity(model_ref)}
+             "detector": runfiles.detector_identity(model_ref), "model_sha256": manifest.get("arrays_sha256")}
     if options.get("substitute") is not None:
         asked["substitute_detector"] = runfiles.detector_identity(options["substitute"])
+        asked["substitute_sha256"] = crafter_manifest.get("arrays_sha256")
     train = None
     if merge:
         if tuple(shard) != (1, 1):

@@ -24,7 +24,8 @@ from rcenp import checkpoint
 from rcenp.data.names import canonical_digests
 
 
-RECORDED_LATER = ("detector", "substitute_detector", "eta")  # run.json keys that older runs lack
+RECORDED_LATER = ("detector", "substitute_detector", "eta", "model_sha256",
+                  "substitute_sha256")  # run.json keys that older runs lack
 
 
 def claim(out_dir: Path, asked: dict, resume: bool) -> bool:
@@ -282,6 +283,18 @@ def format_options(options: dict) -> str:
         else:
             parts.append(f"{key}={value}")
     return " ".join(parts)
+
+
+def weights_identity(model_ref) -> tuple[str | None, int | None]:
+    """(SHA-256 of the weight arrays, training step) of the model ``model_ref`` names now, from its
+    manifest; (None, None) where there is none. A retrained model under the same name changes it."""
+    from rcenp.models.registry import resolve
+
+    try:
+        manifest = json.loads(resolve(model_ref).with_suffix(".json").read_text())
+    except (OSError, ValueError, checkpoint.CheckpointError):
+        return None, None
+    return manifest.get("arrays_sha256"), manifest.get("step")
 
 
 def detector_identity(model_ref) -> dict | None:

@@ -42,20 +42,30 @@ def split_identity(dataset: str, data_dir=None) -> dict | None:
     return None if test is None else test.identity
 
 
-def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
+def stale(cell: Cell, asked: dict, test_split=None, finished: bool = True) -> str | None:
     """Why an attack run that asked for ``asked`` (``recorded``) is not attack ``cell`` as planned
     now, in one line ('options.eps: 0.1 there, 0.2 now'), or None when it is. Compared: the model,
-    attack, options, n and seed 0; where recorded, the test split (``test_split(dataset)``: the
-    identity of the split found now; not compared when ``test_split`` is None or finds none) and
-    the detectors the model (and a transfer cell's substitute) have now (a refit detector makes the
-    run stale); a C&W-wb run must also record its η (run.json's ``eta``: runs from before η came
-    from the training features do not). Not the batch size: it changes a result only through
-    float32 rounding (``rcenp.attacks.core``: a JSMA pick between two nearly equal saliencies),
-    which is no reason to redo hours of work."""
-    from rcenp.attacks.runfiles import brief, comparable, detector_identity, differing
+    attack, options, n and seed 0; the weights the model (and a transfer cell's substitute) have
+    now: their SHA-256 where recorded, else the training step (a model retrained under its name
+    makes the run stale); where recorded, the test split (``test_split(dataset)``: the identity
+    of the split found now; not compared when ``test_split`` is None or finds none) and the
+    detectors the model (and the substitute) have now (a refit detector makes the run stale); a
+    C&W-wb run must also record its η (run.json's ``eta``: runs from before η came from the
+    training features do not). A run not ``finished`` must record the weights' SHA-256, which
+    ``rcenp.attacks.run`` checks on resuming it. Not the batch size: it changes a result only
+    through float32 rounding (``rcenp.attacks.core``: a JSMA pick between two nearly equal
+    saliencies), which is no reason to redo hours of work."""
+    from rcenp.attacks.runfiles import brief, comparable, detector_identity, differing, weights_identity
 
     substitute = (cell.options or {}).get("substitute")
     now = {"model": cell.model, "attack": cell.attack, "options": cell.options, "n": cell.n, "seed": 0}
+    sha256, step = weights_identity(cell.model)
+    if "model_sha256" in asked:
+        now["model_sha256"] = sha256
+    elif "model_step" in asked:
+        now["model_step"] = step
+    if substitute and "substitute_sha256" in asked:
+        now["substitute_sha256"] = weights_identity(substitute)[0]
     if "data" in asked and test_split is not None and (data := test_split(cell.dataset)) is not None:
         now["data"] = data
     if "detector" in asked:
@@ -68,7 +78,27 @@ def stale(cell: Cell, asked: dict, test_split=None) -> str | None:
         return brief(changed, there, now)
     if cell.attack == "cw-wb" and "eta" not in asked:
         return "eta: (none) there, computed before η came from the training features"
+    if not finished and "model_sha256" not in asked:
+        return "model_sha256: (none) there, an unfinished run from before the weights' SHA-256 was recorded"
     return None
+
+
+def result_stale(cell: Cell, cell_dir: Path) -> str | None:
+    """Why the finished test-error or features cell in ``cell_dir`` is not of the model ``cell``
+    names now, in one line, or None when it is: its ``identity`` (result.json's, or features'
+    cell.json) must name the weights' SHA-256 the model has now (cells from before it was
+    recorded are recomputed: they are minutes of work)."""
+    from rcenp.attacks.runfiles import weights_identity
+
+    path = cell_dir / ("result.json" if cell.kind == "test-error" else "cell.json")
+    try:
+        there = json.loads(path.read_text()).get("model_sha256")
+    except (OSError, ValueError, AttributeError):
+        there = None
+    if there is None:
+        return "model_sha256: (none) there, computed before the weights' SHA-256 was recorded"
+    now = weights_identity(cell.model)[0]
+    return None if there == now else f"model_sha256: {there[:12]}… there, {str(now)[:12]}… now (a retrained model)"
 
 
 def reusable(cell: Cell, cells_from, test_split=None) -> Path | None:

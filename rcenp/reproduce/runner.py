@@ -4,8 +4,9 @@ computed into its folder ``OUT/cells/<model>/<name>/``, under its lock, with pro
 A cell is finished when its summary.json / result file exists; a finished cell is not recomputed,
 and an attack cell cut short resumes from its last finished batch. An attack cell folder of the
 run whose run.json asks for something else than the cell now does (``rcenp.reproduce.reuse.stale``:
-other options, n or detectors) is renamed to ``<name>.stale-<k>``, kept and never deleted, and the
-cell is computed afresh. The test split is not compared there: a smoke run resumed where a data
+other options, n, weights or detectors), and a test-error or features cell folder of other weights
+(``result_stale``), is renamed to ``<name>.stale-<k>``, kept and never deleted, and the cell is
+computed afresh. The test split is not compared there: a smoke run resumed where a data
 root has appeared reads the full MNIST test set, whose first 1,000 images are the embedded
 sample's. A finished attack cell that is not stale in a ``cells_from`` folder of the same layout
 (``results/fig2a``) is used in place, never copied or recomputed (``reusable``).
@@ -22,7 +23,8 @@ from rcenp import checkpoint
 from rcenp.reproduce import lineup
 from rcenp.reproduce.cells import Cell, result_file
 from rcenp.reproduce.costs import add_eta_costs
-from rcenp.reproduce.reuse import cells_from_notes, recorded, reusable, set_aside, split_identity, stale
+from rcenp.reproduce.reuse import (cells_from_notes, recorded, result_stale, reusable, set_aside,
+                                   split_identity, stale)
 
 
 def finished_earlier(cell_dir: Path) -> dict:
@@ -47,16 +49,16 @@ def add_seconds(path: Path, key: str, seconds: float) -> None:
 def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry_run: bool = False):
     """What ``run_cells`` finds before computing anything → (outcomes of the cells it will not
     compute, {key: outcome} as ``run_cells``'s; the cells to compute, in order; notes for a person
-    on stale folders). A stale attack cell folder in ``out_dir`` is set aside (``set_aside``) and
+    on stale folders). A stale cell folder in ``out_dir`` (``stale_folder``) is set aside (``set_aside``) and
     its cell computed afresh; with ``dry_run`` nothing is moved and the note says it would be."""
     test_split = functools.lru_cache(maxsize=None)(lambda dataset: split_identity(dataset, data_dir))
     outcomes: dict[str, dict] = {}
     todo, notes = [], []
     for cell in cells:
         cell_dir = out_dir / "cells" / cell.key
-        if cell.kind == "attack" and not cell.missing and (asked := recorded(cell_dir)) is not None \
-                and (why := stale(cell, asked)):  # not the split: see the module docstring
-            notes.append(f"{cell.key}: asked for other settings ({why}); "
+        if not cell.missing and (why := stale_folder(cell, cell_dir)):
+            what = "asked for other settings" if cell.kind == "attack" else "computed on other weights"
+            notes.append(f"{cell.key}: {what} ({why}); "
                          + ("would be set aside and computed afresh" if dry_run else
                             f"moved to {set_aside(cell_dir).name}, computing it afresh"))
             if dry_run:  # as if moved: the folder's files are not this cell's
@@ -66,8 +68,8 @@ def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry
                     todo.append(cell)
                 continue
         if cell.skipped:  # this run's data sets do not include it: an earlier run's result, or nothing
-            finished = cell.model is not None and result_file(cell_dir, cell.kind).is_file() and (
-                cell.kind != "attack" or ((asked := recorded(cell_dir)) is not None and not stale(cell, asked)))
+            finished = cell.model is not None and result_file(cell_dir, cell.kind).is_file() \
+                and not stale_folder(cell, cell_dir)
             outcomes[cell.key] = finished_earlier(cell_dir) if finished else \
                 {"status": "not run", "reason": cell.missing, "path": None}
         elif cell.missing:
@@ -79,6 +81,17 @@ def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry
         else:
             todo.append(cell)
     return outcomes, todo, notes
+
+
+def stale_folder(cell: Cell, cell_dir: Path) -> str | None:
+    """Why the folder of ``cell`` in OUT holds another cell than the one planned now (one line), or
+    None: an attack run that asked for other settings, weights or detectors (``stale``; not the
+    test split: see the module docstring), a finished test-error or features cell of other
+    weights (``result_stale``). None for a folder with nothing in it to judge."""
+    if cell.kind == "attack":
+        asked = recorded(cell_dir)
+        return None if asked is None else stale(cell, asked, finished=(cell_dir / "summary.json").is_file())
+    return result_stale(cell, cell_dir) if result_file(cell_dir, cell.kind).is_file() else None
 
 
 def cell_count_line(cells, outcomes: dict, todo) -> str:
@@ -246,9 +259,10 @@ def _test_error_cell(cell, cell_dir, data_dir, device) -> None:
 
     test = _test_split(cell, data_dir)
     n = len(test.labels) if cell.n is None else min(cell.n, len(test.labels))
-    model, _ = load(cell.model, device)
+    model, manifest = load(cell.model, device)
     result = evaluate(model, test.images[:n], test.labels[:n])
-    result.update(model=cell.model, test_set=test.describe(), first_n=n)
+    result.update(model=cell.model, test_set=test.describe(), first_n=n, model_sha256=model.weights_sha256,
+                  model_step=manifest.get("step"))
     checkpoint.atomic_write_text(result_file(cell_dir, "test-error"), json.dumps(result, indent=1) + "\n")
 
 
@@ -262,8 +276,10 @@ def _features_cell(cell, cell_dir, data_dir, device) -> None:
     test = _test_split(cell, data_dir)
     labels = np.asarray(test.labels)
     index = np.sort(np.concatenate([np.flatnonzero(labels == k)[:cell.n] for k in range(10)]))
-    model, _ = load(cell.model, device)
+    model, manifest = load(cell.model, device)
     z, logits = Detector(model).features_and_logits(test.images[index])
+    checkpoint.atomic_write_text(cell_dir / "cell.json", json.dumps(  # read by result_stale
+        {"model": cell.model, "model_sha256": model.weights_sha256, "model_step": manifest.get("step")}, indent=1) + "\n")
     checkpoint.atomic_write_npz(result_file(cell_dir, "features"), z=as_numpy(z).astype(np.float32),
                                 labels=labels[index], indices=index,
                                 predictions=as_numpy(logits).argmax(axis=1))
