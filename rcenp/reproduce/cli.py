@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
         "Re-run the paper's evaluation on the shipped models and write OUT/REPORT.md, one CSV and one JSON per "
         "table, and PNG figures (with the optional report extra: " + INSTALL_HINT + "). Every cell is a "
         "saved unit of work: a killed run continues with --resume and recomputes a finished cell only when its "
-        "settings, test images or detectors changed since (the old folder is kept as NAME.stale-K). "
+        "settings, the model's weights or detectors changed since (the old folder is kept as NAME.stale-K); a "
+        "cell taken from --cells-from must also be of the same test images. "
         "Budgets: " + "; ".join(f"{b.name}: {b.description}" for b in BUDGETS.values()) + "."))
     r.add_argument("--budget", default="smoke", help=f"one of {', '.join(BUDGETS)} (default smoke)")
     r.add_argument("--out", type=folder, help="output folder (default runs/reproduce-BUDGET)")
