@@ -112,3 +112,9 @@ def passes(image_passes, seconds):
     takes a gradient), and its rate over the median wall time."""
     wall = float(np.median([s[0] for s in seconds]))
     return {"image_passes": int(image_passes), "image_passes_per_s": image_passes / wall}
+
+
+if __name__ == "__main__":
+    from bench_host import not_a_command
+
+    sys.exit(not_a_command(__file__))

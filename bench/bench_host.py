@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import numbers
 import os
 import sys
 
@@ -45,10 +47,23 @@ def image_shape(text: str) -> tuple:
     return shape
 
 
+def finite(value):
+    """``value`` with every non-finite float in it (NaN, +-inf; NumPy's too), at any depth of dicts,
+    lists and tuples, replaced by None, which JSON writes as null."""
+    if isinstance(value, dict):
+        return {key: finite(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):  # float, NumPy's floats
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def emit_report(report: dict, json_path=None, indent: int = 2) -> None:
-    """Print ``report`` as JSON, and write the same text to ``json_path`` when given (atomically:
-    a failed write leaves an earlier file whole; OSError where it cannot be written)."""
-    text = json.dumps(report, indent=indent)
+    """Print ``report`` as JSON, non-finite numbers as null (``finite``: strict JSON, never NaN or
+    Infinity), and write the same text to ``json_path`` when given (atomically: a failed write
+    leaves an earlier file whole; OSError where it cannot be written)."""
+    text = json.dumps(finite(report), indent=indent, allow_nan=False)
     print(text)
     if json_path:
         from rcenp.checkpoint import atomic_write_text
@@ -75,6 +90,14 @@ def exit_status(main) -> int:
         return 2
 
 
+COMMANDS = ("bench_attacks.py", "bench_conv_floor.py", "bench_engine.py", "bench_kd.py", "profile_forward.py")
+
+
+def not_a_command(path: str) -> str:
+    """What a module of the bench scripts says when it is run directly (its exit message)."""
+    return (f"{os.path.basename(path)}: a module of the bench scripts, not a command; run "
+            f"{', '.join(COMMANDS[:-1])} or {COMMANDS[-1]}")
+
+
 if __name__ == "__main__":
-    sys.exit(f"{os.path.basename(__file__)}: a module of the bench scripts, not a command; run bench_engine.py, "
-             "bench_attacks.py, bench_kd.py or profile_forward.py")
+    sys.exit(not_a_command(__file__))

@@ -3,6 +3,8 @@ PyTorch twin against ``rcenp.attacks.cw_l2`` on the same weights, images and tar
 outcome (success, distortion) and by work (image passes/s)."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from attack_measures import agreement, host_array, l2_255, passes, rcenp_attack, timed, timing
@@ -123,3 +125,9 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
                           if k in details[i]}}}
             for i in np.flatnonzero((pred_r == targets) != (pred_fb == targets))]
     return entry
+
+
+if __name__ == "__main__":
+    from bench_host import not_a_command
+
+    sys.exit(not_a_command(__file__))

@@ -7,8 +7,14 @@ float tensor shaped like x, and leave x alone.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+if __name__ == "__main__":  # a module, not a command; said before torch's import, which may fail
+    import sys
+
+    from bench_host import not_a_command
+    sys.exit(not_a_command(__file__))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 LOW, HIGH = -0.5, 0.5
 

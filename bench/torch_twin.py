@@ -27,10 +27,16 @@ use the stored running statistics.
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+if __name__ == "__main__":  # a module, not a command; said before torch's import, which may fail
+    import sys
+
+    from bench_host import not_a_command
+    sys.exit(not_a_command(__file__))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 WIDTHS = (16, 32, 64)
 STRIDES = (1, 2, 2)

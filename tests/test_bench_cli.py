@@ -1,6 +1,6 @@
 """The bench scripts' command lines, as a fresh user met them: a bad option refused by the parser,
 the library's errors as one line, status 2 and no traceback for both; --help describing the script
-in whole sentences; bench_host.py, a module, saying so when run."""
+in whole sentences; the modules they import (bench_host.py, ...) saying so when run."""
 import importlib
 import json
 import os
@@ -100,10 +100,20 @@ def test_help_describes_the_script_in_whole_sentences(script):
     assert summary.endswith(".") and summary in " ".join(done.stdout.split())
 
 
-def test_bench_host_run_directly_says_it_is_a_module():
-    done = run("bench_host.py", "--help")
+MODULES = ("bench_host.py", "attack_measures.py", "cw_foolbox.py", "torch_attacks.py", "torch_twin.py")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_module_run_directly_says_it_is_a_module(module):
+    done = run(module, "--help")
     assert done.returncode != 0 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "a module of the bench scripts, not a command" in done.stderr
+    assert done.stderr.startswith(f"{module}: ")
+    assert all(script in done.stderr for script in SCRIPTS)  # every command it could have meant
+
+
+def test_every_file_of_bench_is_a_command_or_a_module_that_says_so():
+    assert sorted(p.name for p in (ROOT / "bench").glob("*.py")) == sorted(SCRIPTS + MODULES)
 
 
 def test_bench_attacks_refuses_more_images_than_its_source_in_one_line():
@@ -119,6 +129,16 @@ def test_bench_attacks_reads_the_data_root_it_is_given(tmp_path):
                "--source", "test", "--data-dir", str(tmp_path))
     line = refusal(done, "bench_attacks.py")
     assert str(tmp_path) in line and "mnist" in line
+
+
+def test_emit_report_writes_non_finite_numbers_as_null(capsys):
+    import numpy as np
+
+    bench_host.emit_report({"ratio": float("nan"), "rates": [float("inf"), -np.inf, np.float32(0.5), 2],
+                            "nested": {"x": (np.float64("nan"), True)}}, None)
+    printed = capsys.readouterr().out
+    assert "NaN" not in printed and "Infinity" not in printed
+    assert json.loads(printed) == {"ratio": None, "rates": [None, None, 0.5, 2], "nested": {"x": [None, True]}}
 
 
 def test_emit_report_prints_and_writes_the_same_json_atomically(tmp_path, capsys, monkeypatch):
