@@ -15,16 +15,19 @@ CPU (``--queries``, default 1,000):
   in the JSON says how many workers rcenp used);
 - an unblocked NumPy version (full Q_c x M distance matrix, ``scipy.special.logsumexp``);
 - the bare GEMMs alone, the FLOP floor of any GEMM formulation (2·Q·M·D FLOPs);
-- ``torch.cdist`` + ``logsumexp`` per class when PyTorch is importable.
-Times are the best of ``--repeats`` calls after a warm-up call, for every method; the VM this
-was written on varies up to 2x between runs. Every score is checked against the float64 brute
-force (sklearn's log density is shifted by (D/2)·log(pi·sigma^2) to the unnormalised kernel
-first).
+- ``torch.cdist`` + ``logsumexp`` per class when PyTorch is importable, on as many threads as rcenp
+  has workers (``torch_cpu_threads``).
+Times are the best (least) of ``--repeats`` calls after a warm-up call, for every method on either
+device (rcenp's median beside it); the VM this was written on varies up to 2x between runs. Every
+score is checked against the float64 brute force (sklearn's log density is shifted by
+(D/2)·log(pi·sigma^2) to the unnormalised kernel first).
 
 GPU (when ``rcenp.backend.cuda_available()``; ``--gpu-queries``, default 100,000): the fused CUDA
-kernel (forward and gradient) and the blocked cuBLAS path, timed with CUDA events; queries/s and
-the fraction of float32 peak (``--peak-tflops``, default 67 = H100 SXM) counting 2·D + 1 FLOPs per
-query-kernel pair; ``torch.cdist`` + ``logsumexp`` per class on the GPU when PyTorch has CUDA.
+kernel (forward and gradient) and the blocked cuBLAS path, each call between its own pair of CUDA
+events, the best of ``--repeats`` as on the CPU (the fused forward's median beside it); queries/s
+and the fraction of float32 peak (``--peak-tflops``, default 67 = H100 SXM) counting 2·D + 1 FLOPs
+per query-kernel pair; ``torch.cdist`` + ``logsumexp`` per class on the GPU when PyTorch has CUDA,
+timed the same way.
 
     python bench/bench_kd.py [--queries 1000] [--gpu-queries 100000] [--json PATH]
 """
@@ -75,6 +78,22 @@ def times_of(fn, repeats):
 
 def best_time(fn, repeats):
     return min(times_of(fn, repeats))
+
+
+def event_times(fn, repeats, new_event, elapsed_ms):
+    """GPU seconds of ``repeats`` calls after one warm-up call, each call between its own pair of
+    CUDA events: ``new_event()`` makes one (CuPy's or PyTorch's), ``elapsed_ms(start, end)`` reads
+    the milliseconds between two once ``end`` has completed."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = new_event(), new_event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(elapsed_ms(start, end) / 1e3)
+    return times
 
 
 def peak_extra_bytes(fn):
@@ -206,12 +225,14 @@ def cpu_section(args, sigma2):
     except ImportError:
         result["torch_cpu"] = "not installed"
     else:
+        torch.set_num_threads(workers())  # as many threads as rcenp's workers
         tz, tk = torch.from_numpy(z), torch.from_numpy(kernel_points)
         tc = torch.from_numpy(classes)
         with torch.no_grad():
             torch_s = best_time(lambda: torch_kd(torch, tz, tk, tc, sigma2), args.repeats)
             scores = torch_kd(torch, tz, tk, tc, sigma2).numpy()
-        result.update({"torch_version": torch.__version__, "torch_cpu_cdist_logsumexp_s": torch_s,
+        result.update({"torch_version": torch.__version__, "torch_cpu_threads": torch.get_num_threads(),
+                       "torch_cpu_cdist_logsumexp_s": torch_s,
                        "torch_cpu_max_abs_error_vs_float64": max_error(scores, reference)})
     return result
 
@@ -224,27 +245,22 @@ def gpu_section(args, sigma2):
     zg, kg, cg = cupy.asarray(z), cupy.asarray(kernel_points), cupy.asarray(classes)
     gy = cupy.ones(q, dtype=cupy.float32)
 
-    def cuda_time(fn):
-        fn()
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        for _ in range(args.repeats):
-            fn()
-        end.record()
-        end.synchronize()
-        return cupy.cuda.get_elapsed_time(start, end) / 1e3 / args.repeats
+    def cuda_times(fn):
+        return event_times(fn, args.repeats, cupy.cuda.Event, cupy.cuda.get_elapsed_time)
 
-    fused_s = cuda_time(lambda: kde_cuda.log_kd_forward(zg, kg, cg, sigma2))
-    grad_s = cuda_time(lambda: kde_cuda.log_kd_backward(zg, kg, cg, sigma2, gy))
-    blocked_s = cuda_time(lambda: kde._blocked_forward(zg, kg, cg, sigma2, None))
+    fused_times = cuda_times(lambda: kde_cuda.log_kd_forward(zg, kg, cg, sigma2))
+    fused_s = min(fused_times)
+    grad_s = min(cuda_times(lambda: kde_cuda.log_kd_backward(zg, kg, cg, sigma2, gy)))
+    blocked_s = min(cuda_times(lambda: kde._blocked_forward(zg, kg, cg, sigma2, None)))
     check = min(q, 2000)
     reference = kde.log_kernel_density_reference(z[:check], kernel_points, classes[:check], sigma2)
     fused = cupy.asnumpy(kde_cuda.log_kd_forward(zg, kg, cg, sigma2))[:check]
     flops = q * m * (2.0 * dim + 1)
     result = {
         "device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(),
-        "queries": q, "kernel_points_per_class": m, "dim": dim,
-        "fused_forward_s": fused_s, "fused_queries_per_s": q / fused_s,
+        "queries": q, "kernel_points_per_class": m, "dim": dim, "repeats": args.repeats,
+        "fused_forward_s": fused_s, "fused_forward_median_s": float(np.median(fused_times)),
+        "fused_queries_per_s": q / fused_s,
         "fused_tflops": flops / fused_s / 1e12,
         "fused_fraction_of_fp32_peak": flops / fused_s / (args.peak_tflops * 1e12),
         "peak_tflops_assumed": args.peak_tflops,
@@ -263,14 +279,8 @@ def gpu_section(args, sigma2):
     tz, tk = torch.from_numpy(z).cuda(), torch.from_numpy(kernel_points).cuda()
     tc = torch.from_numpy(classes).cuda()
     with torch.no_grad():
-        torch_kd(torch, tz, tk, tc, sigma2)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(args.repeats):
-            torch_kd(torch, tz, tk, tc, sigma2)
-        end.record()
-        torch.cuda.synchronize()
-        torch_s = start.elapsed_time(end) / 1e3 / args.repeats
+        torch_s = min(event_times(lambda: torch_kd(torch, tz, tk, tc, sigma2), args.repeats,
+                                  lambda: torch.cuda.Event(enable_timing=True), lambda a, b: a.elapsed_time(b)))
         scores = torch_kd(torch, tz, tk, tc, sigma2)[:check].cpu().numpy()
     result.update({"torch_version": torch.__version__, "torch_cdist_logsumexp_s": torch_s,
                    "speedup_fused_over_torch": torch_s / fused_s,
@@ -287,7 +297,8 @@ def main(argv=None):
     parser.add_argument("--per-class", type=count, default=5000)
     parser.add_argument("--sigma2", type=positive(real), default=kde.DEFAULT_SIGMA2["rce"])
     parser.add_argument("--repeats", type=count, default=20,
-                        help="timed calls after a warm-up, for every method; the best is reported")
+                        help="timed calls after a warm-up, for every method on either device; the best (least) is "
+                             "reported")
     parser.add_argument("--peak-tflops", type=positive(real), default=67.0,
                         help="float32 peak of the GPU (H100 SXM: 67)")
     parser.add_argument("--seed", type=nonnegative(integer), default=0)
