@@ -31,20 +31,6 @@ def host_array(result):
     return np.asarray(as_numpy(result), dtype=np.float32)
 
 
-def timed(fn, repeats, what="", warmup=0):
-    """(the last run's result, [(wall seconds, this process's CPU seconds) of every run]) after
-    ``warmup`` untimed runs; each run is logged to stderr."""
-    for _ in range(warmup):
-        fn()
-    seconds, result = [], None
-    for _ in range(repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        seconds.append((time.perf_counter() - start, time.process_time() - cpu))
-        print(f"bench_attacks: {what}: {seconds[-1][0]:.2f} s", file=sys.stderr, flush=True)
-    return result, seconds
-
-
 def cpu_seconds():
     """This process's CPU seconds, all threads, plus those of its finished child processes and
     theirs (``rcenp attack --jobs``'s shards)."""

@@ -1,13 +1,15 @@
 """C&W-L2 in bench/bench_attacks.py (``--cw``): foolbox 3.3.4's ``L2CarliniWagnerAttack`` on the
 PyTorch twin against ``rcenp.attacks.cw_l2`` on the same weights, images and targets, compared by
-outcome (success, distortion) and by work (image passes/s)."""
+outcome (success, distortion) and by work (image passes/s), the two taking turns
+(``attack_measures.interleaved``: each run's wall, CPU and host steal seconds), each on all its
+images in one batch."""
 from __future__ import annotations
 
 import sys
 
 import numpy as np
 
-from attack_measures import agreement, host_array, l2_255, passes, rcenp_attack, timed, timing
+from attack_measures import agreement, host_array, interleaved, l2_255, passes, rcenp_attack, timing
 
 
 def draw_targets(labels, seed):
@@ -32,7 +34,8 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
     classes != the true label (protocol §5.3). foolbox's ``PyTorchModel`` sees the twin's prediction
     logits (-s for RCE), as the authors' ``models_carlini`` wrapper does. The two optimisers differ
     in details (foolbox's tanh mapping, abort-early rule and best-iterate bookkeeping are its own),
-    so they are compared by outcome: success and distortion."""
+    so they are compared by outcome: success and distortion. The two take turns, ``args.repeats``
+    timed runs each and no warm-up; rcenp's ``batch_size`` is n, as foolbox takes the whole batch."""
     import torch
 
     n = min(args.cw_n, len(x))
@@ -41,9 +44,10 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
     correct = clean == labels
     settings = {"n": n, "binary_steps": args.cw_binary_steps, "max_iterations": args.cw_steps,
                 "initial_const": args.cw_c0, "learning_rate": args.cw_lr, "kappa": args.cw_kappa,
-                "abort_early": args.cw_abort_early == "on",
+                "abort_early": args.cw_abort_early == "on", "batch_size": n,
                 "targets": f"uniform over the 9 classes != true label, seed {args.seed}"}
     entry = {"settings": settings}
+    runs, hook = {}, None
     try:
         import foolbox as fb
     except ImportError:
@@ -73,28 +77,35 @@ def bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
             sentinel.append(int((success & ~found).sum()))
             return torch.where((success & found).view(-1, 1, 1, 1), clipped, xt).detach().numpy()
 
-        x_fb, seconds = timed(run_foolbox, args.repeats, "cw_l2 foolbox")
-        fb_passes = sum(forwarded)
-        hook.remove()
+        runs["foolbox"] = run_foolbox
+    ours = rcenp_attack(attacks_module, "cw_l2")
+    results = []
+    if not isinstance(ours, str):
+        def run_rcenp():
+            results.append(ours(model, x, targets=targets, labels=labels, binary_steps=args.cw_binary_steps,
+                                max_iterations=args.cw_steps, initial_const=args.cw_c0, learning_rate=args.cw_lr,
+                                kappa=args.cw_kappa, abort_early=args.cw_abort_early == "on", batch_size=n))
+            return host_array(results[-1])
+
+        runs["rcenp"] = run_rcenp
+    try:
+        timed = interleaved(runs, args.repeats, "cw_l2") if runs else {}
+    finally:
+        if hook is not None:
+            hook.remove()
+    if "foolbox" in timed:
+        x_fb, seconds = timed["foolbox"]
+        fb_passes = sum(forwarded)  # those of foolbox's last run, as x_fb is its last run's
         with torch.no_grad():
             pred_fb = twin(torch.from_numpy(x_fb)).argmax(1).numpy()
         entry["foolbox"] = {"version": fb.__version__, **outcome(x_fb, x, pred_fb, targets, correct, seconds),
                             "all_zero_failure_images_judged_successful": sentinel[-1],
                             "success_rate_as_foolbox_reports_it": float((pred_fb == targets).mean())
                             + sentinel[-1] / n, **passes(fb_passes, seconds)}
-    ours = rcenp_attack(attacks_module, "cw_l2")
     if isinstance(ours, str):
         entry["rcenp"] = ours
         return entry
-    results = []
-
-    def run_rcenp():
-        results.append(ours(model, x, targets=targets, labels=labels, binary_steps=args.cw_binary_steps,
-                            max_iterations=args.cw_steps, initial_const=args.cw_c0, learning_rate=args.cw_lr,
-                            kappa=args.cw_kappa, abort_early=args.cw_abort_early == "on"))
-        return host_array(results[-1])
-
-    x_r, seconds = timed(run_rcenp, args.repeats, "cw_l2 rcenp")
+    x_r, seconds = timed["rcenp"]
     pred_r = predict_rcenp(x_r)
     # one forward + backward per unfinished image and iteration, plus the clean and final forwards
     entry["rcenp"] = {**outcome(x_r, x, pred_r, targets, correct, seconds),
