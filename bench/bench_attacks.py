@@ -12,10 +12,13 @@ agree up to float32 rounding and its consequences (a gradient sign near 0). The 
 the protocol's saliency dt*|do| (entry "torch") and, by default, also its reduction argmax d log
 F_t/dx (entry "torch_log_target"), which is what ``rcenp.attacks.jsma`` computes; they differ by
 float noise in do and where F_t underflows (``torch_attacks.jsma``). C&W runs two different
-optimisers and is compared by outcome only.
+optimisers and is compared by outcome only. Every implementation attacks all its images in one
+batch (rcenp's ``batch_size`` = N, recorded in each attack's ``settings``).
 
-Prints one JSON object; ``--json PATH`` also writes it (atomically). Needs torch (and foolbox for
-``--cw``); the rcenp side reports "rcenp.attacks not available" when that module is missing.
+Prints one JSON object; ``--json PATH`` also writes it (atomically). Needs torch: without it the
+JSON's ``skipped`` says why, one line on stderr says so too, and the exit status is 0 (likewise
+foolbox for ``--cw``: its entry says "foolbox not installed"); the rcenp side reports "rcenp.attacks
+not available" when that module is missing.
 Background training competes for the cores, so pause it while timing, and always resume it:
 
     pkill -STOP -f "rcenp train"; python bench/bench_attacks.py --json out.json; pkill -CONT -f "rcenp train"
@@ -34,13 +37,16 @@ with those variables set, since they must precede NumPy's import). One core each
 
 ``--jobs J`` also times ``rcenp attack --jobs J`` on the same images: J one-thread shard processes
 side by side and their merge, started fresh each time (imports, model, detector scores and the
-run's files included), which on a VM that halts idle CPUs is faster than one process's workers:
+run's files included), which on a VM that halts idle CPUs is faster than one process's workers.
+It is given every setting of the attack and the data root this script read (``--source test``),
+and its clean images must equal this script's:
 
     python bench/bench_attacks.py --jobs 2 --repeats 3
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import subprocess
@@ -59,6 +65,8 @@ from cw_foolbox import bench_cw  # noqa: E402
 from rcenp.argtypes import count, integer, nonnegative, positive, real  # noqa: E402
 
 ATTACKS = ("bim", "jsma")
+BIM_STEPS = 10
+JSMA_MAX_ITERATIONS, JSMA_VARIANT = 100, "pang2018"
 
 
 def _eps(text):
@@ -125,21 +133,45 @@ def _compare(name, x, args, torch_runs, run_rcenp, success_fn, predict_torch, pr
     return entry
 
 
-def cli_jobs_run(model_name, attack, args):
+def jobs_command(model_name, attack, args, out):
+    """The ``rcenp attack MODEL --jobs J`` command line of the ``--jobs`` entry: the attack's every
+    setting given (not left to the command's defaults), J shards of one batch each, and, for
+    ``--source test``, the data root this script read, as an absolute path."""
+    settings = {"bim": ["--steps", str(BIM_STEPS)],
+                "jsma": ["--max-iterations", str(JSMA_MAX_ITERATIONS), "--variant", JSMA_VARIANT]}[attack]
+    command = [sys.executable, "-m", "rcenp", "attack", model_name, "--attack", attack, "--eps", repr(args.eps),
+               *settings, "--n", str(args.n), "--batch-size", str(-(-args.n // args.jobs)), "--jobs", str(args.jobs),
+               "--out", out]
+    if args.source == "test":
+        from rcenp.data import data_root
+
+        command += ["--data-dir", str(data_root(args.data_dir).absolute())]
+    return command
+
+
+def cli_jobs_run(model_name, attack, args, x):
     """A function returning x* (N, C, H, W) from ``rcenp attack MODEL --jobs J`` on the first N
     images, in fresh processes: J one-thread shards of N/J images each, then their merge, timed
-    end to end (imports, the model, detector scores and the run's files included)."""
+    end to end (imports, the model, detector scores and the run's files included). ValueError,
+    one line, where the command fails or attacked other clean images than ``x``."""
+    what = f"`rcenp attack {model_name} --attack {attack} --jobs {args.jobs}`"
+    env = dict(os.environ)
+    if args.source == "sample":  # no data root: the command reads the embedded sample, or MNIST's own first N
+        env.pop("RCENP_DATA", None)
+
     def run():
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "run")
-            command = [sys.executable, "-m", "rcenp", "attack", model_name, "--attack", attack, "--eps", repr(args.eps),
-                       "--n", str(args.n), "--batch-size", str(-(-args.n // args.jobs)), "--jobs", str(args.jobs),
-                       "--out", out] + (["--data-dir", args.data_dir] if args.data_dir else [])
-            done = subprocess.run(command, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+            done = subprocess.run(jobs_command(model_name, attack, args, out), capture_output=True, text=True,
+                                  cwd=os.path.dirname(HERE), env=env)
             if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip().splitlines()[-1:]}")
+                lines = done.stderr.strip().splitlines()
+                raise ValueError(f"{what} failed: {lines[-1] if lines else f'exit status {done.returncode}'}")
             with np.load(os.path.join(out, "adversarial.npz")) as files:
-                return np.asarray(files["adversarial"], dtype=np.float32)
+                clean, adversarial = files["clean"], np.asarray(files["adversarial"], dtype=np.float32)
+            if clean.shape != x.shape or not np.array_equal(clean, x):
+                raise ValueError(f"{what} attacked other images than this script read ({args.source} images)")
+            return adversarial
     return run
 
 
@@ -174,29 +206,37 @@ def bench_model(name, args, attacks_module):
     least_likely = logits_r.argmin(1)
 
     def jobs_runs(attack):
-        return {f"rcenp_cli_jobs{args.jobs}": cli_jobs_run(name, attack, args)} if args.jobs else {}
+        return {f"rcenp_cli_jobs{args.jobs}": cli_jobs_run(name, attack, args, x)} if args.jobs else {}
+
+    def settings(**values):
+        """An attack's settings: its own, then the batch each side attacks in."""
+        jobs = {"rcenp_cli_jobs_batch_size": -(-len(x) // args.jobs)} if args.jobs else {}
+        return {**values, "batch_size": len(x), **jobs}
 
     if "bim" in args.attacks:
         ours = rcenp_attack(attacks_module, "bim")
         report["bim"] = _compare(
-            f"{name} bim", x, args, {"torch": lambda: bim(twin, xt, args.eps, steps=10)},
-            ours if isinstance(ours, str) else lambda: ours(model, x, args.eps, steps=10),
+            f"{name} bim", x, args, {"torch": lambda: bim(twin, xt, args.eps, steps=BIM_STEPS)},
+            ours if isinstance(ours, str) else lambda: ours(model, x, args.eps, steps=BIM_STEPS, batch_size=len(x)),
             lambda pred: pred != clean, predict_torch, predict_rcenp, jobs_runs("bim"))
-        report["bim"]["settings"] = {"eps": args.eps, "steps": 10, "success": "adversarial prediction != clean prediction"}
+        report["bim"]["settings"] = settings(eps=args.eps, steps=BIM_STEPS,
+                                             success="adversarial prediction != clean prediction")
     if "jsma" in args.attacks:
         ours = rcenp_attack(attacks_module, "jsma")
         saliencies = SALIENCIES if args.torch_jsma == "both" else (args.torch_jsma,)
-        runs = {("torch" if s == "pang2018" else f"torch_{s}"): (lambda s=s: jsma(twin, xt, args.eps, 100, saliency=s))
-                for s in saliencies}
+        runs = {("torch" if s == "pang2018" else f"torch_{s}"):
+                (lambda s=s: jsma(twin, xt, args.eps, JSMA_MAX_ITERATIONS, saliency=s)) for s in saliencies}
         report["jsma"] = _compare(
             f"{name} jsma", x, args, runs,
             ours if isinstance(ours, str) else
-            lambda: ours(model, x, args.eps, max_iterations=100, variant="pang2018"),
+            lambda: ours(model, x, args.eps, max_iterations=JSMA_MAX_ITERATIONS, variant=JSMA_VARIANT,
+                         batch_size=len(x)),
             lambda pred: pred == least_likely, predict_torch, predict_rcenp, jobs_runs("jsma"))
-        report["jsma"]["settings"] = {"theta": args.eps, "max_iterations": 100, "variant": "pang2018",
-                                      "success": "adversarial prediction == least-likely clean class"}
+        report["jsma"]["settings"] = settings(theta=args.eps, max_iterations=JSMA_MAX_ITERATIONS, variant=JSMA_VARIANT,
+                                              success="adversarial prediction == least-likely clean class")
         # rcenp takes one backward per pick (the log-target form); the protocol's dt*|do| takes two
-        report["jsma"]["like_for_like"] = "seconds_rcenp_over_torch_log_target"
+        if "seconds_rcenp_over_torch_log_target" in report["jsma"]:
+            report["jsma"]["like_for_like"] = "seconds_rcenp_over_torch_log_target"
     if args.cw:
         report["cw_l2"] = bench_cw(model, twin, x, labels, clean, args, attacks_module, predict_rcenp)
     return report
@@ -211,12 +251,30 @@ def _threads(torch):
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")}
 
 
+def _benchmark(args):
+    return f"attacks on the first {args.n} {args.source} images, eps {args.eps}"
+
+
+def _machine():
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__}
+
+
+def _skipped(args, why) -> int:
+    """0, after the JSON (``skipped``: ``why``) and one line on stderr: nothing to compare with."""
+    sys.stderr.write(f"{os.path.basename(__file__)}: skipped: {why}\n")
+    emit_report({"benchmark": _benchmark(args), "skipped": f"{why}: nothing to compare rcenp's attacks with",
+                 "machine": _machine()}, args.json)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["mnist-resnet32-ce", "mnist-resnet32-rce"],
                         help="shipped model names or run directories")
     parser.add_argument("--attacks", nargs="*", choices=ATTACKS, default=list(ATTACKS),
-                        help="BIM and/or JSMA; none (a bare --attacks) with --cw times C&W only")
+                        help="BIM and/or JSMA; none (a bare --attacks) with --cw times C&W only (without --cw: "
+                             "refused, nothing to time)")
     parser.add_argument("--n", type=count, default=100, help="the first N test images")
     parser.add_argument("--source", choices=("sample", "test"), default="sample",
                         help="the embedded 1,000-image MNIST sample, or the test split under --data-dir")
@@ -257,6 +315,10 @@ def main(argv=None):
         parser.error(f"--jobs {args.jobs}: at most --n ({args.n}) shards")
     if args.data_dir is not None and args.source != "test":
         parser.error("--data-dir is read with --source test only (the default, sample, is embedded)")
+    if not args.attacks and not args.cw:
+        parser.error("--attacks names none and --cw is not given: nothing to time (name bim and/or jsma, or add --cw)")
+    if importlib.util.find_spec("torch") is None:
+        return _skipped(args, "PyTorch is not installed (pip install torch)")
     wanted = {name: str(args.threads) for name in ("RCENP_HOST_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     if argv is None and any(os.environ.get(name) != value for name, value in wanted.items()):
         os.environ.update(wanted)  # equal threads on both sides, set before NumPy's OpenBLAS starts
@@ -264,17 +326,15 @@ def main(argv=None):
     os.environ["RCENP_HOST_THREADS"] = wanted["RCENP_HOST_THREADS"]  # called from Python: rcenp reads it lazily
     try:
         import torch
-    except ImportError:
-        parser.error("PyTorch is not installed (pip install torch)")
+    except ImportError as exc:
+        return _skipped(args, f"PyTorch does not import ({exc})")
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(args.threads)
     except RuntimeError:  # refused once this process has set it or run inter-op work (main called again)
         pass  # _threads records the count that holds
     attacks_module = _rcenp_attacks()
-    report = {"benchmark": f"attacks on the first {args.n} {args.source} images, eps {args.eps}",
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                          "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__},
+    report = {"benchmark": _benchmark(args), "machine": {**_machine(), "torch": torch.__version__},
               "threads": _threads(torch), "torch_memory_format": "channels_last" if args.channels_last else "contiguous",
               "rcenp_attacks": "available" if attacks_module is not None else UNAVAILABLE,
               "load_average_1_5_15_min_at_start": list(os.getloadavg()),

@@ -37,6 +37,7 @@ def refusal(done, script) -> str:
     ("bench_attacks.py", ["--eps", "0"], "argument --eps: must lie in (0, 1]"),
     ("bench_attacks.py", ["--eps", "5"], "argument --eps: must lie in (0, 1]"),
     ("bench_attacks.py", ["--data-dir", "/x"], "--data-dir is read with --source test only"),
+    ("bench_attacks.py", ["--attacks"], "--attacks names none and --cw is not given: nothing to time"),
     ("profile_forward.py", ["--batch", "0"], "argument --batch: must be positive, got 0"),
     ("profile_forward.py", ["--repeats", "0"], "argument --repeats: must be positive, got 0"),
     ("profile_forward.py", ["--depth", "15"], "argument --depth: must be 6n+2 with n >= 1"),
