@@ -1,11 +1,13 @@
 """The floor under rcenp's convolutions: each conv layer of a ResNet forward, one thread, timed as
-rcenp's ``conv2d``, as PyTorch's ``conv2d`` (when installed), and as the bare OpenBLAS GEMMs that
-rcenp's algorithm for that layer cannot do without (no gather, no padding, no Python): the KH
-batched GEMMs of kernel rows (stride 1) or the one GEMM of im2col (``rcenp.ops.conv``), on
-operands of the same shapes, chunk by chunk of images as rcenp splits the batch, each chunk's
-operands in cache as rcenp's are just after their gather. Where those GEMMs alone take longer than PyTorch's whole convolution
-(oneDNN's direct kernels), no NumPy convolution on this BLAS can match it: that bounds issue 10's
-small-batch targets from below. Prints one JSON object (``--json PATH`` also writes it).
+rcenp's ``conv2d``, as PyTorch's ``conv2d`` (when installed; ``torch_us``, the faster of its NCHW
+and channels-last layouts for that layer, so PyTorch's best and a conservative floor), and as the
+bare OpenBLAS GEMMs that rcenp's algorithm for that layer cannot do without (no gather, no padding,
+no Python): the KH batched GEMMs of kernel rows (stride 1) or the one GEMM of im2col
+(``rcenp.ops.conv``), on operands of the same shapes, chunk by chunk of images as rcenp splits the
+batch, each chunk's operands in cache as rcenp's are just after their gather. Where those GEMMs
+alone take longer than PyTorch's whole convolution (oneDNN's direct kernels), no NumPy convolution
+on this BLAS can match it: that bounds issue 10's small-batch targets from below. Prints one JSON
+object (``--json PATH`` also writes it).
 
 Timings are the best of ``--repeats`` rounds of a loop of about 20 ms, rcenp, GEMMs and PyTorch
 taking turns layer by layer, so a busy host slows all three alike. One thread each: NumPy's
