@@ -253,6 +253,15 @@ def _best_of(rounds):
     return best
 
 
+def _has_torch() -> bool:
+    """Whether PyTorch is installed (not imported here: the children import their framework)."""
+    try:
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _compare(args, batch, shape, has_torch):
     """One (batch, shape): rcenp and PyTorch in subprocesses taking turns (``--rounds`` pairs,
     rcenp first in the 1st, 3rd, ... round, PyTorch first in the others), the least of each time
@@ -323,11 +332,7 @@ def main(argv=None):
     from rcenp.backend import default_device
 
     args.device = default_device()  # DeviceError (one line, status 2) for a bad RCENP_DEVICE
-    try:
-        import importlib.util
-        has_torch = importlib.util.find_spec("torch") is not None
-    except (ImportError, ValueError):
-        has_torch = False
+    has_torch = _has_torch()
     load_before = os.getloadavg()
     runs = [_compare(args, batch, shape, has_torch) for shape in args.shape for batch in args.batch]
     report = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

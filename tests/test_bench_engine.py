@@ -84,6 +84,7 @@ def test_no_memory_ratio_where_pytorchs_steps_raised_no_rss(monkeypatch):
 
 
 def test_different_devices_give_no_ratios_and_status_1(monkeypatch, capsys):
+    monkeypatch.setattr(bench_engine, "_has_torch", lambda: True)  # the children are stand-ins
     records = {"rcenp": record("rcenp", device="cuda"), "torch": record("torch", device="cpu")}
     monkeypatch.setattr(bench_engine, "_child", lambda framework, *_: records[framework])
     monkeypatch.setattr("rcenp.backend.default_device", lambda: "cuda")
@@ -96,6 +97,7 @@ def test_different_devices_give_no_ratios_and_status_1(monkeypatch, capsys):
 
 
 def test_a_failed_child_gives_status_1_after_the_json(monkeypatch, capsys):
+    monkeypatch.setattr(bench_engine, "_has_torch", lambda: True)  # the children are stand-ins
     def child(framework, *_):
         return {"framework": "torch", "error": "RuntimeError: out of memory"} if framework == "torch" else record("rcenp")
 
@@ -111,6 +113,7 @@ def test_a_failed_child_gives_status_1_after_the_json(monkeypatch, capsys):
 
 
 def test_both_children_are_told_the_device_as_rcenp_reads_it(monkeypatch, capsys):
+    monkeypatch.setattr(bench_engine, "_has_torch", lambda: True)  # the children are stand-ins
     seen = []
     monkeypatch.setenv("RCENP_DEVICE", " CPU ")
     monkeypatch.setattr(bench_engine, "_child", lambda framework, args, *_: seen.append(args.device) or record(framework))
