@@ -59,11 +59,10 @@ def stale(cell: Cell, asked: dict, test_split=None, finished: bool = True) -> st
 
     substitute = (cell.options or {}).get("substitute")
     now = {"model": cell.model, "attack": cell.attack, "options": cell.options, "n": cell.n, "seed": 0}
-    sha256, step = weights_identity(cell.model)
     if "model_sha256" in asked:
-        now["model_sha256"] = sha256
+        now["model_sha256"] = weights_identity(cell.model)[0]
     elif "model_step" in asked:
-        now["model_step"] = step
+        now["model_step"] = weights_identity(cell.model)[1]
     if substitute and "substitute_sha256" in asked:
         now["substitute_sha256"] = weights_identity(substitute)[0]
     if "data" in asked and test_split is not None and (data := test_split(cell.dataset)) is not None:
