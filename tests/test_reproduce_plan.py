@@ -184,6 +184,25 @@ def test_the_plan_gives_the_free_core_estimate_beside_a_measured_rate_far_from_i
     assert jobs_line.endswith(" h at that rate, 2 cells at a time on 2 cores (no sooner than the largest cell)")
 
 
+def test_the_plan_measures_its_rate_on_no_transfer_cell(tmp_path, capsys):
+    """Four transfer cells that scored their substitutes' images in 9 s, costed as crafting their
+    own (the substitutes' data set outside --datasets), made the plan call 2.67 M units "1 min".
+    A transfer cell's time says nothing of a unit's, whichever way it is costed."""
+    from rcenp.cli import main
+
+    cpu = budgets.get_budget("cpu")
+    transfer = [c for c in cells.plan(cpu, ["table4"]) if c.substitute is not None and c.dataset == "mnist"]
+    assert transfer
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "timings.json").write_text(json.dumps({c.key: 2.0 for c in transfer}))
+    runs = ["mnist"] + ["fashion-mnist"] * bool(reuse.split_identity("fashion-mnist", None))
+    for datasets in runs:  # the transfers costed as scoring, then as crafting (where Fashion-MNIST is here)
+        assert main(["reproduce", "--budget", "cpu", "--only", "table3,table4", "--datasets", datasets, "--out",
+                     str(tmp_path / "out"), "--plan"]) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("to compute: "))
+        assert line.endswith(" at 4.0 ms per unit on one free core (other work on the cores stretches it)"), line
+
+
 def test_a_run_remembers_its_cells_from(tmp_path, capsys, monkeypatch):
     """A --resume, --plan or --report naming no --cells-from uses the run's (a forgotten one made
     a report of 92 pending cells where 8 were, and its resume would have recomputed the rest)."""
