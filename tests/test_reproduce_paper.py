@@ -136,11 +136,11 @@ def test_whitebox_vs_transfer():
     bad = sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), summary(evasion=0.3))
     assert bad["status"] == "FLAG" and "white-box 10.0%" in bad["detail"]
     assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.1), None)["status"] == "n/a"
-    for whitebox, transfer, missing in ((None, summary(evasion=0.1), "the target's own C&W-wb cell is"),
-                                        (summary(evasion=0.1), None, "the transfer cell is"),
+    for whitebox, transfer, missing in ((None, summary(evasion=0.1), "the target's own C&W-wb cell is not"),
+                                        (summary(evasion=0.1), None, "the transfer cell is not"),
                                         (None, None, "neither the target's own C&W-wb cell nor the transfer cell is")):
         row = sanity.whitebox_vs_transfer("s → t", whitebox, transfer)   # the one that is missing, named
-        assert row["status"] == "n/a" and row["detail"] == f"{missing} not finished (pending, or not available)"
+        assert row["status"] == "n/a" and row["detail"] == f"{missing} finished (pending, or not available)"
     nothing = sanity.whitebox_vs_transfer("s → t", summary(evasion=0.0), summary(evasion=0.0))  # both stopped
     assert nothing["status"] == "n/a" and "nothing to compare" in nothing["detail"]
     assert sanity.whitebox_vs_transfer("s → t", summary(evasion=0.0), summary(evasion=0.05))["status"] == "FLAG"

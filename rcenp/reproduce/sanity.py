@@ -110,11 +110,10 @@ def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | N
     detector, and a pass would say nothing."""
     if whitebox is None or transfer is None:
         if whitebox is None and transfer is None:
-            missing = "neither the target's own C&W-wb cell nor the transfer cell is"
+            missing = "neither the target's own C&W-wb cell nor the transfer cell is finished"
         else:
-            missing = "the target's own C&W-wb cell is" if whitebox is None else "the transfer cell is"
-        return check("white-box C&W-wb ≥ transfer", subject, None, None,
-                     f"{missing} not finished (pending, or not available)")
+            missing = ("the target's own C&W-wb cell is" if whitebox is None else "the transfer cell is") + " not finished"
+        return check("white-box C&W-wb ≥ transfer", subject, None, None, f"{missing} (pending, or not available)")
     wb, tr = _evasion(whitebox), _evasion(transfer)
     if wb is None or tr is None:
         return check("white-box C&W-wb ≥ transfer", subject, None, None, "no detector decisions in the cells")
