@@ -238,6 +238,8 @@ def test_the_result_line_goes_to_stdout_and_progress_to_stderr(smoke, capsys, tm
 @pytest.mark.parametrize("argv, message", [
     (["--budget", "huge"], "unknown budget 'huge'"),
     (["--only", "table2,table9"], "unknown part 'table9'"),
+    (["--only", ""], "--only: unknown part (none given)"),
+    (["--only", "table1,,fig2"], "--only: unknown part (none given)"),
     (["--cells-from", "/nonexistent/cells"], "no such folder"),
     (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no such folder"),
     (["--data-dir", "/nonexistent/data", "--plan"], "--data-dir /nonexistent/data: no such folder"),
@@ -249,6 +251,16 @@ def test_bad_input_is_one_error_line(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rcenp reproduce: error: ") and message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("plan", [[], ["--plan"]])
+def test_a_missing_data_root_in_the_environment_is_one_error_line(plan, tmp_path, capsys, monkeypatch):
+    """$RCENP_DATA naming no folder was taken as a root without the data: the plan said
+    'to compute: nothing' and never named the path it looked in."""
+    monkeypatch.setenv("RCENP_DATA", str(tmp_path / "nonexistent"))
+    assert main(["reproduce", "--out", str(tmp_path / "out"), "--only", "table1"] + plan) == 2
+    assert capsys.readouterr().err == f"rcenp reproduce: error: $RCENP_DATA {tmp_path / 'nonexistent'}: no such folder\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_resume_with_nothing_to_resume_says_so(tmp_path, capsys):

@@ -16,6 +16,7 @@ from pathlib import Path
 from rcenp import checkpoint
 from rcenp.attacks.jobs import stop_with_parent
 from rcenp.backend import default_device, xp_for
+from rcenp.data.datasets import data_root
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
 from rcenp.reproduce.cells import PARTS, plan
@@ -39,11 +40,11 @@ def code_line(code: dict) -> str:
 def parse_only(only) -> list[str]:
     """``"table1,fig2"`` (or a list) → the parts in report order; None → every part. ValueError
     names an unknown part and the choices."""
-    if only is None or only == "":
+    if only is None:
         return list(PARTS)
-    names = [p.strip() for p in (only.split(",") if isinstance(only, str) else only) if p.strip()]
-    unknown = [p for p in names if p not in PARTS]
-    if unknown or not names:
+    names = [p.strip() for p in (only.split(",") if isinstance(only, str) else only)]
+    unknown = [p for p in names if p not in PARTS and p]
+    if unknown or not all(names):  # "" or "table1,,fig2": a part left out by mistake, not "every part"
         raise ValueError(f"--only: unknown part {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"expected a comma-separated subset of {','.join(PARTS)}")
     return [p for p in PARTS if p in names]
@@ -53,11 +54,11 @@ def parse_datasets(datasets, budget) -> tuple | None:
     """``"mnist,fashion-mnist"`` (or a list) → those data sets in report order; None → the
     budget's own. ValueError names an unknown data set and the choices, or one the budget does
     not cover (the smoke budget: MNIST only)."""
-    if datasets is None or (isinstance(datasets, str) and not datasets.strip()):
+    if datasets is None:
         return budget.datasets
-    names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets) if d.strip()]
-    unknown = [d for d in names if d not in lineup.DATASETS]
-    if unknown or not names:
+    names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)]
+    unknown = [d for d in names if d not in lineup.DATASETS and d]
+    if unknown or not all(names):
         raise ValueError(f"--datasets: unknown data set {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"expected a comma-separated subset of {','.join(lineup.DATASETS)}")
     outside = [d for d in names if budget.skips(d)]
@@ -162,6 +163,8 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
             raise ValueError(f"--cells-from {folder}: no such folder")
     if data_dir and not Path(data_dir).is_dir():  # else every cell would say its data is missing
         raise ValueError(f"--data-dir {data_dir}: no such folder")
+    if not data_dir and os.environ.get("RCENP_DATA") and not data_root().is_dir():
+        raise ValueError(f"$RCENP_DATA {os.environ['RCENP_DATA']}: no such folder")
     if device:  # a DeviceError before anything is claimed
         xp_for(device)
     else:
