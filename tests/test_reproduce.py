@@ -238,8 +238,8 @@ def test_the_result_line_goes_to_stdout_and_progress_to_stderr(smoke, capsys, tm
 @pytest.mark.parametrize("argv, message", [
     (["--budget", "huge"], "unknown budget 'huge'"),
     (["--only", "table2,table9"], "unknown part 'table9'"),
-    (["--only", ""], "--only: unknown part (none given)"),
-    (["--only", "table1,,fig2"], "--only: unknown part (none given)"),
+    (["--only", ""], "--only: an empty part; expected"),
+    (["--only", "table1,,fig2"], "--only: an empty part; expected"),
     (["--cells-from", "/nonexistent/cells"], "no such folder"),
     (["--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data: no such folder"),
     (["--data-dir", "/nonexistent/data", "--plan"], "--data-dir /nonexistent/data: no such folder"),

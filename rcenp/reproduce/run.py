@@ -45,7 +45,7 @@ def parse_only(only) -> list[str]:
     names = [p.strip() for p in (only.split(",") if isinstance(only, str) else only)]
     unknown = [p for p in names if p not in PARTS and p]
     if unknown or not all(names):  # "" or "table1,,fig2": a part left out by mistake, not "every part"
-        raise ValueError(f"--only: unknown part {', '.join(map(repr, unknown)) or '(none given)'}; "
+        raise ValueError(f"--only: {'unknown part ' + ', '.join(map(repr, unknown)) if unknown else 'an empty part'}; "
                          f"expected a comma-separated subset of {','.join(PARTS)}")
     return [p for p in PARTS if p in names]
 
@@ -59,7 +59,7 @@ def parse_datasets(datasets, budget) -> tuple | None:
     names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)]
     unknown = [d for d in names if d not in lineup.DATASETS and d]
     if unknown or not all(names):
-        raise ValueError(f"--datasets: unknown data set {', '.join(map(repr, unknown)) or '(none given)'}; "
+        raise ValueError(f"--datasets: {'unknown data set ' + ', '.join(map(repr, unknown)) if unknown else 'an empty item'}; "
                          f"expected a comma-separated subset of {','.join(lineup.DATASETS)}")
     outside = [d for d in names if budget.skips(d)]
     if outside:
