@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rcenp.reproduce import budgets, cells, costs, lineup, reuse, runner
+from rcenp.reproduce import budgets, cells, costs, lineup, reuse, run, runner
 from tests.reproduce_fakes import fake_published
 
 
@@ -201,6 +201,30 @@ def test_the_plan_measures_its_rate_on_no_transfer_cell(tmp_path, capsys):
                      str(tmp_path / "out"), "--plan"]) == 0
         line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("to compute: "))
         assert line.endswith(" at 4.0 ms per unit on one free core (other work on the cores stretches it)"), line
+
+
+def test_the_plan_says_a_run_is_at_work_on_out_and_which_cells_it_computes(tmp_path, capsys):
+    """A plan made while a run computed in OUT listed that run's cells as to compute and never
+    said a run was there."""
+    from rcenp.cli import main
+    from rcenp.reproduce.workers import cell_lock, run_lock
+
+    cpu = budgets.get_budget("cpu")
+    planned = [c for c in cells.plan(cpu, ["fig2"]) if c.model == "mnist-resnet32-ce" and c.attack == "bim"]
+    argv = ["reproduce", "--budget", "cpu", "--only", "fig2", "--datasets", "mnist", "--out", str(tmp_path / "out"),
+            "--resume", "--plan"]
+    run.claim(tmp_path / "out", "cpu", resume=False)
+    assert main(argv) == 0
+    quiet = capsys.readouterr().out
+    assert "a run is at work" not in quiet and " in work" not in quiet
+    with run_lock(tmp_path / "out"), cell_lock(tmp_path / "out", planned[2].key):
+        assert main(argv) == 0
+        lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith(f"a run is at work on {tmp_path / 'out'} now (a second one would be refused)")
+    assert "the 1 cell it computes now, marked 'in work'" in lines[1]
+    marked = [line.split()[0] for line in lines if line.endswith("  in work")]
+    assert marked == [planned[2].key]
+    assert not (tmp_path / "out" / "locks").exists()  # the run's lock files went with it; the plan made none
 
 
 def test_a_run_remembers_its_cells_from(tmp_path, capsys, monkeypatch):

@@ -42,16 +42,21 @@ def duration(seconds: float) -> str:
 
 
 def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budget_name: str,
-             cells_from=(), data_dir=None, jobs: int = 1) -> list[str]:
+             cells_from=(), data_dir=None, jobs: int = 1, running=(False, set())) -> list[str]:
     """The plan as lines for a person (module docstring); ``jobs``: --jobs, the cells computed that
     many at a time (no sooner than the largest cell). Cells whose data set has no test images here
-    are listed apart and left out of the estimate: a run marks them not available."""
+    are listed apart and left out of the estimate: a run marks them not available. ``running``:
+    ``rcenp.reproduce.workers.in_progress`` of OUT, a run at work there and the cells it computes now."""
     found = {d: split_identity(d, data_dir) for d in DATASETS if any(c.dataset == d for c in todo)}
     no_data = Counter(c.dataset for c in todo if not found[c.dataset])
     todo = [c for c in todo if found[c.dataset]]
     total = sum(c.cost for c in todo)
     lines = [f"reproduce ({budget_name}) into {out_dir}: {plural(len(cells), 'cell', 'cells')}; "
              "nothing has been computed or written"]
+    if running[0]:
+        lines.append(f"a run is at work on {out_dir} now (a second one would be refused): what it has finished "
+                     f"is kept below, and the {plural(len(running[1]), 'cell', 'cells')} it computes now, marked "
+                     "'in work', count as still to compute")
     measured = measured_rate(out_dir, cells)
     if measured is not None:
         rate = measured[0]
@@ -68,9 +73,11 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
         wall = max(total / min(jobs, len(todo)), max(c.cost for c in todo)) * rate
         lines.append(f"  with --jobs {jobs}: about {duration(wall)} at that rate, {jobs} cells at a time on "
                      f"{jobs} cores (no sooner than the largest cell)")
+    width = max([52] + [len(c.key) for c in todo])
     for cell in todo:
-        lines.append(f"  {cell.key:52s} {cell.cost:>12,.0f}  {100 * cell.cost / total:5.1f}%"
-                     + ("  (scores its substitute's C&W-wb images)" if cell.crafted else ""))
+        lines.append(f"  {cell.key:{width}s} {cell.cost:>12,.0f}  {100 * cell.cost / total:5.1f}%"
+                     + ("  (scores its substitute's C&W-wb images)" if cell.crafted else "")
+                     + ("  in work" if cell.key in running[1] else ""))
     parts = Counter()
     for cell in todo:
         for part in cell.parts:

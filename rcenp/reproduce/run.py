@@ -191,11 +191,13 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     cells = plan(spec, parts)
     if plan_only:
         from rcenp.reproduce.preview import describe
+        from rcenp.reproduce.workers import in_progress
 
         outcomes, todo, notes = sort_out(cells, out_dir, data_dir, cells_from, dry_run=True)
         add_eta_costs(todo, data_dir)
+        running = in_progress(out_dir, [c.key for c in todo])
         return {"budget": spec.name, "out": str(out_dir),
-                "plan": describe(cells, outcomes, todo, notes, out_dir, spec.name, cells_from, data_dir, jobs)}
+                "plan": describe(cells, outcomes, todo, notes, out_dir, spec.name, cells_from, data_dir, jobs, running)}
     if worker:
         stop_with_parent()
         return {"budget": spec.name, "out": str(out_dir), "worker": f"{worker[0]}/{worker[1]}",

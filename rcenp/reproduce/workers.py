@@ -98,6 +98,37 @@ def run_lock(out_dir):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def held(path) -> bool:
+    """Whether a process holds the ``flock`` on ``path`` now (False where there is no such file, or
+    no ``fcntl``). Creates nothing; it takes the free lock for an instant, so a command starting in
+    that instant is refused as if a run were there."""
+    try:
+        import fcntl
+        handle = open(path)
+    except (ImportError, OSError):
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def in_progress(out_dir, keys) -> tuple[bool, set]:
+    """(whether a command holds OUT's run lock, the cells of ``keys`` a process computes now):
+    what ``--plan`` says of a run already at work on OUT. (Cells outside a lock, as without fcntl, read
+    as not in work.)"""
+    running = held(Path(out_dir) / ".lock")
+    return running, {k for k in keys if held(lock_path(out_dir, k))} if running else set()
+
+
+def lock_path(out_dir, key: str) -> Path:
+    """OUT/locks/<cell>.lock, cell ``key``'s lock file (``cell_lock``)."""
+    return Path(out_dir) / "locks" / (key.replace("/", "--") + ".lock")
+
+
 @contextlib.contextmanager
 def cell_lock(out_dir, key: str, blocking: bool = True):
     """Hold OUT/locks/<key>.lock exclusively (→ True) while the block runs; → False at once where
@@ -107,7 +138,7 @@ def cell_lock(out_dir, key: str, blocking: bool = True):
     except ImportError:
         yield True
         return
-    path = Path(out_dir) / "locks" / (key.replace("/", "--") + ".lock")
+    path = lock_path(out_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
