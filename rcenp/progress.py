@@ -77,3 +77,10 @@ def duration(seconds: float) -> str:
 def plural(count: int, one: str, many: str) -> str:
     """'1 batch', '4 batches'."""
     return f"{count} {one if count == 1 else many}"
+
+
+def article(abbreviation: str) -> str:
+    """An abbreviation read letter by letter, upper-cased, after its indefinite article: 'a CE',
+    'an RCE' (letters whose names start with a vowel sound take 'an')."""
+    word = abbreviation.upper()
+    return f"{'an' if word[:1] in 'AEFHILMNORSX' else 'a'} {word}"

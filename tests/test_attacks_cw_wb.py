@@ -325,7 +325,7 @@ def test_cw_wb_needs_a_fitted_detector_of_the_same_objective():
         attacks.cw_wb(model, box_images(17, 2), None)
     with pytest.raises(ValueError, match="fit it"):
         attacks.cw_wb(model, box_images(17, 2), Detector(model))
-    with pytest.raises(ValueError, match="fitted for a RCE"):
+    with pytest.raises(ValueError, match="fitted for an RCE"):
         attacks.cw_wb(model, box_images(17, 2), fitted_detector(feature_model("rce", 8)))
 
 

@@ -172,9 +172,14 @@ def test_attack_header_prints_options_and_plurals(setup, tmp_path):
     header = stream.getvalue().splitlines()[0]
     assert header.startswith(f"bim eps=0.1 steps=2 on {run} (CE), images 0-2 of ") and "{" not in header
     assert header.endswith(", 1 batch"), header
+    assert stream.getvalue().splitlines()[-1].startswith("done: success ") and "(reached" not in stream.getvalue()
     stream = io.StringIO()
     run_attack(run, "fgsm", tmp_path / "fgsm", {"eps": 0.1}, n=7, batch_size=3, data_dir=root, stream=stream)
     assert stream.getvalue().splitlines()[0].endswith(", 3 batches of 3")
+    stream = io.StringIO()  # ILCM's success is reaching the least likely class: 'success 0%' beside a fall in accuracy
+    run_attack(run, "ilcm", tmp_path / "ilcm", {"eps": 0.1, "steps": 2}, n=3, data_dir=root, stream=stream)
+    assert re.fullmatch(r"done: success \d+\.\d% \(reached least likely\), accuracy under attack .*",
+                        stream.getvalue().splitlines()[-1])
 
 
 def test_resume_says_what_is_done_and_shows_no_rate_it_does_not_know(setup, tmp_path, monkeypatch):

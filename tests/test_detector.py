@@ -38,7 +38,7 @@ def test_fit_calibrate_predict_and_round_trip(model, data, tmp_path):
     again = Detector.load(tmp_path / "det", model)
     assert again.threshold == det.threshold and again.metric == "kd"
     np.testing.assert_array_equal(again.predict(images[200:])[0], predicted)
-    with pytest.raises(Exception, match="RCE"):
+    with pytest.raises(Exception, match="detector fitted for an RCE model, not this CE one"):
         Detector.load(tmp_path / "det", Classifier(model.network, "ce"))
 
 

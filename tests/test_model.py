@@ -327,6 +327,15 @@ def test_predict_refuses_pixels_outside_the_box(scale, message):
         model.predict_logits(scale(x))
 
 
+def test_a_model_refuses_images_of_other_channels_in_words():
+    """'images have 1 channels' (a fresh user's trial: MNIST images given to a CIFAR-10 model)."""
+    model = Classifier(resnet(8, 3, seed=0), "ce").eval()
+    with pytest.raises(ValueError, match=r"^images have 1 channel; this model takes 3"):
+        model.predict(np.zeros((1, 1, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"^images have 2 channels; this model takes 3"):
+        model.predict(np.zeros((1, 2, 32, 32), np.float32))
+
+
 def test_a_loaded_model_refuses_images_of_another_size():
     """A ResNet computes on any H, W divisible by 4: a 32x32 image gave the shipped MNIST model a
     prediction without a word (a fresh user's trial). A loaded model knows its data set's shape;

@@ -11,7 +11,7 @@ from rcenp.argtypes import count, folder, integer, nonnegative, positive, real
 from rcenp.attacks.cw_wb import STAGE2
 from rcenp.attacks.jobs import (check_jobs, check_same_jobs, record_jobs, run_shards, shard_folders,
                                stop_with_parent)
-from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack
+from rcenp.attacks.run import ATTACKS, EPS_ATTACKS, run_attack, success_criterion
 from rcenp.attacks.runfiles import lock_run
 from rcenp.backend import DEVICE_HELP
 from rcenp.data.datasets import DATA_DIR_DEFAULT
@@ -216,21 +216,6 @@ def cmd_attack(args) -> int:
         return 0
     print(format_summary(summary, out))
     return 0
-
-
-def success_criterion(settings: dict) -> str:
-    """What 'attack success' counts, when it is not plain misclassification: 'reached target; '
-    for the targeted attacks (JSMA, C&W with random targets, C&W-wb), 'reached least likely; '
-    for ILCM; '' for FGSM, BIM, untargeted C&W and transfer runs (there: the target misclassifies)."""
-    options = settings["options"]
-    if options.get("substitute"):
-        return ""
-    if settings["attack"] == "ilcm":
-        return "reached least likely; "
-    if settings["attack"] in ("jsma", "cw-wb") or (settings["attack"] in ("cw", "cw-hc")
-                                                   and options.get("targets", "random") == "random"):
-        return "reached target; "
-    return ""
 
 
 def budget_hint(summary: dict) -> str | None:

@@ -85,6 +85,7 @@ from rcenp.checks import check_count, check_labels, check_positive, check_steps
 from rcenp.detect.kde import log_kernel_density
 from rcenp.grad_mode import no_grad
 from rcenp.nn.module import check_images, eval_mode
+from rcenp.progress import article
 
 STAGE1 = {"kappa": 5.0, "initial_const": 10.0, "binary_steps": 3, "max_iterations": 5000}
 STAGE2 = {"kappa": 5.0, "initial_const": 100.0, "binary_steps": 9, "max_iterations": 10000}
@@ -261,7 +262,7 @@ def attack_kernel(detector, model, kernel, attacker_points, seed, train_features
     if detector.kernel_points is None:
         raise ValueError("the detector has no kernel points: fit it on training data first")
     if detector.model.objective != model.objective:
-        raise ValueError(f"the detector was fitted for a {detector.model.objective.upper()} model, "
+        raise ValueError(f"the detector was fitted for {article(detector.model.objective)} model, "
                          f"this one is {model.objective.upper()}: use this model's own detector, "
                          "rcenp.detect.load_detector(name, model)")
     if not same_weights(detector.model, model):

@@ -312,7 +312,9 @@ def run_attack(model_ref, attack: str, out_dir, options: dict, n: int = 1000, se
                              "images_per_s": done_images / timed if timed else None}
         checkpoint.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(partial)
-        progress.message(f"done: success {summary['success_rate']:.1%}, accuracy under attack "
+        criterion = success_criterion(summary["settings"]).removesuffix("; ")
+        progress.message(f"done: success {summary['success_rate']:.1%}" + (f" ({criterion})" if criterion else "")
+                         + ", accuracy under attack "
                          f"{summary['accuracy_under_attack']:.1%} on "
                          f"{plural(summary['counts']['n'], 'image', 'images')}; {out_dir}")
         return summary
@@ -357,6 +359,21 @@ def fitted_detector(model, model_ref):
 
     fitted = detector_stem(resolve(model_ref)).with_suffix(".json").is_file()
     return load_detector(model_ref, model) if fitted else None
+
+
+def success_criterion(settings: dict) -> str:
+    """What 'attack success' counts, when it is not plain misclassification: 'reached target; '
+    for the targeted attacks (JSMA, C&W with random targets, C&W-wb), 'reached least likely; '
+    for ILCM; '' for FGSM, BIM, untargeted C&W and transfer runs (there: the target misclassifies)."""
+    options = settings["options"]
+    if options.get("substitute"):
+        return ""
+    if settings["attack"] == "ilcm":
+        return "reached least likely; "
+    if settings["attack"] in ("jsma", "cw-wb") or (settings["attack"] in ("cw", "cw-hc")
+                                                   and options.get("targets", "random") == "random"):
+        return "reached target; "
+    return ""
 
 
 def _assemble(out_dir, partial, batches, batch_size, test, model, detector, asked, code_groups) -> dict:

@@ -22,6 +22,7 @@ from rcenp.detect.kde import DEFAULT_SIGMA2, kernel_point_indices, log_kernel_de
 from rcenp.grad_mode import no_grad
 from rcenp.metrics import confidence, non_me
 from rcenp.nn.module import check_images, check_model, eval_mode
+from rcenp.progress import article
 
 NOT_SURE = -1
 METRICS = ("kd", "confidence", "non_me")
@@ -247,7 +248,7 @@ class Detector:
         if missing:
             raise checkpoint.CheckpointError(f"{stem}.json: damaged detector manifest (no {', '.join(missing)})")
         if manifest["objective"] != model.objective:
-            raise checkpoint.CheckpointError(f"{stem}: detector fitted for a {manifest['objective'].upper()} model, "
+            raise checkpoint.CheckpointError(f"{stem}: detector fitted for {article(manifest['objective'])} model, "
                                              f"not this {model.objective.upper()} one: load the model's own detector")
         fitted_for, weights = manifest.get("model_sha256"), getattr(model, "weights_sha256", None)
         if fitted_for and weights and fitted_for != weights:

@@ -205,7 +205,7 @@ def check_images(model, x):
     if x.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}{_shape_hint(x.shape, channels)}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"images have {x.shape[1]} channels; this model takes {channels}"
+        raise ValueError(f"images have {x.shape[1]} channel{'s' * (x.shape[1] != 1)}; this model takes {channels}"
                          f"{_shape_hint(x.shape, channels)}")
     if getattr(model, "image_shape", None) is not None:
         model._checked(x)

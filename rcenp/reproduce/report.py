@@ -231,11 +231,12 @@ def _parts_text(cells) -> str:
     return ", ".join(p for p in cells_module.PARTS if p in parts)
 
 
-def cells_md(res: Results, again: str = "") -> str:
+def cells_md(res: Results, again: str = "", budget=None) -> str:
     """The 'Cells' section: a row per cell that ran, the pending cells of a --report (``again``: the
     command that computes them), one line per missing model (or other reason) with the count of
     cells it leaves empty and how to fill them, then the cells of data sets the run does not cover,
-    per model. cells.json has every cell."""
+    per model, and what fills them (``budget``: the run's, narrowed by --datasets or not). cells.json
+    has every cell."""
     done = {k: o for k, o in sorted(res.outcomes.items()) if o["status"] == "done"}
     pending = [key for key, o in res.outcomes.items() if o["status"] == "pending"]
     groups: dict[tuple, list] = {}
@@ -278,8 +279,11 @@ def cells_md(res: Results, again: str = "") -> str:
     if not groups:
         lines.append("None.")
     if not_run:
+        fill = ("`--resume` over this folder naming them in --datasets fills them and keeps these results"
+                if budget is None or budget.datasets_by else f"the {budget.name} budget covers none of them: "
+                "another budget, in another folder, computes them")
         lines += ["", f"**Not run: {sum(len(c) for c in not_run.values())} cells** (data sets this run does not "
-                  "cover; a run over the same folder that covers them fills them, and keeps these results)", ""]
+                  f"cover; {fill})", ""]
         lines += [f"- {model}: {len(cells)} cell{'s' if len(cells) > 1 else ''} ({_parts_text(cells)}), {reason}"
                   for (model, reason), cells in not_run.items()]
     return "\n".join(lines)
@@ -339,7 +343,7 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
     sections.append("## Wall time per part\n\nCompute seconds of the cells each part uses, summed over every "
                     "invocation (a cell shared by parts counts in each; reused cells count 0).\n\n"
                     "| part | seconds |\n|---|---|\n" + "\n".join(timing_rows))
-    sections.append("## Cells\n\n" + cells_md(res, meta.get("again", "")))
+    sections.append("## Cells\n\n" + cells_md(res, meta.get("again", ""), budget))
     head = [f"# rcenp reproduce: Pang et al., NeurIPS 2018{smoke}", "",
             f"- budget: **{budget.name}**: {budget.description}",
             f"- command: `{meta['command']}`" + (" (this report; the cells computed earlier)"
