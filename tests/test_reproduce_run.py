@@ -374,8 +374,9 @@ def test_a_later_run_over_other_data_sets_keeps_the_finished_cells_of_the_earlie
     rest = [o for o in outcomes.values() if o["status"] != "done"]
     assert rest and all(o == {"status": "not run", "reason": "not run: --datasets fashion-mnist covers "
                               "Fashion-MNIST (extra) only", "path": None} for o in rest)
-    text = report.cells_md(Results([c for c in later if c.dataset != "fashion-mnist"], outcomes))
-    assert f"**Run: {len(done)} cells**" in text and f"**Not run: {len(rest)} cells**" in text
+    text = report.cells_md(Results([c for c in later if c.dataset != "fashion-mnist"], outcomes), "", fashion)
+    assert f"**Run: {len(done)} cells**" in text and f"**Not run: {len(rest)} cells** (data sets this run does not " \
+        "cover; `--resume` over this folder naming them in --datasets fills them and keeps these results)" in text
     assert "**Not available: 0 cells**" in text
 
 
