@@ -190,8 +190,10 @@ def protocol_differences(budget: Budget, detectors: dict | None = None, eta_rule
         "**Table 3's ratio** is over images classified correctly when clean; the paper does not say over which "
         "images, and its code only prints per-image values.",
         "**Table 4**: C&W-wb crafted on the ResNet-32 substitute (run_attack's substitute option) and scored on "
-        "the ResNet-56 target; its cells wait for the ResNet-56 models where they are not shipped (see 'Cells'). "
-        "The paper does not give n or which model's predictions select the pairs (here: the target's). "
+        "the ResNet-56 target" + ("; its cells wait for the ResNet-56 models that are not shipped (see 'Cells')"
+                                  if any(lineup.find_model(d, 56, o) is None for d in ("mnist", "cifar10")
+                                         for o in lineup.OBJECTIVES) else "")
+        + ". The paper does not give n or which model's predictions select the pairs (here: the target's). "
         + table4_seeds_line(),
         "**Fig. 1**: scikit-learn's TSNE (PCA to 60 dimensions, perplexity 30) instead of van der Maaten's "
         "Python t-SNE; the first k test images of each class instead of a random 1,000.",
