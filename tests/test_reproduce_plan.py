@@ -248,6 +248,7 @@ def test_a_run_remembers_its_cells_from(tmp_path, capsys, monkeypatch):
     assert json.loads((out / "reproduce.json").read_text())["cells_from"] == ["../../published"]   # holds in a clone
     monkeypatch.chdir(tmp_path / "runs")
     assert reuse.remembered_cells_from(Path("out")) == ["../published"]  # from the current folder
+    assert reuse.remembered_cells_from(out) == [str(tmp_path / "published")]  # or absolute, as OUT is given
     assert main(["reproduce", "--budget", "cpu", "--only", "fig2", "--datasets", "mnist", "--out", "out", "--resume",
                  "--plan"]) == 0
     captured = capsys.readouterr()

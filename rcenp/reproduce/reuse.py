@@ -134,13 +134,14 @@ def cells_from_notes(outcomes: dict, cells_from) -> list[str]:
 
 
 def remembered_cells_from(out_dir: Path) -> list[str]:
-    """The --cells-from folders the run in ``out_dir`` recorded (reproduce.json), as paths from
-    the current folder; [] when none (or no run)."""
+    """The --cells-from folders the run in ``out_dir`` recorded (reproduce.json), as ``out_dir`` is
+    given: from the current folder, or absolute (a relative path from elsewhere read
+    '../../work/main/results/fig2a'); [] when none (or no run)."""
     try:
         kept = json.loads((Path(out_dir) / "reproduce.json").read_text()).get("cells_from") or []
     except (OSError, ValueError, AttributeError):
         return []
-    return [os.path.normpath(os.path.relpath(Path(out_dir) / folder)) for folder in kept]
+    return [os.path.normpath(Path(out_dir) / folder) for folder in kept]
 
 
 def remember_cells_from(out_dir: Path, folders) -> None:
