@@ -102,4 +102,8 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
         if reasons:
             lines.append(f"{status}: {plural(sum(reasons.values()), 'cell', 'cells')}" + "".join(
                 f"\n  {n} × {reason.removeprefix(status + ': ')}" for reason, n in sorted(reasons.items()) if reason))
-    return lines + cells_from_notes(outcomes, cells_from) + notes
+    lines += cells_from_notes(outcomes, cells_from)
+    if notes:  # (sort_out's: a cell folder in OUT of other settings or weights)
+        lines.append(f"set aside by a run: {plural(len(notes), 'cell', 'cells')} in OUT (its folder kept as NAME.stale-K)")
+        lines += [f"  {note}" for note in notes]
+    return lines
