@@ -260,7 +260,8 @@ def test_a_missing_data_root_in_the_environment_is_one_error_line(plan, tmp_path
     'to compute: nothing' and never named the path it looked in."""
     monkeypatch.setenv("RCENP_DATA", str(tmp_path / "nonexistent"))
     assert main(["reproduce", "--out", str(tmp_path / "out"), "--only", "table1"] + plan) == 2
-    assert capsys.readouterr().err == f"rcenp reproduce: error: $RCENP_DATA {tmp_path / 'nonexistent'}: no such folder\n"
+    err = capsys.readouterr().err
+    assert err == f"rcenp reproduce: error: $RCENP_DATA {tmp_path / 'nonexistent'}: no such folder\n"
     assert not (tmp_path / "out").exists()
 
 

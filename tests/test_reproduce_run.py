@@ -340,8 +340,8 @@ def test_datasets_narrow_a_budget_and_the_others_say_why_not_run(tmp_path, monke
     cpu = budgets.get_budget("cpu")
     assert run.parse_datasets(None, cpu) is None
     assert run.parse_datasets("fashion-mnist, mnist", cpu) == ("mnist", "fashion-mnist")  # report order
-    for bad, message in (("mnist,svhn", "unknown data set 'svhn'"), (",", "--datasets: an empty item; expected"), ("", "--datasets: an empty item; expected"),
-                         ("mnist,,cifar10", "--datasets: an empty item; expected")):  # an empty item is a mistake, not "every one"
+    empty = "--datasets: an empty item; expected"  # a mistake, not "every one"
+    for bad, message in (("mnist,svhn", "unknown data set 'svhn'"), (",", empty), ("", empty), ("mnist,,cifar10", empty)):
         with pytest.raises(ValueError, match=re.escape(message)):
             run.parse_datasets(bad, cpu)
     with pytest.raises(ValueError, match="the smoke budget covers MNIST only, not CIFAR-10"):

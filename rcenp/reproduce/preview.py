@@ -104,6 +104,7 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
                 f"\n  {n} × {reason.removeprefix(status + ': ')}" for reason, n in sorted(reasons.items()) if reason))
     lines += cells_from_notes(outcomes, cells_from)
     if notes:  # (sort_out's: a cell folder in OUT of other settings or weights)
-        lines.append(f"set aside by a run: {plural(len(notes), 'cell', 'cells')} in OUT (its folder kept as NAME.stale-K)")
+        lines.append(f"set aside by a run: {plural(len(notes), 'cell', 'cells')} in OUT "
+                     "(its folder kept as NAME.stale-K)")
         lines += [f"  {note}" for note in notes]
     return lines

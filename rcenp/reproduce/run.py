@@ -39,13 +39,14 @@ def code_line(code: dict) -> str:
 
 def parse_only(only) -> list[str]:
     """``"table1,fig2"`` (or a list) → the parts in report order; None → every part. ValueError
-    names an unknown part and the choices."""
+    names an unknown or empty part and the choices."""
     if only is None:
         return list(PARTS)
     names = [p.strip() for p in (only.split(",") if isinstance(only, str) else only)]
     unknown = [p for p in names if p not in PARTS and p]
     if unknown or not all(names):  # "" or "table1,,fig2": a part left out by mistake, not "every part"
-        raise ValueError(f"--only: {'unknown part ' + ', '.join(map(repr, unknown)) if unknown else 'an empty part'}; "
+        what = "unknown part " + ", ".join(map(repr, unknown)) if unknown else "an empty part"
+        raise ValueError(f"--only: {what}; "
                          f"expected a comma-separated subset of {','.join(PARTS)}")
     return [p for p in PARTS if p in names]
 
@@ -59,7 +60,8 @@ def parse_datasets(datasets, budget) -> tuple | None:
     names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)]
     unknown = [d for d in names if d not in lineup.DATASETS and d]
     if unknown or not all(names):
-        raise ValueError(f"--datasets: {'unknown data set ' + ', '.join(map(repr, unknown)) if unknown else 'an empty item'}; "
+        what = "unknown data set " + ", ".join(map(repr, unknown)) if unknown else "an empty item"
+        raise ValueError(f"--datasets: {what}; "
                          f"expected a comma-separated subset of {','.join(lineup.DATASETS)}")
     outside = [d for d in names if budget.skips(d)]
     if outside:

@@ -112,7 +112,8 @@ def whitebox_vs_transfer(subject: str, whitebox: dict | None, transfer: dict | N
         if whitebox is None and transfer is None:
             missing = "neither the target's own C&W-wb cell nor the transfer cell is finished"
         else:
-            missing = ("the target's own C&W-wb cell is" if whitebox is None else "the transfer cell is") + " not finished"
+            missing = "the target's own C&W-wb cell" if whitebox is None else "the transfer cell"
+            missing += " is not finished"
         return check("white-box C&W-wb ≥ transfer", subject, None, None, f"{missing} (pending, or not available)")
     wb, tr = _evasion(whitebox), _evasion(transfer)
     if wb is None or tr is None:
