@@ -7,8 +7,9 @@ iterations of MNIST ResNet-32) and its share, the total per report part, and an 
 time: at the seconds per unit measured on OUT's earlier cells where it has some (its
 timings.json), else at ``SECONDS_PER_UNIT`` (one free core). Then the finished cells it would keep
 (in OUT, or from each ``--cells-from`` folder, one that supplies none said so), those it cannot
-run yet (a model not shipped), those outside its data sets, and the test images each data set's
-cells would attack.
+run yet (a model not shipped), those outside its data sets, the test images each data set's
+cells would attack, and the cells whose folders a run would set aside. Where a run is at work on
+OUT, it says so and marks the cells that run computes now.
 """
 from __future__ import annotations
 
