@@ -36,8 +36,9 @@ class Cell:
     dataset/depth/objective: its place in the tables; attack/options/n: run_attack's
     arguments, batch_size its checkpointed batch; eps: the ε-attack's ε (None otherwise);
     parts: the report parts that use it; crafted: a transfer cell's source of x*, the key of its
-    substitute's own C&W-wb cell (module docstring); skipped: a cell of a data set this run does
-    not cover (the budget's, or ``--datasets``), "not run" unless an earlier run finished it;
+    substitute's own C&W-wb cell (module docstring); skipped: a cell of a shipped model on a data set
+    this run does not cover (the budget's, or ``--datasets``), "not run" unless an earlier run finished
+    it (an unshipped model's cell is "not available" whatever the run covers);
     cost: a relative cost (image-iterations) for the ETA."""
 
     key: str

@@ -53,8 +53,8 @@ def parse_only(only) -> list[str]:
 
 def parse_datasets(datasets, budget) -> tuple | None:
     """``"mnist,fashion-mnist"`` (or a list) → those data sets in report order; None → the
-    budget's own. ValueError names an unknown data set and the choices, or one the budget does
-    not cover (the smoke budget: MNIST only)."""
+    budget's own. ValueError names an unknown or empty data set and the choices, or one the budget
+    does not cover (the smoke budget: MNIST only)."""
     if datasets is None:
         return budget.datasets
     names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)]
