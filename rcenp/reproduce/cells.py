@@ -70,15 +70,15 @@ def plan(budget: Budget, parts) -> list[Cell]:
         model = lineup.find_model(dataset, depth, objective)
         key = f"{model or lineup.expected_name(dataset, depth, objective)}/{name}"
         if key not in cells:
-            if budget.skips(dataset) and model:  # (a model not shipped: "not available", whatever covers it)
+            skipped = budget.skips(dataset) and model is not None  # (not shipped: "not available", whatever covers it)
+            if skipped:
                 missing, missing_model = f"not run: {budget.datasets_by or f'the {budget.name} budget'} covers " + \
                     ", ".join(lineup.DATASET_TITLES[d] for d in budget.datasets) + " only", None
             else:
                 missing = None if model else lineup.missing_reason(dataset, depth, objective)
                 missing_model = None if model else lineup.expected_name(dataset, depth, objective)
             cells[key] = Cell(key, kind, model, dataset, depth, objective, missing=missing,
-                              missing_model=missing_model, skipped=budget.skips(dataset) and model is not None,
-                              **fields)
+                              missing_model=missing_model, skipped=skipped, **fields)
             cells[key].cost = cell_cost(cells[key])
         cells[key].parts.add(part)
         return cells[key]

@@ -37,17 +37,23 @@ def code_line(code: dict) -> str:
     return f"commit {code['commit']}" + said.get(code.get("dirty"), "")
 
 
+def comma_list(flag: str, value, choices, noun: str, empty: str) -> list[str]:
+    """``value`` ("a,b", or a list) as names from ``choices``; ValueError (one line) naming
+    ``flag``, an unknown ``noun`` or an ``empty`` item, and the choices."""
+    names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value)]
+    unknown = [n for n in names if n and n not in choices]
+    if unknown or not all(names):  # "" or "a,,b": an item left out by mistake, not "every one"
+        what = f"unknown {noun} " + ", ".join(map(repr, unknown)) if unknown else empty
+        raise ValueError(f"{flag}: {what}; expected a comma-separated subset of {','.join(choices)}")
+    return names
+
+
 def parse_only(only) -> list[str]:
     """``"table1,fig2"`` (or a list) → the parts in report order; None → every part. ValueError
     names an unknown or empty part and the choices."""
     if only is None:
         return list(PARTS)
-    names = [p.strip() for p in (only.split(",") if isinstance(only, str) else only)]
-    unknown = [p for p in names if p not in PARTS and p]
-    if unknown or not all(names):  # "" or "table1,,fig2": a part left out by mistake, not "every part"
-        what = "unknown part " + ", ".join(map(repr, unknown)) if unknown else "an empty part"
-        raise ValueError(f"--only: {what}; "
-                         f"expected a comma-separated subset of {','.join(PARTS)}")
+    names = comma_list("--only", only, PARTS, "part", "an empty part")
     return [p for p in PARTS if p in names]
 
 
@@ -57,12 +63,7 @@ def parse_datasets(datasets, budget) -> tuple | None:
     does not cover (the smoke budget: MNIST only)."""
     if datasets is None:
         return budget.datasets
-    names = [d.strip() for d in (datasets.split(",") if isinstance(datasets, str) else datasets)]
-    unknown = [d for d in names if d not in lineup.DATASETS and d]
-    if unknown or not all(names):
-        what = "unknown data set " + ", ".join(map(repr, unknown)) if unknown else "an empty item"
-        raise ValueError(f"--datasets: {what}; "
-                         f"expected a comma-separated subset of {','.join(lineup.DATASETS)}")
+    names = comma_list("--datasets", datasets, lineup.DATASETS, "data set", "an empty item")
     outside = [d for d in names if budget.skips(d)]
     if outside:
         raise ValueError(f"--datasets: the {budget.name} budget covers "
@@ -163,10 +164,9 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
     for folder in cells_from or ():
         if not Path(folder).is_dir():
             raise ValueError(f"--cells-from {folder}: no such folder")
-    if data_dir and not Path(data_dir).is_dir():  # else every cell would say its data is missing
-        raise ValueError(f"--data-dir {data_dir}: no such folder")
-    if not data_dir and os.environ.get("RCENP_DATA") and not data_root().is_dir():
-        raise ValueError(f"$RCENP_DATA {os.environ['RCENP_DATA']}: no such folder")
+    named = ("--data-dir", data_dir) if data_dir else ("$RCENP_DATA", os.environ.get("RCENP_DATA"))
+    if named[1] and not data_root(data_dir).is_dir():  # else every cell would say its data is missing
+        raise ValueError(f"{named[0]} {named[1]}: no such folder")
     if device:  # a DeviceError before anything is claimed
         xp_for(device)
     else:
