@@ -16,13 +16,11 @@ import numpy as np
 
 try:  # CuPy is an optional extra: ``pip install rcenp[gpu]``.
     import cupy as _cupy
-    import cupyx as _cupyx
 
     HAS_CUPY = True
     cupy_ndarray = _cupy.ndarray
 except ImportError:  # pragma: no cover - depends on the machine
     _cupy = None
-    _cupyx = None
     HAS_CUPY = False
 
     class cupy_ndarray:  # noqa: N801 - a stand-in type so isinstance checks never fail
@@ -143,11 +141,10 @@ def make_rng(seed) -> np.random.Generator:
 
 
 def scatter_add(xp, target, indices, values):
-    """``target[indices] += values`` with repeated indices accumulated (``np.add.at`` twin)."""
-    if xp is np:
-        np.add.at(target, indices, values)
-    else:
-        _cupyx.scatter_add(target, indices, values)
+    """``target[indices] += values`` with repeated indices accumulated: ``np.add.at`` and its CuPy
+    twin ``cupy.add.at`` (CuPy deprecates ``cupyx.scatter_add`` in its favour). On the GPU the
+    additions are atomic, so their order, and a float sum's last bits, vary from run to run."""
+    xp.add.at(target, indices, values)
 
 
 def cuda_kernel(factory):

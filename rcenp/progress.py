@@ -16,7 +16,7 @@ class Progress:
         self.total, self.interval, self.stream, self.unit = total, interval, stream, unit
         self.live = hasattr(stream, "isatty") and stream.isatty()
         self.log = open(log_path, "a") if log_path else None
-        self.last = 0.0
+        self.last = -math.inf  # the first line prints, even on a clock that began under `interval` ago
 
     def update(self, done, detail: str, eta_s: float, force: bool = False) -> None:
         now = time.monotonic()

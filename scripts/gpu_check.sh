@@ -13,8 +13,11 @@
 #   suite: the whole suite with RCENP_DEVICE=cuda (longer than one command's limit: a later call)
 #   sweep: Fig. 2a's cells on the GPU (data, not a check)
 #   paper: `rcenp reproduce --budget paper` on the GPU for PAPER_LIMIT seconds (default 480), the
-#          parts PAPER_ARGS names (default MNIST's Table 2); the cells finished in that time come back
-#          under $OUT/reproduce-paper, and a later call with that folder in place resumes them
+#          parts PAPER_ARGS names (default MNIST's Table 2), into PAPER_OUT (default $OUT/reproduce-paper,
+#          too deep to come back from the device tool as it is: PACK below packs it); a later call
+#          with that folder in place (carried, and named by PAPER_OUT) resumes it
+#   PACK=FILE: at the end, every file under $OUT but the ε cells' adversarial.npz (as .gitignore
+#          keeps results/) in one tar.xz, FILE, which the device tool brings back whole
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/gpu}"; mkdir -p "$out"
@@ -70,10 +73,15 @@ fi
 if [ "$what" = paper ]; then
   # shellcheck disable=SC2086  # PAPER_ARGS is a list of options
   RCENP_DEVICE=cuda limited "${PAPER_LIMIT:-480}" python3 -m rcenp reproduce --budget paper --device cuda \
-    --out "$out/reproduce-paper" --resume ${PAPER_ARGS:---only table2 --datasets mnist} > "$out/reproduce-paper.log" 2>&1
+    --out "${PAPER_OUT:-$out/reproduce-paper}" --resume ${PAPER_ARGS:---only table2 --datasets mnist} > "$out/reproduce-paper.log" 2>&1
   rc=$?  # 130: stopped at the limit (SIGINT), its finished cells kept; anything else but 0 is a failure
   [ "$rc" -eq 0 ] || [ "$rc" -eq 130 ] || status=1
   tail -n 20 "$out/reproduce-paper.log"
 fi
 ls -la "$out"
+if [ -n "${PACK:-}" ]; then
+  (cd "$out" && find . -type f ! \( -name adversarial.npz ! -path '*/cw-wb*' \) | tar -cJf "$PACK" -T -) \
+    || { echo "FAILED: packing $out into $PACK"; status=1; }
+  ls -la "$PACK"
+fi
 exit "$status"

@@ -199,6 +199,27 @@ def test_features_report_progress_per_batch(model, data):
     assert lines[-1] == "training images 230/230  features  ETA 0:00:00" and len(lines) == 2
 
 
+def test_the_first_progress_line_prints_on_a_machine_booted_less_than_an_interval_ago(monkeypatch):
+    """Progress began its interval at monotonic time 0, so on a machine up for less than the
+    interval (a freshly started GPU machine, 3600 s here) the first line never came."""
+    import rcenp.progress as progress
+
+    monkeypatch.setattr(progress.time, "monotonic", lambda: 12.0)
+
+    class Stream(list):
+        def write(self, text):
+            self.append(text)
+
+        def flush(self):
+            pass
+
+    stream = Stream()
+    bar = progress.Progress(None, 230, interval=3600, stream=stream)
+    bar.update(100, "features", 30.0)
+    bar.update(200, "features", 15.0)   # inside the interval: not printed
+    assert stream == ["step 100/230  features  ETA 0:00:30\n"]
+
+
 def test_every_metric_and_errors(model, data):
     images, labels = data
     for metric in ("confidence", "non_me"):
