@@ -334,6 +334,30 @@ def test_a_transfer_cell_is_given_the_finished_source_and_a_begun_one_goes_on_as
     assert given == [("cw-wb", None), ("cw-wb-from-mnist-resnet32-rce", None)] and begun.is_dir()
 
 
+def test_a_begun_cell_goes_on_in_the_batches_it_began_with(tmp_path, monkeypatch):
+    """The paper budget's batch went from 100 to 1,000 with one of its cells half done in batches
+    of 100; run_attack refuses to resume a run under another batch size, so the cell would have
+    been lost. A cell not begun takes the budget's batch."""
+    from rcenp.attacks import run as attack_run
+
+    jsma = smoke_cell("jsma")
+    batches = []
+
+    def run_attack(model, attack, out_dir, options, batch_size=None, **kwargs):
+        batches.append(batch_size)
+        fake_run_attack([])(model, attack, out_dir, options, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(attack_run, "run_attack", run_attack)
+    begun = tmp_path / "a" / "cells" / jsma.key
+    begun.mkdir(parents=True)
+    (begun / "run.json").write_text(json.dumps({"model": jsma.model, "attack": "jsma", "options": jsma.options,
+                                                "n": jsma.n, "seed": 0, "batch_size": 7,
+                                                "model_sha256": weights_identity(jsma.model)[0]}))
+    runner.run_cells([jsma], tmp_path / "a", stream=DEVNULL)
+    runner.run_cells([jsma], tmp_path / "b", stream=DEVNULL)
+    assert batches == [7, jsma.batch_size] and jsma.batch_size != 7
+
+
 def test_datasets_narrow_a_budget_and_the_others_say_why_not_run(tmp_path, monkeypatch, capsys):
     from rcenp.cli import main
 
@@ -439,5 +463,33 @@ def test_the_invocations_that_computed_cells_are_recorded_and_reported(tmp_path)
         ("rcenp reproduce --out x", "commit abc", 3, 12.3), ("rcenp reproduce --out x --resume", "commit def", 1, 5.0)]
     assert json.loads((tmp_path / "reproduce.json").read_text())["budget"] == "smoke"   # the rest kept
     line = report.computed_by_line(entries)
-    assert line.startswith("- cells computed by: `rcenp reproduce --out x` (commit abc, 3 cells in 12 s, finished ")
-    assert "; `rcenp reproduce --out x --resume` (commit def, 1 cell in 5 s, finished " in line
+    assert line.startswith("- cells computed by: `rcenp reproduce --out x` (commit abc, on cpu, 3 cells in 12 s, "
+                           "finished ")
+    assert "; `rcenp reproduce --out x --resume` (commit def, on cpu, 1 cell in 5 s, finished " in line
+    gpu = {"device": "cuda", "gpu": "NVIDIA H200", "cupy": "14.2.0"}
+    assert report._on(gpu) == ", on cuda (NVIDIA H200, CuPy 14.2.0)" and report._on(None) == ""
+    assert "(commit abc, 3 cells in 12 s, finished " in report.computed_by_line([{**entries[0], "compute": None}])
+
+
+def test_a_stopped_run_records_the_cells_it_finished_and_its_device(tmp_path, monkeypatch):
+    """The GPU session's runs, each stopped at its time limit by SIGINT, left no record of
+    themselves: the report said 'no invocation recorded' over 69 cells they had computed."""
+    calls = []
+
+    def run_cell(cell, cell_dir, *args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(cell.key)
+        cell_dir.mkdir(parents=True)
+        cells.result_file(cell_dir, cell.kind).write_text("{}")
+        return {"status": "done", "path": str(cell_dir), "source": "computed"}
+
+    monkeypatch.setattr(runner, "run_cell", run_cell)
+    with pytest.raises(KeyboardInterrupt):
+        run.reproduce("smoke", out=tmp_path / "out", only="table2", stream=DEVNULL, command="rcenp reproduce --x")
+    [entry] = run.computed_by(tmp_path / "out")
+    assert (entry["command"], entry["cells"], entry["compute"], entry["stopped"]) == (
+        "rcenp reproduce --x", 1, {"device": "cpu"}, True)
+    assert ", on cpu, 1 cell in " in report.computed_by_line([entry]) and ", stopped " in report.computed_by_line([entry])
+    assert run.finished_since(run.plan(budgets.get_budget("smoke"), ["table2"]), tmp_path / "out",
+                              json.loads((tmp_path / "out" / "timings.json").read_text())) == 0

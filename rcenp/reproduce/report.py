@@ -88,9 +88,18 @@ def computed_by_line(entries: list | None) -> str:
     if not entries:
         return "- cells computed by: no invocation recorded (those before the record was kept are not in it)"
     return "- cells computed by: " + "; ".join(
-        f"`{e['command']}` ({e['code']}, {plural(e['cells'], 'cell', 'cells')} in {e['seconds']:.0f} s, "
-        f"finished {e['finished']})"
+        f"`{e['command']}` ({e['code']}{_on(e.get('compute'))}, {plural(e['cells'], 'cell', 'cells')} in "
+        f"{e['seconds']:.0f} s, {'stopped' if e.get('stopped') else 'finished'} {e['finished']})"
         for e in entries)
+
+
+def _on(compute: dict | None) -> str:
+    """', on cuda (NVIDIA H200, CuPy 14.2.0)' or ', on cpu' from a ``device_identity`` record; '' for
+    an invocation recorded before the device was."""
+    if not compute:
+        return ""
+    details = ", ".join(f"CuPy {v}" if k == "cupy" else str(v) for k, v in compute.items() if k != "device" and v)
+    return f", on {compute['device']}" + (f" ({details})" if details else "")
 
 
 def _by_part(pending: dict | None) -> str:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from rcenp import checkpoint
 from rcenp.attacks.jobs import stop_with_parent
-from rcenp.backend import default_device, xp_for
+from rcenp.backend import default_device, device_identity, xp_for
 from rcenp.data.datasets import data_root
 from rcenp.reproduce import lineup
 from rcenp.reproduce.budgets import get_budget
-from rcenp.reproduce.cells import PARTS, plan
+from rcenp.reproduce.cells import PARTS, plan, result_file
 from rcenp.reproduce.runner import cell_count_line, read_timings, run_cells, sort_out
 from rcenp.reproduce.costs import add_eta_costs
 from rcenp.reproduce.report import write_report
@@ -204,28 +204,36 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         stop_with_parent()
         return {"budget": spec.name, "out": str(out_dir), "worker": f"{worker[0]}/{worker[1]}",
                 "outcomes": run_cells(cells, out_dir, data_dir, cells_from, device, stream, worker=worker[0])}
+    invocation = command or f"rcenp reproduce --budget {spec.name} --out {out_dir}"
     with run_lock(out_dir):
-        known = None
-        if jobs > 1:  # stale folders are set aside here, once, before the workers sort the cells out
-            sorted_out, todo, notes = sort_out(cells, out_dir, data_dir, cells_from)
-            if len(todo) > 1:
-                add_eta_costs(todo, data_dir)
-                argv = worker_argv(spec.name, out_dir, parts, data_dir, cells_from, device, chosen)
-                known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream,
-                                    intro=notes + [cell_count_line(cells, sorted_out, todo)])
         if report_only:
             outcomes, todo, _ = sort_out(cells, out_dir, data_dir, cells_from, dry_run=True)
             outcomes.update({cell.key: {"status": "pending", "reason": "pending: not computed yet", "path": None}
                              for cell in todo})
             checkpoint.atomic_write_text(out_dir / "cells.json", json.dumps(outcomes, indent=1) + "\n")
         else:
-            outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
+            timings_before = read_timings(out_dir / "timings.json")
+            try:
+                known = None
+                if jobs > 1:  # stale folders are set aside here, once, before the workers sort the cells out
+                    sorted_out, todo, notes = sort_out(cells, out_dir, data_dir, cells_from)
+                    if len(todo) > 1:
+                        add_eta_costs(todo, data_dir)
+                        argv = worker_argv(spec.name, out_dir, parts, data_dir, cells_from, device, chosen)
+                        known = run_workers(argv, out_dir, min(jobs, len(todo)), todo, stream,
+                                            intro=notes + [cell_count_line(cells, sorted_out, todo)])
+                outcomes = run_cells(cells, out_dir, data_dir, cells_from, device, stream, known=known)
+            except BaseException:  # Ctrl-C, SIGTERM's SystemExit, a failure: the cells finished are recorded
+                finished = finished_since(cells, out_dir, timings_before)
+                if finished:
+                    record_invocation(out_dir, invocation, code_line(checkpoint.code_identity()), finished,
+                                      time.monotonic() - start, device, stopped=True)
+                raise
         results = Results(cells, outcomes)
         code = checkpoint.code_identity()
         computed = sum(o.get("source") == "computed" for o in outcomes.values())
         if computed and not report_only:
-            record_invocation(out_dir, command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
-                              code_line(code), computed, time.monotonic() - start)
+            record_invocation(out_dir, invocation, code_line(code), computed, time.monotonic() - start, device)
         counts: dict[str, int] = {}
         for outcome in outcomes.values():
             label = outcome["status"] if outcome["status"] != "done" else f"done ({outcome.get('source')})"
@@ -245,14 +253,27 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
                 "pending": meta["pending"]}
 
 
-def record_invocation(out_dir: Path, command: str, code: str, cells: int, seconds: float) -> None:
+def record_invocation(out_dir: Path, command: str, code: str, cells: int, seconds: float, device=None,
+                      stopped: bool = False) -> None:
     """Append to reproduce.json's ``computed_by`` the invocation that computed ``cells`` cells, so
-    that a later --report still says which commands made the numbers."""
+    that a later --report still says which commands made the numbers, on what device
+    (``device_identity``: the GPU's name and CuPy's version on cuda), and whether it was
+    ``stopped`` before its end (Ctrl-C, SIGTERM, a failure), its finished cells kept."""
     path = out_dir / "reproduce.json"
     run = json.loads(path.read_text())
     entry = {"command": command, "code": code, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-             "cells": cells, "seconds": round(seconds, 1)}
+             "cells": cells, "seconds": round(seconds, 1), "compute": device_identity(device or default_device()),
+             **({"stopped": True} if stopped else {})}
     checkpoint.atomic_write_text(path, json.dumps({**run, "computed_by": run.get("computed_by", []) + [entry]}) + "\n")
+
+
+def finished_since(cells, out_dir: Path, timings_before: dict) -> int:
+    """How many of ``cells`` an invocation finished: their seconds in OUT/timings.json grew since
+    ``timings_before`` (``read_timings`` at its start) and their result file is there, which is
+    what a stopped run leaves to count (a cell set aside as stale and recomputed counts too)."""
+    now = read_timings(out_dir / "timings.json")
+    return sum(now.get(c.key, 0) > timings_before.get(c.key, 0)
+               and result_file(out_dir / "cells" / c.key, c.kind).is_file() for c in cells)
 
 
 def computed_by(out_dir: Path) -> list[dict]:

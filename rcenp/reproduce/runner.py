@@ -226,12 +226,15 @@ def _attack_cell(cell, cell_dir, data_dir, device, stream, crafted=None) -> dict
                         "reason": f"not available: {role}{name} has no fitted K-density detector (fit one with "
                                   f"`rcenp detect {name} --fit`)"}
     continued, begun = (cell_dir / "partial").is_dir(), (cell_dir / "run.json").is_file()
-    if begun:  # a cell goes on as it began: scoring the images it began with, or crafting its own
-        crafted = (json.loads((cell_dir / "run.json").read_text()).get("crafted") or {}).get("path")
+    batch_size = cell.batch_size
+    if begun:  # a cell goes on as it began: in its batches, scoring the images it began with or crafting its own
+        began = json.loads((cell_dir / "run.json").read_text())
+        crafted = (began.get("crafted") or {}).get("path")
+        batch_size = began.get("batch_size", batch_size)
 
     def run(crafted):
         attack_run.run_attack(cell.model, cell.attack, cell_dir, cell.options, n=cell.n, seed=0,
-                              batch_size=cell.batch_size, resume=begun, data_dir=data_dir, device=device,
+                              batch_size=batch_size, resume=begun, data_dir=data_dir, device=device,
                               stream=stream, crafted=crafted)
     outcome = {"status": "done", "path": str(cell_dir), "source": "continued" if continued else "computed"}
     try:
