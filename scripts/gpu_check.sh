@@ -18,6 +18,15 @@
 #          with that folder in place (carried, and named by PAPER_OUT) resumes it
 #   PACK=FILE: at the end, every file under $OUT but the ε cells' adversarial.npz (as .gitignore
 #          keeps results/) in one tar.xz, FILE, which the device tool brings back whole
+# What travels: the device tool sends tracked files and at most 64 MiB in all, and results/ alone
+# is more, so a session untracks it for its calls and tracks it again after (the files stay put):
+#   printf '/results/\n/.gpu-data/\n/.gpu-carry/\n' >> .git/info/exclude; git rm -r -q --cached results
+#   mkdir -p .gpu-data && cp -r "$RCENP_DATA"/mnist .gpu-data/   # MNIST, 11 MB (CIFAR's 18 MB does not fit too)
+#   python scripts/gpu_paper.py slim results/reproduce-paper .gpu-carry/reproduce-paper   # 4 MB: the run to go on
+#   ... calls with carry [".gpu-data", ".gpu-carry"], RCENP_DATA=$PWD/.gpu-data, PYTHONPATH=$PWD,
+#       PAPER_OUT=.gpu-carry/reproduce-paper, PACK=$OUT/NAME.tar.xz ...
+#   git reset -q -- results; sed -i '/^\/results\/$/d' .git/info/exclude
+#   python scripts/gpu_paper.py merge BACK/reproduce-paper results/reproduce-paper, then --report
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-runs/gpu}"; mkdir -p "$out"
@@ -80,6 +89,9 @@ if [ "$what" = paper ]; then
 fi
 ls -la "$out"
 if [ -n "${PACK:-}" ]; then
+  if [ -n "${PAPER_OUT:-}" ] && [ -d "$PAPER_OUT" ] && [ ! -e "$out/$(basename "$PAPER_OUT")" ]; then
+    cp -r "$PAPER_OUT" "$out/"  # a carried run goes back beside the logs
+  fi
   (cd "$out" && find . -type f ! \( -name adversarial.npz ! -path '*/cw-wb*' \) | tar -cJf "$PACK" -T -) \
     || { echo "FAILED: packing $out into $PACK"; status=1; }
   ls -la "$PACK"
