@@ -4,8 +4,9 @@ The device tool sends the working tree and at most 64 MiB beside it; a run's fin
 about 0.6 MB each, almost all of it their samples.jsonl, which only the report reads. So:
 
     python scripts/gpu_paper.py slim results/reproduce-paper .gpu-carry/reproduce-paper
-        # a copy without the finished cells' samples.jsonl and adversarial.npz: what a resumed run
-        # needs to know what is finished (run.json, summary.json) and to go on (partial/, snapshots)
+        # a copy without the finished cells' samples.jsonl and adversarial.npz (but C&W-wb's, which
+        # Table 4's transfers score): what a resumed run needs to know what is finished (run.json,
+        # summary.json) and to go on (partial/, snapshots)
     # on the device: PAPER_OUT=.gpu-carry/reproduce-paper PACK=$OUT/paper.tar.xz bash scripts/gpu_check.sh paper
     #   (carry: .gpu-carry), then here: mkdir back && tar -C back -xJf paper.tar.xz
     python scripts/gpu_paper.py merge back/reproduce-paper results/reproduce-paper
@@ -34,12 +35,14 @@ def cells(run: Path):
 
 
 def slim(src: Path, dst: Path) -> int:
-    """Copy run ``src`` to ``dst`` without the HEAVY files of finished cells; → bytes written."""
+    """Copy run ``src`` to ``dst`` without the HEAVY files of finished cells other than C&W-wb's;
+    → bytes written."""
     if dst.exists():
         raise ValueError(f"{dst}: exists already (slim writes a new folder)")
 
-    def ignore(folder, names):
-        return [name for name in names if name in HEAVY and finished(Path(folder))]
+    def ignore(folder, names):  # a C&W-wb cell keeps all: Table 4's transfer cells score its x*
+        keep = Path(folder).name.startswith("cw-wb") or not finished(Path(folder))
+        return [] if keep else [name for name in names if name in HEAVY]
 
     shutil.copytree(src, dst, ignore=ignore)
     return sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())

@@ -29,6 +29,8 @@ def make_run(root: Path) -> Path:
     for name in ("run.json", "attack.log", "partial/batch-00000.npz", "partial/batch-00000.jsonl"):
         write(begun / name, name)
     write(root / "cells" / "m" / "test-error" / "result.json")
+    for name in ("run.json", "summary.json", "samples.jsonl", "adversarial.npz"):   # a transfer's source
+        write(root / "cells" / "m" / "cw-wb" / name, name)
     return root
 
 
@@ -39,7 +41,8 @@ def test_slim_drops_only_the_finished_cells_per_image_records(tmp_path):
     assert kept == {"reproduce.json", "timings.json", "cells/m/bim-0.1/run.json", "cells/m/bim-0.1/summary.json",
                     "cells/m/bim-0.1/attack.log", "cells/m/jsma-0.16/run.json", "cells/m/jsma-0.16/attack.log",
                     "cells/m/jsma-0.16/partial/batch-00000.npz", "cells/m/jsma-0.16/partial/batch-00000.jsonl",
-                    "cells/m/test-error/result.json"}
+                    "cells/m/test-error/result.json"} | {f"cells/m/cw-wb/{name}" for name in (
+                        "run.json", "summary.json", "samples.jsonl", "adversarial.npz")}
     with pytest.raises(ValueError, match="exists already"):
         gpu_paper.slim(run, tmp_path / "slim")
 
