@@ -25,7 +25,8 @@
 #   python scripts/gpu_paper.py slim results/reproduce-paper .gpu-carry/reproduce-paper   # 4 MB: the run to go on
 #   ... calls with carry [".gpu-data", ".gpu-carry"], RCENP_DATA=$PWD/.gpu-data, PYTHONPATH=$PWD,
 #       PAPER_OUT=.gpu-carry/reproduce-paper, PACK=$OUT/NAME.tar.xz ...
-#   git reset -q -- results; sed -i '/^\/results\/$/d' .git/info/exclude
+#   git reset -q -- results; sed -i '/^\/results\/$/d' .git/info/exclude   # (commit nothing before this)
+#   mkdir BACK && tar -C BACK -xJf /work/.device/K/NAME.tar.xz   # the call's files_at
 #   python scripts/gpu_paper.py merge BACK/reproduce-paper results/reproduce-paper, then --report
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -92,8 +93,9 @@ if [ -n "${PACK:-}" ]; then
   if [ -n "${PAPER_OUT:-}" ] && [ -d "$PAPER_OUT" ] && [ ! -e "$out/$(basename "$PAPER_OUT")" ]; then
     cp -r "$PAPER_OUT" "$out/"  # a carried run goes back beside the logs
   fi
-  (cd "$out" && find . -type f ! \( -name adversarial.npz ! -path '*/cw-wb*' \) | tar -cJf "$PACK" -T -) \
-    || { echo "FAILED: packing $out into $PACK"; status=1; }
-  ls -la "$PACK"
+  pack="$(realpath -m "$PACK")"; packing="$(mktemp /tmp/pack.XXXXXX)"  # not under $out while written
+  (cd "$out" && find . -type f ! -path "./$(basename "$pack")" ! \( -name adversarial.npz ! -path '*/cw-wb*' \) \
+     | tar -cJf "$packing" -T -) && mv "$packing" "$pack" || { echo "FAILED: packing $out into $PACK"; status=1; }
+  ls -la "$pack"
 fi
 exit "$status"

@@ -7,18 +7,24 @@ about 0.6 MB each, almost all of it their samples.jsonl, which only the report r
         # a copy without the finished cells' samples.jsonl and adversarial.npz (but C&W-wb's, which
         # Table 4's transfers score): what a resumed run needs to know what is finished (run.json,
         # summary.json) and to go on (partial/, snapshots)
-    # on the device: PAPER_OUT=.gpu-carry/reproduce-paper PACK=$OUT/paper.tar.xz bash scripts/gpu_check.sh paper
-    #   (carry: .gpu-carry), then here: mkdir back && tar -C back -xJf paper.tar.xz
+    # on the device (carry: .gpu-data, .gpu-carry; scripts/gpu_check.sh's header has the steps around it):
+    #   RCENP_DATA=$PWD/.gpu-data PYTHONPATH=$PWD PAPER_OUT=.gpu-carry/reproduce-paper \
+    #   PACK=$OUT/paper.tar.xz bash scripts/gpu_check.sh paper
+    # then here: mkdir back && tar -C back -xJf paper.tar.xz
     python scripts/gpu_paper.py merge back/reproduce-paper results/reproduce-paper
         # the device's files over ours (its timings.json, reproduce.json and reproduce.log grew from the
         # carried ones); a cell it finished loses our partial/ of it
     rcenp reproduce --budget paper --out results/reproduce-paper --resume --report
 
-Exit status 2 with one line for a missing or wrong folder.
+A run on the slim copy that finishes every cell it was given ends in an error while writing its
+report (the samples it reads stayed here); its cells are kept, and the report is written here after
+the merge. Exit status 2 with one line for a missing or wrong folder, runs of two budgets, or a
+copy inside its source.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -34,11 +40,22 @@ def cells(run: Path):
     return [cell for cell in sorted((run / "cells").glob("*/*")) if cell.is_dir()]
 
 
+def budget(run: Path) -> str:
+    """The budget of the reproduce run in ``run``; ValueError where there is none."""
+    try:
+        return json.loads((run / "reproduce.json").read_text())["budget"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{run}: no rcenp reproduce run there (no readable reproduce.json)") from None
+
+
 def slim(src: Path, dst: Path) -> int:
     """Copy run ``src`` to ``dst`` without the HEAVY files of finished cells other than C&W-wb's;
     → bytes written."""
+    budget(src)
     if dst.exists():
         raise ValueError(f"{dst}: exists already (slim writes a new folder)")
+    if dst.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{dst}: inside the run it would copy ({src})")
 
     def ignore(folder, names):  # a C&W-wb cell keeps all: Table 4's transfer cells score its x*
         keep = Path(folder).name.startswith("cw-wb") or not finished(Path(folder))
@@ -50,7 +67,12 @@ def slim(src: Path, dst: Path) -> int:
 
 def merge(back: Path, into: Path) -> tuple[int, int]:
     """Copy run ``back`` over run ``into``; a cell finished in ``back`` loses ``into``'s partial/.
-    → (cells finished in ``back`` that were not in ``into``, partial folders removed)."""
+    → (cells finished in ``back`` that were not in ``into``, partial folders removed). ValueError
+    for the same folder twice or runs of two budgets."""
+    if back.resolve() == into.resolve():
+        raise ValueError(f"{back}: the same run twice (merge the copy back from the device into its source)")
+    if budget(back) != budget(into):
+        raise ValueError(f"{back} holds a {budget(back)} run, {into} a {budget(into)} run: not one run's cells")
     new = sum(finished(cell) and not finished(into / cell.relative_to(back)) for cell in cells(back))
     removed = 0
     for cell in cells(back):
@@ -63,20 +85,22 @@ def merge(back: Path, into: Path) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("verb", choices=["slim", "merge"])
     parser.add_argument("source", type=Path, help="slim: the run; merge: the run back from the device")
     parser.add_argument("target", type=Path, help="slim: the copy to make; merge: the run to update")
     args = parser.parse_args(argv)
     try:
-        for run in (args.source,) + ((args.target,) if args.verb == "merge" else ()):
-            if not (run / "reproduce.json").is_file():
-                raise ValueError(f"{run}: no rcenp reproduce run there (no reproduce.json)")
         if args.verb == "slim":
             print(f"{args.target}: {slim(args.source, args.target) / 2**20:.1f} MiB")
         else:
             new, removed = merge(args.source, args.target)
-            print(f"{args.target}: {new} cells finished on the device added, {removed} partial folders they replace removed")
+            print(f"{args.target}: {new} {'cell' if new == 1 else 'cells'} finished on the device added, {removed} "
+                  f"partial {'folder' if removed == 1 else 'folders'} of {'it' if new == 1 else 'them'} removed")
+    except shutil.Error as exc:  # copytree's list of (source, target, reason), in one line
+        errors = exc.args[0] if exc.args and isinstance(exc.args[0], list) else [str(exc)]
+        print(f"gpu_paper.py: {len(errors)} not copied, the first: {errors[0]}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"gpu_paper.py: {exc}", file=sys.stderr)
         return 2

@@ -63,6 +63,23 @@ def test_merge_brings_the_new_cells_and_drops_the_partial_work_they_finished(tmp
     assert json.loads((run / "timings.json").read_text())["m/jsma-0.16"] == 30.0
 
 
-def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, capsys):
-    assert gpu_paper.main(["merge", str(tmp_path), str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"gpu_paper.py: {tmp_path}: no rcenp reproduce run there (no reproduce.json)\n"
+def test_bad_folders_are_one_line_and_exit_2(tmp_path, capsys):
+    """A trial merged a cpu run into a paper run (exit 0, the paper run's record overwritten),
+    merged a run into itself (100 KB of copytree's error list) and slimmed a run into itself."""
+    def refused(*argv):
+        assert gpu_paper.main(list(map(str, argv))) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gpu_paper.py: ") and err.count("\n") == 1
+        return err
+
+    (tmp_path / "empty").mkdir()
+    assert refused("slim", tmp_path / "empty", tmp_path / "slim") == (
+        f"gpu_paper.py: {tmp_path / 'empty'}: no rcenp reproduce run there (no readable reproduce.json)\n")
+    paper = make_run(tmp_path / "paper")
+    cpu = make_run(tmp_path / "cpu")
+    write(cpu / "reproduce.json", json.dumps({"budget": "cpu"}))
+    assert "holds a cpu run" in refused("merge", cpu, paper)
+    assert json.loads((paper / "reproduce.json").read_text())["budget"] == "paper"
+    assert "the same run twice" in refused("merge", paper, tmp_path / "paper" / "." / "")
+    assert "inside the run it would copy" in refused("slim", paper, paper / "inner")
+    assert not (paper / "inner").exists()
