@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rcenp.attacks.runfiles import weights_identity
-from rcenp.reproduce import budgets, cells, costs, lineup, report, reuse, run, runner, sanity
+from rcenp.reproduce import budgets, cells, costs, lineup, provenance, report, reuse, run, runner, sanity
 from rcenp.reproduce.results import Results
 from tests.reproduce_fakes import DEVNULL, fake_published, fake_run_attack, smoke_cell, unavailable
 
@@ -455,20 +455,41 @@ def test_the_invocations_that_computed_cells_are_recorded_and_reported(tmp_path)
 
     claim(tmp_path, "smoke", resume=False)
     assert computed_by(tmp_path) == [] and computed_by(tmp_path / "none") == []
-    assert report.computed_by_line([]).startswith("- cells computed by: no invocation recorded")
+    assert provenance.computed_by_line([]).startswith("- cells computed by: no invocation recorded")
     record_invocation(tmp_path, "rcenp reproduce --out x", "commit abc", 3, 12.34)
     record_invocation(tmp_path, "rcenp reproduce --out x --resume", "commit def", 1, 5.0)
     entries = computed_by(tmp_path)
     assert [(e["command"], e["code"], e["cells"], e["seconds"]) for e in entries] == [
         ("rcenp reproduce --out x", "commit abc", 3, 12.3), ("rcenp reproduce --out x --resume", "commit def", 1, 5.0)]
     assert json.loads((tmp_path / "reproduce.json").read_text())["budget"] == "smoke"   # the rest kept
-    line = report.computed_by_line(entries)
+    line = provenance.computed_by_line(entries)
     assert line.startswith("- cells computed by: `rcenp reproduce --out x` (commit abc, on cpu, 3 cells in 12 s, "
                            "finished ")
     assert "; `rcenp reproduce --out x --resume` (commit def, on cpu, 1 cell in 5 s, finished " in line
     gpu = {"device": "cuda", "gpu": "NVIDIA H200", "cupy": "14.2.0"}
-    assert report._on(gpu) == ", on cuda (NVIDIA H200, CuPy 14.2.0)" and report._on(None) == ""
-    assert "(commit abc, 3 cells in 12 s, finished " in report.computed_by_line([{**entries[0], "compute": None}])
+    assert provenance._on(gpu) == ", on cuda (NVIDIA H200, CuPy 14.2.0)" and provenance._on(None) == ""
+    assert "(commit abc, 3 cells in 12 s, finished " in provenance.computed_by_line([{**entries[0], "compute": None}])
+
+
+def test_a_gpu_run_is_resumed_on_the_gpu_and_its_measured_rate_says_where_it_was_measured(tmp_path, monkeypatch):
+    """The paper run's report said to resume it with a command that would run on the CPU (about
+    1,531 h, against the GPU's 201), and --plan gave the H200's rate as if it were this host's."""
+    from rcenp.reproduce import preview
+
+    run.claim(tmp_path, "paper", resume=False)
+    assert run.command_again(None, "paper", tmp_path) == f"rcenp reproduce --budget paper --out {tmp_path} --resume"
+    assert preview.computed_on(tmp_path) == ""
+    run.record_invocation(tmp_path, "rcenp reproduce --x", "commit abc", 3, 12.0, "cpu")
+    assert "--device" not in run.command_again("rcenp reproduce --budget paper --out o --report", "paper", tmp_path)
+    assert preview.computed_on(tmp_path) == " (computed on cpu)"
+    gpu = {"device": "cuda", "gpu": "NVIDIA H200", "cupy": "14.2.0"}
+    monkeypatch.setattr(run, "device_identity", lambda device: gpu)   # as on the H200
+    run.record_invocation(tmp_path, "rcenp reproduce --x --device cuda", "commit abc", 3, 12.0, "cuda")
+    assert run.command_again("rcenp reproduce --budget paper --out o --report", "paper", tmp_path) == (
+        "rcenp reproduce --budget paper --out o --device cuda --resume")
+    assert run.command_again("rcenp reproduce --out o --device=cuda --report", "paper", tmp_path) == (
+        "rcenp reproduce --out o --device=cuda --resume")
+    assert preview.computed_on(tmp_path) == " (computed on cpu and cuda: NVIDIA H200)"
 
 
 def test_a_stopped_run_records_the_cells_it_finished_and_its_device(tmp_path, monkeypatch):
@@ -490,6 +511,38 @@ def test_a_stopped_run_records_the_cells_it_finished_and_its_device(tmp_path, mo
     [entry] = run.computed_by(tmp_path / "out")
     assert (entry["command"], entry["cells"], entry["compute"], entry["stopped"]) == (
         "rcenp reproduce --x", 1, {"device": "cpu"}, True)
-    assert ", on cpu, 1 cell in " in report.computed_by_line([entry]) and ", stopped " in report.computed_by_line([entry])
+    assert ", on cpu, 1 cell in " in provenance.computed_by_line([entry]) and ", stopped " in provenance.computed_by_line([entry])
     assert run.finished_since(run.plan(budgets.get_budget("smoke"), ["table2"]), tmp_path / "out",
                               json.loads((tmp_path / "out" / "timings.json").read_text())) == 0
+
+
+def test_the_report_says_what_device_each_cell_recorded_and_which_ran_in_other_batches(tmp_path):
+    """The GPU cells' report named no device beside the invocations (written afterwards from a log)
+    and gave the budget's batches of 1,000 where its cells had run in batches of 100."""
+    fgsm, bim, jsma = smoke_cell("fgsm"), smoke_cell("bim"), smoke_cell("jsma")
+    software = {"cpu": {"device": "cpu"}, "gpu": {"device": "cuda", "gpu": "NVIDIA H200", "cupy": "14.2.0"}}
+    outcomes = {}
+    for cell, batch, where in ((fgsm, fgsm.batch_size, "gpu"), (bim, 7, "gpu"), (jsma, 7, "cpu")):
+        folder = tmp_path / cell.key
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"settings": {"batch_size": batch}, "software": software[where]}))
+        outcomes[cell.key] = {"status": "done", "path": str(folder)}
+    res = Results([fgsm, bim, jsma], outcomes)
+    assert provenance.devices_line(res) == ("- attack cells computed on (their summary.json): 2 on cuda "
+                                            "(NVIDIA H200, CuPy 14.2.0), 1 on cpu")
+    assert provenance.other_batches(res) == " (2 of its finished attack cells ran in batches of 7)"
+    assert provenance.other_batches(Results([fgsm], outcomes)) == ""
+    assert provenance.devices_line(Results([fgsm], {})) == "- attack cells computed on: none finished"
+
+
+def test_fig2_counts_the_planned_cells_still_pending():
+    """The paper run's Fig. 2 showed JSMA's RCE curve as one point and an empty C&W panel, with
+    nothing saying the rest was pending."""
+    from rcenp.reproduce import figures
+
+    fgsm, bim = smoke_cell("fgsm"), smoke_cell("bim")
+    res = Results([fgsm, bim], {fgsm.key: {"status": "done", "path": "x"},
+                                bim.key: {"status": "pending", "reason": "pending: not computed yet", "path": None}})
+    name = lambda cell: cell.key.split("/", 1)[1]  # noqa: E731
+    places = [("mnist", "ce", name(fgsm)), ("mnist", "ce", name(bim)), ("mnist", "rce", name(bim))]
+    assert figures._pending(res, places) == 1   # the RCE cell is not in this plan: not counted

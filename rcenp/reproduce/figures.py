@@ -110,6 +110,13 @@ def fig1(res: Results, budget: Budget, out_dir: Path) -> dict:
     return {"files": files, "notes": notes}
 
 
+def _pending(res: Results, places) -> int:
+    """How many of the cells at ``places`` ((dataset, objective, name) of the ResNet-32s) the run
+    planned and has not finished yet (their reason says 'pending')."""
+    return sum("pending" in (res.status(res.get(d, 32, obj, name)) or "") for d, obj, name in places
+               if res.get(d, 32, obj, name) is not None)
+
+
 def _smoke(budget: Budget) -> str:
     return " [SMOKE]" if budget.name == "smoke" else ""
 
@@ -149,7 +156,9 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
                     e, a = zip(*curves[(obj, attack)])
                     ax.plot(e, [100 * v for v in a], style, label=obj.upper(), markersize=size,
                             fillstyle="none" if size == 8 else "full")
-            ax.set_title(attack.upper())
+            pending = _pending(res, [(dataset, obj, f"{attack}-{eps:g}") for obj in lineup.OBJECTIVES
+                                     for eps in budget.eps_sweep])
+            ax.set_title(attack.upper() + (f" ({pending} cells pending)" if pending else ""))
             ax.set_xlabel("θ (per-feature step, box units)" if attack == "jsma" else "ε (box units)")
             ax.set_ylabel("accuracy under attack (%)")
             ax.set_ylim(0, 100)
@@ -174,12 +183,16 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
         ax.set_xlim(-0.7, 1.7)  # the n/a labels' places too
         ax.set_ylim(0, 1.35 * max((b[0] for b in bars.values()), default=1.0))  # headroom for the legend
         ax.set_ylabel("mean minimal ‖δ‖₂/√d (0-255)")
-        ax.set_title("(b) C&W distortion")
-        # handles of their own: an objective without a bar (n/a twice) would get a default-coloured one
-        ax.legend(handles=[Patch(color=f"C{k}", label=obj.upper()) for k, obj in enumerate(lineup.OBJECTIVES)],
-                  loc="upper center", ncol=2)
+        pending_cw = _pending(res, [(dataset, obj, a) for obj in lineup.OBJECTIVES for a in ("cw", "cw-hc")])
+        ax.set_title("(b) C&W distortion" + (f" ({pending_cw} cells pending)" if pending_cw else ""))
+        if bars:  # handles of their own: an objective without a bar (n/a twice) would get a default-coloured one
+            ax.legend(handles=[Patch(color=f"C{k}", label=obj.upper()) for k, obj in enumerate(lineup.OBJECTIVES)],
+                      loc="upper center", ncol=2)
+        else:
+            ax.text(0.5, 0.5, "no finished cell", transform=ax.transAxes, ha="center", va="center", color="0.4")
         fig.suptitle(f"Fig. 2: (a) accuracy against ε (JSMA: θ), (b) C&W distortion, {lineup.DATASET_TITLES[dataset]}"
-                     + _smoke(budget))
+                     + _smoke(budget) + (" [PARTIAL: some cells pending]" if pending_cw or any(
+                         "pending" in ax.get_title() for ax in axes[:4]) else ""))
         fig.tight_layout()
         path = out_dir / f"fig2_{dataset}.png"
         fig.savefig(path, dpi=100)

@@ -38,6 +38,21 @@ def measured_rate(out_dir: Path, cells) -> tuple[float, int] | None:
     return (sum(s for s, _ in measured) / cost, len(measured)) if cost else None
 
 
+def computed_on(out_dir: Path) -> str:
+    """' (computed on cuda: NVIDIA H200)' from the devices OUT's recorded invocations name
+    (reproduce.json's computed_by), so that a rate measured on a GPU is not read as the CPU's;
+    '' where none is recorded."""
+    from rcenp.reproduce.run import computed_by
+
+    names = []
+    for entry in computed_by(out_dir):
+        compute = entry.get("compute") or {}
+        name = compute.get("device") and compute["device"] + (f": {compute['gpu']}" if compute.get("gpu") else "")
+        if name and name not in names:
+            names.append(name)
+    return f" (computed on {' and '.join(names)})" if names else ""
+
+
 def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
 
@@ -61,7 +76,8 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
     measured = measured_rate(out_dir, cells)
     if measured is not None:
         rate = measured[0]
-        source = f"{rate * 1e3:.1f} ms per unit, measured on {plural(measured[1], 'earlier cell', 'earlier cells')} in OUT"
+        source = (f"{rate * 1e3:.1f} ms per unit, measured on {plural(measured[1], 'earlier cell', 'earlier cells')} "
+                  f"in OUT{computed_on(out_dir)}")
         if todo and abs(rate / SECONDS_PER_UNIT - 1) > 0.25:  # those cells shared their cores, or had a faster host
             source += (f" (at {SECONDS_PER_UNIT * 1e3:.1f} ms per unit, one free core's: about "
                        f"{duration(total * SECONDS_PER_UNIT)})")

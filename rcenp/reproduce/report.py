@@ -13,11 +13,11 @@ from pathlib import Path
 
 from rcenp import checkpoint
 from rcenp.attacks.transfer import eta_rule
-from rcenp.progress import plural
 from rcenp.reproduce import cells as cells_module
 from rcenp.reproduce import figures, lineup, paper, sanity, tables, threat_tables
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.differences import differences_md
+from rcenp.reproduce.provenance import computed_by_line, devices_line, other_batches
 from rcenp.reproduce.results import Results
 
 TABLE_PARTS = {"table1": [tables.table1], "table2": [tables.table2, tables.beyond], "table3": [threat_tables.table3],
@@ -81,25 +81,6 @@ def cifar_line() -> str:
     return ("**CIFAR-10** models are trained on the subset available here, not on 50,000/10,000 images "
             "(the authors: 90,000 steps of batch 128, about 230 epochs, protocol §1.3): "
             + ("; ".join(parts) if parts else "none shipped") + ". Fashion-MNIST is an extra column the paper lacks.")
-
-
-def computed_by_line(entries: list | None) -> str:
-    """REPORT.md's record of the invocations that computed cells (reproduce.json's computed_by)."""
-    if not entries:
-        return "- cells computed by: no invocation recorded (those before the record was kept are not in it)"
-    return "- cells computed by: " + "; ".join(
-        f"`{e['command']}` ({e['code']}{_on(e.get('compute'))}, {plural(e['cells'], 'cell', 'cells')} in "
-        f"{e['seconds']:.0f} s, {'stopped' if e.get('stopped') else 'finished'} {e['finished']})"
-        for e in entries)
-
-
-def _on(compute: dict | None) -> str:
-    """', on cuda (NVIDIA H200, CuPy 14.2.0)' or ', on cpu' from a ``device_identity`` record; '' for
-    an invocation recorded before the device was."""
-    if not compute:
-        return ""
-    details = ", ".join(f"CuPy {v}" if k == "cupy" else str(v) for k, v in compute.items() if k != "device" and v)
-    return f", on {compute['device']}" + (f" ({details})" if details else "")
 
 
 def _by_part(pending: dict | None) -> str:
@@ -356,12 +337,15 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
                     "| part | seconds |\n|---|---|\n" + "\n".join(timing_rows))
     sections.append("## Cells\n\n" + cells_md(res, meta.get("again", ""), budget))
     head = [f"# rcenp reproduce: Pang et al., NeurIPS 2018{smoke}", "",
-            f"- budget: **{budget.name}**: {budget.description}",
+            f"- budget: **{budget.name}**: {budget.description}{other_batches(res)}",
             f"- command: `{meta['command']}`" + (" (this report; the cells computed earlier)"
                                                  if "--report" in meta["command"].split() else ""),
             computed_by_line(meta.get("computed_by")),
-            f"- code: {meta['code']}",
-            f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; this invocation computed cells for {meta['wall_s']:.0f} s",
+            devices_line(res),
+            f"- code of this invocation: {meta['code']}",
+            f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; " + (
+                "this invocation (--report) computed nothing" if meta.get("report_only")
+                else f"this invocation computed cells for {meta['wall_s']:.0f} s"),
             f"- cells: {meta['counts']}" + ("" if "not available" not in meta["counts"] else
                                             " (see 'Cells' at the end: which models are missing, and how to add them)"),
             f"- paper values: {paper.SOURCE}; every number below is ours, then the paper's, then Δ = ours − paper, "

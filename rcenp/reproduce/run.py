@@ -241,7 +241,7 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
                 "computed_by": computed_by(out_dir),
                 "code": code_line(code),
-                "wall_s": time.monotonic() - start,
+                "wall_s": time.monotonic() - start, "report_only": report_only,
                 "counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
                 "part_seconds": _part_seconds(out_dir, cells),
                 "pending": counts.get("pending", 0), "again": command_again(command, spec.name, out_dir),
@@ -297,8 +297,13 @@ def pending_by_part(cells, outcomes) -> dict[str, int]:
 
 def command_again(command: str | None, budget: str, out_dir: Path) -> str:
     """The command that computes a --report run's pending cells: ``command`` with --resume for
-    --report, or the plain form."""
-    if not command:
-        return f"rcenp reproduce --budget {budget} --out {out_dir} --resume"
-    words = [w for w in command.split() if w not in ("--report", "--resume")]
+    --report, or the plain form; with ``--device cuda`` where the last recorded invocation
+    computed on the GPU and the command names no device (a GPU run resumed on the CPU by default
+    would take hundreds of times longer)."""
+    words = ([w for w in command.split() if w not in ("--report", "--resume")] if command
+             else ["rcenp", "reproduce", "--budget", budget, "--out", str(out_dir)])
+    last = computed_by(out_dir)[-1:]
+    if last and (last[0].get("compute") or {}).get("device") == "cuda" and not any(
+            w == "--device" or w.startswith("--device=") for w in words):
+        words += ["--device", "cuda"]
     return " ".join(words + ["--resume"])
