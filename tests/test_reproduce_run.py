@@ -119,6 +119,33 @@ def test_timings_are_written_after_every_cell(tmp_path, monkeypatch):
     assert run._part_seconds(tmp_path, [fgsm, bim]) == {"table2": timings[fgsm.key]}
 
 
+def test_a_cell_continued_over_several_runs_counts_the_seconds_of_each(tmp_path, monkeypatch):
+    """The GPU's jsma-0.1 cell, begun in one run stopped at its limit and finished in the next,
+    counted 19.7 s, the second run's share of about 40 s."""
+    import time
+
+    bim = smoke_cell("bim")
+    runs = []
+
+    def run_cell(cell, cell_dir, *args):
+        runs.append(cell.key)
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.05)
+        if len(runs) < 3:   # stopped twice, as by a time limit, its finished batches kept
+            raise KeyboardInterrupt
+        return {"status": "done", "path": str(cell_dir), "source": "continued"}
+
+    monkeypatch.setattr(runner, "run_cell", run_cell)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_cells([bim], tmp_path, stream=DEVNULL)
+    assert not (tmp_path / "timings.json").exists()   # nothing finished: no rate to measure from it
+    assert json.loads((tmp_path / "cells" / bim.key / runner.UNFINISHED_SECONDS).read_text())["seconds"] >= 0.1
+    runner.run_cells([bim], tmp_path, stream=DEVNULL)
+    assert json.loads((tmp_path / "timings.json").read_text())[bim.key] >= 0.15
+    assert not (tmp_path / "cells" / bim.key / runner.UNFINISHED_SECONDS).exists()
+
+
 def test_the_white_box_attack_on_a_table4_target_is_planned_only_for_the_sanity_check(monkeypatch):
     infos = lineup._shipped() + ({"name": "mnist-resnet56-ce", "dataset": "mnist", "depth": 56, "objective": "ce",
                                   "detector": True},)

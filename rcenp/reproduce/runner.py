@@ -46,6 +46,29 @@ def add_seconds(path: Path, key: str, seconds: float) -> None:
     checkpoint.atomic_write_text(path, json.dumps(totals, indent=1) + "\n")
 
 
+UNFINISHED_SECONDS = "seconds-unfinished.json"  # in a begun cell's folder: its stopped runs' seconds
+
+
+def note_unfinished(cell_dir: Path, seconds: float) -> None:
+    """Keep the seconds a stopped run spent on the cell in ``cell_dir`` (where it began one), to be
+    added to timings.json when the cell is finished (``take_unfinished``): a cell continued
+    over several runs counted only its last one's."""
+    if cell_dir.is_dir() and seconds > 0:
+        checkpoint.atomic_write_text(cell_dir / UNFINISHED_SECONDS,
+                                     json.dumps({"seconds": take_unfinished(cell_dir) + seconds}) + "\n")
+
+
+def take_unfinished(cell_dir: Path) -> float:
+    """The seconds ``note_unfinished`` kept for ``cell_dir`` (0 where none), the record removed."""
+    path = cell_dir / UNFINISHED_SECONDS
+    try:
+        seconds = float(json.loads(path.read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+    path.unlink()
+    return seconds
+
+
 def sort_out(cells: list[Cell], out_dir: Path, data_dir=None, cells_from=(), dry_run: bool = False):
     """What ``run_cells`` finds before computing anything → (outcomes of the cells it will not
     compute, {key: outcome} as ``run_cells``'s; the cells to compute, in order; notes for a person
@@ -152,15 +175,20 @@ def run_cells(cells: list[Cell], out_dir, data_dir=None, cells_from=(), device=N
                         eta = (total_cost - done_cost) * rate if done_cost else float("inf")
                         progress.update(finished, f"next {cell.key}", eta, force=True)
                         start = time.monotonic()
-                        outcome = mine[cell.key] = outcomes[cell.key] = run_cell(
-                            cell, cell_dir, data_dir, device, stream, _crafted_from(cell, outcomes, out_dir))
+                        try:
+                            outcome = mine[cell.key] = outcomes[cell.key] = run_cell(
+                                cell, cell_dir, data_dir, device, stream, _crafted_from(cell, outcomes, out_dir))
+                        except BaseException:
+                            note_unfinished(cell_dir, time.monotonic() - start)
+                            raise
                         if outcome.get("note"):
                             progress.message(f"{cell.key}: {outcome['note']}")
                         outcome["seconds"] = time.monotonic() - start
                         spent += outcome["seconds"]
                         if outcome.get("source") in ("computed", "continued") and outcome["seconds"]:
                             with cell_lock(out_dir, "timings"):
-                                add_seconds(out_dir / "timings.json", cell.key, outcome["seconds"])
+                                add_seconds(out_dir / "timings.json", cell.key,
+                                            outcome["seconds"] + take_unfinished(cell_dir))
                         checkpoint.atomic_write_text(record, json.dumps(mine if worker else outcomes, indent=1) + "\n")
                     else:  # another process finished it while this one walked the list
                         outcomes[cell.key] = finished_earlier(cell_dir)
