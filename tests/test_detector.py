@@ -174,6 +174,16 @@ def test_fit_computes_only_the_chosen_images_features_and_matches_a_full_pass(mo
                                rtol=1e-5, atol=1e-6)
 
 
+class Stream(list):
+    """A text stream that keeps what is written, one item per write."""
+
+    def write(self, text):
+        self.append(text)
+
+    def flush(self):
+        pass
+
+
 def test_features_report_progress_per_batch(model, data):
     from rcenp.progress import counter
 
@@ -182,13 +192,6 @@ def test_features_report_progress_per_batch(model, data):
     z, logits = Detector(model, "kd").features_and_logits(images[:230], batch_size=100,
                                                          progress=lambda done, total: calls.append((done, total)))
     assert calls == [(100, 230), (200, 230), (230, 230)] and z.shape == (230, 64) and logits.shape == (230, 10)
-
-    class Stream(list):
-        def write(self, text):
-            self.append(text)
-
-        def flush(self):
-            pass
 
     stream = Stream()
     report = counter("training images", "features", stream=stream, interval=3600)
@@ -205,13 +208,6 @@ def test_the_first_progress_line_prints_on_a_machine_booted_less_than_an_interva
     import rcenp.progress as progress
 
     monkeypatch.setattr(progress.time, "monotonic", lambda: 12.0)
-
-    class Stream(list):
-        def write(self, text):
-            self.append(text)
-
-        def flush(self):
-            pass
 
     stream = Stream()
     bar = progress.Progress(None, 230, interval=3600, stream=stream)
