@@ -23,10 +23,10 @@ minutes do not grow with every data set found on the machine; the other data set
 It raises Adam's step size to 0.1 because 40 iterations at 0.01 move no image across a
 decision boundary, which would leave every C&W cell empty; the report lists this difference.
 
-``paper`` attacks in batches of 1,000 images (``cpu`` 100, ``smoke`` 20). On a GPU rcenp's steps
-are paced by Python's kernel launches, not by the device, so batches of 100 leave it mostly idle:
-on an H200, JSMA ran 29 images/s in batches of 100 (this budget's first cells, 2026-12-04)
-against 158-162 in batches of 1,000 (bench/README.md). The batch size is no part of a cell's
+``paper`` attacks in batches of 1,000 images (``cpu`` 100, ``smoke`` 20). On a GPU a step's fixed
+costs (kernel launches from Python, synchronisations) outweigh its arithmetic at 100 images: on
+an H200, JSMA ran 29 images/s in batches of 100 (this budget's first cells, 2026-12-04) against
+158-162 in batches of 1,000 (bench/README.md). The batch size is no part of a cell's
 settings (``reuse.stale``): a cell begun in other batches goes on in those (``runner.run_cell``).
 """
 from __future__ import annotations
