@@ -150,6 +150,7 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
         fig, axes = plt.subplots(1, 5, figsize=(19, 3.8))
         lo, hi = min(budget.eps_sweep), max(budget.eps_sweep)
         sweep_range = (lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))  # every panel's, however few points are done
+        pending_sweeps = 0
         for ax, attack in zip(axes, attacks):
             for obj, style, size in zip(lineup.OBJECTIVES, ("o--", "s-"), (8, 4)):
                 if (obj, attack) in curves:  # big hollow circles under small squares: equal curves stay visible
@@ -158,6 +159,7 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
                             fillstyle="none" if size == 8 else "full")
             pending = _pending(res, [(dataset, obj, f"{attack}-{eps:g}") for obj in lineup.OBJECTIVES
                                      for eps in budget.eps_sweep])
+            pending_sweeps += pending
             ax.set_title(attack.upper() + (f" ({pending} cells pending)" if pending else ""))
             ax.set_xlabel("θ (per-feature step, box units)" if attack == "jsma" else "ε (box units)")
             ax.set_ylabel("accuracy under attack (%)")
@@ -191,8 +193,7 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
         else:
             ax.text(0.5, 0.5, "no finished cell", transform=ax.transAxes, ha="center", va="center", color="0.4")
         fig.suptitle(f"Fig. 2: (a) accuracy against ε (JSMA: θ), (b) C&W distortion, {lineup.DATASET_TITLES[dataset]}"
-                     + _smoke(budget) + (" [PARTIAL: some cells pending]" if pending_cw or any(
-                         "pending" in ax.get_title() for ax in axes[:4]) else ""))
+                     + _smoke(budget) + (" [PARTIAL: some cells pending]" if pending_cw or pending_sweeps else ""))
         fig.tight_layout()
         path = out_dir / f"fig2_{dataset}.png"
         fig.savefig(path, dpi=100)

@@ -238,7 +238,7 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
         for outcome in outcomes.values():
             label = outcome["status"] if outcome["status"] != "done" else f"done ({outcome.get('source')})"
             counts[label] = counts.get(label, 0) + 1
-        meta = {"command": command or f"rcenp reproduce --budget {spec.name} --out {out_dir}",
+        meta = {"command": invocation,
                 "computed_by": computed_by(out_dir),
                 "code": code_line(code),
                 "wall_s": time.monotonic() - start, "report_only": report_only,
