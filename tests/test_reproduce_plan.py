@@ -348,3 +348,14 @@ def test_fig1_names_the_classes_with_fewer_images_than_asked():
     assert figures.fewer_than(labels, 100) == "class 1 (93), class 4 (92), class 5 (87)"
     assert figures.fewer_than(labels, 87) == ""
     assert figures.fewer_than(np.zeros(5, np.int64), 1) == ", ".join(f"class {c} (0)" for c in range(1, 10))
+
+
+def test_figure_3_draws_every_data_set_from_table_3_s_cells():
+    """Fig. 3 left out Fashion-MNIST, whose C&W-wb cells Table 3 computes anyway: its grid is
+    drawn from those same cells, one per data set and objective, with nothing computed for it."""
+    cpu = cells.plan(budgets.get_budget("cpu"), ["fig3", "table3"])
+    fig3 = [c for c in cpu if "fig3" in c.parts]
+    assert sorted((c.dataset, c.objective) for c in fig3) == sorted(
+        (d, o) for d in lineup.DATASETS for o in lineup.OBJECTIVES)
+    assert all(c.attack == "cw-wb" and "table3" in c.parts for c in fig3)
+    assert {c.key for c in cells.plan(budgets.get_budget("cpu"), ["fig3"])} <= {c.key for c in cpu}

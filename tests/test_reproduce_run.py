@@ -519,6 +519,21 @@ def test_a_gpu_run_is_resumed_on_the_gpu_and_its_measured_rate_says_where_it_was
     assert preview.computed_on(tmp_path) == " (computed on cpu and cuda: NVIDIA H200)"
 
 
+def test_a_run_counts_the_cells_it_finished_from_an_earlier_run_s_snapshot(tmp_path, monkeypatch):
+    """The cpu run that finished Fashion-MNIST's four C&W-wb cells, two of them from snapshots,
+    printed 'all 4 cells computed' and recorded '2 cells': a continued cell was not counted."""
+    sources = iter(["continued", "computed", "resumed", "continued"])
+
+    def run_cells(cells, out_dir, *args, **kwargs):
+        return {c.key: {"status": "done", "path": None, "source": next(sources, "resumed")} for c in cells}
+
+    monkeypatch.setattr(run, "run_cells", run_cells)
+    monkeypatch.setattr(run, "write_report", lambda *args: {"files": [], "sanity": [], "figures": {}})
+    run.reproduce("smoke", out=tmp_path / "out", only="table2", stream=DEVNULL, command="rcenp reproduce --x")
+    [entry] = run.computed_by(tmp_path / "out")
+    assert (entry["command"], entry["cells"], entry.get("stopped")) == ("rcenp reproduce --x", 3, None)
+
+
 def test_a_stopped_run_records_the_cells_it_finished_and_its_device(tmp_path, monkeypatch):
     """The GPU session's runs, each stopped at its time limit by SIGINT, left no record of
     themselves: the report said 'no invocation recorded' over 69 cells they had computed."""

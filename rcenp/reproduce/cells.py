@@ -129,7 +129,7 @@ def plan(budget: Budget, parts) -> list[Cell]:
                     cw_cells(part, dataset, objective)
                 elif part == "table3":
                     wb_cells(part, dataset, objective)
-                elif part == "fig3" and dataset != "fashion-mnist":
+                elif part == "fig3":
                     wb_cells(part, dataset, objective, kernels=("attacker",))
                 elif part == "table4" and dataset != "fashion-mnist":
                     if "sanity" in selected:  # white-box on the target: only the sanity check uses it

@@ -206,7 +206,7 @@ def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
     import matplotlib.pyplot as plt
 
     files, notes = [], []
-    for dataset in ("mnist", "cifar10"):
+    for dataset in lineup.DATASETS:
         cells = [res.get(dataset, 32, obj, "cw-wb") for obj in lineup.OBJECTIVES]
         reasons = [res.status(c) for c in cells]
         if any(reasons):

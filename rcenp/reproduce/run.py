@@ -231,7 +231,7 @@ def reproduce(budget: str = "smoke", out=None, resume: bool = False, only=None, 
                 raise
         results = Results(cells, outcomes)
         code = checkpoint.code_identity()
-        computed = sum(o.get("source") == "computed" for o in outcomes.values())
+        computed = sum(o.get("source") in ("computed", "continued") for o in outcomes.values())
         if computed and not report_only:
             record_invocation(out_dir, invocation, code_line(code), computed, time.monotonic() - start, device)
         counts: dict[str, int] = {}
