@@ -358,4 +358,5 @@ def test_figure_3_draws_every_data_set_from_table_3_s_cells():
     assert sorted((c.dataset, c.objective) for c in fig3) == sorted(
         (d, o) for d in lineup.DATASETS for o in lineup.OBJECTIVES)
     assert all(c.attack == "cw-wb" and "table3" in c.parts for c in fig3)
-    assert {c.key for c in cells.plan(budgets.get_budget("cpu"), ["fig3"])} <= {c.key for c in cpu}
+    table3 = {c.key for c in cells.plan(budgets.get_budget("cpu"), ["table3"])}
+    assert {c.key for c in fig3} < table3   # Table 3's attacker-kernel cells, not its detector-kernel ones
