@@ -317,7 +317,8 @@ def test_notes_say_what_the_code_does():
     t3, t4, bey = threat_tables.table3(res, smoke).markdown, threat_tables.table4(res, smoke).markdown, tables.beyond(res, smoke)
     assert "(the paper)" not in t3 and "authors' code (select_kernel_for_attack.m; the paper does not state it)" in t3
     assert "share of examples the target misclassifies" not in t4
-    assert ("of the examples crafted successfully on the substitute whose clean image the target classifies "
+    assert ("of the examples crafted successfully on the substitute (over all its attacked images, so also those "
+            "it misclassifies when clean, which Table 3's n leaves out) whose clean image the target classifies "
             "correctly (n shown), the share the target misclassifies") in t4
     assert "shipped K-density detector" not in bey.markdown and "the cell's detector, on its metric" in bey.markdown
     assert {"detector_metric", "tpr5_crossfit_log_kd", "fpr5_crossfit_log_kd"} <= set(bey.columns)
@@ -368,3 +369,18 @@ def test_an_epsilon_attack_difference_names_its_rows_best_fitting_strength():
     cw = dict(table, attack="cw", eps=None)
     assert "best fit" not in differences._outside([cw])[0][0]
     assert "best fit" not in differences._outside([table])[0][0]   # no other strength computed
+
+
+def test_the_strict_auc_is_shown_wherever_it_prints_differently():
+    """CIFAR ILCM RCE non-ME: ties-half 70.650 and strict 70.645 differ by under 0.05, so the table
+    printed 70.7 beside Δ −7.2 (from 70.6); the strict value is now shown wherever it prints apart."""
+    row = {"non_me_auc": 70.650, "non_me_ci_low": 68.0, "non_me_ci_high": 73.4, "non_me_auc_strict": 70.645,
+           "non_me_strict_ci_low": 68.0, "non_me_strict_ci_high": 73.4, "non_me_paper": 77.8,
+           "non_me_diff": 70.645 - 77.8, "non_me_outside_ci": True, "non_me_ci_degenerate": False, "n_pairs": 723}
+    assert tables._auc_text(row, "non_me") == (
+        "70.7 [68.0, 73.4]; strict 70.6 [68.0, 73.4]; paper 77.8, Δ -7.2 **†**")
+    same = dict(row, non_me_auc_strict=70.66, non_me_diff=70.66 - 77.8)
+    assert tables._auc_text(same, "non_me") == "70.7 [68.0, 73.4]; paper 77.8, Δ -7.1 **†**"
+    low = dict(same, non_me_strict_ci_low=67.94)    # the interval alone prints apart
+    assert "70.7 [68.0, 73.4]; strict 70.7 [67.9, 73.4]; paper" in tables._auc_text(low, "non_me")
+    assert tables.printed_apart((67.96, 68.04)) is False and tables.printed_apart((67.94, 67.96)) is True

@@ -572,9 +572,27 @@ def test_the_report_says_what_device_each_cell_recorded_and_which_ran_in_other_b
     res = Results([fgsm, bim, jsma], outcomes)
     assert provenance.devices_line(res) == ("- attack cells computed on (their summary.json): 2 on cuda "
                                             "(NVIDIA H200, CuPy 14.2.0), 1 on cpu")
-    assert provenance.other_batches(res) == " (2 of its finished attack cells ran in batches of 7)"
+    assert provenance.other_batches(res) == "; 2 of the finished attack cells ran in batches of 7, as they began"
     assert provenance.other_batches(Results([fgsm], outcomes)) == ""
     assert provenance.devices_line(Results([fgsm], {})) == "- attack cells computed on: none finished"
+    # results/fig2a's GPU cells predate the GPU's name in summary.json: they say so, not just 'CuPy 14.2.0'
+    (tmp_path / jsma.key / "summary.json").write_text(json.dumps({"software": {"device": "cuda", "cupy": "14.2.0"}}))
+    assert provenance.devices_line(Results([fgsm, bim, jsma], outcomes)) == (
+        "- attack cells computed on (their summary.json): 2 on cuda (NVIDIA H200, CuPy 14.2.0), "
+        "1 on cuda (GPU not recorded, CuPy 14.2.0)")
+
+
+def test_the_report_counts_the_cells_computed_before_the_record_of_invocations(tmp_path):
+    """The cpu report listed invocations that computed 122 cells over 214 found finished in OUT,
+    and did not say that the other 92 came from before the record was kept."""
+    entries = [{"command": "rcenp reproduce --x", "code": "commit abc", "cells": 3, "seconds": 5.0,
+                "finished": "2026-12-04 10:00:00 UTC"}]
+    line = provenance.computed_by_line(entries, 5)
+    assert line.endswith("finished 2026-12-04 10:00:00 UTC); at least 2 cells of OUT computed before the record was "
+                         "kept (each attack cell's summary.json names the code that computed it)")
+    assert "before the record" not in provenance.computed_by_line(entries, 3)
+    assert "before the record" not in provenance.computed_by_line(entries, 2)   # recomputed stale cells
+    assert provenance.computed_by_line([], 5).startswith("- cells computed by: no invocation recorded")
 
 
 def test_fig2_counts_the_planned_cells_still_pending():

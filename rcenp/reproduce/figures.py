@@ -180,7 +180,7 @@ def fig2(res: Results, budget: Budget, out_dir: Path) -> dict:
                 if bar is None:  # no finished cell, or no image it attacked: no zero-height bar
                     ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
                 else:  # over how many successful images the mean is
-                    ax.text(x, bar[0], f"n = {bar[1]}", ha="center", va="bottom", fontsize=8)
+                    ax.text(x, bar[0], f"n =\n{bar[1]}", ha="center", va="bottom", fontsize=7, linespacing=1.0)
         ax.set_xticks(range(2), ["C&W", "C&W-hc"])
         ax.set_xlim(-0.7, 1.7)  # the n/a labels' places too
         ax.set_ylim(0, 1.35 * max((b[0] for b in bars.values()), default=1.0))  # headroom for the legend
@@ -228,7 +228,7 @@ def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
         width = max(4.5, 1.3 * len(good))
         caption = textwrap.wrap(f"Fig. 3: C&W-wb (attacker kernel), {lineup.DATASET_TITLES[dataset]}" + _smoke(budget),
                                 int(10 * width)) + textwrap.wrap(
-            "(titles: ‖δ‖₂/√d, 0-255; 'flagged': no iterate evaded the K-density detector, so the one at the "
+            "(under each adversarial image: its ‖δ‖₂/√d, 0-255; 'flagged': no iterate evaded the K-density detector, so the one at the "
             "target with the least f₂ is shown)", int(13 * width))      # characters a line at font size 8
         height = 1.5 * len(rows) + 0.2 + 0.15 * len(caption)
         fig, axes = plt.subplots(len(rows), len(good), figsize=(width, height), squeeze=False)
@@ -243,8 +243,8 @@ def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
                 if r > 0:
                     record = records[r - 1][i]
                     flagged = record["stop_reason"] != "success"
-                    axes[r][c].set_title(f"{record['l2_paper']:.1f}" + (" flagged" if flagged else ""), fontsize=7,
-                                         color="tab:red" if flagged else "black")
+                    axes[r][c].set_xlabel(f"{record['l2_paper']:.1f}" + (" flagged" if flagged else ""), fontsize=7,
+                                          color="tab:red" if flagged else "black", labelpad=2)  # under its image
         fig.suptitle("\n".join(caption), fontsize=8)
         fig.tight_layout(rect=(0, 0, 1, 1 - (0.15 * len(caption) + 0.05) / height))  # the caption above the grid
         path = out_dir / f"fig3_cwwb_{dataset}.png"

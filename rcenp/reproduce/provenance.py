@@ -6,18 +6,24 @@ from __future__ import annotations
 from rcenp.progress import plural
 
 
-def computed_by_line(entries: list | None) -> str:
-    """REPORT.md's record of the invocations that computed cells (reproduce.json's computed_by)."""
+def computed_by_line(entries: list | None, finished: int = 0) -> str:
+    """REPORT.md's record of the invocations that computed cells (reproduce.json's computed_by),
+    and how many of the ``finished`` cells found in OUT (reused ones not counted) fall outside it:
+    those computed before the record was kept. 'At least': an entry also counts a cell it
+    recomputed after setting a stale one aside."""
+    unrecorded = finished - sum(e["cells"] for e in entries or [])
+    before = (f"; at least {plural(unrecorded, 'cell', 'cells')} of OUT computed before the record was kept (each "
+              f"attack cell's summary.json names the code that computed it)") if unrecorded > 0 and entries else ""
     if not entries:
         return "- cells computed by: no invocation recorded (those before the record was kept are not in it)"
     return "- cells computed by: " + "; ".join(
         f"`{e['command']}` ({e['code']}{_on(e.get('compute'))}, {plural(e['cells'], 'cell', 'cells')} in "
         f"{e['seconds']:.0f} s, {'stopped' if e.get('stopped') else 'finished'} {e['finished']})"
-        for e in entries)
+        for e in entries) + before
 
 
 def other_batches(res) -> str:
-    """' (12 of its finished attack cells ran in batches of 100)' for the finished cells whose
+    """'; 12 of the finished attack cells ran in batches of 100, as they began' for the finished cells whose
     batch size is not the one the budget plans for them now (a cell goes on in the batches it
     began with), else ''."""
     other = {}
@@ -29,7 +35,7 @@ def other_batches(res) -> str:
     if not other:
         return ""
     sizes = " and ".join(f"{n:,}" for n in sorted(set(other.values())))
-    return f" ({len(other)} of its finished attack cells ran in batches of {sizes})"
+    return f"; {len(other)} of the finished attack cells ran in batches of {sizes}, as they began"
 
 
 def devices_line(res) -> str:
@@ -40,7 +46,10 @@ def devices_line(res) -> str:
         summary = res.summary(cell) if cell.kind == "attack" else None
         if summary is not None:
             software = summary.get("software", {})
-            name = _on({k: software.get(k) for k in ("device", "gpu", "cupy")} if software.get("device") else None)
+            compute = {k: software.get(k) for k in ("device", "gpu", "cupy")}
+            if compute["device"] == "cuda" and not compute["gpu"]:  # recorded before the GPU's name was
+                compute["gpu"] = "GPU not recorded"
+            name = _on(compute if compute["device"] else None)
             name = name[len(", on "):] if name else "a device not recorded"
             counts[name] = counts.get(name, 0) + 1
     if not counts:

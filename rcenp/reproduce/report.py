@@ -340,7 +340,8 @@ def write_report(res: Results, budget: Budget, parts, out_dir: Path, meta: dict)
             f"- budget: **{budget.name}**: {budget.description}{other_batches(res)}",
             f"- command: `{meta['command']}`" + (" (this report; the cells computed earlier)"
                                                  if "--report" in meta["command"].split() else ""),
-            computed_by_line(meta.get("computed_by")),
+            computed_by_line(meta.get("computed_by"), sum(o.get("status") == "done" and o.get("source") != "reused"
+                                                          for o in res.outcomes.values())),
             devices_line(res),
             f"- code of this invocation: {meta['code']}",
             f"- written: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; " + (

@@ -8,7 +8,7 @@ from rcenp.reproduce import lineup, paper
 from rcenp.reproduce.budgets import Budget
 from rcenp.reproduce.results import Results, wb_figures
 from rcenp.reproduce.tables import (FEW_PAIRS, Table, _auc_fields, _diff, _md, _num, _signed, dagger,
-                                    strength_columns)
+                                    printed_apart, strength_columns)
 
 
 def table3(res: Results, budget: Budget) -> Table:
@@ -156,8 +156,9 @@ def table4(res: Results, budget: Budget) -> Table:
             md_rows.append(head + ["", r["status"], paper_text, "", f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
             continue
         auc = "n = 0 pairs" if r["auc"] is None else f"{r['auc']:.1f} [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
-        if r["auc_strict"] is not None and abs(r["auc_strict"] - r["auc"]) >= 0.05:
-            auc += f"; strict {r['auc_strict']:.1f}"
+        strict = (r["auc_strict"], r["strict_ci_low"], r["strict_ci_high"])
+        if None not in strict and printed_apart(*zip(strict, (r["auc"], r["ci_low"], r["ci_high"]))):
+            auc += f"; strict {strict[0]:.1f} [{strict[1]:.1f}, {strict[2]:.1f}]"
         auc += " (zero width)" if r["ci_degenerate"] else ""
         transfer = _num(r["transfer_rate"], 1, 100) + ("" if r["transfer_ci_low"] is None else
                                                        f" [{100 * r['transfer_ci_low']:.1f}, "
@@ -169,13 +170,14 @@ def table4(res: Results, budget: Budget) -> Table:
                                transfer + (" **†**" if r["transfer_outside"] else ""),
                                f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
     note = ("K-density AUC × 100 (ties half, 95% paired-bootstrap interval; 'strict': ties counted 0, the authors' "
-            "rule, where it differs by ≥ 0.05; Δ = strict − paper) of the target's own detector on C&W-wb examples "
+            "rule, with its interval, shown where it prints differently; Δ = strict − paper) of the target's own detector on C&W-wb examples "
             "crafted on the substitute with the substitute's detector (the images of the substitute's Table 3 "
             "C&W-wb cell, which crafts exactly these). The AUC's pairs follow the paper's rule on the target's "
             "predictions (clean correct, adversarial misclassified; n pairs shown), whether or not the substitute's "
             "own attack succeeded; table4.csv also gives the authors-emulated AUC, strict on KD = exp(log KD) in "
             "float64. "
-            "Transfer rate: of the examples crafted successfully on the substitute whose clean image the target "
+            "Transfer rate: of the examples crafted successfully on the substitute (over all its attacked images, "
+            "so also those it misclassifies when clean, which Table 3's n leaves out) whose clean image the target "
             "classifies correctly (n shown), the share the target misclassifies, with its 95% Wilson interval; "
             "table4.csv also gives it over those whose ‖δ‖₂/√d is at most the paper's Table 3 mean distortion for "
             "the substitute (transfer_rate_within_paper_distortion), as the section on cells that differ does. "
