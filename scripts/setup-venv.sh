@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install rcenp with the extras in
-# $RCENP_EXTRAS (default: test).
+# $RCENP_EXTRAS (default: test,report: the test suite's and the figures' libraries, as the README's
+# commands use them).
 # Usage: source scripts/setup-venv.sh   (bash or zsh; sets PATH so `python` and `rcenp` are the venv's)
 # Safe to source from an interactive shell: it leaves the shell's options as they are, and a failed
 # install returns 1 with a message and PATH unchanged (the venv may be half made; sourcing it again
@@ -18,7 +19,7 @@ _rcenp_root="$(cd "$(dirname "$_rcenp_root")/.." && pwd)"
 _rcenp_venv="${RCENP_VENV:-$_rcenp_root/.venv}"
 if { [ -x "$_rcenp_venv/bin/python" ] || python3 -m venv "$_rcenp_venv"; } &&
     "$_rcenp_venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip &&
-    "$_rcenp_venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${_rcenp_root}[${RCENP_EXTRAS:-test}]"
+    "$_rcenp_venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${_rcenp_root}[${RCENP_EXTRAS:-test,report}]"
 then
     export PATH="$_rcenp_venv/bin:$PATH"
     # The data sets shipped beside the checkout (../shared/data), unless RCENP_DATA says otherwise.

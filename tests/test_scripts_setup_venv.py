@@ -30,7 +30,7 @@ def test_sourced_it_installs_this_checkout_and_keeps_the_shells_options(tmp_path
         pytest.skip(f"no {shell}")
     done = subprocess.run([shell, "-c", CHECK], cwd=tmp_path, env=fake_venv(tmp_path, 0), capture_output=True, text=True)
     assert done.stdout.split() == ["options-kept", "rc=0", f"python={tmp_path}/venv/bin/python"], done.stderr
-    assert f"-m pip install --quiet --disable-pip-version-check -e {ROOT}[test]" in (tmp_path / "calls").read_text()
+    assert f"-m pip install --quiet --disable-pip-version-check -e {ROOT}[test,report]" in (tmp_path / "calls").read_text()
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh"])

@@ -226,10 +226,12 @@ def fig3(res: Results, budget: Budget, out_dir: Path, count: int = 8) -> dict:
             continue
         rows = [("Normal", loaded[0]["clean"])] + [(o.upper(), d["adversarial"]) for o, d in zip(lineup.OBJECTIVES, loaded)]
         width = max(4.5, 1.3 * len(good))
+        flagged_shown = any(records[k][i]["stop_reason"] != "success" for k in range(len(records)) for i in good)
         caption = textwrap.wrap(f"Fig. 3: C&W-wb (attacker kernel), {lineup.DATASET_TITLES[dataset]}" + _smoke(budget),
                                 int(10 * width)) + textwrap.wrap(
-            "(under each adversarial image: its ‖δ‖₂/√d, 0-255; 'flagged': no iterate evaded the K-density detector, so the one at the "
-            "target with the least f₂ is shown)", int(13 * width))      # characters a line at font size 8
+            "(under each adversarial image: its ‖δ‖₂/√d, 0-255" + ("; 'flagged': no iterate evaded the K-density "
+            "detector, so the one at the target with the least f₂ is shown)" if flagged_shown else ")"),
+            int(13 * width))      # characters a line at font size 8
         height = 1.5 * len(rows) + 0.2 + 0.15 * len(caption)
         fig, axes = plt.subplots(len(rows), len(good), figsize=(width, height), squeeze=False)
         for r, (label, images) in enumerate(rows):

@@ -68,7 +68,7 @@ def describe(cells, outcomes: dict, todo: list, notes: list, out_dir: Path, budg
     todo = [c for c in todo if found[c.dataset]]
     total = sum(c.cost for c in todo)
     lines = [f"reproduce ({budget_name}) into {out_dir}: {plural(len(cells), 'cell', 'cells')}; "
-             "nothing has been computed or written"]
+             "this plan computes and writes nothing"]
     if running[0]:
         lines.append(f"a run is at work on {out_dir} now (a second one would be refused): what it has finished "
                      f"is kept below, and the {plural(len(running[1]), 'cell', 'cells')} it computes now, marked "
