@@ -170,10 +170,11 @@ def table4(res: Results, budget: Budget) -> Table:
                                transfer + (" **†**" if r["transfer_outside"] else ""),
                                f"< {100 * r['paper_transfer_rate_below']:.0f}%"])
     note = ("K-density AUC × 100 (ties half, 95% paired-bootstrap interval; 'strict': ties counted 0, the authors' "
-            "rule, with its interval, shown where it prints differently; Δ = strict − paper) of the target's own detector on C&W-wb examples "
-            "crafted on the substitute with the substitute's detector (the images of the substitute's Table 3 "
-            "C&W-wb cell, which crafts exactly these). The AUC's pairs follow the paper's rule on the target's "
-            "predictions (clean correct, adversarial misclassified; n pairs shown), whether or not the substitute's "
+            "rule, with its interval, shown where it prints differently; Δ = strict − paper) of the target's own "
+            "detector on C&W-wb examples crafted on the substitute with the substitute's detector (the images of "
+            "the substitute's Table 3 C&W-wb cell, which crafts exactly these). The AUC's pairs follow the "
+            "paper's rule on the target's predictions (clean correct, adversarial misclassified; n pairs shown), "
+            "whether or not the substitute's "
             "own attack succeeded; table4.csv also gives the authors-emulated AUC, strict on KD = exp(log KD) in "
             "float64. "
             "Transfer rate: of the examples crafted successfully on the substitute (over all its attacked images, "
