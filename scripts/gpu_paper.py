@@ -29,11 +29,14 @@ import shutil
 import sys
 from pathlib import Path
 
+from rcenp.reproduce.cells import result_file
+
 HEAVY = ("samples.jsonl", "adversarial.npz")  # a finished cell's per-image records: the report's, not the run's
 
 
 def finished(cell: Path) -> bool:
-    return any((cell / name).is_file() for name in ("summary.json", "result.json", "features.npz"))
+    """Whether the cell folder holds its result file, whichever kind of cell it is."""
+    return any(result_file(cell, kind).is_file() for kind in ("attack", "test-error", "features"))
 
 
 def cells(run: Path):
@@ -73,12 +76,12 @@ def merge(back: Path, into: Path) -> tuple[int, int]:
         raise ValueError(f"{back}: the same run twice (merge the copy back from the device into its source)")
     if budget(back) != budget(into):
         raise ValueError(f"{back} holds a {budget(back)} run, {into} a {budget(into)} run: not one run's cells")
-    new = sum(finished(cell) and not finished(into / cell.relative_to(back)) for cell in cells(back))
-    removed = 0
-    for cell in cells(back):
-        ours = into / cell.relative_to(back) / "partial"
-        if finished(cell) and not (cell / "partial").exists() and ours.is_dir():
-            shutil.rmtree(ours)
+    new = removed = 0
+    for cell in filter(finished, cells(back)):
+        ours = into / cell.relative_to(back)
+        new += not finished(ours)
+        if not (cell / "partial").exists() and (ours / "partial").is_dir():
+            shutil.rmtree(ours / "partial")
             removed += 1
     shutil.copytree(back, into, dirs_exist_ok=True)
     return new, removed

@@ -113,8 +113,8 @@ def fig1(res: Results, budget: Budget, out_dir: Path) -> dict:
 def _pending(res: Results, places) -> int:
     """How many of the cells at ``places`` ((dataset, objective, name) of the ResNet-32s) the run
     planned and has not finished yet (their reason says 'pending')."""
-    return sum("pending" in (res.status(res.get(d, 32, obj, name)) or "") for d, obj, name in places
-               if res.get(d, 32, obj, name) is not None)
+    planned = [cell for cell in (res.get(d, 32, obj, name) for d, obj, name in places) if cell is not None]
+    return sum("pending" in (res.status(cell) or "") for cell in planned)
 
 
 def _smoke(budget: Budget) -> str:

@@ -49,18 +49,23 @@ def devices_line(res) -> str:
             compute = {k: software.get(k) for k in ("device", "gpu", "cupy")}
             if compute["device"] == "cuda" and not compute["gpu"]:  # recorded before the GPU's name was
                 compute["gpu"] = "GPU not recorded"
-            name = _on(compute if compute["device"] else None)
-            name = name[len(", on "):] if name else "a device not recorded"
+            name = _device(compute) or "a device not recorded"
             counts[name] = counts.get(name, 0) + 1
     if not counts:
         return "- attack cells computed on: none finished"
     return "- attack cells computed on (their summary.json): " + ", ".join(f"{n:,} on {d}" for d, n in counts.items())
 
 
-def _on(compute: dict | None) -> str:
-    """', on cuda (NVIDIA H200, CuPy 14.2.0)' or ', on cpu' from a ``device_identity`` record; '' for
-    an invocation recorded before the device was."""
-    if not compute:
+def _device(compute: dict | None) -> str:
+    """'cuda (NVIDIA H200, CuPy 14.2.0)' or 'cpu' from a ``device_identity`` record; '' for one
+    without a device (an invocation recorded before the device was)."""
+    if not compute or not compute.get("device"):
         return ""
     details = ", ".join(f"CuPy {v}" if k == "cupy" else str(v) for k, v in compute.items() if k != "device" and v)
-    return f", on {compute['device']}" + (f" ({details})" if details else "")
+    return compute["device"] + (f" ({details})" if details else "")
+
+
+def _on(compute: dict | None) -> str:
+    """', on cuda (NVIDIA H200, CuPy 14.2.0)' (``_device``), or '' where no device is recorded."""
+    device = _device(compute)
+    return f", on {device}" if device else ""
